@@ -1,0 +1,46 @@
+//! Test controls over HTTP, under `/fake/`: fault injection and request counters, for tests that drive the
+//! binary rather than the library.
+//!
+//! - `POST /fake/fail?count=N&code=500|429&retryAfter=S` fails the next N API requests
+//! - `POST /fake/latency?ms=N` delays every API request
+//! - `POST /fake/drop-watches`, `POST /fake/expire-watches` (history compacted: resuming gets 410)
+//! - `GET /fake/counters`, `DELETE /fake/counters`
+
+use crate::State;
+use axum::http::{Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub async fn handle(state: &Arc<State>, method: &Method, path: &str, q: &HashMap<String, String>) -> Response {
+    let num = |k: &str| q.get(k).and_then(|v| v.parse::<u64>().ok());
+    match (method.as_str(), path) {
+        ("POST", "fail") => {
+            let code = num("code").unwrap_or(500) as u16;
+            state.fail_next(num("count").unwrap_or(1) as u32, code, num("retryAfter").map(|r| r as u32));
+            (StatusCode::OK, "ok\n").into_response()
+        }
+        ("POST", "latency") => {
+            state.set_latency(Duration::from_millis(num("ms").unwrap_or(0)));
+            (StatusCode::OK, "ok\n").into_response()
+        }
+        ("POST", "drop-watches") => {
+            state.drop_watches();
+            (StatusCode::OK, "ok\n").into_response()
+        }
+        ("POST", "expire-watches") => {
+            state.expire_watches();
+            (StatusCode::OK, "ok\n").into_response()
+        }
+        ("GET", "counters") => {
+            let body = serde_json::to_string_pretty(&state.counters()).unwrap_or_default();
+            (StatusCode::OK, [("content-type", "application/json")], body).into_response()
+        }
+        ("DELETE", "counters") => {
+            state.reset_counters();
+            (StatusCode::OK, "ok\n").into_response()
+        }
+        _ => (StatusCode::NOT_FOUND, "unknown fake-apiserver control\n").into_response(),
+    }
+}

@@ -1,0 +1,400 @@
+//! The HTTP surface: parses Kubernetes API paths and verbs, applies injected faults, counts requests, and
+//! answers with objects, lists, Tables, watch streams, discovery documents or `Status` errors.
+
+use crate::errors::ApiError;
+use crate::objects::{DeleteOptions, present};
+use crate::registry::ResourceType;
+use crate::selectors::{FieldSelector, LabelSelector};
+use crate::store::{Change, ChangeType};
+use crate::{State, discovery, table};
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::broadcast::error::RecvError;
+
+/// How often a watch that allows bookmarks gets one.
+const BOOKMARK_INTERVAL: Duration = Duration::from_secs(5);
+
+fn json_response(code: StatusCode, v: &Value) -> Response {
+    (code, [("content-type", "application/json")], v.to_string()).into_response()
+}
+
+fn ok(v: &Value) -> Response {
+    json_response(StatusCode::OK, v)
+}
+
+type Query = HashMap<String, String>;
+
+fn parse_query(uri: &Uri) -> Query {
+    form_urlencoded::parse(uri.query().unwrap_or_default().as_bytes()).into_owned().collect()
+}
+
+fn flag(q: &Query, k: &str) -> bool {
+    q.get(k).is_some_and(|v| v == "true" || v == "1")
+}
+
+/// Entry point for every request.
+pub async fn handle(state: Arc<State>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+    let path = uri.path().trim_end_matches('/').to_string();
+    if let Some(admin) = path.strip_prefix("/fake/") {
+        return crate::admin::handle(&state, &method, admin, &parse_query(&uri)).await;
+    }
+    match path.as_str() {
+        "/version" => return ok(&discovery::version()),
+        "/healthz" | "/readyz" | "/livez" => return (StatusCode::OK, "ok").into_response(),
+        _ => {}
+    }
+    if !(path == "/api" || path.starts_with("/api/") || path == "/apis" || path.starts_with("/apis/")) {
+        return ApiError::new(404, "NotFound", "the server could not find the requested resource").into_response();
+    }
+    if let Some(err) = state.faults.take_failure().await {
+        return err.into_response();
+    }
+    match serve_api(&state, &method, &path, &uri, &headers, body).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+struct Target {
+    rt: Arc<ResourceType>,
+    ns: Option<String>,
+    name: Option<String>,
+    sub: Option<String>,
+}
+
+async fn serve_api(state: &Arc<State>, method: &Method, path: &str, uri: &Uri, headers: &HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+    let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let (group, version, rest): (&str, Option<&str>, &[&str]) = match segs.as_slice() {
+        ["api"] => return Ok(ok(&discovery::core_versions())),
+        ["apis"] => return Ok(ok(&discovery::group_list(&state.inner.lock().expect("lock").registry))),
+        ["apis", g] => {
+            return discovery::group(&state.inner.lock().expect("lock").registry, g)
+                .map(|d| ok(&d))
+                .ok_or_else(|| ApiError::new(404, "NotFound", "the server could not find the requested resource"));
+        }
+        ["api", v, rest @ ..] => ("", Some(*v), rest),
+        ["apis", g, v, rest @ ..] => (*g, Some(*v), rest),
+        _ => return Err(ApiError::new(404, "NotFound", "the server could not find the requested resource")),
+    };
+    let version = version.unwrap_or_default();
+    if rest.is_empty() {
+        return discovery::resource_list(&state.inner.lock().expect("lock").registry, group, version)
+            .map(|d| ok(&d))
+            .ok_or_else(|| ApiError::new(404, "NotFound", "the server could not find the requested resource"));
+    }
+    let (ns, plural, name, sub) = match rest {
+        ["namespaces", ns, res, tail @ ..] if !matches!(*res, "status" | "finalize") => {
+            (Some(ns.to_string()), *res, tail.first().map(|s| s.to_string()), tail.get(1).map(|s| s.to_string()))
+        }
+        [res, tail @ ..] => (None, *res, tail.first().map(|s| s.to_string()), tail.get(1).map(|s| s.to_string())),
+        [] => unreachable!("checked above"),
+    };
+    let rt = state
+        .inner
+        .lock()
+        .expect("lock")
+        .resource(group, version, plural)
+        .ok_or_else(|| ApiError::new(404, "NotFound", "the server could not find the requested resource"))?;
+    if !rt.namespaced && ns.is_some() {
+        return Err(ApiError::new(404, "NotFound", "the server could not find the requested resource"));
+    }
+    if rt.namespaced && ns.is_none() && name.is_some() {
+        return Err(ApiError::new(404, "NotFound", "the server could not find the requested resource"));
+    }
+    if let Some(s) = &sub {
+        if s != "status" || !rt.has_status {
+            return Err(ApiError::new(404, "NotFound", "the server could not find the requested resource"));
+        }
+    }
+    let target = Target { rt, ns, name, sub };
+    let q = parse_query(uri);
+    let verb = match (method.as_str(), target.name.is_some()) {
+        ("GET", false) if flag(&q, "watch") => "watch",
+        ("GET", false) => "list",
+        ("GET", true) => "get",
+        ("POST", false) => "create",
+        ("PUT", true) => "update",
+        ("PATCH", true) => "patch",
+        ("DELETE", true) => "delete",
+        ("DELETE", false) => "deletecollection",
+        _ => return Err(ApiError::method_not_allowed(format!("{method} is not supported on this path"))),
+    };
+    let counted = match &target.sub {
+        Some(s) => format!("{}/{s}", target.rt.qualified()),
+        None => target.rt.qualified(),
+    };
+    state.count(verb, &counted);
+    let manager = q.get("fieldManager").cloned().unwrap_or_else(|| manager_from_user_agent(headers));
+    let dry_run = q.get("dryRun").is_some_and(|v| v == "All");
+    let status = target.sub.is_some();
+    let ns = target.ns.as_deref();
+    let rt = &target.rt;
+    let wants_table = headers.get("accept").and_then(|a| a.to_str().ok()).is_some_and(|a| a.contains("as=Table"));
+    match verb {
+        "watch" => return watch(state, target, &q).await,
+        "list" => {
+            let inner = state.inner.lock().expect("lock");
+            return list(&inner, rt, ns, &q, wants_table);
+        }
+        "get" => {
+            let inner = state.inner.lock().expect("lock");
+            let obj = inner.get(rt, ns, target.name.as_deref().unwrap_or_default())?;
+            if wants_table {
+                let rv = obj["metadata"]["resourceVersion"].as_str().unwrap_or_default().to_string();
+                return Ok(ok(&table::table(rt, &[obj], &rv, None)));
+            }
+            return Ok(ok(&obj));
+        }
+        _ => {}
+    }
+    let content_type = headers
+        .get("content-type")
+        .and_then(|c| c.to_str().ok())
+        .map(|c| c.split(';').next().unwrap_or_default().trim().to_string())
+        .unwrap_or_default();
+    let parsed = if body.is_empty() { Value::Null } else { parse_body(&body)? };
+    let name = target.name.clone().unwrap_or_default();
+    let mut inner = state.inner.lock().expect("lock");
+    let result = match verb {
+        "create" => inner.create(rt, ns, parsed, &manager, dry_run).map(|o| (StatusCode::CREATED, o)),
+        "update" => inner.update(rt, ns, &name, parsed, &manager, status, dry_run).map(|o| (StatusCode::OK, o)),
+        "patch" if content_type == "application/apply-patch+yaml" => {
+            let Some(m) = q.get("fieldManager") else {
+                return Err(ApiError::bad_request("PATCH /apply requests require fieldManager"));
+            };
+            let existed = inner.get(rt, ns, &name).is_ok();
+            inner
+                .server_side_apply(rt, ns, &name, &parsed, m, flag(&q, "force"), status, dry_run)
+                .map(|o| (if existed { StatusCode::OK } else { StatusCode::CREATED }, o))
+        }
+        "patch" => inner.patch(rt, ns, &name, &content_type, &parsed, &manager, status, dry_run).map(|o| (StatusCode::OK, o)),
+        "delete" => {
+            let opts = delete_options(&q, &parsed);
+            let r = inner.delete(rt, ns, &name, &opts).map(|o| (StatusCode::OK, o));
+            state.gc.notify_one();
+            r
+        }
+        "deletecollection" => {
+            let opts = delete_options(&q, &parsed);
+            let selector = LabelSelector::parse(q.get("labelSelector").map(String::as_str).unwrap_or_default()).map_err(ApiError::bad_request)?;
+            let names: Vec<(Option<String>, String)> = inner
+                .store
+                .list(&rt.bucket, ns)
+                .filter(|o| selector.matches(&o["metadata"]["labels"]))
+                .map(|o| (o["metadata"]["namespace"].as_str().map(String::from), o["metadata"]["name"].as_str().unwrap_or_default().to_string()))
+                .collect();
+            let mut items = vec![];
+            for (n_ns, n) in names {
+                items.push(inner.delete(rt, n_ns.as_deref(), &n, &opts)?);
+            }
+            state.gc.notify_one();
+            Ok((StatusCode::OK, json!({"kind": format!("{}List", rt.kind), "apiVersion": rt.api_version(), "metadata": {}, "items": items})))
+        }
+        _ => unreachable!("verbs are matched above"),
+    }?;
+    Ok(json_response(result.0, &result.1))
+}
+
+/// The default field manager: the user agent's program name, as the real server derives it.
+fn manager_from_user_agent(headers: &HeaderMap) -> String {
+    headers
+        .get("user-agent")
+        .and_then(|u| u.to_str().ok())
+        .and_then(|u| u.split('/').next())
+        .filter(|s| !s.is_empty())
+        .unwrap_or("unknown")
+        .to_string()
+}
+
+fn parse_body(body: &[u8]) -> Result<Value, ApiError> {
+    if let Ok(v) = serde_json::from_slice::<Value>(body) {
+        return Ok(v);
+    }
+    let text = std::str::from_utf8(body).map_err(|e| ApiError::bad_request(format!("body is not UTF-8: {e}")))?;
+    serde_saphyr::from_str::<Value>(text).map_err(|e| ApiError::bad_request(format!("error decoding body: {e}")))
+}
+
+fn delete_options(q: &Query, body: &Value) -> DeleteOptions {
+    DeleteOptions {
+        propagation: q.get("propagationPolicy").cloned().or_else(|| body["propagationPolicy"].as_str().map(String::from)),
+        precondition_uid: body.pointer("/preconditions/uid").and_then(Value::as_str).map(String::from),
+        precondition_rv: body.pointer("/preconditions/resourceVersion").and_then(Value::as_str).map(String::from),
+        dry_run: q.get("dryRun").is_some_and(|v| v == "All")
+            || body["dryRun"].as_array().is_some_and(|d| d.iter().any(|x| x == "All")),
+    }
+}
+
+struct Filter {
+    labels: LabelSelector,
+    fields: FieldSelector,
+}
+
+impl Filter {
+    fn from_query(q: &Query) -> Result<Self, ApiError> {
+        Ok(Filter {
+            labels: LabelSelector::parse(q.get("labelSelector").map(String::as_str).unwrap_or_default()).map_err(ApiError::bad_request)?,
+            fields: FieldSelector::parse(q.get("fieldSelector").map(String::as_str).unwrap_or_default()).map_err(ApiError::bad_request)?,
+        })
+    }
+    fn matches(&self, presented: &Value) -> bool {
+        self.labels.matches(&presented["metadata"]["labels"]) && self.fields.matches(presented)
+    }
+}
+
+fn list(inner: &crate::objects::Inner, rt: &ResourceType, ns: Option<&str>, q: &Query, wants_table: bool) -> Result<Response, ApiError> {
+    let filter = Filter::from_query(q)?;
+    let limit: usize = q.get("limit").and_then(|l| l.parse().ok()).filter(|l| *l > 0).unwrap_or(usize::MAX);
+    let after: Option<(String, String)> = q.get("continue").filter(|c| !c.is_empty()).map(|c| {
+        let mut parts = c.splitn(2, '/');
+        (parts.next().unwrap_or_default().to_string(), parts.next().unwrap_or_default().to_string())
+    });
+    let rv = inner.store.current_rv().to_string();
+    let mut items = vec![];
+    let mut next = None;
+    for o in inner.store.list(&rt.bucket, ns) {
+        let key = crate::store::key_of(o);
+        if after.as_ref().is_some_and(|a| key <= *a) {
+            continue;
+        }
+        let p = present(rt, o);
+        if !filter.matches(&p) {
+            continue;
+        }
+        if items.len() == limit {
+            let last: &Value = items.last().expect("limit > 0");
+            let (lns, lname) = crate::store::key_of(last);
+            next = Some(format!("{lns}/{lname}"));
+            break;
+        }
+        items.push(p);
+    }
+    if wants_table {
+        return Ok(ok(&table::table(rt, &items, &rv, next.as_deref())));
+    }
+    let mut meta = json!({"resourceVersion": rv});
+    if let Some(n) = next {
+        meta["continue"] = json!(n);
+    }
+    Ok(ok(&json!({"kind": format!("{}List", rt.kind), "apiVersion": rt.api_version(), "metadata": meta, "items": items})))
+}
+
+fn watch_line(kind: &str, object: &Value) -> Bytes {
+    let mut line = json!({"type": kind, "object": object}).to_string();
+    line.push('\n');
+    Bytes::from(line)
+}
+
+fn expired_line(rv: &str) -> Bytes {
+    let status = ApiError::gone(format!("too old resource version: {rv}")).status_body();
+    watch_line("ERROR", &status)
+}
+
+/// A watch stream: replays history after the requested resourceVersion (or synthetic ADDED events for
+/// all objects), then follows changes; ends on timeoutSeconds, on an injected drop, or with 410 Gone.
+async fn watch(state: &Arc<State>, target: Target, q: &Query) -> Result<Response, ApiError> {
+    let filter = Filter::from_query(q)?;
+    let rt = target.rt.clone();
+    let ns = target.ns.clone();
+    let rv_param = q.get("resourceVersion").cloned().unwrap_or_default();
+    let send_initial = flag(q, "sendInitialEvents");
+    let bookmarks = flag(q, "allowWatchBookmarks");
+    let timeout = q.get("timeoutSeconds").and_then(|t| t.parse::<u64>().ok()).map(Duration::from_secs);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(256);
+    let mut epoch = state.watch_epoch.subscribe();
+    let (initial, sub, current_rv) = {
+        let inner = state.inner.lock().expect("lock");
+        let current = inner.store.current_rv();
+        let replay_all = rv_param.is_empty() || rv_param == "0" || send_initial;
+        let since = if replay_all { current } else { rv_param.parse::<u64>().unwrap_or(0) };
+        let initial: Vec<Value> = if replay_all {
+            inner.store.list(&rt.bucket, ns.as_deref()).map(|o| present(&rt, o)).filter(|p| filter.matches(p)).collect()
+        } else {
+            vec![]
+        };
+        (initial, inner.store.subscribe(since), current)
+    };
+    let Some((backlog, mut live)) = sub else {
+        let body = Body::from(expired_line(&rv_param));
+        return Ok((StatusCode::OK, [("content-type", "application/json")], body).into_response());
+    };
+    tokio::spawn(async move {
+        let last_rv = std::sync::atomic::AtomicU64::new(current_rv);
+        for o in initial {
+            if tx.send(watch_line("ADDED", &o)).await.is_err() {
+                return;
+            }
+        }
+        if send_initial {
+            let bm = json!({"kind": rt.kind, "apiVersion": rt.api_version(), "metadata": {"resourceVersion": current_rv.to_string(), "annotations": {"k8s.io/initial-events-end": "true"}}});
+            if tx.send(watch_line("BOOKMARK", &bm)).await.is_err() {
+                return;
+            }
+        }
+        let relevant = |c: &Change| c.bucket == rt.bucket && ns.as_deref().is_none_or(|n| n == c.namespace);
+        let emit = |c: &Change| -> Option<Bytes> {
+            if !relevant(c) {
+                return None;
+            }
+            last_rv.store(c.rv, std::sync::atomic::Ordering::Relaxed);
+            let new = present(&rt, &c.object);
+            let now_matches = filter.matches(&new);
+            let was = c.old.as_ref().map(|o| filter.matches(&present(&rt, o))).unwrap_or(false);
+            // with selectors, an object that starts matching is ADDED and one that stops matching is DELETED
+            let kind = match (c.kind, was, now_matches) {
+                (ChangeType::Deleted, false, false) => return None,
+                (ChangeType::Deleted, _, _) => "DELETED",
+                (_, false, true) => "ADDED",
+                (_, true, true) => "MODIFIED",
+                (_, true, false) => "DELETED",
+                (_, false, false) => return None,
+            };
+            Some(watch_line(kind, &new))
+        };
+        for c in backlog {
+            if let Some(line) = emit(&c) {
+                if tx.send(line).await.is_err() {
+                    return;
+                }
+            }
+        }
+        let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+        let mut bookmark_timer = tokio::time::interval(BOOKMARK_INTERVAL);
+        bookmark_timer.tick().await;
+        loop {
+            let until_deadline = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                change = live.recv() => match change {
+                    Ok(c) => {
+                        if let Some(line) = emit(&c) {
+                            if tx.send(line).await.is_err() { return; }
+                        }
+                    }
+                    Err(RecvError::Lagged(_)) => {
+                        let _ = tx.send(expired_line(&last_rv.load(std::sync::atomic::Ordering::Relaxed).to_string())).await;
+                        return;
+                    }
+                    Err(RecvError::Closed) => return,
+                },
+                _ = bookmark_timer.tick(), if bookmarks => {
+                    let bm = json!({"kind": rt.kind, "apiVersion": rt.api_version(), "metadata": {"resourceVersion": last_rv.load(std::sync::atomic::Ordering::Relaxed).to_string()}});
+                    if tx.send(watch_line("BOOKMARK", &bm)).await.is_err() { return; }
+                }
+                _ = epoch.changed() => return,
+                _ = until_deadline => return,
+                _ = tx.closed() => return,
+            }
+        }
+    });
+    let stream = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (Ok::<_, std::convert::Infallible>(b), rx)) });
+    Ok((StatusCode::OK, [("content-type", "application/json")], Body::from_stream(stream)).into_response())
+}

@@ -1,0 +1,263 @@
+//! fake-apiserver: an in-memory Kubernetes API server for tests and local trials. It is a test double:
+//! it stores objects and serves the API (discovery, CRUD, watch, patch, server-side apply, CRD schemas with
+//! CEL, garbage collection, Tables) but runs no controllers, schedules no pods and has no network.
+//!
+//! Data flow: `http` parses a request and takes the single lock on [`objects::Inner`], whose write
+//! functions admit (`builtins`, `schema`), merge (`patch`, `apply`) and commit to the `store`; the store
+//! broadcasts each change to watches; `gc` sweeps after deletions. `admin` and [`FakeApiServer`] expose
+//! fault injection and request counters to tests.
+
+pub mod admin;
+pub mod apply;
+pub mod builtins;
+pub mod discovery;
+pub mod errors;
+pub mod events;
+pub mod gc;
+pub mod http;
+pub mod objects;
+pub mod patch;
+pub mod registry;
+pub mod schema;
+pub mod selectors;
+pub mod shape;
+pub mod store;
+pub mod table;
+
+use errors::ApiError;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, watch};
+
+/// Injected faults, consumed by incoming API requests.
+#[derive(Default)]
+pub struct Faults {
+    inner: Mutex<FaultState>,
+}
+
+#[derive(Default)]
+struct FaultState {
+    fail_remaining: u32,
+    fail_code: u16,
+    retry_after: Option<u32>,
+    latency: Duration,
+}
+
+impl Faults {
+    /// Waits the injected latency, then returns the injected failure if one is due.
+    async fn take_failure(&self) -> Option<ApiError> {
+        let (latency, failure) = {
+            let mut f = self.inner.lock().expect("lock");
+            let failure = (f.fail_remaining > 0).then(|| {
+                f.fail_remaining -= 1;
+                let mut e = match f.fail_code {
+                    429 => ApiError::new(429, "TooManyRequests", "the server has received too many requests and has asked us to try again later (injected fault)"),
+                    code => ApiError::new(code, "InternalError", "an error on the server (\"injected fault\") has prevented the request from succeeding"),
+                };
+                e.retry_after = f.retry_after;
+                e
+            });
+            (f.latency, failure)
+        };
+        if !latency.is_zero() {
+            tokio::time::sleep(latency).await;
+        }
+        failure
+    }
+}
+
+/// State shared by every connection.
+pub struct State {
+    pub inner: Mutex<objects::Inner>,
+    pub faults: Faults,
+    counters: Mutex<BTreeMap<String, u64>>,
+    /// Bumped to end every open watch.
+    pub watch_epoch: watch::Sender<u64>,
+    /// Wakes the garbage collector.
+    pub gc: Arc<Notify>,
+}
+
+impl State {
+    fn count(&self, verb: &str, resource: &str) {
+        *self.counters.lock().expect("lock").entry(format!("{verb} {resource}")).or_default() += 1;
+    }
+
+    pub fn counters(&self) -> BTreeMap<String, u64> {
+        self.counters.lock().expect("lock").clone()
+    }
+
+    pub fn reset_counters(&self) {
+        self.counters.lock().expect("lock").clear();
+    }
+
+    pub fn fail_next(&self, count: u32, code: u16, retry_after: Option<u32>) {
+        let mut f = self.faults.inner.lock().expect("lock");
+        f.fail_remaining = count;
+        f.fail_code = code;
+        f.retry_after = retry_after;
+    }
+
+    pub fn set_latency(&self, latency: Duration) {
+        self.faults.inner.lock().expect("lock").latency = latency;
+    }
+
+    pub fn drop_watches(&self) {
+        self.watch_epoch.send_modify(|e| *e += 1);
+    }
+
+    /// Forgets the change history (like an etcd compaction) and ends all watches: clients that resume
+    /// from an old resourceVersion get 410 Gone and must list again.
+    pub fn expire_watches(&self) {
+        self.inner.lock().expect("lock").store.compact();
+        self.drop_watches();
+    }
+}
+
+/// A running fake API server on a loopback port.
+pub struct FakeApiServer {
+    state: Arc<State>,
+    addr: SocketAddr,
+    /// Bumped to drop every connection (restart).
+    connections: watch::Sender<u64>,
+    accept_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl FakeApiServer {
+    /// Starts on a random free port of 127.0.0.1.
+    pub async fn start() -> std::io::Result<Self> {
+        Self::start_on("127.0.0.1:0".parse().expect("static address")).await
+    }
+
+    pub async fn start_on(addr: SocketAddr) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let (watch_epoch, _) = watch::channel(0);
+        let state = Arc::new(State {
+            inner: Mutex::new(objects::Inner::default()),
+            faults: Faults::default(),
+            counters: Mutex::new(BTreeMap::new()),
+            watch_epoch,
+            gc: Arc::new(Notify::new()),
+        });
+        tokio::spawn(run_gc(Arc::downgrade(&state)));
+        let (connections, _) = watch::channel(0);
+        let server = FakeApiServer { state, addr, connections, accept_task: Mutex::new(None) };
+        server.spawn_accept(listener);
+        Ok(server)
+    }
+
+    fn spawn_accept(&self, listener: TcpListener) {
+        let state = self.state.clone();
+        let mut stop = self.connections.subscribe();
+        let conns = self.connections.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    accepted = listener.accept() => {
+                        let Ok((stream, _)) = accepted else { continue };
+                        let state = state.clone();
+                        let mut drop_signal = conns.subscribe();
+                        tokio::spawn(async move {
+                            let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                                let state = state.clone();
+                                async move { Ok::<_, std::convert::Infallible>(serve(state, req).await) }
+                            });
+                            let conn = hyper::server::conn::http1::Builder::new()
+                                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
+                            tokio::select! {
+                                _ = conn => {}
+                                _ = drop_signal.changed() => {}
+                            }
+                        });
+                    }
+                    _ = stop.changed() => return,
+                }
+            }
+        });
+        *self.accept_task.lock().expect("lock") = Some(task);
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn state(&self) -> &Arc<State> {
+        &self.state
+    }
+
+    /// A kubeconfig that points kubectl or kube-rs at this server.
+    pub fn kubeconfig(&self) -> String {
+        kubeconfig_for(&self.url())
+    }
+
+    /// A kube-rs client for this server.
+    pub fn client(&self) -> kube::Client {
+        let config = kube::Config::new(self.url().parse().expect("valid url"));
+        kube::Client::try_from(config).expect("client for a plain http url")
+    }
+
+    /// Simulates an API server restart: every connection and watch is dropped, the port refuses
+    /// connections for a moment, then serves the same data again.
+    pub async fn restart(&self) -> std::io::Result<()> {
+        self.connections.send_modify(|e| *e += 1);
+        self.state.drop_watches();
+        if let Some(t) = self.accept_task.lock().expect("lock").take() {
+            let _ = t.await;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let listener = TcpListener::bind(self.addr).await?;
+        self.spawn_accept(listener);
+        Ok(())
+    }
+
+    pub fn counters(&self) -> BTreeMap<String, u64> {
+        self.state.counters()
+    }
+}
+
+impl Drop for FakeApiServer {
+    fn drop(&mut self) {
+        self.connections.send_modify(|e| *e += 1);
+        self.state.drop_watches();
+    }
+}
+
+async fn serve(state: Arc<State>, req: hyper::Request<hyper::body::Incoming>) -> hyper::Response<axum::body::Body> {
+    use http_body_util::BodyExt;
+    let (parts, body) = req.into_parts();
+    let bytes = match body.collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => return axum::response::IntoResponse::into_response(ApiError::bad_request(format!("reading body: {e}"))),
+    };
+    http::handle(state, parts.method, parts.uri, parts.headers, bytes).await
+}
+
+async fn run_gc(state: std::sync::Weak<State>) {
+    loop {
+        let Some(notify) = state.upgrade().map(|s| s.gc.clone()) else { return };
+        tokio::select! {
+            _ = notify.notified() => {}
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+        let Some(s) = state.upgrade() else { return };
+        for _ in 0..100 {
+            let changed = gc::sweep(&mut s.inner.lock().expect("lock"));
+            if !changed {
+                break;
+            }
+        }
+    }
+}
+
+pub fn kubeconfig_for(url: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {url}\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\n    namespace: default\ncurrent-context: fake\nusers:\n- name: fake\n  user: {{}}\n"
+    )
+}

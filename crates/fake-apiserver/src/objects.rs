@@ -1,0 +1,576 @@
+//! The write path: create, update, patch, server-side apply and delete, with the metadata rules of a real
+//! API server (uid, generateName, generation bumps on spec changes only, resourceVersion preconditions,
+//! status subresource separation, finalizers and deletionTimestamp, no-op writes that change nothing).
+//! Each function runs under the server's single lock and commits at most one change per object.
+
+use crate::apply::{self, Part};
+use crate::errors::{ApiError, FieldError};
+use crate::registry::{Registry, ResourceType, types_from_crd};
+use crate::shape::Shape;
+use crate::store::{ChangeType, Store};
+use crate::{builtins, events, schema};
+use serde_json::{Value, json};
+use std::sync::Arc;
+
+/// Everything the lock protects.
+pub struct Inner {
+    pub store: Store,
+    pub registry: Registry,
+    next_cluster_ip: u32,
+}
+
+impl Default for Inner {
+    fn default() -> Self {
+        let mut inner = Inner { store: Store::default(), registry: Registry::with_builtins(), next_cluster_ip: 1 };
+        let ns = inner.registry.get("", "v1", "namespaces").expect("built-in");
+        for name in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+            let obj = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
+            inner.create(&ns, None, obj, "fake-apiserver", false).expect("system namespaces");
+        }
+        inner
+    }
+}
+
+/// Options of a delete call.
+#[derive(Debug, Default, Clone)]
+pub struct DeleteOptions {
+    pub propagation: Option<String>,
+    pub precondition_uid: Option<String>,
+    pub precondition_rv: Option<String>,
+    pub dry_run: bool,
+}
+
+pub fn now() -> String {
+    chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+fn shape_of(rt: &ResourceType) -> Shape<'_> {
+    Shape::for_schema(rt.schema.as_ref().map(|s| &s.openapi))
+}
+
+fn part_for(rt: &ResourceType, status: bool) -> Part {
+    match (rt.has_status, status) {
+        (_, true) => Part::Status,
+        (true, false) => Part::Main,
+        (false, false) => Part::Whole,
+    }
+}
+
+/// The object without metadata and status: what bumps `metadata.generation` when it changes.
+fn spec_view(v: &Value) -> Value {
+    let mut v = v.clone();
+    if let Some(m) = v.as_object_mut() {
+        m.remove("metadata");
+        m.remove("status");
+    }
+    v
+}
+
+impl Inner {
+    pub fn resource(&self, group: &str, version: &str, plural: &str) -> Option<Arc<ResourceType>> {
+        self.registry.get(group, version, plural)
+    }
+
+    /// Reads an object in the shape of the version it is asked for.
+    pub fn get(&self, rt: &ResourceType, ns: Option<&str>, name: &str) -> Result<Value, ApiError> {
+        self.store
+            .get(&rt.bucket, ns.unwrap_or_default(), name)
+            .map(|o| present(rt, o))
+            .ok_or_else(|| ApiError::not_found(&rt.qualified(), name))
+    }
+
+    fn check_namespace(&self, rt: &ResourceType, ns: Option<&str>) -> Result<(), ApiError> {
+        if let (true, Some(ns)) = (rt.namespaced, ns) {
+            if self.store.get("namespaces", "", ns).is_none() {
+                return Err(ApiError::not_found("namespaces", ns));
+            }
+        }
+        Ok(())
+    }
+
+    /// Defaults and validates an object about to be stored (`old` on updates).
+    fn admit(&mut self, rt: &ResourceType, obj: Value, old: Option<&Value>) -> Result<Value, ApiError> {
+        let name = obj["metadata"]["name"].as_str().unwrap_or_default().to_string();
+        let kind_qualified = if rt.group.is_empty() { rt.kind.clone() } else { format!("{}.{}", rt.kind, rt.group) };
+        let mut errors: Vec<FieldError> = builtins::validate_name(&rt.kind, &name);
+        let obj = match &rt.schema {
+            Some(schema) => {
+                if let Some(labels) = obj.pointer("/metadata/labels") {
+                    errors.extend(builtins::validate_labels(labels, "metadata.labels"));
+                }
+                match schema::admit(schema, obj, old) {
+                    Ok(o) => o,
+                    Err(e) => {
+                        errors.extend(e);
+                        Value::Null
+                    }
+                }
+            }
+            None => {
+                let mut obj = obj;
+                let counter = &mut self.next_cluster_ip;
+                let mut next_ip = || {
+                    *counter += 1;
+                    format!("10.96.{}.{}", *counter / 250, *counter % 250 + 1)
+                };
+                builtins::apply_defaults(&rt.kind, &mut obj, &mut next_ip);
+                errors.extend(builtins::validate(&rt.kind, &obj, old));
+                obj
+            }
+        };
+        if errors.is_empty() { Ok(obj) } else { Err(ApiError::invalid(&kind_qualified, &name, &errors)) }
+    }
+
+    /// Creates an object. `manager` gets the fields (operation Update), unless the object already carries
+    /// managedFields (server-side apply of a new object).
+    pub fn create(
+        &mut self,
+        rt: &Arc<ResourceType>,
+        ns: Option<&str>,
+        mut obj: Value,
+        manager: &str,
+        dry_run: bool,
+    ) -> Result<Value, ApiError> {
+        check_type(rt, &obj)?;
+        if !obj["metadata"].is_object() {
+            obj["metadata"] = json!({});
+        }
+        if rt.group == "events.k8s.io" {
+            obj = events::to_core(&obj);
+        }
+        obj["apiVersion"] = json!(if rt.group == "events.k8s.io" { "v1".to_string() } else { rt.api_version() });
+        obj["kind"] = json!(rt.kind);
+        let meta_ns = obj["metadata"]["namespace"].as_str().map(String::from);
+        match (rt.namespaced, ns, meta_ns.as_deref()) {
+            (true, Some(path_ns), Some(body_ns)) if path_ns != body_ns => {
+                return Err(ApiError::bad_request(format!(
+                    "the namespace of the provided object ({body_ns}) does not match the namespace sent on the request ({path_ns})"
+                )));
+            }
+            (true, Some(path_ns), _) => obj["metadata"]["namespace"] = json!(path_ns),
+            (true, None, _) => return Err(ApiError::bad_request("a namespaced object must be created in a namespace")),
+            (false, _, _) => {
+                if let Some(m) = obj["metadata"].as_object_mut() {
+                    m.remove("namespace");
+                }
+            }
+        }
+        self.check_namespace(rt, ns)?;
+        if obj["metadata"]["name"].as_str().is_none_or(str::is_empty) {
+            match obj["metadata"]["generateName"].as_str() {
+                Some(prefix) => {
+                    let suffix: String = uuid::Uuid::new_v4().simple().to_string().chars().take(5).collect();
+                    obj["metadata"]["name"] = json!(format!("{prefix}{suffix}"));
+                }
+                None => {
+                    return Err(ApiError::invalid(&rt.kind, "", &[FieldError::required("metadata.name")]));
+                }
+            }
+        }
+        let name = obj["metadata"]["name"].as_str().unwrap_or_default().to_string();
+        if self.store.get(&rt.bucket, ns.unwrap_or_default(), &name).is_some() {
+            return Err(ApiError::already_exists(&rt.qualified(), &name));
+        }
+        if rt.has_status {
+            if let Some(m) = obj.as_object_mut() {
+                m.remove("status");
+            }
+        }
+        let meta = obj["metadata"].as_object_mut().expect("metadata is an object");
+        for k in ["uid", "resourceVersion", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "generation", "selfLink"] {
+            meta.remove(k);
+        }
+        let mut obj = self.admit(rt, obj, None)?;
+        let meta = &mut obj["metadata"];
+        meta["uid"] = json!(uuid::Uuid::new_v4().to_string());
+        meta["creationTimestamp"] = json!(now());
+        meta["generation"] = json!(1);
+        if obj.pointer("/metadata/managedFields").is_none() {
+            apply::track_update(None, &mut obj, manager, shape_of(rt), part_for(rt, false), &now());
+        }
+        match rt.kind.as_str() {
+            "Namespace" => obj["status"] = json!({"phase": "Active"}),
+            "CustomResourceDefinition" => self.establish_crd(&mut obj)?,
+            _ => {}
+        }
+        if dry_run {
+            return Ok(present(rt, &obj));
+        }
+        let stored = self.store.put(&rt.bucket, obj, ChangeType::Added);
+        Ok(present(rt, &stored))
+    }
+
+    /// Validates a CRD, registers the resources it serves and marks it Established.
+    fn establish_crd(&mut self, crd: &mut Value) -> Result<(), ApiError> {
+        let name = crd["metadata"]["name"].as_str().unwrap_or_default().to_string();
+        let invalid = |msg: String| {
+            let (field, rest) = msg.split_once(": ").unwrap_or(("spec", &msg));
+            ApiError::invalid(
+                "CustomResourceDefinition.apiextensions.k8s.io",
+                &name,
+                &[FieldError { field: field.into(), reason: "FieldValueInvalid", message: rest.into() }],
+            )
+        };
+        let group = crd.pointer("/spec/group").and_then(Value::as_str).unwrap_or_default().to_string();
+        let plural = crd.pointer("/spec/names/plural").and_then(Value::as_str).unwrap_or_default().to_string();
+        if name != format!("{plural}.{group}") {
+            return Err(invalid(format!("metadata.name: Invalid value: {name:?}: must be spec.names.plural+\".\"+spec.group")));
+        }
+        let protected = group == "k8s.io" || group.ends_with(".k8s.io") || group == "kubernetes.io" || group.ends_with(".kubernetes.io");
+        if protected && crd.pointer("/metadata/annotations/api-approved.kubernetes.io").is_none() {
+            return Err(invalid(format!(
+                "metadata.annotations[api-approved.kubernetes.io]: Required value: protected groups must have approval annotation \"api-approved.kubernetes.io\", see https://github.com/kubernetes/enhancements/pull/1111 (group {group})"
+            )));
+        }
+        let storage = crd.pointer("/spec/versions").and_then(Value::as_array).map(|vs| vs.iter().filter(|v| v["storage"] == true).count());
+        if storage != Some(1) {
+            return Err(invalid("spec.versions: Invalid value: must have exactly one version marked as storage version".into()));
+        }
+        let types = types_from_crd(crd).map_err(invalid)?;
+        for t in self.registry.all() {
+            if t.group == group && t.plural == plural && t.crd.as_deref() != Some(name.as_str()) {
+                return Err(invalid(format!("spec.names.plural: Invalid value: {plural:?}: is already in use")));
+            }
+        }
+        self.registry.remove_crd(&name);
+        for t in types {
+            self.registry.insert(t);
+        }
+        crd["status"] = json!({
+            "acceptedNames": crd["spec"]["names"].clone(),
+            "storedVersions": crd["spec"]["versions"].as_array().into_iter().flatten()
+                .filter(|v| v["storage"] == true).map(|v| v["name"].clone()).collect::<Vec<_>>(),
+            "conditions": [
+                {"type": "NamesAccepted", "status": "True", "reason": "NoConflicts", "message": "no conflicts found", "lastTransitionTime": now()},
+                {"type": "Established", "status": "True", "reason": "InitialNamesAccepted", "message": "the initial names have been accepted", "lastTransitionTime": now()},
+            ],
+        });
+        Ok(())
+    }
+
+    /// Stores `new` as the next state of `current` (an update, a patch result or an apply result).
+    /// `manager`: who to record as owner of the changed fields (None when the caller already did).
+    #[allow(clippy::too_many_arguments)]
+    pub fn write_update(
+        &mut self,
+        rt: &Arc<ResourceType>,
+        current: &Value,
+        new: Value,
+        manager: Option<&str>,
+        status: bool,
+        dry_run: bool,
+    ) -> Result<Value, ApiError> {
+        check_type(rt, &new)?;
+        let name = current["metadata"]["name"].as_str().unwrap_or_default().to_string();
+        if let Some(n) = new["metadata"]["name"].as_str() {
+            if n != name {
+                return Err(ApiError::bad_request(format!("the name of the object ({n}) does not match the name on the URL ({name})")));
+            }
+        }
+        if let Some(uid) = new["metadata"]["uid"].as_str() {
+            if Some(uid) != current["metadata"]["uid"].as_str() {
+                return Err(ApiError::conflict(&rt.qualified(), &name, &format!("Precondition failed: UID in precondition: {uid}, UID in object meta: {}", current["metadata"]["uid"].as_str().unwrap_or_default())));
+            }
+        }
+        let current_stored = stored_shape(rt, current);
+        let mut new = stored_shape(rt, &new);
+        let part = part_for(rt, status);
+        // the part of the object this endpoint may not change comes from the stored object
+        match part {
+            Part::Status => {
+                let status_value = new.get("status").cloned();
+                new = current_stored.clone();
+                match status_value {
+                    Some(s) => new["status"] = s,
+                    None => {
+                        new.as_object_mut().map(|m| m.remove("status"));
+                    }
+                }
+            }
+            Part::Main => match current_stored.get("status") {
+                Some(s) => new["status"] = s.clone(),
+                None => {
+                    new.as_object_mut().map(|m| m.remove("status"));
+                }
+            },
+            Part::Whole => {}
+        }
+        let cur_meta = &current_stored["metadata"];
+        for k in ["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "namespace", "name", "generation"] {
+            match cur_meta.get(k) {
+                Some(v) => new["metadata"][k] = v.clone(),
+                None => {
+                    new["metadata"].as_object_mut().map(|m| m.remove(k));
+                }
+            }
+        }
+        if new.pointer("/metadata/managedFields").is_none() {
+            if let Some(mf) = cur_meta.get("managedFields") {
+                new["metadata"]["managedFields"] = mf.clone();
+            }
+        }
+        new["metadata"]["resourceVersion"] = cur_meta["resourceVersion"].clone();
+        // a deleting object may lose finalizers but not gain new ones
+        if cur_meta.get("deletionTimestamp").is_some() {
+            let before: Vec<Value> = cur_meta["finalizers"].as_array().cloned().unwrap_or_default();
+            let after: Vec<Value> = new["metadata"]["finalizers"].as_array().cloned().unwrap_or_default();
+            if after.iter().any(|f| !before.contains(f)) {
+                return Err(ApiError::invalid(&rt.kind, &name, &[FieldError::forbidden("metadata.finalizers", "no new finalizers can be added if the object is being deleted")]));
+            }
+        }
+        let mut new = self.admit(rt, new, Some(&current_stored))?;
+        if spec_view(&new) != spec_view(&current_stored) {
+            let g = current_stored["metadata"]["generation"].as_i64().unwrap_or(1);
+            new["metadata"]["generation"] = json!(g + 1);
+        }
+        if let Some(m) = manager {
+            apply::track_update(Some(&current_stored), &mut new, m, shape_of(rt), part, &now());
+        }
+        if rt.kind == "CustomResourceDefinition" && part != Part::Status {
+            new["status"] = current_stored["status"].clone();
+            self.establish_crd(&mut new)?;
+        }
+        if new == current_stored {
+            return Ok(present(rt, &current_stored)); // nothing changed: no write, no event, same resourceVersion
+        }
+        if dry_run {
+            return Ok(present(rt, &new));
+        }
+        let finalizers_done = new["metadata"]["finalizers"].as_array().is_none_or(|f| f.is_empty());
+        if new["metadata"].get("deletionTimestamp").is_some() && finalizers_done {
+            let ns = new["metadata"]["namespace"].as_str().unwrap_or_default().to_string();
+            self.store.put(&rt.bucket, new, ChangeType::Modified);
+            return self.remove_now(rt, &ns, &name).map(|o| present(rt, &o));
+        }
+        let stored = self.store.put(&rt.bucket, new, ChangeType::Modified);
+        Ok(present(rt, &stored))
+    }
+
+    /// PUT: replaces the object, with an optimistic-concurrency check on `metadata.resourceVersion`.
+    pub fn update(
+        &mut self,
+        rt: &Arc<ResourceType>,
+        ns: Option<&str>,
+        name: &str,
+        new: Value,
+        manager: &str,
+        status: bool,
+        dry_run: bool,
+    ) -> Result<Value, ApiError> {
+        let current = self.get(rt, ns, name)?;
+        if let Some(rv) = new["metadata"]["resourceVersion"].as_str().filter(|s| !s.is_empty()) {
+            if Some(rv) != current["metadata"]["resourceVersion"].as_str() {
+                return Err(ApiError::conflict(
+                    &rt.qualified(),
+                    name,
+                    "the object has been modified; please apply your changes to the latest version and try again",
+                ));
+            }
+        }
+        self.write_update(rt, &current, new, Some(manager), status, dry_run)
+    }
+
+    /// PATCH with a JSON merge, JSON or strategic merge patch.
+    #[allow(clippy::too_many_arguments)]
+    pub fn patch(
+        &mut self,
+        rt: &Arc<ResourceType>,
+        ns: Option<&str>,
+        name: &str,
+        content_type: &str,
+        patch: &Value,
+        manager: &str,
+        status: bool,
+        dry_run: bool,
+    ) -> Result<Value, ApiError> {
+        let current = self.get(rt, ns, name)?;
+        let mut patched = current.clone();
+        match content_type {
+            "application/merge-patch+json" => crate::patch::merge_patch(&mut patched, patch),
+            "application/json-patch+json" => crate::patch::json_patch(&mut patched, patch).map_err(|e| {
+                ApiError::new(422, "Invalid", format!("the server rejected our request due to an error in our request: {e}"))
+            })?,
+            "application/strategic-merge-patch+json" if rt.is_builtin() => {
+                crate::patch::strategic_merge(&mut patched, patch, Shape::Builtin)
+            }
+            other => return Err(ApiError::unsupported_media_type(other)),
+        }
+        if let Some(rv) = patched["metadata"]["resourceVersion"].as_str() {
+            if Some(rv) != current["metadata"]["resourceVersion"].as_str() {
+                return Err(ApiError::conflict(&rt.qualified(), name, "the object has been modified; please apply your changes to the latest version and try again"));
+            }
+        }
+        self.write_update(rt, &current, patched, Some(manager), status, dry_run)
+    }
+
+    /// Server-side apply (`application/apply-patch+yaml`): creates the object when it does not exist.
+    #[allow(clippy::too_many_arguments)]
+    pub fn server_side_apply(
+        &mut self,
+        rt: &Arc<ResourceType>,
+        ns: Option<&str>,
+        name: &str,
+        applied: &Value,
+        manager: &str,
+        force: bool,
+        status: bool,
+        dry_run: bool,
+    ) -> Result<Value, ApiError> {
+        check_type(rt, applied)?;
+        if applied["apiVersion"].as_str().is_none() || applied["kind"].as_str().is_none() {
+            return Err(ApiError::bad_request("apiVersion and kind must be set in an applied configuration"));
+        }
+        if applied["metadata"]["name"].as_str().is_some_and(|n| n != name) {
+            return Err(ApiError::bad_request(format!("the name of the object ({}) does not match the name on the URL ({name})", applied["metadata"]["name"].as_str().unwrap_or_default())));
+        }
+        let existing = self.get(rt, ns, name).ok();
+        let applied = stored_shape(rt, applied);
+        let part = part_for(rt, status);
+        let live = match &existing {
+            Some(c) => stored_shape(rt, c),
+            None if status => return Err(ApiError::not_found(&rt.qualified(), name)),
+            None => {
+                let mut skeleton = json!({"apiVersion": applied["apiVersion"], "kind": rt.kind, "metadata": {"name": name}});
+                if let Some(ns) = ns {
+                    skeleton["metadata"]["namespace"] = json!(ns);
+                }
+                skeleton
+            }
+        };
+        let result = apply::apply(&live, &applied, manager, force, shape_of(rt), part, &now()).map_err(|conflicts| {
+            let n = conflicts.len();
+            let lines: Vec<String> = conflicts.iter().map(|c| format!("conflict with \"{}\": .{}", c.manager, c.path)).collect();
+            let mut e = ApiError::new(409, "Conflict", format!("Apply failed with {n} conflict{}: {}", if n == 1 { "" } else { "s" }, lines.join("\n")));
+            e.details = Some(json!({
+                "name": name,
+                "kind": rt.plural,
+                "causes": conflicts.iter().map(|c| json!({"reason": "FieldManagerConflict", "message": format!("conflict with \"{}\"", c.manager), "field": format!(".{}", c.path)})).collect::<Vec<_>>(),
+            }));
+            e
+        })?;
+        match existing {
+            Some(current) => self.write_update(rt, &current, result, None, status, dry_run),
+            None => self.create(rt, ns, result, manager, dry_run),
+        }
+    }
+
+    /// DELETE of one object, with preconditions and propagation policy.
+    pub fn delete(&mut self, rt: &Arc<ResourceType>, ns: Option<&str>, name: &str, opts: &DeleteOptions) -> Result<Value, ApiError> {
+        let current = self.get(rt, ns, name)?;
+        let stored = stored_shape(rt, &current);
+        if let Some(uid) = &opts.precondition_uid {
+            if Some(uid.as_str()) != stored["metadata"]["uid"].as_str() {
+                return Err(ApiError::conflict(&rt.qualified(), name, &format!("Precondition failed: UID in precondition: {uid}, UID in object meta: {}", stored["metadata"]["uid"].as_str().unwrap_or_default())));
+            }
+        }
+        if let Some(rv) = &opts.precondition_rv {
+            if Some(rv.as_str()) != stored["metadata"]["resourceVersion"].as_str() {
+                return Err(ApiError::conflict(&rt.qualified(), name, "the object has been modified; please apply your changes to the latest version and try again"));
+            }
+        }
+        if opts.dry_run {
+            return Ok(current);
+        }
+        let ns_key = ns.unwrap_or_default();
+        let uid = stored["metadata"]["uid"].as_str().unwrap_or_default().to_string();
+        let policy = opts.propagation.as_deref().unwrap_or("Background");
+        if policy == "Orphan" {
+            self.orphan_dependents(&uid);
+        }
+        let mut finalizers: Vec<Value> = stored["metadata"]["finalizers"].as_array().cloned().unwrap_or_default();
+        if policy == "Foreground" && !finalizers.contains(&json!("foregroundDeletion")) && self.has_dependents(&uid) {
+            finalizers.push(json!("foregroundDeletion"));
+        }
+        if finalizers.is_empty() {
+            return self.remove_now(rt, ns_key, name).map(|o| present(rt, &o));
+        }
+        if stored["metadata"].get("deletionTimestamp").is_some() && stored["metadata"]["finalizers"].as_array() == Some(&finalizers) {
+            return Ok(current);
+        }
+        let mut marked = stored.clone();
+        marked["metadata"]["deletionTimestamp"] = json!(now());
+        marked["metadata"]["deletionGracePeriodSeconds"] = json!(0);
+        marked["metadata"]["finalizers"] = json!(finalizers);
+        let out = self.store.put(&rt.bucket, marked, ChangeType::Modified);
+        Ok(present(rt, &out))
+    }
+
+    /// Removes an object from storage at once (no finalizers left), with what that takes along: a CRD its
+    /// resources and objects, a namespace its contents.
+    pub fn remove_now(&mut self, rt: &ResourceType, ns: &str, name: &str) -> Result<Value, ApiError> {
+        let removed = self.store.remove(&rt.bucket, ns, name).ok_or_else(|| ApiError::not_found(&rt.qualified(), name))?;
+        match rt.kind.as_str() {
+            "CustomResourceDefinition" if rt.group == "apiextensions.k8s.io" => {
+                let bucket = self.registry.all().find(|t| t.crd.as_deref() == Some(name)).map(|t| t.bucket.clone());
+                self.registry.remove_crd(name);
+                if let Some(b) = bucket {
+                    self.store.drop_bucket(&b);
+                }
+            }
+            "Namespace" if rt.group.is_empty() => {
+                let buckets: Vec<String> = self.registry.all().filter(|t| t.namespaced).map(|t| t.bucket.clone()).collect();
+                for b in buckets {
+                    let names: Vec<String> = self.store.list(&b, Some(name)).filter_map(|o| o["metadata"]["name"].as_str().map(String::from)).collect();
+                    for n in names {
+                        self.store.remove(&b, name, &n);
+                    }
+                }
+            }
+            _ => {}
+        }
+        Ok(removed)
+    }
+
+    fn has_dependents(&self, uid: &str) -> bool {
+        self.store.all().any(|(_, o)| owned_by(o, uid))
+    }
+
+    fn orphan_dependents(&mut self, uid: &str) {
+        let dependents: Vec<(String, Value)> =
+            self.store.all().filter(|(_, o)| owned_by(o, uid)).map(|(b, o)| (b.clone(), o.clone())).collect();
+        for (bucket, mut o) in dependents {
+            if let Some(refs) = o["metadata"]["ownerReferences"].as_array_mut() {
+                refs.retain(|r| r["uid"] != uid);
+            }
+            self.store.put(&bucket, o, ChangeType::Modified);
+        }
+    }
+}
+
+pub fn owned_by(o: &Value, uid: &str) -> bool {
+    o["metadata"]["ownerReferences"].as_array().is_some_and(|refs| refs.iter().any(|r| r["uid"] == uid))
+}
+
+/// Rejects a body whose apiVersion or kind is not the endpoint's.
+fn check_type(rt: &ResourceType, obj: &Value) -> Result<(), ApiError> {
+    if let Some(av) = obj["apiVersion"].as_str() {
+        if av != rt.api_version() {
+            return Err(ApiError::bad_request(format!(
+                "the API version in the data ({av}) does not match the expected API version ({})",
+                rt.api_version()
+            )));
+        }
+    }
+    if let Some(k) = obj["kind"].as_str() {
+        if k != rt.kind {
+            return Err(ApiError::bad_request(format!("the kind in the data ({k}) does not match the expected kind ({})", rt.kind)));
+        }
+    }
+    Ok(())
+}
+
+/// An object as stored (core Events in the core shape, custom resources under their storage bucket's
+/// version are kept in the version they were written in, with apiVersion rewritten on read).
+fn stored_shape(rt: &ResourceType, obj: &Value) -> Value {
+    if rt.group == "events.k8s.io" { events::to_core(obj) } else { obj.clone() }
+}
+
+/// An object as returned for a resource type: apiVersion of the version asked for, Events converted.
+pub fn present(rt: &ResourceType, obj: &Value) -> Value {
+    if rt.group == "events.k8s.io" {
+        return events::from_core(obj);
+    }
+    let mut o = obj.clone();
+    o["apiVersion"] = json!(rt.api_version());
+    o
+}
