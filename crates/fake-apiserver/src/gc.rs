@@ -45,7 +45,7 @@ pub fn sweep(inner: &mut Inner) -> bool {
             }
             let rt = type_for_bucket(inner, &bucket);
             if let Some(rt) = rt {
-                let _ = inner.write_update(&rt, &crate::objects::present(&rt, &owner), crate::objects::present(&rt, &done), None, false, false);
+                let _ = inner.write_update(&rt, &crate::objects::present(&rt, &owner), crate::objects::present(&rt, &done), false, false, &crate::objects::WriteOptions::by("garbage-collector"));
                 changed = true;
             }
         } else {

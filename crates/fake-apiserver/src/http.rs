@@ -2,7 +2,7 @@
 //! answers with objects, lists, Tables, watch streams, discovery documents or `Status` errors.
 
 use crate::errors::ApiError;
-use crate::objects::{DeleteOptions, present};
+use crate::objects::{DeleteOptions, WriteOptions, present};
 use crate::registry::ResourceType;
 use crate::selectors::{FieldSelector, LabelSelector};
 use crate::store::{Change, ChangeType};
@@ -46,7 +46,20 @@ pub async fn handle(state: Arc<State>, method: Method, uri: Uri, headers: Header
     match path.as_str() {
         "/version" => return ok(&discovery::version()),
         "/healthz" | "/readyz" | "/livez" => return (StatusCode::OK, "ok").into_response(),
+        "/openapi/v3" => return ok(&discovery::openapi_v3_index(&state.inner.lock().expect("lock").registry)),
         _ => {}
+    }
+    if let Some(gv) = path.strip_prefix("/openapi/v3/") {
+        let (group, version) = match gv.split('/').collect::<Vec<_>>().as_slice() {
+            ["api", v] => (String::new(), v.to_string()),
+            ["apis", g, v] => (g.to_string(), v.to_string()),
+            _ => (String::new(), String::new()),
+        };
+        let doc = discovery::openapi_v3_group_version(&state.inner.lock().expect("lock").registry, &group, &version);
+        return match doc {
+            Some(d) => ok(&d),
+            None => ApiError::new(404, "NotFound", "the server could not find the requested resource").into_response(),
+        };
     }
     if !(path == "/api" || path.starts_with("/api/") || path == "/apis" || path.starts_with("/apis/")) {
         return ApiError::new(404, "NotFound", "the server could not find the requested resource").into_response();
@@ -129,8 +142,12 @@ async fn serve_api(state: &Arc<State>, method: &Method, path: &str, uri: &Uri, h
         None => target.rt.qualified(),
     };
     state.count(verb, &counted);
-    let manager = q.get("fieldManager").cloned().unwrap_or_else(|| manager_from_user_agent(headers));
-    let dry_run = q.get("dryRun").is_some_and(|v| v == "All");
+    let opts = WriteOptions {
+        manager: q.get("fieldManager").cloned().unwrap_or_else(|| manager_from_user_agent(headers)),
+        dry_run: q.get("dryRun").is_some_and(|v| v == "All"),
+        strict: q.get("fieldValidation").is_some_and(|v| v == "Strict"),
+        force: flag(&q, "force"),
+    };
     let status = target.sub.is_some();
     let ns = target.ns.as_deref();
     let rt = &target.rt;
@@ -157,22 +174,29 @@ async fn serve_api(state: &Arc<State>, method: &Method, path: &str, uri: &Uri, h
         .and_then(|c| c.to_str().ok())
         .map(|c| c.split(';').next().unwrap_or_default().trim().to_string())
         .unwrap_or_default();
+    if content_type.contains("protobuf") {
+        return Err(ApiError::new(
+            415,
+            "UnsupportedMediaType",
+            "fake-apiserver does not decode protobuf request bodies (kubectl's generator commands such as `kubectl create deployment` send them); send JSON or YAML, e.g. `kubectl create -f`",
+        ));
+    }
     let parsed = if body.is_empty() { Value::Null } else { parse_body(&body)? };
     let name = target.name.clone().unwrap_or_default();
     let mut inner = state.inner.lock().expect("lock");
     let result = match verb {
-        "create" => inner.create(rt, ns, parsed, &manager, dry_run).map(|o| (StatusCode::CREATED, o)),
-        "update" => inner.update(rt, ns, &name, parsed, &manager, status, dry_run).map(|o| (StatusCode::OK, o)),
+        "create" => inner.create(rt, ns, parsed, &opts).map(|o| (StatusCode::CREATED, o)),
+        "update" => inner.update(rt, ns, &name, parsed, status, &opts).map(|o| (StatusCode::OK, o)),
         "patch" if content_type == "application/apply-patch+yaml" => {
-            let Some(m) = q.get("fieldManager") else {
+            if !q.contains_key("fieldManager") {
                 return Err(ApiError::bad_request("PATCH /apply requests require fieldManager"));
-            };
+            }
             let existed = inner.get(rt, ns, &name).is_ok();
             inner
-                .server_side_apply(rt, ns, &name, &parsed, m, flag(&q, "force"), status, dry_run)
+                .server_side_apply(rt, ns, &name, &parsed, status, &opts)
                 .map(|o| (if existed { StatusCode::OK } else { StatusCode::CREATED }, o))
         }
-        "patch" => inner.patch(rt, ns, &name, &content_type, &parsed, &manager, status, dry_run).map(|o| (StatusCode::OK, o)),
+        "patch" => inner.patch(rt, ns, &name, &content_type, &parsed, status, &opts).map(|o| (StatusCode::OK, o)),
         "delete" => {
             let opts = delete_options(&q, &parsed);
             let r = inner.delete(rt, ns, &name, &opts).map(|o| (StatusCode::OK, o));

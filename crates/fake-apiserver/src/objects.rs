@@ -25,9 +25,25 @@ impl Default for Inner {
         let ns = inner.registry.get("", "v1", "namespaces").expect("built-in");
         for name in ["default", "kube-system", "kube-public", "kube-node-lease"] {
             let obj = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
-            inner.create(&ns, None, obj, "fake-apiserver", false).expect("system namespaces");
+            inner.create(&ns, None, obj, &WriteOptions::by("fake-apiserver")).expect("system namespaces");
         }
         inner
+    }
+}
+
+/// Options every write carries: who writes (field manager), whether to persist, whether unknown fields
+/// are an error (`fieldValidation=Strict`, what kubectl sends), and whether an apply takes over conflicts.
+#[derive(Debug, Clone, Default)]
+pub struct WriteOptions {
+    pub manager: String,
+    pub dry_run: bool,
+    pub strict: bool,
+    pub force: bool,
+}
+
+impl WriteOptions {
+    pub fn by(manager: &str) -> Self {
+        WriteOptions { manager: manager.into(), ..Default::default() }
     }
 }
 
@@ -89,7 +105,7 @@ impl Inner {
     }
 
     /// Defaults and validates an object about to be stored (`old` on updates).
-    fn admit(&mut self, rt: &ResourceType, obj: Value, old: Option<&Value>) -> Result<Value, ApiError> {
+    fn admit(&mut self, rt: &ResourceType, obj: Value, old: Option<&Value>, strict: bool) -> Result<Value, ApiError> {
         let name = obj["metadata"]["name"].as_str().unwrap_or_default().to_string();
         let kind_qualified = if rt.group.is_empty() { rt.kind.clone() } else { format!("{}.{}", rt.kind, rt.group) };
         let mut errors: Vec<FieldError> = builtins::validate_name(&rt.kind, &name);
@@ -99,7 +115,11 @@ impl Inner {
                     errors.extend(builtins::validate_labels(labels, "metadata.labels"));
                 }
                 match schema::admit(schema, obj, old) {
-                    Ok(o) => o,
+                    Ok((_, unknown)) if strict && !unknown.is_empty() => {
+                        let list: Vec<String> = unknown.iter().map(|u| format!("unknown field \"{u}\"")).collect();
+                        return Err(ApiError::bad_request(format!("strict decoding error: {}", list.join(", "))));
+                    }
+                    Ok((o, _)) => o,
                     Err(e) => {
                         errors.extend(e);
                         Value::Null
@@ -128,8 +148,7 @@ impl Inner {
         rt: &Arc<ResourceType>,
         ns: Option<&str>,
         mut obj: Value,
-        manager: &str,
-        dry_run: bool,
+        opts: &WriteOptions,
     ) -> Result<Value, ApiError> {
         check_type(rt, &obj)?;
         if !obj["metadata"].is_object() {
@@ -180,20 +199,20 @@ impl Inner {
         for k in ["uid", "resourceVersion", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "generation", "selfLink"] {
             meta.remove(k);
         }
-        let mut obj = self.admit(rt, obj, None)?;
+        let mut obj = self.admit(rt, obj, None, opts.strict)?;
         let meta = &mut obj["metadata"];
         meta["uid"] = json!(uuid::Uuid::new_v4().to_string());
         meta["creationTimestamp"] = json!(now());
         meta["generation"] = json!(1);
         if obj.pointer("/metadata/managedFields").is_none() {
-            apply::track_update(None, &mut obj, manager, shape_of(rt), part_for(rt, false), &now());
+            apply::track_update(None, &mut obj, &opts.manager, shape_of(rt), part_for(rt, false), &now());
         }
         match rt.kind.as_str() {
             "Namespace" => obj["status"] = json!({"phase": "Active"}),
             "CustomResourceDefinition" => self.establish_crd(&mut obj)?,
             _ => {}
         }
-        if dry_run {
+        if opts.dry_run {
             return Ok(present(rt, &obj));
         }
         let stored = self.store.put(&rt.bucket, obj, ChangeType::Added);
@@ -249,16 +268,15 @@ impl Inner {
     }
 
     /// Stores `new` as the next state of `current` (an update, a patch result or an apply result).
-    /// `manager`: who to record as owner of the changed fields (None when the caller already did).
-    #[allow(clippy::too_many_arguments)]
+    /// `track`: record `opts.manager` as owner of the changed fields (false when an apply already did).
     pub fn write_update(
         &mut self,
         rt: &Arc<ResourceType>,
         current: &Value,
         new: Value,
-        manager: Option<&str>,
+        track: bool,
         status: bool,
-        dry_run: bool,
+        opts: &WriteOptions,
     ) -> Result<Value, ApiError> {
         check_type(rt, &new)?;
         let name = current["metadata"]["name"].as_str().unwrap_or_default().to_string();
@@ -318,13 +336,13 @@ impl Inner {
                 return Err(ApiError::invalid(&rt.kind, &name, &[FieldError::forbidden("metadata.finalizers", "no new finalizers can be added if the object is being deleted")]));
             }
         }
-        let mut new = self.admit(rt, new, Some(&current_stored))?;
+        let mut new = self.admit(rt, new, Some(&current_stored), opts.strict)?;
         if spec_view(&new) != spec_view(&current_stored) {
             let g = current_stored["metadata"]["generation"].as_i64().unwrap_or(1);
             new["metadata"]["generation"] = json!(g + 1);
         }
-        if let Some(m) = manager {
-            apply::track_update(Some(&current_stored), &mut new, m, shape_of(rt), part, &now());
+        if track {
+            apply::track_update(Some(&current_stored), &mut new, &opts.manager, shape_of(rt), part, &now());
         }
         if rt.kind == "CustomResourceDefinition" && part != Part::Status {
             new["status"] = current_stored["status"].clone();
@@ -333,7 +351,7 @@ impl Inner {
         if new == current_stored {
             return Ok(present(rt, &current_stored)); // nothing changed: no write, no event, same resourceVersion
         }
-        if dry_run {
+        if opts.dry_run {
             return Ok(present(rt, &new));
         }
         let finalizers_done = new["metadata"]["finalizers"].as_array().is_none_or(|f| f.is_empty());
@@ -353,9 +371,8 @@ impl Inner {
         ns: Option<&str>,
         name: &str,
         new: Value,
-        manager: &str,
         status: bool,
-        dry_run: bool,
+        opts: &WriteOptions,
     ) -> Result<Value, ApiError> {
         let current = self.get(rt, ns, name)?;
         if let Some(rv) = new["metadata"]["resourceVersion"].as_str().filter(|s| !s.is_empty()) {
@@ -367,11 +384,10 @@ impl Inner {
                 ));
             }
         }
-        self.write_update(rt, &current, new, Some(manager), status, dry_run)
+        self.write_update(rt, &current, new, true, status, opts)
     }
 
     /// PATCH with a JSON merge, JSON or strategic merge patch.
-    #[allow(clippy::too_many_arguments)]
     pub fn patch(
         &mut self,
         rt: &Arc<ResourceType>,
@@ -379,9 +395,8 @@ impl Inner {
         name: &str,
         content_type: &str,
         patch: &Value,
-        manager: &str,
         status: bool,
-        dry_run: bool,
+        opts: &WriteOptions,
     ) -> Result<Value, ApiError> {
         let current = self.get(rt, ns, name)?;
         let mut patched = current.clone();
@@ -400,21 +415,18 @@ impl Inner {
                 return Err(ApiError::conflict(&rt.qualified(), name, "the object has been modified; please apply your changes to the latest version and try again"));
             }
         }
-        self.write_update(rt, &current, patched, Some(manager), status, dry_run)
+        self.write_update(rt, &current, patched, true, status, opts)
     }
 
     /// Server-side apply (`application/apply-patch+yaml`): creates the object when it does not exist.
-    #[allow(clippy::too_many_arguments)]
     pub fn server_side_apply(
         &mut self,
         rt: &Arc<ResourceType>,
         ns: Option<&str>,
         name: &str,
         applied: &Value,
-        manager: &str,
-        force: bool,
         status: bool,
-        dry_run: bool,
+        opts: &WriteOptions,
     ) -> Result<Value, ApiError> {
         check_type(rt, applied)?;
         if applied["apiVersion"].as_str().is_none() || applied["kind"].as_str().is_none() {
@@ -437,7 +449,7 @@ impl Inner {
                 skeleton
             }
         };
-        let result = apply::apply(&live, &applied, manager, force, shape_of(rt), part, &now()).map_err(|conflicts| {
+        let result = apply::apply(&live, &applied, &opts.manager, opts.force, shape_of(rt), part, &now()).map_err(|conflicts| {
             let n = conflicts.len();
             let lines: Vec<String> = conflicts.iter().map(|c| format!("conflict with \"{}\": .{}", c.manager, c.path)).collect();
             let mut e = ApiError::new(409, "Conflict", format!("Apply failed with {n} conflict{}: {}", if n == 1 { "" } else { "s" }, lines.join("\n")));
@@ -449,8 +461,8 @@ impl Inner {
             e
         })?;
         match existing {
-            Some(current) => self.write_update(rt, &current, result, None, status, dry_run),
-            None => self.create(rt, ns, result, manager, dry_run),
+            Some(current) => self.write_update(rt, &current, result, false, status, opts),
+            None => self.create(rt, ns, result, opts),
         }
     }
 

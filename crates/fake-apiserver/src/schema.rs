@@ -6,10 +6,12 @@ use crate::errors::FieldError;
 use crate::registry::CrdSchema;
 use serde_json::Value;
 
-/// Prunes, defaults and validates a custom resource. Returns the object as it will be stored.
-pub fn admit(schema: &CrdSchema, object: Value, old: Option<&Value>) -> Result<Value, Vec<FieldError>> {
+/// Prunes, defaults and validates a custom resource. Returns the object as it will be stored and the
+/// paths of the unknown fields that were pruned (an error under `fieldValidation=Strict`).
+pub fn admit(schema: &CrdSchema, object: Value, old: Option<&Value>) -> Result<(Value, Vec<String>), Vec<FieldError>> {
     let mut object = object;
-    prune_root(&schema.openapi, &mut object);
+    let mut unknown = vec![];
+    prune_root(&schema.openapi, &mut object, &mut unknown);
     let object = default_root(&schema.openapi, object);
     let mut errors = vec![];
     for (k, v) in object.as_object().into_iter().flatten() {
@@ -38,7 +40,7 @@ pub fn admit(schema: &CrdSchema, object: Value, old: Option<&Value>) -> Result<V
             }
         }
     }
-    if errors.is_empty() { Ok(object) } else { Err(errors) }
+    if errors.is_empty() { Ok((object, unknown)) } else { Err(errors) }
 }
 
 /// CEL rules see metadata as name/generateName only, as on a real server.
@@ -74,23 +76,30 @@ fn default_root(schema: &Value, object: Value) -> Value {
     out
 }
 
-fn prune_root(schema: &Value, object: &mut Value) {
+fn prune_root(schema: &Value, object: &mut Value, unknown: &mut Vec<String>) {
     let Some(m) = object.as_object_mut() else { return };
     let props = schema.get("properties");
     let preserve = schema.get("x-kubernetes-preserve-unknown-fields").and_then(Value::as_bool) == Some(true);
-    m.retain(|k, _| matches!(k.as_str(), "apiVersion" | "kind" | "metadata") || preserve || props.is_some_and(|p| p.get(k).is_some()));
+    m.retain(|k, _| {
+        let keep = matches!(k.as_str(), "apiVersion" | "kind" | "metadata") || preserve || props.is_some_and(|p| p.get(k).is_some());
+        if !keep {
+            unknown.push(k.clone());
+        }
+        keep
+    });
     for (k, v) in m.iter_mut() {
         if matches!(k.as_str(), "apiVersion" | "kind" | "metadata") {
             continue;
         }
         if let Some(s) = props.and_then(|p| p.get(k)) {
-            prune(s, v);
+            prune(s, v, k, unknown);
         }
     }
 }
 
-/// Removes fields the schema does not declare (unless it preserves unknown fields there).
-pub fn prune(schema: &Value, v: &mut Value) {
+/// Removes fields the schema does not declare (unless it preserves unknown fields there), recording
+/// their paths in `unknown`.
+pub fn prune(schema: &Value, v: &mut Value, path: &str, unknown: &mut Vec<String>) {
     let preserve = schema.get("x-kubernetes-preserve-unknown-fields").and_then(Value::as_bool) == Some(true);
     let embedded = schema.get("x-kubernetes-embedded-resource").and_then(Value::as_bool) == Some(true);
     match v {
@@ -99,22 +108,27 @@ pub fn prune(schema: &Value, v: &mut Value) {
             let additional = schema.get("additionalProperties");
             let keep_all = preserve || additional.is_some_and(|a| a.is_object() || a.as_bool() == Some(true));
             m.retain(|k, _| {
-                keep_all
+                let keep = keep_all
                     || props.is_some_and(|p| p.get(k).is_some())
-                    || (embedded && matches!(k.as_str(), "apiVersion" | "kind" | "metadata"))
+                    || (embedded && matches!(k.as_str(), "apiVersion" | "kind" | "metadata"));
+                if !keep {
+                    unknown.push(format!("{path}.{k}"));
+                }
+                keep
             });
             for (k, child) in m.iter_mut() {
+                let child_path = format!("{path}.{k}");
                 if let Some(s) = props.and_then(|p| p.get(k)) {
-                    prune(s, child);
+                    prune(s, child, &child_path, unknown);
                 } else if let Some(a) = additional.filter(|a| a.is_object()) {
-                    prune(a, child);
+                    prune(a, child, &child_path, unknown);
                 }
             }
         }
         Value::Array(items) => {
             if let Some(s) = schema.get("items") {
-                for i in items {
-                    prune(s, i);
+                for (i, item) in items.iter_mut().enumerate() {
+                    prune(s, item, &format!("{path}[{i}]"), unknown);
                 }
             }
         }
@@ -332,8 +346,9 @@ mod tests {
 
     #[test]
     fn prunes_unknown_fields_and_applies_defaults() {
-        let out = admit(&schema(), obj(json!({"target": "t", "extra": 1})), None).unwrap();
+        let (out, unknown) = admit(&schema(), obj(json!({"target": "t", "extra": 1})), None).unwrap();
         assert_eq!(out["spec"], json!({"target": "t", "weight": 100}));
+        assert_eq!(unknown, ["spec.extra"]);
         assert_eq!(out["metadata"]["name"], "n");
     }
 
