@@ -64,9 +64,6 @@ pub async fn handle(state: Arc<State>, method: Method, uri: Uri, headers: Header
     if !(path == "/api" || path.starts_with("/api/") || path == "/apis" || path.starts_with("/apis/")) {
         return ApiError::new(404, "NotFound", "the server could not find the requested resource").into_response();
     }
-    if let Some(err) = state.faults.take_failure().await {
-        return err.into_response();
-    }
     match serve_api(&state, &method, &path, &uri, &headers, body).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
@@ -142,6 +139,9 @@ async fn serve_api(state: &Arc<State>, method: &Method, path: &str, uri: &Uri, h
         None => target.rt.qualified(),
     };
     state.count(verb, &counted);
+    if let Some(err) = state.faults.take_failure().await {
+        return Err(err);
+    }
     let opts = WriteOptions {
         manager: q.get("fieldManager").cloned().unwrap_or_else(|| manager_from_user_agent(headers)),
         dry_run: q.get("dryRun").is_some_and(|v| v == "All"),

@@ -1,0 +1,315 @@
+//! API semantics of fake-apiserver, driven through kube-rs as an operator would drive a real API server.
+
+use fake_apiserver::FakeApiServer;
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
+use kube::core::{DynamicObject, GroupVersionKind};
+use kube::discovery::ApiResource;
+use serde_json::{Value, json};
+use std::time::Duration;
+
+fn cm(name: &str, labels: Value, data: Value) -> ConfigMap {
+    serde_json::from_value(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "labels": labels}, "data": data})).unwrap()
+}
+
+fn api_err(e: kube::Error) -> (u16, String) {
+    match e {
+        kube::Error::Api(s) => (s.code, s.message),
+        other => panic!("expected an API error, got {other:?}"),
+    }
+}
+
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..100 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+#[tokio::test]
+async fn create_get_update_with_optimistic_concurrency() {
+    let server = FakeApiServer::start().await.unwrap();
+    let cms: Api<ConfigMap> = Api::namespaced(server.client(), "default");
+    let created = cms.create(&PostParams::default(), &cm("a", json!({}), json!({"k": "v"}))).await.unwrap();
+    assert!(created.metadata.uid.is_some());
+    assert!(created.metadata.creation_timestamp.is_some());
+    let (code, _) = api_err(cms.create(&PostParams::default(), &cm("a", json!({}), json!({}))).await.unwrap_err());
+    assert_eq!(code, 409);
+
+    let mut first = cms.get("a").await.unwrap();
+    let mut second = first.clone();
+    first.data = Some([("k".to_string(), "v1".to_string())].into());
+    cms.replace("a", &PostParams::default(), &first).await.unwrap();
+    second.data = Some([("k".to_string(), "v2".to_string())].into());
+    let (code, msg) = api_err(cms.replace("a", &PostParams::default(), &second).await.unwrap_err());
+    assert_eq!(code, 409);
+    assert!(msg.contains("the object has been modified"), "{msg}");
+
+    let (code, _) = api_err(cms.get("missing").await.unwrap_err());
+    assert_eq!(code, 404);
+    let in_missing_ns: Api<ConfigMap> = Api::namespaced(server.client(), "nope");
+    let (code, msg) = api_err(in_missing_ns.create(&PostParams::default(), &cm("a", json!({}), json!({}))).await.unwrap_err());
+    assert_eq!((code, msg.as_str()), (404, "namespaces \"nope\" not found"));
+}
+
+#[tokio::test]
+async fn a_write_that_changes_nothing_keeps_the_resource_version() {
+    let server = FakeApiServer::start().await.unwrap();
+    let cms: Api<ConfigMap> = Api::namespaced(server.client(), "default");
+    let pp = PatchParams::apply("test");
+    let a = cms.patch("a", &pp, &Patch::Apply(cm("a", json!({}), json!({"k": "v"})))).await.unwrap();
+    let b = cms.patch("a", &pp, &Patch::Apply(cm("a", json!({}), json!({"k": "v"})))).await.unwrap();
+    assert_eq!(a.metadata.resource_version, b.metadata.resource_version);
+}
+
+#[tokio::test]
+async fn list_with_label_and_field_selectors_and_pages() {
+    let server = FakeApiServer::start().await.unwrap();
+    let cms: Api<ConfigMap> = Api::namespaced(server.client(), "default");
+    for (name, tier) in [("a", "front"), ("b", "back"), ("c", "front"), ("d", "db")] {
+        cms.create(&PostParams::default(), &cm(name, json!({"tier": tier, "app": "x"}), json!({}))).await.unwrap();
+    }
+    cms.create(&PostParams::default(), &cm("e", json!({}), json!({}))).await.unwrap();
+    let names = |l: kube::core::ObjectList<ConfigMap>| l.items.into_iter().map(|c| c.metadata.name.unwrap()).collect::<Vec<_>>();
+    let sel = |s: &str| ListParams::default().labels(s);
+    assert_eq!(names(cms.list(&sel("tier=front")).await.unwrap()), ["a", "c"]);
+    assert_eq!(names(cms.list(&sel("tier!=front")).await.unwrap()), ["b", "d", "e"]);
+    assert_eq!(names(cms.list(&sel("tier in (back,db)")).await.unwrap()), ["b", "d"]);
+    assert_eq!(names(cms.list(&sel("tier notin (back,db),app")).await.unwrap()), ["a", "c"]);
+    assert_eq!(names(cms.list(&sel("!app")).await.unwrap()), ["e"]);
+    assert_eq!(names(cms.list(&ListParams::default().fields("metadata.name=d")).await.unwrap()), ["d"]);
+
+    let page1 = cms.list(&ListParams::default().limit(2)).await.unwrap();
+    let token = page1.metadata.continue_.clone().expect("a continue token");
+    assert_eq!(names(page1), ["a", "b"]);
+    let page2 = cms.list(&ListParams::default().limit(2).continue_token(&token)).await.unwrap();
+    let token2 = page2.metadata.continue_.clone().expect("a continue token");
+    assert_eq!(names(page2), ["c", "d"]);
+    let page3 = cms.list(&ListParams::default().limit(2).continue_token(&token2)).await.unwrap();
+    assert!(page3.metadata.continue_.is_none());
+    assert_eq!(names(page3), ["e"]);
+}
+
+#[tokio::test]
+async fn watch_replays_from_a_resource_version_and_expires_with_410() {
+    let server = FakeApiServer::start().await.unwrap();
+    let cms: Api<ConfigMap> = Api::namespaced(server.client(), "default");
+    let a = cms.create(&PostParams::default(), &cm("a", json!({"w": "yes"}), json!({}))).await.unwrap();
+    let rv = a.metadata.resource_version.clone().unwrap();
+    cms.create(&PostParams::default(), &cm("b", json!({}), json!({}))).await.unwrap();
+    cms.patch("a", &PatchParams::default(), &Patch::Merge(json!({"data": {"x": "1"}}))).await.unwrap();
+    cms.delete("a", &DeleteParams::default()).await.unwrap();
+
+    let mut stream = cms.watch(&WatchParams::default().labels("w=yes").timeout(5), &rv).await.unwrap().boxed();
+    let mut seen = vec![];
+    while let Some(ev) = stream.try_next().await.unwrap() {
+        match ev {
+            WatchEvent::Added(o) => seen.push(format!("ADDED {}", o.metadata.name.unwrap())),
+            WatchEvent::Modified(o) => seen.push(format!("MODIFIED {}", o.metadata.name.unwrap())),
+            WatchEvent::Deleted(o) => seen.push(format!("DELETED {}", o.metadata.name.unwrap())),
+            _ => {}
+        }
+        if seen.len() == 2 {
+            break;
+        }
+    }
+    assert_eq!(seen, ["MODIFIED a", "DELETED a"]);
+
+    server.state().expire_watches();
+    let mut stream = cms.watch(&WatchParams::default().timeout(5), &rv).await.unwrap().boxed();
+    match stream.try_next().await.unwrap() {
+        Some(WatchEvent::Error(e)) => assert_eq!(e.code, 410),
+        other => panic!("expected 410 Gone, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn server_side_apply_prunes_omitted_fields_and_reports_conflicts() {
+    let server = FakeApiServer::start().await.unwrap();
+    let cms: Api<ConfigMap> = Api::namespaced(server.client(), "default");
+    let mine = PatchParams::apply("me");
+    cms.patch("a", &mine, &Patch::Apply(cm("a", json!({"l": "1"}), json!({"keep": "1", "drop": "2"})))).await.unwrap();
+    let after = cms.patch("a", &mine, &Patch::Apply(cm("a", json!({}), json!({"keep": "1"})))).await.unwrap();
+    assert_eq!(after.data.unwrap().keys().collect::<Vec<_>>(), ["keep"]);
+    assert!(after.metadata.labels.unwrap_or_default().is_empty());
+
+    let theirs = PatchParams::apply("someone-else");
+    let (code, msg) = api_err(cms.patch("a", &theirs, &Patch::Apply(cm("a", json!({}), json!({"keep": "2"})))).await.unwrap_err());
+    assert_eq!(code, 409);
+    assert!(msg.contains("conflict with \"me\""), "{msg}");
+    let forced = cms.patch("a", &theirs.clone().force(), &Patch::Apply(cm("a", json!({}), json!({"keep": "2"})))).await.unwrap();
+    assert_eq!(forced.data.unwrap()["keep"], "2");
+
+    // a field edited by another manager survives when the applier stops applying it
+    let d: Api<Deployment> = Api::namespaced(server.client(), "default");
+    let dep = |containers: Value| {
+        json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"},
+               "spec": {"selector": {"matchLabels": {"app": "d"}}, "template": {"metadata": {"labels": {"app": "d"}}, "spec": {"containers": containers}}}})
+    };
+    d.patch("d", &mine, &Patch::Apply(dep(json!([{"name": "a", "image": "a:1"}, {"name": "b", "image": "b:1"}])))).await.unwrap();
+    let applied = d.patch("d", &mine, &Patch::Apply(dep(json!([{"name": "b", "image": "b:2"}])))).await.unwrap();
+    let images: Vec<String> = applied.spec.unwrap().template.spec.unwrap().containers.into_iter().map(|c| c.image.unwrap()).collect();
+    assert_eq!(images, ["b:2"]);
+}
+
+fn widget_crd(group: &str) -> Value {
+    json!({
+        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": format!("widgets.{group}")},
+        "spec": {
+            "group": group, "scope": "Namespaced",
+            "names": {"kind": "Widget", "plural": "widgets", "singular": "widget", "shortNames": ["wd"]},
+            "versions": [{
+                "name": "v1", "served": true, "storage": true, "subresources": {"status": {}},
+                "schema": {"openAPIV3Schema": {"type": "object", "properties": {
+                    "spec": {"type": "object", "required": ["size"],
+                             "x-kubernetes-validations": [{"rule": "self.size <= 10", "message": "size must be at most 10"}],
+                             "properties": {"size": {"type": "integer"}, "color": {"type": "string", "default": "blue"}}},
+                    "status": {"type": "object", "properties": {"seen": {"type": "integer"}}}
+                }}}
+            }]
+        }
+    })
+}
+
+async fn install_widgets(server: &FakeApiServer) -> Api<DynamicObject> {
+    let crds: Api<CustomResourceDefinition> = Api::all(server.client());
+    crds.create(&PostParams::default(), &serde_json::from_value(widget_crd("example.com")).unwrap()).await.unwrap();
+    let ar = ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("example.com", "v1", "Widget"), "widgets");
+    Api::namespaced_with(server.client(), "default", &ar)
+}
+
+fn widget(name: &str, spec: Value) -> DynamicObject {
+    serde_json::from_value(json!({"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": name}, "spec": spec})).unwrap()
+}
+
+#[tokio::test]
+async fn crd_schemas_validate_prune_default_and_run_cel_rules() {
+    let server = FakeApiServer::start().await.unwrap();
+    let widgets = install_widgets(&server).await;
+    let w = widgets.create(&PostParams::default(), &widget("w", json!({"size": 3, "unknown": true}))).await.unwrap();
+    assert_eq!(w.data["spec"], json!({"size": 3, "color": "blue"}), "pruned and defaulted");
+
+    let (code, msg) = api_err(widgets.create(&PostParams::default(), &widget("big", json!({"size": 11}))).await.unwrap_err());
+    assert_eq!(code, 422);
+    assert!(msg.contains("size must be at most 10"), "{msg}");
+    let (code, msg) = api_err(widgets.create(&PostParams::default(), &widget("bad", json!({"size": "x"}))).await.unwrap_err());
+    assert_eq!(code, 422);
+    assert!(msg.contains("spec.size") && msg.contains("must be of type integer"), "{msg}");
+    let (code, msg) = api_err(widgets.create(&PostParams::default(), &widget("none", json!({}))).await.unwrap_err());
+    assert_eq!(code, 422);
+    assert!(msg.contains("spec.size: Required value"), "{msg}");
+
+    // a CRD in a protected group needs the approval annotation, as on a real server
+    let crds: Api<CustomResourceDefinition> = Api::all(server.client());
+    let (code, msg) = api_err(crds.create(&PostParams::default(), &serde_json::from_value(widget_crd("x.k8s.io")).unwrap()).await.unwrap_err());
+    assert_eq!(code, 422);
+    assert!(msg.contains("api-approved.kubernetes.io"), "{msg}");
+}
+
+#[tokio::test]
+async fn status_subresource_and_generation() {
+    let server = FakeApiServer::start().await.unwrap();
+    let widgets = install_widgets(&server).await;
+    let mut w = widget("w", json!({"size": 1}));
+    w.data["status"] = json!({"seen": 5});
+    let created = widgets.create(&PostParams::default(), &w).await.unwrap();
+    assert!(created.data.get("status").is_none(), "status is ignored on create");
+    assert_eq!(created.metadata.generation, Some(1));
+
+    let with_status = widgets.patch_status("w", &PatchParams::default(), &Patch::Merge(json!({"status": {"seen": 1}, "spec": {"size": 9}}))).await.unwrap();
+    assert_eq!(with_status.data["status"]["seen"], 1);
+    assert_eq!(with_status.data["spec"]["size"], 1, "the status endpoint ignores spec");
+    assert_eq!(with_status.metadata.generation, Some(1), "status changes do not bump generation");
+
+    let relabelled = widgets.patch("w", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"a": "b"}}, "status": {"seen": 7}}))).await.unwrap();
+    assert_eq!(relabelled.metadata.generation, Some(1), "metadata changes do not bump generation");
+    assert_eq!(relabelled.data["status"]["seen"], 1, "the main endpoint ignores status");
+    let resized = widgets.patch("w", &PatchParams::default(), &Patch::Merge(json!({"spec": {"size": 2}}))).await.unwrap();
+    assert_eq!(resized.metadata.generation, Some(2));
+}
+
+#[tokio::test]
+async fn garbage_collection_and_finalizers() {
+    let server = FakeApiServer::start().await.unwrap();
+    let client = server.client();
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let owner = cms.create(&PostParams::default(), &cm("owner", json!({}), json!({}))).await.unwrap();
+    let owned_by = |name: &str| {
+        let mut c = cm(name, json!({}), json!({}));
+        c.metadata.owner_references = Some(vec![k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+            api_version: "v1".into(),
+            kind: "ConfigMap".into(),
+            name: "owner".into(),
+            uid: owner.metadata.uid.clone().unwrap(),
+            controller: Some(true),
+            block_owner_deletion: Some(true),
+        }]);
+        c
+    };
+    cms.create(&PostParams::default(), &owned_by("child")).await.unwrap();
+    let mut held = owned_by("held");
+    held.metadata.finalizers = Some(vec!["example.com/hold".into()]);
+    cms.create(&PostParams::default(), &held).await.unwrap();
+
+    cms.delete("owner", &DeleteParams::default()).await.unwrap();
+    eventually("the dependent is collected", || async { cms.get_opt("child").await.unwrap().is_none() }).await;
+    // a dependent with a finalizer is only marked for deletion until the finalizer goes
+    let marked = cms.get("held").await.unwrap();
+    assert!(marked.metadata.deletion_timestamp.is_some());
+    cms.patch("held", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"finalizers": null}}))).await.unwrap();
+    assert!(cms.get_opt("held").await.unwrap().is_none());
+
+    // orphan propagation keeps dependents and removes the owner reference
+    let owner = cms.create(&PostParams::default(), &cm("owner", json!({}), json!({}))).await.unwrap();
+    let mut orphan = owned_by("orphan");
+    orphan.metadata.owner_references.as_mut().unwrap()[0].uid = owner.metadata.uid.clone().unwrap();
+    cms.create(&PostParams::default(), &orphan).await.unwrap();
+    cms.delete("owner", &DeleteParams::orphan()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let kept = cms.get("orphan").await.unwrap();
+    assert!(kept.metadata.owner_references.unwrap_or_default().is_empty());
+}
+
+#[tokio::test]
+async fn injected_faults_and_request_counters() {
+    let server = FakeApiServer::start().await.unwrap();
+    let cms: Api<ConfigMap> = Api::namespaced(server.client(), "default");
+    server.state().fail_next(1, 500, None);
+    let (code, _) = api_err(cms.list(&ListParams::default()).await.unwrap_err());
+    assert_eq!(code, 500);
+    // kube-rs retries a 429 after Retry-After by itself: the list succeeds on the second request
+    server.state().fail_next(1, 429, Some(1));
+    cms.list(&ListParams::default()).await.unwrap();
+    cms.get_opt("x").await.unwrap();
+    let counters = server.counters();
+    assert_eq!(counters.get("list configmaps"), Some(&3), "failed requests are counted too: {counters:?}");
+    assert_eq!(counters.get("get configmaps"), Some(&1));
+}
+
+#[tokio::test]
+async fn events_are_served_in_both_apis() {
+    let server = FakeApiServer::start().await.unwrap();
+    let new_api: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(server.client(), "default");
+    let ev: k8s_openapi::api::events::v1::Event = serde_json::from_value(json!({
+        "metadata": {"name": "e1"}, "eventTime": "2026-01-01T00:00:00.000000Z", "reason": "Created", "note": "made it",
+        "type": "Normal", "action": "Create", "reportingController": "test", "reportingInstance": "test-1",
+        "regarding": {"kind": "ConfigMap", "name": "a", "namespace": "default", "uid": "u1"}
+    }))
+    .unwrap();
+    new_api.create(&PostParams::default(), &ev).await.unwrap();
+    let core: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(server.client(), "default");
+    let listed = core.list(&ListParams::default().fields("involvedObject.uid=u1")).await.unwrap();
+    assert_eq!(listed.items.len(), 1);
+    assert_eq!(listed.items[0].message.as_deref(), Some("made it"));
+}
