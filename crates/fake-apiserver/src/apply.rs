@@ -355,7 +355,8 @@ pub fn apply(
     let api_version = applied["apiVersion"].as_str().unwrap_or_default().to_string();
     let applied_fields = fields_of(applied, shape, part);
     let mut entries = read_entries(live);
-    let me = |e: &Entry| e.manager == manager && e.operation == "Apply" && e.subresource.as_deref() == part.subresource();
+    let me =
+        |e: &Entry| e.manager == manager && e.operation == "Apply" && e.subresource.as_deref() == part.subresource();
     let previous: FieldSet = entries.iter().find(|e| me(e)).map(|e| e.fields.clone()).unwrap_or_default();
 
     // conflicts: leaves another manager owns whose value the apply changes
@@ -482,14 +483,16 @@ mod tests {
     #[test]
     fn a_field_the_manager_stops_applying_is_removed() {
         let live = cm(json!({}));
-        let first = apply(&live, &cm(json!({"a": "1", "b": "2"})), "m", false, Shape::Builtin, Part::Whole, NOW).unwrap();
+        let first =
+            apply(&live, &cm(json!({"a": "1", "b": "2"})), "m", false, Shape::Builtin, Part::Whole, NOW).unwrap();
         let second = apply(&first, &cm(json!({"a": "1"})), "m", false, Shape::Builtin, Part::Whole, NOW).unwrap();
         assert_eq!(second["data"], json!({"a": "1"}));
     }
 
     #[test]
     fn changing_another_managers_field_conflicts_unless_forced() {
-        let live = apply(&cm(json!({})), &cm(json!({"a": "1"})), "one", false, Shape::Builtin, Part::Whole, NOW).unwrap();
+        let live =
+            apply(&cm(json!({})), &cm(json!({"a": "1"})), "one", false, Shape::Builtin, Part::Whole, NOW).unwrap();
         let err = apply(&live, &cm(json!({"a": "2"})), "two", false, Shape::Builtin, Part::Whole, NOW).unwrap_err();
         assert_eq!(err, vec![Conflict { manager: "one".into(), path: "data.a".into() }]);
         // same value: shared ownership, no conflict
@@ -522,8 +525,9 @@ mod tests {
             "k:{\"name\":\"a\"}".into(),
             "f:image".into()
         ]));
-        let after = apply(&live, &dep(json!([{"name": "b", "image": "b:2"}])), "m", false, Shape::Builtin, Part::Whole, NOW)
-            .unwrap();
+        let after =
+            apply(&live, &dep(json!([{"name": "b", "image": "b:2"}])), "m", false, Shape::Builtin, Part::Whole, NOW)
+                .unwrap();
         assert_eq!(after["spec"]["template"]["spec"]["containers"], json!([{"name": "b", "image": "b:2"}]));
     }
 
@@ -535,8 +539,9 @@ mod tests {
 
     #[test]
     fn an_update_takes_ownership_of_what_it_changed() {
-        let live = apply(&cm(json!({})), &cm(json!({"a": "1", "b": "1"})), "applier", false, Shape::Builtin, Part::Whole, NOW)
-            .unwrap();
+        let live =
+            apply(&cm(json!({})), &cm(json!({"a": "1", "b": "1"})), "applier", false, Shape::Builtin, Part::Whole, NOW)
+                .unwrap();
         let mut edited = live.clone();
         edited["data"]["a"] = json!("2");
         track_update(Some(&live), &mut edited, "editor", Shape::Builtin, Part::Whole, NOW);

@@ -72,13 +72,15 @@ pub fn apply_defaults(kind: &str, obj: &mut Value, next_cluster_ip: &mut dyn FnM
                 default(spec, "replicas", json!(1));
                 default(spec, "revisionHistoryLimit", json!(10));
                 default(spec, "progressDeadlineSeconds", json!(600));
-                default(spec, "strategy", json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "25%", "maxSurge": "25%"}}));
+                default(
+                    spec,
+                    "strategy",
+                    json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "25%", "maxSurge": "25%"}}),
+                );
             }
         }
-        "ReplicaSet" => {
-            if obj["spec"].is_object() {
-                default(&mut obj["spec"], "replicas", json!(1));
-            }
+        "ReplicaSet" if obj["spec"].is_object() => {
+            default(&mut obj["spec"], "replicas", json!(1));
         }
         "Service" => {
             let spec = &mut obj["spec"];
@@ -174,13 +176,22 @@ pub fn validate(kind: &str, obj: &Value, old: Option<&Value>) -> Vec<FieldError>
             }
             errs.extend(validate_labels(&labels, "spec.template.metadata.labels"));
             if spec["replicas"].as_i64().is_some_and(|r| r < 0) {
-                errs.push(FieldError::invalid_detail("spec.replicas", spec["replicas"].to_string(), "must be greater than or equal to 0"));
+                errs.push(FieldError::invalid_detail(
+                    "spec.replicas",
+                    spec["replicas"].to_string(),
+                    "must be greater than or equal to 0",
+                ));
             }
             containers(&spec["template"]["spec"], "spec.template.spec", &mut errs);
-            if let Some(old) = old {
-                if kind == "Deployment" && old["spec"]["selector"] != obj["spec"]["selector"] {
-                    errs.push(FieldError::invalid_detail("spec.selector", format!("{}", obj["spec"]["selector"]), "field is immutable"));
-                }
+            if let Some(old) = old
+                && kind == "Deployment"
+                && old["spec"]["selector"] != obj["spec"]["selector"]
+            {
+                errs.push(FieldError::invalid_detail(
+                    "spec.selector",
+                    format!("{}", obj["spec"]["selector"]),
+                    "field is immutable",
+                ));
             }
         }
         "Pod" => containers(&obj["spec"], "spec", &mut errs),
@@ -191,7 +202,11 @@ pub fn validate(kind: &str, obj: &Value, old: Option<&Value>) -> Vec<FieldError>
                 Some(ports) if !ports.is_empty() => {
                     for (i, p) in ports.iter().enumerate() {
                         if !p["port"].as_i64().is_some_and(|n| (1..=65535).contains(&n)) {
-                            errs.push(FieldError::invalid_detail(&format!("spec.ports[{i}].port"), p["port"].to_string(), "must be between 1 and 65535, inclusive"));
+                            errs.push(FieldError::invalid_detail(
+                                &format!("spec.ports[{i}].port"),
+                                p["port"].to_string(),
+                                "must be between 1 and 65535, inclusive",
+                            ));
                         }
                         if ports.len() > 1 && p.get("name").and_then(Value::as_str).is_none_or(str::is_empty) {
                             errs.push(FieldError::required(&format!("spec.ports[{i}].name")));
@@ -213,7 +228,11 @@ pub fn validate(kind: &str, obj: &Value, old: Option<&Value>) -> Vec<FieldError>
             for field in ["data", "binaryData", "stringData"] {
                 for k in obj.get(field).and_then(Value::as_object).into_iter().flat_map(|m| m.keys()) {
                     if k.len() > 253 || !key_re.is_match(k) {
-                        errs.push(FieldError::invalid(&format!("{field}[{k}]"), k, "a valid config key must consist of alphanumeric characters, '-', '_' or '.'"));
+                        errs.push(FieldError::invalid(
+                            &format!("{field}[{k}]"),
+                            k,
+                            "a valid config key must consist of alphanumeric characters, '-', '_' or '.'",
+                        ));
                     }
                 }
             }
@@ -221,7 +240,11 @@ pub fn validate(kind: &str, obj: &Value, old: Option<&Value>) -> Vec<FieldError>
         "EndpointSlice" => {
             match obj["addressType"].as_str() {
                 Some("IPv4" | "IPv6" | "FQDN") => {}
-                Some(other) => errs.push(FieldError::unsupported("addressType", &format!("{other:?}"), "\"FQDN\", \"IPv4\", \"IPv6\"")),
+                Some(other) => errs.push(FieldError::unsupported(
+                    "addressType",
+                    &format!("{other:?}"),
+                    "\"FQDN\", \"IPv4\", \"IPv6\"",
+                )),
                 None => errs.push(FieldError::required("addressType")),
             }
             for (i, e) in obj.get("endpoints").and_then(Value::as_array).into_iter().flatten().enumerate() {
@@ -251,7 +274,10 @@ mod tests {
         let mut changed = ok.clone();
         changed["spec"]["selector"]["matchLabels"]["x"] = json!("y");
         changed["spec"]["template"]["metadata"]["labels"]["x"] = json!("y");
-        assert_eq!(validate("Deployment", &changed, Some(&ok))[0].message, "Invalid value: {\"matchLabels\":{\"app\":\"a\",\"x\":\"y\"}}: field is immutable");
+        assert_eq!(
+            validate("Deployment", &changed, Some(&ok))[0].message,
+            "Invalid value: {\"matchLabels\":{\"app\":\"a\",\"x\":\"y\"}}: field is immutable"
+        );
     }
 
     #[test]

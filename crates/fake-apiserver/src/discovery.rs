@@ -35,12 +35,8 @@ fn group_doc(name: &str, versions: &[String]) -> Value {
 }
 
 pub fn group_list(registry: &Registry) -> Value {
-    let groups: Vec<Value> = registry
-        .groups()
-        .iter()
-        .filter(|(g, _)| !g.is_empty())
-        .map(|(g, versions)| group_doc(g, versions))
-        .collect();
+    let groups: Vec<Value> =
+        registry.groups().iter().filter(|(g, _)| !g.is_empty()).map(|(g, versions)| group_doc(g, versions)).collect();
     json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
 }
 
@@ -88,7 +84,10 @@ pub fn openapi_v3_index(registry: &Registry) -> Value {
     for (group, versions) in registry.groups() {
         for v in versions {
             let gv = if group.is_empty() { format!("api/{v}") } else { format!("apis/{group}/{v}") };
-            paths.insert(gv.clone(), json!({"serverRelativeURL": format!("/openapi/v3/{gv}?hash={}", registry_hash(registry))}));
+            paths.insert(
+                gv.clone(),
+                json!({"serverRelativeURL": format!("/openapi/v3/{gv}?hash={}", registry_hash(registry))}),
+            );
         }
     }
     json!({"paths": paths})
@@ -124,15 +123,23 @@ pub fn openapi_v3_group_version(registry: &Registry, group: &str, version: &str)
     let mut paths = serde_json::Map::new();
     let mut schemas = serde_json::Map::new();
     for t in types {
-        let base = if t.namespaced { format!("{prefix}/namespaces/{{namespace}}/{}", t.plural) } else { format!("{prefix}/{}", t.plural) };
-        paths.insert(base.clone(), json!({"get": op("list", t), "post": op("create", t), "delete": op("deletecollection", t)}));
+        let base = if t.namespaced {
+            format!("{prefix}/namespaces/{{namespace}}/{}", t.plural)
+        } else {
+            format!("{prefix}/{}", t.plural)
+        };
+        paths.insert(
+            base.clone(),
+            json!({"get": op("list", t), "post": op("create", t), "delete": op("deletecollection", t)}),
+        );
         paths.insert(
             format!("{base}/{{name}}"),
             json!({"get": op("read", t), "put": op("replace", t), "patch": op("patch", t), "delete": op("delete", t)}),
         );
         if let Some(s) = &t.schema {
             let mut schema = s.openapi.clone();
-            schema["x-kubernetes-group-version-kind"] = json!([{"group": t.group, "version": t.version, "kind": t.kind}]);
+            schema["x-kubernetes-group-version-kind"] =
+                json!([{"group": t.group, "version": t.version, "kind": t.kind}]);
             let reversed: Vec<&str> = t.group.split('.').rev().collect();
             schemas.insert(format!("{}.{}.{}", reversed.join("."), t.version, t.kind), schema);
         }

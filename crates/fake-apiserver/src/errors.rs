@@ -18,7 +18,11 @@ impl FieldError {
         FieldError { field: field.into(), reason: "FieldValueRequired", message: "Required value".into() }
     }
     pub fn invalid_detail(field: &str, value: String, detail: &str) -> Self {
-        FieldError { field: field.into(), reason: "FieldValueInvalid", message: format!("Invalid value: {value}: {detail}") }
+        FieldError {
+            field: field.into(),
+            reason: "FieldValueInvalid",
+            message: format!("Invalid value: {value}: {detail}"),
+        }
     }
     pub fn invalid(field: &str, value: &str, detail: &str) -> Self {
         Self::invalid_detail(field, format!("{value:?}"), detail)
@@ -34,7 +38,11 @@ impl FieldError {
         FieldError { field: field.into(), reason: "FieldValueDuplicate", message: format!("Duplicate value: {value}") }
     }
     pub fn too_long(field: &str, max: u64) -> Self {
-        FieldError { field: field.into(), reason: "FieldValueTooLong", message: format!("Too long: may not be more than {max} bytes") }
+        FieldError {
+            field: field.into(),
+            reason: "FieldValueTooLong",
+            message: format!("Too long: may not be more than {max} bytes"),
+        }
     }
     pub fn too_many(field: &str, actual: usize, max: u64) -> Self {
         FieldError {
@@ -82,7 +90,8 @@ impl ApiError {
         e
     }
     pub fn conflict(resource: &str, name: &str, why: &str) -> Self {
-        let mut e = Self::new(409, "Conflict", format!("Operation cannot be fulfilled on {resource} \"{name}\": {why}"));
+        let mut e =
+            Self::new(409, "Conflict", format!("Operation cannot be fulfilled on {resource} \"{name}\": {why}"));
         e.details = Some(json!({"name": name, "kind": resource}));
         e
     }
@@ -102,7 +111,13 @@ impl ApiError {
         Self::new(405, "MethodNotAllowed", message)
     }
     pub fn unsupported_media_type(content_type: &str) -> Self {
-        Self::new(415, "UnsupportedMediaType", format!("the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml (got {content_type})"))
+        Self::new(
+            415,
+            "UnsupportedMediaType",
+            format!(
+                "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml (got {content_type})"
+            ),
+        )
     }
     pub fn gone(message: impl Into<String>) -> Self {
         Self::new(410, "Expired", message)

@@ -31,10 +31,10 @@ fn rename(obj: &Value, from_new: bool, api_version: &str) -> Value {
 /// An events.k8s.io/v1 Event in the stored (core v1) shape.
 pub fn to_core(event: &Value) -> Value {
     let mut core = rename(event, true, "v1");
-    if core.get("source").is_none() {
-        if let Some(c) = core.get("reportingComponent").cloned() {
-            core["source"] = serde_json::json!({"component": c});
-        }
+    if core.get("source").is_none()
+        && let Some(c) = core.get("reportingComponent").cloned()
+    {
+        core["source"] = serde_json::json!({"component": c});
     }
     core
 }

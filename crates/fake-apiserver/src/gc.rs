@@ -32,12 +32,8 @@ pub fn sweep(inner: &mut Inner) -> bool {
     }
     for (bucket, owner) in foreground {
         let uid = owner["metadata"]["uid"].as_str().unwrap_or_default().to_string();
-        let dependents: Vec<(String, Value)> = inner
-            .store
-            .all()
-            .filter(|(_, o)| owned_by(o, &uid))
-            .map(|(b, o)| (b.clone(), o.clone()))
-            .collect();
+        let dependents: Vec<(String, Value)> =
+            inner.store.all().filter(|(_, o)| owned_by(o, &uid)).map(|(b, o)| (b.clone(), o.clone())).collect();
         if dependents.is_empty() {
             let mut done = owner.clone();
             if let Some(f) = done["metadata"]["finalizers"].as_array_mut() {
@@ -45,7 +41,14 @@ pub fn sweep(inner: &mut Inner) -> bool {
             }
             let rt = type_for_bucket(inner, &bucket);
             if let Some(rt) = rt {
-                let _ = inner.write_update(&rt, &crate::objects::present(&rt, &owner), crate::objects::present(&rt, &done), false, false, &crate::objects::WriteOptions::by("garbage-collector"));
+                let _ = inner.write_update(
+                    &rt,
+                    &crate::objects::present(&rt, &owner),
+                    crate::objects::present(&rt, &done),
+                    false,
+                    false,
+                    &crate::objects::WriteOptions::by("garbage-collector"),
+                );
                 changed = true;
             }
         } else {

@@ -2,7 +2,7 @@
 //! answers with objects, lists, Tables, watch streams, discovery documents or `Status` errors.
 
 use crate::errors::ApiError;
-use crate::objects::{DeleteOptions, WriteOptions, present};
+use crate::objects::{DeleteOptions, PatchBody, WriteOptions, present};
 use crate::registry::ResourceType;
 use crate::selectors::{FieldSelector, LabelSelector};
 use crate::store::{Change, ChangeType};
@@ -77,7 +77,14 @@ struct Target {
     sub: Option<String>,
 }
 
-async fn serve_api(state: &Arc<State>, method: &Method, path: &str, uri: &Uri, headers: &HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+async fn serve_api(
+    state: &Arc<State>,
+    method: &Method,
+    path: &str,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let (group, version, rest): (&str, Option<&str>, &[&str]) = match segs.as_slice() {
         ["api"] => return Ok(ok(&discovery::core_versions())),
@@ -116,10 +123,10 @@ async fn serve_api(state: &Arc<State>, method: &Method, path: &str, uri: &Uri, h
     if rt.namespaced && ns.is_none() && name.is_some() {
         return Err(ApiError::new(404, "NotFound", "the server could not find the requested resource"));
     }
-    if let Some(s) = &sub {
-        if s != "status" || !rt.has_status {
-            return Err(ApiError::new(404, "NotFound", "the server could not find the requested resource"));
-        }
+    if let Some(s) = &sub
+        && (s != "status" || !rt.has_status)
+    {
+        return Err(ApiError::new(404, "NotFound", "the server could not find the requested resource"));
     }
     let target = Target { rt, ns, name, sub };
     let q = parse_query(uri);
@@ -196,7 +203,10 @@ async fn serve_api(state: &Arc<State>, method: &Method, path: &str, uri: &Uri, h
                 .server_side_apply(rt, ns, &name, &parsed, status, &opts)
                 .map(|o| (if existed { StatusCode::OK } else { StatusCode::CREATED }, o))
         }
-        "patch" => inner.patch(rt, ns, &name, &content_type, &parsed, status, &opts).map(|o| (StatusCode::OK, o)),
+        "patch" => {
+            let body = PatchBody { content_type: &content_type, body: &parsed };
+            inner.patch(rt, ns, &name, body, status, &opts).map(|o| (StatusCode::OK, o))
+        }
         "delete" => {
             let opts = delete_options(&q, &parsed);
             let r = inner.delete(rt, ns, &name, &opts).map(|o| (StatusCode::OK, o));
@@ -205,19 +215,28 @@ async fn serve_api(state: &Arc<State>, method: &Method, path: &str, uri: &Uri, h
         }
         "deletecollection" => {
             let opts = delete_options(&q, &parsed);
-            let selector = LabelSelector::parse(q.get("labelSelector").map(String::as_str).unwrap_or_default()).map_err(ApiError::bad_request)?;
+            let selector = LabelSelector::parse(q.get("labelSelector").map(String::as_str).unwrap_or_default())
+                .map_err(ApiError::bad_request)?;
             let names: Vec<(Option<String>, String)> = inner
                 .store
                 .list(&rt.bucket, ns)
                 .filter(|o| selector.matches(&o["metadata"]["labels"]))
-                .map(|o| (o["metadata"]["namespace"].as_str().map(String::from), o["metadata"]["name"].as_str().unwrap_or_default().to_string()))
+                .map(|o| {
+                    (
+                        o["metadata"]["namespace"].as_str().map(String::from),
+                        o["metadata"]["name"].as_str().unwrap_or_default().to_string(),
+                    )
+                })
                 .collect();
             let mut items = vec![];
             for (n_ns, n) in names {
                 items.push(inner.delete(rt, n_ns.as_deref(), &n, &opts)?);
             }
             state.gc.notify_one();
-            Ok((StatusCode::OK, json!({"kind": format!("{}List", rt.kind), "apiVersion": rt.api_version(), "metadata": {}, "items": items})))
+            Ok((
+                StatusCode::OK,
+                json!({"kind": format!("{}List", rt.kind), "apiVersion": rt.api_version(), "metadata": {}, "items": items}),
+            ))
         }
         _ => unreachable!("verbs are matched above"),
     }?;
@@ -245,7 +264,10 @@ fn parse_body(body: &[u8]) -> Result<Value, ApiError> {
 
 fn delete_options(q: &Query, body: &Value) -> DeleteOptions {
     DeleteOptions {
-        propagation: q.get("propagationPolicy").cloned().or_else(|| body["propagationPolicy"].as_str().map(String::from)),
+        propagation: q
+            .get("propagationPolicy")
+            .cloned()
+            .or_else(|| body["propagationPolicy"].as_str().map(String::from)),
         precondition_uid: body.pointer("/preconditions/uid").and_then(Value::as_str).map(String::from),
         precondition_rv: body.pointer("/preconditions/resourceVersion").and_then(Value::as_str).map(String::from),
         dry_run: q.get("dryRun").is_some_and(|v| v == "All")
@@ -261,8 +283,10 @@ struct Filter {
 impl Filter {
     fn from_query(q: &Query) -> Result<Self, ApiError> {
         Ok(Filter {
-            labels: LabelSelector::parse(q.get("labelSelector").map(String::as_str).unwrap_or_default()).map_err(ApiError::bad_request)?,
-            fields: FieldSelector::parse(q.get("fieldSelector").map(String::as_str).unwrap_or_default()).map_err(ApiError::bad_request)?,
+            labels: LabelSelector::parse(q.get("labelSelector").map(String::as_str).unwrap_or_default())
+                .map_err(ApiError::bad_request)?,
+            fields: FieldSelector::parse(q.get("fieldSelector").map(String::as_str).unwrap_or_default())
+                .map_err(ApiError::bad_request)?,
         })
     }
     fn matches(&self, presented: &Value) -> bool {
@@ -270,7 +294,13 @@ impl Filter {
     }
 }
 
-fn list(inner: &crate::objects::Inner, rt: &ResourceType, ns: Option<&str>, q: &Query, wants_table: bool) -> Result<Response, ApiError> {
+fn list(
+    inner: &crate::objects::Inner,
+    rt: &ResourceType,
+    ns: Option<&str>,
+    q: &Query,
+    wants_table: bool,
+) -> Result<Response, ApiError> {
     let filter = Filter::from_query(q)?;
     let limit: usize = q.get("limit").and_then(|l| l.parse().ok()).filter(|l| *l > 0).unwrap_or(usize::MAX);
     let after: Option<(String, String)> = q.get("continue").filter(|c| !c.is_empty()).map(|c| {
@@ -304,7 +334,9 @@ fn list(inner: &crate::objects::Inner, rt: &ResourceType, ns: Option<&str>, q: &
     if let Some(n) = next {
         meta["continue"] = json!(n);
     }
-    Ok(ok(&json!({"kind": format!("{}List", rt.kind), "apiVersion": rt.api_version(), "metadata": meta, "items": items})))
+    Ok(ok(
+        &json!({"kind": format!("{}List", rt.kind), "apiVersion": rt.api_version(), "metadata": meta, "items": items}),
+    ))
 }
 
 fn watch_line(kind: &str, object: &Value) -> Bytes {
@@ -380,10 +412,10 @@ async fn watch(state: &Arc<State>, target: Target, q: &Query) -> Result<Response
             Some(watch_line(kind, &new))
         };
         for c in backlog {
-            if let Some(line) = emit(&c) {
-                if tx.send(line).await.is_err() {
-                    return;
-                }
+            if let Some(line) = emit(&c)
+                && tx.send(line).await.is_err()
+            {
+                return;
             }
         }
         let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
@@ -399,9 +431,8 @@ async fn watch(state: &Arc<State>, target: Target, q: &Query) -> Result<Response
             tokio::select! {
                 change = live.recv() => match change {
                     Ok(c) => {
-                        if let Some(line) = emit(&c) {
-                            if tx.send(line).await.is_err() { return; }
-                        }
+                        if let Some(line) = emit(&c)
+                            && tx.send(line).await.is_err() { return; }
                     }
                     Err(RecvError::Lagged(_)) => {
                         let _ = tx.send(expired_line(&last_rv.load(std::sync::atomic::Ordering::Relaxed).to_string())).await;
@@ -419,6 +450,8 @@ async fn watch(state: &Arc<State>, target: Target, q: &Query) -> Result<Response
             }
         }
     });
-    let stream = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (Ok::<_, std::convert::Infallible>(b), rx)) });
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|b| (Ok::<_, std::convert::Infallible>(b), rx))
+    });
     Ok((StatusCode::OK, [("content-type", "application/json")], Body::from_stream(stream)).into_response())
 }

@@ -208,7 +208,8 @@ impl FakeApiServer {
     pub async fn restart(&self) -> std::io::Result<()> {
         self.connections.send_modify(|e| *e += 1);
         self.state.drop_watches();
-        if let Some(t) = self.accept_task.lock().expect("lock").take() {
+        let accept_task = self.accept_task.lock().expect("lock").take();
+        if let Some(t) = accept_task {
             let _ = t.await;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -234,7 +235,9 @@ async fn serve(state: Arc<State>, req: hyper::Request<hyper::body::Incoming>) ->
     let (parts, body) = req.into_parts();
     let bytes = match body.collect().await {
         Ok(b) => b.to_bytes(),
-        Err(e) => return axum::response::IntoResponse::into_response(ApiError::bad_request(format!("reading body: {e}"))),
+        Err(e) => {
+            return axum::response::IntoResponse::into_response(ApiError::bad_request(format!("reading body: {e}")));
+        }
     };
     http::handle(state, parts.method, parts.uri, parts.headers, bytes).await
 }

@@ -47,6 +47,12 @@ impl WriteOptions {
     }
 }
 
+/// A PATCH request body and its media type (merge, JSON or strategic merge patch).
+pub struct PatchBody<'a> {
+    pub content_type: &'a str,
+    pub body: &'a Value,
+}
+
 /// Options of a delete call.
 #[derive(Debug, Default, Clone)]
 pub struct DeleteOptions {
@@ -96,10 +102,10 @@ impl Inner {
     }
 
     fn check_namespace(&self, rt: &ResourceType, ns: Option<&str>) -> Result<(), ApiError> {
-        if let (true, Some(ns)) = (rt.namespaced, ns) {
-            if self.store.get("namespaces", "", ns).is_none() {
-                return Err(ApiError::not_found("namespaces", ns));
-            }
+        if let (true, Some(ns)) = (rt.namespaced, ns)
+            && self.store.get("namespaces", "", ns).is_none()
+        {
+            return Err(ApiError::not_found("namespaces", ns));
         }
         Ok(())
     }
@@ -190,13 +196,21 @@ impl Inner {
         if self.store.get(&rt.bucket, ns.unwrap_or_default(), &name).is_some() {
             return Err(ApiError::already_exists(&rt.qualified(), &name));
         }
-        if rt.has_status {
-            if let Some(m) = obj.as_object_mut() {
-                m.remove("status");
-            }
+        if rt.has_status
+            && let Some(m) = obj.as_object_mut()
+        {
+            m.remove("status");
         }
         let meta = obj["metadata"].as_object_mut().expect("metadata is an object");
-        for k in ["uid", "resourceVersion", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "generation", "selfLink"] {
+        for k in [
+            "uid",
+            "resourceVersion",
+            "creationTimestamp",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "generation",
+            "selfLink",
+        ] {
             meta.remove(k);
         }
         let mut obj = self.admit(rt, obj, None, opts.strict)?;
@@ -233,17 +247,27 @@ impl Inner {
         let group = crd.pointer("/spec/group").and_then(Value::as_str).unwrap_or_default().to_string();
         let plural = crd.pointer("/spec/names/plural").and_then(Value::as_str).unwrap_or_default().to_string();
         if name != format!("{plural}.{group}") {
-            return Err(invalid(format!("metadata.name: Invalid value: {name:?}: must be spec.names.plural+\".\"+spec.group")));
+            return Err(invalid(format!(
+                "metadata.name: Invalid value: {name:?}: must be spec.names.plural+\".\"+spec.group"
+            )));
         }
-        let protected = group == "k8s.io" || group.ends_with(".k8s.io") || group == "kubernetes.io" || group.ends_with(".kubernetes.io");
+        let protected = group == "k8s.io"
+            || group.ends_with(".k8s.io")
+            || group == "kubernetes.io"
+            || group.ends_with(".kubernetes.io");
         if protected && crd.pointer("/metadata/annotations/api-approved.kubernetes.io").is_none() {
             return Err(invalid(format!(
                 "metadata.annotations[api-approved.kubernetes.io]: Required value: protected groups must have approval annotation \"api-approved.kubernetes.io\", see https://github.com/kubernetes/enhancements/pull/1111 (group {group})"
             )));
         }
-        let storage = crd.pointer("/spec/versions").and_then(Value::as_array).map(|vs| vs.iter().filter(|v| v["storage"] == true).count());
+        let storage = crd
+            .pointer("/spec/versions")
+            .and_then(Value::as_array)
+            .map(|vs| vs.iter().filter(|v| v["storage"] == true).count());
         if storage != Some(1) {
-            return Err(invalid("spec.versions: Invalid value: must have exactly one version marked as storage version".into()));
+            return Err(invalid(
+                "spec.versions: Invalid value: must have exactly one version marked as storage version".into(),
+            ));
         }
         let types = types_from_crd(crd).map_err(invalid)?;
         for t in self.registry.all() {
@@ -280,15 +304,24 @@ impl Inner {
     ) -> Result<Value, ApiError> {
         check_type(rt, &new)?;
         let name = current["metadata"]["name"].as_str().unwrap_or_default().to_string();
-        if let Some(n) = new["metadata"]["name"].as_str() {
-            if n != name {
-                return Err(ApiError::bad_request(format!("the name of the object ({n}) does not match the name on the URL ({name})")));
-            }
+        if let Some(n) = new["metadata"]["name"].as_str()
+            && n != name
+        {
+            return Err(ApiError::bad_request(format!(
+                "the name of the object ({n}) does not match the name on the URL ({name})"
+            )));
         }
-        if let Some(uid) = new["metadata"]["uid"].as_str() {
-            if Some(uid) != current["metadata"]["uid"].as_str() {
-                return Err(ApiError::conflict(&rt.qualified(), &name, &format!("Precondition failed: UID in precondition: {uid}, UID in object meta: {}", current["metadata"]["uid"].as_str().unwrap_or_default())));
-            }
+        if let Some(uid) = new["metadata"]["uid"].as_str()
+            && Some(uid) != current["metadata"]["uid"].as_str()
+        {
+            return Err(ApiError::conflict(
+                &rt.qualified(),
+                &name,
+                &format!(
+                    "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                    current["metadata"]["uid"].as_str().unwrap_or_default()
+                ),
+            ));
         }
         let current_stored = stored_shape(rt, current);
         let mut new = stored_shape(rt, &new);
@@ -314,7 +347,15 @@ impl Inner {
             Part::Whole => {}
         }
         let cur_meta = &current_stored["metadata"];
-        for k in ["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "namespace", "name", "generation"] {
+        for k in [
+            "uid",
+            "creationTimestamp",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "namespace",
+            "name",
+            "generation",
+        ] {
             match cur_meta.get(k) {
                 Some(v) => new["metadata"][k] = v.clone(),
                 None => {
@@ -322,10 +363,10 @@ impl Inner {
                 }
             }
         }
-        if new.pointer("/metadata/managedFields").is_none() {
-            if let Some(mf) = cur_meta.get("managedFields") {
-                new["metadata"]["managedFields"] = mf.clone();
-            }
+        if new.pointer("/metadata/managedFields").is_none()
+            && let Some(mf) = cur_meta.get("managedFields")
+        {
+            new["metadata"]["managedFields"] = mf.clone();
         }
         new["metadata"]["resourceVersion"] = cur_meta["resourceVersion"].clone();
         // a deleting object may lose finalizers but not gain new ones
@@ -333,7 +374,14 @@ impl Inner {
             let before: Vec<Value> = cur_meta["finalizers"].as_array().cloned().unwrap_or_default();
             let after: Vec<Value> = new["metadata"]["finalizers"].as_array().cloned().unwrap_or_default();
             if after.iter().any(|f| !before.contains(f)) {
-                return Err(ApiError::invalid(&rt.kind, &name, &[FieldError::forbidden("metadata.finalizers", "no new finalizers can be added if the object is being deleted")]));
+                return Err(ApiError::invalid(
+                    &rt.kind,
+                    &name,
+                    &[FieldError::forbidden(
+                        "metadata.finalizers",
+                        "no new finalizers can be added if the object is being deleted",
+                    )],
+                ));
             }
         }
         let mut new = self.admit(rt, new, Some(&current_stored), opts.strict)?;
@@ -375,14 +423,14 @@ impl Inner {
         opts: &WriteOptions,
     ) -> Result<Value, ApiError> {
         let current = self.get(rt, ns, name)?;
-        if let Some(rv) = new["metadata"]["resourceVersion"].as_str().filter(|s| !s.is_empty()) {
-            if Some(rv) != current["metadata"]["resourceVersion"].as_str() {
-                return Err(ApiError::conflict(
-                    &rt.qualified(),
-                    name,
-                    "the object has been modified; please apply your changes to the latest version and try again",
-                ));
-            }
+        if let Some(rv) = new["metadata"]["resourceVersion"].as_str().filter(|s| !s.is_empty())
+            && Some(rv) != current["metadata"]["resourceVersion"].as_str()
+        {
+            return Err(ApiError::conflict(
+                &rt.qualified(),
+                name,
+                "the object has been modified; please apply your changes to the latest version and try again",
+            ));
         }
         self.write_update(rt, &current, new, true, status, opts)
     }
@@ -393,27 +441,35 @@ impl Inner {
         rt: &Arc<ResourceType>,
         ns: Option<&str>,
         name: &str,
-        content_type: &str,
-        patch: &Value,
+        patch: PatchBody,
         status: bool,
         opts: &WriteOptions,
     ) -> Result<Value, ApiError> {
         let current = self.get(rt, ns, name)?;
         let mut patched = current.clone();
+        let PatchBody { content_type, body: patch } = patch;
         match content_type {
             "application/merge-patch+json" => crate::patch::merge_patch(&mut patched, patch),
             "application/json-patch+json" => crate::patch::json_patch(&mut patched, patch).map_err(|e| {
-                ApiError::new(422, "Invalid", format!("the server rejected our request due to an error in our request: {e}"))
+                ApiError::new(
+                    422,
+                    "Invalid",
+                    format!("the server rejected our request due to an error in our request: {e}"),
+                )
             })?,
             "application/strategic-merge-patch+json" if rt.is_builtin() => {
                 crate::patch::strategic_merge(&mut patched, patch, Shape::Builtin)
             }
             other => return Err(ApiError::unsupported_media_type(other)),
         }
-        if let Some(rv) = patched["metadata"]["resourceVersion"].as_str() {
-            if Some(rv) != current["metadata"]["resourceVersion"].as_str() {
-                return Err(ApiError::conflict(&rt.qualified(), name, "the object has been modified; please apply your changes to the latest version and try again"));
-            }
+        if let Some(rv) = patched["metadata"]["resourceVersion"].as_str()
+            && Some(rv) != current["metadata"]["resourceVersion"].as_str()
+        {
+            return Err(ApiError::conflict(
+                &rt.qualified(),
+                name,
+                "the object has been modified; please apply your changes to the latest version and try again",
+            ));
         }
         self.write_update(rt, &current, patched, true, status, opts)
     }
@@ -433,7 +489,10 @@ impl Inner {
             return Err(ApiError::bad_request("apiVersion and kind must be set in an applied configuration"));
         }
         if applied["metadata"]["name"].as_str().is_some_and(|n| n != name) {
-            return Err(ApiError::bad_request(format!("the name of the object ({}) does not match the name on the URL ({name})", applied["metadata"]["name"].as_str().unwrap_or_default())));
+            return Err(ApiError::bad_request(format!(
+                "the name of the object ({}) does not match the name on the URL ({name})",
+                applied["metadata"]["name"].as_str().unwrap_or_default()
+            )));
         }
         let existing = self.get(rt, ns, name).ok();
         let applied = stored_shape(rt, applied);
@@ -442,7 +501,8 @@ impl Inner {
             Some(c) => stored_shape(rt, c),
             None if status => return Err(ApiError::not_found(&rt.qualified(), name)),
             None => {
-                let mut skeleton = json!({"apiVersion": applied["apiVersion"], "kind": rt.kind, "metadata": {"name": name}});
+                let mut skeleton =
+                    json!({"apiVersion": applied["apiVersion"], "kind": rt.kind, "metadata": {"name": name}});
                 if let Some(ns) = ns {
                     skeleton["metadata"]["namespace"] = json!(ns);
                 }
@@ -467,18 +527,35 @@ impl Inner {
     }
 
     /// DELETE of one object, with preconditions and propagation policy.
-    pub fn delete(&mut self, rt: &Arc<ResourceType>, ns: Option<&str>, name: &str, opts: &DeleteOptions) -> Result<Value, ApiError> {
+    pub fn delete(
+        &mut self,
+        rt: &Arc<ResourceType>,
+        ns: Option<&str>,
+        name: &str,
+        opts: &DeleteOptions,
+    ) -> Result<Value, ApiError> {
         let current = self.get(rt, ns, name)?;
         let stored = stored_shape(rt, &current);
-        if let Some(uid) = &opts.precondition_uid {
-            if Some(uid.as_str()) != stored["metadata"]["uid"].as_str() {
-                return Err(ApiError::conflict(&rt.qualified(), name, &format!("Precondition failed: UID in precondition: {uid}, UID in object meta: {}", stored["metadata"]["uid"].as_str().unwrap_or_default())));
-            }
+        if let Some(uid) = &opts.precondition_uid
+            && Some(uid.as_str()) != stored["metadata"]["uid"].as_str()
+        {
+            return Err(ApiError::conflict(
+                &rt.qualified(),
+                name,
+                &format!(
+                    "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                    stored["metadata"]["uid"].as_str().unwrap_or_default()
+                ),
+            ));
         }
-        if let Some(rv) = &opts.precondition_rv {
-            if Some(rv.as_str()) != stored["metadata"]["resourceVersion"].as_str() {
-                return Err(ApiError::conflict(&rt.qualified(), name, "the object has been modified; please apply your changes to the latest version and try again"));
-            }
+        if let Some(rv) = &opts.precondition_rv
+            && Some(rv.as_str()) != stored["metadata"]["resourceVersion"].as_str()
+        {
+            return Err(ApiError::conflict(
+                &rt.qualified(),
+                name,
+                "the object has been modified; please apply your changes to the latest version and try again",
+            ));
         }
         if opts.dry_run {
             return Ok(current);
@@ -496,7 +573,9 @@ impl Inner {
         if finalizers.is_empty() {
             return self.remove_now(rt, ns_key, name).map(|o| present(rt, &o));
         }
-        if stored["metadata"].get("deletionTimestamp").is_some() && stored["metadata"]["finalizers"].as_array() == Some(&finalizers) {
+        if stored["metadata"].get("deletionTimestamp").is_some()
+            && stored["metadata"]["finalizers"].as_array() == Some(&finalizers)
+        {
             return Ok(current);
         }
         let mut marked = stored.clone();
@@ -510,7 +589,8 @@ impl Inner {
     /// Removes an object from storage at once (no finalizers left), with what that takes along: a CRD its
     /// resources and objects, a namespace its contents.
     pub fn remove_now(&mut self, rt: &ResourceType, ns: &str, name: &str) -> Result<Value, ApiError> {
-        let removed = self.store.remove(&rt.bucket, ns, name).ok_or_else(|| ApiError::not_found(&rt.qualified(), name))?;
+        let removed =
+            self.store.remove(&rt.bucket, ns, name).ok_or_else(|| ApiError::not_found(&rt.qualified(), name))?;
         match rt.kind.as_str() {
             "CustomResourceDefinition" if rt.group == "apiextensions.k8s.io" => {
                 let bucket = self.registry.all().find(|t| t.crd.as_deref() == Some(name)).map(|t| t.bucket.clone());
@@ -520,9 +600,14 @@ impl Inner {
                 }
             }
             "Namespace" if rt.group.is_empty() => {
-                let buckets: Vec<String> = self.registry.all().filter(|t| t.namespaced).map(|t| t.bucket.clone()).collect();
+                let buckets: Vec<String> =
+                    self.registry.all().filter(|t| t.namespaced).map(|t| t.bucket.clone()).collect();
                 for b in buckets {
-                    let names: Vec<String> = self.store.list(&b, Some(name)).filter_map(|o| o["metadata"]["name"].as_str().map(String::from)).collect();
+                    let names: Vec<String> = self
+                        .store
+                        .list(&b, Some(name))
+                        .filter_map(|o| o["metadata"]["name"].as_str().map(String::from))
+                        .collect();
                     for n in names {
                         self.store.remove(&b, name, &n);
                     }
@@ -555,18 +640,21 @@ pub fn owned_by(o: &Value, uid: &str) -> bool {
 
 /// Rejects a body whose apiVersion or kind is not the endpoint's.
 fn check_type(rt: &ResourceType, obj: &Value) -> Result<(), ApiError> {
-    if let Some(av) = obj["apiVersion"].as_str() {
-        if av != rt.api_version() {
-            return Err(ApiError::bad_request(format!(
-                "the API version in the data ({av}) does not match the expected API version ({})",
-                rt.api_version()
-            )));
-        }
+    if let Some(av) = obj["apiVersion"].as_str()
+        && av != rt.api_version()
+    {
+        return Err(ApiError::bad_request(format!(
+            "the API version in the data ({av}) does not match the expected API version ({})",
+            rt.api_version()
+        )));
     }
-    if let Some(k) = obj["kind"].as_str() {
-        if k != rt.kind {
-            return Err(ApiError::bad_request(format!("the kind in the data ({k}) does not match the expected kind ({})", rt.kind)));
-        }
+    if let Some(k) = obj["kind"].as_str()
+        && k != rt.kind
+    {
+        return Err(ApiError::bad_request(format!(
+            "the kind in the data ({k}) does not match the expected kind ({})",
+            rt.kind
+        )));
     }
     Ok(())
 }

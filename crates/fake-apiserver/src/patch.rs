@@ -74,11 +74,7 @@ fn merge_map(target: &mut Map<String, Value>, patch: &Map<String, Value>, shape:
 
 fn merge_list(mut target: Vec<Value>, patch: &[Value], field_name: &str, shape: Shape) -> Vec<Value> {
     if patch.iter().any(|i| i.get("$patch").and_then(Value::as_str) == Some("replace")) {
-        return patch
-            .iter()
-            .filter(|i| i.get("$patch").is_none())
-            .map(strip_directives)
-            .collect();
+        return patch.iter().filter(|i| i.get("$patch").is_none()).map(strip_directives).collect();
     }
     let mut all = target.clone();
     all.extend(patch.iter().cloned());
@@ -115,10 +111,7 @@ fn merge_list(mut target: Vec<Value>, patch: &[Value], field_name: &str, shape: 
 fn strip_directives(v: &Value) -> Value {
     match v {
         Value::Object(m) => Value::Object(
-            m.iter()
-                .filter(|(k, _)| !k.starts_with('$'))
-                .map(|(k, v)| (k.clone(), strip_directives(v)))
-                .collect(),
+            m.iter().filter(|(k, _)| !k.starts_with('$')).map(|(k, v)| (k.clone(), strip_directives(v))).collect(),
         ),
         Value::Array(a) => Value::Array(a.iter().map(strip_directives).collect()),
         other => other.clone(),

@@ -131,7 +131,15 @@ impl Registry {
             b("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding", true, &[], false),
             b("rbac.authorization.k8s.io", "v1", "clusterroles", "ClusterRole", false, &[], false),
             b("rbac.authorization.k8s.io", "v1", "clusterrolebindings", "ClusterRoleBinding", false, &[], false),
-            b("apiextensions.k8s.io", "v1", "customresourcedefinitions", "CustomResourceDefinition", false, &["crd", "crds"], true),
+            b(
+                "apiextensions.k8s.io",
+                "v1",
+                "customresourcedefinitions",
+                "CustomResourceDefinition",
+                false,
+                &["crd", "crds"],
+                true,
+            ),
         ] {
             r.insert(t);
         }
@@ -165,7 +173,7 @@ impl Registry {
             }
         }
         for versions in groups.values_mut() {
-            versions.sort_by(|a, b| version_priority(b).cmp(&version_priority(a)));
+            versions.sort_by_key(|v| std::cmp::Reverse(version_priority(v)));
         }
         groups
     }
@@ -280,7 +288,7 @@ mod tests {
     #[test]
     fn ga_versions_are_preferred_over_beta_and_alpha() {
         let mut v = vec!["v1alpha1", "v1", "v2beta1", "v1beta2"];
-        v.sort_by(|a, b| version_priority(b).cmp(&version_priority(a)));
+        v.sort_by_key(|x| std::cmp::Reverse(version_priority(x)));
         assert_eq!(v, ["v1", "v2beta1", "v1beta2", "v1alpha1"]);
     }
 }

@@ -36,7 +36,11 @@ pub fn admit(schema: &CrdSchema, object: Value, old: Option<&Value>) -> Result<(
         if let Err(cel_errors) = validator.validate_compiled(&schema.compiled, &cel_view, old_view.as_ref()) {
             for e in cel_errors {
                 let field = if e.field_path.is_empty() { "<root>".to_string() } else { e.field_path.clone() };
-                errors.push(FieldError::invalid_detail(&field, value_kind(value_at_dotted(&object, &field)), &e.message));
+                errors.push(FieldError::invalid_detail(
+                    &field,
+                    value_kind(value_at_dotted(&object, &field)),
+                    &e.message,
+                ));
             }
         }
     }
@@ -81,7 +85,9 @@ fn prune_root(schema: &Value, object: &mut Value, unknown: &mut Vec<String>) {
     let props = schema.get("properties");
     let preserve = schema.get("x-kubernetes-preserve-unknown-fields").and_then(Value::as_bool) == Some(true);
     m.retain(|k, _| {
-        let keep = matches!(k.as_str(), "apiVersion" | "kind" | "metadata") || preserve || props.is_some_and(|p| p.get(k).is_some());
+        let keep = matches!(k.as_str(), "apiVersion" | "kind" | "metadata")
+            || preserve
+            || props.is_some_and(|p| p.get(k).is_some());
         if !keep {
             unknown.push(k.clone());
         }
@@ -161,7 +167,14 @@ fn type_name(v: &Value) -> &'static str {
 pub fn validate(schema: &Value, v: &Value, path: &str, errors: &mut Vec<FieldError>) {
     if v.is_null() {
         if schema.get("nullable").and_then(Value::as_bool) != Some(true) {
-            errors.push(FieldError::invalid_detail(path, "null".into(), &format!("{path} in body must be of type {}: \"null\"", schema.get("type").and_then(Value::as_str).unwrap_or("object"))));
+            errors.push(FieldError::invalid_detail(
+                path,
+                "null".into(),
+                &format!(
+                    "{path} in body must be of type {}: \"null\"",
+                    schema.get("type").and_then(Value::as_str).unwrap_or("object")
+                ),
+            ));
         }
         return;
     }
@@ -169,21 +182,29 @@ pub fn validate(schema: &Value, v: &Value, path: &str, errors: &mut Vec<FieldErr
     let actual = type_name(v);
     if int_or_string {
         if actual != "integer" && actual != "string" {
-            errors.push(FieldError::invalid_detail(path, value_kind(Some(v)), &format!("{path} in body must be of type integer or string: \"{actual}\"")));
+            errors.push(FieldError::invalid_detail(
+                path,
+                value_kind(Some(v)),
+                &format!("{path} in body must be of type integer or string: \"{actual}\""),
+            ));
             return;
         }
     } else if let Some(expected) = schema.get("type").and_then(Value::as_str) {
         let ok = actual == expected || (expected == "number" && actual == "integer");
         if !ok {
-            errors.push(FieldError::invalid_detail(path, value_kind(Some(v)), &format!("{path} in body must be of type {expected}: \"{actual}\"")));
+            errors.push(FieldError::invalid_detail(
+                path,
+                value_kind(Some(v)),
+                &format!("{path} in body must be of type {expected}: \"{actual}\""),
+            ));
             return;
         }
     }
-    if let Some(allowed) = schema.get("enum").and_then(Value::as_array) {
-        if !allowed.contains(v) {
-            let list: Vec<String> = allowed.iter().map(|a| a.to_string()).collect();
-            errors.push(FieldError::unsupported(path, &v.to_string(), &list.join(", ")));
-        }
+    if let Some(allowed) = schema.get("enum").and_then(Value::as_array)
+        && !allowed.contains(v)
+    {
+        let list: Vec<String> = allowed.iter().map(|a| a.to_string()).collect();
+        errors.push(FieldError::unsupported(path, &v.to_string(), &list.join(", ")));
     }
     match v {
         Value::String(s) => validate_string(schema, s, path, errors),
@@ -209,10 +230,10 @@ pub fn validate(schema: &Value, v: &Value, path: &str, errors: &mut Vec<FieldErr
                     }
                 }
             }
-            if let Some(max) = schema.get("maxProperties").and_then(Value::as_u64) {
-                if m.len() as u64 > max {
-                    errors.push(FieldError::too_many(path, m.len(), max));
-                }
+            if let Some(max) = schema.get("maxProperties").and_then(Value::as_u64)
+                && m.len() as u64 > max
+            {
+                errors.push(FieldError::too_many(path, m.len(), max));
             }
         }
         _ => {}
@@ -221,15 +242,19 @@ pub fn validate(schema: &Value, v: &Value, path: &str, errors: &mut Vec<FieldErr
 
 fn validate_string(schema: &Value, s: &str, path: &str, errors: &mut Vec<FieldError>) {
     let len = s.chars().count() as u64;
-    if let Some(max) = schema.get("maxLength").and_then(Value::as_u64) {
-        if len > max {
-            errors.push(FieldError::too_long(path, max));
-        }
+    if let Some(max) = schema.get("maxLength").and_then(Value::as_u64)
+        && len > max
+    {
+        errors.push(FieldError::too_long(path, max));
     }
-    if let Some(min) = schema.get("minLength").and_then(Value::as_u64) {
-        if len < min {
-            errors.push(FieldError::invalid_detail(path, format!("{s:?}"), &format!("{path} in body should be at least {min} chars long")));
-        }
+    if let Some(min) = schema.get("minLength").and_then(Value::as_u64)
+        && len < min
+    {
+        errors.push(FieldError::invalid_detail(
+            path,
+            format!("{s:?}"),
+            &format!("{path} in body should be at least {min} chars long"),
+        ));
     }
     if let Some(pattern) = schema.get("pattern").and_then(Value::as_str) {
         match regex::Regex::new(pattern) {
@@ -239,7 +264,11 @@ fn validate_string(schema: &Value, s: &str, path: &str, errors: &mut Vec<FieldEr
                 &format!("{path} in body should match '{pattern}'"),
             )),
             Ok(_) => {}
-            Err(e) => errors.push(FieldError::invalid_detail(path, format!("{s:?}"), &format!("invalid pattern {pattern:?}: {e}"))),
+            Err(e) => errors.push(FieldError::invalid_detail(
+                path,
+                format!("{s:?}"),
+                &format!("invalid pattern {pattern:?}: {e}"),
+            )),
         }
     }
 }
@@ -247,33 +276,50 @@ fn validate_string(schema: &Value, s: &str, path: &str, errors: &mut Vec<FieldEr
 fn validate_number(schema: &Value, n: f64, v: &Value, path: &str, errors: &mut Vec<FieldError>) {
     let bound = |k: &str| schema.get(k).and_then(Value::as_f64);
     let exclusive = |k: &str| schema.get(k).and_then(Value::as_bool) == Some(true);
-    if let Some(min) = bound("minimum") {
-        if n < min || (exclusive("exclusiveMinimum") && n == min) {
-            errors.push(FieldError::invalid_detail(path, v.to_string(), &format!("{path} in body should be greater than or equal to {min}")));
-        }
+    if let Some(min) = bound("minimum")
+        && (n < min || (exclusive("exclusiveMinimum") && n == min))
+    {
+        errors.push(FieldError::invalid_detail(
+            path,
+            v.to_string(),
+            &format!("{path} in body should be greater than or equal to {min}"),
+        ));
     }
-    if let Some(max) = bound("maximum") {
-        if n > max || (exclusive("exclusiveMaximum") && n == max) {
-            errors.push(FieldError::invalid_detail(path, v.to_string(), &format!("{path} in body should be less than or equal to {max}")));
-        }
+    if let Some(max) = bound("maximum")
+        && (n > max || (exclusive("exclusiveMaximum") && n == max))
+    {
+        errors.push(FieldError::invalid_detail(
+            path,
+            v.to_string(),
+            &format!("{path} in body should be less than or equal to {max}"),
+        ));
     }
-    if let Some(m) = bound("multipleOf") {
-        if m != 0.0 && (n / m).fract() != 0.0 {
-            errors.push(FieldError::invalid_detail(path, v.to_string(), &format!("{path} in body should be a multiple of {m}")));
-        }
+    if let Some(m) = bound("multipleOf")
+        && m != 0.0
+        && (n / m).fract() != 0.0
+    {
+        errors.push(FieldError::invalid_detail(
+            path,
+            v.to_string(),
+            &format!("{path} in body should be a multiple of {m}"),
+        ));
     }
 }
 
 fn validate_array(schema: &Value, items: &[Value], path: &str, errors: &mut Vec<FieldError>) {
-    if let Some(max) = schema.get("maxItems").and_then(Value::as_u64) {
-        if items.len() as u64 > max {
-            errors.push(FieldError::too_many(path, items.len(), max));
-        }
+    if let Some(max) = schema.get("maxItems").and_then(Value::as_u64)
+        && items.len() as u64 > max
+    {
+        errors.push(FieldError::too_many(path, items.len(), max));
     }
-    if let Some(min) = schema.get("minItems").and_then(Value::as_u64) {
-        if (items.len() as u64) < min {
-            errors.push(FieldError::invalid_detail(path, items.len().to_string(), &format!("{path} in body should have at least {min} items")));
-        }
+    if let Some(min) = schema.get("minItems").and_then(Value::as_u64)
+        && (items.len() as u64) < min
+    {
+        errors.push(FieldError::invalid_detail(
+            path,
+            items.len().to_string(),
+            &format!("{path} in body should have at least {min} items"),
+        ));
     }
     if let Some(item_schema) = schema.get("items") {
         for (i, item) in items.iter().enumerate() {
@@ -354,11 +400,15 @@ mod tests {
 
     #[test]
     fn reports_each_structural_error_with_its_field_path() {
-        let errs = admit(&schema(), obj(json!({"weight": "x", "mode": "c", "items": [{"name": "a"}, {"name": "a"}]})), None)
-            .unwrap_err();
+        let errs =
+            admit(&schema(), obj(json!({"weight": "x", "mode": "c", "items": [{"name": "a"}, {"name": "a"}]})), None)
+                .unwrap_err();
         let text: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
         assert!(text.iter().any(|t| t == "spec.target: Required value"), "{text:?}");
-        assert!(text.iter().any(|t| t.starts_with("spec.weight: Invalid value") && t.contains("must be of type integer")), "{text:?}");
+        assert!(
+            text.iter().any(|t| t.starts_with("spec.weight: Invalid value") && t.contains("must be of type integer")),
+            "{text:?}"
+        );
         assert!(text.iter().any(|t| t.starts_with("spec.mode: Unsupported value: \"c\"")), "{text:?}");
         assert!(text.iter().any(|t| t.starts_with("spec.items[1]: Duplicate value")), "{text:?}");
     }

@@ -84,9 +84,7 @@ impl<'a> Shape<'a> {
 fn builtin_list_kind(field_name: &str, items: &[Value]) -> ListKind {
     let key = |k: &str| ListKind::Map(vec![k.to_string()]);
     match field_name {
-        "containers" | "initContainers" | "ephemeralContainers" | "env" | "volumes" | "imagePullSecrets" => {
-            key("name")
-        }
+        "containers" | "initContainers" | "ephemeralContainers" | "env" | "volumes" | "imagePullSecrets" => key("name"),
         "volumeMounts" => key("mountPath"),
         "ownerReferences" => key("uid"),
         "conditions" => key("type"),

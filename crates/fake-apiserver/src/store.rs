@@ -41,6 +41,9 @@ pub struct Change {
     pub old: Option<Value>,
 }
 
+/// What a watch starts from: the changes to replay, then the live feed.
+pub type Subscription = (Vec<Arc<Change>>, broadcast::Receiver<Arc<Change>>);
+
 pub type Key = (String, String); // (namespace, name); namespace is "" for cluster-scoped objects
 
 pub struct Store {
@@ -135,7 +138,7 @@ impl Store {
 
     /// Subscribes to changes after `since`: returns the backlog to replay and the live receiver, or None when
     /// `since` is older than the compacted history (the caller answers 410 Gone).
-    pub fn subscribe(&self, since: u64) -> Option<(Vec<Arc<Change>>, broadcast::Receiver<Arc<Change>>)> {
+    pub fn subscribe(&self, since: u64) -> Option<Subscription> {
         if since < self.compacted {
             return None;
         }
@@ -152,8 +155,5 @@ impl Store {
 
 pub fn key_of(object: &Value) -> Key {
     let m = &object["metadata"];
-    (
-        m["namespace"].as_str().unwrap_or_default().to_string(),
-        m["name"].as_str().unwrap_or_default().to_string(),
-    )
+    (m["namespace"].as_str().unwrap_or_default().to_string(), m["name"].as_str().unwrap_or_default().to_string())
 }

@@ -38,7 +38,7 @@ pub fn json_path<'a>(v: &'a Value, path: &str) -> Vec<&'a Value> {
                     next.extend(items.iter().filter(|i| {
                         json_path(i, &format!(".{}", field.trim())).first().is_some_and(|f| match f {
                             Value::String(s) => s == value,
-                            other => other.to_string() == value,
+                            other => *other == value,
                         })
                     }));
                 }
@@ -93,7 +93,14 @@ struct Column {
 }
 
 fn col(name: &str, cell: impl Fn(&Value) -> Value + 'static) -> Column {
-    Column { name: name.into(), type_: "string".into(), format: String::new(), description: String::new(), priority: 0, cell: Box::new(cell) }
+    Column {
+        name: name.into(),
+        type_: "string".into(),
+        format: String::new(),
+        description: String::new(),
+        priority: 0,
+        cell: Box::new(cell),
+    }
 }
 
 fn columns(rt: &ResourceType, now: DateTime<Utc>) -> Vec<Column> {
@@ -121,7 +128,12 @@ fn columns(rt: &ResourceType, now: DateTime<Utc>) -> Vec<Column> {
                     match found.as_slice() {
                         [] => Value::Null,
                         [one] if type_ != "string" => (*one).clone(),
-                        many => json!(many.iter().map(|v| v.as_str().map(String::from).unwrap_or_else(|| v.to_string())).collect::<Vec<_>>().join(",")),
+                        many => json!(
+                            many.iter()
+                                .map(|v| v.as_str().map(String::from).unwrap_or_else(|| v.to_string()))
+                                .collect::<Vec<_>>()
+                                .join(",")
+                        ),
                     }
                 }),
             });
@@ -131,7 +143,11 @@ fn columns(rt: &ResourceType, now: DateTime<Utc>) -> Vec<Column> {
     match (rt.group.as_str(), rt.kind.as_str()) {
         ("apps", "Deployment") => {
             cols.push(col("Ready", |o| {
-                json!(format!("{}/{}", o["status"]["readyReplicas"].as_i64().unwrap_or(0), o["spec"]["replicas"].as_i64().unwrap_or(0)))
+                json!(format!(
+                    "{}/{}",
+                    o["status"]["readyReplicas"].as_i64().unwrap_or(0),
+                    o["spec"]["replicas"].as_i64().unwrap_or(0)
+                ))
             }));
             cols.push(col("Up-to-date", |o| json!(o["status"]["updatedReplicas"].as_i64().unwrap_or(0))));
             cols.push(col("Available", |o| json!(o["status"]["availableReplicas"].as_i64().unwrap_or(0))));

@@ -12,7 +12,10 @@ use serde_json::{Value, json};
 use std::time::Duration;
 
 fn cm(name: &str, labels: Value, data: Value) -> ConfigMap {
-    serde_json::from_value(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "labels": labels}, "data": data})).unwrap()
+    serde_json::from_value(
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "labels": labels}, "data": data}),
+    )
+    .unwrap()
 }
 
 fn api_err(e: kube::Error) -> (u16, String) {
@@ -58,7 +61,8 @@ async fn create_get_update_with_optimistic_concurrency() {
     let (code, _) = api_err(cms.get("missing").await.unwrap_err());
     assert_eq!(code, 404);
     let in_missing_ns: Api<ConfigMap> = Api::namespaced(server.client(), "nope");
-    let (code, msg) = api_err(in_missing_ns.create(&PostParams::default(), &cm("a", json!({}), json!({}))).await.unwrap_err());
+    let (code, msg) =
+        api_err(in_missing_ns.create(&PostParams::default(), &cm("a", json!({}), json!({}))).await.unwrap_err());
     assert_eq!((code, msg.as_str()), (404, "namespaces \"nope\" not found"));
 }
 
@@ -80,7 +84,9 @@ async fn list_with_label_and_field_selectors_and_pages() {
         cms.create(&PostParams::default(), &cm(name, json!({"tier": tier, "app": "x"}), json!({}))).await.unwrap();
     }
     cms.create(&PostParams::default(), &cm("e", json!({}), json!({}))).await.unwrap();
-    let names = |l: kube::core::ObjectList<ConfigMap>| l.items.into_iter().map(|c| c.metadata.name.unwrap()).collect::<Vec<_>>();
+    let names = |l: kube::core::ObjectList<ConfigMap>| {
+        l.items.into_iter().map(|c| c.metadata.name.unwrap()).collect::<Vec<_>>()
+    };
     let sel = |s: &str| ListParams::default().labels(s);
     assert_eq!(names(cms.list(&sel("tier=front")).await.unwrap()), ["a", "c"]);
     assert_eq!(names(cms.list(&sel("tier!=front")).await.unwrap()), ["b", "d", "e"]);
@@ -144,10 +150,12 @@ async fn server_side_apply_prunes_omitted_fields_and_reports_conflicts() {
     assert!(after.metadata.labels.unwrap_or_default().is_empty());
 
     let theirs = PatchParams::apply("someone-else");
-    let (code, msg) = api_err(cms.patch("a", &theirs, &Patch::Apply(cm("a", json!({}), json!({"keep": "2"})))).await.unwrap_err());
+    let (code, msg) =
+        api_err(cms.patch("a", &theirs, &Patch::Apply(cm("a", json!({}), json!({"keep": "2"})))).await.unwrap_err());
     assert_eq!(code, 409);
     assert!(msg.contains("conflict with \"me\""), "{msg}");
-    let forced = cms.patch("a", &theirs.clone().force(), &Patch::Apply(cm("a", json!({}), json!({"keep": "2"})))).await.unwrap();
+    let forced =
+        cms.patch("a", &theirs.clone().force(), &Patch::Apply(cm("a", json!({}), json!({"keep": "2"})))).await.unwrap();
     assert_eq!(forced.data.unwrap()["keep"], "2");
 
     // a field edited by another manager survives when the applier stops applying it
@@ -156,9 +164,12 @@ async fn server_side_apply_prunes_omitted_fields_and_reports_conflicts() {
         json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"},
                "spec": {"selector": {"matchLabels": {"app": "d"}}, "template": {"metadata": {"labels": {"app": "d"}}, "spec": {"containers": containers}}}})
     };
-    d.patch("d", &mine, &Patch::Apply(dep(json!([{"name": "a", "image": "a:1"}, {"name": "b", "image": "b:1"}])))).await.unwrap();
+    d.patch("d", &mine, &Patch::Apply(dep(json!([{"name": "a", "image": "a:1"}, {"name": "b", "image": "b:1"}]))))
+        .await
+        .unwrap();
     let applied = d.patch("d", &mine, &Patch::Apply(dep(json!([{"name": "b", "image": "b:2"}])))).await.unwrap();
-    let images: Vec<String> = applied.spec.unwrap().template.spec.unwrap().containers.into_iter().map(|c| c.image.unwrap()).collect();
+    let images: Vec<String> =
+        applied.spec.unwrap().template.spec.unwrap().containers.into_iter().map(|c| c.image.unwrap()).collect();
     assert_eq!(images, ["b:2"]);
 }
 
@@ -190,7 +201,10 @@ async fn install_widgets(server: &FakeApiServer) -> Api<DynamicObject> {
 }
 
 fn widget(name: &str, spec: Value) -> DynamicObject {
-    serde_json::from_value(json!({"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": name}, "spec": spec})).unwrap()
+    serde_json::from_value(
+        json!({"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": name}, "spec": spec}),
+    )
+    .unwrap()
 }
 
 #[tokio::test]
@@ -200,10 +214,12 @@ async fn crd_schemas_validate_prune_default_and_run_cel_rules() {
     let w = widgets.create(&PostParams::default(), &widget("w", json!({"size": 3, "unknown": true}))).await.unwrap();
     assert_eq!(w.data["spec"], json!({"size": 3, "color": "blue"}), "pruned and defaulted");
 
-    let (code, msg) = api_err(widgets.create(&PostParams::default(), &widget("big", json!({"size": 11}))).await.unwrap_err());
+    let (code, msg) =
+        api_err(widgets.create(&PostParams::default(), &widget("big", json!({"size": 11}))).await.unwrap_err());
     assert_eq!(code, 422);
     assert!(msg.contains("size must be at most 10"), "{msg}");
-    let (code, msg) = api_err(widgets.create(&PostParams::default(), &widget("bad", json!({"size": "x"}))).await.unwrap_err());
+    let (code, msg) =
+        api_err(widgets.create(&PostParams::default(), &widget("bad", json!({"size": "x"}))).await.unwrap_err());
     assert_eq!(code, 422);
     assert!(msg.contains("spec.size") && msg.contains("must be of type integer"), "{msg}");
     let (code, msg) = api_err(widgets.create(&PostParams::default(), &widget("none", json!({}))).await.unwrap_err());
@@ -212,7 +228,11 @@ async fn crd_schemas_validate_prune_default_and_run_cel_rules() {
 
     // a CRD in a protected group needs the approval annotation, as on a real server
     let crds: Api<CustomResourceDefinition> = Api::all(server.client());
-    let (code, msg) = api_err(crds.create(&PostParams::default(), &serde_json::from_value(widget_crd("x.k8s.io")).unwrap()).await.unwrap_err());
+    let (code, msg) = api_err(
+        crds.create(&PostParams::default(), &serde_json::from_value(widget_crd("x.k8s.io")).unwrap())
+            .await
+            .unwrap_err(),
+    );
     assert_eq!(code, 422);
     assert!(msg.contains("api-approved.kubernetes.io"), "{msg}");
 }
@@ -227,15 +247,26 @@ async fn status_subresource_and_generation() {
     assert!(created.data.get("status").is_none(), "status is ignored on create");
     assert_eq!(created.metadata.generation, Some(1));
 
-    let with_status = widgets.patch_status("w", &PatchParams::default(), &Patch::Merge(json!({"status": {"seen": 1}, "spec": {"size": 9}}))).await.unwrap();
+    let with_status = widgets
+        .patch_status("w", &PatchParams::default(), &Patch::Merge(json!({"status": {"seen": 1}, "spec": {"size": 9}})))
+        .await
+        .unwrap();
     assert_eq!(with_status.data["status"]["seen"], 1);
     assert_eq!(with_status.data["spec"]["size"], 1, "the status endpoint ignores spec");
     assert_eq!(with_status.metadata.generation, Some(1), "status changes do not bump generation");
 
-    let relabelled = widgets.patch("w", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"a": "b"}}, "status": {"seen": 7}}))).await.unwrap();
+    let relabelled = widgets
+        .patch(
+            "w",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"a": "b"}}, "status": {"seen": 7}})),
+        )
+        .await
+        .unwrap();
     assert_eq!(relabelled.metadata.generation, Some(1), "metadata changes do not bump generation");
     assert_eq!(relabelled.data["status"]["seen"], 1, "the main endpoint ignores status");
-    let resized = widgets.patch("w", &PatchParams::default(), &Patch::Merge(json!({"spec": {"size": 2}}))).await.unwrap();
+    let resized =
+        widgets.patch("w", &PatchParams::default(), &Patch::Merge(json!({"spec": {"size": 2}}))).await.unwrap();
     assert_eq!(resized.metadata.generation, Some(2));
 }
 

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 fn kubectl_binary() -> Option<PathBuf> {
     let candidate = std::env::var("KUBECTL").unwrap_or_else(|_| "kubectl".into());
-    let ok = Command::new(&candidate).args(["version", "--client"]).output().map(|o| o.status.success()).unwrap_or(false);
+    let ok =
+        Command::new(&candidate).args(["version", "--client"]).output().map(|o| o.status.success()).unwrap_or(false);
     ok.then(|| PathBuf::from(candidate))
 }
 
@@ -38,9 +39,10 @@ impl Server {
             .arg(&kubeconfig)
             .spawn()
             .unwrap();
+        let server = Server { child, dir, kubectl };
         for _ in 0..100 {
             if kubeconfig.exists() && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Some(Server { child, dir, kubectl });
+                return Some(server);
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -133,7 +135,9 @@ fn kubectl_server_side_apply_get_with_columns_and_delete() {
     let crd = write(s.dir.path(), "crd.yaml", CRD);
     let widget = write(s.dir.path(), "w.yaml", WIDGET);
     assert!(s.ok(&["apply", "--server-side", "-f", &crd], None).contains("serverside-applied"));
-    assert!(s.ok(&["apply", "--server-side", "-f", &widget], None).contains("widget.example.com/w1 serverside-applied"));
+    assert!(
+        s.ok(&["apply", "--server-side", "-f", &widget], None).contains("widget.example.com/w1 serverside-applied")
+    );
 
     let table = s.ok(&["get", "widgets"], None);
     let lines: Vec<&str> = table.lines().collect();
@@ -177,11 +181,33 @@ fn kubectl_create_patch_describe_wait_and_client_side_apply() {
     assert!(table.lines().next().unwrap().starts_with("NAME") && table.contains("foo"), "{table}");
 
     // strategic merge patch: containers merge by name
-    s.ok(&["patch", "deploy", "foo", "-p", r#"{"spec":{"template":{"spec":{"containers":[{"name":"nginx","image":"nginx:latest"}]}}}}"#], None);
-    let images = s.ok(&["get", "deploy", "foo", "-o", "jsonpath={.spec.template.spec.containers[*].image} {.metadata.generation}"], None);
+    s.ok(
+        &[
+            "patch",
+            "deploy",
+            "foo",
+            "-p",
+            r#"{"spec":{"template":{"spec":{"containers":[{"name":"nginx","image":"nginx:latest"}]}}}}"#,
+        ],
+        None,
+    );
+    let images = s.ok(
+        &["get", "deploy", "foo", "-o", "jsonpath={.spec.template.spec.containers[*].image} {.metadata.generation}"],
+        None,
+    );
     assert_eq!(images, "nginx:latest redis 2");
     // the selector of a Deployment is immutable, as on a real server
-    let err = s.fails(&["patch", "deploy", "foo", "--type=merge", "-p", r#"{"spec":{"selector":{"matchLabels":{"x":"y"}},"template":{"metadata":{"labels":{"x":"y"}}}}}"#], None);
+    let err = s.fails(
+        &[
+            "patch",
+            "deploy",
+            "foo",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"selector":{"matchLabels":{"x":"y"}},"template":{"metadata":{"labels":{"x":"y"}}}}}"#,
+        ],
+        None,
+    );
     assert!(err.contains("field is immutable"), "{err}");
 
     let described = s.ok(&["describe", "deploy", "foo"], None);

@@ -1,0 +1,77 @@
+//! Process wiring for `canary-controller run`: logging, connecting to the API server, checking that the
+//! CRDs are installed, running the controllers until SIGTERM or Ctrl-C.
+
+use anyhow::{Context, bail};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::{Api, Client, ResourceExt};
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,kube=warn".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Connects to the cluster named by KUBECONFIG (or the in-cluster service account) and checks that it answers.
+pub async fn connect() -> anyhow::Result<Client> {
+    let config = kube::Config::infer()
+        .await
+        .context("no Kubernetes configuration found: set KUBECONFIG, or run inside a cluster")?;
+    let url = config.cluster_url.clone();
+    let client = Client::try_from(config).context("cannot build a Kubernetes client")?;
+    client.apiserver_version().await.with_context(|| format!("cannot reach the Kubernetes API server at {url}"))?;
+    Ok(client)
+}
+
+/// Fails with the install command when a CRD the operator serves is missing or not established.
+pub async fn check_crds(client: &Client) -> anyhow::Result<()> {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let mut missing = vec![];
+    for crd in crate::api::crds() {
+        let name = crd.name_any();
+        let installed =
+            api.get_opt(&name).await.with_context(|| format!("cannot read CustomResourceDefinition {name}"))?;
+        let established = installed
+            .and_then(|c| c.status)
+            .and_then(|s| s.conditions)
+            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Established" && c.status == "True"));
+        if !established {
+            missing.push(name);
+        }
+    }
+    if !missing.is_empty() {
+        bail!(
+            "the CustomResourceDefinitions {} are not installed (or not established): install them with \
+             `canary-controller crd | kubectl apply --server-side -f -` or `make deploy`",
+            missing.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// Runs the operator until SIGTERM or Ctrl-C.
+pub async fn run() -> anyhow::Result<()> {
+    let client = connect().await?;
+    check_crds(&client).await?;
+    tracing::info!("connected; CRDs installed; controllers running");
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

@@ -1,0 +1,79 @@
+//! The `canary-controller` binary: `crd`, `version`, and `run`'s start-up checks and clean shutdown.
+
+mod support;
+
+use support::Cluster;
+
+#[test]
+fn committed_crds_match_the_rust_types() {
+    let generated = canary_controller::api::crds_yaml().unwrap();
+    let committed =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../config/crd/crds.yaml")).unwrap();
+    assert!(
+        generated == committed,
+        "config/crd/crds.yaml is out of date: run `cargo run -p canary-controller -- crd > config/crd/crds.yaml`"
+    );
+}
+
+#[test]
+fn version_prints_the_package_version() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_canary-controller")).arg("version").output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("canary-controller {}", env!("CARGO_PKG_VERSION")));
+}
+
+#[tokio::test]
+async fn crd_output_is_accepted_by_the_api_server() {
+    let cluster = Cluster::start().await;
+    let out = cluster.controller(&["crd"]).await;
+    assert!(out.status.success());
+    let yaml = String::from_utf8(out.stdout).unwrap();
+    assert!(yaml.contains("name: canaries.canary.k8s.wantedly.com"));
+    let Some(applied) = cluster.kubectl(&["apply", "--server-side", "-f", "-"], Some(&yaml)).await else { return };
+    assert!(applied.status.success(), "{}", String::from_utf8_lossy(&applied.stderr));
+    let Some(got) = cluster.kubectl(&["get", "canaries", "-n", &cluster.namespace], None).await else { return };
+    assert!(got.status.success(), "{}", String::from_utf8_lossy(&got.stderr));
+    cluster.cleanup().await;
+}
+
+#[tokio::test]
+async fn run_fails_clearly_when_no_api_server_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(&kubeconfig, fake_apiserver::kubeconfig_for(&format!("http://127.0.0.1:{port}"))).unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_canary-controller"))
+        .arg("run")
+        .env("KUBECONFIG", &kubeconfig)
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&format!("cannot reach the Kubernetes API server at http://127.0.0.1:{port}")), "{stderr}");
+}
+
+#[tokio::test]
+async fn run_fails_clearly_when_the_crds_are_not_installed() {
+    let cluster = Cluster::start().await;
+    if cluster.fake.is_none() {
+        return; // a shared real cluster may already have the CRDs
+    }
+    let out = cluster.controller(&["run"]).await;
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("canaries.canary.k8s.wantedly.com are not installed"), "{stderr}");
+    assert!(stderr.contains("canary-controller crd | kubectl apply --server-side -f -"), "{stderr}");
+}
+
+#[tokio::test]
+async fn run_starts_with_crds_installed_and_stops_on_sigterm() {
+    let cluster = Cluster::start().await;
+    cluster.install_crds().await;
+    let mut controller = cluster.spawn_controller();
+    controller.wait_for_log("controllers running").await;
+    let status = controller.terminate().await;
+    assert!(status.success(), "exit status {status}:\n{}", controller.log());
+    assert!(controller.log().contains("shutting down"));
+    cluster.cleanup().await;
+}

@@ -1,0 +1,190 @@
+//! End-to-end test harness. By default each test gets its own fake-apiserver (in-process, on a loopback
+//! port) and a kubeconfig for it; with `E2E_KUBECONFIG=/path/to/kubeconfig` the same tests run against
+//! that cluster instead, each in a namespace of its own.
+
+#![allow(dead_code)]
+
+use fake_apiserver::FakeApiServer;
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use std::path::PathBuf;
+use std::process::{Output, Stdio};
+use std::time::Duration;
+use tokio::process::{Child, Command};
+
+pub struct Cluster {
+    pub fake: Option<FakeApiServer>,
+    pub dir: tempfile::TempDir,
+    pub kubeconfig: PathBuf,
+    pub namespace: String,
+    pub client: Client,
+}
+
+impl Cluster {
+    /// A cluster with a fresh namespace for this test.
+    pub async fn start() -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let (fake, kubeconfig, client) = match std::env::var("E2E_KUBECONFIG") {
+            Ok(path) => {
+                let path = PathBuf::from(path);
+                let kc = kube::config::Kubeconfig::read_from(&path).unwrap();
+                let config = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.unwrap();
+                (None, path, Client::try_from(config).unwrap())
+            }
+            Err(_) => {
+                let server = FakeApiServer::start().await.unwrap();
+                let path = dir.path().join("kubeconfig");
+                std::fs::write(&path, server.kubeconfig()).unwrap();
+                let client = server.client();
+                (Some(server), path, client)
+            }
+        };
+        let namespace = format!("e2e-{}", &uuid_like()[..8]);
+        let ns: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": namespace}})).unwrap();
+        Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await.unwrap();
+        Cluster { fake, dir, kubeconfig, namespace, client }
+    }
+
+    /// Installs (server-side applies) the operator's CRDs and waits until they are established.
+    pub async fn install_crds(&self) {
+        let api: Api<CustomResourceDefinition> = Api::all(self.client.clone());
+        for crd in canary_controller::api::crds() {
+            let name = crd.name_any();
+            api.patch(&name, &PatchParams::apply("e2e").force(), &Patch::Apply(crd)).await.unwrap();
+            let cond = kube::runtime::conditions::is_crd_established();
+            tokio::time::timeout(
+                Duration::from_secs(10),
+                kube::runtime::wait::await_condition(api.clone(), &name, cond),
+            )
+            .await
+            .unwrap()
+            .unwrap();
+        }
+    }
+
+    /// Runs the canary-controller binary with this cluster's kubeconfig to completion.
+    pub async fn controller(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_canary-controller"))
+            .args(args)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env("RUST_LOG", "info")
+            .output()
+            .await
+            .unwrap()
+    }
+
+    /// Starts `canary-controller run` in the background; it is stopped when the guard drops.
+    pub fn spawn_controller(&self) -> Process {
+        let child = Command::new(env!("CARGO_BIN_EXE_canary-controller"))
+            .arg("run")
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(std::fs::File::create(self.dir.path().join("controller.log")).unwrap()))
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        Process { child, log: self.dir.path().join("controller.log") }
+    }
+
+    pub async fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> Option<Output> {
+        kubectl(&self.kubeconfig, &self.dir.path().join("kubectl-cache"), args, stdin).await
+    }
+
+    pub async fn cleanup(self) {
+        let _ = Api::<Namespace>::all(self.client.clone()).delete(&self.namespace, &DeleteParams::default()).await;
+    }
+}
+
+/// Runs kubectl (KUBECTL or `kubectl` on PATH); None, with the reason printed, when it is not installed.
+pub async fn kubectl(
+    kubeconfig: &std::path::Path,
+    cache: &std::path::Path,
+    args: &[&str],
+    stdin: Option<&str>,
+) -> Option<Output> {
+    use tokio::io::AsyncWriteExt;
+    let bin = std::env::var("KUBECTL").unwrap_or_else(|_| "kubectl".into());
+    let mut child = match Command::new(&bin)
+        .args(args)
+        .env("KUBECONFIG", kubeconfig)
+        .env("KUBECACHEDIR", cache)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("SKIPPED: kubectl ({bin}) cannot run: {e}");
+            return None;
+        }
+    };
+    if let Some(input) = stdin {
+        child.stdin.take().unwrap().write_all(input.as_bytes()).await.unwrap();
+    }
+    drop(child.stdin.take());
+    Some(child.wait_with_output().await.unwrap())
+}
+
+pub struct Process {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Process {
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the log contains `needle`.
+    pub async fn wait_for_log(&mut self, needle: &str) {
+        for _ in 0..200 {
+            if self.log().contains(needle) {
+                return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("canary-controller exited ({status}) before logging {needle:?}:\n{}", self.log());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("canary-controller did not log {needle:?}:\n{}", self.log());
+    }
+
+    /// Sends SIGTERM and returns the exit status.
+    pub async fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().expect("running").to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().await.unwrap();
+        for _ in 0..100 {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("canary-controller did not stop on SIGTERM:\n{}", self.log());
+    }
+}
+
+fn uuid_like() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos());
+    format!("{:016x}", h.finish())
+}
+
+/// Polls `check` every 100 ms for up to `secs` seconds.
+pub async fn eventually<F, Fut>(secs: u64, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..secs * 10 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("timed out after {secs}s waiting for: {what}");
+}
