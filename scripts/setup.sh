@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs what building and testing canary-controller needs on a Debian machine, then fetches the crates.
+# Run as root (CI does) or with sudo available. Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+packages=(ca-certificates curl)
+missing=()
+for p in "${packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+if [ ${#missing[@]} -gt 0 ]; then
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+fi
+
+if ! command -v cargo >/dev/null; then
+  echo "setup: cargo is required (install Rust with rustup)" >&2
+  exit 1
+fi
+
+# kubectl drives the end-to-end tests. Debian's own package is too old (1.20) to be useful, so it is not
+# installed here: the tests that need kubectl print "SKIPPED: kubectl ..." and pass when it is missing.
+if command -v "${KUBECTL:-kubectl}" >/dev/null; then
+  echo "setup: kubectl found: $("${KUBECTL:-kubectl}" version --client 2>/dev/null | head -n1)"
+else
+  echo "setup: kubectl not found: kubectl-driven tests will be skipped (set KUBECTL=/path/to/kubectl to use one)"
+fi
+
+cargo fetch --locked
+echo "setup: done"
