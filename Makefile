@@ -1,5 +1,5 @@
 # Developer entry points; see README.md.
-.PHONY: setup build run test fmt crd
+.PHONY: setup build run test fmt crd deploy undeploy
 
 setup:          ## install system packages and fetch crates
 	bash scripts/setup.sh
@@ -20,3 +20,11 @@ fmt:
 
 crd:            ## regenerate config/crd from the Rust types
 	cargo run --quiet -p canary-controller -- crd > config/crd/crds.yaml
+
+deploy:         ## install the CRDs and the operator into canary-controller-system (current kubectl context)
+	kubectl apply --server-side -f config/crd/crds.yaml
+	kubectl apply -k config/default
+
+undeploy:       ## remove the operator and the CRDs (and so every Canary)
+	kubectl delete -k config/default --ignore-not-found
+	kubectl delete -f config/crd/crds.yaml --ignore-not-found

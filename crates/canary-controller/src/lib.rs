@@ -3,4 +3,5 @@
 //! wiring (client, CRD checks, controllers, shutdown, logs).
 
 pub mod api;
+pub mod canary;
 pub mod runtime;

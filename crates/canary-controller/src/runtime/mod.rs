@@ -63,7 +63,7 @@ pub async fn run() -> anyhow::Result<()> {
     let client = connect().await?;
     check_crds(&client).await?;
     tracing::info!("connected; CRDs installed; controllers running");
-    shutdown_signal().await;
+    crate::canary::reconcile::run(client, shutdown_signal()).await;
     tracing::info!("shutting down");
     Ok(())
 }

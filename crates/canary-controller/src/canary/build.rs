@@ -1,0 +1,283 @@
+//! Builds, as plain values, the canary Deployment (a copy of the target with the Canary's images and the
+//! canary marks) and the Canary's status. Pure: no client in scope.
+
+use super::validate::Problem;
+use crate::api::canary::{Canary, CanaryStatus};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::EnvVar;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time};
+use kube::{Resource, ResourceExt};
+use std::collections::BTreeMap;
+
+/// The label that marks canary Deployments and their pods (always "true").
+pub const CANARY_LABEL: &str = "canary";
+/// The environment variable set in every container of a canary.
+pub const CANARY_ENV: &str = "CANARY_ENABLED";
+/// The pod hostname of canary pods.
+pub const CANARY_HOSTNAME: &str = "canary";
+/// Annotations of the target that describe the target itself and are not copied.
+const NOT_COPIED_ANNOTATIONS: &[&str] =
+    &["kubectl.kubernetes.io/last-applied-configuration", "deployment.kubernetes.io/revision"];
+
+pub mod conditions {
+    pub const READY: &str = "Ready";
+    pub const TARGET_FOUND: &str = "TargetFound";
+    pub const CONFLICT: &str = "Conflict";
+}
+
+pub mod reasons {
+    pub const CANARY_READY: &str = "CanaryReady";
+    pub const CANARY_PROGRESSING: &str = "CanaryProgressing";
+    pub const TARGET_FOUND: &str = "TargetFound";
+    pub const NO_CONFLICT: &str = "NoConflict";
+}
+
+pub fn canary_deployment_name(target: &str) -> String {
+    format!("{target}-canary")
+}
+
+fn canary_labels(mut labels: BTreeMap<String, String>) -> BTreeMap<String, String> {
+    labels.insert(CANARY_LABEL.into(), "true".into());
+    labels
+}
+
+/// The canary Deployment for a (validated) Canary and its target.
+pub fn build_deployment(canary: &Canary, target: &Deployment) -> Deployment {
+    let mut spec = target.spec.clone().unwrap_or_default();
+    if let Some(replicas) = canary.spec.replicas {
+        spec.replicas = Some(replicas);
+    }
+    spec.selector.match_labels = Some(canary_labels(spec.selector.match_labels.take().unwrap_or_default()));
+    let pod_meta = spec.template.metadata.get_or_insert_with(ObjectMeta::default);
+    pod_meta.labels = Some(canary_labels(pod_meta.labels.take().unwrap_or_default()));
+    let pod = spec.template.spec.get_or_insert_with(Default::default);
+    pod.hostname = Some(CANARY_HOSTNAME.into());
+    for container in &mut pod.containers {
+        if let Some(wanted) = canary.spec.target_containers.iter().find(|t| t.name == container.name) {
+            container.image = Some(wanted.image.clone());
+        }
+        let env = container.env.get_or_insert_with(Vec::new);
+        env.retain(|e| e.name != CANARY_ENV);
+        env.push(EnvVar { name: CANARY_ENV.into(), value: Some("1".into()), value_from: None });
+    }
+    let annotations: BTreeMap<String, String> = target
+        .annotations()
+        .iter()
+        .filter(|(k, _)| !NOT_COPIED_ANNOTATIONS.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    Deployment {
+        metadata: ObjectMeta {
+            name: Some(canary_deployment_name(&canary.spec.target_deployment_name)),
+            namespace: canary.namespace(),
+            labels: Some(canary_labels(target.labels().clone())),
+            annotations: (!annotations.is_empty()).then_some(annotations),
+            owner_references: canary.controller_owner_ref(&()).map(|r| vec![r]),
+            ..ObjectMeta::default()
+        },
+        spec: Some(spec),
+        status: None,
+    }
+}
+
+fn condition(
+    type_: &str,
+    ok: bool,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+    previous: &[Condition],
+    now: &Time,
+) -> Condition {
+    let status = if ok { "True" } else { "False" }.to_string();
+    let last_transition_time = previous
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == status)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or_else(|| now.clone());
+    Condition {
+        type_: type_.into(),
+        status,
+        reason: reason.into(),
+        message,
+        observed_generation: generation,
+        last_transition_time,
+    }
+}
+
+/// The Canary's status from what reconcile saw: the problem (if any), whether the target exists, and the
+/// canary Deployment this Canary owns (if any). Conditions keep their transition time while unchanged.
+pub fn build_status(
+    canary: &Canary,
+    problem: Option<&Problem>,
+    target_found: bool,
+    owned: Option<&Deployment>,
+    now: &Time,
+) -> CanaryStatus {
+    let generation = canary.metadata.generation;
+    let previous = canary.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
+    let target = &canary.spec.target_deployment_name;
+    let desired = owned.and_then(|d| d.spec.as_ref()).and_then(|s| s.replicas).unwrap_or(1);
+    let dstatus = owned.and_then(|d| d.status.as_ref());
+    let ready = dstatus.and_then(|s| s.ready_replicas).unwrap_or(0);
+    let (ready_ok, ready_reason, ready_message) = match (problem, owned) {
+        (Some(p), _) => (false, p.reason(), p.message()),
+        (None, Some(_)) if ready >= desired => {
+            (true, reasons::CANARY_READY, format!("{ready}/{desired} canary replicas ready"))
+        }
+        (None, _) => (false, reasons::CANARY_PROGRESSING, format!("{ready}/{desired} canary replicas ready")),
+    };
+    let conflict = matches!(problem, Some(Problem::DeploymentNotOwned { .. }));
+    let conditions = vec![
+        condition(
+            conditions::TARGET_FOUND,
+            target_found,
+            if target_found { reasons::TARGET_FOUND } else { "TargetNotFound" },
+            if target_found {
+                format!("Deployment {target:?} found")
+            } else {
+                format!("Deployment {target:?} not found")
+            },
+            generation,
+            previous,
+            now,
+        ),
+        condition(
+            conditions::CONFLICT,
+            conflict,
+            if conflict { "DeploymentNotOwned" } else { reasons::NO_CONFLICT },
+            match problem {
+                Some(p @ Problem::DeploymentNotOwned { .. }) => p.message(),
+                _ => format!("Deployment {:?} is free or managed by this Canary", canary_deployment_name(target)),
+            },
+            generation,
+            previous,
+            now,
+        ),
+        condition(conditions::READY, ready_ok, ready_reason, ready_message, generation, previous, now),
+    ];
+    CanaryStatus {
+        observed_generation: generation,
+        canary_deployment: owned.and_then(|d| d.metadata.name.clone()),
+        replicas: dstatus.and_then(|s| s.replicas),
+        ready_replicas: dstatus.and_then(|s| s.ready_replicas),
+        available_replicas: dstatus.and_then(|s| s.available_replicas),
+        conditions,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{Value, json};
+
+    fn canary(spec: Value) -> Canary {
+        serde_json::from_value(json!({
+            "apiVersion": "canary.k8s.wantedly.com/v1beta1", "kind": "Canary",
+            "metadata": {"name": "canary-sample", "namespace": "default", "uid": "uid-1"},
+            "spec": spec,
+        }))
+        .unwrap()
+    }
+
+    fn sample_canary() -> Canary {
+        canary(json!({"targetDeploymentName": "foo", "targetContainers": [
+            {"name": "nginx", "image": "nginx:latest"}, {"name": "redis", "image": "redis:5.0.5"}]}))
+    }
+
+    fn target(selector: Value, template_labels: Value) -> Deployment {
+        serde_json::from_value(json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "foo", "namespace": "default", "labels": {"app": "nginx", "canary": "false"},
+                         "annotations": {"team": "web", "deployment.kubernetes.io/revision": "3",
+                                         "kubectl.kubernetes.io/last-applied-configuration": "{}"}},
+            "spec": {"replicas": 2, "selector": selector, "template": {"metadata": {"labels": template_labels}, "spec": {
+                "initContainers": [{"name": "init", "image": "busybox"}],
+                "containers": [
+                    {"name": "nginx", "image": "nginx:1.15.4", "env": [{"name": "CANARY_ENABLED", "value": "0"}, {"name": "A", "value": "1"}]},
+                    {"name": "redis", "image": "redis"}]}}}
+        }))
+        .unwrap()
+    }
+
+    /// Golden object for the original project's samples (config/samples).
+    #[test]
+    fn sample_canary_deployment() {
+        let built = build_deployment(
+            &sample_canary(),
+            &target(json!({"matchLabels": {"app": "nginx"}}), json!({"app": "nginx"})),
+        );
+        let expected = json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {
+                "name": "foo-canary", "namespace": "default",
+                "labels": {"app": "nginx", "canary": "true"},
+                "annotations": {"team": "web"},
+                "ownerReferences": [{"apiVersion": "canary.k8s.wantedly.com/v1beta1", "kind": "Canary", "name": "canary-sample",
+                                     "uid": "uid-1", "controller": true}]
+            },
+            "spec": {
+                "replicas": 2,
+                "selector": {"matchLabels": {"app": "nginx", "canary": "true"}},
+                "template": {
+                    "metadata": {"labels": {"app": "nginx", "canary": "true"}},
+                    "spec": {
+                        "hostname": "canary",
+                        "initContainers": [{"name": "init", "image": "busybox"}],
+                        "containers": [
+                            {"name": "nginx", "image": "nginx:latest", "env": [{"name": "A", "value": "1"}, {"name": "CANARY_ENABLED", "value": "1"}]},
+                            {"name": "redis", "image": "redis:5.0.5", "env": [{"name": "CANARY_ENABLED", "value": "1"}]}
+                        ]
+                    }
+                }
+            }
+        });
+        assert_eq!(serde_json::to_value(&built).unwrap(), expected);
+    }
+
+    #[test]
+    fn building_twice_sets_env_once() {
+        let c = sample_canary();
+        let once = build_deployment(&c, &target(json!({"matchLabels": {"app": "nginx"}}), json!({"app": "nginx"})));
+        let twice = build_deployment(&c, &once);
+        assert_eq!(
+            once.spec.unwrap().template.spec.unwrap().containers,
+            twice.spec.unwrap().template.spec.unwrap().containers
+        );
+    }
+
+    #[test]
+    fn selector_with_only_match_expressions_and_no_template_labels() {
+        let built = build_deployment(
+            &sample_canary(),
+            &target(json!({"matchExpressions": [{"key": "app", "operator": "In", "values": ["nginx"]}]}), Value::Null),
+        );
+        let spec = built.spec.unwrap();
+        assert_eq!(spec.selector.match_labels.unwrap(), BTreeMap::from([("canary".to_string(), "true".to_string())]));
+        assert_eq!(spec.selector.match_expressions.unwrap().len(), 1);
+        assert_eq!(spec.template.metadata.unwrap().labels.unwrap()["canary"], "true");
+    }
+
+    #[test]
+    fn replicas_override() {
+        let mut c = sample_canary();
+        c.spec.replicas = Some(0);
+        let built = build_deployment(&c, &target(json!({"matchLabels": {"app": "nginx"}}), json!({"app": "nginx"})));
+        assert_eq!(built.spec.unwrap().replicas, Some(0));
+    }
+
+    #[test]
+    fn status_reports_the_problem_and_keeps_transition_times() {
+        let now = Time(k8s_openapi::jiff::Timestamp::from_second(1_000).unwrap());
+        let later = Time(k8s_openapi::jiff::Timestamp::from_second(2_000).unwrap());
+        let mut c = sample_canary();
+        let problem = Problem::TargetNotFound { target: "foo".into(), namespace: "default".into() };
+        let s = build_status(&c, Some(&problem), false, None, &now);
+        let ready = s.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+        assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "TargetNotFound"));
+        assert!(ready.message.contains("spec.targetDeploymentName"));
+        c.status = Some(s);
+        let again = build_status(&c, Some(&problem), false, None, &later);
+        assert!(again.conditions.iter().all(|c| c.last_transition_time == now));
+    }
+}

@@ -1,0 +1,152 @@
+//! The thin IO layer of the Canary controller: read the target and `<target>-canary`, validate, apply the
+//! built Deployment with server-side apply, write the status when it changed, and record events on
+//! transitions. Also the controller wiring: one watch of Canaries, one of Deployments (mapped to the
+//! Canaries that own them, target them, or want their name).
+
+use super::build::{build_deployment, build_status, canary_deployment_name, conditions};
+use super::validate::{Problem, is_owned_by, validate};
+use crate::api::canary::{Canary, CanaryStatus};
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The field manager of everything this controller writes.
+pub const FIELD_MANAGER: &str = "canary-controller";
+
+pub struct Context {
+    pub client: Client,
+    pub recorder: Recorder,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API request failed: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("Canary has no namespace")]
+    NoNamespace,
+}
+
+/// Reconciles one Canary.
+pub async fn reconcile(canary: Arc<Canary>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let ns = canary.namespace().ok_or(Error::NoNamespace)?;
+    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
+    let target_name = &canary.spec.target_deployment_name;
+    let name = canary_deployment_name(target_name);
+    let target = deployments.get_opt(target_name).await?;
+    let existing = deployments.get_opt(&name).await?;
+
+    let mut owned = existing.clone().filter(|d| is_owned_by(d, &canary));
+    let mut problem = validate(&canary, target.as_ref(), existing.as_ref()).err();
+    if let (None, Some(target)) = (&problem, &target) {
+        let desired = build_deployment(&canary, target);
+        match deployments.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&desired)).await {
+            Ok(applied) => {
+                let change = match &owned {
+                    None => Some(("CanaryCreated", format!("created Deployment {name:?}"))),
+                    Some(before) if before.metadata.generation != applied.metadata.generation => {
+                        Some(("CanaryUpdated", format!("updated Deployment {name:?}")))
+                    }
+                    Some(_) => None,
+                };
+                if let Some((reason, note)) = change {
+                    publish(&ctx, &canary, EventType::Normal, reason, note).await;
+                }
+                owned = Some(applied);
+            }
+            Err(kube::Error::Api(e)) if e.code == 422 || e.code == 400 => {
+                problem = Some(Problem::ApplyRejected { name: name.clone(), message: e.message });
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let status = build_status(&canary, problem.as_ref(), target.is_some(), owned.as_ref(), &now);
+    // a Warning event when a problem appears or changes, not on every reconcile
+    if let Some(p) = &problem
+        && ready_reason(canary.status.as_ref()) != Some(p.reason())
+    {
+        publish(&ctx, &canary, EventType::Warning, p.reason(), p.message()).await;
+    }
+    if canary.status.as_ref() != Some(&status) {
+        write_status(&ctx.client, &canary, &status).await?;
+    }
+    Ok(Action::requeue(Duration::from_secs(600)))
+}
+
+fn ready_reason(status: Option<&CanaryStatus>) -> Option<&str> {
+    status?.conditions.iter().find(|c| c.type_ == conditions::READY).map(|c| c.reason.as_str())
+}
+
+async fn write_status(client: &Client, canary: &Canary, status: &CanaryStatus) -> Result<(), kube::Error> {
+    let api: Api<Canary> = Api::namespaced(client.clone(), &canary.namespace().unwrap_or_default());
+    let body = serde_json::json!({
+        "apiVersion": Canary::api_version(&()),
+        "kind": Canary::kind(&()),
+        "status": status,
+    });
+    api.patch_status(&canary.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(body)).await?;
+    Ok(())
+}
+
+/// Events are best effort: a failure to record one is logged, never fails the reconcile.
+async fn publish(ctx: &Context, canary: &Canary, type_: EventType, reason: &str, note: String) {
+    let event = Event { type_, reason: reason.into(), note: Some(note), action: "Reconcile".into(), secondary: None };
+    if let Err(e) = ctx.recorder.publish(&event, &canary.object_ref(&())).await {
+        tracing::warn!(canary = %canary.name_any(), error = %e, "cannot record event");
+    }
+}
+
+fn error_policy(canary: Arc<Canary>, error: &Error, _ctx: Arc<Context>) -> Action {
+    tracing::warn!(canary = %canary.name_any(), %error, "reconcile failed; retrying");
+    Action::requeue(Duration::from_secs(5))
+}
+
+/// The Canaries a Deployment matters to: its controller, those targeting it, and those whose canary name it holds.
+fn canaries_for(store: &Store<Canary>, deployment: &Deployment) -> Vec<ObjectRef<Canary>> {
+    let ns = deployment.namespace().unwrap_or_default();
+    let name = deployment.name_any();
+    let mut refs: Vec<ObjectRef<Canary>> = deployment
+        .owner_references()
+        .iter()
+        .filter(|r| {
+            r.controller == Some(true) && r.kind == "Canary" && r.api_version.starts_with("canary.k8s.wantedly.com/")
+        })
+        .map(|r| ObjectRef::new(&r.name).within(&ns))
+        .collect();
+    for c in store.state() {
+        let target = &c.spec.target_deployment_name;
+        if c.namespace().as_deref() == Some(ns.as_str()) && (*target == name || canary_deployment_name(target) == name)
+        {
+            refs.push(ObjectRef::from_obj(c.as_ref()));
+        }
+    }
+    refs
+}
+
+/// Runs the Canary controller until `shutdown` completes.
+pub async fn run(client: Client, shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static) {
+    let reporter = Reporter { controller: FIELD_MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
+    let ctx = Arc::new(Context { client: client.clone(), recorder: Recorder::new(client.clone(), reporter) });
+    let controller = Controller::new(Api::<Canary>::all(client.clone()), watcher::Config::default());
+    let store = controller.store();
+    controller
+        .watches(Api::<Deployment>::all(client), watcher::Config::default(), move |d| canaries_for(&store, &d))
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            match result {
+                Ok((obj, _)) => tracing::debug!(canary = %obj.name, "reconciled"),
+                Err(e) => tracing::debug!(error = %e, "controller event"),
+            }
+        })
+        .await;
+}

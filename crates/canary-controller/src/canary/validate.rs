@@ -1,0 +1,108 @@
+//! Decides whether a Canary can be served: its target must exist, every container it names must be a
+//! container of the target, and `<target>-canary` must not belong to anyone else. Pure: no client in scope.
+
+use super::build::canary_deployment_name;
+use crate::api::canary::Canary;
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::ResourceExt;
+
+/// What keeps a Canary from being served. Each variant's [`reason`](Problem::reason) is the stable
+/// reason of the Ready condition and of the Warning event.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Problem {
+    TargetNotFound {
+        target: String,
+        namespace: String,
+    },
+    UnknownContainer {
+        target: String,
+        unknown: Vec<String>,
+        available: Vec<String>,
+    },
+    DeploymentNotOwned {
+        name: String,
+        owner: Option<String>,
+    },
+    /// The API server rejected the canary Deployment (for example a changed selector, which is immutable).
+    ApplyRejected {
+        name: String,
+        message: String,
+    },
+}
+
+impl Problem {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Problem::TargetNotFound { .. } => "TargetNotFound",
+            Problem::UnknownContainer { .. } => "UnknownContainer",
+            Problem::DeploymentNotOwned { .. } => "DeploymentNotOwned",
+            Problem::ApplyRejected { .. } => "ApplyRejected",
+        }
+    }
+
+    /// A message for people: what is wrong and how to fix it.
+    pub fn message(&self) -> String {
+        match self {
+            Problem::TargetNotFound { target, namespace } => format!(
+                "spec.targetDeploymentName: Deployment {target:?} not found in namespace {namespace:?}: create it or fix the name \
+                 (an existing canary Deployment is left running)"
+            ),
+            Problem::UnknownContainer { target, unknown, available } => format!(
+                "spec.targetContainers: Deployment {target:?} has no container named {} (its containers: {}): fix the name",
+                unknown.iter().map(|n| format!("{n:?}")).collect::<Vec<_>>().join(", "),
+                available.join(", ")
+            ),
+            Problem::DeploymentNotOwned { name, owner } => format!(
+                "Deployment {name:?} already exists and is not managed by this Canary ({}): it is left untouched; \
+                 delete or rename it, or delete this Canary",
+                owner.as_deref().unwrap_or("it has no controller")
+            ),
+            Problem::ApplyRejected { name, message } => {
+                format!("the API server rejected Deployment {name:?}: {message}")
+            }
+        }
+    }
+}
+
+/// Is `deployment` controlled by this Canary?
+pub fn is_owned_by(deployment: &Deployment, canary: &Canary) -> bool {
+    let uid = canary.uid();
+    deployment.owner_references().iter().any(|r| r.controller == Some(true) && Some(&r.uid) == uid.as_ref())
+}
+
+fn controller_description(deployment: &Deployment) -> Option<String> {
+    deployment
+        .owner_references()
+        .iter()
+        .find(|r| r.controller == Some(true))
+        .map(|r| format!("its controller is {} {:?}", r.kind, r.name))
+}
+
+/// Checks a Canary against what the cluster holds: its target and an existing `<target>-canary`.
+pub fn validate(canary: &Canary, target: Option<&Deployment>, existing: Option<&Deployment>) -> Result<(), Problem> {
+    let target_name = &canary.spec.target_deployment_name;
+    if let Some(existing) = existing.filter(|d| !is_owned_by(d, canary)) {
+        return Err(Problem::DeploymentNotOwned {
+            name: canary_deployment_name(target_name),
+            owner: controller_description(existing),
+        });
+    }
+    let Some(target) = target else {
+        return Err(Problem::TargetNotFound {
+            target: target_name.clone(),
+            namespace: canary.namespace().unwrap_or_default(),
+        });
+    };
+    let available: Vec<String> = target
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .map(|p| p.containers.iter().map(|c| c.name.clone()).collect())
+        .unwrap_or_default();
+    let unknown: Vec<String> =
+        canary.spec.target_containers.iter().filter(|c| !available.contains(&c.name)).map(|c| c.name.clone()).collect();
+    if !unknown.is_empty() {
+        return Err(Problem::UnknownContainer { target: target_name.clone(), unknown, available });
+    }
+    Ok(())
+}

@@ -1,0 +1,337 @@
+//! End-to-end: the real `canary-controller run` against fake-apiserver (or E2E_KUBECONFIG), driven through the
+//! API and, for the original project's README session, through real kubectl.
+
+mod support;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Event;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use serde_json::{Value, json};
+use support::{Cluster, Process, eventually};
+
+const SAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../config/samples");
+
+fn target(name: &str, selector: Value) -> Deployment {
+    serde_json::from_value(json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name, "labels": {"app": "nginx"}, "annotations": {"team": "web"}},
+        "spec": {"replicas": 2, "selector": selector, "template": {"metadata": {"labels": {"app": "nginx"}}, "spec": {"containers": [
+            {"name": "nginx", "image": "nginx:1.15.4"}, {"name": "redis", "image": "redis"}]}}}
+    }))
+    .unwrap()
+}
+
+fn canary(name: &str, target: &str, containers: Value) -> Value {
+    json!({"apiVersion": "canary.k8s.wantedly.com/v1beta1", "kind": "Canary", "metadata": {"name": name},
+           "spec": {"targetDeploymentName": target, "targetContainers": containers}})
+}
+
+struct Env {
+    cluster: Cluster,
+    /// Kept so that the controller runs as long as the test (it is killed on drop).
+    _controller: Process,
+    deployments: Api<Deployment>,
+    canaries: Api<kube::core::DynamicObject>,
+}
+
+async fn env() -> Env {
+    let cluster = Cluster::start().await;
+    cluster.install_crds().await;
+    let mut controller = cluster.spawn_controller();
+    controller.wait_for_log("controllers running").await;
+    let deployments = Api::namespaced(cluster.client.clone(), &cluster.namespace);
+    let ar = kube::discovery::ApiResource::erase::<canary_controller::api::canary::Canary>(&());
+    let canaries = Api::namespaced_with(cluster.client.clone(), &cluster.namespace, &ar);
+    Env { cluster, _controller: controller, deployments, canaries }
+}
+
+impl Env {
+    async fn create_canary(&self, c: Value) {
+        self.canaries.create(&PostParams::default(), &serde_json::from_value(c).unwrap()).await.unwrap();
+    }
+
+    async fn images(&self, name: &str) -> Option<Vec<String>> {
+        let d = self.deployments.get_opt(name).await.unwrap()?;
+        Some(d.spec.unwrap().template.spec.unwrap().containers.into_iter().map(|c| c.image.unwrap()).collect())
+    }
+
+    async fn wait_images(&self, name: &str, expected: &[&str]) {
+        let what = format!("{name} to run {expected:?}");
+        eventually(10, &what, || async {
+            self.images(name).await == Some(expected.iter().map(|s| s.to_string()).collect())
+        })
+        .await;
+    }
+
+    async fn condition(&self, canary: &str, type_: &str) -> Option<(String, String, String)> {
+        let c = self.canaries.get(canary).await.unwrap();
+        let cond = c.data["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == type_)?.clone();
+        Some((cond["status"].as_str()?.into(), cond["reason"].as_str()?.into(), cond["message"].as_str()?.into()))
+    }
+
+    async fn wait_condition(&self, canary: &str, type_: &str, status: &str, reason: &str) -> String {
+        let what = format!("{canary} condition {type_}={status} ({reason})");
+        eventually(10, &what, || async {
+            self.condition(canary, type_).await.is_some_and(|(s, r, _)| s == status && r == reason)
+        })
+        .await;
+        self.condition(canary, type_).await.unwrap().2
+    }
+
+    async fn warning_events(&self, reason: &str) -> Vec<String> {
+        let events: Api<Event> = Api::namespaced(self.cluster.client.clone(), &self.cluster.namespace);
+        let list = events.list(&ListParams::default()).await.unwrap();
+        list.items
+            .into_iter()
+            .filter(|e| e.type_.as_deref() == Some("Warning") && e.reason.as_deref() == Some(reason))
+            .map(|e| e.message.unwrap_or_default())
+            .collect()
+    }
+}
+
+/// The kubectl session of the original project's README, unchanged.
+#[tokio::test]
+async fn the_original_readme_session_works_with_kubectl() {
+    let e = env().await;
+    let ns = e.cluster.namespace.clone();
+    let kubectl = |args: Vec<String>| {
+        let cluster = &e.cluster;
+        async move {
+            let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+            cluster.kubectl(&refs, None).await
+        }
+    };
+    let args = |a: &[&str]| a.iter().map(|s| s.to_string()).chain(["-n".to_string(), ns.clone()]).collect::<Vec<_>>();
+    let Some(out) = kubectl(args(&["apply", "-f", &format!("{SAMPLES}/target_deployment.yaml")])).await else { return };
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = kubectl(args(&["apply", "-f", &format!("{SAMPLES}/canary_v1beta1_canary.yaml")])).await.unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "canary.canary.k8s.wantedly.com/canary-sample created");
+    e.wait_images("foo-canary", &["nginx:latest", "redis:5.0.5"]).await;
+
+    let out = kubectl(args(&[
+        "get",
+        "deploy",
+        "foo",
+        "-o",
+        "jsonpath={.spec.template.spec.containers[?(@.name==\"nginx\")].image}",
+    ]))
+    .await
+    .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "nginx:1.15.4");
+    let out = kubectl(args(&[
+        "get",
+        "deploy",
+        "foo-canary",
+        "-o",
+        "jsonpath={.spec.template.spec.containers[?(@.name==\"nginx\")].image}",
+    ]))
+    .await
+    .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "nginx:latest");
+    let out = kubectl(args(&["get", "deploy"])).await.unwrap();
+    let listing = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(listing.contains("foo ") && listing.contains("foo-canary "), "{listing}");
+    let out = kubectl(args(&["get", "canaries"])).await.unwrap();
+    let table = String::from_utf8_lossy(&out.stdout).to_string();
+    let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(header, ["NAME", "TARGET", "CANARY", "DEPLOYMENT", "READY", "AGE"], "{table}");
+    assert!(table.lines().nth(1).unwrap().contains("canary-sample   foo      foo-canary"), "{table}");
+
+    let out = kubectl(args(&["delete", "-f", &format!("{SAMPLES}/canary_v1beta1_canary.yaml")])).await.unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "canary.canary.k8s.wantedly.com \"canary-sample\" deleted");
+    eventually(10, "foo-canary to be garbage collected", || async {
+        e.deployments.get_opt("foo-canary").await.unwrap().is_none()
+    })
+    .await;
+    assert!(e.deployments.get_opt("foo").await.unwrap().is_some());
+    e.cluster.cleanup().await;
+}
+
+#[tokio::test]
+async fn the_canary_deployment_carries_the_canary_marks() {
+    let e = env().await;
+    e.deployments
+        .create(&PostParams::default(), &target("foo", json!({"matchLabels": {"app": "nginx"}})))
+        .await
+        .unwrap();
+    e.create_canary(canary("c", "foo", json!([{"name": "nginx", "image": "nginx:latest"}]))).await;
+    e.wait_images("foo-canary", &["nginx:latest", "redis"]).await;
+    let d = e.deployments.get("foo-canary").await.unwrap();
+    let labels = d.metadata.labels.clone().unwrap();
+    assert_eq!((labels["canary"].as_str(), labels["app"].as_str()), ("true", "nginx"));
+    assert_eq!(d.metadata.annotations.clone().unwrap()["team"], "web");
+    let owner = &d.metadata.owner_references.clone().unwrap()[0];
+    assert_eq!((owner.kind.as_str(), owner.name.as_str(), owner.controller), ("Canary", "c", Some(true)));
+    let spec = d.spec.unwrap();
+    assert_eq!(spec.replicas, Some(2));
+    assert_eq!(spec.selector.match_labels.unwrap()["canary"], "true");
+    let pod = spec.template.spec.unwrap();
+    assert_eq!(pod.hostname.as_deref(), Some("canary"));
+    for c in pod.containers {
+        let env = c.env.unwrap();
+        assert_eq!(env.iter().filter(|e| e.name == "CANARY_ENABLED" && e.value.as_deref() == Some("1")).count(), 1);
+    }
+    let status = e.canaries.get("c").await.unwrap().data["status"].clone();
+    assert_eq!(status["canaryDeployment"], "foo-canary");
+    e.cluster.cleanup().await;
+}
+
+#[tokio::test]
+async fn follows_changes_of_the_canary_and_of_the_target_within_a_second() {
+    let e = env().await;
+    e.deployments
+        .create(&PostParams::default(), &target("foo", json!({"matchLabels": {"app": "nginx"}})))
+        .await
+        .unwrap();
+    e.create_canary(canary("c", "foo", json!([{"name": "nginx", "image": "nginx:latest"}]))).await;
+    e.wait_images("foo-canary", &["nginx:latest", "redis"]).await;
+
+    let start = std::time::Instant::now();
+    let patch = json!({"spec": {"targetContainers": [{"name": "nginx", "image": "nginx:1.27"}], "replicas": 1}});
+    e.canaries.patch("c", &PatchParams::default(), &Patch::Merge(patch)).await.unwrap();
+    e.wait_images("foo-canary", &["nginx:1.27", "redis"]).await;
+    assert!(start.elapsed().as_millis() < 1000, "took {:?}", start.elapsed());
+    assert_eq!(e.deployments.get("foo-canary").await.unwrap().spec.unwrap().replicas, Some(1));
+
+    let start = std::time::Instant::now();
+    let patch = json!({"spec": {"template": {"spec": {"containers": [{"name": "redis", "image": "redis:7"}]}}}});
+    e.deployments.patch("foo", &PatchParams::default(), &Patch::Strategic(patch)).await.unwrap();
+    e.wait_images("foo-canary", &["nginx:1.27", "redis:7"]).await;
+    assert!(start.elapsed().as_millis() < 1000, "took {:?}", start.elapsed());
+    e.cluster.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_target_created_later_is_picked_up_and_a_missing_one_is_reported() {
+    let e = env().await;
+    e.create_canary(canary("c", "foo", json!([{"name": "nginx", "image": "nginx:latest"}]))).await;
+    let message = e.wait_condition("c", "Ready", "False", "TargetNotFound").await;
+    assert!(message.contains("spec.targetDeploymentName") && message.contains("\"foo\""), "{message}");
+    e.wait_condition("c", "TargetFound", "False", "TargetNotFound").await;
+    eventually(5, "a TargetNotFound warning event", || async { !e.warning_events("TargetNotFound").await.is_empty() })
+        .await;
+    assert!(e.deployments.get_opt("foo-canary").await.unwrap().is_none());
+
+    e.deployments
+        .create(&PostParams::default(), &target("foo", json!({"matchLabels": {"app": "nginx"}})))
+        .await
+        .unwrap();
+    e.wait_images("foo-canary", &["nginx:latest", "redis"]).await;
+    e.wait_condition("c", "TargetFound", "True", "TargetFound").await;
+    e.cluster.cleanup().await;
+}
+
+#[tokio::test]
+async fn an_unknown_container_name_changes_nothing_and_is_reported() {
+    let e = env().await;
+    e.deployments
+        .create(&PostParams::default(), &target("foo", json!({"matchLabels": {"app": "nginx"}})))
+        .await
+        .unwrap();
+    e.create_canary(canary("typo", "foo", json!([{"name": "ngnix", "image": "nginx:latest"}]))).await;
+    let message = e.wait_condition("typo", "Ready", "False", "UnknownContainer").await;
+    assert!(message.contains("no container named \"ngnix\"") && message.contains("nginx, redis"), "{message}");
+    eventually(5, "an UnknownContainer warning event", || async {
+        !e.warning_events("UnknownContainer").await.is_empty()
+    })
+    .await;
+    assert!(e.deployments.get_opt("foo-canary").await.unwrap().is_none());
+
+    // a later typo in a working Canary leaves its Deployment as it was
+    e.canaries
+        .patch(
+            "typo",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"targetContainers": [{"name": "nginx", "image": "nginx:2"}]}})),
+        )
+        .await
+        .unwrap();
+    e.wait_images("foo-canary", &["nginx:2", "redis"]).await;
+    e.canaries
+        .patch(
+            "typo",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"targetContainers": [{"name": "nginxx", "image": "nginx:3"}]}})),
+        )
+        .await
+        .unwrap();
+    e.wait_condition("typo", "Ready", "False", "UnknownContainer").await;
+    assert_eq!(e.images("foo-canary").await.unwrap(), ["nginx:2", "redis"]);
+    e.cluster.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_deployment_we_do_not_own_is_never_touched() {
+    let e = env().await;
+    e.deployments
+        .create(&PostParams::default(), &target("foo", json!({"matchLabels": {"app": "nginx"}})))
+        .await
+        .unwrap();
+    let mut squatter = target("foo-canary", json!({"matchLabels": {"app": "nginx"}}));
+    squatter.metadata.labels = Some([("owner".to_string(), "someone".to_string())].into());
+    let before = e.deployments.create(&PostParams::default(), &squatter).await.unwrap();
+    e.create_canary(canary("c", "foo", json!([{"name": "nginx", "image": "nginx:latest"}]))).await;
+    let message = e.wait_condition("c", "Conflict", "True", "DeploymentNotOwned").await;
+    assert!(message.contains("\"foo-canary\" already exists"), "{message}");
+    e.wait_condition("c", "Ready", "False", "DeploymentNotOwned").await;
+    eventually(5, "a DeploymentNotOwned warning event", || async {
+        !e.warning_events("DeploymentNotOwned").await.is_empty()
+    })
+    .await;
+    let after = e.deployments.get("foo-canary").await.unwrap();
+    assert_eq!(before.metadata.resource_version, after.metadata.resource_version, "the user's Deployment was modified");
+
+    // once the user removes it, the canary takes the name
+    e.deployments.delete("foo-canary", &DeleteParams::default()).await.unwrap();
+    e.wait_images("foo-canary", &["nginx:latest", "redis"]).await;
+    e.wait_condition("c", "Conflict", "False", "NoConflict").await;
+
+    // a second Canary on the same target does not take over the first one's Deployment
+    e.create_canary(canary("second", "foo", json!([{"name": "nginx", "image": "nginx:other"}]))).await;
+    e.wait_condition("second", "Conflict", "True", "DeploymentNotOwned").await;
+    assert_eq!(e.images("foo-canary").await.unwrap(), ["nginx:latest", "redis"]);
+    e.cluster.cleanup().await;
+}
+
+#[tokio::test]
+async fn deleted_canary_deployment_is_recreated_and_deleted_target_is_reported() {
+    let e = env().await;
+    e.deployments
+        .create(&PostParams::default(), &target("foo", json!({"matchLabels": {"app": "nginx"}})))
+        .await
+        .unwrap();
+    e.create_canary(canary("c", "foo", json!([{"name": "nginx", "image": "nginx:latest"}]))).await;
+    e.wait_images("foo-canary", &["nginx:latest", "redis"]).await;
+    let first_uid = e.deployments.get("foo-canary").await.unwrap().metadata.uid;
+    e.deployments.delete("foo-canary", &DeleteParams::default()).await.unwrap();
+    eventually(10, "foo-canary to be recreated", || async {
+        e.deployments.get_opt("foo-canary").await.unwrap().is_some_and(|d| d.metadata.uid != first_uid)
+    })
+    .await;
+
+    e.deployments.delete("foo", &DeleteParams::default()).await.unwrap();
+    e.wait_condition("c", "TargetFound", "False", "TargetNotFound").await;
+    assert!(
+        e.deployments.get_opt("foo-canary").await.unwrap().is_some(),
+        "the canary keeps running without its target"
+    );
+    e.cluster.cleanup().await;
+}
+
+#[tokio::test]
+async fn status_follows_the_canary_deployment_and_selectors_with_only_expressions_work() {
+    let e = env().await;
+    let selector = json!({"matchExpressions": [{"key": "app", "operator": "In", "values": ["nginx"]}]});
+    e.deployments.create(&PostParams::default(), &target("foo", selector)).await.unwrap();
+    e.create_canary(canary("c", "foo", json!([{"name": "nginx", "image": "nginx:latest"}]))).await;
+    e.wait_images("foo-canary", &["nginx:latest", "redis"]).await;
+    e.wait_condition("c", "Ready", "False", "CanaryProgressing").await;
+    // fake-apiserver runs no Deployment controller: report the pods ready as one would
+    let status = json!({"status": {"replicas": 2, "readyReplicas": 2, "availableReplicas": 2}});
+    e.deployments.patch_status("foo-canary", &PatchParams::default(), &Patch::Merge(status)).await.unwrap();
+    e.wait_condition("c", "Ready", "True", "CanaryReady").await;
+    let c = e.canaries.get("c").await.unwrap();
+    assert_eq!(c.data["status"]["readyReplicas"], 2);
+    assert_eq!(c.data["status"]["observedGeneration"], 1);
+    e.cluster.cleanup().await;
+}
