@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
-packages=(ca-certificates curl)
+packages=(ca-certificates curl make)
 missing=()
 for p in "${packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -26,6 +26,14 @@ if command -v "${KUBECTL:-kubectl}" >/dev/null; then
 else
   echo "setup: kubectl not found: kubectl-driven tests will be skipped (set KUBECTL=/path/to/kubectl to use one)"
 fi
+
+# Python tools for the manifest tests, in a venv of the project's own (.venv).
+if ! python3 -c "import venv, ensurepip" 2>/dev/null; then
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-venv
+fi
+[ -x .venv/bin/pip ] || python3 -m venv .venv
+.venv/bin/pip install --quiet --disable-pip-version-check -r scripts/requirements.txt
 
 cargo fetch --locked
 echo "setup: done"

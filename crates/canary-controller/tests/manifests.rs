@@ -1,0 +1,112 @@
+//! The manifests we ship and generate are valid Kubernetes 1.33 objects (`kubernetes-validate --strict`,
+//! installed into .venv by scripts/setup.sh), and `make deploy` / `make undeploy` work with kubectl.
+
+mod support;
+
+use canary_controller::api::canary::Canary;
+use canary_controller::canary::build::build_deployment;
+use k8s_openapi::api::apps::v1::Deployment;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use support::Cluster;
+
+const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+
+fn kubernetes_validate() -> Option<PathBuf> {
+    let candidates = [
+        std::env::var("KUBERNETES_VALIDATE").ok().map(PathBuf::from),
+        Some(Path::new(ROOT).join(".venv/bin/kubernetes-validate")),
+        Some(PathBuf::from("kubernetes-validate")),
+    ];
+    let found = candidates
+        .into_iter()
+        .flatten()
+        .find(|c| Command::new(c).arg("--version").output().is_ok_and(|o| o.status.success()));
+    if found.is_none() {
+        eprintln!("SKIPPED: kubernetes-validate is not installed (run scripts/setup.sh)");
+    }
+    found
+}
+
+fn validate_strict(tool: &Path, file: &Path) {
+    let out = Command::new(tool).args(["--strict", "-k", "1.33.0"]).arg(file).output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success() && !text.contains("ERROR"),
+        "kubernetes-validate rejected {}:\n{text}",
+        file.display()
+    );
+    assert!(text.contains("passed"), "{text}");
+}
+
+fn read_yaml<T: serde::de::DeserializeOwned>(path: &str) -> T {
+    serde_saphyr::from_str(&std::fs::read_to_string(Path::new(ROOT).join(path)).unwrap()).unwrap()
+}
+
+#[test]
+fn crds_and_generated_deployment_pass_kubernetes_validate_strict() {
+    let Some(tool) = kubernetes_validate() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let crds = dir.path().join("crds.yaml");
+    std::fs::write(&crds, canary_controller::api::crds_yaml().unwrap()).unwrap();
+    validate_strict(&tool, &crds);
+
+    let mut canary: Canary = read_yaml("config/samples/canary_v1beta1_canary.yaml");
+    canary.metadata.namespace = Some("default".into());
+    canary.metadata.uid = Some("0b6a2a6c-0000-4000-8000-000000000000".into());
+    let target: Deployment = read_yaml("config/samples/target_deployment.yaml");
+    let generated = dir.path().join("canary-deployment.yaml");
+    std::fs::write(&generated, serde_saphyr::to_string(&build_deployment(&canary, &target)).unwrap()).unwrap();
+    validate_strict(&tool, &generated);
+    validate_strict(&tool, &Path::new(ROOT).join("config/samples/target_deployment.yaml"));
+}
+
+#[tokio::test]
+async fn kustomize_output_passes_and_make_deploy_undeploy_work() {
+    let Some(tool) = kubernetes_validate() else { return };
+    let cluster = Cluster::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let Some(built) = cluster.kubectl(&["kustomize", &format!("{ROOT}/config/default")], None).await else { return };
+    assert!(built.status.success(), "{}", String::from_utf8_lossy(&built.stderr));
+    let file = dir.path().join("default.yaml");
+    std::fs::write(&file, &built.stdout).unwrap();
+    validate_strict(&tool, &file);
+    if cluster.fake.is_none() {
+        return; // make deploy on a shared real cluster is left to people
+    }
+
+    let make = |target: &str| {
+        tokio::process::Command::new("make")
+            .arg("-C")
+            .arg(ROOT)
+            .arg(target)
+            .env("KUBECONFIG", &cluster.kubeconfig)
+            .output()
+    };
+    let out = make("deploy").await.unwrap();
+    assert!(
+        out.status.success(),
+        "make deploy:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let Some(get) = cluster.kubectl(&["get", "deploy,sa", "-n", "canary-controller-system", "-o", "name"], None).await
+    else {
+        return;
+    };
+    let names = String::from_utf8_lossy(&get.stdout).to_string();
+    assert!(names.contains("deployment.apps/canary-controller-controller-manager"), "{names}");
+    assert!(names.contains("serviceaccount/canary-controller-controller-manager"), "{names}");
+    let crd = cluster.kubectl(&["get", "crd", "canaries.canary.k8s.wantedly.com"], None).await.unwrap();
+    assert!(crd.status.success());
+
+    let out = make("undeploy").await.unwrap();
+    assert!(
+        out.status.success(),
+        "make undeploy:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let crd = cluster.kubectl(&["get", "crd", "canaries.canary.k8s.wantedly.com"], None).await.unwrap();
+    assert!(!crd.status.success(), "the CRD is still there after make undeploy");
+}
