@@ -46,6 +46,17 @@ async fn env() -> Env {
 }
 
 impl Env {
+    /// Target `foo` (nginx:1.15.4 and redis) and Canary `c` running nginx:latest, once its Deployment is there.
+    async fn with_running_canary(self) -> Self {
+        self.deployments
+            .create(&PostParams::default(), &target("foo", json!({"matchLabels": {"app": "nginx"}})))
+            .await
+            .unwrap();
+        self.create_canary(canary("c", "foo", json!([{"name": "nginx", "image": "nginx:latest"}]))).await;
+        self.wait_images("foo-canary", &["nginx:latest", "redis"]).await;
+        self
+    }
+
     async fn create_canary(&self, c: Value) {
         self.canaries.create(&PostParams::default(), &serde_json::from_value(c).unwrap()).await.unwrap();
     }
@@ -149,13 +160,7 @@ async fn the_original_readme_session_works_with_kubectl() {
 
 #[tokio::test]
 async fn the_canary_deployment_carries_the_canary_marks() {
-    let e = env().await;
-    e.deployments
-        .create(&PostParams::default(), &target("foo", json!({"matchLabels": {"app": "nginx"}})))
-        .await
-        .unwrap();
-    e.create_canary(canary("c", "foo", json!([{"name": "nginx", "image": "nginx:latest"}]))).await;
-    e.wait_images("foo-canary", &["nginx:latest", "redis"]).await;
+    let e = env().await.with_running_canary().await;
     let d = e.deployments.get("foo-canary").await.unwrap();
     let labels = d.metadata.labels.clone().unwrap();
     assert_eq!((labels["canary"].as_str(), labels["app"].as_str()), ("true", "nginx"));
@@ -178,13 +183,7 @@ async fn the_canary_deployment_carries_the_canary_marks() {
 
 #[tokio::test]
 async fn follows_changes_of_the_canary_and_of_the_target_within_a_second() {
-    let e = env().await;
-    e.deployments
-        .create(&PostParams::default(), &target("foo", json!({"matchLabels": {"app": "nginx"}})))
-        .await
-        .unwrap();
-    e.create_canary(canary("c", "foo", json!([{"name": "nginx", "image": "nginx:latest"}]))).await;
-    e.wait_images("foo-canary", &["nginx:latest", "redis"]).await;
+    let e = env().await.with_running_canary().await;
 
     let start = std::time::Instant::now();
     let patch = json!({"spec": {"targetContainers": [{"name": "nginx", "image": "nginx:1.27"}], "replicas": 1}});
@@ -295,13 +294,7 @@ async fn a_deployment_we_do_not_own_is_never_touched() {
 
 #[tokio::test]
 async fn deleted_canary_deployment_is_recreated_and_deleted_target_is_reported() {
-    let e = env().await;
-    e.deployments
-        .create(&PostParams::default(), &target("foo", json!({"matchLabels": {"app": "nginx"}})))
-        .await
-        .unwrap();
-    e.create_canary(canary("c", "foo", json!([{"name": "nginx", "image": "nginx:latest"}]))).await;
-    e.wait_images("foo-canary", &["nginx:latest", "redis"]).await;
+    let e = env().await.with_running_canary().await;
     let first_uid = e.deployments.get("foo-canary").await.unwrap().metadata.uid;
     e.deployments.delete("foo-canary", &DeleteParams::default()).await.unwrap();
     eventually(10, "foo-canary to be recreated", || async {

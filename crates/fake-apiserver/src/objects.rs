@@ -423,15 +423,7 @@ impl Inner {
         opts: &WriteOptions,
     ) -> Result<Value, ApiError> {
         let current = self.get(rt, ns, name)?;
-        if let Some(rv) = new["metadata"]["resourceVersion"].as_str().filter(|s| !s.is_empty())
-            && Some(rv) != current["metadata"]["resourceVersion"].as_str()
-        {
-            return Err(ApiError::conflict(
-                &rt.qualified(),
-                name,
-                "the object has been modified; please apply your changes to the latest version and try again",
-            ));
-        }
+        check_resource_version(rt, &current, new["metadata"]["resourceVersion"].as_str())?;
         self.write_update(rt, &current, new, true, status, opts)
     }
 
@@ -462,15 +454,7 @@ impl Inner {
             }
             other => return Err(ApiError::unsupported_media_type(other)),
         }
-        if let Some(rv) = patched["metadata"]["resourceVersion"].as_str()
-            && Some(rv) != current["metadata"]["resourceVersion"].as_str()
-        {
-            return Err(ApiError::conflict(
-                &rt.qualified(),
-                name,
-                "the object has been modified; please apply your changes to the latest version and try again",
-            ));
-        }
+        check_resource_version(rt, &current, patched["metadata"]["resourceVersion"].as_str())?;
         self.write_update(rt, &current, patched, true, status, opts)
     }
 
@@ -548,15 +532,7 @@ impl Inner {
                 ),
             ));
         }
-        if let Some(rv) = &opts.precondition_rv
-            && Some(rv.as_str()) != stored["metadata"]["resourceVersion"].as_str()
-        {
-            return Err(ApiError::conflict(
-                &rt.qualified(),
-                name,
-                "the object has been modified; please apply your changes to the latest version and try again",
-            ));
-        }
+        check_resource_version(rt, &stored, opts.precondition_rv.as_deref())?;
         if opts.dry_run {
             return Ok(current);
         }
@@ -636,6 +612,19 @@ impl Inner {
 
 pub fn owned_by(o: &Value, uid: &str) -> bool {
     o["metadata"]["ownerReferences"].as_array().is_some_and(|refs| refs.iter().any(|r| r["uid"] == uid))
+}
+
+/// Optimistic concurrency: a write that names a resourceVersion other than the stored one is a 409 Conflict.
+/// An absent or empty resourceVersion means an unconditional write.
+fn check_resource_version(rt: &ResourceType, current: &Value, requested: Option<&str>) -> Result<(), ApiError> {
+    match requested.filter(|rv| !rv.is_empty()) {
+        Some(rv) if Some(rv) != current["metadata"]["resourceVersion"].as_str() => Err(ApiError::conflict(
+            &rt.qualified(),
+            current["metadata"]["name"].as_str().unwrap_or_default(),
+            "the object has been modified; please apply your changes to the latest version and try again",
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// Rejects a body whose apiVersion or kind is not the endpoint's.
