@@ -4,4 +4,5 @@
 
 pub mod api;
 pub mod canary;
+pub mod conditions;
 pub mod runtime;

@@ -3,9 +3,10 @@
 
 use super::validate::Problem;
 use crate::api::canary::{Canary, CanaryStatus};
+use crate::conditions::{Observed, condition};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::EnvVar;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::{Resource, ResourceExt};
 use std::collections::BTreeMap;
 
@@ -80,31 +81,6 @@ pub fn build_deployment(canary: &Canary, target: &Deployment) -> Deployment {
     }
 }
 
-fn condition(
-    type_: &str,
-    ok: bool,
-    reason: &str,
-    message: String,
-    generation: Option<i64>,
-    previous: &[Condition],
-    now: &Time,
-) -> Condition {
-    let status = if ok { "True" } else { "False" }.to_string();
-    let last_transition_time = previous
-        .iter()
-        .find(|c| c.type_ == type_ && c.status == status)
-        .map(|c| c.last_transition_time.clone())
-        .unwrap_or_else(|| now.clone());
-    Condition {
-        type_: type_.into(),
-        status,
-        reason: reason.into(),
-        message,
-        observed_generation: generation,
-        last_transition_time,
-    }
-}
-
 /// The Canary's status from what reconcile saw: the problem (if any), whether the target exists, and the
 /// canary Deployment this Canary owns (if any). Conditions keep their transition time while unchanged.
 pub fn build_status(
@@ -127,35 +103,38 @@ pub fn build_status(
         }
         (None, _) => (false, reasons::CANARY_PROGRESSING, format!("{ready}/{desired} canary replicas ready")),
     };
-    let conflict = matches!(problem, Some(Problem::DeploymentNotOwned { .. }));
-    let conditions = vec![
-        condition(
-            conditions::TARGET_FOUND,
-            target_found,
-            if target_found { reasons::TARGET_FOUND } else { "TargetNotFound" },
-            if target_found {
-                format!("Deployment {target:?} found")
-            } else {
-                format!("Deployment {target:?} not found")
-            },
-            generation,
-            previous,
-            now,
-        ),
-        condition(
-            conditions::CONFLICT,
-            conflict,
-            if conflict { "DeploymentNotOwned" } else { reasons::NO_CONFLICT },
-            match problem {
-                Some(p @ Problem::DeploymentNotOwned { .. }) => p.message(),
-                _ => format!("Deployment {:?} is free or managed by this Canary", canary_deployment_name(target)),
-            },
-            generation,
-            previous,
-            now,
-        ),
-        condition(conditions::READY, ready_ok, ready_reason, ready_message, generation, previous, now),
-    ];
+    let target_condition = if target_found {
+        Observed {
+            type_: conditions::TARGET_FOUND,
+            ok: true,
+            reason: reasons::TARGET_FOUND,
+            message: format!("Deployment {target:?} found"),
+        }
+    } else {
+        Observed {
+            type_: conditions::TARGET_FOUND,
+            ok: false,
+            reason: "TargetNotFound",
+            message: format!("Deployment {target:?} not found"),
+        }
+    };
+    let conflict_condition = match problem {
+        Some(p @ Problem::DeploymentNotOwned { .. }) => {
+            Observed { type_: conditions::CONFLICT, ok: true, reason: p.reason(), message: p.message() }
+        }
+        _ => Observed {
+            type_: conditions::CONFLICT,
+            ok: false,
+            reason: reasons::NO_CONFLICT,
+            message: format!("Deployment {:?} is free or managed by this Canary", canary_deployment_name(target)),
+        },
+    };
+    let ready_condition =
+        Observed { type_: conditions::READY, ok: ready_ok, reason: ready_reason, message: ready_message };
+    let conditions = [target_condition, conflict_condition, ready_condition]
+        .into_iter()
+        .map(|o| condition(o, generation, previous, now))
+        .collect();
     CanaryStatus {
         observed_generation: generation,
         canary_deployment: owned.and_then(|d| d.metadata.name.clone()),

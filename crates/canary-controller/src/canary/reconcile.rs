@@ -83,7 +83,7 @@ pub async fn reconcile(canary: Arc<Canary>, ctx: Arc<Context>) -> Result<Action,
 }
 
 fn ready_reason(status: Option<&CanaryStatus>) -> Option<&str> {
-    status?.conditions.iter().find(|c| c.type_ == conditions::READY).map(|c| c.reason.as_str())
+    crate::conditions::reason_of(&status?.conditions, conditions::READY)
 }
 
 async fn write_status(client: &Client, canary: &Canary, status: &CanaryStatus) -> Result<(), kube::Error> {

@@ -1,0 +1,221 @@
+//! Kanary: split L4 traffic by weight between Services through a generated HAProxy.
+//!
+//! Served in two groups with one schema: `kanary.k8s.io/v1` (what etiennecoutaud/kanary released) and
+//! `kanary.pyxida.io/v1alpha1` (what its README shows). The original decoder was case-insensitive, so the
+//! spellings real manifests use are all declared (and so not pruned): `serviceName`/`servicename`/
+//! `ServiceName`, `servicePort`/`serviceport`/`ServicePort`, `weight`/`Weight`; CEL rules require exactly
+//! one of each. The controller works on `DynamicObject`s of either group and reads the spec through
+//! [`KanarySpec`], whose serde aliases accept every spelling.
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::core::{ApiResource, GroupVersionKind};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+/// The two API groups (and versions) Kanary is served in.
+pub const GROUPS: [(&str, &str); 2] = [("kanary.k8s.io", "v1"), ("kanary.pyxida.io", "v1alpha1")];
+pub const KIND: &str = "Kanary";
+pub const PLURAL: &str = "kanaries";
+/// Longest Kanary name whose `<name>-haproxy` still fits a label value (63 characters).
+pub const MAX_NAME_LENGTH: usize = 63 - "-haproxy".len();
+/// Most routes a Kanary may have (bounds the cost of the CEL rules).
+pub const MAX_ROUTES: usize = 16;
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq)]
+pub struct KanarySpec {
+    /// Name of the Service that fronts the generated HAProxy.
+    pub destination: String,
+    pub routes: Vec<Route>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq)]
+pub struct Route {
+    pub backend: Backend,
+    #[serde(alias = "Weight")]
+    pub weight: i64,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq)]
+pub struct Backend {
+    #[serde(rename = "serviceName", alias = "servicename", alias = "ServiceName")]
+    pub service_name: String,
+    #[serde(rename = "servicePort", alias = "serviceport", alias = "ServicePort")]
+    pub service_port: IntOrString,
+}
+
+/// The status, with the original's keys (`destinationStatus`, `endpointStatuses` with capitalised keys).
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct KanaryStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination_status: Option<DestinationStatus>,
+    #[serde(default)]
+    pub endpoint_statuses: Vec<EndpointStatus>,
+    /// The routes and their weights, for `kubectl get` ("myapp-v1=80,myapp-v2=20").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routes: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DestinationStatus {
+    pub proxy_name: String,
+    pub service_name: String,
+    pub config_name: String,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+pub struct EndpointStatus {
+    #[serde(rename = "ServiceName")]
+    pub service_name: String,
+    #[serde(rename = "Weight")]
+    pub weight: i64,
+    #[serde(rename = "Ips")]
+    pub ips: Vec<String>,
+}
+
+/// The ApiResource of Kanary in one group.
+pub fn api_resource(group: &str, version: &str) -> ApiResource {
+    ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, KIND), PLURAL)
+}
+
+/// A CEL expression for the service name of route `r`, whatever its spelling.
+fn service_name_of(r: &str) -> String {
+    format!(
+        "(has({r}.backend.serviceName) ? {r}.backend.serviceName : has({r}.backend.servicename) ? {r}.backend.servicename : {r}.backend.ServiceName)"
+    )
+}
+
+fn exactly_one(fields: &[&str]) -> String {
+    let list: Vec<String> = fields.iter().map(|f| format!("has(self.{f})")).collect();
+    format!("[{}].filter(x, x).size() == 1", list.join(", "))
+}
+
+fn spec_schema() -> Value {
+    let name = json!({"type": "string", "maxLength": 63, "pattern": "^[a-z]([-a-z0-9]*[a-z0-9])?$"});
+    let port = json!({
+        "x-kubernetes-int-or-string": true,
+        "anyOf": [{"type": "integer"}, {"type": "string"}],
+        "x-kubernetes-validations": [{
+            "rule": "type(self) == string ? (self.size() >= 1 && self.size() <= 15) : (self >= 1 && self <= 65535)",
+            "message": "a Service port name, or a port number from 1 to 65535",
+        }],
+    });
+    let weight = json!({"type": "integer", "minimum": 0, "maximum": 100});
+    let mut destination = name.clone();
+    destination["description"] =
+        json!("Name of the Service that fronts the generated HAProxy (created by the controller).");
+    json!({
+        "type": "object",
+        "required": ["destination", "routes"],
+        "x-kubernetes-validations": [
+            {"rule": "self.routes.map(r, has(r.weight) ? r.weight : has(r.Weight) ? r.Weight : 0).sum() == 100",
+             "message": "spec.routes: the weights must add up to 100", "fieldPath": ".routes"},
+            {"rule": format!("self.routes.all(a, self.routes.exists_one(b, {} == {}))", service_name_of("b"), service_name_of("a")),
+             "message": "spec.routes: each backend serviceName may appear only once", "fieldPath": ".routes"},
+            {"rule": format!("!self.routes.exists(r, {} == self.destination)", service_name_of("r")),
+             "message": "spec.destination: must not be one of the backend services (it is the Service in front of the proxy)", "fieldPath": ".destination"},
+        ],
+        "properties": {
+            "destination": destination,
+            "routes": {
+                "type": "array", "minItems": 1, "maxItems": MAX_ROUTES,
+                "items": {
+                    "type": "object",
+                    "required": ["backend"],
+                    "x-kubernetes-validations": [
+                        {"rule": exactly_one(&["weight", "Weight"]), "message": "set weight (0 to 100) exactly once, as weight or Weight"},
+                    ],
+                    "properties": {
+                        "backend": {
+                            "type": "object",
+                            "x-kubernetes-validations": [
+                                {"rule": exactly_one(&["serviceName", "servicename", "ServiceName"]), "message": "set serviceName exactly once (serviceName, servicename or ServiceName)"},
+                                {"rule": exactly_one(&["servicePort", "serviceport", "ServicePort"]), "message": "set servicePort exactly once (servicePort, serviceport or ServicePort): a port name or number of the Service"},
+                            ],
+                            "properties": {
+                                "serviceName": name, "servicename": name, "ServiceName": name,
+                                "servicePort": port, "serviceport": port, "ServicePort": port,
+                            }
+                        },
+                        "weight": weight, "Weight": weight,
+                    }
+                }
+            }
+        }
+    })
+}
+
+fn status_schema() -> Value {
+    let s = json!({"type": "string"});
+    json!({
+        "type": "object",
+        "properties": {
+            "observedGeneration": {"type": "integer", "format": "int64"},
+            "destinationStatus": {"type": "object", "properties": {"proxyName": s, "serviceName": s, "configName": s}},
+            "endpointStatuses": {"type": "array", "items": {"type": "object", "properties": {
+                "ServiceName": s, "Weight": {"type": "integer"}, "Ips": {"type": "array", "items": s}}}},
+            "routes": s,
+            "conditions": {
+                "type": "array", "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"],
+                "items": {"type": "object", "required": ["type", "status", "lastTransitionTime", "reason", "message"], "properties": {
+                    "type": s, "status": s, "reason": s, "message": s,
+                    "lastTransitionTime": {"type": "string", "format": "date-time"},
+                    "observedGeneration": {"type": "integer", "format": "int64"}}}
+            }
+        }
+    })
+}
+
+/// The CRD of Kanary in one group.
+pub fn crd(group: &str, version: &str) -> CustomResourceDefinition {
+    let mut annotations = serde_json::Map::new();
+    if group.ends_with(".k8s.io") {
+        // a real API server only accepts CRDs in *.k8s.io groups with this annotation
+        annotations.insert(
+            "api-approved.kubernetes.io".into(),
+            json!("unapproved, kept for compatibility with manifests written for etiennecoutaud/kanary"),
+        );
+    }
+    let value = json!({
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": format!("{PLURAL}.{group}"), "annotations": annotations},
+        "spec": {
+            "group": group,
+            "names": {"kind": KIND, "plural": PLURAL, "singular": "kanary", "shortNames": ["ky"], "listKind": "KanaryList"},
+            "scope": "Namespaced",
+            "versions": [{
+                "name": version, "served": true, "storage": true,
+                "subresources": {"status": {}},
+                "additionalPrinterColumns": [
+                    {"name": "Destination", "type": "string", "jsonPath": ".spec.destination"},
+                    {"name": "Routes", "type": "string", "jsonPath": ".status.routes"},
+                    {"name": "Ready", "type": "string", "jsonPath": ".status.conditions[?(@.type==\"Ready\")].status"},
+                    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+                ],
+                "schema": {"openAPIV3Schema": {
+                    "type": "object",
+                    "description": "Splits L4 traffic by weight between Services through a generated HAProxy",
+                    "x-kubernetes-validations": [{
+                        "rule": format!("self.metadata.name.size() <= {MAX_NAME_LENGTH}"),
+                        "message": format!("metadata.name: at most {MAX_NAME_LENGTH} characters (the proxy is named <name>-haproxy)"),
+                    }],
+                    "properties": {
+                        "apiVersion": {"type": "string"}, "kind": {"type": "string"}, "metadata": {"type": "object"},
+                        "spec": spec_schema(),
+                        "status": status_schema(),
+                    },
+                    "required": ["spec"],
+                }},
+            }],
+        },
+    });
+    serde_json::from_value(value).expect("a valid CRD")
+}
