@@ -62,7 +62,10 @@ async fn run_fails_clearly_when_the_crds_are_not_installed() {
     let out = cluster.controller(&["run"]).await;
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("canaries.canary.k8s.wantedly.com are not installed"), "{stderr}");
+    for crd in ["canaries.canary.k8s.wantedly.com", "kanaries.kanary.k8s.io", "kanaries.kanary.pyxida.io"] {
+        assert!(stderr.contains(crd), "{stderr}");
+    }
+    assert!(stderr.contains("are not installed"), "{stderr}");
     assert!(stderr.contains("canary-controller crd | kubectl apply --server-side -f -"), "{stderr}");
 }
 
