@@ -5,4 +5,5 @@
 pub mod api;
 pub mod canary;
 pub mod conditions;
+pub mod kanary;
 pub mod runtime;

@@ -1,0 +1,227 @@
+//! Builds the objects a Kanary owns, with the original's names, and its status, as plain values:
+//! ConfigMap `<name>-config` (key `haproxy.cfg`), Deployment `<name>-haproxy` (hardened HAProxy pods
+//! rolled by a config checksum with zero-downtime settings) and Service `<destination>` (port 80). Pure.
+
+use super::endpoints::Server;
+use super::haproxy::{HEALTH_PATH, PROXY_PORT, RouteBackend, STATS_PORT};
+use super::validate::Problem;
+use crate::api::kanary::{DestinationStatus, EndpointStatus, KanarySpec, KanaryStatus};
+use crate::conditions::{Observed, condition};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
+use serde_json::json;
+use sha2::Digest;
+
+pub const CONFIG_KEY: &str = "haproxy.cfg";
+pub const PROXY_LABEL: &str = "proxy";
+pub const CONFIG_HASH_ANNOTATION: &str = "kanary.k8s.io/config-hash";
+/// The official image's config directory.
+pub const CONFIG_DIR: &str = "/usr/local/etc/haproxy";
+/// The official image's haproxy user.
+pub const HAPROXY_UID: i64 = 99;
+
+pub mod conditions {
+    pub const READY: &str = "Ready";
+    pub const BACKENDS_READY: &str = "BackendsReady";
+    pub const CONFLICT: &str = "Conflict";
+}
+
+pub fn config_name(kanary: &str) -> String {
+    format!("{kanary}-config")
+}
+
+pub fn proxy_name(kanary: &str) -> String {
+    format!("{kanary}-haproxy")
+}
+
+/// The proxy's image and replicas (controller flags).
+#[derive(Debug, Clone)]
+pub struct ProxyOptions {
+    pub image: String,
+    pub replicas: i32,
+}
+
+fn metadata(name: &str, namespace: &str, owner: &OwnerReference, labels: serde_json::Value) -> serde_json::Value {
+    json!({"name": name, "namespace": namespace, "labels": labels, "ownerReferences": [owner]})
+}
+
+pub fn build_config_map(name: &str, namespace: &str, owner: &OwnerReference, config: &str) -> ConfigMap {
+    serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": metadata(&config_name(name), namespace, owner, json!({PROXY_LABEL: proxy_name(name)})),
+        "data": {CONFIG_KEY: config},
+    }))
+    .expect("a valid ConfigMap")
+}
+
+pub fn config_hash(config: &str) -> String {
+    format!("{:x}", sha2::Sha256::digest(config.as_bytes()))
+}
+
+pub fn build_deployment(
+    name: &str,
+    namespace: &str,
+    owner: &OwnerReference,
+    config: &str,
+    options: &ProxyOptions,
+) -> Deployment {
+    let proxy = proxy_name(name);
+    serde_json::from_value(json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": metadata(&proxy, namespace, owner, json!({PROXY_LABEL: proxy})),
+        "spec": {
+            "replicas": options.replicas,
+            "selector": {"matchLabels": {PROXY_LABEL: proxy}},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+            "minReadySeconds": 2,
+            "template": {
+                "metadata": {"labels": {PROXY_LABEL: proxy}, "annotations": {CONFIG_HASH_ANNOTATION: config_hash(config)}},
+                "spec": {
+                    "automountServiceAccountToken": false,
+                    "terminationGracePeriodSeconds": 45,
+                    "securityContext": {
+                        "runAsNonRoot": true, "runAsUser": HAPROXY_UID, "runAsGroup": HAPROXY_UID,
+                        "seccompProfile": {"type": "RuntimeDefault"},
+                    },
+                    "containers": [{
+                        "name": "haproxy",
+                        "image": options.image,
+                        "ports": [
+                            {"name": "proxy", "containerPort": PROXY_PORT, "protocol": "TCP"},
+                            {"name": "metrics", "containerPort": STATS_PORT, "protocol": "TCP"},
+                        ],
+                        "readinessProbe": {"httpGet": {"path": HEALTH_PATH, "port": "metrics"}, "periodSeconds": 2, "failureThreshold": 2},
+                        "livenessProbe": {"httpGet": {"path": HEALTH_PATH, "port": "metrics"}, "periodSeconds": 10, "failureThreshold": 3},
+                        // leave time for the endpoint removal to reach clients, then stop softly
+                        "lifecycle": {"preStop": {"exec": {"command": ["/bin/sh", "-c", "sleep 5; kill -USR1 1"]}}},
+                        "securityContext": {
+                            "allowPrivilegeEscalation": false,
+                            "readOnlyRootFilesystem": true,
+                            "capabilities": {"drop": ["ALL"]},
+                        },
+                        "resources": {"requests": {"cpu": "50m", "memory": "32Mi"}, "limits": {"memory": "256Mi"}},
+                        "volumeMounts": [
+                            {"name": "config", "mountPath": CONFIG_DIR, "readOnly": true},
+                            {"name": "run", "mountPath": "/var/run"},
+                            {"name": "tmp", "mountPath": "/tmp"},
+                        ],
+                    }],
+                    "volumes": [
+                        {"name": "config", "configMap": {"name": config_name(name)}},
+                        {"name": "run", "emptyDir": {"medium": "Memory", "sizeLimit": "16Mi"}},
+                        {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}},
+                    ],
+                },
+            },
+        },
+    }))
+    .expect("a valid Deployment")
+}
+
+pub fn build_service(name: &str, namespace: &str, owner: &OwnerReference, destination: &str) -> Service {
+    serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": metadata(destination, namespace, owner, json!({PROXY_LABEL: proxy_name(name)})),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": {PROXY_LABEL: proxy_name(name)},
+            "ports": [{"name": "tcp", "port": 80, "targetPort": "proxy", "protocol": "TCP"}],
+        },
+    }))
+    .expect("a valid Service")
+}
+
+/// What reconcile saw, for the status.
+pub struct Observation<'a> {
+    pub name: &'a str,
+    pub generation: Option<i64>,
+    pub spec: Option<&'a KanarySpec>,
+    /// The routes as configured now (the last good configuration while a problem holds).
+    pub routes: &'a [RouteBackend],
+    pub problem: Option<&'a Problem>,
+    /// Routes with weight above 0 and no live server, with why ("Service not found", "no ready endpoint").
+    pub degraded: &'a [(String, &'static str)],
+    pub proxy: Option<&'a Deployment>,
+    pub previous: Option<&'a KanaryStatus>,
+}
+
+pub fn build_status(o: &Observation, now: &Time) -> KanaryStatus {
+    let previous_conditions = o.previous.map(|s| s.conditions.as_slice()).unwrap_or_default();
+    let available = o.proxy.and_then(|d| d.status.as_ref()).and_then(|s| s.available_replicas).unwrap_or(0);
+    let wanted = o.proxy.and_then(|d| d.spec.as_ref()).and_then(|s| s.replicas).unwrap_or(1);
+    let ready = match o.problem {
+        Some(p) => Observed { type_: conditions::READY, ok: false, reason: p.reason(), message: p.message() },
+        None if available > 0 => Observed {
+            type_: conditions::READY,
+            ok: true,
+            reason: "ProxyAvailable",
+            message: format!("{available}/{wanted} proxy replicas available"),
+        },
+        None => Observed {
+            type_: conditions::READY,
+            ok: false,
+            reason: "ProxyProgressing",
+            message: format!("{available}/{wanted} proxy replicas available"),
+        },
+    };
+    let backends = if o.degraded.is_empty() {
+        Observed {
+            type_: conditions::BACKENDS_READY,
+            ok: true,
+            reason: "BackendsReady",
+            message: "every route with a weight has a ready endpoint".into(),
+        }
+    } else {
+        let list: Vec<String> = o.degraded.iter().map(|(s, why)| format!("{s:?}: {why}")).collect();
+        Observed {
+            type_: conditions::BACKENDS_READY,
+            ok: false,
+            reason: if o.degraded.iter().any(|(_, why)| *why == SERVICE_NOT_FOUND) {
+                "ServiceNotFound"
+            } else {
+                "NoReadyEndpoints"
+            },
+            message: format!(
+                "routes without a live server get no traffic, their share goes to the others: {}",
+                list.join(", ")
+            ),
+        }
+    };
+    let conflict = match o.problem {
+        Some(p @ Problem::ObjectNotOwned { .. }) => {
+            Observed { type_: conditions::CONFLICT, ok: true, reason: p.reason(), message: p.message() }
+        }
+        _ => Observed {
+            type_: conditions::CONFLICT,
+            ok: false,
+            reason: "NoConflict",
+            message: "the proxy's objects are managed by this Kanary".into(),
+        },
+    };
+    let conditions =
+        [ready, backends, conflict].into_iter().map(|c| condition(c, o.generation, previous_conditions, now)).collect();
+    KanaryStatus {
+        observed_generation: o.generation,
+        destination_status: o.spec.map(|s| DestinationStatus {
+            proxy_name: proxy_name(o.name),
+            service_name: s.destination.clone(),
+            config_name: config_name(o.name),
+        }),
+        endpoint_statuses: o
+            .routes
+            .iter()
+            .map(|r| EndpointStatus {
+                service_name: r.service.clone(),
+                weight: r.weight,
+                ips: r.servers.iter().map(Server::endpoint).collect(),
+            })
+            .collect(),
+        routes: (!o.routes.is_empty())
+            .then(|| o.routes.iter().map(|r| format!("{}={}", r.service, r.weight)).collect::<Vec<_>>().join(",")),
+        conditions,
+    }
+}
+
+pub const SERVICE_NOT_FOUND: &str = "Service not found";
+pub const NO_READY_ENDPOINT: &str = "no ready endpoint";

@@ -1,0 +1,173 @@
+//! Turns a backend Service and its EndpointSlices into HAProxy servers: the route's `servicePort` is
+//! resolved through the Service (a name, or a number meaning the Service port), then matched to the
+//! EndpointSlice port of the same name, which carries the pod-side port. Ready endpoints only, every
+//! slice of the Service, sorted, with server names that are always valid and unique. Pure.
+
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use std::net::IpAddr;
+
+/// The label that ties an EndpointSlice to its Service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Server {
+    pub name: String,
+    pub address: IpAddr,
+    pub port: u16,
+}
+
+impl Server {
+    /// `10.1.0.5:8080` (`[fd00::1]:8080` for IPv6), as the original status showed them.
+    pub fn endpoint(&self) -> String {
+        std::net::SocketAddr::new(self.address, self.port).to_string()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Resolution {
+    Servers(Vec<Server>),
+    ServiceNotFound,
+    PortNotFound { available: Vec<String> },
+}
+
+fn describe_port(p: &k8s_openapi::api::core::v1::ServicePort) -> String {
+    match &p.name {
+        Some(n) if !n.is_empty() => format!("{n} ({})", p.port),
+        _ => p.port.to_string(),
+    }
+}
+
+/// A valid, readable HAProxy server name: letters, digits, '-', '_', '.', nothing else.
+fn server_name(raw: &str) -> String {
+    let cleaned: String =
+        raw.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') { c } else { '-' }).collect();
+    if cleaned.is_empty() { "server".into() } else { cleaned }
+}
+
+pub fn resolve(port: &IntOrString, service: Option<&Service>, slices: &[EndpointSlice]) -> Resolution {
+    let Some(service) = service else { return Resolution::ServiceNotFound };
+    let ports = service.spec.as_ref().and_then(|s| s.ports.clone()).unwrap_or_default();
+    let found = ports.iter().find(|p| match port {
+        IntOrString::String(name) => p.name.as_deref() == Some(name.as_str()),
+        IntOrString::Int(n) => p.port == *n,
+    });
+    let Some(service_port) = found else {
+        return Resolution::PortNotFound { available: ports.iter().map(describe_port).collect() };
+    };
+    let port_name = service_port.name.clone().unwrap_or_default();
+    let numeric_target = match &service_port.target_port {
+        Some(IntOrString::Int(n)) => Some(*n),
+        None => Some(service_port.port),
+        Some(IntOrString::String(_)) => None,
+    };
+    let mut servers: Vec<Server> = vec![];
+    let mut sorted: Vec<&EndpointSlice> = slices.iter().collect();
+    sorted.sort_by_key(|s| s.metadata.name.clone());
+    for slice in sorted {
+        if !matches!(slice.address_type.as_str(), "IPv4" | "IPv6") {
+            continue;
+        }
+        let slice_port = slice
+            .ports
+            .iter()
+            .flatten()
+            .find(|p| p.name.clone().unwrap_or_default() == port_name)
+            .and_then(|p| p.port)
+            .or(numeric_target);
+        let Some(port) = slice_port.and_then(|p| u16::try_from(p).ok()).filter(|p| *p > 0) else { continue };
+        for ep in &slice.endpoints {
+            // "ready: unset" is to be read as ready (discovery.k8s.io/v1)
+            if ep.conditions.as_ref().and_then(|c| c.ready) == Some(false) {
+                continue;
+            }
+            let Some(address) = ep.addresses.first().and_then(|a| a.parse::<IpAddr>().ok()) else { continue };
+            let label = ep.target_ref.as_ref().and_then(|r| r.name.clone()).unwrap_or_else(|| address.to_string());
+            servers.push(Server { name: server_name(&label), address, port });
+        }
+    }
+    servers.sort_by(|a, b| (a.address, a.port, &a.name).cmp(&(b.address, b.port, &b.name)));
+    servers.dedup_by(|a, b| a.address == b.address && a.port == b.port);
+    let mut seen = std::collections::HashMap::<String, usize>::new();
+    for s in &mut servers {
+        let n = seen.entry(s.name.clone()).or_default();
+        *n += 1;
+        if *n > 1 {
+            s.name = format!("{}-{}", s.name, n);
+        }
+    }
+    Resolution::Servers(servers)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn service(ports: serde_json::Value) -> Service {
+        serde_json::from_value(json!({"metadata": {"name": "v1"}, "spec": {"ports": ports}})).unwrap()
+    }
+
+    fn slice(name: &str, port_name: &str, port: i32, endpoints: serde_json::Value) -> EndpointSlice {
+        serde_json::from_value(json!({"metadata": {"name": name}, "addressType": "IPv4",
+            "ports": [{"name": port_name, "port": port, "protocol": "TCP"}], "endpoints": endpoints}))
+        .unwrap()
+    }
+
+    #[test]
+    fn named_and_numbered_ports_resolve_to_the_pod_port_of_ready_endpoints_of_every_slice() {
+        let svc = service(json!([{"name": "http", "port": 80, "targetPort": "web"}]));
+        let slices = [
+            slice(
+                "b",
+                "http",
+                8080,
+                json!([{"addresses": ["10.0.0.2"], "conditions": {"ready": true}, "targetRef": {"kind": "Pod", "name": "app-2"}}]),
+            ),
+            slice(
+                "a",
+                "http",
+                8080,
+                json!([
+                    {"addresses": ["10.0.0.1"], "targetRef": {"kind": "Pod", "name": "app-1"}},
+                    {"addresses": ["10.0.0.3"], "conditions": {"ready": false}, "targetRef": {"kind": "Pod", "name": "app-3"}}
+                ]),
+            ),
+        ];
+        let expected = Resolution::Servers(vec![
+            Server { name: "app-1".into(), address: "10.0.0.1".parse().unwrap(), port: 8080 },
+            Server { name: "app-2".into(), address: "10.0.0.2".parse().unwrap(), port: 8080 },
+        ]);
+        assert_eq!(resolve(&IntOrString::String("http".into()), Some(&svc), &slices), expected);
+        assert_eq!(resolve(&IntOrString::Int(80), Some(&svc), &slices), expected);
+    }
+
+    #[test]
+    fn missing_service_and_port_are_reported() {
+        let svc = service(json!([{"name": "http", "port": 80}]));
+        assert_eq!(resolve(&IntOrString::Int(80), None, &[]), Resolution::ServiceNotFound);
+        assert_eq!(
+            resolve(&IntOrString::Int(9090), Some(&svc), &[]),
+            Resolution::PortNotFound { available: vec!["http (80)".into()] }
+        );
+    }
+
+    #[test]
+    fn server_names_are_valid_and_unique() {
+        let svc = service(json!([{"port": 80}]));
+        let slices = [slice(
+            "a",
+            "",
+            80,
+            json!([
+                {"addresses": ["10.0.0.1"], "targetRef": {"name": "x y#z"}},
+                {"addresses": ["10.0.0.2"], "targetRef": {"name": "x y#z"}},
+                {"addresses": ["10.0.0.2"], "targetRef": {"name": "dup"}}
+            ]),
+        )];
+        let Resolution::Servers(s) = resolve(&IntOrString::Int(80), Some(&svc), &slices) else { panic!() };
+        let names: Vec<&str> = s.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["x-y-z", "dup"]);
+    }
+}

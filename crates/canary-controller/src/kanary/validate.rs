@@ -1,0 +1,149 @@
+//! Parses a Kanary's spec (any spelling, either group) and checks it as the CRD's CEL rules do, so that a
+//! Kanary admitted by an API server without them (or an older CRD) is still judged. Pure.
+
+use crate::api::kanary::{KanarySpec, MAX_NAME_LENGTH, MAX_ROUTES};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use serde_json::Value;
+
+/// What keeps a Kanary from being (re)configured; the reason names the condition and the Warning event.
+/// While one holds, the proxy keeps its last good configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Problem {
+    InvalidSpec(String),
+    PortNotFound { service: String, port: String, available: Vec<String> },
+    ObjectNotOwned { kind: &'static str, name: String },
+}
+
+impl Problem {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Problem::InvalidSpec(_) => "InvalidSpec",
+            Problem::PortNotFound { .. } => "PortNotFound",
+            Problem::ObjectNotOwned { .. } => "ObjectNotOwned",
+        }
+    }
+
+    pub fn message(&self) -> String {
+        match self {
+            Problem::InvalidSpec(m) => format!("{m}; the proxy keeps its last good configuration"),
+            Problem::PortNotFound { service, port, available } => format!(
+                "spec.routes: Service {service:?} has no port {port} (its ports: {}): fix servicePort; the proxy keeps its last good configuration",
+                if available.is_empty() { "none".to_string() } else { available.join(", ") }
+            ),
+            Problem::ObjectNotOwned { kind, name } => format!(
+                "{kind} {name:?} already exists and is not managed by this Kanary: it is left untouched; delete or rename it, or choose another name"
+            ),
+        }
+    }
+}
+
+fn is_dns_label(s: &str) -> bool {
+    let re = regex::Regex::new(r"^[a-z]([-a-z0-9]*[a-z0-9])?$").expect("static regex");
+    s.len() <= 63 && re.is_match(s)
+}
+
+/// Reads the spec of a Kanary object (either group) and validates it.
+pub fn parse_and_validate(name: &str, data: &Value) -> Result<KanarySpec, Problem> {
+    let raw = data.get("spec").cloned().unwrap_or(Value::Null);
+    let spec: KanarySpec = serde_json::from_value(raw).map_err(|e| Problem::InvalidSpec(format!("spec: {e}")))?;
+    validate(name, &spec)?;
+    Ok(spec)
+}
+
+pub fn validate(name: &str, spec: &KanarySpec) -> Result<(), Problem> {
+    let invalid = |m: String| Err(Problem::InvalidSpec(m));
+    if name.len() > MAX_NAME_LENGTH {
+        return invalid(format!(
+            "metadata.name: at most {MAX_NAME_LENGTH} characters (the proxy is named <name>-haproxy)"
+        ));
+    }
+    if !is_dns_label(&spec.destination) {
+        return invalid(format!(
+            "spec.destination: {:?} is not a valid Service name (lower case letters, digits and '-', starting with a letter, at most 63 characters)",
+            spec.destination
+        ));
+    }
+    if spec.routes.is_empty() || spec.routes.len() > MAX_ROUTES {
+        return invalid(format!("spec.routes: between 1 and {MAX_ROUTES} routes, found {}", spec.routes.len()));
+    }
+    for (i, r) in spec.routes.iter().enumerate() {
+        let svc = &r.backend.service_name;
+        if !is_dns_label(svc) {
+            return invalid(format!("spec.routes[{i}].backend.serviceName: {svc:?} is not a valid Service name"));
+        }
+        if !(0..=100).contains(&r.weight) {
+            return invalid(format!("spec.routes[{i}].weight: {} is not between 0 and 100", r.weight));
+        }
+        match &r.backend.service_port {
+            IntOrString::Int(p) if !(1..=65535).contains(p) => {
+                return invalid(format!("spec.routes[{i}].backend.servicePort: {p} is not a port number (1 to 65535)"));
+            }
+            IntOrString::String(s) if s.is_empty() || s.len() > 15 => {
+                return invalid(format!("spec.routes[{i}].backend.servicePort: {s:?} is not a port name"));
+            }
+            _ => {}
+        }
+        if spec.routes[..i].iter().any(|o| o.backend.service_name == *svc) {
+            return invalid(format!("spec.routes[{i}].backend.serviceName: {svc:?} appears more than once"));
+        }
+        if *svc == spec.destination {
+            return invalid(format!(
+                "spec.destination: {svc:?} is also a backend; the destination is the Service in front of the proxy"
+            ));
+        }
+    }
+    let sum: i64 = spec.routes.iter().map(|r| r.weight).sum();
+    if sum != 100 {
+        return invalid(format!("spec.routes: the weights add up to {sum}, they must add up to 100"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn check(spec: Value) -> Result<KanarySpec, Problem> {
+        parse_and_validate("ky", &json!({"spec": spec}))
+    }
+
+    #[test]
+    fn every_original_spelling_is_read() {
+        let spec = check(json!({"destination": "myapp", "routes": [
+            {"backend": {"serviceName": "myapp-v1", "servicePort": "http"}, "weight": 80},
+            {"backend": {"servicename": "myapp-v2", "serviceport": 9090}, "Weight": 15},
+            {"backend": {"ServiceName": "myapp-v3", "ServicePort": "web"}, "weight": 5},
+        ]}))
+        .unwrap();
+        assert_eq!(spec.routes[1].backend.service_name, "myapp-v2");
+        assert_eq!(spec.routes[1].backend.service_port, IntOrString::Int(9090));
+        assert_eq!(spec.routes[1].weight, 15);
+        assert_eq!(spec.routes[2].backend.service_name, "myapp-v3");
+    }
+
+    #[test]
+    fn each_rule_names_the_field() {
+        let route = |svc: &str, w: i64| json!({"backend": {"serviceName": svc, "servicePort": 80}, "weight": w});
+        let msg = |spec: Value| match check(spec) {
+            Err(Problem::InvalidSpec(m)) => m,
+            other => panic!("expected InvalidSpec, got {other:?}"),
+        };
+        assert!(msg(json!({"destination": "d", "routes": [route("a", 80), route("b", 30)]})).contains("add up to 110"));
+        assert!(
+            msg(json!({"destination": "d", "routes": [route("a", 50), route("a", 50)]})).contains("more than once")
+        );
+        assert!(msg(json!({"destination": "a", "routes": [route("a", 100)]})).starts_with("spec.destination"));
+        assert!(msg(json!({"destination": "D_", "routes": [route("a", 100)]})).starts_with("spec.destination"));
+        assert!(msg(json!({"destination": "d", "routes": []})).starts_with("spec.routes"));
+        assert!(msg(json!({"destination": "d", "routes": [route("a", 101), route("b", -1)]})).contains("weight"));
+        assert!(
+            msg(json!({"destination": "d", "routes": [{"backend": {"serviceName": "a"}, "weight": 100}]}))
+                .contains("servicePort")
+        );
+        assert!(
+            parse_and_validate(&"k".repeat(56), &json!({"spec": {"destination": "d", "routes": [route("a", 100)]}}))
+                .is_err()
+        );
+    }
+}
