@@ -18,6 +18,12 @@ enum Command {
         /// Log format.
         #[arg(long, value_enum, default_value = "text", env = "LOG_FORMAT")]
         log_format: LogFormat,
+        /// Image of the HAProxy pods that Kanaries run (the official image, or one built like it).
+        #[arg(long, default_value = "haproxy:2.8", env = "HAPROXY_IMAGE")]
+        haproxy_image: String,
+        /// Replicas of each Kanary's HAProxy Deployment.
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(i32).range(1..))]
+        haproxy_replicas: i32,
     },
     /// Print the CustomResourceDefinitions as YAML (`canary-controller crd | kubectl apply --server-side -f -`).
     Crd,
@@ -29,9 +35,11 @@ enum Command {
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run { log_format } => {
+        Command::Run { log_format, haproxy_image, haproxy_replicas } => {
             runtime::init_logging(log_format);
-            runtime::run().await
+            let proxy =
+                canary_controller::kanary::build::ProxyOptions { image: haproxy_image, replicas: haproxy_replicas };
+            runtime::run(runtime::RunOptions { proxy }).await
         }
         Command::Crd => canary_controller::api::crds_yaml().map(|yaml| print!("{yaml}")),
         Command::Version => {

@@ -1,1 +1,308 @@
-pub async fn run() {}
+//! The thin IO layer of the Kanary controller, for either API group: read the backend Services, their
+//! EndpointSlices and the objects the Kanary owns; validate; apply ConfigMap, Deployment and Service with
+//! server-side apply (never touching an object owned by someone else); write the status when it changed;
+//! record events on transitions. While the spec is invalid, the proxy keeps its last good configuration.
+
+use super::build::{self, ProxyOptions, config_name, proxy_name};
+use super::endpoints::{Resolution, SERVICE_NAME_LABEL, resolve};
+use super::haproxy::{ProxySettings, RouteBackend, render};
+use super::validate::{Problem, parse_and_validate};
+use crate::api::kanary::{KIND, KanarySpec, KanaryStatus};
+use crate::conditions::reason_of;
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::core::{ApiResource, DynamicObject};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub const FIELD_MANAGER: &str = "canary-controller";
+
+pub struct Context {
+    pub client: Client,
+    pub recorder: Recorder,
+    pub resource: ApiResource,
+    pub proxy: ProxyOptions,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API request failed: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("Kanary has no namespace or uid")]
+    Incomplete,
+}
+
+fn owned_by<K: Resource>(obj: &K, uid: &str) -> bool {
+    obj.meta().owner_references.iter().flatten().any(|r| r.controller == Some(true) && r.uid == uid)
+}
+
+/// Reconciles one Kanary.
+pub async fn reconcile(kanary: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let ns = kanary.namespace().ok_or(Error::Incomplete)?;
+    let uid = kanary.uid().ok_or(Error::Incomplete)?;
+    let name = kanary.name_any();
+    let owner = kanary.controller_owner_ref(&ctx.resource).ok_or(Error::Incomplete)?;
+    let previous: Option<KanaryStatus> = kanary.data.get("status").and_then(|s| serde_json::from_value(s.clone()).ok());
+    let services: Api<Service> = Api::namespaced(ctx.client.clone(), &ns);
+    let slices: Api<EndpointSlice> = Api::namespaced(ctx.client.clone(), &ns);
+    let config_maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ns);
+    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
+
+    let existing_cm = config_maps.get_opt(&config_name(&name)).await?;
+    let existing_proxy = deployments.get_opt(&proxy_name(&name)).await?;
+    let mut problem = None;
+    let mut routes = vec![];
+    let mut degraded = vec![];
+    let spec = parse_and_validate(&name, &kanary.data).map_err(|p| problem = Some(p)).ok();
+    if let Some(spec) = &spec {
+        let existing_svc = services.get_opt(&spec.destination).await?;
+        problem = not_owned(&uid, &existing_cm, &existing_proxy, &existing_svc, &name, &spec.destination);
+        if problem.is_none() {
+            match resolve_routes(spec, &services, &slices).await? {
+                Ok((r, d)) => (routes, degraded) = (r, d),
+                Err(p) => problem = Some(p),
+            }
+        }
+    }
+
+    let mut proxy = existing_proxy.filter(|d| owned_by(d, &uid));
+    if let (None, Some(spec)) = (&problem, &spec) {
+        let config = render(&format!("{ns}/{name}"), &routes, &ProxySettings::default());
+        let pp = PatchParams::apply(FIELD_MANAGER).force();
+        let cm = build::build_config_map(&name, &ns, &owner, &config);
+        config_maps.patch(&config_name(&name), &pp, &Patch::Apply(&cm)).await?;
+        let dep = build::build_deployment(&name, &ns, &owner, &config, &ctx.proxy);
+        proxy = Some(deployments.patch(&proxy_name(&name), &pp, &Patch::Apply(&dep)).await?);
+        let svc = build::build_service(&name, &ns, &owner, &spec.destination);
+        services.patch(&spec.destination, &pp, &Patch::Apply(&svc)).await?;
+        let old_config = existing_cm.as_ref().and_then(|c| c.data.as_ref()).and_then(|d| d.get(build::CONFIG_KEY));
+        match old_config {
+            None => {
+                publish(
+                    &ctx,
+                    &kanary,
+                    EventType::Normal,
+                    "ProxyCreated",
+                    format!("created the proxy {:?} for Service {:?}", proxy_name(&name), spec.destination),
+                )
+                .await
+            }
+            Some(old) if *old != config => {
+                let split: Vec<String> = routes
+                    .iter()
+                    .map(|r| format!("{}={}% ({} servers)", r.service, r.weight, r.servers.len()))
+                    .collect();
+                publish(
+                    &ctx,
+                    &kanary,
+                    EventType::Normal,
+                    "ConfigUpdated",
+                    format!("proxy configuration updated: {}", split.join(", ")),
+                )
+                .await;
+            }
+            Some(_) => {}
+        }
+    }
+
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let observation = build::Observation {
+        name: &name,
+        generation: kanary.metadata.generation,
+        spec: spec.as_ref(),
+        routes: &routes,
+        problem: problem.as_ref(),
+        degraded: &degraded,
+        proxy: proxy.as_ref(),
+        previous: previous.as_ref(),
+    };
+    let mut status = build::build_status(&observation, &now);
+    if problem.is_some() {
+        // the proxy still serves the last good configuration: keep reporting it
+        if let Some(prev) = &previous {
+            status.endpoint_statuses = prev.endpoint_statuses.clone();
+            status.routes = prev.routes.clone();
+            status.destination_status = prev.destination_status.clone();
+        }
+    }
+    let before = previous.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
+    if let Some(p) = &problem
+        && reason_of(before, build::conditions::READY) != Some(p.reason())
+    {
+        publish(&ctx, &kanary, EventType::Warning, p.reason(), p.message()).await;
+    }
+    let backends_reason =
+        reason_of(&status.conditions, build::conditions::BACKENDS_READY).unwrap_or_default().to_string();
+    if backends_reason != "BackendsReady"
+        && reason_of(before, build::conditions::BACKENDS_READY) != Some(backends_reason.as_str())
+    {
+        let message = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == build::conditions::BACKENDS_READY)
+            .map(|c| c.message.clone())
+            .unwrap_or_default();
+        publish(&ctx, &kanary, EventType::Warning, &backends_reason, message).await;
+    }
+    if previous.as_ref() != Some(&status) {
+        let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), &ns, &ctx.resource);
+        let body = serde_json::json!({"apiVersion": ctx.resource.api_version, "kind": KIND, "status": status});
+        api.patch_status(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(body)).await?;
+    }
+    Ok(Action::requeue(Duration::from_secs(600)))
+}
+
+fn not_owned(
+    uid: &str,
+    cm: &Option<ConfigMap>,
+    proxy: &Option<Deployment>,
+    svc: &Option<Service>,
+    name: &str,
+    destination: &str,
+) -> Option<Problem> {
+    if cm.as_ref().is_some_and(|c| !owned_by(c, uid)) {
+        return Some(Problem::ObjectNotOwned { kind: "ConfigMap", name: config_name(name) });
+    }
+    if proxy.as_ref().is_some_and(|d| !owned_by(d, uid)) {
+        return Some(Problem::ObjectNotOwned { kind: "Deployment", name: proxy_name(name) });
+    }
+    if svc.as_ref().is_some_and(|s| !owned_by(s, uid)) {
+        return Some(Problem::ObjectNotOwned { kind: "Service", name: destination.into() });
+    }
+    None
+}
+
+type Routes = (Vec<RouteBackend>, Vec<(String, &'static str)>);
+
+/// Resolves every route to its live servers; routes with a weight and no live server are listed as degraded.
+async fn resolve_routes(
+    spec: &KanarySpec,
+    services: &Api<Service>,
+    slices: &Api<EndpointSlice>,
+) -> Result<Result<Routes, Problem>, kube::Error> {
+    let mut routes = vec![];
+    let mut degraded = vec![];
+    for route in &spec.routes {
+        let svc_name = &route.backend.service_name;
+        let service = services.get_opt(svc_name).await?;
+        let list = if service.is_some() {
+            slices.list(&ListParams::default().labels(&format!("{SERVICE_NAME_LABEL}={svc_name}"))).await?.items
+        } else {
+            vec![]
+        };
+        let servers = match resolve(&route.backend.service_port, service.as_ref(), &list) {
+            Resolution::Servers(s) => s,
+            Resolution::ServiceNotFound => {
+                if route.weight > 0 {
+                    degraded.push((svc_name.clone(), build::SERVICE_NOT_FOUND));
+                }
+                vec![]
+            }
+            Resolution::PortNotFound { available } => {
+                let port = match &route.backend.service_port {
+                    k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(n) => n.to_string(),
+                    k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String(s) => format!("{s:?}"),
+                };
+                return Ok(Err(Problem::PortNotFound { service: svc_name.clone(), port, available }));
+            }
+        };
+        if servers.is_empty() && route.weight > 0 && !degraded.iter().any(|(s, _)| s == svc_name) {
+            degraded.push((svc_name.clone(), build::NO_READY_ENDPOINT));
+        }
+        routes.push(RouteBackend { service: svc_name.clone(), weight: route.weight, servers });
+    }
+    Ok(Ok((routes, degraded)))
+}
+
+async fn publish(ctx: &Context, kanary: &DynamicObject, type_: EventType, reason: &str, note: String) {
+    let event = Event { type_, reason: reason.into(), note: Some(note), action: "Reconcile".into(), secondary: None };
+    if let Err(e) = ctx.recorder.publish(&event, &kanary.object_ref(&ctx.resource)).await {
+        tracing::warn!(kanary = %kanary.name_any(), error = %e, "cannot record event");
+    }
+}
+
+fn error_policy(kanary: Arc<DynamicObject>, error: &Error, _ctx: Arc<Context>) -> Action {
+    tracing::warn!(kanary = %kanary.name_any(), %error, "reconcile failed; retrying");
+    Action::requeue(Duration::from_secs(5))
+}
+
+/// The Kanaries (of this group) that use a backend Service, in its namespace.
+fn kanaries_using(
+    store: &Store<DynamicObject>,
+    ar: &ApiResource,
+    ns: &str,
+    service: &str,
+) -> Vec<ObjectRef<DynamicObject>> {
+    store
+        .state()
+        .into_iter()
+        .filter(|k| k.namespace().as_deref() == Some(ns))
+        .filter(|k| {
+            serde_json::from_value::<KanarySpec>(k.data.get("spec").cloned().unwrap_or_default())
+                .is_ok_and(|s| s.destination == service || s.routes.iter().any(|r| r.backend.service_name == service))
+        })
+        .map(|k| ObjectRef::new_with(&k.name_any(), ar.clone()).within(ns))
+        .collect()
+}
+
+/// Runs the Kanary controller of one API group until `shutdown` completes.
+pub async fn run(
+    client: Client,
+    resource: ApiResource,
+    proxy: ProxyOptions,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let reporter = Reporter { controller: FIELD_MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        recorder: Recorder::new(client.clone(), reporter),
+        resource: resource.clone(),
+        proxy,
+    });
+    let controller = Controller::new_with(
+        Api::<DynamicObject>::all_with(client.clone(), &resource),
+        watcher::Config::default(),
+        resource.clone(),
+    );
+    let (store, ar) = (controller.store(), resource.clone());
+    let (store2, ar2) = (controller.store(), resource.clone());
+    controller
+        .owns(Api::<ConfigMap>::all(client.clone()), watcher::Config::default())
+        .owns(Api::<Deployment>::all(client.clone()), watcher::Config::default())
+        .watches(Api::<Service>::all(client.clone()), watcher::Config::default(), move |svc| {
+            let ns = svc.namespace().unwrap_or_default();
+            let mut refs = kanaries_using(&store, &ar, &ns, &svc.name_any());
+            for r in svc
+                .owner_references()
+                .iter()
+                .filter(|r| r.controller == Some(true) && r.kind == KIND && r.api_version == ar.api_version)
+            {
+                refs.push(ObjectRef::new_with(&r.name, ar.clone()).within(&ns));
+            }
+            refs
+        })
+        .watches(Api::<EndpointSlice>::all(client), watcher::Config::default(), move |slice| {
+            let ns = slice.namespace().unwrap_or_default();
+            match slice.labels().get(SERVICE_NAME_LABEL) {
+                Some(service) => kanaries_using(&store2, &ar2, &ns, service),
+                None => vec![],
+            }
+        })
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "controller event");
+            }
+        })
+        .await;
+}

@@ -58,12 +58,27 @@ pub async fn check_crds(client: &Client) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs the operator until SIGTERM or Ctrl-C.
-pub async fn run() -> anyhow::Result<()> {
+/// Settings of `canary-controller run`.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub proxy: crate::kanary::build::ProxyOptions,
+}
+
+/// Runs the operator (the Canary controller and one Kanary controller per API group) until SIGTERM or Ctrl-C.
+pub async fn run(options: RunOptions) -> anyhow::Result<()> {
+    use futures::FutureExt;
     let client = connect().await?;
     check_crds(&client).await?;
     tracing::info!("connected; CRDs installed; controllers running");
-    crate::canary::reconcile::run(client, shutdown_signal()).await;
+    let shutdown = shutdown_signal().shared();
+    let kanaries = crate::api::kanary::GROUPS.iter().map(|(group, version)| {
+        let resource = crate::api::kanary::api_resource(group, version);
+        crate::kanary::reconcile::run(client.clone(), resource, options.proxy.clone(), shutdown.clone())
+    });
+    futures::join!(
+        crate::canary::reconcile::run(client.clone(), shutdown.clone()),
+        futures::future::join_all(kanaries)
+    );
     tracing::info!("shutting down");
     Ok(())
 }

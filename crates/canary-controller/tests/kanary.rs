@@ -1,0 +1,400 @@
+//! End-to-end: Kanaries of both API groups against the real binary on fake-apiserver (or E2E_KUBECONFIG).
+//! fake-apiserver runs no endpoint controller, so the tests write the EndpointSlices themselves.
+
+mod support;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Event, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::core::DynamicObject;
+use serde_json::{Value, json};
+use support::{Cluster, Process, eventually};
+
+const EXAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples");
+
+struct Env {
+    cluster: Cluster,
+    _controller: Process,
+}
+
+async fn env() -> Env {
+    let cluster = Cluster::start().await;
+    cluster.install_crds().await;
+    let mut controller = cluster.spawn_controller();
+    controller.wait_for_log("controllers running").await;
+    Env { cluster, _controller: controller }
+}
+
+impl Env {
+    fn api<K>(&self) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+    {
+        Api::namespaced(self.cluster.client.clone(), &self.cluster.namespace)
+    }
+
+    fn kanaries(&self, group: &str, version: &str) -> Api<DynamicObject> {
+        let ar = canary_controller::api::kanary::api_resource(group, version);
+        Api::namespaced_with(self.cluster.client.clone(), &self.cluster.namespace, &ar)
+    }
+
+    /// Services myapp-v1 (port `http` 80 -> 8080) and myapp-v2 (9090 -> 8080), as in examples/simple-stack.yml.
+    async fn backend_services(&self) {
+        let svc = |name: &str, port: Value| -> Service {
+            serde_json::from_value(
+                json!({"metadata": {"name": name}, "spec": {"selector": {"app": name}, "ports": [port]}}),
+            )
+            .unwrap()
+        };
+        let services: Api<Service> = self.api();
+        services
+            .create(&PostParams::default(), &svc("myapp-v1", json!({"name": "http", "port": 80, "targetPort": 8080})))
+            .await
+            .unwrap();
+        services
+            .create(&PostParams::default(), &svc("myapp-v2", json!({"port": 9090, "targetPort": 8080})))
+            .await
+            .unwrap();
+    }
+
+    /// Writes (creates or replaces) the EndpointSlice of a Service: (pod name, ip, ready) endpoints.
+    async fn endpoints(&self, service: &str, port_name: &str, port: i32, pods: &[(&str, &str, bool)]) {
+        let slice: EndpointSlice = serde_json::from_value(json!({
+            "metadata": {"name": format!("{service}-abc"), "labels": {"kubernetes.io/service-name": service}},
+            "addressType": "IPv4",
+            "ports": [{"name": port_name, "port": port, "protocol": "TCP"}],
+            "endpoints": pods.iter().map(|(pod, ip, ready)| json!({
+                "addresses": [ip], "conditions": {"ready": ready}, "targetRef": {"kind": "Pod", "name": pod}
+            })).collect::<Vec<_>>(),
+        }))
+        .unwrap();
+        let slices: Api<EndpointSlice> = self.api();
+        slices
+            .patch(&format!("{service}-abc"), &PatchParams::apply("test").force(), &Patch::Apply(slice))
+            .await
+            .unwrap();
+    }
+
+    async fn config(&self, name: &str) -> Option<String> {
+        let cms: Api<ConfigMap> = self.api();
+        cms.get_opt(&format!("{name}-config")).await.unwrap()?.data?.get("haproxy.cfg").cloned()
+    }
+
+    async fn wait_config(&self, name: &str, what: &str, check: impl Fn(&str) -> bool) -> String {
+        eventually(10, what, || async { self.config(name).await.is_some_and(|c| check(&c)) }).await;
+        self.config(name).await.unwrap()
+    }
+
+    async fn condition(
+        &self,
+        kanaries: &Api<DynamicObject>,
+        name: &str,
+        type_: &str,
+    ) -> Option<(String, String, String)> {
+        let k = kanaries.get(name).await.unwrap();
+        let c = k.data["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == type_)?.clone();
+        Some((c["status"].as_str()?.into(), c["reason"].as_str()?.into(), c["message"].as_str()?.into()))
+    }
+
+    async fn wait_condition(
+        &self,
+        kanaries: &Api<DynamicObject>,
+        name: &str,
+        type_: &str,
+        status: &str,
+        reason: &str,
+    ) -> String {
+        let what = format!("{name} condition {type_}={status} ({reason})");
+        eventually(10, &what, || async {
+            self.condition(kanaries, name, type_).await.is_some_and(|(s, r, _)| s == status && r == reason)
+        })
+        .await;
+        self.condition(kanaries, name, type_).await.unwrap().2
+    }
+
+    async fn warnings(&self, reason: &str) -> usize {
+        let events: Api<Event> = self.api();
+        let list = events.list(&ListParams::default()).await.unwrap();
+        list.items
+            .iter()
+            .filter(|e| e.type_.as_deref() == Some("Warning") && e.reason.as_deref() == Some(reason))
+            .count()
+    }
+}
+
+/// `haproxy -c` on a rendered config, when haproxy is installed.
+fn haproxy_accepts(config: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("haproxy.cfg");
+    std::fs::write(&path, config).unwrap();
+    match std::process::Command::new("haproxy").arg("-c").arg("-f").arg(&path).output() {
+        Ok(out) => {
+            assert!(out.status.success(), "haproxy -c rejected:\n{config}\n{}", String::from_utf8_lossy(&out.stderr))
+        }
+        Err(e) => eprintln!("SKIPPED haproxy -c: haproxy cannot run ({e}); scripts/setup.sh installs it"),
+    }
+}
+
+fn kanary_yaml(group_version: &str, routes: Value) -> DynamicObject {
+    serde_json::from_value(
+        json!({"apiVersion": group_version, "kind": "Kanary", "metadata": {"name": "simple-kanary-rule"},
+        "spec": {"destination": "myapp", "routes": routes}}),
+    )
+    .unwrap()
+}
+
+/// The original README's Kanary (pyxida group), in mixed spellings, produces the original names and status.
+#[tokio::test]
+async fn readme_kanary_in_mixed_spellings_gives_the_original_names_and_status() {
+    let e = env().await;
+    e.backend_services().await;
+    e.endpoints("myapp-v1", "http", 8080, &[("v1-a", "10.1.0.5", true), ("v1-b", "10.1.0.6", true)]).await;
+    e.endpoints("myapp-v2", "", 8080, &[("v2-a", "10.1.0.7", true)]).await;
+    let kanaries = e.kanaries("kanary.pyxida.io", "v1alpha1");
+    let routes = json!([
+        {"backend": {"servicename": "myapp-v1", "ServicePort": "http"}, "Weight": 80},
+        {"backend": {"ServiceName": "myapp-v2", "serviceport": 9090}, "weight": 20},
+    ]);
+    kanaries.create(&PostParams::default(), &kanary_yaml("kanary.pyxida.io/v1alpha1", routes)).await.unwrap();
+
+    let config = e.wait_config("simple-kanary-rule", "the HAProxy config", |c| c.contains("10.1.0.7:8080")).await;
+    assert!(
+        config.contains("server v1-a 10.1.0.5:8080 check") && config.contains("server v1-b 10.1.0.6:8080 check"),
+        "{config}"
+    );
+    assert!(
+        config.contains("lt 80 } { nbsrv(be_myapp-v1) gt 0 }")
+            && config.contains("lt 100 } { nbsrv(be_myapp-v2) gt 0 }"),
+        "{config}"
+    );
+    haproxy_accepts(&config);
+
+    let proxy: Deployment = e.api().get("simple-kanary-rule-haproxy").await.unwrap();
+    assert_eq!(
+        proxy.spec.as_ref().unwrap().selector.match_labels.as_ref().unwrap()["proxy"],
+        "simple-kanary-rule-haproxy"
+    );
+    let pod = proxy.spec.unwrap().template.spec.unwrap();
+    let sc = pod.containers[0].security_context.clone().unwrap();
+    assert_eq!((sc.read_only_root_filesystem, sc.allow_privilege_escalation), (Some(true), Some(false)));
+    assert_eq!(pod.security_context.unwrap().run_as_non_root, Some(true));
+    let service: Service = e.api().get("myapp").await.unwrap();
+    let spec = service.spec.unwrap();
+    assert_eq!(spec.ports.unwrap()[0].port, 80);
+    assert_eq!(spec.selector.unwrap()["proxy"], "simple-kanary-rule-haproxy");
+
+    eventually(10, "the status", || async {
+        kanaries.get("simple-kanary-rule").await.unwrap().data["status"]["endpointStatuses"]
+            .as_array()
+            .is_some_and(|a| a.len() == 2)
+    })
+    .await;
+    let status = kanaries.get("simple-kanary-rule").await.unwrap().data["status"].clone();
+    assert_eq!(
+        status["destinationStatus"],
+        json!({"proxyName": "simple-kanary-rule-haproxy", "serviceName": "myapp", "configName": "simple-kanary-rule-config"})
+    );
+    assert_eq!(
+        status["endpointStatuses"],
+        json!([
+            {"ServiceName": "myapp-v1", "Weight": 80, "Ips": ["10.1.0.5:8080", "10.1.0.6:8080"]},
+            {"ServiceName": "myapp-v2", "Weight": 20, "Ips": ["10.1.0.7:8080"]},
+        ])
+    );
+    assert_eq!(status["routes"], "myapp-v1=80,myapp-v2=20");
+    e.cluster.cleanup().await;
+}
+
+/// examples/simple-stack.yml (kanary.k8s.io group) with kubectl; then endpoint and weight changes, repair, deletion.
+#[tokio::test]
+async fn simple_stack_follows_endpoints_and_weights_and_is_repaired_and_deleted() {
+    let e = env().await;
+    let ns = e.cluster.namespace.clone();
+    let Some(out) = e.cluster.kubectl(&["apply", "-n", &ns, "-f", &format!("{EXAMPLES}/simple-stack.yml")], None).await
+    else {
+        return;
+    };
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    e.endpoints("myapp-v1", "http", 8080, &[("v1-a", "10.1.0.5", true)]).await;
+    e.endpoints("myapp-v2", "", 8080, &[("v2-a", "10.1.0.7", true)]).await;
+    let kanaries = e.kanaries("kanary.k8s.io", "v1");
+    e.wait_config("simple-kanary-rule", "the first config", |c| {
+        c.contains("10.1.0.5:8080") && c.contains("10.1.0.7:8080")
+    })
+    .await;
+    let out = e.cluster.kubectl(&["get", "ky", "-n", &ns], None).await.unwrap();
+    let table = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(
+        table.lines().next().unwrap().split_whitespace().collect::<Vec<_>>(),
+        ["NAME", "DESTINATION", "ROUTES", "READY", "AGE"],
+        "{table}"
+    );
+    assert!(table.contains("simple-kanary-rule   myapp         myapp-v1=80,myapp-v2=20"), "{table}");
+
+    // scale up, scale down, a pod that is not ready: each reaches the config within a second
+    let hash = |d: Deployment| {
+        d.spec.unwrap().template.metadata.unwrap().annotations.unwrap()["kanary.k8s.io/config-hash"].clone()
+    };
+    let deployments: Api<Deployment> = e.api();
+    let first_hash = hash(deployments.get("simple-kanary-rule-haproxy").await.unwrap());
+    let start = std::time::Instant::now();
+    e.endpoints("myapp-v1", "http", 8080, &[("v1-a", "10.1.0.5", true), ("v1-b", "10.1.0.6", true)]).await;
+    e.wait_config("simple-kanary-rule", "scale up", |c| c.contains("10.1.0.6:8080")).await;
+    assert!(start.elapsed().as_millis() < 1000, "scale up took {:?}", start.elapsed());
+    e.endpoints("myapp-v1", "http", 8080, &[("v1-b", "10.1.0.6", true), ("v1-a", "10.1.0.5", false)]).await;
+    e.wait_config("simple-kanary-rule", "a pod that is not ready leaves", |c| {
+        !c.contains("10.1.0.5:8080") && c.contains("10.1.0.6")
+    })
+    .await;
+    eventually(5, "the pods roll on a config change", || async {
+        hash(deployments.get("simple-kanary-rule-haproxy").await.unwrap()) != first_hash
+    })
+    .await;
+
+    // weights
+    kanaries
+        .patch(
+            "simple-kanary-rule",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"routes": [
+            {"backend": {"serviceName": "myapp-v1", "servicePort": "http"}, "weight": 50},
+            {"backend": {"serviceName": "myapp-v2", "servicePort": 9090}, "weight": 50}]}})),
+        )
+        .await
+        .unwrap();
+    let config =
+        e.wait_config("simple-kanary-rule", "new weights", |c| c.contains("lt 50 } { nbsrv(be_myapp-v1) gt 0 }")).await;
+    haproxy_accepts(&config);
+
+    // objects changed or deleted by hand are repaired
+    let cms: Api<ConfigMap> = e.api();
+    cms.delete("simple-kanary-rule-config", &DeleteParams::default()).await.unwrap();
+    e.wait_config("simple-kanary-rule", "the ConfigMap recreated", |c| c.contains("lt 50 }")).await;
+    let services: Api<Service> = e.api();
+    services
+        .patch(
+            "myapp",
+            &PatchParams::apply("someone").force(),
+            &Patch::Apply(json!({"apiVersion": "v1", "kind": "Service", "spec": {"selector": {"proxy": "elsewhere"}}})),
+        )
+        .await
+        .unwrap();
+    eventually(10, "the Service selector restored", || async {
+        services.get("myapp").await.unwrap().spec.unwrap().selector.unwrap().get("proxy").map(String::as_str)
+            == Some("simple-kanary-rule-haproxy")
+    })
+    .await;
+    deployments.delete("simple-kanary-rule-haproxy", &DeleteParams::default()).await.unwrap();
+    eventually(10, "the proxy Deployment recreated", || async {
+        deployments.get_opt("simple-kanary-rule-haproxy").await.unwrap().is_some()
+    })
+    .await;
+
+    // deleting the Kanary removes what it owns
+    kanaries.delete("simple-kanary-rule", &DeleteParams::default()).await.unwrap();
+    eventually(10, "the owned objects collected", || async {
+        cms.get_opt("simple-kanary-rule-config").await.unwrap().is_none()
+            && deployments.get_opt("simple-kanary-rule-haproxy").await.unwrap().is_none()
+            && services.get_opt("myapp").await.unwrap().is_none()
+    })
+    .await;
+    assert!(services.get_opt("myapp-v1").await.unwrap().is_some(), "backend Services are the user's");
+    e.cluster.cleanup().await;
+}
+
+#[tokio::test]
+async fn invalid_updates_are_rejected_or_reported_and_the_last_good_config_keeps_serving() {
+    let e = env().await;
+    e.backend_services().await;
+    e.endpoints("myapp-v1", "http", 8080, &[("v1-a", "10.1.0.5", true)]).await;
+    e.endpoints("myapp-v2", "", 8080, &[("v2-a", "10.1.0.7", true)]).await;
+    let kanaries = e.kanaries("kanary.k8s.io", "v1");
+    let routes = |w1: i64, w2: i64, port2: Value| {
+        json!([
+        {"backend": {"serviceName": "myapp-v1", "servicePort": "http"}, "weight": w1},
+        {"backend": {"serviceName": "myapp-v2", "servicePort": port2}, "weight": w2}])
+    };
+    kanaries
+        .create(&PostParams::default(), &kanary_yaml("kanary.k8s.io/v1", routes(80, 20, json!(9090))))
+        .await
+        .unwrap();
+    let good = e.wait_config("simple-kanary-rule", "the first config", |c| c.contains("10.1.0.7:8080")).await;
+
+    // the schema rejects what it can see (CEL): weights that do not add up to 100, a duplicate backend
+    let bad = kanary_yaml("kanary.k8s.io/v1", routes(80, 30, json!(9090)));
+    let err = kanaries
+        .patch("simple-kanary-rule", &PatchParams::apply("test").force(), &Patch::Apply(bad))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("the weights must add up to 100"), "{err}");
+    let mut dup = kanary_yaml("kanary.k8s.io/v1", routes(50, 50, json!(9090)));
+    dup.data["spec"]["routes"][1]["backend"]["serviceName"] = json!("myapp-v1");
+    let err = kanaries
+        .patch("simple-kanary-rule", &PatchParams::apply("test").force(), &Patch::Apply(dup))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("each backend serviceName may appear only once"), "{err}");
+
+    // what only the controller can see (a port the Service does not have) is reported; the config stays
+    kanaries
+        .patch(
+            "simple-kanary-rule",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"routes": routes(70, 30, json!(7777))}})),
+        )
+        .await
+        .unwrap();
+    let message = e.wait_condition(&kanaries, "simple-kanary-rule", "Ready", "False", "PortNotFound").await;
+    assert!(message.contains("Service \"myapp-v2\" has no port 7777") && message.contains("9090"), "{message}");
+    eventually(5, "a PortNotFound warning event", || async { e.warnings("PortNotFound").await > 0 }).await;
+    assert_eq!(e.config("simple-kanary-rule").await.unwrap(), good, "the last good configuration must stay");
+
+    // a backend Service that does not exist: its route gets no traffic, the others keep theirs
+    kanaries
+        .patch(
+            "simple-kanary-rule",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"routes": [
+            {"backend": {"serviceName": "myapp-v1", "servicePort": "http"}, "weight": 90},
+            {"backend": {"serviceName": "myapp-v9", "servicePort": 80}, "weight": 10}]}})),
+        )
+        .await
+        .unwrap();
+    let message = e.wait_condition(&kanaries, "simple-kanary-rule", "BackendsReady", "False", "ServiceNotFound").await;
+    assert!(message.contains("myapp-v9"), "{message}");
+    let config = e
+        .wait_config("simple-kanary-rule", "the config without the missing Service", |c| {
+            c.contains("backend be_myapp-v9")
+        })
+        .await;
+    haproxy_accepts(&config);
+    e.cluster.cleanup().await;
+}
+
+#[tokio::test]
+async fn objects_we_do_not_own_are_never_touched() {
+    let e = env().await;
+    e.backend_services().await;
+    let services: Api<Service> = e.api();
+    let theirs: Service = serde_json::from_value(
+        json!({"metadata": {"name": "myapp"}, "spec": {"ports": [{"port": 80}], "selector": {"app": "theirs"}}}),
+    )
+    .unwrap();
+    let before = services.create(&PostParams::default(), &theirs).await.unwrap();
+    let kanaries = e.kanaries("kanary.pyxida.io", "v1alpha1");
+    let routes = json!([{"backend": {"serviceName": "myapp-v1", "servicePort": "http"}, "weight": 100}]);
+    kanaries.create(&PostParams::default(), &kanary_yaml("kanary.pyxida.io/v1alpha1", routes)).await.unwrap();
+    let message = e.wait_condition(&kanaries, "simple-kanary-rule", "Conflict", "True", "ObjectNotOwned").await;
+    assert!(message.contains("Service \"myapp\" already exists"), "{message}");
+    eventually(5, "an ObjectNotOwned warning event", || async { e.warnings("ObjectNotOwned").await > 0 }).await;
+    assert_eq!(services.get("myapp").await.unwrap().metadata.resource_version, before.metadata.resource_version);
+    assert!(
+        e.config("simple-kanary-rule").await.is_none(),
+        "nothing is created while the destination is someone else's"
+    );
+    e.cluster.cleanup().await;
+}
