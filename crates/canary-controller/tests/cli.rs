@@ -77,6 +77,6 @@ async fn run_starts_with_crds_installed_and_stops_on_sigterm() {
     controller.wait_for_log("controllers running").await;
     let status = controller.terminate().await;
     assert!(status.success(), "exit status {status}:\n{}", controller.log());
-    assert!(controller.log().contains("shutting down"));
+    assert!(controller.log().contains("shutting down"), "{}", controller.log());
     cluster.cleanup().await;
 }

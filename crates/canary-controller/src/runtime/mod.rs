@@ -58,6 +58,9 @@ pub async fn check_crds(client: &Client) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How long running reconciles may take to finish after SIGTERM.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Settings of `canary-controller run`.
 #[derive(Debug, Clone)]
 pub struct RunOptions {
@@ -75,11 +78,22 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         let resource = crate::api::kanary::api_resource(group, version);
         crate::kanary::reconcile::run(client.clone(), resource, options.proxy.clone(), shutdown.clone())
     });
-    futures::join!(
-        crate::canary::reconcile::run(client.clone(), shutdown.clone()),
-        futures::future::join_all(kanaries)
-    );
-    tracing::info!("shutting down");
+    let controllers = async {
+        futures::join!(
+            crate::canary::reconcile::run(client.clone(), shutdown.clone()),
+            futures::future::join_all(kanaries)
+        )
+    };
+    // In-flight reconciles get a grace period; a controller still starting up when the signal comes can
+    // otherwise keep waiting (seen with kube-runtime 5 when SIGTERM arrives during the initial lists).
+    let grace = async {
+        shutdown.clone().await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    tokio::select! {
+        _ = controllers => tracing::info!("shutting down"),
+        _ = grace => tracing::warn!("shutting down: controllers did not stop within {SHUTDOWN_GRACE:?}"),
+    }
     Ok(())
 }
 

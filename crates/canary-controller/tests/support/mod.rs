@@ -157,7 +157,7 @@ impl Process {
     pub async fn terminate(&mut self) -> std::process::ExitStatus {
         let pid = self.child.id().expect("running").to_string();
         Command::new("kill").args(["-TERM", &pid]).status().await.unwrap();
-        for _ in 0..100 {
+        for _ in 0..200 {
             if let Ok(Some(status)) = self.child.try_wait() {
                 return status;
             }
