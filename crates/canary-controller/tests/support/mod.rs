@@ -8,6 +8,8 @@ use fake_apiserver::FakeApiServer;
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+
+pub mod traffic;
 use kube::{Client, ResourceExt};
 use std::path::PathBuf;
 use std::process::{Output, Stdio};

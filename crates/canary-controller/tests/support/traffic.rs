@@ -1,0 +1,165 @@
+//! Real traffic on loopback for the Kanary traffic test and the split benchmark: TCP backends that answer
+//! with their identity, a real HAProxy running a given config, and a client that opens many short
+//! connections and counts who answered. Everything binds 127.0.0.x addresses only.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Starts one backend per address, all on the same (free) port, each answering `identity` and closing.
+pub async fn start_backends(addresses: &[&str], identity: &str) -> u16 {
+    let mut port = 0;
+    for (i, addr) in addresses.iter().enumerate() {
+        let ip: IpAddr = addr.parse().unwrap();
+        let listener = loop {
+            match TcpListener::bind(SocketAddr::new(ip, port)).await {
+                Ok(l) => break l,
+                Err(e) if i > 0 => panic!("cannot bind {addr}:{port}: {e}"),
+                Err(e) => panic!("cannot bind {addr}: {e}"),
+            }
+        };
+        port = listener.local_addr().unwrap().port();
+        let reply = format!("{identity}\n");
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut stream, _)) = listener.accept().await else { return };
+                let reply = reply.clone();
+                tokio::spawn(async move {
+                    let _ = stream.write_all(reply.as_bytes()).await;
+                    let _ = stream.shutdown().await;
+                });
+            }
+        });
+    }
+    port
+}
+
+/// A free port on an address.
+pub fn free_port(ip: &str) -> u16 {
+    std::net::TcpListener::bind((ip, 0)).unwrap().local_addr().unwrap().port()
+}
+
+/// Rewrites the proxy's `bind :8080` / `bind :8404` to loopback addresses.
+pub fn localize(config: &str, listen: SocketAddr, stats: SocketAddr) -> String {
+    config.replace("bind :8080", &format!("bind {listen}")).replace("bind :8404", &format!("bind {stats}"))
+}
+
+pub struct Haproxy {
+    child: tokio::process::Child,
+    _dir: tempfile::TempDir,
+    pub stats: SocketAddr,
+}
+
+impl Haproxy {
+    /// Runs `haproxy -db -f config`; None (with the reason printed) when haproxy is not installed.
+    pub async fn start(config: &str, stats: SocketAddr) -> Option<Haproxy> {
+        if std::process::Command::new("haproxy").arg("-v").output().is_err() {
+            eprintln!("SKIPPED: haproxy is not installed (scripts/setup.sh installs it)");
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("haproxy.cfg");
+        std::fs::write(&path, config).unwrap();
+        let child = tokio::process::Command::new("haproxy")
+            .arg("-db")
+            .arg("-f")
+            .arg(&path)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        Some(Haproxy { child, _dir: dir, stats })
+    }
+
+    async fn stats_csv(&self) -> Option<String> {
+        let mut s = TcpStream::connect(self.stats).await.ok()?;
+        s.write_all(b"GET /stats;csv HTTP/1.0\r\n\r\n").await.ok()?;
+        let mut body = String::new();
+        s.read_to_string(&mut body).await.ok()?;
+        Some(body)
+    }
+
+    /// Waits until `servers` servers report UP in the stats.
+    pub async fn wait_servers_up(&mut self, servers: usize) {
+        for _ in 0..200 {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("haproxy exited: {status}");
+            }
+            if let Some(csv) = self.stats_csv().await {
+                let up = csv
+                    .lines()
+                    .filter(|l| !l.contains(",FRONTEND,") && !l.contains(",BACKEND,") && !l.starts_with('#'))
+                    .filter(|l| l.split(',').nth(17) == Some("UP"))
+                    .count();
+                if up >= servers {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("haproxy servers did not come up:\n{:?}", self.stats_csv().await);
+    }
+}
+
+/// Who answered how many connections, how many failed, and how long it took.
+#[derive(Debug, Default)]
+pub struct Tally {
+    pub answers: BTreeMap<String, usize>,
+    pub failures: usize,
+    pub elapsed: Duration,
+}
+
+impl Tally {
+    pub fn total(&self) -> usize {
+        self.answers.values().sum::<usize>() + self.failures
+    }
+
+    /// The share of connections (in percent) answered by `identity`.
+    pub fn percent(&self, identity: &str) -> f64 {
+        100.0 * *self.answers.get(identity).unwrap_or(&0) as f64 / self.total().max(1) as f64
+    }
+}
+
+/// Opens `connections` short TCP connections to `target`, `concurrency` at a time, and reads each answer.
+pub async fn drive(target: SocketAddr, connections: usize, concurrency: usize) -> Tally {
+    let start = Instant::now();
+    let per_worker = connections / concurrency;
+    let extra = connections % concurrency;
+    let workers: Vec<_> = (0..concurrency)
+        .map(|w| {
+            let n = per_worker + usize::from(w < extra);
+            tokio::spawn(async move {
+                let mut tally = Tally::default();
+                for _ in 0..n {
+                    let answer = async {
+                        let mut s = TcpStream::connect(target).await.ok()?;
+                        let mut buf = String::new();
+                        tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut buf)).await.ok()?.ok()?;
+                        let id = buf.trim().to_string();
+                        (!id.is_empty()).then_some(id)
+                    };
+                    match answer.await {
+                        Some(id) => *tally.answers.entry(id).or_default() += 1,
+                        None => tally.failures += 1,
+                    }
+                }
+                tally
+            })
+        })
+        .collect();
+    let mut total = Tally::default();
+    for w in workers {
+        let t = w.await.unwrap();
+        for (k, v) in t.answers {
+            *total.answers.entry(k).or_default() += v;
+        }
+        total.failures += t.failures;
+    }
+    total.elapsed = start.elapsed();
+    total
+}
