@@ -13,15 +13,11 @@ use tokio::net::{TcpListener, TcpStream};
 /// Starts one backend per address, all on the same (free) port, each answering `identity` and closing.
 pub async fn start_backends(addresses: &[&str], identity: &str) -> u16 {
     let mut port = 0;
-    for (i, addr) in addresses.iter().enumerate() {
+    for addr in addresses {
         let ip: IpAddr = addr.parse().unwrap();
-        let listener = loop {
-            match TcpListener::bind(SocketAddr::new(ip, port)).await {
-                Ok(l) => break l,
-                Err(e) if i > 0 => panic!("cannot bind {addr}:{port}: {e}"),
-                Err(e) => panic!("cannot bind {addr}: {e}"),
-            }
-        };
+        let listener = TcpListener::bind(SocketAddr::new(ip, port))
+            .await
+            .unwrap_or_else(|e| panic!("cannot bind {addr}:{port}: {e}"));
         port = listener.local_addr().unwrap().port();
         let reply = format!("{identity}\n");
         tokio::spawn(async move {
