@@ -450,7 +450,7 @@ async fn traffic_through_real_haproxy_follows_the_weights() {
     assert!((tally.percent("v1") - 80.0).abs() <= 1.5, "{tally:?}");
     assert!((tally.percent("v2") - 20.0).abs() <= 1.5, "{tally:?}");
     assert_eq!(tally.answers.get("v0"), None, "a weight-0 route got connections: {tally:?}");
-    drop(proxy);
+    proxy.stop().await;
 
     // a route whose only pod is not ready: it gets nothing, its share goes to the first live route
     kanaries

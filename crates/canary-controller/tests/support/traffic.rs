@@ -80,7 +80,12 @@ impl Haproxy {
         Some(body)
     }
 
-    /// Waits until `servers` servers report UP in the stats.
+    /// Stops HAProxy and waits until it has exited (and released its ports).
+    pub async fn stop(mut self) {
+        let _ = self.child.kill().await;
+    }
+
+    /// Waits until `servers` servers report UP (or have no check) in the stats.
     pub async fn wait_servers_up(&mut self, servers: usize) {
         for _ in 0..200 {
             if let Ok(Some(status)) = self.child.try_wait() {
@@ -90,7 +95,7 @@ impl Haproxy {
                 let up = csv
                     .lines()
                     .filter(|l| !l.contains(",FRONTEND,") && !l.contains(",BACKEND,") && !l.starts_with('#'))
-                    .filter(|l| l.split(',').nth(17) == Some("UP"))
+                    .filter(|l| matches!(l.split(',').nth(17), Some("UP" | "no check")))
                     .count();
                 if up >= servers {
                     return;
