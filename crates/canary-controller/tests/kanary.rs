@@ -209,6 +209,49 @@ async fn readme_kanary_in_mixed_spellings_gives_the_original_names_and_status() 
     e.cluster.cleanup().await;
 }
 
+/// The original README's manifest, unchanged, with kubectl.
+#[tokio::test]
+async fn the_original_readme_manifest_applies_unchanged_with_kubectl() {
+    let e = env().await;
+    e.backend_services().await;
+    e.endpoints("myapp-v1", "http", 8080, &[("v1-a", "10.1.0.5", true)]).await;
+    e.endpoints("myapp-v2", "", 8080, &[("v2-a", "10.1.0.7", true)]).await;
+    let ns = e.cluster.namespace.clone();
+    let Some(out) =
+        e.cluster.kubectl(&["apply", "-n", &ns, "-f", &format!("{EXAMPLES}/readme-kanary.yml")], None).await
+    else {
+        return;
+    };
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "kanary.kanary.pyxida.io/simple-kanary-rule created",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let config = e
+        .wait_config("simple-kanary-rule", "the config", |c| c.contains("10.1.0.5:8080") && c.contains("10.1.0.7:8080"))
+        .await;
+    haproxy_accepts(&config);
+    // with both groups installed, `kanary` means kanary.k8s.io (discovery order): name the group
+    let get = [
+        "get",
+        "kanaries.kanary.pyxida.io",
+        "simple-kanary-rule",
+        "-n",
+        &ns,
+        "-o",
+        "jsonpath={.status.destinationStatus.proxyName}",
+    ];
+    eventually(10, "the status through kubectl", || async {
+        e.cluster
+            .kubectl(&get, None)
+            .await
+            .is_some_and(|o| String::from_utf8_lossy(&o.stdout) == "simple-kanary-rule-haproxy")
+    })
+    .await;
+    e.cluster.cleanup().await;
+}
+
 /// examples/simple-stack.yml (kanary.k8s.io group) with kubectl; then endpoint and weight changes, repair, deletion.
 #[tokio::test]
 async fn simple_stack_follows_endpoints_and_weights_and_is_repaired_and_deleted() {
@@ -245,11 +288,21 @@ async fn simple_stack_follows_endpoints_and_weights_and_is_repaired_and_deleted(
     e.endpoints("myapp-v1", "http", 8080, &[("v1-a", "10.1.0.5", true), ("v1-b", "10.1.0.6", true)]).await;
     e.wait_config("simple-kanary-rule", "scale up", |c| c.contains("10.1.0.6:8080")).await;
     assert!(start.elapsed().as_millis() < 1000, "scale up took {:?}", start.elapsed());
+    let start = std::time::Instant::now();
     e.endpoints("myapp-v1", "http", 8080, &[("v1-b", "10.1.0.6", true), ("v1-a", "10.1.0.5", false)]).await;
     e.wait_config("simple-kanary-rule", "a pod that is not ready leaves", |c| {
         !c.contains("10.1.0.5:8080") && c.contains("10.1.0.6")
     })
     .await;
+    assert!(start.elapsed().as_millis() < 1000, "a pod that is not ready took {:?}", start.elapsed());
+    // a pod replaced: new name and address
+    let start = std::time::Instant::now();
+    e.endpoints("myapp-v1", "http", 8080, &[("v1-c", "10.1.0.9", true)]).await;
+    e.wait_config("simple-kanary-rule", "a replaced pod", |c| {
+        c.contains("server v1-c 10.1.0.9:8080") && !c.contains("10.1.0.6")
+    })
+    .await;
+    assert!(start.elapsed().as_millis() < 1000, "a replaced pod took {:?}", start.elapsed());
     eventually(5, "the pods roll on a config change", || async {
         hash(deployments.get("simple-kanary-rule-haproxy").await.unwrap()) != first_hash
     })
@@ -435,22 +488,31 @@ async fn traffic_through_real_haproxy_follows_the_weights() {
     let kanaries = e.kanaries("kanary.k8s.io", "v1");
     let ky = kanary_yaml("kanary.k8s.io/v1", json!([route("v1", 80), route("v2", 20), route("v0", 0)]));
     kanaries.create(&PostParams::default(), &ky).await.unwrap();
-    let config = e
-        .wait_config("simple-kanary-rule", "the config", |c| c.contains("127.0.0.23") && c.contains("127.0.0.31"))
-        .await;
-
     let (listen, stats) =
         (format!("127.0.0.2:{}", free_port("127.0.0.2")), format!("127.0.0.2:{}", free_port("127.0.0.2")));
     let (listen, stats) = (listen.parse().unwrap(), stats.parse().unwrap());
-    let mut proxy = Haproxy::start(&localize(&config, listen, stats), stats).await.unwrap();
-    proxy.wait_servers_up(5).await;
-    let tally = drive(listen, 10_000, 32).await;
-    eprintln!("80/20 with 1 and 3 pods, and a weight-0 route: {tally:?}");
-    assert_eq!(tally.failures, 0, "{tally:?}");
-    assert!((tally.percent("v1") - 80.0).abs() <= 1.5, "{tally:?}");
-    assert!((tally.percent("v2") - 20.0).abs() <= 1.5, "{tally:?}");
-    assert_eq!(tally.answers.get("v0"), None, "a weight-0 route got connections: {tally:?}");
-    proxy.stop().await;
+    for (w1, w2) in [(80, 20), (95, 5), (99, 1)] {
+        let routes = json!([route("v1", w1), route("v2", w2), route("v0", 0)]);
+        kanaries
+            .patch("simple-kanary-rule", &PatchParams::default(), &Patch::Merge(json!({"spec": {"routes": routes}})))
+            .await
+            .unwrap();
+        let rule = format!("lt {w1} }} {{ nbsrv(be_v1) gt 0 }}");
+        let config = e
+            .wait_config("simple-kanary-rule", "the config", |c| {
+                c.contains("127.0.0.23") && c.contains("127.0.0.31") && c.contains(&rule)
+            })
+            .await;
+        let mut proxy = Haproxy::start(&localize(&config, listen, stats), stats).await.unwrap();
+        proxy.wait_servers_up(5).await;
+        let tally = drive(listen, 10_000, 32).await;
+        eprintln!("{w1}/{w2} with 1 and 3 pods, and a weight-0 route: {tally:?}");
+        assert_eq!(tally.failures, 0, "{tally:?}");
+        assert!((tally.percent("v1") - w1 as f64).abs() <= 1.5, "{tally:?}");
+        assert!((tally.percent("v2") - w2 as f64).abs() <= 1.5, "{tally:?}");
+        assert_eq!(tally.answers.get("v0"), None, "a weight-0 route got connections: {tally:?}");
+        proxy.stop().await;
+    }
 
     // a route whose only pod is not ready: it gets nothing, its share goes to the first live route
     kanaries

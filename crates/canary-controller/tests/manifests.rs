@@ -59,6 +59,27 @@ fn crds_and_generated_deployment_pass_kubernetes_validate_strict() {
     std::fs::write(&generated, serde_saphyr::to_string(&build_deployment(&canary, &target)).unwrap()).unwrap();
     validate_strict(&tool, &generated);
     validate_strict(&tool, &Path::new(ROOT).join("config/samples/target_deployment.yaml"));
+
+    // the objects a Kanary owns
+    use canary_controller::kanary::build;
+    let owner: k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference =
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "kanary.k8s.io/v1", "kind": "Kanary", "name": "simple-kanary-rule",
+            "uid": "0b6a2a6c-0000-4000-8000-000000000001", "controller": true
+        }))
+        .unwrap();
+    let options = build::ProxyOptions { image: "haproxy:2.8".into(), replicas: 2 };
+    let config = "global\n";
+    let objects = [
+        serde_saphyr::to_string(&build::build_config_map("simple-kanary-rule", "default", &owner, config)).unwrap(),
+        serde_saphyr::to_string(&build::build_deployment("simple-kanary-rule", "default", &owner, config, &options))
+            .unwrap(),
+        serde_saphyr::to_string(&build::build_service("simple-kanary-rule", "default", &owner, "myapp")).unwrap(),
+    ];
+    let kanary_objects = dir.path().join("kanary-objects.yaml");
+    std::fs::write(&kanary_objects, objects.join("---\n")).unwrap();
+    validate_strict(&tool, &kanary_objects);
+    validate_strict(&tool, &Path::new(ROOT).join("examples/simple-stack.yml"));
 }
 
 #[tokio::test]

@@ -136,6 +136,32 @@ mod tests {
         assert_eq!(rendered, golden, "rendered config differs from testdata/simple-kanary-rule.cfg:\n{rendered}");
     }
 
+    /// Every shape of input renders a config that HAProxy accepts (skipped, with a message, without haproxy).
+    #[test]
+    fn rendered_configs_pass_haproxy_check() {
+        if std::process::Command::new("haproxy").arg("-v").output().is_err() {
+            eprintln!("SKIPPED: haproxy is not installed (scripts/setup.sh installs it)");
+            return;
+        }
+        let many: Vec<RouteBackend> = (0..16)
+            .map(|i| RouteBackend {
+                service: format!("svc-{i}"),
+                weight: if i < 4 { 25 } else { 0 },
+                servers: (0..20).map(|j| server(&format!("pod-{i}-{j}"), &format!("10.{i}.0.{j}"), 8080)).collect(),
+            })
+            .collect();
+        let no_servers = vec![RouteBackend { service: "empty".into(), weight: 100, servers: vec![] }];
+        let dir = std::env::temp_dir().join(format!("haproxy-check-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for (i, routes) in [sample_routes(), many, no_servers].iter().enumerate() {
+            let path = dir.join(format!("{i}.cfg"));
+            std::fs::write(&path, render("ns/name", routes, &ProxySettings::default())).unwrap();
+            let out = std::process::Command::new("haproxy").arg("-c").arg("-f").arg(&path).output().unwrap();
+            assert!(out.status.success(), "haproxy -c rejected case {i}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn rendering_is_deterministic_and_weight_zero_routes_get_no_rule() {
         let a = render("x", &sample_routes(), &ProxySettings::default());
