@@ -6,4 +6,5 @@ pub mod api;
 pub mod canary;
 pub mod conditions;
 pub mod kanary;
+pub mod report;
 pub mod runtime;

@@ -6,20 +6,18 @@
 use super::build::{build_deployment, build_status, canary_deployment_name, conditions};
 use super::validate::{Problem, is_owned_by, validate};
 use crate::api::canary::{Canary, CanaryStatus};
+use crate::report::{FIELD_MANAGER, publish};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::{EventType, Recorder};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use std::sync::Arc;
 use std::time::Duration;
-
-/// The field manager of everything this controller writes.
-pub const FIELD_MANAGER: &str = "canary-controller";
 
 pub struct Context {
     pub client: Client,
@@ -57,7 +55,7 @@ pub async fn reconcile(canary: Arc<Canary>, ctx: Arc<Context>) -> Result<Action,
                     Some(_) => None,
                 };
                 if let Some((reason, note)) = change {
-                    publish(&ctx, &canary, EventType::Normal, reason, note).await;
+                    publish(&ctx.recorder, &canary.object_ref(&()), EventType::Normal, reason, note).await;
                 }
                 owned = Some(applied);
             }
@@ -74,7 +72,7 @@ pub async fn reconcile(canary: Arc<Canary>, ctx: Arc<Context>) -> Result<Action,
     if let Some(p) = &problem
         && ready_reason(canary.status.as_ref()) != Some(p.reason())
     {
-        publish(&ctx, &canary, EventType::Warning, p.reason(), p.message()).await;
+        publish(&ctx.recorder, &canary.object_ref(&()), EventType::Warning, p.reason(), p.message()).await;
     }
     if canary.status.as_ref() != Some(&status) {
         write_status(&ctx.client, &canary, &status).await?;
@@ -95,14 +93,6 @@ async fn write_status(client: &Client, canary: &Canary, status: &CanaryStatus) -
     });
     api.patch_status(&canary.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(body)).await?;
     Ok(())
-}
-
-/// Events are best effort: a failure to record one is logged, never fails the reconcile.
-async fn publish(ctx: &Context, canary: &Canary, type_: EventType, reason: &str, note: String) {
-    let event = Event { type_, reason: reason.into(), note: Some(note), action: "Reconcile".into(), secondary: None };
-    if let Err(e) = ctx.recorder.publish(&event, &canary.object_ref(&())).await {
-        tracing::warn!(canary = %canary.name_any(), error = %e, "cannot record event");
-    }
 }
 
 fn error_policy(canary: Arc<Canary>, error: &Error, _ctx: Arc<Context>) -> Action {
@@ -134,8 +124,7 @@ fn canaries_for(store: &Store<Canary>, deployment: &Deployment) -> Vec<ObjectRef
 
 /// Runs the Canary controller until `shutdown` completes.
 pub async fn run(client: Client, shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static) {
-    let reporter = Reporter { controller: FIELD_MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
-    let ctx = Arc::new(Context { client: client.clone(), recorder: Recorder::new(client.clone(), reporter) });
+    let ctx = Arc::new(Context { client: client.clone(), recorder: crate::report::recorder(client.clone()) });
     let controller = Controller::new(Api::<Canary>::all(client.clone()), watcher::Config::default());
     let store = controller.store();
     controller

@@ -9,6 +9,7 @@ use super::haproxy::{ProxySettings, RouteBackend, render};
 use super::validate::{Problem, parse_and_validate};
 use crate::api::kanary::{KIND, KanarySpec, KanaryStatus};
 use crate::conditions::reason_of;
+use crate::report::{FIELD_MANAGER, publish};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
@@ -17,14 +18,12 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::core::{ApiResource, DynamicObject};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::{EventType, Recorder};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use std::sync::Arc;
 use std::time::Duration;
-
-pub const FIELD_MANAGER: &str = "canary-controller";
 
 pub struct Context {
     pub client: Client,
@@ -88,8 +87,8 @@ pub async fn reconcile(kanary: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<
         match old_config {
             None => {
                 publish(
-                    &ctx,
-                    &kanary,
+                    &ctx.recorder,
+                    &kanary.object_ref(&ctx.resource),
                     EventType::Normal,
                     "ProxyCreated",
                     format!("created the proxy {:?} for Service {:?}", proxy_name(&name), spec.destination),
@@ -102,8 +101,8 @@ pub async fn reconcile(kanary: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<
                     .map(|r| format!("{}={}% ({} servers)", r.service, r.weight, r.servers.len()))
                     .collect();
                 publish(
-                    &ctx,
-                    &kanary,
+                    &ctx.recorder,
+                    &kanary.object_ref(&ctx.resource),
                     EventType::Normal,
                     "ConfigUpdated",
                     format!("proxy configuration updated: {}", split.join(", ")),
@@ -138,7 +137,7 @@ pub async fn reconcile(kanary: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<
     if let Some(p) = &problem
         && reason_of(before, build::conditions::READY) != Some(p.reason())
     {
-        publish(&ctx, &kanary, EventType::Warning, p.reason(), p.message()).await;
+        publish(&ctx.recorder, &kanary.object_ref(&ctx.resource), EventType::Warning, p.reason(), p.message()).await;
     }
     let backends_reason =
         reason_of(&status.conditions, build::conditions::BACKENDS_READY).unwrap_or_default().to_string();
@@ -151,7 +150,7 @@ pub async fn reconcile(kanary: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<
             .find(|c| c.type_ == build::conditions::BACKENDS_READY)
             .map(|c| c.message.clone())
             .unwrap_or_default();
-        publish(&ctx, &kanary, EventType::Warning, &backends_reason, message).await;
+        publish(&ctx.recorder, &kanary.object_ref(&ctx.resource), EventType::Warning, &backends_reason, message).await;
     }
     if previous.as_ref() != Some(&status) {
         let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), &ns, &ctx.resource);
@@ -223,13 +222,6 @@ async fn resolve_routes(
     Ok(Ok((routes, degraded)))
 }
 
-async fn publish(ctx: &Context, kanary: &DynamicObject, type_: EventType, reason: &str, note: String) {
-    let event = Event { type_, reason: reason.into(), note: Some(note), action: "Reconcile".into(), secondary: None };
-    if let Err(e) = ctx.recorder.publish(&event, &kanary.object_ref(&ctx.resource)).await {
-        tracing::warn!(kanary = %kanary.name_any(), error = %e, "cannot record event");
-    }
-}
-
 fn error_policy(kanary: Arc<DynamicObject>, error: &Error, _ctx: Arc<Context>) -> Action {
     tracing::warn!(kanary = %kanary.name_any(), %error, "reconcile failed; retrying");
     Action::requeue(Duration::from_secs(5))
@@ -261,10 +253,9 @@ pub async fn run(
     proxy: ProxyOptions,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let reporter = Reporter { controller: FIELD_MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
     let ctx = Arc::new(Context {
         client: client.clone(),
-        recorder: Recorder::new(client.clone(), reporter),
+        recorder: crate::report::recorder(client.clone()),
         resource: resource.clone(),
         proxy,
     });
