@@ -347,12 +347,26 @@ async fn simple_stack_follows_endpoints_and_weights_and_is_repaired_and_deleted(
     })
     .await;
 
+    // a new destination: the new Service appears, the old one goes
+    kanaries
+        .patch(
+            "simple-kanary-rule",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"destination": "myapp-next"}})),
+        )
+        .await
+        .unwrap();
+    eventually(10, "the Service follows the destination", || async {
+        services.get_opt("myapp-next").await.unwrap().is_some() && services.get_opt("myapp").await.unwrap().is_none()
+    })
+    .await;
+
     // deleting the Kanary removes what it owns
     kanaries.delete("simple-kanary-rule", &DeleteParams::default()).await.unwrap();
     eventually(10, "the owned objects collected", || async {
         cms.get_opt("simple-kanary-rule-config").await.unwrap().is_none()
             && deployments.get_opt("simple-kanary-rule-haproxy").await.unwrap().is_none()
-            && services.get_opt("myapp").await.unwrap().is_none()
+            && services.get_opt("myapp-next").await.unwrap().is_none()
     })
     .await;
     assert!(services.get_opt("myapp-v1").await.unwrap().is_some(), "backend Services are the user's");

@@ -61,7 +61,13 @@ pub async fn reconcile(kanary: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<
     let mut problem = None;
     let mut routes = vec![];
     let mut degraded = vec![];
-    let spec = parse_and_validate(&name, &kanary.data).map_err(|p| problem = Some(p)).ok();
+    let spec = match parse_and_validate(&name, &kanary.data) {
+        Ok(spec) => Some(spec),
+        Err(p) => {
+            problem = Some(p);
+            None
+        }
+    };
     if let Some(spec) = &spec {
         let existing_svc = services.get_opt(&spec.destination).await?;
         problem = not_owned(&uid, &existing_cm, &existing_proxy, &existing_svc, &name, &spec.destination);
@@ -83,6 +89,7 @@ pub async fn reconcile(kanary: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<
         proxy = Some(deployments.patch(&proxy_name(&name), &pp, &Patch::Apply(&dep)).await?);
         let svc = build::build_service(&name, &ns, &owner, &spec.destination);
         services.patch(&spec.destination, &pp, &Patch::Apply(&svc)).await?;
+        remove_old_destinations(&services, &uid, &name, &spec.destination).await?;
         let old_config = existing_cm.as_ref().and_then(|c| c.data.as_ref()).and_then(|d| d.get(build::CONFIG_KEY));
         match old_config {
             None => {
@@ -178,6 +185,21 @@ fn not_owned(
         return Some(Problem::ObjectNotOwned { kind: "Service", name: destination.into() });
     }
     None
+}
+
+/// Deletes the Services this Kanary created for a destination it no longer has.
+async fn remove_old_destinations(
+    services: &Api<Service>,
+    uid: &str,
+    name: &str,
+    destination: &str,
+) -> Result<(), kube::Error> {
+    let ours =
+        services.list(&ListParams::default().labels(&format!("{}={}", build::PROXY_LABEL, proxy_name(name)))).await?;
+    for old in ours.items.iter().filter(|s| owned_by(*s, uid) && s.name_any() != destination) {
+        services.delete(&old.name_any(), &Default::default()).await?;
+    }
+    Ok(())
 }
 
 type Routes = (Vec<RouteBackend>, Vec<(String, &'static str)>);
