@@ -1,0 +1,146 @@
+//! Helpers of the Kanary end-to-end tests: a cluster with the controller running, backend Services and
+//! EndpointSlices (fake-apiserver runs no endpoint controller, so the tests write them), and waits on the
+//! HAProxy config and the conditions.
+
+use super::{Cluster, Process, eventually};
+use k8s_openapi::api::core::v1::{ConfigMap, Event, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::core::DynamicObject;
+use serde_json::{Value, json};
+
+pub const EXAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples");
+
+pub struct Env {
+    pub cluster: Cluster,
+    _controller: Process,
+}
+
+pub async fn env() -> Env {
+    let cluster = Cluster::start().await;
+    cluster.install_crds().await;
+    let mut controller = cluster.spawn_controller();
+    controller.wait_for_log("controllers running").await;
+    Env { cluster, _controller: controller }
+}
+
+impl Env {
+    pub fn api<K>(&self) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+    {
+        Api::namespaced(self.cluster.client.clone(), &self.cluster.namespace)
+    }
+
+    pub fn kanaries(&self, group: &str, version: &str) -> Api<DynamicObject> {
+        let ar = canary_controller::api::kanary::api_resource(group, version);
+        Api::namespaced_with(self.cluster.client.clone(), &self.cluster.namespace, &ar)
+    }
+
+    /// Services myapp-v1 (port `http` 80 -> 8080) and myapp-v2 (9090 -> 8080), as in examples/simple-stack.yml.
+    pub async fn backend_services(&self) {
+        let svc = |name: &str, port: Value| -> Service {
+            serde_json::from_value(
+                json!({"metadata": {"name": name}, "spec": {"selector": {"app": name}, "ports": [port]}}),
+            )
+            .unwrap()
+        };
+        let services: Api<Service> = self.api();
+        services
+            .create(&PostParams::default(), &svc("myapp-v1", json!({"name": "http", "port": 80, "targetPort": 8080})))
+            .await
+            .unwrap();
+        services
+            .create(&PostParams::default(), &svc("myapp-v2", json!({"port": 9090, "targetPort": 8080})))
+            .await
+            .unwrap();
+    }
+
+    /// Writes (creates or replaces) the EndpointSlice of a Service: (pod name, ip, ready) endpoints.
+    pub async fn endpoints(&self, service: &str, port_name: &str, port: i32, pods: &[(&str, &str, bool)]) {
+        let slice: EndpointSlice = serde_json::from_value(json!({
+            "metadata": {"name": format!("{service}-abc"), "labels": {"kubernetes.io/service-name": service}},
+            "addressType": "IPv4",
+            "ports": [{"name": port_name, "port": port, "protocol": "TCP"}],
+            "endpoints": pods.iter().map(|(pod, ip, ready)| json!({
+                "addresses": [ip], "conditions": {"ready": ready}, "targetRef": {"kind": "Pod", "name": pod}
+            })).collect::<Vec<_>>(),
+        }))
+        .unwrap();
+        let slices: Api<EndpointSlice> = self.api();
+        slices
+            .patch(&format!("{service}-abc"), &PatchParams::apply("test").force(), &Patch::Apply(slice))
+            .await
+            .unwrap();
+    }
+
+    pub async fn config(&self, name: &str) -> Option<String> {
+        let cms: Api<ConfigMap> = self.api();
+        cms.get_opt(&format!("{name}-config")).await.unwrap()?.data?.get("haproxy.cfg").cloned()
+    }
+
+    pub async fn wait_config(&self, name: &str, what: &str, check: impl Fn(&str) -> bool) -> String {
+        eventually(10, what, || async { self.config(name).await.is_some_and(|c| check(&c)) }).await;
+        self.config(name).await.unwrap()
+    }
+
+    pub async fn condition(
+        &self,
+        kanaries: &Api<DynamicObject>,
+        name: &str,
+        type_: &str,
+    ) -> Option<(String, String, String)> {
+        let k = kanaries.get(name).await.unwrap();
+        let c = k.data["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == type_)?.clone();
+        Some((c["status"].as_str()?.into(), c["reason"].as_str()?.into(), c["message"].as_str()?.into()))
+    }
+
+    pub async fn wait_condition(
+        &self,
+        kanaries: &Api<DynamicObject>,
+        name: &str,
+        type_: &str,
+        status: &str,
+        reason: &str,
+    ) -> String {
+        let what = format!("{name} condition {type_}={status} ({reason})");
+        eventually(10, &what, || async {
+            self.condition(kanaries, name, type_).await.is_some_and(|(s, r, _)| s == status && r == reason)
+        })
+        .await;
+        self.condition(kanaries, name, type_).await.unwrap().2
+    }
+
+    pub async fn warnings(&self, reason: &str) -> usize {
+        let events: Api<Event> = self.api();
+        let list = events.list(&ListParams::default()).await.unwrap();
+        list.items
+            .iter()
+            .filter(|e| e.type_.as_deref() == Some("Warning") && e.reason.as_deref() == Some(reason))
+            .count()
+    }
+}
+
+/// `haproxy -c` on a rendered config, when haproxy is installed.
+pub fn haproxy_accepts(config: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("haproxy.cfg");
+    std::fs::write(&path, config).unwrap();
+    match std::process::Command::new("haproxy").arg("-c").arg("-f").arg(&path).output() {
+        Ok(out) => {
+            assert!(out.status.success(), "haproxy -c rejected:\n{config}\n{}", String::from_utf8_lossy(&out.stderr))
+        }
+        Err(e) => eprintln!("SKIPPED haproxy -c: haproxy cannot run ({e}); scripts/setup.sh installs it"),
+    }
+}
+
+pub fn kanary_yaml(group_version: &str, routes: Value) -> DynamicObject {
+    serde_json::from_value(
+        json!({"apiVersion": group_version, "kind": "Kanary", "metadata": {"name": "simple-kanary-rule"},
+        "spec": {"destination": "myapp", "routes": routes}}),
+    )
+    .unwrap()
+}
