@@ -21,6 +21,9 @@ enum Command {
         /// Image of the HAProxy pods that Kanaries run (the official image, or one built like it).
         #[arg(long, default_value = "haproxy:2.8", env = "HAPROXY_IMAGE")]
         haproxy_image: String,
+        /// Where /metrics, /healthz and /readyz are served.
+        #[arg(long, default_value = "0.0.0.0:8080", env = "METRICS_ADDRESS")]
+        metrics_address: std::net::SocketAddr,
         /// Replicas of each Kanary's HAProxy Deployment.
         #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(i32).range(1..))]
         haproxy_replicas: i32,
@@ -35,11 +38,11 @@ enum Command {
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run { log_format, haproxy_image, haproxy_replicas } => {
+        Command::Run { log_format, haproxy_image, haproxy_replicas, metrics_address } => {
             runtime::init_logging(log_format);
             let proxy =
                 canary_controller::kanary::build::ProxyOptions { image: haproxy_image, replicas: haproxy_replicas };
-            runtime::run(runtime::RunOptions { proxy }).await
+            runtime::run(runtime::RunOptions { proxy, metrics_address }).await
         }
         Command::Crd => canary_controller::api::crds_yaml().map(|yaml| print!("{yaml}")),
         Command::Version => {

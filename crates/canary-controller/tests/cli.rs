@@ -45,6 +45,7 @@ async fn run_fails_clearly_when_no_api_server_answers() {
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_canary-controller"))
         .arg("run")
         .env("KUBECONFIG", &kubeconfig)
+        .env("METRICS_ADDRESS", "127.0.0.1:0")
         .output()
         .await
         .unwrap();
@@ -78,5 +79,43 @@ async fn run_starts_with_crds_installed_and_stops_on_sigterm() {
     let status = controller.terminate().await;
     assert!(status.success(), "exit status {status}:\n{}", controller.log());
     assert!(controller.log().contains("shutting down"), "{}", controller.log());
+    cluster.cleanup().await;
+}
+
+async fn http_get(address: &str, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(address).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes()).await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}
+
+#[tokio::test]
+async fn run_serves_health_readiness_and_reconcile_metrics() {
+    let cluster = Cluster::start().await;
+    cluster.install_crds().await;
+    let mut controller = cluster.spawn_controller();
+    controller.wait_for_log("controllers running").await;
+    let address = controller.metrics_address();
+    let ok = |response: String| response.lines().next().is_some_and(|status| status.ends_with(" 200 OK"));
+    assert!(ok(http_get(&address, "/healthz").await), "{address}");
+    assert!(ok(http_get(&address, "/readyz").await), "{address}");
+
+    let ar = kube::discovery::ApiResource::erase::<canary_controller::api::canary::Canary>(&());
+    let canaries: kube::Api<kube::core::DynamicObject> =
+        kube::Api::namespaced_with(cluster.client.clone(), &cluster.namespace, &ar);
+    let canary = serde_json::json!({"apiVersion": "canary.k8s.wantedly.com/v1beta1", "kind": "Canary", "metadata": {"name": "c"},
+        "spec": {"targetDeploymentName": "missing", "targetContainers": [{"name": "a", "image": "b"}]}});
+    canaries.create(&Default::default(), &serde_json::from_value(canary).unwrap()).await.unwrap();
+    support::eventually(10, "a counted reconcile", || async {
+        let metrics = http_get(&address, "/metrics").await;
+        metrics
+            .lines()
+            .any(|l| l.starts_with("canary_controller_reconciles_total{controller=\"canary\"}") && !l.ends_with(" 0"))
+    })
+    .await;
+    let metrics = http_get(&address, "/metrics").await;
+    assert!(metrics.contains("canary_controller_reconcile_duration_seconds_bucket{"), "{metrics}");
     cluster.cleanup().await;
 }

@@ -21,6 +21,7 @@ use std::time::Duration;
 
 pub struct Context {
     pub client: Client,
+    pub metrics: Arc<crate::runtime::telemetry::Metrics>,
     pub recorder: Recorder,
 }
 
@@ -30,6 +31,23 @@ pub enum Error {
     Kube(#[from] kube::Error),
     #[error("Canary has no namespace")]
     NoNamespace,
+}
+
+impl Error {
+    /// A stable label for metrics.
+    pub fn category(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "KubeApi",
+            Error::NoNamespace => "NoNamespace",
+        }
+    }
+}
+
+async fn measured_reconcile(canary: Arc<Canary>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let start = std::time::Instant::now();
+    let result = reconcile(canary, ctx.clone()).await;
+    ctx.metrics.record("canary", start, result.as_ref().err().map(Error::category));
+    result
 }
 
 /// Reconciles one Canary.
@@ -123,14 +141,18 @@ fn canaries_for(store: &Store<Canary>, deployment: &Deployment) -> Vec<ObjectRef
 }
 
 /// Runs the Canary controller until `shutdown` completes.
-pub async fn run(client: Client, shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static) {
-    let ctx = Arc::new(Context { client: client.clone(), recorder: crate::report::recorder(client.clone()) });
+pub async fn run(
+    client: Client,
+    metrics: Arc<crate::runtime::telemetry::Metrics>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let ctx = Arc::new(Context { client: client.clone(), metrics, recorder: crate::report::recorder(client.clone()) });
     let controller = Controller::new(Api::<Canary>::all(client.clone()), watcher::Config::default());
     let store = controller.store();
     controller
         .watches(Api::<Deployment>::all(client), watcher::Config::default(), move |d| canaries_for(&store, &d))
         .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx)
+        .run(measured_reconcile, error_policy, ctx)
         .for_each(|result| async move {
             match result {
                 Ok((obj, _)) => tracing::debug!(canary = %obj.name, "reconciled"),

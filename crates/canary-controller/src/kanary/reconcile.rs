@@ -27,6 +27,7 @@ use std::time::Duration;
 
 pub struct Context {
     pub client: Client,
+    pub metrics: Arc<crate::runtime::telemetry::Metrics>,
     pub recorder: Recorder,
     pub resource: ApiResource,
     pub proxy: ProxyOptions,
@@ -42,6 +43,23 @@ pub enum Error {
 
 fn owned_by<K: Resource>(obj: &K, uid: &str) -> bool {
     obj.meta().owner_references.iter().flatten().any(|r| r.controller == Some(true) && r.uid == uid)
+}
+
+impl Error {
+    /// A stable label for metrics.
+    pub fn category(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "KubeApi",
+            Error::Incomplete => "Incomplete",
+        }
+    }
+}
+
+async fn measured_reconcile(kanary: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let start = std::time::Instant::now();
+    let result = reconcile(kanary, ctx.clone()).await;
+    ctx.metrics.record("kanary", start, result.as_ref().err().map(Error::category));
+    result
 }
 
 /// Reconciles one Kanary.
@@ -273,10 +291,12 @@ pub async fn run(
     client: Client,
     resource: ApiResource,
     proxy: ProxyOptions,
+    metrics: Arc<crate::runtime::telemetry::Metrics>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let ctx = Arc::new(Context {
         client: client.clone(),
+        metrics,
         recorder: crate::report::recorder(client.clone()),
         resource: resource.clone(),
         proxy,
@@ -311,7 +331,7 @@ pub async fn run(
             }
         })
         .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx)
+        .run(measured_reconcile, error_policy, ctx)
         .for_each(|result| async move {
             if let Err(e) = result {
                 tracing::debug!(error = %e, "controller event");

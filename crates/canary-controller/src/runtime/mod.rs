@@ -5,6 +5,8 @@ use anyhow::{Context, bail};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::{Api, Client, ResourceExt};
 
+pub mod telemetry;
+
 /// Log output format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
@@ -14,7 +16,11 @@ pub enum LogFormat {
 
 pub fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,kube=warn".into());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -65,22 +71,37 @@ const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 #[derive(Debug, Clone)]
 pub struct RunOptions {
     pub proxy: crate::kanary::build::ProxyOptions,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served.
+    pub metrics_address: std::net::SocketAddr,
 }
 
 /// Runs the operator (the Canary controller and one Kanary controller per API group) until SIGTERM or Ctrl-C.
 pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     use futures::FutureExt;
+    let shutdown = shutdown_signal().shared();
+    let metrics = telemetry::Metrics::new();
+    let listener = tokio::net::TcpListener::bind(options.metrics_address).await.with_context(|| {
+        format!("cannot listen on {} for metrics and health checks (--metrics-address)", options.metrics_address)
+    })?;
+    tracing::info!("serving /metrics, /healthz and /readyz on {}", listener.local_addr()?);
+    tokio::spawn(telemetry::serve(listener, metrics.clone(), shutdown.clone()));
     let client = connect().await?;
     check_crds(&client).await?;
+    metrics.set_ready();
     tracing::info!("connected; CRDs installed; controllers running");
-    let shutdown = shutdown_signal().shared();
     let kanaries = crate::api::kanary::GROUPS.iter().map(|(group, version)| {
         let resource = crate::api::kanary::api_resource(group, version);
-        crate::kanary::reconcile::run(client.clone(), resource, options.proxy.clone(), shutdown.clone())
+        crate::kanary::reconcile::run(
+            client.clone(),
+            resource,
+            options.proxy.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+        )
     });
     let controllers = async {
         futures::join!(
-            crate::canary::reconcile::run(client.clone(), shutdown.clone()),
+            crate::canary::reconcile::run(client.clone(), metrics.clone(), shutdown.clone()),
             futures::future::join_all(kanaries)
         )
     };

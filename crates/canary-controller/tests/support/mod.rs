@@ -73,6 +73,7 @@ impl Cluster {
             .args(args)
             .env("KUBECONFIG", &self.kubeconfig)
             .env("RUST_LOG", "info")
+            .env("METRICS_ADDRESS", "127.0.0.1:0")
             .output()
             .await
             .unwrap()
@@ -84,6 +85,7 @@ impl Cluster {
             .arg("run")
             .env("KUBECONFIG", &self.kubeconfig)
             .env("RUST_LOG", "info")
+            .env("METRICS_ADDRESS", "127.0.0.1:0")
             .stdout(Stdio::null())
             .stderr(Stdio::from(std::fs::File::create(self.dir.path().join("controller.log")).unwrap()))
             .kill_on_drop(true)
@@ -140,6 +142,13 @@ pub struct Process {
 impl Process {
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The address `run` serves /metrics, /healthz and /readyz on, from its log.
+    pub fn metrics_address(&self) -> String {
+        let log = self.log();
+        let line = log.lines().find(|l| l.contains("serving /metrics")).expect("the metrics address is logged");
+        line.rsplit(' ').next().unwrap().trim().to_string()
     }
 
     /// Waits until the log contains `needle`.
