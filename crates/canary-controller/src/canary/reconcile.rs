@@ -44,10 +44,7 @@ impl Error {
 }
 
 async fn measured_reconcile(canary: Arc<Canary>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let start = std::time::Instant::now();
-    let result = reconcile(canary, ctx.clone()).await;
-    ctx.metrics.record("canary", start, result.as_ref().err().map(Error::category));
-    result
+    ctx.metrics.measure("canary", reconcile(canary, ctx.clone()), Error::category).await
 }
 
 /// Reconciles one Canary.

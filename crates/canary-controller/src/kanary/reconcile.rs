@@ -56,10 +56,7 @@ impl Error {
 }
 
 async fn measured_reconcile(kanary: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let start = std::time::Instant::now();
-    let result = reconcile(kanary, ctx.clone()).await;
-    ctx.metrics.record("kanary", start, result.as_ref().err().map(Error::category));
-    result
+    ctx.metrics.measure("kanary", reconcile(kanary, ctx.clone()), Error::category).await
 }
 
 /// Reconciles one Kanary.

@@ -67,6 +67,19 @@ impl Metrics {
         }
     }
 
+    /// Runs a reconcile and records it: count, duration, and failure category.
+    pub async fn measure<T, E>(
+        &self,
+        controller: &str,
+        reconcile: impl Future<Output = Result<T, E>>,
+        category: fn(&E) -> &'static str,
+    ) -> Result<T, E> {
+        let start = Instant::now();
+        let result = reconcile.await;
+        self.record(controller, start, result.as_ref().err().map(category));
+        result
+    }
+
     pub fn set_ready(&self) {
         self.ready.store(true, Ordering::Relaxed);
     }
