@@ -301,6 +301,23 @@ async fn garbage_collection_and_finalizers() {
     cms.patch("held", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"finalizers": null}}))).await.unwrap();
     assert!(cms.get_opt("held").await.unwrap().is_none());
 
+    // foreground propagation: the owner stays (deletionTimestamp, foregroundDeletion) until its dependents are gone
+    let owner = cms.create(&PostParams::default(), &cm("owner", json!({}), json!({}))).await.unwrap();
+    let mut slow = owned_by("slow");
+    slow.metadata.owner_references.as_mut().unwrap()[0].uid = owner.metadata.uid.clone().unwrap();
+    slow.metadata.finalizers = Some(vec!["example.com/hold".into()]);
+    cms.create(&PostParams::default(), &slow).await.unwrap();
+    cms.delete("owner", &DeleteParams::foreground()).await.unwrap();
+    eventually("the dependent is being deleted", || async {
+        cms.get("slow").await.unwrap().metadata.deletion_timestamp.is_some()
+    })
+    .await;
+    let waiting = cms.get("owner").await.unwrap();
+    assert!(waiting.metadata.deletion_timestamp.is_some());
+    assert_eq!(waiting.metadata.finalizers, Some(vec!["foregroundDeletion".to_string()]));
+    cms.patch("slow", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"finalizers": null}}))).await.unwrap();
+    eventually("the owner goes after its dependent", || async { cms.get_opt("owner").await.unwrap().is_none() }).await;
+
     // orphan propagation keeps dependents and removes the owner reference
     let owner = cms.create(&PostParams::default(), &cm("owner", json!({}), json!({}))).await.unwrap();
     let mut orphan = owned_by("orphan");
