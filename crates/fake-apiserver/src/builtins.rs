@@ -7,12 +7,19 @@ use crate::errors::FieldError;
 use crate::selectors::selector_object_matches;
 use serde_json::{Value, json};
 
-fn dns_label_re() -> regex::Regex {
-    regex::Regex::new(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$").expect("static regex")
-}
+use regex::Regex;
+use std::sync::LazyLock;
 
-fn dns_subdomain_re() -> regex::Regex {
-    regex::Regex::new(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$").expect("static regex")
+// Compiled once: admission runs on every write.
+static DNS_LABEL: LazyLock<Regex> = LazyLock::new(|| static_regex(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"));
+static DNS_SUBDOMAIN: LazyLock<Regex> =
+    LazyLock::new(|| static_regex(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"));
+static LABEL_VALUE: LazyLock<Regex> = LazyLock::new(|| static_regex(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"));
+static LABEL_NAME: LazyLock<Regex> = LazyLock::new(|| static_regex(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$"));
+static CONFIG_KEY: LazyLock<Regex> = LazyLock::new(|| static_regex(r"^[-._a-zA-Z0-9]+$"));
+
+fn static_regex(pattern: &str) -> Regex {
+    Regex::new(pattern).expect("static regex")
 }
 
 /// Validates `metadata.name` for a kind: DNS-1123 labels for namespaces and services, subdomains otherwise.
@@ -23,14 +30,14 @@ pub fn validate_name(kind: &str, name: &str) -> Vec<FieldError> {
         return errs;
     }
     if matches!(kind, "Namespace" | "Service") {
-        if name.len() > 63 || !dns_label_re().is_match(name) {
+        if name.len() > 63 || !DNS_LABEL.is_match(name) {
             errs.push(FieldError::invalid(
                 "metadata.name",
                 name,
                 "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (at most 63 characters)",
             ));
         }
-    } else if name.len() > 253 || !dns_subdomain_re().is_match(name) {
+    } else if name.len() > 253 || !DNS_SUBDOMAIN.is_match(name) {
         errs.push(FieldError::invalid(
             "metadata.name",
             name,
@@ -42,17 +49,15 @@ pub fn validate_name(kind: &str, name: &str) -> Vec<FieldError> {
 
 /// Validates label keys and values of `metadata.labels` (any kind).
 pub fn validate_labels(labels: &Value, field: &str) -> Vec<FieldError> {
-    let value_re = regex::Regex::new(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$").expect("static regex");
-    let name_re = regex::Regex::new(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$").expect("static regex");
     let mut errs = vec![];
     for (k, v) in labels.as_object().into_iter().flatten() {
         let name = k.rsplit_once('/').map(|(_, n)| n).unwrap_or(k);
-        let prefix_ok = k.rsplit_once('/').is_none_or(|(p, _)| p.len() <= 253 && dns_subdomain_re().is_match(p));
-        if name.len() > 63 || !name_re.is_match(name) || !prefix_ok {
+        let prefix_ok = k.rsplit_once('/').is_none_or(|(p, _)| p.len() <= 253 && DNS_SUBDOMAIN.is_match(p));
+        if name.len() > 63 || !LABEL_NAME.is_match(name) || !prefix_ok {
             errs.push(FieldError::invalid(field, k, "name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (at most 63 characters)"));
         }
         match v.as_str() {
-            Some(s) if s.len() <= 63 && value_re.is_match(s) => {}
+            Some(s) if s.len() <= 63 && LABEL_VALUE.is_match(s) => {}
             _ => errs.push(FieldError::invalid_detail(
                 &format!("{field}.{k}"),
                 v.to_string(),
@@ -224,10 +229,9 @@ pub fn validate(kind: &str, obj: &Value, old: Option<&Value>) -> Vec<FieldError>
             }
         }
         "ConfigMap" | "Secret" => {
-            let key_re = regex::Regex::new(r"^[-._a-zA-Z0-9]+$").expect("static regex");
             for field in ["data", "binaryData", "stringData"] {
                 for k in obj.get(field).and_then(Value::as_object).into_iter().flat_map(|m| m.keys()) {
-                    if k.len() > 253 || !key_re.is_match(k) {
+                    if k.len() > 253 || !CONFIG_KEY.is_match(k) {
                         errs.push(FieldError::invalid(
                             &format!("{field}[{k}]"),
                             k,

@@ -186,8 +186,9 @@ impl Registry {
 
 /// Kubernetes version priority: GA > beta > alpha, then by number (v2 > v1, v1beta2 > v1beta1).
 pub fn version_priority(v: &str) -> (u8, u32, u32) {
-    let re = regex::Regex::new(r"^v(\d+)(?:(alpha|beta)(\d+))?$").expect("static regex");
-    match re.captures(v) {
+    static VERSION: std::sync::LazyLock<regex::Regex> =
+        std::sync::LazyLock::new(|| regex::Regex::new(r"^v(\d+)(?:(alpha|beta)(\d+))?$").expect("static regex"));
+    match VERSION.captures(v) {
         Some(c) => {
             let major = c[1].parse().unwrap_or(0);
             let minor = c.get(3).map(|m| m.as_str().parse().unwrap_or(0)).unwrap_or(0);

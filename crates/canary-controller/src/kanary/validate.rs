@@ -37,9 +37,11 @@ impl Problem {
     }
 }
 
+/// A Service name (DNS-1035 label).
 fn is_dns_label(s: &str) -> bool {
-    let re = regex::Regex::new(r"^[a-z]([-a-z0-9]*[a-z0-9])?$").expect("static regex");
-    s.len() <= 63 && re.is_match(s)
+    static SERVICE_NAME: std::sync::LazyLock<regex::Regex> =
+        std::sync::LazyLock::new(|| regex::Regex::new(r"^[a-z]([-a-z0-9]*[a-z0-9])?$").expect("static regex"));
+    s.len() <= 63 && SERVICE_NAME.is_match(s)
 }
 
 /// Reads the spec of a Kanary object (either group) and validates it.
