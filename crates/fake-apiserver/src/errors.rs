@@ -107,6 +107,10 @@ impl ApiError {
         }));
         e
     }
+    /// A path that names no served resource (unknown group, version, plural or subresource).
+    pub fn no_such_resource() -> Self {
+        Self::new(404, "NotFound", "the server could not find the requested resource")
+    }
     pub fn method_not_allowed(message: impl Into<String>) -> Self {
         Self::new(405, "MethodNotAllowed", message)
     }

@@ -58,11 +58,11 @@ pub async fn handle(state: Arc<State>, method: Method, uri: Uri, headers: Header
         let doc = discovery::openapi_v3_group_version(&state.inner.lock().expect("lock").registry, &group, &version);
         return match doc {
             Some(d) => ok(&d),
-            None => ApiError::new(404, "NotFound", "the server could not find the requested resource").into_response(),
+            None => ApiError::no_such_resource().into_response(),
         };
     }
     if !(path == "/api" || path.starts_with("/api/") || path == "/apis" || path.starts_with("/apis/")) {
-        return ApiError::new(404, "NotFound", "the server could not find the requested resource").into_response();
+        return ApiError::no_such_resource().into_response();
     }
     match serve_api(&state, &method, &path, &uri, &headers, body).await {
         Ok(r) => r,
@@ -92,17 +92,17 @@ async fn serve_api(
         ["apis", g] => {
             return discovery::group(&state.inner.lock().expect("lock").registry, g)
                 .map(|d| ok(&d))
-                .ok_or_else(|| ApiError::new(404, "NotFound", "the server could not find the requested resource"));
+                .ok_or_else(ApiError::no_such_resource);
         }
         ["api", v, rest @ ..] => ("", Some(*v), rest),
         ["apis", g, v, rest @ ..] => (*g, Some(*v), rest),
-        _ => return Err(ApiError::new(404, "NotFound", "the server could not find the requested resource")),
+        _ => return Err(ApiError::no_such_resource()),
     };
     let version = version.unwrap_or_default();
     if rest.is_empty() {
         return discovery::resource_list(&state.inner.lock().expect("lock").registry, group, version)
             .map(|d| ok(&d))
-            .ok_or_else(|| ApiError::new(404, "NotFound", "the server could not find the requested resource"));
+            .ok_or_else(ApiError::no_such_resource);
     }
     let (ns, plural, name, sub) = match rest {
         ["namespaces", ns, res, tail @ ..] if !matches!(*res, "status" | "finalize") => {
@@ -111,22 +111,18 @@ async fn serve_api(
         [res, tail @ ..] => (None, *res, tail.first().map(|s| s.to_string()), tail.get(1).map(|s| s.to_string())),
         [] => unreachable!("checked above"),
     };
-    let rt = state
-        .inner
-        .lock()
-        .expect("lock")
-        .resource(group, version, plural)
-        .ok_or_else(|| ApiError::new(404, "NotFound", "the server could not find the requested resource"))?;
+    let rt =
+        state.inner.lock().expect("lock").resource(group, version, plural).ok_or_else(ApiError::no_such_resource)?;
     if !rt.namespaced && ns.is_some() {
-        return Err(ApiError::new(404, "NotFound", "the server could not find the requested resource"));
+        return Err(ApiError::no_such_resource());
     }
     if rt.namespaced && ns.is_none() && name.is_some() {
-        return Err(ApiError::new(404, "NotFound", "the server could not find the requested resource"));
+        return Err(ApiError::no_such_resource());
     }
     if let Some(s) = &sub
         && (s != "status" || !rt.has_status)
     {
-        return Err(ApiError::new(404, "NotFound", "the server could not find the requested resource"));
+        return Err(ApiError::no_such_resource());
     }
     let target = Target { rt, ns, name, sub };
     let q = parse_query(uri);
@@ -215,12 +211,11 @@ async fn serve_api(
         }
         "deletecollection" => {
             let opts = delete_options(&q, &parsed);
-            let selector = LabelSelector::parse(q.get("labelSelector").map(String::as_str).unwrap_or_default())
-                .map_err(ApiError::bad_request)?;
+            let filter = Filter::from_query(&q)?;
             let names: Vec<(Option<String>, String)> = inner
                 .store
                 .list(&rt.bucket, ns)
-                .filter(|o| selector.matches(&o["metadata"]["labels"]))
+                .filter(|o| filter.matches(&present(rt, o)))
                 .map(|o| {
                     (
                         o["metadata"]["namespace"].as_str().map(String::from),

@@ -107,6 +107,28 @@ async fn list_with_label_and_field_selectors_and_pages() {
 }
 
 #[tokio::test]
+async fn delete_collection_honours_label_and_field_selectors() {
+    let server = FakeApiServer::start().await.unwrap();
+    let cms: Api<ConfigMap> = Api::namespaced(server.client(), "default");
+    for (name, tier) in [("a", "front"), ("b", "front"), ("c", "back")] {
+        cms.create(&PostParams::default(), &cm(name, json!({"tier": tier}), json!({}))).await.unwrap();
+    }
+    cms.delete_collection(
+        &DeleteParams::default(),
+        &ListParams::default().labels("tier=front").fields("metadata.name=a"),
+    )
+    .await
+    .unwrap();
+    let left: Vec<String> =
+        cms.list(&ListParams::default()).await.unwrap().items.into_iter().map(|c| c.metadata.name.unwrap()).collect();
+    assert_eq!(left, ["b", "c"]);
+    cms.delete_collection(&DeleteParams::default(), &ListParams::default().labels("tier=front")).await.unwrap();
+    let left: Vec<String> =
+        cms.list(&ListParams::default()).await.unwrap().items.into_iter().map(|c| c.metadata.name.unwrap()).collect();
+    assert_eq!(left, ["c"]);
+}
+
+#[tokio::test]
 async fn watch_replays_from_a_resource_version_and_expires_with_410() {
     let server = FakeApiServer::start().await.unwrap();
     let cms: Api<ConfigMap> = Api::namespaced(server.client(), "default");
