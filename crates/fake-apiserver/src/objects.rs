@@ -311,18 +311,7 @@ impl Inner {
                 "the name of the object ({n}) does not match the name on the URL ({name})"
             )));
         }
-        if let Some(uid) = new["metadata"]["uid"].as_str()
-            && Some(uid) != current["metadata"]["uid"].as_str()
-        {
-            return Err(ApiError::conflict(
-                &rt.qualified(),
-                &name,
-                &format!(
-                    "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
-                    current["metadata"]["uid"].as_str().unwrap_or_default()
-                ),
-            ));
-        }
+        check_uid(rt, current, new["metadata"]["uid"].as_str())?;
         let current_stored = stored_shape(rt, current);
         let mut new = stored_shape(rt, &new);
         let part = part_for(rt, status);
@@ -520,18 +509,7 @@ impl Inner {
     ) -> Result<Value, ApiError> {
         let current = self.get(rt, ns, name)?;
         let stored = stored_shape(rt, &current);
-        if let Some(uid) = &opts.precondition_uid
-            && Some(uid.as_str()) != stored["metadata"]["uid"].as_str()
-        {
-            return Err(ApiError::conflict(
-                &rt.qualified(),
-                name,
-                &format!(
-                    "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
-                    stored["metadata"]["uid"].as_str().unwrap_or_default()
-                ),
-            ));
-        }
+        check_uid(rt, &stored, opts.precondition_uid.as_deref())?;
         check_resource_version(rt, &stored, opts.precondition_rv.as_deref())?;
         if opts.dry_run {
             return Ok(current);
@@ -612,6 +590,20 @@ impl Inner {
 
 pub fn owned_by(o: &Value, uid: &str) -> bool {
     o["metadata"]["ownerReferences"].as_array().is_some_and(|refs| refs.iter().any(|r| r["uid"] == uid))
+}
+
+/// A write or delete that names a uid other than the stored object's is a 409 Conflict (the object was
+/// replaced by another of the same name).
+fn check_uid(rt: &ResourceType, current: &Value, requested: Option<&str>) -> Result<(), ApiError> {
+    let actual = current["metadata"]["uid"].as_str().unwrap_or_default();
+    match requested {
+        Some(uid) if uid != actual => Err(ApiError::conflict(
+            &rt.qualified(),
+            current["metadata"]["name"].as_str().unwrap_or_default(),
+            &format!("Precondition failed: UID in precondition: {uid}, UID in object meta: {actual}"),
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// Optimistic concurrency: a write that names a resourceVersion other than the stored one is a 409 Conflict.

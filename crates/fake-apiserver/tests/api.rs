@@ -58,6 +58,28 @@ async fn create_get_update_with_optimistic_concurrency() {
     assert_eq!(code, 409);
     assert!(msg.contains("the object has been modified"), "{msg}");
 
+    // a uid that is not the stored object's: the object was replaced, the write is refused
+    let mut stale = cms.get("a").await.unwrap();
+    stale.metadata.uid = Some("another-uid".into());
+    stale.metadata.resource_version = None;
+    let (code, msg) = api_err(cms.replace("a", &PostParams::default(), &stale).await.unwrap_err());
+    assert!(code == 409 && msg.contains("Precondition failed: UID in precondition: another-uid"), "{msg}");
+    let (code, _) = api_err(
+        cms.delete(
+            "a",
+            &DeleteParams {
+                preconditions: Some(kube::api::Preconditions {
+                    uid: Some("another-uid".into()),
+                    resource_version: None,
+                }),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err(),
+    );
+    assert_eq!(code, 409);
+
     let (code, _) = api_err(cms.get("missing").await.unwrap_err());
     assert_eq!(code, 404);
     let in_missing_ns: Api<ConfigMap> = Api::namespaced(server.client(), "nope");
