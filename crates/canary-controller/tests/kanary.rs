@@ -281,6 +281,9 @@ async fn invalid_updates_are_rejected_or_reported_and_the_last_good_config_keeps
     assert!(message.contains("Service \"myapp-v2\" has no port 7777") && message.contains("9090"), "{message}");
     eventually(5, "a PortNotFound warning event", || async { e.warnings("PortNotFound").await > 0 }).await;
     assert_eq!(e.config("simple-kanary-rule").await.unwrap(), good, "the last good configuration must stay");
+    let status = kanaries.get("simple-kanary-rule").await.unwrap().data["status"].clone();
+    assert_eq!(status["routes"], "myapp-v1=80,myapp-v2=20", "the status reports what the proxy still serves");
+    assert_eq!(status["endpointStatuses"][1]["Ips"], json!(["10.1.0.7:8080"]));
 
     // a backend Service that does not exist: its route gets no traffic, the others keep theirs
     kanaries

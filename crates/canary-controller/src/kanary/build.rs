@@ -137,7 +137,7 @@ pub struct Observation<'a> {
     pub name: &'a str,
     pub generation: Option<i64>,
     pub spec: Option<&'a KanarySpec>,
-    /// The routes as configured now (the last good configuration while a problem holds).
+    /// The routes as configured now (empty while a problem holds: the status then keeps the previous ones).
     pub routes: &'a [RouteBackend],
     pub problem: Option<&'a Problem>,
     /// Routes with weight above 0 and no live server, with why ("Service not found", "no ready endpoint").
@@ -201,6 +201,16 @@ pub fn build_status(o: &Observation, now: &Time) -> KanaryStatus {
     };
     let conditions =
         [ready, backends, conflict].into_iter().map(|c| condition(c, o.generation, previous_conditions, now)).collect();
+    if let (Some(_), Some(prev)) = (o.problem, o.previous) {
+        // the proxy still serves the last good configuration: keep reporting it
+        return KanaryStatus {
+            observed_generation: o.generation,
+            destination_status: prev.destination_status.clone(),
+            endpoint_statuses: prev.endpoint_statuses.clone(),
+            routes: prev.routes.clone(),
+            conditions,
+        };
+    }
     KanaryStatus {
         observed_generation: o.generation,
         destination_status: o.spec.map(|s| DestinationStatus {

@@ -76,6 +76,7 @@ pub async fn reconcile(kanary: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<
     let mut problem = None;
     let mut routes = vec![];
     let mut degraded = vec![];
+    let mut destination_changed = false;
     let spec = match parse_and_validate(&name, &kanary.data) {
         Ok(spec) => Some(spec),
         Err(p) => {
@@ -85,6 +86,11 @@ pub async fn reconcile(kanary: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<
     };
     if let Some(spec) = &spec {
         let existing_svc = services.get_opt(&spec.destination).await?;
+        destination_changed = existing_svc.is_none()
+            || previous
+                .as_ref()
+                .and_then(|p| p.destination_status.as_ref())
+                .is_some_and(|d| d.service_name != spec.destination);
         problem = not_owned(&uid, &existing_cm, &existing_proxy, &existing_svc, &name, &spec.destination);
         if problem.is_none() {
             match resolve_routes(spec, &services, &slices).await? {
@@ -104,7 +110,9 @@ pub async fn reconcile(kanary: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<
         proxy = Some(deployments.patch(&proxy_name(&name), &pp, &Patch::Apply(&dep)).await?);
         let svc = build::build_service(&name, &ns, &owner, &spec.destination);
         services.patch(&spec.destination, &pp, &Patch::Apply(&svc)).await?;
-        remove_old_destinations(&services, &uid, &name, &spec.destination).await?;
+        if destination_changed {
+            remove_old_destinations(&services, &uid, &name, &spec.destination).await?;
+        }
         let old_config = existing_cm.as_ref().and_then(|c| c.data.as_ref()).and_then(|d| d.get(build::CONFIG_KEY));
         match old_config {
             None => {
@@ -146,15 +154,7 @@ pub async fn reconcile(kanary: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<
         proxy: proxy.as_ref(),
         previous: previous.as_ref(),
     };
-    let mut status = build::build_status(&observation, &now);
-    if problem.is_some() {
-        // the proxy still serves the last good configuration: keep reporting it
-        if let Some(prev) = &previous {
-            status.endpoint_statuses = prev.endpoint_statuses.clone();
-            status.routes = prev.routes.clone();
-            status.destination_status = prev.destination_status.clone();
-        }
-    }
+    let status = build::build_status(&observation, &now);
     let before = previous.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
     if let Some(p) = &problem
         && reason_of(before, build::conditions::READY) != Some(p.reason())
