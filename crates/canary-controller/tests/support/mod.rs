@@ -67,25 +67,23 @@ impl Cluster {
         }
     }
 
+    /// The canary-controller binary, pointed at this cluster, serving metrics on a free loopback port.
+    fn controller_command(&self) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_canary-controller"));
+        cmd.env("KUBECONFIG", &self.kubeconfig).env("RUST_LOG", "info").env("METRICS_ADDRESS", "127.0.0.1:0");
+        cmd
+    }
+
     /// Runs the canary-controller binary with this cluster's kubeconfig to completion.
     pub async fn controller(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_canary-controller"))
-            .args(args)
-            .env("KUBECONFIG", &self.kubeconfig)
-            .env("RUST_LOG", "info")
-            .env("METRICS_ADDRESS", "127.0.0.1:0")
-            .output()
-            .await
-            .unwrap()
+        self.controller_command().args(args).output().await.unwrap()
     }
 
     /// Starts `canary-controller run` in the background; it is stopped when the guard drops.
     pub fn spawn_controller(&self) -> Process {
-        let child = Command::new(env!("CARGO_BIN_EXE_canary-controller"))
+        let child = self
+            .controller_command()
             .arg("run")
-            .env("KUBECONFIG", &self.kubeconfig)
-            .env("RUST_LOG", "info")
-            .env("METRICS_ADDRESS", "127.0.0.1:0")
             .stdout(Stdio::null())
             .stderr(Stdio::from(std::fs::File::create(self.dir.path().join("controller.log")).unwrap()))
             .kill_on_drop(true)
