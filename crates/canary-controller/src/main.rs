@@ -27,6 +27,8 @@ enum Command {
         /// Replicas of each Kanary's HAProxy Deployment.
         #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(i32).range(1..))]
         haproxy_replicas: i32,
+        #[command(flatten)]
+        leader_election: LeaderElectionArgs,
     },
     /// Print the CustomResourceDefinitions as YAML (`canary-controller crd | kubectl apply --server-side -f -`).
     Crd,
@@ -34,15 +36,48 @@ enum Command {
     Version,
 }
 
+/// Leader election: with several replicas, the holder of a Lease runs the controllers.
+#[derive(clap::Args)]
+struct LeaderElectionArgs {
+    /// Compete for a Lease and run the controllers only while holding it (`--leader-election=false` for one
+    /// replica without a Lease).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    leader_election: bool,
+    /// Name of the Lease.
+    #[arg(long, default_value = "canary-controller-leader")]
+    leader_election_lease: String,
+    /// Namespace of the Lease [default: the pod's namespace, or the kubeconfig context's].
+    #[arg(long, env = "POD_NAMESPACE")]
+    leader_election_namespace: Option<String>,
+    /// This replica's identity in the Lease [default: HOSTNAME and process id].
+    #[arg(long, env = "POD_NAME")]
+    leader_election_identity: Option<String>,
+    /// Seconds a leader's Lease stays valid without renewal: how long a standby waits after the leader dies.
+    #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(2..=3600))]
+    lease_duration: u64,
+}
+
+impl LeaderElectionArgs {
+    fn settings(self) -> Option<runtime::leader::LeaderElection> {
+        self.leader_election.then(|| runtime::leader::LeaderElection {
+            lease_name: self.leader_election_lease,
+            namespace: self.leader_election_namespace,
+            identity: self.leader_election_identity.unwrap_or_else(runtime::leader::LeaderElection::default_identity),
+            lease_duration_seconds: self.lease_duration,
+        })
+    }
+}
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run { log_format, haproxy_image, haproxy_replicas, metrics_address } => {
+        Command::Run { log_format, haproxy_image, haproxy_replicas, metrics_address, leader_election } => {
             runtime::init_logging(log_format);
             let proxy =
                 canary_controller::kanary::build::ProxyOptions { image: haproxy_image, replicas: haproxy_replicas };
-            runtime::run(runtime::RunOptions { proxy, metrics_address }).await
+            let leader_election = leader_election.settings();
+            runtime::run(runtime::RunOptions { proxy, metrics_address, leader_election }).await
         }
         Command::Crd => canary_controller::api::crds_yaml().map(|yaml| print!("{yaml}")),
         Command::Version => {

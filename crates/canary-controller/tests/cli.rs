@@ -83,12 +83,7 @@ async fn run_starts_with_crds_installed_and_stops_on_sigterm() {
 }
 
 async fn http_get(address: &str, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(address).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes()).await.unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    out
+    support::http_get(address, path).await.expect("the metrics server answers")
 }
 
 #[tokio::test]

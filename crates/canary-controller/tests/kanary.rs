@@ -184,6 +184,11 @@ async fn simple_stack_follows_endpoints_and_weights_and_is_repaired_and_deleted(
     let config =
         e.wait_config("simple-kanary-rule", "new weights", |c| c.contains("lt 50 } { nbsrv(be_myapp-v1) gt 0 }")).await;
     haproxy_accepts(&config);
+    eventually(10, "the served weights in /metrics", || async {
+        e.route_weight("kanary.k8s.io", "simple-kanary-rule", "myapp-v1").await == Some(50.0)
+            && e.route_weight("kanary.k8s.io", "simple-kanary-rule", "myapp-v2").await == Some(50.0)
+    })
+    .await;
 
     // objects changed or deleted by hand are repaired
     let cms: Api<ConfigMap> = e.api();

@@ -146,6 +146,7 @@ pub async fn run(
     let ctx = Arc::new(Context { client: client.clone(), metrics, recorder: crate::report::recorder(client.clone()) });
     let controller = Controller::new(Api::<Canary>::all(client.clone()), watcher::Config::default());
     let store = controller.store();
+    ctx.metrics.observe_canaries(store.clone());
     controller
         .watches(Api::<Deployment>::all(client), watcher::Config::default(), move |d| canaries_for(&store, &d))
         .graceful_shutdown_on(shutdown)

@@ -303,6 +303,7 @@ pub async fn run(
         watcher::Config::default(),
         resource.clone(),
     );
+    ctx.metrics.observe_kanaries(&resource.group, controller.store());
     let (store, ar) = (controller.store(), resource.clone());
     let (store2, ar2) = (controller.store(), resource.clone());
     controller

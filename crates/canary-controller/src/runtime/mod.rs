@@ -5,6 +5,7 @@ use anyhow::{Context, bail};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::{Api, Client, ResourceExt};
 
+pub mod leader;
 pub mod telemetry;
 
 /// Log output format.
@@ -73,9 +74,12 @@ pub struct RunOptions {
     pub proxy: crate::kanary::build::ProxyOptions,
     /// Where `/metrics`, `/healthz` and `/readyz` are served.
     pub metrics_address: std::net::SocketAddr,
+    /// `None` runs the controllers at once, without leader election (a single replica).
+    pub leader_election: Option<leader::LeaderElection>,
 }
 
-/// Runs the operator (the Canary controller and one Kanary controller per API group) until SIGTERM or Ctrl-C.
+/// Runs the operator (the Canary controller and one Kanary controller per API group) until SIGTERM or Ctrl-C,
+/// or until this replica loses the leader Lease (an error: the process exits and restarts as a standby).
 pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     use futures::FutureExt;
     let shutdown = shutdown_signal().shared();
@@ -88,34 +92,67 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     let client = connect().await?;
     check_crds(&client).await?;
     metrics.set_ready();
+
+    let mut leadership = None;
+    if let Some(settings) = &options.leader_election {
+        let mut election = leader::Leadership::start(client.clone(), settings).await?;
+        tracing::info!(lease = election.lease(), identity = %settings.identity, "waiting to become the leader");
+        tokio::select! {
+            acquired = election.acquired() => acquired?,
+            _ = shutdown.clone() => {
+                election.release().await;
+                return Ok(());
+            }
+        }
+        tracing::info!(lease = election.lease(), identity = %settings.identity, "became the leader");
+        leadership = Some(election);
+    }
+    metrics.set_leader(true);
+    let lost = match &leadership {
+        Some(election) => election.lost().boxed(),
+        None => futures::future::pending().boxed(),
+    };
+    let stop = futures::future::select(shutdown.clone(), lost).map(|_| ()).shared();
     tracing::info!("connected; CRDs installed; controllers running");
+    run_controllers(&client, &options, &metrics, stop).await;
+    metrics.set_leader(false);
+    match leadership {
+        Some(election) if !election.is_leader() => {
+            bail!("lost the leader Lease {}: controllers stopped; exiting to restart as a standby", election.lease())
+        }
+        Some(election) => election.release().await,
+        None => {}
+    }
+    Ok(())
+}
+
+/// Runs the controllers until `stop` completes; in-flight reconciles then get [`SHUTDOWN_GRACE`].
+async fn run_controllers(
+    client: &Client,
+    options: &RunOptions,
+    metrics: &std::sync::Arc<telemetry::Metrics>,
+    stop: impl Future<Output = ()> + Clone + Send + Sync + 'static,
+) {
     let kanaries = crate::api::kanary::GROUPS.iter().map(|(group, version)| {
         let resource = crate::api::kanary::api_resource(group, version);
-        crate::kanary::reconcile::run(
-            client.clone(),
-            resource,
-            options.proxy.clone(),
-            metrics.clone(),
-            shutdown.clone(),
-        )
+        crate::kanary::reconcile::run(client.clone(), resource, options.proxy.clone(), metrics.clone(), stop.clone())
     });
     let controllers = async {
         futures::join!(
-            crate::canary::reconcile::run(client.clone(), metrics.clone(), shutdown.clone()),
+            crate::canary::reconcile::run(client.clone(), metrics.clone(), stop.clone()),
             futures::future::join_all(kanaries)
         )
     };
     // In-flight reconciles get a grace period; a controller still starting up when the signal comes can
     // otherwise keep waiting (seen with kube-runtime 5 when SIGTERM arrives during the initial lists).
     let grace = async {
-        shutdown.clone().await;
+        stop.clone().await;
         tokio::time::sleep(SHUTDOWN_GRACE).await;
     };
     tokio::select! {
-        _ = controllers => tracing::info!("shutting down"),
+        _ = controllers => tracing::info!("shutting down: controllers stopped"),
         _ = grace => tracing::warn!("shutting down: controllers did not stop within {SHUTDOWN_GRACE:?}"),
     }
-    Ok(())
 }
 
 async fn shutdown_signal() {

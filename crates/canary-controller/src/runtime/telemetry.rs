@@ -1,18 +1,28 @@
 //! Metrics of the controllers (prometheus-client) and the HTTP endpoints that serve them with the health
 //! checks: `/metrics`, `/healthz` (the process answers), `/readyz` (connected, CRDs installed, controllers
-//! running).
+//! running), and the gauges read from the controllers' caches at each scrape: objects managed, Kanary weights,
+//! leadership.
 
+use crate::api::canary::Canary;
+use crate::api::kanary::KanaryStatus;
 use axum::Router;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
+use kube::ResourceExt;
+use kube::core::DynamicObject;
+use kube::runtime::reflector::Store;
+use prometheus_client::collector::Collector;
 use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -35,6 +45,87 @@ pub struct Metrics {
     duration: HistogramFamily,
     registry: Registry,
     ready: AtomicBool,
+    caches: Arc<Caches>,
+}
+
+/// The controllers' caches of the custom resources they reconcile (empty on a standby), read at each scrape.
+#[derive(Default)]
+struct Caches {
+    leader: AtomicBool,
+    canaries: Mutex<Option<Store<Canary>>>,
+    /// By API group.
+    kanaries: Mutex<Vec<(String, Store<DynamicObject>)>>,
+}
+
+impl std::fmt::Debug for Caches {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Caches").finish_non_exhaustive()
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResourceLabels {
+    resource: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    group: String,
+    namespace: String,
+    kanary: String,
+    service: String,
+}
+
+impl Collector for Caches {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let leader = ConstGauge::new(i64::from(self.leader.load(Ordering::Relaxed)));
+        leader.encode(encoder.encode_descriptor(
+            "leader",
+            "1 while this replica holds the leader Lease and runs the controllers",
+            None,
+            MetricType::Gauge,
+        )?)?;
+
+        let canaries = self.canaries.lock().expect("metrics lock").clone();
+        let kanaries = self.kanaries.lock().expect("metrics lock").clone();
+        let mut managed = encoder.encode_descriptor(
+            "managed_objects",
+            "Custom resources the controllers reconcile, by resource",
+            None,
+            MetricType::Gauge,
+        )?;
+        if let Some(store) = &canaries {
+            let labels = ResourceLabels { resource: "canaries.canary.k8s.wantedly.com".into() };
+            ConstGauge::new(store.len() as i64).encode(managed.encode_family(&labels)?)?;
+        }
+        for (group, store) in &kanaries {
+            let labels = ResourceLabels { resource: format!("kanaries.{group}") };
+            ConstGauge::new(store.len() as i64).encode(managed.encode_family(&labels)?)?;
+        }
+
+        let mut weights = encoder.encode_descriptor(
+            "kanary_route_weight",
+            "Weight (percent) of each route of a Kanary in the configuration its proxy serves",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (group, store) in &kanaries {
+            for kanary in store.state() {
+                let Some(status) = kanary.data.get("status") else { continue };
+                let Ok(status) = serde_json::from_value::<KanaryStatus>(status.clone()) else { continue };
+                for route in status.endpoint_statuses {
+                    let labels = RouteLabels {
+                        group: group.clone(),
+                        namespace: kanary.namespace().unwrap_or_default(),
+                        kanary: kanary.name_any(),
+                        service: route.service_name,
+                    };
+                    ConstGauge::new(route.weight).encode(weights.encode_family(&labels)?)?;
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 fn duration_histogram() -> Histogram {
@@ -54,7 +145,9 @@ impl Metrics {
             failures.clone(),
         );
         registry.register("reconcile_duration_seconds", "Time a reconcile took, by controller", duration.clone());
-        Arc::new(Metrics { reconciles, failures, duration, registry, ready: AtomicBool::new(false) })
+        let caches = Arc::new(Caches::default());
+        registry.register_collector(Box::new(caches.clone()));
+        Arc::new(Metrics { reconciles, failures, duration, registry, ready: AtomicBool::new(false), caches })
     }
 
     /// Records one reconcile of `controller` that started at `start`; `error` is its category when it failed.
@@ -78,6 +171,24 @@ impl Metrics {
         let result = reconcile.await;
         self.record(controller, start, result.as_ref().err().map(category));
         result
+    }
+
+    /// Reports the Canaries the Canary controller reconciles (its cache).
+    pub fn observe_canaries(&self, store: Store<Canary>) {
+        *self.caches.canaries.lock().expect("metrics lock") = Some(store);
+    }
+
+    /// Reports the Kanaries of an API group that its controller reconciles (its cache).
+    pub fn observe_kanaries(&self, group: &str, store: Store<DynamicObject>) {
+        self.caches.kanaries.lock().expect("metrics lock").push((group.into(), store));
+    }
+
+    pub fn set_leader(&self, leader: bool) {
+        self.caches.leader.store(leader, Ordering::Relaxed);
+        if !leader {
+            *self.caches.canaries.lock().expect("metrics lock") = None;
+            self.caches.kanaries.lock().expect("metrics lock").clear();
+        }
     }
 
     pub fn set_ready(&self) {

@@ -13,7 +13,7 @@ pub const EXAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples"
 
 pub struct Env {
     pub cluster: Cluster,
-    _controller: Process,
+    pub controller: Process,
 }
 
 pub async fn env() -> Env {
@@ -21,7 +21,7 @@ pub async fn env() -> Env {
     cluster.install_crds().await;
     let mut controller = cluster.spawn_controller();
     controller.wait_for_log("controllers running").await;
-    Env { cluster, _controller: controller }
+    Env { cluster, controller }
 }
 
 impl Env {
@@ -75,6 +75,13 @@ impl Env {
             .patch(&format!("{service}-abc"), &PatchParams::apply("test").force(), &Patch::Apply(slice))
             .await
             .unwrap();
+    }
+
+    /// The weight of a route of a Kanary as the controller's `/metrics` reports it.
+    pub async fn route_weight(&self, group: &str, kanary: &str, service: &str) -> Option<f64> {
+        let ns = &self.cluster.namespace;
+        let labels = format!("group=\"{group}\",namespace=\"{ns}\",kanary=\"{kanary}\",service=\"{service}\"");
+        self.controller.metric(&format!("canary_controller_kanary_route_weight{{{labels}}}")).await
     }
 
     pub async fn config(&self, name: &str) -> Option<String> {

@@ -71,6 +71,8 @@ impl Cluster {
     fn controller_command(&self) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_canary-controller"));
         cmd.env("KUBECONFIG", &self.kubeconfig).env("RUST_LOG", "info").env("METRICS_ADDRESS", "127.0.0.1:0");
+        // the leader election Lease lives in the test's namespace, so that tests sharing a cluster do not compete
+        cmd.env("POD_NAMESPACE", &self.namespace);
         cmd
     }
 
@@ -81,15 +83,22 @@ impl Cluster {
 
     /// Starts `canary-controller run` in the background; it is stopped when the guard drops.
     pub fn spawn_controller(&self) -> Process {
+        self.spawn_controller_with("controller", &[])
+    }
+
+    /// Starts `canary-controller run ARGS...`, logging to `<name>.log`; it is killed when the guard drops.
+    pub fn spawn_controller_with(&self, name: &str, args: &[&str]) -> Process {
+        let log = self.dir.path().join(format!("{name}.log"));
         let child = self
             .controller_command()
             .arg("run")
+            .args(args)
             .stdout(Stdio::null())
-            .stderr(Stdio::from(std::fs::File::create(self.dir.path().join("controller.log")).unwrap()))
+            .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
             .kill_on_drop(true)
             .spawn()
             .unwrap();
-        Process { child, log: self.dir.path().join("controller.log") }
+        Process { child, log }
     }
 
     pub async fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> Option<Output> {
@@ -167,14 +176,36 @@ impl Process {
     pub async fn terminate(&mut self) -> std::process::ExitStatus {
         let pid = self.child.id().expect("running").to_string();
         Command::new("kill").args(["-TERM", &pid]).status().await.unwrap();
-        for _ in 0..200 {
+        self.exited(10).await.unwrap_or_else(|| panic!("canary-controller did not stop on SIGTERM:\n{}", self.log()))
+    }
+
+    /// Waits up to `secs` seconds for the process to exit.
+    pub async fn exited(&mut self, secs: u64) -> Option<std::process::ExitStatus> {
+        for _ in 0..secs * 20 {
             if let Ok(Some(status)) = self.child.try_wait() {
-                return status;
+                return Some(status);
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!("canary-controller did not stop on SIGTERM:\n{}", self.log());
+        None
     }
+
+    /// Fetches `/metrics` and returns the value of the sample whose line starts with `series` (name and labels).
+    pub async fn metric(&self, series: &str) -> Option<f64> {
+        let text = http_get(&self.metrics_address(), "/metrics").await?;
+        let (_, text) = text.split_once("\r\n\r\n")?;
+        text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    }
+}
+
+/// A plain HTTP/1.0 GET on loopback: the whole response (status line, headers, body), or None if nothing answered.
+pub async fn http_get(address: &str, path: &str) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address).await.ok()?;
+    stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n").as_bytes()).await.ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.ok()?;
+    Some(response)
 }
 
 fn uuid_like() -> String {
