@@ -5,6 +5,9 @@
 //! - `POST /fake/latency?ms=N` delays every API request
 //! - `POST /fake/drop-watches`, `POST /fake/expire-watches` (history compacted: resuming gets 410)
 //! - `GET /fake/counters`, `DELETE /fake/counters`
+//! - `POST /fake/tokens?token=T&user=U[&groups=G1,G2]` registers a bearer token (see `rbac`)
+//! - `POST /fake/rbac?enforce=true|false` turns RBAC enforcement on or off
+//! - `GET /fake/rbac-usage?user=U`: the requests U made, as `verb group resource` lines
 
 use crate::State;
 use axum::http::{Method, StatusCode};
@@ -40,6 +43,23 @@ pub async fn handle(state: &Arc<State>, method: &Method, path: &str, q: &HashMap
         ("DELETE", "counters") => {
             state.reset_counters();
             (StatusCode::OK, "ok\n").into_response()
+        }
+        ("POST", "tokens") => match (q.get("token"), q.get("user")) {
+            (Some(token), Some(user)) => {
+                let groups: Vec<&str> = q.get("groups").map(|g| g.split(',').collect()).unwrap_or_default();
+                state.rbac.add_token(token, user, &groups);
+                (StatusCode::OK, "ok\n").into_response()
+            }
+            _ => (StatusCode::BAD_REQUEST, "token and user are required\n").into_response(),
+        },
+        ("POST", "rbac") => {
+            state.rbac.set_enforce(q.get("enforce").is_some_and(|e| e == "true"));
+            (StatusCode::OK, "ok\n").into_response()
+        }
+        ("GET", "rbac-usage") => {
+            let usage = state.rbac.usage(q.get("user").map(String::as_str).unwrap_or_default());
+            let lines: String = usage.iter().map(|u| format!("{} {} {}\n", u.verb, u.group, u.resource)).collect();
+            (StatusCode::OK, lines).into_response()
         }
         _ => (StatusCode::NOT_FOUND, "unknown fake-apiserver control\n").into_response(),
     }

@@ -3,6 +3,7 @@
 
 use crate::errors::ApiError;
 use crate::objects::{DeleteOptions, PatchBody, WriteOptions, present};
+use crate::rbac::{Attributes, User};
 use crate::registry::ResourceType;
 use crate::selectors::{FieldSelector, LabelSelector};
 use crate::store::{Change, ChangeType};
@@ -64,7 +65,11 @@ pub async fn handle(state: Arc<State>, method: Method, uri: Uri, headers: Header
     if !(path == "/api" || path.starts_with("/api/") || path == "/apis" || path.starts_with("/apis/")) {
         return ApiError::no_such_resource().into_response();
     }
-    match serve_api(&state, &method, &path, &uri, &headers, body).await {
+    let user = match state.rbac.authenticate(headers.get("authorization").and_then(|a| a.to_str().ok())) {
+        Ok(user) => user,
+        Err(e) => return e.into_response(),
+    };
+    match serve_api(&state, &user, &method, &path, &uri, &headers, body).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     }
@@ -79,6 +84,7 @@ struct Target {
 
 async fn serve_api(
     state: &Arc<State>,
+    user: &User,
     method: &Method,
     path: &str,
     uri: &Uri,
@@ -142,6 +148,17 @@ async fn serve_api(
         None => target.rt.qualified(),
     };
     state.count(verb, &counted);
+    let request = Attributes {
+        verb: verb.into(),
+        group: target.rt.group.clone(),
+        resource: match &target.sub {
+            Some(s) => format!("{}/{s}", target.rt.plural),
+            None => target.rt.plural.clone(),
+        },
+        namespace: target.ns.clone(),
+        name: target.name.clone(),
+    };
+    state.rbac.authorize(&state.inner.lock().expect("lock"), user, &request)?;
     if let Some(err) = state.faults.take_failure().await {
         return Err(err);
     }
@@ -195,6 +212,11 @@ async fn serve_api(
                 return Err(ApiError::bad_request("PATCH /apply requests require fieldManager"));
             }
             let existed = inner.get(rt, ns, &name).is_ok();
+            if !existed {
+                // an apply that creates the object needs `create` too, as on a real server
+                let create = Attributes { verb: "create".into(), ..request };
+                state.rbac.authorize(&inner, user, &create)?;
+            }
             inner
                 .server_side_apply(rt, ns, &name, &parsed, status, &opts)
                 .map(|o| (if existed { StatusCode::OK } else { StatusCode::CREATED }, o))

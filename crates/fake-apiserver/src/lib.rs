@@ -17,6 +17,7 @@ pub mod gc;
 pub mod http;
 pub mod objects;
 pub mod patch;
+pub mod rbac;
 pub mod registry;
 pub mod schema;
 pub mod selectors;
@@ -78,6 +79,8 @@ pub struct State {
     pub watch_epoch: watch::Sender<u64>,
     /// Wakes the garbage collector.
     pub gc: Arc<Notify>,
+    /// Bearer tokens, RBAC enforcement and the record of what each user did.
+    pub rbac: rbac::Rbac,
 }
 
 impl State {
@@ -141,6 +144,7 @@ impl FakeApiServer {
             counters: Mutex::new(BTreeMap::new()),
             watch_epoch,
             gc: Arc::new(Notify::new()),
+            rbac: rbac::Rbac::default(),
         });
         tokio::spawn(run_gc(Arc::downgrade(&state)));
         let (connections, _) = watch::channel(0);
@@ -195,6 +199,11 @@ impl FakeApiServer {
     /// A kubeconfig that points kubectl or kube-rs at this server.
     pub fn kubeconfig(&self) -> String {
         kubeconfig_for(&self.url())
+    }
+
+    /// A kubeconfig that authenticates with a bearer token (registered with `state().rbac.add_token`).
+    pub fn kubeconfig_with_token(&self, token: &str) -> String {
+        kubeconfig_with_token(&self.url(), token)
     }
 
     /// A kube-rs client for this server.
@@ -259,8 +268,18 @@ async fn run_gc(state: std::sync::Weak<State>) {
     }
 }
 
+/// A kubeconfig for the server at `url`, as the cluster admin (no token).
 pub fn kubeconfig_for(url: &str) -> String {
+    kubeconfig_with_user(url, "{}")
+}
+
+/// A kubeconfig for the server at `url` that authenticates with a bearer token (see [`rbac::Rbac::add_token`]).
+pub fn kubeconfig_with_token(url: &str, token: &str) -> String {
+    kubeconfig_with_user(url, &format!("{{token: {token:?}}}"))
+}
+
+fn kubeconfig_with_user(url: &str, user: &str) -> String {
     format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {url}\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\n    namespace: default\ncurrent-context: fake\nusers:\n- name: fake\n  user: {{}}\n"
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {url}\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\n    namespace: default\ncurrent-context: fake\nusers:\n- name: fake\n  user: {user}\n"
     )
 }

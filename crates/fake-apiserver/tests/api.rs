@@ -405,3 +405,72 @@ async fn events_are_served_in_both_apis() {
     assert_eq!(listed.items.len(), 1);
     assert_eq!(listed.items[0].message.as_deref(), Some("made it"));
 }
+
+#[tokio::test]
+async fn rbac_enforcement_allows_what_roles_grant_and_denies_the_rest_like_the_real_server() {
+    let server = FakeApiServer::start().await.unwrap();
+    let admin = server.client();
+    let rbac = &server.state().rbac;
+    rbac.add_token("t", "system:serviceaccount:team:app", &[]);
+    let as_app = {
+        let kc = kube::config::Kubeconfig::from_yaml(&server.kubeconfig_with_token("t")).unwrap();
+        let config = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.unwrap();
+        kube::Client::try_from(config).unwrap()
+    };
+    let apply = |v: Value| async {
+        let kind = v["kind"].as_str().unwrap().to_string();
+        let ar = ApiResource::from_gvk(&GroupVersionKind::gvk("rbac.authorization.k8s.io", "v1", &kind));
+        let api: Api<DynamicObject> = match v["metadata"]["namespace"].as_str() {
+            Some(ns) => Api::namespaced_with(admin.clone(), ns, &ar),
+            None => Api::all_with(admin.clone(), &ar),
+        };
+        let name = v["metadata"]["name"].as_str().unwrap().to_string();
+        api.patch(&name, &PatchParams::apply("t"), &Patch::Apply(v)).await.unwrap();
+    };
+    apply(
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": "cm-reader"},
+        "rules": [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "patch"]}]}),
+    )
+    .await;
+    // bound in namespace "default" only, to a service account given without namespace (the binding's)
+    apply(json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": "b", "namespace": "default"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cm-reader"},
+        "subjects": [{"kind": "ServiceAccount", "name": "app", "namespace": "team"}]}))
+    .await;
+    Api::<ConfigMap>::namespaced(admin.clone(), "default")
+        .create(&PostParams::default(), &cm("one", json!({}), json!({})))
+        .await
+        .unwrap();
+
+    // off: everything is allowed, and recorded
+    let app_cms: Api<ConfigMap> = Api::namespaced(as_app.clone(), "default");
+    app_cms.list(&ListParams::default()).await.unwrap();
+    rbac.set_enforce(true);
+    app_cms.get("one").await.unwrap();
+    let (code, message) = api_err(app_cms.list(&ListParams::default()).await.unwrap_err());
+    assert_eq!(code, 403);
+    assert_eq!(
+        message,
+        "configmaps is forbidden: User \"system:serviceaccount:team:app\" cannot list resource \"configmaps\" in API group \"\" in the namespace \"default\""
+    );
+    let elsewhere: Api<ConfigMap> = Api::namespaced(as_app.clone(), "kube-system");
+    assert_eq!(api_err(elsewhere.get_opt("one").await.unwrap_err()).0, 403);
+    // an apply on an existing object needs patch; one that creates needs create as well
+    let pp = PatchParams::apply("app");
+    app_cms.patch("one", &pp, &Patch::Apply(cm("one", json!({}), json!({"a": "b"})))).await.unwrap();
+    let (code, message) =
+        api_err(app_cms.patch("two", &pp, &Patch::Apply(cm("two", json!({}), json!({})))).await.unwrap_err());
+    assert_eq!(code, 403);
+    assert!(message.contains("cannot create resource \"configmaps\""), "{message}");
+    // the admin (no token) is never checked; an unknown token is 401
+    Api::<ConfigMap>::namespaced(admin.clone(), "kube-system").list(&ListParams::default()).await.unwrap();
+    let stranger = {
+        let kc = kube::config::Kubeconfig::from_yaml(&server.kubeconfig_with_token("nope")).unwrap();
+        kube::Client::try_from(kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.unwrap()).unwrap()
+    };
+    assert_eq!(api_err(Api::<ConfigMap>::all(stranger).list(&ListParams::default()).await.unwrap_err()).0, 401);
+
+    let usage: Vec<String> =
+        rbac.usage("system:serviceaccount:team:app").iter().map(|u| format!("{} {}", u.verb, u.resource)).collect();
+    assert_eq!(usage, ["create configmaps", "get configmaps", "list configmaps", "patch configmaps"]);
+}

@@ -20,7 +20,11 @@ use tokio::process::{Child, Command};
 pub struct Cluster {
     pub fake: Option<FakeApiServer>,
     pub dir: tempfile::TempDir,
+    /// The admin's kubeconfig (kubectl and the test's own client use it).
     pub kubeconfig: PathBuf,
+    /// The controller's kubeconfig: on fake-apiserver, the controller's service account, held to the RBAC
+    /// rules of config/rbac; on a real cluster, E2E_KUBECONFIG.
+    pub controller_kubeconfig: PathBuf,
     pub namespace: String,
     pub client: Client,
 }
@@ -47,7 +51,18 @@ impl Cluster {
         let namespace = format!("e2e-{}", &uuid_like()[..8]);
         let ns: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": namespace}})).unwrap();
         Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await.unwrap();
-        Cluster { fake, dir, kubeconfig, namespace, client }
+        let mut controller_kubeconfig = kubeconfig.clone();
+        if let Some(server) = &fake {
+            controller_kubeconfig = dir.path().join("controller-kubeconfig");
+            std::fs::write(&controller_kubeconfig, server.kubeconfig_with_token(CONTROLLER_TOKEN)).unwrap();
+            grant_controller_roles(server, &client, &namespace).await;
+        }
+        Cluster { fake, dir, kubeconfig, controller_kubeconfig, namespace, client }
+    }
+
+    /// The user name the controller's requests carry on fake-apiserver.
+    pub fn controller_user(&self) -> String {
+        controller_user(&self.namespace)
     }
 
     /// Installs (server-side applies) the operator's CRDs and waits until they are established.
@@ -70,7 +85,9 @@ impl Cluster {
     /// The canary-controller binary, pointed at this cluster, serving metrics on a free loopback port.
     fn controller_command(&self) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_canary-controller"));
-        cmd.env("KUBECONFIG", &self.kubeconfig).env("RUST_LOG", "info").env("METRICS_ADDRESS", "127.0.0.1:0");
+        cmd.env("KUBECONFIG", &self.controller_kubeconfig)
+            .env("RUST_LOG", "info")
+            .env("METRICS_ADDRESS", "127.0.0.1:0");
         // the leader election Lease lives in the test's namespace, so that tests sharing a cluster do not compete
         cmd.env("POD_NAMESPACE", &self.namespace);
         cmd
@@ -108,6 +125,53 @@ impl Cluster {
     pub async fn cleanup(self) {
         let _ = Api::<Namespace>::all(self.client.clone()).delete(&self.namespace, &DeleteParams::default()).await;
     }
+}
+
+const CONTROLLER_TOKEN: &str = "canary-controller-e2e";
+const RBAC: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../config/rbac");
+
+/// The controller runs as service account `controller-manager` of the test's namespace.
+fn controller_user(namespace: &str) -> String {
+    format!("system:serviceaccount:{namespace}:controller-manager")
+}
+
+/// The roles of config/rbac as they are (the ClusterRole, and the leader election Role in the test's
+/// namespace, where the controller's Lease is), bound to the controller's service account; enforcement on.
+async fn grant_controller_roles(server: &FakeApiServer, client: &Client, namespace: &str) {
+    use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
+    let rbac = &server.state().rbac;
+    rbac.add_token(CONTROLLER_TOKEN, &controller_user(namespace), &[]);
+    let subject = serde_json::json!([{"kind": "ServiceAccount", "name": "controller-manager", "namespace": namespace}]);
+    let mut objects = vec![];
+    for file in ["role.yaml", "leader_election_role.yaml"] {
+        let text = std::fs::read_to_string(format!("{RBAC}/{file}")).unwrap();
+        let mut role: serde_json::Value = serde_saphyr::from_str(&text).unwrap();
+        let kind = role["kind"].as_str().unwrap().to_string();
+        let name = role["metadata"]["name"].as_str().unwrap().to_string();
+        if kind == "Role" {
+            role["metadata"]["namespace"] = namespace.into();
+        }
+        let binding_kind = if kind == "Role" { "RoleBinding" } else { "ClusterRoleBinding" };
+        let mut binding = serde_json::json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": binding_kind,
+            "metadata": {"name": format!("{name}-binding")},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": kind, "name": name}, "subjects": subject});
+        if kind == "Role" {
+            binding["metadata"]["namespace"] = namespace.into();
+        }
+        objects.push(role);
+        objects.push(binding);
+    }
+    for object in objects {
+        let kind = object["kind"].as_str().unwrap();
+        let ar = ApiResource::from_gvk(&GroupVersionKind::gvk("rbac.authorization.k8s.io", "v1", kind));
+        let api: Api<DynamicObject> = match object["metadata"]["namespace"].as_str() {
+            Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
+            None => Api::all_with(client.clone(), &ar),
+        };
+        let name = object["metadata"]["name"].as_str().unwrap().to_string();
+        api.patch(&name, &PatchParams::apply("e2e").force(), &Patch::Apply(object)).await.unwrap();
+    }
+    rbac.set_enforce(true);
 }
 
 /// Runs kubectl (KUBECTL or `kubectl` on PATH); None, with the reason printed, when it is not installed.

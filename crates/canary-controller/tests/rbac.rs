@@ -1,0 +1,107 @@
+//! Least privilege, proven on fake-apiserver with RBAC enforced: the controller, holding only the roles of
+//! config/rbac, does everything it is for (leader election, Canaries, Kanaries of both groups, a changed
+//! destination, repeated events), and every verb on every resource those roles grant was used.
+
+mod support;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Service;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use serde_json::json;
+use std::collections::BTreeSet;
+use support::eventually;
+use support::kanary::env;
+
+/// (verb, group, resource) for every combination a role file's rules grant.
+fn granted(file: &str) -> BTreeSet<(String, String, String)> {
+    let path = format!("{}/../../config/rbac/{file}", env!("CARGO_MANIFEST_DIR"));
+    let role: serde_json::Value = serde_saphyr::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let strings = |v: &serde_json::Value| -> Vec<String> {
+        v.as_array().unwrap().iter().map(|s| s.as_str().unwrap().to_string()).collect()
+    };
+    let mut out = BTreeSet::new();
+    for rule in role["rules"].as_array().unwrap() {
+        for group in strings(&rule["apiGroups"]) {
+            for resource in strings(&rule["resources"]) {
+                for verb in strings(&rule["verbs"]) {
+                    out.insert((verb, group.clone(), resource.clone()));
+                }
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn the_controller_works_with_its_roles_and_uses_every_grant() {
+    let e = env().await;
+    let Some(server) = &e.cluster.fake else { return }; // the record of requests is fake-apiserver's
+    let ns = e.cluster.namespace.clone();
+
+    // Canary: created, then updated twice the same way (the repeated event is patched, not created again)
+    let deployments: Api<Deployment> = e.api();
+    let target = json!({"metadata": {"name": "web"}, "spec": {"selector": {"matchLabels": {"app": "web"}},
+        "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "web", "image": "web:1"}]}}}});
+    deployments.create(&PostParams::default(), &serde_json::from_value(target).unwrap()).await.unwrap();
+    let canaries = Api::<kube::core::DynamicObject>::namespaced_with(
+        e.cluster.client.clone(),
+        &ns,
+        &kube::discovery::ApiResource::erase::<canary_controller::api::canary::Canary>(&()),
+    );
+    for image in ["web:2", "web:3", "web:4"] {
+        let canary = json!({"apiVersion": "canary.k8s.wantedly.com/v1beta1", "kind": "Canary", "metadata": {"name": "c"},
+            "spec": {"targetDeploymentName": "web", "targetContainers": [{"name": "web", "image": image}]}});
+        canaries.patch("c", &PatchParams::apply("e2e").force(), &Patch::Apply(canary)).await.unwrap();
+        eventually(10, &format!("web-canary runs {image}"), || async {
+            let d = deployments.get_opt("web-canary").await.unwrap();
+            d.and_then(|d| d.spec?.template.spec?.containers.first()?.image.clone()).as_deref() == Some(image)
+        })
+        .await;
+    }
+
+    // Kanaries of both groups; one changes its destination (the former destination Service is deleted)
+    e.backend_services().await;
+    e.endpoints("myapp-v1", "http", 8080, &[("v1-a", "10.0.0.1", true)]).await;
+    e.endpoints("myapp-v2", "", 8080, &[("v2-a", "10.0.0.2", true)]).await;
+    let routes = json!([{"backend": {"serviceName": "myapp-v1", "servicePort": "http"}, "weight": 100},
+        {"backend": {"serviceName": "myapp-v2", "servicePort": 9090}, "weight": 0}]);
+    for (group, version) in canary_controller::api::kanary::GROUPS {
+        let mut kanary = support::kanary::kanary_yaml(&format!("{group}/{version}"), routes.clone());
+        kanary.metadata.name = Some(format!("k-{}", group.split('.').nth(1).unwrap()));
+        kanary.data["spec"]["destination"] = json!(format!("front-{}", group.split('.').nth(1).unwrap()));
+        e.kanaries(group, version).create(&PostParams::default(), &kanary).await.unwrap();
+    }
+    let services: Api<Service> = e.api();
+    eventually(10, "both destination Services", || async {
+        services.get_opt("front-k8s").await.unwrap().is_some()
+            && services.get_opt("front-pyxida").await.unwrap().is_some()
+    })
+    .await;
+    let merge = Patch::Merge(json!({"spec": {"destination": "front-new"}}));
+    e.kanaries("kanary.k8s.io", "v1").patch("k-k8s", &PatchParams::default(), &merge).await.unwrap();
+    eventually(10, "the former destination Service deleted", || async {
+        services.get_opt("front-k8s").await.unwrap().is_none() && services.get_opt("front-new").await.unwrap().is_some()
+    })
+    .await;
+    for ((group, version), kanary) in canary_controller::api::kanary::GROUPS.iter().zip(["k-k8s", "k-pyxida"]) {
+        let api = e.kanaries(group, version);
+        eventually(10, "the status written", || async { e.condition(&api, kanary, "Ready").await.is_some() }).await;
+    }
+
+    let used: BTreeSet<(String, String, String)> = server
+        .state()
+        .rbac
+        .usage(&e.cluster.controller_user())
+        .into_iter()
+        .map(|u| (u.verb, u.group, u.resource))
+        .collect();
+    let mut grants = granted("role.yaml");
+    grants.extend(granted("leader_election_role.yaml"));
+    let unused: Vec<_> = grants.difference(&used).collect();
+    assert!(unused.is_empty(), "config/rbac grants what the controller never used: {unused:?}\nused: {used:?}");
+    let ungranted: Vec<_> = used.difference(&grants).collect();
+    assert!(ungranted.is_empty(), "the controller used what config/rbac does not grant: {ungranted:?}");
+    let log = e.controller.log();
+    assert!(!log.contains("forbidden"), "a request was denied:\n{log}");
+    e.cluster.cleanup().await;
+}
