@@ -328,3 +328,34 @@ async fn status_follows_the_canary_deployment_and_selectors_with_only_expression
     assert_eq!(c.data["status"]["observedGeneration"], 1);
     e.cluster.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_canary_that_cannot_be_read_is_reported_and_does_not_stall_the_others() {
+    let e = env().await;
+    if e.cluster.fake.is_none() {
+        return; // loosening the CRD would disturb a shared cluster
+    }
+    // a CRD edited by hand (or an older one) lets in a spec the operator cannot read
+    let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
+        Api::all(e.cluster.client.clone());
+    let loosen = json!([{"op": "replace", "path": "/spec/versions/0/schema/openAPIV3Schema/properties/spec",
+        "value": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}]);
+    let patch = Patch::Json::<()>(serde_json::from_value(loosen).unwrap());
+    crds.patch("canaries.canary.k8s.wantedly.com", &PatchParams::default(), &patch).await.unwrap();
+    e.create_canary(
+        json!({"apiVersion": "canary.k8s.wantedly.com/v1beta1", "kind": "Canary", "metadata": {"name": "bad"},
+        "spec": {"targetDeploymentName": ["not", "a", "name"], "targetContainers": "nginx"}}),
+    )
+    .await;
+
+    let e = e.with_running_canary().await;
+    let message = e.wait_condition("bad", "Ready", "False", "InvalidSpec").await;
+    assert!(
+        message.contains("the Canary cannot be read: Invalid type string \"nginx\". Expected a sequence"),
+        "{message}"
+    );
+    assert!(message.contains("kubectl edit canary bad"), "{message}");
+    assert!(!e.warning_events("InvalidSpec").await.is_empty());
+    assert_eq!(e.deployments.list(&ListParams::default()).await.unwrap().items.len(), 2, "only foo and foo-canary");
+    e.cluster.cleanup().await;
+}

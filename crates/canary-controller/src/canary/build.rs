@@ -31,6 +31,7 @@ pub mod reasons {
     pub const CANARY_PROGRESSING: &str = "CanaryProgressing";
     pub const TARGET_FOUND: &str = "TargetFound";
     pub const NO_CONFLICT: &str = "NoConflict";
+    pub const INVALID_SPEC: &str = "InvalidSpec";
 }
 
 pub fn canary_deployment_name(target: &str) -> String {
@@ -142,6 +143,21 @@ pub fn build_status(
         ready_replicas: dstatus.and_then(|s| s.ready_replicas),
         available_replicas: dstatus.and_then(|s| s.available_replicas),
         conditions,
+    }
+}
+
+/// The status of a Canary that cannot be read as one (its stored form does not match the schema the
+/// operator knows, for example after a CRD was edited by hand): Ready is False with the reason.
+pub fn build_unreadable_status(name: &str, generation: Option<i64>, error: &str, now: &Time) -> CanaryStatus {
+    let message = format!(
+        "the Canary cannot be read: {error}: fix its spec (`kubectl edit canary {name}`), and reinstall the CRD if it \
+         was changed (`canary-controller crd | kubectl apply --server-side -f -`); nothing else is changed"
+    );
+    let ready = Observed { type_: conditions::READY, ok: false, reason: reasons::INVALID_SPEC, message };
+    CanaryStatus {
+        observed_generation: generation,
+        conditions: vec![condition(ready, generation, &[], now)],
+        ..Default::default()
     }
 }
 

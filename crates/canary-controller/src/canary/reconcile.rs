@@ -3,14 +3,18 @@
 //! transitions. Also the controller wiring: one watch of Canaries, one of Deployments (mapped to the
 //! Canaries that own them, target them, or want their name).
 
-use super::build::{build_deployment, build_status, canary_deployment_name, conditions};
+use super::build::{
+    build_deployment, build_status, build_unreadable_status, canary_deployment_name, conditions, reasons,
+};
 use super::validate::{Problem, is_owned_by, validate};
 use crate::api::canary::{Canary, CanaryStatus};
 use crate::report::{FIELD_MANAGER, publish};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, Patch, PatchParams};
+use kube::core::{DeserializeGuard, error_boundary::InvalidObject};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{EventType, Recorder};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -43,12 +47,43 @@ impl Error {
     }
 }
 
-async fn measured_reconcile(canary: Arc<Canary>, ctx: Arc<Context>) -> Result<Action, Error> {
-    ctx.metrics.measure("canary", reconcile(canary, ctx.clone()), Error::category).await
+/// A Canary as it is read from the API: one that does not deserialize is reported, not fatal to the others.
+type GuardedCanary = DeserializeGuard<Canary>;
+
+async fn measured_reconcile(guarded: Arc<GuardedCanary>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let reconcile = async {
+        match &guarded.0 {
+            Ok(canary) => reconcile(canary, &ctx).await,
+            Err(unreadable) => report_unreadable(unreadable, &ctx).await,
+        }
+    };
+    ctx.metrics.measure("canary", reconcile, Error::category).await
+}
+
+/// Reports a Canary that cannot be deserialized in its status and with a Warning event; changes nothing else.
+async fn report_unreadable(unreadable: &InvalidObject, ctx: &Context) -> Result<Action, Error> {
+    let meta = &unreadable.metadata;
+    let name = meta.name.clone().unwrap_or_default();
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let status = build_unreadable_status(&name, meta.generation, &unreadable.error, &now);
+    let object_ref = ObjectReference {
+        api_version: Some(Canary::api_version(&()).into()),
+        kind: Some(Canary::kind(&()).into()),
+        name: meta.name.clone(),
+        namespace: meta.namespace.clone(),
+        uid: meta.uid.clone(),
+        resource_version: meta.resource_version.clone(),
+        ..Default::default()
+    };
+    let message = status.conditions[0].message.clone();
+    publish(&ctx.recorder, &object_ref, EventType::Warning, reasons::INVALID_SPEC, message).await;
+    let api: Api<Canary> = Api::namespaced(ctx.client.clone(), meta.namespace.as_deref().ok_or(Error::NoNamespace)?);
+    patch_status(&api, &name, &status).await?;
+    Ok(Action::requeue(Duration::from_secs(600)))
 }
 
 /// Reconciles one Canary.
-pub async fn reconcile(canary: Arc<Canary>, ctx: Arc<Context>) -> Result<Action, Error> {
+pub async fn reconcile(canary: &Canary, ctx: &Context) -> Result<Action, Error> {
     let ns = canary.namespace().ok_or(Error::NoNamespace)?;
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
     let target_name = &canary.spec.target_deployment_name;
@@ -101,25 +136,33 @@ fn ready_reason(status: Option<&CanaryStatus>) -> Option<&str> {
 
 async fn write_status(client: &Client, canary: &Canary, status: &CanaryStatus) -> Result<(), kube::Error> {
     let api: Api<Canary> = Api::namespaced(client.clone(), &canary.namespace().unwrap_or_default());
+    patch_status(&api, &canary.name_any(), status).await
+}
+
+async fn patch_status(api: &Api<Canary>, name: &str, status: &CanaryStatus) -> Result<(), kube::Error> {
     let body = serde_json::json!({
         "apiVersion": Canary::api_version(&()),
         "kind": Canary::kind(&()),
         "status": status,
     });
-    api.patch_status(&canary.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(body)).await?;
+    api.patch_status(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(body)).await?;
     Ok(())
 }
 
-fn error_policy(canary: Arc<Canary>, error: &Error, _ctx: Arc<Context>) -> Action {
-    tracing::warn!(canary = %canary.name_any(), %error, "reconcile failed; retrying");
+fn error_policy(canary: Arc<GuardedCanary>, error: &Error, _ctx: Arc<Context>) -> Action {
+    let name = match &canary.0 {
+        Ok(c) => c.name_any(),
+        Err(unreadable) => unreadable.metadata.name.clone().unwrap_or_default(),
+    };
+    tracing::warn!(canary = %name, %error, "reconcile failed; retrying");
     Action::requeue(Duration::from_secs(5))
 }
 
 /// The Canaries a Deployment matters to: its controller, those targeting it, and those whose canary name it holds.
-fn canaries_for(store: &Store<Canary>, deployment: &Deployment) -> Vec<ObjectRef<Canary>> {
+fn canaries_for(store: &Store<GuardedCanary>, deployment: &Deployment) -> Vec<ObjectRef<GuardedCanary>> {
     let ns = deployment.namespace().unwrap_or_default();
     let name = deployment.name_any();
-    let mut refs: Vec<ObjectRef<Canary>> = deployment
+    let mut refs: Vec<ObjectRef<GuardedCanary>> = deployment
         .owner_references()
         .iter()
         .filter(|r| {
@@ -127,11 +170,12 @@ fn canaries_for(store: &Store<Canary>, deployment: &Deployment) -> Vec<ObjectRef
         })
         .map(|r| ObjectRef::new(&r.name).within(&ns))
         .collect();
-    for c in store.state() {
+    for guarded in store.state() {
+        let Ok(c) = &guarded.0 else { continue };
         let target = &c.spec.target_deployment_name;
         if c.namespace().as_deref() == Some(ns.as_str()) && (*target == name || canary_deployment_name(target) == name)
         {
-            refs.push(ObjectRef::from_obj(c.as_ref()));
+            refs.push(ObjectRef::from_obj(guarded.as_ref()));
         }
     }
     refs
@@ -144,7 +188,7 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let ctx = Arc::new(Context { client: client.clone(), metrics, recorder: crate::report::recorder(client.clone()) });
-    let controller = Controller::new(Api::<Canary>::all(client.clone()), watcher::Config::default());
+    let controller = Controller::new(Api::<GuardedCanary>::all(client.clone()), watcher::Config::default());
     let store = controller.store();
     ctx.metrics.observe_canaries(store.clone());
     controller

@@ -10,7 +10,7 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use kube::ResourceExt;
-use kube::core::DynamicObject;
+use kube::core::{DeserializeGuard, DynamicObject};
 use kube::runtime::reflector::Store;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -52,7 +52,7 @@ pub struct Metrics {
 #[derive(Default)]
 struct Caches {
     leader: AtomicBool,
-    canaries: Mutex<Option<Store<Canary>>>,
+    canaries: Mutex<Option<Store<DeserializeGuard<Canary>>>>,
     /// By API group.
     kanaries: Mutex<Vec<(String, Store<DynamicObject>)>>,
 }
@@ -174,7 +174,7 @@ impl Metrics {
     }
 
     /// Reports the Canaries the Canary controller reconciles (its cache).
-    pub fn observe_canaries(&self, store: Store<Canary>) {
+    pub fn observe_canaries(&self, store: Store<DeserializeGuard<Canary>>) {
         *self.caches.canaries.lock().expect("metrics lock") = Some(store);
     }
 
