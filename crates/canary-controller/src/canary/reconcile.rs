@@ -91,10 +91,10 @@ pub async fn reconcile(canary: &Canary, ctx: &Context) -> Result<Action, Error> 
     let target = deployments.get_opt(target_name).await?;
     let existing = deployments.get_opt(&name).await?;
 
-    let mut owned = existing.clone().filter(|d| is_owned_by(d, &canary));
-    let mut problem = validate(&canary, target.as_ref(), existing.as_ref()).err();
+    let mut owned = existing.clone().filter(|d| is_owned_by(d, canary));
+    let mut problem = validate(canary, target.as_ref(), existing.as_ref()).err();
     if let (None, Some(target)) = (&problem, &target) {
-        let desired = build_deployment(&canary, target);
+        let desired = build_deployment(canary, target);
         match deployments.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&desired)).await {
             Ok(applied) => {
                 let change = match &owned {
@@ -117,7 +117,7 @@ pub async fn reconcile(canary: &Canary, ctx: &Context) -> Result<Action, Error> 
     }
 
     let now = Time(k8s_openapi::jiff::Timestamp::now());
-    let status = build_status(&canary, problem.as_ref(), target.is_some(), owned.as_ref(), &now);
+    let status = build_status(canary, problem.as_ref(), target.is_some(), owned.as_ref(), &now);
     // a Warning event when a problem appears or changes, not on every reconcile
     if let Some(p) = &problem
         && ready_reason(canary.status.as_ref()) != Some(p.reason())
@@ -125,7 +125,7 @@ pub async fn reconcile(canary: &Canary, ctx: &Context) -> Result<Action, Error> 
         publish(&ctx.recorder, &canary.object_ref(&()), EventType::Warning, p.reason(), p.message()).await;
     }
     if canary.status.as_ref() != Some(&status) {
-        write_status(&ctx.client, &canary, &status).await?;
+        write_status(&ctx.client, canary, &status).await?;
     }
     Ok(Action::requeue(Duration::from_secs(600)))
 }
