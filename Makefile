@@ -1,5 +1,5 @@
 # Developer entry points; see README.md.
-.PHONY: setup build run test fmt crd deploy undeploy
+.PHONY: setup build run test fmt crd image deploy undeploy
 
 setup:          ## install system packages and fetch crates
 	bash scripts/setup.sh
@@ -20,6 +20,9 @@ fmt:
 
 crd:            ## regenerate config/crd from the Rust types
 	cargo run --quiet -p canary-controller -- crd > config/crd/crds.yaml
+
+image:          ## build the operator's image (needs docker)
+	docker build -t canary-controller:latest .
 
 deploy:         ## install the CRDs and the operator into canary-controller-system (current kubectl context)
 	kubectl apply --server-side -f config/crd/crds.yaml

@@ -131,3 +131,33 @@ async fn kustomize_output_passes_and_make_deploy_undeploy_work() {
     let crd = cluster.kubectl(&["get", "crd", "canaries.canary.k8s.wantedly.com"], None).await.unwrap();
     assert!(!crd.status.success(), "the CRD is still there after make undeploy");
 }
+
+/// There is no container runtime here to build the image; this checks that the Dockerfile and the manager
+/// Deployment agree: the runtime stage runs the binary as the non-root ids the pod's securityContext asks for,
+/// the image name is the one `make image` builds, and the toolchain is new enough for the workspace.
+#[test]
+fn the_dockerfile_and_the_manager_deployment_agree() {
+    let dockerfile = std::fs::read_to_string(Path::new(ROOT).join("Dockerfile")).unwrap();
+    let runtime_stage = dockerfile.rsplit("\nFROM ").next().unwrap();
+    assert!(runtime_stage.starts_with("gcr.io/distroless/"), "the runtime stage is not distroless: {runtime_stage}");
+    let user = runtime_stage.lines().find_map(|l| l.strip_prefix("USER ")).expect("the runtime stage sets USER");
+    assert!(runtime_stage.contains("ENTRYPOINT [\"/canary-controller\"]"));
+
+    let manager = std::fs::read_to_string(Path::new(ROOT).join("config/manager/manager.yaml")).unwrap();
+    let deployment: serde_json::Value =
+        serde_saphyr::from_str(manager.split("\n---\n").find(|d| d.contains("kind: Deployment")).unwrap()).unwrap();
+    let pod = &deployment["spec"]["template"]["spec"];
+    let ids = format!("{}:{}", pod["securityContext"]["runAsUser"], pod["securityContext"]["runAsGroup"]);
+    assert_eq!(user, ids, "Dockerfile USER and the pod's runAsUser:runAsGroup differ");
+    assert_ne!(pod["securityContext"]["runAsUser"], 0);
+    let container = &pod["containers"][0];
+    assert_eq!(container["args"][0], "run");
+    let makefile = std::fs::read_to_string(Path::new(ROOT).join("Makefile")).unwrap();
+    let image = container["image"].as_str().unwrap();
+    assert!(makefile.contains(&format!("docker build -t {image} .")), "make image does not build {image}");
+
+    let toolchain = dockerfile.lines().find_map(|l| l.strip_prefix("FROM rust:")).unwrap();
+    let version: Vec<u32> = toolchain.split('-').next().unwrap().split('.').map(|n| n.parse().unwrap()).collect();
+    let required: Vec<u32> = env!("CARGO_PKG_RUST_VERSION").split('.').map(|n| n.parse().unwrap()).collect();
+    assert!(version >= required, "the image's Rust {version:?} is older than rust-version {required:?}");
+}
