@@ -135,7 +135,7 @@ fn no_input_yields_a_config_haproxy_rejects_or_a_directive_we_did_not_write() {
             prop_assert!(allowed_line(&fixed, line), "a line the renderer does not write by design: {line:?}\n{cfg}");
         }
         let n = rendered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if haproxy && n % 4 == 0 {
+        if haproxy && n.is_multiple_of(4) {
             let path = dir.path().join("haproxy.cfg");
             std::fs::write(&path, &cfg).unwrap();
             let out = std::process::Command::new("haproxy").arg("-c").arg("-f").arg(&path).output().unwrap();
