@@ -73,12 +73,13 @@ impl Store {
 
     /// Objects of a bucket, optionally of one namespace, ordered by namespace then name.
     pub fn list<'a>(&'a self, bucket: &str, namespace: Option<&'a str>) -> impl Iterator<Item = &'a Value> + 'a {
-        self.buckets
-            .get(bucket)
-            .into_iter()
-            .flat_map(|b| b.iter())
-            .filter(move |((ns, _), _)| namespace.is_none_or(|n| n == ns))
-            .map(|(_, v)| v)
+        let objects = self.buckets.get(bucket);
+        let all = objects.filter(|_| namespace.is_none()).into_iter().flat_map(|b| b.values());
+        // keys sort by namespace first: one namespace is a range
+        let one = namespace.zip(objects).into_iter().flat_map(|(ns, b)| {
+            b.range((ns.to_string(), String::new())..).take_while(move |((n, _), _)| n == ns).map(|(_, v)| v)
+        });
+        all.chain(one)
     }
 
     /// Every object in every bucket, with its bucket (for the garbage collector).

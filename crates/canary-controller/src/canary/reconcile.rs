@@ -188,7 +188,9 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let ctx = Arc::new(Context { client: client.clone(), metrics, recorder: crate::report::recorder(client.clone()) });
-    let controller = Controller::new(Api::<GuardedCanary>::all(client.clone()), watcher::Config::default());
+    let (canaries, spec_changes) =
+        crate::runtime::triggers::spec_changes(Api::<GuardedCanary>::all(client.clone()), ());
+    let controller = Controller::for_stream(spec_changes, canaries);
     let store = controller.store();
     ctx.metrics.observe_canaries(store.clone());
     controller

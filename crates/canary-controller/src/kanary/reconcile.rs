@@ -298,11 +298,11 @@ pub async fn run(
         resource: resource.clone(),
         proxy,
     });
-    let controller = Controller::new_with(
+    let (kanaries, spec_changes) = crate::runtime::triggers::spec_changes(
         Api::<DynamicObject>::all_with(client.clone(), &resource),
-        watcher::Config::default(),
         resource.clone(),
     );
+    let controller = Controller::for_stream_with(spec_changes, kanaries, resource.clone());
     ctx.metrics.observe_kanaries(&resource.group, controller.store());
     let (store, ar) = (controller.store(), resource.clone());
     let (store2, ar2) = (controller.store(), resource.clone());

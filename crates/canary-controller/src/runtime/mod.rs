@@ -7,6 +7,7 @@ use kube::{Api, Client, ResourceExt};
 
 pub mod leader;
 pub mod telemetry;
+pub mod triggers;
 
 /// Log output format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

@@ -1,0 +1,349 @@
+//! `cargo bench -p canary-controller --bench scale`: the real `canary-controller run` (release build, leader
+//! election on) against fake-apiserver holding SCALE Canaries and SCALE Kanaries (default 1,000 each; each
+//! Kanary has 5 routes whose Services have 20 ready endpoints). Prints:
+//! - time to converge from start (every child and status written), and as a ratio to the time the bench
+//!   itself takes to write the same number of child objects straight to the API (the baseline);
+//! - p50/p99 latency from a spec change to the updated child (one change at a time);
+//! - API requests per reconcile while converging, and requests in a quiet window when nothing changes;
+//! - the controller's peak RSS (VmHWM).
+//!
+//! Asserts nothing; the figures are quoted in the README.
+
+use fake_apiserver::FakeApiServer;
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::core::DynamicObject;
+use kube::runtime::{WatchStreamExt, watcher};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const PER_NAMESPACE: usize = 20;
+const ROUTES: usize = 5;
+const ENDPOINTS: usize = 20;
+const SAMPLES: usize = 100;
+const QUIET: Duration = Duration::from_secs(10);
+
+fn ns_of(i: usize) -> String {
+    format!("scale-{}", i / PER_NAMESPACE)
+}
+
+fn target(i: usize, image: &str) -> Value {
+    json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": format!("app-{i}"), "namespace": ns_of(i)},
+        "spec": {"replicas": 3, "selector": {"matchLabels": {"app": format!("app-{i}")}},
+            "template": {"metadata": {"labels": {"app": format!("app-{i}")}},
+                "spec": {"containers": [{"name": "app", "image": image}]}}}})
+}
+
+fn canary(i: usize, image: &str) -> Value {
+    json!({"apiVersion": "canary.k8s.wantedly.com/v1beta1", "kind": "Canary",
+        "metadata": {"name": format!("c-{i}"), "namespace": ns_of(i)},
+        "spec": {"targetDeploymentName": format!("app-{i}"), "targetContainers": [{"name": "app", "image": image}]}})
+}
+
+/// Kanary `k-{i}`: each route after the first gets `rest` percent, the first the remainder.
+fn kanary(i: usize, rest: i64) -> Value {
+    let routes: Vec<Value> = (0..ROUTES)
+        .map(|r| {
+            let weight = if r == 0 { 100 - rest * (ROUTES as i64 - 1) } else { rest };
+            json!({"backend": {"serviceName": format!("k-{i}-v{r}"), "servicePort": 80}, "weight": weight})
+        })
+        .collect();
+    json!({"apiVersion": "kanary.k8s.io/v1", "kind": "Kanary", "metadata": {"name": format!("k-{i}"), "namespace": ns_of(i)},
+        "spec": {"destination": format!("k-{i}"), "routes": routes}})
+}
+
+fn backend(i: usize, r: usize) -> (Value, Value) {
+    let name = format!("k-{i}-v{r}");
+    let svc = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": ns_of(i)},
+        "spec": {"selector": {"app": name}, "ports": [{"port": 80, "targetPort": 8080}]}});
+    let endpoints: Vec<Value> = (0..ENDPOINTS)
+        .map(|e| {
+            json!({"addresses": [format!("10.{}.{}.{}", i / 250, (i % 250), r * ENDPOINTS + e)],
+            "conditions": {"ready": true}, "targetRef": {"kind": "Pod", "name": format!("{name}-{e}")}})
+        })
+        .collect();
+    let slice = json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": format!("{name}-abc"), "namespace": ns_of(i), "labels": {"kubernetes.io/service-name": name}},
+        "addressType": "IPv4", "ports": [{"name": "", "port": 8080, "protocol": "TCP"}], "endpoints": endpoints});
+    (svc, slice)
+}
+
+fn api_for(client: &kube::Client, object: &Value) -> (Api<DynamicObject>, String) {
+    let (group, version) = match object["apiVersion"].as_str().unwrap().split_once('/') {
+        Some((g, v)) => (g.to_string(), v.to_string()),
+        None => (String::new(), object["apiVersion"].as_str().unwrap().to_string()),
+    };
+    let gvk = kube::core::GroupVersionKind::gvk(&group, &version, object["kind"].as_str().unwrap());
+    let mut ar = kube::core::ApiResource::from_gvk(&gvk);
+    if ar.plural == "kanarys" {
+        ar.plural = "kanaries".into();
+    }
+    let ns = object["metadata"]["namespace"].as_str().unwrap();
+    (Api::namespaced_with(client.clone(), ns, &ar), object["metadata"]["name"].as_str().unwrap().to_string())
+}
+
+/// Creates the objects, 16 requests in flight.
+async fn create_all(client: &kube::Client, objects: Vec<Value>) {
+    futures::stream::iter(objects)
+        .map(|o| async move {
+            let (api, _) = api_for(client, &o);
+            api.create(&PostParams::default(), &serde_json::from_value(o).unwrap()).await.unwrap();
+        })
+        .buffer_unordered(16)
+        .collect::<Vec<_>>()
+        .await;
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
+}
+
+fn peak_rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(f64::NAN);
+    kb / 1024.0
+}
+
+fn total(counters: &BTreeMap<String, u64>, skip: impl Fn(&str) -> bool) -> u64 {
+    counters.iter().filter(|(k, _)| !skip(k)).map(|(_, v)| v).sum()
+}
+
+async fn reconciles(metrics_address: &str) -> f64 {
+    let body = reqwest_like_get(metrics_address).await;
+    body.lines()
+        .filter(|l| l.starts_with("canary_controller_reconciles_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+async fn reqwest_like_get(address: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(address).await.unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let scale: usize = std::env::var("SCALE").ok().and_then(|s| s.parse().ok()).unwrap_or(1000);
+    let server = FakeApiServer::start().await.unwrap();
+    let client = server.client();
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(&kubeconfig, server.kubeconfig()).unwrap();
+    let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
+        Api::all(client.clone());
+    for crd in canary_controller::api::crds() {
+        let name = kube::ResourceExt::name_any(&crd);
+        crds.patch(&name, &PatchParams::apply("bench").force(), &Patch::Apply(crd)).await.unwrap();
+    }
+    for n in 0..scale.div_ceil(PER_NAMESPACE) {
+        let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": format!("scale-{n}")}})).unwrap();
+        Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await.unwrap();
+    }
+
+    eprintln!("creating {scale} Canaries and {scale} Kanaries ({ROUTES} routes x {ENDPOINTS} endpoints each)...");
+    let mut objects = vec![];
+    for i in 0..scale {
+        objects.push(target(i, "app:1"));
+        objects.push(canary(i, "app:2"));
+        for r in 0..ROUTES {
+            let (svc, slice) = backend(i, r);
+            objects.push(svc);
+            objects.push(slice);
+        }
+        objects.push(kanary(i, 5));
+    }
+    create_all(&client, objects).await;
+
+    // baseline: the bench writes as many child objects (a Deployment like each canary's) straight to the API
+    let started = Instant::now();
+    let baseline_objects = (0..scale)
+        .map(|i| {
+            let mut d = target(i, "app:2");
+            d["metadata"]["name"] = json!(format!("baseline-{i}"));
+            d
+        })
+        .collect();
+    create_all(&client, baseline_objects).await;
+    let baseline = started.elapsed();
+
+    server.state().reset_counters();
+    let log_path = dir.path().join("controller.log");
+    let mut controller = tokio::process::Command::new(env!("CARGO_BIN_EXE_canary-controller"))
+        .args(["run", "--leader-election-namespace", "default"])
+        .env("KUBECONFIG", &kubeconfig)
+        .env("METRICS_ADDRESS", "127.0.0.1:0")
+        .env("RUST_LOG", std::env::var("CONTROLLER_LOG").unwrap_or("warn,canary_controller=info".into()))
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let pid = controller.id().unwrap();
+    let started = Instant::now();
+
+    // converged: every canary Deployment and HAProxy ConfigMap exists and every status is written
+    // read in process, straight from fake-apiserver's store: polling through the API would load it more than
+    // the controller does
+    let count = |group: &str, version: &str, plural: &str, done: &dyn Fn(&Value) -> bool| -> usize {
+        let inner = server.state().inner.lock().unwrap();
+        let rt = inner.resource(group, version, plural).unwrap();
+        inner.store.list(&rt.bucket, None).filter(|o| done(o)).count()
+    };
+    let has_conditions = |o: &Value| o["status"]["conditions"].as_array().is_some_and(|c| !c.is_empty());
+    loop {
+        let done = count("apps", "v1", "deployments", &|d| d["metadata"]["labels"]["canary"] == "true") == scale
+            && count("", "v1", "configmaps", &|c| c["metadata"]["name"].as_str().unwrap().ends_with("-config"))
+                == scale
+            && count("canary.k8s.wantedly.com", "v1beta1", "canaries", &has_conditions) == scale
+            && count("kanary.k8s.io", "v1", "kanaries", &has_conditions) == scale;
+        if done {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(300) {
+            panic!("not converged after 300 s; log:\n{}", std::fs::read_to_string(&log_path).unwrap_or_default());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    let metrics_address =
+        log.lines().find(|l| l.contains("serving /metrics")).and_then(|l| l.rsplit(' ').next()).unwrap().to_string();
+    // ... and the work queue drained: converged when the last reconcile ended (none for a second after it)
+    let (mut last, mut last_change) = (reconciles(&metrics_address).await, Instant::now());
+    while last_change.elapsed() < Duration::from_secs(1) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let now = reconciles(&metrics_address).await;
+        if now != last {
+            (last, last_change) = (now, Instant::now());
+        }
+    }
+    let converge = last_change.duration_since(started);
+    let is_lease = |k: &str| k.contains("leases");
+    let converge_requests = total(&server.counters(), |k| is_lease(k) || k.starts_with("watch "));
+    let converge_reconciles = reconciles(&metrics_address).await;
+
+    // quiet window: nothing changes
+    server.state().reset_counters();
+    let reconciles_before = reconciles(&metrics_address).await;
+    tokio::time::sleep(QUIET).await;
+    let quiet = server.counters();
+    let quiet_requests = total(&quiet, is_lease);
+    let quiet_lease = total(&quiet, |k| !is_lease(k));
+    let quiet_reconciles = reconciles(&metrics_address).await - reconciles_before;
+    if quiet_requests > 0 {
+        eprintln!("requests in the quiet window: {quiet:?}");
+    }
+
+    // change -> child latency, one change at a time
+    let seen: Arc<Mutex<BTreeMap<String, Instant>>> = Default::default();
+    let record = seen.clone();
+    let watch_deployments = tokio::spawn(async move {
+        let config = watcher::Config::default().labels("canary=true");
+        watcher(Api::<Deployment>::all(server_client(&kubeconfig).await), config)
+            .applied_objects()
+            .try_for_each(|d| {
+                let image = d.spec.and_then(|s| s.template.spec).and_then(|s| s.containers.first()?.image.clone());
+                if let Some(image) = image.filter(|i| i.starts_with("app:3-")) {
+                    record.lock().unwrap().entry(image).or_insert_with(Instant::now);
+                }
+                futures::future::ready(Ok(()))
+            })
+            .await
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut canary_latency = vec![];
+    for s in 0..SAMPLES {
+        let i = s * scale / SAMPLES;
+        let image = format!("app:3-{s}");
+        let (api, name) = api_for(&client, &canary(i, &image));
+        let changed = Instant::now();
+        api.patch(&name, &PatchParams::apply("bench").force(), &Patch::Apply(canary(i, &image))).await.unwrap();
+        loop {
+            if let Some(at) = seen.lock().unwrap().get(&image) {
+                canary_latency.push(at.duration_since(changed));
+                break;
+            }
+            if changed.elapsed() > Duration::from_secs(10) {
+                panic!("canary {i} was not updated");
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    watch_deployments.abort();
+    let mut kanary_latency = vec![];
+    for s in 0..SAMPLES {
+        let i = s * scale / SAMPLES;
+        let weight = 6 + (s as i64 % 10); // never 5, the weight it was created with
+        let (api, name) = api_for(&client, &kanary(i, weight));
+        let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns_of(i));
+        let before = cms.get(&format!("{name}-config")).await.unwrap().data;
+        let changed = Instant::now();
+        api.patch(&name, &PatchParams::apply("bench").force(), &Patch::Apply(kanary(i, weight))).await.unwrap();
+        // polled every millisecond (a watch of every ConfigMap would cost the bench more than it measures)
+        loop {
+            if cms.get(&format!("{name}-config")).await.unwrap().data != before {
+                kanary_latency.push(changed.elapsed());
+                break;
+            }
+            if changed.elapsed() > Duration::from_secs(10) {
+                panic!("kanary {i} was not updated");
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    let rss = peak_rss_mib(pid);
+    let warnings =
+        std::fs::read_to_string(&log_path).unwrap_or_default().lines().filter(|l| l.contains("WARN")).count();
+    if warnings > 0 || std::env::var("CONTROLLER_LOG").is_ok() {
+        eprintln!("{warnings} warnings in the controller's log ({})", log_path.display());
+        std::fs::copy(&log_path, "/tmp/scale-controller.log").ok();
+    }
+    let _ = controller.start_kill();
+
+    canary_latency.sort();
+    kanary_latency.sort();
+    println!(
+        "scale: {scale} Canaries, {scale} Kanaries ({ROUTES} routes x {ENDPOINTS} endpoints), fake-apiserver in process"
+    );
+    println!(
+        "converge from start:        {:.1} s  (baseline, the bench writing {scale} Deployments itself: {:.1} s; ratio {:.1})",
+        converge.as_secs_f64(),
+        baseline.as_secs_f64(),
+        converge.as_secs_f64() / baseline.as_secs_f64()
+    );
+    println!(
+        "change -> child, Canary:    p50 {:.1} ms, p99 {:.1} ms ({SAMPLES} changes)",
+        percentile(&canary_latency, 0.5).as_secs_f64() * 1e3,
+        percentile(&canary_latency, 0.99).as_secs_f64() * 1e3
+    );
+    println!(
+        "change -> child, Kanary:    p50 {:.1} ms, p99 {:.1} ms ({SAMPLES} changes)",
+        percentile(&kanary_latency, 0.5).as_secs_f64() * 1e3,
+        percentile(&kanary_latency, 0.99).as_secs_f64() * 1e3
+    );
+    println!(
+        "API requests per reconcile: {:.1} ({converge_requests} requests, {converge_reconciles} reconciles while converging; watches and Lease excluded)",
+        converge_requests as f64 / converge_reconciles.max(1.0)
+    );
+    println!(
+        "quiet {}s, nothing changing:  {quiet_requests} requests, {quiet_reconciles} reconciles (and {quiet_lease} Lease renewals)",
+        QUIET.as_secs()
+    );
+    println!("controller peak RSS:        {rss:.1} MiB");
+}
+
+async fn server_client(kubeconfig: &std::path::Path) -> kube::Client {
+    let kc = kube::config::Kubeconfig::read_from(kubeconfig).unwrap();
+    let config = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.unwrap();
+    kube::Client::try_from(config).unwrap()
+}

@@ -1,0 +1,31 @@
+//! What starts a reconcile of the custom resources themselves: a cached watch (the controller's store) that
+//! passes an object on only when it is new or its spec changed (`metadata.generation`). The controller's own
+//! status writes therefore do not come back as work; changes of owned and watched objects still trigger
+//! through the controllers' `owns`/`watches`.
+
+use futures::Stream;
+use kube::Resource;
+use kube::api::Api;
+use kube::runtime::reflector::Store;
+use kube::runtime::reflector::store::Writer;
+use kube::runtime::{WatchStreamExt, predicates, watcher};
+use std::fmt::Debug;
+use std::hash::Hash;
+
+/// The store of `api`'s objects and the stream of those whose spec is new or changed.
+pub fn spec_changes<K>(
+    api: Api<K>,
+    dyntype: K::DynamicType,
+) -> (Store<K>, impl Stream<Item = Result<K, watcher::Error>>)
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + Debug + Send + Sync + 'static,
+    K::DynamicType: Eq + Hash + Clone,
+{
+    let writer = Writer::new(dyntype);
+    let store = writer.as_reader();
+    let stream = watcher(api, watcher::Config::default())
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(predicates::generation, Default::default());
+    (store, stream)
+}
