@@ -112,6 +112,14 @@ fn peak_rss_mib(pid: u32) -> f64 {
     kb / 1024.0
 }
 
+/// CPU seconds (user + system) a process used, from /proc/<pid>/stat.
+fn cpu_seconds(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit(") ").next().unwrap_or_default().split(' ').collect();
+    let ticks: f64 = fields.get(11..13).map(|f| f.iter().filter_map(|v| v.parse::<f64>().ok()).sum()).unwrap_or(0.0);
+    ticks / 100.0
+}
+
 fn total(counters: &BTreeMap<String, u64>, skip: impl Fn(&str) -> bool) -> u64 {
     counters.iter().filter(|(k, _)| !skip(k)).map(|(_, v)| v).sum()
 }
@@ -228,6 +236,8 @@ async fn main() {
         }
     }
     let converge = last_change.duration_since(started);
+    let controller_cpu = cpu_seconds(&pid.to_string());
+    let bench_cpu = cpu_seconds("self");
     let is_lease = |k: &str| k.contains("leases");
     let converge_requests = total(&server.counters(), |k| is_lease(k) || k.starts_with("watch "));
     let converge_reconciles = reconciles(&metrics_address).await;
@@ -340,6 +350,9 @@ async fn main() {
         QUIET.as_secs()
     );
     println!("controller peak RSS:        {rss:.1} MiB");
+    println!(
+        "CPU until converged:        controller {controller_cpu:.1} s; fake-apiserver and bench (one process) {bench_cpu:.1} s"
+    );
 }
 
 async fn server_client(kubeconfig: &std::path::Path) -> kube::Client {

@@ -237,7 +237,7 @@ async fn serve_api(
             let names: Vec<(Option<String>, String)> = inner
                 .store
                 .list(&rt.bucket, ns)
-                .filter(|o| filter.matches(&present(rt, o)))
+                .filter(|o| filter.matches_stored(rt, o))
                 .map(|o| {
                     (
                         o["metadata"]["namespace"].as_str().map(String::from),
@@ -309,6 +309,12 @@ impl Filter {
     fn matches(&self, presented: &Value) -> bool {
         self.labels.matches(&presented["metadata"]["labels"]) && self.fields.matches(presented)
     }
+
+    /// Matches a stored object, presenting it (a copy) only when a field selector needs its served form.
+    fn matches_stored(&self, rt: &ResourceType, stored: &Value) -> bool {
+        self.labels.matches(&stored["metadata"]["labels"])
+            && (self.fields.is_empty() || self.fields.matches(&present(rt, stored)))
+    }
 }
 
 fn list(
@@ -332,10 +338,10 @@ fn list(
         if after.as_ref().is_some_and(|a| key <= *a) {
             continue;
         }
-        let p = present(rt, o);
-        if !filter.matches(&p) {
+        if !filter.matches_stored(rt, o) {
             continue;
         }
+        let p = present(rt, o);
         if items.len() == limit {
             let last: &Value = items.last().expect("limit > 0");
             let (lns, lname) = crate::store::key_of(last);
@@ -385,7 +391,12 @@ async fn watch(state: &Arc<State>, target: Target, q: &Query) -> Result<Response
         let replay_all = rv_param.is_empty() || rv_param == "0" || send_initial;
         let since = if replay_all { current } else { rv_param.parse::<u64>().unwrap_or(0) };
         let initial: Vec<Value> = if replay_all {
-            inner.store.list(&rt.bucket, ns.as_deref()).map(|o| present(&rt, o)).filter(|p| filter.matches(p)).collect()
+            inner
+                .store
+                .list(&rt.bucket, ns.as_deref())
+                .filter(|o| filter.matches_stored(&rt, o))
+                .map(|o| present(&rt, o))
+                .collect()
         } else {
             vec![]
         };
@@ -416,7 +427,7 @@ async fn watch(state: &Arc<State>, target: Target, q: &Query) -> Result<Response
             last_rv.store(c.rv, std::sync::atomic::Ordering::Relaxed);
             let new = present(&rt, &c.object);
             let now_matches = filter.matches(&new);
-            let was = c.old.as_ref().map(|o| filter.matches(&present(&rt, o))).unwrap_or(false);
+            let was = c.old.as_ref().is_some_and(|o| filter.matches_stored(&rt, o));
             // with selectors, an object that starts matching is ADDED and one that stops matching is DELETED
             let kind = match (c.kind, was, now_matches) {
                 (ChangeType::Deleted, false, false) => return None,

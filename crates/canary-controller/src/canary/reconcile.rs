@@ -190,7 +190,7 @@ pub async fn run(
     let ctx = Arc::new(Context { client: client.clone(), metrics, recorder: crate::report::recorder(client.clone()) });
     let (canaries, spec_changes) =
         crate::runtime::triggers::spec_changes(Api::<GuardedCanary>::all(client.clone()), ());
-    let controller = Controller::for_stream(spec_changes, canaries);
+    let controller = Controller::for_stream(spec_changes, canaries).with_config(crate::runtime::controller_config());
     let store = controller.store();
     ctx.metrics.observe_canaries(store.clone());
     controller

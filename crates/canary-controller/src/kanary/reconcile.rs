@@ -302,7 +302,8 @@ pub async fn run(
         Api::<DynamicObject>::all_with(client.clone(), &resource),
         resource.clone(),
     );
-    let controller = Controller::for_stream_with(spec_changes, kanaries, resource.clone());
+    let controller = Controller::for_stream_with(spec_changes, kanaries, resource.clone())
+        .with_config(crate::runtime::controller_config());
     ctx.metrics.observe_kanaries(&resource.group, controller.store());
     let (store, ar) = (controller.store(), resource.clone());
     let (store2, ar2) = (controller.store(), resource.clone());
