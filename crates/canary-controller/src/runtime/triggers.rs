@@ -4,7 +4,7 @@
 //! through the controllers' `owns`/`watches`.
 
 use futures::Stream;
-use kube::Resource;
+use kube::{Resource, ResourceExt};
 use kube::api::Api;
 use kube::runtime::reflector::Store;
 use kube::runtime::reflector::store::Writer;
@@ -24,6 +24,8 @@ where
     let writer = Writer::new(dyntype);
     let store = writer.as_reader();
     let stream = watcher(api, watcher::Config::default())
+        // managedFields are never read; not caching them keeps the store small
+        .modify(|object| object.managed_fields_mut().clear())
         .reflect(writer)
         .applied_objects()
         .predicate_filter(predicates::generation, Default::default());
