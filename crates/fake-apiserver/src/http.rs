@@ -171,21 +171,24 @@ async fn serve_api(
     let status = target.sub.is_some();
     let ns = target.ns.as_deref();
     let rt = &target.rt;
-    let wants_table = headers.get("accept").and_then(|a| a.to_str().ok()).is_some_and(|a| a.contains("as=Table"));
+    let shape = Shape::from_accept(headers.get("accept").and_then(|a| a.to_str().ok()).unwrap_or_default());
     match verb {
-        "watch" => return watch(state, target, &q).await,
+        "watch" => return watch(state, target, &q, shape).await,
         "list" => {
             let inner = state.inner.lock().expect("lock");
-            return list(&inner, rt, ns, &q, wants_table);
+            return list(&inner, rt, ns, &q, shape);
         }
         "get" => {
             let inner = state.inner.lock().expect("lock");
             let obj = inner.get(rt, ns, target.name.as_deref().unwrap_or_default())?;
-            if wants_table {
-                let rv = obj["metadata"]["resourceVersion"].as_str().unwrap_or_default().to_string();
-                return Ok(ok(&table::table(rt, &[obj], &rv, None)));
-            }
-            return Ok(ok(&obj));
+            return Ok(ok(&match shape {
+                Shape::Table => {
+                    let rv = obj["metadata"]["resourceVersion"].as_str().unwrap_or_default().to_string();
+                    table::table(rt, &[obj], &rv, None)
+                }
+                Shape::Metadata => metadata_only(&obj),
+                Shape::Object => obj,
+            }));
         }
         _ => {}
     }
@@ -322,7 +325,7 @@ fn list(
     rt: &ResourceType,
     ns: Option<&str>,
     q: &Query,
-    wants_table: bool,
+    shape: Shape,
 ) -> Result<Response, ApiError> {
     let filter = Filter::from_query(q)?;
     let limit: usize = q.get("limit").and_then(|l| l.parse().ok()).filter(|l| *l > 0).unwrap_or(usize::MAX);
@@ -350,16 +353,55 @@ fn list(
         }
         items.push(p);
     }
-    if wants_table {
+    if shape == Shape::Table {
         return Ok(ok(&table::table(rt, &items, &rv, next.as_deref())));
     }
     let mut meta = json!({"resourceVersion": rv});
     if let Some(n) = next {
         meta["continue"] = json!(n);
     }
+    if shape == Shape::Metadata {
+        let items: Vec<Value> = items.iter().map(metadata_only).collect();
+        return Ok(ok(
+            &json!({"kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1", "metadata": meta, "items": items}),
+        ));
+    }
     Ok(ok(
         &json!({"kind": format!("{}List", rt.kind), "apiVersion": rt.api_version(), "metadata": meta, "items": items}),
     ))
+}
+
+/// How objects are served, from the Accept header: whole, as a Table, or metadata only
+/// (`as=PartialObjectMetadata`, what metadata-only watches and lists ask for).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    Object,
+    Table,
+    Metadata,
+}
+
+impl Shape {
+    fn from_accept(accept: &str) -> Shape {
+        if accept.contains("as=Table") {
+            Shape::Table
+        } else if accept.contains("as=PartialObjectMetadata") {
+            Shape::Metadata
+        } else {
+            Shape::Object
+        }
+    }
+
+    /// A watched object in this shape (Tables are not served on watches: whole objects are).
+    fn of(self, object: Value) -> Value {
+        match self {
+            Shape::Metadata => metadata_only(&object),
+            Shape::Object | Shape::Table => object,
+        }
+    }
+}
+
+fn metadata_only(object: &Value) -> Value {
+    json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": object["metadata"]})
 }
 
 fn watch_line(kind: &str, object: &Value) -> Bytes {
@@ -375,7 +417,7 @@ fn expired_line(rv: &str) -> Bytes {
 
 /// A watch stream: replays history after the requested resourceVersion (or synthetic ADDED events for
 /// all objects), then follows changes; ends on timeoutSeconds, on an injected drop, or with 410 Gone.
-async fn watch(state: &Arc<State>, target: Target, q: &Query) -> Result<Response, ApiError> {
+async fn watch(state: &Arc<State>, target: Target, q: &Query, shape: Shape) -> Result<Response, ApiError> {
     let filter = Filter::from_query(q)?;
     let rt = target.rt.clone();
     let ns = target.ns.clone();
@@ -409,7 +451,7 @@ async fn watch(state: &Arc<State>, target: Target, q: &Query) -> Result<Response
     tokio::spawn(async move {
         let last_rv = std::sync::atomic::AtomicU64::new(current_rv);
         for o in initial {
-            if tx.send(watch_line("ADDED", &o)).await.is_err() {
+            if tx.send(watch_line("ADDED", &shape.of(o))).await.is_err() {
                 return;
             }
         }
@@ -437,7 +479,7 @@ async fn watch(state: &Arc<State>, target: Target, q: &Query) -> Result<Response
                 (_, true, false) => "DELETED",
                 (_, false, false) => return None,
             };
-            Some(watch_line(kind, &new))
+            Some(watch_line(kind, &shape.of(new)))
         };
         for c in backlog {
             if let Some(line) = emit(&c)

@@ -474,3 +474,29 @@ async fn rbac_enforcement_allows_what_roles_grant_and_denies_the_rest_like_the_r
         rbac.usage("system:serviceaccount:team:app").iter().map(|u| format!("{} {}", u.verb, u.resource)).collect();
     assert_eq!(usage, ["create configmaps", "get configmaps", "list configmaps", "patch configmaps"]);
 }
+
+#[tokio::test]
+async fn metadata_only_requests_get_partial_object_metadata() {
+    use kube::core::PartialObjectMeta;
+    let server = FakeApiServer::start().await.unwrap();
+    let client = server.client();
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    cms.create(&PostParams::default(), &cm("one", json!({"a": "b"}), json!({"big": "x".repeat(1000)}))).await.unwrap();
+    let accept = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1";
+    let request = axum::http::Request::get("/api/v1/namespaces/default/configmaps").header("accept", accept);
+    let text = client.request_text(request.body(vec![]).unwrap()).await.unwrap();
+    let list: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(list["kind"], "PartialObjectMetadataList");
+    assert_eq!(list["items"][0]["kind"], "PartialObjectMetadata");
+    assert_eq!(list["items"][0]["metadata"]["labels"]["a"], "b");
+    assert!(!text.contains("xxxx"), "the data was sent: {text}");
+
+    // kube-rs's metadata API and watcher
+    let meta: Api<PartialObjectMeta<ConfigMap>> = Api::namespaced(client.clone(), "default");
+    assert_eq!(meta.get("one").await.unwrap().metadata.labels.unwrap()["a"], "b");
+    let mut events = meta.watch(&WatchParams::default(), "0").await.unwrap().boxed();
+    match events.try_next().await.unwrap().unwrap() {
+        WatchEvent::Added(o) => assert_eq!(o.metadata.name.as_deref(), Some("one")),
+        other => panic!("expected ADDED, got {other:?}"),
+    }
+}

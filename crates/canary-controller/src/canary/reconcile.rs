@@ -9,6 +9,7 @@ use super::build::{
 use super::validate::{Problem, is_owned_by, validate};
 use crate::api::canary::{Canary, CanaryStatus};
 use crate::report::{FIELD_MANAGER, publish};
+use crate::runtime::triggers::metadata_of;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ObjectReference;
@@ -18,7 +19,6 @@ use kube::core::{DeserializeGuard, error_boundary::InvalidObject};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{EventType, Recorder};
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use std::sync::Arc;
 use std::time::Duration;
@@ -159,7 +159,7 @@ fn error_policy(canary: Arc<GuardedCanary>, error: &Error, _ctx: Arc<Context>) -
 }
 
 /// The Canaries a Deployment matters to: its controller, those targeting it, and those whose canary name it holds.
-fn canaries_for(store: &Store<GuardedCanary>, deployment: &Deployment) -> Vec<ObjectRef<GuardedCanary>> {
+fn canaries_for(store: &Store<GuardedCanary>, deployment: &impl Resource) -> Vec<ObjectRef<GuardedCanary>> {
     let ns = deployment.namespace().unwrap_or_default();
     let name = deployment.name_any();
     let mut refs: Vec<ObjectRef<GuardedCanary>> = deployment
@@ -194,7 +194,7 @@ pub async fn run(
     let store = controller.store();
     ctx.metrics.observe_canaries(store.clone());
     controller
-        .watches(Api::<Deployment>::all(client), watcher::Config::default(), move |d| canaries_for(&store, &d))
+        .watches_stream(metadata_of::<Deployment>(client), move |d| canaries_for(&store, &d))
         .graceful_shutdown_on(shutdown)
         .run(measured_reconcile, error_policy, ctx)
         .for_each(|result| async move {

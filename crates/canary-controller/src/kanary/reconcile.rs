@@ -10,6 +10,7 @@ use super::validate::{Problem, parse_and_validate};
 use crate::api::kanary::{KIND, KanarySpec, KanaryStatus};
 use crate::conditions::reason_of;
 use crate::report::{FIELD_MANAGER, publish};
+use crate::runtime::triggers::metadata_of;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
@@ -20,7 +21,6 @@ use kube::core::{ApiResource, DynamicObject};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{EventType, Recorder};
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use std::sync::Arc;
 use std::time::Duration;
@@ -308,9 +308,9 @@ pub async fn run(
     let (store, ar) = (controller.store(), resource.clone());
     let (store2, ar2) = (controller.store(), resource.clone());
     controller
-        .owns(Api::<ConfigMap>::all(client.clone()), watcher::Config::default())
-        .owns(Api::<Deployment>::all(client.clone()), watcher::Config::default())
-        .watches(Api::<Service>::all(client.clone()), watcher::Config::default(), move |svc| {
+        .owns_stream(metadata_of::<ConfigMap>(client.clone()))
+        .owns_stream(metadata_of::<Deployment>(client.clone()))
+        .watches_stream(metadata_of::<Service>(client.clone()), move |svc| {
             let ns = svc.namespace().unwrap_or_default();
             let mut refs = kanaries_using(&store, &ar, &ns, &svc.name_any());
             for r in svc
@@ -322,7 +322,7 @@ pub async fn run(
             }
             refs
         })
-        .watches(Api::<EndpointSlice>::all(client), watcher::Config::default(), move |slice| {
+        .watches_stream(metadata_of::<EndpointSlice>(client), move |slice| {
             let ns = slice.namespace().unwrap_or_default();
             match slice.labels().get(SERVICE_NAME_LABEL) {
                 Some(service) => kanaries_using(&store2, &ar2, &ns, service),

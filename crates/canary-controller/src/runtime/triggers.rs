@@ -1,14 +1,16 @@
 //! What starts a reconcile of the custom resources themselves: a cached watch (the controller's store) that
 //! passes an object on only when it is new or its spec changed (`metadata.generation`). The controller's own
 //! status writes therefore do not come back as work; changes of owned and watched objects still trigger
-//! through the controllers' `owns`/`watches`.
+//! through [`metadata_of`]: owned and related objects are watched as metadata only (owner references, names,
+//! labels are all a mapper reads), which the API server sends and the controller decodes far more cheaply.
 
 use futures::Stream;
-use kube::{Resource, ResourceExt};
 use kube::api::Api;
+use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::Store;
 use kube::runtime::reflector::store::Writer;
 use kube::runtime::{WatchStreamExt, predicates, watcher};
+use kube::{Resource, ResourceExt};
 use std::fmt::Debug;
 use std::hash::Hash;
 
@@ -30,4 +32,12 @@ where
         .applied_objects()
         .predicate_filter(predicates::generation, Default::default());
     (store, stream)
+}
+
+/// The objects of kind `K` in every namespace, as metadata only, each time one is created, changed or deleted.
+pub fn metadata_of<K>(client: kube::Client) -> impl Stream<Item = Result<PartialObjectMeta<K>, watcher::Error>>
+where
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    watcher(Api::<PartialObjectMeta<K>>::all(client), watcher::Config::default()).touched_objects()
 }
