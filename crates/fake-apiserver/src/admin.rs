@@ -1,7 +1,7 @@
 //! Test controls over HTTP, under `/fake/`: fault injection and request counters, for tests that drive the
 //! binary rather than the library.
 //!
-//! - `POST /fake/fail?count=N&code=500|429&retryAfter=S` fails the next N API requests
+//! - `POST /fake/fail?count=N&code=500|429|409&retryAfter=S` fails the next N API requests
 //! - `POST /fake/latency?ms=N` delays every API request
 //! - `POST /fake/drop-watches`, `POST /fake/expire-watches` (history compacted: resuming gets 410)
 //! - `GET /fake/counters`, `DELETE /fake/counters`

@@ -463,10 +463,11 @@ async fn watch(state: &Arc<State>, target: Target, q: &Query, shape: Shape) -> R
         }
         let relevant = |c: &Change| c.bucket == rt.bucket && ns.as_deref().is_none_or(|n| n == c.namespace);
         let emit = |c: &Change| -> Option<Bytes> {
+            // every change up to here has been considered: bookmarks carry it, as a real server's progress does
+            last_rv.store(c.rv, std::sync::atomic::Ordering::Relaxed);
             if !relevant(c) {
                 return None;
             }
-            last_rv.store(c.rv, std::sync::atomic::Ordering::Relaxed);
             let new = present(&rt, &c.object);
             let now_matches = filter.matches(&new);
             let was = c.old.as_ref().is_some_and(|o| filter.matches_stored(&rt, o));

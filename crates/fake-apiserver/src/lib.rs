@@ -42,6 +42,8 @@ pub struct Faults {
 #[derive(Default)]
 struct FaultState {
     fail_remaining: u32,
+    /// Every request fails until then.
+    fail_until: Option<tokio::time::Instant>,
     fail_code: u16,
     retry_after: Option<u32>,
     latency: Duration,
@@ -52,10 +54,12 @@ impl Faults {
     async fn take_failure(&self) -> Option<ApiError> {
         let (latency, failure) = {
             let mut f = self.inner.lock().expect("lock");
-            let failure = (f.fail_remaining > 0).then(|| {
-                f.fail_remaining -= 1;
+            let until = f.fail_until.is_some_and(|u| tokio::time::Instant::now() < u);
+            let failure = (f.fail_remaining > 0 || until).then(|| {
+                f.fail_remaining = f.fail_remaining.saturating_sub(1);
                 let mut e = match f.fail_code {
                     429 => ApiError::new(429, "TooManyRequests", "the server has received too many requests and has asked us to try again later (injected fault)"),
+                    409 => ApiError::new(409, "Conflict", "Operation cannot be fulfilled: the object has been modified; please apply your changes to the latest version and try again (injected fault)"),
                     code => ApiError::new(code, "InternalError", "an error on the server (\"injected fault\") has prevented the request from succeeding"),
                 };
                 e.retry_after = f.retry_after;
@@ -99,6 +103,14 @@ impl State {
     pub fn fail_next(&self, count: u32, code: u16, retry_after: Option<u32>) {
         let mut f = self.faults.inner.lock().expect("lock");
         f.fail_remaining = count;
+        f.fail_code = code;
+        f.retry_after = retry_after;
+    }
+
+    /// Fails every API request for `duration` (an API server that is briefly unavailable or throttling).
+    pub fn fail_for(&self, duration: Duration, code: u16, retry_after: Option<u32>) {
+        let mut f = self.faults.inner.lock().expect("lock");
+        f.fail_until = Some(tokio::time::Instant::now() + duration);
         f.fail_code = code;
         f.retry_after = retry_after;
     }

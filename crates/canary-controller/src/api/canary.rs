@@ -32,7 +32,7 @@ pub struct CanarySpec {
     #[schemars(length(min = 1, max = MAX_TARGET_NAME_LENGTH), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"))]
     pub target_deployment_name: String,
     /// Containers of the target whose image the canary replaces, by container name.
-    #[schemars(length(min = 1), extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    #[schemars(length(min = 1, max = 64), extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub target_containers: Vec<TargetContainer>,
     /// Replicas of the canary Deployment. Default: the target's replicas.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -43,10 +43,10 @@ pub struct CanarySpec {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 pub struct TargetContainer {
     /// Name of a container of the target Deployment.
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
     pub name: String,
     /// Image the canary runs in that container.
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = 1024), regex(pattern = r"^\S+$"))]
     pub image: String,
 }
 

@@ -27,6 +27,7 @@ pub struct Context {
     pub client: Client,
     pub metrics: Arc<crate::runtime::telemetry::Metrics>,
     pub recorder: Recorder,
+    pub backoff: crate::runtime::backoff::ErrorBackoff,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -57,7 +58,11 @@ async fn measured_reconcile(guarded: Arc<GuardedCanary>, ctx: Arc<Context>) -> R
             Err(unreadable) => report_unreadable(unreadable, &ctx).await,
         }
     };
-    ctx.metrics.measure("canary", reconcile, Error::category).await
+    let result = ctx.metrics.measure("canary", reconcile, Error::category).await;
+    if result.is_ok() {
+        ctx.backoff.succeeded(&ObjectRef::from_obj(guarded.as_ref()).to_string());
+    }
+    result
 }
 
 /// Reports a Canary that cannot be deserialized in its status and with a Warning event; changes nothing else.
@@ -149,13 +154,10 @@ async fn patch_status(api: &Api<Canary>, name: &str, status: &CanaryStatus) -> R
     Ok(())
 }
 
-fn error_policy(canary: Arc<GuardedCanary>, error: &Error, _ctx: Arc<Context>) -> Action {
-    let name = match &canary.0 {
-        Ok(c) => c.name_any(),
-        Err(unreadable) => unreadable.metadata.name.clone().unwrap_or_default(),
-    };
-    tracing::warn!(canary = %name, %error, "reconcile failed; retrying");
-    Action::requeue(Duration::from_secs(5))
+fn error_policy(canary: Arc<GuardedCanary>, error: &Error, ctx: Arc<Context>) -> Action {
+    let delay = ctx.backoff.failed(&ObjectRef::from_obj(canary.as_ref()).to_string());
+    tracing::warn!(canary = %ObjectRef::from_obj(canary.as_ref()), %error, ?delay, "reconcile failed; retrying");
+    Action::requeue(delay)
 }
 
 /// The Canaries a Deployment matters to: its controller, those targeting it, and those whose canary name it holds.
@@ -187,10 +189,17 @@ pub async fn run(
     metrics: Arc<crate::runtime::telemetry::Metrics>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let ctx = Arc::new(Context { client: client.clone(), metrics, recorder: crate::report::recorder(client.clone()) });
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        metrics,
+        recorder: crate::report::recorder(client.clone()),
+        backoff: Default::default(),
+    });
     let (canaries, spec_changes) =
         crate::runtime::triggers::spec_changes(Api::<GuardedCanary>::all(client.clone()), ());
-    let controller = Controller::for_stream(spec_changes, canaries).with_config(crate::runtime::controller_config());
+    let controller = Controller::for_stream(spec_changes, canaries)
+        .with_config(crate::runtime::controller_config())
+        .trigger_backoff(crate::runtime::trigger_backoff());
     let store = controller.store();
     ctx.metrics.observe_canaries(store.clone());
     controller

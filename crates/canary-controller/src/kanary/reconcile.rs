@@ -31,6 +31,7 @@ pub struct Context {
     pub recorder: Recorder,
     pub resource: ApiResource,
     pub proxy: ProxyOptions,
+    pub backoff: crate::runtime::backoff::ErrorBackoff,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -56,7 +57,12 @@ impl Error {
 }
 
 async fn measured_reconcile(kanary: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Action, Error> {
-    ctx.metrics.measure("kanary", reconcile(kanary, ctx.clone()), Error::category).await
+    let object = ObjectRef::from_obj_with(kanary.as_ref(), ctx.resource.clone()).to_string();
+    let result = ctx.metrics.measure("kanary", reconcile(kanary, ctx.clone()), Error::category).await;
+    if result.is_ok() {
+        ctx.backoff.succeeded(&object);
+    }
+    result
 }
 
 /// Reconciles one Kanary.
@@ -259,9 +265,11 @@ async fn resolve_routes(
     Ok(Ok((routes, degraded)))
 }
 
-fn error_policy(kanary: Arc<DynamicObject>, error: &Error, _ctx: Arc<Context>) -> Action {
-    tracing::warn!(kanary = %kanary.name_any(), %error, "reconcile failed; retrying");
-    Action::requeue(Duration::from_secs(5))
+fn error_policy(kanary: Arc<DynamicObject>, error: &Error, ctx: Arc<Context>) -> Action {
+    let object = ObjectRef::from_obj_with(kanary.as_ref(), ctx.resource.clone()).to_string();
+    let delay = ctx.backoff.failed(&object);
+    tracing::warn!(kanary = %object, %error, ?delay, "reconcile failed; retrying");
+    Action::requeue(delay)
 }
 
 /// The Kanaries (of this group) that use a backend Service, in its namespace.
@@ -297,13 +305,15 @@ pub async fn run(
         recorder: crate::report::recorder(client.clone()),
         resource: resource.clone(),
         proxy,
+        backoff: Default::default(),
     });
     let (kanaries, spec_changes) = crate::runtime::triggers::spec_changes(
         Api::<DynamicObject>::all_with(client.clone(), &resource),
         resource.clone(),
     );
     let controller = Controller::for_stream_with(spec_changes, kanaries, resource.clone())
-        .with_config(crate::runtime::controller_config());
+        .with_config(crate::runtime::controller_config())
+        .trigger_backoff(crate::runtime::trigger_backoff());
     ctx.metrics.observe_kanaries(&resource.group, controller.store());
     let (store, ar) = (controller.store(), resource.clone());
     let (store2, ar2) = (controller.store(), resource.clone());

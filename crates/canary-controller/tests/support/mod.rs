@@ -86,7 +86,7 @@ impl Cluster {
     fn controller_command(&self) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_canary-controller"));
         cmd.env("KUBECONFIG", &self.controller_kubeconfig)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", std::env::var("E2E_CONTROLLER_LOG").unwrap_or_else(|_| "info".into()))
             .env("METRICS_ADDRESS", "127.0.0.1:0");
         // the leader election Lease lives in the test's namespace, so that tests sharing a cluster do not compete
         cmd.env("POD_NAMESPACE", &self.namespace);

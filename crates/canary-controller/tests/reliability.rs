@@ -1,0 +1,385 @@
+//! Reliability of the real binary under the faults fake-apiserver can inject (so these tests need it and are
+//! skipped against a real cluster): while the controller works on many Canaries and Kanaries, the API server
+//! restarts, watches are dropped or expire (410, relist), it answers only 500, 429 or 409 for two seconds, another
+//! writer races it on its children, and the leader is killed. After each: every object converges, with no
+//! duplicate or orphaned child, the user's own objects untouched, and no panic. Then hostile input.
+
+mod support;
+
+use fake_apiserver::FakeApiServer;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::core::DynamicObject;
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+use support::{Cluster, Process};
+
+/// Canaries, and Kanaries (alternating API groups), in the test's namespace.
+const N: usize = 12;
+const LEASE_SECONDS: &str = "3";
+
+struct World {
+    cluster: Cluster,
+    round: usize,
+    /// resourceVersions of the objects the user owns, which must never change
+    bystanders: BTreeMap<String, String>,
+}
+
+fn group_of(i: usize) -> (&'static str, &'static str) {
+    canary_controller::api::kanary::GROUPS[i % 2]
+}
+
+/// The weight of route v2 of every Kanary in `round`.
+fn canary_weight(round: usize) -> i64 {
+    (round as i64 * 7) % 50 + 1
+}
+
+impl World {
+    async fn start() -> Option<World> {
+        let cluster = Cluster::start().await;
+        if cluster.fake.is_none() {
+            eprintln!("SKIPPED: fault injection needs fake-apiserver");
+            return None;
+        }
+        cluster.install_crds().await;
+        let mut world = World { cluster, round: 0, bystanders: BTreeMap::new() };
+        world.create_backends_and_bystanders().await;
+        world.change_everything().await;
+        Some(world)
+    }
+
+    fn server(&self) -> &FakeApiServer {
+        self.cluster.fake.as_ref().expect("checked in start")
+    }
+
+    fn replica(&self, name: &str) -> Process {
+        let args = ["--lease-duration", LEASE_SECONDS, "--leader-election-identity", name];
+        self.cluster.spawn_controller_with(name, &args)
+    }
+
+    fn api<K>(&self) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+    {
+        Api::namespaced(self.cluster.client.clone(), &self.cluster.namespace)
+    }
+
+    async fn create_backends_and_bystanders(&mut self) {
+        let pp = PostParams::default();
+        for i in 0..N {
+            let target = json!({"metadata": {"name": format!("app-{i}")}, "spec": {"selector": {"matchLabels": {"app": format!("app-{i}")}},
+                "template": {"metadata": {"labels": {"app": format!("app-{i}")}}, "spec": {"containers": [{"name": "app", "image": "app:1"}]}}}});
+            self.api::<Deployment>().create(&pp, &serde_json::from_value(target).unwrap()).await.unwrap();
+            for v in ["v1", "v2"] {
+                let name = format!("b-{i}-{v}");
+                let svc = json!({"metadata": {"name": name}, "spec": {"ports": [{"port": 80, "targetPort": 8080}]}});
+                self.api::<Service>().create(&pp, &serde_json::from_value(svc).unwrap()).await.unwrap();
+                let slice = json!({"metadata": {"name": format!("{name}-x"), "labels": {"kubernetes.io/service-name": name}},
+                    "addressType": "IPv4", "ports": [{"name": "", "port": 8080}],
+                    "endpoints": [{"addresses": [format!("10.0.{i}.{}", if v == "v1" { 1 } else { 2 })], "conditions": {"ready": true}}]});
+                self.api::<EndpointSlice>().create(&pp, &serde_json::from_value(slice).unwrap()).await.unwrap();
+            }
+        }
+        // the user's own objects, with names the controller could be tempted by
+        let cm = json!({"metadata": {"name": "app-0-canary-config"}, "data": {"keep": "me"}});
+        let cm = self.api::<ConfigMap>().create(&pp, &serde_json::from_value(cm).unwrap()).await.unwrap();
+        let user = json!({"metadata": {"name": "user-app", "labels": {"canary": "true"}}, "spec": {"selector": {"matchLabels": {"app": "user"}},
+            "template": {"metadata": {"labels": {"app": "user"}}, "spec": {"containers": [{"name": "app", "image": "user:1"}]}}}});
+        let user = self.api::<Deployment>().create(&pp, &serde_json::from_value(user).unwrap()).await.unwrap();
+        self.bystanders.insert("configmaps/app-0-canary-config".into(), cm.metadata.resource_version.unwrap());
+        self.bystanders.insert("deployments/user-app".into(), user.metadata.resource_version.unwrap());
+    }
+
+    /// Starts a new round: every Canary gets a new image and every Kanary new weights.
+    async fn change_everything(&mut self) {
+        self.round += 1;
+        let pp = PatchParams::apply("e2e").force();
+        for i in 0..N {
+            let canary = json!({"apiVersion": "canary.k8s.wantedly.com/v1beta1", "kind": "Canary", "metadata": {"name": format!("c-{i}")},
+                "spec": {"targetDeploymentName": format!("app-{i}"), "targetContainers": [{"name": "app", "image": format!("app:2-{}", self.round)}]}});
+            let ar = kube::discovery::ApiResource::erase::<canary_controller::api::canary::Canary>(&());
+            let api: Api<DynamicObject> =
+                Api::namespaced_with(self.cluster.client.clone(), &self.cluster.namespace, &ar);
+            api.patch(&format!("c-{i}"), &pp, &Patch::Apply(canary)).await.unwrap();
+            let (group, version) = group_of(i);
+            let w = canary_weight(self.round);
+            let kanary = json!({"apiVersion": format!("{group}/{version}"), "kind": "Kanary", "metadata": {"name": format!("k-{i}")},
+                "spec": {"destination": format!("front-{i}"), "routes": [
+                    {"backend": {"serviceName": format!("b-{i}-v1"), "servicePort": 80}, "weight": 100 - w},
+                    {"backend": {"serviceName": format!("b-{i}-v2"), "servicePort": 80}, "weight": w}]}});
+            let ar = canary_controller::api::kanary::api_resource(group, version);
+            let api: Api<DynamicObject> =
+                Api::namespaced_with(self.cluster.client.clone(), &self.cluster.namespace, &ar);
+            api.patch(&format!("k-{i}"), &pp, &Patch::Apply(kanary)).await.unwrap();
+        }
+    }
+
+    /// Objects of a resource in the test's namespace, read from fake-apiserver's store (not through the API,
+    /// which may be failing on purpose).
+    fn stored(&self, group: &str, version: &str, plural: &str) -> Vec<Value> {
+        let inner = self.server().state().inner.lock().unwrap();
+        let rt = inner.resource(group, version, plural).unwrap();
+        inner.store.list(&rt.bucket, Some(&self.cluster.namespace)).cloned().collect()
+    }
+
+    /// What is not yet as it should be at the end of this round ("" when everything is).
+    fn differences(&self) -> Vec<String> {
+        let mut wrong = vec![];
+        let name = |o: &Value| o["metadata"]["name"].as_str().unwrap_or_default().to_string();
+        let deployments = self.stored("apps", "v1", "deployments");
+        let config_maps = self.stored("", "v1", "configmaps");
+        let services = self.stored("", "v1", "services");
+        let mut uids: Vec<String> = vec![];
+        for (g, v, p) in [
+            ("canary.k8s.wantedly.com", "v1beta1", "canaries"),
+            ("kanary.k8s.io", "v1", "kanaries"),
+            ("kanary.pyxida.io", "v1alpha1", "kanaries"),
+        ] {
+            uids.extend(self.stored(g, v, p).iter().filter_map(|o| o["metadata"]["uid"].as_str().map(String::from)));
+        }
+        let owned = |o: &Value| {
+            o["metadata"]["ownerReferences"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|r| r["controller"] == true)
+                .count()
+        };
+        for o in deployments.iter().chain(&config_maps).chain(&services) {
+            let alive = o["metadata"]["ownerReferences"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .all(|r| uids.iter().any(|u| r["uid"] == *u));
+            if owned(o) > 0 && !alive {
+                wrong.push(format!("orphan {}", name(o)));
+            }
+        }
+        let w = canary_weight(self.round);
+        for i in 0..N {
+            let image = format!("app:2-{}", self.round);
+            let canary = deployments.iter().find(|d| name(d) == format!("app-{i}-canary"));
+            if canary.is_none_or(|d| d["spec"]["template"]["spec"]["containers"][0]["image"] != image.as_str()) {
+                wrong.push(format!("app-{i}-canary does not run {image}"));
+            }
+            let config = config_maps.iter().find(|c| name(c) == format!("k-{i}-config"));
+            let rule = format!("lt {} }}", 100 - w);
+            if config.is_none_or(|c| !c["data"]["haproxy.cfg"].as_str().unwrap_or_default().contains(&rule)) {
+                wrong.push(format!("k-{i}-config has not got weights {}/{w}", 100 - w));
+            }
+            if !services.iter().any(|s| name(s) == format!("front-{i}") && owned(s) == 1) {
+                wrong.push(format!("Service front-{i} missing"));
+            }
+        }
+        let count = |objects: &[Value], pred: &dyn Fn(&Value) -> bool| {
+            objects.iter().filter(|o| owned(o) > 0 && pred(o)).count()
+        };
+        let canaries = count(&deployments, &|d| name(d).ends_with("-canary"));
+        let proxies = count(&deployments, &|d| name(d).ends_with("-haproxy"));
+        let configs = count(&config_maps, &|_| true);
+        if (canaries, proxies, configs) != (N, N, N) {
+            wrong.push(format!(
+                "children: {canaries} canary Deployments, {proxies} proxies, {configs} ConfigMaps (want {N} each)"
+            ));
+        }
+        for (key, rv) in &self.bystanders {
+            let (plural, object) = key.split_once('/').unwrap();
+            let objects = if plural == "configmaps" { &config_maps } else { &deployments };
+            let now = objects.iter().find(|o| name(o) == object).map(|o| o["metadata"]["resourceVersion"].clone());
+            if now != Some(json!(rv)) {
+                wrong.push(format!("the user's {key} was touched"));
+            }
+        }
+        wrong
+    }
+
+    async fn converges(&self, after: &str, controllers: &mut [&mut Process]) {
+        let start = Instant::now();
+        loop {
+            let wrong = self.differences();
+            if wrong.is_empty() {
+                eprintln!("{after}: converged in {:?}", start.elapsed());
+
+                break;
+            }
+            for c in controllers.iter_mut() {
+                if let Ok(Some(status)) = c.child.try_wait() {
+                    panic!("after {after}: the controller exited ({status}):\n{}", c.log());
+                }
+            }
+            if start.elapsed() > Duration::from_secs(40) {
+                let logs: Vec<String> = controllers.iter().map(|c| c.log()).collect();
+                panic!("after {after}, not converged: {wrong:?}\nlogs:\n{}", logs.join("\n---\n"));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        for c in controllers.iter() {
+            assert!(!c.log().contains("panicked"), "after {after}, a panic:\n{}", c.log());
+        }
+    }
+}
+
+#[tokio::test]
+async fn converges_through_restarts_lost_watches_error_bursts_and_racing_writers() {
+    let Some(mut world) = World::start().await else { return };
+    let mut controller = world.replica("a");
+    world.converges("start", &mut [&mut controller]).await;
+
+    world.change_everything().await;
+    world.server().restart().await.unwrap();
+    world.converges("an API server restart", &mut [&mut controller]).await;
+
+    world.change_everything().await;
+    world.server().state().drop_watches();
+    world.converges("dropped watches", &mut [&mut controller]).await;
+
+    world.change_everything().await;
+    world.server().state().expire_watches();
+    world.converges("expired watches (410, relist)", &mut [&mut controller]).await;
+
+    // every request fails for two seconds
+    for (code, retry_after) in [(500, None), (429, Some(1)), (409, None)] {
+        world.change_everything().await;
+        world.server().state().fail_for(Duration::from_secs(2), code, retry_after);
+        world.converges(&format!("two seconds of {code}s"), &mut [&mut controller]).await;
+    }
+
+    // another writer edits the children while the controller applies them
+    world.change_everything().await;
+    for i in 0..N {
+        let deployments: Api<Deployment> = world.api();
+        let edit =
+            json!({"spec": {"template": {"spec": {"containers": [{"name": "app", "image": "someone-else:1"}]}}}});
+        let _ = deployments.patch(&format!("app-{i}-canary"), &PatchParams::default(), &Patch::Strategic(edit)).await;
+        let cms: Api<ConfigMap> = world.api();
+        let edit = json!({"data": {"haproxy.cfg": "global\n"}});
+        let _ = cms.patch(&format!("k-{i}-config"), &PatchParams::default(), &Patch::Merge(edit)).await;
+    }
+    world.converges("a racing writer", &mut [&mut controller]).await;
+    world.cluster.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_standby_finishes_the_work_when_the_leader_is_killed_mid_work() {
+    let Some(mut world) = World::start().await else { return };
+    let mut a = world.replica("a");
+    a.wait_for_log("became the leader").await;
+    let mut b = world.replica("b");
+    b.wait_for_log("waiting to become the leader").await;
+    world.converges("start", &mut [&mut a, &mut b]).await;
+
+    world.change_everything().await;
+    a.child.start_kill().unwrap();
+    let _ = a.child.wait().await;
+    world.converges("the leader killed mid-work", &mut [&mut b]).await;
+    assert!(b.log().contains("became the leader"));
+    world.cluster.cleanup().await;
+}
+
+#[tokio::test]
+async fn hostile_input_is_rejected_with_the_field_named_and_changes_nothing_else() {
+    let Some(world) = World::start().await else { return };
+    let mut controller = world.replica("a");
+    world.converges("start", &mut [&mut controller]).await;
+    let client = world.cluster.client.clone();
+    let ns = world.cluster.namespace.clone();
+    let canaries: Api<DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        &ns,
+        &kube::discovery::ApiResource::erase::<canary_controller::api::canary::Canary>(&()),
+    );
+    let kanaries: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), &ns, &canary_controller::api::kanary::api_resource("kanary.k8s.io", "v1"));
+    let rejected = |result: Result<DynamicObject, kube::Error>| match result {
+        Err(kube::Error::Api(e)) => (e.code, e.message),
+        other => panic!("accepted: {other:?}"),
+    };
+    let canary = |name: &str, target: String, containers: Value| -> DynamicObject {
+        serde_json::from_value(
+            json!({"apiVersion": "canary.k8s.wantedly.com/v1beta1", "kind": "Canary", "metadata": {"name": name},
+            "spec": {"targetDeploymentName": target, "targetContainers": containers}}),
+        )
+        .unwrap()
+    };
+    let kanary = |name: &str, routes: Value| -> DynamicObject {
+        serde_json::from_value(json!({"apiVersion": "kanary.k8s.io/v1", "kind": "Kanary", "metadata": {"name": name},
+            "spec": {"destination": "hostile-front", "routes": routes}}))
+        .unwrap()
+    };
+    let pp = PostParams::default();
+    let app = json!([{"name": "app", "image": "app:9"}]);
+    let cases: Vec<(&str, Result<DynamicObject, kube::Error>, &str)> = vec![
+        (
+            "a target name one past the limit",
+            canaries.create(&pp, &canary("h1", "a".repeat(247), app.clone())).await,
+            "spec.targetDeploymentName: Too long: may not be more than 246",
+        ),
+        (
+            "a huge container list",
+            canaries
+                .create(&pp, &canary("h2", "app-0".into(), json!((0..65).map(|i| json!({"name": format!("c{i}"), "image": "x"})).collect::<Vec<_>>())))
+                .await,
+            "spec.targetContainers: Too many: 65: must have at most 64 items",
+        ),
+        (
+            "an image with a line break",
+            canaries.create(&pp, &canary("h3", "app-0".into(), json!([{"name": "app", "image": "x\n  command: [sh]"}]))).await,
+            "spec.targetContainers[0].image",
+        ),
+        (
+            "a directive in a service name",
+            kanaries
+                .create(&pp, &kanary("h4", json!([{"backend": {"serviceName": "b-0-v1\n    bind :1", "servicePort": 80}, "weight": 100}])))
+                .await,
+            "spec.routes[0].backend.serviceName",
+        ),
+        (
+            "a weight of the wrong type",
+            kanaries
+                .create(&pp, &kanary("h5", json!([{"backend": {"serviceName": "b-0-v1", "servicePort": 80}, "weight": "all"}])))
+                .await,
+            "spec.routes[0].weight in body must be of type integer",
+        ),
+        (
+            "a huge route list",
+            kanaries
+                .create(&pp, &kanary("h6", json!((0..17).map(|i| json!({"backend": {"serviceName": format!("s{i}"), "servicePort": 80}, "weight": 0})).collect::<Vec<_>>())))
+                .await,
+            "spec.routes: Too many: 17: must have at most 16 items",
+        ),
+    ];
+    for (what, result, field) in cases {
+        let (code, message) = rejected(result);
+        assert_eq!(code, 422, "{what}: {message}");
+        assert!(message.contains(field), "{what}: the message does not name {field:?}: {message}");
+    }
+
+    // a Kanary name at the limit works; one past it is rejected, naming the field and the reason
+    let max = canary_controller::api::kanary::MAX_NAME_LENGTH;
+    let routes = json!([{"backend": {"serviceName": "b-0-v1", "servicePort": 80}, "weight": 100}]);
+    let mut at_limit = kanary(&"k".repeat(max), routes.clone());
+    at_limit.data["spec"]["destination"] = json!("front-at-limit");
+    kanaries.create(&pp, &at_limit).await.unwrap();
+    let (code, message) = rejected(kanaries.create(&pp, &kanary(&"l".repeat(max + 1), routes)).await);
+    assert_eq!(code, 422);
+    assert!(message.contains("metadata.name: at most 55 characters (the proxy is named <name>-haproxy)"), "{message}");
+    let configs: Api<ConfigMap> = world.api();
+    support::eventually(10, "the proxy of the Kanary named at the limit", || async {
+        configs.get_opt(&format!("{}-config", "k".repeat(max))).await.unwrap().is_some()
+    })
+    .await;
+    kanaries.delete(&"k".repeat(max), &Default::default()).await.unwrap();
+    support::eventually(10, "the proxy of the deleted Kanary collected", || async {
+        configs.get_opt(&format!("{}-config", "k".repeat(max))).await.unwrap().is_none()
+    })
+    .await;
+    // everything else is as it was
+    world.converges("hostile input", &mut [&mut controller]).await;
+    world.cluster.cleanup().await;
+}
