@@ -188,10 +188,17 @@ async fn main() {
 
     server.state().reset_counters();
     let log_path = dir.path().join("controller.log");
-    let mut controller = tokio::process::Command::new(env!("CARGO_BIN_EXE_canary-controller"))
+    // CONTROLLER_WRAPPER runs the controller under a profiler, e.g. "heaptrack -o /tmp/controller"
+    let wrapper: Vec<String> =
+        std::env::var("CONTROLLER_WRAPPER").unwrap_or_default().split_whitespace().map(String::from).collect();
+    let binary = env!("CARGO_BIN_EXE_canary-controller").to_string();
+    let command: Vec<String> = wrapper.into_iter().chain([binary]).collect();
+    let mut controller = tokio::process::Command::new(&command[0])
+        .args(&command[1..])
         .args(["run", "--leader-election-namespace", "default"])
         .env("KUBECONFIG", &kubeconfig)
         .env("METRICS_ADDRESS", "127.0.0.1:0")
+        .env("MALLOC_ARENA_MAX", "2") // as config/manager/manager.yaml sets it
         .env("RUST_LOG", std::env::var("CONTROLLER_LOG").unwrap_or("warn,canary_controller=info".into()))
         .stderr(std::fs::File::create(&log_path).unwrap())
         .kill_on_drop(true)

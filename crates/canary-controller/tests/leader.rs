@@ -33,9 +33,7 @@ async fn env() -> Env {
 
 impl Env {
     fn replica(&self, identity: &str) -> Process {
-        let lease = LEASE_SECONDS.to_string();
-        let args = ["--lease-duration", &lease, "--leader-election-identity", identity];
-        self.cluster.spawn_controller_with(identity, &args)
+        self.cluster.spawn_replica(identity, LEASE_SECONDS)
     }
 
     /// Sets the canary image of Canary `c` (creating it) and waits until `web-canary` runs it.
@@ -63,10 +61,7 @@ async fn reconciles(replica: &Process) -> f64 {
 #[tokio::test]
 async fn one_replica_reconciles_and_a_standby_takes_over_when_it_dies() {
     let env = env().await;
-    let mut a = env.replica("a");
-    a.wait_for_log("became the leader").await;
-    let mut b = env.replica("b");
-    b.wait_for_log("waiting to become the leader").await;
+    let (mut a, mut b) = env.cluster.leader_and_standby(LEASE_SECONDS).await;
     assert_eq!(env.holder().await.as_deref(), Some("a"));
 
     env.roll_canary_to("web:2").await;
@@ -94,10 +89,7 @@ async fn one_replica_reconciles_and_a_standby_takes_over_when_it_dies() {
 #[tokio::test]
 async fn a_leader_that_shuts_down_releases_the_lease() {
     let env = env().await;
-    let mut a = env.replica("a");
-    a.wait_for_log("became the leader").await;
-    let mut b = env.replica("b");
-    b.wait_for_log("waiting to become the leader").await;
+    let (mut a, mut b) = env.cluster.leader_and_standby(LEASE_SECONDS).await;
     let status = a.terminate().await;
     assert!(status.success(), "{}", a.log());
     let lease: Api<Lease> = Api::namespaced(env.cluster.client.clone(), &env.cluster.namespace);

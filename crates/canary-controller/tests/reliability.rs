@@ -19,7 +19,7 @@ use support::{Cluster, Process};
 
 /// Canaries, and Kanaries (alternating API groups), in the test's namespace.
 const N: usize = 12;
-const LEASE_SECONDS: &str = "3";
+const LEASE_SECONDS: u64 = 3;
 
 struct World {
     cluster: Cluster,
@@ -56,8 +56,7 @@ impl World {
     }
 
     fn replica(&self, name: &str) -> Process {
-        let args = ["--lease-duration", LEASE_SECONDS, "--leader-election-identity", name];
-        self.cluster.spawn_controller_with(name, &args)
+        self.cluster.spawn_replica(name, LEASE_SECONDS)
     }
 
     fn api<K>(&self) -> Api<K>
@@ -67,7 +66,7 @@ impl World {
             + serde::de::DeserializeOwned
             + std::fmt::Debug,
     {
-        Api::namespaced(self.cluster.client.clone(), &self.cluster.namespace)
+        self.cluster.api()
     }
 
     async fn create_backends_and_bystanders(&mut self) {
@@ -268,10 +267,7 @@ async fn converges_through_restarts_lost_watches_error_bursts_and_racing_writers
 #[tokio::test]
 async fn a_standby_finishes_the_work_when_the_leader_is_killed_mid_work() {
     let Some(mut world) = World::start().await else { return };
-    let mut a = world.replica("a");
-    a.wait_for_log("became the leader").await;
-    let mut b = world.replica("b");
-    b.wait_for_log("waiting to become the leader").await;
+    let (mut a, mut b) = world.cluster.leader_and_standby(LEASE_SECONDS).await;
     world.converges("start", &mut [&mut a, &mut b]).await;
 
     world.change_everything().await;

@@ -32,7 +32,7 @@ impl Env {
             + serde::de::DeserializeOwned
             + std::fmt::Debug,
     {
-        Api::namespaced(self.cluster.client.clone(), &self.cluster.namespace)
+        self.cluster.api()
     }
 
     pub fn kanaries(&self, group: &str, version: &str) -> Api<DynamicObject> {

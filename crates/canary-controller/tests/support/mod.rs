@@ -118,6 +118,32 @@ impl Cluster {
         Process { child, log }
     }
 
+    /// Starts a replica that competes for the leader Lease as `identity`, with a short lease.
+    pub fn spawn_replica(&self, identity: &str, lease_seconds: u64) -> Process {
+        let lease = lease_seconds.to_string();
+        self.spawn_controller_with(identity, &["--lease-duration", &lease, "--leader-election-identity", identity])
+    }
+
+    /// Replica "a", once it leads, and replica "b", once it stands by.
+    pub async fn leader_and_standby(&self, lease_seconds: u64) -> (Process, Process) {
+        let mut a = self.spawn_replica("a", lease_seconds);
+        a.wait_for_log("became the leader").await;
+        let mut b = self.spawn_replica("b", lease_seconds);
+        b.wait_for_log("waiting to become the leader").await;
+        (a, b)
+    }
+
+    /// A namespaced API in the test's namespace.
+    pub fn api<K>(&self) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+    {
+        Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
     pub async fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> Option<Output> {
         kubectl(&self.kubeconfig, &self.dir.path().join("kubectl-cache"), args, stdin).await
     }
