@@ -214,3 +214,30 @@ pub async fn run(
         })
         .await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn guarded(name: &str) -> Arc<GuardedCanary> {
+        let canary = serde_json::json!({"apiVersion": "canary.k8s.wantedly.com/v1beta1", "kind": "Canary",
+            "metadata": {"name": name, "namespace": "ns"}, "spec": {"targetDeploymentName": "t", "targetContainers": []}});
+        Arc::new(serde_json::from_value(canary).unwrap())
+    }
+
+    #[tokio::test]
+    async fn failed_reconciles_are_retried_later_and_later_per_object() {
+        // a client that is never used: error_policy only schedules
+        let client = Client::try_from(kube::Config::new("http://127.0.0.1:9".parse().unwrap())).unwrap();
+        let ctx = Arc::new(Context {
+            client: client.clone(),
+            metrics: crate::runtime::telemetry::Metrics::new(),
+            recorder: crate::report::recorder(client),
+            backoff: Default::default(),
+        });
+        let error = Error::NoNamespace;
+        assert_eq!(error_policy(guarded("a"), &error, ctx.clone()), Action::requeue(Duration::from_millis(500)));
+        assert_eq!(error_policy(guarded("a"), &error, ctx.clone()), Action::requeue(Duration::from_secs(1)));
+        assert_eq!(error_policy(guarded("b"), &error, ctx.clone()), Action::requeue(Duration::from_millis(500)));
+    }
+}

@@ -348,3 +348,28 @@ pub async fn run(
         })
         .await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn failed_reconciles_are_retried_later_and_later_per_object() {
+        // a client that is never used: error_policy only schedules
+        let client = Client::try_from(kube::Config::new("http://127.0.0.1:9".parse().unwrap())).unwrap();
+        let resource = crate::api::kanary::api_resource("kanary.k8s.io", "v1");
+        let ctx = Arc::new(Context {
+            client: client.clone(),
+            metrics: crate::runtime::telemetry::Metrics::new(),
+            recorder: crate::report::recorder(client),
+            resource: resource.clone(),
+            proxy: ProxyOptions { image: "haproxy".into(), replicas: 1 },
+            backoff: Default::default(),
+        });
+        let kanary = |name: &str| Arc::new(DynamicObject::new(name, &resource).within("ns"));
+        let error = Error::Incomplete;
+        assert_eq!(error_policy(kanary("a"), &error, ctx.clone()), Action::requeue(Duration::from_millis(500)));
+        assert_eq!(error_policy(kanary("a"), &error, ctx.clone()), Action::requeue(Duration::from_secs(1)));
+        assert_eq!(error_policy(kanary("b"), &error, ctx.clone()), Action::requeue(Duration::from_millis(500)));
+    }
+}
