@@ -35,7 +35,7 @@ async fn readme_kanary_in_mixed_spellings_gives_the_original_names_and_status() 
     );
     haproxy_accepts(&config);
 
-    let proxy: Deployment = e.api().get("simple-kanary-rule-haproxy").await.unwrap();
+    let proxy: Deployment = e.cluster.api().get("simple-kanary-rule-haproxy").await.unwrap();
     assert_eq!(
         proxy.spec.as_ref().unwrap().selector.match_labels.as_ref().unwrap()["proxy"],
         "simple-kanary-rule-haproxy"
@@ -44,7 +44,7 @@ async fn readme_kanary_in_mixed_spellings_gives_the_original_names_and_status() 
     let sc = pod.containers[0].security_context.clone().unwrap();
     assert_eq!((sc.read_only_root_filesystem, sc.allow_privilege_escalation), (Some(true), Some(false)));
     assert_eq!(pod.security_context.unwrap().run_as_non_root, Some(true));
-    let service: Service = e.api().get("myapp").await.unwrap();
+    let service: Service = e.cluster.api().get("myapp").await.unwrap();
     let spec = service.spec.unwrap();
     assert_eq!(spec.ports.unwrap()[0].port, 80);
     assert_eq!(spec.selector.unwrap()["proxy"], "simple-kanary-rule-haproxy");
@@ -144,7 +144,7 @@ async fn simple_stack_follows_endpoints_and_weights_and_is_repaired_and_deleted(
     let hash = |d: Deployment| {
         d.spec.unwrap().template.metadata.unwrap().annotations.unwrap()["kanary.k8s.io/config-hash"].clone()
     };
-    let deployments: Api<Deployment> = e.api();
+    let deployments: Api<Deployment> = e.cluster.api();
     let first_hash = hash(deployments.get("simple-kanary-rule-haproxy").await.unwrap());
     let start = std::time::Instant::now();
     e.endpoints("myapp-v1", "http", 8080, &[("v1-a", "10.1.0.5", true), ("v1-b", "10.1.0.6", true)]).await;
@@ -191,10 +191,10 @@ async fn simple_stack_follows_endpoints_and_weights_and_is_repaired_and_deleted(
     .await;
 
     // objects changed or deleted by hand are repaired
-    let cms: Api<ConfigMap> = e.api();
+    let cms: Api<ConfigMap> = e.cluster.api();
     cms.delete("simple-kanary-rule-config", &DeleteParams::default()).await.unwrap();
     e.wait_config("simple-kanary-rule", "the ConfigMap recreated", |c| c.contains("lt 50 }")).await;
-    let services: Api<Service> = e.api();
+    let services: Api<Service> = e.cluster.api();
     services
         .patch(
             "myapp",
@@ -316,7 +316,7 @@ async fn invalid_updates_are_rejected_or_reported_and_the_last_good_config_keeps
 async fn objects_we_do_not_own_are_never_touched() {
     let e = env().await;
     e.backend_services().await;
-    let services: Api<Service> = e.api();
+    let services: Api<Service> = e.cluster.api();
     let theirs: Service = serde_json::from_value(
         json!({"metadata": {"name": "myapp"}, "spec": {"ports": [{"port": 80}], "selector": {"app": "theirs"}}}),
     )

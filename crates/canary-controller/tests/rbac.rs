@@ -39,7 +39,7 @@ async fn the_controller_works_with_its_roles_and_uses_every_grant() {
     let ns = e.cluster.namespace.clone();
 
     // Canary: created, then updated twice the same way (the repeated event is patched, not created again)
-    let deployments: Api<Deployment> = e.api();
+    let deployments: Api<Deployment> = e.cluster.api();
     let target = json!({"metadata": {"name": "web"}, "spec": {"selector": {"matchLabels": {"app": "web"}},
         "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "web", "image": "web:1"}]}}}});
     deployments.create(&PostParams::default(), &serde_json::from_value(target).unwrap()).await.unwrap();
@@ -71,7 +71,7 @@ async fn the_controller_works_with_its_roles_and_uses_every_grant() {
         kanary.data["spec"]["destination"] = json!(format!("front-{}", group.split('.').nth(1).unwrap()));
         e.kanaries(group, version).create(&PostParams::default(), &kanary).await.unwrap();
     }
-    let services: Api<Service> = e.api();
+    let services: Api<Service> = e.cluster.api();
     eventually(10, "both destination Services", || async {
         services.get_opt("front-k8s").await.unwrap().is_some()
             && services.get_opt("front-pyxida").await.unwrap().is_some()

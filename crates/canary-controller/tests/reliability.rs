@@ -59,38 +59,28 @@ impl World {
         self.cluster.spawn_replica(name, LEASE_SECONDS)
     }
 
-    fn api<K>(&self) -> Api<K>
-    where
-        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
-            + Clone
-            + serde::de::DeserializeOwned
-            + std::fmt::Debug,
-    {
-        self.cluster.api()
-    }
-
     async fn create_backends_and_bystanders(&mut self) {
         let pp = PostParams::default();
         for i in 0..N {
             let target = json!({"metadata": {"name": format!("app-{i}")}, "spec": {"selector": {"matchLabels": {"app": format!("app-{i}")}},
                 "template": {"metadata": {"labels": {"app": format!("app-{i}")}}, "spec": {"containers": [{"name": "app", "image": "app:1"}]}}}});
-            self.api::<Deployment>().create(&pp, &serde_json::from_value(target).unwrap()).await.unwrap();
+            self.cluster.api::<Deployment>().create(&pp, &serde_json::from_value(target).unwrap()).await.unwrap();
             for v in ["v1", "v2"] {
                 let name = format!("b-{i}-{v}");
                 let svc = json!({"metadata": {"name": name}, "spec": {"ports": [{"port": 80, "targetPort": 8080}]}});
-                self.api::<Service>().create(&pp, &serde_json::from_value(svc).unwrap()).await.unwrap();
+                self.cluster.api::<Service>().create(&pp, &serde_json::from_value(svc).unwrap()).await.unwrap();
                 let slice = json!({"metadata": {"name": format!("{name}-x"), "labels": {"kubernetes.io/service-name": name}},
                     "addressType": "IPv4", "ports": [{"name": "", "port": 8080}],
                     "endpoints": [{"addresses": [format!("10.0.{i}.{}", if v == "v1" { 1 } else { 2 })], "conditions": {"ready": true}}]});
-                self.api::<EndpointSlice>().create(&pp, &serde_json::from_value(slice).unwrap()).await.unwrap();
+                self.cluster.api::<EndpointSlice>().create(&pp, &serde_json::from_value(slice).unwrap()).await.unwrap();
             }
         }
         // the user's own objects, with names the controller could be tempted by
         let cm = json!({"metadata": {"name": "app-0-canary-config"}, "data": {"keep": "me"}});
-        let cm = self.api::<ConfigMap>().create(&pp, &serde_json::from_value(cm).unwrap()).await.unwrap();
+        let cm = self.cluster.api::<ConfigMap>().create(&pp, &serde_json::from_value(cm).unwrap()).await.unwrap();
         let user = json!({"metadata": {"name": "user-app", "labels": {"canary": "true"}}, "spec": {"selector": {"matchLabels": {"app": "user"}},
             "template": {"metadata": {"labels": {"app": "user"}}, "spec": {"containers": [{"name": "app", "image": "user:1"}]}}}});
-        let user = self.api::<Deployment>().create(&pp, &serde_json::from_value(user).unwrap()).await.unwrap();
+        let user = self.cluster.api::<Deployment>().create(&pp, &serde_json::from_value(user).unwrap()).await.unwrap();
         self.bystanders.insert("configmaps/app-0-canary-config".into(), cm.metadata.resource_version.unwrap());
         self.bystanders.insert("deployments/user-app".into(), user.metadata.resource_version.unwrap());
     }
@@ -252,11 +242,11 @@ async fn converges_through_restarts_lost_watches_error_bursts_and_racing_writers
     // another writer edits the children while the controller applies them
     world.change_everything().await;
     for i in 0..N {
-        let deployments: Api<Deployment> = world.api();
+        let deployments: Api<Deployment> = world.cluster.api();
         let edit =
             json!({"spec": {"template": {"spec": {"containers": [{"name": "app", "image": "someone-else:1"}]}}}});
         let _ = deployments.patch(&format!("app-{i}-canary"), &PatchParams::default(), &Patch::Strategic(edit)).await;
-        let cms: Api<ConfigMap> = world.api();
+        let cms: Api<ConfigMap> = world.cluster.api();
         let edit = json!({"data": {"haproxy.cfg": "global\n"}});
         let _ = cms.patch(&format!("k-{i}-config"), &PatchParams::default(), &Patch::Merge(edit)).await;
     }
@@ -365,7 +355,7 @@ async fn hostile_input_is_rejected_with_the_field_named_and_changes_nothing_else
     let (code, message) = rejected(kanaries.create(&pp, &kanary(&"l".repeat(max + 1), routes)).await);
     assert_eq!(code, 422);
     assert!(message.contains("metadata.name: at most 55 characters (the proxy is named <name>-haproxy)"), "{message}");
-    let configs: Api<ConfigMap> = world.api();
+    let configs: Api<ConfigMap> = world.cluster.api();
     support::eventually(10, "the proxy of the Kanary named at the limit", || async {
         configs.get_opt(&format!("{}-config", "k".repeat(max))).await.unwrap().is_some()
     })

@@ -22,7 +22,7 @@ async fn traffic_through_real_haproxy_follows_the_weights() {
     let p1 = start_backends(&["127.0.0.11"], "v1").await;
     let p2 = start_backends(&["127.0.0.21", "127.0.0.22", "127.0.0.23"], "v2").await;
     let p0 = start_backends(&["127.0.0.31"], "v0").await;
-    let services: Api<Service> = e.api();
+    let services: Api<Service> = e.cluster.api();
     for name in ["v1", "v2", "v0", "vdead"] {
         let svc: Service = serde_json::from_value(
             json!({"metadata": {"name": name}, "spec": {"ports": [{"name": "tcp", "port": 80}]}}),

@@ -25,16 +25,6 @@ pub async fn env() -> Env {
 }
 
 impl Env {
-    pub fn api<K>(&self) -> Api<K>
-    where
-        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
-            + Clone
-            + serde::de::DeserializeOwned
-            + std::fmt::Debug,
-    {
-        self.cluster.api()
-    }
-
     pub fn kanaries(&self, group: &str, version: &str) -> Api<DynamicObject> {
         let ar = canary_controller::api::kanary::api_resource(group, version);
         Api::namespaced_with(self.cluster.client.clone(), &self.cluster.namespace, &ar)
@@ -48,7 +38,7 @@ impl Env {
             )
             .unwrap()
         };
-        let services: Api<Service> = self.api();
+        let services: Api<Service> = self.cluster.api();
         services
             .create(&PostParams::default(), &svc("myapp-v1", json!({"name": "http", "port": 80, "targetPort": 8080})))
             .await
@@ -70,7 +60,7 @@ impl Env {
             })).collect::<Vec<_>>(),
         }))
         .unwrap();
-        let slices: Api<EndpointSlice> = self.api();
+        let slices: Api<EndpointSlice> = self.cluster.api();
         slices
             .patch(&format!("{service}-abc"), &PatchParams::apply("test").force(), &Patch::Apply(slice))
             .await
@@ -85,7 +75,7 @@ impl Env {
     }
 
     pub async fn config(&self, name: &str) -> Option<String> {
-        let cms: Api<ConfigMap> = self.api();
+        let cms: Api<ConfigMap> = self.cluster.api();
         cms.get_opt(&format!("{name}-config")).await.unwrap()?.data?.get("haproxy.cfg").cloned()
     }
 
@@ -122,7 +112,7 @@ impl Env {
     }
 
     pub async fn warnings(&self, reason: &str) -> usize {
-        let events: Api<Event> = self.api();
+        let events: Api<Event> = self.cluster.api();
         let list = events.list(&ListParams::default()).await.unwrap();
         list.items
             .iter()
