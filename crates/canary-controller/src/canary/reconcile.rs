@@ -16,7 +16,7 @@ use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, Patch, PatchParams};
 use kube::core::{DeserializeGuard, error_boundary::InvalidObject};
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::Action;
 use kube::runtime::events::{EventType, Recorder};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, Resource, ResourceExt};
@@ -195,11 +195,7 @@ pub async fn run(
         recorder: crate::report::recorder(client.clone()),
         backoff: Default::default(),
     });
-    let (canaries, spec_changes) =
-        crate::runtime::triggers::spec_changes(Api::<GuardedCanary>::all(client.clone()), ());
-    let controller = Controller::for_stream(spec_changes, canaries)
-        .with_config(crate::runtime::controller_config())
-        .trigger_backoff(crate::runtime::trigger_backoff());
+    let controller = crate::runtime::triggers::controller(Api::<GuardedCanary>::all(client.clone()), ());
     let store = controller.store();
     ctx.metrics.observe_canaries(store.clone());
     controller

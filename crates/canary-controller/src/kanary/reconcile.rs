@@ -18,7 +18,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::core::{ApiResource, DynamicObject};
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::Action;
 use kube::runtime::events::{EventType, Recorder};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, Resource, ResourceExt};
@@ -307,13 +307,10 @@ pub async fn run(
         proxy,
         backoff: Default::default(),
     });
-    let (kanaries, spec_changes) = crate::runtime::triggers::spec_changes(
+    let controller = crate::runtime::triggers::controller(
         Api::<DynamicObject>::all_with(client.clone(), &resource),
         resource.clone(),
     );
-    let controller = Controller::for_stream_with(spec_changes, kanaries, resource.clone())
-        .with_config(crate::runtime::controller_config())
-        .trigger_backoff(crate::runtime::trigger_backoff());
     ctx.metrics.observe_kanaries(&resource.group, controller.store());
     let (store, ar) = (controller.store(), resource.clone());
     let (store2, ar2) = (controller.store(), resource.clone());

@@ -67,30 +67,6 @@ pub async fn check_crds(client: &Client) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Reconciles a controller runs at once. Unbounded, a start with thousands of objects opens as many API
-/// connections at once (measured with bench/scale: peak RSS grows with the number of objects).
-const CONCURRENT_RECONCILES: u16 = 16;
-
-/// The settings every controller runs with.
-pub fn controller_config() -> kube::runtime::controller::Config {
-    kube::runtime::controller::Config::default().concurrency(CONCURRENT_RECONCILES)
-}
-
-/// How long a controller's watches wait before trying again after an error. kube's default (client-go's
-/// 0.8 s doubling to 30 s, reset after 2 minutes without error) is shared by all of a controller's watches,
-/// so a short outage pushes it to 30 s (measured in tests/reliability.rs: 18 s to recover from two seconds of
-/// 500s). This one stops at 5 s and resets after 10 s without error.
-pub fn trigger_backoff() -> impl kube::runtime::utils::Backoff {
-    let exponential: kube::runtime::watcher::ExponentialBackoff = backon::ExponentialBuilder::default()
-        .with_min_delay(std::time::Duration::from_millis(200))
-        .with_max_delay(std::time::Duration::from_secs(5))
-        .with_factor(2.0)
-        .with_jitter()
-        .without_max_times()
-        .into();
-    kube::runtime::utils::ResetTimerBackoff::new(exponential, std::time::Duration::from_secs(10))
-}
-
 /// How long running reconciles may take to finish after SIGTERM.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
