@@ -77,11 +77,11 @@ fn api_for(client: &kube::Client, object: &Value) -> (Api<DynamicObject>, String
         Some((g, v)) => (g.to_string(), v.to_string()),
         None => (String::new(), object["apiVersion"].as_str().unwrap().to_string()),
     };
-    let gvk = kube::core::GroupVersionKind::gvk(&group, &version, object["kind"].as_str().unwrap());
-    let mut ar = kube::core::ApiResource::from_gvk(&gvk);
-    if ar.plural == "kanarys" {
-        ar.plural = "kanaries".into();
-    }
+    let ar = match object["kind"].as_str().unwrap() {
+        // the operator's own definition: guessing the plural from the kind would give "kanarys"
+        "Kanary" => canary_controller::api::kanary::api_resource(&group, &version),
+        kind => kube::core::ApiResource::from_gvk(&kube::core::GroupVersionKind::gvk(&group, &version, kind)),
+    };
     let ns = object["metadata"]["namespace"].as_str().unwrap();
     (Api::namespaced_with(client.clone(), ns, &ar), object["metadata"]["name"].as_str().unwrap().to_string())
 }
