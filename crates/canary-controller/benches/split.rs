@@ -43,7 +43,8 @@ fn our_config(routes: &[Route], listen: SocketAddr, stats: SocketAddr) -> String
         .iter()
         .map(|r| RouteBackend { service: r.name.into(), weight: r.weight, servers: r.servers.clone() })
         .collect();
-    let settings = ProxySettings { listen: listen.to_string(), stats_listen: stats.to_string(), maxconn: 4096 };
+    // our config binds every address on its ports (`bind :::PORT v4v6`); the harness connects on loopback
+    let settings = ProxySettings { port: listen.port(), stats_port: stats.port(), maxconn: 4096 };
     render("bench/split", &backends, &settings)
 }
 
@@ -69,8 +70,8 @@ fn split_error(routes: &[Route], t: &Tally) -> f64 {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let addr = |port: u16| -> SocketAddr { format!("127.0.0.3:{port}").parse().unwrap() };
-    let (listen, stats) = (addr(free_port("127.0.0.3")), addr(free_port("127.0.0.3")));
+    let addr = |port: u16| -> SocketAddr { format!("127.0.0.1:{port}").parse().unwrap() };
+    let (listen, stats) = (addr(free_port("::")), addr(free_port("::")));
     let pa = start_backends(&["127.0.0.51"], "a").await;
     let pb = start_backends(&["127.0.0.61", "127.0.0.62", "127.0.0.63"], "b").await;
     let pz = start_backends(&["127.0.0.71"], "zero").await;

@@ -13,19 +13,8 @@ use support::Cluster;
 const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
 
 fn kubernetes_validate() -> Option<PathBuf> {
-    let candidates = [
-        std::env::var("KUBERNETES_VALIDATE").ok().map(PathBuf::from),
-        Some(Path::new(ROOT).join(".venv/bin/kubernetes-validate")),
-        Some(PathBuf::from("kubernetes-validate")),
-    ];
-    let found = candidates
-        .into_iter()
-        .flatten()
-        .find(|c| Command::new(c).arg("--version").output().is_ok_and(|o| o.status.success()));
-    if found.is_none() {
-        eprintln!("SKIPPED: kubernetes-validate is not installed (run scripts/setup.sh)");
-    }
-    found
+    fake_apiserver::tools::available("kubernetes-validate")
+        .then(|| fake_apiserver::tools::command("kubernetes-validate"))
 }
 
 fn validate_strict(tool: &Path, file: &Path) {

@@ -41,7 +41,7 @@ impl World {
     async fn start() -> Option<World> {
         let cluster = Cluster::start().await;
         if cluster.fake.is_none() {
-            eprintln!("SKIPPED: fault injection needs fake-apiserver");
+            fake_apiserver::tools::skip("fault injection needs fake-apiserver (E2E_KUBECONFIG is set)");
             return None;
         }
         cluster.install_crds().await;

@@ -1,7 +1,8 @@
 //! Property test of the path from what users and the cluster control to haproxy.cfg: arbitrary (often
 //! hostile) Kanary specs, Service ports and EndpointSlices go through `parse_and_validate`, `resolve` and
 //! `render`. Whatever the input, the config either is not produced (the spec is rejected) or every line is
-//! one the renderer writes by design, and `haproxy -c` accepts it.
+//! one the renderer writes by design, server names are unique in each backend (several slices per Service,
+//! both address families, colliding pod names), and `haproxy -c` accepts it.
 
 use canary_controller::kanary::endpoints::{Resolution, resolve};
 use canary_controller::kanary::haproxy::{ProxySettings, RouteBackend, render};
@@ -31,24 +32,40 @@ fn address() -> impl Strategy<Value = String> {
     prop_oneof![
         (0u8..=255, 0u8..=255).prop_map(|(a, b)| format!("10.0.{a}.{b}")),
         Just("fd00::1".to_string()),
+        (0u16..=0xffff).prop_map(|a| format!("fd00::{a:x}")),
         Just("10.0.0.1 check\n    bind :2".to_string()),
         Just("example.com".to_string()),
         hostile(),
     ]
 }
 
+/// Pod names that collide, before and after renaming (`x`, `x`, `x-2`), or hostile ones.
+fn pod_name() -> impl Strategy<Value = String> {
+    prop_oneof![
+        3 => prop::sample::select(vec!["x", "x-2", "x-3", "x-2-2", "y"]).prop_map(String::from),
+        1 => hostile(),
+    ]
+}
+
+/// One EndpointSlice: its address family and its (pod name, address, ready) endpoints.
+type Slice = (&'static str, Vec<(String, String, bool)>);
+
 #[derive(Debug, Clone)]
 struct Backend {
     name: String,
     port_name: String,
     slice_port: i32,
-    /// (pod name, address, ready)
-    endpoints: Vec<(String, String, bool)>,
+    /// Several slices per Service, of both families (a dual-stack Service lists each pod twice).
+    slices: Vec<Slice>,
 }
 
 fn backend() -> impl Strategy<Value = Backend> {
-    (hostile(), hostile(), -2i32..70000, prop::collection::vec((hostile(), address(), any::<bool>()), 0..5))
-        .prop_map(|(name, port_name, slice_port, endpoints)| Backend { name, port_name, slice_port, endpoints })
+    let slice = (
+        prop::sample::select(vec!["IPv4", "IPv6"]),
+        prop::collection::vec((pod_name(), address(), any::<bool>()), 0..5),
+    );
+    (hostile(), hostile(), -2i32..70000, prop::collection::vec(slice, 1..4))
+        .prop_map(|(name, port_name, slice_port, slices)| Backend { name, port_name, slice_port, slices })
 }
 
 /// Weights that add up to 100 (as valid specs have), or arbitrary ones.
@@ -81,12 +98,31 @@ fn service(b: &Backend) -> Service {
     .unwrap()
 }
 
-fn slice(b: &Backend) -> EndpointSlice {
-    serde_json::from_value(json!({"metadata": {"name": "s"}, "addressType": "IPv4",
-        "ports": [{"name": b.port_name, "port": b.slice_port}],
-        "endpoints": b.endpoints.iter().map(|(pod, ip, ready)| json!({
-            "addresses": [ip], "conditions": {"ready": ready}, "targetRef": {"kind": "Pod", "name": pod}})).collect::<Vec<_>>()}))
-    .unwrap()
+fn slices(b: &Backend) -> Vec<EndpointSlice> {
+    let slice = |i: usize, (family, endpoints): &Slice| -> EndpointSlice {
+        serde_json::from_value(json!({"metadata": {"name": format!("s{i}")}, "addressType": family,
+            "ports": [{"name": b.port_name, "port": b.slice_port}],
+            "endpoints": endpoints.iter().map(|(pod, ip, ready)| json!({
+                "addresses": [ip], "conditions": {"ready": ready}, "targetRef": {"kind": "Pod", "name": pod}})).collect::<Vec<_>>()}))
+        .unwrap()
+    };
+    b.slices.iter().enumerate().map(|(i, s)| slice(i, s)).collect()
+}
+
+/// HAProxy refuses a backend with two servers of one name.
+fn server_names_are_unique_per_backend(cfg: &str) -> Result<(), String> {
+    let mut names = std::collections::HashSet::new();
+    for line in cfg.lines() {
+        if line.starts_with("backend ") {
+            names.clear();
+        } else if let Some(rest) = line.strip_prefix("    server ") {
+            let name = rest.split(' ').next().unwrap_or_default();
+            if !names.insert(name.to_string()) {
+                return Err(format!("server name {name:?} twice in a backend"));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The lines the renderer writes by design: the fixed ones, and the per-route templates.
@@ -109,10 +145,7 @@ fn allowed_line(fixed: &[String], line: &str) -> bool {
 
 #[test]
 fn no_input_yields_a_config_haproxy_rejects_or_a_directive_we_did_not_write() {
-    let haproxy = std::process::Command::new("haproxy").arg("-v").output().is_ok();
-    if !haproxy {
-        eprintln!("SKIPPED the haproxy -c part: haproxy is not installed (scripts/setup.sh installs it)");
-    }
+    let haproxy = fake_apiserver::tools::available("haproxy");
     let fixed: Vec<String> = render("ns/k", &[], &ProxySettings::default()).lines().map(String::from).collect();
     let dir = tempfile::tempdir().unwrap();
     let rendered = std::sync::atomic::AtomicUsize::new(0);
@@ -123,7 +156,7 @@ fn no_input_yields_a_config_haproxy_rejects_or_a_directive_we_did_not_write() {
         let Ok(spec) = parse_and_validate("k", &spec) else { return Ok(()) };
         let mut backends = vec![];
         for (route, (b, _, _)) in spec.routes.iter().zip(&routes) {
-            let servers = match resolve(&route.backend.service_port, Some(&service(b)), &[slice(b)]) {
+            let servers = match resolve(&route.backend.service_port, Some(&service(b)), &slices(b)) {
                 Resolution::Servers(s) => s,
                 Resolution::ServiceNotFound => vec![],
                 Resolution::PortNotFound { .. } => return Ok(()),
@@ -133,6 +166,9 @@ fn no_input_yields_a_config_haproxy_rejects_or_a_directive_we_did_not_write() {
         let cfg = render("ns/k", &backends, &ProxySettings::default());
         for line in cfg.lines() {
             prop_assert!(allowed_line(&fixed, line), "a line the renderer does not write by design: {line:?}\n{cfg}");
+        }
+        if let Err(e) = server_names_are_unique_per_backend(&cfg) {
+            prop_assert!(false, "{e}\n{cfg}");
         }
         let n = rendered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if haproxy && n.is_multiple_of(4) {

@@ -13,9 +13,8 @@ use support::kanary::{env, kanary_yaml};
 /// a weight-0 route and a route without a live pod get nothing, and no connection fails.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn traffic_through_real_haproxy_follows_the_weights() {
-    use support::traffic::{Haproxy, drive, free_port, localize, start_backends};
-    if std::process::Command::new("haproxy").arg("-v").output().is_err() {
-        eprintln!("SKIPPED: haproxy is not installed (scripts/setup.sh installs it)");
+    use support::traffic::{Haproxy, drive, require_free_port, start_backends};
+    if !fake_apiserver::tools::available("haproxy") {
         return;
     }
     let e = env().await;
@@ -44,9 +43,10 @@ async fn traffic_through_real_haproxy_follows_the_weights() {
     let kanaries = e.kanaries("kanary.k8s.io", "v1");
     let ky = kanary_yaml("kanary.k8s.io/v1", json!([route("v1", 80), route("v2", 20), route("v0", 0)]));
     kanaries.create(&PostParams::default(), &ky).await.unwrap();
-    let (listen, stats) =
-        (format!("127.0.0.2:{}", free_port("127.0.0.2")), format!("127.0.0.2:{}", free_port("127.0.0.2")));
-    let (listen, stats) = (listen.parse().unwrap(), stats.parse().unwrap());
+    // the config runs as the controller wrote it: it binds 8080 and 8404 on every address, as in the pod
+    require_free_port(8080);
+    require_free_port(8404);
+    let (listen, stats) = ("127.0.0.1:8080".parse().unwrap(), "127.0.0.1:8404".parse().unwrap());
     for (w1, w2) in [(80, 20), (95, 5), (99, 1)] {
         let routes = json!([route("v1", w1), route("v2", w2), route("v0", 0)]);
         kanaries
@@ -59,7 +59,8 @@ async fn traffic_through_real_haproxy_follows_the_weights() {
                 c.contains("127.0.0.23") && c.contains("127.0.0.31") && c.contains(&rule)
             })
             .await;
-        let mut proxy = Haproxy::start(&localize(&config, listen, stats), stats).await.unwrap();
+        assert!(config.contains("\n    bind :::8080 v4v6\n"), "{config}");
+        let mut proxy = Haproxy::start(&config, stats).await.unwrap();
         proxy.wait_servers_up(5).await;
         let tally = drive(listen, 10_000, 32).await;
         eprintln!("{w1}/{w2} with 1 and 3 pods, and a weight-0 route: {tally:?}");
@@ -82,7 +83,7 @@ async fn traffic_through_real_haproxy_follows_the_weights() {
     let config =
         e.wait_config("simple-kanary-rule", "the config with a dead route", |c| c.contains("backend be_vdead")).await;
     assert!(!config.contains("127.0.0.41"), "a pod that is not ready is not a server");
-    let mut proxy = Haproxy::start(&localize(&config, listen, stats), stats).await.unwrap();
+    let mut proxy = Haproxy::start(&config, stats).await.unwrap();
     proxy.wait_servers_up(4).await;
     let tally = drive(listen, 4_000, 32).await;
     eprintln!("70/20/10 with the 10% route dead: {tally:?}");
@@ -90,4 +91,45 @@ async fn traffic_through_real_haproxy_follows_the_weights() {
     assert!((tally.percent("v1") - 80.0).abs() <= 2.0, "{tally:?}");
     assert!((tally.percent("v2") - 20.0).abs() <= 2.0, "{tally:?}");
     e.cluster.cleanup().await;
+}
+
+/// The rendered config binds both address families: real HAProxy answers on 127.0.0.1 and on [::1], on the
+/// traffic port and on the health port (the readiness probe's). Rendered with free ports so that it can run
+/// beside anything; the bind lines are the ones the pod gets, only the numbers differ.
+#[tokio::test]
+async fn the_proxy_answers_on_ipv4_and_ipv6() {
+    use canary_controller::kanary::endpoints::Server;
+    use canary_controller::kanary::haproxy::{ProxySettings, RouteBackend, render};
+    use support::traffic::{Haproxy, free_port, start_backends};
+    use tokio::io::AsyncReadExt;
+    if !fake_apiserver::tools::available("haproxy") {
+        return;
+    }
+    if std::net::TcpListener::bind("[::1]:0").is_err() {
+        fake_apiserver::tools::skip_unsupported("this machine has no IPv6 loopback ([::1] cannot be bound)");
+        return;
+    }
+    let backend = start_backends(&["127.0.0.91"], "v4v6").await;
+    let routes = [RouteBackend {
+        service: "app".into(),
+        weight: 100,
+        servers: vec![Server { name: "app-0".into(), address: "127.0.0.91".parse().unwrap(), port: backend }],
+    }];
+    let settings = ProxySettings { port: free_port("::"), stats_port: free_port("::"), ..ProxySettings::default() };
+    let config = render("ns/dual", &routes, &settings);
+    assert!(config.contains(&format!("\n    bind :::{} v4v6\n", settings.port)), "{config}");
+    let stats: std::net::SocketAddr = format!("127.0.0.1:{}", settings.stats_port).parse().unwrap();
+    let mut proxy = Haproxy::start(&config, stats).await.unwrap();
+    proxy.wait_servers_up(1).await;
+    for host in ["127.0.0.1", "[::1]"] {
+        let health = support::http_get(&format!("{host}:{}", settings.stats_port), "/healthz").await;
+        assert!(health.as_deref().is_some_and(|r| r.contains(" 200 ")), "no health answer on {host}: {health:?}");
+        let mut s = tokio::net::TcpStream::connect(format!("{host}:{}", settings.port))
+            .await
+            .unwrap_or_else(|e| panic!("the proxy does not accept on {host}: {e}"));
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).await.unwrap();
+        assert_eq!(answer.trim(), "v4v6", "through {host}");
+    }
+    proxy.stop().await;
 }

@@ -24,6 +24,7 @@ pub mod selectors;
 pub mod shape;
 pub mod store;
 pub mod table;
+pub mod tools;
 
 use errors::ApiError;
 use std::collections::BTreeMap;

@@ -1,15 +1,12 @@
-//! Real kubectl against the fake-apiserver binary. Skipped, with the reason printed, when kubectl is not
-//! installed (set KUBECTL to use another binary).
+//! Real kubectl against the fake-apiserver binary (setup installs kubectl into .venv; set KUBECTL to use
+//! another binary). Without kubectl the tests skip, except in CI, where they fail.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};
 use std::time::Duration;
 
 fn kubectl_binary() -> Option<PathBuf> {
-    let candidate = std::env::var("KUBECTL").unwrap_or_else(|_| "kubectl".into());
-    let ok =
-        Command::new(&candidate).args(["version", "--client"]).output().map(|o| o.status.success()).unwrap_or(false);
-    ok.then(|| PathBuf::from(candidate))
+    fake_apiserver::tools::available("kubectl").then(|| fake_apiserver::tools::command("kubectl"))
 }
 
 struct Server {
@@ -27,10 +24,7 @@ impl Drop for Server {
 
 impl Server {
     fn start() -> Option<Server> {
-        let Some(kubectl) = kubectl_binary() else {
-            eprintln!("SKIPPED: kubectl is not installed (install it or set KUBECTL=/path/to/kubectl)");
-            return None;
-        };
+        let kubectl = kubectl_binary()?;
         let dir = tempfile::tempdir().unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let kubeconfig = dir.path().join("kubeconfig");

@@ -89,15 +89,26 @@ pub fn resolve(port: &IntOrString, service: Option<&Service>, slices: &[Endpoint
     }
     servers.sort_by(|a, b| (a.address, a.port, &a.name).cmp(&(b.address, b.port, &b.name)));
     servers.dedup_by(|a, b| a.address == b.address && a.port == b.port);
-    let mut seen = std::collections::HashMap::<String, usize>::new();
-    for s in &mut servers {
-        let n = seen.entry(s.name.clone()).or_default();
-        *n += 1;
-        if *n > 1 {
-            s.name = format!("{}-{}", s.name, n);
-        }
-    }
+    make_names_unique(&mut servers);
     Resolution::Servers(servers)
+}
+
+/// HAProxy refuses two servers of one name in a backend. A pod appears twice in dual-stack Services (one
+/// IPv4 and one IPv6 slice) and names can collide after sanitising: every name used by one server only
+/// keeps it, the first server of a shared name keeps it, the others get `<name>-N` with the smallest N
+/// that no server uses (pods `x`, `x`, `x-2` give `x`, `x-3`, `x-2`).
+fn make_names_unique(servers: &mut [Server]) {
+    use std::collections::HashSet;
+    let mut taken: HashSet<String> = servers.iter().map(|s| s.name.clone()).collect();
+    let mut kept: HashSet<String> = HashSet::new();
+    for s in servers.iter_mut() {
+        if kept.insert(s.name.clone()) {
+            continue;
+        }
+        let unused = (2..).map(|n| format!("{}-{n}", s.name)).find(|n| !taken.contains(n)).expect("an unused name");
+        taken.insert(unused.clone());
+        s.name = unused;
+    }
 }
 
 #[cfg(test)]
@@ -169,5 +180,28 @@ mod tests {
         let Resolution::Servers(s) = resolve(&IntOrString::Int(80), Some(&svc), &slices) else { panic!() };
         let names: Vec<&str> = s.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(names, ["x-y-z", "dup"]);
+    }
+
+    /// Renaming never lands on a name already taken: pods `x`, `x`, `x-2` (and a dual-stack pod listed in
+    /// an IPv4 and an IPv6 slice) give distinct names.
+    #[test]
+    fn renamed_servers_do_not_take_names_in_use() {
+        let svc = service(json!([{"port": 80}]));
+        let v4 = slice(
+            "a",
+            "",
+            80,
+            json!([
+                {"addresses": ["10.0.0.1"], "targetRef": {"name": "x"}},
+                {"addresses": ["10.0.0.2"], "targetRef": {"name": "x"}},
+                {"addresses": ["10.0.0.3"], "targetRef": {"name": "x-2"}},
+                {"addresses": ["10.0.0.4"], "targetRef": {"name": "dual"}}
+            ]),
+        );
+        let mut v6 = slice("b", "", 80, json!([{"addresses": ["fd00::4"], "targetRef": {"name": "dual"}}]));
+        v6.address_type = "IPv6".into();
+        let Resolution::Servers(s) = resolve(&IntOrString::Int(80), Some(&svc), &[v4, v6]) else { panic!() };
+        let names: Vec<&str> = s.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["x", "x-3", "x-2", "dual", "dual-2"]);
     }
 }

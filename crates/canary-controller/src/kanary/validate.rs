@@ -44,6 +44,13 @@ fn is_dns_label(s: &str) -> bool {
     s.len() <= 63 && SERVICE_NAME.is_match(s)
 }
 
+/// A Service port name (DNS-1123 label).
+fn is_port_name(s: &str) -> bool {
+    static PORT_NAME: std::sync::LazyLock<regex::Regex> =
+        std::sync::LazyLock::new(|| regex::Regex::new(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$").expect("static regex"));
+    s.len() <= 63 && PORT_NAME.is_match(s)
+}
+
 /// Reads the spec of a Kanary object (either group) and validates it.
 pub fn parse_and_validate(name: &str, data: &Value) -> Result<KanarySpec, Problem> {
     let raw = data.get("spec").cloned().unwrap_or(Value::Null);
@@ -80,8 +87,11 @@ pub fn validate(name: &str, spec: &KanarySpec) -> Result<(), Problem> {
             IntOrString::Int(p) if !(1..=65535).contains(p) => {
                 return invalid(format!("spec.routes[{i}].backend.servicePort: {p} is not a port number (1 to 65535)"));
             }
-            IntOrString::String(s) if s.is_empty() || s.len() > 15 => {
-                return invalid(format!("spec.routes[{i}].backend.servicePort: {s:?} is not a port name"));
+            // a Service port name is a DNS label (up to 63 characters; 15 is the limit of container ports)
+            IntOrString::String(s) if !is_port_name(s) => {
+                return invalid(format!(
+                    "spec.routes[{i}].backend.servicePort: {s:?} is not a Service port name (a DNS label: lower case letters, digits and '-', at most 63 characters) nor a number"
+                ));
             }
             _ => {}
         }
@@ -124,6 +134,15 @@ mod tests {
         assert_eq!(spec.routes[2].backend.service_name, "myapp-v3");
     }
 
+    /// Service port names are DNS labels of up to 63 characters (15 is the limit of container port names).
+    #[test]
+    fn long_service_port_names_are_valid() {
+        for name in ["metrics-and-health-checks", &"p".repeat(63)] {
+            let spec = json!({"destination": "d", "routes": [{"backend": {"serviceName": "a", "servicePort": name}, "weight": 100}]});
+            assert!(check(spec).is_ok(), "servicePort {name:?} is a valid Service port name");
+        }
+    }
+
     #[test]
     fn each_rule_names_the_field() {
         let route = |svc: &str, w: i64| json!({"backend": {"serviceName": svc, "servicePort": 80}, "weight": w});
@@ -143,6 +162,10 @@ mod tests {
             msg(json!({"destination": "d", "routes": [{"backend": {"serviceName": "a"}, "weight": 100}]}))
                 .contains("servicePort")
         );
+        let port = |p: Value| json!({"destination": "d", "routes": [{"backend": {"serviceName": "a", "servicePort": p}, "weight": 100}]});
+        assert!(msg(port(json!("Http"))).contains("servicePort"));
+        assert!(msg(port(json!("a".repeat(64)))).contains("servicePort"));
+        assert!(msg(port(json!(0))).contains("servicePort"));
         assert!(
             parse_and_validate(&"k".repeat(56), &json!({"spec": {"destination": "d", "routes": [route("a", 100)]}}))
                 .is_err()

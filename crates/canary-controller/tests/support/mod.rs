@@ -200,7 +200,7 @@ async fn grant_controller_roles(server: &FakeApiServer, client: &Client, namespa
     rbac.set_enforce(true);
 }
 
-/// Runs kubectl (KUBECTL or `kubectl` on PATH); None, with the reason printed, when it is not installed.
+/// Runs kubectl (see `fake_apiserver::tools::command`); None when it is missing outside CI (the test skips).
 pub async fn kubectl(
     kubeconfig: &std::path::Path,
     cache: &std::path::Path,
@@ -208,8 +208,10 @@ pub async fn kubectl(
     stdin: Option<&str>,
 ) -> Option<Output> {
     use tokio::io::AsyncWriteExt;
-    let bin = std::env::var("KUBECTL").unwrap_or_else(|_| "kubectl".into());
-    let mut child = match Command::new(&bin)
+    if !fake_apiserver::tools::available("kubectl") {
+        return None;
+    }
+    let mut child = Command::new(fake_apiserver::tools::command("kubectl"))
         .args(args)
         .env("KUBECONFIG", kubeconfig)
         .env("KUBECACHEDIR", cache)
@@ -217,13 +219,7 @@ pub async fn kubectl(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-    {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("SKIPPED: kubectl ({bin}) cannot run: {e}");
-            return None;
-        }
-    };
+        .expect("kubectl runs");
     if let Some(input) = stdin {
         child.stdin.take().unwrap().write_all(input.as_bytes()).await.unwrap();
     }

@@ -34,14 +34,17 @@ pub async fn start_backends(addresses: &[&str], identity: &str) -> u16 {
     port
 }
 
-/// A free port on an address.
+/// A free port on an address (`::` for a port free on every IPv4 and IPv6 address).
 pub fn free_port(ip: &str) -> u16 {
     std::net::TcpListener::bind((ip, 0)).unwrap().local_addr().unwrap().port()
 }
 
-/// Rewrites the proxy's `bind :8080` / `bind :8404` to loopback addresses.
-pub fn localize(config: &str, listen: SocketAddr, stats: SocketAddr) -> String {
-    config.replace("bind :8080", &format!("bind {listen}")).replace("bind :8404", &format!("bind {stats}"))
+/// Fails with a clear message when something already listens on `port` (of any address), which a
+/// config that binds every address (`bind :::PORT v4v6`) needs free.
+pub fn require_free_port(port: u16) {
+    if let Err(e) = std::net::TcpListener::bind(("::", port)) {
+        panic!("port {port} is needed free on every address for this test (the proxy binds :::{port} v4v6): {e}");
+    }
 }
 
 pub struct Haproxy {
@@ -51,10 +54,9 @@ pub struct Haproxy {
 }
 
 impl Haproxy {
-    /// Runs `haproxy -db -f config`; None (with the reason printed) when haproxy is not installed.
+    /// Runs `haproxy -db -f config`; None when haproxy is missing outside CI (the test skips).
     pub async fn start(config: &str, stats: SocketAddr) -> Option<Haproxy> {
-        if std::process::Command::new("haproxy").arg("-v").output().is_err() {
-            eprintln!("SKIPPED: haproxy is not installed (scripts/setup.sh installs it)");
+        if !fake_apiserver::tools::available("haproxy") {
             return None;
         }
         let dir = tempfile::tempdir().unwrap();
