@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod canary;
+pub mod children;
 pub mod conditions;
 pub mod kanary;
 pub mod report;

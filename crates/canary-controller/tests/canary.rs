@@ -149,7 +149,9 @@ async fn the_original_readme_session_works_with_kubectl() {
     assert!(table.lines().nth(1).unwrap().contains("canary-sample   foo      foo-canary"), "{table}");
 
     let out = kubectl(args(&["delete", "-f", &format!("{SAMPLES}/canary_v1beta1_canary.yaml")])).await.unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "canary.canary.k8s.wantedly.com \"canary-sample\" deleted");
+    // kubectl 1.37 adds " from NAMESPACE namespace"
+    let deleted = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(deleted.starts_with("canary.canary.k8s.wantedly.com \"canary-sample\" deleted"), "{deleted}");
     eventually(10, "foo-canary to be garbage collected", || async {
         e.deployments.get_opt("foo-canary").await.unwrap().is_none()
     })
@@ -182,21 +184,18 @@ async fn the_canary_deployment_carries_the_canary_marks() {
 }
 
 #[tokio::test]
-async fn follows_changes_of_the_canary_and_of_the_target_within_a_second() {
+async fn follows_changes_of_the_canary_and_of_the_target() {
+    // (how fast is measured by `cargo bench --bench scale`, not asserted here)
     let e = env().await.with_running_canary().await;
 
-    let start = std::time::Instant::now();
     let patch = json!({"spec": {"targetContainers": [{"name": "nginx", "image": "nginx:1.27"}], "replicas": 1}});
     e.canaries.patch("c", &PatchParams::default(), &Patch::Merge(patch)).await.unwrap();
     e.wait_images("foo-canary", &["nginx:1.27", "redis"]).await;
-    assert!(start.elapsed().as_millis() < 1000, "took {:?}", start.elapsed());
     assert_eq!(e.deployments.get("foo-canary").await.unwrap().spec.unwrap().replicas, Some(1));
 
-    let start = std::time::Instant::now();
     let patch = json!({"spec": {"template": {"spec": {"containers": [{"name": "redis", "image": "redis:7"}]}}}});
     e.deployments.patch("foo", &PatchParams::default(), &Patch::Strategic(patch)).await.unwrap();
     e.wait_images("foo-canary", &["nginx:1.27", "redis:7"]).await;
-    assert!(start.elapsed().as_millis() < 1000, "took {:?}", start.elapsed());
     e.cluster.cleanup().await;
 }
 
@@ -289,6 +288,38 @@ async fn a_deployment_we_do_not_own_is_never_touched() {
     e.create_canary(canary("second", "foo", json!([{"name": "nginx", "image": "nginx:other"}]))).await;
     e.wait_condition("second", "Conflict", "True", "DeploymentNotOwned").await;
     assert_eq!(e.images("foo-canary").await.unwrap(), ["nginx:latest", "redis"]);
+    e.cluster.cleanup().await;
+}
+
+/// A Canary retargeted from `foo` to `bar` removes `foo-canary` (which it owns), runs `bar-canary`, and says
+/// so in a Normal event; a `<target>-canary` it does not own is never removed.
+#[tokio::test]
+async fn a_retargeted_canary_removes_the_deployment_of_its_previous_target() {
+    let e = env().await.with_running_canary().await;
+    let mut bar = target("bar", json!({"matchLabels": {"app": "bar"}}));
+    bar.spec.as_mut().unwrap().template.metadata.as_mut().unwrap().labels = Some([("app".into(), "bar".into())].into());
+    e.deployments.create(&PostParams::default(), &bar).await.unwrap();
+    let mut someone_elses = target("baz-canary", json!({"matchLabels": {"app": "nginx"}}));
+    someone_elses.metadata.labels = Some([("canary".to_string(), "true".to_string())].into());
+    e.deployments.create(&PostParams::default(), &someone_elses).await.unwrap();
+
+    let retarget = json!({"spec": {"targetDeploymentName": "bar"}});
+    e.canaries.patch("c", &PatchParams::default(), &Patch::Merge(retarget)).await.unwrap();
+    e.wait_images("bar-canary", &["nginx:latest", "redis"]).await;
+    let removed = || async { e.deployments.get_opt("foo-canary").await.unwrap().is_none() };
+    if !support::within(10, removed).await {
+        panic!("foo-canary was not removed:\n{}", e._controller.log());
+    }
+    let events: Api<Event> = Api::namespaced(e.cluster.client.clone(), &e.cluster.namespace);
+    eventually(10, "a PreviousCanaryDeleted event", || async {
+        events.list(&ListParams::default()).await.unwrap().items.iter().any(|ev| {
+            ev.reason.as_deref() == Some("PreviousCanaryDeleted")
+                && ev.message.as_deref().is_some_and(|m| m.contains("\"foo-canary\""))
+        })
+    })
+    .await;
+    assert!(e.deployments.get_opt("baz-canary").await.unwrap().is_some(), "a Deployment we do not own was removed");
+    assert_eq!(e.images("foo").await.unwrap(), ["nginx:1.15.4", "redis"], "the old target was touched");
     e.cluster.cleanup().await;
 }
 

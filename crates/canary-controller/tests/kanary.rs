@@ -140,31 +140,25 @@ async fn simple_stack_follows_endpoints_and_weights_and_is_repaired_and_deleted(
     );
     assert!(table.contains("simple-kanary-rule   myapp         myapp-v1=80,myapp-v2=20"), "{table}");
 
-    // scale up, scale down, a pod that is not ready: each reaches the config within a second
+    // scale up, scale down, a pod that is not ready: each reaches the config (how fast: cargo bench --bench scale)
     let hash = |d: Deployment| {
         d.spec.unwrap().template.metadata.unwrap().annotations.unwrap()["kanary.k8s.io/config-hash"].clone()
     };
     let deployments: Api<Deployment> = e.cluster.api();
     let first_hash = hash(deployments.get("simple-kanary-rule-haproxy").await.unwrap());
-    let start = std::time::Instant::now();
     e.endpoints("myapp-v1", "http", 8080, &[("v1-a", "10.1.0.5", true), ("v1-b", "10.1.0.6", true)]).await;
     e.wait_config("simple-kanary-rule", "scale up", |c| c.contains("10.1.0.6:8080")).await;
-    assert!(start.elapsed().as_millis() < 1000, "scale up took {:?}", start.elapsed());
-    let start = std::time::Instant::now();
     e.endpoints("myapp-v1", "http", 8080, &[("v1-b", "10.1.0.6", true), ("v1-a", "10.1.0.5", false)]).await;
     e.wait_config("simple-kanary-rule", "a pod that is not ready leaves", |c| {
         !c.contains("10.1.0.5:8080") && c.contains("10.1.0.6")
     })
     .await;
-    assert!(start.elapsed().as_millis() < 1000, "a pod that is not ready took {:?}", start.elapsed());
     // a pod replaced: new name and address
-    let start = std::time::Instant::now();
     e.endpoints("myapp-v1", "http", 8080, &[("v1-c", "10.1.0.9", true)]).await;
     e.wait_config("simple-kanary-rule", "a replaced pod", |c| {
         c.contains("server v1-c 10.1.0.9:8080") && !c.contains("10.1.0.6")
     })
     .await;
-    assert!(start.elapsed().as_millis() < 1000, "a replaced pod took {:?}", start.elapsed());
     eventually(5, "the pods roll on a config change", || async {
         hash(deployments.get("simple-kanary-rule-haproxy").await.unwrap()) != first_hash
     })
@@ -184,11 +178,11 @@ async fn simple_stack_follows_endpoints_and_weights_and_is_repaired_and_deleted(
     let config =
         e.wait_config("simple-kanary-rule", "new weights", |c| c.contains("lt 50 } { nbsrv(be_myapp-v1) gt 0 }")).await;
     haproxy_accepts(&config);
-    eventually(10, "the served weights in /metrics", || async {
+    let served = || async {
         e.route_weight("kanary.k8s.io", "simple-kanary-rule", "myapp-v1").await == Some(50.0)
             && e.route_weight("kanary.k8s.io", "simple-kanary-rule", "myapp-v2").await == Some(50.0)
-    })
-    .await;
+    };
+    assert!(support::within(10, served).await, "the served weights are not in /metrics:\n{}", e.controller.log());
 
     // objects changed or deleted by hand are repaired
     let cms: Api<ConfigMap> = e.cluster.api();

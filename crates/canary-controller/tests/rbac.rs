@@ -59,6 +59,18 @@ async fn the_controller_works_with_its_roles_and_uses_every_grant() {
         .await;
     }
 
+    // retargeted: the canary Deployment of the former target is deleted
+    let target2 = json!({"metadata": {"name": "web2"}, "spec": {"selector": {"matchLabels": {"app": "web2"}},
+        "template": {"metadata": {"labels": {"app": "web2"}}, "spec": {"containers": [{"name": "web", "image": "web:1"}]}}}});
+    deployments.create(&PostParams::default(), &serde_json::from_value(target2).unwrap()).await.unwrap();
+    let retarget = Patch::Merge(json!({"spec": {"targetDeploymentName": "web2"}}));
+    canaries.patch("c", &PatchParams::default(), &retarget).await.unwrap();
+    eventually(10, "web-canary replaced by web2-canary", || async {
+        deployments.get_opt("web-canary").await.unwrap().is_none()
+            && deployments.get_opt("web2-canary").await.unwrap().is_some()
+    })
+    .await;
+
     // Kanaries of both groups; one changes its destination (the former destination Service is deleted)
     e.backend_services().await;
     e.endpoints("myapp-v1", "http", 8080, &[("v1-a", "10.0.0.1", true)]).await;

@@ -438,7 +438,10 @@ pub fn track_update(old: Option<&Value>, new: &mut Value, manager: &str, shape: 
         .cloned()
         .collect();
     let removed: FieldSet = old_fields.difference(&new_fields).cloned().collect();
-    let mut entries = read_entries(old.unwrap_or(new));
+    // managedFields a request sets replace the stored ones, as on a real server (how clients hand fields
+    // from an Update entry to an Apply entry); otherwise `new` carries the stored ones
+    let mut entries =
+        read_entries(if new.pointer("/metadata/managedFields").is_some() { new } else { old.unwrap_or(new) });
     if changed.is_empty() && removed.is_empty() {
         write_entries(new, &entries);
         return;

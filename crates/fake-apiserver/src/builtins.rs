@@ -68,6 +68,21 @@ pub fn validate_labels(labels: &Value, field: &str) -> Vec<FieldError> {
     errs
 }
 
+/// On an update that leaves them unset, a Service keeps its allocated cluster IPs (a real server's Service
+/// strategy does the same, so that an apply that does not mention `clusterIP` is not a change of it).
+pub fn keep_allocated_values(kind: &str, obj: &mut Value, old: Option<&Value>) {
+    let Some(old) = old else { return };
+    if kind == "Service" && obj["spec"].is_object() && obj["spec"]["type"] == old["spec"]["type"] {
+        for field in ["clusterIP", "clusterIPs"] {
+            if obj["spec"].get(field).is_none()
+                && let Some(v) = old["spec"].get(field)
+            {
+                obj["spec"][field] = v.clone();
+            }
+        }
+    }
+}
+
 /// Fills the defaults a real API server sets and that clients read back.
 pub fn apply_defaults(kind: &str, obj: &mut Value, next_cluster_ip: &mut dyn FnMut() -> String) {
     match kind {

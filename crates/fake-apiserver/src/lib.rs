@@ -84,6 +84,9 @@ pub struct State {
     pub watch_epoch: watch::Sender<u64>,
     /// Wakes the garbage collector.
     pub gc: Arc<Notify>,
+    /// Completed garbage collection passes: a test that expects nothing to be collected waits for a pass
+    /// that started after its change (two more completed passes) instead of sleeping.
+    gc_passes: std::sync::atomic::AtomicU64,
     /// Bearer tokens, RBAC enforcement and the record of what each user did.
     pub rbac: rbac::Rbac,
 }
@@ -95,6 +98,20 @@ impl State {
 
     pub fn counters(&self) -> BTreeMap<String, u64> {
         self.counters.lock().expect("lock").clone()
+    }
+
+    /// How many garbage collection passes have completed.
+    pub fn gc_passes(&self) -> u64 {
+        self.gc_passes.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Completes once a whole garbage collection pass has run after this call.
+    pub async fn gc_pass_completed(&self) {
+        let target = self.gc_passes() + 2;
+        while self.gc_passes() < target {
+            self.gc.notify_one();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     pub fn reset_counters(&self) {
@@ -157,6 +174,7 @@ impl FakeApiServer {
             counters: Mutex::new(BTreeMap::new()),
             watch_epoch,
             gc: Arc::new(Notify::new()),
+            gc_passes: Default::default(),
             rbac: rbac::Rbac::default(),
         });
         tokio::spawn(run_gc(Arc::downgrade(&state)));
@@ -278,6 +296,7 @@ async fn run_gc(state: std::sync::Weak<State>) {
                 break;
             }
         }
+        s.gc_passes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     }
 }
 

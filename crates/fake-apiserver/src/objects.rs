@@ -139,6 +139,7 @@ impl Inner {
                     *counter += 1;
                     format!("10.96.{}.{}", *counter / 250, *counter % 250 + 1)
                 };
+                builtins::keep_allocated_values(&rt.kind, &mut obj, old);
                 builtins::apply_defaults(&rt.kind, &mut obj, &mut next_ip);
                 errors.extend(builtins::validate(&rt.kind, &obj, old));
                 obj

@@ -368,7 +368,7 @@ async fn garbage_collection_and_finalizers() {
     orphan.metadata.owner_references.as_mut().unwrap()[0].uid = owner.metadata.uid.clone().unwrap();
     cms.create(&PostParams::default(), &orphan).await.unwrap();
     cms.delete("owner", &DeleteParams::orphan()).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    tokio::time::timeout(Duration::from_secs(10), server.state().gc_pass_completed()).await.unwrap();
     let kept = cms.get("orphan").await.unwrap();
     assert!(kept.metadata.owner_references.unwrap_or_default().is_empty());
 }

@@ -4,17 +4,18 @@
 //! Canaries that own them, target them, or want their name).
 
 use super::build::{
-    build_deployment, build_status, build_unreadable_status, canary_deployment_name, conditions, reasons,
+    CANARY_LABEL, build_deployment, build_status, build_unreadable_status, canary_deployment_name, conditions, reasons,
 };
 use super::validate::{Problem, is_owned_by, validate};
 use crate::api::canary::{Canary, CanaryStatus};
+use crate::children::{self, Created};
 use crate::report::{FIELD_MANAGER, publish};
 use crate::runtime::triggers::metadata_of;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::core::{DeserializeGuard, error_boundary::InvalidObject};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{EventType, Recorder};
@@ -100,25 +101,36 @@ pub async fn reconcile(canary: &Canary, ctx: &Context) -> Result<Action, Error> 
     let mut problem = validate(canary, target.as_ref(), existing.as_ref()).err();
     if let (None, Some(target)) = (&problem, &target) {
         let desired = build_deployment(canary, target);
-        match deployments.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&desired)).await {
-            Ok(applied) => {
-                let change = match &owned {
-                    None => Some(("CanaryCreated", format!("created Deployment {name:?}"))),
-                    Some(before) if before.metadata.generation != applied.metadata.generation => {
-                        Some(("CanaryUpdated", format!("updated Deployment {name:?}")))
-                    }
-                    Some(_) => None,
-                };
-                if let Some((reason, note)) = change {
+        let written = match &owned {
+            // absent: create, so that a Deployment someone else creates meanwhile is never taken over
+            None => children::create(&deployments, &desired).await.map(|created| match created {
+                Created::Created(d) => Some((Some(("CanaryCreated", format!("created Deployment {name:?}"))), d)),
+                Created::AlreadyExists => None,
+            }),
+            Some(before) => children::apply(&deployments, &desired).await.map(|applied| {
+                let changed = before.metadata.generation != applied.metadata.generation;
+                Some((changed.then(|| ("CanaryUpdated", format!("updated Deployment {name:?}"))), applied))
+            }),
+        };
+        match written {
+            Ok(Some((event, deployment))) => {
+                if let Some((reason, note)) = event {
                     publish(&ctx.recorder, &canary.object_ref(&()), EventType::Normal, reason, note).await;
                 }
-                owned = Some(applied);
+                owned = Some(deployment);
+            }
+            Ok(None) => {
+                let owner = Some("it was created by someone else while this Canary was creating it".to_string());
+                problem = Some(Problem::DeploymentNotOwned { name: name.clone(), owner });
             }
             Err(kube::Error::Api(e)) if e.code == 422 || e.code == 400 => {
                 problem = Some(Problem::ApplyRejected { name: name.clone(), message: e.message });
             }
             Err(e) => return Err(e.into()),
         }
+    }
+    if spec_changed(canary) {
+        remove_previous_canaries(canary, &deployments, &name, ctx).await?;
     }
 
     let now = Time(k8s_openapi::jiff::Timestamp::now());
@@ -133,6 +145,39 @@ pub async fn reconcile(canary: &Canary, ctx: &Context) -> Result<Action, Error> 
         write_status(&ctx.client, canary, &status).await?;
     }
     Ok(Action::requeue(Duration::from_secs(600)))
+}
+
+/// Whether the status describes an older spec (or another canary Deployment): then the target may have
+/// changed, and canary Deployments of a previous target may be left over.
+fn spec_changed(canary: &Canary) -> bool {
+    let status = canary.status.as_ref();
+    status.and_then(|s| s.observed_generation) != canary.metadata.generation
+        || status.and_then(|s| s.canary_deployment.as_deref())
+            != Some(canary_deployment_name(&canary.spec.target_deployment_name).as_str())
+}
+
+/// Deletes the canary Deployments this Canary owns under another name than `current` (made for a previous
+/// `targetDeploymentName`): they would otherwise keep running and take a share of the old target's traffic.
+async fn remove_previous_canaries(
+    canary: &Canary,
+    deployments: &Api<Deployment>,
+    current: &str,
+    ctx: &Context,
+) -> Result<(), kube::Error> {
+    let uid = canary.uid().unwrap_or_default();
+    let marked = deployments.list_metadata(&ListParams::default().labels(&format!("{CANARY_LABEL}=true"))).await?;
+    for old in marked.items.iter().filter(|d| d.name_any() != current && children::owned_by(*d, &uid)) {
+        let old_name = old.name_any();
+        let old_uid = old.uid().unwrap_or_default();
+        if children::delete(deployments, &old_name, &old_uid).await? {
+            let note = format!(
+                "deleted Deployment {old_name:?}: this Canary now targets {:?}",
+                canary.spec.target_deployment_name
+            );
+            publish(&ctx.recorder, &canary.object_ref(&()), EventType::Normal, "PreviousCanaryDeleted", note).await;
+        }
+    }
+    Ok(())
 }
 
 fn ready_reason(status: Option<&CanaryStatus>) -> Option<&str> {

@@ -42,9 +42,7 @@ pub enum Error {
     Incomplete,
 }
 
-fn owned_by<K: Resource>(obj: &K, uid: &str) -> bool {
-    obj.meta().owner_references.iter().flatten().any(|r| r.controller == Some(true) && r.uid == uid)
-}
+use crate::children::{self, Created, owned_by};
 
 impl Error {
     /// A stable label for metrics.
@@ -83,6 +81,7 @@ pub async fn reconcile(kanary: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<
     let mut routes = vec![];
     let mut degraded = vec![];
     let mut destination_changed = false;
+    let mut existing_svc = None;
     let spec = match parse_and_validate(&name, &kanary.data) {
         Ok(spec) => Some(spec),
         Err(p) => {
@@ -91,7 +90,7 @@ pub async fn reconcile(kanary: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<
         }
     };
     if let Some(spec) = &spec {
-        let existing_svc = services.get_opt(&spec.destination).await?;
+        existing_svc = services.get_opt(&spec.destination).await?;
         destination_changed = existing_svc.is_none()
             || previous
                 .as_ref()
@@ -106,21 +105,23 @@ pub async fn reconcile(kanary: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<
         }
     }
 
+    let existing = (existing_cm.is_some(), existing_proxy.is_some(), existing_svc.is_some());
     let mut proxy = existing_proxy.filter(|d| owned_by(d, &uid));
     if let (None, Some(spec)) = (&problem, &spec) {
         let config = render(&format!("{ns}/{name}"), &routes, &ProxySettings::default());
-        let pp = PatchParams::apply(FIELD_MANAGER).force();
         let cm = build::build_config_map(&name, &ns, &owner, &config);
-        config_maps.patch(&config_name(&name), &pp, &Patch::Apply(&cm)).await?;
         let dep = build::build_deployment(&name, &ns, &owner, &config, &ctx.proxy);
-        proxy = Some(deployments.patch(&proxy_name(&name), &pp, &Patch::Apply(&dep)).await?);
         let svc = build::build_service(&name, &ns, &owner, &spec.destination);
-        services.patch(&spec.destination, &pp, &Patch::Apply(&svc)).await?;
-        if destination_changed {
+        match write_children(&config_maps, &deployments, &services, (&cm, &dep, &svc), &existing).await? {
+            Ok(written) => proxy = Some(written),
+            Err(p) => problem = Some(p),
+        }
+        if destination_changed && problem.is_none() {
             remove_old_destinations(&services, &uid, &name, &spec.destination).await?;
         }
         let old_config = existing_cm.as_ref().and_then(|c| c.data.as_ref()).and_then(|d| d.get(build::CONFIG_KEY));
         match old_config {
+            _ if problem.is_some() => {}
             None => {
                 publish(
                     &ctx.recorder,
@@ -208,6 +209,45 @@ fn not_owned(
     None
 }
 
+/// Creates the children that are absent and server-side applies those that exist (and are owned: checked
+/// before). A child someone else created meanwhile is left alone and reported. Returns the proxy Deployment.
+async fn write_children(
+    config_maps: &Api<ConfigMap>,
+    deployments: &Api<Deployment>,
+    services: &Api<Service>,
+    (cm, dep, svc): (&ConfigMap, &Deployment, &Service),
+    (cm_exists, dep_exists, svc_exists): &(bool, bool, bool),
+) -> Result<Result<Deployment, Problem>, kube::Error> {
+    async fn write<K>(
+        api: &Api<K>,
+        desired: &K,
+        exists: bool,
+        kind: &'static str,
+    ) -> Result<Result<K, Problem>, kube::Error>
+    where
+        K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+    {
+        if exists {
+            return children::apply(api, desired).await.map(Ok);
+        }
+        Ok(match children::create(api, desired).await? {
+            Created::Created(k) => Ok(k),
+            Created::AlreadyExists => Err(Problem::ObjectNotOwned { kind, name: desired.name_any() }),
+        })
+    }
+    if let Err(p) = write(config_maps, cm, *cm_exists, "ConfigMap").await? {
+        return Ok(Err(p));
+    }
+    let proxy = match write(deployments, dep, *dep_exists, "Deployment").await? {
+        Ok(d) => d,
+        Err(p) => return Ok(Err(p)),
+    };
+    if let Err(p) = write(services, svc, *svc_exists, "Service").await? {
+        return Ok(Err(p));
+    }
+    Ok(Ok(proxy))
+}
+
 /// Deletes the Services this Kanary created for a destination it no longer has.
 async fn remove_old_destinations(
     services: &Api<Service>,
@@ -218,7 +258,7 @@ async fn remove_old_destinations(
     let ours =
         services.list(&ListParams::default().labels(&format!("{}={}", build::PROXY_LABEL, proxy_name(name)))).await?;
     for old in ours.items.iter().filter(|s| owned_by(*s, uid) && s.name_any() != destination) {
-        services.delete(&old.name_any(), &Default::default()).await?;
+        children::delete(services, &old.name_any(), &old.uid().unwrap_or_default()).await?;
     }
     Ok(())
 }

@@ -301,6 +301,21 @@ fn uuid_like() -> String {
     format!("{:016x}", h.finish())
 }
 
+/// Polls `check` every 100 ms for up to `secs` seconds; whether it held.
+pub async fn within<F, Fut>(secs: u64, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..secs * 10 {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
 /// Polls `check` every 100 ms for up to `secs` seconds.
 pub async fn eventually<F, Fut>(secs: u64, what: &str, mut check: F)
 where
