@@ -115,3 +115,40 @@ async fn a_leader_that_loses_its_lease_stops_its_controllers_and_exits() {
     assert_eq!(env.holder().await.as_deref(), Some("intruder"));
     env.cluster.cleanup().await;
 }
+
+/// A leader cut off from its Lease (its Lease requests fail; the rest of the API answers) stops reconciling
+/// when no renewal succeeded within the renew deadline, before the Lease expires and a standby takes over:
+/// never two leaders reconciling at once. It exits, to come back as a standby.
+#[tokio::test]
+async fn a_leader_cut_off_from_its_lease_stops_before_a_standby_takes_over() {
+    let env = env().await;
+    let Some(fake) = &env.cluster.fake else {
+        fake_apiserver::tools::skip("faults on one replica's Lease requests need fake-apiserver");
+        return;
+    };
+    let kubeconfig_a = env.cluster.controller_kubeconfig_with_token("replica-a");
+    let mut a = env.cluster.spawn_replica_with("a", LEASE_SECONDS, &kubeconfig_a);
+    a.wait_for_log("became the leader").await;
+    let mut b = env.replica("b");
+    b.wait_for_log("waiting to become the leader").await;
+    env.roll_canary_to("web:2").await;
+
+    let scope = fake_apiserver::FaultScope { token: Some("replica-a".into()), resource: Some("leases".into()) };
+    fake.state().fail_for_scoped(std::time::Duration::from_secs(30), 500, None, Some(scope));
+    b.wait_for_log("became the leader").await;
+    let status = a.exited(10).await.unwrap_or_else(|| panic!("the cut-off leader still runs:\n{}", a.log()));
+    assert!(!status.success());
+    let stopped = a.log_time("stopped reconciling").unwrap_or_else(|| panic!("{}", a.log()));
+    assert!(a.log().contains("within the renew deadline"), "{}", a.log());
+    let took_over = b.log_time("became the leader").unwrap();
+    assert!(
+        stopped < took_over,
+        "a stopped at {stopped}, after b became the leader at {took_over}:\n{}\n---\n{}",
+        a.log(),
+        b.log()
+    );
+    env.roll_canary_to("web:3").await;
+    assert!(reconciles(&b).await >= 1.0);
+    fake.state().fail_for(std::time::Duration::ZERO, 500, None);
+    env.cluster.cleanup().await;
+}

@@ -2,6 +2,8 @@
 //! binary rather than the library.
 //!
 //! - `POST /fake/fail?count=N&code=500|429|409&retryAfter=S` fails the next N API requests
+//! - `POST /fake/fail?seconds=S&code=...[&token=T][&resource=PLURAL]` fails for S seconds the requests with
+//!   that bearer token and/or on that resource
 //! - `POST /fake/latency?ms=N` delays every API request
 //! - `POST /fake/drop-watches`, `POST /fake/expire-watches` (history compacted: resuming gets 410)
 //! - `GET /fake/counters`, `DELETE /fake/counters`
@@ -19,6 +21,13 @@ use std::time::Duration;
 pub async fn handle(state: &Arc<State>, method: &Method, path: &str, q: &HashMap<String, String>) -> Response {
     let num = |k: &str| q.get(k).and_then(|v| v.parse::<u64>().ok());
     match (method.as_str(), path) {
+        ("POST", "fail") if q.contains_key("seconds") => {
+            let code = num("code").unwrap_or(500) as u16;
+            let scope = crate::FaultScope { token: q.get("token").cloned(), resource: q.get("resource").cloned() };
+            let duration = Duration::from_secs(num("seconds").unwrap_or(0));
+            state.fail_for_scoped(duration, code, num("retryAfter").map(|r| r as u32), Some(scope));
+            (StatusCode::OK, "ok\n").into_response()
+        }
         ("POST", "fail") => {
             let code = num("code").unwrap_or(500) as u16;
             state.fail_next(num("count").unwrap_or(1) as u32, code, num("retryAfter").map(|r| r as u32));

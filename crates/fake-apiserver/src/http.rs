@@ -159,7 +159,8 @@ async fn serve_api(
         name: target.name.clone(),
     };
     state.rbac.authorize(&state.inner.lock().expect("lock"), user, &request)?;
-    if let Some(err) = state.faults.take_failure().await {
+    let token = headers.get("authorization").and_then(|a| a.to_str().ok()).and_then(|a| a.strip_prefix("Bearer "));
+    if let Some(err) = state.faults.take_failure(token, &target.rt.plural).await {
         return Err(err);
     }
     let opts = WriteOptions {

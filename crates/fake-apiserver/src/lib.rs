@@ -47,16 +47,33 @@ struct FaultState {
     fail_until: Option<tokio::time::Instant>,
     fail_code: u16,
     retry_after: Option<u32>,
+    /// Only requests in this scope fail (all when `None`).
+    scope: Option<FaultScope>,
     latency: Duration,
 }
 
+/// Which requests an injected failure hits: those with this bearer token and/or on this resource (plural).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FaultScope {
+    pub token: Option<String>,
+    pub resource: Option<String>,
+}
+
+impl FaultScope {
+    fn matches(&self, token: Option<&str>, resource: &str) -> bool {
+        self.token.as_deref().is_none_or(|t| Some(t) == token) && self.resource.as_deref().is_none_or(|r| r == resource)
+    }
+}
+
 impl Faults {
-    /// Waits the injected latency, then returns the injected failure if one is due.
-    async fn take_failure(&self) -> Option<ApiError> {
+    /// Waits the injected latency, then returns the injected failure if one is due for a request with this
+    /// bearer token on this resource.
+    async fn take_failure(&self, token: Option<&str>, resource: &str) -> Option<ApiError> {
         let (latency, failure) = {
             let mut f = self.inner.lock().expect("lock");
             let until = f.fail_until.is_some_and(|u| tokio::time::Instant::now() < u);
-            let failure = (f.fail_remaining > 0 || until).then(|| {
+            let in_scope = f.scope.as_ref().is_none_or(|s| s.matches(token, resource));
+            let failure = ((f.fail_remaining > 0 || until) && in_scope).then(|| {
                 f.fail_remaining = f.fail_remaining.saturating_sub(1);
                 let mut e = match f.fail_code {
                     429 => ApiError::new(429, "TooManyRequests", "the server has received too many requests and has asked us to try again later (injected fault)"),
@@ -120,6 +137,7 @@ impl State {
 
     pub fn fail_next(&self, count: u32, code: u16, retry_after: Option<u32>) {
         let mut f = self.faults.inner.lock().expect("lock");
+        f.scope = None;
         f.fail_remaining = count;
         f.fail_code = code;
         f.retry_after = retry_after;
@@ -127,7 +145,14 @@ impl State {
 
     /// Fails every API request for `duration` (an API server that is briefly unavailable or throttling).
     pub fn fail_for(&self, duration: Duration, code: u16, retry_after: Option<u32>) {
+        self.fail_for_scoped(duration, code, retry_after, None);
+    }
+
+    /// Fails the requests in `scope` for `duration` (for example one client's Lease requests: a leader
+    /// cut off from its Lease but not from the rest of the API).
+    pub fn fail_for_scoped(&self, duration: Duration, code: u16, retry_after: Option<u32>, scope: Option<FaultScope>) {
         let mut f = self.faults.inner.lock().expect("lock");
+        f.scope = scope;
         f.fail_until = Some(tokio::time::Instant::now() + duration);
         f.fail_code = code;
         f.retry_after = retry_after;

@@ -2,12 +2,19 @@
 //! controllers. A standby takes the Lease when the holder stops renewing it (within the lease duration) or
 //! releases it on shutdown. A leader that loses the Lease stops its controllers and exits, so that it comes
 //! back as a standby with fresh state.
+//!
+//! kube-lease-manager keeps saying "leader" while its renewals fail, so a leader cut off from its Lease (but
+//! not from the rest of the API) would keep reconciling after a standby took over. Like client-go's renew
+//! deadline, this module watches the Lease writes themselves (a layer on the election's client records each
+//! successful one) and declares leadership lost when none succeeded within the renew deadline, which ends
+//! before the Lease can expire for the others.
 
 use anyhow::Context;
-use kube::Client;
 use kube_lease_manager::{LeaseManager, LeaseManagerBuilder, LeaseManagerError};
+use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 /// Settings of leader election.
 #[derive(Debug, Clone)]
@@ -18,7 +25,7 @@ pub struct LeaderElection {
     pub namespace: Option<String>,
     /// This replica's name in the Lease (`holderIdentity`).
     pub identity: String,
-    /// Seconds the Lease is valid after its last renewal; the leader renews a third of it before it ends.
+    /// Seconds the Lease is valid after its last renewal.
     pub lease_duration_seconds: u64,
 }
 
@@ -29,23 +36,48 @@ impl LeaderElection {
         format!("{host}-{}", std::process::id())
     }
 
+    /// The leader renews this long before the Lease ends: half of it, so that failed renewals are retried
+    /// before the renew deadline.
     fn grace_seconds(&self) -> u64 {
-        (self.lease_duration_seconds / 3).max(1)
+        (self.lease_duration_seconds / 2).max(1)
     }
+
+    /// A leader that has not renewed for this long stops reconciling: five sixths of the lease duration
+    /// (12.5 s of 15 s), which leaves the rest for it to stop before a standby may take the Lease.
+    pub fn renew_deadline(&self) -> Duration {
+        Duration::from_millis(self.lease_duration_seconds * 1000 * 5 / 6)
+    }
+}
+
+/// Why this replica stopped being the leader.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lost {
+    /// The Lease is held by another replica (or the election stopped).
+    Lease,
+    /// No renewal succeeded within the renew deadline: the Lease may be someone else's soon.
+    RenewDeadline,
 }
 
 /// A running election: tells whether this replica is the leader.
 pub struct Leadership {
     is_leader: watch::Receiver<bool>,
+    renewed: watch::Receiver<Option<Instant>>,
+    renew_deadline: Duration,
     task: JoinHandle<Result<LeaseManager, LeaseManagerError>>,
     lease: String,
 }
 
 impl Leadership {
-    /// Creates the Lease if needed and starts competing for it.
-    pub async fn start(client: Client, settings: &LeaderElection) -> anyhow::Result<Leadership> {
-        let namespace = settings.namespace.clone().unwrap_or_else(|| client.default_namespace().to_string());
+    /// Creates the Lease if needed and starts competing for it, with a client of its own built from `config`.
+    pub async fn start(config: kube::Config, settings: &LeaderElection) -> anyhow::Result<Leadership> {
+        let namespace = settings.namespace.clone().unwrap_or_else(|| config.default_namespace.clone());
         let lease = format!("{namespace}/{}", settings.lease_name);
+        let path = format!("/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases/{}", settings.lease_name);
+        let (recorder, renewed) = RenewalRecorder::new(path);
+        let client = kube::client::ClientBuilder::try_from(config)
+            .context("cannot build the leader election client")?
+            .with_layer(&recorder)
+            .build();
         let manager = LeaseManagerBuilder::new(client, &settings.lease_name)
             .with_namespace(&namespace)
             .with_identity(&settings.identity)
@@ -55,7 +87,7 @@ impl Leadership {
             .await
             .with_context(|| format!("cannot read or create the leader election Lease {lease}"))?;
         let (is_leader, task) = manager.watch().await;
-        Ok(Leadership { is_leader, task, lease })
+        Ok(Leadership { is_leader, renewed, renew_deadline: settings.renew_deadline(), task, lease })
     }
 
     /// The Lease, as `namespace/name`.
@@ -69,16 +101,32 @@ impl Leadership {
         Ok(())
     }
 
-    /// A future that completes when this replica no longer holds the Lease (or the election stopped).
-    pub fn lost(&self) -> impl Future<Output = ()> + Send + 'static {
+    /// A future that completes when this replica no longer holds the Lease, or no renewal of it succeeded
+    /// within the renew deadline.
+    pub fn lost(&self) -> impl Future<Output = Lost> + Send + 'static {
         let mut is_leader = self.is_leader.clone();
+        let mut renewed = self.renewed.clone();
+        let renew_deadline = self.renew_deadline;
         async move {
-            let _ = is_leader.wait_for(|leader| !*leader).await;
+            loop {
+                let last = *renewed.borrow_and_update();
+                let Some(last) = last else { return Lost::RenewDeadline };
+                tokio::select! {
+                    _ = is_leader.wait_for(|leader| !*leader) => return Lost::Lease,
+                    changed = renewed.changed() => if changed.is_err() { return Lost::Lease },
+                    _ = tokio::time::sleep_until(last + renew_deadline) => return Lost::RenewDeadline,
+                }
+            }
         }
     }
 
     pub fn is_leader(&self) -> bool {
         *self.is_leader.borrow() && !self.task.is_finished()
+    }
+
+    /// The renew deadline.
+    pub fn renew_deadline(&self) -> Duration {
+        self.renew_deadline
     }
 
     /// Stops competing and releases the Lease if this replica holds it, so that a standby takes over at once.
@@ -88,6 +136,87 @@ impl Leadership {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => tracing::warn!(error = %e, lease = %self.lease, "could not release the leader Lease"),
             Err(e) => tracing::warn!(error = %e, lease = %self.lease, "leader election task failed"),
+        }
+    }
+
+    /// Stops competing without a word to the API (it cannot be reached: the Lease simply expires).
+    pub fn abandon(self) {
+        self.task.abort();
+    }
+}
+
+/// A client layer that records when a write (PATCH) to the Lease last succeeded, timed when it was sent
+/// (no later than the renew time it carries).
+#[derive(Clone)]
+struct RenewalRecorder {
+    path: String,
+    renewed: std::sync::Arc<watch::Sender<Option<Instant>>>,
+}
+
+impl RenewalRecorder {
+    fn new(path: String) -> (RenewalRecorder, watch::Receiver<Option<Instant>>) {
+        let (sender, receiver) = watch::channel(None);
+        (RenewalRecorder { path, renewed: std::sync::Arc::new(sender) }, receiver)
+    }
+}
+
+impl<S> tower::Layer<S> for RenewalRecorder {
+    type Service = RecordRenewals<S>;
+
+    fn layer(&self, inner: S) -> RecordRenewals<S> {
+        RecordRenewals { inner, recorder: self.clone() }
+    }
+}
+
+struct RecordRenewals<S> {
+    inner: S,
+    recorder: RenewalRecorder,
+}
+
+impl<S, B> tower::Service<http::Request<kube::client::Body>> for RecordRenewals<S>
+where
+    S: tower::Service<http::Request<kube::client::Body>, Response = http::Response<B>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = futures::future::BoxFuture<'static, Result<S::Response, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<kube::client::Body>) -> Self::Future {
+        let is_lease_write = request.method() == http::Method::PATCH && request.uri().path() == self.recorder.path;
+        let sent = Instant::now();
+        let response = self.inner.call(request);
+        let renewed = self.recorder.renewed.clone();
+        Box::pin(async move {
+            let response = response.await;
+            if is_lease_write && response.as_ref().is_ok_and(|r| r.status().is_success()) {
+                renewed.send_replace(Some(sent));
+            }
+            response
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_renew_deadline_ends_after_the_renewal_and_before_the_lease() {
+        for seconds in [2, 3, 15, 60] {
+            let settings = LeaderElection {
+                lease_name: "l".into(),
+                namespace: None,
+                identity: "i".into(),
+                lease_duration_seconds: seconds,
+            };
+            let renews_after = Duration::from_secs(seconds - settings.grace_seconds());
+            let deadline = settings.renew_deadline();
+            assert!(renews_after < deadline && deadline < Duration::from_secs(seconds), "{seconds} s: {deadline:?}");
         }
     }
 }

@@ -30,15 +30,16 @@ pub fn init_logging(format: LogFormat) {
     }
 }
 
-/// Connects to the cluster named by KUBECONFIG (or the in-cluster service account) and checks that it answers.
-pub async fn connect() -> anyhow::Result<Client> {
+/// Connects to the cluster named by KUBECONFIG (or the in-cluster service account) and checks that it
+/// answers; returns the client and its configuration (leader election builds a client of its own).
+pub async fn connect() -> anyhow::Result<(Client, kube::Config)> {
     let config = kube::Config::infer()
         .await
         .context("no Kubernetes configuration found: set KUBECONFIG, or run inside a cluster")?;
     let url = config.cluster_url.clone();
-    let client = Client::try_from(config).context("cannot build a Kubernetes client")?;
+    let client = Client::try_from(config.clone()).context("cannot build a Kubernetes client")?;
     client.apiserver_version().await.with_context(|| format!("cannot reach the Kubernetes API server at {url}"))?;
-    Ok(client)
+    Ok((client, config))
 }
 
 /// Fails with the install command when a CRD the operator serves is missing or not established.
@@ -91,41 +92,53 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     })?;
     tracing::info!("serving /metrics, /healthz and /readyz on {}", listener.local_addr()?);
     tokio::spawn(telemetry::serve(listener, metrics.clone(), shutdown.clone()));
-    let client = connect().await?;
+    let (client, config) = connect().await?;
     check_crds(&client).await?;
     metrics.set_ready();
 
-    let mut leadership = None;
-    if let Some(settings) = &options.leader_election {
-        let mut election = leader::Leadership::start(client.clone(), settings).await?;
-        tracing::info!(lease = election.lease(), identity = %settings.identity, "waiting to become the leader");
-        tokio::select! {
-            acquired = election.acquired() => acquired?,
-            _ = shutdown.clone() => {
-                election.release().await;
-                return Ok(());
-            }
-        }
-        tracing::info!(lease = election.lease(), identity = %settings.identity, "became the leader");
-        leadership = Some(election);
-    }
-    metrics.set_leader(true);
-    let lost = match &leadership {
-        Some(election) => election.lost().boxed(),
-        None => futures::future::pending().boxed(),
+    let Some(settings) = &options.leader_election else {
+        metrics.set_leader(true);
+        tracing::info!("connected; CRDs installed; controllers running");
+        run_controllers(&client, &options, &metrics, shutdown).await;
+        return Ok(());
     };
-    let stop = futures::future::select(shutdown.clone(), lost).map(|_| ()).shared();
+    let mut election = leader::Leadership::start(config, settings).await?;
+    tracing::info!(lease = election.lease(), identity = %settings.identity, "waiting to become the leader");
+    tokio::select! {
+        acquired = election.acquired() => acquired?,
+        _ = shutdown.clone() => {
+            election.release().await;
+            return Ok(());
+        }
+    }
+    tracing::info!(lease = election.lease(), identity = %settings.identity, "became the leader");
+    metrics.set_leader(true);
     tracing::info!("connected; CRDs installed; controllers running");
-    run_controllers(&client, &options, &metrics, stop).await;
+    // SIGTERM stops the controllers gracefully; a lost leadership drops them at once (in-flight reconciles
+    // included), so that two leaders never reconcile at the same time
+    let lost = tokio::select! {
+        _ = run_controllers(&client, &options, &metrics, shutdown) => None,
+        lost = election.lost() => Some(lost),
+    };
     metrics.set_leader(false);
-    match leadership {
-        Some(election) if !election.is_leader() => {
+    match lost {
+        None => {
+            election.release().await;
+            Ok(())
+        }
+        Some(leader::Lost::Lease) => {
+            tracing::error!(lease = election.lease(), "stopped reconciling: lost the leader Lease");
             bail!("lost the leader Lease {}: controllers stopped; exiting to restart as a standby", election.lease())
         }
-        Some(election) => election.release().await,
-        None => {}
+        Some(leader::Lost::RenewDeadline) => {
+            let (deadline, lease) = (election.renew_deadline(), election.lease().to_string());
+            tracing::error!(%lease, ?deadline, "stopped reconciling: no renewal of the leader Lease succeeded within the renew deadline");
+            election.abandon();
+            bail!(
+                "lost the leader Lease {lease}: no renewal succeeded within {deadline:?}, before it could expire; controllers stopped; exiting to restart as a standby"
+            )
+        }
     }
-    Ok(())
 }
 
 /// Runs the controllers until `stop` completes; in-flight reconciles then get [`SHUTDOWN_GRACE`].

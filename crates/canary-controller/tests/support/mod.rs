@@ -118,6 +118,32 @@ impl Cluster {
         Process { child, log }
     }
 
+    /// On fake-apiserver: a kubeconfig for the controller's service account with a bearer token of its own
+    /// (`token`), so that faults can target one replica's requests.
+    pub fn controller_kubeconfig_with_token(&self, token: &str) -> PathBuf {
+        let server = self.fake.as_ref().expect("tokens are fake-apiserver's");
+        server.state().rbac.add_token(token, &self.controller_user(), &[]);
+        let path = self.dir.path().join(format!("kubeconfig-{token}"));
+        std::fs::write(&path, server.kubeconfig_with_token(token)).unwrap();
+        path
+    }
+
+    /// Starts a replica like [`Cluster::spawn_replica`] that uses `kubeconfig`.
+    pub fn spawn_replica_with(&self, identity: &str, lease_seconds: u64, kubeconfig: &std::path::Path) -> Process {
+        let lease = lease_seconds.to_string();
+        let log = self.dir.path().join(format!("{identity}.log"));
+        let child = self
+            .controller_command()
+            .env("KUBECONFIG", kubeconfig)
+            .args(["run", "--lease-duration", &lease, "--leader-election-identity", identity])
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        Process { child, log }
+    }
+
     /// Starts a replica that competes for the leader Lease as `identity`, with a short lease.
     pub fn spawn_replica(&self, identity: &str, lease_seconds: u64) -> Process {
         let lease = lease_seconds.to_string();
@@ -242,6 +268,13 @@ impl Process {
         let log = self.log();
         let line = log.lines().find(|l| l.contains("serving /metrics")).expect("the metrics address is logged");
         line.rsplit(' ').next().unwrap().trim().to_string()
+    }
+
+    /// The timestamp (RFC 3339, UTC, as the text log writes it) of the first log line containing `needle`.
+    pub fn log_time(&self, needle: &str) -> Option<String> {
+        let log = self.log();
+        let line = log.lines().find(|l| l.contains(needle))?;
+        Some(line.split_whitespace().next()?.to_string())
     }
 
     /// Waits until the log contains `needle`.
