@@ -28,8 +28,11 @@ crd:            ## regenerate config/crd from the Rust types
 image:          ## build the operator's image (needs docker)
 	docker build -t canary-controller:latest .
 
+# KANARY_GROUP=kanary.k8s.io (or kanary.pyxida.io) installs Kanary in that group only, so that
+# `kubectl get kanary` / `kubectl get ky` name it unambiguously; default: both groups (config/crd/crds.yaml)
 deploy:         ## install the CRDs and the operator into canary-controller-system (current kubectl context)
-	kubectl apply --server-side -f config/crd/crds.yaml
+	$(if $(KANARY_GROUP),cargo run --quiet -p canary-controller -- crd --kanary-group $(KANARY_GROUP),cat config/crd/crds.yaml) \
+	  | kubectl apply --server-side -f -
 	kubectl apply -k config/default
 
 undeploy:       ## remove the operator and the CRDs (and so every Canary)

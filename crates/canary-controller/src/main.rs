@@ -31,7 +31,12 @@ enum Command {
         leader_election: LeaderElectionArgs,
     },
     /// Print the CustomResourceDefinitions as YAML (`canary-controller crd | kubectl apply --server-side -f -`).
-    Crd,
+    Crd {
+        /// Install Kanary in this API group only (repeatable; default: both). With one group installed,
+        /// `kubectl get kanary` and `kubectl get ky` list its Kanaries with no ambiguity.
+        #[arg(long = "kanary-group", value_name = "GROUP", value_parser = ["kanary.k8s.io", "kanary.pyxida.io"])]
+        kanary_groups: Vec<String>,
+    },
     /// Print the version.
     Version,
 }
@@ -79,7 +84,9 @@ async fn main() -> std::process::ExitCode {
             let leader_election = leader_election.settings();
             runtime::run(runtime::RunOptions { proxy, metrics_address, leader_election }).await
         }
-        Command::Crd => canary_controller::api::crds_yaml().map(|yaml| print!("{yaml}")),
+        Command::Crd { kanary_groups } => {
+            canary_controller::api::crds_yaml(&kanary_groups).map(|yaml| print!("{yaml}"))
+        }
         Command::Version => {
             println!("canary-controller {}", env!("CARGO_PKG_VERSION"));
             Ok(())

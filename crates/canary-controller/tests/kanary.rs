@@ -114,6 +114,43 @@ async fn the_original_readme_manifest_applies_unchanged_with_kubectl() {
     e.cluster.cleanup().await;
 }
 
+/// Each kind of user installs the Kanary group their manifests use (`canary-controller crd --kanary-group`);
+/// then `kubectl get kanary` and `kubectl get ky` list their Kanaries, with no warning on stderr.
+#[tokio::test]
+async fn kubectl_get_kanary_and_ky_list_the_installed_group_without_a_warning() {
+    for (group, manifest) in [("kanary.pyxida.io", "readme-kanary.yml"), ("kanary.k8s.io", "simple-stack.yml")] {
+        let cluster = support::Cluster::start().await;
+        if cluster.fake.is_none() {
+            fake_apiserver::tools::skip("choosing the installed groups needs a cluster of the test's own");
+            return;
+        }
+        let crds = cluster.controller(&["crd", "--kanary-group", group]).await;
+        assert!(crds.status.success(), "{}", String::from_utf8_lossy(&crds.stderr));
+        let crds = String::from_utf8(crds.stdout).unwrap();
+        let Some(out) = cluster.kubectl(&["apply", "--server-side", "-f", "-"], Some(&crds)).await else { return };
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let mut controller = cluster.spawn_controller();
+        controller.wait_for_log("controllers running").await;
+        let ns = cluster.namespace.clone();
+        let out = cluster.kubectl(&["apply", "-n", &ns, "-f", &format!("{EXAMPLES}/{manifest}")], None).await.unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        for resource in ["kanary", "ky", "kanaries"] {
+            let out = cluster.kubectl(&["get", resource, "-n", &ns], None).await.unwrap();
+            let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success() && stdout.contains("simple-kanary-rule"),
+                "{group}: get {resource}:\n{stdout}\n{stderr}"
+            );
+            assert!(stderr.trim().is_empty(), "{group}: get {resource} warned:\n{stderr}");
+            let out =
+                cluster.kubectl(&["get", resource, "simple-kanary-rule", "-n", &ns, "-o", "name"], None).await.unwrap();
+            assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("kanary.{group}/simple-kanary-rule"));
+        }
+        assert!(!controller.log().contains("ERROR"), "{}", controller.log());
+        cluster.cleanup().await;
+    }
+}
+
 /// examples/simple-stack.yml (kanary.k8s.io group) with kubectl; then endpoint and weight changes, repair, deletion.
 #[tokio::test]
 async fn simple_stack_follows_endpoints_and_weights_and_is_repaired_and_deleted() {

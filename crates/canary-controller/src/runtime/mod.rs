@@ -42,30 +42,49 @@ pub async fn connect() -> anyhow::Result<(Client, kube::Config)> {
     Ok((client, config))
 }
 
-/// Fails with the install command when a CRD the operator serves is missing or not established.
-pub async fn check_crds(client: &Client) -> anyhow::Result<()> {
+/// Checks the installed CRDs and returns the Kanary groups to serve. Fails with the install command when the
+/// Canary CRD or every Kanary CRD is missing (or not established); a Kanary group that is not installed is
+/// not served (installing one group is a documented choice).
+pub async fn check_crds(client: &Client) -> anyhow::Result<Vec<(&'static str, &'static str)>> {
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let mut missing = vec![];
+    let mut installed = std::collections::BTreeSet::new();
     for crd in crate::api::crds() {
         let name = crd.name_any();
-        let installed =
-            api.get_opt(&name).await.with_context(|| format!("cannot read CustomResourceDefinition {name}"))?;
-        let established = installed
+        let found = api.get_opt(&name).await.with_context(|| format!("cannot read CustomResourceDefinition {name}"))?;
+        let established = found
             .and_then(|c| c.status)
             .and_then(|s| s.conditions)
             .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Established" && c.status == "True"));
-        if !established {
-            missing.push(name);
+        if established {
+            installed.insert(name);
         }
     }
-    if !missing.is_empty() {
+    let canary = crate::api::crds()[0].name_any();
+    let kanary_crd = |group: &str| format!("{}.{group}", crate::api::kanary::PLURAL);
+    let kanary_groups: Vec<(&'static str, &'static str)> = crate::api::kanary::GROUPS
+        .iter()
+        .copied()
+        .filter(|(group, _)| installed.contains(&kanary_crd(group)))
+        .collect();
+    if !installed.contains(&canary) || kanary_groups.is_empty() {
+        let mut missing = vec![];
+        if !installed.contains(&canary) {
+            missing.push(canary);
+        }
+        if kanary_groups.is_empty() {
+            let all: Vec<String> = crate::api::kanary::GROUPS.iter().map(|(g, _)| kanary_crd(g)).collect();
+            missing.push(all.join(" or "));
+        }
         bail!(
             "the CustomResourceDefinitions {} are not installed (or not established): install them with \
              `canary-controller crd | kubectl apply --server-side -f -` or `make deploy`",
             missing.join(", ")
         );
     }
-    Ok(())
+    for (group, _) in crate::api::kanary::GROUPS.iter().filter(|g| !kanary_groups.contains(g)) {
+        tracing::info!(crd = %kanary_crd(group), "not installed: Kanaries of {group} are not served");
+    }
+    Ok(kanary_groups)
 }
 
 /// How long running reconciles may take to finish after SIGTERM.
@@ -93,13 +112,13 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     tracing::info!("serving /metrics, /healthz and /readyz on {}", listener.local_addr()?);
     tokio::spawn(telemetry::serve(listener, metrics.clone(), shutdown.clone()));
     let (client, config) = connect().await?;
-    check_crds(&client).await?;
+    let kanary_groups = check_crds(&client).await?;
     metrics.set_ready();
 
     let Some(settings) = &options.leader_election else {
         metrics.set_leader(true);
         tracing::info!("connected; CRDs installed; controllers running");
-        run_controllers(&client, &options, &metrics, shutdown).await;
+        run_controllers(&client, &options, &kanary_groups, &metrics, shutdown).await;
         return Ok(());
     };
     let mut election = leader::Leadership::start(config, settings).await?;
@@ -117,7 +136,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     // SIGTERM stops the controllers gracefully; a lost leadership drops them at once (in-flight reconciles
     // included), so that two leaders never reconcile at the same time
     let lost = tokio::select! {
-        _ = run_controllers(&client, &options, &metrics, shutdown) => None,
+        _ = run_controllers(&client, &options, &kanary_groups, &metrics, shutdown) => None,
         lost = election.lost() => Some(lost),
     };
     metrics.set_leader(false);
@@ -145,10 +164,11 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
 async fn run_controllers(
     client: &Client,
     options: &RunOptions,
+    kanary_groups: &[(&str, &str)],
     metrics: &std::sync::Arc<telemetry::Metrics>,
     stop: impl Future<Output = ()> + Clone + Send + Sync + 'static,
 ) {
-    let kanaries = crate::api::kanary::GROUPS.iter().map(|(group, version)| {
+    let kanaries = kanary_groups.iter().map(|(group, version)| {
         let resource = crate::api::kanary::api_resource(group, version);
         crate::kanary::reconcile::run(client.clone(), resource, options.proxy.clone(), metrics.clone(), stop.clone())
     });
