@@ -37,7 +37,7 @@ fn crds_and_generated_deployment_pass_kubernetes_validate_strict() {
     let Some(tool) = kubernetes_validate() else { return };
     let dir = tempfile::tempdir().unwrap();
     let crds = dir.path().join("crds.yaml");
-    std::fs::write(&crds, canary_controller::api::crds_yaml().unwrap()).unwrap();
+    std::fs::write(&crds, canary_controller::api::crds_yaml(&[]).unwrap()).unwrap();
     validate_strict(&tool, &crds);
 
     let mut canary: Canary = read_yaml("config/samples/canary_v1beta1_canary.yaml");
