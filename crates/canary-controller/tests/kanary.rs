@@ -303,6 +303,15 @@ async fn invalid_updates_are_rejected_or_reported_and_the_last_good_config_keeps
         .await
         .unwrap_err();
     assert!(err.to_string().contains("each backend serviceName may appear only once"), "{err}");
+    // a port number out of range, or a port name longer than a DNS label (CEL `type()` on int-or-string)
+    for port in [json!(0), json!(70000), json!("p".repeat(64))] {
+        let bad = kanary_yaml("kanary.k8s.io/v1", routes(80, 20, port.clone()));
+        let err = kanaries
+            .patch("simple-kanary-rule", &PatchParams::apply("test").force(), &Patch::Apply(bad))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("servicePort: a port number of the Service (1 to 65535)"), "{port}: {err}");
+    }
 
     // what only the controller can see (a port the Service does not have) is reported; the config stays
     kanaries

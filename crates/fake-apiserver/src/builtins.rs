@@ -68,6 +68,27 @@ pub fn validate_labels(labels: &Value, field: &str) -> Vec<FieldError> {
     errs
 }
 
+/// At most one owner reference may be the controller (as the real server's ValidateOwnerReferences says).
+pub fn validate_owner_references(obj: &Value) -> Vec<FieldError> {
+    let refs = obj.pointer("/metadata/ownerReferences").and_then(Value::as_array).cloned().unwrap_or_default();
+    let controllers: Vec<String> = refs
+        .iter()
+        .filter(|r| r["controller"] == json!(true))
+        .map(|r| format!("{}/{}", r["kind"].as_str().unwrap_or_default(), r["name"].as_str().unwrap_or_default()))
+        .collect();
+    if controllers.len() > 1 {
+        return vec![FieldError::invalid_detail(
+            "metadata.ownerReferences",
+            Value::Array(refs).to_string(),
+            &format!(
+                "Only one reference can have Controller set to true. Found \"true\" in references for {}",
+                controllers.join(" and ")
+            ),
+        )];
+    }
+    vec![]
+}
+
 /// On an update that leaves them unset, a Service keeps its allocated cluster IPs (a real server's Service
 /// strategy does the same, so that an apply that does not mention `clusterIP` is not a change of it).
 pub fn keep_allocated_values(kind: &str, obj: &mut Value, old: Option<&Value>) {

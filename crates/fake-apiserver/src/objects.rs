@@ -115,6 +115,7 @@ impl Inner {
         let name = obj["metadata"]["name"].as_str().unwrap_or_default().to_string();
         let kind_qualified = if rt.group.is_empty() { rt.kind.clone() } else { format!("{}.{}", rt.kind, rt.group) };
         let mut errors: Vec<FieldError> = builtins::validate_name(&rt.kind, &name);
+        errors.extend(builtins::validate_owner_references(&obj));
         let obj = match &rt.schema {
             Some(schema) => {
                 if let Some(labels) = obj.pointer("/metadata/labels") {

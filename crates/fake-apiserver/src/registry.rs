@@ -50,6 +50,15 @@ pub struct CrdSchema {
     pub compiled: kube_cel::CompiledSchema,
 }
 
+impl CrdSchema {
+    /// Compiles the schema's CEL rules (with `type()` emulated: see `schema::emulate_type_function`).
+    pub fn compile(openapi: serde_json::Value) -> CrdSchema {
+        let mut for_cel = openapi.clone();
+        crate::schema::emulate_type_function(&mut for_cel);
+        CrdSchema { compiled: kube_cel::compile_schema(&for_cel), openapi }
+    }
+}
+
 impl std::fmt::Debug for CrdSchema {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CrdSchema").finish_non_exhaustive()
@@ -235,7 +244,7 @@ pub fn types_from_crd(crd: &Value) -> Result<Vec<ResourceType>, String> {
             .pointer("/schema/openAPIV3Schema")
             .cloned()
             .ok_or(format!("spec.versions[{i}].schema.openAPIV3Schema: Required value"))?;
-        let compiled = kube_cel::compile_schema(&openapi);
+        let compiled = CrdSchema::compile(openapi.clone()).compiled;
         if compiled.has_errors() {
             let errs: Vec<String> = compiled.compilation_errors().iter().map(|e| e.to_string()).collect();
             return Err(format!(

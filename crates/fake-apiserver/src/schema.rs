@@ -357,13 +357,45 @@ fn duplicates(items: &[Value], path: &str, errors: &mut Vec<FieldError>) {
     }
 }
 
+/// kube-cel (on cel 0.13) has no `type()`. Rules compare `type(x)` with `string` or `int` (the idiom of
+/// Kubernetes' docs for int-or-string fields); they are rewritten for evaluation only (the stored CRD is
+/// unchanged) into expressions of the same value for scalars: `string(x) == x` holds for strings only, and
+/// an integer is what is not a string and prints as digits.
+pub fn emulate_type_function(schema: &mut Value) {
+    static TYPE_TEST: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(r"type\(\s*([A-Za-z_][A-Za-z0-9_.]*)\s*\)\s*(==|!=)\s*(string|int)\b").expect("static regex")
+    });
+    match schema {
+        Value::Object(map) => {
+            if let Some(Value::Array(rules)) = map.get_mut("x-kubernetes-validations") {
+                for rule in rules.iter_mut().filter_map(|r| r.get_mut("rule")) {
+                    if let Some(text) = rule.as_str() {
+                        let rewritten = TYPE_TEST.replace_all(text, |c: &regex::Captures| {
+                            let (x, negated) = (&c[1], &c[2] == "!=");
+                            let test = match &c[3] {
+                                "string" => format!("(string({x}) == {x})"),
+                                _ => format!("(string({x}) != {x} && string({x}).matches('^-?[0-9]+$'))"),
+                            };
+                            if negated { format!("!{test}") } else { test }
+                        });
+                        *rule = Value::String(rewritten.into_owned());
+                    }
+                }
+            }
+            map.values_mut().for_each(emulate_type_function);
+        }
+        Value::Array(items) => items.iter_mut().for_each(emulate_type_function),
+        _ => {}
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
 
     fn crd_schema(openapi: Value) -> CrdSchema {
-        CrdSchema { compiled: kube_cel::compile_schema(&openapi), openapi }
+        CrdSchema::compile(openapi)
     }
 
     fn schema() -> CrdSchema {
@@ -418,5 +450,21 @@ mod tests {
         let errs = admit(&schema(), obj(json!({"target": "t", "weight": 150})), None).unwrap_err();
         assert_eq!(errs.len(), 1);
         assert!(errs[0].to_string().contains("weight must be at most 100"), "{}", errs[0]);
+    }
+
+    /// `type(x) == int` / `== string` (emulated) on an int-or-string field, as Kubernetes' docs write it.
+    #[test]
+    fn cel_type_tests_on_int_or_string_fields() {
+        let port = crd_schema(json!({"type": "object", "properties": {"spec": {"type": "object", "properties": {
+            "port": {"x-kubernetes-int-or-string": true, "anyOf": [{"type": "integer"}, {"type": "string"}],
+                "x-kubernetes-validations": [{"rule": "type(self) == int ? self >= 1 && self <= 65535 : type(self) != int && self.size() <= 3",
+                    "message": "a port number or a short name"}]}}}}}));
+        for ok in [json!(80), json!(65535), json!("web")] {
+            assert!(admit(&port, obj(json!({"port": ok})), None).is_ok(), "{ok} is valid");
+        }
+        for bad in [json!(0), json!(70000), json!("toolong"), json!("80000")] {
+            let errs = admit(&port, obj(json!({"port": bad})), None).unwrap_err();
+            assert!(errs[0].to_string().contains("a port number or a short name"), "{bad}: {}", errs[0]);
+        }
     }
 }

@@ -500,3 +500,25 @@ async fn metadata_only_requests_get_partial_object_metadata() {
         other => panic!("expected ADDED, got {other:?}"),
     }
 }
+
+/// A real API server refuses two controller owner references; applying over an object owned by another
+/// controller therefore fails instead of giving it two controllers.
+#[tokio::test]
+async fn at_most_one_owner_reference_is_the_controller() {
+    let server = FakeApiServer::start().await.unwrap();
+    let cms: Api<ConfigMap> = Api::namespaced(server.client(), "default");
+    let owner = |name: &str| json!({"apiVersion": "v1", "kind": "ConfigMap", "name": name, "uid": format!("uid-{name}"), "controller": true});
+    let mut two = cm("two", json!({}), json!({}));
+    two.metadata.owner_references = Some(serde_json::from_value(json!([owner("a"), owner("b")])).unwrap());
+    let (code, message) = api_err(cms.create(&PostParams::default(), &two).await.unwrap_err());
+    assert_eq!(code, 422);
+    assert!(message.contains("Only one reference can have Controller set to true"), "{message}");
+
+    let mut one = cm("one", json!({}), json!({}));
+    one.metadata.owner_references = Some(serde_json::from_value(json!([owner("a")])).unwrap());
+    cms.create(&PostParams::default(), &one).await.unwrap();
+    let second = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"ownerReferences": [owner("b")]}});
+    let (code, _) =
+        api_err(cms.patch("one", &PatchParams::apply("other").force(), &Patch::Apply(second)).await.unwrap_err());
+    assert_eq!(code, 422);
+}

@@ -99,9 +99,13 @@ fn exactly_one(fields: &[&str]) -> String {
 
 fn spec_schema() -> Value {
     let name = json!({"type": "string", "maxLength": 63, "pattern": "^[a-z]([-a-z0-9]*[a-z0-9])?$"});
-    // the port range is checked by the controller (kanary::validate): the rule would need CEL's type(),
-    // which the test double's CEL engine (kube-cel) does not evaluate
-    let port = json!({"x-kubernetes-int-or-string": true, "anyOf": [{"type": "integer"}, {"type": "string"}]});
+    // a number in the port range, or a name of DNS-label length (its format is checked by the controller:
+    // a regex on a string of unknown length would exceed the API server's CEL cost budget)
+    let port = json!({"x-kubernetes-int-or-string": true, "anyOf": [{"type": "integer"}, {"type": "string"}],
+    "x-kubernetes-validations": [{
+        "rule": "type(self) == int ? self >= 1 && self <= 65535 : self.size() >= 1 && self.size() <= 63",
+        "message": "servicePort: a port number of the Service (1 to 65535) or the name of one of its ports (at most 63 characters)",
+    }]});
     let weight = json!({"type": "integer", "minimum": 0, "maximum": 100});
     let mut destination = name.clone();
     destination["description"] =
