@@ -12,14 +12,16 @@ local_dir="${LOCAL_DIR:-.local}"   # kubeconfig and state of this local run
 mkdir -p "$local_dir"
 [ -n "${SKIP_BUILD:-}" ] || cargo build --workspace --quiet
 listen="${FAKE_APISERVER_LISTEN:-127.0.0.1:6443}"
-./target/debug/fake-apiserver --listen "$listen" --kubeconfig-out "$local_dir/kubeconfig" &
+fake_apiserver="${FAKE_APISERVER_BIN:-./target/debug/fake-apiserver}"
+controller="${CANARY_CONTROLLER_BIN:-./target/debug/canary-controller}"
+"$fake_apiserver" --listen "$listen" --kubeconfig-out "$local_dir/kubeconfig" &
 server=$!
 trap 'kill $server 2>/dev/null' EXIT
 export KUBECONFIG=$(cd "$local_dir" && pwd)/kubeconfig
 for _ in $(seq 50); do [ -s "$local_dir/kubeconfig" ] && curl -sf "http://$listen/readyz" >/dev/null && break; sleep 0.1; done
 kill -0 $server 2>/dev/null || { echo "run-local: fake-apiserver did not start on $listen (set FAKE_APISERVER_LISTEN to another address)" >&2; exit 1; }
-./target/debug/canary-controller crd | kubectl apply --server-side -f -
+"$controller" crd | kubectl apply --server-side -f -
 metrics="${METRICS_ADDRESS:-127.0.0.1:$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}"
 echo "run-local: fake-apiserver ready; in another terminal: export KUBECONFIG=$KUBECONFIG"
 echo "run-local: the controller serves /metrics, /healthz and /readyz on http://$metrics"
-METRICS_ADDRESS="$metrics" ./target/debug/canary-controller run
+METRICS_ADDRESS="$metrics" "$controller" run

@@ -114,3 +114,61 @@ async fn run_serves_health_readiness_and_reconcile_metrics() {
     assert!(metrics.contains("canary_controller_reconcile_duration_seconds_bucket{"), "{metrics}");
     cluster.cleanup().await;
 }
+
+/// `make run` (scripts/run-local.sh) starts when port 8080 is taken: the controller serves its metrics on a
+/// free loopback port and prints where.
+#[tokio::test]
+async fn make_run_starts_when_port_8080_is_taken() {
+    if !fake_apiserver::tools::available("kubectl") {
+        return;
+    }
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+    let controller = std::path::Path::new(env!("CARGO_BIN_EXE_canary-controller"));
+    let fake_apiserver = controller.with_file_name("fake-apiserver");
+    assert!(fake_apiserver.exists(), "{} is missing: cargo build --workspace", fake_apiserver.display());
+    let _taken = std::net::TcpListener::bind("0.0.0.0:8080"); // by this test, or by something else already
+    assert!(std::net::TcpListener::bind("0.0.0.0:8080").is_err(), "port 8080 should be taken");
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let log = dir.path().join("run.log");
+    let kubectl_dir = fake_apiserver::tools::command("kubectl").parent().map(|p| p.to_path_buf()).unwrap_or_default();
+    let path = format!("{}:{}", kubectl_dir.display(), std::env::var("PATH").unwrap_or_default());
+    let mut run = tokio::process::Command::new("bash")
+        .arg(format!("{root}/scripts/run-local.sh"))
+        .env("SKIP_BUILD", "1")
+        .env("LOCAL_DIR", dir.path())
+        .env("FAKE_APISERVER_LISTEN", format!("127.0.0.1:{port}"))
+        .env("FAKE_APISERVER_BIN", &fake_apiserver)
+        .env("CANARY_CONTROLLER_BIN", controller)
+        .env("PATH", path)
+        .env_remove("METRICS_ADDRESS")
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::fs::File::create(dir.path().join("run.err")).unwrap())
+        .process_group(0)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let read = || {
+        std::fs::read_to_string(&log).unwrap_or_default()
+            + &std::fs::read_to_string(dir.path().join("run.err")).unwrap_or_default()
+    };
+    let started = support::within(60, || async { read().contains("controllers running") }).await;
+    let output = read();
+    let address = output
+        .lines()
+        .find_map(|l| l.strip_prefix("run-local: the controller serves /metrics, /healthz and /readyz on http://"))
+        .map(str::to_string);
+    let health = match &address {
+        Some(a) if started => support::http_get(a, "/healthz").await,
+        _ => None,
+    };
+    let pid = run.id().unwrap() as i32;
+    assert!(pid > 1);
+    // the script's process group (fake-apiserver and the controller too); `--` so that `-PID` is a group
+    let _ = std::process::Command::new("kill").args(["-s", "TERM", "--", &format!("-{pid}")]).status();
+    let _ = run.wait().await;
+    assert!(started, "make run did not start:\n{output}");
+    let address = address.unwrap_or_else(|| panic!("make run does not say where it serves:\n{output}"));
+    assert!(!address.ends_with(":8080"), "{address}");
+    assert!(health.is_some_and(|h| h.contains(" 200 ")), "no health answer on {address}:\n{output}");
+}
