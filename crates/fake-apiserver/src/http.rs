@@ -198,14 +198,19 @@ async fn serve_api(
         .and_then(|c| c.to_str().ok())
         .map(|c| c.split(';').next().unwrap_or_default().trim().to_string())
         .unwrap_or_default();
-    if content_type.contains("protobuf") {
+    let parsed = if body.is_empty() {
+        Value::Null
+    } else if content_type == crate::protobuf::MEDIA_TYPE && matches!(verb, "create" | "update") {
+        crate::protobuf::decode(&body).map_err(|e| ApiError::bad_request(format!("decoding the protobuf body: {e}")))?
+    } else if content_type.contains("protobuf") {
         return Err(ApiError::new(
             415,
             "UnsupportedMediaType",
-            "fake-apiserver does not decode protobuf request bodies (kubectl's generator commands such as `kubectl create deployment` send them); send JSON or YAML, e.g. `kubectl create -f`",
+            "protobuf bodies are decoded for create and update only",
         ));
-    }
-    let parsed = if body.is_empty() { Value::Null } else { parse_body(&body)? };
+    } else {
+        parse_body(&body)?
+    };
     let name = target.name.clone().unwrap_or_default();
     let mut inner = state.inner.lock().expect("lock");
     let result = match verb {

@@ -17,6 +17,7 @@ pub mod gc;
 pub mod http;
 pub mod objects;
 pub mod patch;
+pub mod protobuf;
 pub mod rbac;
 pub mod registry;
 pub mod schema;

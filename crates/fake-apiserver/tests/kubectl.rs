@@ -216,3 +216,36 @@ fn kubectl_create_patch_describe_wait_and_client_side_apply() {
     s.ok(&["delete", "deploy", "foo", "--wait=false"], None);
     s.ok(&["wait", "--for=delete", "deploy/foo", "--timeout=10s"], None);
 }
+
+/// kubectl's generator commands send protobuf bodies: they create the objects a real server would.
+#[test]
+fn kubectl_generator_commands_send_protobuf_and_create_what_they_say() {
+    let Some(s) = Server::start() else { return };
+    let jsonpath = |args: &[&str], path: &str| s.ok(&[args, &["-o", &format!("jsonpath={path}")]].concat(), None);
+    s.ok(&["create", "deployment", "web", "--image=nginx:1.27", "--replicas=3", "--port=8080"], None);
+    assert_eq!(jsonpath(&["get", "deploy", "web"], "{.spec.replicas}"), "3");
+    assert_eq!(jsonpath(&["get", "deploy", "web"], "{.spec.selector.matchLabels.app}"), "web");
+    assert_eq!(jsonpath(&["get", "deploy", "web"], "{.spec.template.spec.containers[0].image}"), "nginx:1.27");
+    assert_eq!(
+        jsonpath(&["get", "deploy", "web"], "{.spec.template.spec.containers[0].ports[0].containerPort}"),
+        "8080"
+    );
+    s.ok(&["create", "deployment", "none", "--image=x", "--replicas=0"], None);
+    assert_eq!(jsonpath(&["get", "deploy", "none"], "{.spec.replicas}"), "0", "a pointer set to zero is kept");
+
+    s.ok(&["create", "service", "clusterip", "web", "--tcp=80:http"], None);
+    assert_eq!(jsonpath(&["get", "svc", "web"], "{.spec.ports[0].port} {.spec.ports[0].targetPort}"), "80 http");
+    s.ok(&["create", "configmap", "cfg", "--from-literal=a=1", "--from-literal=empty="], None);
+    assert_eq!(jsonpath(&["get", "cm", "cfg"], "{.data}"), r#"{"a":"1","empty":""}"#);
+    s.ok(&["create", "secret", "generic", "pw", "--from-literal=password=hunter2"], None);
+    assert_eq!(jsonpath(&["get", "secret", "pw"], "{.data.password}"), "aHVudGVyMg==");
+    s.ok(
+        &["run", "job", "--image=busybox", "--restart=Never", "--env=A=1", "--labels=app=x", "--", "sleep", "1"],
+        None,
+    );
+    assert_eq!(jsonpath(&["get", "pod", "job"], "{.spec.containers[0].args}"), r#"["sleep","1"]"#);
+    assert_eq!(jsonpath(&["get", "pod", "job"], "{.spec.restartPolicy} {.metadata.labels.app}"), "Never x");
+    assert_eq!(jsonpath(&["get", "pod", "job"], "{.metadata.namespace}"), "default");
+    s.ok(&["create", "role", "reader", "--verb=get,list", "--resource=pods"], None);
+    assert_eq!(jsonpath(&["get", "role", "reader"], "{.rules[0].verbs}"), r#"["get","list"]"#);
+}
