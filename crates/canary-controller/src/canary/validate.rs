@@ -66,8 +66,7 @@ impl Problem {
 
 /// Is `deployment` controlled by this Canary?
 pub fn is_owned_by(deployment: &Deployment, canary: &Canary) -> bool {
-    let uid = canary.uid();
-    deployment.owner_references().iter().any(|r| r.controller == Some(true) && Some(&r.uid) == uid.as_ref())
+    canary.uid().is_some_and(|uid| crate::children::owned_by(deployment, &uid))
 }
 
 fn controller_description(deployment: &Deployment) -> Option<String> {

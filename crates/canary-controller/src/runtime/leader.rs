@@ -86,7 +86,7 @@ impl Leadership {
             .build()
             .await
             .with_context(|| format!("cannot read or create the leader election Lease {lease}"))?;
-        let (is_leader, task) = manager.watch().await;
+        let (is_leader, task) = watch_leadership(manager);
         Ok(Leadership { is_leader, renewed, renew_deadline: settings.renew_deadline(), task, lease })
     }
 
@@ -143,6 +143,43 @@ impl Leadership {
     pub fn abandon(self) {
         self.task.abort();
     }
+}
+
+/// How soon a failed Lease request is tried again. kube-lease-manager's own loop (`LeaseManager::watch`)
+/// waits a second, then two: with a short lease, a blip of the API server at renewal time would use up the
+/// renew deadline.
+const RETRY: Duration = Duration::from_millis(200);
+
+/// Runs the election (kube-lease-manager's `changed`, which acquires and renews) and publishes whether this
+/// replica leads; when every receiver is gone, releases the Lease and returns.
+fn watch_leadership(
+    manager: LeaseManager,
+) -> (watch::Receiver<bool>, JoinHandle<Result<LeaseManager, LeaseManagerError>>) {
+    let (sender, receiver) = watch::channel(false);
+    let task = tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                biased;
+                _ = sender.closed() => {
+                    manager.release().await?;
+                    return Ok(manager);
+                }
+                changed = manager.changed() => match changed {
+                    Ok(leader) => {
+                        if sender.send(leader).is_err() {
+                            manager.release().await?;
+                            return Ok(manager);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "leader election: a Lease request failed; retrying");
+                        tokio::time::sleep(RETRY).await;
+                    }
+                },
+            }
+        }
+    });
+    (receiver, task)
 }
 
 /// A client layer that records when a write (PATCH) to the Lease last succeeded, timed when it was sent

@@ -105,9 +105,14 @@ impl Cluster {
 
     /// Starts `canary-controller run ARGS...`, logging to `<name>.log`; it is killed when the guard drops.
     pub fn spawn_controller_with(&self, name: &str, args: &[&str]) -> Process {
+        self.spawn(name, args, &self.controller_kubeconfig)
+    }
+
+    fn spawn(&self, name: &str, args: &[&str], kubeconfig: &std::path::Path) -> Process {
         let log = self.dir.path().join(format!("{name}.log"));
         let child = self
             .controller_command()
+            .env("KUBECONFIG", kubeconfig)
             .arg("run")
             .args(args)
             .stdout(Stdio::null())
@@ -131,23 +136,12 @@ impl Cluster {
     /// Starts a replica like [`Cluster::spawn_replica`] that uses `kubeconfig`.
     pub fn spawn_replica_with(&self, identity: &str, lease_seconds: u64, kubeconfig: &std::path::Path) -> Process {
         let lease = lease_seconds.to_string();
-        let log = self.dir.path().join(format!("{identity}.log"));
-        let child = self
-            .controller_command()
-            .env("KUBECONFIG", kubeconfig)
-            .args(["run", "--lease-duration", &lease, "--leader-election-identity", identity])
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        Process { child, log }
+        self.spawn(identity, &["--lease-duration", &lease, "--leader-election-identity", identity], kubeconfig)
     }
 
     /// Starts a replica that competes for the leader Lease as `identity`, with a short lease.
     pub fn spawn_replica(&self, identity: &str, lease_seconds: u64) -> Process {
-        let lease = lease_seconds.to_string();
-        self.spawn_controller_with(identity, &["--lease-duration", &lease, "--leader-election-identity", identity])
+        self.spawn_replica_with(identity, lease_seconds, &self.controller_kubeconfig)
     }
 
     /// Replica "a", once it leads, and replica "b", once it stands by.
