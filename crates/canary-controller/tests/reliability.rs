@@ -262,9 +262,13 @@ async fn a_standby_finishes_the_work_when_the_leader_is_killed_mid_work() {
     let (mut a, mut b) = world.cluster.leader_and_standby(LEASE_SECONDS).await;
     world.converges("start", &mut [&mut a, &mut b]).await;
 
+    // slow API responses keep the leader busy, so that it is killed in the middle of the work
+    let fake = world.cluster.fake.as_ref().expect("World::start needs fake-apiserver").state().clone();
+    fake.set_latency(Duration::from_millis(200));
     world.change_everything().await;
     a.child.start_kill().unwrap();
     let _ = a.child.wait().await;
+    fake.set_latency(Duration::ZERO);
     world.converges("the leader killed mid-work", &mut [&mut b]).await;
     assert!(b.log().contains("became the leader"));
     world.cluster.cleanup().await;

@@ -1,7 +1,8 @@
-//! The thin IO layer of the Canary controller: read the target and `<target>-canary`, validate, apply the
-//! built Deployment with server-side apply, write the status when it changed, and record events on
-//! transitions. Also the controller wiring: one watch of Canaries, one of Deployments (mapped to the
-//! Canaries that own them, target them, or want their name).
+//! The thin IO layer of the Canary controller: read the target and `<target>-canary` from the shared
+//! Deployment cache (no API reads), validate, create the canary Deployment or server-side apply it, delete
+//! the one of a former target, write the status when it changed, and record events on transitions. Also the
+//! controller wiring: a watch of Canaries, and the shared Deployment cache's changes (mapped to the Canaries
+//! that own them, target them, or want their name).
 
 use super::build::{
     CANARY_LABEL, build_deployment, build_status, build_unreadable_status, canary_deployment_name, conditions, reasons,
@@ -10,12 +11,12 @@ use super::validate::{Problem, is_owned_by, validate};
 use crate::api::canary::{Canary, CanaryStatus};
 use crate::children::{self, Created};
 use crate::report::{FIELD_MANAGER, publish};
-use crate::runtime::triggers::metadata_of;
+use crate::runtime::caches::{Caches, get, labelled};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, Patch, PatchParams};
 use kube::core::{DeserializeGuard, error_boundary::InvalidObject};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{EventType, Recorder};
@@ -26,6 +27,8 @@ use std::time::Duration;
 
 pub struct Context {
     pub client: Client,
+    /// Every Deployment (targets and canaries), from the process's shared cache.
+    pub deployments: Store<Deployment>,
     pub metrics: Arc<crate::runtime::telemetry::Metrics>,
     pub recorder: Recorder,
     pub backoff: crate::runtime::backoff::ErrorBackoff,
@@ -37,6 +40,8 @@ pub enum Error {
     Kube(#[from] kube::Error),
     #[error("Canary has no namespace")]
     NoNamespace,
+    #[error("Deployment {0:?} exists but is not in the cache yet: retrying")]
+    NotCachedYet(String),
 }
 
 impl Error {
@@ -45,6 +50,7 @@ impl Error {
         match self {
             Error::Kube(_) => "KubeApi",
             Error::NoNamespace => "NoNamespace",
+            Error::NotCachedYet(_) => "NotCachedYet",
         }
     }
 }
@@ -94,8 +100,8 @@ pub async fn reconcile(canary: &Canary, ctx: &Context) -> Result<Action, Error> 
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
     let target_name = &canary.spec.target_deployment_name;
     let name = canary_deployment_name(target_name);
-    let target = deployments.get_opt(target_name).await?;
-    let existing = deployments.get_opt(&name).await?;
+    let cached = |name: &str| get(&ctx.deployments, &ns, name).map(|d| (*d).clone());
+    let (target, existing) = (cached(target_name), cached(&name));
 
     let mut owned = existing.clone().filter(|d| is_owned_by(d, canary));
     let mut problem = validate(canary, target.as_ref(), existing.as_ref()).err();
@@ -119,10 +125,9 @@ pub async fn reconcile(canary: &Canary, ctx: &Context) -> Result<Action, Error> 
                 }
                 owned = Some(deployment);
             }
-            Ok(None) => {
-                let owner = Some("it was created by someone else while this Canary was creating it".to_string());
-                problem = Some(Problem::DeploymentNotOwned { name: name.clone(), owner });
-            }
+            // someone created it since the cache was written (we did, or someone else): once the cache has
+            // it, the next reconcile applies it or reports whose it is
+            Ok(None) => return Err(Error::NotCachedYet(name)),
             Err(kube::Error::Api(e)) if e.code == 422 || e.code == 400 => {
                 problem = Some(Problem::ApplyRejected { name: name.clone(), message: e.message });
             }
@@ -165,8 +170,9 @@ async fn remove_previous_canaries(
     ctx: &Context,
 ) -> Result<(), kube::Error> {
     let uid = canary.uid().unwrap_or_default();
-    let marked = deployments.list_metadata(&ListParams::default().labels(&format!("{CANARY_LABEL}=true"))).await?;
-    for old in marked.items.iter().filter(|d| d.name_any() != current && children::owned_by(*d, &uid)) {
+    let ns = canary.namespace().unwrap_or_default();
+    let marked = labelled(&ctx.deployments, &ns, CANARY_LABEL, "true");
+    for old in marked.iter().filter(|d| d.name_any() != current && children::owned_by(d.as_ref(), &uid)) {
         let old_name = old.name_any();
         let old_uid = old.uid().unwrap_or_default();
         if children::delete(deployments, &old_name, &old_uid).await? {
@@ -231,11 +237,13 @@ fn canaries_for(store: &Store<GuardedCanary>, deployment: &impl Resource) -> Vec
 /// Runs the Canary controller until `shutdown` completes.
 pub async fn run(
     client: Client,
+    caches: &Caches,
     metrics: Arc<crate::runtime::telemetry::Metrics>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let ctx = Arc::new(Context {
         client: client.clone(),
+        deployments: caches.deployments.store(),
         metrics,
         recorder: crate::report::recorder(client.clone()),
         backoff: Default::default(),
@@ -244,7 +252,7 @@ pub async fn run(
     let store = controller.store();
     ctx.metrics.observe_canaries(store.clone());
     controller
-        .watches_stream(metadata_of::<Deployment>(client), move |d| canaries_for(&store, &d))
+        .watches_shared_stream(caches.deployments.subscribe(), move |d| canaries_for(&store, d.as_ref()))
         .graceful_shutdown_on(shutdown)
         .run(measured_reconcile, error_policy, ctx)
         .for_each(|result| async move {
@@ -272,6 +280,7 @@ mod tests {
         let client = Client::try_from(kube::Config::new("http://127.0.0.1:9".parse().unwrap())).unwrap();
         let ctx = Arc::new(Context {
             client: client.clone(),
+            deployments: kube::runtime::reflector::store::Writer::default().as_reader(),
             metrics: crate::runtime::telemetry::Metrics::new(),
             recorder: crate::report::recorder(client),
             backoff: Default::default(),

@@ -1,7 +1,8 @@
 //! The thin IO layer of the Kanary controller, for either API group: read the backend Services, their
-//! EndpointSlices and the objects the Kanary owns; validate; apply ConfigMap, Deployment and Service with
-//! server-side apply (never touching an object owned by someone else); write the status when it changed;
-//! record events on transitions. While the spec is invalid, the proxy keeps its last good configuration.
+//! EndpointSlices and the objects the Kanary owns from the process's shared caches (no API reads); validate;
+//! create the absent ConfigMap, Deployment and Service and server-side apply the owned ones (never touching
+//! an object owned by someone else); write the status when it changed; record events on transitions. While
+//! the spec is invalid, the proxy keeps its last good configuration.
 
 use super::build::{self, ProxyOptions, config_name, proxy_name};
 use super::endpoints::{Resolution, SERVICE_NAME_LABEL, resolve};
@@ -10,13 +11,14 @@ use super::validate::{Problem, parse_and_validate};
 use crate::api::kanary::{KIND, KanarySpec, KanaryStatus};
 use crate::conditions::reason_of;
 use crate::report::{FIELD_MANAGER, publish};
-use crate::runtime::triggers::metadata_of;
+use crate::runtime::caches::Caches;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, Patch, PatchParams};
+use kube::core::PartialObjectMeta;
 use kube::core::{ApiResource, DynamicObject};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{EventType, Recorder};
@@ -27,6 +29,8 @@ use std::time::Duration;
 
 pub struct Context {
     pub client: Client,
+    /// The process's shared caches of Deployments, Services, EndpointSlices and ConfigMaps.
+    pub caches: Arc<Caches>,
     pub metrics: Arc<crate::runtime::telemetry::Metrics>,
     pub recorder: Recorder,
     pub resource: ApiResource,
@@ -40,6 +44,8 @@ pub enum Error {
     Kube(#[from] kube::Error),
     #[error("Kanary has no namespace or uid")]
     Incomplete,
+    #[error("{0} {1:?} exists but is not in the cache yet: retrying")]
+    NotCachedYet(&'static str, String),
 }
 
 use crate::children::{self, Created, owned_by};
@@ -50,6 +56,7 @@ impl Error {
         match self {
             Error::Kube(_) => "KubeApi",
             Error::Incomplete => "Incomplete",
+            Error::NotCachedYet(..) => "NotCachedYet",
         }
     }
 }
@@ -71,12 +78,11 @@ pub async fn reconcile(kanary: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<
     let owner = kanary.controller_owner_ref(&ctx.resource).ok_or(Error::Incomplete)?;
     let previous: Option<KanaryStatus> = kanary.data.get("status").and_then(|s| serde_json::from_value(s.clone()).ok());
     let services: Api<Service> = Api::namespaced(ctx.client.clone(), &ns);
-    let slices: Api<EndpointSlice> = Api::namespaced(ctx.client.clone(), &ns);
     let config_maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ns);
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
 
-    let existing_cm = config_maps.get_opt(&config_name(&name)).await?;
-    let existing_proxy = deployments.get_opt(&proxy_name(&name)).await?;
+    let existing_cm = ctx.caches.config_maps.get(&ns, &config_name(&name));
+    let existing_proxy = ctx.caches.deployments.get(&ns, &proxy_name(&name)).map(|d| (*d).clone());
     let mut problem = None;
     let mut routes = vec![];
     let mut degraded = vec![];
@@ -90,15 +96,22 @@ pub async fn reconcile(kanary: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<
         }
     };
     if let Some(spec) = &spec {
-        existing_svc = services.get_opt(&spec.destination).await?;
+        existing_svc = ctx.caches.services.get(&ns, &spec.destination);
         destination_changed = existing_svc.is_none()
             || previous
                 .as_ref()
                 .and_then(|p| p.destination_status.as_ref())
                 .is_some_and(|d| d.service_name != spec.destination);
-        problem = not_owned(&uid, &existing_cm, &existing_proxy, &existing_svc, &name, &spec.destination);
+        problem = not_owned(
+            &uid,
+            existing_cm.as_deref(),
+            existing_proxy.as_ref(),
+            existing_svc.as_deref(),
+            &name,
+            &spec.destination,
+        );
         if problem.is_none() {
-            match resolve_routes(spec, &services, &slices).await? {
+            match resolve_routes(spec, &ctx.caches, &ns) {
                 Ok((r, d)) => (routes, degraded) = (r, d),
                 Err(p) => problem = Some(p),
             }
@@ -106,22 +119,20 @@ pub async fn reconcile(kanary: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<
     }
 
     let existing = (existing_cm.is_some(), existing_proxy.is_some(), existing_svc.is_some());
+    let running_hash = existing_proxy.as_ref().and_then(|d| {
+        d.spec.as_ref()?.template.metadata.as_ref()?.annotations.as_ref()?.get(build::CONFIG_HASH_ANNOTATION).cloned()
+    });
     let mut proxy = existing_proxy.filter(|d| owned_by(d, &uid));
     if let (None, Some(spec)) = (&problem, &spec) {
         let config = render(&format!("{ns}/{name}"), &routes, &ProxySettings::default());
         let cm = build::build_config_map(&name, &ns, &owner, &config);
         let dep = build::build_deployment(&name, &ns, &owner, &config, &ctx.proxy);
         let svc = build::build_service(&name, &ns, &owner, &spec.destination);
-        match write_children(&config_maps, &deployments, &services, (&cm, &dep, &svc), &existing).await? {
-            Ok(written) => proxy = Some(written),
-            Err(p) => problem = Some(p),
+        proxy = Some(write_children(&config_maps, &deployments, &services, (&cm, &dep, &svc), &existing).await?);
+        if destination_changed {
+            remove_old_destinations(&services, &ctx.caches, &uid, &ns, &name, &spec.destination).await?;
         }
-        if destination_changed && problem.is_none() {
-            remove_old_destinations(&services, &uid, &name, &spec.destination).await?;
-        }
-        let old_config = existing_cm.as_ref().and_then(|c| c.data.as_ref()).and_then(|d| d.get(build::CONFIG_KEY));
-        match old_config {
-            _ if problem.is_some() => {}
+        match running_hash {
             None => {
                 publish(
                     &ctx.recorder,
@@ -132,7 +143,7 @@ pub async fn reconcile(kanary: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<
                 )
                 .await
             }
-            Some(old) if *old != config => {
+            Some(running) if running != build::config_hash(&config) => {
                 let split: Vec<String> = routes
                     .iter()
                     .map(|r| format!("{}={}% ({} servers)", r.service, r.weight, r.servers.len()))
@@ -191,73 +202,63 @@ pub async fn reconcile(kanary: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<
 
 fn not_owned(
     uid: &str,
-    cm: &Option<ConfigMap>,
-    proxy: &Option<Deployment>,
-    svc: &Option<Service>,
+    cm: Option<&PartialObjectMeta<ConfigMap>>,
+    proxy: Option<&Deployment>,
+    svc: Option<&Service>,
     name: &str,
     destination: &str,
 ) -> Option<Problem> {
-    if cm.as_ref().is_some_and(|c| !owned_by(c, uid)) {
+    if cm.is_some_and(|c| !owned_by(c, uid)) {
         return Some(Problem::ObjectNotOwned { kind: "ConfigMap", name: config_name(name) });
     }
-    if proxy.as_ref().is_some_and(|d| !owned_by(d, uid)) {
+    if proxy.is_some_and(|d| !owned_by(d, uid)) {
         return Some(Problem::ObjectNotOwned { kind: "Deployment", name: proxy_name(name) });
     }
-    if svc.as_ref().is_some_and(|s| !owned_by(s, uid)) {
+    if svc.is_some_and(|s| !owned_by(s, uid)) {
         return Some(Problem::ObjectNotOwned { kind: "Service", name: destination.into() });
     }
     None
 }
 
 /// Creates the children that are absent and server-side applies those that exist (and are owned: checked
-/// before). A child someone else created meanwhile is left alone and reported. Returns the proxy Deployment.
+/// before). A child created since the cache was written is retried once the cache has it. Returns the proxy
+/// Deployment.
 async fn write_children(
     config_maps: &Api<ConfigMap>,
     deployments: &Api<Deployment>,
     services: &Api<Service>,
     (cm, dep, svc): (&ConfigMap, &Deployment, &Service),
     (cm_exists, dep_exists, svc_exists): &(bool, bool, bool),
-) -> Result<Result<Deployment, Problem>, kube::Error> {
-    async fn write<K>(
-        api: &Api<K>,
-        desired: &K,
-        exists: bool,
-        kind: &'static str,
-    ) -> Result<Result<K, Problem>, kube::Error>
+) -> Result<Deployment, Error> {
+    async fn write<K>(api: &Api<K>, desired: &K, exists: bool, kind: &'static str) -> Result<K, Error>
     where
         K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
     {
         if exists {
-            return children::apply(api, desired).await.map(Ok);
+            return Ok(children::apply(api, desired).await?);
         }
-        Ok(match children::create(api, desired).await? {
+        match children::create(api, desired).await? {
             Created::Created(k) => Ok(k),
-            Created::AlreadyExists => Err(Problem::ObjectNotOwned { kind, name: desired.name_any() }),
-        })
+            Created::AlreadyExists => Err(Error::NotCachedYet(kind, desired.name_any())),
+        }
     }
-    if let Err(p) = write(config_maps, cm, *cm_exists, "ConfigMap").await? {
-        return Ok(Err(p));
-    }
-    let proxy = match write(deployments, dep, *dep_exists, "Deployment").await? {
-        Ok(d) => d,
-        Err(p) => return Ok(Err(p)),
-    };
-    if let Err(p) = write(services, svc, *svc_exists, "Service").await? {
-        return Ok(Err(p));
-    }
-    Ok(Ok(proxy))
+    write(config_maps, cm, *cm_exists, "ConfigMap").await?;
+    let proxy = write(deployments, dep, *dep_exists, "Deployment").await?;
+    write(services, svc, *svc_exists, "Service").await?;
+    Ok(proxy)
 }
 
 /// Deletes the Services this Kanary created for a destination it no longer has.
 async fn remove_old_destinations(
     services: &Api<Service>,
+    caches: &Caches,
     uid: &str,
+    ns: &str,
     name: &str,
     destination: &str,
 ) -> Result<(), kube::Error> {
-    let ours =
-        services.list(&ListParams::default().labels(&format!("{}={}", build::PROXY_LABEL, proxy_name(name)))).await?;
-    for old in ours.items.iter().filter(|s| owned_by(*s, uid) && s.name_any() != destination) {
+    let ours = caches.services.labelled(ns, build::PROXY_LABEL, &proxy_name(name));
+    for old in ours.iter().filter(|s| owned_by(s.as_ref(), uid) && s.name_any() != destination) {
         children::delete(services, &old.name_any(), &old.uid().unwrap_or_default()).await?;
     }
     Ok(())
@@ -266,22 +267,22 @@ async fn remove_old_destinations(
 type Routes = (Vec<RouteBackend>, Vec<(String, &'static str)>);
 
 /// Resolves every route to its live servers; routes with a weight and no live server are listed as degraded.
-async fn resolve_routes(
-    spec: &KanarySpec,
-    services: &Api<Service>,
-    slices: &Api<EndpointSlice>,
-) -> Result<Result<Routes, Problem>, kube::Error> {
+fn resolve_routes(spec: &KanarySpec, caches: &Caches, ns: &str) -> Result<Routes, Problem> {
     let mut routes = vec![];
     let mut degraded = vec![];
     for route in &spec.routes {
         let svc_name = &route.backend.service_name;
-        let service = services.get_opt(svc_name).await?;
-        let list = if service.is_some() {
-            slices.list(&ListParams::default().labels(&format!("{SERVICE_NAME_LABEL}={svc_name}"))).await?.items
-        } else {
-            vec![]
+        let service = caches.services.get(ns, svc_name);
+        let list: Vec<EndpointSlice> = match service {
+            Some(_) => caches
+                .endpoint_slices
+                .labelled(ns, SERVICE_NAME_LABEL, svc_name)
+                .iter()
+                .map(|s| (**s).clone())
+                .collect(),
+            None => vec![],
         };
-        let servers = match resolve(&route.backend.service_port, service.as_ref(), &list) {
+        let servers = match resolve(&route.backend.service_port, service.as_deref(), &list) {
             Resolution::Servers(s) => s,
             Resolution::ServiceNotFound => {
                 if route.weight > 0 {
@@ -294,7 +295,7 @@ async fn resolve_routes(
                     k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(n) => n.to_string(),
                     k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String(s) => format!("{s:?}"),
                 };
-                return Ok(Err(Problem::PortNotFound { service: svc_name.clone(), port, available }));
+                return Err(Problem::PortNotFound { service: svc_name.clone(), port, available });
             }
         };
         if servers.is_empty() && route.weight > 0 && !degraded.iter().any(|(s, _)| s == svc_name) {
@@ -302,7 +303,7 @@ async fn resolve_routes(
         }
         routes.push(RouteBackend { service: svc_name.clone(), weight: route.weight, servers });
     }
-    Ok(Ok((routes, degraded)))
+    Ok((routes, degraded))
 }
 
 fn error_policy(kanary: Arc<DynamicObject>, error: &Error, ctx: Arc<Context>) -> Action {
@@ -334,6 +335,7 @@ fn kanaries_using(
 /// Runs the Kanary controller of one API group until `shutdown` completes.
 pub async fn run(
     client: Client,
+    caches: Arc<Caches>,
     resource: ApiResource,
     proxy: ProxyOptions,
     metrics: Arc<crate::runtime::telemetry::Metrics>,
@@ -341,6 +343,7 @@ pub async fn run(
 ) {
     let ctx = Arc::new(Context {
         client: client.clone(),
+        caches: caches.clone(),
         metrics,
         recorder: crate::report::recorder(client.clone()),
         resource: resource.clone(),
@@ -355,9 +358,9 @@ pub async fn run(
     let (store, ar) = (controller.store(), resource.clone());
     let (store2, ar2) = (controller.store(), resource.clone());
     controller
-        .owns_stream(metadata_of::<ConfigMap>(client.clone()))
-        .owns_stream(metadata_of::<Deployment>(client.clone()))
-        .watches_stream(metadata_of::<Service>(client.clone()), move |svc| {
+        .owns_shared_stream(caches.config_maps.subscribe())
+        .owns_shared_stream(caches.deployments.subscribe())
+        .watches_shared_stream(caches.services.subscribe(), move |svc| {
             let ns = svc.namespace().unwrap_or_default();
             let mut refs = kanaries_using(&store, &ar, &ns, &svc.name_any());
             for r in svc
@@ -369,7 +372,7 @@ pub async fn run(
             }
             refs
         })
-        .watches_stream(metadata_of::<EndpointSlice>(client), move |slice| {
+        .watches_shared_stream(caches.endpoint_slices.subscribe(), move |slice| {
             let ns = slice.namespace().unwrap_or_default();
             match slice.labels().get(SERVICE_NAME_LABEL) {
                 Some(service) => kanaries_using(&store2, &ar2, &ns, service),
@@ -397,6 +400,7 @@ mod tests {
         let resource = crate::api::kanary::api_resource("kanary.k8s.io", "v1");
         let ctx = Arc::new(Context {
             client: client.clone(),
+            caches: Arc::new(Caches::start(&client)),
             metrics: crate::runtime::telemetry::Metrics::new(),
             recorder: crate::report::recorder(client),
             resource: resource.clone(),

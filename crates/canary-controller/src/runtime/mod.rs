@@ -6,6 +6,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::{Api, Client, ResourceExt};
 
 pub mod backoff;
+pub mod caches;
 pub mod leader;
 pub mod telemetry;
 pub mod triggers;
@@ -168,13 +169,29 @@ async fn run_controllers(
     metrics: &std::sync::Arc<telemetry::Metrics>,
     stop: impl Future<Output = ()> + Clone + Send + Sync + 'static,
 ) {
+    let caches = std::sync::Arc::new(caches::Caches::start(client));
+    tokio::select! {
+        ready = caches.ready() => if let Err(e) = ready {
+            tracing::error!(error = %e, "the caches did not fill; controllers not started");
+            return;
+        },
+        _ = stop.clone() => return,
+    }
+    tracing::info!("caches filled: Deployments, Services, EndpointSlices, ConfigMaps (metadata)");
     let kanaries = kanary_groups.iter().map(|(group, version)| {
         let resource = crate::api::kanary::api_resource(group, version);
-        crate::kanary::reconcile::run(client.clone(), resource, options.proxy.clone(), metrics.clone(), stop.clone())
+        crate::kanary::reconcile::run(
+            client.clone(),
+            caches.clone(),
+            resource,
+            options.proxy.clone(),
+            metrics.clone(),
+            stop.clone(),
+        )
     });
     let controllers = async {
         futures::join!(
-            crate::canary::reconcile::run(client.clone(), metrics.clone(), stop.clone()),
+            crate::canary::reconcile::run(client.clone(), &caches, metrics.clone(), stop.clone()),
             futures::future::join_all(kanaries)
         )
     };

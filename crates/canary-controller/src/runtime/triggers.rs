@@ -1,13 +1,10 @@
 //! How a controller is started, and what starts a reconcile. The custom resources come from a cached watch
 //! (the controller's store) that passes an object on only when it is new or its spec changed
 //! (`metadata.generation`), so the controller's own status writes do not come back as work. Owned and related
-//! objects are watched as metadata only ([`metadata_of`]: owner references, names and labels are all a mapper
-//! reads), which the API server sends and the controller decodes far more cheaply. Every controller runs with
-//! the same bounded concurrency and watch backoff.
+//! objects come from the process's shared caches (`runtime::caches`). Every controller, and every watch,
+//! runs with the same bounded concurrency and backoff.
 
-use futures::Stream;
 use kube::api::Api;
-use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Controller;
 use kube::runtime::reflector::store::Writer;
 use kube::runtime::{WatchStreamExt, predicates, watcher};
@@ -32,7 +29,7 @@ where
         .predicate_filter(predicates::generation, Default::default());
     Controller::for_stream_with(spec_changes, store, dyntype)
         .with_config(controller_config())
-        .trigger_backoff(trigger_backoff())
+        .trigger_backoff(watch_backoff())
 }
 
 /// Reconciles a controller runs at once. Unbounded, a start with thousands of objects opens as many API
@@ -48,7 +45,7 @@ fn controller_config() -> kube::runtime::controller::Config {
 /// 0.8 s doubling to 30 s, reset after 2 minutes without error) is shared by all of a controller's watches,
 /// so a short outage pushes it to 30 s (measured in tests/reliability.rs: 18 s to recover from two seconds of
 /// 500s). This one stops at 5 s and resets after 10 s without error.
-fn trigger_backoff() -> impl kube::runtime::utils::Backoff {
+pub fn watch_backoff() -> impl kube::runtime::utils::Backoff + 'static {
     let exponential: kube::runtime::watcher::ExponentialBackoff = backon::ExponentialBuilder::default()
         .with_min_delay(std::time::Duration::from_millis(200))
         .with_max_delay(std::time::Duration::from_secs(5))
@@ -57,12 +54,4 @@ fn trigger_backoff() -> impl kube::runtime::utils::Backoff {
         .without_max_times()
         .into();
     kube::runtime::utils::ResetTimerBackoff::new(exponential, std::time::Duration::from_secs(10))
-}
-
-/// The objects of kind `K` in every namespace, as metadata only, each time one is created, changed or deleted.
-pub fn metadata_of<K>(client: kube::Client) -> impl Stream<Item = Result<PartialObjectMeta<K>, watcher::Error>>
-where
-    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + Debug + Send + Sync + 'static,
-{
-    watcher(Api::<PartialObjectMeta<K>>::all(client), watcher::Config::default()).touched_objects()
 }
