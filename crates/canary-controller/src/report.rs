@@ -1,5 +1,5 @@
-//! How the controllers speak for themselves: the one field manager of every write, and events (best
-//! effort: a failure to record one is logged, never fails a reconcile).
+//! How the controllers speak for themselves: the one field manager of every write, status writes (with a
+//! timeout), and events (best effort: a failure to record one is logged, never fails a reconcile).
 
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -17,4 +17,36 @@ pub async fn publish(recorder: &Recorder, about: &ObjectReference, type_: EventT
     if let Err(e) = recorder.publish(&event, about).await {
         tracing::warn!(object = ?about.name, %reason, error = %e, "cannot record event");
     }
+}
+
+/// How long a status write may take before the reconcile fails (and is retried with backoff).
+pub const STATUS_WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Why a status write failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StatusWriteError {
+    #[error("{0}")]
+    Api(#[from] kube::Error),
+    #[error("no answer within {STATUS_WRITE_TIMEOUT:?}")]
+    Timeout,
+}
+
+/// Server-side applies `status` as the status of object `name` (of `api_version`/`kind`), within
+/// [`STATUS_WRITE_TIMEOUT`].
+pub async fn write_status<K>(
+    api: &kube::Api<K>,
+    name: &str,
+    api_version: &str,
+    kind: &str,
+    status: &impl serde::Serialize,
+) -> Result<(), StatusWriteError>
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let body = serde_json::json!({"apiVersion": api_version, "kind": kind, "status": status});
+    let params = kube::api::PatchParams::apply(FIELD_MANAGER).force();
+    let patch = kube::api::Patch::Apply(body);
+    let write = api.patch_status(name, &params, &patch);
+    tokio::time::timeout(STATUS_WRITE_TIMEOUT, write).await.map_err(|_| StatusWriteError::Timeout)??;
+    Ok(())
 }

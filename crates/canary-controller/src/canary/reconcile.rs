@@ -10,13 +10,13 @@ use super::build::{
 use super::validate::{Problem, is_owned_by, validate};
 use crate::api::canary::{Canary, CanaryStatus};
 use crate::children::{self, Created};
-use crate::report::{FIELD_MANAGER, publish};
+use crate::report::publish;
 use crate::runtime::caches::{Caches, get, labelled};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use kube::core::{DeserializeGuard, error_boundary::InvalidObject};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{EventType, Recorder};
@@ -34,23 +34,33 @@ pub struct Context {
     pub backoff: crate::runtime::backoff::ErrorBackoff,
 }
 
+/// Why a reconcile failed; the variant names the step, and is the metric label and the log field.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("Kubernetes API request failed: {0}")]
-    Kube(#[from] kube::Error),
     #[error("Canary has no namespace")]
     NoNamespace,
+    #[error("creating Deployment {0:?}: {1}")]
+    CreateDeployment(String, #[source] kube::Error),
+    #[error("applying Deployment {0:?}: {1}")]
+    ApplyDeployment(String, #[source] kube::Error),
     #[error("Deployment {0:?} exists but is not in the cache yet: retrying")]
     NotCachedYet(String),
+    #[error("deleting Deployment {0:?} of a former target: {1}")]
+    DeletePreviousCanary(String, #[source] kube::Error),
+    #[error("writing the status: {0}")]
+    ApplyStatus(#[from] crate::report::StatusWriteError),
 }
 
 impl Error {
-    /// A stable label for metrics.
+    /// The step that failed: a stable label for metrics and logs.
     pub fn category(&self) -> &'static str {
         match self {
-            Error::Kube(_) => "KubeApi",
             Error::NoNamespace => "NoNamespace",
+            Error::CreateDeployment(..) => "CreateDeployment",
+            Error::ApplyDeployment(..) => "ApplyDeployment",
             Error::NotCachedYet(_) => "NotCachedYet",
+            Error::DeletePreviousCanary(..) => "DeletePreviousCanary",
+            Error::ApplyStatus(_) => "ApplyStatus",
         }
     }
 }
@@ -131,7 +141,8 @@ pub async fn reconcile(canary: &Canary, ctx: &Context) -> Result<Action, Error> 
             Err(kube::Error::Api(e)) if e.code == 422 || e.code == 400 => {
                 problem = Some(Problem::ApplyRejected { name: name.clone(), message: e.message });
             }
-            Err(e) => return Err(e.into()),
+            Err(e) if owned.is_some() => return Err(Error::ApplyDeployment(name, e)),
+            Err(e) => return Err(Error::CreateDeployment(name, e)),
         }
     }
     if spec_changed(canary) {
@@ -168,14 +179,15 @@ async fn remove_previous_canaries(
     deployments: &Api<Deployment>,
     current: &str,
     ctx: &Context,
-) -> Result<(), kube::Error> {
+) -> Result<(), Error> {
     let uid = canary.uid().unwrap_or_default();
     let ns = canary.namespace().unwrap_or_default();
     let marked = labelled(&ctx.deployments, &ns, CANARY_LABEL, "true");
     for old in marked.iter().filter(|d| d.name_any() != current && children::owned_by(d.as_ref(), &uid)) {
         let old_name = old.name_any();
         let old_uid = old.uid().unwrap_or_default();
-        if children::delete(deployments, &old_name, &old_uid).await? {
+        let deleted = children::delete(deployments, &old_name, &old_uid).await;
+        if deleted.map_err(|e| Error::DeletePreviousCanary(old_name.clone(), e))? {
             let note = format!(
                 "deleted Deployment {old_name:?}: this Canary now targets {:?}",
                 canary.spec.target_deployment_name
@@ -190,19 +202,13 @@ fn ready_reason(status: Option<&CanaryStatus>) -> Option<&str> {
     crate::conditions::reason_of(&status?.conditions, conditions::READY)
 }
 
-async fn write_status(client: &Client, canary: &Canary, status: &CanaryStatus) -> Result<(), kube::Error> {
+async fn write_status(client: &Client, canary: &Canary, status: &CanaryStatus) -> Result<(), Error> {
     let api: Api<Canary> = Api::namespaced(client.clone(), &canary.namespace().unwrap_or_default());
     patch_status(&api, &canary.name_any(), status).await
 }
 
-async fn patch_status(api: &Api<Canary>, name: &str, status: &CanaryStatus) -> Result<(), kube::Error> {
-    let body = serde_json::json!({
-        "apiVersion": Canary::api_version(&()),
-        "kind": Canary::kind(&()),
-        "status": status,
-    });
-    api.patch_status(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(body)).await?;
-    Ok(())
+async fn patch_status(api: &Api<Canary>, name: &str, status: &CanaryStatus) -> Result<(), Error> {
+    Ok(crate::report::write_status(api, name, &Canary::api_version(&()), &Canary::kind(&()), status).await?)
 }
 
 fn error_policy(canary: Arc<GuardedCanary>, error: &Error, ctx: Arc<Context>) -> Action {

@@ -10,14 +10,14 @@ use super::haproxy::{ProxySettings, RouteBackend, render};
 use super::validate::{Problem, parse_and_validate};
 use crate::api::kanary::{KIND, KanarySpec, KanaryStatus};
 use crate::conditions::reason_of;
-use crate::report::{FIELD_MANAGER, publish};
+use crate::report::publish;
 use crate::runtime::caches::Caches;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use kube::core::PartialObjectMeta;
 use kube::core::{ApiResource, DynamicObject};
 use kube::runtime::controller::Action;
@@ -38,25 +38,48 @@ pub struct Context {
     pub backoff: crate::runtime::backoff::ErrorBackoff,
 }
 
+/// A write to one of the proxy's objects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Child {
+    ConfigMap,
+    Deployment,
+    Service,
+}
+
+/// Why a reconcile failed; the variant (and the child) names the step, which is the metric label and the
+/// log field.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("Kubernetes API request failed: {0}")]
-    Kube(#[from] kube::Error),
     #[error("Kanary has no namespace or uid")]
     Incomplete,
-    #[error("{0} {1:?} exists but is not in the cache yet: retrying")]
-    NotCachedYet(&'static str, String),
+    #[error("creating the {0:?} {1:?}: {2}")]
+    Create(Child, String, #[source] kube::Error),
+    #[error("applying the {0:?} {1:?}: {2}")]
+    Apply(Child, String, #[source] kube::Error),
+    #[error("{0:?} {1:?} exists but is not in the cache yet: retrying")]
+    NotCachedYet(Child, String),
+    #[error("deleting Service {0:?} of a former destination: {1}")]
+    DeleteOldDestination(String, #[source] kube::Error),
+    #[error("writing the status: {0}")]
+    ApplyStatus(#[from] crate::report::StatusWriteError),
 }
 
 use crate::children::{self, Created, owned_by};
 
 impl Error {
-    /// A stable label for metrics.
+    /// The step that failed: a stable label for metrics and logs.
     pub fn category(&self) -> &'static str {
         match self {
-            Error::Kube(_) => "KubeApi",
             Error::Incomplete => "Incomplete",
+            Error::Create(Child::ConfigMap, ..) => "CreateConfigMap",
+            Error::Create(Child::Deployment, ..) => "CreateDeployment",
+            Error::Create(Child::Service, ..) => "CreateService",
+            Error::Apply(Child::ConfigMap, ..) => "ApplyConfigMap",
+            Error::Apply(Child::Deployment, ..) => "ApplyDeployment",
+            Error::Apply(Child::Service, ..) => "ApplyService",
             Error::NotCachedYet(..) => "NotCachedYet",
+            Error::DeleteOldDestination(..) => "DeleteOldDestination",
+            Error::ApplyStatus(_) => "ApplyStatus",
         }
     }
 }
@@ -194,8 +217,7 @@ pub async fn reconcile(kanary: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<
     }
     if previous.as_ref() != Some(&status) {
         let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), &ns, &ctx.resource);
-        let body = serde_json::json!({"apiVersion": ctx.resource.api_version, "kind": KIND, "status": status});
-        api.patch_status(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(body)).await?;
+        crate::report::write_status(&api, &name, &ctx.resource.api_version, KIND, &status).await?;
     }
     Ok(Action::requeue(Duration::from_secs(600)))
 }
@@ -230,21 +252,22 @@ async fn write_children(
     (cm, dep, svc): (&ConfigMap, &Deployment, &Service),
     (cm_exists, dep_exists, svc_exists): &(bool, bool, bool),
 ) -> Result<Deployment, Error> {
-    async fn write<K>(api: &Api<K>, desired: &K, exists: bool, kind: &'static str) -> Result<K, Error>
+    async fn write<K>(api: &Api<K>, desired: &K, exists: bool, child: Child) -> Result<K, Error>
     where
         K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
     {
+        let name = desired.name_any();
         if exists {
-            return Ok(children::apply(api, desired).await?);
+            return children::apply(api, desired).await.map_err(|e| Error::Apply(child, name, e));
         }
-        match children::create(api, desired).await? {
+        match children::create(api, desired).await.map_err(|e| Error::Create(child, name.clone(), e))? {
             Created::Created(k) => Ok(k),
-            Created::AlreadyExists => Err(Error::NotCachedYet(kind, desired.name_any())),
+            Created::AlreadyExists => Err(Error::NotCachedYet(child, name)),
         }
     }
-    write(config_maps, cm, *cm_exists, "ConfigMap").await?;
-    let proxy = write(deployments, dep, *dep_exists, "Deployment").await?;
-    write(services, svc, *svc_exists, "Service").await?;
+    write(config_maps, cm, *cm_exists, Child::ConfigMap).await?;
+    let proxy = write(deployments, dep, *dep_exists, Child::Deployment).await?;
+    write(services, svc, *svc_exists, Child::Service).await?;
     Ok(proxy)
 }
 
@@ -256,10 +279,12 @@ async fn remove_old_destinations(
     ns: &str,
     name: &str,
     destination: &str,
-) -> Result<(), kube::Error> {
+) -> Result<(), Error> {
     let ours = caches.services.labelled(ns, build::PROXY_LABEL, &proxy_name(name));
     for old in ours.iter().filter(|s| owned_by(s.as_ref(), uid) && s.name_any() != destination) {
-        children::delete(services, &old.name_any(), &old.uid().unwrap_or_default()).await?;
+        let old_name = old.name_any();
+        let deleted = children::delete(services, &old_name, &old.uid().unwrap_or_default()).await;
+        deleted.map_err(|e| Error::DeleteOldDestination(old_name, e))?;
     }
     Ok(())
 }
