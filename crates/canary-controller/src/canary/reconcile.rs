@@ -27,6 +27,8 @@ use std::time::Duration;
 
 pub struct Context {
     pub client: Client,
+    /// The Canaries, from the controller's own cache.
+    pub canaries: Store<GuardedCanary>,
     /// Every Deployment (targets and canaries), from the process's shared cache.
     pub deployments: Store<Deployment>,
     pub metrics: Arc<crate::runtime::telemetry::Metrics>,
@@ -212,6 +214,8 @@ async fn patch_status(api: &Api<Canary>, name: &str, status: &CanaryStatus) -> R
 }
 
 fn error_policy(canary: Arc<GuardedCanary>, error: &Error, ctx: Arc<Context>) -> Action {
+    let live = ctx.canaries.state().iter().map(|c| ObjectRef::from_obj(c.as_ref()).to_string()).collect();
+    ctx.backoff.forget_all_but(&live);
     let delay = ctx.backoff.failed(&ObjectRef::from_obj(canary.as_ref()).to_string());
     tracing::warn!(canary = %ObjectRef::from_obj(canary.as_ref()), %error, ?delay, "reconcile failed; retrying");
     Action::requeue(delay)
@@ -247,15 +251,16 @@ pub async fn run(
     metrics: Arc<crate::runtime::telemetry::Metrics>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
+    let controller = crate::runtime::triggers::controller(Api::<GuardedCanary>::all(client.clone()), ());
+    let store = controller.store();
     let ctx = Arc::new(Context {
         client: client.clone(),
+        canaries: store.clone(),
         deployments: caches.deployments.store(),
         metrics,
         recorder: crate::report::recorder(client.clone()),
         backoff: Default::default(),
     });
-    let controller = crate::runtime::triggers::controller(Api::<GuardedCanary>::all(client.clone()), ());
-    let store = controller.store();
     ctx.metrics.observe_canaries(store.clone());
     controller
         .watches_shared_stream(caches.deployments.subscribe(), move |d| canaries_for(&store, d.as_ref()))
@@ -284,8 +289,14 @@ mod tests {
     async fn failed_reconciles_are_retried_later_and_later_per_object() {
         // a client that is never used: error_policy only schedules
         let client = Client::try_from(kube::Config::new("http://127.0.0.1:9".parse().unwrap())).unwrap();
+        // the Canaries exist (the backoff forgets those that do not)
+        let mut canaries = kube::runtime::reflector::store::Writer::default();
+        for name in ["a", "b"] {
+            canaries.apply_watcher_event(&kube::runtime::watcher::Event::Apply((*guarded(name)).clone()));
+        }
         let ctx = Arc::new(Context {
             client: client.clone(),
+            canaries: canaries.as_reader(),
             deployments: kube::runtime::reflector::store::Writer::default().as_reader(),
             metrics: crate::runtime::telemetry::Metrics::new(),
             recorder: crate::report::recorder(client),

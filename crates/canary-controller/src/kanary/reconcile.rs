@@ -29,6 +29,8 @@ use std::time::Duration;
 
 pub struct Context {
     pub client: Client,
+    /// The Kanaries of this group, from the controller's own cache.
+    pub kanaries: Store<DynamicObject>,
     /// The process's shared caches of Deployments, Services, EndpointSlices and ConfigMaps.
     pub caches: Arc<Caches>,
     pub metrics: Arc<crate::runtime::telemetry::Metrics>,
@@ -332,7 +334,9 @@ fn resolve_routes(spec: &KanarySpec, caches: &Caches, ns: &str) -> Result<Routes
 }
 
 fn error_policy(kanary: Arc<DynamicObject>, error: &Error, ctx: Arc<Context>) -> Action {
-    let object = ObjectRef::from_obj_with(kanary.as_ref(), ctx.resource.clone()).to_string();
+    let key = |k: &DynamicObject| ObjectRef::from_obj_with(k, ctx.resource.clone()).to_string();
+    ctx.backoff.forget_all_but(&ctx.kanaries.state().iter().map(|k| key(k)).collect());
+    let object = key(kanary.as_ref());
     let delay = ctx.backoff.failed(&object);
     tracing::warn!(kanary = %object, %error, ?delay, "reconcile failed; retrying");
     Action::requeue(delay)
@@ -366,8 +370,13 @@ pub async fn run(
     metrics: Arc<crate::runtime::telemetry::Metrics>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
+    let controller = crate::runtime::triggers::controller(
+        Api::<DynamicObject>::all_with(client.clone(), &resource),
+        resource.clone(),
+    );
     let ctx = Arc::new(Context {
         client: client.clone(),
+        kanaries: controller.store(),
         caches: caches.clone(),
         metrics,
         recorder: crate::report::recorder(client.clone()),
@@ -375,10 +384,6 @@ pub async fn run(
         proxy,
         backoff: Default::default(),
     });
-    let controller = crate::runtime::triggers::controller(
-        Api::<DynamicObject>::all_with(client.clone(), &resource),
-        resource.clone(),
-    );
     ctx.metrics.observe_kanaries(&resource.group, controller.store());
     let (store, ar) = (controller.store(), resource.clone());
     let (store2, ar2) = (controller.store(), resource.clone());
@@ -423,8 +428,15 @@ mod tests {
         // a client that is never used: error_policy only schedules
         let client = Client::try_from(kube::Config::new("http://127.0.0.1:9".parse().unwrap())).unwrap();
         let resource = crate::api::kanary::api_resource("kanary.k8s.io", "v1");
+        let kanary = |name: &str| Arc::new(DynamicObject::new(name, &resource).within("ns"));
+        // the Kanaries exist (the backoff forgets those that do not)
+        let mut kanaries = kube::runtime::reflector::store::Writer::new(resource.clone());
+        for name in ["a", "b"] {
+            kanaries.apply_watcher_event(&kube::runtime::watcher::Event::Apply((*kanary(name)).clone()));
+        }
         let ctx = Arc::new(Context {
             client: client.clone(),
+            kanaries: kanaries.as_reader(),
             caches: Arc::new(Caches::start(&client)),
             metrics: crate::runtime::telemetry::Metrics::new(),
             recorder: crate::report::recorder(client),
@@ -432,7 +444,6 @@ mod tests {
             proxy: ProxyOptions { image: "haproxy".into(), replicas: 1 },
             backoff: Default::default(),
         });
-        let kanary = |name: &str| Arc::new(DynamicObject::new(name, &resource).within("ns"));
         let error = Error::Incomplete;
         assert_eq!(error_policy(kanary("a"), &error, ctx.clone()), Action::requeue(Duration::from_millis(500)));
         assert_eq!(error_policy(kanary("a"), &error, ctx.clone()), Action::requeue(Duration::from_secs(1)));

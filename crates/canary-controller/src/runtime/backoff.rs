@@ -1,5 +1,6 @@
 //! Per-object retry delays after failed reconciles: 0.5 s doubling up to 5 minutes, reset by a success, so
-//! one object that keeps failing is retried less and less often without slowing the others down.
+//! one object that keeps failing is retried less and less often without slowing the others down. Objects
+//! that are gone are forgotten at the next failure.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -20,6 +21,11 @@ impl ErrorBackoff {
         let count = failures.entry(object.to_string()).or_default();
         *count = count.saturating_add(1);
         FIRST.saturating_mul(2u32.saturating_pow(*count - 1)).min(MAX)
+    }
+
+    /// Forgets the failures of the objects that are no longer `live` (deleted while failing).
+    pub fn forget_all_but(&self, live: &std::collections::HashSet<String>) {
+        self.failures.lock().expect("backoff lock").retain(|object, _| live.contains(object));
     }
 
     /// Forgets the failures of `object` after a successful reconcile.
@@ -45,5 +51,7 @@ mod tests {
         assert_eq!(b.failed("a"), MAX);
         b.succeeded("a");
         assert_eq!(b.failed("a"), Duration::from_millis(500));
+        b.forget_all_but(&["a".to_string()].into());
+        assert_eq!(b.failures.lock().unwrap().len(), 1, "b, deleted, is forgotten");
     }
 }
