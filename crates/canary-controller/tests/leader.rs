@@ -148,7 +148,8 @@ async fn a_leader_cut_off_from_its_lease_stops_before_a_standby_takes_over() {
         b.log()
     );
     env.roll_canary_to("web:3").await;
-    assert!(reconciles(&b).await >= 1.0);
+    // counted when the reconcile ends (after its status write), a moment after the Deployment changed
+    eventually(10, "b to count its reconciles", || async { reconciles(&b).await >= 1.0 }).await;
     fake.state().fail_for(std::time::Duration::ZERO, 500, None);
     env.cluster.cleanup().await;
 }

@@ -21,7 +21,7 @@ use support::{Cluster, Process};
 const N: usize = 12;
 /// Long enough for the leader to ride out the 2-second outages below: it steps down when no renewal succeeded
 /// for 5/6 of its lease (tests/leader.rs shows that with a 3-second lease).
-const LEASE_SECONDS: u64 = 8;
+const LEASE_SECONDS: u64 = 10;
 
 struct World {
     cluster: Cluster,

@@ -217,7 +217,13 @@ fn error_policy(canary: Arc<GuardedCanary>, error: &Error, ctx: Arc<Context>) ->
     let live = ctx.canaries.state().iter().map(|c| ObjectRef::from_obj(c.as_ref()).to_string()).collect();
     ctx.backoff.forget_all_but(&live);
     let delay = ctx.backoff.failed(&ObjectRef::from_obj(canary.as_ref()).to_string());
-    tracing::warn!(canary = %ObjectRef::from_obj(canary.as_ref()), %error, ?delay, "reconcile failed; retrying");
+    let object = ObjectRef::from_obj(canary.as_ref());
+    if let Error::NotCachedYet(_) = error {
+        // our own create raced the cache: expected, retried at once
+        tracing::debug!(canary = %object, %error, ?delay, "retrying once the cache has caught up");
+    } else {
+        tracing::warn!(canary = %object, %error, ?delay, "reconcile failed; retrying");
+    }
     Action::requeue(delay)
 }
 

@@ -267,10 +267,11 @@ async fn write_children(
             Created::AlreadyExists => Err(Error::NotCachedYet(child, name)),
         }
     }
-    write(config_maps, cm, *cm_exists, Child::ConfigMap).await?;
-    let proxy = write(deployments, dep, *dep_exists, Child::Deployment).await?;
+    // the destination first: the name most likely to be someone else's (a Service of the app), so that a
+    // conflict the cache did not show yet stops the reconcile before the proxy's own objects are created
     write(services, svc, *svc_exists, Child::Service).await?;
-    Ok(proxy)
+    write(config_maps, cm, *cm_exists, Child::ConfigMap).await?;
+    write(deployments, dep, *dep_exists, Child::Deployment).await
 }
 
 /// Deletes the Services this Kanary created for a destination it no longer has.
@@ -305,7 +306,7 @@ fn resolve_routes(spec: &KanarySpec, caches: &Caches, ns: &str) -> Result<Routes
                 .endpoint_slices
                 .labelled(ns, SERVICE_NAME_LABEL, svc_name)
                 .iter()
-                .map(|s| (**s).clone())
+                .map(|s| s.to_endpoint_slice())
                 .collect(),
             None => vec![],
         };
@@ -338,7 +339,12 @@ fn error_policy(kanary: Arc<DynamicObject>, error: &Error, ctx: Arc<Context>) ->
     ctx.backoff.forget_all_but(&ctx.kanaries.state().iter().map(|k| key(k)).collect());
     let object = key(kanary.as_ref());
     let delay = ctx.backoff.failed(&object);
-    tracing::warn!(kanary = %object, %error, ?delay, "reconcile failed; retrying");
+    if let Error::NotCachedYet(..) = error {
+        // our own create raced the cache: expected, retried at once
+        tracing::debug!(kanary = %object, %error, ?delay, "retrying once the cache has caught up");
+    } else {
+        tracing::warn!(kanary = %object, %error, ?delay, "reconcile failed; retrying");
+    }
     Action::requeue(delay)
 }
 

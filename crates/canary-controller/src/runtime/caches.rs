@@ -6,10 +6,11 @@
 //! proxy Deployment carries the hash of the config it runs), which is all an ownership check needs.
 
 use futures::channel::mpsc;
-use futures::{Stream, StreamExt};
+use futures::{Stream, StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::Api;
 use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{self, Store};
@@ -24,9 +25,154 @@ pub struct Cache<K: Resource<DynamicType = ()> + 'static> {
     subscribers: Arc<Mutex<Vec<mpsc::UnboundedSender<Arc<K>>>>>,
 }
 
+/// What a cache keeps of an object: only what the controllers read, so that the caches stay small.
+pub trait Trim {
+    fn trim(&mut self);
+}
+
+/// Annotations never read from a cached object (large, and describing the object itself).
+const UNREAD_ANNOTATIONS: &[&str] = &["kubectl.kubernetes.io/last-applied-configuration"];
+
+fn trim_metadata(meta: &mut ObjectMeta) {
+    meta.managed_fields = None;
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.retain(|k, _| !UNREAD_ANNOTATIONS.contains(&k.as_str()));
+    }
+}
+
+impl Trim for Deployment {
+    /// Kept: metadata, spec (a canary copies its target's), the replica counts of the status.
+    fn trim(&mut self) {
+        trim_metadata(&mut self.metadata);
+        if let Some(status) = self.status.as_mut() {
+            status.conditions = None;
+        }
+    }
+}
+
+impl Trim for Service {
+    /// Kept: metadata, selector and ports.
+    fn trim(&mut self) {
+        trim_metadata(&mut self.metadata);
+        self.status = None;
+        if let Some(spec) = self.spec.as_mut() {
+            *spec = k8s_openapi::api::core::v1::ServiceSpec {
+                ports: spec.ports.take(),
+                selector: spec.selector.take(),
+                type_: spec.type_.take(),
+                ..Default::default()
+            };
+        }
+    }
+}
+
+/// An EndpointSlice as the cache keeps it: per endpoint only its first address, readiness and pod name (the
+/// full objects' endpoints made most of the controller's memory: 100,000 endpoints take 5 MiB this way).
+#[derive(Clone, Debug, Default, serde::Deserialize, serde::Serialize)]
+pub struct CachedSlice {
+    pub metadata: ObjectMeta,
+    pub address_type: String,
+    pub ports: Vec<k8s_openapi::api::discovery::v1::EndpointPort>,
+    pub endpoints: Vec<CachedEndpoint>,
+}
+
+#[derive(Clone, Debug, Default, serde::Deserialize, serde::Serialize)]
+pub struct CachedEndpoint {
+    pub address: Option<Box<str>>,
+    pub ready: Option<bool>,
+    pub serving: Option<bool>,
+    pub terminating: Option<bool>,
+    pub pod: Option<Box<str>>,
+}
+
+impl From<EndpointSlice> for CachedSlice {
+    fn from(slice: EndpointSlice) -> CachedSlice {
+        let mut metadata = slice.metadata;
+        trim_metadata(&mut metadata);
+        metadata.annotations = None;
+        let endpoints = slice
+            .endpoints
+            .into_iter()
+            .map(|e| CachedEndpoint {
+                address: e.addresses.into_iter().next().map(String::into_boxed_str),
+                ready: e.conditions.as_ref().and_then(|c| c.ready),
+                serving: e.conditions.as_ref().and_then(|c| c.serving),
+                terminating: e.conditions.as_ref().and_then(|c| c.terminating),
+                pod: e.target_ref.and_then(|r| r.name).map(String::into_boxed_str),
+            })
+            .collect();
+        CachedSlice { metadata, address_type: slice.address_type, ports: slice.ports.unwrap_or_default(), endpoints }
+    }
+}
+
+impl CachedSlice {
+    /// The EndpointSlice again, with what the cache kept (what `kanary::endpoints` reads).
+    pub fn to_endpoint_slice(&self) -> EndpointSlice {
+        use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions};
+        EndpointSlice {
+            metadata: self.metadata.clone(),
+            address_type: self.address_type.clone(),
+            ports: Some(self.ports.clone()),
+            endpoints: self
+                .endpoints
+                .iter()
+                .map(|e| Endpoint {
+                    addresses: e.address.iter().map(|a| a.to_string()).collect(),
+                    conditions: Some(EndpointConditions {
+                        ready: e.ready,
+                        serving: e.serving,
+                        terminating: e.terminating,
+                    }),
+                    target_ref: e.pod.as_ref().map(|p| k8s_openapi::api::core::v1::ObjectReference {
+                        kind: Some("Pod".into()),
+                        name: Some(p.to_string()),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                })
+                .collect(),
+        }
+    }
+}
+
+impl Resource for CachedSlice {
+    type DynamicType = ();
+    type Scope = k8s_openapi::NamespaceResourceScope;
+
+    fn kind(_: &()) -> std::borrow::Cow<'_, str> {
+        <EndpointSlice as Resource>::kind(&())
+    }
+    fn group(_: &()) -> std::borrow::Cow<'_, str> {
+        <EndpointSlice as Resource>::group(&())
+    }
+    fn version(_: &()) -> std::borrow::Cow<'_, str> {
+        <EndpointSlice as Resource>::version(&())
+    }
+    fn plural(_: &()) -> std::borrow::Cow<'_, str> {
+        <EndpointSlice as Resource>::plural(&())
+    }
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+impl Trim for CachedSlice {
+    fn trim(&mut self) {}
+}
+
+impl Trim for PartialObjectMeta<ConfigMap> {
+    fn trim(&mut self) {
+        trim_metadata(&mut self.metadata);
+        self.metadata.annotations = None;
+    }
+}
+
 impl<K> Cache<K>
 where
-    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + Debug + Send + Sync + 'static,
+    K: Resource<DynamicType = ()> + Trim + Clone + serde::de::DeserializeOwned + Debug + Send + Sync + 'static,
 {
     /// Caches the objects of a watch, which runs in a task of its own.
     fn start(events: impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static) -> Cache<K> {
@@ -36,8 +182,7 @@ where
         let fan_out = subscribers.clone();
         let watch = events
             .backoff(super::triggers::watch_backoff())
-            // managedFields are never read; not caching them keeps the stores small
-            .modify(|object| object.managed_fields_mut().clear())
+            .modify(Trim::trim)
             .reflect(writer)
             .touched_objects()
             .for_each(move |touched| {
@@ -85,7 +230,8 @@ where
 pub struct Caches {
     pub deployments: Cache<Deployment>,
     pub services: Cache<Service>,
-    pub endpoint_slices: Cache<EndpointSlice>,
+    /// Compact: see [`CachedSlice`].
+    pub endpoint_slices: Cache<CachedSlice>,
     /// Metadata only.
     pub config_maps: Cache<PartialObjectMeta<ConfigMap>>,
 }
@@ -97,7 +243,10 @@ impl Caches {
         Caches {
             deployments: Cache::start(watcher(Api::all(client.clone()), all())),
             services: Cache::start(watcher(Api::all(client.clone()), all())),
-            endpoint_slices: Cache::start(watcher(Api::all(client.clone()), all())),
+            endpoint_slices: Cache::start(
+                watcher(Api::<EndpointSlice>::all(client.clone()), all())
+                    .map_ok(|event| event_map(event, CachedSlice::from)),
+            ),
             config_maps: Cache::start(watcher(Api::<PartialObjectMeta<ConfigMap>>::all(client.clone()), all())),
         }
     }
@@ -112,6 +261,18 @@ impl Caches {
             self.config_maps.ready()
         );
         d.and(s).and(e).and(c).map_err(|_| anyhow::anyhow!("a cache stopped before its first list"))
+    }
+}
+
+/// The same watch event about `f(object)`.
+fn event_map<A, B>(event: watcher::Event<A>, f: impl Fn(A) -> B) -> watcher::Event<B> {
+    use watcher::Event;
+    match event {
+        Event::Apply(o) => Event::Apply(f(o)),
+        Event::Delete(o) => Event::Delete(f(o)),
+        Event::Init => Event::Init,
+        Event::InitApply(o) => Event::InitApply(f(o)),
+        Event::InitDone => Event::InitDone,
     }
 }
 
@@ -132,4 +293,34 @@ pub fn labelled<K: Resource<DynamicType = ()> + Clone>(
 /// The object `name` of namespace `ns` in `store`.
 pub fn get<K: Resource<DynamicType = ()> + Clone>(store: &Store<K>, ns: &str, name: &str) -> Option<Arc<K>> {
     store.get(&reflector::ObjectRef::new(name).within(ns))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kanary::endpoints::resolve;
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    use serde_json::json;
+
+    /// What the cache keeps of an EndpointSlice resolves to the same servers as the whole object.
+    #[test]
+    fn a_cached_slice_resolves_like_the_endpoint_slice() {
+        let service: Service = serde_json::from_value(
+            json!({"metadata": {"name": "s"}, "spec": {"ports": [{"name": "http", "port": 80}]}}),
+        )
+        .unwrap();
+        let slice: EndpointSlice = serde_json::from_value(json!({
+        "metadata": {"name": "s-1", "namespace": "ns", "labels": {"kubernetes.io/service-name": "s"}},
+        "addressType": "IPv4", "ports": [{"name": "http", "port": 8080}],
+        "endpoints": [
+            {"addresses": ["10.0.0.1", "10.0.0.9"], "conditions": {"ready": true}, "nodeName": "n", "zone": "z",
+             "targetRef": {"kind": "Pod", "name": "p-1", "uid": "u", "namespace": "ns"}},
+            {"addresses": ["10.0.0.2"], "conditions": {"ready": false, "serving": true, "terminating": true}},
+            {"addresses": ["10.0.0.3"]}
+        ]}))
+        .unwrap();
+        let cached = CachedSlice::from(slice.clone()).to_endpoint_slice();
+        let port = IntOrString::String("http".into());
+        assert_eq!(resolve(&port, Some(&service), &[cached]), resolve(&port, Some(&service), &[slice]));
+    }
 }

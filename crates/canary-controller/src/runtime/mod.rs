@@ -175,7 +175,10 @@ async fn run_controllers(
             tracing::error!(error = %e, "the caches did not fill; controllers not started");
             return;
         },
-        _ = stop.clone() => return,
+        _ = stop.clone() => {
+            tracing::info!("shutting down: stopped while the caches were filling");
+            return;
+        }
     }
     tracing::info!("caches filled: Deployments, Services, EndpointSlices, ConfigMaps (metadata)");
     let kanaries = kanary_groups.iter().map(|(group, version)| {
