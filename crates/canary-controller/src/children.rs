@@ -1,6 +1,7 @@
 //! Writes to the objects the controllers own, without ever taking over or deleting someone else's:
-//! - an absent child is created with a create (POST): if someone else created that name in between, the API
-//!   server answers 409 and the caller reports a Conflict instead of taking the object over;
+//! - an absent child is created with a create (POST): if the name was taken in between (by someone else, or
+//!   by this controller's own earlier write the cache has not seen yet), the API server answers 409 and the
+//!   caller retries once its cache holds the object, then applies it if it is its own or reports a Conflict;
 //! - a child the controller owns is updated with server-side apply (one field manager, forced);
 //! - a child is deleted with a uid precondition, so that an object that replaced it under the same name is
 //!   never deleted.
