@@ -4,7 +4,8 @@
 //! - time to converge from start (every child and status written), and as a ratio to the time the bench
 //!   itself takes to write the same number of child objects straight to the API (the baseline);
 //! - p50/p99 latency from a spec change to the updated child (one change at a time);
-//! - API requests per reconcile while converging, and requests in a quiet window when nothing changes;
+//! - API requests per reconcile while converging, reads and writes per object (events apart), and requests
+//!   in a quiet window when nothing changes;
 //! - the controller's peak RSS (VmHWM).
 //!
 //! Asserts nothing; the figures are quoted in the README.
@@ -246,7 +247,15 @@ async fn main() {
     let controller_cpu = cpu_seconds(&pid.to_string());
     let bench_cpu = cpu_seconds("self");
     let is_lease = |k: &str| k.contains("leases");
-    let converge_requests = total(&server.counters(), |k| is_lease(k) || k.starts_with("watch "));
+    let converge_counters = server.counters();
+    let converge_requests = total(&converge_counters, |k| is_lease(k) || k.starts_with("watch "));
+    let verb = |verbs: &[&str]| -> u64 {
+        let counted = |k: &str| !is_lease(k) && !k.contains("events") && verbs.contains(&k.split(' ').next().unwrap());
+        total(&converge_counters, |k| !counted(k))
+    };
+    let (gets, lists) = (verb(&["get"]), verb(&["list"]));
+    let (creates, patches, deletes) = (verb(&["create"]), verb(&["patch", "update"]), verb(&["delete"]));
+    let events = total(&converge_counters, |k| !k.contains("events") || k.starts_with("watch "));
     let converge_reconciles = reconciles(&metrics_address).await;
 
     // quiet window: nothing changes
@@ -351,6 +360,15 @@ async fn main() {
     println!(
         "API requests per reconcile: {:.1} ({converge_requests} requests, {converge_reconciles} reconciles while converging; watches and Lease excluded)",
         converge_requests as f64 / converge_reconciles.max(1.0)
+    );
+    let objects = (2 * scale) as f64;
+    println!(
+        "API reads per object:       {:.2} ({gets} gets; {lists} lists, the caches' own initial lists)",
+        gets as f64 / objects
+    );
+    println!(
+        "API writes per object:      {:.2} ({creates} creates, {patches} patches and updates, {deletes} deletes; and {events} event writes)",
+        (creates + patches + deletes) as f64 / objects
     );
     println!(
         "quiet {}s, nothing changing:  {quiet_requests} requests, {quiet_reconciles} reconciles (and {quiet_lease} Lease renewals)",
