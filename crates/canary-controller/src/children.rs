@@ -6,6 +6,10 @@
 //! - a child is deleted with a uid precondition, so that an object that replaced it under the same name is
 //!   never deleted.
 //!
+//! A child whose cached copy already holds everything the desired object says is not written at all
+//! ([`up_to_date`]); the desired object carries a hash of itself ([`with_desired_hash`]), so that a field the
+//! controller stops setting still changes what is compared.
+//!
 //! A create records its fields under the field manager's `Update` operation; so that later applies can
 //! remove fields they stop setting, the entry is turned into an `Apply` entry at once (as `kubectl`'s
 //! client-side to server-side apply upgrade does).
@@ -98,4 +102,72 @@ where
 /// Is `obj` controlled by the object with `uid`?
 pub fn owned_by<K: Resource>(obj: &K, uid: &str) -> bool {
     obj.meta().owner_references.iter().flatten().any(|r| r.controller == Some(true) && r.uid == uid)
+}
+
+/// The annotation that carries the hash of the desired object a child was last written from.
+pub const DESIRED_HASH_ANNOTATION: &str = "canary-controller.io/desired-hash";
+
+/// `desired`, annotated with a hash of itself.
+pub fn with_desired_hash<K: Resource + Serialize>(mut desired: K) -> K {
+    use sha2::Digest;
+    let json = serde_json::to_vec(&desired).unwrap_or_default();
+    let hash = format!("{:x}", sha2::Sha256::digest(&json));
+    desired.meta_mut().annotations.get_or_insert_with(Default::default).insert(DESIRED_HASH_ANNOTATION.into(), hash);
+    desired
+}
+
+/// Whether `cached` already holds every field `desired` sets, with the same value (the server may have
+/// added defaults; lists must have the same length). With [`with_desired_hash`], a field the controller
+/// stopped setting shows as a changed hash.
+pub fn up_to_date<K: Serialize>(desired: &K, cached: &K) -> bool {
+    match (serde_json::to_value(desired), serde_json::to_value(cached)) {
+        (Ok(desired), Ok(cached)) => holds(&desired, &cached),
+        _ => false,
+    }
+}
+
+fn holds(desired: &serde_json::Value, cached: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match (desired, cached) {
+        (Value::Object(d), Value::Object(c)) => {
+            d.iter().all(|(k, v)| v.is_null() || c.get(k).is_some_and(|cv| holds(v, cv)))
+        }
+        (Value::Array(d), Value::Array(c)) => d.len() == c.len() && d.iter().zip(c).all(|(dv, cv)| holds(dv, cv)),
+        (d, c) => d == c,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::Service;
+    use serde_json::json;
+
+    fn service(value: serde_json::Value) -> Service {
+        serde_json::from_value(value).unwrap()
+    }
+
+    #[test]
+    fn a_child_is_up_to_date_when_the_cache_holds_what_is_desired() {
+        let desired = with_desired_hash(service(json!({"metadata": {"name": "s", "labels": {"a": "1"}},
+            "spec": {"selector": {"app": "x"}, "ports": [{"port": 80, "targetPort": "proxy"}]}})));
+        let mut cached = serde_json::to_value(&desired).unwrap();
+        // what the server adds does not matter
+        cached["metadata"]["uid"] = json!("u");
+        cached["spec"]["ports"][0]["protocol"] = json!("TCP");
+        cached["spec"]["type"] = json!("ClusterIP");
+        assert!(up_to_date(&desired, &service(cached.clone())));
+
+        // a value changed by hand, an item removed, or a desired field removed: written again
+        let mut changed = cached.clone();
+        changed["spec"]["selector"]["app"] = json!("elsewhere");
+        assert!(!up_to_date(&desired, &service(changed)));
+        let mut shorter = cached.clone();
+        shorter["spec"]["ports"] = json!([]);
+        assert!(!up_to_date(&desired, &service(shorter)));
+        let fewer_labels =
+            with_desired_hash(service(json!({"metadata": {"name": "s"}, "spec": {"selector": {"app": "x"},
+            "ports": [{"port": 80, "targetPort": "proxy"}]}})));
+        assert!(!up_to_date(&fewer_labels, &service(cached)), "the hash changed");
+    }
 }

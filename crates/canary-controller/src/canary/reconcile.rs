@@ -118,13 +118,15 @@ pub async fn reconcile(canary: &Canary, ctx: &Context) -> Result<Action, Error> 
     let mut owned = existing.clone().filter(|d| is_owned_by(d, canary));
     let mut problem = validate(canary, target.as_ref(), existing.as_ref()).err();
     if let (None, Some(target)) = (&problem, &target) {
-        let desired = build_deployment(canary, target);
+        let desired = children::with_desired_hash(build_deployment(canary, target));
         let written = match &owned {
             // absent: create, so that a Deployment someone else creates meanwhile is never taken over
             None => children::create(&deployments, &desired).await.map(|created| match created {
                 Created::Created(d) => Some((Some(("CanaryCreated", format!("created Deployment {name:?}"))), d)),
                 Created::AlreadyExists => None,
             }),
+            // as desired already (the cache says so): nothing to write
+            Some(before) if children::up_to_date(&desired, before) => Ok(Some((None, before.clone()))),
             Some(before) => children::apply(&deployments, &desired).await.map(|applied| {
                 let changed = before.metadata.generation != applied.metadata.generation;
                 Some((changed.then(|| ("CanaryUpdated", format!("updated Deployment {name:?}"))), applied))

@@ -143,17 +143,18 @@ pub async fn reconcile(kanary: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<
         }
     }
 
-    let existing = (existing_cm.is_some(), existing_proxy.is_some(), existing_svc.is_some());
+    let cm_exists = existing_cm.is_some();
     let running_hash = existing_proxy.as_ref().and_then(|d| {
         d.spec.as_ref()?.template.metadata.as_ref()?.annotations.as_ref()?.get(build::CONFIG_HASH_ANNOTATION).cloned()
     });
-    let mut proxy = existing_proxy.filter(|d| owned_by(d, &uid));
+    let mut proxy = existing_proxy.clone().filter(|d| owned_by(d, &uid));
     if let (None, Some(spec)) = (&problem, &spec) {
         let config = render(&format!("{ns}/{name}"), &routes, &ProxySettings::default());
         let cm = build::build_config_map(&name, &ns, &owner, &config);
-        let dep = build::build_deployment(&name, &ns, &owner, &config, &ctx.proxy);
-        let svc = build::build_service(&name, &ns, &owner, &spec.destination);
-        proxy = Some(write_children(&config_maps, &deployments, &services, (&cm, &dep, &svc), &existing).await?);
+        let dep = children::with_desired_hash(build::build_deployment(&name, &ns, &owner, &config, &ctx.proxy));
+        let svc = children::with_desired_hash(build::build_service(&name, &ns, &owner, &spec.destination));
+        let cached = (cm_exists, existing_proxy.as_ref(), existing_svc.as_deref());
+        proxy = Some(write_children(&config_maps, &deployments, &services, (&cm, &dep, &svc), cached).await?);
         if destination_changed {
             remove_old_destinations(&services, &ctx.caches, &uid, &ns, &name, &spec.destination).await?;
         }
@@ -245,20 +246,24 @@ fn not_owned(
 }
 
 /// Creates the children that are absent and server-side applies those that exist (and are owned: checked
-/// before). A child created since the cache was written is retried once the cache has it. Returns the proxy
-/// Deployment.
+/// before) unless the cache shows them as desired already (the ConfigMap, cached as metadata only, is always
+/// applied: a no-op for the server when unchanged). A child created since the cache was written is retried
+/// once the cache has it. Returns the proxy Deployment.
 async fn write_children(
     config_maps: &Api<ConfigMap>,
     deployments: &Api<Deployment>,
     services: &Api<Service>,
     (cm, dep, svc): (&ConfigMap, &Deployment, &Service),
-    (cm_exists, dep_exists, svc_exists): &(bool, bool, bool),
+    (cm_exists, dep_cached, svc_cached): (bool, Option<&Deployment>, Option<&Service>),
 ) -> Result<Deployment, Error> {
-    async fn write<K>(api: &Api<K>, desired: &K, exists: bool, child: Child) -> Result<K, Error>
+    async fn write<K>(api: &Api<K>, desired: &K, cached: Option<&K>, exists: bool, child: Child) -> Result<K, Error>
     where
         K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
     {
         let name = desired.name_any();
+        if let Some(cached) = cached.filter(|c| children::up_to_date(desired, *c)) {
+            return Ok(cached.clone());
+        }
         if exists {
             return children::apply(api, desired).await.map_err(|e| Error::Apply(child, name, e));
         }
@@ -269,9 +274,9 @@ async fn write_children(
     }
     // the destination first: the name most likely to be someone else's (a Service of the app), so that a
     // conflict the cache did not show yet stops the reconcile before the proxy's own objects are created
-    write(services, svc, *svc_exists, Child::Service).await?;
-    write(config_maps, cm, *cm_exists, Child::ConfigMap).await?;
-    write(deployments, dep, *dep_exists, Child::Deployment).await
+    write(services, svc, svc_cached, svc_cached.is_some(), Child::Service).await?;
+    write(config_maps, cm, None, cm_exists, Child::ConfigMap).await?;
+    write(deployments, dep, dep_cached, dep_cached.is_some(), Child::Deployment).await
 }
 
 /// Deletes the Services this Kanary created for a destination it no longer has.
