@@ -15,6 +15,7 @@
 //! client-side to server-side apply upgrade does).
 
 use crate::report::FIELD_MANAGER;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
@@ -124,6 +125,15 @@ pub fn up_to_date<K: Serialize>(desired: &K, cached: &K) -> bool {
         (Ok(desired), Ok(cached)) => holds(&desired, &cached),
         _ => false,
     }
+}
+
+/// Whether a child cached as metadata only is as desired: its metadata holds the desired metadata (whose
+/// hash annotation stands for the rest) and nobody else wrote to it (every managedFields entry is ours).
+pub fn metadata_up_to_date(desired: &ObjectMeta, cached: &ObjectMeta) -> bool {
+    let ours = cached.managed_fields.as_ref().is_some_and(|entries| {
+        !entries.is_empty() && entries.iter().all(|e| e.manager.as_deref() == Some(FIELD_MANAGER))
+    });
+    ours && up_to_date(&ObjectMeta { managed_fields: None, ..desired.clone() }, cached)
 }
 
 fn holds(desired: &serde_json::Value, cached: &serde_json::Value) -> bool {

@@ -16,6 +16,7 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::Api;
 use kube::core::PartialObjectMeta;
@@ -143,17 +144,16 @@ pub async fn reconcile(kanary: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<
         }
     }
 
-    let cm_exists = existing_cm.is_some();
     let running_hash = existing_proxy.as_ref().and_then(|d| {
         d.spec.as_ref()?.template.metadata.as_ref()?.annotations.as_ref()?.get(build::CONFIG_HASH_ANNOTATION).cloned()
     });
     let mut proxy = existing_proxy.clone().filter(|d| owned_by(d, &uid));
     if let (None, Some(spec)) = (&problem, &spec) {
         let config = render(&format!("{ns}/{name}"), &routes, &ProxySettings::default());
-        let cm = build::build_config_map(&name, &ns, &owner, &config);
+        let cm = children::with_desired_hash(build::build_config_map(&name, &ns, &owner, &config));
         let dep = children::with_desired_hash(build::build_deployment(&name, &ns, &owner, &config, &ctx.proxy));
         let svc = children::with_desired_hash(build::build_service(&name, &ns, &owner, &spec.destination));
-        let cached = (cm_exists, existing_proxy.as_ref(), existing_svc.as_deref());
+        let cached = (existing_cm.as_ref().map(|c| &c.metadata), existing_proxy.as_ref(), existing_svc.as_deref());
         proxy = Some(write_children(&config_maps, &deployments, &services, (&cm, &dep, &svc), cached).await?);
         if destination_changed {
             remove_old_destinations(&services, &ctx.caches, &uid, &ns, &name, &spec.destination).await?;
@@ -246,15 +246,15 @@ fn not_owned(
 }
 
 /// Creates the children that are absent and server-side applies those that exist (and are owned: checked
-/// before) unless the cache shows them as desired already (the ConfigMap, cached as metadata only, is always
-/// applied: a no-op for the server when unchanged). A child created since the cache was written is retried
+/// before) unless the cache shows them as desired already (the ConfigMap, cached as metadata only, by its
+/// desired-hash annotation and its managedFields). A child created since the cache was written is retried
 /// once the cache has it. Returns the proxy Deployment.
 async fn write_children(
     config_maps: &Api<ConfigMap>,
     deployments: &Api<Deployment>,
     services: &Api<Service>,
     (cm, dep, svc): (&ConfigMap, &Deployment, &Service),
-    (cm_exists, dep_cached, svc_cached): (bool, Option<&Deployment>, Option<&Service>),
+    (cm_cached, dep_cached, svc_cached): (Option<&ObjectMeta>, Option<&Deployment>, Option<&Service>),
 ) -> Result<Deployment, Error> {
     async fn write<K>(api: &Api<K>, desired: &K, cached: Option<&K>, exists: bool, child: Child) -> Result<K, Error>
     where
@@ -275,7 +275,9 @@ async fn write_children(
     // the destination first: the name most likely to be someone else's (a Service of the app), so that a
     // conflict the cache did not show yet stops the reconcile before the proxy's own objects are created
     write(services, svc, svc_cached, svc_cached.is_some(), Child::Service).await?;
-    write(config_maps, cm, None, cm_exists, Child::ConfigMap).await?;
+    if !cm_cached.is_some_and(|cached| children::metadata_up_to_date(&cm.metadata, cached)) {
+        write(config_maps, cm, None, cm_cached.is_some(), Child::ConfigMap).await?;
+    }
     write(deployments, dep, dep_cached, dep_cached.is_some(), Child::Deployment).await
 }
 

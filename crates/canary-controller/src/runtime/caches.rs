@@ -3,7 +3,7 @@
 //! reconciles read instead of GETs and LISTs) and a fan-out of every object the watch touches, deletions
 //! included, to each controller that subscribed (kube's shared streams do not pass deletions on, and a
 //! deleted child must be repaired). ConfigMaps are cached as metadata only (their data is never read: the
-//! proxy Deployment carries the hash of the config it runs), which is all an ownership check needs.
+//! desired-hash annotation stands for it), which is all an ownership check needs.
 
 use futures::channel::mpsc;
 use futures::{Stream, StreamExt, TryStreamExt};
@@ -164,9 +164,16 @@ impl Trim for CachedSlice {
 }
 
 impl Trim for PartialObjectMeta<ConfigMap> {
+    /// Kept: the metadata, with the managedFields of the proxies' ConfigMaps only (they tell whether
+    /// someone else wrote to one: `children::metadata_up_to_date`).
     fn trim(&mut self) {
+        let proxy_config =
+            self.metadata.labels.as_ref().is_some_and(|l| l.contains_key(crate::kanary::build::PROXY_LABEL));
+        let managed_fields = self.metadata.managed_fields.take();
         trim_metadata(&mut self.metadata);
-        self.metadata.annotations = None;
+        if proxy_config {
+            self.metadata.managed_fields = managed_fields;
+        }
     }
 }
 
