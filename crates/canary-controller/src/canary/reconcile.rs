@@ -11,7 +11,7 @@ use super::validate::{Problem, is_owned_by, validate};
 use crate::api::canary::{Canary, CanaryStatus};
 use crate::children::{self, Created};
 use crate::report::publish;
-use crate::runtime::caches::{Caches, get, labelled};
+use crate::runtime::caches::Caches;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ObjectReference;
@@ -29,8 +29,8 @@ pub struct Context {
     pub client: Client,
     /// The Canaries, from the controller's own cache.
     pub canaries: Store<GuardedCanary>,
-    /// Every Deployment (targets and canaries), from the process's shared cache.
-    pub deployments: Store<Deployment>,
+    /// The process's shared caches (the Canary controller reads Deployments: targets and canaries).
+    pub caches: Arc<Caches>,
     pub metrics: Arc<crate::runtime::telemetry::Metrics>,
     pub recorder: Recorder,
     pub backoff: crate::runtime::backoff::ErrorBackoff,
@@ -112,11 +112,11 @@ pub async fn reconcile(canary: &Canary, ctx: &Context) -> Result<Action, Error> 
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
     let target_name = &canary.spec.target_deployment_name;
     let name = canary_deployment_name(target_name);
-    let cached = |name: &str| get(&ctx.deployments, &ns, name).map(|d| (*d).clone());
-    let (target, existing) = (cached(target_name), cached(&name));
+    let target = ctx.caches.deployments.get(&ns, target_name);
+    let existing = ctx.caches.deployments.get(&ns, &name);
 
-    let mut owned = existing.clone().filter(|d| is_owned_by(d, canary));
-    let mut problem = validate(canary, target.as_ref(), existing.as_ref()).err();
+    let mut owned = existing.as_deref().filter(|d| is_owned_by(d, canary)).cloned();
+    let mut problem = validate(canary, target.as_deref(), existing.as_deref()).err();
     if let (None, Some(target)) = (&problem, &target) {
         let desired = children::with_desired_hash(build_deployment(canary, target));
         let written = match &owned {
@@ -186,7 +186,7 @@ async fn remove_previous_canaries(
 ) -> Result<(), Error> {
     let uid = canary.uid().unwrap_or_default();
     let ns = canary.namespace().unwrap_or_default();
-    let marked = labelled(&ctx.deployments, &ns, CANARY_LABEL, "true");
+    let marked = ctx.caches.deployments.labelled(&ns, CANARY_LABEL, "true");
     for old in marked.iter().filter(|d| d.name_any() != current && children::owned_by(d.as_ref(), &uid)) {
         let old_name = old.name_any();
         let old_uid = old.uid().unwrap_or_default();
@@ -217,16 +217,8 @@ async fn patch_status(api: &Api<Canary>, name: &str, status: &CanaryStatus) -> R
 
 fn error_policy(canary: Arc<GuardedCanary>, error: &Error, ctx: Arc<Context>) -> Action {
     let live = ctx.canaries.state().iter().map(|c| ObjectRef::from_obj(c.as_ref()).to_string()).collect();
-    ctx.backoff.forget_all_but(&live);
-    let delay = ctx.backoff.failed(&ObjectRef::from_obj(canary.as_ref()).to_string());
-    let object = ObjectRef::from_obj(canary.as_ref());
-    if let Error::NotCachedYet(_) = error {
-        // our own create raced the cache: expected, retried at once
-        tracing::debug!(canary = %object, %error, ?delay, "retrying once the cache has caught up");
-    } else {
-        tracing::warn!(canary = %object, %error, ?delay, "reconcile failed; retrying");
-    }
-    Action::requeue(delay)
+    let object = ObjectRef::from_obj(canary.as_ref()).to_string();
+    ctx.backoff.retry(&object, &live, error, matches!(error, Error::NotCachedYet(_)))
 }
 
 /// The Canaries a Deployment matters to: its controller, those targeting it, and those whose canary name it holds.
@@ -255,7 +247,7 @@ fn canaries_for(store: &Store<GuardedCanary>, deployment: &impl Resource) -> Vec
 /// Runs the Canary controller until `shutdown` completes.
 pub async fn run(
     client: Client,
-    caches: &Caches,
+    caches: Arc<Caches>,
     metrics: Arc<crate::runtime::telemetry::Metrics>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
@@ -264,7 +256,7 @@ pub async fn run(
     let ctx = Arc::new(Context {
         client: client.clone(),
         canaries: store.clone(),
-        deployments: caches.deployments.store(),
+        caches: caches.clone(),
         metrics,
         recorder: crate::report::recorder(client.clone()),
         backoff: Default::default(),
@@ -305,7 +297,7 @@ mod tests {
         let ctx = Arc::new(Context {
             client: client.clone(),
             canaries: canaries.as_reader(),
-            deployments: kube::runtime::reflector::store::Writer::default().as_reader(),
+            caches: Arc::new(Caches::start(&client)),
             metrics: crate::runtime::telemetry::Metrics::new(),
             recorder: crate::report::recorder(client),
             backoff: Default::default(),

@@ -9,6 +9,7 @@ use super::endpoints::{Resolution, SERVICE_NAME_LABEL, resolve};
 use super::haproxy::{ProxySettings, RouteBackend, render};
 use super::validate::{Problem, parse_and_validate};
 use crate::api::kanary::{KIND, KanarySpec, KanaryStatus};
+use crate::children::{self, Created, owned_by};
 use crate::conditions::reason_of;
 use crate::report::publish;
 use crate::runtime::caches::Caches;
@@ -19,8 +20,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::Api;
-use kube::core::PartialObjectMeta;
-use kube::core::{ApiResource, DynamicObject};
+use kube::core::{ApiResource, DynamicObject, PartialObjectMeta};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{EventType, Recorder};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -67,8 +67,6 @@ pub enum Error {
     ApplyStatus(#[from] crate::report::StatusWriteError),
 }
 
-use crate::children::{self, Created, owned_by};
-
 impl Error {
     /// The step that failed: a stable label for metrics and logs.
     pub fn category(&self) -> &'static str {
@@ -108,7 +106,7 @@ pub async fn reconcile(kanary: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
 
     let existing_cm = ctx.caches.config_maps.get(&ns, &config_name(&name));
-    let existing_proxy = ctx.caches.deployments.get(&ns, &proxy_name(&name)).map(|d| (*d).clone());
+    let existing_proxy = ctx.caches.deployments.get(&ns, &proxy_name(&name));
     let mut problem = None;
     let mut routes = vec![];
     let mut degraded = vec![];
@@ -131,7 +129,7 @@ pub async fn reconcile(kanary: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<
         problem = not_owned(
             &uid,
             existing_cm.as_deref(),
-            existing_proxy.as_ref(),
+            existing_proxy.as_deref(),
             existing_svc.as_deref(),
             &name,
             &spec.destination,
@@ -147,13 +145,13 @@ pub async fn reconcile(kanary: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<
     let running_hash = existing_proxy.as_ref().and_then(|d| {
         d.spec.as_ref()?.template.metadata.as_ref()?.annotations.as_ref()?.get(build::CONFIG_HASH_ANNOTATION).cloned()
     });
-    let mut proxy = existing_proxy.clone().filter(|d| owned_by(d, &uid));
+    let mut proxy = existing_proxy.as_deref().filter(|d| owned_by(*d, &uid)).cloned();
     if let (None, Some(spec)) = (&problem, &spec) {
         let config = render(&format!("{ns}/{name}"), &routes, &ProxySettings::default());
         let cm = children::with_desired_hash(build::build_config_map(&name, &ns, &owner, &config));
         let dep = children::with_desired_hash(build::build_deployment(&name, &ns, &owner, &config, &ctx.proxy));
         let svc = children::with_desired_hash(build::build_service(&name, &ns, &owner, &spec.destination));
-        let cached = (existing_cm.as_ref().map(|c| &c.metadata), existing_proxy.as_ref(), existing_svc.as_deref());
+        let cached = (existing_cm.as_ref().map(|c| &c.metadata), existing_proxy.as_deref(), existing_svc.as_deref());
         proxy = Some(write_children(&config_maps, &deployments, &services, (&cm, &dep, &svc), cached).await?);
         if destination_changed {
             remove_old_destinations(&services, &ctx.caches, &uid, &ns, &name, &spec.destination).await?;
@@ -343,16 +341,8 @@ fn resolve_routes(spec: &KanarySpec, caches: &Caches, ns: &str) -> Result<Routes
 
 fn error_policy(kanary: Arc<DynamicObject>, error: &Error, ctx: Arc<Context>) -> Action {
     let key = |k: &DynamicObject| ObjectRef::from_obj_with(k, ctx.resource.clone()).to_string();
-    ctx.backoff.forget_all_but(&ctx.kanaries.state().iter().map(|k| key(k)).collect());
-    let object = key(kanary.as_ref());
-    let delay = ctx.backoff.failed(&object);
-    if let Error::NotCachedYet(..) = error {
-        // our own create raced the cache: expected, retried at once
-        tracing::debug!(kanary = %object, %error, ?delay, "retrying once the cache has caught up");
-    } else {
-        tracing::warn!(kanary = %object, %error, ?delay, "reconcile failed; retrying");
-    }
-    Action::requeue(delay)
+    let live = ctx.kanaries.state().iter().map(|k| key(k)).collect();
+    ctx.backoff.retry(&key(kanary.as_ref()), &live, error, matches!(error, Error::NotCachedYet(..)))
 }
 
 /// The Kanaries (of this group) that use a backend Service, in its namespace.

@@ -23,8 +23,28 @@ impl ErrorBackoff {
         FIRST.saturating_mul(2u32.saturating_pow(*count - 1)).min(MAX)
     }
 
+    /// What a controller's error policy does after a failed reconcile of `object`: forgets the objects that
+    /// are no longer `live`, counts the failure, logs it (at debug when it was `expected`: a create that raced
+    /// the cache) and schedules the next attempt.
+    pub fn retry(
+        &self,
+        object: &str,
+        live: &std::collections::HashSet<String>,
+        error: &dyn std::fmt::Display,
+        expected: bool,
+    ) -> kube::runtime::controller::Action {
+        self.forget_all_but(live);
+        let delay = self.failed(object);
+        if expected {
+            tracing::debug!(%object, %error, ?delay, "retrying once the cache has caught up");
+        } else {
+            tracing::warn!(%object, %error, ?delay, "reconcile failed; retrying");
+        }
+        kube::runtime::controller::Action::requeue(delay)
+    }
+
     /// Forgets the failures of the objects that are no longer `live` (deleted while failing).
-    pub fn forget_all_but(&self, live: &std::collections::HashSet<String>) {
+    fn forget_all_but(&self, live: &std::collections::HashSet<String>) {
         self.failures.lock().expect("backoff lock").retain(|object, _| live.contains(object));
     }
 

@@ -213,12 +213,14 @@ where
 
     /// The object `name` of namespace `ns`.
     pub fn get(&self, ns: &str, name: &str) -> Option<Arc<K>> {
-        get(&self.store, ns, name)
+        self.store.get(&reflector::ObjectRef::new(name).within(ns))
     }
 
     /// The objects of namespace `ns` whose label `key` has `value`.
     pub fn labelled(&self, ns: &str, key: &str, value: &str) -> Vec<Arc<K>> {
-        labelled(&self.store, ns, key, value)
+        let matches =
+            |o: &Arc<K>| o.namespace().as_deref() == Some(ns) && o.labels().get(key).map(String::as_str) == Some(value);
+        self.store.state().into_iter().filter(matches).collect()
     }
 
     /// Every object the watch touches from now on (created, changed or deleted).
@@ -281,25 +283,6 @@ fn event_map<A, B>(event: watcher::Event<A>, f: impl Fn(A) -> B) -> watcher::Eve
         Event::InitApply(o) => Event::InitApply(f(o)),
         Event::InitDone => Event::InitDone,
     }
-}
-
-/// The objects of `store` in namespace `ns` whose label `key` has `value`.
-pub fn labelled<K: Resource<DynamicType = ()> + Clone>(
-    store: &Store<K>,
-    ns: &str,
-    key: &str,
-    value: &str,
-) -> Vec<Arc<K>> {
-    store
-        .state()
-        .into_iter()
-        .filter(|o| o.namespace().as_deref() == Some(ns) && o.labels().get(key).map(String::as_str) == Some(value))
-        .collect()
-}
-
-/// The object `name` of namespace `ns` in `store`.
-pub fn get<K: Resource<DynamicType = ()> + Clone>(store: &Store<K>, ns: &str, name: &str) -> Option<Arc<K>> {
-    store.get(&reflector::ObjectRef::new(name).within(ns))
 }
 
 #[cfg(test)]

@@ -121,10 +121,6 @@ impl Leadership {
         }
     }
 
-    pub fn is_leader(&self) -> bool {
-        *self.is_leader.borrow() && !self.task.is_finished()
-    }
-
     /// The renew deadline.
     pub fn renew_deadline(&self) -> Duration {
         self.renew_deadline

@@ -49,8 +49,8 @@ pub async fn connect() -> anyhow::Result<(Client, kube::Config)> {
 pub async fn check_crds(client: &Client) -> anyhow::Result<Vec<(&'static str, &'static str)>> {
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
     let mut installed = std::collections::BTreeSet::new();
-    for crd in crate::api::crds() {
-        let name = crd.name_any();
+    let names: Vec<String> = crate::api::crds().iter().map(|crd| crd.name_any()).collect();
+    for name in names {
         let found = api.get_opt(&name).await.with_context(|| format!("cannot read CustomResourceDefinition {name}"))?;
         let established = found
             .and_then(|c| c.status)
@@ -60,7 +60,7 @@ pub async fn check_crds(client: &Client) -> anyhow::Result<Vec<(&'static str, &'
             installed.insert(name);
         }
     }
-    let canary = crate::api::crds()[0].name_any();
+    let canary = <crate::api::canary::Canary as kube::CustomResourceExt>::crd_name().to_string();
     let kanary_crd = |group: &str| format!("{}.{group}", crate::api::kanary::PLURAL);
     let kanary_groups: Vec<(&'static str, &'static str)> = crate::api::kanary::GROUPS
         .iter()
@@ -194,7 +194,7 @@ async fn run_controllers(
     });
     let controllers = async {
         futures::join!(
-            crate::canary::reconcile::run(client.clone(), &caches, metrics.clone(), stop.clone()),
+            crate::canary::reconcile::run(client.clone(), caches.clone(), metrics.clone(), stop.clone()),
             futures::future::join_all(kanaries)
         )
     };

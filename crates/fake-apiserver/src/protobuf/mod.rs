@@ -187,59 +187,49 @@ fn decode_value(kind: Kind, wire: Wire) -> Result<Value, String> {
         (Kind::Bytes, Wire::Bytes(b)) => json!(base64::engine::general_purpose::STANDARD.encode(b)),
         (Kind::Message(name), Wire::Bytes(b)) => decode_message(b, name)?,
         (Kind::Time | Kind::MicroTime, Wire::Bytes(b)) => {
-            let (mut seconds, mut nanos) = (0i64, 0u32);
-            for e in Reader::new(b) {
-                match e? {
-                    (1, Wire::Varint(s)) => seconds = s as i64,
-                    (2, Wire::Varint(n)) => nanos = n as u32,
-                    _ => {}
-                }
-            }
+            let (seconds, nanos) = (varint_field(b, 1)? as i64, varint_field(b, 2)? as u32);
             let time = chrono::DateTime::from_timestamp(seconds, nanos).ok_or("a time out of range")?;
             let format = if matches!(kind, Kind::Time) { "%Y-%m-%dT%H:%M:%SZ" } else { "%Y-%m-%dT%H:%M:%S%.6fZ" };
             json!(time.format(format).to_string())
         }
-        (Kind::Duration, Wire::Bytes(b)) => {
-            let mut nanos = 0i64;
-            for e in Reader::new(b) {
-                if let (1, Wire::Varint(n)) = e? {
-                    nanos = n as i64;
-                }
-            }
-            json!(go_duration(nanos))
-        }
-        (Kind::RawJson, Wire::Bytes(b)) => {
-            let mut raw: &[u8] = &[];
-            for e in Reader::new(b) {
-                if let (1, Wire::Bytes(r)) = e? {
-                    raw = r;
-                }
-            }
-            if raw.is_empty() { json!({}) } else { serde_json::from_slice(raw).map_err(|e| e.to_string())? }
-        }
-        (Kind::IntOrString, Wire::Bytes(b)) => {
-            let (mut is_string, mut int, mut string) = (false, 0i64, String::new());
-            for e in Reader::new(b) {
-                match e? {
-                    (1, Wire::Varint(t)) => is_string = t == 1,
-                    (2, Wire::Varint(i)) => int = i as i64 as i32 as i64,
-                    (3, Wire::Bytes(s)) => string = utf8(s)?,
-                    _ => {}
-                }
-            }
-            if is_string { json!(string) } else { json!(int) }
-        }
-        (Kind::Quantity, Wire::Bytes(b)) => {
-            let mut quantity = String::new();
-            for e in Reader::new(b) {
-                if let (1, Wire::Bytes(s)) = e? {
-                    quantity = utf8(s)?;
-                }
-            }
-            json!(quantity)
-        }
+        (Kind::Duration, Wire::Bytes(b)) => json!(go_duration(varint_field(b, 1)? as i64)),
+        (Kind::RawJson, Wire::Bytes(b)) => match bytes_field(b, 1)? {
+            [] => json!({}),
+            raw => serde_json::from_slice(raw).map_err(|e| e.to_string())?,
+        },
+        (Kind::IntOrString, Wire::Bytes(b)) => match varint_field(b, 1)? {
+            1 => json!(utf8(bytes_field(b, 3)?)?),
+            _ => json!(varint_field(b, 2)? as i64 as i32 as i64),
+        },
+        (Kind::Quantity, Wire::Bytes(b)) => json!(utf8(bytes_field(b, 1)?)?),
         _ => return Err("a field of an unexpected wire type".into()),
     })
+}
+
+/// The varint field `tag` of a message (its last occurrence; 0, the protobuf default, when absent).
+fn varint_field(message: &[u8], tag: u32) -> Result<u64, String> {
+    let mut value = 0;
+    for entry in Reader::new(message) {
+        if let (t, Wire::Varint(v)) = entry?
+            && t == tag
+        {
+            value = v;
+        }
+    }
+    Ok(value)
+}
+
+/// The length-delimited field `tag` of a message (its last occurrence; empty when absent).
+fn bytes_field(message: &[u8], tag: u32) -> Result<&[u8], String> {
+    let mut value: &[u8] = &[];
+    for entry in Reader::new(message) {
+        if let (t, Wire::Bytes(b)) = entry?
+            && t == tag
+        {
+            value = b;
+        }
+    }
+    Ok(value)
 }
 
 /// Go's time.Duration text for whole seconds or milliseconds (`90s` is written `1m30s`).
