@@ -11,11 +11,11 @@
 //! controller stops setting still changes what is compared.
 //!
 //! A create records its fields under the field manager's `Update` operation; so that later applies can
-//! remove fields they stop setting, the entry is turned into an `Apply` entry at once (as `kubectl`'s
+//! remove fields they stop setting, the first apply turns the entry into an `Apply` entry (as `kubectl`'s
 //! client-side to server-side apply upgrade does).
 
 use crate::report::FIELD_MANAGER;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, ObjectMeta};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
@@ -29,27 +29,62 @@ pub enum Created<K> {
     AlreadyExists,
 }
 
-/// Creates `desired`, owned by the field manager's `Apply` entry; `AlreadyExists` on 409.
+/// What [`write`] did.
+pub enum Written<K> {
+    /// The cache showed the child as desired: nothing written.
+    Unchanged,
+    Created(K),
+    Applied(K),
+    /// Absent from the cache but taken meanwhile (by this controller or someone else): nothing written.
+    AlreadyExists,
+}
+
+impl<K> Written<K> {
+    /// The object as the API server stored it, when something was written.
+    pub fn object(&self) -> Option<&K> {
+        match self {
+            Written::Created(k) | Written::Applied(k) => Some(k),
+            Written::Unchanged | Written::AlreadyExists => None,
+        }
+    }
+}
+
+/// Writes a child this controller owns or is about to create: nothing when `cached` holds what is desired,
+/// a server-side apply when it `exists` (its ownership checked before), a create otherwise.
+pub async fn write<K>(api: &Api<K>, desired: &K, cached: Option<&K>, exists: bool) -> Result<Written<K>, kube::Error>
+where
+    K: Resource + Clone + DeserializeOwned + Serialize + Debug,
+{
+    if cached.is_some_and(|cached| up_to_date(desired, cached)) {
+        return Ok(Written::Unchanged);
+    }
+    if exists {
+        return apply(api, desired).await.map(Written::Applied);
+    }
+    Ok(match create(api, desired).await? {
+        Created::Created(k) => Written::Created(k),
+        Created::AlreadyExists => Written::AlreadyExists,
+    })
+}
+
+/// Creates `desired`; `AlreadyExists` on 409. Its fields are recorded under the field manager's `Update`
+/// operation; the first [`apply`] that follows hands them to server-side apply.
 pub async fn create<K>(api: &Api<K>, desired: &K) -> Result<Created<K>, kube::Error>
 where
     K: Resource + Clone + DeserializeOwned + Serialize + Debug,
 {
     let params = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..PostParams::default() };
-    let created = match api.create(&params, desired).await {
-        Ok(created) => created,
-        Err(kube::Error::Api(e)) if e.code == 409 => return Ok(Created::AlreadyExists),
-        Err(e) => return Err(e),
-    };
-    Ok(Created::Created(adopt_fields_as_apply(api, created).await))
+    match api.create(&params, desired).await {
+        Ok(created) => Ok(Created::Created(created)),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(Created::AlreadyExists),
+        Err(e) => Err(e),
+    }
 }
 
-/// Turns the field manager's `Update` entry of a just-created object into an `Apply` entry. Best effort:
-/// if the object changed meanwhile, the next apply still works (it only cannot remove those fields).
-async fn adopt_fields_as_apply<K>(api: &Api<K>, created: K) -> K
-where
-    K: Resource + Clone + DeserializeOwned + Serialize + Debug,
-{
-    let mut entries = created.meta().managed_fields.clone().unwrap_or_default();
+/// The managedFields of `object` with the field manager's `Update` entry (left by [`create`]) turned into an
+/// `Apply` entry, or `None` when it has none.
+fn fields_handed_to_apply<K: Resource>(object: &K) -> Option<Vec<ManagedFieldsEntry>> {
+    let mut entries = object.meta().managed_fields.clone().unwrap_or_default();
     let mut converted = false;
     for e in entries.iter_mut() {
         if e.manager.as_deref() == Some(FIELD_MANAGER)
@@ -60,28 +95,39 @@ where
             converted = true;
         }
     }
-    if !converted {
-        return created;
-    }
-    // a merge patch replaces the list; the resourceVersion makes it fail if the object changed meanwhile
-    let patch =
-        serde_json::json!({"metadata": {"resourceVersion": created.resource_version(), "managedFields": entries}});
-    match api.patch(&created.name_any(), &PatchParams::default(), &Patch::Merge(patch)).await {
-        Ok(patched) => patched,
-        Err(e) => {
-            tracing::debug!(name = %created.name_any(), error = %e, "could not hand the created fields to server-side apply");
-            created
-        }
-    }
+    converted.then_some(entries)
 }
 
-/// Server-side applies `desired` (a child this controller owns) and returns the object as stored.
+/// Server-side applies `desired` (a child this controller owns) and returns the object as stored. The first
+/// apply after a [`create`] hands the created fields to server-side apply (a merge patch of managedFields,
+/// guarded by resourceVersion, tried again on a conflict) and applies again, so that fields `desired` no
+/// longer sets are removed; a created child that is never updated costs no second write.
 pub async fn apply<K>(api: &Api<K>, desired: &K) -> Result<K, kube::Error>
 where
     K: Resource + Clone + DeserializeOwned + Serialize + Debug,
 {
-    api.patch(&desired.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(desired)).await
+    let name = desired.name_any();
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    let mut applied = api.patch(&name, &params, &Patch::Apply(desired)).await?;
+    for _ in 0..HANDOVER_ATTEMPTS {
+        let Some(entries) = fields_handed_to_apply(&applied) else { return Ok(applied) };
+        // a merge patch replaces the list; the resourceVersion makes it fail if the object changed meanwhile
+        let patch =
+            serde_json::json!({"metadata": {"resourceVersion": applied.resource_version(), "managedFields": entries}});
+        match api.patch(&name, &PatchParams::default(), &Patch::Merge(patch)).await {
+            Ok(_) => return api.patch(&name, &params, &Patch::Apply(desired)).await,
+            // changed meanwhile: apply again (a no-op but for the new resourceVersion) and retry
+            Err(kube::Error::Api(e)) if e.code == 409 => {
+                applied = api.patch(&name, &params, &Patch::Apply(desired)).await?;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(applied)
 }
+
+/// How many times [`apply`] tries to hand created fields to server-side apply while others write the object.
+const HANDOVER_ATTEMPTS: usize = 3;
 
 /// Deletes the object `name` only if it is still the one with `uid`; gone already, or replaced by another
 /// object of that name, is not an error.

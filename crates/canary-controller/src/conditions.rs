@@ -33,3 +33,17 @@ pub fn condition(observed: Observed, generation: Option<i64>, previous: &[Condit
 pub fn reason_of<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a str> {
     conditions.iter().find(|c| c.type_ == type_).map(|c| c.reason.as_str())
 }
+
+/// A Warning event when condition `type_` of `after` is bad and its reason is not the one `before` had: an
+/// event on each transition, never on every reconcile. `reason` is the condition's reason as a static string
+/// (the reasons a controller sets are constants).
+pub fn warn_on_transition(
+    before: &[Condition],
+    after: &[Condition],
+    type_: &str,
+    bad: Option<&'static str>,
+) -> Option<crate::report::Note> {
+    let reason = bad?;
+    let now = after.iter().find(|c| c.type_ == type_ && c.reason == reason)?;
+    (reason_of(before, type_) != Some(reason)).then(|| crate::report::Note::warning(reason, now.message.clone()))
+}

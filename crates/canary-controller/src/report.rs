@@ -12,6 +12,24 @@ pub fn recorder(client: kube::Client) -> Recorder {
     Recorder::new(client, Reporter { controller: FIELD_MANAGER.into(), instance: std::env::var("POD_NAME").ok() })
 }
 
+/// An event a reconcile decided to record about its object.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Note {
+    pub type_: EventType,
+    pub reason: &'static str,
+    pub message: String,
+}
+
+impl Note {
+    pub fn normal(reason: &'static str, message: String) -> Note {
+        Note { type_: EventType::Normal, reason, message }
+    }
+
+    pub fn warning(reason: &'static str, message: String) -> Note {
+        Note { type_: EventType::Warning, reason, message }
+    }
+}
+
 pub async fn publish(recorder: &Recorder, about: &ObjectReference, type_: EventType, reason: &str, note: String) {
     let event = Event { type_, reason: reason.into(), note: Some(note), action: "Reconcile".into(), secondary: None };
     if let Err(e) = recorder.publish(&event, about).await {

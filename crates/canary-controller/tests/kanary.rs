@@ -375,3 +375,72 @@ async fn objects_we_do_not_own_are_never_touched() {
     );
     e.cluster.cleanup().await;
 }
+
+/// What the controller's `/metrics` says it did: reconciles, and API writes (events apart).
+async fn reconciles_and_writes(controller: &support::Process) -> (f64, f64) {
+    let text = support::http_get(&controller.metrics_address(), "/metrics").await.unwrap_or_default();
+    let value = |l: &str| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let reconciles = text.lines().filter(|l| l.starts_with("canary_controller_reconciles_total{")).map(value).sum();
+    let writes = text
+        .lines()
+        .filter(|l| l.starts_with("canary_controller_api_requests_total{") && !l.contains("resource=\"events\""))
+        .filter(|l| ["create", "patch", "update", "delete"].iter().any(|v| l.contains(&format!("verb=\"{v}\""))))
+        .map(value)
+        .sum();
+    (reconciles, writes)
+}
+
+/// Waits until the controller has reconciled at least `at_least` times and nothing changed for 3 seconds.
+async fn settled(controller: &support::Process, at_least: f64) -> (f64, f64) {
+    let mut last = reconciles_and_writes(controller).await;
+    let mut since = std::time::Instant::now();
+    let start = std::time::Instant::now();
+    while !(last.0 >= at_least && since.elapsed() > std::time::Duration::from_secs(3)) {
+        assert!(start.elapsed() < std::time::Duration::from_secs(60), "not settled: {last:?}\n{}", controller.log());
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let now = reconciles_and_writes(controller).await;
+        if now != last {
+            (last, since) = (now, std::time::Instant::now());
+        }
+    }
+    last
+}
+
+/// A controller restarted on a converged cluster reconciles each object once and writes nothing: what its
+/// caches show is as desired.
+#[tokio::test]
+async fn a_controller_restarted_on_a_converged_cluster_reconciles_once_each_and_writes_nothing() {
+    let mut e = env().await;
+    e.backend_services().await;
+    e.endpoints("myapp-v1", "http", 8080, &[("v1-a", "10.1.0.5", true)]).await;
+    e.endpoints("myapp-v2", "", 8080, &[("v2-a", "10.1.0.7", true)]).await;
+    let routes = json!([{"backend": {"serviceName": "myapp-v1", "servicePort": "http"}, "weight": 80},
+        {"backend": {"serviceName": "myapp-v2", "servicePort": 9090}, "weight": 20}]);
+    let kanaries = e.kanaries("kanary.k8s.io", "v1");
+    kanaries.create(&PostParams::default(), &kanary_yaml("kanary.k8s.io/v1", routes)).await.unwrap();
+    let target = json!({"metadata": {"name": "web"}, "spec": {"selector": {"matchLabels": {"app": "web"}},
+        "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "web", "image": "web:1"}]}}}});
+    let deployments: Api<Deployment> = e.cluster.api();
+    deployments.create(&PostParams::default(), &serde_json::from_value(target).unwrap()).await.unwrap();
+    let canary = json!({"apiVersion": "canary.k8s.wantedly.com/v1beta1", "kind": "Canary", "metadata": {"name": "c"},
+        "spec": {"targetDeploymentName": "web", "targetContainers": [{"name": "web", "image": "web:2"}]}});
+    let canaries = Api::<kube::core::DynamicObject>::namespaced_with(
+        e.cluster.client.clone(),
+        &e.cluster.namespace,
+        &kube::discovery::ApiResource::erase::<canary_controller::api::canary::Canary>(&()),
+    );
+    canaries.create(&PostParams::default(), &serde_json::from_value(canary).unwrap()).await.unwrap();
+    e.wait_condition(&kanaries, "simple-kanary-rule", "BackendsReady", "True", "BackendsReady").await;
+    eventually(10, "web-canary", || async { deployments.get_opt("web-canary").await.unwrap().is_some() }).await;
+    let (_, writes) = settled(&e.controller, 2.0).await;
+    assert!(writes > 0.0, "the first controller wrote the children and statuses");
+
+    e.controller.terminate().await;
+    let mut restarted = e.cluster.spawn_controller();
+    restarted.wait_for_log("controllers running").await;
+    let (reconciles, writes) = settled(&restarted, 2.0).await;
+    assert_eq!(writes, 0.0, "API writes after the restart:\n{}", restarted.log());
+    assert_eq!(reconciles, 2.0, "one reconcile per object");
+    e.controller = restarted;
+    e.cluster.cleanup().await;
+}

@@ -95,6 +95,24 @@ async fn the_controller_works_with_its_roles_and_uses_every_grant() {
         services.get_opt("front-k8s").await.unwrap().is_none() && services.get_opt("front-new").await.unwrap().is_some()
     })
     .await;
+
+    // a weight changes (the ConfigMap is applied again) and someone else edits a destination Service (repaired)
+    let config_maps: Api<k8s_openapi::api::core::v1::ConfigMap> = e.cluster.api();
+    let config = || async { config_maps.get("k-pyxida-config").await.unwrap().data };
+    let before = config().await;
+    let halves = json!([{"backend": {"serviceName": "myapp-v1", "servicePort": "http"}, "weight": 50},
+        {"backend": {"serviceName": "myapp-v2", "servicePort": 9090}, "weight": 50}]);
+    let reweigh = Patch::Merge(json!({"spec": {"routes": halves}}));
+    e.kanaries("kanary.pyxida.io", "v1alpha1").patch("k-pyxida", &PatchParams::default(), &reweigh).await.unwrap();
+    eventually(10, "the new weights configured", || async { config().await != before }).await;
+    let tamper = Patch::Merge(json!({"spec": {"selector": {"proxy": "elsewhere"}}}));
+    services.patch("front-pyxida", &PatchParams::default(), &tamper).await.unwrap();
+    eventually(10, "the edited destination Service repaired", || async {
+        let selector = services.get("front-pyxida").await.unwrap().spec.unwrap().selector.unwrap_or_default();
+        selector.get("proxy").map(String::as_str) == Some("k-pyxida-haproxy")
+    })
+    .await;
+
     for ((group, version), kanary) in canary_controller::api::kanary::GROUPS.iter().zip(["k-k8s", "k-pyxida"]) {
         let api = e.kanaries(group, version);
         eventually(10, "the status written", || async { e.condition(&api, kanary, "Ready").await.is_some() }).await;

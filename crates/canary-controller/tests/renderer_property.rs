@@ -98,6 +98,11 @@ fn service(b: &Backend) -> Service {
     .unwrap()
 }
 
+/// The slices as the controller's cache keeps them.
+fn cached(slices: Vec<EndpointSlice>) -> Vec<canary_controller::runtime::caches::CachedSlice> {
+    slices.into_iter().map(Into::into).collect()
+}
+
 fn slices(b: &Backend) -> Vec<EndpointSlice> {
     let slice = |i: usize, (family, endpoints): &Slice| -> EndpointSlice {
         serde_json::from_value(json!({"metadata": {"name": format!("s{i}")}, "addressType": family,
@@ -156,7 +161,7 @@ fn no_input_yields_a_config_haproxy_rejects_or_a_directive_we_did_not_write() {
         let Ok(spec) = parse_and_validate("k", &spec) else { return Ok(()) };
         let mut backends = vec![];
         for (route, (b, _, _)) in spec.routes.iter().zip(&routes) {
-            let servers = match resolve(&route.backend.service_port, Some(&service(b)), &slices(b)) {
+            let servers = match resolve(&route.backend.service_port, Some(&service(b)), &cached(slices(b))) {
                 Resolution::Servers(s) => s,
                 Resolution::ServiceNotFound => vec![],
                 Resolution::PortNotFound { .. } => return Ok(()),

@@ -4,8 +4,8 @@
 //! `kanary.pyxida.io/v1alpha1` (what its README shows). The original decoder was case-insensitive, so the
 //! spellings real manifests use are all declared (and so not pruned): `serviceName`/`servicename`/
 //! `ServiceName`, `servicePort`/`serviceport`/`ServicePort`, `weight`/`Weight`; CEL rules require exactly
-//! one of each. The controller works on `DynamicObject`s of either group and reads the spec through
-//! [`KanarySpec`], whose serde aliases accept every spelling.
+//! one of each. The controller reads Kanaries of either group as [`Kanary`] objects (the group is their
+//! `ApiResource`), whose spec is parsed once, when it is read, through [`KanarySpec`] and its serde aliases.
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
@@ -78,6 +78,68 @@ pub struct EndpointStatus {
     pub weight: i64,
     #[serde(rename = "Ips")]
     pub ips: Vec<String>,
+}
+
+/// A Kanary of either group, as the controller reads it. A spec that does not parse is kept as the parse
+/// error (reported in the status, like any invalid spec), and an unreadable status as none, so that one
+/// malformed object never stops the watch of the others.
+#[derive(Deserialize, Clone, Debug)]
+pub struct Kanary {
+    pub metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    #[serde(default = "missing_spec", deserialize_with = "parse_spec")]
+    pub spec: Result<KanarySpec, String>,
+    #[serde(default, deserialize_with = "parse_status")]
+    pub status: Option<KanaryStatus>,
+}
+
+fn missing_spec() -> Result<KanarySpec, String> {
+    Err("spec: missing".into())
+}
+
+fn parse_spec<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Result<KanarySpec, String>, D::Error> {
+    let raw = Value::deserialize(d)?;
+    Ok(serde_json::from_value(raw).map_err(|e| format!("spec: {e}")))
+}
+
+fn parse_status<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<KanaryStatus>, D::Error> {
+    Ok(serde_json::from_value(Value::deserialize(d)?).ok())
+}
+
+impl kube::Resource for Kanary {
+    type DynamicType = ApiResource;
+    type Scope = kube::core::DynamicResourceScope;
+
+    fn kind(ar: &ApiResource) -> std::borrow::Cow<'_, str> {
+        ar.kind.as_str().into()
+    }
+    fn group(ar: &ApiResource) -> std::borrow::Cow<'_, str> {
+        ar.group.as_str().into()
+    }
+    fn version(ar: &ApiResource) -> std::borrow::Cow<'_, str> {
+        ar.version.as_str().into()
+    }
+    fn api_version(ar: &ApiResource) -> std::borrow::Cow<'_, str> {
+        ar.api_version.as_str().into()
+    }
+    fn plural(ar: &ApiResource) -> std::borrow::Cow<'_, str> {
+        ar.plural.as_str().into()
+    }
+    fn meta(&self) -> &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+        &self.metadata
+    }
+    fn meta_mut(&mut self) -> &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+impl Kanary {
+    /// The Services the Kanary refers to: its destination and its backends (none while the spec is unreadable).
+    pub fn services(&self) -> Vec<String> {
+        let Ok(spec) = &self.spec else { return vec![] };
+        std::iter::once(spec.destination.clone())
+            .chain(spec.routes.iter().map(|r| r.backend.service_name.clone()))
+            .collect()
+    }
 }
 
 /// The ApiResource of Kanary in one group.

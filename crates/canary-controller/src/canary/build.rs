@@ -3,7 +3,8 @@
 
 use super::validate::Problem;
 use crate::api::canary::{Canary, CanaryStatus};
-use crate::conditions::{Observed, condition};
+use crate::conditions::{Observed, condition, warn_on_transition};
+use crate::report::Note;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::EnvVar;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
@@ -84,6 +85,12 @@ pub fn build_deployment(canary: &Canary, target: &Deployment) -> Deployment {
 
 /// The Canary's status from what reconcile saw: the problem (if any), whether the target exists, and the
 /// canary Deployment this Canary owns (if any). Conditions keep their transition time while unchanged.
+/// The Warning event of a problem that appeared or changed since `before`.
+pub fn warnings(before: Option<&CanaryStatus>, after: &CanaryStatus, problem: Option<&Problem>) -> Vec<Note> {
+    let before = before.map(|s| s.conditions.as_slice()).unwrap_or_default();
+    warn_on_transition(before, &after.conditions, conditions::READY, problem.map(Problem::reason)).into_iter().collect()
+}
+
 pub fn build_status(
     canary: &Canary,
     problem: Option<&Problem>,

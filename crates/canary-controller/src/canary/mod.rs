@@ -7,5 +7,6 @@
 //! as plain values, and `reconcile` applies them (server-side apply, one field manager) and records events.
 
 pub mod build;
+pub mod observe;
 pub mod reconcile;
 pub mod validate;

@@ -1,40 +1,33 @@
-//! The thin IO layer of the Canary controller: read the target and `<target>-canary` from the shared
-//! Deployment cache (no API reads), validate, create the canary Deployment or server-side apply it, delete
-//! the one of a former target, write the status when it changed, and record events on transitions. Also the
-//! controller wiring: a watch of Canaries, and the shared Deployment cache's changes (mapped to the Canaries
-//! that own them, target them, or want their name).
+//! The Canary controller's reconcile and its wiring. One pass, the same shape as the Kanary controller's:
+//! `observe` (the shared Deployment cache: no API reads) -> `validate` (pure: a [`Valid`] Canary or a
+//! [`Problem`]) -> `build` (pure: the canary Deployment, the events) -> apply (here: create the canary
+//! Deployment when absent, server-side apply it when the cache does not show it as desired, delete the one
+//! of a former target) -> status (here: written when it changed). A Canary that cannot be read is reported.
 
 use super::build::{
-    CANARY_LABEL, build_deployment, build_status, build_unreadable_status, canary_deployment_name, conditions, reasons,
+    build_deployment, build_status, build_unreadable_status, canary_deployment_name, reasons, warnings,
 };
-use super::validate::{Problem, is_owned_by, validate};
+use super::observe::observe;
+use super::validate::{Problem, Valid, validate};
 use crate::api::canary::{Canary, CanaryStatus};
-use crate::children::{self, Created};
-use crate::report::publish;
-use crate::runtime::caches::Caches;
-use futures::StreamExt;
+use crate::children::{self, Written};
+use crate::report::Note;
+use crate::runtime::caches::{CachedDeployment, Caches};
+use crate::runtime::index::References;
+use crate::runtime::reconciler::{self, Context, Reconciler, Step};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::Api;
 use kube::core::{DeserializeGuard, error_boundary::InvalidObject};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{EventType, Recorder};
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::reflector::ObjectRef;
 use kube::{Client, Resource, ResourceExt};
 use std::sync::Arc;
 use std::time::Duration;
 
-pub struct Context {
-    pub client: Client,
-    /// The Canaries, from the controller's own cache.
-    pub canaries: Store<GuardedCanary>,
-    /// The process's shared caches (the Canary controller reads Deployments: targets and canaries).
-    pub caches: Arc<Caches>,
-    pub metrics: Arc<crate::runtime::telemetry::Metrics>,
-    pub recorder: Recorder,
-    pub backoff: crate::runtime::backoff::ErrorBackoff,
-}
+/// The Canary controller.
+pub struct CanaryReconciler;
 
 /// Why a reconcile failed; the variant names the step, and is the metric label and the log field.
 #[derive(Debug, thiserror::Error)]
@@ -53,9 +46,8 @@ pub enum Error {
     ApplyStatus(#[from] crate::report::StatusWriteError),
 }
 
-impl Error {
-    /// The step that failed: a stable label for metrics and logs.
-    pub fn category(&self) -> &'static str {
+impl Step for Error {
+    fn step(&self) -> &'static str {
         match self {
             Error::NoNamespace => "NoNamespace",
             Error::CreateDeployment(..) => "CreateDeployment",
@@ -65,27 +57,30 @@ impl Error {
             Error::ApplyStatus(_) => "ApplyStatus",
         }
     }
+
+    fn waits_for_cache(&self) -> bool {
+        matches!(self, Error::NotCachedYet(_))
+    }
 }
 
 /// A Canary as it is read from the API: one that does not deserialize is reported, not fatal to the others.
-type GuardedCanary = DeserializeGuard<Canary>;
+pub type GuardedCanary = DeserializeGuard<Canary>;
 
-async fn measured_reconcile(guarded: Arc<GuardedCanary>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let reconcile = async {
+impl Reconciler for CanaryReconciler {
+    type Object = GuardedCanary;
+    type Error = Error;
+    const NAME: &'static str = "canary";
+
+    async fn reconcile(&self, guarded: Arc<GuardedCanary>, ctx: &Context<Self>) -> Result<Action, Error> {
         match &guarded.0 {
-            Ok(canary) => reconcile(canary, &ctx).await,
-            Err(unreadable) => report_unreadable(unreadable, &ctx).await,
+            Ok(canary) => reconcile(canary, ctx).await,
+            Err(unreadable) => report_unreadable(unreadable, ctx).await,
         }
-    };
-    let result = ctx.metrics.measure("canary", reconcile, Error::category).await;
-    if result.is_ok() {
-        ctx.backoff.succeeded(&ObjectRef::from_obj(guarded.as_ref()).to_string());
     }
-    result
 }
 
 /// Reports a Canary that cannot be deserialized in its status and with a Warning event; changes nothing else.
-async fn report_unreadable(unreadable: &InvalidObject, ctx: &Context) -> Result<Action, Error> {
+async fn report_unreadable(unreadable: &InvalidObject, ctx: &Context<CanaryReconciler>) -> Result<Action, Error> {
     let meta = &unreadable.metadata;
     let name = meta.name.clone().unwrap_or_default();
     let now = Time(k8s_openapi::jiff::Timestamp::now());
@@ -100,94 +95,104 @@ async fn report_unreadable(unreadable: &InvalidObject, ctx: &Context) -> Result<
         ..Default::default()
     };
     let message = status.conditions[0].message.clone();
-    publish(&ctx.recorder, &object_ref, EventType::Warning, reasons::INVALID_SPEC, message).await;
+    ctx.publish(&object_ref, [Note::warning(reasons::INVALID_SPEC, message)]).await;
     let api: Api<Canary> = Api::namespaced(ctx.client.clone(), meta.namespace.as_deref().ok_or(Error::NoNamespace)?);
-    patch_status(&api, &name, &status).await?;
+    write_status(&api, &name, &status).await?;
     Ok(Action::requeue(Duration::from_secs(600)))
 }
 
 /// Reconciles one Canary.
-pub async fn reconcile(canary: &Canary, ctx: &Context) -> Result<Action, Error> {
+async fn reconcile(canary: &Canary, ctx: &Context<CanaryReconciler>) -> Result<Action, Error> {
     let ns = canary.namespace().ok_or(Error::NoNamespace)?;
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
-    let target_name = &canary.spec.target_deployment_name;
-    let name = canary_deployment_name(target_name);
-    let target = ctx.caches.deployments.get(&ns, target_name);
-    let existing = ctx.caches.deployments.get(&ns, &name);
+    let observed = observe(canary, &ctx.caches);
+    let valid = validate(canary, &observed);
 
-    let mut owned = existing.as_deref().filter(|d| is_owned_by(d, canary)).cloned();
-    let mut problem = validate(canary, target.as_deref(), existing.as_deref()).err();
-    if let (None, Some(target)) = (&problem, &target) {
-        let desired = children::with_desired_hash(build_deployment(canary, target));
-        let written = match &owned {
-            // absent: create, so that a Deployment someone else creates meanwhile is never taken over
-            None => children::create(&deployments, &desired).await.map(|created| match created {
-                Created::Created(d) => Some((Some(("CanaryCreated", format!("created Deployment {name:?}"))), d)),
-                Created::AlreadyExists => None,
-            }),
-            // as desired already (the cache says so): nothing to write
-            Some(before) if children::up_to_date(&desired, before) => Ok(Some((None, before.clone()))),
-            Some(before) => children::apply(&deployments, &desired).await.map(|applied| {
-                let changed = before.metadata.generation != applied.metadata.generation;
-                Some((changed.then(|| ("CanaryUpdated", format!("updated Deployment {name:?}"))), applied))
-            }),
-        };
-        match written {
-            Ok(Some((event, deployment))) => {
-                if let Some((reason, note)) = event {
-                    publish(&ctx.recorder, &canary.object_ref(&()), EventType::Normal, reason, note).await;
-                }
-                owned = Some(deployment);
+    let mut notes = vec![];
+    let (mut problem, mut canary_deployment) = match &valid {
+        Ok(valid) => (None, valid.owned.clone()),
+        Err(p) => {
+            let owned = observed.existing.as_deref().filter(|d| super::validate::is_owned_by(*d, canary));
+            (Some(p.clone()), owned.map(|d| d.to_deployment()))
+        }
+    };
+    if let Ok(valid) = &valid {
+        match apply_canary(&deployments, canary, valid, ctx).await {
+            Ok((note, written)) => {
+                notes.extend(note);
+                canary_deployment = Some(written);
             }
-            // someone created it since the cache was written (we did, or someone else): once the cache has
-            // it, the next reconcile applies it or reports whose it is
-            Ok(None) => return Err(Error::NotCachedYet(name)),
-            Err(kube::Error::Api(e)) if e.code == 422 || e.code == 400 => {
-                problem = Some(Problem::ApplyRejected { name: name.clone(), message: e.message });
+            Err(Rejected(message)) => {
+                let name = canary_deployment_name(&canary.spec.target_deployment_name);
+                problem = Some(Problem::ApplyRejected { name, message });
             }
-            Err(e) if owned.is_some() => return Err(Error::ApplyDeployment(name, e)),
-            Err(e) => return Err(Error::CreateDeployment(name, e)),
+            Err(Failed(e)) => return Err(e),
         }
     }
-    if spec_changed(canary) {
-        remove_previous_canaries(canary, &deployments, &name, ctx).await?;
-    }
+    remove_previous_canaries(canary, &deployments, &observed.other_canaries, ctx).await?;
 
     let now = Time(k8s_openapi::jiff::Timestamp::now());
-    let status = build_status(canary, problem.as_ref(), target.is_some(), owned.as_ref(), &now);
-    // a Warning event when a problem appears or changes, not on every reconcile
-    if let Some(p) = &problem
-        && ready_reason(canary.status.as_ref()) != Some(p.reason())
-    {
-        publish(&ctx.recorder, &canary.object_ref(&()), EventType::Warning, p.reason(), p.message()).await;
-    }
+    let status = build_status(canary, problem.as_ref(), observed.target.is_some(), canary_deployment.as_ref(), &now);
+    notes.extend(warnings(canary.status.as_ref(), &status, problem.as_ref()));
+    ctx.publish(&canary.object_ref(&()), notes).await;
     if canary.status.as_ref() != Some(&status) {
-        write_status(&ctx.client, canary, &status).await?;
+        let api: Api<Canary> = Api::namespaced(ctx.client.clone(), &ns);
+        write_status(&api, &canary.name_any(), &status).await?;
     }
     Ok(Action::requeue(Duration::from_secs(600)))
 }
 
-/// Whether the status describes an older spec (or another canary Deployment): then the target may have
-/// changed, and canary Deployments of a previous target may be left over.
-fn spec_changed(canary: &Canary) -> bool {
-    let status = canary.status.as_ref();
-    status.and_then(|s| s.observed_generation) != canary.metadata.generation
-        || status.and_then(|s| s.canary_deployment.as_deref())
-            != Some(canary_deployment_name(&canary.spec.target_deployment_name).as_str())
+/// Why the canary Deployment was not written.
+enum ApplyFailure {
+    /// The API server rejected it (422 or 400): a problem of the Canary, reported in its status.
+    Rejected(String),
+    Failed(Error),
+}
+use ApplyFailure::{Failed, Rejected};
+
+/// Writes the canary Deployment unless the cache shows it as desired; returns the event it calls for and the
+/// Deployment as it is now.
+async fn apply_canary(
+    deployments: &Api<Deployment>,
+    canary: &Canary,
+    valid: &Valid,
+    ctx: &Context<CanaryReconciler>,
+) -> Result<(Option<Note>, Deployment), ApplyFailure> {
+    let desired = children::with_desired_hash(build_deployment(canary, &valid.target));
+    let name = desired.name_any();
+    let written = children::write(deployments, &desired, valid.owned.as_ref(), valid.owned.is_some()).await;
+    if let Ok(w) = &written
+        && let Some(object) = w.object()
+    {
+        ctx.caches.deployments.note_written(object);
+    }
+    match written {
+        Ok(Written::Unchanged) => Ok((None, valid.owned.clone().expect("unchanged: cached"))),
+        Ok(Written::Created(d)) => Ok((Some(Note::normal("CanaryCreated", format!("created Deployment {name:?}"))), d)),
+        Ok(Written::Applied(d)) => {
+            let changed = valid.owned.as_ref().and_then(|o| o.metadata.generation) != d.metadata.generation;
+            Ok((changed.then(|| Note::normal("CanaryUpdated", format!("updated Deployment {name:?}"))), d))
+        }
+        // someone created it since the cache was written (we did, or someone else): once the cache has it,
+        // the next reconcile applies it or reports whose it is
+        Ok(Written::AlreadyExists) => Err(Failed(Error::NotCachedYet(name))),
+        Err(kube::Error::Api(e)) if e.code == 422 || e.code == 400 => Err(Rejected(e.message)),
+        Err(e) if valid.owned.is_some() => Err(Failed(Error::ApplyDeployment(name, e))),
+        Err(e) => Err(Failed(Error::CreateDeployment(name, e))),
+    }
 }
 
-/// Deletes the canary Deployments this Canary owns under another name than `current` (made for a previous
-/// `targetDeploymentName`): they would otherwise keep running and take a share of the old target's traffic.
+/// Deletes the canary Deployments this Canary owns under another name than its current one (made for a
+/// previous `targetDeploymentName`): they would otherwise keep running and take a share of the old target's
+/// traffic.
 async fn remove_previous_canaries(
     canary: &Canary,
     deployments: &Api<Deployment>,
-    current: &str,
-    ctx: &Context,
+    others: &[Arc<CachedDeployment>],
+    ctx: &Context<CanaryReconciler>,
 ) -> Result<(), Error> {
     let uid = canary.uid().unwrap_or_default();
-    let ns = canary.namespace().unwrap_or_default();
-    let marked = ctx.caches.deployments.labelled(&ns, CANARY_LABEL, "true");
-    for old in marked.iter().filter(|d| d.name_any() != current && children::owned_by(d.as_ref(), &uid)) {
+    for old in others.iter().filter(|d| children::owned_by(d.as_ref(), &uid)) {
         let old_name = old.name_any();
         let old_uid = old.uid().unwrap_or_default();
         let deleted = children::delete(deployments, &old_name, &old_uid).await;
@@ -196,52 +201,46 @@ async fn remove_previous_canaries(
                 "deleted Deployment {old_name:?}: this Canary now targets {:?}",
                 canary.spec.target_deployment_name
             );
-            publish(&ctx.recorder, &canary.object_ref(&()), EventType::Normal, "PreviousCanaryDeleted", note).await;
+            ctx.publish(&canary.object_ref(&()), [Note::normal("PreviousCanaryDeleted", note)]).await;
         }
     }
     Ok(())
 }
 
-fn ready_reason(status: Option<&CanaryStatus>) -> Option<&str> {
-    crate::conditions::reason_of(&status?.conditions, conditions::READY)
-}
-
-async fn write_status(client: &Client, canary: &Canary, status: &CanaryStatus) -> Result<(), Error> {
-    let api: Api<Canary> = Api::namespaced(client.clone(), &canary.namespace().unwrap_or_default());
-    patch_status(&api, &canary.name_any(), status).await
-}
-
-async fn patch_status(api: &Api<Canary>, name: &str, status: &CanaryStatus) -> Result<(), Error> {
+async fn write_status(api: &Api<Canary>, name: &str, status: &CanaryStatus) -> Result<(), Error> {
     Ok(crate::report::write_status(api, name, &Canary::api_version(&()), &Canary::kind(&()), status).await?)
 }
 
-fn error_policy(canary: Arc<GuardedCanary>, error: &Error, ctx: Arc<Context>) -> Action {
-    let live = ctx.canaries.state().iter().map(|c| ObjectRef::from_obj(c.as_ref()).to_string()).collect();
-    let object = ObjectRef::from_obj(canary.as_ref()).to_string();
-    ctx.backoff.retry(&object, &live, error, matches!(error, Error::NotCachedYet(_)))
+/// The names a Canary refers to: its target and its canary Deployment.
+fn deployments_of(guarded: &GuardedCanary) -> Vec<String> {
+    let Ok(canary) = &guarded.0 else { return vec![] };
+    let target = &canary.spec.target_deployment_name;
+    vec![target.clone(), canary_deployment_name(target)]
 }
 
-/// The Canaries a Deployment matters to: its controller, those targeting it, and those whose canary name it holds.
-fn canaries_for(store: &Store<GuardedCanary>, deployment: &impl Resource) -> Vec<ObjectRef<GuardedCanary>> {
+/// The Canaries a Deployment matters to: its controller (unless the event is the echo of the controller's
+/// own write), those targeting it, and those whose canary name it holds.
+fn canaries_for(
+    deployment: &CachedDeployment,
+    echo: bool,
+    references: &References<GuardedCanary>,
+) -> Vec<ObjectRef<GuardedCanary>> {
     let ns = deployment.namespace().unwrap_or_default();
-    let name = deployment.name_any();
-    let mut refs: Vec<ObjectRef<GuardedCanary>> = deployment
+    let owner = deployment
         .owner_references()
         .iter()
-        .filter(|r| {
+        .find(|r| {
             r.controller == Some(true) && r.kind == "Canary" && r.api_version.starts_with("canary.k8s.wantedly.com/")
         })
-        .map(|r| ObjectRef::new(&r.name).within(&ns))
-        .collect();
-    for guarded in store.state() {
-        let Ok(c) = &guarded.0 else { continue };
-        let target = &c.spec.target_deployment_name;
-        if c.namespace().as_deref() == Some(ns.as_str()) && (*target == name || canary_deployment_name(target) == name)
-        {
-            refs.push(ObjectRef::from_obj(guarded.as_ref()));
-        }
+        .map(|r| r.name.clone());
+    let mut names = references.referring_to(&ns, &deployment.name_any());
+    names.extend(owner.clone());
+    names.sort();
+    names.dedup();
+    if echo {
+        names.retain(|n| Some(n) != owner.as_ref());
     }
-    refs
+    names.iter().map(|n| ObjectRef::new(n).within(&ns)).collect()
 }
 
 /// Runs the Canary controller until `shutdown` completes.
@@ -251,60 +250,42 @@ pub async fn run(
     metrics: Arc<crate::runtime::telemetry::Metrics>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let controller = crate::runtime::triggers::controller(Api::<GuardedCanary>::all(client.clone()), ());
-    let store = controller.store();
-    let ctx = Arc::new(Context {
-        client: client.clone(),
-        canaries: store.clone(),
-        caches: caches.clone(),
-        metrics,
-        recorder: crate::report::recorder(client.clone()),
-        backoff: Default::default(),
+    let references = Arc::new(References::new(deployments_of));
+    let controller =
+        crate::runtime::triggers::controller(Api::<GuardedCanary>::all(client.clone()), (), references.clone());
+    metrics.observe_canaries(controller.store());
+    let ctx = Arc::new(Context::new(client, caches.clone(), controller.store(), (), metrics, CanaryReconciler));
+    let cache = caches.clone();
+    let controller = controller.watches_shared_stream(caches.deployments.subscribe(), move |d| {
+        canaries_for(d.as_ref(), cache.deployments.is_echo(&d), &references)
     });
-    ctx.metrics.observe_canaries(store.clone());
-    controller
-        .watches_shared_stream(caches.deployments.subscribe(), move |d| canaries_for(&store, d.as_ref()))
-        .graceful_shutdown_on(shutdown)
-        .run(measured_reconcile, error_policy, ctx)
-        .for_each(|result| async move {
-            match result {
-                Ok((obj, _)) => tracing::debug!(canary = %obj.name, "reconciled"),
-                Err(e) => tracing::debug!(error = %e, "controller event"),
-            }
-        })
-        .await;
+    reconciler::run(controller, ctx, shutdown).await;
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn guarded(name: &str) -> Arc<GuardedCanary> {
-        let canary = serde_json::json!({"apiVersion": "canary.k8s.wantedly.com/v1beta1", "kind": "Canary",
-            "metadata": {"name": name, "namespace": "ns"}, "spec": {"targetDeploymentName": "t", "targetContainers": []}});
-        Arc::new(serde_json::from_value(canary).unwrap())
-    }
-
-    #[tokio::test]
-    async fn failed_reconciles_are_retried_later_and_later_per_object() {
-        // a client that is never used: error_policy only schedules
-        let client = Client::try_from(kube::Config::new("http://127.0.0.1:9".parse().unwrap())).unwrap();
-        // the Canaries exist (the backoff forgets those that do not)
-        let mut canaries = kube::runtime::reflector::store::Writer::default();
-        for name in ["a", "b"] {
-            canaries.apply_watcher_event(&kube::runtime::watcher::Event::Apply((*guarded(name)).clone()));
-        }
-        let ctx = Arc::new(Context {
-            client: client.clone(),
-            canaries: canaries.as_reader(),
-            caches: Arc::new(Caches::start(&client)),
-            metrics: crate::runtime::telemetry::Metrics::new(),
-            recorder: crate::report::recorder(client),
-            backoff: Default::default(),
-        });
-        let error = Error::NoNamespace;
-        assert_eq!(error_policy(guarded("a"), &error, ctx.clone()), Action::requeue(Duration::from_millis(500)));
-        assert_eq!(error_policy(guarded("a"), &error, ctx.clone()), Action::requeue(Duration::from_secs(1)));
-        assert_eq!(error_policy(guarded("b"), &error, ctx.clone()), Action::requeue(Duration::from_millis(500)));
+    #[test]
+    fn an_echo_of_its_own_write_does_not_wake_the_owner_but_wakes_the_canaries_targeting_it() {
+        let canary = |name: &str, target: &str| -> GuardedCanary {
+            serde_json::from_value(
+                serde_json::json!({"apiVersion": "canary.k8s.wantedly.com/v1beta1", "kind": "Canary",
+                "metadata": {"name": name, "namespace": "ns"},
+                "spec": {"targetDeploymentName": target, "targetContainers": []}}),
+            )
+            .unwrap()
+        };
+        let references = References::new(deployments_of);
+        references.apply(&kube::runtime::watcher::Event::Apply(canary("a", "app")));
+        references.apply(&kube::runtime::watcher::Event::Apply(canary("b", "app-canary")));
+        let deployment: CachedDeployment =
+            serde_json::from_value(serde_json::json!({"metadata": {"name": "app-canary",
+            "namespace": "ns", "ownerReferences": [{"apiVersion": "canary.k8s.wantedly.com/v1beta1", "kind": "Canary",
+            "name": "a", "uid": "u", "controller": true}]}}))
+            .unwrap();
+        let names = |refs: Vec<ObjectRef<GuardedCanary>>| refs.into_iter().map(|r| r.name).collect::<Vec<_>>();
+        assert_eq!(names(canaries_for(&deployment, false, &references)), ["a", "b"]);
+        assert_eq!(names(canaries_for(&deployment, true, &references)), ["b"], "a wrote it; b targets it");
     }
 }

@@ -1,10 +1,20 @@
-//! Decides whether a Canary can be served: its target must exist, every container it names must be a
-//! container of the target, and `<target>-canary` must not belong to anyone else. Pure: no client in scope.
+//! The validate step of the Canary controller: a Canary can be served when its target exists, every
+//! container it names is a container of the target, and `<target>-canary` belongs to no one else. Returns a
+//! [`Valid`] Canary, all the builders need, or the [`Problem`]. Pure: no client in scope.
 
 use super::build::canary_deployment_name;
+use super::observe::Observed;
 use crate::api::canary::Canary;
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::ResourceExt;
+
+/// A Canary that can be served, with what the builders need.
+#[derive(Debug)]
+pub struct Valid {
+    pub target: Deployment,
+    /// The canary Deployment, when it exists (it is this Canary's).
+    pub owned: Option<Deployment>,
+}
 
 /// What keeps a Canary from being served. Each variant's [`reason`](Problem::reason) is the stable
 /// reason of the Ready condition and of the Warning event.
@@ -65,11 +75,11 @@ impl Problem {
 }
 
 /// Is `deployment` controlled by this Canary?
-pub fn is_owned_by(deployment: &Deployment, canary: &Canary) -> bool {
+pub fn is_owned_by(deployment: &impl kube::Resource, canary: &Canary) -> bool {
     canary.uid().is_some_and(|uid| crate::children::owned_by(deployment, &uid))
 }
 
-fn controller_description(deployment: &Deployment) -> Option<String> {
+fn controller_description(deployment: &impl kube::Resource) -> Option<String> {
     deployment
         .owner_references()
         .iter()
@@ -77,16 +87,17 @@ fn controller_description(deployment: &Deployment) -> Option<String> {
         .map(|r| format!("its controller is {} {:?}", r.kind, r.name))
 }
 
-/// Checks a Canary against what the cluster holds: its target and an existing `<target>-canary`.
-pub fn validate(canary: &Canary, target: Option<&Deployment>, existing: Option<&Deployment>) -> Result<(), Problem> {
+/// Checks `canary` against what the cluster holds (`observed`): its target and an existing `<target>-canary`.
+pub fn validate(canary: &Canary, observed: &Observed) -> Result<Valid, Problem> {
     let target_name = &canary.spec.target_deployment_name;
-    if let Some(existing) = existing.filter(|d| !is_owned_by(d, canary)) {
+    let existing = observed.existing.as_deref();
+    if let Some(existing) = existing.filter(|d| !is_owned_by(*d, canary)) {
         return Err(Problem::DeploymentNotOwned {
             name: canary_deployment_name(target_name),
             owner: controller_description(existing),
         });
     }
-    let Some(target) = target else {
+    let Some(target) = observed.target.as_deref().map(|t| t.to_deployment()) else {
         return Err(Problem::TargetNotFound {
             target: target_name.clone(),
             namespace: canary.namespace().unwrap_or_default(),
@@ -103,5 +114,5 @@ pub fn validate(canary: &Canary, target: Option<&Deployment>, existing: Option<&
     if !unknown.is_empty() {
         return Err(Problem::UnknownContainer { target: target_name.clone(), unknown, available });
     }
-    Ok(())
+    Ok(Valid { target, owned: existing.map(|d| d.to_deployment()) })
 }

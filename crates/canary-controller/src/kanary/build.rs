@@ -1,15 +1,18 @@
-//! Builds the objects a Kanary owns, with the original's names, and its status, as plain values:
-//! ConfigMap `<name>-config` (key `haproxy.cfg`), Deployment `<name>-haproxy` (hardened HAProxy pods
-//! rolled by a config checksum with zero-downtime settings) and Service `<destination>` (port 80). Pure.
+//! The build step of the Kanary controller: the objects a valid Kanary owns, with the original's names, the
+//! events its changes call for, and its status, as plain values: ConfigMap `<name>-config` (key
+//! `haproxy.cfg`), Deployment `<name>-haproxy` (hardened HAProxy pods rolled by a config checksum with
+//! zero-downtime settings) and Service `<destination>` (port 80). Pure.
 
 use super::endpoints::Server;
-use super::haproxy::{HEALTH_PATH, PROXY_PORT, RouteBackend, STATS_PORT};
-use super::validate::Problem;
+use super::haproxy::{HEALTH_PATH, PROXY_PORT, ProxySettings, RouteBackend, STATS_PORT, render};
+use super::validate::{Problem, Valid};
 use crate::api::kanary::{DestinationStatus, EndpointStatus, KanarySpec, KanaryStatus};
-use crate::conditions::{Observed, condition};
+use crate::children::with_desired_hash;
+use crate::conditions::{Observed, condition, warn_on_transition};
+use crate::report::Note;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, OwnerReference, Time};
 use serde_json::json;
 use sha2::Digest;
 
@@ -25,6 +28,78 @@ pub mod conditions {
     pub const READY: &str = "Ready";
     pub const BACKENDS_READY: &str = "BackendsReady";
     pub const CONFLICT: &str = "Conflict";
+}
+
+pub mod reasons {
+    pub const BACKENDS_READY: &str = "BackendsReady";
+    pub const SERVICE_NOT_FOUND: &str = "ServiceNotFound";
+    pub const NO_READY_ENDPOINTS: &str = "NoReadyEndpoints";
+}
+
+/// The objects a valid Kanary owns, as they should be (each carrying its desired hash), and the HAProxy
+/// configuration they carry.
+pub struct Desired {
+    pub config: String,
+    pub config_map: ConfigMap,
+    pub deployment: Deployment,
+    pub service: Service,
+}
+
+/// The objects Kanary `name` of namespace `ns` owns.
+pub fn desired(name: &str, ns: &str, valid: &Valid, options: &ProxyOptions) -> Desired {
+    let config = render(&format!("{ns}/{name}"), &valid.routes, &ProxySettings::default());
+    Desired {
+        config_map: with_desired_hash(build_config_map(name, ns, &valid.owner, &config)),
+        deployment: with_desired_hash(build_deployment(name, ns, &valid.owner, &config, options)),
+        service: with_desired_hash(build_service(name, ns, &valid.owner, &valid.spec.destination)),
+        config,
+    }
+}
+
+/// The Normal event a configuration change calls for: the proxy created, or its configuration changed
+/// (`running_hash` is the configuration hash of the proxy's pods now).
+pub fn config_note(name: &str, valid: &Valid, desired: &Desired, running_hash: Option<&str>) -> Option<Note> {
+    match running_hash {
+        None => Some(Note::normal(
+            "ProxyCreated",
+            format!("created the proxy {:?} for Service {:?}", proxy_name(name), valid.spec.destination),
+        )),
+        Some(running) if running != config_hash(&desired.config) => {
+            let split: Vec<String> = valid
+                .routes
+                .iter()
+                .map(|r| format!("{}={}% ({} servers)", r.service, r.weight, r.servers.len()))
+                .collect();
+            Some(Note::normal("ConfigUpdated", format!("proxy configuration updated: {}", split.join(", "))))
+        }
+        Some(_) => None,
+    }
+}
+
+/// The configuration hash of a proxy Deployment's pods.
+pub fn running_config_hash(proxy: &Deployment) -> Option<&str> {
+    proxy
+        .spec
+        .as_ref()?
+        .template
+        .metadata
+        .as_ref()?
+        .annotations
+        .as_ref()?
+        .get(CONFIG_HASH_ANNOTATION)
+        .map(String::as_str)
+}
+
+/// The Warning events of the conditions that turned bad since `before`: a problem, or routes without a live
+/// server.
+pub fn warnings(before: &[Condition], after: &KanaryStatus, problem: Option<&Problem>) -> Vec<Note> {
+    let ready = warn_on_transition(before, &after.conditions, conditions::READY, problem.map(Problem::reason));
+    let backends_reason =
+        after.conditions.iter().find(|c| c.type_ == conditions::BACKENDS_READY).and_then(|c| {
+            [reasons::SERVICE_NOT_FOUND, reasons::NO_READY_ENDPOINTS].into_iter().find(|r| *r == c.reason)
+        });
+    let backends = warn_on_transition(before, &after.conditions, conditions::BACKENDS_READY, backends_reason);
+    ready.into_iter().chain(backends).collect()
 }
 
 pub fn config_name(kanary: &str) -> String {
@@ -142,14 +217,14 @@ pub struct Observation<'a> {
     pub problem: Option<&'a Problem>,
     /// Routes with weight above 0 and no live server, with why ("Service not found", "no ready endpoint").
     pub degraded: &'a [(String, &'static str)],
-    pub proxy: Option<&'a Deployment>,
+    /// The proxy's available replicas and the replicas it should have.
+    pub proxy_replicas: (i32, i32),
     pub previous: Option<&'a KanaryStatus>,
 }
 
 pub fn build_status(o: &Observation, now: &Time) -> KanaryStatus {
     let previous_conditions = o.previous.map(|s| s.conditions.as_slice()).unwrap_or_default();
-    let available = o.proxy.and_then(|d| d.status.as_ref()).and_then(|s| s.available_replicas).unwrap_or(0);
-    let wanted = o.proxy.and_then(|d| d.spec.as_ref()).and_then(|s| s.replicas).unwrap_or(1);
+    let (available, wanted) = o.proxy_replicas;
     let ready = match o.problem {
         Some(p) => Observed { type_: conditions::READY, ok: false, reason: p.reason(), message: p.message() },
         None if available > 0 => Observed {
@@ -169,7 +244,7 @@ pub fn build_status(o: &Observation, now: &Time) -> KanaryStatus {
         Observed {
             type_: conditions::BACKENDS_READY,
             ok: true,
-            reason: "BackendsReady",
+            reason: reasons::BACKENDS_READY,
             message: "every route with a weight has a ready endpoint".into(),
         }
     } else {
@@ -178,9 +253,9 @@ pub fn build_status(o: &Observation, now: &Time) -> KanaryStatus {
             type_: conditions::BACKENDS_READY,
             ok: false,
             reason: if o.degraded.iter().any(|(_, why)| *why == SERVICE_NOT_FOUND) {
-                "ServiceNotFound"
+                reasons::SERVICE_NOT_FOUND
             } else {
-                "NoReadyEndpoints"
+                reasons::NO_READY_ENDPOINTS
             },
             message: format!(
                 "routes without a live server get no traffic, their share goes to the others: {}",

@@ -3,9 +3,10 @@
 //! EndpointSlice port of the same name, which carries the pod-side port. Ready endpoints only, every
 //! slice of the Service, sorted, with server names that are always valid and unique. Pure.
 
+use crate::runtime::caches::CachedSlice;
 use k8s_openapi::api::core::v1::Service;
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use std::borrow::Borrow;
 use std::net::IpAddr;
 
 /// The label that ties an EndpointSlice to its Service.
@@ -46,9 +47,10 @@ fn server_name(raw: &str) -> String {
     if cleaned.is_empty() { "server".into() } else { cleaned }
 }
 
-pub fn resolve(port: &IntOrString, service: Option<&Service>, slices: &[EndpointSlice]) -> Resolution {
+/// The servers of a route: `port` of `service`, on the ready endpoints of its (cached) EndpointSlices.
+pub fn resolve<S: Borrow<CachedSlice>>(port: &IntOrString, service: Option<&Service>, slices: &[S]) -> Resolution {
     let Some(service) = service else { return Resolution::ServiceNotFound };
-    let ports = service.spec.as_ref().and_then(|s| s.ports.clone()).unwrap_or_default();
+    let ports = service.spec.as_ref().and_then(|s| s.ports.as_deref()).unwrap_or_default();
     let found = ports.iter().find(|p| match port {
         IntOrString::String(name) => p.name.as_deref() == Some(name.as_str()),
         IntOrString::Int(n) => p.port == *n,
@@ -56,15 +58,15 @@ pub fn resolve(port: &IntOrString, service: Option<&Service>, slices: &[Endpoint
     let Some(service_port) = found else {
         return Resolution::PortNotFound { available: ports.iter().map(describe_port).collect() };
     };
-    let port_name = service_port.name.clone().unwrap_or_default();
+    let port_name = service_port.name.as_deref().unwrap_or_default();
     let numeric_target = match &service_port.target_port {
         Some(IntOrString::Int(n)) => Some(*n),
         None => Some(service_port.port),
         Some(IntOrString::String(_)) => None,
     };
     let mut servers: Vec<Server> = vec![];
-    let mut sorted: Vec<&EndpointSlice> = slices.iter().collect();
-    sorted.sort_by_key(|s| s.metadata.name.clone());
+    let mut sorted: Vec<&CachedSlice> = slices.iter().map(Borrow::borrow).collect();
+    sorted.sort_by_key(|s| s.metadata.name.as_deref());
     for slice in sorted {
         if !matches!(slice.address_type.as_str(), "IPv4" | "IPv6") {
             continue;
@@ -72,18 +74,17 @@ pub fn resolve(port: &IntOrString, service: Option<&Service>, slices: &[Endpoint
         let slice_port = slice
             .ports
             .iter()
-            .flatten()
-            .find(|p| p.name.clone().unwrap_or_default() == port_name)
+            .find(|p| p.name.as_deref().unwrap_or_default() == port_name)
             .and_then(|p| p.port)
             .or(numeric_target);
         let Some(port) = slice_port.and_then(|p| u16::try_from(p).ok()).filter(|p| *p > 0) else { continue };
         for ep in &slice.endpoints {
             // "ready: unset" is to be read as ready (discovery.k8s.io/v1)
-            if ep.conditions.as_ref().and_then(|c| c.ready) == Some(false) {
+            if ep.ready == Some(false) {
                 continue;
             }
-            let Some(address) = ep.addresses.first().and_then(|a| a.parse::<IpAddr>().ok()) else { continue };
-            let label = ep.target_ref.as_ref().and_then(|r| r.name.clone()).unwrap_or_else(|| address.to_string());
+            let Some(address) = ep.address.as_deref().and_then(|a| a.parse::<IpAddr>().ok()) else { continue };
+            let label = ep.pod.as_deref().map(str::to_string).unwrap_or_else(|| address.to_string());
             servers.push(Server { name: server_name(&label), address, port });
         }
     }
@@ -120,10 +121,12 @@ mod tests {
         serde_json::from_value(json!({"metadata": {"name": "v1"}, "spec": {"ports": ports}})).unwrap()
     }
 
-    fn slice(name: &str, port_name: &str, port: i32, endpoints: serde_json::Value) -> EndpointSlice {
-        serde_json::from_value(json!({"metadata": {"name": name}, "addressType": "IPv4",
+    fn slice(name: &str, port_name: &str, port: i32, endpoints: serde_json::Value) -> CachedSlice {
+        let slice: k8s_openapi::api::discovery::v1::EndpointSlice =
+            serde_json::from_value(json!({"metadata": {"name": name}, "addressType": "IPv4",
             "ports": [{"name": port_name, "port": port, "protocol": "TCP"}], "endpoints": endpoints}))
-        .unwrap()
+            .unwrap();
+        slice.into()
     }
 
     #[test]
@@ -157,9 +160,9 @@ mod tests {
     #[test]
     fn missing_service_and_port_are_reported() {
         let svc = service(json!([{"name": "http", "port": 80}]));
-        assert_eq!(resolve(&IntOrString::Int(80), None, &[]), Resolution::ServiceNotFound);
+        assert_eq!(resolve::<CachedSlice>(&IntOrString::Int(80), None, &[]), Resolution::ServiceNotFound);
         assert_eq!(
-            resolve(&IntOrString::Int(9090), Some(&svc), &[]),
+            resolve::<CachedSlice>(&IntOrString::Int(9090), Some(&svc), &[]),
             Resolution::PortNotFound { available: vec!["http (80)".into()] }
         );
     }

@@ -9,5 +9,6 @@
 pub mod build;
 pub mod endpoints;
 pub mod haproxy;
+pub mod observe;
 pub mod reconcile;
 pub mod validate;

@@ -1,9 +1,86 @@
-//! Parses a Kanary's spec (any spelling, either group) and checks it as the CRD's CEL rules do, so that a
-//! Kanary admitted by an API server without them (or an older CRD) is still judged. Pure.
+//! The validate step of the Kanary controller: checks the spec (any spelling, either group) as the CRD's CEL
+//! rules do, so that a Kanary admitted by an API server without them (or an older CRD) is still judged;
+//! checks that the objects the proxy needs are free or this Kanary's; resolves every route to its live
+//! servers. Returns a [`Valid`] Kanary, all the builders need, or the [`Problem`]. Pure.
 
-use crate::api::kanary::{KanarySpec, MAX_NAME_LENGTH, MAX_ROUTES};
+use super::build::{config_name, proxy_name};
+use super::endpoints::{Resolution, resolve};
+use super::haproxy::RouteBackend;
+use super::observe::Observed;
+use crate::api::kanary::{Kanary, KanarySpec, MAX_NAME_LENGTH, MAX_ROUTES};
+use crate::children::owned_by;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::ResourceExt;
 use serde_json::Value;
+
+/// A Kanary that can be served, with everything the builders need.
+#[derive(Debug)]
+pub struct Valid<'a> {
+    pub spec: &'a KanarySpec,
+    /// The owner reference of every object the Kanary owns.
+    pub owner: OwnerReference,
+    /// Every route with its live servers.
+    pub routes: Vec<RouteBackend>,
+    /// Routes with a weight and no live server, with why (they get no traffic).
+    pub degraded: Degraded,
+}
+
+/// Checks `kanary` against what the cluster holds (`observed`).
+pub fn validate_kanary<'a>(
+    kanary: &'a Kanary,
+    owner: OwnerReference,
+    observed: &Observed,
+) -> Result<Valid<'a>, Problem> {
+    let name = kanary.name_any();
+    let spec = kanary.spec.as_ref().map_err(|e| Problem::InvalidSpec(e.clone()))?;
+    validate(&name, spec)?;
+    let uid = owner.uid.as_str();
+    if observed.config_map.as_deref().is_some_and(|c| !owned_by(c, uid)) {
+        return Err(Problem::ObjectNotOwned { kind: "ConfigMap", name: config_name(&name) });
+    }
+    if observed.proxy.as_deref().is_some_and(|d| !owned_by(d, uid)) {
+        return Err(Problem::ObjectNotOwned { kind: "Deployment", name: proxy_name(&name) });
+    }
+    if observed.destination.as_deref().is_some_and(|s| !owned_by(s, uid)) {
+        return Err(Problem::ObjectNotOwned { kind: "Service", name: spec.destination.clone() });
+    }
+    let (routes, degraded) = resolve_routes(spec, observed)?;
+    Ok(Valid { spec, owner, routes, degraded })
+}
+
+/// Routes with a weight and no live server, with why.
+type Degraded = Vec<(String, &'static str)>;
+
+/// Resolves every route to its live servers; routes with a weight and no live server are listed as degraded.
+fn resolve_routes(spec: &KanarySpec, observed: &Observed) -> Result<(Vec<RouteBackend>, Degraded), Problem> {
+    let mut routes = vec![];
+    let mut degraded = vec![];
+    for (route, backend) in spec.routes.iter().zip(&observed.backends) {
+        let svc_name = &route.backend.service_name;
+        let servers = match resolve(&route.backend.service_port, backend.service.as_deref(), &backend.slices) {
+            Resolution::Servers(s) => s,
+            Resolution::ServiceNotFound => {
+                if route.weight > 0 {
+                    degraded.push((svc_name.clone(), super::build::SERVICE_NOT_FOUND));
+                }
+                vec![]
+            }
+            Resolution::PortNotFound { available } => {
+                let port = match &route.backend.service_port {
+                    IntOrString::Int(n) => n.to_string(),
+                    IntOrString::String(s) => format!("{s:?}"),
+                };
+                return Err(Problem::PortNotFound { service: svc_name.clone(), port, available });
+            }
+        };
+        if servers.is_empty() && route.weight > 0 && !degraded.iter().any(|(s, _)| s == svc_name) {
+            degraded.push((svc_name.clone(), super::build::NO_READY_ENDPOINT));
+        }
+        routes.push(RouteBackend { service: svc_name.clone(), weight: route.weight, servers });
+    }
+    Ok((routes, degraded))
+}
 
 /// What keeps a Kanary from being (re)configured; the reason names the condition and the Warning event.
 /// While one holds, the proxy keeps its last good configuration.

@@ -48,6 +48,11 @@ impl ErrorBackoff {
         self.failures.lock().expect("backoff lock").retain(|object, _| live.contains(object));
     }
 
+    /// How many objects have failures counted.
+    pub fn tracked(&self) -> usize {
+        self.failures.lock().expect("backoff lock").len()
+    }
+
     /// Forgets the failures of `object` after a successful reconcile.
     pub fn succeeded(&self, object: &str) {
         self.failures.lock().expect("backoff lock").remove(object);

@@ -2,9 +2,15 @@
 //! shared by the Canary controller and both Kanary controllers. Each cache is a reflector store (what
 //! reconciles read instead of GETs and LISTs) and a fan-out of every object the watch touches, deletions
 //! included, to each controller that subscribed (kube's shared streams do not pass deletions on, and a
-//! deleted child must be repaired). ConfigMaps are cached as metadata only (their data is never read: the
-//! desired-hash annotation stands for it), which is all an ownership check needs.
+//! deleted child must be repaired). Each cache is indexed by one label, and remembers the versions this
+//! process wrote (their watch events are echoes that wake no one). What is cached is only what the
+//! controllers read: Deployments and EndpointSlices in compact forms, ConfigMaps as metadata only (their data
+//! is never read: the desired-hash annotation stands for it).
 
+use super::index::References;
+use crate::canary::build::CANARY_LABEL;
+use crate::kanary::build::PROXY_LABEL;
+use crate::kanary::endpoints::SERVICE_NAME_LABEL;
 use futures::channel::mpsc;
 use futures::{Stream, StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
@@ -16,13 +22,18 @@ use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
+use std::collections::HashMap;
 use std::fmt::Debug;
 use std::sync::{Arc, Mutex};
 
-/// The cache of one kind: its store, and subscriptions to what changes in it.
+/// The cache of one kind: its store, subscriptions to what changes in it, and the versions this process
+/// wrote last (whose watch events are echoes of its own writes).
 pub struct Cache<K: Resource<DynamicType = ()> + 'static> {
     store: Store<K>,
+    /// The objects by the value of the cache's label (see [`Cache::labelled`]).
+    labels: Arc<References<K>>,
     subscribers: Arc<Mutex<Vec<mpsc::UnboundedSender<Arc<K>>>>>,
+    written: Mutex<HashMap<(String, String), String>>,
 }
 
 /// What a cache keeps of an object: only what the controllers read, so that the caches stay small.
@@ -40,14 +51,39 @@ fn trim_metadata(meta: &mut ObjectMeta) {
     }
 }
 
-impl Trim for Deployment {
-    /// Kept: metadata, spec (a canary copies its target's), the replica counts of the status.
-    fn trim(&mut self) {
-        trim_metadata(&mut self.metadata);
-        if let Some(status) = self.status.as_mut() {
-            status.conditions = None;
-        }
+/// A Deployment as the cache keeps it: its metadata, its spec as compact JSON (a pod template takes ten
+/// times more memory as a typed value; it is read a few times per reconcile at most: when a Canary copies its
+/// target, and when a child is compared with what is desired), and its status without conditions.
+#[derive(Clone, Debug, Default, serde::Deserialize, serde::Serialize)]
+pub struct CachedDeployment {
+    pub metadata: ObjectMeta,
+    spec: Box<str>,
+    pub status: Option<k8s_openapi::api::apps::v1::DeploymentStatus>,
+}
+
+impl From<Deployment> for CachedDeployment {
+    fn from(deployment: Deployment) -> CachedDeployment {
+        let mut metadata = deployment.metadata;
+        trim_metadata(&mut metadata);
+        let spec = deployment.spec.and_then(|s| serde_json::to_string(&s).ok()).unwrap_or_default().into();
+        let status = deployment.status.map(|s| k8s_openapi::api::apps::v1::DeploymentStatus { conditions: None, ..s });
+        CachedDeployment { metadata, spec, status }
     }
+}
+
+impl CachedDeployment {
+    pub fn spec(&self) -> Option<k8s_openapi::api::apps::v1::DeploymentSpec> {
+        serde_json::from_str(&self.spec).ok()
+    }
+
+    /// The Deployment again, with what the cache kept.
+    pub fn to_deployment(&self) -> Deployment {
+        Deployment { metadata: self.metadata.clone(), spec: self.spec(), status: self.status.clone() }
+    }
+}
+
+impl Trim for CachedDeployment {
+    fn trim(&mut self) {}
 }
 
 impl Trim for Service {
@@ -105,59 +141,37 @@ impl From<EndpointSlice> for CachedSlice {
     }
 }
 
-impl CachedSlice {
-    /// The EndpointSlice again, with what the cache kept (what `kanary::endpoints` reads).
-    pub fn to_endpoint_slice(&self) -> EndpointSlice {
-        use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions};
-        EndpointSlice {
-            metadata: self.metadata.clone(),
-            address_type: self.address_type.clone(),
-            ports: Some(self.ports.clone()),
-            endpoints: self
-                .endpoints
-                .iter()
-                .map(|e| Endpoint {
-                    addresses: e.address.iter().map(|a| a.to_string()).collect(),
-                    conditions: Some(EndpointConditions {
-                        ready: e.ready,
-                        serving: e.serving,
-                        terminating: e.terminating,
-                    }),
-                    target_ref: e.pod.as_ref().map(|p| k8s_openapi::api::core::v1::ObjectReference {
-                        kind: Some("Pod".into()),
-                        name: Some(p.to_string()),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                })
-                .collect(),
+/// `Resource` for a compact cached form of a built-in kind: the kind's identity, the form's metadata.
+macro_rules! cached_form_of {
+    ($form:ty, $kind:ty) => {
+        impl Resource for $form {
+            type DynamicType = ();
+            type Scope = k8s_openapi::NamespaceResourceScope;
+
+            fn kind(_: &()) -> std::borrow::Cow<'_, str> {
+                <$kind as Resource>::kind(&())
+            }
+            fn group(_: &()) -> std::borrow::Cow<'_, str> {
+                <$kind as Resource>::group(&())
+            }
+            fn version(_: &()) -> std::borrow::Cow<'_, str> {
+                <$kind as Resource>::version(&())
+            }
+            fn plural(_: &()) -> std::borrow::Cow<'_, str> {
+                <$kind as Resource>::plural(&())
+            }
+            fn meta(&self) -> &ObjectMeta {
+                &self.metadata
+            }
+            fn meta_mut(&mut self) -> &mut ObjectMeta {
+                &mut self.metadata
+            }
         }
-    }
+    };
 }
 
-impl Resource for CachedSlice {
-    type DynamicType = ();
-    type Scope = k8s_openapi::NamespaceResourceScope;
-
-    fn kind(_: &()) -> std::borrow::Cow<'_, str> {
-        <EndpointSlice as Resource>::kind(&())
-    }
-    fn group(_: &()) -> std::borrow::Cow<'_, str> {
-        <EndpointSlice as Resource>::group(&())
-    }
-    fn version(_: &()) -> std::borrow::Cow<'_, str> {
-        <EndpointSlice as Resource>::version(&())
-    }
-    fn plural(_: &()) -> std::borrow::Cow<'_, str> {
-        <EndpointSlice as Resource>::plural(&())
-    }
-    fn meta(&self) -> &ObjectMeta {
-        &self.metadata
-    }
-    fn meta_mut(&mut self) -> &mut ObjectMeta {
-        &mut self.metadata
-    }
-}
+cached_form_of!(CachedSlice, EndpointSlice);
+cached_form_of!(CachedDeployment, Deployment);
 
 impl Trim for CachedSlice {
     fn trim(&mut self) {}
@@ -181,21 +195,37 @@ impl<K> Cache<K>
 where
     K: Resource<DynamicType = ()> + Trim + Clone + serde::de::DeserializeOwned + Debug + Send + Sync + 'static,
 {
-    /// Caches the objects of a watch, which runs in a task of its own.
-    fn start(events: impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static) -> Cache<K> {
+    /// Caches the objects of a watch, which runs in a task of its own, indexed by the value of `label`.
+    fn start(
+        events: impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+        label: &'static str,
+    ) -> Cache<K> {
+        let labels = Arc::new(References::by_label(label));
+        let index = labels.clone();
         let writer = reflector::store::Writer::default();
         let store = writer.as_reader();
         let subscribers: Arc<Mutex<Vec<mpsc::UnboundedSender<Arc<K>>>>> = Default::default();
         let fan_out = subscribers.clone();
+        let cached = store.clone();
         let watch = events
             .backoff(super::triggers::watch_backoff())
             .modify(Trim::trim)
+            .inspect(move |event| {
+                if let Ok(event) = event {
+                    index.apply(event)
+                }
+            })
             .reflect(writer)
             .touched_objects()
             .for_each(move |touched| {
                 match touched {
                     Ok(object) => {
-                        let object = Arc::new(object);
+                        // the store's copy when it holds this version (a deleted object is not in the store)
+                        let key = reflector::ObjectRef::from_obj(&object);
+                        let object = match cached.get(&key) {
+                            Some(stored) if stored.resource_version() == object.resource_version() => stored,
+                            _ => Arc::new(object),
+                        };
                         fan_out.lock().expect("subscribers").retain(|s| s.unbounded_send(object.clone()).is_ok());
                     }
                     Err(e) => tracing::debug!(kind = %K::kind(&()), error = %e, "watch error; retrying"),
@@ -203,7 +233,7 @@ where
                 futures::future::ready(())
             });
         tokio::spawn(watch);
-        Cache { store, subscribers }
+        Cache { store, labels, subscribers, written: Mutex::default() }
     }
 
     /// The cached objects.
@@ -216,11 +246,10 @@ where
         self.store.get(&reflector::ObjectRef::new(name).within(ns))
     }
 
-    /// The objects of namespace `ns` whose label `key` has `value`.
-    pub fn labelled(&self, ns: &str, key: &str, value: &str) -> Vec<Arc<K>> {
-        let matches =
-            |o: &Arc<K>| o.namespace().as_deref() == Some(ns) && o.labels().get(key).map(String::as_str) == Some(value);
-        self.store.state().into_iter().filter(matches).collect()
+    /// The objects of namespace `ns` whose label (the one the cache is indexed by) has `value`.
+    pub fn labelled(&self, ns: &str, value: &str) -> Vec<Arc<K>> {
+        let names = self.labels.referring_to(ns, value);
+        names.iter().filter_map(|name| self.get(ns, name)).collect()
     }
 
     /// Every object the watch touches from now on (created, changed or deleted).
@@ -235,13 +264,42 @@ where
     }
 }
 
+impl<K: Resource<DynamicType = ()> + 'static> Cache<K> {
+    /// Notes that this process wrote `object` (as the API server returned it): the watch event of that
+    /// version is an echo of the write, which tells its owner nothing new.
+    pub fn note_written(&self, object: &impl Resource) {
+        let meta = object.meta();
+        let (Some(ns), Some(name), Some(version)) = (&meta.namespace, &meta.name, &meta.resource_version) else {
+            return;
+        };
+        self.written.lock().expect("written lock").insert((ns.clone(), name.clone()), version.clone());
+    }
+
+    /// Whether `object` is the version this process wrote last (see [`Cache::note_written`]). A later version
+    /// forgets the note.
+    pub fn is_echo(&self, object: &K) -> bool {
+        let key = (object.namespace().unwrap_or_default(), object.name_any());
+        let mut written = self.written.lock().expect("written lock");
+        match written.get(&key) {
+            Some(version) if Some(version) == object.meta().resource_version.as_ref() => true,
+            Some(_) => {
+                written.remove(&key);
+                false
+            }
+            None => false,
+        }
+    }
+}
+
 /// The caches the controllers read.
 pub struct Caches {
-    pub deployments: Cache<Deployment>,
+    /// Compact (see [`CachedDeployment`]), indexed by the canary label (canary Deployments).
+    pub deployments: Cache<CachedDeployment>,
+    /// Indexed by the proxy label (the Services Kanaries created).
     pub services: Cache<Service>,
-    /// Compact: see [`CachedSlice`].
+    /// Compact (see [`CachedSlice`]), indexed by Service name.
     pub endpoint_slices: Cache<CachedSlice>,
-    /// Metadata only.
+    /// Metadata only, indexed by the proxy label.
     pub config_maps: Cache<PartialObjectMeta<ConfigMap>>,
 }
 
@@ -250,13 +308,21 @@ impl Caches {
     pub fn start(client: &Client) -> Caches {
         let all = watcher::Config::default;
         Caches {
-            deployments: Cache::start(watcher(Api::all(client.clone()), all())),
-            services: Cache::start(watcher(Api::all(client.clone()), all())),
+            deployments: Cache::start(
+                watcher(Api::<Deployment>::all(client.clone()), all())
+                    .map_ok(|event| event_map(event, CachedDeployment::from)),
+                CANARY_LABEL,
+            ),
+            services: Cache::start(watcher(Api::all(client.clone()), all()), PROXY_LABEL),
             endpoint_slices: Cache::start(
                 watcher(Api::<EndpointSlice>::all(client.clone()), all())
                     .map_ok(|event| event_map(event, CachedSlice::from)),
+                SERVICE_NAME_LABEL,
             ),
-            config_maps: Cache::start(watcher(Api::<PartialObjectMeta<ConfigMap>>::all(client.clone()), all())),
+            config_maps: Cache::start(
+                watcher(Api::<PartialObjectMeta<ConfigMap>>::all(client.clone()), all()),
+                PROXY_LABEL,
+            ),
         }
     }
 
@@ -288,17 +354,12 @@ fn event_map<A, B>(event: watcher::Event<A>, f: impl Fn(A) -> B) -> watcher::Eve
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kanary::endpoints::resolve;
-    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
     use serde_json::json;
 
-    /// What the cache keeps of an EndpointSlice resolves to the same servers as the whole object.
+    /// The cache keeps of an EndpointSlice what `kanary::endpoints::resolve` reads: per endpoint its first
+    /// address, its conditions and its pod's name.
     #[test]
-    fn a_cached_slice_resolves_like_the_endpoint_slice() {
-        let service: Service = serde_json::from_value(
-            json!({"metadata": {"name": "s"}, "spec": {"ports": [{"name": "http", "port": 80}]}}),
-        )
-        .unwrap();
+    fn a_cached_slice_keeps_what_resolving_reads() {
         let slice: EndpointSlice = serde_json::from_value(json!({
         "metadata": {"name": "s-1", "namespace": "ns", "labels": {"kubernetes.io/service-name": "s"}},
         "addressType": "IPv4", "ports": [{"name": "http", "port": 8080}],
@@ -309,8 +370,17 @@ mod tests {
             {"addresses": ["10.0.0.3"]}
         ]}))
         .unwrap();
-        let cached = CachedSlice::from(slice.clone()).to_endpoint_slice();
-        let port = IntOrString::String("http".into());
-        assert_eq!(resolve(&port, Some(&service), &[cached]), resolve(&port, Some(&service), &[slice]));
+        let cached = CachedSlice::from(slice);
+        assert_eq!(cached.metadata.labels.unwrap()["kubernetes.io/service-name"], "s");
+        assert_eq!((cached.address_type.as_str(), cached.ports[0].port), ("IPv4", Some(8080)));
+        let kept: Vec<_> = cached.endpoints.iter().map(|e| (e.address.as_deref(), e.ready, e.pod.as_deref())).collect();
+        assert_eq!(
+            kept,
+            [
+                (Some("10.0.0.1"), Some(true), Some("p-1")),
+                (Some("10.0.0.2"), Some(false), None),
+                (Some("10.0.0.3"), None, None)
+            ]
+        );
     }
 }

@@ -7,7 +7,9 @@ use kube::{Api, Client, ResourceExt};
 
 pub mod backoff;
 pub mod caches;
+pub mod index;
 pub mod leader;
+pub mod reconciler;
 pub mod telemetry;
 pub mod triggers;
 
@@ -32,13 +34,17 @@ pub fn init_logging(format: LogFormat) {
 }
 
 /// Connects to the cluster named by KUBECONFIG (or the in-cluster service account) and checks that it
-/// answers; returns the client and its configuration (leader election builds a client of its own).
-pub async fn connect() -> anyhow::Result<(Client, kube::Config)> {
+/// answers; returns the client (its requests counted in `metrics`) and its configuration (leader election
+/// builds a client of its own).
+pub async fn connect(metrics: &telemetry::Metrics) -> anyhow::Result<(Client, kube::Config)> {
     let config = kube::Config::infer()
         .await
         .context("no Kubernetes configuration found: set KUBECONFIG, or run inside a cluster")?;
     let url = config.cluster_url.clone();
-    let client = Client::try_from(config.clone()).context("cannot build a Kubernetes client")?;
+    let client = kube::client::ClientBuilder::try_from(config.clone())
+        .context("cannot build a Kubernetes client")?
+        .with_layer(&metrics.count_requests())
+        .build();
     client.apiserver_version().await.with_context(|| format!("cannot reach the Kubernetes API server at {url}"))?;
     Ok((client, config))
 }
@@ -112,7 +118,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     })?;
     tracing::info!("serving /metrics, /healthz and /readyz on {}", listener.local_addr()?);
     tokio::spawn(telemetry::serve(listener, metrics.clone(), shutdown.clone()));
-    let (client, config) = connect().await?;
+    let (client, config) = connect(&metrics).await?;
     let kanary_groups = check_crds(&client).await?;
     metrics.set_ready();
 

@@ -4,13 +4,13 @@
 //! leadership.
 
 use crate::api::canary::Canary;
-use crate::api::kanary::KanaryStatus;
+use crate::api::kanary::Kanary;
 use axum::Router;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use kube::ResourceExt;
-use kube::core::{DeserializeGuard, DynamicObject};
+use kube::core::DeserializeGuard;
 use kube::runtime::reflector::Store;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -37,10 +37,93 @@ pub struct FailureLabels {
     pub error: String,
 }
 
+/// An API request: its verb (`get`, `list`, `watch`, `create`, `patch`, `update`, `delete`) and resource
+/// (`deployments`, `kanaries/status`...).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub verb: String,
+    pub resource: String,
+}
+
+impl RequestLabels {
+    /// The verb and resource of a request to the Kubernetes API.
+    pub fn of(method: &http::Method, uri: &http::Uri) -> RequestLabels {
+        let segments: Vec<&str> = uri.path().trim_matches('/').split('/').collect();
+        let rest = match segments.as_slice() {
+            ["api", _version, rest @ ..] => rest,
+            ["apis", _group, _version, rest @ ..] => rest,
+            other => other,
+        };
+        let rest = match rest {
+            ["namespaces", _ns, plural, rest @ ..] => [&[*plural][..], rest].concat(),
+            other => other.to_vec(),
+        };
+        let resource = match rest.as_slice() {
+            [plural, _name, subresource, ..] => format!("{plural}/{subresource}"),
+            [plural, ..] => plural.to_string(),
+            [] => String::new(),
+        };
+        let named = rest.len() > 1;
+        let watch = uri.query().is_some_and(|q| q.split('&').any(|p| p == "watch=true" || p == "watch=1"));
+        let verb = match *method {
+            http::Method::GET if watch => "watch",
+            http::Method::GET if named => "get",
+            http::Method::GET => "list",
+            http::Method::POST => "create",
+            http::Method::PATCH => "patch",
+            http::Method::PUT => "update",
+            http::Method::DELETE => "delete",
+            _ => "other",
+        };
+        RequestLabels { verb: verb.into(), resource }
+    }
+
+    /// Whether the request changes something.
+    pub fn is_write(&self) -> bool {
+        matches!(self.verb.as_str(), "create" | "patch" | "update" | "delete")
+    }
+}
+
+/// A client layer that counts the API requests sent through it.
+#[derive(Clone)]
+pub struct CountRequests(Family<RequestLabels, Counter>);
+
+impl<S> tower::Layer<S> for CountRequests {
+    type Service = CountedService<S>;
+
+    fn layer(&self, inner: S) -> CountedService<S> {
+        CountedService { inner, requests: self.0.clone() }
+    }
+}
+
+pub struct CountedService<S> {
+    inner: S,
+    requests: Family<RequestLabels, Counter>,
+}
+
+impl<S> tower::Service<http::Request<kube::client::Body>> for CountedService<S>
+where
+    S: tower::Service<http::Request<kube::client::Body>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<kube::client::Body>) -> Self::Future {
+        self.requests.get_or_create(&RequestLabels::of(request.method(), request.uri())).inc();
+        self.inner.call(request)
+    }
+}
+
 type HistogramFamily = Family<ControllerLabels, Histogram, fn() -> Histogram>;
 
 pub struct Metrics {
     reconciles: Family<ControllerLabels, Counter>,
+    api_requests: Family<RequestLabels, Counter>,
     failures: Family<FailureLabels, Counter>,
     duration: HistogramFamily,
     registry: Registry,
@@ -54,7 +137,7 @@ struct Caches {
     leader: AtomicBool,
     canaries: Mutex<Option<Store<DeserializeGuard<Canary>>>>,
     /// By API group.
-    kanaries: Mutex<Vec<(String, Store<DynamicObject>)>>,
+    kanaries: Mutex<Vec<(String, Store<Kanary>)>>,
 }
 
 impl std::fmt::Debug for Caches {
@@ -111,14 +194,13 @@ impl Collector for Caches {
         )?;
         for (group, store) in &kanaries {
             for kanary in store.state() {
-                let Some(status) = kanary.data.get("status") else { continue };
-                let Ok(status) = serde_json::from_value::<KanaryStatus>(status.clone()) else { continue };
-                for route in status.endpoint_statuses {
+                let Some(status) = &kanary.status else { continue };
+                for route in &status.endpoint_statuses {
                     let labels = RouteLabels {
                         group: group.clone(),
                         namespace: kanary.namespace().unwrap_or_default(),
                         kanary: kanary.name_any(),
-                        service: route.service_name,
+                        service: route.service_name.clone(),
                     };
                     ConstGauge::new(route.weight).encode(weights.encode_family(&labels)?)?;
                 }
@@ -145,9 +227,28 @@ impl Metrics {
             failures.clone(),
         );
         registry.register("reconcile_duration_seconds", "Time a reconcile took, by controller", duration.clone());
+        let api_requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "api_requests",
+            "Requests sent to the Kubernetes API by the controllers, by verb and resource (leader election apart)",
+            api_requests.clone(),
+        );
         let caches = Arc::new(Caches::default());
         registry.register_collector(Box::new(caches.clone()));
-        Arc::new(Metrics { reconciles, failures, duration, registry, ready: AtomicBool::new(false), caches })
+        Arc::new(Metrics {
+            reconciles,
+            api_requests,
+            failures,
+            duration,
+            registry,
+            ready: AtomicBool::new(false),
+            caches,
+        })
+    }
+
+    /// A client layer counting requests in `canary_controller_api_requests_total`.
+    pub fn count_requests(&self) -> CountRequests {
+        CountRequests(self.api_requests.clone())
     }
 
     /// Records one reconcile of `controller` that started at `start`; `error` is its category when it failed.
@@ -179,7 +280,7 @@ impl Metrics {
     }
 
     /// Reports the Kanaries of an API group that its controller reconciles (its cache).
-    pub fn observe_kanaries(&self, group: &str, store: Store<DynamicObject>) {
+    pub fn observe_kanaries(&self, group: &str, store: Store<Kanary>) {
         self.caches.kanaries.lock().expect("metrics lock").push((group.into(), store));
     }
 

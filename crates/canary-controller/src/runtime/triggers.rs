@@ -4,6 +4,8 @@
 //! objects come from the process's shared caches (`runtime::caches`). Every controller, and every watch,
 //! runs with the same bounded concurrency and backoff.
 
+use super::index::References;
+use futures::StreamExt;
 use kube::api::Api;
 use kube::runtime::controller::Controller;
 use kube::runtime::reflector::store::Writer;
@@ -11,10 +13,11 @@ use kube::runtime::{WatchStreamExt, predicates, watcher};
 use kube::{Resource, ResourceExt};
 use std::fmt::Debug;
 use std::hash::Hash;
+use std::sync::Arc;
 
 /// A controller of `api`'s objects, reconciling each when it is new or its spec changed, with the settings
-/// every controller runs with.
-pub fn controller<K>(api: Api<K>, dyntype: K::DynamicType) -> Controller<K>
+/// every controller runs with; `references` follows the objects' watch.
+pub fn controller<K>(api: Api<K>, dyntype: K::DynamicType, references: Arc<References<K>>) -> Controller<K>
 where
     K: Resource + Clone + serde::de::DeserializeOwned + Debug + Send + Sync + 'static,
     K::DynamicType: Eq + Hash + Clone + Debug + Unpin,
@@ -24,6 +27,11 @@ where
     let spec_changes = watcher(api, watcher::Config::default())
         // managedFields are never read; not caching them keeps the store small
         .modify(|object| object.managed_fields_mut().clear())
+        .inspect(move |event| {
+            if let Ok(event) = event {
+                references.apply(event)
+            }
+        })
         .reflect(writer)
         .applied_objects()
         .predicate_filter(predicates::generation, Default::default());

@@ -1,0 +1,62 @@
+//! The observe step of the Kanary controller: everything a Kanary refers to, read from the process's shared
+//! caches (no API reads): its backend Services and their EndpointSlices, its destination Service, and the
+//! proxy's ConfigMap and Deployment.
+
+use super::build::{config_name, proxy_name};
+use crate::api::kanary::Kanary;
+use crate::runtime::caches::{CachedDeployment, CachedSlice, Caches};
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use kube::ResourceExt;
+use kube::core::PartialObjectMeta;
+use std::sync::Arc;
+
+/// What the cluster holds for one Kanary.
+pub struct Observed {
+    pub config_map: Option<Arc<PartialObjectMeta<ConfigMap>>>,
+    pub proxy: Option<Arc<CachedDeployment>>,
+    /// The destination Service (none while the spec is unreadable).
+    pub destination: Option<Arc<Service>>,
+    /// Each route's Service and its EndpointSlices, in the order of the routes.
+    pub backends: Vec<Backend>,
+    /// The Services labelled as this Kanary's proxy's other than the destination: a former destination when
+    /// this Kanary owns it.
+    pub former_destinations: Vec<Arc<Service>>,
+}
+
+pub struct Backend {
+    pub service: Option<Arc<Service>>,
+    pub slices: Vec<Arc<CachedSlice>>,
+}
+
+/// Reads what `kanary` refers to from the caches.
+pub fn observe(kanary: &Kanary, caches: &Caches) -> Observed {
+    let ns = kanary.namespace().unwrap_or_default();
+    let name = kanary.name_any();
+    let spec = kanary.spec.as_ref().ok();
+    let backends = spec
+        .iter()
+        .flat_map(|s| &s.routes)
+        .map(|route| {
+            let service = caches.services.get(&ns, &route.backend.service_name);
+            let slices = match service {
+                Some(_) => caches.endpoint_slices.labelled(&ns, &route.backend.service_name),
+                None => vec![],
+            };
+            Backend { service, slices }
+        })
+        .collect();
+    let destination_name = spec.map(|s| s.destination.as_str());
+    let former_destinations = caches
+        .services
+        .labelled(&ns, &proxy_name(&name))
+        .into_iter()
+        .filter(|s| Some(s.name_any().as_str()) != destination_name)
+        .collect();
+    Observed {
+        config_map: caches.config_maps.get(&ns, &config_name(&name)),
+        proxy: caches.deployments.get(&ns, &proxy_name(&name)),
+        destination: destination_name.and_then(|d| caches.services.get(&ns, d)),
+        backends,
+        former_destinations,
+    }
+}
