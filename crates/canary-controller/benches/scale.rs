@@ -4,9 +4,11 @@
 //! - time to converge from start (every child and status written), and as a ratio to the time the bench
 //!   itself takes to write the same number of child objects straight to the API (the baseline);
 //! - p50/p99 latency from a spec change to the updated child (one change at a time);
-//! - API requests per reconcile while converging, reads and writes per object (events apart), and requests
-//!   in a quiet window when nothing changes;
-//! - the controller's peak RSS (VmHWM).
+//! - reconciles per object and API requests per reconcile while converging, reads and writes per object
+//!   (events apart), and requests in a quiet window when nothing changes;
+//! - writes and reconciles of a controller restarted on the converged cluster (0 writes: it finds every
+//!   child as desired);
+//! - the controller's peak RSS (VmHWM) and CPU time until converged, per object.
 //!
 //! Asserts nothing; the figures are quoted in the README.
 
@@ -126,20 +128,69 @@ fn total(counters: &BTreeMap<String, u64>, skip: impl Fn(&str) -> bool) -> u64 {
 }
 
 async fn reconciles(metrics_address: &str) -> f64 {
-    let body = reqwest_like_get(metrics_address).await;
+    let body = fake_apiserver::tools::http_get(metrics_address, "/metrics").await.unwrap_or_default();
     body.lines()
         .filter(|l| l.starts_with("canary_controller_reconciles_total{"))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
 
-async fn reqwest_like_get(address: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(address).await.unwrap();
-    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").await.unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    out
+/// Starts `canary-controller run` (under CONTROLLER_WRAPPER, e.g. "heaptrack -o /tmp/controller") with its
+/// log in `log_path`.
+fn spawn_controller(kubeconfig: &std::path::Path, log_path: &std::path::Path) -> tokio::process::Child {
+    let wrapper: Vec<String> =
+        std::env::var("CONTROLLER_WRAPPER").unwrap_or_default().split_whitespace().map(String::from).collect();
+    let binary = env!("CARGO_BIN_EXE_canary-controller").to_string();
+    let command: Vec<String> = wrapper.into_iter().chain([binary]).collect();
+    tokio::process::Command::new(&command[0])
+        .args(&command[1..])
+        .args(["run", "--leader-election-namespace", "default"])
+        .env("KUBECONFIG", kubeconfig)
+        .env("METRICS_ADDRESS", "127.0.0.1:0")
+        .env("MALLOC_ARENA_MAX", "2") // as config/manager/manager.yaml sets it
+        .env("RUST_LOG", std::env::var("CONTROLLER_LOG").unwrap_or("warn,canary_controller=info".into()))
+        .stderr(std::fs::File::create(log_path).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
+/// The address the controller serves /metrics on, from its log.
+async fn wait_metrics_address(log_path: &std::path::Path) -> String {
+    for _ in 0..600 {
+        let log = std::fs::read_to_string(log_path).unwrap_or_default();
+        if let Some(line) = log.lines().find(|l| l.contains("serving /metrics")) {
+            return line.rsplit(' ').next().unwrap().to_string();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the controller did not start:\n{}", std::fs::read_to_string(log_path).unwrap_or_default());
+}
+
+/// Waits until the controller's reconcile count reaches `at_least` and then does not change for a second;
+/// returns the count and when it last changed.
+async fn reconciles_settle(address: &str, at_least: f64) -> (f64, Instant) {
+    let started = Instant::now();
+    let (mut last, mut last_change) = (reconciles(address).await, Instant::now());
+    while last < at_least || last_change.elapsed() < Duration::from_secs(1) {
+        assert!(started.elapsed() < Duration::from_secs(300), "reconciles stuck at {last}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let now = reconciles(address).await;
+        if now != last {
+            (last, last_change) = (now, Instant::now());
+        }
+    }
+    (last, last_change)
+}
+
+/// API writes (events apart) among request counters.
+fn writes(counters: &BTreeMap<String, u64>) -> u64 {
+    let counted = |k: &str| {
+        !k.contains("leases")
+            && !k.contains("events")
+            && ["create", "patch", "update", "delete"].contains(&k.split(' ').next().unwrap())
+    };
+    total(counters, |k| !counted(k))
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -189,22 +240,7 @@ async fn main() {
 
     server.state().reset_counters();
     let log_path = dir.path().join("controller.log");
-    // CONTROLLER_WRAPPER runs the controller under a profiler, e.g. "heaptrack -o /tmp/controller"
-    let wrapper: Vec<String> =
-        std::env::var("CONTROLLER_WRAPPER").unwrap_or_default().split_whitespace().map(String::from).collect();
-    let binary = env!("CARGO_BIN_EXE_canary-controller").to_string();
-    let command: Vec<String> = wrapper.into_iter().chain([binary]).collect();
-    let mut controller = tokio::process::Command::new(&command[0])
-        .args(&command[1..])
-        .args(["run", "--leader-election-namespace", "default"])
-        .env("KUBECONFIG", &kubeconfig)
-        .env("METRICS_ADDRESS", "127.0.0.1:0")
-        .env("MALLOC_ARENA_MAX", "2") // as config/manager/manager.yaml sets it
-        .env("RUST_LOG", std::env::var("CONTROLLER_LOG").unwrap_or("warn,canary_controller=info".into()))
-        .stderr(std::fs::File::create(&log_path).unwrap())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut controller = spawn_controller(&kubeconfig, &log_path);
     let pid = controller.id().unwrap();
     let started = Instant::now();
 
@@ -231,18 +267,9 @@ async fn main() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let log = std::fs::read_to_string(&log_path).unwrap();
-    let metrics_address =
-        log.lines().find(|l| l.contains("serving /metrics")).and_then(|l| l.rsplit(' ').next()).unwrap().to_string();
+    let metrics_address = wait_metrics_address(&log_path).await;
     // ... and the work queue drained: converged when the last reconcile ended (none for a second after it)
-    let (mut last, mut last_change) = (reconciles(&metrics_address).await, Instant::now());
-    while last_change.elapsed() < Duration::from_secs(1) {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let now = reconciles(&metrics_address).await;
-        if now != last {
-            (last, last_change) = (now, Instant::now());
-        }
-    }
+    let (_, last_change) = reconciles_settle(&metrics_address, 0.0).await;
     let converge = last_change.duration_since(started);
     let controller_cpu = cpu_seconds(&pid.to_string());
     let bench_cpu = cpu_seconds("self");
@@ -269,6 +296,21 @@ async fn main() {
     if quiet_requests > 0 {
         eprintln!("requests in the quiet window: {quiet:?}");
     }
+    let first_rss = peak_rss_mib(pid);
+
+    // restart on the converged cluster: every object is reconciled once and nothing is written
+    std::process::Command::new("kill").args(["-s", "TERM", &pid.to_string()]).status().unwrap();
+    controller.wait().await.unwrap();
+    server.state().reset_counters();
+    let restarted_log = dir.path().join("controller-restarted.log");
+    let restarted_at = Instant::now();
+    controller = spawn_controller(&kubeconfig, &restarted_log);
+    let pid = controller.id().unwrap();
+    let metrics_address = wait_metrics_address(&restarted_log).await;
+    let (restart_reconciles, settled) = reconciles_settle(&metrics_address, (2 * scale) as f64).await;
+    let restart_time = settled.duration_since(restarted_at);
+    let restart_writes = writes(&server.counters());
+    let log_path = restarted_log;
 
     // change -> child latency, one change at a time
     let seen: Arc<Mutex<BTreeMap<String, Instant>>> = Default::default();
@@ -327,7 +369,7 @@ async fn main() {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
     }
-    let rss = peak_rss_mib(pid);
+    let rss = peak_rss_mib(pid).max(first_rss);
     let warnings =
         std::fs::read_to_string(&log_path).unwrap_or_default().lines().filter(|l| l.contains("WARN")).count();
     if warnings > 0 || std::env::var("CONTROLLER_LOG").is_ok() {
@@ -357,11 +399,15 @@ async fn main() {
         percentile(&kanary_latency, 0.5).as_secs_f64() * 1e3,
         percentile(&kanary_latency, 0.99).as_secs_f64() * 1e3
     );
+    let objects = (2 * scale) as f64;
     println!(
-        "API requests per reconcile: {:.1} ({converge_requests} requests, {converge_reconciles} reconciles while converging; watches and Lease excluded)",
+        "reconciles per object:      {:.2} ({converge_reconciles} reconciles while converging)",
+        converge_reconciles / objects
+    );
+    println!(
+        "API requests per reconcile: {:.1} ({converge_requests} requests; watches and Lease excluded)",
         converge_requests as f64 / converge_reconciles.max(1.0)
     );
-    let objects = (2 * scale) as f64;
     println!(
         "API reads per object:       {:.2} ({gets} gets; {lists} lists, the caches' own initial lists)",
         gets as f64 / objects
@@ -374,9 +420,14 @@ async fn main() {
         "quiet {}s, nothing changing:  {quiet_requests} requests, {quiet_reconciles} reconciles (and {quiet_lease} Lease renewals)",
         QUIET.as_secs()
     );
+    println!(
+        "restart, converged cluster: {restart_writes} writes, {restart_reconciles} reconciles, settled in {:.1} s",
+        restart_time.as_secs_f64()
+    );
     println!("controller peak RSS:        {rss:.1} MiB");
     println!(
-        "CPU until converged:        controller {controller_cpu:.1} s; fake-apiserver and bench (one process) {bench_cpu:.1} s"
+        "CPU until converged:        controller {controller_cpu:.1} s ({:.2} ms per object); fake-apiserver and bench (one process) {bench_cpu:.1} s",
+        controller_cpu * 1e3 / objects
     );
 }
 

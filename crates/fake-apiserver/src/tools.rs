@@ -61,3 +61,14 @@ fn record_skip(test: &str, reason: &str) {
         let _ = writeln!(f, "{test}: {reason}");
     }
 }
+
+/// A plain HTTP/1.0 GET on loopback (the controller's `/metrics`, `/healthz`, a proxy's stats): the whole
+/// response (status line, headers, body), or None if nothing answered.
+pub async fn http_get(address: &str, path: &str) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address).await.ok()?;
+    stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n").as_bytes()).await.ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.ok()?;
+    Some(response)
+}

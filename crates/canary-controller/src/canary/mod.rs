@@ -1,10 +1,13 @@
 //! The Canary controller: from a target Deployment and a Canary, run `<target>-canary`, a copy of the target
 //! with the Canary's images.
 //!
-//! Pipeline, one module a step: `reconcile` observes (the Canary, its target, an existing canary Deployment),
-//! `validate` decides whether the Canary can be served or what is wrong (a [`validate::Problem`], whose
-//! reason names the condition and the Warning event), `build` makes the desired Deployment and the status
-//! as plain values, and `reconcile` applies them (server-side apply, one field manager) and records events.
+//! Pipeline, one module a step, the same shape as the Kanary controller's: `observe` reads the target and
+//! the canary Deployments from the shared cache; `validate` returns a [`validate::Valid`] Canary (its target,
+//! its canary Deployment if any) or what is wrong (a [`validate::Problem`], whose reason names the condition
+//! and the Warning event); `build` makes the desired Deployment, the status and the events as plain values;
+//! `reconcile` applies (create when absent, server-side apply when the cache does not show it as desired),
+//! writes the status when it changed and records the events. The skeleton around it (context, metrics,
+//! error policy) is `runtime::reconciler`.
 
 pub mod build;
 pub mod observe;

@@ -83,7 +83,7 @@ pub fn resolve<S: Borrow<CachedSlice>>(port: &IntOrString, service: Option<&Serv
             if ep.ready == Some(false) {
                 continue;
             }
-            let Some(address) = ep.address.as_deref().and_then(|a| a.parse::<IpAddr>().ok()) else { continue };
+            let Some(address) = ep.address else { continue };
             let label = ep.pod.as_deref().map(str::to_string).unwrap_or_else(|| address.to_string());
             servers.push(Server { name: server_name(&label), address, port });
         }

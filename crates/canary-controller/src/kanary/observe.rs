@@ -4,8 +4,8 @@
 
 use super::build::{config_name, proxy_name};
 use crate::api::kanary::Kanary;
-use crate::runtime::caches::{CachedDeployment, CachedSlice, Caches};
-use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use crate::runtime::caches::{CachedDeployment, CachedService, CachedSlice, Caches};
+use k8s_openapi::api::core::v1::ConfigMap;
 use kube::ResourceExt;
 use kube::core::PartialObjectMeta;
 use std::sync::Arc;
@@ -15,16 +15,16 @@ pub struct Observed {
     pub config_map: Option<Arc<PartialObjectMeta<ConfigMap>>>,
     pub proxy: Option<Arc<CachedDeployment>>,
     /// The destination Service (none while the spec is unreadable).
-    pub destination: Option<Arc<Service>>,
+    pub destination: Option<Arc<CachedService>>,
     /// Each route's Service and its EndpointSlices, in the order of the routes.
     pub backends: Vec<Backend>,
     /// The Services labelled as this Kanary's proxy's other than the destination: a former destination when
     /// this Kanary owns it.
-    pub former_destinations: Vec<Arc<Service>>,
+    pub former_destinations: Vec<Arc<CachedService>>,
 }
 
 pub struct Backend {
-    pub service: Option<Arc<Service>>,
+    pub service: Option<Arc<CachedService>>,
     pub slices: Vec<Arc<CachedSlice>>,
 }
 

@@ -148,7 +148,8 @@ async fn apply_children(
     observed: &Observed,
     proxy: Option<&k8s_openapi::api::apps::v1::Deployment>,
 ) -> Result<(), Error> {
-    let destination = observed.destination.as_deref();
+    let destination = observed.destination.as_deref().map(|s| s.to_service());
+    let destination = destination.as_ref();
     write(Api::namespaced(client.clone(), ns), &desired.service, destination, destination.is_some(), &caches.services)
         .await
         .map_err(|e| e.of(Child::Service))?;

@@ -58,7 +58,8 @@ fn resolve_routes(spec: &KanarySpec, observed: &Observed) -> Result<(Vec<RouteBa
     let mut degraded = vec![];
     for (route, backend) in spec.routes.iter().zip(&observed.backends) {
         let svc_name = &route.backend.service_name;
-        let servers = match resolve(&route.backend.service_port, backend.service.as_deref(), &backend.slices) {
+        let service = backend.service.as_deref().map(|s| s.to_service());
+        let servers = match resolve(&route.backend.service_port, service.as_ref(), &backend.slices) {
             Resolution::Servers(s) => s,
             Resolution::ServiceNotFound => {
                 if route.weight > 0 {

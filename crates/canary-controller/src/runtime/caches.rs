@@ -86,20 +86,43 @@ impl Trim for CachedDeployment {
     fn trim(&mut self) {}
 }
 
-impl Trim for Service {
-    /// Kept: metadata, selector and ports.
-    fn trim(&mut self) {
-        trim_metadata(&mut self.metadata);
-        self.status = None;
-        if let Some(spec) = self.spec.as_mut() {
-            *spec = k8s_openapi::api::core::v1::ServiceSpec {
-                ports: spec.ports.take(),
-                selector: spec.selector.take(),
-                type_: spec.type_.take(),
+/// A Service as the cache keeps it: metadata, type, selector and ports (all the controllers read; the typed
+/// spec is mostly fields they never read).
+#[derive(Clone, Debug, Default, serde::Deserialize, serde::Serialize)]
+pub struct CachedService {
+    pub metadata: ObjectMeta,
+    pub type_: Option<String>,
+    pub selector: Option<std::collections::BTreeMap<String, String>>,
+    pub ports: Option<Vec<k8s_openapi::api::core::v1::ServicePort>>,
+}
+
+impl From<Service> for CachedService {
+    fn from(service: Service) -> CachedService {
+        let mut metadata = service.metadata;
+        trim_metadata(&mut metadata);
+        let spec = service.spec.unwrap_or_default();
+        CachedService { metadata, type_: spec.type_, selector: spec.selector, ports: spec.ports }
+    }
+}
+
+impl CachedService {
+    /// The Service again, with what the cache kept.
+    pub fn to_service(&self) -> Service {
+        Service {
+            metadata: self.metadata.clone(),
+            spec: Some(k8s_openapi::api::core::v1::ServiceSpec {
+                type_: self.type_.clone(),
+                selector: self.selector.clone(),
+                ports: self.ports.clone(),
                 ..Default::default()
-            };
+            }),
+            status: None,
         }
     }
+}
+
+impl Trim for CachedService {
+    fn trim(&mut self) {}
 }
 
 /// An EndpointSlice as the cache keeps it: per endpoint only its first address, readiness and pod name (the
@@ -114,10 +137,8 @@ pub struct CachedSlice {
 
 #[derive(Clone, Debug, Default, serde::Deserialize, serde::Serialize)]
 pub struct CachedEndpoint {
-    pub address: Option<Box<str>>,
+    pub address: Option<std::net::IpAddr>,
     pub ready: Option<bool>,
-    pub serving: Option<bool>,
-    pub terminating: Option<bool>,
     pub pod: Option<Box<str>>,
 }
 
@@ -130,10 +151,8 @@ impl From<EndpointSlice> for CachedSlice {
             .endpoints
             .into_iter()
             .map(|e| CachedEndpoint {
-                address: e.addresses.into_iter().next().map(String::into_boxed_str),
+                address: e.addresses.first().and_then(|a| a.parse().ok()),
                 ready: e.conditions.as_ref().and_then(|c| c.ready),
-                serving: e.conditions.as_ref().and_then(|c| c.serving),
-                terminating: e.conditions.as_ref().and_then(|c| c.terminating),
                 pod: e.target_ref.and_then(|r| r.name).map(String::into_boxed_str),
             })
             .collect();
@@ -172,21 +191,29 @@ macro_rules! cached_form_of {
 
 cached_form_of!(CachedSlice, EndpointSlice);
 cached_form_of!(CachedDeployment, Deployment);
+cached_form_of!(CachedService, Service);
 
 impl Trim for CachedSlice {
     fn trim(&mut self) {}
 }
 
 impl Trim for PartialObjectMeta<ConfigMap> {
-    /// Kept: the metadata, with the managedFields of the proxies' ConfigMaps only (they tell whether
-    /// someone else wrote to one: `children::metadata_up_to_date`).
+    /// Kept: the metadata, with who wrote the proxies' ConfigMaps (the managers of their managedFields, not
+    /// the fields: they tell whether someone else wrote to one, `children::metadata_up_to_date`).
     fn trim(&mut self) {
-        let proxy_config =
-            self.metadata.labels.as_ref().is_some_and(|l| l.contains_key(crate::kanary::build::PROXY_LABEL));
+        let proxy_config = self.metadata.labels.as_ref().is_some_and(|l| l.contains_key(PROXY_LABEL));
         let managed_fields = self.metadata.managed_fields.take();
         trim_metadata(&mut self.metadata);
         if proxy_config {
-            self.metadata.managed_fields = managed_fields;
+            let writers = managed_fields.unwrap_or_default().into_iter().map(|e| {
+                k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry {
+                    manager: e.manager,
+                    operation: e.operation,
+                    subresource: e.subresource,
+                    ..Default::default()
+                }
+            });
+            self.metadata.managed_fields = Some(writers.collect());
         }
     }
 }
@@ -295,8 +322,8 @@ impl<K: Resource<DynamicType = ()> + 'static> Cache<K> {
 pub struct Caches {
     /// Compact (see [`CachedDeployment`]), indexed by the canary label (canary Deployments).
     pub deployments: Cache<CachedDeployment>,
-    /// Indexed by the proxy label (the Services Kanaries created).
-    pub services: Cache<Service>,
+    /// Compact (see [`CachedService`]), indexed by the proxy label (the Services Kanaries created).
+    pub services: Cache<CachedService>,
     /// Compact (see [`CachedSlice`]), indexed by Service name.
     pub endpoint_slices: Cache<CachedSlice>,
     /// Metadata only, indexed by the proxy label.
@@ -313,7 +340,11 @@ impl Caches {
                     .map_ok(|event| event_map(event, CachedDeployment::from)),
                 CANARY_LABEL,
             ),
-            services: Cache::start(watcher(Api::all(client.clone()), all()), PROXY_LABEL),
+            services: Cache::start(
+                watcher(Api::<Service>::all(client.clone()), all())
+                    .map_ok(|event| event_map(event, CachedService::from)),
+                PROXY_LABEL,
+            ),
             endpoint_slices: Cache::start(
                 watcher(Api::<EndpointSlice>::all(client.clone()), all())
                     .map_ok(|event| event_map(event, CachedSlice::from)),
@@ -373,13 +404,15 @@ mod tests {
         let cached = CachedSlice::from(slice);
         assert_eq!(cached.metadata.labels.unwrap()["kubernetes.io/service-name"], "s");
         assert_eq!((cached.address_type.as_str(), cached.ports[0].port), ("IPv4", Some(8080)));
-        let kept: Vec<_> = cached.endpoints.iter().map(|e| (e.address.as_deref(), e.ready, e.pod.as_deref())).collect();
+        let kept: Vec<_> =
+            cached.endpoints.iter().map(|e| (e.address.map(|a| a.to_string()), e.ready, e.pod.as_deref())).collect();
+        let ip = |a: &str| Some(a.to_string());
         assert_eq!(
             kept,
             [
-                (Some("10.0.0.1"), Some(true), Some("p-1")),
-                (Some("10.0.0.2"), Some(false), None),
-                (Some("10.0.0.3"), None, None)
+                (ip("10.0.0.1"), Some(true), Some("p-1")),
+                (ip("10.0.0.2"), Some(false), None),
+                (ip("10.0.0.3"), None, None)
             ]
         );
     }
