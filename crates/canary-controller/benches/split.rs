@@ -3,14 +3,11 @@
 //! no health checks), measured in one run on the same loopback backends with real HAProxy. Prints figures;
 //! asserts nothing.
 
-#[path = "../tests/support/traffic.rs"]
-mod traffic;
-
 use canary_controller::kanary::endpoints::Server;
 use canary_controller::kanary::haproxy::{ProxySettings, RouteBackend, render};
+use e2e_support::traffic::{Haproxy, Tally, drive, free_port, start_backends};
 use std::fmt::Write;
 use std::net::SocketAddr;
-use traffic::{Haproxy, Tally, drive, free_port, start_backends};
 
 const CONNECTIONS: usize = 10_000;
 const CONCURRENCY: usize = 32;

@@ -1,7 +1,7 @@
 //! End-to-end: the real `canary-controller run` against fake-apiserver (or E2E_KUBECONFIG), driven through the
 //! API and, for the original project's README session, through real kubectl.
 
-mod support;
+use e2e_support as support;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Event;

@@ -3,7 +3,7 @@
 //! creation belong to server-side apply, so a later apply removes those it no longer sets; a delete never
 //! removes an object that replaced ours under the same name.
 
-mod support;
+use e2e_support as support;
 
 use canary_controller::children::{self, Created};
 use k8s_openapi::api::core::v1::ConfigMap;

@@ -1,6 +1,6 @@
 //! The `canary-controller` binary: `crd`, `version`, and `run`'s start-up checks and clean shutdown.
 
-mod support;
+use e2e_support as support;
 
 use support::Cluster;
 

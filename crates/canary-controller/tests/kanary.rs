@@ -1,6 +1,6 @@
 //! End-to-end: Kanaries of both API groups against the real binary on fake-apiserver (or E2E_KUBECONFIG).
 
-mod support;
+use e2e_support as support;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};

@@ -1,7 +1,7 @@
 //! End-to-end: leader election between replicas of the real binary. One replica reconciles; a standby takes
 //! over within the lease duration when the leader dies or shuts down; a leader that loses its Lease stops.
 
-mod support;
+use e2e_support as support;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;

@@ -1,7 +1,7 @@
 //! The manifests we ship and generate are valid Kubernetes 1.33 objects (`kubernetes-validate --strict`,
 //! installed into .venv by scripts/setup.sh), and `make deploy` / `make undeploy` work with kubectl.
 
-mod support;
+use e2e_support as support;
 
 use canary_controller::api::canary::Canary;
 use canary_controller::canary::build::build_deployment;

@@ -2,7 +2,7 @@
 //! config/rbac, does everything it is for (leader election, Canaries, Kanaries of both groups, a changed
 //! destination, repeated events), and every verb on every resource those roles grant was used.
 
-mod support;
+use e2e_support as support;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Service;

@@ -4,7 +4,7 @@
 //! writer races it on its children, and the leader is killed. After each: every object converges, with no
 //! duplicate or orphaned child, the user's own objects untouched, and no panic. Then hostile input.
 
-mod support;
+use e2e_support as support;
 
 use fake_apiserver::FakeApiServer;
 use k8s_openapi::api::apps::v1::Deployment;

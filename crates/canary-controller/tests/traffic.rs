@@ -1,7 +1,7 @@
 //! Real traffic through real HAProxy, running the config the controller produced. Its own test binary, so
 //! that its load does not share the machine with the timed assertions of the other end-to-end tests.
 
-mod support;
+use e2e_support as support;
 
 use k8s_openapi::api::core::v1::Service;
 use kube::api::{Api, Patch, PatchParams, PostParams};

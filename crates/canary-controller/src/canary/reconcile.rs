@@ -112,7 +112,8 @@ async fn reconcile(canary: &Canary, ctx: &Context<CanaryReconciler>) -> Result<A
     let (mut problem, mut canary_deployment) = match &valid {
         Ok(valid) => (None, valid.owned.clone()),
         Err(p) => {
-            let owned = observed.existing.as_deref().filter(|d| super::validate::is_owned_by(*d, canary));
+            let uid = canary.uid().unwrap_or_default();
+            let owned = observed.existing.as_deref().filter(|d| children::owned_by(*d, &uid));
             (Some(p.clone()), owned.map(|d| d.to_deployment()))
         }
     };
@@ -279,11 +280,11 @@ mod tests {
         let references = References::new(deployments_of);
         references.apply(&kube::runtime::watcher::Event::Apply(canary("a", "app")));
         references.apply(&kube::runtime::watcher::Event::Apply(canary("b", "app-canary")));
-        let deployment: CachedDeployment =
-            serde_json::from_value(serde_json::json!({"metadata": {"name": "app-canary",
+        let deployment: Deployment = serde_json::from_value(serde_json::json!({"metadata": {"name": "app-canary",
             "namespace": "ns", "ownerReferences": [{"apiVersion": "canary.k8s.wantedly.com/v1beta1", "kind": "Canary",
             "name": "a", "uid": "u", "controller": true}]}}))
-            .unwrap();
+        .unwrap();
+        let deployment = CachedDeployment::from(deployment);
         let names = |refs: Vec<ObjectRef<GuardedCanary>>| refs.into_iter().map(|r| r.name).collect::<Vec<_>>();
         assert_eq!(names(canaries_for(&deployment, false, &references)), ["a", "b"]);
         assert_eq!(names(canaries_for(&deployment, true, &references)), ["b"], "a wrote it; b targets it");

@@ -5,6 +5,7 @@
 use super::build::canary_deployment_name;
 use super::observe::Observed;
 use crate::api::canary::Canary;
+use crate::children::owned_by;
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::ResourceExt;
 
@@ -74,11 +75,6 @@ impl Problem {
     }
 }
 
-/// Is `deployment` controlled by this Canary?
-pub fn is_owned_by(deployment: &impl kube::Resource, canary: &Canary) -> bool {
-    canary.uid().is_some_and(|uid| crate::children::owned_by(deployment, &uid))
-}
-
 fn controller_description(deployment: &impl kube::Resource) -> Option<String> {
     deployment
         .owner_references()
@@ -91,7 +87,8 @@ fn controller_description(deployment: &impl kube::Resource) -> Option<String> {
 pub fn validate(canary: &Canary, observed: &Observed) -> Result<Valid, Problem> {
     let target_name = &canary.spec.target_deployment_name;
     let existing = observed.existing.as_deref();
-    if let Some(existing) = existing.filter(|d| !is_owned_by(*d, canary)) {
+    let uid = canary.uid().unwrap_or_default();
+    if let Some(existing) = existing.filter(|d| !owned_by(*d, &uid)) {
         return Err(Problem::DeploymentNotOwned {
             name: canary_deployment_name(target_name),
             owner: controller_description(existing),

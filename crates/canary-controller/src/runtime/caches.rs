@@ -318,6 +318,9 @@ impl<K: Resource<DynamicType = ()> + 'static> Cache<K> {
     }
 }
 
+/// Objects per page of the caches' initial lists.
+const LIST_PAGE_SIZE: u32 = 100;
+
 /// The caches the controllers read.
 pub struct Caches {
     /// Compact (see [`CachedDeployment`]), indexed by the canary label (canary Deployments).
@@ -333,7 +336,9 @@ pub struct Caches {
 impl Caches {
     /// Starts the watches; [`Caches::ready`] tells when every cache holds its first list.
     pub fn start(client: &Client) -> Caches {
-        let all = watcher::Config::default;
+        // small pages: a page is held whole, as full objects, while it is decoded (500 EndpointSlices of 20
+        // endpoints were most of the peak memory at start)
+        let all = || watcher::Config::default().page_size(LIST_PAGE_SIZE);
         Caches {
             deployments: Cache::start(
                 watcher(Api::<Deployment>::all(client.clone()), all())

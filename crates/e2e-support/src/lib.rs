@@ -1,8 +1,7 @@
-//! End-to-end test harness. By default each test gets its own fake-apiserver (in-process, on a loopback
-//! port) and a kubeconfig for it; with `E2E_KUBECONFIG=/path/to/kubeconfig` the same tests run against
-//! that cluster instead, each in a namespace of its own.
-
-#![allow(dead_code)]
+//! The end-to-end test harness of canary-controller's tests. By default each test gets its own fake-apiserver
+//! (in-process, on a loopback port) and a kubeconfig for it; with `E2E_KUBECONFIG=/path/to/kubeconfig` the
+//! same tests run against that cluster instead, each in a namespace of its own. The controller is the binary
+//! cargo built next to the test (`CANARY_CONTROLLER_BIN` overrides it).
 
 use fake_apiserver::FakeApiServer;
 use k8s_openapi::api::core::v1::Namespace;
@@ -84,7 +83,7 @@ impl Cluster {
 
     /// The canary-controller binary, pointed at this cluster, serving metrics on a free loopback port.
     fn controller_command(&self) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_canary-controller"));
+        let mut cmd = Command::new(controller_binary());
         cmd.env("KUBECONFIG", &self.controller_kubeconfig)
             .env("RUST_LOG", std::env::var("E2E_CONTROLLER_LOG").unwrap_or_else(|_| "info".into()))
             .env("METRICS_ADDRESS", "127.0.0.1:0");
@@ -312,6 +311,17 @@ impl Process {
 }
 
 pub use fake_apiserver::tools::http_get;
+
+/// The canary-controller binary: `CANARY_CONTROLLER_BIN`, else the one cargo builds for integration tests, in
+/// the directory above the test's own executable (`target/debug/deps/<test>`).
+pub fn controller_binary() -> PathBuf {
+    if let Ok(path) = std::env::var("CANARY_CONTROLLER_BIN") {
+        return path.into();
+    }
+    let test = std::env::current_exe().expect("the test's executable");
+    let profile_dir = test.parent().and_then(|deps| deps.parent()).expect("target/<profile>/deps/<test>");
+    profile_dir.join(format!("canary-controller{}", std::env::consts::EXE_SUFFIX))
+}
 
 fn uuid_like() -> String {
     use std::hash::{BuildHasher, Hasher};

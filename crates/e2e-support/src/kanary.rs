@@ -2,7 +2,7 @@
 //! EndpointSlices (fake-apiserver runs no endpoint controller, so the tests write them), and waits on the
 //! HAProxy config and the conditions.
 
-use super::{Cluster, Process, eventually};
+use crate::{Cluster, Process, eventually};
 use k8s_openapi::api::core::v1::{ConfigMap, Event, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};

@@ -2,8 +2,6 @@
 //! with their identity, a real HAProxy running a given config, and a client that opens many short
 //! connections and counts who answered. Everything binds 127.0.0.x addresses only.
 
-#![allow(dead_code)]
-
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
