@@ -10,7 +10,7 @@
 //!   child as desired);
 //! - the controller's peak RSS (VmHWM) and CPU time until converged, per object.
 //!
-//! Asserts nothing; the figures are quoted in the README.
+//! Each figure is printed as soon as it is measured. Asserts nothing; the figures are quoted in the README.
 
 use fake_apiserver::FakeApiServer;
 use futures::{StreamExt, TryStreamExt};
@@ -18,7 +18,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::core::DynamicObject;
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::watcher;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -238,6 +238,9 @@ async fn main() {
     create_all(&client, baseline_objects).await;
     let baseline = started.elapsed();
 
+    println!(
+        "scale: {scale} Canaries, {scale} Kanaries ({ROUTES} routes x {ENDPOINTS} endpoints), fake-apiserver in process"
+    );
     server.state().reset_counters();
     let log_path = dir.path().join("controller.log");
     let mut controller = spawn_controller(&kubeconfig, &log_path);
@@ -284,6 +287,33 @@ async fn main() {
     let (creates, patches, deletes) = (verb(&["create"]), verb(&["patch", "update"]), verb(&["delete"]));
     let events = total(&converge_counters, |k| !k.contains("events") || k.starts_with("watch "));
     let converge_reconciles = reconciles(&metrics_address).await;
+    let objects = (2 * scale) as f64;
+    println!(
+        "converge from start:        {:.1} s  (baseline, the bench writing {scale} Deployments itself: {:.1} s; ratio {:.1})",
+        converge.as_secs_f64(),
+        baseline.as_secs_f64(),
+        converge.as_secs_f64() / baseline.as_secs_f64()
+    );
+    println!(
+        "reconciles per object:      {:.2} ({converge_reconciles} reconciles while converging)",
+        converge_reconciles / objects
+    );
+    println!(
+        "API requests per reconcile: {:.1} ({converge_requests} requests; watches and Lease excluded)",
+        converge_requests as f64 / converge_reconciles.max(1.0)
+    );
+    println!(
+        "API reads per object:       {:.2} ({gets} gets; {lists} lists, the caches' own initial lists)",
+        gets as f64 / objects
+    );
+    println!(
+        "API writes per object:      {:.2} ({creates} creates, {patches} patches and updates, {deletes} deletes; and {events} event writes)",
+        (creates + patches + deletes) as f64 / objects
+    );
+    println!(
+        "CPU until converged:        controller {controller_cpu:.1} s ({:.2} ms per object); fake-apiserver and bench (one process) {bench_cpu:.1} s",
+        controller_cpu * 1e3 / objects
+    );
 
     // quiet window: nothing changes
     server.state().reset_counters();
@@ -296,6 +326,10 @@ async fn main() {
     if quiet_requests > 0 {
         eprintln!("requests in the quiet window: {quiet:?}");
     }
+    println!(
+        "quiet {}s, nothing changing:  {quiet_requests} requests, {quiet_reconciles} reconciles (and {quiet_lease} Lease renewals)",
+        QUIET.as_secs()
+    );
     let first_rss = peak_rss_mib(pid);
 
     // restart on the converged cluster: every object is reconciled once and nothing is written
@@ -311,15 +345,27 @@ async fn main() {
     let restart_time = settled.duration_since(restarted_at);
     let restart_writes = writes(&server.counters());
     let log_path = restarted_log;
+    println!(
+        "restart, converged cluster: {restart_writes} writes, {restart_reconciles} reconciles, settled in {:.1} s",
+        restart_time.as_secs_f64()
+    );
 
     // change -> child latency, one change at a time
     let seen: Arc<Mutex<BTreeMap<String, Instant>>> = Default::default();
     let record = seen.clone();
+    let (listed, mut listed_rx) = tokio::sync::watch::channel(false);
     let watch_deployments = tokio::spawn(async move {
         let config = watcher::Config::default().labels("canary=true");
         watcher(Api::<Deployment>::all(server_client(&kubeconfig).await), config)
-            .applied_objects()
-            .try_for_each(|d| {
+            .try_for_each(|event| {
+                let d = match event {
+                    watcher::Event::Apply(d) | watcher::Event::InitApply(d) => d,
+                    watcher::Event::InitDone => {
+                        listed.send_replace(true);
+                        return futures::future::ready(Ok(()));
+                    }
+                    _ => return futures::future::ready(Ok(())),
+                };
                 let image = d.spec.and_then(|s| s.template.spec).and_then(|s| s.containers.first()?.image.clone());
                 if let Some(image) = image.filter(|i| i.starts_with("app:3-")) {
                     record.lock().unwrap().entry(image).or_insert_with(Instant::now);
@@ -328,7 +374,8 @@ async fn main() {
             })
             .await
     });
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // the watch's initial list first, or the first changes would be timed from the list
+    tokio::time::timeout(Duration::from_secs(300), listed_rx.wait_for(|l| *l)).await.unwrap().unwrap();
     let mut canary_latency = vec![];
     for s in 0..SAMPLES {
         let i = s * scale / SAMPLES;
@@ -357,7 +404,8 @@ async fn main() {
         let before = cms.get(&format!("{name}-config")).await.unwrap().data;
         let changed = Instant::now();
         api.patch(&name, &PatchParams::apply("bench").force(), &Patch::Apply(kanary(i, weight))).await.unwrap();
-        // polled every millisecond (a watch of every ConfigMap would cost the bench more than it measures)
+        // polled every millisecond: a watch started per change would time its own start, and a watch of every
+        // ConfigMap would cost the bench more than it measures
         loop {
             if cms.get(&format!("{name}-config")).await.unwrap().data != before {
                 kanary_latency.push(changed.elapsed());
@@ -381,15 +429,6 @@ async fn main() {
     canary_latency.sort();
     kanary_latency.sort();
     println!(
-        "scale: {scale} Canaries, {scale} Kanaries ({ROUTES} routes x {ENDPOINTS} endpoints), fake-apiserver in process"
-    );
-    println!(
-        "converge from start:        {:.1} s  (baseline, the bench writing {scale} Deployments itself: {:.1} s; ratio {:.1})",
-        converge.as_secs_f64(),
-        baseline.as_secs_f64(),
-        converge.as_secs_f64() / baseline.as_secs_f64()
-    );
-    println!(
         "change -> child, Canary:    p50 {:.1} ms, p99 {:.1} ms ({SAMPLES} changes)",
         percentile(&canary_latency, 0.5).as_secs_f64() * 1e3,
         percentile(&canary_latency, 0.99).as_secs_f64() * 1e3
@@ -399,36 +438,7 @@ async fn main() {
         percentile(&kanary_latency, 0.5).as_secs_f64() * 1e3,
         percentile(&kanary_latency, 0.99).as_secs_f64() * 1e3
     );
-    let objects = (2 * scale) as f64;
-    println!(
-        "reconciles per object:      {:.2} ({converge_reconciles} reconciles while converging)",
-        converge_reconciles / objects
-    );
-    println!(
-        "API requests per reconcile: {:.1} ({converge_requests} requests; watches and Lease excluded)",
-        converge_requests as f64 / converge_reconciles.max(1.0)
-    );
-    println!(
-        "API reads per object:       {:.2} ({gets} gets; {lists} lists, the caches' own initial lists)",
-        gets as f64 / objects
-    );
-    println!(
-        "API writes per object:      {:.2} ({creates} creates, {patches} patches and updates, {deletes} deletes; and {events} event writes)",
-        (creates + patches + deletes) as f64 / objects
-    );
-    println!(
-        "quiet {}s, nothing changing:  {quiet_requests} requests, {quiet_reconciles} reconciles (and {quiet_lease} Lease renewals)",
-        QUIET.as_secs()
-    );
-    println!(
-        "restart, converged cluster: {restart_writes} writes, {restart_reconciles} reconciles, settled in {:.1} s",
-        restart_time.as_secs_f64()
-    );
     println!("controller peak RSS:        {rss:.1} MiB");
-    println!(
-        "CPU until converged:        controller {controller_cpu:.1} s ({:.2} ms per object); fake-apiserver and bench (one process) {bench_cpu:.1} s",
-        controller_cpu * 1e3 / objects
-    );
 }
 
 async fn server_client(kubeconfig: &std::path::Path) -> kube::Client {

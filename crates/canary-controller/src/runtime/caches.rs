@@ -44,12 +44,49 @@ pub trait Trim {
 /// Annotations never read from a cached object (large, and describing the object itself).
 const UNREAD_ANNOTATIONS: &[&str] = &["kubectl.kubernetes.io/last-applied-configuration"];
 
-fn trim_metadata(meta: &mut ObjectMeta) {
-    meta.managed_fields = None;
-    if let Some(annotations) = meta.annotations.as_mut() {
-        annotations.retain(|k, _| !UNREAD_ANNOTATIONS.contains(&k.as_str()));
+/// Which labels or annotations of an object a cache keeps.
+#[derive(Clone, Copy)]
+enum Keep {
+    /// All (a Canary copies its target's), but the ones never read.
+    All,
+    /// Only these.
+    Only(&'static [&'static str]),
+}
+
+impl Keep {
+    fn apply(
+        self,
+        map: Option<std::collections::BTreeMap<String, String>>,
+    ) -> Option<std::collections::BTreeMap<String, String>> {
+        let kept: std::collections::BTreeMap<String, String> = match self {
+            Keep::All => map?.into_iter().filter(|(k, _)| !UNREAD_ANNOTATIONS.contains(&k.as_str())).collect(),
+            Keep::Only(keys) => map?.into_iter().filter(|(k, _)| keys.contains(&k.as_str())).collect(),
+        };
+        (!kept.is_empty()).then_some(kept)
     }
 }
+
+/// The metadata a cache keeps: identity, version, generation, controller references, and the labels and
+/// annotations `labels` and `annotations` say (the rest of an object's metadata is never read).
+fn compact_metadata(meta: ObjectMeta, labels: Keep, annotations: Keep) -> ObjectMeta {
+    ObjectMeta {
+        name: meta.name,
+        namespace: meta.namespace,
+        uid: meta.uid,
+        resource_version: meta.resource_version,
+        generation: meta.generation,
+        owner_references: meta
+            .owner_references
+            .map(|refs| refs.into_iter().filter(|r| r.controller == Some(true)).collect()),
+        labels: labels.apply(meta.labels),
+        annotations: annotations.apply(meta.annotations),
+        ..ObjectMeta::default()
+    }
+}
+
+/// What the controllers read of the objects they own, besides ownership: their label and desired hash.
+const CHILD_LABELS: Keep = Keep::Only(&[PROXY_LABEL, CANARY_LABEL]);
+const CHILD_ANNOTATIONS: Keep = Keep::Only(&[crate::children::DESIRED_HASH_ANNOTATION]);
 
 /// A Deployment as the cache keeps it: its metadata, its spec as compact JSON (a pod template takes ten
 /// times more memory as a typed value; it is read a few times per reconcile at most: when a Canary copies its
@@ -63,8 +100,7 @@ pub struct CachedDeployment {
 
 impl From<Deployment> for CachedDeployment {
     fn from(deployment: Deployment) -> CachedDeployment {
-        let mut metadata = deployment.metadata;
-        trim_metadata(&mut metadata);
+        let metadata = compact_metadata(deployment.metadata, Keep::All, Keep::All);
         let spec = deployment.spec.and_then(|s| serde_json::to_string(&s).ok()).unwrap_or_default().into();
         let status = deployment.status.map(|s| k8s_openapi::api::apps::v1::DeploymentStatus { conditions: None, ..s });
         CachedDeployment { metadata, spec, status }
@@ -98,8 +134,7 @@ pub struct CachedService {
 
 impl From<Service> for CachedService {
     fn from(service: Service) -> CachedService {
-        let mut metadata = service.metadata;
-        trim_metadata(&mut metadata);
+        let metadata = compact_metadata(service.metadata, CHILD_LABELS, CHILD_ANNOTATIONS);
         let spec = service.spec.unwrap_or_default();
         CachedService { metadata, type_: spec.type_, selector: spec.selector, ports: spec.ports }
     }
@@ -144,9 +179,8 @@ pub struct CachedEndpoint {
 
 impl From<EndpointSlice> for CachedSlice {
     fn from(slice: EndpointSlice) -> CachedSlice {
-        let mut metadata = slice.metadata;
-        trim_metadata(&mut metadata);
-        metadata.annotations = None;
+        let mut metadata = compact_metadata(slice.metadata, Keep::Only(&[SERVICE_NAME_LABEL]), Keep::Only(&[]));
+        metadata.owner_references = None;
         let endpoints = slice
             .endpoints
             .into_iter()
@@ -203,7 +237,7 @@ impl Trim for PartialObjectMeta<ConfigMap> {
     fn trim(&mut self) {
         let proxy_config = self.metadata.labels.as_ref().is_some_and(|l| l.contains_key(PROXY_LABEL));
         let managed_fields = self.metadata.managed_fields.take();
-        trim_metadata(&mut self.metadata);
+        self.metadata = compact_metadata(std::mem::take(&mut self.metadata), CHILD_LABELS, CHILD_ANNOTATIONS);
         if proxy_config {
             let writers = managed_fields.unwrap_or_default().into_iter().map(|e| {
                 k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry {

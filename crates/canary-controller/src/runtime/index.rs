@@ -46,6 +46,10 @@ impl Inner {
 
     fn insert(&mut self, object: Key, names: Vec<String>) {
         self.remove(&object);
+        if names.is_empty() {
+            // most objects of a cache refer to nothing (an unlabelled Service): not even an entry
+            return;
+        }
         for name in &names {
             self.referrers.entry((object.0.clone(), name.clone())).or_default().insert(object.1.clone());
         }
@@ -72,10 +76,11 @@ impl<K: kube::Resource> References<K> {
             Event::Delete(o) => inner.remove(&key(o)),
             Event::Init => inner.relisted = Some(HashSet::new()),
             Event::InitApply(o) => {
-                inner.insert(key(o), (self.refers_to)(o));
-                if let Some(seen) = inner.relisted.as_mut() {
+                let names = (self.refers_to)(o);
+                if let Some(seen) = inner.relisted.as_mut().filter(|_| !names.is_empty()) {
                     seen.insert(key(o));
                 }
+                inner.insert(key(o), names);
             }
             Event::InitDone => {
                 let seen = inner.relisted.take().unwrap_or_default();
