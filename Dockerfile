@@ -2,6 +2,8 @@
 #   make image   (docker build -t canary-controller:latest .)
 FROM rust:1.95-slim-bookworm AS build
 WORKDIR /src
+# make: jemalloc (the allocator) is built from source
+RUN apt-get update && apt-get install -y --no-install-recommends make && rm -rf /var/lib/apt/lists/*
 COPY Cargo.toml Cargo.lock rustfmt.toml ./
 COPY crates crates
 RUN cargo build --release --locked -p canary-controller --bin canary-controller \

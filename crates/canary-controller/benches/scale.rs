@@ -147,7 +147,6 @@ fn spawn_controller(kubeconfig: &std::path::Path, log_path: &std::path::Path) ->
         .args(["run", "--leader-election-namespace", "default"])
         .env("KUBECONFIG", kubeconfig)
         .env("METRICS_ADDRESS", "127.0.0.1:0")
-        .env("MALLOC_ARENA_MAX", "2") // as config/manager/manager.yaml sets it
         .env("RUST_LOG", std::env::var("CONTROLLER_LOG").unwrap_or("warn,canary_controller=info".into()))
         .stderr(std::fs::File::create(log_path).unwrap())
         .kill_on_drop(true)

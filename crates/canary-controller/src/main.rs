@@ -3,6 +3,12 @@
 use canary_controller::runtime::{self, LogFormat};
 use clap::{Parser, Subcommand};
 
+/// jemalloc rather than glibc's allocator: the caches hold many small objects; measured by bench/scale at
+/// 1,000 Canaries + 1,000 Kanaries, peak RSS 90 MiB instead of 100 and controller CPU 0.9 ms per object
+/// instead of 1.2 (mimalloc: 153 MiB).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Canary Deployments and weighted L4 traffic splitting for plain Kubernetes.
 #[derive(Parser)]
 #[command(version)]
