@@ -317,10 +317,11 @@ async fn run_gc(state: std::sync::Weak<State>) {
         }
         let Some(s) = state.upgrade() else { return };
         for _ in 0..100 {
-            let changed = gc::sweep(&mut s.inner.lock().expect("lock"));
-            if !changed {
+            let mut inner = s.inner.lock().expect("lock");
+            if !inner.store.take_collectable() {
                 break;
             }
+            gc::sweep(&mut inner);
         }
         s.gc_passes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     }

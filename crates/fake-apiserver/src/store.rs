@@ -2,7 +2,7 @@
 //! and a bounded history of changes that watches replay from and that a compaction can cut (410 Gone).
 
 use serde_json::Value;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::Arc;
 use tokio::sync::broadcast;
 
@@ -53,13 +53,32 @@ pub struct Store {
     /// The oldest resourceVersion a watch may resume from; older ones get 410 Gone.
     compacted: u64,
     tx: broadcast::Sender<Arc<Change>>,
+    /// The uids of the stored objects.
+    uids: HashSet<String>,
+    /// Whether the garbage collector may find work: set by every deletion, by an object stored with an owner
+    /// whose uid is not stored, and by an object being deleted; cleared by [`Store::take_collectable`]. The
+    /// collector sweeps only then, as the real one works from events, rather than blocking every request
+    /// with a sweep of the whole store every second.
+    collectable: bool,
 }
 
 impl Default for Store {
     fn default() -> Self {
         let (tx, _) = broadcast::channel(BROADCAST_CAPACITY);
-        Store { rv: 1, buckets: BTreeMap::new(), history: VecDeque::new(), compacted: 0, tx }
+        Store {
+            rv: 1,
+            buckets: BTreeMap::new(),
+            history: VecDeque::new(),
+            compacted: 0,
+            tx,
+            uids: HashSet::new(),
+            collectable: false,
+        }
     }
+}
+
+fn uid_of(object: &Value) -> Option<&str> {
+    object["metadata"]["uid"].as_str()
 }
 
 impl Store {
@@ -82,6 +101,11 @@ impl Store {
         all.chain(one)
     }
 
+    /// Whether the garbage collector may find work since it last asked (see `collectable`).
+    pub fn take_collectable(&mut self) -> bool {
+        std::mem::take(&mut self.collectable)
+    }
+
     /// Every object in every bucket, with its bucket (for the garbage collector).
     pub fn all(&self) -> impl Iterator<Item = (&String, &Value)> {
         self.buckets.iter().flat_map(|(b, objs)| objs.values().map(move |v| (b, v)))
@@ -94,6 +118,18 @@ impl Store {
         object["metadata"]["resourceVersion"] = Value::String(rv.to_string());
         let key = key_of(&object);
         let old = self.buckets.entry(bucket.to_string()).or_default().insert(key.clone(), object.clone());
+        if let Some(uid) = old.as_ref().and_then(uid_of).filter(|u| Some(*u) != uid_of(&object)) {
+            self.uids.remove(uid);
+            self.collectable = true;
+        }
+        if let Some(uid) = uid_of(&object) {
+            self.uids.insert(uid.to_string());
+        }
+        let metadata = &object["metadata"];
+        let orphaned = metadata["ownerReferences"]
+            .as_array()
+            .is_some_and(|refs| refs.iter().any(|r| !r["uid"].as_str().is_some_and(|u| self.uids.contains(u))));
+        self.collectable |= orphaned || metadata.get("deletionTimestamp").is_some();
         self.record(Change { rv, kind, bucket: bucket.into(), namespace: key.0, object: object.clone(), old });
         object
     }
@@ -102,6 +138,10 @@ impl Store {
     pub fn remove(&mut self, bucket: &str, namespace: &str, name: &str) -> Option<Value> {
         let key = (namespace.to_string(), name.to_string());
         let mut old = self.buckets.get_mut(bucket)?.remove(&key)?;
+        if let Some(uid) = uid_of(&old) {
+            self.uids.remove(uid);
+        }
+        self.collectable = true;
         self.rv += 1;
         let rv = self.rv;
         let before = old.clone();

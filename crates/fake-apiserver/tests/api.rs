@@ -371,6 +371,15 @@ async fn garbage_collection_and_finalizers() {
     tokio::time::timeout(Duration::from_secs(10), server.state().gc_pass_completed()).await.unwrap();
     let kept = cms.get("orphan").await.unwrap();
     assert!(kept.metadata.owner_references.unwrap_or_default().is_empty());
+
+    // an object whose owner is not there (never was, or is gone already) is collected too
+    let mut dangling = owned_by("dangling");
+    dangling.metadata.owner_references.as_mut().unwrap()[0].uid = "no-such-uid".into();
+    cms.create(&PostParams::default(), &dangling).await.unwrap();
+    eventually("the object without its owner is collected", || async {
+        cms.get_opt("dangling").await.unwrap().is_none()
+    })
+    .await;
 }
 
 #[tokio::test]
