@@ -36,11 +36,6 @@ pub struct Cache<K: Resource<DynamicType = ()> + 'static> {
     written: Mutex<HashMap<(String, String), String>>,
 }
 
-/// What a cache keeps of an object: only what the controllers read, so that the caches stay small.
-pub trait Trim {
-    fn trim(&mut self);
-}
-
 /// Annotations never read from a cached object (large, and describing the object itself).
 const UNREAD_ANNOTATIONS: &[&str] = &["kubectl.kubernetes.io/last-applied-configuration"];
 
@@ -118,10 +113,6 @@ impl CachedDeployment {
     }
 }
 
-impl Trim for CachedDeployment {
-    fn trim(&mut self) {}
-}
-
 /// A Service as the cache keeps it: metadata, type, selector and ports (all the controllers read; the typed
 /// spec is mostly fields they never read).
 #[derive(Clone, Debug, Default, serde::Deserialize, serde::Serialize)]
@@ -154,10 +145,6 @@ impl CachedService {
             status: None,
         }
     }
-}
-
-impl Trim for CachedService {
-    fn trim(&mut self) {}
 }
 
 /// An EndpointSlice as the cache keeps it: per endpoint only its first address, readiness and pod name (the
@@ -227,40 +214,41 @@ cached_form_of!(CachedSlice, EndpointSlice);
 cached_form_of!(CachedDeployment, Deployment);
 cached_form_of!(CachedService, Service);
 
-impl Trim for CachedSlice {
-    fn trim(&mut self) {}
-}
-
-impl Trim for PartialObjectMeta<ConfigMap> {
-    /// Kept: the metadata, with who wrote the proxies' ConfigMaps (the managers of their managedFields, not
-    /// the fields: they tell whether someone else wrote to one, `children::metadata_up_to_date`).
-    fn trim(&mut self) {
-        let proxy_config = self.metadata.labels.as_ref().is_some_and(|l| l.contains_key(PROXY_LABEL));
-        let managed_fields = self.metadata.managed_fields.take();
-        self.metadata = compact_metadata(std::mem::take(&mut self.metadata), CHILD_LABELS, CHILD_ANNOTATIONS);
-        if proxy_config {
-            let writers = managed_fields.unwrap_or_default().into_iter().map(|e| {
-                k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry {
-                    manager: e.manager,
-                    operation: e.operation,
-                    subresource: e.subresource,
-                    ..Default::default()
-                }
-            });
-            self.metadata.managed_fields = Some(writers.collect());
-        }
+/// A ConfigMap as the cache keeps it: its metadata only, with who wrote the proxies' ConfigMaps (the
+/// managers of their managedFields, not the fields: they tell whether someone else wrote to one,
+/// `children::metadata_up_to_date`).
+fn compact_config_map(mut config_map: PartialObjectMeta<ConfigMap>) -> PartialObjectMeta<ConfigMap> {
+    let proxy_config = config_map.metadata.labels.as_ref().is_some_and(|l| l.contains_key(PROXY_LABEL));
+    let managed_fields = config_map.metadata.managed_fields.take();
+    config_map.metadata = compact_metadata(config_map.metadata, CHILD_LABELS, CHILD_ANNOTATIONS);
+    if proxy_config {
+        let writers = managed_fields.unwrap_or_default().into_iter().map(|e| {
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry {
+                manager: e.manager,
+                operation: e.operation,
+                subresource: e.subresource,
+                ..Default::default()
+            }
+        });
+        config_map.metadata.managed_fields = Some(writers.collect());
     }
+    config_map
 }
 
 impl<K> Cache<K>
 where
-    K: Resource<DynamicType = ()> + Trim + Clone + serde::de::DeserializeOwned + Debug + Send + Sync + 'static,
+    K: Resource<DynamicType = ()> + Clone + Debug + Send + Sync + 'static,
 {
-    /// Caches the objects of a watch, which runs in a task of its own, indexed by the value of `label`.
-    fn start(
-        events: impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
-        label: &'static str,
-    ) -> Cache<K> {
+    /// Caches every object of `api`, each in the form `compact` makes of it, indexed by the value of `label`;
+    /// the watch runs in a task of its own.
+    fn start<W>(api: Api<W>, compact: fn(W) -> K, label: &'static str) -> Cache<K>
+    where
+        W: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + Debug + Send + 'static,
+    {
+        // small pages: a page is held whole, as full objects, while it is decoded (500 EndpointSlices of 20
+        // endpoints were most of the peak memory at start)
+        let config = watcher::Config::default().page_size(LIST_PAGE_SIZE);
+        let events = watcher(api, config).map_ok(move |event| event_map(event, compact));
         let labels = Arc::new(References::by_label(label));
         let index = labels.clone();
         let writer = reflector::store::Writer::default();
@@ -270,7 +258,6 @@ where
         let cached = store.clone();
         let watch = events
             .backoff(super::triggers::watch_backoff())
-            .modify(Trim::trim)
             .inspect(move |event| {
                 if let Ok(event) = event {
                     index.apply(event)
@@ -295,11 +282,6 @@ where
             });
         tokio::spawn(watch);
         Cache { store, labels, subscribers, written: Mutex::default() }
-    }
-
-    /// The cached objects.
-    pub fn store(&self) -> Store<K> {
-        self.store.clone()
     }
 
     /// The object `name` of namespace `ns`.
@@ -370,29 +352,15 @@ pub struct Caches {
 impl Caches {
     /// Starts the watches; [`Caches::ready`] tells when every cache holds its first list.
     pub fn start(client: &Client) -> Caches {
-        // small pages: a page is held whole, as full objects, while it is decoded (500 EndpointSlices of 20
-        // endpoints were most of the peak memory at start)
-        let all = || watcher::Config::default().page_size(LIST_PAGE_SIZE);
         Caches {
-            deployments: Cache::start(
-                watcher(Api::<Deployment>::all(client.clone()), all())
-                    .map_ok(|event| event_map(event, CachedDeployment::from)),
-                CANARY_LABEL,
-            ),
-            services: Cache::start(
-                watcher(Api::<Service>::all(client.clone()), all())
-                    .map_ok(|event| event_map(event, CachedService::from)),
-                PROXY_LABEL,
-            ),
+            deployments: Cache::start(Api::<Deployment>::all(client.clone()), CachedDeployment::from, CANARY_LABEL),
+            services: Cache::start(Api::<Service>::all(client.clone()), CachedService::from, PROXY_LABEL),
             endpoint_slices: Cache::start(
-                watcher(Api::<EndpointSlice>::all(client.clone()), all())
-                    .map_ok(|event| event_map(event, CachedSlice::from)),
+                Api::<EndpointSlice>::all(client.clone()),
+                CachedSlice::from,
                 SERVICE_NAME_LABEL,
             ),
-            config_maps: Cache::start(
-                watcher(Api::<PartialObjectMeta<ConfigMap>>::all(client.clone()), all()),
-                PROXY_LABEL,
-            ),
+            config_maps: Cache::start(Api::all(client.clone()), compact_config_map, PROXY_LABEL),
         }
     }
 
@@ -410,7 +378,7 @@ impl Caches {
 }
 
 /// The same watch event about `f(object)`.
-fn event_map<A, B>(event: watcher::Event<A>, f: impl Fn(A) -> B) -> watcher::Event<B> {
+fn event_map<A, B>(event: watcher::Event<A>, f: fn(A) -> B) -> watcher::Event<B> {
     use watcher::Event;
     match event {
         Event::Apply(o) => Event::Apply(f(o)),
