@@ -17,7 +17,7 @@ use crate::runtime::index::References;
 use crate::runtime::reconciler::{self, Context, Reconciler, Step};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ObjectReference;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
 use kube::api::Api;
 use kube::core::{DeserializeGuard, error_boundary::InvalidObject};
 use kube::runtime::controller::Action;
@@ -227,20 +227,8 @@ fn canaries_for(
     references: &References<GuardedCanary>,
 ) -> Vec<ObjectRef<GuardedCanary>> {
     let ns = deployment.namespace().unwrap_or_default();
-    let owner = deployment
-        .owner_references()
-        .iter()
-        .find(|r| {
-            r.controller == Some(true) && r.kind == "Canary" && r.api_version.starts_with("canary.k8s.wantedly.com/")
-        })
-        .map(|r| r.name.clone());
-    let mut names = references.referring_to(&ns, &deployment.name_any());
-    names.extend(owner.clone());
-    names.sort();
-    names.dedup();
-    if echo {
-        names.retain(|n| Some(n) != owner.as_ref());
-    }
+    let is_owner = |r: &OwnerReference| r.kind == "Canary" && r.api_version.starts_with("canary.k8s.wantedly.com/");
+    let names = references.woken_by(deployment, Some(&deployment.name_any()), is_owner, echo);
     names.iter().map(|n| ObjectRef::new(n).within(&ns)).collect()
 }
 

@@ -14,7 +14,7 @@ use crate::runtime::caches::{Cache, Caches};
 use crate::runtime::index::References;
 use crate::runtime::reconciler::{self, Context, Reconciler, Step};
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
 use kube::api::Api;
 use kube::core::ApiResource;
 use kube::runtime::controller::Action;
@@ -231,18 +231,8 @@ fn kanaries_for<K: Resource>(
     resource: &ApiResource,
 ) -> Vec<ObjectRef<Kanary>> {
     let ns = object.namespace().unwrap_or_default();
-    let owner = object
-        .owner_references()
-        .iter()
-        .find(|r| r.controller == Some(true) && r.kind == KIND && r.api_version == resource.api_version)
-        .map(|r| r.name.clone());
-    let mut names: Vec<String> = name.map(|n| references.referring_to(&ns, n)).unwrap_or_default();
-    names.extend(owner.clone());
-    names.sort();
-    names.dedup();
-    if echo {
-        names.retain(|n| Some(n) != owner.as_ref());
-    }
+    let is_owner = |r: &OwnerReference| r.kind == KIND && r.api_version == resource.api_version;
+    let names = references.woken_by(object, name, is_owner, echo);
     names.iter().map(|n| ObjectRef::new_with(n, resource.clone()).within(&ns)).collect()
 }
 

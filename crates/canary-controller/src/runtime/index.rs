@@ -3,6 +3,7 @@
 //! events, so that an event about a Service, an EndpointSlice or a Deployment finds the objects to reconcile
 //! with one lookup, without reading (or parsing) every custom resource.
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::ResourceExt;
 use kube::runtime::watcher::Event;
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -90,6 +91,28 @@ impl<K: kube::Resource> References<K> {
                 }
             }
         }
+    }
+
+    /// The names of the objects an event about `object` matters to: its controller, when `is_owner` says the
+    /// controller is of this kind (unless the event is the `echo` of that controller's own write: it tells
+    /// the controller nothing new), and the objects that refer to `referred` in its namespace.
+    pub fn woken_by(
+        &self,
+        object: &impl kube::Resource,
+        referred: Option<&str>,
+        is_owner: impl Fn(&OwnerReference) -> bool,
+        echo: bool,
+    ) -> Vec<String> {
+        let ns = object.namespace().unwrap_or_default();
+        let owner = object.owner_references().iter().find(|r| r.controller == Some(true) && is_owner(r));
+        let mut names = referred.map(|name| self.referring_to(&ns, name)).unwrap_or_default();
+        names.extend(owner.map(|r| r.name.clone()));
+        names.sort();
+        names.dedup();
+        if let Some(owner) = owner.filter(|_| echo) {
+            names.retain(|n| *n != owner.name);
+        }
+        names
     }
 
     /// The names of the objects of namespace `ns` that refer to `name`.
