@@ -182,15 +182,14 @@ async fn reconciles_settle(address: &str, at_least: f64) -> (f64, Instant) {
     (last, last_change)
 }
 
-/// API writes (events apart) among request counters.
-fn writes(counters: &BTreeMap<String, u64>) -> u64 {
-    let counted = |k: &str| {
-        !k.contains("leases")
-            && !k.contains("events")
-            && ["create", "patch", "update", "delete"].contains(&k.split(' ').next().unwrap())
-    };
+/// Requests of `verbs` among request counters ("VERB resource"), Lease and events apart.
+fn requests(counters: &BTreeMap<String, u64>, verbs: &[&str]) -> u64 {
+    let counted =
+        |k: &str| !k.contains("leases") && !k.contains("events") && verbs.contains(&k.split(' ').next().unwrap());
     total(counters, |k| !counted(k))
 }
+
+const WRITES: &[&str] = &["create", "patch", "update", "delete"];
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
@@ -278,10 +277,7 @@ async fn main() {
     let is_lease = |k: &str| k.contains("leases");
     let converge_counters = server.counters();
     let converge_requests = total(&converge_counters, |k| is_lease(k) || k.starts_with("watch "));
-    let verb = |verbs: &[&str]| -> u64 {
-        let counted = |k: &str| !is_lease(k) && !k.contains("events") && verbs.contains(&k.split(' ').next().unwrap());
-        total(&converge_counters, |k| !counted(k))
-    };
+    let verb = |verbs: &[&str]| requests(&converge_counters, verbs);
     let (gets, lists) = (verb(&["get"]), verb(&["list"]));
     let (creates, patches, deletes) = (verb(&["create"]), verb(&["patch", "update"]), verb(&["delete"]));
     let events = total(&converge_counters, |k| !k.contains("events") || k.starts_with("watch "));
@@ -342,7 +338,7 @@ async fn main() {
     let metrics_address = wait_metrics_address(&restarted_log).await;
     let (restart_reconciles, settled) = reconciles_settle(&metrics_address, (2 * scale) as f64).await;
     let restart_time = settled.duration_since(restarted_at);
-    let restart_writes = writes(&server.counters());
+    let restart_writes = requests(&server.counters(), WRITES);
     let log_path = restarted_log;
     println!(
         "restart, converged cluster: {restart_writes} writes, {restart_reconciles} reconciles, settled in {:.1} s",
