@@ -15,6 +15,7 @@
 //! client-side to server-side apply upgrade does).
 
 use crate::report::FIELD_MANAGER;
+use crate::runtime::caches::Cache;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, ObjectMeta};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::{Resource, ResourceExt};
@@ -41,7 +42,7 @@ pub enum Written<K> {
 
 impl<K> Written<K> {
     /// The object as the API server stored it, when something was written.
-    pub fn object(&self) -> Option<&K> {
+    fn object(&self) -> Option<&K> {
         match self {
             Written::Created(k) | Written::Applied(k) => Some(k),
             Written::Unchanged | Written::AlreadyExists => None,
@@ -50,21 +51,34 @@ impl<K> Written<K> {
 }
 
 /// Writes a child this controller owns or is about to create: nothing when `cached` holds what is desired,
-/// a server-side apply when it `exists` (its ownership checked before), a create otherwise.
-pub async fn write<K>(api: &Api<K>, desired: &K, cached: Option<&K>, exists: bool) -> Result<Written<K>, kube::Error>
+/// a server-side apply when it `exists` (its ownership checked before), a create otherwise. What is written
+/// is noted in the child's `cache`, so that the watch event of the write wakes no one.
+pub async fn write<K, C>(
+    api: &Api<K>,
+    desired: &K,
+    cached: Option<&K>,
+    exists: bool,
+    cache: &Cache<C>,
+) -> Result<Written<K>, kube::Error>
 where
     K: Resource + Clone + DeserializeOwned + Serialize + Debug,
+    C: Resource<DynamicType = ()> + 'static,
 {
     if cached.is_some_and(|cached| up_to_date(desired, cached)) {
         return Ok(Written::Unchanged);
     }
-    if exists {
-        return apply(api, desired).await.map(Written::Applied);
+    let written = if exists {
+        Written::Applied(apply(api, desired).await?)
+    } else {
+        match create(api, desired).await? {
+            Created::Created(k) => Written::Created(k),
+            Created::AlreadyExists => Written::AlreadyExists,
+        }
+    };
+    if let Some(object) = written.object() {
+        cache.note_written(object);
     }
-    Ok(match create(api, desired).await? {
-        Created::Created(k) => Written::Created(k),
-        Created::AlreadyExists => Written::AlreadyExists,
-    })
+    Ok(written)
 }
 
 /// Creates `desired`; `AlreadyExists` on 409. Its fields are recorded under the field manager's `Update`

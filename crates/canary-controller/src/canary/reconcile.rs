@@ -161,13 +161,8 @@ async fn apply_canary(
 ) -> Result<(Option<Note>, Deployment), ApplyFailure> {
     let desired = children::with_desired_hash(build_deployment(canary, &valid.target));
     let name = desired.name_any();
-    let written = children::write(deployments, &desired, valid.owned.as_ref(), valid.owned.is_some()).await;
-    if let Ok(w) = &written
-        && let Some(object) = w.object()
-    {
-        ctx.caches.deployments.note_written(object);
-    }
-    match written {
+    let (cached, exists) = (valid.owned.as_ref(), valid.owned.is_some());
+    match children::write(deployments, &desired, cached, exists, &ctx.caches.deployments).await {
         Ok(Written::Unchanged) => Ok((None, valid.owned.clone().expect("unchanged: cached"))),
         Ok(Written::Created(d)) => Ok((Some(Note::normal("CanaryCreated", format!("created Deployment {name:?}"))), d)),
         Ok(Written::Applied(d)) => {

@@ -183,8 +183,7 @@ impl WriteError {
     }
 }
 
-/// Writes one child (see [`children::write`]) and notes what was written in its cache, so that the echo of
-/// the write does not start another reconcile.
+/// Writes one child (see [`children::write`]).
 async fn write<K, C>(
     api: Api<K>,
     desired: &K,
@@ -197,14 +196,9 @@ where
     C: Resource<DynamicType = ()> + 'static,
 {
     let name = desired.name_any();
-    match children::write(&api, desired, cached, exists).await {
+    match children::write(&api, desired, cached, exists, cache).await {
         Ok(Written::AlreadyExists) => Err(WriteError::NotCachedYet(name)),
-        Ok(written) => {
-            if let Some(object) = written.object() {
-                cache.note_written(object);
-            }
-            Ok(())
-        }
+        Ok(_) => Ok(()),
         Err(e) if exists => Err(WriteError::Apply(name, e)),
         Err(e) => Err(WriteError::Create(name, e)),
     }
