@@ -90,15 +90,26 @@ pub fn running_config_hash(proxy: &Deployment) -> Option<&str> {
         .map(String::as_str)
 }
 
+/// The reason of a BackendsReady condition that is not ready: some route's Service is missing, or some
+/// route has no ready endpoint; none when every route with a weight has a live server.
+fn degraded_reason(degraded: &[(String, &'static str)]) -> Option<&'static str> {
+    match degraded {
+        [] => None,
+        _ if degraded.iter().any(|(_, why)| *why == SERVICE_NOT_FOUND) => Some(reasons::SERVICE_NOT_FOUND),
+        _ => Some(reasons::NO_READY_ENDPOINTS),
+    }
+}
+
 /// The Warning events of the conditions that turned bad since `before`: a problem, or routes without a live
-/// server.
-pub fn warnings(before: &[Condition], after: &KanaryStatus, problem: Option<&Problem>) -> Vec<Note> {
+/// server (`degraded`).
+pub fn warnings(
+    before: &[Condition],
+    after: &KanaryStatus,
+    problem: Option<&Problem>,
+    degraded: &[(String, &'static str)],
+) -> Vec<Note> {
     let ready = warn_on_transition(before, &after.conditions, conditions::READY, problem.map(Problem::reason));
-    let backends_reason =
-        after.conditions.iter().find(|c| c.type_ == conditions::BACKENDS_READY).and_then(|c| {
-            [reasons::SERVICE_NOT_FOUND, reasons::NO_READY_ENDPOINTS].into_iter().find(|r| *r == c.reason)
-        });
-    let backends = warn_on_transition(before, &after.conditions, conditions::BACKENDS_READY, backends_reason);
+    let backends = warn_on_transition(before, &after.conditions, conditions::BACKENDS_READY, degraded_reason(degraded));
     ready.into_iter().chain(backends).collect()
 }
 
@@ -240,27 +251,24 @@ pub fn build_status(o: &Observation, now: &Time) -> KanaryStatus {
             message: format!("{available}/{wanted} proxy replicas available"),
         },
     };
-    let backends = if o.degraded.is_empty() {
-        Observed {
+    let backends = match degraded_reason(o.degraded) {
+        None => Observed {
             type_: conditions::BACKENDS_READY,
             ok: true,
             reason: reasons::BACKENDS_READY,
             message: "every route with a weight has a ready endpoint".into(),
-        }
-    } else {
-        let list: Vec<String> = o.degraded.iter().map(|(s, why)| format!("{s:?}: {why}")).collect();
-        Observed {
-            type_: conditions::BACKENDS_READY,
-            ok: false,
-            reason: if o.degraded.iter().any(|(_, why)| *why == SERVICE_NOT_FOUND) {
-                reasons::SERVICE_NOT_FOUND
-            } else {
-                reasons::NO_READY_ENDPOINTS
-            },
-            message: format!(
-                "routes without a live server get no traffic, their share goes to the others: {}",
-                list.join(", ")
-            ),
+        },
+        Some(reason) => {
+            let list: Vec<String> = o.degraded.iter().map(|(s, why)| format!("{s:?}: {why}")).collect();
+            Observed {
+                type_: conditions::BACKENDS_READY,
+                ok: false,
+                reason,
+                message: format!(
+                    "routes without a live server get no traffic, their share goes to the others: {}",
+                    list.join(", ")
+                ),
+            }
         }
     };
     let conflict = match o.problem {

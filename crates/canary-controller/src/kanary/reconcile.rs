@@ -125,7 +125,7 @@ impl Reconciler for KanaryReconciler {
         };
         let status = build::build_status(&observation, &now);
         let before = previous.map(|s| s.conditions.as_slice()).unwrap_or_default();
-        notes.extend(build::warnings(before, &status, problem));
+        notes.extend(build::warnings(before, &status, problem, degraded));
         ctx.publish(&ctx.about(&kanary), notes).await;
         if previous != Some(&status) {
             let api: Api<Kanary> = Api::namespaced_with(ctx.client.clone(), &ns, &self.resource);
