@@ -77,11 +77,6 @@ impl RequestLabels {
         };
         RequestLabels { verb: verb.into(), resource }
     }
-
-    /// Whether the request changes something.
-    pub fn is_write(&self) -> bool {
-        matches!(self.verb.as_str(), "create" | "patch" | "update" | "delete")
-    }
 }
 
 /// A client layer that counts the API requests sent through it.
