@@ -298,6 +298,10 @@ fn delete_options(q: &Query, body: &Value) -> DeleteOptions {
         precondition_rv: body.pointer("/preconditions/resourceVersion").and_then(Value::as_str).map(String::from),
         dry_run: q.get("dryRun").is_some_and(|v| v == "All")
             || body["dryRun"].as_array().is_some_and(|d| d.iter().any(|x| x == "All")),
+        grace_period: q
+            .get("gracePeriodSeconds")
+            .and_then(|g| g.parse().ok())
+            .or_else(|| body["gracePeriodSeconds"].as_i64()),
     }
 }
 

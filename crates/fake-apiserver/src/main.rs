@@ -17,12 +17,29 @@ struct Args {
     /// Write a kubeconfig pointing at this server to this path.
     #[arg(long)]
     kubeconfig_out: Option<PathBuf>,
+    /// The /16 Services get their cluster IPs from, as kube-apiserver's flag of that name (`127.96.0.0/16`
+    /// puts them on loopback, where workload-sim's service proxy listens).
+    #[arg(long, default_value = "10.96.0.0/16", value_parser = parse_network)]
+    service_cluster_ip_range: [u8; 2],
+}
+
+/// The first two bytes of an IPv4 /16 (`A.B.0.0/16`).
+fn parse_network(text: &str) -> Result<[u8; 2], String> {
+    let expected = || format!("{text:?}: expected an IPv4 /16 such as 127.96.0.0/16");
+    let (address, bits) = text.split_once('/').ok_or_else(expected)?;
+    let address: std::net::Ipv4Addr = address.parse().map_err(|_| expected())?;
+    if bits != "16" {
+        return Err(expected());
+    }
+    let [a, b, _, _] = address.octets();
+    Ok([a, b])
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let server = FakeApiServer::start_on(args.listen).await?;
+    server.state().inner.lock().expect("state lock").service_network = args.service_cluster_ip_range;
     if let Some(path) = &args.kubeconfig_out {
         std::fs::write(path, server.kubeconfig())?;
         eprintln!("fake-apiserver: kubeconfig written to {}", path.display());

@@ -17,11 +17,18 @@ pub struct Inner {
     pub store: Store,
     pub registry: Registry,
     next_cluster_ip: u32,
+    /// The first two bytes of the addresses Services get (`--service-cluster-ip-range`, a /16).
+    pub service_network: [u8; 2],
 }
 
 impl Default for Inner {
     fn default() -> Self {
-        let mut inner = Inner { store: Store::default(), registry: Registry::with_builtins(), next_cluster_ip: 1 };
+        let mut inner = Inner {
+            store: Store::default(),
+            registry: Registry::with_builtins(),
+            next_cluster_ip: 1,
+            service_network: [10, 96],
+        };
         let ns = inner.registry.get("", "v1", "namespaces").expect("built-in");
         for name in ["default", "kube-system", "kube-public", "kube-node-lease"] {
             let obj = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
@@ -60,6 +67,20 @@ pub struct DeleteOptions {
     pub precondition_uid: Option<String>,
     pub precondition_rv: Option<String>,
     pub dry_run: bool,
+    /// `gracePeriodSeconds`: for a Pod bound to a node, how long its kubelet has to stop it.
+    pub grace_period: Option<i64>,
+}
+
+/// The grace period of a deletion of `stored`: 0 but for a Pod bound to a node (`spec.nodeName`), whose
+/// grace is the request's, else its `terminationGracePeriodSeconds` (default 30).
+fn pod_grace_period(rt: &ResourceType, stored: &Value, requested: Option<i64>) -> i64 {
+    if rt.kind != "Pod" || !rt.group.is_empty() || stored.pointer("/spec/nodeName").and_then(Value::as_str).is_none() {
+        return 0;
+    }
+    requested
+        .or_else(|| stored.pointer("/spec/terminationGracePeriodSeconds").and_then(Value::as_i64))
+        .unwrap_or(30)
+        .max(0)
 }
 
 pub fn now() -> String {
@@ -136,9 +157,10 @@ impl Inner {
             None => {
                 let mut obj = obj;
                 let counter = &mut self.next_cluster_ip;
+                let [a, b] = self.service_network;
                 let mut next_ip = || {
                     *counter += 1;
-                    format!("10.96.{}.{}", *counter / 250, *counter % 250 + 1)
+                    format!("{a}.{b}.{}.{}", *counter / 250, *counter % 250 + 1)
                 };
                 builtins::keep_allocated_values(&rt.kind, &mut obj, old);
                 builtins::apply_defaults(&rt.kind, &mut obj, &mut next_ip);
@@ -525,6 +547,22 @@ impl Inner {
         let mut finalizers: Vec<Value> = stored["metadata"]["finalizers"].as_array().cloned().unwrap_or_default();
         if policy == "Foreground" && !finalizers.contains(&json!("foregroundDeletion")) && self.has_dependents(&uid) {
             finalizers.push(json!("foregroundDeletion"));
+        }
+        // a Pod bound to a node is deleted gracefully, as by a real API server: it is marked with a deletion
+        // time grace seconds ahead, and its kubelet removes it (a delete with grace 0) once it has stopped it
+        let grace = pod_grace_period(rt, &stored, opts.grace_period);
+        if grace > 0 {
+            let already = stored["metadata"]["deletionGracePeriodSeconds"].as_i64();
+            if already.is_some_and(|g| g <= grace) {
+                return Ok(current);
+            }
+            let mut marked = stored.clone();
+            let at = chrono::Utc::now() + chrono::Duration::seconds(grace);
+            marked["metadata"]["deletionTimestamp"] = json!(at.format("%Y-%m-%dT%H:%M:%SZ").to_string());
+            marked["metadata"]["deletionGracePeriodSeconds"] = json!(grace);
+            marked["metadata"]["finalizers"] = json!(finalizers);
+            let out = self.store.put(&rt.bucket, marked, ChangeType::Modified);
+            return Ok(present(rt, &out));
         }
         if finalizers.is_empty() {
             return self.remove_now(rt, ns_key, name).map(|o| present(rt, &o));

@@ -1,0 +1,193 @@
+//! `workload-sim run`: the simulator against the cluster of the current kubeconfig (fake-apiserver);
+//! `workload-sim serve`: the built-in server a simulated container runs.
+
+use clap::{Parser, Subcommand};
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::Api;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::{WatchStreamExt, watcher};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use workload_sim::{endpoint_slices, kubelet, network, server, service_proxy, workloads};
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "A workload simulator for fake-apiserver: Deployments really run on loopback (a test double)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Play the Deployment, ReplicaSet and EndpointSlice controllers, a kubelet and kube-proxy against the
+    /// cluster of $KUBECONFIG.
+    Run {
+        /// The node Pods are bound to.
+        #[arg(long, default_value = "workload-sim")]
+        node_name: String,
+        /// The /16 of 127/8 Pods get addresses from.
+        #[arg(long, default_value = "127.244.0.0/16", value_parser = parse_network)]
+        pod_network: [u8; 2],
+        /// Where Pods' volumes are written.
+        #[arg(long, default_value = ".local/workload-sim")]
+        state_dir: PathBuf,
+        /// At most this many Pods run at once; the others stay Pending.
+        #[arg(long, default_value_t = 64)]
+        pod_limit: usize,
+    },
+    /// The built-in server: answer each connection with the pod's name and image.
+    Serve {
+        #[arg(long)]
+        pod: String,
+        #[arg(long)]
+        image: String,
+        #[arg(long, required = true)]
+        listen: Vec<SocketAddr>,
+    },
+}
+
+fn parse_network(text: &str) -> Result<[u8; 2], String> {
+    let expected = || format!("{text:?}: expected a /16 of 127/8 such as 127.244.0.0/16");
+    let (address, bits) = text.split_once('/').ok_or_else(expected)?;
+    let address: Ipv4Addr = address.parse().map_err(|_| expected())?;
+    let [a, b, c, _] = address.octets();
+    if a != 127 || bits != "16" || b == 255 || c != 0 {
+        return Err(expected());
+    }
+    Ok([b, 0])
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,kube=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Serve { pod, image, listen } => {
+            let behaviour = server::Behaviour::from_env(|k| std::env::var(k).ok())?;
+            server::serve(listen, pod, image, behaviour).await
+        }
+        Command::Run { node_name, pod_network, state_dir, pod_limit } => {
+            run(node_name, pod_network, state_dir, pod_limit).await
+        }
+    }
+}
+
+fn log_errors<T, E: std::fmt::Debug>(kind: &'static str) -> impl Fn(Result<T, E>) -> futures::future::Ready<()> {
+    move |result| {
+        if let Err(e) = result {
+            tracing::debug!(kind, error = ?e, "reconcile failed; retrying");
+        }
+        futures::future::ready(())
+    }
+}
+
+fn retry<K, C>(_: Arc<K>, _: &kube::Error, _: Arc<C>) -> Action {
+    Action::requeue(Duration::from_millis(500))
+}
+
+async fn run(node: String, pod_network: [u8; 2], state_dir: PathBuf, pod_limit: usize) -> anyhow::Result<()> {
+    let client = kube::Client::try_default().await?;
+    let [b, _] = pod_network;
+    let node_address = Ipv4Addr::new(127, b, 255, 254);
+    let prefix = format!("wsim{b}");
+    let network = Arc::new(network::Network::start(&prefix, node_address));
+    std::fs::create_dir_all(&state_dir)?;
+    let state_dir = std::fs::canonicalize(&state_dir)?;
+    let kubelet = Arc::new(kubelet::Kubelet::new(
+        client.clone(),
+        node.clone(),
+        network.clone(),
+        [b, 0],
+        node_address,
+        state_dir,
+        pod_limit,
+    ));
+    let config = watcher::Config::default();
+
+    let deployments = Controller::new(Api::<Deployment>::all(client.clone()), config.clone())
+        .owns(Api::<ReplicaSet>::all(client.clone()), config.clone())
+        .run(
+            |d, c: Arc<kube::Client>| workloads::reconcile_deployment(d, (*c).clone()),
+            retry,
+            Arc::new(client.clone()),
+        )
+        .for_each(log_errors("Deployment"));
+    let node_for_sets = Arc::new((client.clone(), node.clone()));
+    let replica_sets = Controller::new(Api::<ReplicaSet>::all(client.clone()), config.clone())
+        .owns(Api::<Pod>::all(client.clone()), config.clone())
+        .run(
+            |rs, c: Arc<(kube::Client, String)>| async move {
+                workloads::reconcile_replica_set(rs, c.0.clone(), &c.1).await
+            },
+            retry,
+            node_for_sets,
+        )
+        .for_each(log_errors("ReplicaSet"));
+    let services_controller = Controller::new(Api::<Service>::all(client.clone()), config.clone());
+    let services_store = services_controller.store();
+    let services_for_pods = services_store.clone();
+    let slices = services_controller
+        .watches(Api::<Pod>::all(client.clone()), config.clone(), move |pod: Pod| {
+            let ns = kube::ResourceExt::namespace(&pod);
+            services_for_pods
+                .state()
+                .into_iter()
+                .filter(|s| kube::ResourceExt::namespace(s.as_ref()) == ns)
+                .filter(|s| {
+                    endpoint_slices::selects(
+                        &s.spec.as_ref().and_then(|sp| sp.selector.clone()).unwrap_or_default(),
+                        &pod,
+                    )
+                })
+                .map(|s| ObjectRef::from_obj(s.as_ref()))
+                .collect::<Vec<_>>()
+        })
+        .run(|s, c: Arc<kube::Client>| endpoint_slices::reconcile(s, (*c).clone()), retry, Arc::new(client.clone()))
+        .for_each(log_errors("Service"));
+    let pods_controller =
+        Controller::new(Api::<Pod>::all(client.clone()), config.clone().fields(&format!("spec.nodeName={node}")));
+    let pods_store = pods_controller.store();
+    let kubelet_run = pods_controller
+        .run(|pod, k: Arc<kubelet::Kubelet>| async move { k.reconcile(pod).await }, retry, kubelet.clone())
+        .for_each(log_errors("Pod"));
+    let (slices_reader, slices_writer) = reflector::store::<EndpointSlice>();
+    let slices_watch = watcher(Api::<EndpointSlice>::all(client.clone()), config.clone())
+        .default_backoff()
+        .reflect(slices_writer)
+        .for_each(|_| futures::future::ready(()));
+    let proxy = service_proxy::run(network.clone(), services_store, slices_reader);
+    let sweeper_kubelet = kubelet.clone();
+    let sweep = async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let present = pods_store.state().iter().filter_map(|p| kube::ResourceExt::uid(p.as_ref())).collect();
+            sweeper_kubelet.forget_missing(&present);
+        }
+    };
+    tracing::info!(%node, pods = %format!("127.{b}.0.0/16"), namespaces = matches!(*network, network::Network::Namespaces(_)), "workload-sim running");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = futures::future::join5(deployments, replica_sets, slices, kubelet_run, slices_watch) => {}
+        _ = proxy => {}
+        _ = sweep => {}
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    tracing::info!("stopping every pod");
+    kubelet.stop_all().await;
+    network.stop();
+    Ok(())
+}

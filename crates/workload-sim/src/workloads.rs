@@ -1,0 +1,384 @@
+//! The Deployment and ReplicaSet controllers, as the simulator plays them: a Deployment gets one ReplicaSet
+//! per pod template (named by the template's hash), rolled as its strategy says (`RollingUpdate` honouring
+//! `maxSurge` and `maxUnavailable`, or `Recreate`); a ReplicaSet gets its Pods. Statuses are written as the
+//! real controllers write them (replicas, updated, ready, available after `minReadySeconds`, conditions).
+//! The plans are pure functions; `reconcile_*` only read and write the API.
+
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::controller::Action;
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+use sha2::Digest;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub const TEMPLATE_HASH_LABEL: &str = "pod-template-hash";
+const REVISION_ANNOTATION: &str = "deployment.kubernetes.io/revision";
+pub const FIELD_MANAGER: &str = "workload-sim";
+
+pub type Error = kube::Error;
+
+/// The hash of a pod template, as the ReplicaSet's name suffix and `pod-template-hash` label.
+pub fn template_hash(template: &serde_json::Value) -> String {
+    let digest = sha2::Sha256::digest(template.to_string().as_bytes());
+    digest.iter().take(5).map(|b| format!("{:02x}", b)).collect::<String>()[..10].to_string()
+}
+
+/// `value` of a `maxSurge`/`maxUnavailable` field for `replicas` pods: percentages round up for a surge and
+/// down for unavailability, as the real controller does.
+pub fn scaled(value: Option<&IntOrString>, replicas: i32, round_up: bool, default: &str) -> i32 {
+    let value = value.cloned().unwrap_or(IntOrString::String(default.into()));
+    match value {
+        IntOrString::Int(n) => n,
+        IntOrString::String(s) => {
+            let percent: f64 = s.trim_end_matches('%').parse().unwrap_or(0.0);
+            let exact = percent * replicas as f64 / 100.0;
+            (if round_up { exact.ceil() } else { exact.floor() }) as i32
+        }
+    }
+}
+
+/// What a Deployment's ReplicaSets are and how they should be scaled next.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReplicaSetState {
+    pub name: String,
+    pub replicas: i32,
+    pub available: i32,
+    pub current: bool,
+}
+
+/// The replicas each ReplicaSet should have now (one step of a roll), by name.
+pub fn plan_rollout(
+    desired: i32,
+    strategy_recreate: bool,
+    max_surge: i32,
+    max_unavailable: i32,
+    sets: &[ReplicaSetState],
+) -> BTreeMap<String, i32> {
+    let mut plan: BTreeMap<String, i32> = sets.iter().map(|s| (s.name.clone(), s.replicas)).collect();
+    let old_pods: i32 = sets.iter().filter(|s| !s.current).map(|s| s.replicas.max(s.available)).sum();
+    let Some(new) = sets.iter().find(|s| s.current) else { return plan };
+    if strategy_recreate {
+        for s in sets.iter().filter(|s| !s.current) {
+            plan.insert(s.name.clone(), 0);
+        }
+        plan.insert(new.name.clone(), if old_pods == 0 { desired } else { 0 });
+        return plan;
+    }
+    let (max_surge, max_unavailable) =
+        if max_surge == 0 && max_unavailable == 0 { (0, 1) } else { (max_surge, max_unavailable) };
+    // scale up the new set within the surge
+    let total: i32 = sets.iter().map(|s| s.replicas).sum();
+    let room = desired + max_surge - total;
+    let new_replicas = if new.replicas > desired { desired } else { (new.replicas + room.max(0)).min(desired) };
+    plan.insert(new.name.clone(), new_replicas);
+    // scale down old sets as far as availability allows
+    let available: i32 = sets.iter().map(|s| s.available).sum();
+    let mut can_remove = (available - (desired - max_unavailable)).max(0);
+    // an old set's pods that are not available can go at once
+    for s in sets.iter().filter(|s| !s.current) {
+        let unavailable = (s.replicas - s.available).max(0);
+        let mut replicas = s.replicas - unavailable;
+        let take = can_remove.min(replicas);
+        replicas -= take;
+        can_remove -= take;
+        plan.insert(s.name.clone(), replicas);
+    }
+    plan
+}
+
+fn owner(object: &impl Resource<DynamicType = ()>) -> OwnerReference {
+    object.controller_owner_ref(&()).expect("an object with a name and uid")
+}
+
+fn owned_by(meta: &kube::api::ObjectMeta, uid: &str) -> bool {
+    meta.owner_references.iter().flatten().any(|o| o.controller == Some(true) && o.uid == uid)
+}
+
+fn selector_of(labels: &BTreeMap<String, String>) -> String {
+    labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
+}
+
+/// One step of a Deployment: its current ReplicaSet exists, the sets are scaled as `plan_rollout` says,
+/// and the status sums up the sets.
+pub async fn reconcile_deployment(deployment: Arc<Deployment>, client: kube::Client) -> Result<Action, Error> {
+    if deployment.meta().deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    let ns = deployment.namespace().unwrap_or_default();
+    let sets_api: Api<ReplicaSet> = Api::namespaced(client.clone(), &ns);
+    let spec = deployment.spec.clone().unwrap_or_default();
+    let uid = deployment.uid().unwrap_or_default();
+    let selector = spec.selector.match_labels.clone().unwrap_or_default();
+    let mut sets: Vec<ReplicaSet> = sets_api
+        .list(&ListParams::default().labels(&selector_of(&selector)))
+        .await?
+        .items
+        .into_iter()
+        .filter(|rs| owned_by(&rs.metadata, &uid))
+        .collect();
+    let template = serde_json::to_value(&spec.template).unwrap_or_default();
+    let hash = template_hash(&template);
+    let name = format!("{}-{hash}", deployment.name_any());
+    if !sets.iter().any(|rs| rs.name_any() == name) {
+        let revision = sets
+            .iter()
+            .filter_map(|rs| rs.annotations().get(REVISION_ANNOTATION).and_then(|r| r.parse::<i64>().ok()))
+            .max()
+            .unwrap_or(0)
+            + 1;
+        let mut template = template.clone();
+        template["metadata"]["labels"][TEMPLATE_HASH_LABEL] = json!(hash);
+        let mut match_labels = serde_json::to_value(&selector).unwrap_or_default();
+        match_labels[TEMPLATE_HASH_LABEL] = json!(hash);
+        let mut labels =
+            serde_json::to_value(spec.template.metadata.as_ref().and_then(|m| m.labels.clone())).unwrap_or_default();
+        labels[TEMPLATE_HASH_LABEL] = json!(hash);
+        let rs: ReplicaSet = serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": ns, "labels": labels, "ownerReferences": [owner(deployment.as_ref())],
+                "annotations": {REVISION_ANNOTATION: revision.to_string()}},
+            "spec": {"replicas": 0, "minReadySeconds": spec.min_ready_seconds.unwrap_or(0),
+                "selector": {"matchLabels": match_labels}, "template": template}
+        }))
+        .expect("a valid ReplicaSet");
+        match sets_api
+            .create(&PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() }, &rs)
+            .await
+        {
+            Ok(created) => sets.push(created),
+            Err(kube::Error::Api(e)) if e.code == 409 => return Ok(Action::requeue(Duration::from_millis(200))),
+            Err(e) => return Err(e),
+        }
+    }
+    let desired = spec.replicas.unwrap_or(1);
+    let rolling = spec.strategy.as_ref().and_then(|s| s.rolling_update.as_ref());
+    let recreate = spec.strategy.as_ref().and_then(|s| s.type_.as_deref()) == Some("Recreate");
+    let surge = scaled(rolling.and_then(|r| r.max_surge.as_ref()), desired, true, "25%");
+    let unavailable = scaled(rolling.and_then(|r| r.max_unavailable.as_ref()), desired, false, "25%");
+    let states: Vec<ReplicaSetState> = sets
+        .iter()
+        .map(|rs| ReplicaSetState {
+            name: rs.name_any(),
+            replicas: rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0),
+            available: rs.status.as_ref().and_then(|s| s.available_replicas).unwrap_or(0),
+            current: rs.name_any() == name,
+        })
+        .collect();
+    let plan = plan_rollout(desired, recreate, surge, unavailable, &states);
+    for state in &states {
+        let want = plan[&state.name];
+        if want != state.replicas {
+            let patch = json!({"spec": {"replicas": want}});
+            sets_api.patch(&state.name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+        }
+    }
+    // old sets at 0 beyond the history limit go
+    let limit = spec.revision_history_limit.unwrap_or(10) as usize;
+    let mut idle: Vec<&ReplicaSet> = sets
+        .iter()
+        .filter(|rs| {
+            rs.name_any() != name && plan[&rs.name_any()] == 0 && rs.status.as_ref().is_none_or(|s| s.replicas == 0)
+        })
+        .collect();
+    idle.sort_by_key(|rs| rs.metadata.creation_timestamp.clone().map(|t| t.0));
+    while idle.len() > limit {
+        let rs = idle.remove(0);
+        let _ = sets_api.delete(&rs.name_any(), &DeleteParams::default()).await;
+    }
+    write_deployment_status(&client, &deployment, &sets, &name, desired).await?;
+    let done = states.iter().all(|s| plan[&s.name] == s.replicas)
+        && states.iter().filter(|s| !s.current).all(|s| s.replicas == 0);
+    Ok(if done { Action::await_change() } else { Action::requeue(Duration::from_secs(1)) })
+}
+
+async fn write_deployment_status(
+    client: &kube::Client,
+    deployment: &Deployment,
+    sets: &[ReplicaSet],
+    current: &str,
+    desired: i32,
+) -> Result<(), kube::Error> {
+    let sum = |f: fn(&k8s_openapi::api::apps::v1::ReplicaSetStatus) -> Option<i32>| -> i32 {
+        sets.iter().filter_map(|rs| rs.status.as_ref().and_then(f)).sum()
+    };
+    let replicas: i32 = sets.iter().filter_map(|rs| rs.status.as_ref().map(|s| s.replicas)).sum();
+    let updated: i32 =
+        sets.iter().filter(|rs| rs.name_any() == current).filter_map(|rs| rs.status.as_ref().map(|s| s.replicas)).sum();
+    let ready = sum(|s| s.ready_replicas);
+    let available = sum(|s| s.available_replicas);
+    let previous = deployment.status.clone().unwrap_or_default();
+    let condition = |type_: &str, ok: bool, reason: &str, message: String| {
+        let status = if ok { "True" } else { "False" };
+        let since = previous
+            .conditions
+            .iter()
+            .flatten()
+            .find(|c| c.type_ == type_ && c.status == status)
+            .and_then(|c| c.last_transition_time.clone())
+            .map(|t| t.0)
+            .unwrap_or_else(k8s_openapi::jiff::Timestamp::now);
+        json!({"type": type_, "status": status, "reason": reason, "message": message,
+            "lastTransitionTime": since, "lastUpdateTime": since})
+    };
+    let min_available = desired
+        - scaled(
+            deployment
+                .spec
+                .as_ref()
+                .and_then(|s| s.strategy.as_ref())
+                .and_then(|s| s.rolling_update.as_ref())
+                .and_then(|r| r.max_unavailable.as_ref()),
+            desired,
+            false,
+            "25%",
+        );
+    let complete = updated == desired && replicas == desired && available == desired;
+    let status = json!({"status": {
+        "observedGeneration": deployment.metadata.generation,
+        "replicas": replicas, "updatedReplicas": updated, "readyReplicas": ready, "availableReplicas": available,
+        "unavailableReplicas": (desired - available).max(0),
+        "conditions": [
+            condition("Available", available >= min_available,
+                if available >= min_available { "MinimumReplicasAvailable" } else { "MinimumReplicasUnavailable" },
+                format!("Deployment has {available} available of {desired} desired replicas.")),
+            condition("Progressing", true,
+                if complete { "NewReplicaSetAvailable" } else { "ReplicaSetUpdated" },
+                format!("ReplicaSet \"{current}\" {}.", if complete { "has successfully progressed" } else { "is progressing" })),
+        ],
+    }});
+    let api: Api<Deployment> = Api::namespaced(client.clone(), &deployment.namespace().unwrap_or_default());
+    api.patch_status(&deployment.name_any(), &PatchParams::default(), &Patch::Merge(&status)).await?;
+    Ok(())
+}
+
+/// A ReplicaSet's Pods (bound to `node`): as many as it wants (new ones named `<set>-<5 letters>`; surplus ones go, those not
+/// ready first), and its status.
+pub async fn reconcile_replica_set(rs: Arc<ReplicaSet>, client: kube::Client, node: &str) -> Result<Action, Error> {
+    if rs.meta().deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    let ns = rs.namespace().unwrap_or_default();
+    let pods_api: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let spec = rs.spec.clone().unwrap_or_default();
+    let uid = rs.uid().unwrap_or_default();
+    let selector = spec.selector.match_labels.clone().unwrap_or_default();
+    let pods: Vec<Pod> = pods_api
+        .list(&ListParams::default().labels(&selector_of(&selector)))
+        .await?
+        .items
+        .into_iter()
+        .filter(|p| owned_by(&p.metadata, &uid))
+        .collect();
+    let live: Vec<&Pod> = pods.iter().filter(|p| p.metadata.deletion_timestamp.is_none()).collect();
+    let want = spec.replicas.unwrap_or(1);
+    let have = live.len() as i32;
+    if have < want {
+        let template = serde_json::to_value(&spec.template).unwrap_or_default();
+        for _ in have..want {
+            let mut pod = template.clone();
+            pod["metadata"]["generateName"] = json!(format!("{}-", rs.name_any()));
+            pod["metadata"]["namespace"] = json!(ns);
+            pod["metadata"]["ownerReferences"] = json!([owner(rs.as_ref())]);
+            // no scheduler: Pods are created bound to the simulator's one node
+            pod["spec"]["nodeName"] = json!(node);
+            let pod: Pod = serde_json::from_value(pod).expect("a valid Pod");
+            pods_api
+                .create(&PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() }, &pod)
+                .await?;
+        }
+    } else if have > want {
+        let mut surplus = live.clone();
+        // not ready first, then the newest
+        surplus.sort_by_key(|p| (pod_ready(p), std::cmp::Reverse(p.metadata.creation_timestamp.clone().map(|t| t.0))));
+        for pod in surplus.iter().take((have - want) as usize) {
+            pods_api.delete(&pod.name_any(), &DeleteParams::default()).await?;
+        }
+    }
+    let min_ready = Duration::from_secs(spec.min_ready_seconds.unwrap_or(0).max(0) as u64);
+    let ready = live.iter().filter(|p| pod_ready(p)).count() as i32;
+    let available_pods: Vec<&&Pod> = live.iter().filter(|p| ready_for(p).is_some_and(|d| d >= min_ready)).collect();
+    let status = json!({"status": {
+        "observedGeneration": rs.metadata.generation,
+        "replicas": live.len(), "fullyLabeledReplicas": live.len(),
+        "readyReplicas": ready, "availableReplicas": available_pods.len(),
+    }});
+    let api: Api<ReplicaSet> = Api::namespaced(client.clone(), &ns);
+    api.patch_status(&rs.name_any(), &PatchParams::default(), &Patch::Merge(&status)).await?;
+    // a pod ready but not yet for minReadySeconds becomes available later
+    let waiting = live.iter().filter_map(|p| ready_for(p)).filter(|d| *d < min_ready).map(|d| min_ready - d).min();
+    Ok(match waiting {
+        Some(wait) => Action::requeue(wait + Duration::from_millis(100)),
+        None => Action::await_change(),
+    })
+}
+
+pub fn pod_ready(pod: &Pod) -> bool {
+    ready_condition(pod).is_some_and(|c| c.status == "True")
+}
+
+fn ready_condition(pod: &Pod) -> Option<&k8s_openapi::api::core::v1::PodCondition> {
+    pod.status.as_ref()?.conditions.as_ref()?.iter().find(|c| c.type_ == "Ready")
+}
+
+/// How long `pod` has been ready, if it is.
+fn ready_for(pod: &Pod) -> Option<Duration> {
+    let condition = ready_condition(pod).filter(|c| c.status == "True")?;
+    let since = condition.last_transition_time.as_ref()?.0;
+    Some(Duration::try_from(k8s_openapi::jiff::Timestamp::now().duration_since(since)).unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(name: &str, replicas: i32, available: i32, current: bool) -> ReplicaSetState {
+        ReplicaSetState { name: name.into(), replicas, available, current }
+    }
+
+    #[test]
+    fn a_roll_with_max_surge_1_and_max_unavailable_0_adds_one_then_removes_one_once_available() {
+        // the proxies' strategy: 2 replicas, surge 1, unavailable 0
+        let plan = plan_rollout(2, false, 1, 0, &[set("old", 2, 2, false), set("new", 0, 0, true)]);
+        assert_eq!((plan["old"], plan["new"]), (2, 1));
+        // the new pod is not available yet: nothing old goes
+        let plan = plan_rollout(2, false, 1, 0, &[set("old", 2, 2, false), set("new", 1, 0, true)]);
+        assert_eq!((plan["old"], plan["new"]), (2, 1));
+        // once it is, one old pod goes and the next new one comes
+        let plan = plan_rollout(2, false, 1, 0, &[set("old", 2, 2, false), set("new", 1, 1, true)]);
+        assert_eq!((plan["old"], plan["new"]), (1, 1));
+        let plan = plan_rollout(2, false, 1, 0, &[set("old", 1, 1, false), set("new", 1, 1, true)]);
+        assert_eq!((plan["old"], plan["new"]), (1, 2));
+        let plan = plan_rollout(2, false, 1, 0, &[set("old", 1, 1, false), set("new", 2, 2, true)]);
+        assert_eq!((plan["old"], plan["new"]), (0, 2));
+    }
+
+    #[test]
+    fn recreate_scales_the_old_set_to_zero_before_the_new_one_starts() {
+        let plan = plan_rollout(3, true, 0, 0, &[set("old", 3, 3, false), set("new", 0, 0, true)]);
+        assert_eq!((plan["old"], plan["new"]), (0, 0));
+        let plan = plan_rollout(3, true, 0, 0, &[set("old", 0, 0, false), set("new", 0, 0, true)]);
+        assert_eq!((plan["old"], plan["new"]), (0, 3));
+    }
+
+    #[test]
+    fn percentages_round_up_for_surge_and_down_for_unavailability() {
+        let pct = IntOrString::String("25%".into());
+        assert_eq!(scaled(Some(&pct), 3, true, "25%"), 1);
+        assert_eq!(scaled(Some(&pct), 3, false, "25%"), 0);
+        assert_eq!(scaled(None, 8, false, "25%"), 2);
+        assert_eq!(scaled(Some(&IntOrString::Int(1)), 8, false, "25%"), 1);
+    }
+
+    #[test]
+    fn scaling_a_settled_deployment_changes_only_its_current_set() {
+        let plan = plan_rollout(5, false, 1, 1, &[set("new", 3, 3, true)]);
+        assert_eq!(plan["new"], 5);
+        let plan = plan_rollout(1, false, 1, 1, &[set("new", 3, 3, true)]);
+        assert_eq!(plan["new"], 1);
+    }
+}
