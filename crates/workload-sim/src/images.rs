@@ -62,10 +62,7 @@ pub fn launch(
     if repository.contains("canary-controller") {
         anyhow::bail!("image {image}: containers of canary-controller's own image are not simulated yet");
     }
-    let ports: Vec<u16> = match &container.ports {
-        Some(ports) if !ports.is_empty() => ports.iter().filter_map(|p| u16::try_from(p.container_port).ok()).collect(),
-        _ => vec![80],
-    };
+    let ports = listen_ports(container, pod);
     let mut args = vec!["serve".into(), "--pod".into(), pod.name_any(), "--image".into(), image.clone()];
     for port in ports {
         args.push("--listen".into());
@@ -73,6 +70,23 @@ pub fn launch(
     }
     let program = std::env::current_exe()?;
     Ok(Launch { program, args, env, user })
+}
+
+/// The ports the built-in server listens on for `container`: its declared ports; a container that declares
+/// none gets port 80 when it is the pod's first such container and no container declares 80 (as for
+/// `kubectl create deployment --image=nginx`), else none (it runs, listening on nothing).
+fn listen_ports(container: &Container, pod: &Pod) -> Vec<u16> {
+    let declared = |c: &Container| -> Vec<u16> {
+        c.ports.iter().flatten().filter_map(|p| u16::try_from(p.container_port).ok()).collect()
+    };
+    let own = declared(container);
+    if !own.is_empty() {
+        return own;
+    }
+    let containers = pod.spec.as_ref().map(|s| s.containers.as_slice()).unwrap_or_default();
+    let first_portless = containers.iter().find(|c| declared(c).is_empty()).map(|c| c.name.as_str());
+    let eighty_taken = containers.iter().any(|c| declared(c).contains(&80));
+    if first_portless == Some(container.name.as_str()) && !eighty_taken { vec![80] } else { vec![] }
 }
 
 /// The command that starts `launch`, in network namespace `netns` if any.

@@ -50,7 +50,8 @@ enum Command {
         pod: String,
         #[arg(long)]
         image: String,
-        #[arg(long, required = true)]
+        /// Where to listen (none: run, listening on nothing).
+        #[arg(long)]
         listen: Vec<SocketAddr>,
     },
 }

@@ -78,8 +78,8 @@ pub fn answer(pod: &str, image: &str) -> String {
 
 /// Serves on every address of `listen` until the process is stopped.
 pub async fn serve(listen: Vec<SocketAddr>, pod: String, image: String, behaviour: Behaviour) -> anyhow::Result<()> {
-    if behaviour.refuse {
-        tracing::info!("SIM_REFUSE: listening on nothing");
+    if behaviour.refuse || listen.is_empty() {
+        tracing::info!("listening on nothing");
         std::future::pending::<()>().await;
     }
     let metrics = Arc::new(Metrics::new());
