@@ -100,6 +100,15 @@ fn owned_by(meta: &kube::api::ObjectMeta, uid: &str) -> bool {
     meta.owner_references.iter().flatten().any(|o| o.controller == Some(true) && o.uid == uid)
 }
 
+/// The objects of `api` that `selector` selects and the object with `uid` controls.
+async fn owned<K>(api: &Api<K>, selector: &BTreeMap<String, String>, uid: &str) -> Result<Vec<K>, Error>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let listed = api.list(&ListParams::default().labels(&selector_of(selector))).await?;
+    Ok(listed.items.into_iter().filter(|o| owned_by(o.meta(), uid)).collect())
+}
+
 fn selector_of(labels: &BTreeMap<String, String>) -> String {
     labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
 }
@@ -115,13 +124,7 @@ pub async fn reconcile_deployment(deployment: Arc<Deployment>, client: kube::Cli
     let spec = deployment.spec.clone().unwrap_or_default();
     let uid = deployment.uid().unwrap_or_default();
     let selector = spec.selector.match_labels.clone().unwrap_or_default();
-    let mut sets: Vec<ReplicaSet> = sets_api
-        .list(&ListParams::default().labels(&selector_of(&selector)))
-        .await?
-        .items
-        .into_iter()
-        .filter(|rs| owned_by(&rs.metadata, &uid))
-        .collect();
+    let mut sets = owned(&sets_api, &selector, &uid).await?;
     let template = serde_json::to_value(&spec.template).unwrap_or_default();
     let hash = template_hash(&template);
     let name = format!("{}-{hash}", deployment.name_any());
@@ -267,13 +270,7 @@ pub async fn reconcile_replica_set(rs: Arc<ReplicaSet>, client: kube::Client, no
     let spec = rs.spec.clone().unwrap_or_default();
     let uid = rs.uid().unwrap_or_default();
     let selector = spec.selector.match_labels.clone().unwrap_or_default();
-    let pods: Vec<Pod> = pods_api
-        .list(&ListParams::default().labels(&selector_of(&selector)))
-        .await?
-        .items
-        .into_iter()
-        .filter(|p| owned_by(&p.metadata, &uid))
-        .collect();
+    let pods = owned(&pods_api, &selector, &uid).await?;
     let live: Vec<&Pod> = pods.iter().filter(|p| p.metadata.deletion_timestamp.is_none()).collect();
     let want = spec.replicas.unwrap_or(1);
     let have = live.len() as i32;
