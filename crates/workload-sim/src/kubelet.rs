@@ -9,6 +9,7 @@ use crate::images::{self, Launch};
 use crate::network::Network;
 use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Probe};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
@@ -16,6 +17,7 @@ use serde_json::json;
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::task::JoinHandle;
@@ -25,8 +27,8 @@ pub struct Kubelet {
     pub client: kube::Client,
     pub node: String,
     pub network: Arc<Network>,
-    /// Pods get addresses `127.A.B.x`, from `first` on.
-    pub pod_network: [u8; 2],
+    /// Pods get addresses in `127.<pod_network>.0.0/16`.
+    pub pod_network: u8,
     pub node_address: Ipv4Addr,
     /// Where pods' volumes are written.
     pub state_dir: PathBuf,
@@ -42,17 +44,33 @@ struct RunningPod {
     netns: Option<String>,
     namespace: String,
     name: String,
-    containers: Mutex<Vec<ContainerProcess>>,
+    containers: Vec<ContainerProcess>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
-    stopping: Mutex<bool>,
-    ready: Mutex<bool>,
+    stopping: AtomicBool,
+    ready: AtomicBool,
 }
 
 struct ContainerProcess {
     name: String,
-    /// The process's host pid (in a pid namespace of its own as root).
+    /// The process's host pid (in a pid namespace of its own as root), while it runs.
     pid: Mutex<Option<u32>>,
-    restarts: Mutex<i32>,
+    restarts: AtomicI32,
+}
+
+impl RunningPod {
+    fn signal(&self, signal: nix::sys::signal::Signal) {
+        for pid in self.containers.iter().filter_map(|c| *c.pid.lock().unwrap()) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal);
+        }
+    }
+
+    fn all_alive(&self) -> bool {
+        self.containers.iter().all(|c| c.pid.lock().unwrap().is_some())
+    }
+
+    fn any_alive(&self) -> bool {
+        self.containers.iter().any(|c| c.pid.lock().unwrap().is_some())
+    }
 }
 
 impl Kubelet {
@@ -60,7 +78,7 @@ impl Kubelet {
         client: kube::Client,
         node: String,
         network: Arc<Network>,
-        pod_network: [u8; 2],
+        pod_network: u8,
         node_address: Ipv4Addr,
         state_dir: PathBuf,
         pod_limit: usize,
@@ -82,10 +100,10 @@ impl Kubelet {
         let used: Vec<Ipv4Addr> = self.running.lock().unwrap().values().map(|p| p.address).collect();
         let mut next = self.next_address.lock().unwrap();
         loop {
+            // the third byte stays under 255: 127.P.255.x is the node's
             *next = if *next >= 63_500 { 1 } else { *next + 1 };
-            let [a, b] = self.pod_network;
-            let address = Ipv4Addr::new(127, a, b + (*next / 250) as u8, (*next % 250) as u8 + 1);
-            if !used.contains(&address) && address != self.node_address {
+            let address = Ipv4Addr::new(127, self.pod_network, (*next / 250) as u8, (*next % 250) as u8 + 1);
+            if !used.contains(&address) {
                 return address;
             }
         }
@@ -103,8 +121,7 @@ impl Kubelet {
         if pod.metadata.deletion_timestamp.is_some() {
             match running {
                 Some(running) => {
-                    let first = !std::mem::replace(&mut *running.stopping.lock().unwrap(), true);
-                    if first {
+                    if !running.stopping.swap(true, Ordering::SeqCst) {
                         let kubelet = self.clone();
                         let grace = pod.metadata.deletion_grace_period_seconds.unwrap_or(30).max(0) as u64;
                         let pod = pod.clone();
@@ -166,23 +183,22 @@ impl Kubelet {
         let running = Arc::new(RunningPod {
             id: id.clone(),
             address,
-            netns: netns.clone(),
+            netns,
             namespace,
             name: pod.name_any(),
-            containers: Mutex::new(
-                spec.containers
-                    .iter()
-                    .map(|c| ContainerProcess { name: c.name.clone(), pid: Mutex::new(None), restarts: Mutex::new(0) })
-                    .collect(),
-            ),
+            containers: spec
+                .containers
+                .iter()
+                .map(|c| ContainerProcess { name: c.name.clone(), pid: Mutex::new(None), restarts: AtomicI32::new(0) })
+                .collect(),
             tasks: Mutex::default(),
-            stopping: Mutex::new(false),
-            ready: Mutex::new(false),
+            stopping: AtomicBool::new(false),
+            ready: AtomicBool::new(false),
         });
         self.running.lock().unwrap().insert(uid, running.clone());
-        let started = chrono::Utc::now();
+        let started = Timestamp::now();
         for (index, launch) in launches.into_iter().enumerate() {
-            let task = tokio::spawn(supervise(running.clone(), index, launch, netns.clone()));
+            let task = tokio::spawn(supervise(running.clone(), index, launch));
             running.tasks.lock().unwrap().push(task);
         }
         if self.network.needs_forwarders() {
@@ -190,7 +206,7 @@ impl Kubelet {
                 let at = SocketAddr::from((address, port.container_port as u16));
                 let network = self.network.clone();
                 let task = tokio::spawn(async move {
-                    if let Err(e) = crate::network::forward(network, at, at).await {
+                    if let Err(e) = crate::network::forward(network, at, move || Some(at)).await {
                         tracing::warn!(address = %at, error = %e, "cannot forward to the pod from the host");
                     }
                 });
@@ -231,31 +247,26 @@ impl Kubelet {
         Ok(volumes)
     }
 
-    async fn write_status(
-        &self,
-        running: &RunningPod,
-        pod: &Pod,
-        started: chrono::DateTime<chrono::Utc>,
-    ) -> Result<(), kube::Error> {
-        let ready = *running.ready.lock().unwrap();
+    async fn write_status(&self, running: &RunningPod, pod: &Pod, started: Timestamp) -> Result<(), kube::Error> {
+        let ready = running.ready.load(Ordering::SeqCst);
         let previous = pod.status.as_ref().and_then(|s| s.conditions.as_ref());
         let since = |type_: &str, status: &str| {
             previous
                 .and_then(|cs| cs.iter().find(|c| c.type_ == type_ && c.status == status))
                 .and_then(|c| c.last_transition_time.clone())
                 .map(|t| t.0)
-                .unwrap_or_else(k8s_openapi::jiff::Timestamp::now)
+                .unwrap_or_else(Timestamp::now)
         };
         let flag = if ready { "True" } else { "False" };
         let containers: Vec<serde_json::Value> = pod
             .spec
             .iter()
             .flat_map(|s| &s.containers)
-            .zip(running.containers.lock().unwrap().iter())
+            .zip(&running.containers)
             .map(|(c, p)| {
                 let alive = p.pid.lock().unwrap().is_some();
                 json!({"name": c.name, "image": c.image, "imageID": "", "ready": ready && alive, "started": alive,
-                    "restartCount": *p.restarts.lock().unwrap(),
+                    "restartCount": p.restarts.load(Ordering::SeqCst),
                     "state": if alive { json!({"running": {"startedAt": started}}) } else { json!({"waiting": {"reason": "CrashLoopBackOff"}}) }})
             })
             .collect();
@@ -279,11 +290,8 @@ impl Kubelet {
     /// Stops a Pod as a real kubelet does: the `preStop` hooks, SIGTERM, SIGKILL at the end of the grace period.
     async fn stop(&self, running: &RunningPod, pod: &Pod, grace: Duration) {
         let deadline = tokio::time::Instant::now() + grace;
-        let hooks = pod
-            .spec
-            .iter()
-            .flat_map(|s| &s.containers)
-            .zip(running.containers.lock().unwrap().iter().map(|c| *c.pid.lock().unwrap()).collect::<Vec<_>>());
+        let hooks =
+            pod.spec.iter().flat_map(|s| &s.containers).zip(running.containers.iter().map(|c| *c.pid.lock().unwrap()));
         let mut waits = vec![];
         for (container, pid) in hooks {
             let command = container
@@ -306,15 +314,11 @@ impl Kubelet {
             }
         }
         futures::future::join_all(waits).await;
-        signal_all(running, nix::sys::signal::Signal::SIGTERM);
-        while tokio::time::Instant::now() < deadline && any_alive(running) {
+        running.signal(nix::sys::signal::Signal::SIGTERM);
+        while tokio::time::Instant::now() < deadline && running.any_alive() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        signal_all(running, nix::sys::signal::Signal::SIGKILL);
-        for task in running.tasks.lock().unwrap().drain(..) {
-            task.abort();
-        }
-        self.network.remove_pod(&running.id);
+        self.kill(running);
         tracing::info!(pod = %running.name, namespace = %running.namespace, "pod stopped");
     }
 
@@ -322,11 +326,7 @@ impl Kubelet {
     pub async fn stop_all(&self) {
         let pods: Vec<Arc<RunningPod>> = self.running.lock().unwrap().drain().map(|(_, p)| p).collect();
         for running in pods {
-            signal_all(&running, nix::sys::signal::Signal::SIGKILL);
-            for task in running.tasks.lock().unwrap().drain(..) {
-                task.abort();
-            }
-            self.network.remove_pod(&running.id);
+            self.kill(&running);
         }
     }
 
@@ -335,15 +335,20 @@ impl Kubelet {
         let gone: Vec<Arc<RunningPod>> = {
             let mut running = self.running.lock().unwrap();
             let gone: Vec<String> = running.keys().filter(|uid| !present.contains(*uid)).cloned().collect();
-            gone.iter().filter_map(|uid| running.remove(uid)).filter(|p| !*p.stopping.lock().unwrap()).collect()
+            gone.iter().filter_map(|uid| running.remove(uid)).filter(|p| !p.stopping.load(Ordering::SeqCst)).collect()
         };
         for running in gone {
-            signal_all(&running, nix::sys::signal::Signal::SIGKILL);
-            for task in running.tasks.lock().unwrap().drain(..) {
-                task.abort();
-            }
-            self.network.remove_pod(&running.id);
+            self.kill(&running);
         }
+    }
+
+    /// Ends what is left of a Pod at once: its processes (SIGKILL), its helper tasks, its namespace.
+    fn kill(&self, running: &RunningPod) {
+        running.signal(nix::sys::signal::Signal::SIGKILL);
+        for task in running.tasks.lock().unwrap().drain(..) {
+            task.abort();
+        }
+        self.network.remove_pod(&running.id);
     }
 }
 
@@ -352,24 +357,14 @@ fn set_mode(path: &std::path::Path, mode: u32) -> std::io::Result<()> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
 }
 
-fn signal_all(running: &RunningPod, signal: nix::sys::signal::Signal) {
-    for container in running.containers.lock().unwrap().iter() {
-        if let Some(pid) = *container.pid.lock().unwrap() {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal);
-        }
-    }
-}
-
-fn any_alive(running: &RunningPod) -> bool {
-    running.containers.lock().unwrap().iter().any(|c| c.pid.lock().unwrap().is_some())
-}
-
-/// Runs container `index` of a Pod, restarting it when it exits (10 s at most between tries) until the
-/// task is aborted.
-async fn supervise(running: Arc<RunningPod>, index: usize, launch: Launch, netns: Option<String>) {
+/// Runs container `index` of a Pod, restarting it when it exits (10 s at most between tries) until the Pod
+/// stops.
+async fn supervise(running: Arc<RunningPod>, index: usize, launch: Launch) {
+    let container = &running.containers[index];
+    let netns = running.netns.as_deref();
     let mut delay = Duration::from_millis(500);
-    loop {
-        let mut command = images::command(&launch, netns.as_deref());
+    while !running.stopping.load(Ordering::SeqCst) {
+        let mut command = images::command(&launch, netns);
         command.kill_on_drop(true);
         match command.spawn() {
             Ok(mut child) => {
@@ -377,18 +372,17 @@ async fn supervise(running: Arc<RunningPod>, index: usize, launch: Launch, netns
                     Some(launcher) => images::container_pid(launcher, netns.is_some()).await,
                     None => None,
                 };
-                *running.containers.lock().unwrap()[index].pid.lock().unwrap() = pid;
+                *container.pid.lock().unwrap() = pid;
                 let status = child.wait().await;
-                *running.containers.lock().unwrap()[index].pid.lock().unwrap() = None;
-                if *running.stopping.lock().unwrap() {
+                *container.pid.lock().unwrap() = None;
+                if running.stopping.load(Ordering::SeqCst) {
                     return;
                 }
-                let name = running.containers.lock().unwrap()[index].name.clone();
-                tracing::warn!(pod = %running.name, container = %name, status = ?status, "container exited; restarting");
+                tracing::warn!(pod = %running.name, container = %container.name, status = ?status, "container exited; restarting");
             }
             Err(e) => tracing::warn!(pod = %running.name, error = %e, "cannot start a container"),
         }
-        *running.containers.lock().unwrap()[index].restarts.lock().unwrap() += 1;
+        container.restarts.fetch_add(1, Ordering::SeqCst);
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_secs(10));
     }
@@ -396,45 +390,39 @@ async fn supervise(running: Arc<RunningPod>, index: usize, launch: Launch, netns
 
 /// Probes the Pod's readiness (every container's probe; a container without one is ready once started) and
 /// writes the status whenever readiness changes.
-async fn probe_loop(
-    kubelet: Arc<Kubelet>,
-    running: Arc<RunningPod>,
-    pod: Arc<Pod>,
-    started: chrono::DateTime<chrono::Utc>,
-) {
+async fn probe_loop(kubelet: Arc<Kubelet>, running: Arc<RunningPod>, pod: Arc<Pod>, started: Timestamp) {
     let containers: Vec<Container> = pod.spec.iter().flat_map(|s| s.containers.clone()).collect();
     let period =
         containers.iter().filter_map(|c| c.readiness_probe.as_ref()?.period_seconds).min().unwrap_or(1).clamp(1, 10)
             as u64;
+    let threshold_fail =
+        containers.iter().filter_map(|c| c.readiness_probe.as_ref()?.failure_threshold).max().unwrap_or(3);
+    let threshold_ok =
+        containers.iter().filter_map(|c| c.readiness_probe.as_ref()?.success_threshold).max().unwrap_or(1);
     let mut failures = 0;
     let mut successes = 0;
     let mut restarts_seen = 0;
     loop {
-        let mut all_ok =
-            any_alive(&running) && running.containers.lock().unwrap().iter().all(|c| c.pid.lock().unwrap().is_some());
+        let mut all_ok = running.all_alive();
         for container in &containers {
             if let Some(probe) = &container.readiness_probe {
                 all_ok = all_ok && probe_once(&kubelet.network, running.address, container, probe).await;
             }
         }
-        let threshold_fail =
-            containers.iter().filter_map(|c| c.readiness_probe.as_ref()?.failure_threshold).max().unwrap_or(3);
-        let threshold_ok =
-            containers.iter().filter_map(|c| c.readiness_probe.as_ref()?.success_threshold).max().unwrap_or(1);
         (failures, successes) = if all_ok { (0, successes + 1) } else { (failures + 1, 0) };
-        let was = *running.ready.lock().unwrap();
+        let was = running.ready.load(Ordering::SeqCst);
         let now = if was { failures < threshold_fail } else { successes >= threshold_ok };
-        let restarts: i32 = running.containers.lock().unwrap().iter().map(|c| *c.restarts.lock().unwrap()).sum();
+        let restarts: i32 = running.containers.iter().map(|c| c.restarts.load(Ordering::SeqCst)).sum();
         if now != was || restarts != restarts_seen {
-            *running.ready.lock().unwrap() = now;
+            running.ready.store(now, Ordering::SeqCst);
             restarts_seen = restarts;
-            if !*running.stopping.lock().unwrap() {
+            if !running.stopping.load(Ordering::SeqCst) {
                 let latest =
                     Api::<Pod>::namespaced(kubelet.client.clone(), &running.namespace).get_opt(&running.name).await;
                 let current = latest.ok().flatten().map(Arc::new).unwrap_or(pod.clone());
                 if let Err(e) = kubelet.write_status(&running, &current, started).await {
                     tracing::debug!(error = %e, "pod status not written; retrying");
-                    *running.ready.lock().unwrap() = was;
+                    running.ready.store(was, Ordering::SeqCst);
                 }
             }
         }

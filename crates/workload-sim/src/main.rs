@@ -36,7 +36,7 @@ enum Command {
         node_name: String,
         /// The /16 of 127/8 Pods get addresses from.
         #[arg(long, default_value = "127.244.0.0/16", value_parser = parse_network)]
-        pod_network: [u8; 2],
+        pod_network: u8,
         /// Where Pods' volumes are written.
         #[arg(long, default_value = ".local/workload-sim")]
         state_dir: PathBuf,
@@ -56,7 +56,8 @@ enum Command {
     },
 }
 
-fn parse_network(text: &str) -> Result<[u8; 2], String> {
+/// The second byte of a /16 of 127/8 (`127.P.0.0/16`).
+fn parse_network(text: &str) -> Result<u8, String> {
     let expected = || format!("{text:?}: expected a /16 of 127/8 such as 127.244.0.0/16");
     let (address, bits) = text.split_once('/').ok_or_else(expected)?;
     let address: Ipv4Addr = address.parse().map_err(|_| expected())?;
@@ -64,7 +65,7 @@ fn parse_network(text: &str) -> Result<[u8; 2], String> {
     if a != 127 || bits != "16" || b == 255 || c != 0 {
         return Err(expected());
     }
-    Ok([b, 0])
+    Ok(b)
 }
 
 #[tokio::main]
@@ -99,9 +100,8 @@ fn retry<K, C>(_: Arc<K>, _: &kube::Error, _: Arc<C>) -> Action {
     Action::requeue(Duration::from_millis(500))
 }
 
-async fn run(node: String, pod_network: [u8; 2], state_dir: PathBuf, pod_limit: usize) -> anyhow::Result<()> {
+async fn run(node: String, b: u8, state_dir: PathBuf, pod_limit: usize) -> anyhow::Result<()> {
     let client = kube::Client::try_default().await?;
-    let [b, _] = pod_network;
     let node_address = Ipv4Addr::new(127, b, 255, 254);
     let prefix = format!("wsim{b}");
     let network = Arc::new(network::Network::start(&prefix, node_address));
@@ -111,7 +111,7 @@ async fn run(node: String, pod_network: [u8; 2], state_dir: PathBuf, pod_limit: 
         client.clone(),
         node.clone(),
         network.clone(),
-        [b, 0],
+        b,
         node_address,
         state_dir,
         pod_limit,

@@ -188,21 +188,35 @@ pub fn reset(stream: &TcpStream) {
     let _ = socket2::SockRef::from(stream).set_linger(Some(std::time::Duration::ZERO));
 }
 
-/// Forwards connections to `listen` (on the host) to `target` through `network`, until the task is aborted.
-pub async fn forward(network: std::sync::Arc<Network>, listen: SocketAddr, target: SocketAddr) -> std::io::Result<()> {
-    let socket = TcpSocket::new_v4()?;
+/// A listener on `address`, with address reuse (a restarted process takes its port back at once); the
+/// unspecified IPv6 address takes IPv4 too, as `:::PORT` does in a pod.
+pub fn listen(address: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if address.is_ipv6() { TcpSocket::new_v6()? } else { TcpSocket::new_v4()? };
     socket.set_reuseaddr(true)?;
-    socket.bind(listen)?;
-    let listener = socket.listen(1024)?;
+    socket.bind(address).map_err(|e| std::io::Error::new(e.kind(), format!("listening on {address}: {e}")))?;
+    socket.listen(1024)
+}
+
+/// Forwards each connection to `listen` (on the host) to the address `target` picks for it, through
+/// `network`, until the task is aborted. No target, or a target that refuses: the client gets a reset.
+pub async fn forward(
+    network: std::sync::Arc<Network>,
+    listen_on: SocketAddr,
+    target: impl Fn() -> Option<SocketAddr>,
+) -> std::io::Result<()> {
+    let listener = listen(listen_on)?;
     loop {
         let (mut client, _) = listener.accept().await?;
+        let Some(target) = target() else {
+            reset(&client);
+            continue;
+        };
         let network = network.clone();
         tokio::spawn(async move {
             match network.connect(target).await {
                 Ok(mut server) => {
                     let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
                 }
-                // refused there: refused here (a reset)
                 Err(_) => reset(&client),
             }
         });

@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 /// What a built-in server answers and how it misbehaves.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -86,7 +86,7 @@ pub async fn serve(listen: Vec<SocketAddr>, pod: String, image: String, behaviou
     let shared = Arc::new((answer(&pod, &image), behaviour));
     let mut tasks = vec![];
     for address in listen {
-        let listener = bind(address)?;
+        let listener = crate::network::listen(address)?;
         let (shared, metrics) = (shared.clone(), metrics.clone());
         tasks.push(tokio::spawn(async move {
             loop {
@@ -100,14 +100,6 @@ pub async fn serve(listen: Vec<SocketAddr>, pod: String, image: String, behaviou
     }
     futures::future::join_all(tasks).await;
     Ok(())
-}
-
-/// A listener on `address`; the unspecified IPv6 address takes IPv4 too (as `:::PORT` does in a pod).
-fn bind(address: SocketAddr) -> anyhow::Result<TcpListener> {
-    let socket = if address.is_ipv6() { tokio::net::TcpSocket::new_v6()? } else { tokio::net::TcpSocket::new_v4()? };
-    socket.set_reuseaddr(true)?;
-    socket.bind(address).map_err(|e| anyhow::anyhow!("listening on {address}: {e}"))?;
-    Ok(socket.listen(1024)?)
 }
 
 async fn handle(mut stream: TcpStream, line: &str, behaviour: &Behaviour, metrics: &Metrics) -> std::io::Result<()> {

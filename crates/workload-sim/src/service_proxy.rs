@@ -100,28 +100,11 @@ async fn serve(
     service: String,
     port_name: String,
 ) -> std::io::Result<()> {
-    let socket = tokio::net::TcpSocket::new_v4()?;
-    socket.set_reuseaddr(true)?;
-    socket.bind(at)?;
-    let listener = socket.listen(1024)?;
-    let turn = Arc::new(AtomicUsize::new(0));
-    loop {
-        let (mut client, _) = listener.accept().await?;
+    let turn = AtomicUsize::new(0);
+    // no ready endpoint: refused, as kube-proxy rejects it
+    crate::network::forward(network, at, move || {
         let endpoints = ready_endpoints(&slices.state(), &ns, &service, &port_name);
-        if endpoints.is_empty() {
-            // no endpoint: refused, as kube-proxy rejects it
-            crate::network::reset(&client);
-            continue;
-        }
-        let target = endpoints[turn.fetch_add(1, Ordering::Relaxed) % endpoints.len()];
-        let network = network.clone();
-        tokio::spawn(async move {
-            match network.connect(target).await {
-                Ok(mut server) => {
-                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
-                }
-                Err(_) => crate::network::reset(&client),
-            }
-        });
-    }
+        (!endpoints.is_empty()).then(|| endpoints[turn.fetch_add(1, Ordering::Relaxed) % endpoints.len()])
+    })
+    .await
 }
