@@ -193,7 +193,7 @@ pub async fn reconcile_deployment(deployment: Arc<Deployment>, client: kube::Cli
         let rs = idle.remove(0);
         let _ = sets_api.delete(&rs.name_any(), &DeleteParams::default()).await;
     }
-    write_deployment_status(&client, &deployment, &sets, &name, desired).await?;
+    write_deployment_status(&client, &deployment, &sets, &name, desired, desired - unavailable).await?;
     let done = states.iter().all(|s| plan[&s.name] == s.replicas)
         && states.iter().filter(|s| !s.current).all(|s| s.replicas == 0);
     Ok(if done { Action::await_change() } else { Action::requeue(Duration::from_secs(1)) })
@@ -205,6 +205,7 @@ async fn write_deployment_status(
     sets: &[ReplicaSet],
     current: &str,
     desired: i32,
+    min_available: i32,
 ) -> Result<(), kube::Error> {
     let sum = |f: fn(&k8s_openapi::api::apps::v1::ReplicaSetStatus) -> Option<i32>| -> i32 {
         sets.iter().filter_map(|rs| rs.status.as_ref().and_then(f)).sum()
@@ -228,18 +229,6 @@ async fn write_deployment_status(
         json!({"type": type_, "status": status, "reason": reason, "message": message,
             "lastTransitionTime": since, "lastUpdateTime": since})
     };
-    let min_available = desired
-        - scaled(
-            deployment
-                .spec
-                .as_ref()
-                .and_then(|s| s.strategy.as_ref())
-                .and_then(|s| s.rolling_update.as_ref())
-                .and_then(|r| r.max_unavailable.as_ref()),
-            desired,
-            false,
-            "25%",
-        );
     let complete = updated == desired && replicas == desired && available == desired;
     let status = json!({"status": {
         "observedGeneration": deployment.metadata.generation,
