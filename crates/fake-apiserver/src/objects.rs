@@ -84,7 +84,12 @@ fn pod_grace_period(rt: &ResourceType, stored: &Value, requested: Option<i64>) -
 }
 
 pub fn now() -> String {
-    chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string()
+    timestamp(chrono::Utc::now())
+}
+
+/// `at` as the API writes times (RFC 3339, whole seconds, UTC).
+fn timestamp(at: chrono::DateTime<chrono::Utc>) -> String {
+    at.format("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
 fn shape_of(rt: &ResourceType) -> Shape<'_> {
@@ -558,7 +563,7 @@ impl Inner {
             }
             let mut marked = stored.clone();
             let at = chrono::Utc::now() + chrono::Duration::seconds(grace);
-            marked["metadata"]["deletionTimestamp"] = json!(at.format("%Y-%m-%dT%H:%M:%SZ").to_string());
+            marked["metadata"]["deletionTimestamp"] = json!(timestamp(at));
             marked["metadata"]["deletionGracePeriodSeconds"] = json!(grace);
             marked["metadata"]["finalizers"] = json!(finalizers);
             let out = self.store.put(&rt.bucket, marked, ChangeType::Modified);

@@ -382,6 +382,29 @@ async fn garbage_collection_and_finalizers() {
     .await;
 }
 
+/// As on a real API server: a Pod bound to a node is only marked by a delete (its kubelet has its grace
+/// period to stop it) and goes with a delete of grace 0; an unbound Pod goes at once.
+#[tokio::test]
+async fn deleting_a_bound_pod_is_graceful() {
+    let server = FakeApiServer::start().await.unwrap();
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(server.client(), "default");
+    let pod = |name: &str, node: Option<&str>| {
+        serde_json::from_value(json!({"metadata": {"name": name},
+            "spec": {"nodeName": node, "terminationGracePeriodSeconds": 45, "containers": [{"name": "c", "image": "i"}]}}))
+        .unwrap()
+    };
+    pods.create(&PostParams::default(), &pod("bound", Some("node-1"))).await.unwrap();
+    pods.create(&PostParams::default(), &pod("unbound", None)).await.unwrap();
+    pods.delete("bound", &DeleteParams::default()).await.unwrap();
+    let marked = pods.get("bound").await.unwrap();
+    assert!(marked.metadata.deletion_timestamp.is_some());
+    assert_eq!(marked.metadata.deletion_grace_period_seconds, Some(45));
+    pods.delete("bound", &DeleteParams::default().grace_period(0)).await.unwrap();
+    assert!(pods.get_opt("bound").await.unwrap().is_none());
+    pods.delete("unbound", &DeleteParams::default()).await.unwrap();
+    assert!(pods.get_opt("unbound").await.unwrap().is_none());
+}
+
 #[tokio::test]
 async fn injected_faults_and_request_counters() {
     let server = FakeApiServer::start().await.unwrap();
