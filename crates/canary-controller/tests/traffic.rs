@@ -1,77 +1,104 @@
-//! Real traffic through real HAProxy, running the config the controller produced. Its own test binary, so
-//! that its load does not share the machine with the timed assertions of the other end-to-end tests.
+//! Real traffic through real HAProxy, running the config the controller produced: on the workload simulator
+//! (fake-apiserver only, as root), the proxy and the backends are Deployments whose pods really run. Its own
+//! test binary, so that its load does not share the machine with the other end-to-end tests.
 
 use e2e_support as support;
 
-use k8s_openapi::api::core::v1::Service;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Pod, Service};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 use support::kanary::{env, kanary_yaml};
+use support::simulator::can_simulate;
+use support::traffic::{Tally, drive};
 
-/// Real HAProxy on 127.0.0.x running the config the controller produced, backends that say who they are,
-/// and 10,000 short connections: each route lands within 1.5 points of its weight with unequal pod counts,
-/// a weight-0 route and a route without a live pod get nothing, and no connection fails.
+/// The Kanary's proxy Deployment.
+const PROXY: &str = "simple-kanary-rule-haproxy";
+
+/// A backend of the test: a Deployment of the simulator's built-in server (answers `pod=<name> image=echo:<name>`)
+/// and a Service selecting it (port `tcp` 80 -> 8080). A backend that is never ready has a readiness probe
+/// on a port nothing listens on.
+async fn backend(cluster: &support::Cluster, name: &str, replicas: i32, ready: bool) {
+    let mut container = json!({"name": "echo", "image": format!("echo:{name}"), "ports": [{"containerPort": 8080}]});
+    if !ready {
+        container["readinessProbe"] = json!({"tcpSocket": {"port": 9999}, "periodSeconds": 1});
+    }
+    let deployment = json!({"metadata": {"name": name}, "spec": {"replicas": replicas,
+        "selector": {"matchLabels": {"app": name}},
+        "template": {"metadata": {"labels": {"app": name}}, "spec": {"containers": [container]}}}});
+    let service = json!({"metadata": {"name": name}, "spec": {"selector": {"app": name},
+        "ports": [{"name": "tcp", "port": 80, "targetPort": 8080}]}});
+    let pp = PostParams::default();
+    cluster.api::<Deployment>().create(&pp, &serde_json::from_value(deployment).unwrap()).await.unwrap();
+    cluster.api::<Service>().create(&pp, &serde_json::from_value(service).unwrap()).await.unwrap();
+}
+
+/// Answers counted by the backend that gave them (`image=echo:<backend>`).
+fn by_backend(tally: Tally) -> Tally {
+    tally.regroup(|answer| answer.rsplit_once("image=echo:").map_or(answer, |(_, b)| b).to_string())
+}
+
+/// The Kanary of examples/simple-stack.yml on the workload simulator: backends are Deployments whose pods
+/// really run (1 pod for v1, 3 for v2), the proxy is the controller's Deployment running real HAProxy on the
+/// config the controller wrote, and 10,000 short connections go to the destination Service's address. Each
+/// route lands within 1.5 points of its weight with unequal pod counts, a weight-0 route and a route whose
+/// only pod is not ready get nothing, and no connection fails.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn traffic_through_real_haproxy_follows_the_weights() {
-    use support::traffic::{Haproxy, drive, require_free_port, start_backends};
-    if !fake_apiserver::tools::available("haproxy") {
+    if !can_simulate() {
         return;
     }
     let e = env().await;
-    let p1 = start_backends(&["127.0.0.11"], "v1").await;
-    let p2 = start_backends(&["127.0.0.21", "127.0.0.22", "127.0.0.23"], "v2").await;
-    let p0 = start_backends(&["127.0.0.31"], "v0").await;
-    let services: Api<Service> = e.cluster.api();
-    for name in ["v1", "v2", "v0", "vdead"] {
-        let svc: Service = serde_json::from_value(
-            json!({"metadata": {"name": name}, "spec": {"ports": [{"name": "tcp", "port": 80}]}}),
-        )
-        .unwrap();
-        services.create(&PostParams::default(), &svc).await.unwrap();
+    let sim = e.cluster.start_simulator(240, 32);
+    for (name, replicas, ready) in [("v1", 1, true), ("v2", 3, true), ("v0", 1, true), ("vdead", 1, false)] {
+        backend(&e.cluster, name, replicas, ready).await;
     }
-    e.endpoints("v1", "tcp", p1 as i32, &[("v1-a", "127.0.0.11", true)]).await;
-    e.endpoints(
-        "v2",
-        "tcp",
-        p2 as i32,
-        &[("v2-a", "127.0.0.21", true), ("v2-b", "127.0.0.22", true), ("v2-c", "127.0.0.23", true)],
-    )
-    .await;
-    e.endpoints("v0", "tcp", p0 as i32, &[("v0-a", "127.0.0.31", true)]).await;
-    e.endpoints("vdead", "tcp", p0 as i32, &[("dead-a", "127.0.0.41", false)]).await;
     let route = |svc: &str, w: i64| json!({"backend": {"serviceName": svc, "servicePort": "tcp"}, "weight": w});
     let kanaries = e.kanaries("kanary.k8s.io", "v1");
-    let ky = kanary_yaml("kanary.k8s.io/v1", json!([route("v1", 80), route("v2", 20), route("v0", 0)]));
+    let ky = kanary_yaml("kanary.k8s.io/v1", json!([route("v1", 50), route("v2", 50), route("v0", 0)]));
     kanaries.create(&PostParams::default(), &ky).await.unwrap();
-    // the config runs as the controller wrote it: it binds 8080 and 8404 on every address, as in the pod
-    require_free_port(8080);
-    require_free_port(8404);
-    let (listen, stats) = ("127.0.0.1:8080".parse().unwrap(), "127.0.0.1:8404".parse().unwrap());
+    let services: Api<Service> = e.cluster.api();
+    support::eventually(10, "the destination Service", || async { services.get_opt("myapp").await.unwrap().is_some() })
+        .await;
+    let destination = services.get("myapp").await.unwrap();
+    let listen = format!("{}:80", destination.spec.unwrap().cluster_ip.unwrap()).parse().unwrap();
+    for name in ["v1", "v2", "v0"] {
+        e.cluster.wait_rolled_out(name, name, 60).await;
+    }
+    let pods: Api<Pod> = e.cluster.api();
+    let address_of = |pods: &[Pod], app: &str| -> Vec<String> {
+        let of_app =
+            pods.iter().filter(|p| p.metadata.labels.as_ref().and_then(|l| l.get("app")).is_some_and(|a| a == app));
+        of_app.filter_map(|p| p.status.as_ref()?.pod_ip.clone()).collect()
+    };
+    let running = pods.list(&ListParams::default()).await.unwrap().items;
+    let (v2_pods, v0_pod) = (address_of(&running, "v2"), address_of(&running, "v0"));
+    assert_eq!((v2_pods.len(), v0_pod.len()), (3, 1), "pod addresses");
     for (w1, w2) in [(80, 20), (95, 5), (99, 1)] {
         let routes = json!([route("v1", w1), route("v2", w2), route("v0", 0)]);
+        let generation = e.cluster.generation(PROXY).await;
         kanaries
             .patch("simple-kanary-rule", &PatchParams::default(), &Patch::Merge(json!({"spec": {"routes": routes}})))
             .await
             .unwrap();
         let rule = format!("lt {w1} }} {{ nbsrv(be_v1) gt 0 }}");
-        let config = e
-            .wait_config("simple-kanary-rule", "the config", |c| {
-                c.contains("127.0.0.23") && c.contains("127.0.0.31") && c.contains(&rule)
-            })
-            .await;
-        assert!(config.contains("\n    bind :::8080 v4v6\n"), "{config}");
-        let mut proxy = Haproxy::start(&config, stats).await.unwrap();
-        proxy.wait_servers_up(5).await;
-        let tally = drive(listen, 10_000, 32).await;
+        e.wait_config("simple-kanary-rule", "the config", |c| {
+            c.contains(&rule) && v2_pods.iter().chain(&v0_pod).all(|ip| c.contains(ip.as_str()))
+        })
+        .await;
+        // today's data plane: a new config is a new pod template, rolled out
+        e.cluster.wait_changed(PROXY, generation, 10).await;
+        e.cluster.wait_rolled_out(PROXY, "myapp", 120).await;
+        let tally = by_backend(drive(listen, 10_000, 32).await);
         eprintln!("{w1}/{w2} with 1 and 3 pods, and a weight-0 route: {tally:?}");
-        assert_eq!(tally.failures, 0, "{tally:?}");
+        assert_eq!(tally.failures, 0, "{tally:?}\n{}", sim.log());
         assert!((tally.percent("v1") - w1 as f64).abs() <= 1.5, "{tally:?}");
         assert!((tally.percent("v2") - w2 as f64).abs() <= 1.5, "{tally:?}");
         assert_eq!(tally.answers.get("v0"), None, "a weight-0 route got connections: {tally:?}");
-        proxy.stop().await;
     }
 
     // a route whose only pod is not ready: it gets nothing, its share goes to the first live route
+    let generation = e.cluster.generation(PROXY).await;
     kanaries
         .patch(
             "simple-kanary-rule",
@@ -82,14 +109,17 @@ async fn traffic_through_real_haproxy_follows_the_weights() {
         .unwrap();
     let config =
         e.wait_config("simple-kanary-rule", "the config with a dead route", |c| c.contains("backend be_vdead")).await;
-    assert!(!config.contains("127.0.0.41"), "a pod that is not ready is not a server");
-    let mut proxy = Haproxy::start(&config, stats).await.unwrap();
-    proxy.wait_servers_up(4).await;
-    let tally = drive(listen, 4_000, 32).await;
+    let running = pods.list(&ListParams::default()).await.unwrap().items;
+    let dead = address_of(&running, "vdead");
+    assert!(dead.len() == 1 && !config.contains(dead[0].as_str()), "a pod that is not ready is not a server: {dead:?}");
+    e.cluster.wait_changed(PROXY, generation, 10).await;
+    e.cluster.wait_rolled_out(PROXY, "myapp", 120).await;
+    let tally = by_backend(drive(listen, 4_000, 32).await);
     eprintln!("70/20/10 with the 10% route dead: {tally:?}");
     assert_eq!(tally.failures, 0, "{tally:?}");
     assert!((tally.percent("v1") - 80.0).abs() <= 2.0, "{tally:?}");
     assert!((tally.percent("v2") - 20.0).abs() <= 2.0, "{tally:?}");
+    sim.stop().await;
     e.cluster.cleanup().await;
 }
 
@@ -101,7 +131,6 @@ async fn the_proxy_answers_on_ipv4_and_ipv6() {
     use canary_controller::kanary::endpoints::Server;
     use canary_controller::kanary::haproxy::{ProxySettings, RouteBackend, render};
     use support::traffic::{Haproxy, free_port, start_backends};
-    use tokio::io::AsyncReadExt;
     if !fake_apiserver::tools::available("haproxy") {
         return;
     }
@@ -124,12 +153,9 @@ async fn the_proxy_answers_on_ipv4_and_ipv6() {
     for host in ["127.0.0.1", "[::1]"] {
         let health = support::http_get(&format!("{host}:{}", settings.stats_port), "/healthz").await;
         assert!(health.as_deref().is_some_and(|r| r.contains(" 200 ")), "no health answer on {host}: {health:?}");
-        let mut s = tokio::net::TcpStream::connect(format!("{host}:{}", settings.port))
-            .await
-            .unwrap_or_else(|e| panic!("the proxy does not accept on {host}: {e}"));
-        let mut answer = String::new();
-        s.read_to_string(&mut answer).await.unwrap();
-        assert_eq!(answer.trim(), "v4v6", "through {host}");
+        let target = tokio::net::lookup_host(format!("{host}:{}", settings.port)).await.unwrap().next().unwrap();
+        let answer = support::traffic::ask(target).await;
+        assert_eq!(answer.as_deref(), Some("v4v6"), "through {host}");
     }
     proxy.stop().await;
 }

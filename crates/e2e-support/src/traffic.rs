@@ -1,5 +1,5 @@
-//! Real traffic on loopback for the Kanary traffic test and the split benchmark: TCP backends that answer
-//! with their identity, a real HAProxy running a given config, and a client that opens many short
+//! Real traffic on loopback for the Kanary traffic test and the split benchmark: backends that answer an
+//! HTTP/1.0 request (one per connection) with their identity, a real HAProxy running a given config, and a client that opens many short
 //! connections and counts who answered. Everything binds 127.0.0.x addresses only.
 
 use std::collections::BTreeMap;
@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-/// Starts one backend per address, all on the same (free) port, each answering `identity` and closing.
+/// Starts one backend per address, all on the same (free) port, each answering an HTTP/1.0 request with 200
+/// and `identity` as the body, then closing.
 pub async fn start_backends(addresses: &[&str], identity: &str) -> u16 {
     let mut port = 0;
     for addr in addresses {
@@ -17,12 +18,21 @@ pub async fn start_backends(addresses: &[&str], identity: &str) -> u16 {
             .await
             .unwrap_or_else(|e| panic!("cannot bind {addr}:{port}: {e}"));
         port = listener.local_addr().unwrap().port();
-        let reply = format!("{identity}\n");
+        let reply = format!("HTTP/1.0 200 OK\r\ncontent-type: text/plain\r\n\r\n{identity}\n");
         tokio::spawn(async move {
             loop {
                 let Ok((mut stream, _)) = listener.accept().await else { return };
                 let reply = reply.clone();
                 tokio::spawn(async move {
+                    // read the whole request first: closing with unread data would reset the connection
+                    let mut request = Vec::new();
+                    let mut buf = [0u8; 512];
+                    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await {
+                            Ok(Ok(n)) if n > 0 => request.extend_from_slice(&buf[..n]),
+                            _ => return,
+                        }
+                    }
                     let _ = stream.write_all(reply.as_bytes()).await;
                     let _ = stream.shutdown().await;
                 });
@@ -30,6 +40,23 @@ pub async fn start_backends(addresses: &[&str], identity: &str) -> u16 {
         });
     }
     port
+}
+
+/// One `GET / HTTP/1.0` to `target`: the first line of the body of a 200 answer, or None when the
+/// connection fails, times out (5 s) or the answer is not a 200.
+pub async fn ask(target: SocketAddr) -> Option<String> {
+    let exchange = async {
+        let mut s = TcpStream::connect(target).await.ok()?;
+        s.write_all(b"GET / HTTP/1.0\r\n\r\n").await.ok()?;
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).await.ok()?;
+        let (head, body) = answer.split_once("\r\n\r\n")?;
+        let status = head.lines().next()?;
+        (status.starts_with("HTTP/1.") && status.split(' ').nth(1) == Some("200"))
+            .then(|| body.lines().next().unwrap_or_default().trim().to_string())
+            .filter(|id| !id.is_empty())
+    };
+    tokio::time::timeout(Duration::from_secs(5), exchange).await.ok()?
 }
 
 /// A free port on an address (`::` for a port free on every IPv4 and IPv6 address).
@@ -124,9 +151,18 @@ impl Tally {
     pub fn percent(&self, identity: &str) -> f64 {
         100.0 * *self.answers.get(identity).unwrap_or(&0) as f64 / self.total().max(1) as f64
     }
+
+    /// The same connections with each answer replaced by `key(answer)` (a pod's answer by its workload, say).
+    pub fn regroup(self, key: impl Fn(&str) -> String) -> Tally {
+        let mut answers = BTreeMap::new();
+        for (answer, n) in self.answers {
+            *answers.entry(key(&answer)).or_default() += n;
+        }
+        Tally { answers, ..self }
+    }
 }
 
-/// Opens `connections` short TCP connections to `target`, `concurrency` at a time, and reads each answer.
+/// Makes `connections` requests to `target` ([`ask`], a connection each), `concurrency` at a time.
 pub async fn drive(target: SocketAddr, connections: usize, concurrency: usize) -> Tally {
     let start = Instant::now();
     let per_worker = connections / concurrency;
@@ -137,14 +173,7 @@ pub async fn drive(target: SocketAddr, connections: usize, concurrency: usize) -
             tokio::spawn(async move {
                 let mut tally = Tally::default();
                 for _ in 0..n {
-                    let answer = async {
-                        let mut s = TcpStream::connect(target).await.ok()?;
-                        let mut buf = String::new();
-                        tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut buf)).await.ok()?.ok()?;
-                        let id = buf.trim().to_string();
-                        (!id.is_empty()).then_some(id)
-                    };
-                    match answer.await {
+                    match ask(target).await {
                         Some(id) => *tally.answers.entry(id).or_default() += 1,
                         None => tally.failures += 1,
                     }

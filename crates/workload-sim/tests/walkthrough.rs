@@ -3,37 +3,19 @@
 //! (through the simulator's service proxy) are split 80/20 between myapp-v1 and myapp-v2.
 
 use e2e_support as support;
-use fake_apiserver::tools;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use kube::api::Api;
-use std::process::Stdio;
-use tokio::io::AsyncReadExt;
+use support::traffic::{ask, drive};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_example_stack_runs_and_its_connections_are_split_80_20() {
-    if std::env::var_os("E2E_KUBECONFIG").is_some() {
-        return tools::skip_unsupported("the simulator's own walkthrough runs on fake-apiserver only");
-    }
-    if !tools::available("kubectl") || !tools::available("haproxy") {
+    if !support::simulator::can_simulate() {
         return;
     }
-    if !std::process::Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n")) {
-        return tools::skip("workload-sim needs root for the pods' network namespaces (CI runs as root)");
-    }
     let cluster = support::Cluster::start().await;
-    // Services on loopback, where the simulator's service proxy listens; a range of this test's own
-    cluster.fake.as_ref().unwrap().state().inner.lock().unwrap().service_network = [127, 97];
     cluster.install_crds().await;
-    let log = cluster.dir.path().join("workload-sim.log");
-    let mut sim = tokio::process::Command::new(env!("CARGO_BIN_EXE_workload-sim"))
-        .args(["run", "--pod-network", "127.245.0.0/16", "--state-dir"])
-        .arg(cluster.dir.path().join("sim"))
-        .env("KUBECONFIG", &cluster.kubeconfig)
-        .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let sim = cluster.start_simulator(245, 64);
     let _controller = cluster.spawn_controller();
     let ns = cluster.namespace.clone();
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/simple-stack.yml");
@@ -53,49 +35,24 @@ async fn the_example_stack_runs_and_its_connections_are_split_80_20() {
         .await;
     }
     let destination: Service = cluster.api::<Service>().get("myapp").await.unwrap();
-    let address = format!("{}:80", destination.spec.unwrap().cluster_ip.unwrap());
-    // every proxy pod runs the current config once the roll is over: count then
-    support::eventually(60, "the destination answers", || {
-        let address = address.clone();
-        async move { answer(&address).await.is_some() }
+    let address = format!("{}:80", destination.spec.unwrap().cluster_ip.unwrap()).parse().unwrap();
+    // every proxy pod runs the config with every ready pod once the roll is over: count then
+    let configs: Api<ConfigMap> = cluster.api();
+    support::eventually(30, "the config has the 4 pods", || async {
+        let config = configs.get_opt("simple-kanary-rule-config").await.ok().flatten().and_then(|c| c.data);
+        config.and_then(|d| d.get("haproxy.cfg").cloned()).is_some_and(|c| c.matches("\n    server ").count() == 4)
     })
     .await;
-    let (mut v1, mut v2, mut failed) = (0, 0, 0);
-    for _ in 0..400 {
-        match answer(&address).await {
-            Some(a) if a.starts_with("pod=myapp-v1-") => v1 += 1,
-            Some(a) if a.starts_with("pod=myapp-v2-") => v2 += 1,
-            _ => failed += 1,
-        }
-    }
-    let share = v2 as f64 / 400.0;
-    assert!(
-        failed == 0 && (0.14..=0.26).contains(&share),
-        "v1 {v1}, v2 {v2}, failed {failed}\n{}",
-        std::fs::read_to_string(&log).unwrap_or_default()
-    );
+    cluster.wait_rolled_out("simple-kanary-rule-haproxy", "myapp", 120).await;
+    let tally = drive(address, 400, 4).await.regroup(|answer| {
+        let pod = answer.strip_prefix("pod=").unwrap_or(answer);
+        ["myapp-v1", "myapp-v2"].into_iter().find(|d| pod.starts_with(&format!("{d}-"))).unwrap_or(answer).to_string()
+    });
+    let share = tally.percent("myapp-v2");
+    assert!(tally.failures == 0 && (14.0..=26.0).contains(&share), "{tally:?}\n{}", sim.log());
 
     // stopping the simulator stops every pod and removes its namespaces
-    let pid = sim.id().unwrap().to_string();
-    std::process::Command::new("kill").args(["-s", "TERM", &pid]).status().unwrap();
-    let stopped = tokio::time::timeout(std::time::Duration::from_secs(30), sim.wait()).await;
-    assert!(stopped.is_ok(), "workload-sim did not stop on SIGTERM");
-    let namespaces = std::process::Command::new("ip").args(["netns", "list"]).output().unwrap();
-    let left: Vec<String> = String::from_utf8_lossy(&namespaces.stdout)
-        .lines()
-        .filter(|l| l.starts_with("wsim245-"))
-        .map(String::from)
-        .collect();
-    assert!(left.is_empty(), "namespaces left: {left:?}");
-    assert!(answer(&address).await.is_none(), "the destination still answers after the simulator stopped");
+    sim.stop().await;
+    assert!(ask(address).await.is_none(), "the destination still answers after the simulator stopped");
     cluster.cleanup().await;
-}
-
-/// One connection to `address`: the answer's first line, or None when it fails.
-async fn answer(address: &str) -> Option<String> {
-    let connect = tokio::net::TcpStream::connect(address);
-    let mut stream = tokio::time::timeout(std::time::Duration::from_secs(5), connect).await.ok()?.ok()?;
-    let mut text = String::new();
-    tokio::time::timeout(std::time::Duration::from_secs(5), stream.read_to_string(&mut text)).await.ok()?.ok()?;
-    text.lines().next().map(String::from).filter(|l| l.starts_with("pod="))
 }

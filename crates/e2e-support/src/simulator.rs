@@ -1,0 +1,183 @@
+//! workload-sim beside a test's fake-apiserver: Deployments get ReplicaSets, Pods that really run (HAProxy,
+//! or the built-in server answering `pod=<name> image=<image>`), EndpointSlices and statuses, and Services
+//! get a loopback cluster IP that the simulator's service proxy serves. The simulator is a test double of
+//! the cluster's own controllers, so tests that need it run on fake-apiserver only, as root (a network
+//! namespace per pod; CI runs as root), with haproxy installed.
+
+use crate::Cluster;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::process::Child;
+
+/// A running workload-sim; it is told to stop (SIGTERM: every pod stopped, namespaces removed) when dropped.
+pub struct Simulator {
+    child: Child,
+    pub log: PathBuf,
+    /// Pods get addresses in 127.`pod_network`.0.0/16.
+    pub pod_network: u8,
+}
+
+/// The workload-sim binary: `WORKLOAD_SIM_BIN`, else the one cargo builds beside the test's executable
+/// (`cargo test --workspace` and `cargo build` build it).
+pub fn simulator_binary() -> PathBuf {
+    if let Ok(path) = std::env::var("WORKLOAD_SIM_BIN") {
+        return path.into();
+    }
+    let test = std::env::current_exe().expect("the test's executable");
+    let profile_dir = test.parent().and_then(|deps| deps.parent()).expect("target/<profile>/deps/<test>");
+    profile_dir.join(format!("workload-sim{}", std::env::consts::EXE_SUFFIX))
+}
+
+/// Whether this test can run workloads: on fake-apiserver, as root, with haproxy (and kubectl, which the
+/// tests drive). Otherwise the test is skipped, and fails under CI=true (unless the cluster is a real one,
+/// whose own controllers run workloads: the simulated images do not exist there).
+pub fn can_simulate() -> bool {
+    use fake_apiserver::tools;
+    if std::env::var_os("E2E_KUBECONFIG").is_some() {
+        tools::skip_unsupported("runs workloads with workload-sim on fake-apiserver (its images are simulated)");
+        return false;
+    }
+    if !tools::available("kubectl") || !tools::available("haproxy") {
+        return false;
+    }
+    if !std::process::Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n")) {
+        tools::skip("workload-sim needs root for the pods' network namespaces (CI runs as root)");
+        return false;
+    }
+    true
+}
+
+impl Cluster {
+    /// Starts workload-sim on this cluster (fake-apiserver only, see [`can_simulate`]): pods on
+    /// 127.`pod_network`.0.0/16, and Services created from now on get cluster IPs in 127.`pod_network+1`.0.0/16,
+    /// served by the simulator's service proxy. Each test takes a `pod_network` of its own.
+    pub fn start_simulator(&self, pod_network: u8, pod_limit: usize) -> Simulator {
+        let fake = self.fake.as_ref().expect("workload-sim runs beside fake-apiserver");
+        fake.state().inner.lock().unwrap().service_network = [127, pod_network + 1];
+        let log = self.dir.path().join("workload-sim.log");
+        let binary = simulator_binary();
+        assert!(
+            binary.exists(),
+            "{} is missing: build it with `cargo build -p workload-sim` (`cargo test --workspace` does)",
+            binary.display()
+        );
+        let child = tokio::process::Command::new(binary)
+            .args(["run", "--pod-network", &format!("127.{pod_network}.0.0/16"), "--pod-limit"])
+            .arg(pod_limit.to_string())
+            .arg("--state-dir")
+            .arg(self.dir.path().join("workload-sim"))
+            .env("KUBECONFIG", &self.kubeconfig)
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
+            .spawn()
+            .expect("workload-sim starts");
+        Simulator { child, log, pod_network }
+    }
+}
+
+impl Simulator {
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Stops the simulator (SIGTERM) and checks that it stopped every pod and removed its network namespaces.
+    pub async fn stop(mut self) {
+        self.terminate();
+        let stopped = tokio::time::timeout(Duration::from_secs(60), self.child.wait()).await;
+        assert!(stopped.is_ok(), "workload-sim did not stop within 60 s of SIGTERM:\n{}", self.log());
+        let prefix = format!("wsim{}-", self.pod_network);
+        let namespaces = std::process::Command::new("ip").args(["netns", "list"]).output().unwrap();
+        let left: Vec<String> = String::from_utf8_lossy(&namespaces.stdout)
+            .lines()
+            .filter(|l| l.starts_with(&prefix))
+            .map(String::from)
+            .collect();
+        assert!(left.is_empty(), "network namespaces left by workload-sim: {left:?}");
+    }
+
+    fn terminate(&self) {
+        if let Some(pid) = self.child.id() {
+            let _ = std::process::Command::new("kill").args(["-s", "TERM", &pid.to_string()]).status();
+        }
+    }
+}
+
+impl Drop for Simulator {
+    /// A test that panicked leaves no pods running: the simulator stops them on SIGTERM by itself.
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.terminate();
+        }
+    }
+}
+
+impl Cluster {
+    /// The `metadata.generation` of Deployment `name` (0 when it does not exist): a change of its spec raises it.
+    pub async fn generation(&self, name: &str) -> i64 {
+        let deployment = self.api::<k8s_openapi::api::apps::v1::Deployment>().get_opt(name).await.unwrap();
+        deployment.and_then(|d| d.metadata.generation).unwrap_or(0)
+    }
+
+    /// Waits up to `secs` seconds until the spec of Deployment `name` changes (its generation passes `generation`).
+    pub async fn wait_changed(&self, name: &str, generation: i64, secs: u64) {
+        let what = format!("Deployment {name} changed (generation past {generation})");
+        crate::eventually(secs, &what, || async { self.generation(name).await > generation }).await;
+    }
+
+    /// Waits up to `secs` seconds until Deployment `name` has rolled out: the controller has seen its latest
+    /// spec (`observedGeneration`), its newest ReplicaSet (highest
+    /// `deployment.kubernetes.io/revision`) has every replica ready and the ready endpoints of `service` are
+    /// exactly those pods (none of an older template left), as a client of the Service then sees it.
+    pub async fn wait_rolled_out(&self, name: &str, service: &str, secs: u64) {
+        let what = format!("Deployment {name} rolled out and alone behind Service {service}");
+        crate::eventually(secs, &what, || self.rolled_out(name, service)).await;
+        // the simulator's service proxy follows the EndpointSlice by a watch event
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    async fn rolled_out(&self, name: &str, service: &str) -> bool {
+        use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+        use k8s_openapi::api::core::v1::Pod;
+        use k8s_openapi::api::discovery::v1::EndpointSlice;
+        use kube::api::ListParams;
+        let Ok(Some(deployment)) = self.api::<Deployment>().get_opt(name).await else { return false };
+        let observed = deployment.status.as_ref().and_then(|s| s.observed_generation);
+        if observed < deployment.metadata.generation {
+            return false;
+        }
+        let wanted = deployment.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1) as usize;
+        let uid = deployment.metadata.uid.clone();
+        let revision = |rs: &ReplicaSet| -> u64 {
+            let annotations = rs.metadata.annotations.as_ref();
+            annotations.and_then(|a| a.get("deployment.kubernetes.io/revision")?.parse().ok()).unwrap_or(0)
+        };
+        let Ok(sets) = self.api::<ReplicaSet>().list(&ListParams::default()).await else { return false };
+        let newest = sets
+            .items
+            .iter()
+            .filter(|rs| rs.metadata.owner_references.iter().flatten().any(|o| Some(&o.uid) == uid.as_ref()))
+            .max_by_key(|rs| revision(rs));
+        let Some(hash) = newest.and_then(|rs| rs.metadata.labels.as_ref()?.get("pod-template-hash").cloned()) else {
+            return false;
+        };
+        let Ok(pods) =
+            self.api::<Pod>().list(&ListParams::default().labels(&format!("pod-template-hash={hash}"))).await
+        else {
+            return false;
+        };
+        let current: Vec<String> = pods.items.iter().filter_map(|p| p.metadata.name.clone()).collect();
+        let selector = format!("kubernetes.io/service-name={service}");
+        let Ok(slices) = self.api::<EndpointSlice>().list(&ListParams::default().labels(&selector)).await else {
+            return false;
+        };
+        let ready: Vec<String> = slices
+            .items
+            .iter()
+            .flat_map(|s| &s.endpoints)
+            .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) != Some(false))
+            .filter_map(|e| e.target_ref.as_ref()?.name.clone())
+            .collect();
+        ready.len() == wanted && ready.iter().all(|pod| current.contains(pod))
+    }
+}
