@@ -128,13 +128,14 @@ impl Kubelet {
                         tokio::spawn(async move {
                             kubelet.stop(&running, &pod, Duration::from_secs(grace)).await;
                             kubelet.running.lock().unwrap().remove(&uid);
-                            let _ = api.delete(&pod.name_any(), &DeleteParams::default().grace_period(0)).await;
+                            // the API server may be failing just now: the Pod must still go
+                            while remove(&api, &pod.name_any()).await.is_err() {
+                                tokio::time::sleep(Duration::from_millis(500)).await;
+                            }
                         });
                     }
                 }
-                None => {
-                    let _ = api.delete(&pod.name_any(), &DeleteParams::default().grace_period(0)).await;
-                }
+                None => remove(&api, &pod.name_any()).await?,
             }
             return Ok(Action::await_change());
         }
@@ -213,7 +214,7 @@ impl Kubelet {
                 running.tasks.lock().unwrap().push(task);
             }
         }
-        self.write_status(&running, pod, started).await?;
+        // the prober writes the first status too, and writes again until the API server took it
         let prober = tokio::spawn(probe_loop(self.clone(), running.clone(), pod.clone(), started));
         running.tasks.lock().unwrap().push(prober);
         tracing::info!(pod = %pod.name_any(), namespace = %running.namespace, %address, "pod started");
@@ -388,8 +389,17 @@ async fn supervise(running: Arc<RunningPod>, index: usize, launch: Launch) {
     }
 }
 
+/// Removes a stopped Pod from the API server (delete with grace 0); gone already is fine.
+async fn remove(api: &Api<Pod>, name: &str) -> Result<(), kube::Error> {
+    match api.delete(name, &DeleteParams::default().grace_period(0)).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 /// Probes the Pod's readiness (every container's probe; a container without one is ready once started) and
-/// writes the status whenever readiness changes.
+/// writes the status at the start and whenever readiness or restarts change, retrying a write that failed.
 async fn probe_loop(kubelet: Arc<Kubelet>, running: Arc<RunningPod>, pod: Arc<Pod>, started: Timestamp) {
     let containers: Vec<Container> = pod.spec.iter().flat_map(|s| s.containers.clone()).collect();
     let period =
@@ -402,6 +412,7 @@ async fn probe_loop(kubelet: Arc<Kubelet>, running: Arc<RunningPod>, pod: Arc<Po
     let mut failures = 0;
     let mut successes = 0;
     let mut restarts_seen = 0;
+    let mut unwritten = true;
     loop {
         let mut all_ok = running.all_alive();
         for container in &containers {
@@ -416,17 +427,19 @@ async fn probe_loop(kubelet: Arc<Kubelet>, running: Arc<RunningPod>, pod: Arc<Po
         if now != was || restarts != restarts_seen {
             running.ready.store(now, Ordering::SeqCst);
             restarts_seen = restarts;
-            if !running.stopping.load(Ordering::SeqCst) {
-                let latest =
-                    Api::<Pod>::namespaced(kubelet.client.clone(), &running.namespace).get_opt(&running.name).await;
-                let current = latest.ok().flatten().map(Arc::new).unwrap_or(pod.clone());
-                if let Err(e) = kubelet.write_status(&running, &current, started).await {
-                    tracing::debug!(error = %e, "pod status not written; retrying");
-                    running.ready.store(was, Ordering::SeqCst);
-                }
+            unwritten = true;
+        }
+        if unwritten && !running.stopping.load(Ordering::SeqCst) {
+            let latest =
+                Api::<Pod>::namespaced(kubelet.client.clone(), &running.namespace).get_opt(&running.name).await;
+            let current = latest.ok().flatten().map(Arc::new).unwrap_or(pod.clone());
+            match kubelet.write_status(&running, &current, started).await {
+                Ok(()) => unwritten = false,
+                Err(e) => tracing::debug!(error = %e, "pod status not written; retrying"),
             }
         }
-        let wait = if all_ok == now { Duration::from_secs(period) } else { Duration::from_millis(200) };
+        let settled = all_ok == now && !unwritten;
+        let wait = if settled { Duration::from_secs(period) } else { Duration::from_millis(200) };
         tokio::time::sleep(wait).await;
     }
 }

@@ -287,16 +287,16 @@ pub async fn reconcile_replica_set(rs: Arc<ReplicaSet>, client: kube::Client, no
     }
     let min_ready = Duration::from_secs(spec.min_ready_seconds.unwrap_or(0).max(0) as u64);
     let ready = live.iter().filter(|p| pod_ready(p)).count() as i32;
-    let available_pods: Vec<&&Pod> = live.iter().filter(|p| ready_for(p).is_some_and(|d| d >= min_ready)).collect();
+    let (available, waiting) = availability(&live, min_ready, k8s_openapi::jiff::Timestamp::now());
     let status = json!({"status": {
         "observedGeneration": rs.metadata.generation,
         "replicas": live.len(), "fullyLabeledReplicas": live.len(),
-        "readyReplicas": ready, "availableReplicas": available_pods.len(),
+        "readyReplicas": ready, "availableReplicas": available,
     }});
     let api: Api<ReplicaSet> = Api::namespaced(client.clone(), &ns);
     api.patch_status(&rs.name_any(), &PatchParams::default(), &Patch::Merge(&status)).await?;
     // a pod ready but not yet for minReadySeconds becomes available later
-    let waiting = live.iter().filter_map(|p| ready_for(p)).filter(|d| *d < min_ready).map(|d| min_ready - d).min();
+
     Ok(match waiting {
         Some(wait) => Action::requeue(wait + Duration::from_millis(100)),
         None => Action::await_change(),
@@ -311,16 +311,49 @@ fn ready_condition(pod: &Pod) -> Option<&k8s_openapi::api::core::v1::PodConditio
     pod.status.as_ref()?.conditions.as_ref()?.iter().find(|c| c.type_ == "Ready")
 }
 
-/// How long `pod` has been ready, if it is.
-fn ready_for(pod: &Pod) -> Option<Duration> {
+/// How many of `pods` are available at `now` (ready for at least `min_ready`), and how long until the next
+/// ready one is. One instant for both, so that a pod not available yet is always waited for.
+pub fn availability(
+    pods: &[&Pod],
+    min_ready: Duration,
+    now: k8s_openapi::jiff::Timestamp,
+) -> (usize, Option<Duration>) {
+    let ready_for: Vec<Duration> = pods.iter().filter_map(|p| ready_for(p, now)).collect();
+    let available = ready_for.iter().filter(|d| **d >= min_ready).count();
+    let waiting = ready_for.iter().filter(|d| **d < min_ready).map(|d| min_ready - *d).min();
+    (available, waiting)
+}
+
+/// How long `pod` has been ready at `now`, if it is.
+fn ready_for(pod: &Pod, now: k8s_openapi::jiff::Timestamp) -> Option<Duration> {
     let condition = ready_condition(pod).filter(|c| c.status == "True")?;
     let since = condition.last_transition_time.as_ref()?.0;
-    Some(Duration::try_from(k8s_openapi::jiff::Timestamp::now().duration_since(since)).unwrap_or_default())
+    Some(Duration::try_from(now.duration_since(since)).unwrap_or_default())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pod_becomes_available_after_min_ready_seconds_and_is_waited_for_until_then() {
+        let now: k8s_openapi::jiff::Timestamp = "2026-11-25T10:00:10Z".parse().unwrap();
+        let pod = |ready: &str, since: &str| -> Pod {
+            serde_json::from_value(
+                json!({"status": {"conditions": [{"type": "Ready", "status": ready, "lastTransitionTime": since}]}}),
+            )
+            .unwrap()
+        };
+        let (old, young, not_ready) = (
+            pod("True", "2026-11-25T10:00:07Z"),
+            pod("True", "2026-11-25T10:00:09.5Z"),
+            pod("False", "2026-11-25T10:00:00Z"),
+        );
+        let two = Duration::from_secs(2);
+        assert_eq!(availability(&[&old, &young, &not_ready], two, now), (1, Some(Duration::from_millis(1500))));
+        assert_eq!(availability(&[&old, &young], Duration::ZERO, now), (2, None));
+        assert_eq!(availability(&[&not_ready], two, now), (0, None));
+    }
 
     fn set(name: &str, replicas: i32, available: i32, current: bool) -> ReplicaSetState {
         ReplicaSetState { name: name.into(), replicas, available, current }
