@@ -1,33 +1,40 @@
 //! Reliability of the real binary under the faults fake-apiserver can inject (so these tests need it and are
-//! skipped against a real cluster): while the controller works on many Canaries and Kanaries, the API server
-//! restarts, watches are dropped or expire (410, relist), it answers only 500, 429 or 409 for two seconds, another
-//! writer races it on its children, and the leader is killed. After each: every object converges, with no
-//! duplicate or orphaned child, the user's own objects untouched, and no panic. Then hostile input.
+//! skipped against a real cluster): while the controller works on many Canaries and Kanaries, whose workloads
+//! really run on the workload simulator (pods, EndpointSlices and statuses come from it, under the same
+//! faults), the API server restarts, watches are dropped or expire (410, relist), it answers only 500, 429 or
+//! 409 for two seconds, another writer races it on its children, and the leader is killed. After each: every
+//! object converges (the canaries run the new image, every proxy runs the new weights on the backends' real
+//! pods), with no duplicate or orphaned child, the user's own objects untouched, and no panic. Then hostile
+//! input. The tests take turns: each runs some 70 pods on this machine.
 
 use e2e_support as support;
 
 use fake_apiserver::FakeApiServer;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::core::DynamicObject;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
+use support::simulator::Simulator;
 use support::{Cluster, Process};
 
 /// Canaries, and Kanaries (alternating API groups), in the test's namespace.
 const N: usize = 12;
+/// One test at a time (see the module's doc).
+static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Long enough for the leader to ride out the 2-second outages below: it steps down when no renewal succeeded
 /// for 5/6 of its lease (tests/leader.rs shows that with a 3-second lease).
 const LEASE_SECONDS: u64 = 10;
 
 struct World {
     cluster: Cluster,
+    simulator: Simulator,
     round: usize,
-    /// resourceVersions of the objects the user owns, which must never change
-    bystanders: BTreeMap<String, String>,
+    /// What the user wrote in their own objects (see [`written_by_user`]), which must never change
+    bystanders: BTreeMap<String, Value>,
 }
 
 fn group_of(i: usize) -> (&'static str, &'static str) {
@@ -39,18 +46,41 @@ fn canary_weight(round: usize) -> i64 {
     (round as i64 * 7) % 50 + 1
 }
 
+/// What a user writes in an object (labels, annotations, owners, spec, data); the cluster's own controllers
+/// (workload-sim) write only the status.
+fn written_by_user(object: &Value) -> Value {
+    let m = &object["metadata"];
+    json!([m["labels"], m["annotations"], m["ownerReferences"], object["spec"], object["data"]])
+}
+
+/// Whether a stored Deployment runs its latest spec on every replica (as `kubectl rollout status` decides).
+fn rolled_out(d: &Value) -> bool {
+    let (spec, status) = (&d["spec"], &d["status"]);
+    let wanted = spec["replicas"].as_i64().unwrap_or(1);
+    status["observedGeneration"] == d["metadata"]["generation"]
+        && status["updatedReplicas"].as_i64() == Some(wanted)
+        && status["availableReplicas"].as_i64() == Some(wanted)
+        && status["replicas"].as_i64() == Some(wanted)
+}
+
 impl World {
-    async fn start() -> Option<World> {
-        let cluster = Cluster::start().await;
-        if cluster.fake.is_none() {
-            fake_apiserver::tools::skip("fault injection needs fake-apiserver (E2E_KUBECONFIG is set)");
+    /// A cluster with the simulator on pod network 127.`pod_network` (one per test).
+    async fn start(pod_network: u8) -> Option<World> {
+        if !support::simulator::can_simulate() {
             return None;
         }
+        let cluster = Cluster::start().await;
         cluster.install_crds().await;
-        let mut world = World { cluster, round: 0, bystanders: BTreeMap::new() };
+        let simulator = cluster.start_simulator(pod_network, 120);
+        let mut world = World { cluster, simulator, round: 0, bystanders: BTreeMap::new() };
         world.create_backends_and_bystanders().await;
         world.change_everything().await;
         Some(world)
+    }
+
+    async fn stop(self) {
+        self.simulator.stop().await;
+        self.cluster.cleanup().await;
     }
 
     fn server(&self) -> &FakeApiServer {
@@ -69,12 +99,11 @@ impl World {
             self.cluster.api::<Deployment>().create(&pp, &serde_json::from_value(target).unwrap()).await.unwrap();
             for v in ["v1", "v2"] {
                 let name = format!("b-{i}-{v}");
-                let svc = json!({"metadata": {"name": name}, "spec": {"ports": [{"port": 80, "targetPort": 8080}]}});
+                let backend = json!({"metadata": {"name": name}, "spec": {"selector": {"matchLabels": {"app": name}},
+                    "template": {"metadata": {"labels": {"app": name}}, "spec": {"containers": [{"name": "b", "image": format!("b:{v}"), "ports": [{"containerPort": 8080}]}]}}}});
+                self.cluster.api::<Deployment>().create(&pp, &serde_json::from_value(backend).unwrap()).await.unwrap();
+                let svc = json!({"metadata": {"name": name}, "spec": {"selector": {"app": name}, "ports": [{"port": 80, "targetPort": 8080}]}});
                 self.cluster.api::<Service>().create(&pp, &serde_json::from_value(svc).unwrap()).await.unwrap();
-                let slice = json!({"metadata": {"name": format!("{name}-x"), "labels": {"kubernetes.io/service-name": name}},
-                    "addressType": "IPv4", "ports": [{"name": "", "port": 8080}],
-                    "endpoints": [{"addresses": [format!("10.0.{i}.{}", if v == "v1" { 1 } else { 2 })], "conditions": {"ready": true}}]});
-                self.cluster.api::<EndpointSlice>().create(&pp, &serde_json::from_value(slice).unwrap()).await.unwrap();
             }
         }
         // the user's own objects, with names the controller could be tempted by
@@ -83,8 +112,9 @@ impl World {
         let user = json!({"metadata": {"name": "user-app", "labels": {"canary": "true"}}, "spec": {"selector": {"matchLabels": {"app": "user"}},
             "template": {"metadata": {"labels": {"app": "user"}}, "spec": {"containers": [{"name": "app", "image": "user:1"}]}}}});
         let user = self.cluster.api::<Deployment>().create(&pp, &serde_json::from_value(user).unwrap()).await.unwrap();
-        self.bystanders.insert("configmaps/app-0-canary-config".into(), cm.metadata.resource_version.unwrap());
-        self.bystanders.insert("deployments/user-app".into(), user.metadata.resource_version.unwrap());
+        self.bystanders
+            .insert("configmaps/app-0-canary-config".into(), written_by_user(&serde_json::to_value(cm).unwrap()));
+        self.bystanders.insert("deployments/user-app".into(), written_by_user(&serde_json::to_value(user).unwrap()));
     }
 
     /// Starts a new round: every Canary gets a new image and every Kanary new weights.
@@ -126,6 +156,7 @@ impl World {
         let deployments = self.stored("apps", "v1", "deployments");
         let config_maps = self.stored("", "v1", "configmaps");
         let services = self.stored("", "v1", "services");
+        let pods = self.stored("", "v1", "pods");
         let mut uids: Vec<String> = vec![];
         for (g, v, p) in [
             ("canary.k8s.wantedly.com", "v1beta1", "canaries"),
@@ -159,10 +190,40 @@ impl World {
             if canary.is_none_or(|d| d["spec"]["template"]["spec"]["containers"][0]["image"] != image.as_str()) {
                 wrong.push(format!("app-{i}-canary does not run {image}"));
             }
+            if canary.is_none_or(|d| !rolled_out(d)) {
+                wrong.push(format!("app-{i}-canary is not rolled out"));
+            }
             let config = config_maps.iter().find(|c| name(c) == format!("k-{i}-config"));
+            let config = config.and_then(|c| c["data"]["haproxy.cfg"].as_str()).unwrap_or_default();
             let rule = format!("lt {} }}", 100 - w);
-            if config.is_none_or(|c| !c["data"]["haproxy.cfg"].as_str().unwrap_or_default().contains(&rule)) {
+            if !config.contains(&rule) {
                 wrong.push(format!("k-{i}-config has not got weights {}/{w}", 100 - w));
+            }
+            for v in ["v1", "v2"] {
+                let backend = format!("b-{i}-{v}");
+                let ready: Vec<&str> = pods
+                    .iter()
+                    .filter(|p| {
+                        p["metadata"]["labels"]["app"] == backend.as_str()
+                            && p["metadata"]["deletionTimestamp"].is_null()
+                    })
+                    .filter(|p| {
+                        p["status"]["conditions"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                    })
+                    .filter_map(|p| p["status"]["podIP"].as_str())
+                    .collect();
+                if ready.len() != 1 || !config.contains(&format!("{}:8080", ready[0])) {
+                    wrong.push(format!("k-{i}-config has not got the ready pod of {backend} ({ready:?})"));
+                }
+            }
+            let proxy = deployments.iter().find(|d| name(d) == format!("k-{i}-haproxy"));
+            if proxy.is_none_or(|d| !rolled_out(d)) {
+                let status = proxy.map(|d| (&d["metadata"]["generation"], &d["status"]));
+                wrong.push(format!("k-{i}-haproxy is not rolled out: (generation, status) {status:?}"));
             }
             if !services.iter().any(|s| name(s) == format!("front-{i}") && owned(s) == 1) {
                 wrong.push(format!("Service front-{i} missing"));
@@ -179,12 +240,16 @@ impl World {
                 "children: {canaries} canary Deployments, {proxies} proxies, {configs} ConfigMaps (want {N} each)"
             ));
         }
-        for (key, rv) in &self.bystanders {
+        for (key, written) in &self.bystanders {
             let (plural, object) = key.split_once('/').unwrap();
             let objects = if plural == "configmaps" { &config_maps } else { &deployments };
-            let now = objects.iter().find(|o| name(o) == object).map(|o| o["metadata"]["resourceVersion"].clone());
-            if now != Some(json!(rv)) {
+            let now = objects.iter().find(|o| name(o) == object);
+            if now.map(written_by_user).as_ref() != Some(written) {
                 wrong.push(format!("the user's {key} was touched"));
+            }
+            let managers = now.and_then(|o| o["metadata"]["managedFields"].as_array().cloned()).unwrap_or_default();
+            if managers.iter().any(|m| m["manager"] == canary_controller::report::FIELD_MANAGER) {
+                wrong.push(format!("the controller wrote to the user's {key}"));
             }
         }
         wrong
@@ -204,9 +269,16 @@ impl World {
                     panic!("after {after}: the controller exited ({status}):\n{}", c.log());
                 }
             }
-            if start.elapsed() > Duration::from_secs(40) {
+            // every proxy rolls (today's data plane): some 20 s on this 2-core machine
+            if start.elapsed() > Duration::from_secs(90) {
                 let logs: Vec<String> = controllers.iter().map(|c| c.log()).collect();
-                panic!("after {after}, not converged: {wrong:?}\nlogs:\n{}", logs.join("\n---\n"));
+                let sim = self.simulator.log();
+                let sim: Vec<&str> = sim.lines().rev().take(80).collect();
+                panic!(
+                    "after {after}, not converged: {wrong:?}\nlogs:\n{}\n--- workload-sim (last lines, newest first):\n{}",
+                    logs.join("\n---\n"),
+                    sim.join("\n")
+                );
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -218,7 +290,8 @@ impl World {
 
 #[tokio::test]
 async fn converges_through_restarts_lost_watches_error_bursts_and_racing_writers() {
-    let Some(mut world) = World::start().await else { return };
+    let _turn = TURN.lock().await;
+    let Some(mut world) = World::start(230).await else { return };
     let mut controller = world.replica("a");
     world.converges("start", &mut [&mut controller]).await;
 
@@ -253,12 +326,13 @@ async fn converges_through_restarts_lost_watches_error_bursts_and_racing_writers
         let _ = cms.patch(&format!("k-{i}-config"), &PatchParams::default(), &Patch::Merge(edit)).await;
     }
     world.converges("a racing writer", &mut [&mut controller]).await;
-    world.cluster.cleanup().await;
+    world.stop().await;
 }
 
 #[tokio::test]
 async fn a_standby_finishes_the_work_when_the_leader_is_killed_mid_work() {
-    let Some(mut world) = World::start().await else { return };
+    let _turn = TURN.lock().await;
+    let Some(mut world) = World::start(232).await else { return };
     let (mut a, mut b) = world.cluster.leader_and_standby(LEASE_SECONDS).await;
     world.converges("start", &mut [&mut a, &mut b]).await;
 
@@ -271,12 +345,13 @@ async fn a_standby_finishes_the_work_when_the_leader_is_killed_mid_work() {
     fake.set_latency(Duration::ZERO);
     world.converges("the leader killed mid-work", &mut [&mut b]).await;
     assert!(b.log().contains("became the leader"));
-    world.cluster.cleanup().await;
+    world.stop().await;
 }
 
 #[tokio::test]
 async fn hostile_input_is_rejected_with_the_field_named_and_changes_nothing_else() {
-    let Some(world) = World::start().await else { return };
+    let _turn = TURN.lock().await;
+    let Some(world) = World::start(234).await else { return };
     let mut controller = world.replica("a");
     world.converges("start", &mut [&mut controller]).await;
     let client = world.cluster.client.clone();
@@ -373,5 +448,5 @@ async fn hostile_input_is_rejected_with_the_field_named_and_changes_nothing_else
     .await;
     // everything else is as it was
     world.converges("hostile input", &mut [&mut controller]).await;
-    world.cluster.cleanup().await;
+    world.stop().await;
 }

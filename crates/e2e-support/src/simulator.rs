@@ -68,6 +68,7 @@ impl Cluster {
             .arg("--state-dir")
             .arg(self.dir.path().join("workload-sim"))
             .env("KUBECONFIG", &self.kubeconfig)
+            .env("RUST_LOG", std::env::var("E2E_SIMULATOR_LOG").unwrap_or_else(|_| "info,kube=warn".into()))
             .stdout(Stdio::null())
             .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
             .spawn()
