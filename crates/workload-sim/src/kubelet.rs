@@ -425,6 +425,7 @@ async fn probe_loop(kubelet: Arc<Kubelet>, running: Arc<RunningPod>, pod: Arc<Po
         let now = if was { failures < threshold_fail } else { successes >= threshold_ok };
         let restarts: i32 = running.containers.iter().map(|c| c.restarts.load(Ordering::SeqCst)).sum();
         if now != was || restarts != restarts_seen {
+            tracing::debug!(pod = %running.name, ready = now, restarts, "readiness changed");
             running.ready.store(now, Ordering::SeqCst);
             restarts_seen = restarts;
             unwritten = true;

@@ -77,8 +77,9 @@ pub fn plan_rollout(
     let room = desired + max_surge - total;
     let new_replicas = if new.replicas > desired { desired } else { (new.replicas + room.max(0)).min(desired) };
     plan.insert(new.name.clone(), new_replicas);
-    // scale down old sets as far as availability allows
-    let available: i32 = sets.iter().map(|s| s.available).sum();
+    // scale down old sets as far as availability allows; a set's status may still count pods its spec has
+    // already let go (the status lags a scale-down), so no set counts more available pods than it keeps
+    let available: i32 = sets.iter().map(|s| s.available.min(s.replicas)).sum();
     let mut can_remove = (available - (desired - max_unavailable)).max(0);
     // an old set's pods that are not available can go at once
     for s in sets.iter().filter(|s| !s.current) {
@@ -173,6 +174,7 @@ pub async fn reconcile_deployment(deployment: Arc<Deployment>, client: kube::Cli
         })
         .collect();
     let plan = plan_rollout(desired, recreate, surge, unavailable, &states);
+    tracing::debug!(deployment = %deployment.name_any(), ?states, ?plan, "roll step");
     for state in &states {
         let want = plan[&state.name];
         if want != state.replicas {
@@ -282,6 +284,7 @@ pub async fn reconcile_replica_set(rs: Arc<ReplicaSet>, client: kube::Client, no
         // not ready first, then the newest
         surplus.sort_by_key(|p| (pod_ready(p), std::cmp::Reverse(p.metadata.creation_timestamp.clone().map(|t| t.0))));
         for pod in surplus.iter().take((have - want) as usize) {
+            tracing::debug!(set = %rs.name_any(), pod = %pod.name_any(), have, want, "deleting a surplus pod");
             pods_api.delete(&pod.name_any(), &DeleteParams::default()).await?;
         }
     }
@@ -357,6 +360,14 @@ mod tests {
 
     fn set(name: &str, replicas: i32, available: i32, current: bool) -> ReplicaSetState {
         ReplicaSetState { name: name.into(), replicas, available, current }
+    }
+
+    #[test]
+    fn a_status_that_lags_a_scale_down_does_not_let_the_last_available_pods_go() {
+        // the old set was scaled 2 -> 1; its status still says 2 available
+        let sets = [set("old", 1, 2, false), set("new", 1, 1, true)];
+        let plan = plan_rollout(2, false, 1, 0, &sets);
+        assert_eq!((plan["old"], plan["new"]), (1, 2));
     }
 
     #[test]
