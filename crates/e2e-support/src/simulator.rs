@@ -57,10 +57,12 @@ impl Cluster {
         fake.state().inner.lock().unwrap().service_network = [127, pod_network + 1];
         let log = self.dir.path().join("workload-sim.log");
         let binary = simulator_binary();
+        let release = binary.parent().is_some_and(|dir| dir.ends_with("release"));
         assert!(
             binary.exists(),
-            "{} is missing: build it with `cargo build -p workload-sim` (`cargo test --workspace` does)",
-            binary.display()
+            "{} is missing: build it with `cargo build {}-p workload-sim` (`cargo test --workspace` builds the debug one)",
+            binary.display(),
+            if release { "--release " } else { "" }
         );
         let child = tokio::process::Command::new(binary)
             .args(["run", "--pod-network", &format!("127.{pod_network}.0.0/16"), "--pod-limit"])

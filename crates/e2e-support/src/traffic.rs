@@ -152,6 +152,14 @@ impl Tally {
         100.0 * *self.answers.get(identity).unwrap_or(&0) as f64 / self.total().max(1) as f64
     }
 
+    /// Adds `other`'s answers and failures to these.
+    pub fn add(&mut self, other: Tally) {
+        for (answer, n) in other.answers {
+            *self.answers.entry(answer).or_default() += n;
+        }
+        self.failures += other.failures;
+    }
+
     /// The same connections with each answer replaced by `key(answer)` (a pod's answer by its workload, say).
     pub fn regroup(self, key: impl Fn(&str) -> String) -> Tally {
         let mut answers = BTreeMap::new();
@@ -184,11 +192,44 @@ pub async fn drive(target: SocketAddr, connections: usize, concurrency: usize) -
         .collect();
     let mut total = Tally::default();
     for w in workers {
-        let t = w.await.unwrap();
-        for (k, v) in t.answers {
-            *total.answers.entry(k).or_default() += v;
-        }
-        total.failures += t.failures;
+        total.add(w.await.unwrap());
+    }
+    total.elapsed = start.elapsed();
+    total
+}
+
+/// Steady load: `clients` clients each make a request to `target` ([`ask`], one connection each) every
+/// `period` (or as soon as the previous one ends, if later), until `stop` is set; who answered and how many
+/// failed. A fixed rate, so that fast failures do not inflate the count.
+pub async fn steady_load(
+    target: SocketAddr,
+    clients: usize,
+    period: Duration,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Tally {
+    use std::sync::atomic::Ordering;
+    let start = Instant::now();
+    let workers: Vec<_> = (0..clients)
+        .map(|_| {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let mut tally = Tally::default();
+                let mut ticks = tokio::time::interval(period);
+                ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                while !stop.load(Ordering::Relaxed) {
+                    ticks.tick().await;
+                    match ask(target).await {
+                        Some(id) => *tally.answers.entry(id).or_default() += 1,
+                        None => tally.failures += 1,
+                    }
+                }
+                tally
+            })
+        })
+        .collect();
+    let mut total = Tally::default();
+    for w in workers {
+        total.add(w.await.unwrap());
     }
     total.elapsed = start.elapsed();
     total

@@ -1,0 +1,132 @@
+//! `cargo bench -p canary-controller --bench churn`: what clients of a Kanary see while its backends and weights
+//! change. On fake-apiserver with workload-sim (as root, with haproxy and kubectl, like the end-to-end tests):
+//! a Kanary splits traffic between Deployments `stable` and `canary` (2 pods each); under steady load, 10 rounds
+//! each replace every pod of the canary route (a rollout restart) and change the weights. Prints the failed
+//! connections and the proxy pods started, against a baseline of the same load for as long with no change.
+//! Asserts nothing.
+
+use e2e_support::simulator::can_simulate;
+use e2e_support::traffic::{Tally, steady_load};
+use e2e_support::{Cluster, eventually};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Service;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use serde_json::json;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+const ROUNDS: usize = 10;
+const CLIENTS: usize = 8;
+/// Each client makes a request this often: 400 connections per second in all.
+const PERIOD: Duration = Duration::from_millis(20);
+const PROXY: &str = "churn-haproxy";
+
+async fn backend(cluster: &Cluster, name: &str, replicas: i32) {
+    let deployment = json!({"metadata": {"name": name}, "spec": {"replicas": replicas,
+        "selector": {"matchLabels": {"app": name}},
+        "template": {"metadata": {"labels": {"app": name}}, "spec": {"containers": [
+            {"name": "app", "image": format!("app:{name}"), "ports": [{"containerPort": 8080}]}]}}}});
+    let service = json!({"metadata": {"name": name}, "spec": {"selector": {"app": name},
+        "ports": [{"name": "tcp", "port": 80, "targetPort": 8080}]}});
+    let pp = PostParams::default();
+    cluster.api::<Deployment>().create(&pp, &serde_json::from_value(deployment).unwrap()).await.unwrap();
+    cluster.api::<Service>().create(&pp, &serde_json::from_value(service).unwrap()).await.unwrap();
+}
+
+async fn set_canary_weight(cluster: &Cluster, weight: i64) {
+    let route = |svc: &str, w: i64| json!({"backend": {"serviceName": svc, "servicePort": "tcp"}, "weight": w});
+    let kanary = json!({"apiVersion": "kanary.k8s.io/v1", "kind": "Kanary", "metadata": {"name": "churn"},
+        "spec": {"destination": "front", "routes": [route("stable", 100 - weight), route("canary", weight)]}});
+    let ar = canary_controller::api::kanary::api_resource("kanary.k8s.io", "v1");
+    let api: Api<kube::core::DynamicObject> = Api::namespaced_with(cluster.client.clone(), &cluster.namespace, &ar);
+    api.patch("churn", &PatchParams::apply("bench").force(), &Patch::Apply(kanary)).await.unwrap();
+}
+
+/// Proxy pods the simulator has started so far (from its log).
+fn proxy_pods_started(log: &str) -> usize {
+    log.lines().filter(|l| l.contains("pod started") && l.contains(&format!("pod={PROXY}-"))).count()
+}
+
+fn row(what: &str, t: &Tally, proxies: Option<usize>) {
+    let failed = 100.0 * t.failures as f64 / t.total().max(1) as f64;
+    let proxies = proxies.map_or("-".to_string(), |p| p.to_string());
+    println!(
+        "{what:<22} {:>12} {:>8} {:>9.3} {:>10.1} {:>20}",
+        t.total(),
+        t.failures,
+        failed,
+        t.elapsed.as_secs_f64(),
+        proxies
+    );
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    assert!(can_simulate(), "the churn benchmark runs workload-sim: root, haproxy and kubectl (make setup)");
+    let cluster = Cluster::start().await;
+    cluster.install_crds().await;
+    let sim = cluster.start_simulator(220, 64);
+    let mut controller = cluster.spawn_controller();
+    controller.wait_for_log("controllers running").await;
+    backend(&cluster, "stable", 2).await;
+    backend(&cluster, "canary", 2).await;
+    set_canary_weight(&cluster, 20).await;
+    let services: Api<Service> = cluster.api();
+    eventually(30, "the destination Service", || async { services.get_opt("front").await.unwrap().is_some() }).await;
+    let ip = services.get("front").await.unwrap().spec.unwrap().cluster_ip.unwrap();
+    let target: SocketAddr = format!("{ip}:80").parse().unwrap();
+    for (deployment, service) in [("stable", "stable"), ("canary", "canary"), (PROXY, "front")] {
+        cluster.wait_rolled_out(deployment, service, 180).await;
+    }
+
+    println!(
+        "churn benchmark: {CLIENTS} clients each making a short connection every {PERIOD:?} through the Kanary's Service;"
+    );
+    println!("{ROUNDS} rounds, each replacing both pods of the canary route and changing the weights\n");
+    let stop = Arc::new(AtomicBool::new(false));
+    let started_before = proxy_pods_started(&sim.log());
+    let load = tokio::spawn(steady_load(target, CLIENTS, PERIOD, stop.clone()));
+    let deployments: Api<Deployment> = cluster.api();
+    for round in 1..=ROUNDS {
+        let generation = cluster.generation("canary").await;
+        let restart =
+            json!({"spec": {"template": {"metadata": {"annotations": {"bench/restarted": round.to_string()}}}}});
+        deployments.patch("canary", &PatchParams::default(), &Patch::Merge(restart)).await.unwrap();
+        cluster.wait_changed("canary", generation, 10).await;
+        cluster.wait_rolled_out("canary", "canary", 180).await;
+        let generation = cluster.generation(PROXY).await;
+        set_canary_weight(&cluster, 5 + 3 * round as i64).await;
+        cluster.wait_changed(PROXY, generation, 30).await;
+        cluster.wait_rolled_out(PROXY, "front", 180).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let churn = load.await.unwrap();
+    let proxies = proxy_pods_started(&sim.log()) - started_before;
+
+    // the same load for as long, nothing changing
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = tokio::spawn(steady_load(target, CLIENTS, PERIOD, stop.clone()));
+    tokio::time::sleep(churn.elapsed).await;
+    stop.store(true, Ordering::Relaxed);
+    let baseline = load.await.unwrap();
+
+    println!(
+        "{:<22} {:>12} {:>8} {:>9} {:>10} {:>20}",
+        "", "connections", "failed", "failed %", "seconds", "proxy pods started"
+    );
+    row("baseline (no change)", &baseline, None);
+    row("churn", &churn, Some(proxies));
+    let rate = |t: &Tally| t.failures as f64 / t.total().max(1) as f64;
+    if baseline.failures == 0 {
+        println!("\nfailure rate: churn {:.3} %, baseline 0 (no ratio)", 100.0 * rate(&churn));
+    } else {
+        println!("\nfailure rate ratio churn/baseline: {:.1}", rate(&churn) / rate(&baseline));
+    }
+    println!("proxy pods started per round: {:.1}", proxies as f64 / ROUNDS as f64);
+    // the simulator's log, for a look at what the pods went through (E2E_SIMULATOR_LOG=debug says more)
+    let _ = std::fs::write(concat!(env!("CARGO_TARGET_TMPDIR"), "/churn-workload-sim.log"), sim.log());
+    sim.stop().await;
+    cluster.cleanup().await;
+}
