@@ -152,6 +152,14 @@ impl Tally {
         100.0 * *self.answers.get(identity).unwrap_or(&0) as f64 / self.total().max(1) as f64
     }
 
+    /// Counts one request: who answered, or a failure.
+    pub fn record(&mut self, answer: Option<String>) {
+        match answer {
+            Some(id) => *self.answers.entry(id).or_default() += 1,
+            None => self.failures += 1,
+        }
+    }
+
     /// Adds `other`'s answers and failures to these.
     pub fn add(&mut self, other: Tally) {
         for (answer, n) in other.answers {
@@ -181,21 +189,13 @@ pub async fn drive(target: SocketAddr, connections: usize, concurrency: usize) -
             tokio::spawn(async move {
                 let mut tally = Tally::default();
                 for _ in 0..n {
-                    match ask(target).await {
-                        Some(id) => *tally.answers.entry(id).or_default() += 1,
-                        None => tally.failures += 1,
-                    }
+                    tally.record(ask(target).await);
                 }
                 tally
             })
         })
         .collect();
-    let mut total = Tally::default();
-    for w in workers {
-        total.add(w.await.unwrap());
-    }
-    total.elapsed = start.elapsed();
-    total
+    gather(start, workers).await
 }
 
 /// Steady load: `clients` clients each make a request to `target` ([`ask`], one connection each) every
@@ -218,15 +218,17 @@ pub async fn steady_load(
                 ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 while !stop.load(Ordering::Relaxed) {
                     ticks.tick().await;
-                    match ask(target).await {
-                        Some(id) => *tally.answers.entry(id).or_default() += 1,
-                        None => tally.failures += 1,
-                    }
+                    tally.record(ask(target).await);
                 }
                 tally
             })
         })
         .collect();
+    gather(start, workers).await
+}
+
+/// The clients' tallies added up, with the time since `start`.
+async fn gather(start: Instant, workers: Vec<tokio::task::JoinHandle<Tally>>) -> Tally {
     let mut total = Tally::default();
     for w in workers {
         total.add(w.await.unwrap());
