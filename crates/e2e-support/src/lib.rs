@@ -313,15 +313,20 @@ impl Process {
 
 pub use fake_apiserver::tools::http_get;
 
-/// The canary-controller binary: `CANARY_CONTROLLER_BIN`, else the one cargo builds for integration tests, in
-/// the directory above the test's own executable (`target/debug/deps/<test>`).
+/// The canary-controller binary: `CANARY_CONTROLLER_BIN`, else the one cargo builds for integration tests.
 pub fn controller_binary() -> PathBuf {
-    if let Ok(path) = std::env::var("CANARY_CONTROLLER_BIN") {
+    workspace_binary("canary-controller", "CANARY_CONTROLLER_BIN")
+}
+
+/// A binary of the workspace: the path in `$override_var`, else `name` in the directory above the test's own
+/// executable (`target/<profile>/deps/<test>`), where cargo builds the workspace's binaries.
+pub fn workspace_binary(name: &str, override_var: &str) -> PathBuf {
+    if let Ok(path) = std::env::var(override_var) {
         return path.into();
     }
     let test = std::env::current_exe().expect("the test's executable");
     let profile_dir = test.parent().and_then(|deps| deps.parent()).expect("target/<profile>/deps/<test>");
-    profile_dir.join(format!("canary-controller{}", std::env::consts::EXE_SUFFIX))
+    profile_dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX))
 }
 
 fn uuid_like() -> String {

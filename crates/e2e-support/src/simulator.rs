@@ -21,12 +21,7 @@ pub struct Simulator {
 /// The workload-sim binary: `WORKLOAD_SIM_BIN`, else the one cargo builds beside the test's executable
 /// (`cargo test --workspace` and `cargo build` build it).
 pub fn simulator_binary() -> PathBuf {
-    if let Ok(path) = std::env::var("WORKLOAD_SIM_BIN") {
-        return path.into();
-    }
-    let test = std::env::current_exe().expect("the test's executable");
-    let profile_dir = test.parent().and_then(|deps| deps.parent()).expect("target/<profile>/deps/<test>");
-    profile_dir.join(format!("workload-sim{}", std::env::consts::EXE_SUFFIX))
+    crate::workspace_binary("workload-sim", "WORKLOAD_SIM_BIN")
 }
 
 /// Whether this test can run workloads: on fake-apiserver, as root, with haproxy (and kubectl, which the
