@@ -5,14 +5,12 @@
 //! connections and the proxy pods started, against a baseline of the same load for as long with no change.
 //! Asserts nothing.
 
+use e2e_support::Cluster;
 use e2e_support::simulator::can_simulate;
 use e2e_support::traffic::{Tally, steady_load};
-use e2e_support::{Cluster, eventually};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Service;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -22,18 +20,6 @@ const CLIENTS: usize = 8;
 /// Each client makes a request this often: 400 connections per second in all.
 const PERIOD: Duration = Duration::from_millis(20);
 const PROXY: &str = "churn-haproxy";
-
-async fn backend(cluster: &Cluster, name: &str, replicas: i32) {
-    let deployment = json!({"metadata": {"name": name}, "spec": {"replicas": replicas,
-        "selector": {"matchLabels": {"app": name}},
-        "template": {"metadata": {"labels": {"app": name}}, "spec": {"containers": [
-            {"name": "app", "image": format!("app:{name}"), "ports": [{"containerPort": 8080}]}]}}}});
-    let service = json!({"metadata": {"name": name}, "spec": {"selector": {"app": name},
-        "ports": [{"name": "tcp", "port": 80, "targetPort": 8080}]}});
-    let pp = PostParams::default();
-    cluster.api::<Deployment>().create(&pp, &serde_json::from_value(deployment).unwrap()).await.unwrap();
-    cluster.api::<Service>().create(&pp, &serde_json::from_value(service).unwrap()).await.unwrap();
-}
 
 async fn set_canary_weight(cluster: &Cluster, weight: i64) {
     let route = |svc: &str, w: i64| json!({"backend": {"serviceName": svc, "servicePort": "tcp"}, "weight": w});
@@ -70,13 +56,10 @@ async fn main() {
     let sim = cluster.start_simulator(220, 64);
     let mut controller = cluster.spawn_controller();
     controller.wait_for_log("controllers running").await;
-    backend(&cluster, "stable", 2).await;
-    backend(&cluster, "canary", 2).await;
+    cluster.create_backend("stable", 2, None).await;
+    cluster.create_backend("canary", 2, None).await;
     set_canary_weight(&cluster, 20).await;
-    let services: Api<Service> = cluster.api();
-    eventually(30, "the destination Service", || async { services.get_opt("front").await.unwrap().is_some() }).await;
-    let ip = services.get("front").await.unwrap().spec.unwrap().cluster_ip.unwrap();
-    let target: SocketAddr = format!("{ip}:80").parse().unwrap();
+    let target = cluster.service_address("front", 80).await;
     for (deployment, service) in [("stable", "stable"), ("canary", "canary"), (PROXY, "front")] {
         cluster.wait_rolled_out(deployment, service, 180).await;
     }

@@ -11,7 +11,7 @@ use e2e_support as support;
 
 use fake_apiserver::FakeApiServer;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::core::DynamicObject;
 use serde_json::{Value, json};
@@ -98,12 +98,7 @@ impl World {
                 "template": {"metadata": {"labels": {"app": format!("app-{i}")}}, "spec": {"containers": [{"name": "app", "image": "app:1"}]}}}});
             self.cluster.api::<Deployment>().create(&pp, &serde_json::from_value(target).unwrap()).await.unwrap();
             for v in ["v1", "v2"] {
-                let name = format!("b-{i}-{v}");
-                let backend = json!({"metadata": {"name": name}, "spec": {"selector": {"matchLabels": {"app": name}},
-                    "template": {"metadata": {"labels": {"app": name}}, "spec": {"containers": [{"name": "b", "image": format!("b:{v}"), "ports": [{"containerPort": 8080}]}]}}}});
-                self.cluster.api::<Deployment>().create(&pp, &serde_json::from_value(backend).unwrap()).await.unwrap();
-                let svc = json!({"metadata": {"name": name}, "spec": {"selector": {"app": name}, "ports": [{"port": 80, "targetPort": 8080}]}});
-                self.cluster.api::<Service>().create(&pp, &serde_json::from_value(svc).unwrap()).await.unwrap();
+                self.cluster.create_backend(&format!("b-{i}-{v}"), 1, None).await;
             }
         }
         // the user's own objects, with names the controller could be tempted by

@@ -4,8 +4,7 @@
 
 use e2e_support as support;
 
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 use support::kanary::{env, kanary_yaml};
@@ -14,24 +13,6 @@ use support::traffic::{Tally, drive};
 
 /// The Kanary's proxy Deployment.
 const PROXY: &str = "simple-kanary-rule-haproxy";
-
-/// A backend of the test: a Deployment of the simulator's built-in server (answers `pod=<name> image=echo:<name>`)
-/// and a Service selecting it (port `tcp` 80 -> 8080). A backend that is never ready has a readiness probe
-/// on a port nothing listens on.
-async fn backend(cluster: &support::Cluster, name: &str, replicas: i32, ready: bool) {
-    let mut container = json!({"name": "echo", "image": format!("echo:{name}"), "ports": [{"containerPort": 8080}]});
-    if !ready {
-        container["readinessProbe"] = json!({"tcpSocket": {"port": 9999}, "periodSeconds": 1});
-    }
-    let deployment = json!({"metadata": {"name": name}, "spec": {"replicas": replicas,
-        "selector": {"matchLabels": {"app": name}},
-        "template": {"metadata": {"labels": {"app": name}}, "spec": {"containers": [container]}}}});
-    let service = json!({"metadata": {"name": name}, "spec": {"selector": {"app": name},
-        "ports": [{"name": "tcp", "port": 80, "targetPort": 8080}]}});
-    let pp = PostParams::default();
-    cluster.api::<Deployment>().create(&pp, &serde_json::from_value(deployment).unwrap()).await.unwrap();
-    cluster.api::<Service>().create(&pp, &serde_json::from_value(service).unwrap()).await.unwrap();
-}
 
 /// Answers counted by the backend that gave them (`image=echo:<backend>`).
 fn by_backend(tally: Tally) -> Tally {
@@ -50,18 +31,16 @@ async fn traffic_through_real_haproxy_follows_the_weights() {
     }
     let e = env().await;
     let sim = e.cluster.start_simulator(240, 32);
-    for (name, replicas, ready) in [("v1", 1, true), ("v2", 3, true), ("v0", 1, true), ("vdead", 1, false)] {
-        backend(&e.cluster, name, replicas, ready).await;
+    for (name, replicas) in [("v1", 1), ("v2", 3), ("v0", 1)] {
+        e.cluster.create_backend(name, replicas, None).await;
     }
+    // a backend that is never ready: its probe checks a port nothing listens on
+    e.cluster.create_backend("vdead", 1, Some(json!({"tcpSocket": {"port": 9999}, "periodSeconds": 1}))).await;
     let route = |svc: &str, w: i64| json!({"backend": {"serviceName": svc, "servicePort": "tcp"}, "weight": w});
     let kanaries = e.kanaries("kanary.k8s.io", "v1");
     let ky = kanary_yaml("kanary.k8s.io/v1", json!([route("v1", 50), route("v2", 50), route("v0", 0)]));
     kanaries.create(&PostParams::default(), &ky).await.unwrap();
-    let services: Api<Service> = e.cluster.api();
-    support::eventually(10, "the destination Service", || async { services.get_opt("myapp").await.unwrap().is_some() })
-        .await;
-    let destination = services.get("myapp").await.unwrap();
-    let listen = format!("{}:80", destination.spec.unwrap().cluster_ip.unwrap()).parse().unwrap();
+    let listen = e.cluster.service_address("myapp", 80).await;
     for name in ["v1", "v2", "v0"] {
         e.cluster.wait_rolled_out(name, name, 60).await;
     }

@@ -111,6 +111,36 @@ impl Drop for Simulator {
 }
 
 impl Cluster {
+    /// A backend for the simulator to run: Deployment `name` of `replicas` pods of the built-in server (image
+    /// `echo:<name>`, so each answers `pod=<pod> image=echo:<name>`) on port 8080, with `readiness_probe` if
+    /// given, and Service `name` selecting them (port `tcp` 80 -> 8080).
+    pub async fn create_backend(&self, name: &str, replicas: i32, readiness_probe: Option<serde_json::Value>) {
+        use k8s_openapi::api::{apps::v1::Deployment, core::v1::Service};
+        let mut container =
+            serde_json::json!({"name": "echo", "image": format!("echo:{name}"), "ports": [{"containerPort": 8080}]});
+        if let Some(probe) = readiness_probe {
+            container["readinessProbe"] = probe;
+        }
+        let deployment = serde_json::json!({"metadata": {"name": name}, "spec": {"replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {"metadata": {"labels": {"app": name}}, "spec": {"containers": [container]}}}});
+        let service = serde_json::json!({"metadata": {"name": name}, "spec": {"selector": {"app": name},
+            "ports": [{"name": "tcp", "port": 80, "targetPort": 8080}]}});
+        let pp = kube::api::PostParams::default();
+        self.api::<Deployment>().create(&pp, &serde_json::from_value(deployment).unwrap()).await.unwrap();
+        self.api::<Service>().create(&pp, &serde_json::from_value(service).unwrap()).await.unwrap();
+    }
+
+    /// The address (cluster IP and `port`) of Service `name`, once it exists (waits up to 30 s).
+    pub async fn service_address(&self, name: &str, port: u16) -> std::net::SocketAddr {
+        use k8s_openapi::api::core::v1::Service;
+        let services = self.api::<Service>();
+        let what = format!("Service {name}");
+        crate::eventually(30, &what, || async { services.get_opt(name).await.unwrap().is_some() }).await;
+        let ip = services.get(name).await.unwrap().spec.and_then(|s| s.cluster_ip).expect("a cluster IP");
+        std::net::SocketAddr::new(ip.parse().expect("an IP address"), port)
+    }
+
     /// The `metadata.generation` of Deployment `name` (0 when it does not exist): a change of its spec raises it.
     pub async fn generation(&self, name: &str) -> i64 {
         let deployment = self.api::<k8s_openapi::api::apps::v1::Deployment>().get_opt(name).await.unwrap();

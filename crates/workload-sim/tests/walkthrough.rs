@@ -4,7 +4,7 @@
 
 use e2e_support as support;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::Api;
 use support::traffic::{ask, drive};
 
@@ -34,8 +34,7 @@ async fn the_example_stack_runs_and_its_connections_are_split_80_20() {
         })
         .await;
     }
-    let destination: Service = cluster.api::<Service>().get("myapp").await.unwrap();
-    let address = format!("{}:80", destination.spec.unwrap().cluster_ip.unwrap()).parse().unwrap();
+    let address = cluster.service_address("myapp", 80).await;
     // every proxy pod runs the config with every ready pod once the roll is over: count then
     let configs: Api<ConfigMap> = cluster.api();
     support::eventually(30, "the config has the 4 pods", || async {
