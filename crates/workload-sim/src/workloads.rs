@@ -299,7 +299,6 @@ pub async fn reconcile_replica_set(rs: Arc<ReplicaSet>, client: kube::Client, no
     let api: Api<ReplicaSet> = Api::namespaced(client.clone(), &ns);
     api.patch_status(&rs.name_any(), &PatchParams::default(), &Patch::Merge(&status)).await?;
     // a pod ready but not yet for minReadySeconds becomes available later
-
     Ok(match waiting {
         Some(wait) => Action::requeue(wait + Duration::from_millis(100)),
         None => Action::await_change(),
