@@ -269,10 +269,12 @@ impl World {
                 let logs: Vec<String> = controllers.iter().map(|c| c.log()).collect();
                 let sim = self.simulator.log();
                 let sim: Vec<&str> = sim.lines().rev().take(80).collect();
+                // what is wrong comes last too: CI shows the end of a long output
                 panic!(
-                    "after {after}, not converged: {wrong:?}\nlogs:\n{}\n--- workload-sim (last lines, newest first):\n{}",
+                    "after {after}, not converged: {wrong:?}\nlogs:\n{}\n--- workload-sim (last lines, newest first):\n{}\n--- after {after}, not converged in {:?}: {wrong:?}",
                     logs.join("\n---\n"),
-                    sim.join("\n")
+                    sim.join("\n"),
+                    start.elapsed()
                 );
             }
             tokio::time::sleep(Duration::from_millis(200)).await;

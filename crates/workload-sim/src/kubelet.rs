@@ -1,6 +1,7 @@
 //! The kubelet, as the simulator plays it, for the Pods bound to its node: each Pod gets an address and
-//! (as root) a network namespace, its volumes (ConfigMap keys as files, emptyDirs), and a local process per
-//! container (see `images`); readiness probes (`httpGet`, `tcpSocket`) decide Ready, a container that exits is
+//! (as root) a network namespace, its volumes (ConfigMap keys as files, kept up to date as the ConfigMap
+//! changes; emptyDirs), and a local process per container (see `images`); a volume that cannot be mounted yet
+//! (its ConfigMap missing, the API server failing) is retried; readiness probes (`httpGet`, `tcpSocket`) decide Ready, a container that exits is
 //! restarted with a growing delay, and the status is written as a real kubelet writes it. A Pod marked for
 //! deletion is stopped as a real kubelet stops it (`preStop` exec hook, SIGTERM, SIGKILL when its grace
 //! period is over) and then removed.
@@ -13,6 +14,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
+use kube::runtime::reflector::{self, ObjectRef};
 use serde_json::json;
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -37,6 +39,9 @@ pub struct Kubelet {
     next_address: Mutex<u32>,
 }
 
+/// How often a Pod whose volumes cannot be mounted yet is tried again.
+const MOUNT_RETRY: Duration = Duration::from_secs(2);
+
 /// A Pod this kubelet started: its address, namespace, containers and helper tasks.
 struct RunningPod {
     id: String,
@@ -45,6 +50,8 @@ struct RunningPod {
     namespace: String,
     name: String,
     containers: Vec<ContainerProcess>,
+    /// The ConfigMap volumes: the ConfigMap's name and the directory its keys are written to.
+    config_volumes: Vec<(String, PathBuf)>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     stopping: AtomicBool,
     ready: AtomicBool,
@@ -148,11 +155,12 @@ impl Kubelet {
             api.patch_status(&pod.name_any(), &PatchParams::default(), &Patch::Merge(&status)).await?;
             return Ok(Action::requeue(Duration::from_secs(5)));
         }
-        self.start(&pod, &api).await?;
-        Ok(Action::await_change())
+        self.start(&pod, &api).await
     }
 
-    async fn start(self: &Arc<Self>, pod: &Arc<Pod>, api: &Api<Pod>) -> Result<(), kube::Error> {
+    /// Starts `pod`, or says why it cannot start yet and tries again later (as a real kubelet retries a
+    /// volume it cannot mount).
+    async fn start(self: &Arc<Self>, pod: &Arc<Pod>, api: &Api<Pod>) -> Result<Action, kube::Error> {
         let uid = pod.uid().unwrap_or_default();
         let id: String = uid.replace('-', "").chars().take(12).collect();
         let address = self.allocate_address();
@@ -174,13 +182,20 @@ impl Kubelet {
             Ok(p) => p,
             Err(e) => {
                 self.network.remove_pod(&id);
+                tracing::debug!(pod = %pod.name_any(), error = %e, "pod not started; retrying");
                 let status = json!({"status": {"phase": "Pending", "conditions": [
                     {"type": "PodScheduled", "status": "True"},
                     {"type": "Ready", "status": "False", "reason": "ContainersNotStarted", "message": format!("workload-sim: {e:#}")}]}});
                 api.patch_status(&pod.name_any(), &PatchParams::default(), &Patch::Merge(&status)).await?;
-                return Ok(());
+                return Ok(Action::requeue(MOUNT_RETRY));
             }
         };
+        let config_volumes = spec
+            .volumes
+            .iter()
+            .flatten()
+            .filter_map(|v| Some((v.config_map.as_ref()?.name.clone(), volumes_dir.join(&v.name))))
+            .collect();
         let running = Arc::new(RunningPod {
             id: id.clone(),
             address,
@@ -192,6 +207,7 @@ impl Kubelet {
                 .iter()
                 .map(|c| ContainerProcess { name: c.name.clone(), pid: Mutex::new(None), restarts: AtomicI32::new(0) })
                 .collect(),
+            config_volumes,
             tasks: Mutex::default(),
             stopping: AtomicBool::new(false),
             ready: AtomicBool::new(false),
@@ -218,7 +234,7 @@ impl Kubelet {
         let prober = tokio::spawn(probe_loop(self.clone(), running.clone(), pod.clone(), started));
         running.tasks.lock().unwrap().push(prober);
         tracing::info!(pod = %pod.name_any(), namespace = %running.namespace, %address, "pod started");
-        Ok(())
+        Ok(Action::await_change())
     }
 
     async fn write_volumes(
@@ -236,11 +252,7 @@ impl Kubelet {
                 let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), namespace);
                 let config_map =
                     api.get(&source.name).await.map_err(|e| anyhow::anyhow!("ConfigMap {}: {e}", source.name))?;
-                for (key, value) in config_map.data.unwrap_or_default() {
-                    let file = path.join(&key);
-                    std::fs::write(&file, value)?;
-                    set_mode(&file, 0o644)?;
-                }
+                write_config_map(&path, &config_map.data.unwrap_or_default())?;
                 set_mode(&path, 0o755)?;
             }
             volumes.insert(volume.name.clone(), path);
@@ -323,6 +335,25 @@ impl Kubelet {
         tracing::info!(pod = %running.name, namespace = %running.namespace, "pod stopped");
     }
 
+    /// Brings every running Pod's ConfigMap volumes up to date with `config_maps` (a real kubelet does it
+    /// within about a minute; the simulator's caller decides how often). A ConfigMap that is gone leaves its
+    /// files as they were.
+    pub fn refresh_volumes(&self, config_maps: &reflector::Store<ConfigMap>) {
+        let pods: Vec<Arc<RunningPod>> = self.running.lock().unwrap().values().cloned().collect();
+        for pod in pods.iter().filter(|p| !p.stopping.load(Ordering::SeqCst)) {
+            for (name, dir) in &pod.config_volumes {
+                let Some(config_map) = config_maps.get(&ObjectRef::new(name).within(&pod.namespace)) else { continue };
+                match write_config_map(dir, config_map.data.as_ref().unwrap_or(&Default::default())) {
+                    Ok(true) => tracing::info!(pod = %pod.name, config_map = %name, "ConfigMap volume updated"),
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::warn!(pod = %pod.name, config_map = %name, error = %e, "cannot update a ConfigMap volume")
+                    }
+                }
+            }
+        }
+    }
+
     /// Stops every Pod at once (the simulator is stopping).
     pub async fn stop_all(&self) {
         let pods: Vec<Arc<RunningPod>> = self.running.lock().unwrap().drain().map(|(_, p)| p).collect();
@@ -351,6 +382,31 @@ impl Kubelet {
         }
         self.network.remove_pod(&running.id);
     }
+}
+
+/// Writes each key of `data` as a file of `dir` (each replaced at once, by a rename) and removes files of keys
+/// that are gone; says whether anything changed.
+fn write_config_map(dir: &std::path::Path, data: &std::collections::BTreeMap<String, String>) -> std::io::Result<bool> {
+    let mut changed = false;
+    for (key, value) in data {
+        let file = dir.join(key);
+        if std::fs::read(&file).is_ok_and(|on_disk| on_disk == value.as_bytes()) {
+            continue;
+        }
+        let staged = dir.join(format!("..{key}.new"));
+        std::fs::write(&staged, value)?;
+        set_mode(&staged, 0o644)?;
+        std::fs::rename(&staged, &file)?;
+        changed = true;
+    }
+    for entry in std::fs::read_dir(dir)? {
+        let name = entry?.file_name().to_string_lossy().to_string();
+        if !name.starts_with("..") && !data.contains_key(&name) {
+            std::fs::remove_file(dir.join(&name))?;
+            changed = true;
+        }
+    }
+    Ok(changed)
 }
 
 fn set_mode(path: &std::path::Path, mode: u32) -> std::io::Result<()> {

@@ -4,7 +4,7 @@
 use clap::{Parser, Subcommand};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::Api;
 use kube::runtime::controller::{Action, Controller};
@@ -170,19 +170,27 @@ async fn run(node: String, b: u8, state_dir: PathBuf, pod_limit: usize) -> anyho
         .default_backoff()
         .reflect(slices_writer)
         .for_each(|_| futures::future::ready(()));
+    let (config_maps, config_maps_writer) = reflector::store::<ConfigMap>();
+    let config_maps_watch = watcher(Api::<ConfigMap>::all(client.clone()), config.clone())
+        .default_backoff()
+        .reflect(config_maps_writer)
+        .for_each(|_| futures::future::ready(()));
     let proxy = service_proxy::run(network.clone(), services_store, slices_reader);
     let sweeper_kubelet = kubelet.clone();
+    // every 2 s: Pods deleted without grace are stopped, ConfigMap volumes follow their ConfigMaps
     let sweep = async move {
         loop {
             tokio::time::sleep(Duration::from_secs(2)).await;
             let present = pods_store.state().iter().filter_map(|p| kube::ResourceExt::uid(p.as_ref())).collect();
             sweeper_kubelet.forget_missing(&present);
+            sweeper_kubelet.refresh_volumes(&config_maps);
         }
     };
     tracing::info!(%node, pods = %format!("127.{b}.0.0/16"), namespaces = matches!(*network, network::Network::Namespaces(_)), "workload-sim running");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = futures::future::join5(deployments, replica_sets, slices, kubelet_run, slices_watch) => {}
+        _ = config_maps_watch => {}
         _ = proxy => {}
         _ = sweep => {}
         _ = term.recv() => {}

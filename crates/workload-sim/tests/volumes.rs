@@ -1,0 +1,73 @@
+//! ConfigMap volumes as a kubelet keeps them: a Pod whose ConfigMap does not exist yet waits for it (and
+//! starts once it is created), and a running Pod's files follow its ConfigMap, so that an HAProxy that exits
+//! on a bad config comes back on the fixed one in the same Pod, as in a real cluster.
+
+use e2e_support as support;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use kube::ResourceExt;
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use serde_json::json;
+
+const GOOD: &str = "global\n    log stderr local0\ndefaults\n    mode tcp\n    timeout connect 1s\n    timeout client 5s\n    timeout server 5s\nfrontend f\n    bind :::8080\n    tcp-request content reject\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_waits_for_its_config_map_and_its_files_follow_the_config_map() {
+    if !support::simulator::can_simulate() {
+        return;
+    }
+    let cluster = support::Cluster::start().await;
+    let sim = cluster.start_simulator(247, 8);
+    let deployment = json!({"metadata": {"name": "lb"}, "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "lb"}},
+        "template": {"metadata": {"labels": {"app": "lb"}}, "spec": {
+            "containers": [{"name": "haproxy", "image": "haproxy:2.6", "ports": [{"containerPort": 8080}],
+                "readinessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 1},
+                "volumeMounts": [{"name": "config", "mountPath": "/usr/local/etc/haproxy"}]}],
+            "volumes": [{"name": "config", "configMap": {"name": "lb-config"}}]}}}});
+    let deployments: Api<Deployment> = cluster.api();
+    deployments.create(&PostParams::default(), &serde_json::from_value(deployment).unwrap()).await.unwrap();
+    let pods: Api<Pod> = cluster.api();
+    let only_pod = || async {
+        let listed = pods.list(&ListParams::default().labels("app=lb")).await.unwrap().items;
+        (listed.len() == 1).then(|| listed[0].clone())
+    };
+    let condition = |pod: &Pod, type_: &str| -> Option<(String, Option<String>)> {
+        let conditions = pod.status.as_ref()?.conditions.as_ref()?;
+        conditions.iter().find(|c| c.type_ == type_).map(|c| (c.status.clone(), c.message.clone()))
+    };
+
+    // no ConfigMap: the Pod stays Pending and says why
+    support::eventually(60, "the pod says its ConfigMap is missing", || async {
+        let pod = only_pod().await;
+        pod.and_then(|p| condition(&p, "Ready")).is_some_and(|(status, message)| {
+            status == "False" && message.is_some_and(|m| m.contains("ConfigMap lb-config"))
+        })
+    })
+    .await;
+
+    // created with a config HAProxy refuses: the Pod starts, its container exits and never gets ready
+    let configs: Api<ConfigMap> = cluster.api();
+    let bad = json!({"metadata": {"name": "lb-config"}, "data": {"haproxy.cfg": "global\n    no-such-directive\n"}});
+    configs.create(&PostParams::default(), &serde_json::from_value(bad).unwrap()).await.unwrap();
+    support::eventually(60, "the pod started and its container restarts", || async {
+        let pod = only_pod().await;
+        let statuses = pod.and_then(|p| p.status?.container_statuses).unwrap_or_default();
+        statuses.first().is_some_and(|c| c.restart_count >= 1 && !c.ready)
+    })
+    .await;
+    let started = only_pod().await.expect("one pod").name_any();
+
+    // fixed in the ConfigMap: the same Pod gets the file and becomes ready
+    let fix = json!({"data": {"haproxy.cfg": GOOD}});
+    configs.patch("lb-config", &PatchParams::default(), &Patch::Merge(&fix)).await.unwrap();
+    support::eventually(60, "the same pod is ready on the fixed config", || async {
+        let pod = only_pod().await;
+        pod.is_some_and(|p| {
+            p.name_any() == started && condition(&p, "Ready").is_some_and(|(status, _)| status == "True")
+        })
+    })
+    .await;
+    assert!(sim.log().contains("ConfigMap volume updated"), "{}", sim.log());
+    sim.stop().await;
+    cluster.cleanup().await;
+}
