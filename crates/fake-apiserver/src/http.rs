@@ -126,7 +126,7 @@ async fn serve_api(
         return Err(ApiError::no_such_resource());
     }
     if let Some(s) = &sub
-        && (s != "status" || !rt.has_status)
+        && !((s == "status" && rt.has_status) || (s == "token" && group.is_empty() && rt.plural == "serviceaccounts"))
     {
         return Err(ApiError::no_such_resource());
     }
@@ -137,6 +137,7 @@ async fn serve_api(
         ("GET", false) => "list",
         ("GET", true) => "get",
         ("POST", false) => "create",
+        ("POST", true) if target.sub.as_deref() == Some("token") => "create",
         ("PUT", true) => "update",
         ("PATCH", true) => "patch",
         ("DELETE", true) => "delete",
@@ -162,6 +163,15 @@ async fn serve_api(
     let token = headers.get("authorization").and_then(|a| a.to_str().ok()).and_then(|a| a.strip_prefix("Bearer "));
     if let Some(err) = state.faults.take_failure(token, &target.rt.plural).await {
         return Err(err);
+    }
+    if target.sub.as_deref() == Some("token") {
+        if verb != "create" {
+            return Err(ApiError::method_not_allowed(format!("{method} is not supported on serviceaccounts/token")));
+        }
+        let request = parse_body(&body)?;
+        let inner = state.inner.lock().expect("lock");
+        let account = inner.get(&target.rt, target.ns.as_deref(), target.name.as_deref().unwrap_or_default())?;
+        return Ok(json_response(StatusCode::CREATED, &crate::rbac::token_request(&state.rbac, &account, &request)));
     }
     let opts = WriteOptions {
         manager: q.get("fieldManager").cloned().unwrap_or_else(|| manager_from_user_agent(headers)),

@@ -6,6 +6,8 @@
 //!   Roles and bindings stored in the server (`rbac.authorization.k8s.io/v1`, no aggregation), as the real
 //!   RBAC authorizer does; a denial is the real 403 message. Discovery, `/version` and `/openapi` are open
 //!   to every authenticated user (the `system:discovery` role).
+//! - `POST .../serviceaccounts/<name>/token` (TokenRequest, as a kubelet asks for a Pod's token) returns a new
+//!   token for that ServiceAccount. It is an opaque string, not a signed JWT: only this server knows it.
 //! - Every resource request of a non-admin user is recorded as (user, verb, group, resource[/subresource]),
 //!   so that a test can show a role grants nothing that is never used.
 
@@ -14,6 +16,25 @@ use crate::objects::Inner;
 use serde_json::{Value, json};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
+
+/// The answer to a TokenRequest for `account` (a stored ServiceAccount): a new token registered for it.
+pub fn token_request(rbac: &Rbac, account: &Value, request: &Value) -> Value {
+    let (namespace, name) = (
+        account["metadata"]["namespace"].as_str().unwrap_or_default(),
+        account["metadata"]["name"].as_str().unwrap_or_default(),
+    );
+    let token = format!("fake-apiserver.{}", uuid::Uuid::new_v4().simple());
+    rbac.add_token(&token, &format!("system:serviceaccount:{namespace}:{name}"), &[]);
+    let seconds = request["spec"]["expirationSeconds"].as_i64().unwrap_or(3600).max(600);
+    let expires = chrono::Utc::now() + chrono::Duration::seconds(seconds);
+    json!({
+        "kind": "TokenRequest", "apiVersion": "authentication.k8s.io/v1",
+        "metadata": {"name": name, "namespace": namespace, "creationTimestamp": null},
+        "spec": {"audiences": request["spec"]["audiences"].as_array().cloned().unwrap_or_default(),
+            "expirationSeconds": seconds, "boundObjectRef": request["spec"]["boundObjectRef"]},
+        "status": {"token": token, "expirationTimestamp": expires.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)},
+    })
+}
 
 /// Who sent a request.
 #[derive(Debug, Clone, PartialEq, Eq)]

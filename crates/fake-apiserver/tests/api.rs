@@ -508,6 +508,37 @@ async fn rbac_enforcement_allows_what_roles_grant_and_denies_the_rest_like_the_r
 }
 
 #[tokio::test]
+async fn a_token_request_returns_a_token_that_authenticates_as_the_service_account() {
+    use k8s_openapi::api::authentication::v1::TokenRequest;
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    let server = FakeApiServer::start().await.unwrap();
+    let accounts: Api<ServiceAccount> = Api::namespaced(server.client(), "default");
+    let request: TokenRequest =
+        serde_json::from_value(json!({"spec": {"audiences": [], "expirationSeconds": 3600}})).unwrap();
+    // no such ServiceAccount: 404, as on a real server
+    let missing = accounts.create_token_request("app", &PostParams::default(), &request).await.unwrap_err();
+    assert_eq!(api_err(missing).0, 404);
+    accounts
+        .create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": "app"}})).unwrap())
+        .await
+        .unwrap();
+    let answer = accounts.create_token_request("app", &PostParams::default(), &request).await.unwrap();
+    let token = answer.status.expect("a status with the token").token;
+    assert!(!token.is_empty());
+
+    // the token is the ServiceAccount: with RBAC on and no role, it may read nothing
+    server.state().rbac.set_enforce(true);
+    let as_app = {
+        let kc = kube::config::Kubeconfig::from_yaml(&server.kubeconfig_with_token(&token)).unwrap();
+        kube::Client::try_from(kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.unwrap()).unwrap()
+    };
+    let (code, message) =
+        api_err(Api::<ConfigMap>::namespaced(as_app, "default").list(&ListParams::default()).await.unwrap_err());
+    assert_eq!(code, 403);
+    assert!(message.contains("User \"system:serviceaccount:default:app\" cannot list"), "{message}");
+}
+
+#[tokio::test]
 async fn metadata_only_requests_get_partial_object_metadata() {
     use kube::core::PartialObjectMeta;
     let server = FakeApiServer::start().await.unwrap();
