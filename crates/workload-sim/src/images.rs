@@ -1,40 +1,109 @@
 //! What runs for a container, by its image: `haproxy*` runs the real `haproxy` on the file its manifest
 //! mounts at the official image's config path (`/usr/local/etc/haproxy/haproxy.cfg`, from the Pod's volume,
-//! unchanged); any other image runs the built-in server (`workload-sim serve`, see `server`) on the
-//! container's ports. As root each container runs in the Pod's network namespace and a pid namespace of its
-//! own (it is PID 1, so a `preStop` hook's `kill -USR1 1` reaches it), as the Pod's `runAsUser`/`runAsGroup`.
+//! unchanged); an image of canary-controller runs our real binary with the container's command and args,
+//! its volumes at their `mountPath`s and the Pod's ServiceAccount token where a kubelet puts it; any other
+//! image runs the built-in server (`workload-sim serve`, see `server`) on the container's ports. Environment
+//! variables are the container's `env` (values and the downward API's `fieldRef`). As root each container
+//! runs in the Pod's network namespace and mount and pid namespaces of its own (it is PID 1, so a `preStop`
+//! hook's `kill -USR1 1` reaches it), as the Pod's `runAsUser`/`runAsGroup` (see `container`).
 
+use crate::container::Bind;
 use k8s_openapi::api::core::v1::{Container, Pod};
 use kube::ResourceExt;
 use std::collections::HashMap;
-use std::net::Ipv4Addr;
-use std::path::PathBuf;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::path::{Path, PathBuf};
 
 /// The official HAProxy image's configuration directory.
 const HAPROXY_CONFIG_DIR: &str = "/usr/local/etc/haproxy";
+/// canary-controller's image: its only program, and its default arguments (the Dockerfile's CMD).
+const OWN_PROGRAM: &str = "/canary-controller";
+const OWN_DEFAULT_ARGS: &[&str] = &["run"];
+/// Where a kubelet mounts a Pod's ServiceAccount token, CA and namespace.
+pub const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 
 /// A container's process, ready to start.
 #[derive(Debug, Clone)]
 pub struct Launch {
     pub program: PathBuf,
+    /// The program's name as the process sees it (its `argv[0]`).
+    pub argv0: String,
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
     /// uid and gid to run as (root only).
     pub user: Option<(i64, i64)>,
+    /// Volumes mounted in the container (root only).
+    pub binds: Vec<Bind>,
 }
 
-/// The process for `container` of `pod` at `address`, or why it cannot run here.
-pub fn launch(
-    container: &Container,
-    pod: &Pod,
-    address: Ipv4Addr,
-    own_namespace: bool,
-    volumes: &HashMap<String, PathBuf>,
-) -> anyhow::Result<Launch> {
+/// What a Pod's containers run with.
+pub struct PodContext<'a> {
+    pub address: Ipv4Addr,
+    pub node_address: Ipv4Addr,
+    /// Whether the Pod has namespaces of its own (root).
+    pub own_namespace: bool,
+    /// Each volume's directory, by name.
+    pub volumes: &'a HashMap<String, PathBuf>,
+    /// The directory with the Pod's ServiceAccount token, `ca.crt` and `namespace`, if it has one.
+    pub service_account: Option<&'a Path>,
+    /// Where Pods reach the API server.
+    pub api: Option<SocketAddrV4>,
+    /// canary-controller's binary, which its image runs.
+    pub own_binary: &'a Path,
+}
+
+/// Whether `image` is canary-controller's own (its containers run our binary).
+pub fn is_own_image(image: &str) -> bool {
+    repository(image).contains("canary-controller")
+}
+
+fn repository(image: &str) -> &str {
+    image.rsplit('/').next().unwrap_or_default().split([':', '@']).next().unwrap_or_default()
+}
+
+/// The value of a downward API `fieldRef` of `pod`, as a kubelet resolves it.
+fn field_ref(pod: &Pod, path: &str, context: &PodContext) -> anyhow::Result<String> {
+    let spec = pod.spec.clone().unwrap_or_default();
+    let keyed = |prefix: &str, map: &std::collections::BTreeMap<String, String>| -> Option<String> {
+        let key = path.strip_prefix(prefix)?.strip_suffix("']")?;
+        Some(map.get(key).cloned().unwrap_or_default())
+    };
+    let value = match path {
+        "metadata.name" => pod.name_any(),
+        "metadata.namespace" => pod.namespace().unwrap_or_default(),
+        "metadata.uid" => pod.uid().unwrap_or_default(),
+        "spec.nodeName" => spec.node_name.unwrap_or_default(),
+        "spec.serviceAccountName" => spec.service_account_name.unwrap_or_else(|| "default".into()),
+        "status.podIP" => context.address.to_string(),
+        "status.hostIP" => context.node_address.to_string(),
+        _ => keyed("metadata.labels['", pod.labels())
+            .or_else(|| keyed("metadata.annotations['", pod.annotations()))
+            .ok_or_else(|| anyhow::anyhow!("fieldRef {path:?} is not supported by workload-sim"))?,
+    };
+    Ok(value)
+}
+
+/// The process for `container` of `pod`, or why it cannot run here.
+pub fn launch(container: &Container, pod: &Pod, context: &PodContext) -> anyhow::Result<Launch> {
+    let (address, own_namespace, volumes) = (context.address, context.own_namespace, context.volumes);
     let image = container.image.clone().unwrap_or_default();
-    let repository = image.rsplit('/').next().unwrap_or_default().split([':', '@']).next().unwrap_or_default();
-    let env: Vec<(String, String)> =
-        container.env.iter().flatten().filter_map(|e| Some((e.name.clone(), e.value.clone()?))).collect();
+    let repository = repository(&image);
+    let mut env = vec![];
+    for var in container.env.iter().flatten() {
+        let from_field = var.value_from.as_ref().and_then(|v| v.field_ref.as_ref());
+        match (&var.value, from_field) {
+            (Some(value), _) => env.push((var.name.clone(), value.clone())),
+            (None, Some(field)) => env.push((var.name.clone(), field_ref(pod, &field.field_path, context)?)),
+            (None, None) if var.value_from.is_some() => {
+                anyhow::bail!("env {}: only values and fieldRef are supported by workload-sim", var.name)
+            }
+            (None, None) => env.push((var.name.clone(), String::new())),
+        }
+    }
+    if let Some(api) = context.api {
+        env.push(("KUBERNETES_SERVICE_HOST".into(), api.ip().to_string()));
+        env.push(("KUBERNETES_SERVICE_PORT".into(), api.port().to_string()));
+    }
     let pod_context = pod.spec.as_ref().and_then(|s| s.security_context.as_ref());
     let own = container.security_context.as_ref();
     let uid = own.and_then(|s| s.run_as_user).or(pod_context.and_then(|s| s.run_as_user));
@@ -57,10 +126,10 @@ pub fn launch(
             .ok_or_else(|| anyhow::anyhow!("volume {} is not defined in the pod", mount.name))?;
         let config = dir.join("haproxy.cfg");
         let args = vec!["-W".into(), "-db".into(), "-f".into(), config.display().to_string()];
-        return Ok(Launch { program: "haproxy".into(), args, env, user });
+        return Ok(Launch { program: "haproxy".into(), argv0: "haproxy".into(), args, env, user, binds: vec![] });
     }
-    if repository.contains("canary-controller") {
-        anyhow::bail!("image {image}: containers of canary-controller's own image are not simulated yet");
+    if is_own_image(&image) {
+        return own_image(container, context, env, user);
     }
     let ports = listen_ports(container, pod);
     let mut args = vec!["serve".into(), "--pod".into(), pod.name_any(), "--image".into(), image.clone()];
@@ -69,7 +138,62 @@ pub fn launch(
         args.push(if own_namespace { format!("[::]:{port}") } else { format!("{address}:{port}") });
     }
     let program = std::env::current_exe()?;
-    Ok(Launch { program, args, env, user })
+    Ok(Launch { program, argv0: "workload-sim".into(), args, env, user, binds: vec![] })
+}
+
+/// canary-controller's image: our binary with the container's command and args (as a container runtime
+/// combines them with the image's entrypoint and CMD), the container's volumes at their paths and the Pod's
+/// ServiceAccount token where a kubelet mounts it.
+fn own_image(
+    container: &Container,
+    context: &PodContext,
+    env: Vec<(String, String)>,
+    user: Option<(i64, i64)>,
+) -> anyhow::Result<Launch> {
+    let image = container.image.clone().unwrap_or_default();
+    if !context.own_namespace {
+        anyhow::bail!(
+            "image {image}: runs with its ServiceAccount token mounted, which needs namespaces of its own: run workload-sim as root"
+        );
+    }
+    if !context.own_binary.exists() {
+        anyhow::bail!(
+            "image {image}: canary-controller's binary {} is missing (cargo build -p canary-controller, or workload-sim run --controller-binary)",
+            context.own_binary.display()
+        );
+    }
+    let given_args = container.args.clone();
+    let (argv0, args) = match container.command.as_deref() {
+        Some([program, rest @ ..]) => {
+            if program != OWN_PROGRAM {
+                anyhow::bail!(
+                    "image {image}: its only program is {OWN_PROGRAM}, not {program:?} (spec.containers[].command)"
+                );
+            }
+            (program.clone(), rest.iter().cloned().chain(given_args.into_iter().flatten()).collect())
+        }
+        _ => (
+            OWN_PROGRAM.to_string(),
+            given_args.unwrap_or_else(|| OWN_DEFAULT_ARGS.iter().map(|a| a.to_string()).collect()),
+        ),
+    };
+    let mut binds = vec![];
+    for mount in container.volume_mounts.iter().flatten() {
+        let source = context
+            .volumes
+            .get(&mount.name)
+            .ok_or_else(|| anyhow::anyhow!("volume {} is not defined in the pod", mount.name))?;
+        binds.push(Bind {
+            source: source.clone(),
+            target: mount.mount_path.clone().into(),
+            read_only: mount.read_only == Some(true),
+        });
+    }
+    let own_token = binds.iter().any(|b| b.target == Path::new(SERVICE_ACCOUNT_DIR));
+    if let (Some(dir), false) = (context.service_account, own_token) {
+        binds.push(Bind { source: dir.into(), target: SERVICE_ACCOUNT_DIR.into(), read_only: true });
+    }
+    Ok(Launch { program: context.own_binary.into(), argv0, args, env, user, binds })
 }
 
 /// The ports the built-in server listens on for `container`: its declared ports; a container that declares
@@ -89,16 +213,23 @@ fn listen_ports(container: &Container, pod: &Pod) -> Vec<u16> {
     if first_portless == Some(container.name.as_str()) && !eighty_taken { vec![80] } else { vec![] }
 }
 
-/// The command that starts `launch`, in network namespace `netns` if any.
-pub fn command(launch: &Launch, netns: Option<&str>) -> tokio::process::Command {
+/// The command that starts `launch`: as root in network namespace `netns` and mount and pid namespaces of its
+/// own, through `workload-sim container` (which mounts its volumes in `scratch` and the container's paths,
+/// and becomes its user); else the program itself.
+pub fn command(launch: &Launch, netns: Option<&str>, scratch: &Path) -> tokio::process::Command {
     let mut command = match netns {
         Some(ns) => {
             let mut c = tokio::process::Command::new("ip");
-            c.args(["netns", "exec", ns, "unshare", "--pid", "--fork", "--kill-child", "--"]);
+            c.args(["netns", "exec", ns, "unshare", "--pid", "--mount", "--fork", "--kill-child", "--"]);
+            c.arg(std::env::current_exe().unwrap_or_else(|_| "workload-sim".into()));
+            c.arg("container").arg("--scratch").arg(scratch);
             if let Some((uid, gid)) = launch.user {
-                c.args(["setpriv", &format!("--reuid={uid}"), &format!("--regid={gid}"), "--clear-groups", "--"]);
+                c.arg("--user").arg(format!("{uid}:{gid}"));
             }
-            c.arg(&launch.program);
+            for bind in &launch.binds {
+                c.arg("--bind").arg(bind.to_arg());
+            }
+            c.arg("--program").arg(&launch.program).arg("--").arg(&launch.argv0);
             c
         }
         None => tokio::process::Command::new(&launch.program),

@@ -35,6 +35,10 @@ pub struct Kubelet {
     /// Where pods' volumes are written.
     pub state_dir: PathBuf,
     pub pod_limit: usize,
+    /// Where Pods reach the API server (root, on fake-apiserver).
+    pub api: Option<crate::api_endpoint::ApiEndpoint>,
+    /// The binary containers of canary-controller's image run.
+    pub controller_binary: PathBuf,
     running: Mutex<HashMap<String, Arc<RunningPod>>>,
     next_address: Mutex<u32>,
 }
@@ -81,6 +85,7 @@ impl RunningPod {
 }
 
 impl Kubelet {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         client: kube::Client,
         node: String,
@@ -89,6 +94,8 @@ impl Kubelet {
         node_address: Ipv4Addr,
         state_dir: PathBuf,
         pod_limit: usize,
+        api: Option<crate::api_endpoint::ApiEndpoint>,
+        controller_binary: PathBuf,
     ) -> Kubelet {
         Kubelet {
             client,
@@ -98,6 +105,8 @@ impl Kubelet {
             node_address,
             state_dir,
             pod_limit,
+            api,
+            controller_binary,
             running: Mutex::default(),
             next_address: Mutex::new(1),
         }
@@ -166,14 +175,25 @@ impl Kubelet {
         let address = self.allocate_address();
         let spec = pod.spec.clone().unwrap_or_default();
         let namespace = pod.namespace().unwrap_or_default();
-        let volumes_dir = self.state_dir.join("pods").join(&id).join("volumes");
+        let pod_dir = self.state_dir.join("pods").join(&id);
+        let volumes_dir = pod_dir.join("volumes");
         let prepared = async {
             let netns = self.network.add_pod(&id, address)?;
             let volumes = self.write_volumes(&namespace, &spec, &volumes_dir).await?;
+            let service_account = self.service_account(pod, &pod_dir.join("serviceaccount")).await?;
+            let context = images::PodContext {
+                address,
+                node_address: self.node_address,
+                own_namespace: netns.is_some(),
+                volumes: &volumes,
+                service_account: service_account.as_deref(),
+                api: self.api.as_ref().map(|a| a.address),
+                own_binary: &self.controller_binary,
+            };
             let launches = spec
                 .containers
                 .iter()
-                .map(|c| images::launch(c, pod, address, netns.is_some(), &volumes))
+                .map(|c| images::launch(c, pod, &context))
                 .collect::<anyhow::Result<Vec<Launch>>>()?;
             anyhow::Ok((netns, launches))
         }
@@ -215,7 +235,8 @@ impl Kubelet {
         self.running.lock().unwrap().insert(uid, running.clone());
         let started = Timestamp::now();
         for (index, launch) in launches.into_iter().enumerate() {
-            let task = tokio::spawn(supervise(running.clone(), index, launch));
+            let scratch = pod_dir.join("containers").join(index.to_string());
+            let task = tokio::spawn(supervise(running.clone(), index, launch, scratch));
             running.tasks.lock().unwrap().push(task);
         }
         if self.network.needs_forwarders() {
@@ -235,6 +256,40 @@ impl Kubelet {
         running.tasks.lock().unwrap().push(prober);
         tracing::info!(pod = %pod.name_any(), namespace = %running.namespace, %address, "pod started");
         Ok(Action::await_change())
+    }
+
+    /// The Pod's ServiceAccount token, CA and namespace, written to `dir` as a kubelet projects them (a token
+    /// from a TokenRequest), for Pods that run canary-controller's image (the only ones that talk to the API
+    /// server) unless `automountServiceAccountToken` is false.
+    async fn service_account(&self, pod: &Pod, dir: &std::path::Path) -> anyhow::Result<Option<PathBuf>> {
+        use k8s_openapi::api::authentication::v1::TokenRequest;
+        use k8s_openapi::api::core::v1::ServiceAccount;
+        let spec = pod.spec.clone().unwrap_or_default();
+        let own_image = spec.containers.iter().any(|c| images::is_own_image(c.image.as_deref().unwrap_or_default()));
+        let (Some(api), true, false) = (&self.api, own_image, spec.automount_service_account_token == Some(false))
+        else {
+            return Ok(None);
+        };
+        let namespace = pod.namespace().unwrap_or_default();
+        let account = spec.service_account_name.clone().unwrap_or_else(|| "default".into());
+        let request: TokenRequest =
+            serde_json::from_value(json!({"spec": {"audiences": [], "expirationSeconds": 3607,
+            "boundObjectRef": {"kind": "Pod", "apiVersion": "v1", "name": pod.name_any(), "uid": pod.uid()}}}))?;
+        let accounts: Api<ServiceAccount> = Api::namespaced(self.client.clone(), &namespace);
+        let answer = accounts
+            .create_token_request(&account, &Default::default(), &request)
+            .await
+            .map_err(|e| anyhow::anyhow!("the token of ServiceAccount {account}: {e}"))?;
+        let token = answer.status.map(|s| s.token).unwrap_or_default();
+        std::fs::create_dir_all(dir)?;
+        for (file, content) in
+            [("token", token.as_str()), ("ca.crt", api.ca_pem.as_str()), ("namespace", namespace.as_str())]
+        {
+            std::fs::write(dir.join(file), content)?;
+            set_mode(&dir.join(file), 0o644)?;
+        }
+        set_mode(dir, 0o755)?;
+        Ok(Some(dir.into()))
     }
 
     async fn write_volumes(
@@ -416,12 +471,12 @@ fn set_mode(path: &std::path::Path, mode: u32) -> std::io::Result<()> {
 
 /// Runs container `index` of a Pod, restarting it when it exits (10 s at most between tries) until the Pod
 /// stops.
-async fn supervise(running: Arc<RunningPod>, index: usize, launch: Launch) {
+async fn supervise(running: Arc<RunningPod>, index: usize, launch: Launch, scratch: PathBuf) {
     let container = &running.containers[index];
     let netns = running.netns.as_deref();
     let mut delay = Duration::from_millis(500);
     while !running.stopping.load(Ordering::SeqCst) {
-        let mut command = images::command(&launch, netns);
+        let mut command = images::command(&launch, netns, &scratch);
         command.kill_on_drop(true);
         match command.spawn() {
             Ok(mut child) => {

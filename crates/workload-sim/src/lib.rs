@@ -3,6 +3,8 @@
 //! enough for canary-controller: Pods really run, as local processes on loopback addresses. See README.md
 //! for what it emulates and what it does not.
 
+pub mod api_endpoint;
+pub mod container;
 pub mod endpoint_slices;
 pub mod images;
 pub mod kubelet;

@@ -14,7 +14,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-use workload_sim::{endpoint_slices, kubelet, network, server, service_proxy, workloads};
+use workload_sim::{api_endpoint, container, endpoint_slices, kubelet, network, server, service_proxy, workloads};
 
 #[derive(Parser)]
 #[command(
@@ -43,6 +43,30 @@ enum Command {
         /// At most this many Pods run at once; the others stay Pending.
         #[arg(long, default_value_t = 64)]
         pod_limit: usize,
+        /// The binary that containers of canary-controller's image run (default: canary-controller beside
+        /// workload-sim, where cargo builds it).
+        #[arg(long)]
+        controller_binary: Option<PathBuf>,
+    },
+    /// Inside a container's mount and pid namespaces (as root; the kubelet starts it): mount the volumes,
+    /// become the container's user, run its program.
+    #[command(hide = true)]
+    Container {
+        /// SOURCE:TARGET[:ro], a volume at its mount path.
+        #[arg(long = "bind", value_parser = container::Bind::parse)]
+        binds: Vec<container::Bind>,
+        /// An empty directory for the overlays that mount points need.
+        #[arg(long)]
+        scratch: PathBuf,
+        /// uid:gid to run as.
+        #[arg(long, value_parser = parse_user)]
+        user: Option<(u32, u32)>,
+        /// The program's file (a path, or a name looked up on PATH).
+        #[arg(long)]
+        program: PathBuf,
+        /// The program's argv, its name first.
+        #[arg(last = true, required = true)]
+        argv: Vec<String>,
     },
     /// The built-in server: answer each connection with the pod's name and image.
     Serve {
@@ -54,6 +78,14 @@ enum Command {
         #[arg(long)]
         listen: Vec<SocketAddr>,
     },
+}
+
+fn parse_user(text: &str) -> Result<(u32, u32), String> {
+    let (uid, gid) = text.split_once(':').ok_or_else(|| format!("{text:?}: expected UID:GID"))?;
+    Ok((
+        uid.parse().map_err(|_| format!("{uid:?}: not a uid"))?,
+        gid.parse().map_err(|_| format!("{gid:?}: not a gid"))?,
+    ))
 }
 
 /// The second byte of a /16 of 127/8 (`127.P.0.0/16`).
@@ -82,8 +114,21 @@ async fn main() -> anyhow::Result<()> {
             let behaviour = server::Behaviour::from_env(|k| std::env::var(k).ok())?;
             server::serve(listen, pod, image, behaviour).await
         }
-        Command::Run { node_name, pod_network, state_dir, pod_limit } => {
-            run(node_name, pod_network, state_dir, pod_limit).await
+        Command::Run { node_name, pod_network, state_dir, pod_limit, controller_binary } => {
+            let controller_binary = match controller_binary {
+                Some(path) => path,
+                None => std::env::current_exe()?.with_file_name("canary-controller"),
+            };
+            run(node_name, pod_network, state_dir, pod_limit, controller_binary).await
+        }
+        Command::Container { binds, scratch, user, program, argv } => {
+            match container::enter(&binds, &scratch, user, &program, &argv) {
+                Ok(never) => match never {},
+                Err(e) => {
+                    eprintln!("workload-sim container: {e:#}");
+                    std::process::exit(127)
+                }
+            }
         }
     }
 }
@@ -101,13 +146,36 @@ fn retry<K, C>(_: Arc<K>, _: &kube::Error, _: Arc<C>) -> Action {
     Action::requeue(Duration::from_millis(500))
 }
 
-async fn run(node: String, b: u8, state_dir: PathBuf, pod_limit: usize) -> anyhow::Result<()> {
-    let client = kube::Client::try_default().await?;
+async fn run(
+    node: String,
+    b: u8,
+    state_dir: PathBuf,
+    pod_limit: usize,
+    controller_binary: PathBuf,
+) -> anyhow::Result<()> {
+    let config = kube::Config::infer().await?;
+    let api_server = config.cluster_url.clone();
+    let client = kube::Client::try_from(config)?;
     let node_address = Ipv4Addr::new(127, b, 255, 254);
     let prefix = format!("wsim{b}");
     let network = Arc::new(network::Network::start(&prefix, node_address));
     std::fs::create_dir_all(&state_dir)?;
     let state_dir = std::fs::canonicalize(&state_dir)?;
+    // Pods reach the API server (fake-apiserver, plain HTTP) on the node's address, through TLS
+    let upstream = api_server.authority().and_then(|a| {
+        let port = a.port_u16().unwrap_or(80);
+        format!("{}:{port}", a.host()).parse::<SocketAddr>().ok()
+    });
+    let (api, _api_task) = match (network.needs_forwarders(), api_server.scheme_str(), upstream) {
+        (true, Some("http"), Some(upstream)) => {
+            let (endpoint, task) = api_endpoint::start(network.clone(), node_address, upstream).await?;
+            (Some(endpoint), Some(task))
+        }
+        _ => {
+            tracing::warn!(%api_server, "Pods cannot reach the API server (it must be fake-apiserver on plain HTTP, and the simulator root)");
+            (None, None)
+        }
+    };
     let kubelet = Arc::new(kubelet::Kubelet::new(
         client.clone(),
         node.clone(),
@@ -116,6 +184,8 @@ async fn run(node: String, b: u8, state_dir: PathBuf, pod_limit: usize) -> anyho
         node_address,
         state_dir,
         pod_limit,
+        api,
+        controller_binary,
     ));
     let config = watcher::Config::default();
 

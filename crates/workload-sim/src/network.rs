@@ -100,6 +100,21 @@ impl Network {
         }
     }
 
+    /// A listener in the node's namespace (where Pods reach it; namespaces only), e.g. the API server's
+    /// endpoint for Pods.
+    pub async fn listen_in_node(&self, address: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+        let Network::Namespaces(n) = self else {
+            return Err(std::io::Error::other("no node namespace: the simulator does not run as root"));
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        n.sockets.send(tx).map_err(|_| std::io::Error::other("node namespace thread stopped"))?;
+        let socket = rx.await.map_err(|_| std::io::Error::other("node namespace thread stopped"))??;
+        socket.set_reuse_address(true)?;
+        socket.bind(&address.into())?;
+        socket.listen(1024)?;
+        tokio::net::TcpListener::from_std(socket.into())
+    }
+
     /// Whether the host reaches Pod addresses only through forwarders.
     pub fn needs_forwarders(&self) -> bool {
         matches!(self, Network::Namespaces(_))
