@@ -20,17 +20,13 @@ pub struct ApiEndpoint {
 }
 
 /// Serves the API to Pods at `address`:443 in the node's namespace, passing each connection on to
-/// `upstream` (fake-apiserver, plain HTTP), until the task is aborted.
-pub async fn start(
-    network: Arc<Network>,
-    address: Ipv4Addr,
-    upstream: SocketAddr,
-) -> anyhow::Result<(ApiEndpoint, tokio::task::JoinHandle<()>)> {
+/// `upstream` (fake-apiserver, plain HTTP), for as long as the simulator runs.
+pub async fn start(network: Arc<Network>, address: Ipv4Addr, upstream: SocketAddr) -> anyhow::Result<ApiEndpoint> {
     let (ca_pem, config) = certificates(address)?;
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let at = SocketAddrV4::new(address, PORT);
     let listener = network.listen_in_node(SocketAddr::V4(at)).await?;
-    let task = tokio::spawn(async move {
+    tokio::spawn(async move {
         loop {
             let Ok((client, _)) = listener.accept().await else { continue };
             let acceptor = acceptor.clone();
@@ -48,7 +44,7 @@ pub async fn start(
             });
         }
     });
-    Ok((ApiEndpoint { address: at, ca_pem }, task))
+    Ok(ApiEndpoint { address: at, ca_pem })
 }
 
 /// A CA (its PEM) and a server configuration with a certificate it signed for `address`.

@@ -63,7 +63,7 @@ fn repository(image: &str) -> &str {
 
 /// The value of a downward API `fieldRef` of `pod`, as a kubelet resolves it.
 fn field_ref(pod: &Pod, path: &str, context: &PodContext) -> anyhow::Result<String> {
-    let spec = pod.spec.clone().unwrap_or_default();
+    let spec = pod.spec.as_ref();
     let keyed = |prefix: &str, map: &std::collections::BTreeMap<String, String>| -> Option<String> {
         let key = path.strip_prefix(prefix)?.strip_suffix("']")?;
         Some(map.get(key).cloned().unwrap_or_default())
@@ -72,8 +72,10 @@ fn field_ref(pod: &Pod, path: &str, context: &PodContext) -> anyhow::Result<Stri
         "metadata.name" => pod.name_any(),
         "metadata.namespace" => pod.namespace().unwrap_or_default(),
         "metadata.uid" => pod.uid().unwrap_or_default(),
-        "spec.nodeName" => spec.node_name.unwrap_or_default(),
-        "spec.serviceAccountName" => spec.service_account_name.unwrap_or_else(|| "default".into()),
+        "spec.nodeName" => spec.and_then(|s| s.node_name.clone()).unwrap_or_default(),
+        "spec.serviceAccountName" => {
+            spec.and_then(|s| s.service_account_name.clone()).unwrap_or_else(|| "default".into())
+        }
         "status.podIP" => context.address.to_string(),
         "status.hostIP" => context.node_address.to_string(),
         _ => keyed("metadata.labels['", pod.labels())
@@ -121,10 +123,7 @@ pub fn launch(container: &Container, pod: &Pod, context: &PodContext) -> anyhow:
             .flatten()
             .find(|m| m.mount_path.trim_end_matches('/') == HAPROXY_CONFIG_DIR)
             .ok_or_else(|| anyhow::anyhow!("image {image}: no volume mounted at {HAPROXY_CONFIG_DIR}"))?;
-        let dir = volumes
-            .get(&mount.name)
-            .ok_or_else(|| anyhow::anyhow!("volume {} is not defined in the pod", mount.name))?;
-        let config = dir.join("haproxy.cfg");
+        let config = volume_dir(volumes, &mount.name)?.join("haproxy.cfg");
         let args = vec!["-W".into(), "-db".into(), "-f".into(), config.display().to_string()];
         return Ok(Launch { program: "haproxy".into(), argv0: "haproxy".into(), args, env, user, binds: vec![] });
     }
@@ -179,12 +178,8 @@ fn own_image(
     };
     let mut binds = vec![];
     for mount in container.volume_mounts.iter().flatten() {
-        let source = context
-            .volumes
-            .get(&mount.name)
-            .ok_or_else(|| anyhow::anyhow!("volume {} is not defined in the pod", mount.name))?;
         binds.push(Bind {
-            source: source.clone(),
+            source: volume_dir(context.volumes, &mount.name)?.clone(),
             target: mount.mount_path.clone().into(),
             read_only: mount.read_only == Some(true),
         });
@@ -194,6 +189,11 @@ fn own_image(
         binds.push(Bind { source: dir.into(), target: SERVICE_ACCOUNT_DIR.into(), read_only: true });
     }
     Ok(Launch { program: context.own_binary.into(), argv0, args, env, user, binds })
+}
+
+/// The directory of the Pod's volume `name`, which a container mounts.
+fn volume_dir<'a>(volumes: &'a HashMap<String, PathBuf>, name: &str) -> anyhow::Result<&'a PathBuf> {
+    volumes.get(name).ok_or_else(|| anyhow::anyhow!("volume {name} is not defined in the pod"))
 }
 
 /// The ports the built-in server listens on for `container`: its declared ports; a container that declares

@@ -264,7 +264,7 @@ impl Kubelet {
     async fn service_account(&self, pod: &Pod, dir: &std::path::Path) -> anyhow::Result<Option<PathBuf>> {
         use k8s_openapi::api::authentication::v1::TokenRequest;
         use k8s_openapi::api::core::v1::ServiceAccount;
-        let spec = pod.spec.clone().unwrap_or_default();
+        let Some(spec) = &pod.spec else { return Ok(None) };
         let own_image = spec.containers.iter().any(|c| images::is_own_image(c.image.as_deref().unwrap_or_default()));
         let (Some(api), true, false) = (&self.api, own_image, spec.automount_service_account_token == Some(false))
         else {

@@ -166,14 +166,13 @@ async fn run(
         let port = a.port_u16().unwrap_or(80);
         format!("{}:{port}", a.host()).parse::<SocketAddr>().ok()
     });
-    let (api, _api_task) = match (network.needs_forwarders(), api_server.scheme_str(), upstream) {
+    let api = match (network.needs_forwarders(), api_server.scheme_str(), upstream) {
         (true, Some("http"), Some(upstream)) => {
-            let (endpoint, task) = api_endpoint::start(network.clone(), node_address, upstream).await?;
-            (Some(endpoint), Some(task))
+            Some(api_endpoint::start(network.clone(), node_address, upstream).await?)
         }
         _ => {
             tracing::warn!(%api_server, "Pods cannot reach the API server (it must be fake-apiserver on plain HTTP, and the simulator root)");
-            (None, None)
+            None
         }
     };
     let kubelet = Arc::new(kubelet::Kubelet::new(

@@ -90,13 +90,7 @@ impl Network {
     pub async fn connect(&self, address: SocketAddr) -> std::io::Result<TcpStream> {
         match self {
             Network::Host => TcpStream::connect(address).await,
-            Network::Namespaces(n) => {
-                let (tx, rx) = tokio::sync::oneshot::channel();
-                n.sockets.send(tx).map_err(|_| std::io::Error::other("node namespace thread stopped"))?;
-                let socket = rx.await.map_err(|_| std::io::Error::other("node namespace thread stopped"))??;
-                let socket = TcpSocket::from_std_stream(socket.into());
-                socket.connect(address).await
-            }
+            Network::Namespaces(n) => TcpSocket::from_std_stream(n.node_socket().await?.into()).connect(address).await,
         }
     }
 
@@ -106,9 +100,7 @@ impl Network {
         let Network::Namespaces(n) = self else {
             return Err(std::io::Error::other("no node namespace: the simulator does not run as root"));
         };
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        n.sockets.send(tx).map_err(|_| std::io::Error::other("node namespace thread stopped"))?;
-        let socket = rx.await.map_err(|_| std::io::Error::other("node namespace thread stopped"))??;
+        let socket = n.node_socket().await?;
         socket.set_reuse_address(true)?;
         socket.bind(&address.into())?;
         socket.listen(1024)?;
@@ -152,6 +144,13 @@ impl Namespaces {
             }
         })?;
         Ok(Namespaces { prefix: prefix.into(), node, node_address, sockets })
+    }
+
+    /// A new TCP socket of the node's namespace (made by the thread that lives in it).
+    async fn node_socket(&self) -> std::io::Result<socket2::Socket> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.sockets.send(tx).map_err(|_| std::io::Error::other("node namespace thread stopped"))?;
+        rx.await.map_err(|_| std::io::Error::other("node namespace thread stopped"))?
     }
 
     fn pod_namespace(&self, id: &str) -> String {
