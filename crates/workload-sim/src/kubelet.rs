@@ -178,7 +178,10 @@ impl Kubelet {
         let pod_dir = self.state_dir.join("pods").join(&id);
         let volumes_dir = pod_dir.join("volumes");
         let prepared = async {
-            let netns = self.network.add_pod(&id, address)?;
+            // `ip` runs a dozen times: off the async workers, which serve probes and forwarders meanwhile
+            let network = self.network.clone();
+            let pod_id = id.clone();
+            let netns = tokio::task::spawn_blocking(move || network.add_pod(&pod_id, address)).await??;
             let volumes = self.write_volumes(&namespace, &spec, &volumes_dir).await?;
             let service_account = self.service_account(pod, &pod_dir.join("serviceaccount")).await?;
             let context = images::PodContext {
@@ -201,7 +204,7 @@ impl Kubelet {
         let (netns, launches) = match prepared {
             Ok(p) => p,
             Err(e) => {
-                self.network.remove_pod(&id);
+                self.remove_namespace(&id).await;
                 tracing::debug!(pod = %pod.name_any(), error = %e, "pod not started; retrying");
                 let status = json!({"status": {"phase": "Pending", "conditions": [
                     {"type": "PodScheduled", "status": "True"},
@@ -435,7 +438,13 @@ impl Kubelet {
         for task in running.tasks.lock().unwrap().drain(..) {
             task.abort();
         }
-        self.network.remove_pod(&running.id);
+        let (network, id) = (self.network.clone(), running.id.clone());
+        tokio::task::spawn_blocking(move || network.remove_pod(&id));
+    }
+
+    async fn remove_namespace(&self, id: &str) {
+        let (network, id) = (self.network.clone(), id.to_string());
+        let _ = tokio::task::spawn_blocking(move || network.remove_pod(&id)).await;
     }
 }
 

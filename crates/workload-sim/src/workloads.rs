@@ -52,7 +52,12 @@ pub struct ReplicaSetState {
     pub current: bool,
 }
 
-/// The replicas each ReplicaSet should have now (one step of a roll), by name.
+/// The replicas each ReplicaSet should have after one step of a roll, by name, decided as the real
+/// Deployment controller does (`rolloutRolling`); `sets` come oldest first. A rolling step first scales the
+/// current set (up within the surge, or down to `desired`) and ends there if it did; otherwise it scales old
+/// sets down: their unavailable pods first, but only as far as `desired - maxUnavailable` pods plus the
+/// current set's unavailable ones stay (so Ready pods that are not available yet keep serving), then available
+/// pods while enough stay available.
 pub fn plan_rollout(
     desired: i32,
     strategy_recreate: bool,
@@ -72,23 +77,42 @@ pub fn plan_rollout(
     }
     let (max_surge, max_unavailable) =
         if max_surge == 0 && max_unavailable == 0 { (0, 1) } else { (max_surge, max_unavailable) };
-    // scale up the new set within the surge
     let total: i32 = sets.iter().map(|s| s.replicas).sum();
-    let room = desired + max_surge - total;
-    let new_replicas = if new.replicas > desired { desired } else { (new.replicas + room.max(0)).min(desired) };
-    plan.insert(new.name.clone(), new_replicas);
-    // scale down old sets as far as availability allows; a set's status may still count pods its spec has
-    // already let go (the status lags a scale-down), so no set counts more available pods than it keeps
-    let available: i32 = sets.iter().map(|s| s.available.min(s.replicas)).sum();
-    let mut can_remove = (available - (desired - max_unavailable)).max(0);
-    // an old set's pods that are not available can go at once
-    for s in sets.iter().filter(|s| !s.current) {
-        let unavailable = (s.replicas - s.available).max(0);
-        let mut replicas = s.replicas - unavailable;
-        let take = can_remove.min(replicas);
-        replicas -= take;
+    let new_replicas = if new.replicas >= desired {
+        desired
+    } else {
+        (new.replicas + (desired + max_surge - total).max(0)).min(desired)
+    };
+    if new_replicas != new.replicas {
+        plan.insert(new.name.clone(), new_replicas);
+        return plan;
+    }
+    // a set's status may still count pods its spec has already let go (the status lags a scale-down), so no
+    // set counts more available pods than it keeps
+    let available = |s: &ReplicaSetState, replicas: i32| s.available.min(replicas).max(0);
+    let min_available = desired - max_unavailable;
+    let max_scaled_down = total - min_available - (new.replicas - available(new, new.replicas));
+    if max_scaled_down <= 0 {
+        return plan;
+    }
+    let old: Vec<&ReplicaSetState> = sets.iter().filter(|s| !s.current).collect();
+    let mut cleaned = 0;
+    for s in &old {
+        let unavailable = s.replicas - available(s, s.replicas);
+        let take = unavailable.min(max_scaled_down - cleaned);
+        if take > 0 {
+            plan.insert(s.name.clone(), s.replicas - take);
+            cleaned += take;
+        }
+    }
+    let still_available: i32 =
+        available(new, new.replicas) + old.iter().map(|s| available(s, plan[&s.name])).sum::<i32>();
+    let mut can_remove = (still_available - min_available).max(0);
+    for s in &old {
+        let replicas = plan[&s.name];
+        let take = replicas.min(can_remove);
+        plan.insert(s.name.clone(), replicas - take);
         can_remove -= take;
-        plan.insert(s.name.clone(), replicas);
     }
     plan
 }
@@ -126,16 +150,12 @@ pub async fn reconcile_deployment(deployment: Arc<Deployment>, client: kube::Cli
     let uid = deployment.uid().unwrap_or_default();
     let selector = spec.selector.match_labels.clone().unwrap_or_default();
     let mut sets = owned(&sets_api, &selector, &uid).await?;
+    let revision = |rs: &ReplicaSet| rs.annotations().get(REVISION_ANNOTATION).and_then(|r| r.parse::<i64>().ok());
     let template = serde_json::to_value(&spec.template).unwrap_or_default();
     let hash = template_hash(&template);
     let name = format!("{}-{hash}", deployment.name_any());
     if !sets.iter().any(|rs| rs.name_any() == name) {
-        let revision = sets
-            .iter()
-            .filter_map(|rs| rs.annotations().get(REVISION_ANNOTATION).and_then(|r| r.parse::<i64>().ok()))
-            .max()
-            .unwrap_or(0)
-            + 1;
+        let next_revision = sets.iter().filter_map(revision).max().unwrap_or(0) + 1;
         let mut template = template.clone();
         template["metadata"]["labels"][TEMPLATE_HASH_LABEL] = json!(hash);
         let mut match_labels = serde_json::to_value(&selector).unwrap_or_default();
@@ -145,7 +165,7 @@ pub async fn reconcile_deployment(deployment: Arc<Deployment>, client: kube::Cli
         labels[TEMPLATE_HASH_LABEL] = json!(hash);
         let rs: ReplicaSet = serde_json::from_value(json!({
             "metadata": {"name": name, "namespace": ns, "labels": labels, "ownerReferences": [owner(deployment.as_ref())],
-                "annotations": {REVISION_ANNOTATION: revision.to_string()}},
+                "annotations": {REVISION_ANNOTATION: next_revision.to_string()}},
             "spec": {"replicas": 0, "minReadySeconds": spec.min_ready_seconds.unwrap_or(0),
                 "selector": {"matchLabels": match_labels}, "template": template}
         }))
@@ -164,6 +184,8 @@ pub async fn reconcile_deployment(deployment: Arc<Deployment>, client: kube::Cli
     let recreate = spec.strategy.as_ref().and_then(|s| s.type_.as_deref()) == Some("Recreate");
     let surge = scaled(rolling.and_then(|r| r.max_surge.as_ref()), desired, true, "25%");
     let unavailable = scaled(rolling.and_then(|r| r.max_unavailable.as_ref()), desired, false, "25%");
+    // oldest first, as the real controller scales old sets down
+    sets.sort_by_key(|rs| revision(rs).unwrap_or(0));
     let states: Vec<ReplicaSetState> = sets
         .iter()
         .map(|rs| ReplicaSetState {
@@ -384,6 +406,24 @@ mod tests {
         assert_eq!((plan["old"], plan["new"]), (1, 2));
         let plan = plan_rollout(2, false, 1, 0, &[set("old", 1, 1, false), set("new", 2, 2, true)]);
         assert_eq!((plan["old"], plan["new"]), (0, 2));
+    }
+
+    #[test]
+    fn pods_that_are_not_available_yet_go_only_as_far_as_the_real_controller_lets_them() {
+        // the template changed again before the last roll's pods had been ready for minReadySeconds: they
+        // still serve, so they stay while the new set's pod is not available either
+        let plan = plan_rollout(2, false, 1, 0, &[set("last", 2, 0, false), set("new", 0, 0, true)]);
+        assert_eq!((plan["last"], plan["new"]), (2, 1));
+        let plan = plan_rollout(2, false, 1, 0, &[set("last", 2, 0, false), set("new", 1, 0, true)]);
+        assert_eq!((plan["last"], plan["new"]), (2, 1));
+        // with an available set behind them, the unavailable surge pod of a middle set goes first, oldest
+        // set first, and the available pods stay
+        let sets = [set("stable", 2, 2, false), set("middle", 1, 0, false), set("new", 0, 0, true)];
+        let plan = plan_rollout(2, false, 1, 0, &sets);
+        assert_eq!((plan["stable"], plan["middle"], plan["new"]), (2, 0, 0));
+        let sets = [set("stable", 2, 2, false), set("middle", 0, 0, false), set("new", 0, 0, true)];
+        let plan = plan_rollout(2, false, 1, 0, &sets);
+        assert_eq!((plan["stable"], plan["middle"], plan["new"]), (2, 0, 1));
     }
 
     #[test]
