@@ -46,25 +46,36 @@ pub fn enter(
     program: &Path,
     argv: &[String],
 ) -> anyhow::Result<std::convert::Infallible> {
+    // everything a mount may hide (a volume at /tmp covers the simulator's state directory) is opened first
+    // and reached through /proc/self/fd from then on
+    let program = find_program(program)?;
+    let executable = std::fs::File::open(&program).with_context(|| format!("opening {}", program.display()))?;
+    let sources = binds
+        .iter()
+        .map(|b| std::fs::File::open(&b.source).with_context(|| format!("opening {}", b.source.display())))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
         .context("making the container's mounts private")?;
     std::fs::create_dir_all(scratch)?;
     mount(Some("tmpfs"), scratch, Some("tmpfs"), MsFlags::empty(), Some("mode=700")).context("a tmpfs for overlays")?;
-    let mut binds = binds.to_vec();
-    binds.sort_by_key(|b| b.target.components().count());
-    for (index, bind) in binds.iter().enumerate() {
+    let scratch_dir = std::fs::File::open(scratch)?;
+    let scratch = fd_path(&scratch_dir);
+    let mut order: Vec<usize> = (0..binds.len()).collect();
+    order.sort_by_key(|i| binds[*i].target.components().count());
+    for index in order {
+        let (bind, source) = (&binds[index], fd_path(&sources[index]));
         let target = &bind.target;
         if !target.exists() {
             let parent = target.ancestors().skip(1).find(|a| a.exists()).unwrap_or(Path::new("/"));
             overlay(parent, &scratch.join(index.to_string()))?;
-            if bind.source.is_dir() {
+            if sources[index].metadata()?.is_dir() {
                 std::fs::create_dir_all(target)?;
             } else {
                 std::fs::create_dir_all(target.parent().unwrap_or(Path::new("/")))?;
                 std::fs::write(target, b"")?;
             }
         }
-        mount(Some(&bind.source), target, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
+        mount(Some(&source), target, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
             .with_context(|| format!("mounting {} at {}", bind.source.display(), target.display()))?;
         if bind.read_only {
             let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
@@ -72,8 +83,6 @@ pub fn enter(
                 .with_context(|| format!("making {} read-only", target.display()))?;
         }
     }
-    let program = find_program(program)?;
-    let executable = std::fs::File::open(&program).with_context(|| format!("opening {}", program.display()))?;
     if let Some((uid, gid)) = user {
         nix::unistd::setgroups(&[]).context("clearing the groups")?;
         nix::unistd::setgid(nix::unistd::Gid::from_raw(gid)).context("setgid")?;
@@ -84,6 +93,12 @@ pub fn enter(
         .filter_map(|(k, v)| CString::new(format!("{}={}", k.to_str()?, v.to_str()?)).ok())
         .collect();
     nix::unistd::fexecve(executable.as_fd(), &argv, &env).with_context(|| format!("running {}", program.display()))
+}
+
+/// The path that reaches what `file` has open, even where a mount now hides its own path.
+fn fd_path(file: &std::fs::File) -> PathBuf {
+    use std::os::fd::AsRawFd;
+    PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()))
 }
 
 /// `program` itself when it is a path, else the first match on `PATH`.

@@ -1,7 +1,8 @@
-//! What runs for a container, by its image: `haproxy*` runs the real `haproxy` on the file its manifest
-//! mounts at the official image's config path (`/usr/local/etc/haproxy/haproxy.cfg`, from the Pod's volume,
-//! unchanged); an image of canary-controller runs our real binary with the container's command and args,
-//! its volumes at their `mountPath`s and the Pod's ServiceAccount token where a kubelet puts it; any other
+//! What runs for a container, by its image: `haproxy` runs the real `haproxy` with the container's command
+//! and args as the official image runs them (by default on `/usr/local/etc/haproxy/haproxy.cfg`, the file
+//! the Pod's volume mounted there holds, unchanged); an image of canary-controller runs our real binary with
+//! the container's command and args and the Pod's ServiceAccount token where a kubelet puts it; both get
+//! their volumes at their `mountPath`s; any other
 //! image runs the built-in server (`workload-sim serve`, see `server`) on the container's ports. Environment
 //! variables are the container's `env` (values and the downward API's `fieldRef`). As root each container
 //! runs in the Pod's network namespace and mount and pid namespaces of its own (it is PID 1, so a `preStop`
@@ -14,8 +15,8 @@ use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 
-/// The official HAProxy image's configuration directory.
-const HAPROXY_CONFIG_DIR: &str = "/usr/local/etc/haproxy";
+/// The official HAProxy image's CMD (its entrypoint script adds `-W -db`).
+const HAPROXY_DEFAULT_CMD: &[&str] = &["haproxy", "-f", "/usr/local/etc/haproxy/haproxy.cfg"];
 /// canary-controller's image: its only program, and its default arguments (the Dockerfile's CMD).
 const OWN_PROGRAM: &str = "/canary-controller";
 const OWN_DEFAULT_ARGS: &[&str] = &["run"];
@@ -87,7 +88,7 @@ fn field_ref(pod: &Pod, path: &str, context: &PodContext) -> anyhow::Result<Stri
 
 /// The process for `container` of `pod`, or why it cannot run here.
 pub fn launch(container: &Container, pod: &Pod, context: &PodContext) -> anyhow::Result<Launch> {
-    let (address, own_namespace, volumes) = (context.address, context.own_namespace, context.volumes);
+    let (address, own_namespace) = (context.address, context.own_namespace);
     let image = container.image.clone().unwrap_or_default();
     let repository = repository(&image);
     let mut env = vec![];
@@ -112,20 +113,7 @@ pub fn launch(container: &Container, pod: &Pod, context: &PodContext) -> anyhow:
     let gid = own.and_then(|s| s.run_as_group).or(pod_context.and_then(|s| s.run_as_group)).or(uid);
     let user = uid.zip(gid).filter(|_| own_namespace);
     if repository == "haproxy" {
-        if !own_namespace {
-            anyhow::bail!(
-                "image {image}: HAProxy listens on every address of its pod and needs a network namespace of its own: run workload-sim as root"
-            );
-        }
-        let mount = container
-            .volume_mounts
-            .iter()
-            .flatten()
-            .find(|m| m.mount_path.trim_end_matches('/') == HAPROXY_CONFIG_DIR)
-            .ok_or_else(|| anyhow::anyhow!("image {image}: no volume mounted at {HAPROXY_CONFIG_DIR}"))?;
-        let config = volume_dir(volumes, &mount.name)?.join("haproxy.cfg");
-        let args = vec!["-W".into(), "-db".into(), "-f".into(), config.display().to_string()];
-        return Ok(Launch { program: "haproxy".into(), argv0: "haproxy".into(), args, env, user, binds: vec![] });
+        return haproxy_image(container, context, env, user);
     }
     if is_own_image(&image) {
         return own_image(container, context, env, user);
@@ -138,6 +126,52 @@ pub fn launch(container: &Container, pod: &Pod, context: &PodContext) -> anyhow:
     }
     let program = std::env::current_exe()?;
     Ok(Launch { program, argv0: "workload-sim".into(), args, env, user, binds: vec![] })
+}
+
+/// The official HAProxy image: the real `haproxy` with the container's command, or its args (default: the
+/// image's CMD) as the image's entrypoint script runs them (`haproxy -W -db ...`: master-worker, in the
+/// foreground), and the container's volumes at their paths (its config at `/usr/local/etc/haproxy`).
+fn haproxy_image(
+    container: &Container,
+    context: &PodContext,
+    env: Vec<(String, String)>,
+    user: Option<(i64, i64)>,
+) -> anyhow::Result<Launch> {
+    let image = container.image.clone().unwrap_or_default();
+    if !context.own_namespace {
+        anyhow::bail!(
+            "image {image}: HAProxy listens on every address of its pod and needs a network namespace of its own: run workload-sim as root"
+        );
+    }
+    let args = container.args.clone().unwrap_or_default();
+    let argv: Vec<String> = match &container.command {
+        Some(command) => command.iter().cloned().chain(args).collect(),
+        None => {
+            let args = if container.args.is_some() {
+                args
+            } else {
+                HAPROXY_DEFAULT_CMD.iter().map(|a| a.to_string()).collect()
+            };
+            let options = match args.first().map(String::as_str) {
+                Some("haproxy") => args[1..].to_vec(),
+                Some(first) if first.starts_with('-') => args,
+                _ => anyhow::bail!(
+                    "image {image}: workload-sim runs only haproxy from it, not {args:?} (spec.containers[].args)"
+                ),
+            };
+            ["haproxy", "-W", "-db"].iter().map(|a| a.to_string()).chain(options).collect()
+        }
+    };
+    let program = argv.first().map(String::as_str).unwrap_or_default();
+    if Path::new(program).file_name().and_then(|n| n.to_str()) != Some("haproxy") {
+        anyhow::bail!(
+            "image {image}: workload-sim runs only haproxy from it, not {program:?} (spec.containers[].command)"
+        );
+    }
+    let binds = volume_binds(container, context.volumes)?;
+    // `haproxy` on this machine's PATH, whatever path the image has it at; HAProxy re-runs it by that name
+    // when it reloads
+    Ok(Launch { program: "haproxy".into(), argv0: "haproxy".into(), args: argv[1..].to_vec(), env, user, binds })
 }
 
 /// canary-controller's image: our binary with the container's command and args (as a container runtime
@@ -176,19 +210,26 @@ fn own_image(
             given_args.unwrap_or_else(|| OWN_DEFAULT_ARGS.iter().map(|a| a.to_string()).collect()),
         ),
     };
-    let mut binds = vec![];
-    for mount in container.volume_mounts.iter().flatten() {
-        binds.push(Bind {
-            source: volume_dir(context.volumes, &mount.name)?.clone(),
-            target: mount.mount_path.clone().into(),
-            read_only: mount.read_only == Some(true),
-        });
-    }
+    let mut binds = volume_binds(container, context.volumes)?;
     let own_token = binds.iter().any(|b| b.target == Path::new(SERVICE_ACCOUNT_DIR));
     if let (Some(dir), false) = (context.service_account, own_token) {
         binds.push(Bind { source: dir.into(), target: SERVICE_ACCOUNT_DIR.into(), read_only: true });
     }
     Ok(Launch { program: context.own_binary.into(), argv0, args, env, user, binds })
+}
+
+/// The container's volumes, mounted at their `mountPath`s.
+fn volume_binds(container: &Container, volumes: &HashMap<String, PathBuf>) -> anyhow::Result<Vec<Bind>> {
+    let mounts = container.volume_mounts.iter().flatten();
+    mounts
+        .map(|mount| {
+            Ok(Bind {
+                source: volume_dir(volumes, &mount.name)?.clone(),
+                target: mount.mount_path.clone().into(),
+                read_only: mount.read_only == Some(true),
+            })
+        })
+        .collect()
 }
 
 /// The directory of the Pod's volume `name`, which a container mounts.

@@ -1,6 +1,7 @@
 //! ConfigMap volumes as a kubelet keeps them: a Pod whose ConfigMap does not exist yet waits for it (and
 //! starts once it is created), and a running Pod's files follow its ConfigMap, so that an HAProxy that exits
-//! on a bad config comes back on the fixed one in the same Pod, as in a real cluster.
+//! on a bad config comes back on the fixed one in the same Pod, as in a real cluster. An HAProxy container
+//! runs its manifest's command with its volumes at their mount paths.
 
 use e2e_support as support;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -68,6 +69,24 @@ async fn a_pod_waits_for_its_config_map_and_its_files_follow_the_config_map() {
     })
     .await;
     assert!(sim.log().contains("ConfigMap volume updated"), "{}", sim.log());
+
+    // the manifest's command, on a file at a path of its own: only that file makes HAProxy listen on 8081
+    let custom = json!({"metadata": {"name": "lb-custom"}, "data": {"custom.cfg": GOOD.replace(":::8080", ":::8081")}});
+    configs.create(&PostParams::default(), &serde_json::from_value(custom).unwrap()).await.unwrap();
+    let deployment = json!({"metadata": {"name": "custom"}, "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "custom"}},
+        "template": {"metadata": {"labels": {"app": "custom"}}, "spec": {
+            "containers": [{"name": "haproxy", "image": "haproxy:2.6", "ports": [{"containerPort": 8081}],
+                "command": ["/usr/local/sbin/haproxy", "-db", "-f", "/etc/custom-lb/custom.cfg"],
+                "readinessProbe": {"tcpSocket": {"port": 8081}, "periodSeconds": 1},
+                "volumeMounts": [{"name": "config", "mountPath": "/etc/custom-lb", "readOnly": true}]}],
+            "volumes": [{"name": "config", "configMap": {"name": "lb-custom"}}]}}}});
+    deployments.create(&PostParams::default(), &serde_json::from_value(deployment).unwrap()).await.unwrap();
+    support::eventually(60, "the pod of the custom command is ready", || async {
+        let listed = pods.list(&ListParams::default().labels("app=custom")).await.unwrap().items;
+        listed.iter().any(|p| condition(p, "Ready").is_some_and(|(status, _)| status == "True"))
+    })
+    .await;
+    assert!(!std::path::Path::new("/etc/custom-lb").exists(), "the mount point was made on the host");
     sim.stop().await;
     cluster.cleanup().await;
 }
