@@ -1,6 +1,6 @@
 //! Real traffic on loopback for the Kanary traffic test and the split benchmark: backends that answer an
 //! HTTP/1.0 request (one per connection) with their identity, a real HAProxy running a given config, and a client that opens many short
-//! connections and counts who answered. Everything binds 127.0.0.x addresses only.
+//! connections and counts who answered, and long-lived connections that count whether they were cut. Everything binds 127.0.0.x addresses only.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -235,4 +235,56 @@ async fn gather(start: Instant, workers: Vec<tokio::task::JoinHandle<Tally>>) ->
     }
     total.elapsed = start.elapsed();
     total
+}
+
+/// A long-lived connection that was opened: who answered its first line, and whether it was cut before the
+/// end (closed, reset, or an answer missing for 5 s).
+#[derive(Debug, Clone)]
+pub struct LongLived {
+    pub backend: String,
+    pub cut: bool,
+}
+
+/// `count` long-lived connections to `target` (workload-sim's built-in server answers every line a raw TCP
+/// client sends), each sending a line every `period` and reading the answer until `stop` is set; the ones
+/// that opened.
+pub async fn long_lived(
+    target: SocketAddr,
+    count: usize,
+    period: Duration,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Vec<LongLived> {
+    use std::sync::atomic::Ordering;
+    use tokio::io::AsyncBufReadExt;
+    let workers: Vec<_> = (0..count)
+        .map(|_| {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let stream = TcpStream::connect(target).await.ok()?;
+                let (reader, mut writer) = stream.into_split();
+                let mut reader = tokio::io::BufReader::new(reader);
+                let mut backend = None;
+                while !stop.load(Ordering::Relaxed) {
+                    let mut answer = String::new();
+                    let exchange = async {
+                        writer.write_all(b"ping\n").await?;
+                        reader.read_line(&mut answer).await
+                    };
+                    let answered =
+                        matches!(tokio::time::timeout(Duration::from_secs(5), exchange).await, Ok(Ok(n)) if n > 0);
+                    if !answered {
+                        return backend.map(|backend| LongLived { backend, cut: true });
+                    }
+                    backend.get_or_insert_with(|| answer.trim().to_string());
+                    tokio::time::sleep(period).await;
+                }
+                backend.map(|backend| LongLived { backend, cut: false })
+            })
+        })
+        .collect();
+    let mut opened = vec![];
+    for worker in workers {
+        opened.extend(worker.await.unwrap());
+    }
+    opened
 }

@@ -1,6 +1,7 @@
 //! The built-in workload: what a container of any image the simulator does not run for real (not HAProxy)
 //! runs. It listens on the container's ports and answers each connection with one line naming its pod and
-//! image, as plain text to a raw TCP client and as an HTTP 200 response to an HTTP request; `GET /metrics`
+//! image, as plain text to a raw TCP client and as an HTTP 200 response to an HTTP request; a raw TCP client
+//! that sends lines gets that line once per line it sends, until it closes (a long-lived connection); `GET /metrics`
 //! answers Prometheus text (requests, failures, latency). Its behaviour comes from the container's
 //! environment, so a pod template sets it:
 //! - `SIM_FAIL_RATIO` (0 to 1): the share of connections that fail (HTTP 500, or a reset for raw TCP);
@@ -65,8 +66,12 @@ impl Metrics {
         let mut registry = Registry::default();
         let requests = Family::<Outcome, Counter>::default();
         let latency = Histogram::new([0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]);
-        registry.register("sim_requests", "Connections answered, by outcome (ok or error)", requests.clone());
-        registry.register("sim_request_duration_seconds", "Time to answer a connection", latency.clone());
+        registry.register(
+            "sim_requests",
+            "Answers (one per connection, or per line a long-lived connection sends), by outcome (ok or error)",
+            requests.clone(),
+        );
+        registry.register("sim_request_duration_seconds", "Time to answer", latency.clone());
         Metrics { registry, requests, latency }
     }
 }
@@ -104,28 +109,31 @@ pub async fn serve(listen: Vec<SocketAddr>, pod: String, image: String, behaviou
 
 async fn handle(mut stream: TcpStream, line: &str, behaviour: &Behaviour, metrics: &Metrics) -> std::io::Result<()> {
     let started = Instant::now();
-    // an HTTP client speaks first; a raw TCP client (nc) may send nothing
+    // an HTTP client speaks first; a raw TCP client (nc) may send nothing, or lines
     let mut request = Vec::new();
     let mut buf = [0u8; 1024];
+    let is_http = |r: &[u8]| r.starts_with(b"GET ") || r.starts_with(b"POST ") || r.starts_with(b"HEAD ");
     while let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(100), stream.read(&mut buf)).await {
         if n == 0 {
             break;
         }
         request.extend_from_slice(&buf[..n]);
-        if request.windows(4).any(|w| w == b"\r\n\r\n") || request.len() > 16 * 1024 {
+        let complete =
+            if is_http(&request) { request.windows(4).any(|w| w == b"\r\n\r\n") } else { request.contains(&b'\n') };
+        if complete || request.len() > 16 * 1024 {
             break;
         }
     }
-    let http = request.starts_with(b"GET ") || request.starts_with(b"POST ") || request.starts_with(b"HEAD ");
+    let http = is_http(&request);
     if http && request.starts_with(b"GET /metrics ") {
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &metrics.registry).map_err(std::io::Error::other)?;
         return respond(&mut stream, "200 OK", "text/plain; version=0.0.4", &text).await;
     }
-    tokio::time::sleep(behaviour.latency).await;
-    let fail = behaviour.fail_ratio > 0.0 && fastrand::f64() < behaviour.fail_ratio;
-    metrics.requests.get_or_create(&Outcome { outcome: if fail { "error" } else { "ok" } }).inc();
-    metrics.latency.observe(started.elapsed().as_secs_f64());
+    if !http && request.contains(&b'\n') {
+        return converse(stream, request, line, behaviour, metrics).await;
+    }
+    let fail = answer_fails(behaviour, metrics, started).await;
     match (http, fail) {
         (true, false) => respond(&mut stream, "200 OK", "text/plain", line).await,
         (true, true) => {
@@ -141,6 +149,45 @@ async fn handle(mut stream: TcpStream, line: &str, behaviour: &Behaviour, metric
             Ok(())
         }
     }
+}
+
+/// A raw TCP client that sends lines gets one answer per line for as long as it keeps the connection open
+/// (a long-lived connection, as a database client's); a failing answer resets the connection.
+async fn converse(
+    mut stream: TcpStream,
+    mut pending: Vec<u8>,
+    line: &str,
+    behaviour: &Behaviour,
+    metrics: &Metrics,
+) -> std::io::Result<()> {
+    let mut buf = [0u8; 1024];
+    loop {
+        while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+            pending.drain(..=end);
+            if answer_fails(behaviour, metrics, Instant::now()).await {
+                crate::network::reset(&stream);
+                return Ok(());
+            }
+            stream.write_all(line.as_bytes()).await?;
+        }
+        let n = stream.read(&mut buf).await?;
+        if n == 0 {
+            return stream.shutdown().await;
+        }
+        pending.extend_from_slice(&buf[..n]);
+        if pending.len() > 16 * 1024 {
+            pending.clear();
+        }
+    }
+}
+
+/// Waits the behaviour's latency, draws whether this answer fails, and counts it.
+async fn answer_fails(behaviour: &Behaviour, metrics: &Metrics, started: Instant) -> bool {
+    tokio::time::sleep(behaviour.latency).await;
+    let fail = behaviour.fail_ratio > 0.0 && fastrand::f64() < behaviour.fail_ratio;
+    metrics.requests.get_or_create(&Outcome { outcome: if fail { "error" } else { "ok" } }).inc();
+    metrics.latency.observe(started.elapsed().as_secs_f64());
+    fail
 }
 
 async fn respond(stream: &mut TcpStream, status: &str, content_type: &str, body: &str) -> std::io::Result<()> {
@@ -193,10 +240,24 @@ mod tests {
         let mut text = String::new();
         http.read_to_string(&mut text).await.unwrap();
         assert!(text.starts_with("HTTP/1.1 200 OK") && text.ends_with("pod=p-1 image=img:1\n"), "{text}");
+        // a long-lived connection: an answer per line, and it stays open between them
+        let long = TcpStream::connect(address).await.unwrap();
+        let (reader, mut writer) = long.into_split();
+        let mut reader = tokio::io::BufReader::new(reader);
+        for _ in 0..3 {
+            writer.write_all(b"ping\n").await.unwrap();
+            let mut answer = String::new();
+            tokio::io::AsyncBufReadExt::read_line(&mut reader, &mut answer).await.unwrap();
+            assert_eq!(answer, "pod=p-1 image=img:1\n");
+        }
+        drop(writer);
+        let mut rest = String::new();
+        reader.read_to_string(&mut rest).await.unwrap();
+        assert_eq!(rest, "", "the server closes once the client has");
         let mut metrics = TcpStream::connect(address).await.unwrap();
         metrics.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").await.unwrap();
         let mut text = String::new();
         metrics.read_to_string(&mut text).await.unwrap();
-        assert!(text.contains("sim_requests_total{outcome=\"ok\"} 2"), "{text}");
+        assert!(text.contains("sim_requests_total{outcome=\"ok\"} 5"), "{text}");
     }
 }
