@@ -175,7 +175,7 @@ impl Kubelet {
         let address = self.allocate_address();
         let spec = pod.spec.clone().unwrap_or_default();
         let namespace = pod.namespace().unwrap_or_default();
-        let pod_dir = self.state_dir.join("pods").join(&id);
+        let pod_dir = self.pod_dir(&id);
         let volumes_dir = pod_dir.join("volumes");
         let prepared = async {
             // `ip` runs a dozen times: off the async workers, which serve probes and forwarders meanwhile
@@ -432,14 +432,22 @@ impl Kubelet {
         }
     }
 
-    /// Ends what is left of a Pod at once: its processes (SIGKILL), its helper tasks, its namespace.
+    /// Ends what is left of a Pod at once: its processes (SIGKILL), its helper tasks, its namespace, its files.
     fn kill(&self, running: &RunningPod) {
         running.signal(nix::sys::signal::Signal::SIGKILL);
         for task in running.tasks.lock().unwrap().drain(..) {
             task.abort();
         }
-        let (network, id) = (self.network.clone(), running.id.clone());
-        tokio::task::spawn_blocking(move || network.remove_pod(&id));
+        let (network, id, dir) = (self.network.clone(), running.id.clone(), self.pod_dir(&running.id));
+        tokio::task::spawn_blocking(move || {
+            network.remove_pod(&id);
+            let _ = std::fs::remove_dir_all(dir);
+        });
+    }
+
+    /// Where a Pod's volumes, token and containers' scratch space are (removed with the Pod).
+    fn pod_dir(&self, id: &str) -> PathBuf {
+        self.state_dir.join("pods").join(id)
     }
 
     async fn remove_namespace(&self, id: &str) {

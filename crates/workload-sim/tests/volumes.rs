@@ -1,7 +1,7 @@
 //! ConfigMap volumes as a kubelet keeps them: a Pod whose ConfigMap does not exist yet waits for it (and
 //! starts once it is created), and a running Pod's files follow its ConfigMap, so that an HAProxy that exits
 //! on a bad config comes back on the fixed one in the same Pod, as in a real cluster. An HAProxy container
-//! runs its manifest's command with its volumes at their mount paths.
+//! runs its manifest's command with its volumes at their mount paths. A deleted Pod's files are removed.
 
 use e2e_support as support;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -87,6 +87,18 @@ async fn a_pod_waits_for_its_config_map_and_its_files_follow_the_config_map() {
     })
     .await;
     assert!(!std::path::Path::new("/etc/custom-lb").exists(), "the mount point was made on the host");
+
+    // a deleted Pod's files go with it: one directory per running Pod
+    let custom_pod = pods.list(&ListParams::default().labels("app=custom")).await.unwrap().items[0].name_any();
+    let now = kube::api::DeleteParams { grace_period_seconds: Some(1), ..Default::default() };
+    pods.delete(&custom_pod, &now).await.unwrap();
+    let pod_dirs = cluster.dir.path().join("workload-sim").join("pods");
+    support::eventually(60, "one pod directory per running pod (2)", || async {
+        let running = pods.list(&ListParams::default()).await.unwrap().items;
+        let replaced = running.iter().all(|p| p.name_any() != custom_pod) && running.len() == 2;
+        replaced && std::fs::read_dir(&pod_dirs).unwrap().count() == 2
+    })
+    .await;
     sim.stop().await;
     cluster.cleanup().await;
 }
