@@ -138,11 +138,7 @@ fn haproxy_image(
     user: Option<(i64, i64)>,
 ) -> anyhow::Result<Launch> {
     let image = container.image.clone().unwrap_or_default();
-    if !context.own_namespace {
-        anyhow::bail!(
-            "image {image}: HAProxy listens on every address of its pod and needs a network namespace of its own: run workload-sim as root"
-        );
-    }
+    require_namespaces(&image, context, "HAProxy listens on every address of its pod")?;
     let args = container.args.clone().unwrap_or_default();
     let argv: Vec<String> = match &container.command {
         Some(command) => command.iter().cloned().chain(args).collect(),
@@ -184,11 +180,7 @@ fn own_image(
     user: Option<(i64, i64)>,
 ) -> anyhow::Result<Launch> {
     let image = container.image.clone().unwrap_or_default();
-    if !context.own_namespace {
-        anyhow::bail!(
-            "image {image}: runs with its ServiceAccount token mounted, which needs namespaces of its own: run workload-sim as root"
-        );
-    }
+    require_namespaces(&image, context, "it runs with its ServiceAccount token mounted")?;
     if !context.own_binary.exists() {
         anyhow::bail!(
             "image {image}: canary-controller's binary {} is missing (cargo build -p canary-controller, or workload-sim run --controller-binary)",
@@ -216,6 +208,14 @@ fn own_image(
         binds.push(Bind { source: dir.into(), target: SERVICE_ACCOUNT_DIR.into(), read_only: true });
     }
     Ok(Launch { program: context.own_binary.into(), argv0, args, env, user, binds })
+}
+
+/// An image that runs only in namespaces of its own (as root), for the reason `why`.
+fn require_namespaces(image: &str, context: &PodContext, why: &str) -> anyhow::Result<()> {
+    if !context.own_namespace {
+        anyhow::bail!("image {image}: {why}, which needs namespaces of its own: run workload-sim as root");
+    }
+    Ok(())
 }
 
 /// The container's volumes, mounted at their `mountPath`s.
