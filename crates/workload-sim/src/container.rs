@@ -3,8 +3,8 @@
 //! volume is bind-mounted at its `mountPath` (read-only when the manifest says so), then the process becomes
 //! the Pod's user and runs the program. A `mountPath` that does not exist on the host is made in an overlay
 //! (upper layer on a tmpfs) over its nearest existing parent, so the host's files are never changed. The
-//! program is opened before the user changes and run from that file (so it need not be reachable by that
-//! user on the host).
+//! program runs by its path, or, where the user cannot reach that path any more, from the file opened
+//! before the mounts and the user change. It starts in the container's `workingDir` (default `/`).
 
 use anyhow::Context;
 use nix::mount::{MsFlags, mount};
@@ -37,12 +37,14 @@ impl Bind {
     }
 }
 
-/// Mounts `binds`, becomes `user` (uid, gid) if given, and runs the file `program` with `argv` (its first
-/// item is the program's name as the container's command gives it). Returns only if something failed.
+/// Mounts `binds`, becomes `user` (uid, gid) if given, and runs the file `program` in `workdir` with `argv`
+/// (its first item is the program's name as the container's command gives it). Returns only if something
+/// failed.
 pub fn enter(
     binds: &[Bind],
     scratch: &Path,
     user: Option<(u32, u32)>,
+    workdir: &Path,
     program: &Path,
     argv: &[String],
 ) -> anyhow::Result<std::convert::Infallible> {
@@ -88,10 +90,16 @@ pub fn enter(
         nix::unistd::setgid(nix::unistd::Gid::from_raw(gid)).context("setgid")?;
         nix::unistd::setuid(nix::unistd::Uid::from_raw(uid)).context("setuid")?;
     }
+    // the host directory it was started in may be hidden now, and is none of the container's business
+    std::env::set_current_dir(workdir).with_context(|| format!("workingDir {}", workdir.display()))?;
     let argv: Vec<CString> = argv.iter().cloned().map(CString::new).collect::<Result<_, _>>()?;
     let env: Vec<CString> = std::env::vars_os()
         .filter_map(|(k, v)| CString::new(format!("{}={}", k.to_str()?, v.to_str()?)).ok())
         .collect();
+    // by its path where the user still reaches it (a program that re-runs itself, as HAProxy's master does
+    // on a reload, finds itself there), else from the file opened before
+    let path = CString::new(program.as_os_str().as_encoded_bytes())?;
+    let _ = nix::unistd::execve(&path, &argv, &env);
     nix::unistd::fexecve(executable.as_fd(), &argv, &env).with_context(|| format!("running {}", program.display()))
 }
 

@@ -35,6 +35,8 @@ pub struct Launch {
     pub user: Option<(i64, i64)>,
     /// Volumes mounted in the container (root only).
     pub binds: Vec<Bind>,
+    /// The directory it starts in (root only): the container's `workingDir`, default `/`.
+    pub workdir: PathBuf,
 }
 
 /// What a Pod's containers run with.
@@ -125,7 +127,7 @@ pub fn launch(container: &Container, pod: &Pod, context: &PodContext) -> anyhow:
         args.push(if own_namespace { format!("[::]:{port}") } else { format!("{address}:{port}") });
     }
     let program = std::env::current_exe()?;
-    Ok(Launch { program, argv0: "workload-sim".into(), args, env, user, binds: vec![] })
+    Ok(Launch { program, argv0: "workload-sim".into(), args, env, user, binds: vec![], workdir: workdir(container) })
 }
 
 /// The official HAProxy image: the real `haproxy` with the container's command, or its args (default: the
@@ -167,7 +169,16 @@ fn haproxy_image(
     let binds = volume_binds(container, context.volumes)?;
     // `haproxy` on this machine's PATH, whatever path the image has it at; HAProxy re-runs it by that name
     // when it reloads
-    Ok(Launch { program: "haproxy".into(), argv0: "haproxy".into(), args: argv[1..].to_vec(), env, user, binds })
+    let args = argv[1..].to_vec();
+    Ok(Launch {
+        program: "haproxy".into(),
+        argv0: "haproxy".into(),
+        args,
+        env,
+        user,
+        binds,
+        workdir: workdir(container),
+    })
 }
 
 /// canary-controller's image: our binary with the container's command and args (as a container runtime
@@ -207,7 +218,12 @@ fn own_image(
     if let (Some(dir), false) = (context.service_account, own_token) {
         binds.push(Bind { source: dir.into(), target: SERVICE_ACCOUNT_DIR.into(), read_only: true });
     }
-    Ok(Launch { program: context.own_binary.into(), argv0, args, env, user, binds })
+    Ok(Launch { program: context.own_binary.into(), argv0, args, env, user, binds, workdir: workdir(container) })
+}
+
+/// The directory a container starts in: its `workingDir`, else `/` (the images' own default is not known).
+fn workdir(container: &Container) -> PathBuf {
+    container.working_dir.clone().unwrap_or_else(|| "/".into()).into()
 }
 
 /// An image that runs only in namespaces of its own (as root), for the reason `why`.
@@ -270,6 +286,7 @@ pub fn command(launch: &Launch, netns: Option<&str>, scratch: &Path) -> tokio::p
             for bind in &launch.binds {
                 c.arg("--bind").arg(bind.to_arg());
             }
+            c.arg("--workdir").arg(&launch.workdir);
             c.arg("--program").arg(&launch.program).arg("--").arg(&launch.argv0);
             c
         }

@@ -61,6 +61,9 @@ enum Command {
         /// uid:gid to run as.
         #[arg(long, value_parser = parse_user)]
         user: Option<(u32, u32)>,
+        /// The directory the program starts in (the container's `workingDir`).
+        #[arg(long, default_value = "/")]
+        workdir: PathBuf,
         /// The program's file (a path, or a name looked up on PATH).
         #[arg(long)]
         program: PathBuf,
@@ -121,8 +124,8 @@ async fn main() -> anyhow::Result<()> {
             };
             run(node_name, pod_network, state_dir, pod_limit, controller_binary).await
         }
-        Command::Container { binds, scratch, user, program, argv } => {
-            match container::enter(&binds, &scratch, user, &program, &argv) {
+        Command::Container { binds, scratch, user, workdir, program, argv } => {
+            match container::enter(&binds, &scratch, user, &workdir, &program, &argv) {
                 Ok(never) => match never {},
                 Err(e) => {
                     eprintln!("workload-sim container: {e:#}");

@@ -70,7 +70,10 @@ async fn a_pod_waits_for_its_config_map_and_its_files_follow_the_config_map() {
     .await;
     assert!(sim.log().contains("ConfigMap volume updated"), "{}", sim.log());
 
-    // the manifest's command, on a file at a path of its own: only that file makes HAProxy listen on 8081
+    // the manifest's command, on a file at a path of its own: only that file makes HAProxy listen on 8081;
+    // a volume hides the directory the simulator runs in (at its parent, as a /tmp volume hides a checkout
+    // under /tmp):
+    // HAProxy starts in `/`, not there (it returns to its first directory after reading its config)
     let custom = json!({"metadata": {"name": "lb-custom"}, "data": {"custom.cfg": GOOD.replace(":::8080", ":::8081")}});
     configs.create(&PostParams::default(), &serde_json::from_value(custom).unwrap()).await.unwrap();
     let deployment = json!({"metadata": {"name": "custom"}, "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "custom"}},
@@ -78,8 +81,9 @@ async fn a_pod_waits_for_its_config_map_and_its_files_follow_the_config_map() {
             "containers": [{"name": "haproxy", "image": "haproxy:2.6", "ports": [{"containerPort": 8081}],
                 "command": ["/usr/local/sbin/haproxy", "-db", "-f", "/etc/custom-lb/custom.cfg"],
                 "readinessProbe": {"tcpSocket": {"port": 8081}, "periodSeconds": 1},
-                "volumeMounts": [{"name": "config", "mountPath": "/etc/custom-lb", "readOnly": true}]}],
-            "volumes": [{"name": "config", "configMap": {"name": "lb-custom"}}]}}}});
+                "volumeMounts": [{"name": "config", "mountPath": "/etc/custom-lb", "readOnly": true},
+                    {"name": "scratch", "mountPath": std::env::current_dir().unwrap().parent().unwrap()}]}],
+            "volumes": [{"name": "config", "configMap": {"name": "lb-custom"}}, {"name": "scratch", "emptyDir": {}}]}}}});
     deployments.create(&PostParams::default(), &serde_json::from_value(deployment).unwrap()).await.unwrap();
     support::eventually(60, "the pod of the custom command is ready", || async {
         let listed = pods.list(&ListParams::default().labels("app=custom")).await.unwrap().items;
