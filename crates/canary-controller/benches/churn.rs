@@ -41,10 +41,9 @@ fn proxy_pods_started(log: &str) -> usize {
 
 fn row(what: &str, t: &Tally, long: &[LongLived], proxies: Option<usize>) {
     let per_10k = 10_000.0 * t.failures as f64 / t.total().max(1) as f64;
-    let stable: Vec<&LongLived> = long.iter().filter(|c| c.backend.contains("image=echo:stable")).collect();
-    let cut = |cs: &mut dyn Iterator<Item = &LongLived>| cs.filter(|c| c.cut).count();
-    let long =
-        format!("{}/{} ({}/{})", cut(&mut long.iter()), long.len(), cut(&mut stable.iter().copied()), stable.len());
+    let stable: Vec<LongLived> = long.iter().filter(|c| c.backend.contains("image=echo:stable")).cloned().collect();
+    let cut = |cs: &[LongLived]| cs.iter().filter(|c| c.cut).count();
+    let long = format!("{}/{} ({}/{})", cut(long), long.len(), cut(&stable), stable.len());
     let proxies = proxies.map_or("-".to_string(), |p| p.to_string());
     println!(
         "{what:<22} {:>12} {:>8} {:>11.1} {:>9.1} {:>24} {:>20}",
@@ -57,7 +56,7 @@ fn row(what: &str, t: &Tally, long: &[LongLived], proxies: Option<usize>) {
     );
 }
 
-/// Runs `CLIENTS` short connections and `LONG` long-lived ones until `work` ends (or for `duration`).
+/// Runs `CLIENTS` short connections and `LONG` long-lived ones to `target` until `work` ends.
 async fn under_load(target: std::net::SocketAddr, work: impl Future<Output = ()>) -> (Tally, Vec<LongLived>) {
     let stop = Arc::new(AtomicBool::new(false));
     let short = tokio::spawn(steady_load(target, CLIENTS, PERIOD, stop.clone()));

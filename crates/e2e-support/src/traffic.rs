@@ -1,6 +1,7 @@
-//! Real traffic on loopback for the Kanary traffic test and the split benchmark: backends that answer an
-//! HTTP/1.0 request (one per connection) with their identity, a real HAProxy running a given config, and a client that opens many short
-//! connections and counts who answered, and long-lived connections that count whether they were cut. Everything binds 127.0.0.x addresses only.
+//! Real traffic on loopback for the Kanary traffic test and the benchmarks: backends that answer an HTTP/1.0
+//! request (one per connection) with their identity, a real HAProxy running a given config, a client that
+//! opens many short connections and counts who answered, and long-lived connections that count whether they
+//! were cut. Everything binds 127.0.0.x addresses only.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};

@@ -167,8 +167,7 @@ fn haproxy_image(
         );
     }
     let binds = volume_binds(container, context.volumes)?;
-    // `haproxy` on this machine's PATH, whatever path the image has it at; HAProxy re-runs it by that name
-    // when it reloads
+    // `haproxy` on this machine's PATH, whatever path the image has it at
     let args = argv[1..].to_vec();
     Ok(Launch {
         program: "haproxy".into(),

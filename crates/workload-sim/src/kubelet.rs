@@ -204,7 +204,7 @@ impl Kubelet {
         let (netns, launches) = match prepared {
             Ok(p) => p,
             Err(e) => {
-                self.remove_namespace(&id).await;
+                let _ = self.release(&id).await;
                 tracing::debug!(pod = %pod.name_any(), error = %e, "pod not started; retrying");
                 let status = json!({"status": {"phase": "Pending", "conditions": [
                     {"type": "PodScheduled", "status": "True"},
@@ -438,21 +438,22 @@ impl Kubelet {
         for task in running.tasks.lock().unwrap().drain(..) {
             task.abort();
         }
-        let (network, id, dir) = (self.network.clone(), running.id.clone(), self.pod_dir(&running.id));
-        tokio::task::spawn_blocking(move || {
-            network.remove_pod(&id);
-            let _ = std::fs::remove_dir_all(dir);
-        });
+        // not awaited: the Pod is over
+        drop(self.release(&running.id));
     }
 
-    /// Where a Pod's volumes, token and containers' scratch space are (removed with the Pod).
+    /// Where a Pod's volumes, token and containers' scratch space are.
     fn pod_dir(&self, id: &str) -> PathBuf {
         self.state_dir.join("pods").join(id)
     }
 
-    async fn remove_namespace(&self, id: &str) {
-        let (network, id) = (self.network.clone(), id.to_string());
-        let _ = tokio::task::spawn_blocking(move || network.remove_pod(&id)).await;
+    /// Removes Pod `id`'s namespace and files, on the blocking pool (`ip` and the file system).
+    fn release(&self, id: &str) -> tokio::task::JoinHandle<()> {
+        let (network, id, dir) = (self.network.clone(), id.to_string(), self.pod_dir(id));
+        tokio::task::spawn_blocking(move || {
+            network.remove_pod(&id);
+            let _ = std::fs::remove_dir_all(dir);
+        })
     }
 }
 

@@ -1,8 +1,8 @@
 //! The built-in workload: what a container of any image the simulator does not run for real (not HAProxy)
 //! runs. It listens on the container's ports and answers each connection with one line naming its pod and
 //! image, as plain text to a raw TCP client and as an HTTP 200 response to an HTTP request; a raw TCP client
-//! that sends lines gets that line once per line it sends, until it closes (a long-lived connection); `GET /metrics`
-//! answers Prometheus text (requests, failures, latency). Its behaviour comes from the container's
+//! that sends lines gets that line once per line it sends, until it closes (a long-lived connection);
+//! `GET /metrics` answers Prometheus text (requests, failures, latency). Its behaviour comes from the container's
 //! environment, so a pod template sets it:
 //! - `SIM_FAIL_RATIO` (0 to 1): the share of connections that fail (HTTP 500, or a reset for raw TCP);
 //! - `SIM_LATENCY_MS`: a delay before each answer;

@@ -66,10 +66,11 @@ pub fn plan_rollout(
     sets: &[ReplicaSetState],
 ) -> BTreeMap<String, i32> {
     let mut plan: BTreeMap<String, i32> = sets.iter().map(|s| (s.name.clone(), s.replicas)).collect();
-    let old_pods: i32 = sets.iter().filter(|s| !s.current).map(|s| s.replicas.max(s.available)).sum();
     let Some(new) = sets.iter().find(|s| s.current) else { return plan };
+    let old: Vec<&ReplicaSetState> = sets.iter().filter(|s| !s.current).collect();
     if strategy_recreate {
-        for s in sets.iter().filter(|s| !s.current) {
+        let old_pods: i32 = old.iter().map(|s| s.replicas.max(s.available)).sum();
+        for s in &old {
             plan.insert(s.name.clone(), 0);
         }
         plan.insert(new.name.clone(), if old_pods == 0 { desired } else { 0 });
@@ -95,7 +96,6 @@ pub fn plan_rollout(
     if max_scaled_down <= 0 {
         return plan;
     }
-    let old: Vec<&ReplicaSetState> = sets.iter().filter(|s| !s.current).collect();
     let mut cleaned = 0;
     for s in &old {
         let unavailable = s.replicas - available(s, s.replicas);
