@@ -34,6 +34,15 @@ fn parse_query(uri: &Uri) -> Query {
     form_urlencoded::parse(uri.query().unwrap_or_default().as_bytes()).into_owned().collect()
 }
 
+/// The name a field selector requires (a term `metadata.name=X` or `==`, beside any others), as the real
+/// server's RequestInfo reads it for authorization.
+fn selected_name(field_selector: &str) -> Option<String> {
+    field_selector.split(',').find_map(|term| {
+        let value = term.strip_prefix("metadata.name==").or_else(|| term.strip_prefix("metadata.name="))?;
+        (!value.is_empty()).then(|| value.to_string())
+    })
+}
+
 fn flag(q: &Query, k: &str) -> bool {
     q.get(k).is_some_and(|v| v == "true" || v == "1")
 }
@@ -157,7 +166,12 @@ async fn serve_api(
             None => target.rt.plural.clone(),
         },
         namespace: target.ns.clone(),
-        name: target.name.clone(),
+        // as the real server's RequestInfo: a list or watch of one name (`fieldSelector=metadata.name=X`) is
+        // authorized for that name, so a role with `resourceNames` can grant it
+        name: target.name.clone().or_else(|| match verb {
+            "list" | "watch" => selected_name(q.get("fieldSelector").map(String::as_str).unwrap_or_default()),
+            _ => None,
+        }),
     };
     state.rbac.authorize(&state.inner.lock().expect("lock"), user, &request)?;
     let token = headers.get("authorization").and_then(|a| a.to_str().ok()).and_then(|a| a.strip_prefix("Bearer "));

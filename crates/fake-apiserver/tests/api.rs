@@ -507,6 +507,48 @@ async fn rbac_enforcement_allows_what_roles_grant_and_denies_the_rest_like_the_r
     assert_eq!(usage, ["create configmaps", "get configmaps", "list configmaps", "patch configmaps"]);
 }
 
+/// A Role with `resourceNames` grants a list or watch only when it selects that one name
+/// (`fieldSelector=metadata.name=X`), as the real server authorizes it.
+#[tokio::test]
+async fn resource_names_grant_list_and_watch_of_one_name_by_field_selector() {
+    let server = FakeApiServer::start().await.unwrap();
+    let admin = server.client();
+    let rbac = &server.state().rbac;
+    rbac.add_token("t", "system:serviceaccount:default:agent", &[]);
+    let kc = kube::config::Kubeconfig::from_yaml(&server.kubeconfig_with_token("t")).unwrap();
+    let as_agent =
+        kube::Client::try_from(kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.unwrap()).unwrap();
+    let rbac_api = |kind: &str| {
+        let ar = ApiResource::from_gvk(&GroupVersionKind::gvk("rbac.authorization.k8s.io", "v1", kind));
+        Api::<DynamicObject>::namespaced_with(admin.clone(), "default", &ar)
+    };
+    let pp = PatchParams::apply("t");
+    let role = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": "r", "namespace": "default"},
+        "rules": [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list", "watch"], "resourceNames": ["mine"]}]});
+    rbac_api("Role").patch("r", &pp, &Patch::Apply(role)).await.unwrap();
+    let binding = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": "r", "namespace": "default"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "r"},
+        "subjects": [{"kind": "ServiceAccount", "name": "agent"}]});
+    rbac_api("RoleBinding").patch("r", &pp, &Patch::Apply(binding)).await.unwrap();
+    let admin_cms: Api<ConfigMap> = Api::namespaced(admin.clone(), "default");
+    for name in ["mine", "other"] {
+        admin_cms.create(&PostParams::default(), &cm(name, json!({}), json!({}))).await.unwrap();
+    }
+    rbac.set_enforce(true);
+    let cms: Api<ConfigMap> = Api::namespaced(as_agent, "default");
+    cms.get("mine").await.unwrap();
+    let mine = cms.list(&ListParams::default().fields("metadata.name=mine")).await.unwrap();
+    assert_eq!(mine.items.len(), 1);
+    let mut watch = cms.watch(&WatchParams::default().fields("metadata.name=mine"), "0").await.unwrap().boxed();
+    assert!(matches!(watch.try_next().await.unwrap(), Some(WatchEvent::Added(_))));
+    assert_eq!(api_err(cms.get("other").await.unwrap_err()).0, 403);
+    assert_eq!(api_err(cms.list(&ListParams::default()).await.unwrap_err()).0, 403);
+    assert_eq!(api_err(cms.list(&ListParams::default().fields("metadata.name=other")).await.unwrap_err()).0, 403);
+    let also_namespace = ListParams::default().fields("metadata.name=mine,metadata.namespace=default");
+    assert_eq!(cms.list(&also_namespace).await.unwrap().items.len(), 1);
+    assert_eq!(api_err(cms.list(&ListParams::default().fields("metadata.name!=other")).await.unwrap_err()).0, 403);
+}
+
 #[tokio::test]
 async fn a_token_request_returns_a_token_that_authenticates_as_the_service_account() {
     use k8s_openapi::api::authentication::v1::TokenRequest;
