@@ -4,7 +4,7 @@
 //! asserts nothing.
 
 use canary_controller::kanary::endpoints::Server;
-use canary_controller::kanary::haproxy::{ProxySettings, RouteBackend, render};
+use canary_controller::kanary::haproxy::{ProxySettings, RouteBackend, render, weights_map, weights_path};
 use e2e_support::traffic::{Haproxy, Tally, drive, free_port, start_backends};
 use std::fmt::Write;
 use std::net::SocketAddr;
@@ -35,18 +35,35 @@ fn original_config(routes: &[Route], listen: SocketAddr, stats: SocketAddr) -> S
     c
 }
 
-fn our_config(routes: &[Route], listen: SocketAddr, stats: SocketAddr) -> String {
+/// Our config and weights map for `routes`, in a directory of their own.
+fn our_files(routes: &[Route], listen: SocketAddr, stats: SocketAddr) -> tempfile::TempDir {
     let backends: Vec<RouteBackend> = routes
         .iter()
         .map(|r| RouteBackend { service: r.name.into(), weight: r.weight, servers: r.servers.clone() })
         .collect();
+    let dir = tempfile::tempdir().unwrap();
     // our config binds every address on its ports (`bind :::PORT v4v6`); the harness connects on loopback
-    let settings = ProxySettings { port: listen.port(), stats_port: stats.port(), maxconn: 4096 };
-    render("bench/split", &backends, &settings)
+    let settings = ProxySettings {
+        port: listen.port(),
+        stats_port: stats.port(),
+        files_dir: dir.path().to_str().unwrap().into(),
+        ..ProxySettings::default()
+    };
+    std::fs::write(dir.path().join("haproxy.cfg"), render("bench/split", &backends, &settings)).unwrap();
+    std::fs::write(weights_path(&settings), weights_map(backends.iter().map(|b| &b.weight))).unwrap();
+    dir
 }
 
-async fn run(config: &str, listen: SocketAddr, stats: SocketAddr, up: usize) -> Tally {
-    let mut proxy = Haproxy::start(config, stats).await.expect("haproxy is required: scripts/setup.sh installs it");
+/// A directory holding only `config` (the original's, which names no other file).
+fn config_only(config: String) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("haproxy.cfg"), config).unwrap();
+    dir
+}
+
+/// Drives the bench's connections through HAProxy on the files of `dir`, once `up` servers are up.
+async fn run(dir: tempfile::TempDir, listen: SocketAddr, stats: SocketAddr, up: usize) -> Tally {
+    let mut proxy = Haproxy::start_in(dir, stats).await.expect("haproxy is required: scripts/setup.sh installs it");
     proxy.wait_servers_up(up).await;
     let tally = drive(listen, CONNECTIONS, CONCURRENCY).await;
     proxy.stop().await;
@@ -85,8 +102,8 @@ async fn main() {
             Route { name: "a", weight: wa, servers: servers("a", &["127.0.0.51"], pa) },
             Route { name: "b", weight: wb, servers: servers("b", &["127.0.0.61", "127.0.0.62", "127.0.0.63"], pb) },
         ];
-        let ours = run(&our_config(&routes, listen, stats), listen, stats, 4).await;
-        let orig = run(&original_config(&routes, listen, stats), listen, stats, 4).await;
+        let ours = run(our_files(&routes, listen, stats), listen, stats, 4).await;
+        let orig = run(config_only(original_config(&routes, listen, stats)), listen, stats, 4).await;
         println!(
             "{:<8} {:>14.2} {:>14.2} {:>16} {:>16}",
             format!("{wa}/{wb}"),
@@ -106,14 +123,14 @@ async fn main() {
         Route { name: "zero", weight: 0, servers: servers("zero", &["127.0.0.71"], pz) },
     ];
     let ours = {
-        let mut proxy = Haproxy::start(&our_config(&routes, listen, stats), stats).await.expect("haproxy");
+        let mut proxy = Haproxy::start_in(our_files(&routes, listen, stats), stats).await.expect("haproxy");
         proxy.wait_servers_up(5).await; // the dead one is marked DOWN by its health check
         tokio::time::sleep(std::time::Duration::from_secs(5)).await;
         let tally = drive(listen, CONNECTIONS, CONCURRENCY).await;
         proxy.stop().await;
         tally
     };
-    let orig = run(&original_config(&routes, listen, stats), listen, stats, 6).await;
+    let orig = run(config_only(original_config(&routes, listen, stats)), listen, stats, 6).await;
     println!("\nweight-0 route with a live pod, and a 10% route whose only pod is dead:");
     println!("{:<10} {:>18} {:>18}", "", "to weight-0 route", "failed connections");
     println!("{:<10} {:>18} {:>18}", "ours", ours.answers.get("zero").unwrap_or(&0), ours.failures);
@@ -122,7 +139,7 @@ async fn main() {
     // throughput: straight to one backend, and through our proxy to the same backend
     let one = [Route { name: "a", weight: 100, servers: servers("a", &["127.0.0.51"], pa) }];
     let direct = drive(format!("127.0.0.51:{pa}").parse().unwrap(), CONNECTIONS, CONCURRENCY).await;
-    let proxied = run(&our_config(&one, listen, stats), listen, stats, 1).await;
+    let proxied = run(our_files(&one, listen, stats), listen, stats, 1).await;
     let rate = |t: &Tally| t.total() as f64 / t.elapsed.as_secs_f64();
     println!(
         "\nthroughput (connections/s): direct {:.0}, through our HAProxy {:.0}, ratio {:.2}",

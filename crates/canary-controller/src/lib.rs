@@ -1,7 +1,9 @@
 //! canary-controller: canary Deployments (the wantedly Canary API) and weighted L4 traffic splitting
 //! (the Kanary API) for plain Kubernetes. `api` holds the custom resource types, `runtime` the process
-//! wiring (client, CRD checks, controllers, shutdown, logs).
+//! wiring (client, CRD checks, controllers, shutdown, logs), `agent` the proxy agent that runs beside
+//! HAProxy in a Kanary's proxy pods.
 
+pub mod agent;
 pub mod api;
 pub mod canary;
 pub mod children;

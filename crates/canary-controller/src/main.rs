@@ -1,4 +1,5 @@
-//! `canary-controller`: `run` the operator, print the `crd`s, or print the `version`.
+//! `canary-controller`: `run` the operator, run the `proxy-agent` beside HAProxy, print the `crd`s, or print
+//! the `version`.
 
 use canary_controller::runtime::{self, LogFormat};
 use clap::{Parser, Subcommand};
@@ -35,6 +36,28 @@ enum Command {
         haproxy_replicas: i32,
         #[command(flatten)]
         leader_election: LeaderElectionArgs,
+    },
+    /// Run beside HAProxy in a Kanary's proxy pod: apply every change of the Kanary's ConfigMap to the
+    /// running HAProxy (Runtime API, or a seamless reload), without restarting it.
+    ProxyAgent {
+        /// Log format.
+        #[arg(long, value_enum, default_value = "text", env = "LOG_FORMAT")]
+        log_format: LogFormat,
+        /// Namespace of the ConfigMap.
+        #[arg(long, env = "POD_NAMESPACE")]
+        namespace: String,
+        /// The Kanary's ConfigMap (`<kanary>-config`), the only object the agent reads.
+        #[arg(long)]
+        config_map: String,
+        /// Where HAProxy's config and weights map are written (shared with the HAProxy container).
+        #[arg(long, default_value = canary_controller::kanary::haproxy::RUNTIME_DIR)]
+        dir: std::path::PathBuf,
+        /// HAProxy's master CLI socket (`haproxy -W -S <socket>`).
+        #[arg(long, default_value = "/var/run/kanary/master.sock")]
+        master_socket: std::path::PathBuf,
+        /// Where /metrics, /healthz, /readyz and /startupz are served.
+        #[arg(long, default_value = "0.0.0.0:8405")]
+        metrics_address: std::net::SocketAddr,
     },
     /// Print the CustomResourceDefinitions as YAML (`canary-controller crd | kubectl apply --server-side -f -`).
     Crd {
@@ -89,6 +112,12 @@ async fn main() -> std::process::ExitCode {
                 canary_controller::kanary::build::ProxyOptions { image: haproxy_image, replicas: haproxy_replicas };
             let leader_election = leader_election.settings();
             runtime::run(runtime::RunOptions { proxy, metrics_address, leader_election }).await
+        }
+        Command::ProxyAgent { log_format, namespace, config_map, dir, master_socket, metrics_address } => {
+            runtime::init_logging(log_format);
+            let options =
+                canary_controller::agent::AgentOptions { namespace, config_map, dir, master_socket, metrics_address };
+            canary_controller::agent::run(options).await
         }
         Command::Crd { kanary_groups } => {
             canary_controller::api::crds_yaml(&kanary_groups).map(|yaml| print!("{yaml}"))

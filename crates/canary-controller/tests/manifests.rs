@@ -58,10 +58,11 @@ fn crds_and_generated_deployment_pass_kubernetes_validate_strict() {
         }))
         .unwrap();
     let options = build::ProxyOptions { image: "haproxy:2.8".into(), replicas: 2 };
-    let config = "global\n";
+    let files =
+        build::ProxyFiles { config: "global\n".into(), weights: "t0 100\nw0 100\n".into(), dataplane: "{}".into() };
     let objects = [
-        serde_saphyr::to_string(&build::build_config_map("simple-kanary-rule", "default", &owner, config)).unwrap(),
-        serde_saphyr::to_string(&build::build_deployment("simple-kanary-rule", "default", &owner, config, &options))
+        serde_saphyr::to_string(&build::build_config_map("simple-kanary-rule", "default", &owner, &files)).unwrap(),
+        serde_saphyr::to_string(&build::build_deployment("simple-kanary-rule", "default", &owner, &files, &options))
             .unwrap(),
         serde_saphyr::to_string(&build::build_service("simple-kanary-rule", "default", &owner, "myapp")).unwrap(),
     ];

@@ -5,7 +5,7 @@
 //! both address families, colliding pod names), and `haproxy -c` accepts it.
 
 use canary_controller::kanary::endpoints::{Resolution, resolve};
-use canary_controller::kanary::haproxy::{ProxySettings, RouteBackend, render};
+use canary_controller::kanary::haproxy::{ProxySettings, RouteBackend, render, weights_map, weights_path};
 use canary_controller::kanary::validate::parse_and_validate;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -135,11 +135,13 @@ fn allowed_line(fixed: &[String], line: &str) -> bool {
     static TEMPLATES: std::sync::LazyLock<Vec<Regex>> = std::sync::LazyLock::new(|| {
         let name = r"[a-z]([-a-z0-9]*[a-z0-9])?";
         [
-            format!(r"^    use_backend be_{name} if \{{ var\(sess\.r\) -m int lt (100|[1-9][0-9]?) \}} \{{ nbsrv\(be_{name}\) gt 0 \}}$"),
-            format!(r"^    use_backend be_{name} if \{{ nbsrv\(be_{name}\) gt 0 \}}$"),
+            r"^    tcp-request content set-var\(sess\.([tw])(\d{1,2})\) str\(([tw])(\d{1,2})\),map_str_int\(/var/run/kanary/weights\.map,0\)$".to_string(),
+            format!(r"^    use_backend be_{name} if \{{ var\(sess\.w\d{{1,2}}\) -m int gt 0 \}} \{{ var\(sess\.r\),sub\(sess\.t\d{{1,2}}\) -m int lt 0 \}} \{{ nbsrv\(be_{name}\) gt 0 \}}$"),
+            format!(r"^    use_backend be_{name} if \{{ var\(sess\.w\d{{1,2}}\) -m int gt 0 \}} \{{ nbsrv\(be_{name}\) gt 0 \}}$"),
             format!(r"^backend be_{name}$"),
             r"^    balance roundrobin$".to_string(),
-            r"^    server [A-Za-z0-9._-]+ (\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}|\[[0-9a-f:]+\]):\d{1,5} check$".to_string(),
+            r"^    server s\d{1,4} (\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}|\[[0-9a-f:]+\]):\d{1,5} check$".to_string(),
+            r"^    server s\d{1,4} 127\.0\.0\.1:1 check disabled$".to_string(),
         ]
         .iter()
         .map(|r| Regex::new(r).unwrap())
@@ -153,6 +155,7 @@ fn no_input_yields_a_config_haproxy_rejects_or_a_directive_we_did_not_write() {
     let haproxy = fake_apiserver::tools::available("haproxy");
     let fixed: Vec<String> = render("ns/k", &[], &ProxySettings::default()).lines().map(String::from).collect();
     let dir = tempfile::tempdir().unwrap();
+    let map_path = dir.path().join("weights.map").to_str().unwrap().to_string();
     let rendered = std::sync::atomic::AtomicUsize::new(0);
     let config = ProptestConfig { cases: 1000, failure_persistence: None, ..ProptestConfig::default() };
     proptest!(config, |((destination, routes) in case())| {
@@ -178,7 +181,9 @@ fn no_input_yields_a_config_haproxy_rejects_or_a_directive_we_did_not_write() {
         let n = rendered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if haproxy && n.is_multiple_of(4) {
             let path = dir.path().join("haproxy.cfg");
-            std::fs::write(&path, &cfg).unwrap();
+            let with_map = cfg.replace(&weights_path(&ProxySettings::default()), &map_path);
+            std::fs::write(&path, &with_map).unwrap();
+            std::fs::write(&map_path, weights_map(backends.iter().map(|b| &b.weight))).unwrap();
             let out = std::process::Command::new("haproxy").arg("-c").arg("-f").arg(&path).output().unwrap();
             prop_assert!(out.status.success(), "haproxy -c rejected:\n{cfg}\n{}", String::from_utf8_lossy(&out.stderr));
         }

@@ -108,7 +108,7 @@ async fn traffic_through_real_haproxy_follows_the_weights() {
 #[tokio::test]
 async fn the_proxy_answers_on_ipv4_and_ipv6() {
     use canary_controller::kanary::endpoints::Server;
-    use canary_controller::kanary::haproxy::{ProxySettings, RouteBackend, render};
+    use canary_controller::kanary::haproxy::{ProxySettings, RouteBackend, render, weights_map, weights_path};
     use support::traffic::{Haproxy, free_port, start_backends};
     if !fake_apiserver::tools::available("haproxy") {
         return;
@@ -123,11 +123,19 @@ async fn the_proxy_answers_on_ipv4_and_ipv6() {
         weight: 100,
         servers: vec![Server { name: "app-0".into(), address: "127.0.0.91".parse().unwrap(), port: backend }],
     }];
-    let settings = ProxySettings { port: free_port("::"), stats_port: free_port("::"), ..ProxySettings::default() };
+    let dir = tempfile::tempdir().unwrap();
+    let settings = ProxySettings {
+        port: free_port("::"),
+        stats_port: free_port("::"),
+        files_dir: dir.path().to_str().unwrap().into(),
+        ..ProxySettings::default()
+    };
     let config = render("ns/dual", &routes, &settings);
     assert!(config.contains(&format!("\n    bind :::{} v4v6\n", settings.port)), "{config}");
+    std::fs::write(dir.path().join("haproxy.cfg"), &config).unwrap();
+    std::fs::write(weights_path(&settings), weights_map(routes.iter().map(|r| &r.weight))).unwrap();
     let stats: std::net::SocketAddr = format!("127.0.0.1:{}", settings.stats_port).parse().unwrap();
-    let mut proxy = Haproxy::start(&config, stats).await.unwrap();
+    let mut proxy = Haproxy::start_in(dir, stats).await.unwrap();
     proxy.wait_servers_up(1).await;
     for host in ["127.0.0.1", "[::1]"] {
         let health = support::http_get(&format!("{host}:{}", settings.stats_port), "/healthz").await;

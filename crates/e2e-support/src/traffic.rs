@@ -10,7 +10,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 /// Starts one backend per address, all on the same (free) port, each answering an HTTP/1.0 request with 200
-/// and `identity` as the body, then closing.
+/// and `identity` as the body, then closing; a client that sends lines of its own instead (a long-lived
+/// connection, [`long_lived`]) gets `identity` for each line, for as long as it keeps the connection.
 pub async fn start_backends(addresses: &[&str], identity: &str) -> u16 {
     let mut port = 0;
     for addr in addresses {
@@ -19,28 +20,40 @@ pub async fn start_backends(addresses: &[&str], identity: &str) -> u16 {
             .await
             .unwrap_or_else(|e| panic!("cannot bind {addr}:{port}: {e}"));
         port = listener.local_addr().unwrap().port();
-        let reply = format!("HTTP/1.0 200 OK\r\ncontent-type: text/plain\r\n\r\n{identity}\n");
+        let identity = identity.to_string();
         tokio::spawn(async move {
             loop {
-                let Ok((mut stream, _)) = listener.accept().await else { return };
-                let reply = reply.clone();
-                tokio::spawn(async move {
-                    // read the whole request first: closing with unread data would reset the connection
-                    let mut request = Vec::new();
-                    let mut buf = [0u8; 512];
-                    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await {
-                            Ok(Ok(n)) if n > 0 => request.extend_from_slice(&buf[..n]),
-                            _ => return,
-                        }
-                    }
-                    let _ = stream.write_all(reply.as_bytes()).await;
-                    let _ = stream.shutdown().await;
-                });
+                let Ok((stream, _)) = listener.accept().await else { return };
+                tokio::spawn(answer(stream, identity.clone()));
             }
         });
     }
     port
+}
+
+/// One backend connection: an HTTP/1.0 answer, or an answer a line.
+async fn answer(mut stream: TcpStream, identity: String) {
+    // read the whole request first: closing with unread data would reset the connection
+    let mut request = Vec::new();
+    let mut buf = [0u8; 512];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => request.extend_from_slice(&buf[..n]),
+            _ => return,
+        }
+        if request.starts_with(b"GET ") && request.windows(4).any(|w| w == b"\r\n\r\n") {
+            let reply = format!("HTTP/1.0 200 OK\r\ncontent-type: text/plain\r\n\r\n{identity}\n");
+            let _ = stream.write_all(reply.as_bytes()).await;
+            let _ = stream.shutdown().await;
+            return;
+        }
+        if !request.starts_with(b"GET ") && request.ends_with(b"\n") {
+            request.clear();
+            if stream.write_all(format!("{identity}\n").as_bytes()).await.is_err() {
+                return;
+            }
+        }
+    }
 }
 
 /// One `GET / HTTP/1.0` to `target`: the first line of the body of a 200 answer, or None when the
@@ -82,12 +95,18 @@ pub struct Haproxy {
 impl Haproxy {
     /// Runs `haproxy -db -f config`; None when haproxy is missing outside CI (the test skips).
     pub async fn start(config: &str, stats: SocketAddr) -> Option<Haproxy> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("haproxy.cfg"), config).unwrap();
+        Haproxy::start_in(dir, stats).await
+    }
+
+    /// Runs `haproxy -db -f DIR/haproxy.cfg` on the files `dir` holds (a config and the files it names);
+    /// None when haproxy is missing outside CI (the test skips).
+    pub async fn start_in(dir: tempfile::TempDir, stats: SocketAddr) -> Option<Haproxy> {
         if !fake_apiserver::tools::available("haproxy") {
             return None;
         }
-        let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("haproxy.cfg");
-        std::fs::write(&path, config).unwrap();
         let child = tokio::process::Command::new("haproxy")
             .arg("-db")
             .arg("-f")

@@ -1,10 +1,12 @@
 //! The build step of the Kanary controller: the objects a valid Kanary owns, with the original's names, the
-//! events its changes call for, and its status, as plain values: ConfigMap `<name>-config` (key
-//! `haproxy.cfg`), Deployment `<name>-haproxy` (hardened HAProxy pods rolled by a config checksum with
-//! zero-downtime settings) and Service `<destination>` (port 80). Pure.
+//! events its changes call for, and its status, as plain values: ConfigMap `<name>-config` (keys
+//! `haproxy.cfg` and `weights.map`, the files HAProxy runs, and `dataplane.json`, the same data plane for
+//! the proxy agent), Deployment `<name>-haproxy` (hardened HAProxy pods rolled by a checksum of those files
+//! with zero-downtime settings) and Service `<destination>` (port 80). Pure.
 
+use super::dataplane::{DATAPLANE_KEY, DataPlane, Layout};
 use super::endpoints::Server;
-use super::haproxy::{HEALTH_PATH, PROXY_PORT, ProxySettings, RouteBackend, STATS_PORT, render};
+use super::haproxy::{HEALTH_PATH, PROXY_PORT, ProxySettings, RouteBackend, STATS_PORT, WEIGHTS_FILE};
 use super::validate::{Problem, Valid};
 use crate::api::kanary::{DestinationStatus, EndpointStatus, KanarySpec, KanaryStatus};
 use crate::children::with_desired_hash;
@@ -37,9 +39,10 @@ pub mod reasons {
 }
 
 /// The objects a valid Kanary owns, as they should be (each carrying its desired hash), and the HAProxy
-/// configuration they carry.
+/// files they carry.
 pub struct Desired {
-    pub config: String,
+    /// The config and the weights map.
+    pub files: ProxyFiles,
     pub config_map: ConfigMap,
     pub deployment: Deployment,
     pub service: Service,
@@ -47,12 +50,36 @@ pub struct Desired {
 
 /// The objects Kanary `name` of namespace `ns` owns.
 pub fn desired(name: &str, ns: &str, valid: &Valid, options: &ProxyOptions) -> Desired {
-    let config = render(&format!("{ns}/{name}"), &valid.routes, &ProxySettings::default());
+    // the pods read the files from the ConfigMap's volume
+    let settings = ProxySettings { files_dir: CONFIG_DIR.into(), ..ProxySettings::default() };
+    let plane = DataPlane { owner: format!("{ns}/{name}"), settings, routes: valid.routes.clone() };
+    let files = ProxyFiles::of(&plane);
     Desired {
-        config_map: with_desired_hash(build_config_map(name, ns, &valid.owner, &config)),
-        deployment: with_desired_hash(build_deployment(name, ns, &valid.owner, &config, options)),
+        config_map: with_desired_hash(build_config_map(name, ns, &valid.owner, &files)),
+        deployment: with_desired_hash(build_deployment(name, ns, &valid.owner, &files, options)),
         service: with_desired_hash(build_service(name, ns, &valid.owner, &valid.spec.destination)),
-        config,
+        files,
+    }
+}
+
+/// What the proxy's ConfigMap carries: HAProxy's config and weights map for the data plane, and the data
+/// plane itself.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProxyFiles {
+    pub config: String,
+    pub weights: String,
+    pub dataplane: String,
+}
+
+impl ProxyFiles {
+    pub fn of(plane: &DataPlane) -> ProxyFiles {
+        let layout = Layout::fresh(plane);
+        ProxyFiles { config: layout.config(), weights: layout.weights_map(), dataplane: plane.to_json() }
+    }
+
+    /// A checksum of the files HAProxy reads.
+    pub fn hash(&self) -> String {
+        config_hash(&format!("{}\n{}", self.config, self.weights))
     }
 }
 
@@ -64,7 +91,7 @@ pub fn config_note(name: &str, valid: &Valid, desired: &Desired, running_hash: O
             "ProxyCreated",
             format!("created the proxy {:?} for Service {:?}", proxy_name(name), valid.spec.destination),
         )),
-        Some(running) if running != config_hash(&desired.config) => {
+        Some(running) if running != desired.files.hash() => {
             let split: Vec<String> = valid
                 .routes
                 .iter()
@@ -132,11 +159,11 @@ fn metadata(name: &str, namespace: &str, owner: &OwnerReference, labels: serde_j
     json!({"name": name, "namespace": namespace, "labels": labels, "ownerReferences": [owner]})
 }
 
-pub fn build_config_map(name: &str, namespace: &str, owner: &OwnerReference, config: &str) -> ConfigMap {
+pub fn build_config_map(name: &str, namespace: &str, owner: &OwnerReference, files: &ProxyFiles) -> ConfigMap {
     serde_json::from_value(json!({
         "apiVersion": "v1", "kind": "ConfigMap",
         "metadata": metadata(&config_name(name), namespace, owner, json!({PROXY_LABEL: proxy_name(name)})),
-        "data": {CONFIG_KEY: config},
+        "data": {CONFIG_KEY: files.config, WEIGHTS_FILE: files.weights, DATAPLANE_KEY: files.dataplane},
     }))
     .expect("a valid ConfigMap")
 }
@@ -149,7 +176,7 @@ pub fn build_deployment(
     name: &str,
     namespace: &str,
     owner: &OwnerReference,
-    config: &str,
+    files: &ProxyFiles,
     options: &ProxyOptions,
 ) -> Deployment {
     let proxy = proxy_name(name);
@@ -162,7 +189,7 @@ pub fn build_deployment(
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
             "minReadySeconds": 2,
             "template": {
-                "metadata": {"labels": {PROXY_LABEL: proxy}, "annotations": {CONFIG_HASH_ANNOTATION: config_hash(config)}},
+                "metadata": {"labels": {PROXY_LABEL: proxy}, "annotations": {CONFIG_HASH_ANNOTATION: files.hash()}},
                 "spec": {
                     "automountServiceAccountToken": false,
                     "terminationGracePeriodSeconds": 45,

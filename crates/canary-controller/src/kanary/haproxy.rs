@@ -1,29 +1,65 @@
-//! Renders haproxy.cfg for a Kanary, following the design measured on HAProxy 2.6:
+//! Renders a Kanary's proxy files, following the design measured on HAProxy 2.6:
 //! - one random draw per connection (`set-var(sess.r) rand(100)`), compared with cumulative thresholds,
 //!   so the split does not depend on pod counts (never per-pod fractional weights);
-//! - one backend per route, `balance roundrobin`, `check` on every server;
+//! - the thresholds and weights are read from a map file (`weights.map`: `t<i>` the cumulative threshold
+//!   and `w<i>` the weight of route `i`), so that the proxy agent changes weights at run time, atomically,
+//!   with no reload;
+//! - one backend per route, `balance roundrobin`, a fixed number of server slots (`s1`...`sN`), `check`
+//!   on every server, `observe layer4` so a connection refused marks its server down at once (the
+//!   connection goes to another server); a slot without a server is parked at `127.0.0.1:1`, `disabled`,
+//!   so the agent fills and empties slots at run time, with no reload;
 //! - each rule guarded by `nbsrv(backend) gt 0`: a route with no live server is skipped, and its share goes
 //!   to the first route with a live server (fallback rules), so no connection is accepted and dropped;
-//!   weight-0 routes get no rule at all;
+//!   weight-0 routes never match;
 //! - Prometheus exporter, stats and a health URI on a separate HTTP port.
 //!
-//! Every name in the output is a validated Service name or a sanitised server name, every address a parsed
-//! IP: no input can add a directive. Same inputs, byte-identical output. Pure.
+//! Every name in the output is a validated Service name or a slot name, every address a parsed IP, every
+//! setting a validated number or duration: no input can add a directive. Same inputs, byte-identical output.
+//! Pure.
 
 use super::endpoints::Server;
+use serde::{Deserialize, Serialize};
 use std::fmt::Write;
 
-/// One route as rendered: the Service, its weight, its live servers.
-#[derive(Debug, Clone, PartialEq)]
+/// One route as the controller resolved it: the Service, its weight, its live servers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RouteBackend {
     pub service: String,
     pub weight: i64,
     pub servers: Vec<Server>,
 }
 
-/// Listening ports and limits of the proxy. Both ports are bound on every IPv4 and IPv6 address
-/// (`bind :::PORT v4v6`), so the proxy serves IPv4-only, IPv6-only and dual-stack clusters alike.
-#[derive(Debug, Clone, PartialEq)]
+/// One route as HAProxy runs it: its weight and its server slots (`None`: an empty slot).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SlottedBackend {
+    pub service: String,
+    pub weight: i64,
+    pub slots: Vec<Option<Server>>,
+}
+
+/// Fewest slots a backend gets.
+pub const MIN_SLOTS: usize = 8;
+
+/// The slots a backend gets for `servers` servers: room for twice as many (a rollout's surge and the pods
+/// it replaces), a power of two, at least [`MIN_SLOTS`]; so scaling and rollouts seldom need a reload.
+pub fn slot_capacity(servers: usize) -> usize {
+    (servers * 2).next_power_of_two().max(MIN_SLOTS)
+}
+
+impl SlottedBackend {
+    /// The route's servers in its first slots.
+    pub fn fresh(route: &RouteBackend) -> SlottedBackend {
+        let mut slots: Vec<Option<Server>> = route.servers.iter().cloned().map(Some).collect();
+        slots.resize(slot_capacity(route.servers.len()), None);
+        SlottedBackend { service: route.service.clone(), weight: route.weight, slots }
+    }
+}
+
+/// Listening ports, limits and timeouts of the proxy, and where its files are. Both ports are bound on every
+/// IPv4 and IPv6 address (`bind :::PORT v4v6`), so the proxy serves IPv4-only, IPv6-only and dual-stack
+/// clusters alike. Durations are HAProxy's (`30s`, `1h`, `500ms`), validated before they get here.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct ProxySettings {
     /// Where traffic is accepted (8080 in the pod).
     pub port: u16,
@@ -31,11 +67,30 @@ pub struct ProxySettings {
     pub stats_port: u16,
     /// Must fit the file-descriptor limit (about two descriptors a connection).
     pub maxconn: u32,
+    /// How long a connection to a backend may take.
+    pub timeout_connect: String,
+    /// How long a client or a server may stay silent on an established connection: long, so that idle
+    /// long-lived connections (database pools) are not cut.
+    pub timeout_client: String,
+    pub timeout_server: String,
+    /// How long the connections of a configuration replaced by a reload may go on.
+    pub hard_stop_after: String,
+    /// The directory of the weights map (the config's directory).
+    pub files_dir: String,
 }
 
 impl Default for ProxySettings {
     fn default() -> Self {
-        ProxySettings { port: PROXY_PORT, stats_port: STATS_PORT, maxconn: 4096 }
+        ProxySettings {
+            port: PROXY_PORT,
+            stats_port: STATS_PORT,
+            maxconn: 4096,
+            timeout_connect: "5s".into(),
+            timeout_client: "1h".into(),
+            timeout_server: "1h".into(),
+            hard_stop_after: "30m".into(),
+            files_dir: RUNTIME_DIR.into(),
+        }
     }
 }
 
@@ -47,30 +102,65 @@ fn any_address(port: u16) -> String {
 pub const PROXY_PORT: u16 = 8080;
 pub const STATS_PORT: u16 = 8404;
 pub const HEALTH_PATH: &str = "/healthz";
+/// Where the proxy pod keeps its config and weights map (an emptyDir the agent writes and HAProxy reads).
+pub const RUNTIME_DIR: &str = "/var/run/kanary";
+pub const CONFIG_FILE: &str = "haproxy.cfg";
+pub const WEIGHTS_FILE: &str = "weights.map";
+/// Where an empty slot points (nothing listens there; the slot is disabled anyway).
+pub const PARKED: &str = "127.0.0.1:1";
 
 pub fn backend_name(service: &str) -> String {
     format!("be_{service}")
 }
 
-/// Renders the whole configuration. `owner` names the Kanary in the header comment.
+/// The name of slot `index` (0-based) of a backend.
+pub fn slot_name(index: usize) -> String {
+    format!("s{}", index + 1)
+}
+
+/// The path of the weights map.
+pub fn weights_path(settings: &ProxySettings) -> String {
+    format!("{}/{WEIGHTS_FILE}", settings.files_dir.trim_end_matches('/'))
+}
+
+/// The weights map: for route `i`, `t<i>` its cumulative threshold and `w<i>` its weight.
+pub fn weights_map<'a>(weights: impl IntoIterator<Item = &'a i64>) -> String {
+    let mut map = String::new();
+    let mut threshold = 0;
+    for (i, weight) in weights.into_iter().enumerate() {
+        threshold += (*weight).max(0);
+        let _ = writeln!(map, "t{i} {threshold}");
+        let _ = writeln!(map, "w{i} {weight}");
+    }
+    map
+}
+
+/// Renders haproxy.cfg for `routes` with a fresh slot layout (see [`render_slotted`]); the weights go to the
+/// weights map ([`weights_map`]). `owner` names the Kanary in the header comment.
 pub fn render(owner: &str, routes: &[RouteBackend], settings: &ProxySettings) -> String {
+    let backends: Vec<SlottedBackend> = routes.iter().map(SlottedBackend::fresh).collect();
+    render_slotted(owner, &backends, settings)
+}
+
+/// Renders haproxy.cfg for backends whose servers are in the given slots.
+pub fn render_slotted(owner: &str, backends: &[SlottedBackend], settings: &ProxySettings) -> String {
     let mut cfg = String::new();
     let w = &mut cfg;
     let _ = writeln!(w, "# Generated by canary-controller for Kanary {owner}. Changes made here are overwritten.");
     let _ = writeln!(w, "global");
     let _ = writeln!(w, "    maxconn {}", settings.maxconn);
-    let _ = writeln!(w, "    hard-stop-after 30s");
+    let _ = writeln!(w, "    hard-stop-after {}", settings.hard_stop_after);
     let _ = writeln!(w);
     let _ = writeln!(w, "defaults");
     let _ = writeln!(w, "    mode tcp");
-    let _ = writeln!(w, "    timeout connect 5s");
-    let _ = writeln!(w, "    timeout client 1m");
-    let _ = writeln!(w, "    timeout server 1m");
+    let _ = writeln!(w, "    timeout connect {}", settings.timeout_connect);
+    let _ = writeln!(w, "    timeout client {}", settings.timeout_client);
+    let _ = writeln!(w, "    timeout server {}", settings.timeout_server);
     let _ = writeln!(w, "    timeout client-fin 10s");
     let _ = writeln!(w, "    timeout server-fin 10s");
     let _ = writeln!(w, "    retries 2");
     let _ = writeln!(w, "    option redispatch");
-    let _ = writeln!(w, "    default-server inter 2s fall 2 rise 1");
+    let _ = writeln!(w, "    default-server inter 2s fall 2 rise 1 observe layer4 error-limit 1 on-error mark-down");
     let _ = writeln!(w);
     let _ = writeln!(w, "frontend stats");
     let _ = writeln!(w, "    mode http");
@@ -85,23 +175,34 @@ pub fn render(owner: &str, routes: &[RouteBackend], settings: &ProxySettings) ->
     let _ = writeln!(w, "frontend kanary");
     let _ = writeln!(w, "    bind {}", any_address(settings.port));
     let _ = writeln!(w, "    tcp-request content set-var(sess.r) rand(100)");
-    let mut threshold = 0;
-    for r in routes.iter().filter(|r| r.weight > 0) {
-        threshold += r.weight;
-        let be = backend_name(&r.service);
-        let _ = writeln!(w, "    use_backend {be} if {{ var(sess.r) -m int lt {threshold} }} {{ nbsrv({be}) gt 0 }}");
+    let map = weights_path(settings);
+    for i in 0..backends.len() {
+        for key in ["t", "w"] {
+            let _ = writeln!(w, "    tcp-request content set-var(sess.{key}{i}) str({key}{i}),map_str_int({map},0)");
+        }
+    }
+    for (i, b) in backends.iter().enumerate() {
+        let be = backend_name(&b.service);
+        let _ = writeln!(
+            w,
+            "    use_backend {be} if {{ var(sess.w{i}) -m int gt 0 }} {{ var(sess.r),sub(sess.t{i}) -m int lt 0 }} {{ nbsrv({be}) gt 0 }}"
+        );
     }
     let _ = writeln!(w, "    # the drawn route has no live server: the first route that has one");
-    for r in routes.iter().filter(|r| r.weight > 0) {
-        let be = backend_name(&r.service);
-        let _ = writeln!(w, "    use_backend {be} if {{ nbsrv({be}) gt 0 }}");
+    for (i, b) in backends.iter().enumerate() {
+        let be = backend_name(&b.service);
+        let _ = writeln!(w, "    use_backend {be} if {{ var(sess.w{i}) -m int gt 0 }} {{ nbsrv({be}) gt 0 }}");
     }
-    for r in routes {
+    for b in backends {
         let _ = writeln!(w);
-        let _ = writeln!(w, "backend {}", backend_name(&r.service));
+        let _ = writeln!(w, "backend {}", backend_name(&b.service));
         let _ = writeln!(w, "    balance roundrobin");
-        for s in &r.servers {
-            let _ = writeln!(w, "    server {} {} check", s.name, s.endpoint());
+        for (i, slot) in b.slots.iter().enumerate() {
+            match slot {
+                Some(s) => writeln!(w, "    server {} {} check", slot_name(i), s.endpoint()),
+                None => writeln!(w, "    server {} {PARKED} check disabled", slot_name(i)),
+            }
+            .expect("writing to a String");
         }
     }
     cfg
@@ -138,8 +239,19 @@ mod tests {
     #[test]
     fn golden_config() {
         let rendered = render("default/simple-kanary-rule", &sample_routes(), &ProxySettings::default());
+        if std::env::var_os("UPDATE_GOLDEN").is_some() {
+            let path = concat!(env!("CARGO_MANIFEST_DIR"), "/src/kanary/testdata/simple-kanary-rule.cfg");
+            std::fs::write(path, &rendered).unwrap();
+            return;
+        }
         let golden = include_str!("testdata/simple-kanary-rule.cfg");
         assert_eq!(rendered, golden, "rendered config differs from testdata/simple-kanary-rule.cfg:\n{rendered}");
+    }
+
+    #[test]
+    fn the_weights_map_holds_cumulative_thresholds_and_weights() {
+        let weights: Vec<i64> = sample_routes().iter().map(|r| r.weight).collect();
+        assert_eq!(weights_map(&weights), "t0 80\nw0 80\nt1 100\nw1 20\nt2 100\nw2 0\n");
     }
 
     /// Every shape of input renders a config that HAProxy accepts (skipped outside CI without haproxy).
@@ -156,22 +268,36 @@ mod tests {
             })
             .collect();
         let no_servers = vec![RouteBackend { service: "empty".into(), weight: 100, servers: vec![] }];
-        let dir = std::env::temp_dir().join(format!("haproxy-check-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let settings = ProxySettings { files_dir: dir.path().to_str().unwrap().into(), ..ProxySettings::default() };
         for (i, routes) in [sample_routes(), many, no_servers].iter().enumerate() {
-            let path = dir.join(format!("{i}.cfg"));
-            std::fs::write(&path, render("ns/name", routes, &ProxySettings::default())).unwrap();
+            let path = dir.path().join(format!("{i}.cfg"));
+            std::fs::write(&path, render("ns/name", routes, &settings)).unwrap();
+            std::fs::write(weights_path(&settings), weights_map(routes.iter().map(|r| &r.weight))).unwrap();
             let out = std::process::Command::new("haproxy").arg("-c").arg("-f").arg(&path).output().unwrap();
             assert!(out.status.success(), "haproxy -c rejected case {i}: {}", String::from_utf8_lossy(&out.stderr));
         }
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
-    fn rendering_is_deterministic_and_weight_zero_routes_get_no_rule() {
+    fn rendering_is_deterministic_and_weights_stay_out_of_the_config() {
         let a = render("x", &sample_routes(), &ProxySettings::default());
         assert_eq!(a, render("x", &sample_routes(), &ProxySettings::default()));
-        assert!(!a.contains("use_backend be_myapp-v3"));
-        assert!(a.contains("backend be_myapp-v3"));
+        let mut reweighted = sample_routes();
+        reweighted[0].weight = 0;
+        reweighted[2].weight = 80;
+        assert_eq!(a, render("x", &reweighted, &ProxySettings::default()), "weights live in the map");
+        assert!(a.contains("use_backend be_myapp-v3 if { var(sess.w2) -m int gt 0 }"));
+    }
+
+    #[test]
+    fn slots_leave_room_for_a_rollout() {
+        assert_eq!(slot_capacity(0), MIN_SLOTS);
+        assert_eq!(slot_capacity(4), 8);
+        assert_eq!(slot_capacity(5), 16);
+        let fresh = SlottedBackend::fresh(&sample_routes()[0]);
+        assert_eq!(fresh.slots.len(), 8);
+        assert_eq!(fresh.slots.iter().flatten().count(), 2);
+        assert!(fresh.slots[0].is_some() && fresh.slots[2].is_none());
     }
 }

@@ -9,6 +9,7 @@
 //! the status when it changed and records the events. The skeleton around it is `runtime::reconciler`.
 
 pub mod build;
+pub mod dataplane;
 pub mod endpoints;
 pub mod haproxy;
 pub mod observe;

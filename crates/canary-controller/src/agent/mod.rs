@@ -1,0 +1,409 @@
+//! The proxy agent (`canary-controller proxy-agent`): runs beside HAProxy in a Kanary's proxy pod and keeps
+//! the running HAProxy serving what the Kanary's ConfigMap asks for, without restarting it.
+//!
+//! It watches that one ConfigMap (a watch selected by name, which a Role with `resourceNames` can grant) and
+//! reads its `dataplane.json`. For each change (the latest one only, when several come at once) it lays
+//! the data plane out in HAProxy's server slots ([`Layout`]), writes the files HAProxy loads (config, weights
+//! map, and the layout itself, so a restarted agent or HAProxy starts from what runs), then brings the
+//! running HAProxy to them through its master CLI:
+//! - servers added, removed or replaced, and weights: Runtime API commands and a map transaction, no reload;
+//! - anything else (routes, settings, more servers than slots): one seamless reload; a configuration
+//!   HAProxy refuses leaves the old worker serving, the last good files are put back, and it is reported.
+//!
+//! After every change, and every few seconds, it reads back what the worker serves and corrects any drift
+//! (reloading when commands did not take). Before HAProxy runs it only writes the files (as a native sidecar
+//! it starts first, so HAProxy starts on them). `/readyz` answers 200 once HAProxy was seen serving the
+//! desired data plane; `/metrics` counts runtime updates, reloads and failures.
+
+pub mod master_cli;
+
+use crate::kanary::dataplane::{DATAPLANE_KEY, DataPlane, Layout, server_commands, weights_changed};
+use crate::kanary::haproxy::{CONFIG_FILE, WEIGHTS_FILE, backend_name, slot_name, weights_path};
+use anyhow::Context as _;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::runtime::watcher;
+use kube::{Api, Client};
+use master_cli::{MasterCli, ServerState};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// The layout HAProxy's files were last written for.
+const LAYOUT_FILE: &str = "layout.json";
+/// The layout HAProxy was last seen serving.
+const GOOD_LAYOUT_FILE: &str = "layout-good.json";
+/// How often the agent checks that HAProxy still serves what it should.
+const RESYNC: Duration = Duration::from_secs(5);
+/// How often it looks for HAProxy until it runs (HAProxy starts after the agent).
+const RESYNC_UNTIL_READY: Duration = Duration::from_millis(500);
+
+pub struct AgentOptions {
+    pub namespace: String,
+    pub config_map: String,
+    /// Where HAProxy's files are (shared with the HAProxy container).
+    pub dir: PathBuf,
+    /// HAProxy's master CLI socket.
+    pub master_socket: PathBuf,
+    pub metrics_address: std::net::SocketAddr,
+}
+
+/// How a change reached HAProxy: the metric label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ApplyLabels {
+    /// `runtime` (Runtime API, no reload), `reload`, `files` (HAProxy not running: files only).
+    how: String,
+}
+
+#[derive(Default)]
+struct Metrics {
+    applied: Family<ApplyLabels, Counter>,
+    reload_failures: Counter,
+    sync_errors: Counter,
+    invalid_data_planes: Counter,
+    in_sync: Gauge,
+}
+
+impl Metrics {
+    fn register(&self, registry: &mut Registry) {
+        registry.register("kanary_agent_changes_applied", "Changes brought to HAProxy, by how", self.applied.clone());
+        registry.register(
+            "kanary_agent_reload_failures",
+            "Reloads HAProxy refused (the previous configuration kept serving)",
+            self.reload_failures.clone(),
+        );
+        registry.register("kanary_agent_sync_errors", "Syncs that could not complete", self.sync_errors.clone());
+        registry.register(
+            "kanary_agent_invalid_data_planes",
+            "ConfigMap versions whose dataplane.json could not be read (ignored)",
+            self.invalid_data_planes.clone(),
+        );
+        registry.register(
+            "kanary_agent_in_sync",
+            "1 when HAProxy was last seen serving the desired data plane",
+            self.in_sync.clone(),
+        );
+    }
+
+    fn count(&self, how: &str) {
+        self.applied.get_or_create(&ApplyLabels { how: how.into() }).inc();
+    }
+}
+
+/// The agent's state: what HAProxy's files hold.
+struct Agent {
+    dir: PathBuf,
+    cli: MasterCli,
+    /// The layout of the files on disk (and, once synced, of the running HAProxy).
+    written: Option<Layout>,
+    /// The last data plane HAProxy refused: not tried again until it changes.
+    refused: Option<DataPlane>,
+    metrics: Arc<Metrics>,
+    ready: Arc<AtomicBool>,
+    started: Arc<AtomicBool>,
+}
+
+/// Runs the agent until SIGTERM.
+pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
+    let client = Client::try_default().await.context("connecting to the Kubernetes API")?;
+    let api: Api<ConfigMap> = Api::namespaced(client, &options.namespace);
+    std::fs::create_dir_all(&options.dir).with_context(|| format!("creating {}", options.dir.display()))?;
+
+    let metrics = Arc::new(Metrics::default());
+    let mut registry = Registry::default();
+    metrics.register(&mut registry);
+    let ready = Arc::new(AtomicBool::new(false));
+    let started = Arc::new(AtomicBool::new(false));
+    let listener = tokio::net::TcpListener::bind(options.metrics_address).await?;
+    tracing::info!("serving /metrics, /healthz, /readyz and /startupz on {}", listener.local_addr()?);
+    tokio::spawn(serve(listener, registry, ready.clone(), started.clone()));
+
+    let (desired_tx, mut desired) = watch::channel::<Option<DataPlane>>(None);
+    let selector = format!("metadata.name={}", options.config_map);
+    let watch_metrics = metrics.clone();
+    tokio::spawn(async move {
+        let mut events = watcher(api, watcher::Config::default().fields(&selector)).boxed();
+        while let Some(event) = events.next().await {
+            match event {
+                Ok(watcher::Event::Apply(cm) | watcher::Event::InitApply(cm)) => match data_plane(&cm) {
+                    Ok(plane) => {
+                        desired_tx.send_replace(Some(plane));
+                    }
+                    Err(e) => {
+                        watch_metrics.invalid_data_planes.inc();
+                        tracing::warn!("ignoring this version of the ConfigMap, HAProxy keeps its configuration: {e}");
+                    }
+                },
+                // a deleted ConfigMap changes nothing: the proxy keeps serving until it is replaced
+                Ok(_) => {}
+                Err(e) => tracing::warn!("watching the ConfigMap: {e}"),
+            }
+        }
+    });
+
+    let mut agent = Agent {
+        written: read_layout(&options.dir, LAYOUT_FILE),
+        refused: None,
+        dir: options.dir.clone(),
+        cli: MasterCli::new(&options.master_socket),
+        metrics,
+        ready,
+        started,
+    };
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    loop {
+        let plane = desired.borrow_and_update().clone();
+        if let Some(plane) = plane
+            && let Err(e) = agent.sync(plane).await
+        {
+            agent.metrics.sync_errors.inc();
+            agent.metrics.in_sync.set(0);
+            tracing::warn!("sync failed, retrying: {e:#}");
+        }
+        tokio::select! {
+            _ = desired.changed() => {}
+            _ = tokio::time::sleep(if agent.ready.load(Ordering::SeqCst) { RESYNC } else { RESYNC_UNTIL_READY }) => {}
+            _ = terminate.recv() => return Ok(()),
+        }
+    }
+}
+
+/// The data plane a version of the ConfigMap asks for.
+fn data_plane(cm: &ConfigMap) -> anyhow::Result<DataPlane> {
+    let json = cm.data.as_ref().and_then(|d| d.get(DATAPLANE_KEY)).context("no dataplane.json key")?;
+    serde_json::from_str(json).context("dataplane.json")
+}
+
+impl Agent {
+    /// Brings HAProxy's files and the running HAProxy to `plane`.
+    async fn sync(&mut self, mut plane: DataPlane) -> anyhow::Result<()> {
+        plane.settings.files_dir = self.dir.to_string_lossy().into_owned();
+        if self.refused.as_ref() == Some(&plane) {
+            return Ok(());
+        }
+        let (next, needs_reload) = match &self.written {
+            Some(written) => written.next(&plane),
+            None => (Layout::fresh(&plane), true),
+        };
+        let previous = self.written.clone();
+        if previous.as_ref() != Some(&next) {
+            self.write(&next)?;
+        }
+        self.started.store(true, Ordering::SeqCst);
+        if self.cli.reloads().await.is_err() {
+            // HAProxy does not run yet: it starts on the files
+            if previous.as_ref() != Some(&next) {
+                self.metrics.count("files");
+            }
+            return Ok(());
+        }
+        match previous {
+            Some(previous) if previous != next && !needs_reload && previous.same_structure(&next) => {
+                self.cli.worker(&server_commands(&previous, &next)).await?;
+                if weights_changed(&previous, &next) {
+                    self.cli.replace_map(&weights_path(&next.settings), &next.weights_map()).await?;
+                }
+                self.metrics.count("runtime");
+                tracing::info!(revision = plane.revision(), "applied at run time");
+            }
+            _ => {}
+        }
+        let drift = self.drift(&next).await?;
+        if drift.is_empty() {
+            return self.in_sync();
+        }
+        tracing::info!(revision = plane.revision(), "reloading HAProxy: {}", drift.join("; "));
+        if self.cli.reload().await? {
+            self.metrics.count("reload");
+        } else {
+            self.metrics.reload_failures.inc();
+            tracing::error!(
+                revision = plane.revision(),
+                "HAProxy refused the new configuration; the previous one keeps serving until the ConfigMap changes"
+            );
+            let good =
+                read_layout(&self.dir, GOOD_LAYOUT_FILE).context("no configuration HAProxy ran well is known")?;
+            self.write(&good)?;
+            self.refused = Some(plane);
+            self.metrics.in_sync.set(0);
+            // still ready while HAProxy serves the last good configuration
+            if self.drift(&good).await?.is_empty() {
+                self.ready.store(true, Ordering::SeqCst);
+            }
+            return Ok(());
+        }
+        let mut drift = self.drift(&next).await?;
+        for _ in 0..50 {
+            if drift.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            drift = self.drift(&next).await?;
+        }
+        anyhow::ensure!(drift.is_empty(), "after the reload HAProxy still differs: {}", drift.join("; "));
+        self.in_sync()
+    }
+
+    /// HAProxy serves the written layout: ready, and that layout is the one to go back to if HAProxy
+    /// refuses a later configuration (a restarted HAProxy must start on one it accepts).
+    fn in_sync(&mut self) -> anyhow::Result<()> {
+        self.refused = None;
+        if let Some(layout) = &self.written
+            && read_layout(&self.dir, GOOD_LAYOUT_FILE).as_ref() != Some(layout)
+        {
+            replace(&self.dir.join(GOOD_LAYOUT_FILE), &serde_json::to_string(layout)?)?;
+        }
+        self.metrics.in_sync.set(1);
+        self.ready.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Writes HAProxy's files for `layout`, each replaced at once (a rename).
+    fn write(&mut self, layout: &Layout) -> anyhow::Result<()> {
+        replace(&self.dir.join(WEIGHTS_FILE), &layout.weights_map())?;
+        replace(&self.dir.join(CONFIG_FILE), &layout.config())?;
+        replace(&self.dir.join(LAYOUT_FILE), &serde_json::to_string(layout)?)?;
+        self.written = Some(layout.clone());
+        Ok(())
+    }
+
+    /// How the running worker differs from `layout` (empty: it serves it).
+    async fn drift(&self, layout: &Layout) -> anyhow::Result<Vec<String>> {
+        let servers = self.cli.servers().await?;
+        let map = self.cli.map(&weights_path(&layout.settings)).await?;
+        Ok(differences(layout, &servers, &map))
+    }
+}
+
+/// Replaces `path`'s content at once.
+fn replace(path: &Path, content: &str) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, content)?;
+    std::fs::rename(&tmp, path)
+}
+
+fn read_layout(dir: &Path, file: &str) -> Option<Layout> {
+    serde_json::from_slice(&std::fs::read(dir.join(file)).ok()?).ok()
+}
+
+/// Where the running worker's servers and weights map differ from `layout`. Pure.
+fn differences(
+    layout: &Layout,
+    servers: &HashMap<(String, String), ServerState>,
+    map: &HashMap<String, String>,
+) -> Vec<String> {
+    let mut found = vec![];
+    for backend in &layout.backends {
+        let be = backend_name(&backend.service);
+        for (i, slot) in backend.slots.iter().enumerate() {
+            let name = slot_name(i);
+            let Some(running) = servers.get(&(be.clone(), name.clone())) else {
+                found.push(format!("{be}/{name} is missing"));
+                continue;
+            };
+            let as_desired = match slot {
+                Some(s) => !running.in_maintenance && running.address == Some(s.address) && running.port == s.port,
+                None => running.in_maintenance,
+            };
+            if !as_desired {
+                found.push(format!("{be}/{name} is {running:?}, not {slot:?}"));
+            }
+        }
+    }
+    let slots_total: usize = layout.backends.iter().map(|b| b.slots.len()).sum();
+    if servers.len() != slots_total {
+        found.push(format!("{} servers run, {slots_total} slots are laid out", servers.len()));
+    }
+    for line in layout.weights_map().lines() {
+        let Some((key, value)) = line.split_once(' ') else { continue };
+        if map.get(key).map(String::as_str) != Some(value) {
+            found.push(format!("weights map {key} is {:?}, not {value}", map.get(key)));
+        }
+    }
+    found
+}
+
+async fn serve(
+    listener: tokio::net::TcpListener,
+    registry: Registry,
+    ready: Arc<AtomicBool>,
+    started: Arc<AtomicBool>,
+) {
+    use axum::http::StatusCode;
+    use axum::routing::get;
+    let registry = Arc::new(registry);
+    let flag = |flag: Arc<AtomicBool>| {
+        move || {
+            let on = flag.load(Ordering::SeqCst);
+            async move { if on { (StatusCode::OK, "ok") } else { (StatusCode::SERVICE_UNAVAILABLE, "not yet") } }
+        }
+    };
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let registry = registry.clone();
+                async move {
+                    let mut text = String::new();
+                    let _ = prometheus_client::encoding::text::encode(&mut text, &registry);
+                    text
+                }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(flag(ready)))
+        .route("/startupz", get(flag(started)));
+    if let Err(e) = axum::serve(listener, app).await {
+        tracing::error!("the agent's HTTP server stopped: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kanary::endpoints::Server;
+    use crate::kanary::haproxy::{ProxySettings, RouteBackend};
+
+    #[test]
+    fn differences_name_each_slot_and_weight_that_is_not_as_laid_out() {
+        let plane = DataPlane {
+            owner: "ns/k".into(),
+            settings: ProxySettings::default(),
+            routes: vec![RouteBackend {
+                service: "a".into(),
+                weight: 100,
+                servers: vec![Server { name: "p".into(), address: "10.0.0.1".parse().unwrap(), port: 80 }],
+            }],
+        };
+        let layout = Layout::fresh(&plane);
+        let mut servers: HashMap<(String, String), ServerState> = (0..8)
+            .map(|i| {
+                let state = ServerState { address: "127.0.0.1".parse().ok(), port: 1, in_maintenance: true };
+                (("be_a".to_string(), slot_name(i)), state)
+            })
+            .collect();
+        let map: HashMap<String, String> = [("t0", "100"), ("w0", "100")].map(|(k, v)| (k.into(), v.into())).into();
+        assert_eq!(
+            differences(&layout, &servers, &map),
+            [
+                "be_a/s1 is ServerState { address: Some(127.0.0.1), port: 1, in_maintenance: true }, not Some(Server { name: \"p\", address: 10.0.0.1, port: 80 })"
+            ]
+        );
+        servers.insert(
+            ("be_a".into(), "s1".into()),
+            ServerState { address: "10.0.0.1".parse().ok(), port: 80, in_maintenance: false },
+        );
+        assert!(differences(&layout, &servers, &map).is_empty());
+        let reweighted: HashMap<String, String> =
+            [("t0", "50"), ("w0", "100")].map(|(k, v)| (k.into(), v.into())).into();
+        assert_eq!(differences(&layout, &servers, &reweighted), ["weights map t0 is Some(\"50\"), not 100"]);
+    }
+}
