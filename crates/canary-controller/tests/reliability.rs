@@ -189,9 +189,9 @@ impl World {
                 wrong.push(format!("app-{i}-canary is not rolled out"));
             }
             let config = config_maps.iter().find(|c| name(c) == format!("k-{i}-config"));
+            let weights = config.and_then(|c| c["data"]["weights.map"].as_str()).unwrap_or_default();
             let config = config.and_then(|c| c["data"]["haproxy.cfg"].as_str()).unwrap_or_default();
-            let rule = format!("lt {} }}", 100 - w);
-            if !config.contains(&rule) {
+            if !weights.starts_with(&format!("t0 {}\n", 100 - w)) {
                 wrong.push(format!("k-{i}-config has not got weights {}/{w}", 100 - w));
             }
             for v in ["v1", "v2"] {

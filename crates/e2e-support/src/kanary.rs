@@ -79,6 +79,17 @@ impl Env {
         cms.get_opt(&format!("{name}-config")).await.unwrap()?.data?.get("haproxy.cfg").cloned()
     }
 
+    /// The proxy's weights map (`t<i>` cumulative threshold, `w<i>` weight of route `i`).
+    pub async fn weights(&self, name: &str) -> Option<String> {
+        let cms: Api<ConfigMap> = self.cluster.api();
+        cms.get_opt(&format!("{name}-config")).await.unwrap()?.data?.get("weights.map").cloned()
+    }
+
+    pub async fn wait_weights(&self, name: &str, what: &str, check: impl Fn(&str) -> bool) -> String {
+        eventually(10, what, || async { self.weights(name).await.is_some_and(|c| check(&c)) }).await;
+        self.weights(name).await.unwrap()
+    }
+
     pub async fn wait_config(&self, name: &str, what: &str, check: impl Fn(&str) -> bool) -> String {
         eventually(10, what, || async { self.config(name).await.is_some_and(|c| check(&c)) }).await;
         self.config(name).await.unwrap()
@@ -128,7 +139,10 @@ pub fn haproxy_accepts(config: &str) {
     }
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("haproxy.cfg");
-    std::fs::write(&path, config).unwrap();
+    // the weights map the config names, here (its content does not matter to the check)
+    let map = dir.path().join("weights.map");
+    std::fs::write(&map, "").unwrap();
+    std::fs::write(&path, config.replace("/usr/local/etc/haproxy/weights.map", map.to_str().unwrap())).unwrap();
     let out = std::process::Command::new("haproxy").arg("-c").arg("-f").arg(&path).output().unwrap();
     assert!(out.status.success(), "haproxy -c rejected:\n{config}\n{}", String::from_utf8_lossy(&out.stderr));
 }
