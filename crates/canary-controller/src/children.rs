@@ -177,6 +177,11 @@ pub fn with_desired_hash<K: Resource + Serialize>(mut desired: K) -> K {
     desired
 }
 
+/// The desired hash an object carries (see [`with_desired_hash`]).
+pub fn desired_hash(meta: &ObjectMeta) -> Option<&str> {
+    meta.annotations.as_ref()?.get(DESIRED_HASH_ANNOTATION).map(String::as_str)
+}
+
 /// Whether `cached` already holds every field `desired` sets, with the same value (the server may have
 /// added defaults; lists must have the same length). With [`with_desired_hash`], a field the controller
 /// stopped setting shows as a changed hash.

@@ -28,6 +28,10 @@ enum Command {
         /// Image of the HAProxy pods that Kanaries run (the official image, or one built like it).
         #[arg(long, default_value = "haproxy:2.8", env = "HAPROXY_IMAGE")]
         haproxy_image: String,
+        /// Image of the proxy agent beside each HAProxy: this operator's own image (keep it the same as the
+        /// operator's Deployment's).
+        #[arg(long, default_value = "canary-controller:latest", env = "AGENT_IMAGE")]
+        agent_image: String,
         /// Where /metrics, /healthz and /readyz are served.
         #[arg(long, default_value = "0.0.0.0:8080", env = "METRICS_ADDRESS")]
         metrics_address: std::net::SocketAddr,
@@ -58,6 +62,16 @@ enum Command {
         /// Where /metrics, /healthz, /readyz and /startupz are served.
         #[arg(long, default_value = "0.0.0.0:8405")]
         metrics_address: std::net::SocketAddr,
+        /// The Kanary whose status gets the revision HAProxy serves (under the pod's name); without it,
+        /// nothing is reported.
+        #[arg(long, requires_all = ["kanary_api_version", "pod_name"])]
+        kanary: Option<String>,
+        /// The Kanary's `group/version` (kanary.k8s.io/v1 or kanary.pyxida.io/v1alpha1).
+        #[arg(long)]
+        kanary_api_version: Option<String>,
+        /// The pod the agent runs in.
+        #[arg(long, env = "POD_NAME")]
+        pod_name: Option<String>,
     },
     /// Print the CustomResourceDefinitions as YAML (`canary-controller crd | kubectl apply --server-side -f -`).
     Crd {
@@ -106,17 +120,42 @@ impl LeaderElectionArgs {
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run { log_format, haproxy_image, haproxy_replicas, metrics_address, leader_election } => {
+        Command::Run { log_format, haproxy_image, agent_image, haproxy_replicas, metrics_address, leader_election } => {
             runtime::init_logging(log_format);
-            let proxy =
-                canary_controller::kanary::build::ProxyOptions { image: haproxy_image, replicas: haproxy_replicas };
+            let proxy = canary_controller::kanary::build::ProxyOptions {
+                image: haproxy_image,
+                agent_image,
+                replicas: haproxy_replicas,
+            };
             let leader_election = leader_election.settings();
             runtime::run(runtime::RunOptions { proxy, metrics_address, leader_election }).await
         }
-        Command::ProxyAgent { log_format, namespace, config_map, dir, master_socket, metrics_address } => {
+        Command::ProxyAgent {
+            log_format,
+            namespace,
+            config_map,
+            dir,
+            master_socket,
+            metrics_address,
+            kanary,
+            kanary_api_version,
+            pod_name,
+        } => {
             runtime::init_logging(log_format);
-            let options =
-                canary_controller::agent::AgentOptions { namespace, config_map, dir, master_socket, metrics_address };
+            let report_to = match (kanary, kanary_api_version, pod_name) {
+                (Some(kanary), Some(api_version), Some(pod)) => {
+                    Some(canary_controller::agent::ReportTo { kanary, api_version, pod })
+                }
+                _ => None,
+            };
+            let options = canary_controller::agent::AgentOptions {
+                namespace,
+                report_to,
+                config_map,
+                dir,
+                master_socket,
+                metrics_address,
+            };
             canary_controller::agent::run(options).await
         }
         Command::Crd { kanary_groups } => {

@@ -41,9 +41,25 @@ async fn readme_kanary_in_mixed_spellings_gives_the_original_names_and_status() 
         "simple-kanary-rule-haproxy"
     );
     let pod = proxy.spec.unwrap().template.spec.unwrap();
-    let sc = pod.containers[0].security_context.clone().unwrap();
-    assert_eq!((sc.read_only_root_filesystem, sc.allow_privilege_escalation), (Some(true), Some(false)));
+    // HAProxy and the agent (a native sidecar): both hardened, the agent under the Kanary's ServiceAccount
+    let agent = &pod.init_containers.as_ref().expect("the agent")[0];
+    assert_eq!(agent.restart_policy.as_deref(), Some("Always"));
+    assert!(agent.args.as_ref().unwrap().windows(2).any(|a| a == ["--config-map", "simple-kanary-rule-config"]));
+    for container in [&pod.containers[0], agent] {
+        let sc = container.security_context.clone().unwrap();
+        assert_eq!((sc.read_only_root_filesystem, sc.allow_privilege_escalation), (Some(true), Some(false)));
+        assert_eq!(sc.capabilities.unwrap().drop, Some(vec!["ALL".to_string()]));
+    }
+    assert_eq!(pod.service_account_name.as_deref(), Some("simple-kanary-rule-haproxy"));
     assert_eq!(pod.security_context.unwrap().run_as_non_root, Some(true));
+    let role: k8s_openapi::api::rbac::v1::Role = e.cluster.api().get("simple-kanary-rule-haproxy").await.unwrap();
+    let rules = role.rules.unwrap();
+    assert_eq!(rules[0].resource_names, Some(vec!["simple-kanary-rule-config".to_string()]));
+    assert_eq!(rules[1].resources, Some(vec!["kanaries/status".to_string()]));
+    assert_eq!(rules[1].api_groups, Some(vec!["kanary.pyxida.io".to_string()]));
+    let binding: k8s_openapi::api::rbac::v1::RoleBinding =
+        e.cluster.api().get("simple-kanary-rule-haproxy").await.unwrap();
+    assert_eq!(binding.subjects.unwrap()[0].name, "simple-kanary-rule-haproxy");
     let service: Service = e.cluster.api().get("myapp").await.unwrap();
     let spec = service.spec.unwrap();
     assert_eq!(spec.ports.unwrap()[0].port, 80);
@@ -178,11 +194,10 @@ async fn simple_stack_follows_endpoints_and_weights_and_is_repaired_and_deleted(
     assert!(table.contains("simple-kanary-rule   myapp         myapp-v1=80,myapp-v2=20"), "{table}");
 
     // scale up, scale down, a pod that is not ready: each reaches the config (how fast: cargo bench --bench scale)
-    let hash = |d: Deployment| {
-        d.spec.unwrap().template.metadata.unwrap().annotations.unwrap()["kanary.k8s.io/config-hash"].clone()
-    };
+    // the proxy agent applies them to the running HAProxy: the pod template stays as it was
+    let template = |d: Deployment| serde_json::to_string(&d.spec.unwrap().template).unwrap();
     let deployments: Api<Deployment> = e.cluster.api();
-    let first_hash = hash(deployments.get("simple-kanary-rule-haproxy").await.unwrap());
+    let first_template = template(deployments.get("simple-kanary-rule-haproxy").await.unwrap());
     e.endpoints("myapp-v1", "http", 8080, &[("v1-a", "10.1.0.5", true), ("v1-b", "10.1.0.6", true)]).await;
     e.wait_config("simple-kanary-rule", "scale up", |c| c.contains("10.1.0.6:8080")).await;
     e.endpoints("myapp-v1", "http", 8080, &[("v1-b", "10.1.0.6", true), ("v1-a", "10.1.0.5", false)]).await;
@@ -196,10 +211,8 @@ async fn simple_stack_follows_endpoints_and_weights_and_is_repaired_and_deleted(
         c.contains("server s1 10.1.0.9:8080") && !c.contains("10.1.0.6")
     })
     .await;
-    eventually(5, "the pods roll on a config change", || async {
-        hash(deployments.get("simple-kanary-rule-haproxy").await.unwrap()) != first_hash
-    })
-    .await;
+    let now = template(deployments.get("simple-kanary-rule-haproxy").await.unwrap());
+    assert_eq!(now, first_template, "the proxy's pod template changed with its backends");
 
     // weights
     kanaries

@@ -57,14 +57,21 @@ fn crds_and_generated_deployment_pass_kubernetes_validate_strict() {
             "uid": "0b6a2a6c-0000-4000-8000-000000000001", "controller": true
         }))
         .unwrap();
-    let options = build::ProxyOptions { image: "haproxy:2.8".into(), replicas: 2 };
+    let options = build::ProxyOptions {
+        image: "haproxy:2.8".into(),
+        agent_image: "canary-controller:latest".into(),
+        replicas: 2,
+    };
     let files =
         build::ProxyFiles { config: "global\n".into(), weights: "t0 100\nw0 100\n".into(), dataplane: "{}".into() };
+    let (name, ns) = ("simple-kanary-rule", "default");
     let objects = [
-        serde_saphyr::to_string(&build::build_config_map("simple-kanary-rule", "default", &owner, &files)).unwrap(),
-        serde_saphyr::to_string(&build::build_deployment("simple-kanary-rule", "default", &owner, &files, &options))
-            .unwrap(),
-        serde_saphyr::to_string(&build::build_service("simple-kanary-rule", "default", &owner, "myapp")).unwrap(),
+        serde_saphyr::to_string(&build::build_config_map(name, ns, &owner, &files)).unwrap(),
+        serde_saphyr::to_string(&build::build_deployment(name, ns, &owner, &options)).unwrap(),
+        serde_saphyr::to_string(&build::build_service(name, ns, &owner, "myapp")).unwrap(),
+        serde_saphyr::to_string(&build::build_service_account(name, ns, &owner)).unwrap(),
+        serde_saphyr::to_string(&build::build_role(name, ns, &owner)).unwrap(),
+        serde_saphyr::to_string(&build::build_role_binding(name, ns, &owner)).unwrap(),
     ];
     let kanary_objects = dir.path().join("kanary-objects.yaml");
     std::fs::write(&kanary_objects, objects.join("---\n")).unwrap();

@@ -4,6 +4,7 @@
 //! HAProxy starts, and applies every later change to the running HAProxy. Traffic is real, on loopback.
 
 use canary_controller::agent::master_cli::MasterCli;
+use canary_controller::kanary::build;
 use canary_controller::kanary::dataplane::{DATAPLANE_KEY, DataPlane};
 use canary_controller::kanary::endpoints::Server;
 use canary_controller::kanary::haproxy::{ProxySettings, RouteBackend};
@@ -11,8 +12,9 @@ use e2e_support::traffic::{LongLived, Tally, drive, free_port, long_lived, start
 use e2e_support::{controller_binary, eventually, http_get};
 use fake_apiserver::FakeApiServer;
 use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
-use kube::core::{ApiResource, GroupVersionKind};
 use serde_json::json;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -22,7 +24,10 @@ use std::time::Duration;
 use tokio::process::{Child, Command};
 
 const NS: &str = "default";
+const KANARY: &str = "k";
 const CONFIG_MAP: &str = "k-config";
+/// The pod the agent reports for.
+const POD: &str = "k-haproxy-7d4b9c-x2x9q";
 const AGENT_TOKEN: &str = "agent-token";
 
 /// A route's servers: `ips` on `port`.
@@ -50,19 +55,24 @@ impl Rig {
         }
         let server = FakeApiServer::start().await.unwrap();
         let admin = server.client();
-        let rbac = |kind: &str| {
-            let ar = ApiResource::from_gvk(&GroupVersionKind::gvk("rbac.authorization.k8s.io", "v1", kind));
-            Api::<DynamicObject>::namespaced_with(admin.clone(), NS, &ar)
-        };
-        let pp = PatchParams::apply("test");
-        let role = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": "agent", "namespace": NS},
-            "rules": [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list", "watch"], "resourceNames": [CONFIG_MAP]}]});
-        rbac("Role").patch("agent", &pp, &Patch::Apply(role)).await.unwrap();
-        let binding = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": "agent", "namespace": NS},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "agent"},
-            "subjects": [{"kind": "ServiceAccount", "name": "k-haproxy"}]});
-        rbac("RoleBinding").patch("agent", &pp, &Patch::Apply(binding)).await.unwrap();
-        server.state().rbac.add_token(AGENT_TOKEN, &format!("system:serviceaccount:{NS}:k-haproxy"), &[]);
+        // the Kanary the agent reports to, and the agent's identity as the controller makes it
+        let crds: Api<CustomResourceDefinition> = Api::all(admin.clone());
+        crds.create(&PostParams::default(), &canary_controller::api::kanary::crd("kanary.k8s.io", "v1")).await.unwrap();
+        let kanary = json!({"apiVersion": "kanary.k8s.io/v1", "kind": "Kanary", "metadata": {"name": KANARY, "namespace": NS},
+            "spec": {"destination": "front", "routes": [{"backend": {"serviceName": "a", "servicePort": 80}, "weight": 100}]}});
+        let kanaries = kanaries(&admin);
+        let created = kanaries.create(&PostParams::default(), &serde_json::from_value(kanary).unwrap()).await.unwrap();
+        let owner: OwnerReference = serde_json::from_value(json!({"apiVersion": "kanary.k8s.io/v1", "kind": "Kanary",
+            "name": KANARY, "uid": created.metadata.uid, "controller": true}))
+        .unwrap();
+        let pp = PostParams::default();
+        Api::namespaced(admin.clone(), NS)
+            .create(&pp, &build::build_service_account(KANARY, NS, &owner))
+            .await
+            .unwrap();
+        Api::namespaced(admin.clone(), NS).create(&pp, &build::build_role(KANARY, NS, &owner)).await.unwrap();
+        Api::namespaced(admin.clone(), NS).create(&pp, &build::build_role_binding(KANARY, NS, &owner)).await.unwrap();
+        server.state().rbac.add_token(AGENT_TOKEN, &format!("system:serviceaccount:{NS}:{KANARY}-haproxy"), &[]);
         server.state().rbac.set_enforce(true);
 
         let dir = tempfile::tempdir().unwrap();
@@ -101,7 +111,13 @@ impl Rig {
 
     fn log(&self) -> String {
         let read = |f: &str| std::fs::read_to_string(self.dir.path().join(f)).unwrap_or_default();
-        format!("agent:\n{}\nhaproxy:\n{}{}", read("agent.log"), read("haproxy.log"), read("haproxy.err"))
+        format!(
+            "agent:\n{}{}\nhaproxy:\n{}{}",
+            read("agent.log"),
+            read("agent2.log"),
+            read("haproxy.log"),
+            read("haproxy.err")
+        )
     }
 
     async fn wait_ready(&self) {
@@ -144,6 +160,16 @@ impl Rig {
         panic!("the agent did not apply {n} changes:\n{}", self.log());
     }
 
+    /// What the agent reports in the Kanary's status (`status.proxies.<pod>`), once it reported.
+    async fn report(&self) -> serde_json::Value {
+        let kanaries = kanaries(&self.server.client());
+        eventually(10, "the agent's report in the Kanary's status", || async {
+            kanaries.get(KANARY).await.unwrap().data["status"]["proxies"][POD].is_object()
+        })
+        .await;
+        kanaries.get(KANARY).await.unwrap().data["status"]["proxies"][POD].clone()
+    }
+
     async fn reloads(&self) -> u64 {
         self.cli.reloads().await.unwrap().count
     }
@@ -156,6 +182,7 @@ fn spawn_agent(kubeconfig: &std::path::Path, run_dir: &std::path::Path, metrics:
         .arg("--master-socket")
         .arg(run_dir.join("master.sock"))
         .args(["--metrics-address", metrics])
+        .args(["--kanary", KANARY, "--kanary-api-version", "kanary.k8s.io/v1", "--pod-name", POD])
         .env("KUBECONFIG", kubeconfig)
         .env("RUST_LOG", "info")
         .stdout(std::fs::File::create(&log).unwrap())
@@ -163,6 +190,10 @@ fn spawn_agent(kubeconfig: &std::path::Path, run_dir: &std::path::Path, metrics:
         .kill_on_drop(true)
         .spawn()
         .unwrap()
+}
+
+fn kanaries(client: &kube::Client) -> Api<DynamicObject> {
+    Api::namespaced_with(client.clone(), NS, &canary_controller::api::kanary::api_resource("kanary.k8s.io", "v1"))
 }
 
 fn plane(settings: &ProxySettings, routes: Vec<RouteBackend>) -> DataPlane {
@@ -266,6 +297,7 @@ async fn a_refused_config_keeps_the_last_good_one_and_a_restarted_agent_resyncs_
     let mut bad =
         plane(&ProxySettings { files_dir: ProxySettings::default().files_dir, ..rig.settings.clone() }, routes(0));
     bad.settings.timeout_client = "1fortnight".into();
+    let bad_revision = bad.revision();
     rig.set_plane(bad).await;
     eventually(30, "the refused reload is reported", || async {
         rig.metric("kanary_agent_reload_failures_total").await == 1.0
@@ -276,6 +308,13 @@ async fn a_refused_config_keeps_the_last_good_one_and_a_restarted_agent_resyncs_
     assert!(tally.answers.contains_key("a") && tally.answers.contains_key("b"), "still 50/50: {tally:?}");
     let on_disk = std::fs::read_to_string(rig.dir.path().join("run/haproxy.cfg")).unwrap();
     assert_eq!(on_disk, good_config, "the files hold the configuration HAProxy runs");
+    // and in the Kanary's status: the pod serves the good revision and refused the bad one
+    let good_revision =
+        plane(&ProxySettings { files_dir: ProxySettings::default().files_dir, ..rig.settings.clone() }, three.clone())
+            .revision();
+    let report = rig.report().await;
+    assert_eq!(report["revision"], good_revision.as_str(), "{report}");
+    assert_eq!(report["refusedRevision"], bad_revision.as_str(), "{report}");
 
     // the agent restarted under load: HAProxy keeps serving; the new agent applies a change at run time
     let (tally, _) = under_load(rig.target(), async {
@@ -309,10 +348,32 @@ async fn a_refused_config_keeps_the_last_good_one_and_a_restarted_agent_resyncs_
     assert!(forbidden(cms.get("other").await.map(|_| ())));
     assert!(forbidden(cms.list(&ListParams::default()).await.map(|_| ())));
     assert!(forbidden(
-        Api::<k8s_openapi::api::core::v1::Secret>::namespaced(as_agent, NS)
+        Api::<k8s_openapi::api::core::v1::Secret>::namespaced(as_agent.clone(), NS)
             .list(&ListParams::default())
             .await
             .map(|_| ())
     ));
+    // its own Kanary's status, not another's
+    let other = json!({"apiVersion": "kanary.k8s.io/v1", "kind": "Kanary", "metadata": {"name": "other", "namespace": NS},
+        "spec": {"destination": "front2", "routes": [{"backend": {"serviceName": "a", "servicePort": 80}, "weight": 100}]}});
+    kanaries(&rig.server.client())
+        .create(&PostParams::default(), &serde_json::from_value(other).unwrap())
+        .await
+        .unwrap();
+    let status =
+        Patch::Merge(json!({"status": {"proxies": {"x": {"revision": "r", "reportedAt": "2026-01-01T00:00:00Z"}}}}));
+    let as_agent_kanaries = kanaries(&as_agent);
+    assert!(forbidden(as_agent_kanaries.patch_status("other", &PatchParams::default(), &status).await.map(|_| ())));
+    assert!(forbidden(as_agent_kanaries.patch("k", &PatchParams::default(), &status).await.map(|_| ())));
+
+    // stopped (SIGTERM, as the kubelet stops it), the agent takes its report back
+    let revision = rig.report().await["revision"].clone();
+    assert!(revision.is_string());
+    let pid = rig.agent.id().unwrap().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().await.unwrap().success());
+    let _ = tokio::time::timeout(Duration::from_secs(10), rig.agent.wait()).await;
+    let status = kanaries(&rig.server.client()).get(KANARY).await.unwrap().data["status"].clone();
+    let managed = kanaries(&rig.server.client()).get(KANARY).await.unwrap().metadata.managed_fields;
+    assert!(status["proxies"].get(POD).is_none(), "the report outlived the agent: {status} {managed:?}\n{}", rig.log());
     let _ = rig.haproxy.kill().await;
 }

@@ -1,6 +1,8 @@
 //! Least privilege, proven on fake-apiserver with RBAC enforced: the controller, holding only the roles of
-//! config/rbac, does everything it is for (leader election, Canaries, Kanaries of both groups, a changed
-//! destination, repeated events), and every verb on every resource those roles grant was used.
+//! config/rbac, does everything it is for (leader election, Canaries, Kanaries of both groups with their
+//! proxy agents' identities, a changed destination, repairs, repeated events), and every verb on every
+//! resource those roles grant was used (`get` of ConfigMaps by granting it to the agents: a Role may grant
+//! only what its creator holds, which fake-apiserver checks as a real server does).
 
 use e2e_support as support;
 
@@ -110,6 +112,28 @@ async fn the_controller_works_with_its_roles_and_uses_every_grant() {
     eventually(10, "the edited destination Service repaired", || async {
         let selector = services.get("front-pyxida").await.unwrap().spec.unwrap().selector.unwrap_or_default();
         selector.get("proxy").map(String::as_str) == Some("k-pyxida-haproxy")
+    })
+    .await;
+
+    // someone else edits the proxy agent's ServiceAccount, Role and RoleBinding: each repaired (applied again)
+    let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> = e.cluster.api();
+    let roles: Api<k8s_openapi::api::rbac::v1::Role> = e.cluster.api();
+    let bindings: Api<k8s_openapi::api::rbac::v1::RoleBinding> = e.cluster.api();
+    let proxy = "k-pyxida-haproxy";
+    let edit = |value| Patch::Merge(value);
+    accounts.patch(proxy, &PatchParams::default(), &edit(json!({"automountServiceAccountToken": true}))).await.unwrap();
+    let widen = json!({"rules": [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}]});
+    roles.patch(proxy, &PatchParams::default(), &edit(widen)).await.unwrap();
+    let elsewhere = json!({"subjects": [{"kind": "ServiceAccount", "name": "default", "namespace": ns}]});
+    bindings.patch(proxy, &PatchParams::default(), &edit(elsewhere)).await.unwrap();
+    eventually(10, "the agent's edited identity repaired", || async {
+        let account = accounts.get(proxy).await.unwrap();
+        let rules = roles.get(proxy).await.unwrap().rules.unwrap_or_default();
+        let subjects = bindings.get(proxy).await.unwrap().subjects.unwrap_or_default();
+        account.automount_service_account_token == Some(false)
+            && rules.len() == 2
+            && rules.iter().all(|r| r.resources.as_deref() != Some(&["secrets".to_string()][..]))
+            && subjects.iter().all(|s| s.name == proxy)
     })
     .await;
 

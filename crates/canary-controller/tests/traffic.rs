@@ -1,5 +1,6 @@
 //! Real traffic through real HAProxy, running the config the controller produced: on the workload simulator
-//! (fake-apiserver only, as root), the proxy and the backends are Deployments whose pods really run. Its own
+//! (fake-apiserver only, as root), the proxy (HAProxy and its agent) and the backends are Deployments whose
+//! pods really run. Its own
 //! test binary, so that its load does not share the machine with the other end-to-end tests.
 
 use e2e_support as support;
@@ -44,6 +45,8 @@ async fn traffic_through_real_haproxy_follows_the_weights() {
     for name in ["v1", "v2", "v0"] {
         e.cluster.wait_rolled_out(name, name, 60).await;
     }
+    e.cluster.wait_rolled_out(PROXY, "myapp", 120).await;
+    e.cluster.wait_synced(&kanaries, "simple-kanary-rule", 60).await;
     let pods: Api<Pod> = e.cluster.api();
     let address_of = |pods: &[Pod], app: &str| -> Vec<String> {
         let of_app =
@@ -66,9 +69,9 @@ async fn traffic_through_real_haproxy_follows_the_weights() {
             v2_pods.iter().chain(&v0_pod).all(|ip| c.contains(ip.as_str()))
         })
         .await;
-        // today's data plane: a new config is a new pod template, rolled out
-        e.cluster.wait_changed(PROXY, generation, 10).await;
-        e.cluster.wait_rolled_out(PROXY, "myapp", 120).await;
+        // the proxy agents apply it to the running HAProxy: no new pods
+        e.cluster.wait_synced(&kanaries, "simple-kanary-rule", 60).await;
+        assert_eq!(e.cluster.generation(PROXY).await, generation, "the proxy's pod template changed");
         let tally = by_backend(drive(listen, 10_000, 32).await);
         eprintln!("{w1}/{w2} with 1 and 3 pods, and a weight-0 route: {tally:?}");
         assert_eq!(tally.failures, 0, "{tally:?}\n{}", sim.log());
@@ -78,7 +81,6 @@ async fn traffic_through_real_haproxy_follows_the_weights() {
     }
 
     // a route whose only pod is not ready: it gets nothing, its share goes to the first live route
-    let generation = e.cluster.generation(PROXY).await;
     kanaries
         .patch(
             "simple-kanary-rule",
@@ -92,8 +94,8 @@ async fn traffic_through_real_haproxy_follows_the_weights() {
     let running = pods.list(&ListParams::default()).await.unwrap().items;
     let dead = address_of(&running, "vdead");
     assert!(dead.len() == 1 && !config.contains(dead[0].as_str()), "a pod that is not ready is not a server: {dead:?}");
-    e.cluster.wait_changed(PROXY, generation, 10).await;
-    e.cluster.wait_rolled_out(PROXY, "myapp", 120).await;
+    // a route added: the agents reload HAProxy seamlessly (still no new pods)
+    e.cluster.wait_synced(&kanaries, "simple-kanary-rule", 60).await;
     let tally = by_backend(drive(listen, 4_000, 32).await);
     eprintln!("70/20/10 with the 10% route dead: {tally:?}");
     assert_eq!(tally.failures, 0, "{tally:?}");

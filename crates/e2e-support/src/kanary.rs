@@ -26,8 +26,7 @@ pub async fn env() -> Env {
 
 impl Env {
     pub fn kanaries(&self, group: &str, version: &str) -> Api<DynamicObject> {
-        let ar = canary_controller::api::kanary::api_resource(group, version);
-        Api::namespaced_with(self.cluster.client.clone(), &self.cluster.namespace, &ar)
+        self.cluster.kanaries(group, version)
     }
 
     /// Services myapp-v1 (port `http` 80 -> 8080) and myapp-v2 (9090 -> 8080), as in examples/simple-stack.yml.
@@ -142,7 +141,14 @@ pub fn haproxy_accepts(config: &str) {
     // the weights map the config names, here (its content does not matter to the check)
     let map = dir.path().join("weights.map");
     std::fs::write(&map, "").unwrap();
-    std::fs::write(&path, config.replace("/usr/local/etc/haproxy/weights.map", map.to_str().unwrap())).unwrap();
+    std::fs::write(
+        &path,
+        config.replace(
+            &format!("{}/weights.map", canary_controller::kanary::haproxy::RUNTIME_DIR),
+            map.to_str().unwrap(),
+        ),
+    )
+    .unwrap();
     let out = std::process::Command::new("haproxy").arg("-c").arg("-f").arg(&path).output().unwrap();
     assert!(out.status.success(), "haproxy -c rejected:\n{config}\n{}", String::from_utf8_lossy(&out.stderr));
 }
@@ -153,4 +159,38 @@ pub fn kanary_yaml(group_version: &str, routes: Value) -> DynamicObject {
         "spec": {"destination": "myapp", "routes": routes}}),
     )
     .unwrap()
+}
+
+impl Cluster {
+    /// The Kanaries of group `group` (version `version`) in the test's namespace.
+    pub fn kanaries(&self, group: &str, version: &str) -> Api<DynamicObject> {
+        let ar = canary_controller::api::kanary::api_resource(group, version);
+        Api::namespaced_with(self.client.clone(), &self.namespace, &ar)
+    }
+
+    /// The revision of the data plane Kanary `name`'s ConfigMap asks for.
+    pub async fn desired_revision(&self, name: &str) -> Option<String> {
+        let cms: Api<ConfigMap> = self.api();
+        let json = cms.get_opt(&format!("{name}-config")).await.unwrap()?.data?.get("dataplane.json").cloned()?;
+        let plane: canary_controller::kanary::dataplane::DataPlane = serde_json::from_str(&json).ok()?;
+        Some(plane.revision())
+    }
+
+    /// Waits up to `secs` seconds until every proxy pod of Kanary `name` serves what its ConfigMap asks for:
+    /// its status says so (DataPlaneSynced, for the ConfigMap's revision). The revision served.
+    pub async fn wait_synced(&self, kanaries: &Api<DynamicObject>, name: &str, secs: u64) -> String {
+        let what = format!("every proxy pod of {name} serves its ConfigMap's data plane (DataPlaneSynced)");
+        eventually(secs, &what, || async {
+            let Some(revision) = self.desired_revision(name).await else { return false };
+            let status = kanaries.get(name).await.unwrap().data["status"].clone();
+            let synced = status["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["type"] == "DataPlaneSynced" && c["status"] == "True");
+            synced && status["dataPlaneRevision"] == revision.as_str()
+        })
+        .await;
+        self.desired_revision(name).await.unwrap()
+    }
 }

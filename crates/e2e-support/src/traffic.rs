@@ -155,7 +155,7 @@ impl Haproxy {
 }
 
 /// Who answered how many connections, how many failed, and how long it took.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Tally {
     pub answers: BTreeMap<String, usize>,
     pub failures: usize,

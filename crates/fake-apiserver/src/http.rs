@@ -237,6 +237,22 @@ async fn serve_api(
     };
     let name = target.name.clone().unwrap_or_default();
     let mut inner = state.inner.lock().expect("lock");
+    if rt.group == "rbac.authorization.k8s.io" && matches!(verb, "create" | "update" | "patch") && !opts.dry_run {
+        // a role or binding must not grant what its writer does not hold: judge the object as it would be
+        // stored (a dry run of the same write)
+        let dry = WriteOptions { dry_run: true, ..opts.clone() };
+        let preview = match verb {
+            "create" => inner.create(rt, ns, parsed.clone(), &dry),
+            "update" => inner.update(rt, ns, &name, parsed.clone(), status, &dry),
+            _ if content_type == "application/apply-patch+yaml" => {
+                inner.server_side_apply(rt, ns, &name, &parsed, status, &dry)
+            }
+            _ => inner.patch(rt, ns, &name, PatchBody { content_type: &content_type, body: &parsed }, status, &dry),
+        };
+        if let Ok(preview) = preview {
+            state.rbac.check_escalation(&inner, user, &rt.plural, &preview)?;
+        }
+    }
     let result = match verb {
         "create" => inner.create(rt, ns, parsed, &opts).map(|o| (StatusCode::CREATED, o)),
         "update" => inner.update(rt, ns, &name, parsed, status, &opts).map(|o| (StatusCode::OK, o)),

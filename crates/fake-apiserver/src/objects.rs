@@ -348,12 +348,17 @@ impl Inner {
         match part {
             Part::Status => {
                 let status_value = new.get("status").cloned();
+                // an apply (not tracked here) brings the owners of the fields it computed
+                let applied_owners = new.pointer("/metadata/managedFields").cloned().filter(|_| !track);
                 new = current_stored.clone();
                 match status_value {
                     Some(s) => new["status"] = s,
                     None => {
                         new.as_object_mut().map(|m| m.remove("status"));
                     }
+                }
+                if let Some(owners) = applied_owners {
+                    new["metadata"]["managedFields"] = owners;
                 }
             }
             Part::Main => match current_stored.get("status") {

@@ -8,6 +8,10 @@
 //!   to every authenticated user (the `system:discovery` role).
 //! - `POST .../serviceaccounts/<name>/token` (TokenRequest, as a kubelet asks for a Pod's token) returns a new
 //!   token for that ServiceAccount. It is an opaque string, not a signed JWT: only this server knows it.
+//! - Escalation is prevented as the real server does: with enforcement on, a non-admin user may write a Role
+//!   or ClusterRole only with rules it holds itself (or `escalate` on it), and a RoleBinding or
+//!   ClusterRoleBinding only to a role whose rules it holds (or `bind` on it); the rules it held for that
+//!   count as used.
 //! - Every resource request of a non-admin user is recorded as (user, verb, group, resource[/subresource]),
 //!   so that a test can show a role grants nothing that is never used.
 
@@ -139,6 +143,132 @@ impl Rbac {
     }
 }
 
+impl Rbac {
+    /// Fails a write of RBAC object `object` (`resource`: roles, clusterroles, rolebindings or
+    /// clusterrolebindings, as it will be stored) that would grant `user` permissions it does not hold.
+    pub fn check_escalation(&self, inner: &Inner, user: &User, resource: &str, object: &Value) -> Result<(), ApiError> {
+        if user.is_admin() || !self.inner.lock().expect("lock").enforce {
+            return Ok(());
+        }
+        let namespace = object["metadata"]["namespace"].as_str().map(String::from);
+        let name = object["metadata"]["name"].as_str().unwrap_or_default().to_string();
+        let (rules, exemption) = match resource {
+            "roles" | "clusterroles" => {
+                let rules = object["rules"].as_array().cloned().unwrap_or_default();
+                (
+                    rules,
+                    Attributes {
+                        verb: "escalate".into(),
+                        group: RBAC_GROUP.into(),
+                        resource: resource.into(),
+                        namespace: namespace.clone(),
+                        name: Some(name.clone()),
+                    },
+                )
+            }
+            "rolebindings" | "clusterrolebindings" => {
+                let kind = object["roleRef"]["kind"].as_str().unwrap_or_default();
+                let role = object["roleRef"]["name"].as_str().unwrap_or_default();
+                let (plural, role_ns) =
+                    if kind == "ClusterRole" { ("clusterroles", None) } else { ("roles", namespace.as_deref()) };
+                let rules = stored(inner, plural, role_ns)
+                    .into_iter()
+                    .filter(|r| r["metadata"]["name"] == role)
+                    .flat_map(|r| r["rules"].as_array().cloned().unwrap_or_default())
+                    .collect();
+                (
+                    rules,
+                    Attributes {
+                        verb: "bind".into(),
+                        group: RBAC_GROUP.into(),
+                        resource: plural.into(),
+                        namespace: namespace.clone(),
+                        name: Some(role.into()),
+                    },
+                )
+            }
+            _ => return Ok(()),
+        };
+        if allowed(inner, user, &exemption) {
+            self.record(user, &exemption);
+            return Ok(());
+        }
+        let mut missing = vec![];
+        for rule in &rules {
+            for request in rule_requests(rule, namespace.as_deref()) {
+                if allowed(inner, user, &request) {
+                    self.record(user, &request);
+                } else {
+                    missing.push(format!(
+                        "{{APIGroups:[{:?}], Resources:[{:?}], ResourceNames:[{:?}], Verbs:[{:?}]}}",
+                        request.group,
+                        request.resource,
+                        request.name.clone().unwrap_or_default(),
+                        request.verb
+                    ));
+                }
+            }
+        }
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let qualified = format!("{resource}.{RBAC_GROUP}");
+        Err(ApiError::new(
+            403,
+            "Forbidden",
+            format!(
+                "{qualified} {name:?} is forbidden: user {:?} (groups={:?}) is attempting to grant RBAC permissions not currently held:\n{}",
+                user.name,
+                user.groups,
+                missing.join("\n")
+            ),
+        ))
+    }
+
+    fn record(&self, user: &User, request: &Attributes) {
+        let used = Use { verb: request.verb.clone(), group: request.group.clone(), resource: request.resource.clone() };
+        self.inner.lock().expect("lock").usage.entry(user.name.clone()).or_default().insert(used);
+    }
+}
+
+const RBAC_GROUP: &str = "rbac.authorization.k8s.io";
+
+/// Each single permission a rule grants (verb, group, resource, name), as requests in `namespace`.
+fn rule_requests(rule: &Value, namespace: Option<&str>) -> Vec<Attributes> {
+    let list = |key: &str| -> Vec<String> {
+        rule[key].as_array().into_iter().flatten().filter_map(Value::as_str).map(String::from).collect()
+    };
+    let names: Vec<Option<String>> = match list("resourceNames") {
+        names if names.is_empty() => vec![None],
+        names => names.into_iter().map(Some).collect(),
+    };
+    let mut out = vec![];
+    for verb in list("verbs") {
+        for group in list("apiGroups") {
+            for resource in list("resources") {
+                for name in &names {
+                    out.push(Attributes {
+                        verb: verb.clone(),
+                        group: group.clone(),
+                        resource: resource.clone(),
+                        namespace: namespace.map(String::from),
+                        name: name.clone(),
+                    });
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The stored objects of RBAC resource `plural` (in namespace `ns`, or all).
+fn stored(inner: &Inner, plural: &str, ns: Option<&str>) -> Vec<Value> {
+    match inner.resource(RBAC_GROUP, "v1", plural) {
+        Some(rt) => inner.store.list(&rt.bucket, ns).cloned().collect(),
+        None => vec![],
+    }
+}
+
 fn forbidden(user: &User, r: &Attributes) -> ApiError {
     let resource = r.resource.split('/').next().unwrap_or_default();
     let qualified = if r.group.is_empty() { resource.to_string() } else { format!("{resource}.{}", r.group) };
@@ -168,12 +298,7 @@ fn forbidden(user: &User, r: &Attributes) -> ApiError {
 
 /// Whether any role bound to `user` (cluster-wide, or in the request's namespace) has a rule that allows it.
 fn allowed(inner: &Inner, user: &User, request: &Attributes) -> bool {
-    let objects = |plural: &str, ns: Option<&str>| -> Vec<Value> {
-        match inner.resource("rbac.authorization.k8s.io", "v1", plural) {
-            Some(rt) => inner.store.list(&rt.bucket, ns).cloned().collect(),
-            None => vec![],
-        }
-    };
+    let objects = |plural: &str, ns: Option<&str>| stored(inner, plural, ns);
     let role_rules = |kind: &str, name: &str, ns: Option<&str>| -> Vec<Value> {
         let (plural, ns) = if kind == "ClusterRole" { ("clusterroles", None) } else { ("roles", ns) };
         objects(plural, ns)

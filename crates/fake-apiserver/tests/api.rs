@@ -550,6 +550,85 @@ async fn resource_names_grant_list_and_watch_of_one_name_by_field_selector() {
 }
 
 #[tokio::test]
+async fn a_status_apply_records_its_owner_and_removes_only_what_that_manager_stopped_applying() {
+    let server = FakeApiServer::start().await.unwrap();
+    let deployments: Api<Deployment> = Api::namespaced(server.client(), "default");
+    let deployment = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"},
+        "spec": {"selector": {"matchLabels": {"a": "b"}}, "template": {"metadata": {"labels": {"a": "b"}},
+        "spec": {"containers": [{"name": "c", "image": "i"}]}}}});
+    deployments.patch("d", &PatchParams::apply("owner"), &Patch::Apply(deployment)).await.unwrap();
+    let status = |value: Value| Patch::Apply(json!({"apiVersion": "apps/v1", "kind": "Deployment", "status": value}));
+    deployments.patch_status("d", &PatchParams::apply("one"), &status(json!({"replicas": 1}))).await.unwrap();
+    deployments.patch_status("d", &PatchParams::apply("two"), &status(json!({"readyReplicas": 1}))).await.unwrap();
+    let d = deployments.get("d").await.unwrap();
+    let managers: Vec<_> = d.metadata.managed_fields.unwrap().into_iter().filter_map(|e| e.manager).collect();
+    assert!(managers.contains(&"one".to_string()) && managers.contains(&"two".to_string()), "{managers:?}");
+    // manager one applies without its field: removed; two's stays
+    deployments.patch_status("d", &PatchParams::apply("one"), &status(json!({}))).await.unwrap();
+    let s = deployments.get("d").await.unwrap().status.unwrap();
+    assert_eq!((s.replicas, s.ready_replicas), (None, Some(1)));
+}
+
+#[tokio::test]
+async fn a_user_may_grant_only_what_it_holds_unless_it_may_escalate_or_bind() {
+    let server = FakeApiServer::start().await.unwrap();
+    let admin = server.client();
+    let rbac = &server.state().rbac;
+    rbac.add_token("t", "system:serviceaccount:default:writer", &[]);
+    let kc = kube::config::Kubeconfig::from_yaml(&server.kubeconfig_with_token("t")).unwrap();
+    let as_writer =
+        kube::Client::try_from(kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.unwrap()).unwrap();
+    let rbac_api = |client: &kube::Client, kind: &str| {
+        let ar = ApiResource::from_gvk(&GroupVersionKind::gvk("rbac.authorization.k8s.io", "v1", kind));
+        Api::<DynamicObject>::namespaced_with(client.clone(), "default", &ar)
+    };
+    let pp = PatchParams::apply("t");
+    let role = |name: &str, rules: Value| json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": name, "namespace": "default"}, "rules": rules});
+    let binding = |name: &str, role: &str, subject: &str| {
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": name, "namespace": "default"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role},
+            "subjects": [{"kind": "ServiceAccount", "name": subject}]})
+    };
+    // the writer may write roles and bindings, and read ConfigMaps (not write them)
+    let writer_rules = json!([{"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["roles", "rolebindings"], "verbs": ["create", "patch"]},
+        {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list", "watch"]}]);
+    rbac_api(&admin, "Role").patch("writer", &pp, &Patch::Apply(role("writer", writer_rules))).await.unwrap();
+    rbac_api(&admin, "RoleBinding")
+        .patch("writer", &pp, &Patch::Apply(binding("writer", "writer", "writer")))
+        .await
+        .unwrap();
+    let powerful = json!([{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["delete"]}]);
+    rbac_api(&admin, "Role").patch("powerful", &pp, &Patch::Apply(role("powerful", powerful.clone()))).await.unwrap();
+    rbac.set_enforce(true);
+
+    // what it holds (reading one ConfigMap): granted, by a role and a binding of its own
+    let reader =
+        json!([{"apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["one"], "verbs": ["get", "watch"]}]);
+    let roles = rbac_api(&as_writer, "Role");
+    roles.patch("reader", &pp, &Patch::Apply(role("reader", reader))).await.unwrap();
+    let bindings = rbac_api(&as_writer, "RoleBinding");
+    bindings.patch("reader", &pp, &Patch::Apply(binding("reader", "reader", "agent"))).await.unwrap();
+    // what it does not hold: neither a role granting it nor a binding to a role that has it
+    let err = api_err(roles.patch("deleter", &pp, &Patch::Apply(role("deleter", powerful))).await.unwrap_err());
+    assert_eq!(err.0, 403);
+    assert!(err.1.contains("attempting to grant RBAC permissions not currently held"), "{}", err.1);
+    assert!(err.1.contains("delete"), "{}", err.1);
+    let err = api_err(bindings.patch("p", &pp, &Patch::Apply(binding("p", "powerful", "agent"))).await.unwrap_err());
+    assert_eq!(err.0, 403, "{}", err.1);
+    assert!(rbac_api(&admin, "Role").get_opt("deleter").await.unwrap().is_none(), "a refused role was stored");
+    // with `bind` on that role, the binding is allowed
+    rbac.set_enforce(false);
+    let bind = json!([{"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["roles"], "resourceNames": ["powerful"], "verbs": ["bind"]}]);
+    rbac_api(&admin, "Role").patch("binder", &pp, &Patch::Apply(role("binder", bind))).await.unwrap();
+    rbac_api(&admin, "RoleBinding")
+        .patch("binder", &pp, &Patch::Apply(binding("binder", "binder", "writer")))
+        .await
+        .unwrap();
+    rbac.set_enforce(true);
+    bindings.patch("p", &pp, &Patch::Apply(binding("p", "powerful", "agent"))).await.unwrap();
+}
+
+#[tokio::test]
 async fn a_token_request_returns_a_token_that_authenticates_as_the_service_account() {
     use k8s_openapi::api::authentication::v1::TokenRequest;
     use k8s_openapi::api::core::v1::ServiceAccount;

@@ -2,7 +2,8 @@
 //! program, run as root inside the container's own mount and pid namespaces (see `images::command`): each
 //! volume is bind-mounted at its `mountPath` (read-only when the manifest says so), then the process becomes
 //! the Pod's user and runs the program. A `mountPath` that does not exist on the host is made in an overlay
-//! (upper layer on a tmpfs) over its nearest existing parent, so the host's files are never changed. The
+//! (upper layer on a tmpfs) over its nearest existing parent (one overlay per directory, symbolic links
+//! followed: `/var/run/a` and `/var/run/b` share one over `/run`), so the host's files are never changed. The
 //! program runs by its path, or, where the user cannot reach that path any more, from the file opened
 //! before the mounts and the user change. It starts in the container's `workingDir` (default `/`).
 
@@ -64,12 +65,19 @@ pub fn enter(
     let scratch = fd_path(&scratch_dir);
     let mut order: Vec<usize> = (0..binds.len()).collect();
     order.sort_by_key(|i| binds[*i].target.components().count());
+    // the directories overlaid so far: a later mount point under one of them is made in that overlay (a
+    // second overlay over the same directory would hide the mounts made in the first)
+    let mut overlaid: Vec<PathBuf> = vec![];
     for index in order {
         let (bind, source) = (&binds[index], fd_path(&sources[index]));
         let target = &bind.target;
         if !target.exists() {
             let parent = target.ancestors().skip(1).find(|a| a.exists()).unwrap_or(Path::new("/"));
-            overlay(parent, &scratch.join(index.to_string()))?;
+            let real_parent = parent.canonicalize()?;
+            if !overlaid.iter().any(|dir| real_parent.starts_with(dir)) {
+                overlay(parent, &scratch.join(index.to_string()))?;
+                overlaid.push(real_parent);
+            }
             if sources[index].metadata()?.is_dir() {
                 std::fs::create_dir_all(target)?;
             } else {

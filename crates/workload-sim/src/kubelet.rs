@@ -2,9 +2,12 @@
 //! (as root) a network namespace, its volumes (ConfigMap keys as files, kept up to date as the ConfigMap
 //! changes; emptyDirs), and a local process per container (see `images`); a volume that cannot be mounted yet
 //! (its ConfigMap missing, the API server failing) is retried; readiness probes (`httpGet`, `tcpSocket`) decide Ready, a container that exits is
-//! restarted with a growing delay, and the status is written as a real kubelet writes it. A Pod marked for
-//! deletion is stopped as a real kubelet stops it (`preStop` exec hook, SIGTERM, SIGKILL when its grace
-//! period is over) and then removed.
+//! restarted with a growing delay, and the status is written as a real kubelet writes it. Native sidecars
+//! (init containers with `restartPolicy: Always`) start first, in order, each once the one before passed
+//! its startup probe, and the main containers after them; other init containers are not simulated (the Pod
+//! stays Pending, saying so). A Pod marked for deletion is stopped as a real kubelet stops it (`preStop` exec
+//! hooks, SIGTERM, SIGKILL when its grace period is over; the main containers first, then the sidecars) and
+//! then removed.
 
 use crate::images::{self, Launch};
 use crate::network::Network;
@@ -63,6 +66,8 @@ struct RunningPod {
 
 struct ContainerProcess {
     name: String,
+    /// A native sidecar (an init container that keeps running).
+    sidecar: bool,
     /// The process's host pid (in a pid namespace of its own as root), while it runs.
     pid: Mutex<Option<u32>>,
     restarts: AtomicI32,
@@ -75,12 +80,20 @@ impl RunningPod {
         }
     }
 
-    fn all_alive(&self) -> bool {
-        self.containers.iter().all(|c| c.pid.lock().unwrap().is_some())
+    /// Signals the sidecars' processes (`sidecars`), or the main containers'.
+    fn signal_some(&self, sidecars: bool, signal: nix::sys::signal::Signal) {
+        for pid in self.containers.iter().filter(|c| c.sidecar == sidecars).filter_map(|c| *c.pid.lock().unwrap()) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal);
+        }
     }
 
-    fn any_alive(&self) -> bool {
-        self.containers.iter().any(|c| c.pid.lock().unwrap().is_some())
+    /// Whether any of the sidecars (`sidecars`), or of the main containers, runs.
+    fn any_alive_of(&self, sidecars: bool) -> bool {
+        self.containers.iter().filter(|c| c.sidecar == sidecars).any(|c| c.pid.lock().unwrap().is_some())
+    }
+
+    fn all_alive(&self) -> bool {
+        self.containers.iter().all(|c| c.pid.lock().unwrap().is_some())
     }
 }
 
@@ -193,10 +206,9 @@ impl Kubelet {
                 api: self.api.as_ref().map(|a| a.address),
                 own_binary: &self.controller_binary,
             };
-            let launches = spec
-                .containers
+            let launches = pod_containers(&spec)?
                 .iter()
-                .map(|c| images::launch(c, pod, &context))
+                .map(|(c, _)| images::launch(c, pod, &context))
                 .collect::<anyhow::Result<Vec<Launch>>>()?;
             anyhow::Ok((netns, launches))
         }
@@ -225,10 +237,15 @@ impl Kubelet {
             netns,
             namespace,
             name: pod.name_any(),
-            containers: spec
-                .containers
-                .iter()
-                .map(|c| ContainerProcess { name: c.name.clone(), pid: Mutex::new(None), restarts: AtomicI32::new(0) })
+            containers: pod_containers(&spec)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(c, sidecar)| ContainerProcess {
+                    name: c.name,
+                    sidecar,
+                    pid: Mutex::new(None),
+                    restarts: AtomicI32::new(0),
+                })
                 .collect(),
             config_volumes,
             tasks: Mutex::default(),
@@ -237,13 +254,12 @@ impl Kubelet {
         });
         self.running.lock().unwrap().insert(uid, running.clone());
         let started = Timestamp::now();
-        for (index, launch) in launches.into_iter().enumerate() {
-            let scratch = pod_dir.join("containers").join(index.to_string());
-            let task = tokio::spawn(supervise(running.clone(), index, launch, scratch));
-            running.tasks.lock().unwrap().push(task);
-        }
+        let containers = pod_containers(&spec).unwrap_or_default();
+        let starter =
+            tokio::spawn(start_in_order(self.clone(), running.clone(), containers.clone(), launches, pod_dir));
+        running.tasks.lock().unwrap().push(starter);
         if self.network.needs_forwarders() {
-            for port in spec.containers.iter().flat_map(|c| c.ports.iter().flatten()) {
+            for port in containers.iter().flat_map(|(c, _)| c.ports.iter().flatten()) {
                 let at = SocketAddr::from((address, port.container_port as u16));
                 let network = self.network.clone();
                 let task = tokio::spawn(async move {
@@ -268,7 +284,11 @@ impl Kubelet {
         use k8s_openapi::api::authentication::v1::TokenRequest;
         use k8s_openapi::api::core::v1::ServiceAccount;
         let Some(spec) = &pod.spec else { return Ok(None) };
-        let own_image = spec.containers.iter().any(|c| images::is_own_image(c.image.as_deref().unwrap_or_default()));
+        let own_image = spec
+            .containers
+            .iter()
+            .chain(spec.init_containers.iter().flatten())
+            .any(|c| images::is_own_image(c.image.as_deref().unwrap_or_default()));
         let (Some(api), true, false) = (&self.api, own_image, spec.automount_service_account_token == Some(false))
         else {
             return Ok(None);
@@ -329,18 +349,22 @@ impl Kubelet {
                 .unwrap_or_else(Timestamp::now)
         };
         let flag = if ready { "True" } else { "False" };
-        let containers: Vec<serde_json::Value> = pod
-            .spec
-            .iter()
-            .flat_map(|s| &s.containers)
-            .zip(&running.containers)
-            .map(|(c, p)| {
-                let alive = p.pid.lock().unwrap().is_some();
-                json!({"name": c.name, "image": c.image, "imageID": "", "ready": ready && alive, "started": alive,
-                    "restartCount": p.restarts.load(Ordering::SeqCst),
-                    "state": if alive { json!({"running": {"startedAt": started}}) } else { json!({"waiting": {"reason": "CrashLoopBackOff"}}) }})
-            })
-            .collect();
+        let spec = pod.spec.clone().unwrap_or_default();
+        let statuses = |sidecars: bool| -> Vec<serde_json::Value> {
+            pod_containers(&spec)
+                .unwrap_or_default()
+                .iter()
+                .zip(&running.containers)
+                .filter(|((_, sidecar), _)| *sidecar == sidecars)
+                .map(|((c, _), p)| {
+                    let alive = p.pid.lock().unwrap().is_some();
+                    json!({"name": c.name, "image": c.image, "imageID": "", "ready": ready && alive, "started": alive,
+                        "restartCount": p.restarts.load(Ordering::SeqCst),
+                        "state": if alive { json!({"running": {"startedAt": started}}) } else { json!({"waiting": {"reason": "CrashLoopBackOff"}}) }})
+                })
+                .collect()
+        };
+        let (containers, sidecars) = (statuses(false), statuses(true));
         let ip = running.address.to_string();
         let status = json!({"status": {
             "phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}], "hostIP": self.node_address.to_string(),
@@ -352,6 +376,7 @@ impl Kubelet {
                 {"type": "Ready", "status": flag, "lastTransitionTime": since("Ready", flag)},
             ],
             "containerStatuses": containers,
+            "initContainerStatuses": sidecars,
         }});
         let api: Api<Pod> = Api::namespaced(self.client.clone(), &running.namespace);
         api.patch_status(&running.name, &PatchParams::default(), &Patch::Merge(&status)).await?;
@@ -361,33 +386,12 @@ impl Kubelet {
     /// Stops a Pod as a real kubelet does: the `preStop` hooks, SIGTERM, SIGKILL at the end of the grace period.
     async fn stop(&self, running: &RunningPod, pod: &Pod, grace: Duration) {
         let deadline = tokio::time::Instant::now() + grace;
-        let hooks =
-            pod.spec.iter().flat_map(|s| &s.containers).zip(running.containers.iter().map(|c| *c.pid.lock().unwrap()));
-        let mut waits = vec![];
-        for (container, pid) in hooks {
-            let command = container
-                .lifecycle
-                .as_ref()
-                .and_then(|l| l.pre_stop.as_ref())
-                .and_then(|h| h.exec.as_ref())
-                .and_then(|e| e.command.clone());
-            if let (Some(command), Some(pid), Some(_)) = (command, pid, &running.netns) {
-                let child = tokio::process::Command::new("nsenter")
-                    .args(["--target", &pid.to_string(), "--pid", "--net", "--mount", "--"])
-                    .args(&command)
-                    .kill_on_drop(true)
-                    .spawn();
-                if let Ok(mut child) = child {
-                    waits.push(async move {
-                        let _ = tokio::time::timeout_at(deadline, child.wait()).await;
-                    });
-                }
-            }
-        }
-        futures::future::join_all(waits).await;
-        running.signal(nix::sys::signal::Signal::SIGTERM);
-        while tokio::time::Instant::now() < deadline && running.any_alive() {
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        let containers = pod_containers(&pod.spec.clone().unwrap_or_default()).unwrap_or_default();
+        // the main containers first, then the sidecars (in the time that is left)
+        for sidecars in [false, true] {
+            let pids = running.containers.iter().map(|c| *c.pid.lock().unwrap());
+            let these = containers.iter().zip(pids).filter(|((_, sidecar), _)| *sidecar == sidecars);
+            stop_containers(running, these.map(|((c, _), pid)| (c, pid)), sidecars, deadline).await;
         }
         self.kill(running);
         tracing::info!(pod = %running.name, namespace = %running.namespace, "pod stopped");
@@ -487,6 +491,54 @@ fn set_mode(path: &std::path::Path, mode: u32) -> std::io::Result<()> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
 }
 
+/// A Pod's containers as the simulator runs them: its native sidecars (init containers with `restartPolicy:
+/// Always`), then its main containers, each saying whether it is a sidecar. Other init containers are not
+/// simulated.
+fn pod_containers(spec: &k8s_openapi::api::core::v1::PodSpec) -> anyhow::Result<Vec<(Container, bool)>> {
+    let mut containers = vec![];
+    for init in spec.init_containers.iter().flatten() {
+        if init.restart_policy.as_deref() != Some("Always") {
+            anyhow::bail!(
+                "init container {}: workload-sim runs only native sidecars (restartPolicy: Always)",
+                init.name
+            );
+        }
+        containers.push((init.clone(), true));
+    }
+    containers.extend(spec.containers.iter().map(|c| (c.clone(), false)));
+    Ok(containers)
+}
+
+/// Starts a Pod's containers as a kubelet does: each sidecar in turn, the next one once its startup probe
+/// passed (at once without one), then every main container.
+async fn start_in_order(
+    kubelet: Arc<Kubelet>,
+    running: Arc<RunningPod>,
+    containers: Vec<(Container, bool)>,
+    launches: Vec<Launch>,
+    pod_dir: PathBuf,
+) {
+    for (index, ((container, sidecar), launch)) in containers.iter().zip(launches).enumerate() {
+        let scratch = pod_dir.join("containers").join(index.to_string());
+        let task = tokio::spawn(supervise(running.clone(), index, launch, scratch));
+        running.tasks.lock().unwrap().push(task);
+        let Some(probe) = container.startup_probe.as_ref().filter(|_| *sidecar) else { continue };
+        let period = Duration::from_secs(probe.period_seconds.unwrap_or(10).clamp(1, 10) as u64);
+        loop {
+            if running.stopping.load(Ordering::SeqCst) {
+                return;
+            }
+            if running.containers[index].pid.lock().unwrap().is_some()
+                && probe_once(&kubelet.network, running.address, container, probe).await
+            {
+                break;
+            }
+            tokio::time::sleep(period).await;
+        }
+        tracing::debug!(pod = %running.name, container = %container.name, "sidecar started");
+    }
+}
+
 /// Runs container `index` of a Pod, restarting it when it exits (10 s at most between tries) until the Pod
 /// stops.
 async fn supervise(running: Arc<RunningPod>, index: usize, launch: Launch, scratch: PathBuf) {
@@ -518,6 +570,42 @@ async fn supervise(running: Arc<RunningPod>, index: usize, launch: Launch, scrat
     }
 }
 
+/// Stops some of a Pod's containers (with their pids): their `preStop` hooks, then SIGTERM, and waits for
+/// them until `deadline`.
+async fn stop_containers<'a>(
+    running: &RunningPod,
+    containers: impl Iterator<Item = (&'a Container, Option<u32>)>,
+    sidecars: bool,
+    deadline: tokio::time::Instant,
+) {
+    let mut waits = vec![];
+    for (container, pid) in containers {
+        let command = container
+            .lifecycle
+            .as_ref()
+            .and_then(|l| l.pre_stop.as_ref())
+            .and_then(|h| h.exec.as_ref())
+            .and_then(|e| e.command.clone());
+        if let (Some(command), Some(pid), Some(_)) = (command, pid, &running.netns) {
+            let child = tokio::process::Command::new("nsenter")
+                .args(["--target", &pid.to_string(), "--pid", "--net", "--mount", "--"])
+                .args(&command)
+                .kill_on_drop(true)
+                .spawn();
+            if let Ok(mut child) = child {
+                waits.push(async move {
+                    let _ = tokio::time::timeout_at(deadline, child.wait()).await;
+                });
+            }
+        }
+    }
+    futures::future::join_all(waits).await;
+    running.signal_some(sidecars, nix::sys::signal::Signal::SIGTERM);
+    while tokio::time::Instant::now() < deadline && running.any_alive_of(sidecars) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Removes a stopped Pod from the API server (delete with grace 0); gone already is fine.
 async fn remove(api: &Api<Pod>, name: &str) -> Result<(), kube::Error> {
     match api.delete(name, &DeleteParams::default().grace_period(0)).await {
@@ -530,7 +618,8 @@ async fn remove(api: &Api<Pod>, name: &str) -> Result<(), kube::Error> {
 /// Probes the Pod's readiness (every container's probe; a container without one is ready once started) and
 /// writes the status at the start and whenever readiness or restarts change, retrying a write that failed.
 async fn probe_loop(kubelet: Arc<Kubelet>, running: Arc<RunningPod>, pod: Arc<Pod>, started: Timestamp) {
-    let containers: Vec<Container> = pod.spec.iter().flat_map(|s| s.containers.clone()).collect();
+    let spec = pod.spec.clone().unwrap_or_default();
+    let containers: Vec<Container> = pod_containers(&spec).unwrap_or_default().into_iter().map(|(c, _)| c).collect();
     let period =
         containers.iter().filter_map(|c| c.readiness_probe.as_ref()?.period_seconds).min().unwrap_or(1).clamp(1, 10)
             as u64;

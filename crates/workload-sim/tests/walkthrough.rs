@@ -1,5 +1,5 @@
 //! The README's walkthrough on fake-apiserver with workload-sim: the example stack's Deployments become
-//! ready pods, the Kanary's HAProxy pods really run, and connections to the destination Service's address
+//! ready pods, the Kanary's proxy pods really run (HAProxy and its agent), and connections to the destination Service's address
 //! (through the simulator's service proxy) are split 80/20 between myapp-v1 and myapp-v2.
 
 use e2e_support as support;
@@ -46,6 +46,8 @@ async fn the_example_stack_runs_and_its_connections_are_split_80_20() {
     })
     .await;
     cluster.wait_rolled_out("simple-kanary-rule-haproxy", "myapp", 120).await;
+    // and each proxy pod's agent has brought its HAProxy to it
+    cluster.wait_synced(&cluster.kanaries("kanary.k8s.io", "v1"), "simple-kanary-rule", 60).await;
     let tally = drive(address, 400, 4).await.regroup(|answer| {
         let pod = answer.strip_prefix("pod=").unwrap_or(answer);
         ["myapp-v1", "myapp-v2"].into_iter().find(|d| pod.starts_with(&format!("{d}-"))).unwrap_or(answer).to_string()

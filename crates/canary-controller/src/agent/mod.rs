@@ -13,7 +13,10 @@
 //! After every change, and every few seconds, it reads back what the worker serves and corrects any drift
 //! (reloading when commands did not take). Before HAProxy runs it only writes the files (as a native sidecar
 //! it starts first, so HAProxy starts on them). `/readyz` answers 200 once HAProxy was seen serving the
-//! desired data plane; `/metrics` counts runtime updates, reloads and failures.
+//! desired data plane; `/metrics` counts runtime updates, reloads and failures. With `--kanary`, it reports
+//! the revision HAProxy serves (and one HAProxy refused) in its Kanary's status, under its pod's name
+//! (`status.proxies.<pod>`, a server-side apply with a field manager of its own), and takes the report back
+//! when it stops.
 
 pub mod master_cli;
 
@@ -48,12 +51,90 @@ const RESYNC_UNTIL_READY: Duration = Duration::from_millis(500);
 
 pub struct AgentOptions {
     pub namespace: String,
+    /// Where to report what HAProxy serves (none: nowhere).
+    pub report_to: Option<ReportTo>,
     pub config_map: String,
     /// Where HAProxy's files are (shared with the HAProxy container).
     pub dir: PathBuf,
     /// HAProxy's master CLI socket.
     pub master_socket: PathBuf,
     pub metrics_address: std::net::SocketAddr,
+}
+
+/// The Kanary whose status the agent reports to, and the pod it reports for.
+#[derive(Debug, Clone)]
+pub struct ReportTo {
+    pub kanary: String,
+    /// The Kanary's `group/version`.
+    pub api_version: String,
+    pub pod: String,
+}
+
+/// What the agent last reported: the revision HAProxy serves, and the one it refused.
+#[derive(Debug, Clone, PartialEq)]
+struct Served {
+    revision: String,
+    refused: Option<String>,
+}
+
+/// Writes the agent's reports into its Kanary's status.
+struct Reporter {
+    api: Api<kube::core::DynamicObject>,
+    to: ReportTo,
+    /// What the status holds from this agent.
+    reported: Option<Served>,
+}
+
+impl Reporter {
+    fn new(client: Client, namespace: &str, to: ReportTo) -> Reporter {
+        let (group, version) = to.api_version.split_once('/').unwrap_or(("", &to.api_version));
+        let resource = crate::api::kanary::api_resource(group, version);
+        Reporter { api: Api::namespaced_with(client, namespace, &resource), to, reported: None }
+    }
+
+    fn field_manager(&self) -> String {
+        format!("proxy-agent-{}", self.to.pod)
+    }
+
+    /// Reports `served` unless it is what the status already holds from this agent.
+    async fn report(&mut self, served: &Served) -> anyhow::Result<()> {
+        if self.reported.as_ref() == Some(served) {
+            return Ok(());
+        }
+        let report = crate::api::kanary::ProxyReport {
+            revision: served.revision.clone(),
+            refused_revision: served.refused.clone(),
+            reported_at: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now()),
+        };
+        self.apply(serde_json::json!({"proxies": {&self.to.pod: report}})).await?;
+        self.reported = Some(served.clone());
+        Ok(())
+    }
+
+    /// Takes the report back (the pod is stopping): its own key removed.
+    async fn withdraw(&mut self) -> anyhow::Result<()> {
+        let patch = kube::api::Patch::Merge(serde_json::json!({"status": {"proxies": {&self.to.pod: null}}}));
+        self.patch(&kube::api::PatchParams { field_manager: Some(self.field_manager()), ..Default::default() }, patch)
+            .await?;
+        self.reported = None;
+        Ok(())
+    }
+
+    async fn apply(&self, status: serde_json::Value) -> anyhow::Result<()> {
+        let body = serde_json::json!({"apiVersion": self.to.api_version, "kind": crate::api::kanary::KIND,
+            "metadata": {"name": self.to.kanary}, "status": status});
+        self.patch(&kube::api::PatchParams::apply(&self.field_manager()).force(), kube::api::Patch::Apply(body)).await
+    }
+
+    async fn patch(
+        &self,
+        params: &kube::api::PatchParams,
+        patch: kube::api::Patch<serde_json::Value>,
+    ) -> anyhow::Result<()> {
+        let write = self.api.patch_status(&self.to.kanary, params, &patch);
+        tokio::time::timeout(Duration::from_secs(10), write).await.context("timed out")??;
+        Ok(())
+    }
 }
 
 /// How a change reached HAProxy: the metric label.
@@ -109,11 +190,14 @@ struct Agent {
     metrics: Arc<Metrics>,
     ready: Arc<AtomicBool>,
     started: Arc<AtomicBool>,
+    /// What HAProxy serves, once known.
+    served: Option<Served>,
 }
 
 /// Runs the agent until SIGTERM.
 pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
     let client = Client::try_default().await.context("connecting to the Kubernetes API")?;
+    let mut reporter = options.report_to.clone().map(|to| Reporter::new(client.clone(), &options.namespace, to));
     let api: Api<ConfigMap> = Api::namespaced(client, &options.namespace);
     std::fs::create_dir_all(&options.dir).with_context(|| format!("creating {}", options.dir.display()))?;
 
@@ -157,6 +241,7 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
         metrics,
         ready,
         started,
+        served: None,
     };
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
@@ -168,12 +253,23 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
             agent.metrics.in_sync.set(0);
             tracing::warn!("sync failed, retrying: {e:#}");
         }
+        if let (Some(reporter), Some(served)) = (reporter.as_mut(), &agent.served)
+            && let Err(e) = reporter.report(served).await
+        {
+            tracing::warn!("reporting the served revision in the Kanary's status, retrying: {e:#}");
+        }
         tokio::select! {
             _ = desired.changed() => {}
             _ = tokio::time::sleep(if agent.ready.load(Ordering::SeqCst) { RESYNC } else { RESYNC_UNTIL_READY }) => {}
-            _ = terminate.recv() => return Ok(()),
+            _ = terminate.recv() => break,
         }
     }
+    if let Some(reporter) = reporter.as_mut()
+        && let Err(e) = reporter.withdraw().await
+    {
+        tracing::warn!("taking the report back from the Kanary's status: {e:#}");
+    }
+    Ok(())
 }
 
 /// The data plane a version of the ConfigMap asks for.
@@ -185,6 +281,8 @@ fn data_plane(cm: &ConfigMap) -> anyhow::Result<DataPlane> {
 impl Agent {
     /// Brings HAProxy's files and the running HAProxy to `plane`.
     async fn sync(&mut self, mut plane: DataPlane) -> anyhow::Result<()> {
+        // the revision the controller named, before the files' place here is filled in
+        let revision = plane.revision();
         plane.settings.files_dir = self.dir.to_string_lossy().into_owned();
         if self.refused.as_ref() == Some(&plane) {
             return Ok(());
@@ -206,7 +304,7 @@ impl Agent {
             return Ok(());
         }
         match previous {
-            Some(previous) if previous != next && !needs_reload && previous.same_structure(&next) => {
+            Some(previous) if previous != next && !needs_reload => {
                 self.cli.worker(&server_commands(&previous, &next)).await?;
                 if weights_changed(&previous, &next) {
                     self.cli.replace_map(&weights_path(&next.settings), &next.weights_map()).await?;
@@ -218,7 +316,7 @@ impl Agent {
         }
         let drift = self.drift(&next).await?;
         if drift.is_empty() {
-            return self.in_sync();
+            return self.in_sync(revision);
         }
         tracing::info!(revision = plane.revision(), "reloading HAProxy: {}", drift.join("; "));
         if self.cli.reload().await? {
@@ -233,6 +331,8 @@ impl Agent {
                 read_layout(&self.dir, GOOD_LAYOUT_FILE).context("no configuration HAProxy ran well is known")?;
             self.write(&good)?;
             self.refused = Some(plane);
+            let serving = self.served.as_ref().map(|s| s.revision.clone()).unwrap_or_else(|| "unknown".into());
+            self.served = Some(Served { revision: serving, refused: Some(revision.clone()) });
             self.metrics.in_sync.set(0);
             // still ready while HAProxy serves the last good configuration
             if self.drift(&good).await?.is_empty() {
@@ -249,13 +349,14 @@ impl Agent {
             drift = self.drift(&next).await?;
         }
         anyhow::ensure!(drift.is_empty(), "after the reload HAProxy still differs: {}", drift.join("; "));
-        self.in_sync()
+        self.in_sync(revision)
     }
 
-    /// HAProxy serves the written layout: ready, and that layout is the one to go back to if HAProxy
-    /// refuses a later configuration (a restarted HAProxy must start on one it accepts).
-    fn in_sync(&mut self) -> anyhow::Result<()> {
+    /// HAProxy serves the written layout (of data plane `revision`): ready, and that layout is the one to go
+    /// back to if HAProxy refuses a later configuration (a restarted HAProxy must start on one it accepts).
+    fn in_sync(&mut self, revision: String) -> anyhow::Result<()> {
         self.refused = None;
+        self.served = Some(Served { revision, refused: None });
         if let Some(layout) = &self.written
             && read_layout(&self.dir, GOOD_LAYOUT_FILE).as_ref() != Some(layout)
         {
@@ -284,10 +385,10 @@ impl Agent {
 }
 
 /// Replaces `path`'s content at once.
-fn replace(path: &Path, content: &str) -> std::io::Result<()> {
+fn replace(path: &Path, content: &str) -> anyhow::Result<()> {
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, content)?;
-    std::fs::rename(&tmp, path)
+    std::fs::write(&tmp, content).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
 }
 
 fn read_layout(dir: &Path, file: &str) -> Option<Layout> {

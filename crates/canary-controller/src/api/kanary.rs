@@ -8,7 +8,7 @@
 //! `ApiResource`), whose spec is parsed once, when it is read, through [`KanarySpec`] and its serde aliases.
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::core::{ApiResource, GroupVersionKind};
 use serde::{Deserialize, Serialize};
@@ -60,6 +60,27 @@ pub struct KanaryStatus {
     pub routes: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+    /// The revision of the data plane the proxy's ConfigMap asks for (`dataplane.json`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_plane_revision: Option<String>,
+    /// What each proxy pod's agent reports its HAProxy serves, by pod name. Written by the agents (each its
+    /// own key, with a field manager of its own), never by the controller, which only removes the reports of
+    /// pods that are gone.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub proxies: std::collections::BTreeMap<String, ProxyReport>,
+}
+
+/// What a proxy pod's agent reports.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ProxyReport {
+    /// The data plane revision its HAProxy serves.
+    pub revision: String,
+    /// A revision HAProxy refused (the served one kept serving), until a later one is served.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused_revision: Option<String>,
+    /// When it was reported.
+    pub reported_at: Time,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
@@ -223,6 +244,9 @@ fn status_schema() -> Value {
             "endpointStatuses": {"type": "array", "items": {"type": "object", "properties": {
                 "ServiceName": s, "Weight": {"type": "integer"}, "Ips": {"type": "array", "items": s}}}},
             "routes": s,
+            "dataPlaneRevision": s,
+            "proxies": {"type": "object", "additionalProperties": {"type": "object", "required": ["revision", "reportedAt"],
+                "properties": {"revision": s, "refusedRevision": s, "reportedAt": {"type": "string", "format": "date-time"}}}},
             "conditions": {
                 "type": "array", "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"],
                 "items": {"type": "object", "required": ["type", "status", "lastTransitionTime", "reason", "message"], "properties": {

@@ -235,8 +235,12 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let references = Arc::new(References::new(deployments_of));
-    let controller =
-        crate::runtime::triggers::controller(Api::<GuardedCanary>::all(client.clone()), (), references.clone());
+    let controller = crate::runtime::triggers::controller(
+        Api::<GuardedCanary>::all(client.clone()),
+        (),
+        references.clone(),
+        kube::runtime::predicates::generation,
+    );
     metrics.observe_canaries(controller.store());
     let ctx = Arc::new(Context::new(client, caches.clone(), controller.store(), (), metrics, CanaryReconciler));
     let cache = caches.clone();

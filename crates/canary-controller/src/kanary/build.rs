@@ -1,63 +1,91 @@
 //! The build step of the Kanary controller: the objects a valid Kanary owns, with the original's names, the
 //! events its changes call for, and its status, as plain values: ConfigMap `<name>-config` (keys
 //! `haproxy.cfg` and `weights.map`, the files HAProxy runs, and `dataplane.json`, the same data plane for
-//! the proxy agent), Deployment `<name>-haproxy` (hardened HAProxy pods rolled by a checksum of those files
-//! with zero-downtime settings) and Service `<destination>` (port 80). Pure.
+//! the proxy agent), Deployment `<name>-haproxy` (hardened pods: the proxy agent as a native sidecar, which
+//! writes HAProxy's files and applies every change of the ConfigMap to the running HAProxy, so the pod
+//! template does not change with backends or weights), the agent's identity (ServiceAccount, Role and
+//! RoleBinding `<name>-haproxy`: get, list and watch of that one ConfigMap) and Service `<destination>`
+//! (port 80). Pure.
 
 use super::dataplane::{DATAPLANE_KEY, DataPlane, Layout};
 use super::endpoints::Server;
-use super::haproxy::{HEALTH_PATH, PROXY_PORT, ProxySettings, RouteBackend, STATS_PORT, WEIGHTS_FILE};
+use super::haproxy::{
+    CONFIG_FILE, HEALTH_PATH, PROXY_PORT, ProxySettings, RUNTIME_DIR, RouteBackend, STATS_PORT, WEIGHTS_FILE,
+};
 use super::validate::{Problem, Valid};
 use crate::api::kanary::{DestinationStatus, EndpointStatus, KanarySpec, KanaryStatus};
 use crate::children::with_desired_hash;
 use crate::conditions::{Observed, condition, warn_on_transition};
 use crate::report::Note;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, OwnerReference, Time};
 use serde_json::json;
-use sha2::Digest;
 
-pub const CONFIG_KEY: &str = "haproxy.cfg";
+pub const CONFIG_KEY: &str = CONFIG_FILE;
 pub const PROXY_LABEL: &str = "proxy";
-pub const CONFIG_HASH_ANNOTATION: &str = "kanary.k8s.io/config-hash";
-/// The official image's config directory.
-pub const CONFIG_DIR: &str = "/usr/local/etc/haproxy";
-/// The official image's haproxy user.
+/// The official image's haproxy user; the agent runs as the same user, to share HAProxy's files and socket.
 pub const HAPROXY_UID: i64 = 99;
+/// HAProxy's master CLI socket in the proxy pod, where the agent reaches the running HAProxy.
+pub const MASTER_SOCKET: &str = "/var/run/kanary/master.sock";
+/// The agent's port for `/metrics`, `/healthz`, `/readyz` and `/startupz`.
+pub const AGENT_PORT: u16 = 8405;
 
 pub mod conditions {
     pub const READY: &str = "Ready";
     pub const BACKENDS_READY: &str = "BackendsReady";
     pub const CONFLICT: &str = "Conflict";
+    /// Every proxy pod's HAProxy serves the data plane the ConfigMap asks for (as its agent reports).
+    pub const DATA_PLANE_SYNCED: &str = "DataPlaneSynced";
 }
 
 pub mod reasons {
     pub const BACKENDS_READY: &str = "BackendsReady";
     pub const SERVICE_NOT_FOUND: &str = "ServiceNotFound";
     pub const NO_READY_ENDPOINTS: &str = "NoReadyEndpoints";
+    pub const SYNCED: &str = "Synced";
+    pub const SYNCING: &str = "Syncing";
+    pub const NO_PROXY_PODS: &str = "NoProxyPods";
+    /// HAProxy refused the configuration of the desired revision (the previous one keeps serving).
+    pub const CONFIG_REFUSED: &str = "ConfigRefused";
 }
+
+/// How long the report of a proxy pod that is no longer among the destination's endpoints is kept (a pod
+/// may report before its endpoint is listed).
+pub const STALE_REPORT_AFTER: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// The objects a valid Kanary owns, as they should be (each carrying its desired hash), and the HAProxy
 /// files they carry.
 pub struct Desired {
     /// The config and the weights map.
     pub files: ProxyFiles,
+    /// The data plane's revision (what the agents report they serve).
+    pub revision: String,
     pub config_map: ConfigMap,
     pub deployment: Deployment,
     pub service: Service,
+    /// The proxy agent's identity: a ServiceAccount, and the Role and RoleBinding that let it read the
+    /// ConfigMap.
+    pub service_account: ServiceAccount,
+    pub role: Role,
+    pub role_binding: RoleBinding,
 }
 
 /// The objects Kanary `name` of namespace `ns` owns.
 pub fn desired(name: &str, ns: &str, valid: &Valid, options: &ProxyOptions) -> Desired {
-    // the pods read the files from the ConfigMap's volume
-    let settings = ProxySettings { files_dir: CONFIG_DIR.into(), ..ProxySettings::default() };
-    let plane = DataPlane { owner: format!("{ns}/{name}"), settings, routes: valid.routes.clone() };
+    let plane =
+        DataPlane { owner: format!("{ns}/{name}"), settings: ProxySettings::default(), routes: valid.routes.clone() };
     let files = ProxyFiles::of(&plane);
+    let owner = &valid.owner;
     Desired {
-        config_map: with_desired_hash(build_config_map(name, ns, &valid.owner, &files)),
-        deployment: with_desired_hash(build_deployment(name, ns, &valid.owner, &files, options)),
-        service: with_desired_hash(build_service(name, ns, &valid.owner, &valid.spec.destination)),
+        config_map: with_desired_hash(build_config_map(name, ns, owner, &files)),
+        deployment: with_desired_hash(build_deployment(name, ns, owner, options)),
+        service: with_desired_hash(build_service(name, ns, owner, &valid.spec.destination)),
+        service_account: with_desired_hash(build_service_account(name, ns, owner)),
+        role: with_desired_hash(build_role(name, ns, owner)),
+        role_binding: with_desired_hash(build_role_binding(name, ns, owner)),
+        revision: plane.revision(),
         files,
     }
 }
@@ -76,22 +104,17 @@ impl ProxyFiles {
         let layout = Layout::fresh(plane);
         ProxyFiles { config: layout.config(), weights: layout.weights_map(), dataplane: plane.to_json() }
     }
-
-    /// A checksum of the files HAProxy reads.
-    pub fn hash(&self) -> String {
-        config_hash(&format!("{}\n{}", self.config, self.weights))
-    }
 }
 
-/// The Normal event a configuration change calls for: the proxy created, or its configuration changed
-/// (`running_hash` is the configuration hash of the proxy's pods now).
-pub fn config_note(name: &str, valid: &Valid, desired: &Desired, running_hash: Option<&str>) -> Option<Note> {
-    match running_hash {
+/// The Normal event a configuration change calls for: the proxy created, or its configuration changed.
+/// `current` is the desired hash of the ConfigMap the cluster holds (none: there is none yet).
+pub fn config_note(name: &str, valid: &Valid, desired: &Desired, current: Option<&str>) -> Option<Note> {
+    match current {
         None => Some(Note::normal(
             "ProxyCreated",
             format!("created the proxy {:?} for Service {:?}", proxy_name(name), valid.spec.destination),
         )),
-        Some(running) if running != desired.files.hash() => {
+        Some(current) if Some(current) != crate::children::desired_hash(&desired.config_map.metadata) => {
             let split: Vec<String> = valid
                 .routes
                 .iter()
@@ -101,20 +124,6 @@ pub fn config_note(name: &str, valid: &Valid, desired: &Desired, running_hash: O
         }
         Some(_) => None,
     }
-}
-
-/// The configuration hash of a proxy Deployment's pods.
-pub fn running_config_hash(proxy: &Deployment) -> Option<&str> {
-    proxy
-        .spec
-        .as_ref()?
-        .template
-        .metadata
-        .as_ref()?
-        .annotations
-        .as_ref()?
-        .get(CONFIG_HASH_ANNOTATION)
-        .map(String::as_str)
 }
 
 /// The reason of a BackendsReady condition that is not ready: some route's Service is missing, or some
@@ -137,7 +146,9 @@ pub fn warnings(
 ) -> Vec<Note> {
     let ready = warn_on_transition(before, &after.conditions, conditions::READY, problem.map(Problem::reason));
     let backends = warn_on_transition(before, &after.conditions, conditions::BACKENDS_READY, degraded_reason(degraded));
-    ready.into_iter().chain(backends).collect()
+    let refused =
+        warn_on_transition(before, &after.conditions, conditions::DATA_PLANE_SYNCED, Some(reasons::CONFIG_REFUSED));
+    ready.into_iter().chain(backends).chain(refused).collect()
 }
 
 pub fn config_name(kanary: &str) -> String {
@@ -148,10 +159,13 @@ pub fn proxy_name(kanary: &str) -> String {
     format!("{kanary}-haproxy")
 }
 
-/// The proxy's image and replicas (controller flags).
+/// The proxy's images and replicas (controller flags).
 #[derive(Debug, Clone)]
 pub struct ProxyOptions {
+    /// HAProxy's image (the official one, or one built like it).
     pub image: String,
+    /// canary-controller's image, which runs the proxy agent.
+    pub agent_image: String,
     pub replicas: i32,
 }
 
@@ -168,17 +182,56 @@ pub fn build_config_map(name: &str, namespace: &str, owner: &OwnerReference, fil
     .expect("a valid ConfigMap")
 }
 
-pub fn config_hash(config: &str) -> String {
-    format!("{:x}", sha2::Sha256::digest(config.as_bytes()))
+/// The proxy agent's ServiceAccount (`<name>-haproxy`); its token is mounted only where a pod asks for it
+/// (the proxy's pods do).
+pub fn build_service_account(name: &str, namespace: &str, owner: &OwnerReference) -> ServiceAccount {
+    let proxy = proxy_name(name);
+    serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "ServiceAccount",
+        "metadata": metadata(&proxy, namespace, owner, json!({PROXY_LABEL: proxy})),
+        "automountServiceAccountToken": false,
+    }))
+    .expect("a valid ServiceAccount")
 }
 
-pub fn build_deployment(
-    name: &str,
-    namespace: &str,
-    owner: &OwnerReference,
-    files: &ProxyFiles,
-    options: &ProxyOptions,
-) -> Deployment {
+/// What the proxy agent may do: get, list and watch its Kanary's ConfigMap (a list or watch selects it by
+/// name, `metadata.name=<name>-config`, which `resourceNames` grants), and patch its Kanary's status (to
+/// report what it serves); nothing else.
+pub fn build_role(name: &str, namespace: &str, owner: &OwnerReference) -> Role {
+    let proxy = proxy_name(name);
+    let group = owner.api_version.split('/').next().unwrap_or_default();
+    serde_json::from_value(json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+        "metadata": metadata(&proxy, namespace, owner, json!({PROXY_LABEL: proxy})),
+        "rules": [
+            {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": [config_name(name)], "verbs": ["get", "list", "watch"]},
+            {"apiGroups": [group], "resources": ["kanaries/status"], "resourceNames": [name], "verbs": ["patch"]},
+        ],
+    }))
+    .expect("a valid Role")
+}
+
+/// Binds the proxy agent's Role to its ServiceAccount.
+pub fn build_role_binding(name: &str, namespace: &str, owner: &OwnerReference) -> RoleBinding {
+    let proxy = proxy_name(name);
+    serde_json::from_value(json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+        "metadata": metadata(&proxy, namespace, owner, json!({PROXY_LABEL: proxy})),
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": proxy},
+        "subjects": [{"kind": "ServiceAccount", "name": proxy, "namespace": namespace}],
+    }))
+    .expect("a valid RoleBinding")
+}
+
+/// A container's hardening: no privilege escalation, a read-only root file system, no capabilities.
+fn hardened() -> serde_json::Value {
+    json!({"allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true, "capabilities": {"drop": ["ALL"]}})
+}
+
+/// The proxy's pods: HAProxy in master-worker mode on the files the agent writes to the shared `run`
+/// volume, and the agent as a native sidecar (an init container that keeps running: it starts first and
+/// writes the first files, HAProxy starts once its startup probe passes, and it stops after HAProxy).
+pub fn build_deployment(name: &str, namespace: &str, owner: &OwnerReference, options: &ProxyOptions) -> Deployment {
     let proxy = proxy_name(name);
     serde_json::from_value(json!({
         "apiVersion": "apps/v1", "kind": "Deployment",
@@ -189,17 +242,44 @@ pub fn build_deployment(
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
             "minReadySeconds": 2,
             "template": {
-                "metadata": {"labels": {PROXY_LABEL: proxy}, "annotations": {CONFIG_HASH_ANNOTATION: files.hash()}},
+                "metadata": {"labels": {PROXY_LABEL: proxy}},
                 "spec": {
-                    "automountServiceAccountToken": false,
+                    // the agent reads the ConfigMap with it (HAProxy gets the token too, which grants no more
+                    // than the config it serves)
+                    "serviceAccountName": proxy,
+                    "automountServiceAccountToken": true,
                     "terminationGracePeriodSeconds": 45,
                     "securityContext": {
                         "runAsNonRoot": true, "runAsUser": HAPROXY_UID, "runAsGroup": HAPROXY_UID,
                         "seccompProfile": {"type": "RuntimeDefault"},
                     },
+                    "initContainers": [{
+                        "name": "agent",
+                        "image": options.agent_image,
+                        "restartPolicy": "Always",
+                        "args": ["proxy-agent", "--config-map", config_name(name), "--dir", RUNTIME_DIR,
+                            "--master-socket", MASTER_SOCKET, "--metrics-address", format!("0.0.0.0:{AGENT_PORT}"),
+                            "--kanary", name, "--kanary-api-version", owner.api_version, "--log-format", "json"],
+                        "env": [
+                            {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+                            {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                        ],
+                        "ports": [{"name": "agent", "containerPort": AGENT_PORT, "protocol": "TCP"}],
+                        // HAProxy starts once the agent wrote its files
+                        "startupProbe": {"httpGet": {"path": "/startupz", "port": "agent"}, "periodSeconds": 1, "failureThreshold": 120},
+                        // ready once HAProxy serves the desired data plane
+                        "readinessProbe": {"httpGet": {"path": "/readyz", "port": "agent"}, "periodSeconds": 2, "failureThreshold": 2},
+                        "livenessProbe": {"httpGet": {"path": "/healthz", "port": "agent"}, "periodSeconds": 10, "failureThreshold": 3},
+                        "securityContext": hardened(),
+                        "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "64Mi"}},
+                        "volumeMounts": [{"name": "run", "mountPath": RUNTIME_DIR}],
+                    }],
                     "containers": [{
                         "name": "haproxy",
                         "image": options.image,
+                        // as the official image's entrypoint runs them: `haproxy -W -db` (master-worker, in the
+                        // foreground) with the master CLI the agent uses, on the agent's files
+                        "args": ["-S", MASTER_SOCKET, "-f", format!("{RUNTIME_DIR}/{CONFIG_FILE}")],
                         "ports": [
                             {"name": "proxy", "containerPort": PROXY_PORT, "protocol": "TCP"},
                             {"name": "metrics", "containerPort": STATS_PORT, "protocol": "TCP"},
@@ -208,20 +288,14 @@ pub fn build_deployment(
                         "livenessProbe": {"httpGet": {"path": HEALTH_PATH, "port": "metrics"}, "periodSeconds": 10, "failureThreshold": 3},
                         // leave time for the endpoint removal to reach clients, then stop softly
                         "lifecycle": {"preStop": {"exec": {"command": ["/bin/sh", "-c", "sleep 5; kill -USR1 1"]}}},
-                        "securityContext": {
-                            "allowPrivilegeEscalation": false,
-                            "readOnlyRootFilesystem": true,
-                            "capabilities": {"drop": ["ALL"]},
-                        },
+                        "securityContext": hardened(),
                         "resources": {"requests": {"cpu": "50m", "memory": "32Mi"}, "limits": {"memory": "256Mi"}},
                         "volumeMounts": [
-                            {"name": "config", "mountPath": CONFIG_DIR, "readOnly": true},
-                            {"name": "run", "mountPath": "/var/run"},
+                            {"name": "run", "mountPath": RUNTIME_DIR},
                             {"name": "tmp", "mountPath": "/tmp"},
                         ],
                     }],
                     "volumes": [
-                        {"name": "config", "configMap": {"name": config_name(name)}},
                         {"name": "run", "emptyDir": {"medium": "Memory", "sizeLimit": "16Mi"}},
                         {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}},
                     ],
@@ -257,7 +331,63 @@ pub struct Observation<'a> {
     pub degraded: &'a [(String, &'static str)],
     /// The proxy's available replicas and the replicas it should have.
     pub proxy_replicas: (i32, i32),
+    /// The revision of the data plane the ConfigMap asks for (none while a problem holds: the status then
+    /// keeps the previous one).
+    pub revision: Option<&'a str>,
+    /// The proxy's pods (the destination's endpoints).
+    pub proxy_pods: &'a [String],
     pub previous: Option<&'a KanaryStatus>,
+}
+
+/// The DataPlaneSynced condition: whether every proxy pod's agent reports serving `revision`.
+fn data_plane_synced(revision: Option<&str>, pods: &[String], previous: Option<&KanaryStatus>) -> Observed<'static> {
+    let observed = |ok, reason, message| Observed { type_: conditions::DATA_PLANE_SYNCED, ok, reason, message };
+    let Some(revision) = revision else {
+        return observed(false, reasons::SYNCING, "no data plane is configured yet".into());
+    };
+    if pods.is_empty() {
+        return observed(false, reasons::NO_PROXY_PODS, "no proxy pod runs yet".into());
+    }
+    let reports = previous.map(|p| &p.proxies);
+    let report = |pod: &String| reports.and_then(|r| r.get(pod));
+    let serving = pods.iter().filter(|p| report(p).is_some_and(|r| r.revision == revision)).count();
+    let synced = format!("{serving}/{} proxy pods serve revision {revision}", pods.len());
+    let refused: Vec<String> = pods
+        .iter()
+        .filter_map(|p| report(p).filter(|r| r.refused_revision.as_deref() == Some(revision)).map(|r| (p, r)))
+        .map(|(p, r)| format!("{p} (serves {})", r.revision))
+        .collect();
+    if !refused.is_empty() {
+        let message = format!(
+            "{synced}: HAProxy refused this configuration in {}; the previous one keeps serving",
+            refused.join(", ")
+        );
+        return observed(false, reasons::CONFIG_REFUSED, message);
+    }
+    if serving == pods.len() {
+        return observed(true, reasons::SYNCED, synced);
+    }
+    let behind: Vec<String> = pods
+        .iter()
+        .filter_map(|p| match report(p) {
+            None => Some(format!("{p} has not reported")),
+            Some(r) if r.revision != revision => Some(format!("{p} serves {}", r.revision)),
+            Some(_) => None,
+        })
+        .collect();
+    observed(false, reasons::SYNCING, format!("{synced}; {}", behind.join(", ")))
+}
+
+/// The reports of proxy pods that are gone: not among `pods` and older than [`STALE_REPORT_AFTER`].
+pub fn stale_reports(status: Option<&KanaryStatus>, pods: &[String], now: &Time) -> Vec<String> {
+    let reports = status.map(|s| &s.proxies).into_iter().flatten();
+    reports
+        .filter(|(pod, report)| {
+            let age = now.0.duration_since(report.reported_at.0).unsigned_abs();
+            !pods.contains(pod) && age > STALE_REPORT_AFTER
+        })
+        .map(|(pod, _)| pod.clone())
+        .collect()
 }
 
 pub fn build_status(o: &Observation, now: &Time) -> KanaryStatus {
@@ -309,8 +439,12 @@ pub fn build_status(o: &Observation, now: &Time) -> KanaryStatus {
             message: "the proxy's objects are managed by this Kanary".into(),
         },
     };
-    let conditions =
-        [ready, backends, conflict].into_iter().map(|c| condition(c, o.generation, previous_conditions, now)).collect();
+    let revision = o.revision.or(o.previous.and_then(|p| p.data_plane_revision.as_deref()));
+    let synced = data_plane_synced(revision, o.proxy_pods, o.previous);
+    let conditions = [ready, backends, conflict, synced]
+        .into_iter()
+        .map(|c| condition(c, o.generation, previous_conditions, now))
+        .collect();
     if let (Some(_), Some(prev)) = (o.problem, o.previous) {
         // the proxy still serves the last good configuration: keep reporting it
         return KanaryStatus {
@@ -319,6 +453,8 @@ pub fn build_status(o: &Observation, now: &Time) -> KanaryStatus {
             endpoint_statuses: prev.endpoint_statuses.clone(),
             routes: prev.routes.clone(),
             conditions,
+            data_plane_revision: prev.data_plane_revision.clone(),
+            proxies: Default::default(),
         };
     }
     KanaryStatus {
@@ -340,8 +476,69 @@ pub fn build_status(o: &Observation, now: &Time) -> KanaryStatus {
         routes: (!o.routes.is_empty())
             .then(|| o.routes.iter().map(|r| format!("{}={}", r.service, r.weight)).collect::<Vec<_>>().join(",")),
         conditions,
+        data_plane_revision: revision.map(String::from),
+        // the agents' reports are theirs: never written by the controller
+        proxies: Default::default(),
     }
 }
 
 pub const SERVICE_NOT_FOUND: &str = "Service not found";
 pub const NO_READY_ENDPOINT: &str = "no ready endpoint";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::kanary::ProxyReport;
+
+    fn at(second: i64) -> Time {
+        Time(k8s_openapi::jiff::Timestamp::from_second(second).unwrap())
+    }
+
+    fn status(reports: &[(&str, &str, Option<&str>, i64)]) -> KanaryStatus {
+        let proxies = reports
+            .iter()
+            .map(|(pod, revision, refused, second)| {
+                let report = ProxyReport {
+                    revision: revision.to_string(),
+                    refused_revision: refused.map(String::from),
+                    reported_at: at(*second),
+                };
+                (pod.to_string(), report)
+            })
+            .collect();
+        KanaryStatus { proxies, ..KanaryStatus::default() }
+    }
+
+    fn pods(names: &[&str]) -> Vec<String> {
+        names.iter().map(|n| n.to_string()).collect()
+    }
+
+    #[test]
+    fn data_plane_synced_when_every_proxy_pod_reports_the_desired_revision() {
+        let both = status(&[("p1", "r2", None, 0), ("p2", "r2", None, 0)]);
+        let synced = data_plane_synced(Some("r2"), &pods(&["p1", "p2"]), Some(&both));
+        assert_eq!((synced.ok, synced.reason), (true, reasons::SYNCED));
+        assert_eq!(synced.message, "2/2 proxy pods serve revision r2");
+
+        let behind = status(&[("p1", "r2", None, 0), ("p2", "r1", None, 0)]);
+        let syncing = data_plane_synced(Some("r2"), &pods(&["p1", "p2", "p3"]), Some(&behind));
+        assert_eq!((syncing.ok, syncing.reason), (false, reasons::SYNCING));
+        assert_eq!(syncing.message, "1/3 proxy pods serve revision r2; p2 serves r1, p3 has not reported");
+
+        let refused = status(&[("p1", "r1", Some("r2"), 0), ("p2", "r1", None, 0)]);
+        let refusal = data_plane_synced(Some("r2"), &pods(&["p1", "p2"]), Some(&refused));
+        assert_eq!((refusal.ok, refusal.reason), (false, reasons::CONFIG_REFUSED));
+        assert!(refusal.message.contains("refused this configuration in p1 (serves r1)"), "{}", refusal.message);
+
+        // a report of a pod that is gone counts for nothing
+        let none = data_plane_synced(Some("r2"), &[], Some(&both));
+        assert_eq!((none.ok, none.reason), (false, reasons::NO_PROXY_PODS));
+    }
+
+    #[test]
+    fn only_old_reports_of_pods_that_are_gone_are_stale() {
+        let reports = status(&[("gone-old", "r", None, 0), ("gone-new", "r", None, 100), ("here", "r", None, 0)]);
+        assert_eq!(stale_reports(Some(&reports), &pods(&["here"]), &at(200)), ["gone-old"]);
+        assert!(stale_reports(None, &[], &at(200)).is_empty());
+    }
+}

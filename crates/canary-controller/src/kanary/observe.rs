@@ -1,11 +1,13 @@
 //! The observe step of the Kanary controller: everything a Kanary refers to, read from the process's shared
-//! caches (no API reads): its backend Services and their EndpointSlices, its destination Service, and the
-//! proxy's ConfigMap and Deployment.
+//! caches (no API reads): its backend Services and their EndpointSlices, its destination Service and its
+//! EndpointSlices (the proxy's pods), and the
+//! proxy's ConfigMap and Deployment, and its agent's ServiceAccount, Role and RoleBinding.
 
 use super::build::{config_name, proxy_name};
 use crate::api::kanary::Kanary;
 use crate::runtime::caches::{CachedDeployment, CachedService, CachedSlice, Caches};
-use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::core::v1::{ConfigMap, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::ResourceExt;
 use kube::core::PartialObjectMeta;
 use std::sync::Arc;
@@ -14,8 +16,13 @@ use std::sync::Arc;
 pub struct Observed {
     pub config_map: Option<Arc<PartialObjectMeta<ConfigMap>>>,
     pub proxy: Option<Arc<CachedDeployment>>,
+    pub service_account: Option<Arc<PartialObjectMeta<ServiceAccount>>>,
+    pub role: Option<Arc<PartialObjectMeta<Role>>>,
+    pub role_binding: Option<Arc<PartialObjectMeta<RoleBinding>>>,
     /// The destination Service (none while the spec is unreadable).
     pub destination: Option<Arc<CachedService>>,
+    /// Its EndpointSlices: the proxy's pods.
+    pub destination_slices: Vec<Arc<CachedSlice>>,
     /// Each route's Service and its EndpointSlices, in the order of the routes.
     pub backends: Vec<Backend>,
     /// The Services labelled as this Kanary's proxy's other than the destination: a former destination when
@@ -55,7 +62,11 @@ pub fn observe(kanary: &Kanary, caches: &Caches) -> Observed {
     Observed {
         config_map: caches.config_maps.get(&ns, &config_name(&name)),
         proxy: caches.deployments.get(&ns, &proxy_name(&name)),
+        service_account: caches.service_accounts.get(&ns, &proxy_name(&name)),
+        role: caches.roles.get(&ns, &proxy_name(&name)),
+        role_binding: caches.role_bindings.get(&ns, &proxy_name(&name)),
         destination: destination_name.and_then(|d| caches.services.get(&ns, d)),
+        destination_slices: destination_name.map(|d| caches.endpoint_slices.labelled(&ns, d)).unwrap_or_default(),
         backends,
         former_destinations,
     }

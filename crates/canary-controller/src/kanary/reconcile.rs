@@ -1,21 +1,22 @@
 //! The Kanary controller's reconcile, for either API group, and its wiring. One pass, the same shape as the
 //! Canary controller's: `observe` (the shared caches: no API reads) -> `validate` (pure: a [`Valid`] Kanary
-//! or a [`Problem`]) -> `build` (pure: the ConfigMap, Deployment and Service, the events) -> apply (here:
+//! or a [`Problem`]) -> `build` (pure: the ConfigMap, the agent's ServiceAccount, Role and RoleBinding, the
+//! Deployment and the Service, the events) -> apply (here:
 //! create the absent children, server-side apply the owned ones the cache does not show as desired, delete
 //! former destinations; never an object owned by someone else) -> status (here: written when it changed).
 //! While a problem holds, the proxy keeps its last good configuration.
 
-use super::build::{self, Desired, Observation, ProxyOptions, running_config_hash};
+use super::build::{self, Desired, Observation, ProxyOptions};
 use super::observe::{Observed, observe};
 use super::validate::{Problem, Valid, validate_kanary};
-use crate::api::kanary::{KIND, Kanary};
+use crate::api::kanary::{KIND, Kanary, KanaryStatus};
 use crate::children::{self, Written, owned_by};
 use crate::runtime::caches::{Cache, Caches};
 use crate::runtime::index::References;
 use crate::runtime::reconciler::{self, Context, Reconciler, Step};
-use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
-use kube::api::Api;
+use kube::api::{Api, Patch, PatchParams};
 use kube::core::ApiResource;
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
@@ -37,6 +38,9 @@ pub enum Child {
     ConfigMap,
     Deployment,
     Service,
+    ServiceAccount,
+    Role,
+    RoleBinding,
 }
 
 /// Why a reconcile failed; the variant (and the child) names the step, which is the metric label and the
@@ -55,6 +59,8 @@ pub enum Error {
     DeleteOldDestination(String, #[source] kube::Error),
     #[error("writing the status: {0}")]
     ApplyStatus(#[from] crate::report::StatusWriteError),
+    #[error("removing the reports of proxy pods that are gone from the status: {0}")]
+    PruneReports(#[source] kube::Error),
 }
 
 impl Step for Error {
@@ -64,12 +70,19 @@ impl Step for Error {
             Error::Create(Child::ConfigMap, ..) => "CreateConfigMap",
             Error::Create(Child::Deployment, ..) => "CreateDeployment",
             Error::Create(Child::Service, ..) => "CreateService",
+            Error::Create(Child::ServiceAccount, ..) => "CreateServiceAccount",
+            Error::Create(Child::Role, ..) => "CreateRole",
+            Error::Create(Child::RoleBinding, ..) => "CreateRoleBinding",
             Error::Apply(Child::ConfigMap, ..) => "ApplyConfigMap",
             Error::Apply(Child::Deployment, ..) => "ApplyDeployment",
             Error::Apply(Child::Service, ..) => "ApplyService",
+            Error::Apply(Child::ServiceAccount, ..) => "ApplyServiceAccount",
+            Error::Apply(Child::Role, ..) => "ApplyRole",
+            Error::Apply(Child::RoleBinding, ..) => "ApplyRoleBinding",
             Error::NotCachedYet(..) => "NotCachedYet",
             Error::DeleteOldDestination(..) => "DeleteOldDestination",
             Error::ApplyStatus(_) => "ApplyStatus",
+            Error::PruneReports(_) => "PruneReports",
         }
     }
 
@@ -95,12 +108,14 @@ impl Reconciler for KanaryReconciler {
         let available = owned_proxy.as_ref().and_then(|d| d.status.as_ref()?.available_replicas).unwrap_or(0);
         let mut wanted = owned_proxy.as_ref().and_then(|d| d.spec.as_ref()?.replicas).unwrap_or(1);
         let mut notes = vec![];
+        let mut revision = None;
         if let Ok(valid) = &valid {
             let desired = build::desired(&name, &ns, valid, &self.proxy);
+            revision = Some(desired.revision.clone());
             apply_children(&ctx.client, &ctx.caches, &ns, &desired, &observed, owned_proxy.as_ref()).await?;
             remove_former_destinations(&ctx.client, &ns, &uid, &observed).await?;
-            let running = owned_proxy.as_ref().and_then(running_config_hash);
-            notes.extend(build::config_note(&name, valid, &desired, running));
+            let current = observed.config_map.as_deref().and_then(|c| children::desired_hash(&c.metadata));
+            notes.extend(build::config_note(&name, valid, &desired, current));
             wanted = self.proxy.replicas;
         }
 
@@ -113,6 +128,13 @@ impl Reconciler for KanaryReconciler {
         };
         let (routes, degraded) = valid.as_ref().map(|v: &Valid| (&v.routes[..], &v.degraded[..])).unwrap_or_default();
         let now = Time(k8s_openapi::jiff::Timestamp::now());
+        let mut proxy_pods: Vec<String> = observed
+            .destination_slices
+            .iter()
+            .flat_map(|s| s.endpoints.iter().filter_map(|e| e.pod.as_deref().map(String::from)))
+            .collect();
+        proxy_pods.sort();
+        proxy_pods.dedup();
         let observation = Observation {
             name: &name,
             generation: kanary.metadata.generation,
@@ -121,15 +143,26 @@ impl Reconciler for KanaryReconciler {
             problem,
             degraded,
             proxy_replicas: (available, wanted),
+            revision: revision.as_deref(),
+            proxy_pods: &proxy_pods,
             previous,
         };
         let status = build::build_status(&observation, &now);
         let before = previous.map(|s| s.conditions.as_slice()).unwrap_or_default();
         notes.extend(build::warnings(before, &status, problem, degraded));
         ctx.publish(&ctx.about(&kanary), notes).await;
-        if previous != Some(&status) {
-            let api: Api<Kanary> = Api::namespaced_with(ctx.client.clone(), &ns, &self.resource);
+        let api: Api<Kanary> = Api::namespaced_with(ctx.client.clone(), &ns, &self.resource);
+        // the agents' reports are theirs: compared without them, and only the gone pods' removed
+        let ours = previous.map(|p| KanaryStatus { proxies: Default::default(), ..p.clone() });
+        if ours.as_ref() != Some(&status) {
             crate::report::write_status(&api, &name, &self.resource.api_version, KIND, &status).await?;
+        }
+        let stale = build::stale_reports(previous, &proxy_pods, &now);
+        if !stale.is_empty() {
+            let gone: serde_json::Map<String, serde_json::Value> =
+                stale.into_iter().map(|pod| (pod, serde_json::Value::Null)).collect();
+            let patch = Patch::Merge(serde_json::json!({"status": {"proxies": gone}}));
+            api.patch_status(&name, &PatchParams::default(), &patch).await.map_err(Error::PruneReports)?;
         }
         Ok(Action::requeue(Duration::from_secs(600)))
     }
@@ -137,9 +170,10 @@ impl Reconciler for KanaryReconciler {
 
 /// Writes the children the cache does not show as desired: the destination first (the name most likely to
 /// be someone else's, a Service of the app, so that a conflict the cache did not show yet stops the
-/// reconcile before the proxy's own objects are created), then the ConfigMap (cached as metadata only: judged
-/// by its desired-hash annotation and its managedFields), then the Deployment. A child created since the
-/// cache was written is retried once the cache has it.
+/// reconcile before the proxy's own objects are created), then the ConfigMap and the agent's
+/// ServiceAccount, Role and RoleBinding (cached as metadata only: judged by their desired-hash annotation and
+/// their managedFields), then the Deployment. A child created since the cache was written is retried once the
+/// cache has it.
 async fn apply_children(
     client: &Client,
     caches: &Caches,
@@ -153,17 +187,45 @@ async fn apply_children(
     write(Api::namespaced(client.clone(), ns), &desired.service, destination, destination.is_some(), &caches.services)
         .await
         .map_err(|e| e.of(Child::Service))?;
-    let config_map = observed.config_map.as_deref();
-    if !config_map.is_some_and(|c| children::metadata_up_to_date(&desired.config_map.metadata, &c.metadata)) {
-        let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
-        write(api, &desired.config_map, None, config_map.is_some(), &caches.config_maps)
-            .await
-            .map_err(|e| e.of(Child::ConfigMap))?;
-    }
+    let config_map = observed.config_map.as_deref().map(|c| &c.metadata);
+    write_metadata_cached(client, ns, &desired.config_map, config_map, &caches.config_maps, Child::ConfigMap).await?;
+    let account = observed.service_account.as_deref().map(|a| &a.metadata);
+    let accounts = &caches.service_accounts;
+    write_metadata_cached(client, ns, &desired.service_account, account, accounts, Child::ServiceAccount).await?;
+    let role = observed.role.as_deref().map(|r| &r.metadata);
+    write_metadata_cached(client, ns, &desired.role, role, &caches.roles, Child::Role).await?;
+    let binding = observed.role_binding.as_deref().map(|b| &b.metadata);
+    let bindings = &caches.role_bindings;
+    write_metadata_cached(client, ns, &desired.role_binding, binding, bindings, Child::RoleBinding).await?;
     write(Api::namespaced(client.clone(), ns), &desired.deployment, proxy, proxy.is_some(), &caches.deployments)
         .await
         .map_err(|e| e.of(Child::Deployment))?;
     Ok(())
+}
+
+/// Writes a child cached as metadata only (`cached`: its metadata in the cache) unless the cache shows it as
+/// desired (see [`children::metadata_up_to_date`]).
+async fn write_metadata_cached<K, C>(
+    client: &Client,
+    ns: &str,
+    desired: &K,
+    cached: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta>,
+    cache: &Cache<C>,
+    child: Child,
+) -> Result<(), Error>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + serde::Serialize
+        + std::fmt::Debug,
+    C: Resource<DynamicType = ()> + 'static,
+{
+    if cached.is_some_and(|c| children::metadata_up_to_date(desired.meta(), c)) {
+        return Ok(());
+    }
+    let api: Api<K> = Api::namespaced(client.clone(), ns);
+    write(api, desired, None, cached.is_some(), cache).await.map_err(|e| e.of(child))
 }
 
 /// A failed write, before it is known which child it was.
@@ -230,6 +292,20 @@ fn kanaries_for<K: Resource>(
     names.iter().map(|n| ObjectRef::new_with(n, resource.clone()).within(&ns)).collect()
 }
 
+/// What wakes a Kanary's reconcile when it changes: its spec (`metadata.generation`) and what its proxy agents
+/// report in its status (not the rest of the status, which the controller writes).
+fn spec_or_reports(kanary: &Kanary) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    kanary.metadata.generation.hash(&mut hasher);
+    if let Some(status) = &kanary.status {
+        for (pod, report) in &status.proxies {
+            (pod, &report.revision, &report.refused_revision).hash(&mut hasher);
+        }
+    }
+    Some(hasher.finish())
+}
+
 /// Runs the Kanary controller of one API group until `shutdown` completes.
 pub async fn run(
     client: Client,
@@ -244,16 +320,29 @@ pub async fn run(
         Api::<Kanary>::all_with(client.clone(), &resource),
         resource.clone(),
         references.clone(),
+        spec_or_reports,
     );
     metrics.observe_kanaries(&resource.group, controller.store());
     let reconciler = KanaryReconciler { resource: resource.clone(), proxy, references: references.clone() };
     let ctx = Arc::new(Context::new(client, caches.clone(), controller.store(), resource.clone(), metrics, reconciler));
     let (c1, c2, c3, c4) = (caches.clone(), caches.clone(), caches.clone(), caches.clone());
-    let (r1, r2, r3, r4) = (references.clone(), references.clone(), references.clone(), references);
-    let (a1, a2, a3, a4) = (resource.clone(), resource.clone(), resource.clone(), resource);
+    let (c5, c6, c7) = (caches.clone(), caches.clone(), caches.clone());
+    let (r1, r2, r3, r4) = (references.clone(), references.clone(), references.clone(), references.clone());
+    let (r5, r6, r7) = (references.clone(), references.clone(), references);
+    let (a1, a2, a3, a4) = (resource.clone(), resource.clone(), resource.clone(), resource.clone());
+    let (a5, a6, a7) = (resource.clone(), resource.clone(), resource);
     let controller = controller
         .watches_shared_stream(caches.config_maps.subscribe(), move |cm| {
             kanaries_for(cm.as_ref(), None, c1.config_maps.is_echo(&cm), &r1, &a1)
+        })
+        .watches_shared_stream(caches.service_accounts.subscribe(), move |a| {
+            kanaries_for(a.as_ref(), None, c5.service_accounts.is_echo(&a), &r5, &a5)
+        })
+        .watches_shared_stream(caches.roles.subscribe(), move |r| {
+            kanaries_for(r.as_ref(), None, c6.roles.is_echo(&r), &r6, &a6)
+        })
+        .watches_shared_stream(caches.role_bindings.subscribe(), move |b| {
+            kanaries_for(b.as_ref(), None, c7.role_bindings.is_echo(&b), &r7, &a7)
         })
         .watches_shared_stream(caches.deployments.subscribe(), move |d| {
             kanaries_for(d.as_ref(), None, c2.deployments.is_echo(&d), &r2, &a2)

@@ -42,6 +42,16 @@ pub fn validate_kanary<'a>(
     if observed.proxy.as_deref().is_some_and(|d| !owned_by(d, uid)) {
         return Err(Problem::ObjectNotOwned { kind: "Deployment", name: proxy_name(&name) });
     }
+    let proxy = proxy_name(&name);
+    if observed.service_account.as_deref().is_some_and(|a| !owned_by(a, uid)) {
+        return Err(Problem::ObjectNotOwned { kind: "ServiceAccount", name: proxy });
+    }
+    if observed.role.as_deref().is_some_and(|r| !owned_by(r, uid)) {
+        return Err(Problem::ObjectNotOwned { kind: "Role", name: proxy });
+    }
+    if observed.role_binding.as_deref().is_some_and(|b| !owned_by(b, uid)) {
+        return Err(Problem::ObjectNotOwned { kind: "RoleBinding", name: proxy });
+    }
     if observed.destination.as_deref().is_some_and(|s| !owned_by(s, uid)) {
         return Err(Problem::ObjectNotOwned { kind: "Service", name: spec.destination.clone() });
     }

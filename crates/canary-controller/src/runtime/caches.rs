@@ -4,8 +4,8 @@
 //! included, to each controller that subscribed (kube's shared streams do not pass deletions on, and a
 //! deleted child must be repaired). Each cache is indexed by one label, and remembers the versions this
 //! process wrote (their watch events are echoes that wake no one). What is cached is only what the
-//! controllers read: Deployments and EndpointSlices in compact forms, ConfigMaps as metadata only (their data
-//! is never read: the desired-hash annotation stands for it).
+//! controllers read: Deployments and EndpointSlices in compact forms; ConfigMaps, ServiceAccounts, Roles and
+//! RoleBindings as metadata only (their content is never read: the desired-hash annotation stands for it).
 
 use super::index::References;
 use crate::canary::build::CANARY_LABEL;
@@ -14,8 +14,9 @@ use crate::kanary::endpoints::SERVICE_NAME_LABEL;
 use futures::channel::mpsc;
 use futures::{Stream, StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::Api;
 use kube::core::PartialObjectMeta;
@@ -214,14 +215,14 @@ cached_form_of!(CachedSlice, EndpointSlice);
 cached_form_of!(CachedDeployment, Deployment);
 cached_form_of!(CachedService, Service);
 
-/// A ConfigMap as the cache keeps it: its metadata only, with who wrote the proxies' ConfigMaps (the
-/// managers of their managedFields, not the fields: they tell whether someone else wrote to one,
-/// `children::metadata_up_to_date`).
-fn compact_config_map(mut config_map: PartialObjectMeta<ConfigMap>) -> PartialObjectMeta<ConfigMap> {
-    let proxy_config = config_map.metadata.labels.as_ref().is_some_and(|l| l.contains_key(PROXY_LABEL));
-    let managed_fields = config_map.metadata.managed_fields.take();
-    config_map.metadata = compact_metadata(config_map.metadata, CHILD_LABELS, CHILD_ANNOTATIONS);
-    if proxy_config {
+/// An object cached as metadata only (a ConfigMap, ServiceAccount, Role or RoleBinding) as the cache keeps
+/// it, with who wrote the proxies' (the managers of their managedFields, not the fields: they tell whether
+/// someone else wrote to one, `children::metadata_up_to_date`).
+fn compact_child<K>(mut object: PartialObjectMeta<K>) -> PartialObjectMeta<K> {
+    let proxy_object = object.metadata.labels.as_ref().is_some_and(|l| l.contains_key(PROXY_LABEL));
+    let managed_fields = object.metadata.managed_fields.take();
+    object.metadata = compact_metadata(object.metadata, CHILD_LABELS, CHILD_ANNOTATIONS);
+    if proxy_object {
         let writers = managed_fields.unwrap_or_default().into_iter().map(|e| {
             k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry {
                 manager: e.manager,
@@ -230,9 +231,9 @@ fn compact_config_map(mut config_map: PartialObjectMeta<ConfigMap>) -> PartialOb
                 ..Default::default()
             }
         });
-        config_map.metadata.managed_fields = Some(writers.collect());
+        object.metadata.managed_fields = Some(writers.collect());
     }
-    config_map
+    object
 }
 
 impl<K> Cache<K>
@@ -347,6 +348,10 @@ pub struct Caches {
     pub endpoint_slices: Cache<CachedSlice>,
     /// Metadata only, indexed by the proxy label.
     pub config_maps: Cache<PartialObjectMeta<ConfigMap>>,
+    /// The proxy agents' identities: metadata only, indexed by the proxy label.
+    pub service_accounts: Cache<PartialObjectMeta<ServiceAccount>>,
+    pub roles: Cache<PartialObjectMeta<Role>>,
+    pub role_bindings: Cache<PartialObjectMeta<RoleBinding>>,
 }
 
 impl Caches {
@@ -360,7 +365,10 @@ impl Caches {
                 CachedSlice::from,
                 SERVICE_NAME_LABEL,
             ),
-            config_maps: Cache::start(Api::all(client.clone()), compact_config_map, PROXY_LABEL),
+            config_maps: Cache::start(Api::all(client.clone()), compact_child, PROXY_LABEL),
+            service_accounts: Cache::start(Api::all(client.clone()), compact_child, PROXY_LABEL),
+            roles: Cache::start(Api::all(client.clone()), compact_child, PROXY_LABEL),
+            role_bindings: Cache::start(Api::all(client.clone()), compact_child, PROXY_LABEL),
         }
     }
 
@@ -373,7 +381,14 @@ impl Caches {
             self.endpoint_slices.ready(),
             self.config_maps.ready()
         );
-        d.and(s).and(e).and(c).map_err(|_| anyhow::anyhow!("a cache stopped before its first list"))
+        let (a, r, b) = futures::join!(self.service_accounts.ready(), self.roles.ready(), self.role_bindings.ready());
+        d.and(s)
+            .and(e)
+            .and(c)
+            .and(a)
+            .and(r)
+            .and(b)
+            .map_err(|_| anyhow::anyhow!("a cache stopped before its first list"))
     }
 }
 

@@ -1,6 +1,7 @@
 //! How a controller is started, and what starts a reconcile. The custom resources come from a cached watch
-//! (the controller's store) that passes an object on only when it is new or its spec changed
-//! (`metadata.generation`), so the controller's own status writes do not come back as work. Owned and related
+//! (the controller's store) that passes an object on only when it is new or what the controller's
+//! `changes` predicate reads of it changed (its spec, `metadata.generation`, and for a Kanary the reports its
+//! proxy agents write into the status), so the controller's own status writes do not come back as work. Owned and related
 //! objects come from the process's shared caches (`runtime::caches`). Every controller, and every watch,
 //! runs with the same bounded concurrency and backoff.
 
@@ -9,15 +10,21 @@ use futures::StreamExt;
 use kube::api::Api;
 use kube::runtime::controller::Controller;
 use kube::runtime::reflector::store::Writer;
-use kube::runtime::{WatchStreamExt, predicates, watcher};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
 use std::fmt::Debug;
 use std::hash::Hash;
 use std::sync::Arc;
 
-/// A controller of `api`'s objects, reconciling each when it is new or its spec changed, with the settings
-/// every controller runs with; `references` follows the objects' watch.
-pub fn controller<K>(api: Api<K>, dyntype: K::DynamicType, references: Arc<References<K>>) -> Controller<K>
+/// A controller of `api`'s objects, reconciling each when it is new or `changes` of it changed (see
+/// `kube::runtime::predicates`), with the settings every controller runs with; `references` follows the
+/// objects' watch.
+pub fn controller<K>(
+    api: Api<K>,
+    dyntype: K::DynamicType,
+    references: Arc<References<K>>,
+    changes: fn(&K) -> Option<u64>,
+) -> Controller<K>
 where
     K: Resource + Clone + serde::de::DeserializeOwned + Debug + Send + Sync + 'static,
     K::DynamicType: Eq + Hash + Clone + Debug + Unpin,
@@ -34,7 +41,7 @@ where
         })
         .reflect(writer)
         .applied_objects()
-        .predicate_filter(predicates::generation, Default::default());
+        .predicate_filter(changes, Default::default());
     Controller::for_stream_with(spec_changes, store, dyntype)
         .with_config(controller_config())
         .trigger_backoff(watch_backoff())
