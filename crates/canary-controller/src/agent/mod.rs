@@ -20,7 +20,7 @@
 
 pub mod master_cli;
 
-use crate::kanary::dataplane::{DATAPLANE_KEY, DataPlane, Layout, server_commands, weights_changed};
+use crate::kanary::dataplane::{DATAPLANE_KEY, DataPlane, Layout, server_commands, slot_commands, weights_changed};
 use crate::kanary::haproxy::{CONFIG_FILE, WEIGHTS_FILE, backend_name, slot_name, weights_path};
 use anyhow::Context as _;
 use futures::StreamExt;
@@ -314,9 +314,21 @@ impl Agent {
             }
             _ => {}
         }
-        let drift = self.drift(&next).await?;
+        let (servers, map) = self.running(&next).await?;
+        let drift = differences(&next, &servers, &map);
         if drift.is_empty() {
             return self.in_sync(revision);
+        }
+        // a worker with every slot is repaired at run time (an agent stopped between writing the layout and
+        // applying it, a command that did not take); one whose slots differ needs a reload
+        if let Some(commands) = repair_commands(&next, &servers) {
+            tracing::info!(revision = plane.revision(), "repairing HAProxy at run time: {}", drift.join("; "));
+            self.cli.worker(&commands).await?;
+            self.cli.replace_map(&weights_path(&next.settings), &next.weights_map()).await?;
+            if self.drift(&next).await?.is_empty() {
+                self.metrics.count("runtime");
+                return self.in_sync(revision);
+            }
         }
         tracing::info!(revision = plane.revision(), "reloading HAProxy: {}", drift.join("; "));
         if self.cli.reload().await? {
@@ -376,10 +388,19 @@ impl Agent {
         Ok(())
     }
 
-    /// How the running worker differs from `layout` (empty: it serves it).
-    async fn drift(&self, layout: &Layout) -> anyhow::Result<Vec<String>> {
+    /// What the running worker serves: its servers and its weights map (the one `layout` names).
+    async fn running(
+        &self,
+        layout: &Layout,
+    ) -> anyhow::Result<(HashMap<(String, String), ServerState>, HashMap<String, String>)> {
         let servers = self.cli.servers().await?;
         let map = self.cli.map(&weights_path(&layout.settings)).await?;
+        Ok((servers, map))
+    }
+
+    /// How the running worker differs from `layout` (empty: it serves it).
+    async fn drift(&self, layout: &Layout) -> anyhow::Result<Vec<String>> {
+        let (servers, map) = self.running(layout).await?;
         Ok(differences(layout, &servers, &map))
     }
 }
@@ -410,11 +431,7 @@ fn differences(
                 found.push(format!("{be}/{name} is missing"));
                 continue;
             };
-            let as_desired = match slot {
-                Some(s) => !running.in_maintenance && running.address == Some(s.address) && running.port == s.port,
-                None => running.in_maintenance,
-            };
-            if !as_desired {
+            if !slot_as_desired(running, slot.as_ref()) {
                 found.push(format!("{be}/{name} is {running:?}, not {slot:?}"));
             }
         }
@@ -430,6 +447,33 @@ fn differences(
         }
     }
     found
+}
+
+/// Whether a running server is what its slot holds: that server, ready, or (empty) in maintenance.
+fn slot_as_desired(running: &ServerState, slot: Option<&crate::kanary::endpoints::Server>) -> bool {
+    match slot {
+        Some(s) => !running.in_maintenance && running.address == Some(s.address) && running.port == s.port,
+        None => running.in_maintenance,
+    }
+}
+
+/// The Runtime API commands that bring the running worker's servers to `layout`, when it has exactly the
+/// layout's slots; none when only a reload can (a slot missing, or more). Pure.
+fn repair_commands(layout: &Layout, servers: &HashMap<(String, String), ServerState>) -> Option<Vec<String>> {
+    let slots_total: usize = layout.backends.iter().map(|b| b.slots.len()).sum();
+    if servers.len() != slots_total {
+        return None;
+    }
+    let mut commands = vec![];
+    for backend in &layout.backends {
+        for (i, slot) in backend.slots.iter().enumerate() {
+            let running = servers.get(&(backend_name(&backend.service), slot_name(i)))?;
+            if !slot_as_desired(running, slot.as_ref()) {
+                commands.extend(slot_commands(&backend.service, i, slot.as_ref()));
+            }
+        }
+    }
+    Some(commands)
 }
 
 async fn serve(
@@ -503,6 +547,19 @@ mod tests {
             ServerState { address: "10.0.0.1".parse().ok(), port: 80, in_maintenance: false },
         );
         assert!(differences(&layout, &servers, &map).is_empty());
+        // a worker with every slot is repaired by commands; one missing a slot is not
+        assert_eq!(repair_commands(&layout, &servers), Some(vec![]));
+        let mut parked = servers.clone();
+        parked.insert(
+            ("be_a".into(), "s1".into()),
+            ServerState { address: "127.0.0.1".parse().ok(), port: 1, in_maintenance: true },
+        );
+        assert_eq!(
+            repair_commands(&layout, &parked).unwrap(),
+            ["set server be_a/s1 addr 10.0.0.1 port 80", "set server be_a/s1 state ready"]
+        );
+        parked.remove(&("be_a".to_string(), "s8".to_string()));
+        assert_eq!(repair_commands(&layout, &parked), None);
         let reweighted: HashMap<String, String> =
             [("t0", "50"), ("w0", "100")].map(|(k, v)| (k.into(), v.into())).into();
         assert_eq!(differences(&layout, &servers, &reweighted), ["weights map t0 is Some(\"50\"), not 100"]);

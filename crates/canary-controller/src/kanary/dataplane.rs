@@ -117,27 +117,38 @@ fn follow_backend(current: &SlottedBackend, route: &RouteBackend) -> Option<Slot
 /// emptied goes to maintenance (its connections go on, it gets no new ones) and is parked; a slot filled
 /// gets its address and is made ready.
 pub fn server_commands(from: &Layout, to: &Layout) -> Vec<String> {
-    let (parked_ip, parked_port) = PARKED.split_once(':').expect("host:port");
     let mut commands = vec![];
     for (a, b) in from.backends.iter().zip(&to.backends) {
-        let be = backend_name(&b.service);
         for (i, (before, after)) in a.slots.iter().zip(&b.slots).enumerate() {
-            let server = format!("{be}/{}", slot_name(i));
             match (before, after) {
                 (Some(x), Some(y)) if same_server(x, y) => {}
                 (None, None) => {}
-                (Some(_), None) => {
-                    commands.push(format!("set server {server} state maint"));
-                    commands.push(format!("set server {server} addr {parked_ip} port {parked_port}"));
-                }
-                (_, Some(y)) => {
-                    commands.push(format!("set server {server} addr {} port {}", y.address, y.port));
-                    commands.push(format!("set server {server} state ready"));
-                }
+                _ => commands.extend(slot_commands(&b.service, i, after.as_ref())),
             }
         }
     }
     commands
+}
+
+/// The Runtime API commands that make slot `index` of `service`'s backend hold `server` (made ready), or,
+/// with none, empty (in maintenance, parked).
+pub fn slot_commands(service: &str, index: usize, server: Option<&Server>) -> Vec<String> {
+    let slot = format!("{}/{}", backend_name(service), slot_name(index));
+    match server {
+        Some(s) => {
+            vec![
+                format!("set server {slot} addr {} port {}", s.address, s.port),
+                format!("set server {slot} state ready"),
+            ]
+        }
+        None => {
+            let (parked_ip, parked_port) = PARKED.split_once(':').expect("host:port");
+            vec![
+                format!("set server {slot} state maint"),
+                format!("set server {slot} addr {parked_ip} port {parked_port}"),
+            ]
+        }
+    }
 }
 
 /// Whether the weights differ between two layouts of the same structure.
