@@ -38,6 +38,24 @@ enum Command {
         /// Replicas of each Kanary's HAProxy Deployment.
         #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(i32).range(1..))]
         haproxy_replicas: i32,
+        /// Default of a Kanary's `spec.proxy.timeoutClient`: how long a client may stay silent on an
+        /// established connection (long, for idle long-lived connections such as database pools).
+        #[arg(long, default_value = "1h", env = "PROXY_TIMEOUT_CLIENT", value_parser = haproxy_duration)]
+        proxy_timeout_client: String,
+        /// Default of `spec.proxy.timeoutServer`: how long a backend may stay silent.
+        #[arg(long, default_value = "1h", env = "PROXY_TIMEOUT_SERVER", value_parser = haproxy_duration)]
+        proxy_timeout_server: String,
+        /// Default of `spec.proxy.timeoutConnect`: how long a connection to a backend may take to open.
+        #[arg(long, default_value = "5s", env = "PROXY_TIMEOUT_CONNECT", value_parser = haproxy_duration)]
+        proxy_timeout_connect: String,
+        /// Default of `spec.proxy.hardStopAfter`: how long the connections of a configuration replaced by a
+        /// reload may go on.
+        #[arg(long, default_value = "30m", env = "PROXY_HARD_STOP_AFTER", value_parser = haproxy_duration)]
+        proxy_hard_stop_after: String,
+        /// Default of `spec.proxy.maxconn`: most concurrent connections per proxy pod.
+        #[arg(long, default_value_t = 4096, env = "PROXY_MAXCONN",
+            value_parser = clap::value_parser!(u32).range(1..=canary_controller::api::kanary::MAX_MAXCONN))]
+        proxy_maxconn: u32,
         #[command(flatten)]
         leader_election: LeaderElectionArgs,
     },
@@ -116,16 +134,42 @@ impl LeaderElectionArgs {
     }
 }
 
+/// A duration HAProxy reads (`30s`, `1h`), for the `--proxy-*` flags.
+fn haproxy_duration(value: &str) -> Result<String, String> {
+    canary_controller::kanary::validate::check_duration("the value", value).map(|()| value.to_string())
+}
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run { log_format, haproxy_image, agent_image, haproxy_replicas, metrics_address, leader_election } => {
+        Command::Run {
+            log_format,
+            haproxy_image,
+            agent_image,
+            haproxy_replicas,
+            proxy_timeout_client,
+            proxy_timeout_server,
+            proxy_timeout_connect,
+            proxy_hard_stop_after,
+            proxy_maxconn,
+            metrics_address,
+            leader_election,
+        } => {
             runtime::init_logging(log_format);
+            let defaults = canary_controller::kanary::haproxy::ProxySettings {
+                timeout_client: proxy_timeout_client,
+                timeout_server: proxy_timeout_server,
+                timeout_connect: proxy_timeout_connect,
+                hard_stop_after: proxy_hard_stop_after,
+                maxconn: proxy_maxconn,
+                ..Default::default()
+            };
             let proxy = canary_controller::kanary::build::ProxyOptions {
                 image: haproxy_image,
                 agent_image,
                 replicas: haproxy_replicas,
+                defaults,
             };
             let leader_election = leader_election.settings();
             runtime::run(runtime::RunOptions { proxy, metrics_address, leader_election }).await

@@ -1,5 +1,6 @@
 //! End-to-end: Kanaries of both API groups against the real binary on fake-apiserver (or E2E_KUBECONFIG).
 
+use canary_controller::kanary::validate::validate_proxy;
 use e2e_support as support;
 
 use k8s_openapi::api::apps::v1::Deployment;
@@ -227,6 +228,21 @@ async fn simple_stack_follows_endpoints_and_weights_and_is_repaired_and_deleted(
         .unwrap();
     e.wait_weights("simple-kanary-rule", "new weights", |w| w == "t0 50\nw0 50\nt1 100\nw1 50\n").await;
     haproxy_accepts(&e.config("simple-kanary-rule").await.unwrap());
+
+    // the Kanary's own proxy settings, over the controller's defaults: in the config and the pod template
+    let settings = json!({"spec": {"proxy": {"timeoutClient": "8h", "maxconn": 20000,
+        "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}, "limits": {"memory": "512Mi"}}}}});
+    kanaries.patch("simple-kanary-rule", &PatchParams::default(), &Patch::Merge(settings)).await.unwrap();
+    let config =
+        e.wait_config("simple-kanary-rule", "the Kanary's proxy settings", |c| c.contains("timeout client 8h")).await;
+    assert!(config.contains("maxconn 20000") && config.contains("timeout server 1h"), "{config}");
+    haproxy_accepts(&config);
+    eventually(10, "the HAProxy container's resources", || async {
+        let d = deployments.get("simple-kanary-rule-haproxy").await.unwrap();
+        let haproxy = d.spec.unwrap().template.spec.unwrap().containers[0].resources.clone().unwrap_or_default();
+        haproxy.limits.unwrap_or_default().get("memory").map(|q| q.0.as_str()) == Some("512Mi")
+    })
+    .await;
     let served = || async {
         e.route_weight("kanary.k8s.io", "simple-kanary-rule", "myapp-v1").await == Some(50.0)
             && e.route_weight("kanary.k8s.io", "simple-kanary-rule", "myapp-v2").await == Some(50.0)
@@ -324,6 +340,25 @@ async fn invalid_updates_are_rejected_or_reported_and_the_last_good_config_keeps
             .unwrap_err();
         assert!(err.to_string().contains("servicePort: a port number of the Service (1 to 65535)"), "{port}: {err}");
     }
+
+    // proxy settings HAProxy cannot read: a duration without a unit, one past 24 days, a maxconn of 0
+    for (field, value, says) in [
+        ("timeoutClient", json!("10"), "spec.proxy.timeoutClient"),
+        ("hardStopAfter", json!("1fortnight"), "spec.proxy.hardStopAfter"),
+        ("maxconn", json!(0), "spec.proxy.maxconn"),
+    ] {
+        let mut bad = kanary_yaml("kanary.k8s.io/v1", routes(80, 20, json!(9090)));
+        bad.data["spec"]["proxy"] = json!({field: value});
+        let err = kanaries
+            .patch("simple-kanary-rule", &PatchParams::apply("test").force(), &Patch::Apply(bad))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains(says), "{field}: {err}");
+    }
+    assert_eq!(
+        validate_proxy(&serde_json::from_value(json!({"timeoutServer": "25d"})).unwrap()).unwrap_err(),
+        "spec.proxy.timeoutServer: \"25d\" is not a duration HAProxy reads: a number and a unit (us, ms, s, m, h or d), at most 24 days, such as 30s or 1h"
+    );
 
     // what only the controller can see (a port the Service does not have) is reported; the config stays
     kanaries

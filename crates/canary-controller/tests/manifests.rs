@@ -61,13 +61,14 @@ fn crds_and_generated_deployment_pass_kubernetes_validate_strict() {
         image: "haproxy:2.8".into(),
         agent_image: "canary-controller:latest".into(),
         replicas: 2,
+        defaults: Default::default(),
     };
     let files =
         build::ProxyFiles { config: "global\n".into(), weights: "t0 100\nw0 100\n".into(), dataplane: "{}".into() };
     let (name, ns) = ("simple-kanary-rule", "default");
     let objects = [
         serde_saphyr::to_string(&build::build_config_map(name, ns, &owner, &files)).unwrap(),
-        serde_saphyr::to_string(&build::build_deployment(name, ns, &owner, &options)).unwrap(),
+        serde_saphyr::to_string(&build::build_deployment(name, ns, &owner, &options, None)).unwrap(),
         serde_saphyr::to_string(&build::build_service(name, ns, &owner, "myapp")).unwrap(),
         serde_saphyr::to_string(&build::build_service_account(name, ns, &owner)).unwrap(),
         serde_saphyr::to_string(&build::build_role(name, ns, &owner)).unwrap(),

@@ -28,6 +28,56 @@ pub struct KanarySpec {
     /// Name of the Service that fronts the generated HAProxy.
     pub destination: String,
     pub routes: Vec<Route>,
+    /// The proxy's settings where they differ from the controller's defaults (an addition of ours).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<ProxySpec>,
+}
+
+/// Settings of a Kanary's proxy; each one unset takes the controller's default (its `--proxy-*` flags).
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ProxySpec {
+    /// How long a client may stay silent on an established connection (HAProxy duration: `1h`, `30s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_client: Option<String>,
+    /// How long a backend may stay silent on an established connection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_server: Option<String>,
+    /// How long a connection to a backend may take to open.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_connect: Option<String>,
+    /// How long the connections of a configuration replaced by a reload may go on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hard_stop_after: Option<String>,
+    /// Most concurrent connections per proxy pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maxconn: Option<i64>,
+    /// The HAProxy container's resources.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<k8s_openapi::api::core::v1::ResourceRequirements>,
+}
+
+/// The longest duration HAProxy takes for a timeout (2^31 - 1 milliseconds, about 24.8 days).
+pub const MAX_DURATION_MS: u64 = i32::MAX as u64;
+/// Most connections a proxy pod may be set to take.
+pub const MAX_MAXCONN: i64 = 1_000_000;
+
+/// A duration as HAProxy reads it (a number and a unit: `us`, `ms`, `s`, `m`, `h` or `d`), in milliseconds;
+/// none when it is not one, or longer than HAProxy takes.
+pub fn duration_ms(text: &str) -> Option<u64> {
+    let digits = text.find(|c: char| !c.is_ascii_digit())?;
+    let (number, unit) = text.split_at(digits);
+    let number: u64 = number.parse().ok()?;
+    let ms = match unit {
+        "us" => number / 1000,
+        "ms" => number,
+        "s" => number.checked_mul(1_000)?,
+        "m" => number.checked_mul(60_000)?,
+        "h" => number.checked_mul(3_600_000)?,
+        "d" => number.checked_mul(86_400_000)?,
+        _ => return None,
+    };
+    (ms <= MAX_DURATION_MS).then_some(ms)
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq)]
@@ -206,6 +256,7 @@ fn spec_schema() -> Value {
         ],
         "properties": {
             "destination": destination,
+            "proxy": proxy_schema(),
             "routes": {
                 "type": "array", "minItems": 1, "maxItems": MAX_ROUTES,
                 "items": {
@@ -231,6 +282,29 @@ fn spec_schema() -> Value {
                 }
             }
         }
+    })
+}
+
+fn proxy_schema() -> Value {
+    let duration = |what: &str| {
+        json!({"type": "string", "maxLength": 16, "pattern": "^[0-9]{1,10}(us|ms|s|m|h|d)$",
+            "description": format!("{what} (a number and a unit: us, ms, s, m, h or d; at most 24 days)")})
+    };
+    let quantity = json!({"x-kubernetes-int-or-string": true, "anyOf": [{"type": "integer"}, {"type": "string"}],
+        "pattern": "^(\\+|-)?(([0-9]+(\\.[0-9]*)?)|(\\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\\+|-)?(([0-9]+(\\.[0-9]*)?)|(\\.[0-9]+))))?$"});
+    let quantities = json!({"type": "object", "maxProperties": 8, "additionalProperties": quantity});
+    json!({
+        "type": "object",
+        "description": "The proxy's settings where they differ from the controller's defaults",
+        "properties": {
+            "timeoutClient": duration("How long a client may stay silent on an established connection"),
+            "timeoutServer": duration("How long a backend may stay silent on an established connection"),
+            "timeoutConnect": duration("How long a connection to a backend may take to open"),
+            "hardStopAfter": duration("How long the connections of a configuration replaced by a reload may go on"),
+            "maxconn": {"type": "integer", "minimum": 1, "maximum": MAX_MAXCONN, "description": "Most concurrent connections per proxy pod"},
+            "resources": {"type": "object", "description": "The HAProxy container's resources",
+                "properties": {"requests": quantities, "limits": quantities}},
+        },
     })
 }
 

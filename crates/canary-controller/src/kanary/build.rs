@@ -13,7 +13,7 @@ use super::haproxy::{
     CONFIG_FILE, HEALTH_PATH, PROXY_PORT, ProxySettings, RUNTIME_DIR, RouteBackend, STATS_PORT, WEIGHTS_FILE,
 };
 use super::validate::{Problem, Valid};
-use crate::api::kanary::{DestinationStatus, EndpointStatus, KanarySpec, KanaryStatus};
+use crate::api::kanary::{DestinationStatus, EndpointStatus, KanarySpec, KanaryStatus, ProxySpec};
 use crate::children::with_desired_hash;
 use crate::conditions::{Observed, condition, warn_on_transition};
 use crate::report::Note;
@@ -74,13 +74,15 @@ pub struct Desired {
 
 /// The objects Kanary `name` of namespace `ns` owns.
 pub fn desired(name: &str, ns: &str, valid: &Valid, options: &ProxyOptions) -> Desired {
-    let plane =
-        DataPlane { owner: format!("{ns}/{name}"), settings: ProxySettings::default(), routes: valid.routes.clone() };
+    let proxy = valid.spec.proxy.clone().unwrap_or_default();
+    let settings = proxy_settings(&proxy, &options.defaults);
+    let plane = DataPlane { owner: format!("{ns}/{name}"), settings, routes: valid.routes.clone() };
     let files = ProxyFiles::of(&plane);
     let owner = &valid.owner;
+    let resources = proxy.resources.as_ref().map(|r| serde_json::to_value(r).expect("resources serialize"));
     Desired {
         config_map: with_desired_hash(build_config_map(name, ns, owner, &files)),
-        deployment: with_desired_hash(build_deployment(name, ns, owner, options)),
+        deployment: with_desired_hash(build_deployment(name, ns, owner, options, resources)),
         service: with_desired_hash(build_service(name, ns, owner, &valid.spec.destination)),
         service_account: with_desired_hash(build_service_account(name, ns, owner)),
         role: with_desired_hash(build_role(name, ns, owner)),
@@ -159,7 +161,7 @@ pub fn proxy_name(kanary: &str) -> String {
     format!("{kanary}-haproxy")
 }
 
-/// The proxy's images and replicas (controller flags).
+/// The proxy's images and replicas, and the settings a Kanary does not set (controller flags).
 #[derive(Debug, Clone)]
 pub struct ProxyOptions {
     /// HAProxy's image (the official one, or one built like it).
@@ -167,6 +169,25 @@ pub struct ProxyOptions {
     /// canary-controller's image, which runs the proxy agent.
     pub agent_image: String,
     pub replicas: i32,
+    pub defaults: ProxySettings,
+}
+
+/// The settings of a Kanary's proxy: its own (`spec.proxy`, validated) over the controller's `defaults`.
+pub fn proxy_settings(proxy: &ProxySpec, defaults: &ProxySettings) -> ProxySettings {
+    let pick = |own: &Option<String>, default: &String| own.clone().unwrap_or_else(|| default.clone());
+    ProxySettings {
+        timeout_client: pick(&proxy.timeout_client, &defaults.timeout_client),
+        timeout_server: pick(&proxy.timeout_server, &defaults.timeout_server),
+        timeout_connect: pick(&proxy.timeout_connect, &defaults.timeout_connect),
+        hard_stop_after: pick(&proxy.hard_stop_after, &defaults.hard_stop_after),
+        maxconn: proxy.maxconn.and_then(|m| u32::try_from(m).ok()).unwrap_or(defaults.maxconn),
+        ..defaults.clone()
+    }
+}
+
+/// The HAProxy container's resources unless a Kanary sets its own.
+fn default_resources() -> serde_json::Value {
+    json!({"requests": {"cpu": "50m", "memory": "32Mi"}, "limits": {"memory": "256Mi"}})
 }
 
 fn metadata(name: &str, namespace: &str, owner: &OwnerReference, labels: serde_json::Value) -> serde_json::Value {
@@ -231,7 +252,13 @@ fn hardened() -> serde_json::Value {
 /// The proxy's pods: HAProxy in master-worker mode on the files the agent writes to the shared `run`
 /// volume, and the agent as a native sidecar (an init container that keeps running: it starts first and
 /// writes the first files, HAProxy starts once its startup probe passes, and it stops after HAProxy).
-pub fn build_deployment(name: &str, namespace: &str, owner: &OwnerReference, options: &ProxyOptions) -> Deployment {
+pub fn build_deployment(
+    name: &str,
+    namespace: &str,
+    owner: &OwnerReference,
+    options: &ProxyOptions,
+    resources: Option<serde_json::Value>,
+) -> Deployment {
     let proxy = proxy_name(name);
     serde_json::from_value(json!({
         "apiVersion": "apps/v1", "kind": "Deployment",
@@ -289,7 +316,7 @@ pub fn build_deployment(name: &str, namespace: &str, owner: &OwnerReference, opt
                         // leave time for the endpoint removal to reach clients, then stop softly
                         "lifecycle": {"preStop": {"exec": {"command": ["/bin/sh", "-c", "sleep 5; kill -USR1 1"]}}},
                         "securityContext": hardened(),
-                        "resources": {"requests": {"cpu": "50m", "memory": "32Mi"}, "limits": {"memory": "256Mi"}},
+                        "resources": resources.unwrap_or_else(default_resources),
                         "volumeMounts": [
                             {"name": "run", "mountPath": RUNTIME_DIR},
                             {"name": "tmp", "mountPath": "/tmp"},

@@ -7,7 +7,7 @@ use super::build::{config_name, proxy_name};
 use super::endpoints::{Resolution, resolve};
 use super::haproxy::RouteBackend;
 use super::observe::Observed;
-use crate::api::kanary::{Kanary, KanarySpec, MAX_NAME_LENGTH, MAX_ROUTES};
+use crate::api::kanary::{Kanary, KanarySpec, MAX_MAXCONN, MAX_NAME_LENGTH, MAX_ROUTES, ProxySpec, duration_ms};
 use crate::children::owned_by;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -196,7 +196,41 @@ pub fn validate(name: &str, spec: &KanarySpec) -> Result<(), Problem> {
     if sum != 100 {
         return invalid(format!("spec.routes: the weights add up to {sum}, they must add up to 100"));
     }
+    if let Some(proxy) = &spec.proxy {
+        validate_proxy(proxy).map_err(Problem::InvalidSpec)?;
+    }
     Ok(())
+}
+
+/// Checks the proxy settings of a Kanary, as the CRD's schema does.
+pub fn validate_proxy(proxy: &ProxySpec) -> Result<(), String> {
+    let durations = [
+        ("timeoutClient", &proxy.timeout_client),
+        ("timeoutServer", &proxy.timeout_server),
+        ("timeoutConnect", &proxy.timeout_connect),
+        ("hardStopAfter", &proxy.hard_stop_after),
+    ];
+    for (field, value) in durations {
+        if let Some(value) = value {
+            check_duration(&format!("spec.proxy.{field}"), value)?;
+        }
+    }
+    if let Some(maxconn) = proxy.maxconn
+        && !(1..=MAX_MAXCONN).contains(&maxconn)
+    {
+        return Err(format!("spec.proxy.maxconn: {maxconn} is not between 1 and {MAX_MAXCONN}"));
+    }
+    Ok(())
+}
+
+/// Checks that `value` of `field` is a duration HAProxy reads.
+pub fn check_duration(field: &str, value: &str) -> Result<(), String> {
+    match duration_ms(value) {
+        Some(_) => Ok(()),
+        None => Err(format!(
+            "{field}: {value:?} is not a duration HAProxy reads: a number and a unit (us, ms, s, m, h or d), at most 24 days, such as 30s or 1h"
+        )),
+    }
 }
 
 #[cfg(test)]
