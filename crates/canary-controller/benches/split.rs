@@ -4,8 +4,10 @@
 //! asserts nothing.
 
 use canary_controller::kanary::endpoints::Server;
-use canary_controller::kanary::haproxy::{ProxySettings, RouteBackend, render, weights_map, weights_path};
-use e2e_support::traffic::{Haproxy, Tally, drive, free_port, start_backends};
+use canary_controller::kanary::haproxy::RouteBackend;
+use e2e_support::traffic::{
+    Haproxy, Tally, config_only, drive, drive_through, free_port, our_proxy_files, start_backends,
+};
 use std::fmt::Write;
 use std::net::SocketAddr;
 
@@ -41,33 +43,12 @@ fn our_files(routes: &[Route], listen: SocketAddr, stats: SocketAddr) -> tempfil
         .iter()
         .map(|r| RouteBackend { service: r.name.into(), weight: r.weight, servers: r.servers.clone() })
         .collect();
-    let dir = tempfile::tempdir().unwrap();
-    // our config binds every address on its ports (`bind :::PORT v4v6`); the harness connects on loopback
-    let settings = ProxySettings {
-        port: listen.port(),
-        stats_port: stats.port(),
-        files_dir: dir.path().to_str().unwrap().into(),
-        ..ProxySettings::default()
-    };
-    std::fs::write(dir.path().join("haproxy.cfg"), render("bench/split", &backends, &settings)).unwrap();
-    std::fs::write(weights_path(&settings), weights_map(backends.iter().map(|b| &b.weight))).unwrap();
-    dir
-}
-
-/// A directory holding only `config` (the original's, which names no other file).
-fn config_only(config: String) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("haproxy.cfg"), config).unwrap();
-    dir
+    our_proxy_files("bench/split", &backends, listen, stats)
 }
 
 /// Drives the bench's connections through HAProxy on the files of `dir`, once `up` servers are up.
 async fn run(dir: tempfile::TempDir, listen: SocketAddr, stats: SocketAddr, up: usize) -> Tally {
-    let mut proxy = Haproxy::start_in(dir, stats).await.expect("haproxy is required: scripts/setup.sh installs it");
-    proxy.wait_servers_up(up).await;
-    let tally = drive(listen, CONNECTIONS, CONCURRENCY).await;
-    proxy.stop().await;
-    tally
+    drive_through(dir, listen, stats, up, CONNECTIONS, CONCURRENCY).await
 }
 
 fn servers(prefix: &str, ips: &[&str], port: u16) -> Vec<Server> {

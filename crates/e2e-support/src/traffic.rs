@@ -308,3 +308,49 @@ pub async fn long_lived(
     }
     opened
 }
+
+/// Our proxy's config (rendered for `backends`, listening on `listen`'s port, stats on `stats`'s) and weights
+/// map, in a directory of their own, as the proxy agent writes them.
+pub fn our_proxy_files(
+    owner: &str,
+    backends: &[canary_controller::kanary::haproxy::RouteBackend],
+    listen: SocketAddr,
+    stats: SocketAddr,
+) -> tempfile::TempDir {
+    use canary_controller::kanary::haproxy::{ProxySettings, render, weights_map, weights_path};
+    let dir = tempfile::tempdir().unwrap();
+    // our config binds every address on its ports (`bind :::PORT v4v6`); the harness connects on loopback
+    let settings = ProxySettings {
+        port: listen.port(),
+        stats_port: stats.port(),
+        files_dir: dir.path().to_str().unwrap().into(),
+        ..ProxySettings::default()
+    };
+    std::fs::write(dir.path().join("haproxy.cfg"), render(owner, backends, &settings)).unwrap();
+    std::fs::write(weights_path(&settings), weights_map(backends.iter().map(|b| &b.weight))).unwrap();
+    dir
+}
+
+/// A directory holding only `config` (a config that names no other file).
+pub fn config_only(config: String) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("haproxy.cfg"), config).unwrap();
+    dir
+}
+
+/// `connections` connections, `concurrency` at a time, through HAProxy running the files of `dir` (its stats
+/// on `stats`), once `up` servers are up.
+pub async fn drive_through(
+    dir: tempfile::TempDir,
+    listen: SocketAddr,
+    stats: SocketAddr,
+    up: usize,
+    connections: usize,
+    concurrency: usize,
+) -> Tally {
+    let mut proxy = Haproxy::start_in(dir, stats).await.expect("haproxy is required: scripts/setup.sh installs it");
+    proxy.wait_servers_up(up).await;
+    let tally = drive(listen, connections, concurrency).await;
+    proxy.stop().await;
+    tally
+}
