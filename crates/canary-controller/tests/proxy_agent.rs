@@ -292,6 +292,19 @@ async fn a_refused_config_keeps_the_last_good_one_and_a_restarted_agent_resyncs_
     rig.wait_applied(1.0).await;
     assert_eq!(rig.reloads().await, reloads + 1);
 
+    // settings alone: one reload too (the servers and weights stay as they were)
+    let mut longer =
+        plane(&ProxySettings { files_dir: ProxySettings::default().files_dir, ..rig.settings.clone() }, three.clone());
+    longer.settings.timeout_client = "2h".into();
+    let reloads = rig.reloads().await;
+    rig.set_plane(longer).await;
+    rig.wait_applied(2.0).await;
+    assert_eq!(rig.reloads().await, reloads + 1, "no reload for new settings:\n{}", rig.log());
+    let config = std::fs::read_to_string(rig.dir.path().join("run/haproxy.cfg")).unwrap();
+    assert!(config.contains("timeout client 2h"), "{config}");
+    rig.set(three.clone()).await;
+    rig.wait_applied(3.0).await;
+
     // settings HAProxy refuses (a duration it cannot read): reported, and the previous config serves
     let good_config = std::fs::read_to_string(rig.dir.path().join("run/haproxy.cfg")).unwrap();
     let mut bad =

@@ -59,18 +59,28 @@ async fn answer(mut stream: TcpStream, identity: String) {
 /// One `GET / HTTP/1.0` to `target`: the first line of the body of a 200 answer, or None when the
 /// connection fails, times out (5 s) or the answer is not a 200.
 pub async fn ask(target: SocketAddr) -> Option<String> {
+    ask_why(target).await.ok()
+}
+
+/// [`ask`], saying why a connection failed (what failed, and how long after it started).
+pub async fn ask_why(target: SocketAddr) -> Result<String, String> {
+    let started = std::time::Instant::now();
     let exchange = async {
-        let mut s = TcpStream::connect(target).await.ok()?;
-        s.write_all(b"GET / HTTP/1.0\r\n\r\n").await.ok()?;
+        let mut s = TcpStream::connect(target).await.map_err(|e| format!("connect: {}", e.kind()))?;
+        s.write_all(b"GET / HTTP/1.0\r\n\r\n").await.map_err(|e| format!("write: {}", e.kind()))?;
         let mut answer = String::new();
-        s.read_to_string(&mut answer).await.ok()?;
-        let (head, body) = answer.split_once("\r\n\r\n")?;
-        let status = head.lines().next()?;
-        (status.starts_with("HTTP/1.") && status.split(' ').nth(1) == Some("200"))
-            .then(|| body.lines().next().unwrap_or_default().trim().to_string())
-            .filter(|id| !id.is_empty())
+        s.read_to_string(&mut answer).await.map_err(|e| format!("read: {}", e.kind()))?;
+        let (head, body) = answer.split_once("\r\n\r\n").ok_or_else(|| format!("answer {answer:?}"))?;
+        let status = head.lines().next().unwrap_or_default();
+        if !(status.starts_with("HTTP/1.") && status.split(' ').nth(1) == Some("200")) {
+            return Err(format!("status {status:?}"));
+        }
+        let id = body.lines().next().unwrap_or_default().trim().to_string();
+        if id.is_empty() { Err("an empty answer".to_string()) } else { Ok(id) }
     };
-    tokio::time::timeout(Duration::from_secs(5), exchange).await.ok()?
+    let outcome =
+        tokio::time::timeout(Duration::from_secs(5), exchange).await.unwrap_or(Err("no answer in 5 s".into()));
+    outcome.map_err(|why| format!("{why} after {} ms", started.elapsed().as_millis()))
 }
 
 /// A free port on an address (`::` for a port free on every IPv4 and IPv6 address).
@@ -160,6 +170,8 @@ pub struct Tally {
     pub answers: BTreeMap<String, usize>,
     pub failures: usize,
     pub elapsed: Duration,
+    /// Why the first failures failed (at most 10), where the load said.
+    pub why: Vec<String>,
 }
 
 impl Tally {
@@ -186,6 +198,17 @@ impl Tally {
             *self.answers.entry(answer).or_default() += n;
         }
         self.failures += other.failures;
+        self.why.extend(other.why);
+    }
+
+    /// Counts one request, keeping why the first failures failed.
+    pub fn record_why(&mut self, answer: Result<String, String>) {
+        if let Err(why) = &answer
+            && self.why.len() < 10
+        {
+            self.why.push(why.clone());
+        }
+        self.record(answer.ok());
     }
 
     /// The same connections with each answer replaced by `key(answer)` (a pod's answer by its workload, say).
@@ -238,7 +261,7 @@ pub async fn steady_load(
                 ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 while !stop.load(Ordering::Relaxed) {
                     ticks.tick().await;
-                    tally.record(ask(target).await);
+                    tally.record_why(ask_why(target).await);
                 }
                 tally
             })

@@ -1,7 +1,8 @@
 //! The built-in workload: what a container of any image the simulator does not run for real (not HAProxy)
 //! runs. It listens on the container's ports and answers each connection with one line naming its pod and
-//! image, as plain text to a raw TCP client and as an HTTP 200 response to an HTTP request; a raw TCP client
-//! that sends lines gets that line once per line it sends, until it closes (a long-lived connection);
+//! image, as plain text to a raw TCP client (after a second of its silence) and as an HTTP 200 response to
+//! an HTTP request; a raw TCP client that sends lines gets that line once per line it sends, until it closes
+//! (a long-lived connection);
 //! `GET /metrics` answers Prometheus text (requests, failures, latency). Its behaviour comes from the container's
 //! environment, so a pod template sets it:
 //! - `SIM_FAIL_RATIO` (0 to 1): the share of connections that fail (HTTP 500, or a reset for raw TCP);
@@ -107,13 +108,18 @@ pub async fn serve(listen: Vec<SocketAddr>, pod: String, image: String, behaviou
     Ok(())
 }
 
+/// How long a connection may stay silent before it is taken for a raw TCP client that sends nothing.
+const FIRST_BYTES_WAIT: Duration = Duration::from_secs(1);
+
 async fn handle(mut stream: TcpStream, line: &str, behaviour: &Behaviour, metrics: &Metrics) -> std::io::Result<()> {
     let started = Instant::now();
-    // an HTTP client speaks first; a raw TCP client (nc) may send nothing, or lines
+    // an HTTP client speaks first; a raw TCP client (nc) may send nothing, or lines. How long to wait for the
+    // first bytes: long enough for a client on a loaded machine (a request that came 120 ms after the
+    // connection, through HAProxy on 2 busy cores, was once taken for a raw client's silence)
     let mut request = Vec::new();
     let mut buf = [0u8; 1024];
     let is_http = |r: &[u8]| r.starts_with(b"GET ") || r.starts_with(b"POST ") || r.starts_with(b"HEAD ");
-    while let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(100), stream.read(&mut buf)).await {
+    while let Ok(Ok(n)) = tokio::time::timeout(FIRST_BYTES_WAIT, stream.read(&mut buf)).await {
         if n == 0 {
             break;
         }

@@ -292,6 +292,10 @@ impl Agent {
             None => (Layout::fresh(&plane), true),
         };
         let previous = self.written.clone();
+        // a reload also when the HAProxy that runs was last seen serving another structure (an agent restarted
+        // after writing the files of a structural change, before the reload)
+        let served = read_layout(&self.dir, GOOD_LAYOUT_FILE);
+        let needs_reload = needs_reload || served.is_some_and(|served| !served.same_structure(&next));
         if previous.as_ref() != Some(&next) {
             self.write(&next)?;
         }
@@ -316,12 +320,13 @@ impl Agent {
         }
         let (servers, map) = self.running(&next).await?;
         let drift = differences(&next, &servers, &map);
-        if drift.is_empty() {
+        if drift.is_empty() && !needs_reload {
             return self.in_sync(revision);
         }
         // a worker with every slot is repaired at run time (an agent stopped between writing the layout and
-        // applying it, a command that did not take); one whose slots differ needs a reload
-        if let Some(commands) = repair_commands(&next, &servers) {
+        // applying it, a command that did not take); one whose slots differ, or that runs other settings or
+        // routes, needs a reload
+        if let (false, Some(commands)) = (needs_reload, repair_commands(&next, &servers)) {
             tracing::info!(revision = plane.revision(), "repairing HAProxy at run time: {}", drift.join("; "));
             self.cli.worker(&commands).await?;
             self.cli.replace_map(&weights_path(&next.settings), &next.weights_map()).await?;
@@ -330,7 +335,8 @@ impl Agent {
                 return self.in_sync(revision);
             }
         }
-        tracing::info!(revision = plane.revision(), "reloading HAProxy: {}", drift.join("; "));
+        let why = if needs_reload { "the routes or settings changed".to_string() } else { drift.join("; ") };
+        tracing::info!(revision = plane.revision(), "reloading HAProxy: {why}");
         if self.cli.reload().await? {
             self.metrics.count("reload");
         } else {

@@ -61,6 +61,19 @@ impl Layout {
         weights_map(self.backends.iter().map(|b| &b.weight))
     }
 
+    /// Whether HAProxy running `self` can go to `other` at run time: the same settings, routes (services, in
+    /// order) and slot counts; only weights and slot contents differ.
+    pub fn same_structure(&self, other: &Layout) -> bool {
+        self.owner == other.owner
+            && self.settings == other.settings
+            && self.backends.len() == other.backends.len()
+            && self
+                .backends
+                .iter()
+                .zip(&other.backends)
+                .all(|(a, b)| a.service == b.service && a.slots.len() == b.slots.len())
+    }
+
     /// The layout that serves `desired` changing as little as possible: a server that stays keeps its slot,
     /// a new one takes the first free slot; the same settings, routes and slots, so HAProxy goes there at
     /// run time. `None` when only a reload can serve it: the routes or settings changed, or a backend has
@@ -187,6 +200,7 @@ mod tests {
         assert_eq!(ips(&start.backends[0]), ["10.0.0.1", "10.0.0.2", "-", "-", "-", "-", "-", "-"]);
         let next = start.follow(&plane([80, 20], &["10.0.0.2", "10.0.0.3"], &["10.0.1.1"])).unwrap();
         assert_eq!(ips(&next.backends[0]), ["10.0.0.3", "10.0.0.2", "-", "-", "-", "-", "-", "-"]);
+        assert!(start.same_structure(&next));
         assert_eq!(
             server_commands(&start, &next),
             ["set server be_a/s1 addr 10.0.0.3 port 8080", "set server be_a/s1 state ready"]
