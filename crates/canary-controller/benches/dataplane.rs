@@ -214,6 +214,7 @@ async fn latency(cluster: &Cluster, front: SocketAddr, planes: &Planes) {
         let written = plane_seen(planes, changed, |p| p.routes[1].weight == canary).await;
         from_config.push(answered.saturating_duration_since(written));
         from_kanary.push(answered - changed);
+        trace("weights", answered.saturating_duration_since(written));
         cluster.wait_synced(&kanaries, KANARY, 30).await;
     }
     println!("\nchange-to-traffic latency (first connection that follows the change):");
@@ -237,6 +238,7 @@ async fn latency(cluster: &Cluster, front: SocketAddr, planes: &Planes) {
             .expect("a new server");
         let answered = first_answer(front, |a| a.contains(&format!("pod={new_pod} "))).await;
         to_new_pod.push(answered.saturating_duration_since(written));
+        trace("new pod", answered.saturating_duration_since(written));
         scale(&deployments, "canary", 1).await;
         cluster.wait_rolled_out("canary", "canary", 60).await;
         cluster.wait_synced(&kanaries, KANARY, 30).await;
@@ -244,6 +246,13 @@ async fn latency(cluster: &Cluster, front: SocketAddr, planes: &Planes) {
     percentiles("a new pod, from the ConfigMap", &mut to_new_pod);
     set_canary_weight(cluster, 20).await;
     cluster.wait_synced(&kanaries, KANARY, 30).await;
+}
+
+/// With `DATAPLANE_TRACE` set, each sample with the time it ended (to read beside the agents' logs).
+fn trace(what: &str, latency: Duration) {
+    if std::env::var_os("DATAPLANE_TRACE").is_some() {
+        eprintln!("{what}: {latency:?}, ended at {}", k8s_openapi::jiff::Timestamp::now());
+    }
 }
 
 fn servers_of(plane: &DataPlane, service: &str) -> Vec<String> {

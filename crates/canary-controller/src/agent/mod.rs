@@ -25,7 +25,7 @@ use crate::kanary::haproxy::{CONFIG_FILE, WEIGHTS_FILE, backend_name, slot_name,
 use anyhow::Context as _;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::ConfigMap;
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 use master_cli::{MasterCli, ServerState};
 use prometheus_client::encoding::EncodeLabelSet;
@@ -214,7 +214,8 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
     let selector = format!("metadata.name={}", options.config_map);
     let watch_metrics = metrics.clone();
     tokio::spawn(async move {
-        let mut events = watcher(api, watcher::Config::default().fields(&selector)).boxed();
+        // with a backoff: an API server that cannot be reached is tried again later, not in a busy loop
+        let mut events = watcher(api, watcher::Config::default().fields(&selector)).default_backoff().boxed();
         while let Some(event) = events.next().await {
             match event {
                 Ok(watcher::Event::Apply(cm) | watcher::Event::InitApply(cm)) => match data_plane(&cm) {
