@@ -264,7 +264,7 @@ impl World {
                     panic!("after {after}: the controller exited ({status}):\n{}", c.log());
                 }
             }
-            // every proxy rolls (today's data plane): some 20 s on this 2-core machine
+            // some 70 pods start (each proxy pod with HAProxy and its agent): tens of seconds on 2 cores
             if start.elapsed() > Duration::from_secs(90) {
                 let logs: Vec<String> = controllers.iter().map(|c| c.log()).collect();
                 let sim = self.simulator.log();
