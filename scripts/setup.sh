@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 # iproute2 and util-linux (unshare, nsenter, setpriv): workload-sim's pod network and pid namespaces
-packages=(ca-certificates curl make haproxy iproute2 util-linux)
+packages=(ca-certificates curl make haproxy iproute2 util-linux procps)
 missing=()
 for p in "${packages[@]}"; do
   [ "$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null)" = "install ok installed" ] || missing+=("$p")

@@ -18,6 +18,12 @@ fn cm(name: &str, labels: Value, data: Value) -> ConfigMap {
     .unwrap()
 }
 
+/// A client that sends `token` (registered or not).
+async fn client_with_token(server: &FakeApiServer, token: &str) -> kube::Client {
+    let kc = kube::config::Kubeconfig::from_yaml(&server.kubeconfig_with_token(token)).unwrap();
+    kube::Client::try_from(kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.unwrap()).unwrap()
+}
+
 fn api_err(e: kube::Error) -> (u16, String) {
     match e {
         kube::Error::Api(s) => (s.code, s.message),
@@ -444,11 +450,7 @@ async fn rbac_enforcement_allows_what_roles_grant_and_denies_the_rest_like_the_r
     let admin = server.client();
     let rbac = &server.state().rbac;
     rbac.add_token("t", "system:serviceaccount:team:app", &[]);
-    let as_app = {
-        let kc = kube::config::Kubeconfig::from_yaml(&server.kubeconfig_with_token("t")).unwrap();
-        let config = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.unwrap();
-        kube::Client::try_from(config).unwrap()
-    };
+    let as_app = client_with_token(&server, "t").await;
     let apply = |v: Value| async {
         let kind = v["kind"].as_str().unwrap().to_string();
         let ar = ApiResource::from_gvk(&GroupVersionKind::gvk("rbac.authorization.k8s.io", "v1", &kind));
@@ -496,10 +498,7 @@ async fn rbac_enforcement_allows_what_roles_grant_and_denies_the_rest_like_the_r
     assert!(message.contains("cannot create resource \"configmaps\""), "{message}");
     // the admin (no token) is never checked; an unknown token is 401
     Api::<ConfigMap>::namespaced(admin.clone(), "kube-system").list(&ListParams::default()).await.unwrap();
-    let stranger = {
-        let kc = kube::config::Kubeconfig::from_yaml(&server.kubeconfig_with_token("nope")).unwrap();
-        kube::Client::try_from(kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.unwrap()).unwrap()
-    };
+    let stranger = client_with_token(&server, "nope").await;
     assert_eq!(api_err(Api::<ConfigMap>::all(stranger).list(&ListParams::default()).await.unwrap_err()).0, 401);
 
     let usage: Vec<String> =
@@ -515,9 +514,7 @@ async fn resource_names_grant_list_and_watch_of_one_name_by_field_selector() {
     let admin = server.client();
     let rbac = &server.state().rbac;
     rbac.add_token("t", "system:serviceaccount:default:agent", &[]);
-    let kc = kube::config::Kubeconfig::from_yaml(&server.kubeconfig_with_token("t")).unwrap();
-    let as_agent =
-        kube::Client::try_from(kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.unwrap()).unwrap();
+    let as_agent = client_with_token(&server, "t").await;
     let rbac_api = |kind: &str| {
         let ar = ApiResource::from_gvk(&GroupVersionKind::gvk("rbac.authorization.k8s.io", "v1", kind));
         Api::<DynamicObject>::namespaced_with(admin.clone(), "default", &ar)
@@ -575,9 +572,7 @@ async fn a_user_may_grant_only_what_it_holds_unless_it_may_escalate_or_bind() {
     let admin = server.client();
     let rbac = &server.state().rbac;
     rbac.add_token("t", "system:serviceaccount:default:writer", &[]);
-    let kc = kube::config::Kubeconfig::from_yaml(&server.kubeconfig_with_token("t")).unwrap();
-    let as_writer =
-        kube::Client::try_from(kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.unwrap()).unwrap();
+    let as_writer = client_with_token(&server, "t").await;
     let rbac_api = |client: &kube::Client, kind: &str| {
         let ar = ApiResource::from_gvk(&GroupVersionKind::gvk("rbac.authorization.k8s.io", "v1", kind));
         Api::<DynamicObject>::namespaced_with(client.clone(), "default", &ar)
@@ -649,10 +644,7 @@ async fn a_token_request_returns_a_token_that_authenticates_as_the_service_accou
 
     // the token is the ServiceAccount: with RBAC on and no role, it may read nothing
     server.state().rbac.set_enforce(true);
-    let as_app = {
-        let kc = kube::config::Kubeconfig::from_yaml(&server.kubeconfig_with_token(&token)).unwrap();
-        kube::Client::try_from(kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.unwrap()).unwrap()
-    };
+    let as_app = client_with_token(&server, &token).await;
     let (code, message) =
         api_err(Api::<ConfigMap>::namespaced(as_app, "default").list(&ListParams::default()).await.unwrap_err());
     assert_eq!(code, 403);
