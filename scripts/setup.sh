@@ -6,7 +6,8 @@ cd "$(dirname "$0")/.."
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
-# iproute2 and util-linux (unshare, nsenter, setpriv): workload-sim's pod network and pid namespaces
+# iproute2 and util-linux (unshare, nsenter, setpriv): workload-sim's pod network and pid namespaces; procps
+# (pgrep, pkill, kill): tests that kill processes as a crash would
 packages=(ca-certificates curl make haproxy iproute2 util-linux procps)
 missing=()
 for p in "${packages[@]}"; do
