@@ -166,6 +166,9 @@ impl Namespaces {
         ip(&["-n", &self.node, "link", "add", &link, "type", "veth", "peer", "name", "eth0", "netns", &ns])?;
         sysctl(&self.node, &format!("net.ipv4.conf.{link}.route_localnet"), "1")?;
         sysctl(&self.node, &format!("net.ipv4.conf.{link}.proxy_arp"), "1")?;
+        // answered at once: the kernel delays proxy ARP answers by up to 0.8 s by default, so a pod's first
+        // connection to an address it had not reached yet (a new pod) took a second (a SYN retransmission)
+        sysctl(&self.node, &format!("net.ipv4.neigh.{link}.proxy_delay"), "0")?;
         ip(&["-n", &self.node, "link", "set", &link, "up"])?;
         ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
         sysctl(&ns, "net.ipv4.conf.eth0.route_localnet", "1")?;
