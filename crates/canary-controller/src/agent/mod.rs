@@ -315,7 +315,7 @@ impl Agent {
                     self.cli.replace_map(&weights_path(&next.settings), &next.weights_map()).await?;
                 }
                 self.metrics.count("runtime");
-                tracing::info!(revision = plane.revision(), "applied at run time");
+                tracing::info!(revision = %revision, "applied at run time");
             }
             _ => {}
         }
@@ -328,7 +328,7 @@ impl Agent {
         // applying it, a command that did not take); one whose slots differ, or that runs other settings or
         // routes, needs a reload
         if let (false, Some(commands)) = (needs_reload, repair_commands(&next, &servers)) {
-            tracing::info!(revision = plane.revision(), "repairing HAProxy at run time: {}", drift.join("; "));
+            tracing::info!(revision = %revision, "repairing HAProxy at run time: {}", drift.join("; "));
             self.cli.worker(&commands).await?;
             self.cli.replace_map(&weights_path(&next.settings), &next.weights_map()).await?;
             if self.drift(&next).await?.is_empty() {
@@ -337,13 +337,13 @@ impl Agent {
             }
         }
         let why = if needs_reload { "the routes or settings changed".to_string() } else { drift.join("; ") };
-        tracing::info!(revision = plane.revision(), "reloading HAProxy: {why}");
+        tracing::info!(revision = %revision, "reloading HAProxy: {why}");
         if self.cli.reload().await? {
             self.metrics.count("reload");
         } else {
             self.metrics.reload_failures.inc();
             tracing::error!(
-                revision = plane.revision(),
+                revision = %revision,
                 "HAProxy refused the new configuration; the previous one keeps serving until the ConfigMap changes"
             );
             let good =

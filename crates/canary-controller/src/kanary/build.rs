@@ -4,8 +4,8 @@
 //! the proxy agent), Deployment `<name>-haproxy` (hardened pods: the proxy agent as a native sidecar, which
 //! writes HAProxy's files and applies every change of the ConfigMap to the running HAProxy, so the pod
 //! template does not change with backends or weights), the agent's identity (ServiceAccount, Role and
-//! RoleBinding `<name>-haproxy`: get, list and watch of that one ConfigMap) and Service `<destination>`
-//! (port 80). Pure.
+//! RoleBinding `<name>-haproxy`: get, list and watch of that one ConfigMap, patch of the Kanary's status) and
+//! Service `<destination>` (port 80). Pure.
 
 use super::dataplane::{DATAPLANE_KEY, DataPlane, Layout};
 use super::endpoints::Server;
@@ -55,11 +55,9 @@ pub mod reasons {
 /// may report before its endpoint is listed).
 pub const STALE_REPORT_AFTER: std::time::Duration = std::time::Duration::from_secs(120);
 
-/// The objects a valid Kanary owns, as they should be (each carrying its desired hash), and the HAProxy
-/// files they carry.
+/// The objects a valid Kanary owns, as they should be (each carrying its desired hash), and the revision of
+/// the data plane they carry.
 pub struct Desired {
-    /// The config and the weights map.
-    pub files: ProxyFiles,
     /// The data plane's revision (what the agents report they serve).
     pub revision: String,
     pub config_map: ConfigMap,
@@ -88,7 +86,6 @@ pub fn desired(name: &str, ns: &str, valid: &Valid, options: &ProxyOptions) -> D
         role: with_desired_hash(build_role(name, ns, owner)),
         role_binding: with_desired_hash(build_role_binding(name, ns, owner)),
         revision: plane.revision(),
-        files,
     }
 }
 
