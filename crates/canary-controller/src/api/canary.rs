@@ -3,8 +3,13 @@
 //! The spec is the original wantedly/canary-controller spec (`targetDeploymentName`, `targetContainers`),
 //! plus an optional `replicas`. Validation that the schema can express lives here, so the API server
 //! rejects bad objects before the controller sees them.
+//!
+//! Progressive delivery is opt-in: with `traffic` set, the Canary puts a weighted proxy (a Kanary it owns) in
+//! front of the stable and the canary pods, walks `steps` (or the short form in `analysis`), judges the
+//! canary by the proxy's own counters, and promotes or rolls back. Without `traffic` nothing of that runs
+//! and the Canary is the original one.
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -24,6 +29,9 @@ pub const MAX_TARGET_NAME_LENGTH: u32 = 253 - "-canary".len() as u32;
     printcolumn = r#"{"name": "Target", "type": "string", "jsonPath": ".spec.targetDeploymentName"}"#,
     printcolumn = r#"{"name": "Canary Deployment", "type": "string", "jsonPath": ".status.canaryDeployment"}"#,
     printcolumn = r#"{"name": "Ready", "type": "integer", "jsonPath": ".status.readyReplicas"}"#,
+    printcolumn = r#"{"name": "Phase", "type": "string", "jsonPath": ".status.release.phase"}"#,
+    printcolumn = r#"{"name": "Weight", "type": "integer", "jsonPath": ".status.release.weight"}"#,
+    printcolumn = r#"{"name": "Step", "type": "string", "jsonPath": ".status.release.stepDescription"}"#,
     printcolumn = r#"{"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -38,6 +46,146 @@ pub struct CanarySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0))]
     pub replicas: Option<i32>,
+    /// Progressive delivery: the Service whose traffic the release shifts. Without it, no release runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic: Option<Traffic>,
+    /// The release's steps, in order. Default: the short form of `analysis` (`stepWeight`, `maxWeight`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub steps: Vec<ReleaseStep>,
+    /// How each analysis step judges the canary, and the short form of the steps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analysis: Option<Analysis>,
+    /// What happens after the last step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promotion: Option<Promotion>,
+    /// Holds the release where it is (its weight stays); `false` or unset lets it go on.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub paused: bool,
+}
+
+/// The traffic a release shifts: clients use `frontService`, which the Canary creates in front of a proxy
+/// splitting connections between the stable pods (those of `service`, not the canary's) and the canary pods.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Traffic {
+    /// The user's Service selecting the target's pods. Read, never changed.
+    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"))]
+    pub service: String,
+    /// The port of `service` (name or number) whose traffic is split. Default: its only port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<k8s_openapi::apimachinery::pkg::util::intstr::IntOrString>,
+    /// The Service the Canary creates in front of its proxy: the one clients connect to.
+    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"))]
+    pub front_service: String,
+}
+
+/// One step of a release: exactly one of `setWeight`, `pause`, `analysis`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "[has(self.setWeight), has(self.pause), has(self.analysis)].filter(x, x).size() == 1",
+    "message": "a step has exactly one of setWeight, pause, analysis"
+}]))]
+pub struct ReleaseStep {
+    /// The canary's share of new connections, in percent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100))]
+    pub set_weight: Option<i32>,
+    /// Waits `duration`, or until the release is resumed or promoted when no duration is given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pause: Option<Pause>,
+    /// Measures one `analysis.interval` at the current weight and judges it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analysis: Option<AnalysisStep>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Pause {
+    /// How long (`30s`, `5m`, `1h`); unset: until resumed or promoted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]+(ms|s|m|h)$"))]
+    pub duration: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct AnalysisStep {}
+
+/// How the canary is judged. Every analysis window measures `interval` of traffic through the proxy.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Analysis {
+    /// The length of an analysis window (`30s`, `1m`). Default: 1m.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]+(ms|s|m|h)$"))]
+    pub interval: Option<String>,
+    /// Short form of the steps (when `steps` is empty): raise the weight by this much after each passed
+    /// window, up to `maxWeight`. Default: 10.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub step_weight: Option<i32>,
+    /// Short form: the last weight before promotion. Default: 50.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub max_weight: Option<i32>,
+    /// Fewer canary connections than this in a window make it inconclusive: the release pauses, it never
+    /// promotes on too little traffic. Default: 20.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub min_samples: Option<i64>,
+    /// Failed windows tolerated (each is measured again) before the release rolls back. Default: 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub failure_limit: Option<i32>,
+    /// The checks of a window. Default: `errorRate` at most 0.05.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub metrics: Vec<MetricCheck>,
+}
+
+/// A check of one metric the proxy measures for the canary route over a window, against an absolute bound
+/// (`max`, `min`) or against the stable route over the same window (`maxOverStable`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "has(self.max) || has(self.min) || has(self.maxOverStable)",
+    "message": "a metric check needs a bound: max, min or maxOverStable"
+}]))]
+pub struct MetricCheck {
+    pub metric: Metric,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min: Option<f64>,
+    /// The most the canary's value may exceed the stable route's over the same window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_over_stable: Option<f64>,
+}
+
+/// The metrics the proxy measures per route (HAProxy's own counters: no Prometheus needed).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum Metric {
+    /// Failed connections (refused, reset or timed out by the backend) over connections, 0 to 1.
+    ErrorRate,
+    /// Connect time to the backends in milliseconds (HAProxy's average over its last 1024 connections).
+    ConnectTime,
+    /// Failed health checks of the route's pods.
+    HealthCheckFailures,
+    /// Connections the route took.
+    Sessions,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Promotion {
+    /// After the last step, set the target Deployment's images to the canary's (the only write to a user's
+    /// object, under the field manager `canary-controller-promotion`). Unset or false: wait for the user (or
+    /// GitOps) to update the target to the canary's images, then finish.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub update_target: bool,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -68,4 +216,131 @@ pub struct CanaryStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
+    /// The release of a Canary with `traffic`: where it is, and the evidence of every judged window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release: Option<ReleaseStatus>,
+}
+
+/// Where a release stands. Everything a controller needs to resume it (after a restart or a leader change)
+/// at the same step with the same timers.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReleaseStatus {
+    /// The images this release rolls out (`container=image`, comma separated).
+    pub revision: String,
+    pub phase: Phase,
+    /// Why the release is in its phase, for people.
+    #[serde(default)]
+    pub message: String,
+    /// The index of the current step (the number of steps once they are all done).
+    pub step: i32,
+    /// The current step, for people and `kubectl get` (`2/6 setWeight 25`).
+    #[serde(default)]
+    pub step_description: String,
+    /// When the current step started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_started_at: Option<Time>,
+    /// The canary's share of new connections, in percent.
+    pub weight: i32,
+    /// The analysis window being measured: its start and the proxy's counters then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<Window>,
+    /// Failed windows so far in this release.
+    #[serde(default)]
+    pub failed_windows: i32,
+    /// The last request (annotation `canary.k8s.wantedly.com/request`) acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handled_request: Option<String>,
+    /// The judged windows, most recent last (the last 20).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub evidence: Vec<Evidence>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum Phase {
+    /// Walking the steps.
+    #[default]
+    Progressing,
+    /// Held: by `spec.paused`, a pause step without duration, or an inconclusive window.
+    Paused,
+    /// Every step passed: the target is being updated to the canary's images.
+    Promoting,
+    /// The target runs the canary's images; all traffic goes to it; the canary is scaled to 0.
+    Succeeded,
+    /// The canary failed its analysis: no traffic to it, scaled to 0.
+    RolledBack,
+    /// Stopped by a request: no traffic to the canary, scaled to 0.
+    Aborted,
+}
+
+impl Phase {
+    /// Whether the release is over (until `targetContainers` change or a retry).
+    pub fn is_final(self) -> bool {
+        matches!(self, Phase::Succeeded | Phase::RolledBack | Phase::Aborted)
+    }
+}
+
+/// An analysis window being measured.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Window {
+    pub started_at: Time,
+    /// The proxy pods' counters at the start, by pod.
+    #[serde(default)]
+    pub counters: std::collections::BTreeMap<String, RouteCounters>,
+}
+
+/// The counters of both routes in one proxy pod.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteCounters {
+    pub stable: Counters,
+    pub canary: Counters,
+}
+
+/// HAProxy's counters of one backend (cumulative since the proxy started), and its average connect time.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Counters {
+    pub sessions: u64,
+    /// Connection errors and connections the backend reset or closed abnormally.
+    pub errors: u64,
+    pub check_failures: u64,
+    #[serde(default)]
+    pub connect_time_ms: u64,
+}
+
+/// The judgement of one analysis window.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Evidence {
+    pub step: i32,
+    pub weight: i32,
+    pub started_at: Time,
+    pub finished_at: Time,
+    pub canary_sessions: u64,
+    pub stable_sessions: u64,
+    pub verdict: Verdict,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub metrics: Vec<MetricResult>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum Verdict {
+    Passed,
+    Failed,
+    /// Too little traffic to judge.
+    Inconclusive,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MetricResult {
+    pub metric: Metric,
+    pub value: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stable_value: Option<f64>,
+    /// The bound, as written (`max 0.05`, `maxOverStable 0.01`).
+    pub bound: String,
+    pub verdict: Verdict,
 }

@@ -2,7 +2,7 @@
 //! canary marks) and the Canary's status. Pure: no client in scope.
 
 use super::validate::Problem;
-use crate::api::canary::{Canary, CanaryStatus};
+use crate::api::canary::{Canary, CanaryStatus, Phase, ReleaseStatus};
 use crate::conditions::{Observed, condition, warn_on_transition};
 use crate::report::Note;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -23,6 +23,10 @@ const NOT_COPIED_ANNOTATIONS: &[&str] =
 
 pub mod conditions {
     pub const READY: &str = "Ready";
+    /// A release's outcome: True once it succeeded (`kubectl wait --for=condition=Released`).
+    pub const RELEASED: &str = "Released";
+    /// True once a release was rolled back or aborted (`kubectl wait --for=condition=RolledBack`).
+    pub const ROLLED_BACK: &str = "RolledBack";
     pub const TARGET_FOUND: &str = "TargetFound";
     pub const CONFLICT: &str = "Conflict";
 }
@@ -96,6 +100,7 @@ pub fn build_status(
     problem: Option<&Problem>,
     target_found: bool,
     owned: Option<&Deployment>,
+    release: Option<ReleaseStatus>,
     now: &Time,
 ) -> CanaryStatus {
     let generation = canary.metadata.generation;
@@ -139,10 +144,11 @@ pub fn build_status(
     };
     let ready_condition =
         Observed { type_: conditions::READY, ok: ready_ok, reason: ready_reason, message: ready_message };
-    let conditions = [target_condition, conflict_condition, ready_condition]
-        .into_iter()
-        .map(|o| condition(o, generation, previous, now))
-        .collect();
+    let mut observed = vec![target_condition, conflict_condition, ready_condition];
+    if let Some(release) = &release {
+        observed.extend(release_conditions(release));
+    }
+    let conditions = observed.into_iter().map(|o| condition(o, generation, previous, now)).collect();
     CanaryStatus {
         observed_generation: generation,
         canary_deployment: owned.and_then(|d| d.metadata.name.clone()),
@@ -150,7 +156,27 @@ pub fn build_status(
         ready_replicas: dstatus.and_then(|s| s.ready_replicas),
         available_replicas: dstatus.and_then(|s| s.available_replicas),
         conditions,
+        release,
     }
+}
+
+/// The conditions of a release: `Released` (True once it succeeded) and `RolledBack` (True once rolled back
+/// or aborted); their reason is the phase.
+fn release_conditions(release: &ReleaseStatus) -> [Observed<'static>; 2] {
+    let reason = match release.phase {
+        Phase::Progressing => "Progressing",
+        Phase::Paused => "Paused",
+        Phase::Promoting => "Promoting",
+        Phase::Succeeded => "Succeeded",
+        Phase::RolledBack => "RolledBack",
+        Phase::Aborted => "Aborted",
+    };
+    let message = format!("{}: {}", release.revision, release.message);
+    let rolled_back = matches!(release.phase, Phase::RolledBack | Phase::Aborted);
+    [
+        Observed { type_: conditions::RELEASED, ok: release.phase == Phase::Succeeded, reason, message: message.clone() },
+        Observed { type_: conditions::ROLLED_BACK, ok: rolled_back, reason, message },
+    ]
 }
 
 /// The status of a Canary that cannot be read as one (its stored form does not match the schema the
@@ -274,12 +300,12 @@ mod tests {
         let later = Time(k8s_openapi::jiff::Timestamp::from_second(2_000).unwrap());
         let mut c = sample_canary();
         let problem = Problem::TargetNotFound { target: "foo".into(), namespace: "default".into() };
-        let s = build_status(&c, Some(&problem), false, None, &now);
+        let s = build_status(&c, Some(&problem), false, None, None, &now);
         let ready = s.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
         assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "TargetNotFound"));
         assert!(ready.message.contains("spec.targetDeploymentName"));
         c.status = Some(s);
-        let again = build_status(&c, Some(&problem), false, None, &later);
+        let again = build_status(&c, Some(&problem), false, None, None, &later);
         assert!(again.conditions.iter().all(|c| c.last_transition_time == now));
     }
 }

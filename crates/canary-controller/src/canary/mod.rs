@@ -12,4 +12,7 @@
 pub mod build;
 pub mod observe;
 pub mod reconcile;
+pub mod measure;
+pub mod release;
+pub mod traffic;
 pub mod validate;

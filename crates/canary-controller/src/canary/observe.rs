@@ -1,10 +1,12 @@
 //! The observe step of the Canary controller: the target Deployment, the canary Deployment of that name,
 //! and the canary Deployments of the namespace (one of a previous target may be left), read from the
-//! process's shared Deployment cache (no API reads).
+//! process's shared Deployment cache (no API reads); with `traffic`, the Services and EndpointSlices of the
+//! release from the shared caches.
 
 use super::build::canary_deployment_name;
 use crate::api::canary::Canary;
-use crate::runtime::caches::{CachedDeployment, Caches};
+use super::traffic::{canary_service_name, stable_service_name};
+use crate::runtime::caches::{CachedDeployment, CachedService, CachedSlice, Caches};
 use kube::ResourceExt;
 use std::sync::Arc;
 
@@ -15,6 +17,22 @@ pub struct Observed {
     pub existing: Option<Arc<CachedDeployment>>,
     /// The canary Deployments of the namespace under another name.
     pub other_canaries: Vec<Arc<CachedDeployment>>,
+    /// What a release reads, when the Canary has `traffic`.
+    pub traffic: Option<TrafficObserved>,
+}
+
+/// The Services and EndpointSlices of a release.
+pub struct TrafficObserved {
+    /// The user's Service and its EndpointSlices.
+    pub service: Option<Arc<CachedService>>,
+    pub service_slices: Vec<Arc<CachedSlice>>,
+    /// `<canary>-stable`, its EndpointSlice, `<canary>-canary` and its EndpointSlices (the canary's pods).
+    pub stable_service: Option<Arc<CachedService>>,
+    pub stable_slice: Option<Arc<CachedSlice>>,
+    pub canary_service: Option<Arc<CachedService>>,
+    pub canary_slices: Vec<Arc<CachedSlice>>,
+    /// The front Service's EndpointSlices: the proxy's pods.
+    pub front_slices: Vec<Arc<CachedSlice>>,
 }
 
 /// Reads what `canary` refers to from the caches.
@@ -26,5 +44,17 @@ pub fn observe(canary: &Canary, caches: &Caches) -> Observed {
         target: caches.deployments.get(&ns, target_name),
         existing: caches.deployments.get(&ns, &name),
         other_canaries: caches.deployments.labelled(&ns, "true").into_iter().filter(|d| d.name_any() != name).collect(),
+        traffic: canary.spec.traffic.as_ref().map(|traffic| {
+            let (stable, canary_svc) = (stable_service_name(&canary.name_any()), canary_service_name(&canary.name_any()));
+            TrafficObserved {
+                service: caches.services.get(&ns, &traffic.service),
+                service_slices: caches.endpoint_slices.labelled(&ns, &traffic.service),
+                stable_service: caches.services.get(&ns, &stable),
+                stable_slice: caches.endpoint_slices.get(&ns, &stable),
+                canary_service: caches.services.get(&ns, &canary_svc),
+                canary_slices: caches.endpoint_slices.labelled(&ns, &canary_svc),
+                front_slices: caches.endpoint_slices.labelled(&ns, &traffic.front_service),
+            }
+        }),
     }
 }

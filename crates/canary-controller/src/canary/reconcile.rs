@@ -7,18 +7,21 @@
 use super::build::{
     build_deployment, build_status, build_unreadable_status, canary_deployment_name, reasons, warnings,
 };
-use super::observe::observe;
+use super::observe::{TrafficObserved, observe};
 use super::validate::{Problem, Valid, validate};
-use crate::api::canary::{Canary, CanaryStatus};
+use super::{measure, release, traffic};
+use crate::api::canary::{Canary, CanaryStatus, Traffic};
 use crate::children::{self, Written};
 use crate::report::Note;
 use crate::runtime::caches::{CachedDeployment, Caches};
 use crate::runtime::index::References;
 use crate::runtime::reconciler::{self, Context, Reconciler, Step};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::ObjectReference;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
-use kube::api::Api;
+use k8s_openapi::api::core::v1::{ObjectReference, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
+use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use kube::core::ApiResource;
 use kube::core::{DeserializeGuard, error_boundary::InvalidObject};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
@@ -27,7 +30,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// The Canary controller.
-pub struct CanaryReconciler;
+pub struct CanaryReconciler {
+    /// Where the Kanaries of releases are created (the first Kanary group installed), if any.
+    pub kanary: Option<ApiResource>,
+}
 
 /// Why a reconcile failed; the variant names the step, and is the metric label and the log field.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +50,12 @@ pub enum Error {
     DeletePreviousCanary(String, #[source] kube::Error),
     #[error("writing the status: {0}")]
     ApplyStatus(#[from] crate::report::StatusWriteError),
+    #[error("reading Kanary {0:?}: {1}")]
+    ReadKanary(String, #[source] kube::Error),
+    #[error("writing {0} {1:?} of the release: {2}")]
+    ApplyRelease(&'static str, String, #[source] kube::Error),
+    #[error("setting the images of Deployment {0:?} (promotion): {1}")]
+    UpdateTarget(String, #[source] kube::Error),
 }
 
 impl Step for Error {
@@ -55,6 +67,9 @@ impl Step for Error {
             Error::NotCachedYet(_) => "NotCachedYet",
             Error::DeletePreviousCanary(..) => "DeletePreviousCanary",
             Error::ApplyStatus(_) => "ApplyStatus",
+            Error::ReadKanary(..) => "ReadKanary",
+            Error::ApplyRelease(..) => "ApplyRelease",
+            Error::UpdateTarget(..) => "UpdateTarget",
         }
     }
 
@@ -117,8 +132,27 @@ async fn reconcile(canary: &Canary, ctx: &Context<CanaryReconciler>) -> Result<A
             (Some(p.clone()), owned.map(|d| d.to_deployment()))
         }
     };
+    // the release, when the Canary has traffic: decided first, so that its weights reach the proxy before
+    // the canary is scaled down
+    let mut release = canary.status.as_ref().and_then(|s| s.release.clone());
+    let mut requeue = Duration::from_secs(600);
+    let mut scaled_down = release.as_ref().is_some_and(|r| r.phase.is_final());
+    if let (Some(traffic), Some(seen), Ok(valid)) = (&canary.spec.traffic, &observed.traffic, &valid) {
+        match run_release(canary, traffic, valid, seen, ctx, &mut notes).await? {
+            Ok(decision) => {
+                scaled_down = decision.canary_scaled_down();
+                requeue = requeue.min(decision.requeue);
+                release = Some(decision.release);
+            }
+            Err(p) => problem = Some(p),
+        }
+    }
+    if canary.spec.traffic.is_none() {
+        release = None;
+        scaled_down = false;
+    }
     if let Ok(valid) = &valid {
-        match apply_canary(&deployments, canary, valid, ctx).await {
+        match apply_canary(&deployments, canary, valid, scaled_down, ctx).await {
             Ok((note, written)) => {
                 notes.extend(note);
                 canary_deployment = Some(written);
@@ -133,14 +167,201 @@ async fn reconcile(canary: &Canary, ctx: &Context<CanaryReconciler>) -> Result<A
     remove_previous_canaries(canary, &deployments, &observed.other_canaries, ctx).await?;
 
     let now = Time(k8s_openapi::jiff::Timestamp::now());
-    let status = build_status(canary, problem.as_ref(), observed.target.is_some(), canary_deployment.as_ref(), &now);
+    let target_found = observed.target.is_some();
+    let status = build_status(canary, problem.as_ref(), target_found, canary_deployment.as_ref(), release, &now);
     notes.extend(warnings(canary.status.as_ref(), &status, problem.as_ref()));
     ctx.publish(&canary.object_ref(&()), notes).await;
     if canary.status.as_ref() != Some(&status) {
         let api: Api<Canary> = Api::namespaced(ctx.client.clone(), &ns);
         write_status(&api, &canary.name_any(), &status).await?;
     }
-    Ok(Action::requeue(Duration::from_secs(600)))
+    Ok(Action::requeue(requeue))
+}
+
+/// The field manager of the one write to a user's object: the target's images, on promotion (opt-in).
+pub const PROMOTION_FIELD_MANAGER: &str = "canary-controller-promotion";
+
+/// One move of a Canary's release: reads what it needs (its Kanary, and the proxy's counters when a window
+/// starts or ends), decides ([`release::advance`]), writes the route Services, the stable EndpointSlice and
+/// the Kanary with the decided weight, and updates the target on promotion. A problem leaves everything as
+/// it is (the proxy keeps its last weights).
+async fn run_release(
+    canary: &Canary,
+    traffic: &Traffic,
+    valid: &Valid,
+    seen: &TrafficObserved,
+    ctx: &Context<CanaryReconciler>,
+    notes: &mut Vec<Note>,
+) -> Result<Result<release::Decision, Problem>, Error> {
+    let ns = canary.namespace().unwrap_or_default();
+    let name = canary.name_any();
+    let uid = canary.uid().unwrap_or_default();
+    let Some(resource) = &ctx.reconciler.kanary else {
+        return Ok(Err(Problem::Traffic(
+            "spec.traffic: the Kanary CRD is not installed: install it (`canary-controller crd`)".into(),
+        )));
+    };
+    let Some(user) = seen.service.as_deref() else {
+        return Ok(Err(Problem::Traffic(format!(
+            "spec.traffic.service: Service {:?} not found in namespace {ns:?}: create it or fix the name",
+            traffic.service
+        ))));
+    };
+    let port = match traffic::service_port(traffic, user) {
+        Ok(port) => port.clone(),
+        Err(message) => return Ok(Err(Problem::Traffic(message))),
+    };
+    let not_ours = |kind: &'static str, meta: Option<&ObjectMeta>| {
+        let meta = meta?;
+        let ours = meta.owner_references.iter().flatten().any(|r| r.controller == Some(true) && r.uid == uid);
+        (!ours).then(|| Problem::ReleaseObjectNotOwned { kind, name: meta.name.clone().unwrap_or_default() })
+    };
+    let taken = not_ours("Service", seen.stable_service.as_deref().map(|s| &s.metadata))
+        .or_else(|| not_ours("Service", seen.canary_service.as_deref().map(|s| &s.metadata)))
+        .or_else(|| not_ours("EndpointSlice", seen.stable_slice.as_deref().map(|s| &s.metadata)));
+    let kanaries: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), &ns, resource);
+    let kanary = kanaries.get_opt(&name).await.map_err(|e| Error::ReadKanary(name.clone(), e))?;
+    if let Some(problem) = taken.or_else(|| not_ours("Kanary", kanary.as_ref().map(|k| &k.metadata))) {
+        return Ok(Err(problem));
+    }
+
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let spec = &canary.spec;
+    let inputs = release::Inputs {
+        revision: release::revision(spec),
+        target_runs_revision: runs_images(&valid.target, spec),
+        target_rolled_out: rolled_out(&valid.target, None),
+        canary_ready: valid.owned.as_ref().is_some_and(|d| rolled_out(d, Some(canary_replicas(canary, &valid.target)))),
+        served_weight: kanary.as_ref().and_then(traffic::served_weight),
+        stats: None,
+        request: canary.annotations().get(release::REQUEST_ANNOTATION).map(String::as_str),
+        paused: spec.paused,
+        now: &now,
+    };
+    let previous = canary.status.as_ref().and_then(|s| s.release.as_ref());
+    let mut decision = release::advance(spec, previous, &inputs);
+    let (stable_name, canary_name) = (traffic::stable_service_name(&name), traffic::canary_service_name(&name));
+    if decision.wants_stats {
+        let pods = traffic::proxy_pods(&seen.front_slices);
+        match measure::read_counters(&pods, &stable_name, &canary_name).await {
+            Ok(stats) if !pods.is_empty() => {
+                decision = release::advance(spec, previous, &release::Inputs { stats: Some(&stats), ..inputs });
+            }
+            Ok(_) => decision.release.message = "waiting for a ready proxy pod to read the statistics from".into(),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the proxy's statistics; trying again");
+                decision.release.message = e.to_string();
+            }
+        }
+    }
+    for note in &decision.notes {
+        use release::reasons::{ANALYSIS_FAILED, ANALYSIS_PASSED, INCONCLUSIVE};
+        match note.reason {
+            ANALYSIS_PASSED => ctx.metrics.count_verdict("Passed"),
+            ANALYSIS_FAILED => ctx.metrics.count_verdict("Failed"),
+            INCONCLUSIVE => ctx.metrics.count_verdict("Inconclusive"),
+            _ => {}
+        }
+    }
+    notes.append(&mut decision.notes);
+
+    // the routes: the Kanary first, so that a rollback takes traffic from the canary before anything else
+    let desired_kanary = traffic::build_kanary(canary, resource, traffic, decision.release.weight);
+    let kanary_current = kanary.as_ref().map(|k| (&k.data["spec"]["destination"], &k.data["spec"]["routes"]));
+    let kanary_desired = (&desired_kanary.data["spec"]["destination"], &desired_kanary.data["spec"]["routes"]);
+    if kanary_current != Some(kanary_desired) {
+        let written = match &kanary {
+            Some(_) => children::apply(&kanaries, &desired_kanary).await.map(|_| ()),
+            None => children::create(&kanaries, &desired_kanary).await.map(|_| ()),
+        };
+        written.map_err(|e| Error::ApplyRelease("Kanary", name.clone(), e))?;
+    }
+    let services: Api<Service> = Api::namespaced(ctx.client.clone(), &ns);
+    for (desired, cached) in [
+        (traffic::build_stable_service(canary, &port), seen.stable_service.as_deref()),
+        (traffic::build_canary_service(canary, user, &port), seen.canary_service.as_deref()),
+    ] {
+        let desired = children::with_desired_hash(desired);
+        let cached = cached.map(|c| c.to_service());
+        let service_name = desired.name_any();
+        children::write(&services, &desired, cached.as_ref(), cached.is_some(), &ctx.caches.services)
+            .await
+            .map_err(|e| Error::ApplyRelease("Service", service_name, e))?;
+    }
+    let slice = children::with_desired_hash(traffic::build_stable_slice(
+        canary,
+        &port,
+        &seen.service_slices,
+        &seen.canary_slices,
+    ));
+    let slice_cached = seen.stable_slice.as_deref();
+    let slice_current = slice_cached.is_some_and(|c| {
+        children::desired_hash(&c.metadata) == children::desired_hash(&slice.metadata)
+            && c.endpoints.len() == slice.endpoints.len()
+    });
+    if !slice_current {
+        let slices: Api<EndpointSlice> = Api::namespaced(ctx.client.clone(), &ns);
+        let written = match slice_cached {
+            Some(_) => children::apply(&slices, &slice).await.map(|s| ctx.caches.endpoint_slices.note_written(&s)),
+            None => children::create(&slices, &slice).await.map(|_| ()),
+        };
+        written.map_err(|e| Error::ApplyRelease("EndpointSlice", stable_name.clone(), e))?;
+    }
+    if decision.update_target {
+        update_target(canary, ctx).await?;
+        notes.push(Note::normal(
+            release::reasons::PROMOTING,
+            format!("set the images of Deployment {:?} to {}", spec.target_deployment_name, decision.release.revision),
+        ));
+    }
+    Ok(Ok(decision))
+}
+
+/// Sets the target's containers' images to the canary's, with a field manager of its own (server-side apply,
+/// forced: the promotion takes those fields over).
+async fn update_target(canary: &Canary, ctx: &Context<CanaryReconciler>) -> Result<(), Error> {
+    let ns = canary.namespace().unwrap_or_default();
+    let target = &canary.spec.target_deployment_name;
+    let containers: Vec<serde_json::Value> = canary
+        .spec
+        .target_containers
+        .iter()
+        .map(|c| serde_json::json!({"name": c.name, "image": c.image}))
+        .collect();
+    let patch = serde_json::json!({"apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": target, "namespace": ns},
+        "spec": {"template": {"spec": {"containers": containers}}}});
+    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
+    let params = PatchParams::apply(PROMOTION_FIELD_MANAGER).force();
+    deployments.patch(target, &params, &Patch::Apply(&patch)).await.map_err(|e| Error::UpdateTarget(target.clone(), e))?;
+    Ok(())
+}
+
+/// The canary's replicas: the Canary's `replicas`, else the target's.
+fn canary_replicas(canary: &Canary, target: &Deployment) -> i32 {
+    canary.spec.replicas.or_else(|| target.spec.as_ref().and_then(|s| s.replicas)).unwrap_or(1)
+}
+
+/// Whether the target's pod template runs every image the Canary names.
+fn runs_images(target: &Deployment, spec: &crate::api::canary::CanarySpec) -> bool {
+    let containers = target.spec.as_ref().and_then(|s| s.template.spec.as_ref()).map(|p| p.containers.as_slice());
+    spec.target_containers.iter().all(|wanted| {
+        containers
+            .unwrap_or_default()
+            .iter()
+            .any(|c| c.name == wanted.name && c.image.as_deref() == Some(wanted.image.as_str()))
+    })
+}
+
+/// Whether a Deployment's rollout is complete: its controller saw the current spec, and `replicas` (default:
+/// its own) replicas run it, ready, with no old one left.
+fn rolled_out(deployment: &Deployment, replicas: Option<i32>) -> bool {
+    let wanted = replicas.or_else(|| deployment.spec.as_ref().and_then(|s| s.replicas)).unwrap_or(1);
+    let Some(status) = &deployment.status else { return false };
+    status.observed_generation >= deployment.metadata.generation
+        && status.updated_replicas.unwrap_or(0) >= wanted
+        && status.ready_replicas.unwrap_or(0) >= wanted
+        && status.replicas.unwrap_or(0) <= status.updated_replicas.unwrap_or(0)
 }
 
 /// Why the canary Deployment was not written.
@@ -151,15 +372,20 @@ enum ApplyFailure {
 }
 use ApplyFailure::{Failed, Rejected};
 
-/// Writes the canary Deployment unless the cache shows it as desired; returns the event it calls for and the
-/// Deployment as it is now.
+/// Writes the canary Deployment (scaled to 0 once its release is over) unless the cache shows it as desired;
+/// returns the event it calls for and the Deployment as it is now.
 async fn apply_canary(
     deployments: &Api<Deployment>,
     canary: &Canary,
     valid: &Valid,
+    scaled_down: bool,
     ctx: &Context<CanaryReconciler>,
 ) -> Result<(Option<Note>, Deployment), ApplyFailure> {
-    let desired = children::with_desired_hash(build_deployment(canary, &valid.target));
+    let mut desired = build_deployment(canary, &valid.target);
+    if scaled_down && let Some(spec) = desired.spec.as_mut() {
+        spec.replicas = Some(0);
+    }
+    let desired = children::with_desired_hash(desired);
     let name = desired.name_any();
     let (cached, exists) = (valid.owned.as_ref(), valid.owned.is_some());
     match children::write(deployments, &desired, cached, exists, &ctx.caches.deployments).await {
@@ -207,11 +433,47 @@ async fn write_status(api: &Api<Canary>, name: &str, status: &CanaryStatus) -> R
     Ok(crate::report::write_status(api, name, &Canary::api_version(&()), &Canary::kind(&()), status).await?)
 }
 
-/// The names a Canary refers to: its target and its canary Deployment.
+/// The names a Canary refers to: its target and its canary Deployment; with traffic, the user's Service, the
+/// route Services and the front Service (whose EndpointSlices are the proxy's pods).
 fn deployments_of(guarded: &GuardedCanary) -> Vec<String> {
     let Ok(canary) = &guarded.0 else { return vec![] };
     let target = &canary.spec.target_deployment_name;
-    vec![target.clone(), canary_deployment_name(target)]
+    let mut names = vec![target.clone(), canary_deployment_name(target)];
+    if let Some(t) = &canary.spec.traffic {
+        let name = canary.name_any();
+        names.extend([t.service.clone(), t.front_service.clone()]);
+        names.extend([traffic::stable_service_name(&name), traffic::canary_service_name(&name)]);
+    }
+    names
+}
+
+/// What a reconcile of a Canary depends on in the object itself: its spec (generation) and the release
+/// request annotation (people's requests wake the release at once).
+fn spec_or_request(guarded: &GuardedCanary) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    let meta = match &guarded.0 {
+        Ok(canary) => &canary.metadata,
+        Err(unreadable) => &unreadable.metadata,
+    };
+    meta.generation.hash(&mut hasher);
+    meta.annotations.as_ref().and_then(|a| a.get(release::REQUEST_ANNOTATION)).hash(&mut hasher);
+    Some(hasher.finish())
+}
+
+/// The Canaries a Service or an EndpointSlice (by its Service's name) matters to, unless the event is the
+/// echo of this controller's own write.
+fn canaries_of_service(
+    object: &impl Resource<DynamicType = ()>,
+    service: &str,
+    echo: bool,
+    references: &References<GuardedCanary>,
+) -> Vec<ObjectRef<GuardedCanary>> {
+    if echo {
+        return vec![];
+    }
+    let ns = object.meta().namespace.clone().unwrap_or_default();
+    references.referring_to(&ns, service).iter().map(|n| ObjectRef::new(n).within(&ns)).collect()
 }
 
 /// The Canaries a Deployment matters to: its controller (unless the event is the echo of the controller's
@@ -227,10 +489,11 @@ fn canaries_for(
     names.iter().map(|n| ObjectRef::new(n).within(&ns)).collect()
 }
 
-/// Runs the Canary controller until `shutdown` completes.
+/// Runs the Canary controller until `shutdown` completes; releases create their Kanaries as `kanary`.
 pub async fn run(
     client: Client,
     caches: Arc<Caches>,
+    kanary: Option<ApiResource>,
     metrics: Arc<crate::runtime::telemetry::Metrics>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
@@ -239,14 +502,28 @@ pub async fn run(
         Api::<GuardedCanary>::all(client.clone()),
         (),
         references.clone(),
-        kube::runtime::predicates::generation,
+        spec_or_request,
     );
     metrics.observe_canaries(controller.store());
-    let ctx = Arc::new(Context::new(client, caches.clone(), controller.store(), (), metrics, CanaryReconciler));
-    let cache = caches.clone();
-    let controller = controller.watches_shared_stream(caches.deployments.subscribe(), move |d| {
-        canaries_for(d.as_ref(), cache.deployments.is_echo(&d), &references)
-    });
+    let reconciler = CanaryReconciler { kanary };
+    let ctx = Arc::new(Context::new(client, caches.clone(), controller.store(), (), metrics, reconciler));
+    let (c1, c2, c3) = (caches.clone(), caches.clone(), caches.clone());
+    let (r1, r2, r3) = (references.clone(), references.clone(), references);
+    let controller = controller
+        .watches_shared_stream(caches.deployments.subscribe(), move |d| {
+            canaries_for(d.as_ref(), c1.deployments.is_echo(&d), &r1)
+        })
+        .watches_shared_stream(caches.services.subscribe(), move |svc| {
+            canaries_of_service(svc.as_ref(), &svc.name_any(), c2.services.is_echo(&svc), &r2)
+        })
+        .watches_shared_stream(caches.endpoint_slices.subscribe(), move |slice| {
+            match slice.labels().get(crate::kanary::endpoints::SERVICE_NAME_LABEL) {
+                Some(service) => {
+                    canaries_of_service(slice.as_ref(), service, c3.endpoint_slices.is_echo(&slice), &r3)
+                }
+                None => vec![],
+            }
+        });
     reconciler::run(controller, ctx, shutdown).await;
 }
 

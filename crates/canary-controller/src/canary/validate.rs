@@ -39,6 +39,13 @@ pub enum Problem {
         name: String,
         message: String,
     },
+    /// `spec.traffic` cannot be served (its Service or port is missing); the release holds where it is.
+    Traffic(String),
+    /// An object a release needs (its Kanary, route Services, EndpointSlice) exists and is someone else's.
+    ReleaseObjectNotOwned {
+        kind: &'static str,
+        name: String,
+    },
 }
 
 impl Problem {
@@ -48,6 +55,8 @@ impl Problem {
             Problem::UnknownContainer { .. } => "UnknownContainer",
             Problem::DeploymentNotOwned { .. } => "DeploymentNotOwned",
             Problem::ApplyRejected { .. } => "ApplyRejected",
+            Problem::Traffic(_) => "TrafficNotServed",
+            Problem::ReleaseObjectNotOwned { .. } => "ReleaseObjectNotOwned",
         }
     }
 
@@ -71,6 +80,11 @@ impl Problem {
             Problem::ApplyRejected { name, message } => {
                 format!("the API server rejected Deployment {name:?}: {message}")
             }
+            Problem::Traffic(message) => format!("{message} (the release holds where it is)"),
+            Problem::ReleaseObjectNotOwned { kind, name } => format!(
+                "{kind} {name:?} already exists and is not managed by this Canary: it is left untouched; delete or \
+                 rename it, or rename this Canary (the release holds where it is)"
+            ),
         }
     }
 }

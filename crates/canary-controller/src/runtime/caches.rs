@@ -10,6 +10,7 @@
 use super::index::References;
 use crate::canary::build::CANARY_LABEL;
 use crate::kanary::build::PROXY_LABEL;
+use crate::canary::traffic::{MANAGED_BY, MANAGED_BY_LABEL};
 use crate::kanary::endpoints::SERVICE_NAME_LABEL;
 use futures::channel::mpsc;
 use futures::{Stream, StreamExt, TryStreamExt};
@@ -167,8 +168,17 @@ pub struct CachedEndpoint {
 
 impl From<EndpointSlice> for CachedSlice {
     fn from(slice: EndpointSlice) -> CachedSlice {
-        let mut metadata = compact_metadata(slice.metadata, Keep::Only(&[SERVICE_NAME_LABEL]), Keep::Only(&[]));
-        metadata.owner_references = None;
+        // the slices this controller writes keep their owner and desired hash (ownership, up-to-date checks)
+        let ours = slice.metadata.labels.as_ref().and_then(|l| l.get(MANAGED_BY_LABEL)).map(String::as_str)
+            == Some(MANAGED_BY);
+        let mut metadata = compact_metadata(
+            slice.metadata,
+            Keep::Only(&[SERVICE_NAME_LABEL, MANAGED_BY_LABEL]),
+            Keep::Only(&[crate::children::DESIRED_HASH_ANNOTATION]),
+        );
+        if !ours {
+            metadata.owner_references = None;
+        }
         let endpoints = slice
             .endpoints
             .into_iter()

@@ -121,6 +121,7 @@ pub struct Metrics {
     api_requests: Family<RequestLabels, Counter>,
     failures: Family<FailureLabels, Counter>,
     duration: HistogramFamily,
+    verdicts: Family<VerdictLabels, Counter>,
     registry: Registry,
     ready: AtomicBool,
     caches: Arc<Caches>,
@@ -144,6 +145,24 @@ impl std::fmt::Debug for Caches {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResourceLabels {
     resource: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VerdictLabels {
+    pub verdict: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReleaseLabels {
+    namespace: String,
+    canary: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PhaseLabels {
+    namespace: String,
+    canary: String,
+    phase: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -179,6 +198,37 @@ impl Collector for Caches {
         for (group, store) in &kanaries {
             let labels = ResourceLabels { resource: format!("kanaries.{group}") };
             ConstGauge::new(store.len() as i64).encode(managed.encode_family(&labels)?)?;
+        }
+
+        let releases: Vec<_> = canaries
+            .iter()
+            .flat_map(|store| store.state())
+            .filter_map(|guarded| {
+                let canary = guarded.0.as_ref().ok()?;
+                let release = canary.status.as_ref()?.release.clone()?;
+                Some((canary.namespace().unwrap_or_default(), canary.name_any(), release))
+            })
+            .collect();
+        let mut release_weights = encoder.encode_descriptor(
+            "release_weight",
+            "The canary's share of new connections (percent) in each Canary's release",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (namespace, canary, release) in &releases {
+            let labels = ReleaseLabels { namespace: namespace.clone(), canary: canary.clone() };
+            ConstGauge::new(i64::from(release.weight)).encode(release_weights.encode_family(&labels)?)?;
+        }
+        let mut phases = encoder.encode_descriptor(
+            "release_phase",
+            "1 for the phase each Canary's release is in",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (namespace, canary, release) in &releases {
+            let labels =
+                PhaseLabels { namespace: namespace.clone(), canary: canary.clone(), phase: format!("{:?}", release.phase) };
+            ConstGauge::new(1).encode(phases.encode_family(&labels)?)?;
         }
 
         let mut weights = encoder.encode_descriptor(
@@ -228,6 +278,8 @@ impl Metrics {
             "Requests sent to the Kubernetes API by the controllers, by verb and resource (leader election apart)",
             api_requests.clone(),
         );
+        let verdicts = Family::<VerdictLabels, Counter>::default();
+        registry.register("release_verdicts", "Analysis windows judged, by verdict", verdicts.clone());
         let caches = Arc::new(Caches::default());
         registry.register_collector(Box::new(caches.clone()));
         Arc::new(Metrics {
@@ -235,6 +287,7 @@ impl Metrics {
             api_requests,
             failures,
             duration,
+            verdicts,
             registry,
             ready: AtomicBool::new(false),
             caches,
@@ -267,6 +320,11 @@ impl Metrics {
         let result = reconcile.await;
         self.record(controller, start, result.as_ref().err().map(category));
         result
+    }
+
+    /// Counts a judged analysis window (`Passed`, `Failed`, `Inconclusive`).
+    pub fn count_verdict(&self, verdict: &str) {
+        self.verdicts.get_or_create(&VerdictLabels { verdict: verdict.into() }).inc();
     }
 
     /// Reports the Canaries the Canary controller reconciles (its cache).

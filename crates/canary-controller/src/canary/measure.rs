@@ -1,0 +1,127 @@
+//! Reads what a release is judged by from the proxy itself: each proxy pod's HAProxy serves its statistics
+//! as CSV (`/stats;csv` on the metrics port); the counters of the stable and the canary backends are taken
+//! per pod (they are cumulative, so a window is the difference of two readings). No Prometheus needed. The
+//! only IO of the release, run only when a window starts or ends.
+
+use crate::api::canary::{Counters, RouteCounters};
+use crate::kanary::haproxy::{STATS_PORT, backend_name};
+use http_body_util::{BodyExt, Empty};
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+/// How long a proxy pod may take to answer.
+const TIMEOUT: Duration = Duration::from_secs(3);
+
+#[derive(Debug, thiserror::Error)]
+#[error("reading the statistics of proxy pod {pod} ({address}): {reason}")]
+pub struct StatsError {
+    pub pod: String,
+    pub address: SocketAddr,
+    pub reason: String,
+}
+
+/// The counters of both routes in every proxy pod (`pods`: name and address).
+pub async fn read_counters(
+    pods: &[(String, IpAddr)],
+    stable_service: &str,
+    canary_service: &str,
+) -> Result<BTreeMap<String, RouteCounters>, StatsError> {
+    let mut all = BTreeMap::new();
+    for (pod, ip) in pods {
+        let address = SocketAddr::new(*ip, STATS_PORT);
+        let error = |reason: String| StatsError { pod: pod.clone(), address, reason };
+        let csv = tokio::time::timeout(TIMEOUT, get(address, "/stats;csv"))
+            .await
+            .map_err(|_| error(format!("no answer within {TIMEOUT:?}")))?
+            .map_err(|e| error(e.to_string()))?;
+        let backends = parse_stats(&csv);
+        let of = |service: &str| backends.get(&backend_name(service)).copied().unwrap_or_default();
+        all.insert(pod.clone(), RouteCounters { stable: of(stable_service), canary: of(canary_service) });
+    }
+    Ok(all)
+}
+
+async fn get(address: SocketAddr, path: &str) -> anyhow::Result<String> {
+    let stream = tokio::net::TcpStream::connect(address).await?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+    tokio::spawn(connection);
+    let request = http::Request::get(path).header("host", address.to_string()).body(Empty::<hyper::body::Bytes>::new())?;
+    let response = sender.send_request(request).await?;
+    anyhow::ensure!(response.status().is_success(), "HTTP {}", response.status());
+    let body = response.into_body().collect().await?.to_bytes();
+    Ok(String::from_utf8_lossy(&body).into_owned())
+}
+
+/// The counters of every backend in HAProxy's CSV statistics: sessions (`stot`), errors (`econ` + `eresp`:
+/// connections that failed, were reset or closed abnormally by the server) and connect time (`ctime`) from
+/// the backend's row, failed health checks (`chkfail`) summed over its servers.
+pub fn parse_stats(csv: &str) -> HashMap<String, Counters> {
+    let mut lines = csv.lines();
+    let Some(header) = lines.next() else { return HashMap::new() };
+    let columns: Vec<&str> = header.trim_start_matches("# ").split(',').collect();
+    let column = |name: &str| columns.iter().position(|c| *c == name);
+    let (Some(px), Some(sv), Some(stot), Some(econ), Some(eresp), Some(chkfail), Some(ctime)) = (
+        column("pxname"),
+        column("svname"),
+        column("stot"),
+        column("econ"),
+        column("eresp"),
+        column("chkfail"),
+        column("ctime"),
+    ) else {
+        return HashMap::new();
+    };
+    let mut backends: HashMap<String, Counters> = HashMap::new();
+    for line in lines {
+        let fields: Vec<&str> = line.split(',').collect();
+        let number = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+        let Some(name) = fields.get(px) else { continue };
+        let counters = backends.entry(name.to_string()).or_default();
+        match fields.get(sv).copied() {
+            Some("BACKEND") => {
+                counters.sessions = number(stot);
+                counters.errors = number(econ) + number(eresp);
+                counters.connect_time_ms = number(ctime);
+            }
+            Some("FRONTEND") | None => {}
+            Some(_) => counters.check_failures += number(chkfail),
+        }
+    }
+    backends
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// HAProxy 2.6's CSV, trimmed to the columns up to `ctime` that matter (real header names and order).
+    #[test]
+    fn backend_rows_give_sessions_errors_and_connect_time_and_servers_give_check_failures() {
+        let mut header: Vec<String> = (0..60).map(|i| format!("c{i}")).collect();
+        for (i, name) in [(0, "pxname"), (1, "svname"), (7, "stot"), (13, "econ"), (14, "eresp"), (21, "chkfail"), (59, "ctime")] {
+            header[i] = name.into();
+        }
+        let row = |px: &str, sv: &str, stot: &str, econ: &str, eresp: &str, chkfail: &str, ctime: &str| {
+            let mut f = vec![String::new(); 60];
+            for (i, v) in [(0, px), (1, sv), (7, stot), (13, econ), (14, eresp), (21, chkfail), (59, ctime)] {
+                f[i] = v.into();
+            }
+            f.join(",")
+        };
+        let csv = [
+            format!("# {}", header.join(",")),
+            row("kanary", "FRONTEND", "90", "", "", "", ""),
+            row("be_web-canary", "slot0", "30", "1", "4", "2", "3"),
+            row("be_web-canary", "slot1", "30", "0", "0", "1", "0"),
+            row("be_web-canary", "BACKEND", "60", "2", "4", "", "5"),
+        ]
+        .join("\n");
+        let parsed = parse_stats(&csv);
+        assert_eq!(
+            parsed["be_web-canary"],
+            Counters { sessions: 60, errors: 6, check_failures: 3, connect_time_ms: 5 }
+        );
+        assert!(!parsed.contains_key("be_web-stable"));
+    }
+}

@@ -1,0 +1,838 @@
+//! The release of a Canary with `traffic`, as a pure state machine: from the spec, the release status the
+//! previous reconcile wrote, and what the cluster shows now ([`Inputs`]), [`advance`] decides the next
+//! release status, the events, and when to look again. Everything it needs to resume lives in that status
+//! (step, its start, the analysis window's start and counters), so a controller restart or a leader change
+//! resumes at the same step with the same timers. No client in scope; the reconcile does the IO.
+//!
+//! Steps: `setWeight` moves on once every proxy pod serves the weight; `pause` waits its duration (or for a
+//! `resume`/`promote` request); `analysis` measures one `interval` of the proxy's counters at the current
+//! weight and judges it ([`judge`]): passed moves on, failed is measured again until `failureLimit` is
+//! exceeded (then rollback: weight 0, canary scaled to 0), too little traffic pauses (inconclusive never
+//! promotes). After the last step the target is updated to the canary's images (by the controller with
+//! `promotion.updateTarget`, else by the user), then all traffic goes to it and the canary is scaled to 0.
+//!
+//! Requests (annotation [`REQUEST_ANNOTATION`], acted on once per value): `resume`, `promote`, `abort`,
+//! `retry`. `spec.paused` holds a progressing release where it is.
+
+use crate::api::canary::{
+    Analysis, CanarySpec, Counters, Evidence, Metric, MetricCheck, MetricResult, Phase, ReleaseStatus, ReleaseStep,
+    RouteCounters, Verdict, Window,
+};
+use crate::report::Note;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// The annotation through which people and tools ask a release to `resume`, `promote`, `abort` or `retry`
+/// (anything after a `:` makes a new request of the same action: `retry:2`).
+pub const REQUEST_ANNOTATION: &str = "canary.k8s.wantedly.com/request";
+/// Judged windows kept in the status.
+pub const EVIDENCE_KEPT: usize = 20;
+const DEFAULT_INTERVAL: Duration = Duration::from_secs(60);
+const DEFAULT_STEP_WEIGHT: i32 = 10;
+const DEFAULT_MAX_WEIGHT: i32 = 50;
+const DEFAULT_MIN_SAMPLES: u64 = 20;
+/// How often a release that waits on the cluster (proxies, rollouts) looks again.
+const POLL: Duration = Duration::from_secs(1);
+/// How often a release that waits on people looks again (their requests wake it at once).
+const IDLE: Duration = Duration::from_secs(600);
+
+pub mod reasons {
+    pub const STARTED: &str = "ReleaseStarted";
+    pub const WEIGHT_SET: &str = "WeightSet";
+    pub const PAUSED: &str = "ReleasePaused";
+    pub const RESUMED: &str = "ReleaseResumed";
+    pub const ANALYSIS_STARTED: &str = "AnalysisStarted";
+    pub const ANALYSIS_PASSED: &str = "AnalysisPassed";
+    pub const ANALYSIS_FAILED: &str = "AnalysisFailed";
+    pub const INCONCLUSIVE: &str = "AnalysisInconclusive";
+    pub const PROMOTING: &str = "Promoting";
+    pub const SUCCEEDED: &str = "ReleaseSucceeded";
+    pub const ROLLED_BACK: &str = "RolledBack";
+    pub const ABORTED: &str = "ReleaseAborted";
+    pub const RETRIED: &str = "ReleaseRetried";
+    pub const UNKNOWN_REQUEST: &str = "UnknownRequest";
+}
+
+/// The release settings of a spec, defaults applied.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    pub steps: Vec<ReleaseStep>,
+    pub interval: Duration,
+    pub min_samples: u64,
+    pub failure_limit: i32,
+    pub checks: Vec<MetricCheck>,
+    pub update_target: bool,
+}
+
+fn duration(text: &str) -> Option<Duration> {
+    crate::api::kanary::duration_ms(text).map(Duration::from_millis)
+}
+
+impl Settings {
+    pub fn of(spec: &CanarySpec) -> Settings {
+        let analysis = spec.analysis.clone().unwrap_or_default();
+        let checks = if analysis.metrics.is_empty() {
+            vec![MetricCheck { metric: Metric::ErrorRate, max: Some(0.05), min: None, max_over_stable: None }]
+        } else {
+            analysis.metrics.clone()
+        };
+        Settings {
+            steps: if spec.steps.is_empty() { short_form(&analysis) } else { spec.steps.clone() },
+            interval: analysis.interval.as_deref().and_then(duration).unwrap_or(DEFAULT_INTERVAL),
+            min_samples: analysis.min_samples.map_or(DEFAULT_MIN_SAMPLES, |m| m.max(1) as u64),
+            failure_limit: analysis.failure_limit.unwrap_or(0).max(0),
+            checks,
+            update_target: spec.promotion.as_ref().is_some_and(|p| p.update_target),
+        }
+    }
+}
+
+/// The steps of the short form: `setWeight` then `analysis`, from `stepWeight` up to `maxWeight`.
+fn short_form(analysis: &Analysis) -> Vec<ReleaseStep> {
+    let step = analysis.step_weight.unwrap_or(DEFAULT_STEP_WEIGHT).clamp(1, 100);
+    let max = analysis.max_weight.unwrap_or(DEFAULT_MAX_WEIGHT).clamp(1, 100);
+    let mut weights: Vec<i32> = (1..).map(|i| i * step).take_while(|w| *w <= max).collect();
+    if weights.last() != Some(&max) {
+        weights.push(max);
+    }
+    weights
+        .into_iter()
+        .flat_map(|w| {
+            [
+                ReleaseStep { set_weight: Some(w), ..Default::default() },
+                ReleaseStep { analysis: Some(Default::default()), ..Default::default() },
+            ]
+        })
+        .collect()
+}
+
+fn describe(step: &ReleaseStep) -> String {
+    match (step.set_weight, &step.pause, &step.analysis) {
+        (Some(w), _, _) => format!("setWeight {w}"),
+        (_, Some(p), _) => format!("pause {}", p.duration.as_deref().unwrap_or("until resumed")),
+        _ => "analysis".into(),
+    }
+}
+
+/// `2/6 setWeight 25`, or `done` after the last step.
+fn step_description(steps: &[ReleaseStep], index: i32) -> String {
+    match steps.get(index as usize) {
+        Some(step) => format!("{}/{} {}", index + 1, steps.len(), describe(step)),
+        None => "done".into(),
+    }
+}
+
+/// What the cluster shows now.
+#[derive(Debug, Clone)]
+pub struct Inputs<'a> {
+    /// The images the Canary's spec asks for (see [`revision`]).
+    pub revision: String,
+    /// The target Deployment's containers run those images.
+    pub target_runs_revision: bool,
+    /// The target Deployment's rollout is complete (every replica updated and available).
+    pub target_rolled_out: bool,
+    pub canary_ready: bool,
+    /// The canary weight every proxy pod serves, when the proxies are in sync with the Kanary.
+    pub served_weight: Option<i32>,
+    /// The proxy pods' counters now, when the caller read them.
+    pub stats: Option<&'a BTreeMap<String, RouteCounters>>,
+    /// The value of the request annotation.
+    pub request: Option<&'a str>,
+    pub paused: bool,
+    pub now: &'a Time,
+}
+
+/// What [`advance`] decided.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    pub release: ReleaseStatus,
+    pub notes: Vec<Note>,
+    /// When to look again (a timer of the release, or a poll of what it waits for).
+    pub requeue: Duration,
+    /// The release needs the proxies' counters now (to start or judge a window): read them and advance again.
+    pub wants_stats: bool,
+    /// Set the target Deployment's images to the canary's.
+    pub update_target: bool,
+}
+
+impl Decision {
+    /// Replicas the canary runs: none once the release is over.
+    pub fn canary_scaled_down(&self) -> bool {
+        self.release.phase.is_final()
+    }
+}
+
+/// The images of a spec's `targetContainers`: `name=image`, sorted, comma separated.
+pub fn revision(spec: &CanarySpec) -> String {
+    let mut pairs: Vec<String> = spec.target_containers.iter().map(|c| format!("{}={}", c.name, c.image)).collect();
+    pairs.sort();
+    pairs.join(",")
+}
+
+fn elapsed(from: &Time, now: &Time) -> Duration {
+    let d = now.0.duration_since(from.0);
+    if d.is_negative() { Duration::ZERO } else { Duration::from_millis(d.as_millis() as u64) }
+}
+
+fn note(notes: &mut Vec<Note>, reason: &'static str, message: String) {
+    notes.push(Note::normal(reason, message));
+}
+
+fn warn(notes: &mut Vec<Note>, reason: &'static str, message: String) {
+    notes.push(Note::warning(reason, message));
+}
+
+/// The request action of an annotation value (`retry:2` is `retry`).
+fn action(request: &str) -> &str {
+    request.split(':').next().unwrap_or_default().trim()
+}
+
+/// Where the release goes next; see the module documentation.
+pub fn advance(spec: &CanarySpec, previous: Option<&ReleaseStatus>, inputs: &Inputs) -> Decision {
+    let settings = Settings::of(spec);
+    let steps = &settings.steps;
+    let now = inputs.now;
+    let mut notes = vec![];
+    let mut release = match previous {
+        Some(p) if p.revision == inputs.revision => p.clone(),
+        _ => start(previous, inputs, &mut notes),
+    };
+    if let Some(request) = inputs.request
+        && release.handled_request.as_deref() != Some(request)
+    {
+        release.handled_request = Some(request.to_string());
+        handle_request(&mut release, action(request), steps, now, &mut notes);
+    }
+    if inputs.paused && release.phase == Phase::Progressing {
+        pause(&mut release, "held by spec.paused: set it to false to go on".into(), &mut notes);
+    } else if !inputs.paused && release.phase == Phase::Paused && release.message.starts_with("held by spec.paused") {
+        resume(&mut release, &mut notes);
+    }
+
+    let mut decision = Decision { release, notes, requeue: IDLE, wants_stats: false, update_target: false };
+    // a reconcile takes the release through as many steps as what the cluster shows allows
+    for _ in 0..=steps.len() + 1 {
+        if !progress(&mut decision, &settings, inputs) {
+            break;
+        }
+    }
+    let release = &mut decision.release;
+    if release.phase.is_final() {
+        release.weight = 0;
+        release.window = None;
+    }
+    release.step_description = match release.phase {
+        Phase::Progressing | Phase::Paused => step_description(steps, release.step),
+        _ => "done".into(),
+    };
+    decision
+}
+
+/// A new release (new images): it starts at the first step, unless the target already runs those images.
+fn start(previous: Option<&ReleaseStatus>, inputs: &Inputs, notes: &mut Vec<Note>) -> ReleaseStatus {
+    let mut release = ReleaseStatus {
+        revision: inputs.revision.clone(),
+        handled_request: previous.and_then(|p| p.handled_request.clone()),
+        step_started_at: Some(inputs.now.clone()),
+        ..Default::default()
+    };
+    if inputs.target_runs_revision {
+        release.phase = Phase::Succeeded;
+        release.message = "the target already runs these images: nothing to release".into();
+    } else {
+        release.phase = Phase::Progressing;
+        release.message = "release started".into();
+        note(notes, reasons::STARTED, format!("release of {} started", inputs.revision));
+    }
+    release
+}
+
+fn pause(release: &mut ReleaseStatus, message: String, notes: &mut Vec<Note>) {
+    release.phase = Phase::Paused;
+    release.window = None;
+    note(notes, reasons::PAUSED, message.clone());
+    release.message = message;
+}
+
+fn resume(release: &mut ReleaseStatus, notes: &mut Vec<Note>) {
+    release.phase = Phase::Progressing;
+    release.message = "resumed".into();
+    note(notes, reasons::RESUMED, format!("release resumed at step {}", release.step + 1));
+}
+
+fn next_step(release: &mut ReleaseStatus, now: &Time) {
+    release.step += 1;
+    release.step_started_at = Some(now.clone());
+    release.window = None;
+}
+
+fn roll_back(release: &mut ReleaseStatus, phase: Phase, message: String, notes: &mut Vec<Note>) {
+    release.phase = phase;
+    release.weight = 0;
+    release.window = None;
+    let reason = if phase == Phase::Aborted { reasons::ABORTED } else { reasons::ROLLED_BACK };
+    warn(notes, reason, format!("{message}: no traffic to the canary, canary scaled to 0"));
+    release.message = message;
+}
+
+fn handle_request(release: &mut ReleaseStatus, action: &str, steps: &[ReleaseStep], now: &Time, notes: &mut Vec<Note>) {
+    let final_phase = release.phase.is_final();
+    match action {
+        "resume" if release.phase == Phase::Paused => {
+            let at_pause_step = steps.get(release.step as usize).is_some_and(|s| s.pause.is_some());
+            if at_pause_step {
+                next_step(release, now);
+            }
+            resume(release, notes);
+        }
+        "promote" if !final_phase && release.phase != Phase::Promoting => {
+            release.phase = Phase::Promoting;
+            release.window = None;
+            release.step = steps.len() as i32;
+            release.message = "promoted by request: remaining steps skipped".into();
+            note(notes, reasons::PROMOTING, "promotion requested: remaining steps skipped".into());
+        }
+        "abort" if !final_phase => roll_back(release, Phase::Aborted, "aborted by request".into(), notes),
+        "retry" if matches!(release.phase, Phase::RolledBack | Phase::Aborted) => {
+            release.phase = Phase::Progressing;
+            release.step = 0;
+            release.step_started_at = Some(now.clone());
+            release.failed_windows = 0;
+            release.message = "retried by request".into();
+            note(notes, reasons::RETRIED, format!("release of {} started again", release.revision));
+        }
+        "resume" | "promote" | "abort" | "retry" => note(
+            notes,
+            reasons::UNKNOWN_REQUEST,
+            format!("request {action:?} ignored: the release is {:?}", release.phase),
+        ),
+        other => warn(
+            notes,
+            reasons::UNKNOWN_REQUEST,
+            format!("annotation {REQUEST_ANNOTATION}: unknown request {other:?}: use resume, promote, abort or retry"),
+        ),
+    }
+}
+
+/// One move of the release; false when it has to wait.
+fn progress(decision: &mut Decision, settings: &Settings, inputs: &Inputs) -> bool {
+    let now = inputs.now;
+    let release = &mut decision.release;
+    let notes = &mut decision.notes;
+    match release.phase {
+        Phase::Progressing => {}
+        Phase::Promoting => {
+            decision.update_target = settings.update_target && !inputs.target_runs_revision;
+            if inputs.target_runs_revision && inputs.target_rolled_out {
+                release.phase = Phase::Succeeded;
+                release.message = "the target runs the canary's images: all traffic to it, canary scaled to 0".into();
+                note(notes, reasons::SUCCEEDED, format!("release of {} succeeded", release.revision));
+                return false;
+            }
+            release.message = match (inputs.target_runs_revision, settings.update_target) {
+                (true, _) => "waiting for the target's rollout to complete".into(),
+                (false, true) => "updating the target Deployment to the canary's images".into(),
+                (false, false) => format!(
+                    "waiting for the target Deployment to run {} (promotion.updateTarget is off: update it)",
+                    release.revision
+                ),
+            };
+            decision.requeue = POLL;
+            return false;
+        }
+        _ => return false,
+    }
+    if !inputs.canary_ready {
+        release.message = "waiting for the canary Deployment to be ready".into();
+        decision.requeue = POLL;
+        return false;
+    }
+    let Some(step) = settings.steps.get(release.step as usize) else {
+        release.phase = Phase::Promoting;
+        release.window = None;
+        note(notes, reasons::PROMOTING, "every step passed: promoting".into());
+        return true;
+    };
+    if let Some(weight) = step.set_weight {
+        if release.weight != weight {
+            release.weight = weight;
+            note(notes, reasons::WEIGHT_SET, format!("canary weight {weight}%"));
+        }
+        if inputs.served_weight == Some(weight) {
+            next_step(release, now);
+            return true;
+        }
+        release.message = format!("waiting for every proxy pod to serve weight {weight}");
+        decision.requeue = POLL;
+        return false;
+    }
+    if let Some(p) = &step.pause {
+        let started = release.step_started_at.clone().unwrap_or_else(|| now.clone());
+        let Some(length) = p.duration.as_deref().and_then(duration) else {
+            pause(release, format!("pause step {}: resume or promote to go on", release.step + 1), notes);
+            return false;
+        };
+        let gone = elapsed(&started, now);
+        if gone >= length {
+            next_step(release, now);
+            return true;
+        }
+        release.message = format!("pause step {} for {}", release.step + 1, p.duration.as_deref().unwrap_or_default());
+        decision.requeue = length - gone;
+        return false;
+    }
+    // an analysis step
+    if inputs.served_weight != Some(release.weight) {
+        release.message = format!("waiting for every proxy pod to serve weight {}", release.weight);
+        decision.requeue = POLL;
+        return false;
+    }
+    let Some(stats) = inputs.stats else {
+        let window_over = release.window.as_ref().is_none_or(|w| elapsed(&w.started_at, now) >= settings.interval);
+        if window_over {
+            decision.wants_stats = true;
+            decision.requeue = POLL;
+        } else {
+            let started = &release.window.as_ref().expect("a window").started_at;
+            decision.requeue = settings.interval - elapsed(started, now);
+        }
+        return false;
+    };
+    let Some(window) = release.window.clone() else {
+        release.window = Some(Window { started_at: now.clone(), counters: stats.clone() });
+        release.message = format!("analysis window of {:?} at weight {}", settings.interval, release.weight);
+        note(notes, reasons::ANALYSIS_STARTED, release.message.clone());
+        decision.requeue = settings.interval;
+        return false;
+    };
+    let gone = elapsed(&window.started_at, now);
+    if gone < settings.interval {
+        decision.requeue = settings.interval - gone;
+        return false;
+    }
+    let evidence = judge(settings, release, &window, stats, now);
+    let verdict = evidence.verdict;
+    let summary = summarize(&evidence);
+    release.evidence.push(evidence);
+    let excess = release.evidence.len().saturating_sub(EVIDENCE_KEPT);
+    release.evidence.drain(..excess);
+    release.window = None;
+    match verdict {
+        Verdict::Passed => {
+            note(notes, reasons::ANALYSIS_PASSED, format!("step {} passed: {summary}", release.step + 1));
+            next_step(release, now);
+            true
+        }
+        Verdict::Failed => {
+            release.failed_windows += 1;
+            if release.failed_windows > settings.failure_limit {
+                let message = format!("step {} failed: {summary}", release.step + 1);
+                warn(notes, reasons::ANALYSIS_FAILED, message.clone());
+                roll_back(release, Phase::RolledBack, message, notes);
+                return false;
+            }
+            warn(
+                notes,
+                reasons::ANALYSIS_FAILED,
+                format!(
+                    "step {} failed ({} of {} failures allowed), measuring again: {summary}",
+                    release.step + 1,
+                    release.failed_windows,
+                    settings.failure_limit
+                ),
+            );
+            true
+        }
+        Verdict::Inconclusive => {
+            let message = format!(
+                "step {} inconclusive: {summary}; fewer than {} canary connections: resume to measure again, or promote",
+                release.step + 1,
+                settings.min_samples
+            );
+            warn(notes, reasons::INCONCLUSIVE, message.clone());
+            release.phase = Phase::Paused;
+            release.message = message;
+            false
+        }
+    }
+}
+
+fn summarize(evidence: &Evidence) -> String {
+    let metrics: Vec<String> = evidence
+        .metrics
+        .iter()
+        .map(|m| format!("{:?} {} ({}: {:?})", m.metric, round(m.value), m.bound, m.verdict))
+        .collect();
+    format!(
+        "{} canary / {} stable connections; {}",
+        evidence.canary_sessions,
+        evidence.stable_sessions,
+        if metrics.is_empty() { "no checks".into() } else { metrics.join(", ") }
+    )
+}
+
+fn round(value: f64) -> f64 {
+    (value * 10_000.0).round() / 10_000.0
+}
+
+/// What happened between two readings of a counter (a proxy restarted in between counts from 0).
+fn delta(before: u64, after: u64) -> u64 {
+    if after >= before { after - before } else { after }
+}
+
+/// A route's counters over a window, summed over the proxy pods; connect time weighted by connections.
+fn window_counters(
+    before: &BTreeMap<String, RouteCounters>,
+    after: &BTreeMap<String, RouteCounters>,
+    route: fn(&RouteCounters) -> &Counters,
+) -> Counters {
+    let mut sum = Counters::default();
+    let mut weighted_connect = 0u64;
+    for (pod, now) in after {
+        let then = before.get(pod).map(route).copied().unwrap_or_default();
+        let now = route(now);
+        let sessions = delta(then.sessions, now.sessions);
+        sum.sessions += sessions;
+        sum.errors += delta(then.errors, now.errors);
+        sum.check_failures += delta(then.check_failures, now.check_failures);
+        weighted_connect += sessions * now.connect_time_ms;
+    }
+    sum.connect_time_ms = weighted_connect.checked_div(sum.sessions).unwrap_or(0);
+    sum
+}
+
+fn value_of(metric: Metric, c: &Counters) -> f64 {
+    match metric {
+        Metric::ErrorRate if c.sessions == 0 => 0.0,
+        Metric::ErrorRate => c.errors as f64 / c.sessions as f64,
+        Metric::ConnectTime => c.connect_time_ms as f64,
+        Metric::HealthCheckFailures => c.check_failures as f64,
+        Metric::Sessions => c.sessions as f64,
+    }
+}
+
+/// Judges a window: inconclusive when the canary took fewer than `min_samples` connections (or a check
+/// against the stable route has too few stable ones), failed when a check fails, else passed.
+pub fn judge(
+    settings: &Settings,
+    release: &ReleaseStatus,
+    window: &Window,
+    now_counters: &BTreeMap<String, RouteCounters>,
+    now: &Time,
+) -> Evidence {
+    let canary = window_counters(&window.counters, now_counters, |r| &r.canary);
+    let stable = window_counters(&window.counters, now_counters, |r| &r.stable);
+    let enough = |c: &Counters| c.sessions >= settings.min_samples;
+    let metrics: Vec<MetricResult> = settings
+        .checks
+        .iter()
+        .map(|check| {
+            let value = value_of(check.metric, &canary);
+            let stable_value = value_of(check.metric, &stable);
+            let mut bounds = vec![];
+            let mut failed = false;
+            if let Some(max) = check.max {
+                bounds.push(format!("max {max}"));
+                failed |= value > max;
+            }
+            if let Some(min) = check.min {
+                bounds.push(format!("min {min}"));
+                failed |= value < min;
+            }
+            let mut verdict = Verdict::Passed;
+            if let Some(over) = check.max_over_stable {
+                bounds.push(format!("maxOverStable {over}"));
+                if enough(&stable) {
+                    failed |= value - stable_value > over;
+                } else {
+                    verdict = Verdict::Inconclusive;
+                }
+            }
+            if !enough(&canary) {
+                verdict = Verdict::Inconclusive;
+            } else if failed {
+                verdict = Verdict::Failed;
+            }
+            MetricResult {
+                metric: check.metric,
+                value: round(value),
+                stable_value: check.max_over_stable.map(|_| round(stable_value)),
+                bound: bounds.join(", "),
+                verdict,
+            }
+        })
+        .collect();
+    let verdict = if !enough(&canary) || metrics.iter().any(|m| m.verdict == Verdict::Inconclusive) {
+        Verdict::Inconclusive
+    } else if metrics.iter().any(|m| m.verdict == Verdict::Failed) {
+        Verdict::Failed
+    } else {
+        Verdict::Passed
+    };
+    Evidence {
+        step: release.step,
+        weight: release.weight,
+        started_at: window.started_at.clone(),
+        finished_at: now.clone(),
+        canary_sessions: canary.sessions,
+        stable_sessions: stable.sessions,
+        verdict,
+        metrics,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::canary::{Pause, Promotion, TargetContainer};
+
+    fn at(second: i64) -> Time {
+        Time(k8s_openapi::jiff::Timestamp::from_second(1_700_000_000 + second).unwrap())
+    }
+
+    fn spec(steps: Vec<ReleaseStep>) -> CanarySpec {
+        CanarySpec {
+            target_deployment_name: "app".into(),
+            target_containers: vec![TargetContainer { name: "app".into(), image: "app:v2".into() }],
+            replicas: None,
+            traffic: None,
+            steps,
+            analysis: Some(Analysis { interval: Some("30s".into()), min_samples: Some(10), ..Default::default() }),
+            promotion: None,
+            paused: false,
+        }
+    }
+
+    fn weight(w: i32) -> ReleaseStep {
+        ReleaseStep { set_weight: Some(w), ..Default::default() }
+    }
+
+    fn analysis() -> ReleaseStep {
+        ReleaseStep { analysis: Some(Default::default()), ..Default::default() }
+    }
+
+    fn counters(stable: (u64, u64), canary: (u64, u64)) -> BTreeMap<String, RouteCounters> {
+        let c = |(sessions, errors): (u64, u64)| Counters { sessions, errors, ..Default::default() };
+        [("proxy-1".to_string(), RouteCounters { stable: c(stable), canary: c(canary) })].into()
+    }
+
+    /// The cluster as a release sees it: ready canary, proxies serving `served`, the target not updated.
+    fn inputs<'a>(now: &'a Time, served: Option<i32>, stats: Option<&'a BTreeMap<String, RouteCounters>>) -> Inputs<'a> {
+        Inputs {
+            revision: "app=app:v2".into(),
+            target_runs_revision: false,
+            target_rolled_out: true,
+            canary_ready: true,
+            served_weight: served,
+            stats,
+            request: None,
+            paused: false,
+            now,
+        }
+    }
+
+    /// Advances `spec` from `previous`, and again with `stats` when it asks for them.
+    fn step(
+        spec: &CanarySpec,
+        previous: Option<&ReleaseStatus>,
+        now: &Time,
+        served: Option<i32>,
+        stats: &BTreeMap<String, RouteCounters>,
+    ) -> Decision {
+        let first = advance(spec, previous, &inputs(now, served, None));
+        if first.wants_stats { advance(spec, previous, &inputs(now, served, Some(stats))) } else { first }
+    }
+
+    fn reasons_of(d: &Decision) -> Vec<&'static str> {
+        d.notes.iter().map(|n| n.reason).collect()
+    }
+
+    #[test]
+    fn the_short_form_raises_the_weight_by_step_up_to_max() {
+        let mut s = spec(vec![]);
+        s.analysis.as_mut().unwrap().step_weight = Some(20);
+        s.analysis.as_mut().unwrap().max_weight = Some(50);
+        let weights: Vec<_> = Settings::of(&s).steps.iter().filter_map(|s| s.set_weight).collect();
+        assert_eq!(weights, [20, 40, 50]);
+        assert_eq!(Settings::of(&s).steps.len(), 6, "each weight is followed by an analysis");
+    }
+
+    #[test]
+    fn a_healthy_canary_walks_every_step_and_is_promoted_once_the_target_runs_its_images() {
+        let s = spec(vec![weight(10), analysis(), weight(50), analysis()]);
+        let t0 = at(0);
+        let d = step(&s, None, &t0, Some(0), &counters((0, 0), (0, 0)));
+        assert_eq!((d.release.phase, d.release.weight, d.release.step), (Phase::Progressing, 10, 0));
+        assert_eq!(reasons_of(&d), [reasons::STARTED, reasons::WEIGHT_SET]);
+        // the proxies serve 10: the analysis window starts with the counters of now
+        let d = step(&s, Some(&d.release), &at(1), Some(10), &counters((100, 1), (10, 0)));
+        assert_eq!(d.release.step, 1);
+        assert_eq!(d.release.window.as_ref().unwrap().started_at, at(1));
+        assert_eq!(d.requeue, Duration::from_secs(30));
+        // before the window is over nothing moves, and the counters are not read
+        let early = advance(&s, Some(&d.release), &inputs(&at(20), Some(10), None));
+        assert!(!early.wants_stats);
+        assert_eq!((early.release.step, early.requeue), (1, Duration::from_secs(11)));
+        // over: 90 canary connections, 1 error: passed, next weight
+        let d = step(&s, Some(&d.release), &at(31), Some(10), &counters((1000, 1), (100, 1)));
+        assert_eq!((d.release.step, d.release.weight), (2, 50));
+        assert_eq!(d.release.evidence[0].verdict, Verdict::Passed);
+        assert_eq!(d.release.evidence[0].canary_sessions, 90);
+        let d = step(&s, Some(&d.release), &at(32), Some(50), &counters((1000, 1), (100, 1)));
+        let d = step(&s, Some(&d.release), &at(62), Some(50), &counters((1500, 1), (600, 2)));
+        assert_eq!(d.release.phase, Phase::Promoting);
+        assert!(!d.update_target, "promotion.updateTarget is off: the user updates the target");
+        assert!(d.release.message.contains("update it"), "{}", d.release.message);
+        let t70 = at(70);
+        let mut done = inputs(&t70, Some(50), None);
+        done.target_runs_revision = true;
+        let d = advance(&s, Some(&d.release), &done);
+        assert_eq!((d.release.phase, d.release.weight), (Phase::Succeeded, 0));
+        assert!(d.canary_scaled_down());
+    }
+
+    #[test]
+    fn with_update_target_the_controller_updates_the_target_then_waits_for_its_rollout() {
+        let mut s = spec(vec![weight(10)]);
+        s.promotion = Some(Promotion { update_target: true });
+        let d = step(&s, None, &at(0), Some(10), &counters((0, 0), (0, 0)));
+        assert_eq!(d.release.phase, Phase::Promoting);
+        assert!(d.update_target);
+        let t1 = at(1);
+        let mut rolling = inputs(&t1, Some(10), None);
+        (rolling.target_runs_revision, rolling.target_rolled_out) = (true, false);
+        let d = advance(&s, Some(&d.release), &rolling);
+        assert_eq!(d.release.phase, Phase::Promoting);
+        assert!(!d.update_target, "already updated");
+        rolling.target_rolled_out = true;
+        assert_eq!(advance(&s, Some(&d.release), &rolling).release.phase, Phase::Succeeded);
+    }
+
+    #[test]
+    fn a_failing_canary_is_rolled_back_after_failure_limit_failed_windows() {
+        let mut s = spec(vec![weight(20), analysis()]);
+        s.analysis.as_mut().unwrap().failure_limit = Some(1);
+        let d = step(&s, None, &at(0), Some(20), &counters((0, 0), (0, 0)));
+        assert!(d.release.window.is_some());
+        // 20 % of the canary's connections fail
+        let d = step(&s, Some(&d.release), &at(30), Some(20), &counters((400, 0), (100, 20)));
+        assert_eq!((d.release.phase, d.release.failed_windows), (Phase::Progressing, 1));
+        assert_eq!(d.release.window.as_ref().unwrap().started_at, at(30), "measured again at once");
+        let d = step(&s, Some(&d.release), &at(60), Some(20), &counters((800, 0), (200, 40)));
+        assert_eq!((d.release.phase, d.release.weight), (Phase::RolledBack, 0));
+        assert!(d.canary_scaled_down());
+        let evidence = d.release.evidence.last().unwrap();
+        assert_eq!(evidence.metrics[0].value, 0.2);
+        assert_eq!(evidence.metrics[0].verdict, Verdict::Failed);
+        assert!(d.notes.iter().any(|n| n.reason == reasons::ROLLED_BACK && n.type_ == kube::runtime::events::EventType::Warning));
+        assert!(d.release.message.contains("ErrorRate 0.2"), "{}", d.release.message);
+    }
+
+    #[test]
+    fn too_little_traffic_pauses_as_inconclusive_and_never_promotes() {
+        let s = spec(vec![weight(20), analysis()]);
+        let d = step(&s, None, &at(0), Some(20), &counters((0, 0), (0, 0)));
+        let d = step(&s, Some(&d.release), &at(30), Some(20), &counters((5, 0), (2, 0)));
+        assert_eq!(d.release.phase, Phase::Paused);
+        assert_eq!(d.release.evidence[0].verdict, Verdict::Inconclusive);
+        // time passes: still paused
+        let later = step(&s, Some(&d.release), &at(3000), Some(20), &counters((5, 0), (2, 0)));
+        assert_eq!(later.release.phase, Phase::Paused);
+        // resume measures again
+        let t3001 = at(3001);
+        let mut resumed = inputs(&t3001, Some(20), None);
+        resumed.request = Some("resume");
+        let d = advance(&s, Some(&later.release), &resumed);
+        assert_eq!((d.release.phase, d.release.step), (Phase::Progressing, 1));
+        assert!(d.wants_stats);
+    }
+
+    #[test]
+    fn relative_checks_compare_with_the_stable_route_over_the_same_window() {
+        let mut s = spec(vec![weight(50), analysis()]);
+        s.analysis.as_mut().unwrap().metrics =
+            vec![MetricCheck { metric: Metric::ErrorRate, max: None, min: None, max_over_stable: Some(0.02) }];
+        let d = step(&s, None, &at(0), Some(50), &counters((0, 0), (0, 0)));
+        // both routes fail 10 %: the canary is no worse than stable
+        let d = step(&s, Some(&d.release), &at(30), Some(50), &counters((100, 10), (100, 10)));
+        assert_eq!(d.release.phase, Phase::Promoting);
+        assert_eq!(d.release.evidence[0].metrics[0].stable_value, Some(0.1));
+    }
+
+    #[test]
+    fn counters_of_a_restarted_proxy_count_from_zero_and_new_proxies_count_whole() {
+        let before = counters((100, 0), (50, 0));
+        let mut after = counters((10, 0), (5, 0));
+        after.insert("proxy-2".into(), counters((7, 0), (3, 0)).remove("proxy-1").unwrap());
+        let canary = window_counters(&before, &after, |r| &r.canary);
+        assert_eq!(canary.sessions, 8);
+    }
+
+    #[test]
+    fn requests_pause_promote_abort_and_retry_once_per_value() {
+        let s = spec(vec![weight(10), ReleaseStep { pause: Some(Pause { duration: None }), ..Default::default() }]);
+        let d = step(&s, None, &at(0), Some(10), &counters((0, 0), (0, 0)));
+        assert_eq!((d.release.phase, d.release.step), (Phase::Paused, 1), "a pause without duration holds");
+        let with = |request: &'static str, previous: &ReleaseStatus, second: i64| {
+            let now = at(second);
+            let mut i = inputs(&now, Some(previous.weight), None);
+            i.request = Some(request);
+            advance(&s, Some(previous), &i)
+        };
+        let d = with("abort", &d.release, 1);
+        assert_eq!((d.release.phase, d.release.weight), (Phase::Aborted, 0));
+        // the same value again changes nothing
+        let again = with("abort", &d.release, 2);
+        assert_eq!(again.release, d.release);
+        assert!(again.notes.is_empty());
+        let d = with("retry", &d.release, 3);
+        assert_eq!((d.release.phase, d.release.step, d.release.weight), (Phase::Progressing, 0, 10));
+        let d = with("promote", &d.release, 4);
+        assert_eq!(d.release.phase, Phase::Promoting);
+        let d = with("dance", &d.release, 5);
+        assert!(d.notes.iter().any(|n| n.reason == reasons::UNKNOWN_REQUEST && n.message.contains("dance")));
+    }
+
+    #[test]
+    fn spec_paused_holds_the_release_and_unpausing_resumes_it() {
+        let mut s = spec(vec![weight(10), analysis()]);
+        let d = step(&s, None, &at(0), Some(10), &counters((0, 0), (0, 0)));
+        s.paused = true;
+        let t100 = at(100);
+        let mut i = inputs(&t100, Some(10), None);
+        i.paused = true;
+        let d = advance(&s, Some(&d.release), &i);
+        assert_eq!((d.release.phase, d.release.window.as_ref()), (Phase::Paused, None));
+        s.paused = false;
+        let d = advance(&s, Some(&d.release), &inputs(&at(200), Some(10), None));
+        assert_eq!(d.release.phase, Phase::Progressing);
+        assert!(d.wants_stats, "a new window starts");
+    }
+
+    #[test]
+    fn new_images_start_a_new_release_and_a_target_already_running_them_needs_none() {
+        let s = spec(vec![weight(10)]);
+        let d = step(&s, None, &at(0), Some(0), &counters((0, 0), (0, 0)));
+        let mut moved = d.release.clone();
+        moved.revision = "app=app:v1".into();
+        moved.phase = Phase::RolledBack;
+        let d = advance(&s, Some(&moved), &inputs(&at(1), Some(0), None));
+        assert_eq!((d.release.phase, d.release.step), (Phase::Progressing, 0));
+        let t2 = at(2);
+        let mut same = inputs(&t2, Some(0), None);
+        same.target_runs_revision = true;
+        assert_eq!(advance(&s, None, &same).release.phase, Phase::Succeeded);
+    }
+
+    #[test]
+    fn the_state_resumes_from_the_status_alone() {
+        // a controller restarted mid-window reads the window from the status and keeps its timer
+        let s = spec(vec![weight(10), analysis()]);
+        let d = step(&s, None, &at(0), Some(10), &counters((0, 0), (0, 0)));
+        let stored: ReleaseStatus = serde_json::from_value(serde_json::to_value(&d.release).unwrap()).unwrap();
+        let resumed = advance(&s, Some(&stored), &inputs(&at(10), Some(10), None));
+        assert_eq!((resumed.release.step, resumed.requeue), (1, Duration::from_secs(20)));
+        assert!(resumed.notes.is_empty());
+    }
+}

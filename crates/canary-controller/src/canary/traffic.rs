@@ -1,0 +1,292 @@
+//! Builds, as plain values, what puts a Canary's release in front of its clients, without touching the
+//! user's Deployment or Service:
+//! - `<canary>-stable`: a Service without selector whose EndpointSlice (written here, managed by this
+//!   controller) holds the endpoints of the user's Service minus the canary's pods (they carry the target's
+//!   labels, so the user's Service selects them too);
+//! - `<canary>-canary`: a Service selecting only the canary's pods (the user's selector and `canary=true`);
+//! - a Kanary named after the Canary whose routes are those two Services, weighted by the release, in front
+//!   of `traffic.frontService` (port 80, the one clients use).
+//!
+//! Pure: no client in scope.
+
+use super::build::CANARY_LABEL;
+use crate::api::canary::{Canary, Traffic};
+use crate::kanary::endpoints::SERVICE_NAME_LABEL;
+use crate::runtime::caches::{CachedService, CachedSlice};
+use k8s_openapi::api::core::v1::{Service, ServicePort};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::api::DynamicObject;
+use kube::core::ApiResource;
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+use std::collections::BTreeSet;
+
+/// The label of EndpointSlices naming the controller that manages them.
+pub const MANAGED_BY_LABEL: &str = "endpointslice.kubernetes.io/managed-by";
+/// Its value on the EndpointSlices this controller writes.
+pub const MANAGED_BY: &str = "canary-controller.k8s.wantedly.com";
+/// The name of the port of the route Services.
+pub const ROUTE_PORT: &str = "traffic";
+
+pub fn stable_service_name(canary: &str) -> String {
+    format!("{canary}-stable")
+}
+
+pub fn canary_service_name(canary: &str) -> String {
+    format!("{canary}-canary")
+}
+
+/// The user's Service port the release splits: `traffic.port`, or the Service's only port.
+pub fn service_port<'a>(traffic: &Traffic, service: &'a CachedService) -> Result<&'a ServicePort, String> {
+    let ports = service.ports.as_deref().unwrap_or_default();
+    let describe = || ports.iter().map(|p| p.name.clone().unwrap_or_else(|| p.port.to_string())).collect::<Vec<_>>();
+    match &traffic.port {
+        None if ports.len() == 1 => Ok(&ports[0]),
+        None => Err(format!(
+            "spec.traffic.port: Service {:?} has {} ports ({}): name the one to split",
+            traffic.service,
+            ports.len(),
+            describe().join(", ")
+        )),
+        Some(wanted) => ports
+            .iter()
+            .find(|p| match wanted {
+                IntOrString::Int(n) => p.port == *n,
+                IntOrString::String(s) => p.name.as_deref() == Some(s.as_str()),
+            })
+            .ok_or_else(|| {
+                let wanted = match wanted {
+                    IntOrString::Int(n) => n.to_string(),
+                    IntOrString::String(s) => format!("{s:?}"),
+                };
+                format!(
+                    "spec.traffic.port: Service {:?} has no port {wanted} (its ports: {}): fix the port",
+                    traffic.service,
+                    describe().join(", ")
+                )
+            }),
+    }
+}
+
+fn owner(canary: &Canary) -> OwnerReference {
+    canary.controller_owner_ref(&()).expect("a Canary read from the API has a uid")
+}
+
+/// `<canary>-canary`: the user's selector and `canary=true`, the user's port.
+pub fn build_canary_service(canary: &Canary, user: &CachedService, port: &ServicePort) -> Service {
+    let mut selector = user.selector.clone().unwrap_or_default();
+    selector.insert(CANARY_LABEL.into(), "true".into());
+    let target_port = port.target_port.clone().unwrap_or(IntOrString::Int(port.port));
+    serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": canary_service_name(&canary.name_any()), "namespace": canary.namespace(),
+            "ownerReferences": [owner(canary)]},
+        "spec": {"selector": selector,
+            "ports": [{"name": ROUTE_PORT, "port": port.port, "targetPort": target_port, "protocol": "TCP"}]},
+    }))
+    .expect("a valid Service")
+}
+
+/// `<canary>-stable`: no selector (its EndpointSlice is [`build_stable_slice`]).
+pub fn build_stable_service(canary: &Canary, port: &ServicePort) -> Service {
+    serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": stable_service_name(&canary.name_any()), "namespace": canary.namespace(),
+            "ownerReferences": [owner(canary)]},
+        "spec": {"ports": [{"name": ROUTE_PORT, "port": port.port, "protocol": "TCP"}]},
+    }))
+    .expect("a valid Service")
+}
+
+/// The endpoints of the user's Service (its `port`) that are not the canary's pods: neither in the canary
+/// Service's slices (by pod or address) nor named as the canary Deployment's pods (`<target>-canary-`).
+pub fn build_stable_slice(
+    canary: &Canary,
+    port: &ServicePort,
+    user_slices: &[impl std::borrow::Borrow<CachedSlice>],
+    canary_slices: &[impl std::borrow::Borrow<CachedSlice>],
+) -> EndpointSlice {
+    let canary_prefix = format!("{}-", super::build::canary_deployment_name(&canary.spec.target_deployment_name));
+    let canary_endpoints = canary_slices.iter().flat_map(|s| s.borrow().endpoints.iter());
+    let (mut canary_pods, mut canary_addresses) = (BTreeSet::new(), BTreeSet::new());
+    for e in canary_endpoints {
+        canary_pods.extend(e.pod.clone());
+        canary_addresses.extend(e.address);
+    }
+    let port_name = port.name.clone().unwrap_or_default();
+    let mut pod_port = None;
+    let mut endpoints = vec![];
+    let mut slices: Vec<&CachedSlice> =
+        user_slices.iter().map(|s| s.borrow()).filter(|s| s.address_type == "IPv4").collect();
+    slices.sort_by_key(|s| s.metadata.name.clone());
+    for slice in slices {
+        let Some(found) = slice.ports.iter().find(|p| p.name.clone().unwrap_or_default() == port_name) else {
+            continue;
+        };
+        pod_port = pod_port.or(found.port);
+        for e in &slice.endpoints {
+            let (Some(address), pod) = (e.address, e.pod.as_deref()) else { continue };
+            let is_canary = canary_addresses.contains(&address)
+                || pod.is_some_and(|p| canary_pods.contains(p) || p.starts_with(&canary_prefix));
+            if is_canary || found.port != pod_port {
+                continue;
+            }
+            let mut endpoint = json!({"addresses": [address.to_string()], "conditions": {"ready": e.ready.unwrap_or(true)}});
+            if let Some(pod) = pod {
+                endpoint["targetRef"] = json!({"kind": "Pod", "name": pod, "namespace": canary.namespace()});
+            }
+            endpoints.push(endpoint);
+        }
+    }
+    let numeric_target = match &port.target_port {
+        Some(IntOrString::Int(n)) => Some(*n),
+        None => Some(port.port),
+        Some(IntOrString::String(_)) => None,
+    };
+    let name = stable_service_name(&canary.name_any());
+    serde_json::from_value(json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": name, "namespace": canary.namespace(), "ownerReferences": [owner(canary)],
+            "labels": {SERVICE_NAME_LABEL: name, MANAGED_BY_LABEL: MANAGED_BY}},
+        "addressType": "IPv4",
+        "ports": [{"name": ROUTE_PORT, "port": pod_port.or(numeric_target), "protocol": "TCP"}],
+        "endpoints": endpoints,
+    }))
+    .expect("a valid EndpointSlice")
+}
+
+/// The Kanary of a release: both routes, the canary taking `weight` percent of new connections.
+pub fn build_kanary(canary: &Canary, resource: &ApiResource, traffic: &Traffic, weight: i32) -> DynamicObject {
+    let name = canary.name_any();
+    let route = |service: String, weight: i32| {
+        json!({"backend": {"serviceName": service, "servicePort": ROUTE_PORT}, "weight": weight})
+    };
+    let mut kanary = DynamicObject::new(&name, resource).within(&canary.namespace().unwrap_or_default());
+    kanary.metadata.owner_references = Some(vec![owner(canary)]);
+    kanary.data = json!({"spec": {
+        "destination": traffic.front_service,
+        "routes": [route(stable_service_name(&name), 100 - weight), route(canary_service_name(&name), weight)],
+    }});
+    kanary
+}
+
+/// The canary weight a Kanary's spec asks for, when every proxy pod serves it (its status says
+/// DataPlaneSynced for the current spec).
+pub fn served_weight(kanary: &DynamicObject) -> Option<i32> {
+    let generation = kanary.metadata.generation?;
+    let status = kanary.data.get("status")?;
+    let conditions = status.get("conditions")?.as_array()?;
+    let synced = conditions.iter().any(|c| {
+        c["type"] == "DataPlaneSynced" && c["status"] == "True" && c["observedGeneration"].as_i64() == Some(generation)
+    });
+    if !synced || status["observedGeneration"].as_i64() != Some(generation) {
+        return None;
+    }
+    let routes = kanary.data["spec"]["routes"].as_array()?;
+    routes.get(1)?["weight"].as_i64().map(|w| w as i32)
+}
+
+/// The proxy pods' addresses: the ready endpoints of the front Service's EndpointSlices, by pod name.
+pub fn proxy_pods(front_slices: &[impl std::borrow::Borrow<CachedSlice>]) -> Vec<(String, std::net::IpAddr)> {
+    let mut pods: Vec<(String, std::net::IpAddr)> = front_slices
+        .iter()
+        .flat_map(|s| s.borrow().endpoints.iter())
+        .filter(|e| e.ready != Some(false))
+        .filter_map(|e| Some((e.pod.as_deref().map(str::to_string).unwrap_or_default(), e.address?)))
+        .collect();
+    pods.sort();
+    pods.dedup();
+    pods
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::caches::CachedEndpoint;
+
+    fn canary() -> Canary {
+        serde_json::from_value(json!({"apiVersion": "canary.k8s.wantedly.com/v1beta1", "kind": "Canary",
+            "metadata": {"name": "web", "namespace": "ns", "uid": "u1"},
+            "spec": {"targetDeploymentName": "app", "targetContainers": [{"name": "app", "image": "app:v2"}],
+                "traffic": {"service": "app", "frontService": "app-front"}}}))
+        .unwrap()
+    }
+
+    fn slice(name: &str, endpoints: &[(&str, &str, bool)]) -> CachedSlice {
+        CachedSlice {
+            metadata: serde_json::from_value(json!({"name": name, "namespace": "ns"})).unwrap(),
+            address_type: "IPv4".into(),
+            ports: vec![serde_json::from_value(json!({"name": "http", "port": 8080})).unwrap()],
+            endpoints: endpoints
+                .iter()
+                .map(|(pod, ip, ready)| CachedEndpoint {
+                    address: ip.parse().ok(),
+                    ready: Some(*ready),
+                    pod: Some((*pod).into()),
+                })
+                .collect(),
+        }
+    }
+
+    fn port() -> ServicePort {
+        serde_json::from_value(json!({"name": "http", "port": 80, "targetPort": "http"})).unwrap()
+    }
+
+    #[test]
+    fn the_stable_route_is_the_users_endpoints_without_the_canary_pods() {
+        let user = [slice(
+            "app-1",
+            &[("app-7d9-a", "10.0.0.1", true), ("app-canary-5f4-b", "10.0.0.2", true), ("other", "10.0.0.3", false)],
+        )];
+        let canary_slices = [slice("web-canary-1", &[("renamed", "10.0.0.3", true)])];
+        let built = build_stable_slice(&canary(), &port(), &user, &canary_slices);
+        let addresses: Vec<_> = built.endpoints.iter().map(|e| e.addresses[0].clone()).collect();
+        assert_eq!(addresses, ["10.0.0.1"], "the canary Deployment's pods and the canary Service's are left out");
+        assert_eq!(built.ports.unwrap()[0].port, Some(8080));
+        assert_eq!(built.metadata.labels.unwrap()[SERVICE_NAME_LABEL], "web-stable");
+    }
+
+    #[test]
+    fn the_canary_service_selects_the_users_selector_and_the_canary_label() {
+        let user = CachedService {
+            metadata: Default::default(),
+            type_: None,
+            selector: Some([("app".to_string(), "app".to_string())].into()),
+            ports: Some(vec![port()]),
+        };
+        let svc = build_canary_service(&canary(), &user, &port());
+        let selector = svc.spec.unwrap().selector.unwrap();
+        assert_eq!(selector.get("canary").map(String::as_str), Some("true"));
+        assert_eq!(selector.get("app").map(String::as_str), Some("app"));
+    }
+
+    #[test]
+    fn a_port_is_named_when_the_service_has_several() {
+        let mut traffic = canary().spec.traffic.unwrap();
+        let two: ServicePort = serde_json::from_value(json!({"name": "admin", "port": 9000})).unwrap();
+        let user = CachedService { metadata: Default::default(), type_: None, selector: None, ports: Some(vec![port(), two]) };
+        let err = service_port(&traffic, &user).unwrap_err();
+        assert!(err.starts_with("spec.traffic.port:") && err.contains("http, admin"), "{err}");
+        traffic.port = Some(IntOrString::String("admin".into()));
+        assert_eq!(service_port(&traffic, &user).unwrap().port, 9000);
+        traffic.port = Some(IntOrString::Int(1));
+        assert!(service_port(&traffic, &user).unwrap_err().contains("no port 1"));
+    }
+
+    #[test]
+    fn the_weight_counts_as_served_only_when_every_proxy_serves_the_current_spec() {
+        let resource = crate::api::kanary::api_resource("kanary.k8s.io", "v1");
+        let traffic = canary().spec.traffic.unwrap();
+        let mut kanary = build_kanary(&canary(), &resource, &traffic, 25);
+        assert_eq!(kanary.data["spec"]["routes"][0]["weight"], 75);
+        kanary.metadata.generation = Some(3);
+        assert_eq!(served_weight(&kanary), None);
+        kanary.data["status"] = json!({"observedGeneration": 3,
+            "conditions": [{"type": "DataPlaneSynced", "status": "True", "observedGeneration": 3}]});
+        assert_eq!(served_weight(&kanary), Some(25));
+        kanary.metadata.generation = Some(4);
+        assert_eq!(served_weight(&kanary), None);
+    }
+}
