@@ -73,6 +73,33 @@ async fn the_controller_works_with_its_roles_and_uses_every_grant() {
     })
     .await;
 
+    // a release: the Canary puts its Kanary (kanary.k8s.io) in front of Service web2, writes the stable
+    // route's EndpointSlice and follows the user's endpoints; a Kanary edited by someone else is repaired
+    let services: Api<Service> = e.cluster.api();
+    let web2 = json!({"metadata": {"name": "web2"}, "spec": {"selector": {"app": "web2"},
+        "ports": [{"name": "tcp", "port": 80, "targetPort": 8080}]}});
+    services.create(&PostParams::default(), &serde_json::from_value(web2).unwrap()).await.unwrap();
+    e.endpoints("web2", "tcp", 8080, &[("web2-a", "10.0.1.1", true)]).await;
+    let traffic = Patch::Merge(json!({"spec": {"traffic": {"service": "web2", "frontService": "web2-front"}}}));
+    canaries.patch("c", &PatchParams::default(), &traffic).await.unwrap();
+    let slices: Api<k8s_openapi::api::discovery::v1::EndpointSlice> = e.cluster.api();
+    let stable = || async {
+        let slice = slices.get_opt("c-stable").await.unwrap();
+        slice.map(|s| s.endpoints.iter().map(|e| e.addresses[0].clone()).collect::<Vec<_>>()).unwrap_or_default()
+    };
+    eventually(10, "the stable route's EndpointSlice", || async { stable().await == ["10.0.1.1"] }).await;
+    e.endpoints("web2", "tcp", 8080, &[("web2-a", "10.0.1.1", true), ("web2-b", "10.0.1.2", true)]).await;
+    eventually(10, "the stable route following the user's endpoints", || async { stable().await.len() == 2 }).await;
+    let release_kanary = e.kanaries("kanary.k8s.io", "v1");
+    let weights = Patch::Merge(json!({"spec": {"routes": [
+        {"backend": {"serviceName": "c-stable", "servicePort": "traffic"}, "weight": 50},
+        {"backend": {"serviceName": "c-canary", "servicePort": "traffic"}, "weight": 50}]}}));
+    release_kanary.patch("c", &PatchParams::default(), &weights).await.unwrap();
+    eventually(10, "the release's Kanary repaired", || async {
+        release_kanary.get("c").await.unwrap().data["spec"]["routes"][1]["weight"] == 0
+    })
+    .await;
+
     // Kanaries of both groups; one changes its destination (the former destination Service is deleted)
     e.backend_services().await;
     e.endpoints("myapp-v1", "http", 8080, &[("v1-a", "10.0.0.1", true)]).await;
@@ -85,7 +112,6 @@ async fn the_controller_works_with_its_roles_and_uses_every_grant() {
         kanary.data["spec"]["destination"] = json!(format!("front-{}", group.split('.').nth(1).unwrap()));
         e.kanaries(group, version).create(&PostParams::default(), &kanary).await.unwrap();
     }
-    let services: Api<Service> = e.cluster.api();
     eventually(10, "both destination Services", || async {
         services.get_opt("front-k8s").await.unwrap().is_some()
             && services.get_opt("front-pyxida").await.unwrap().is_some()

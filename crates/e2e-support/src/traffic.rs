@@ -83,6 +83,47 @@ pub async fn ask_why(target: SocketAddr) -> Result<String, String> {
     outcome.map_err(|why| format!("{why} after {} ms", started.elapsed().as_millis()))
 }
 
+/// One raw TCP exchange with `target`: sends a line, reads the one-line answer, closes (a TCP client such as
+/// a database's: the built-in server fails it with a reset, which the proxy counts as an error).
+pub async fn ask_line_why(target: SocketAddr) -> Result<String, String> {
+    let started = std::time::Instant::now();
+    let exchange = async {
+        let mut s = TcpStream::connect(target).await.map_err(|e| format!("connect: {}", e.kind()))?;
+        s.write_all(b"ping\n").await.map_err(|e| format!("write: {}", e.kind()))?;
+        let mut answer = Vec::new();
+        let mut byte = [0u8; 1];
+        while !answer.ends_with(b"\n") {
+            match s.read(&mut byte).await.map_err(|e| format!("read: {}", e.kind()))? {
+                0 => return Err(format!("closed after {:?}", String::from_utf8_lossy(&answer))),
+                _ => answer.push(byte[0]),
+            }
+        }
+        let id = String::from_utf8_lossy(&answer).trim().to_string();
+        if id.is_empty() { Err("an empty answer".to_string()) } else { Ok(id) }
+    };
+    let outcome =
+        tokio::time::timeout(Duration::from_secs(5), exchange).await.unwrap_or(Err("no answer in 5 s".into()));
+    outcome.map_err(|why| format!("{why} after {} ms", started.elapsed().as_millis()))
+}
+
+/// How a load's clients talk to the target.
+#[derive(Debug, Clone, Copy)]
+pub enum Exchange {
+    /// [`ask_why`]: `GET /` over HTTP/1.0.
+    Http,
+    /// [`ask_line_why`]: a line over raw TCP.
+    Line,
+}
+
+impl Exchange {
+    pub async fn run(self, target: SocketAddr) -> Result<String, String> {
+        match self {
+            Exchange::Http => ask_why(target).await,
+            Exchange::Line => ask_line_why(target).await,
+        }
+    }
+}
+
 /// A free port on an address (`::` for a port free on every IPv4 and IPv6 address).
 pub fn free_port(ip: &str) -> u16 {
     std::net::TcpListener::bind((ip, 0)).unwrap().local_addr().unwrap().port()
@@ -250,6 +291,17 @@ pub async fn steady_load(
     period: Duration,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) -> Tally {
+    steady_load_of(Exchange::Http, target, clients, period, stop).await
+}
+
+/// [`steady_load`] with the clients' `exchange`.
+pub async fn steady_load_of(
+    exchange: Exchange,
+    target: SocketAddr,
+    clients: usize,
+    period: Duration,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Tally {
     use std::sync::atomic::Ordering;
     let start = Instant::now();
     let workers: Vec<_> = (0..clients)
@@ -261,7 +313,7 @@ pub async fn steady_load(
                 ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 while !stop.load(Ordering::Relaxed) {
                     ticks.tick().await;
-                    tally.record_why(ask_why(target).await);
+                    tally.record_why(exchange.run(target).await);
                 }
                 tally
             })

@@ -384,6 +384,19 @@ pub fn apply(
             remove_at(&mut result, p);
         }
     }
+    // as a real API server, which owns the maps themselves (`.`), removes a map the manager stopped applying
+    // as a whole: the maps its removed fields leave empty go too, unless applied or owned by someone else
+    for p in previous.difference(&applied_fields) {
+        for len in (1..p.len()).rev() {
+            let ancestor = &p[..len];
+            let kept = applied_fields.iter().chain(others.iter()).any(|f| f.starts_with(ancestor));
+            let empty = value_at(&result, ancestor).and_then(Value::as_object).is_some_and(|m| m.is_empty());
+            if kept || !empty {
+                break;
+            }
+            remove_at(&mut result, ancestor);
+        }
+    }
     let mut body = applied.clone();
     if let Some(m) = body.as_object_mut() {
         m.retain(|k, _| k == "metadata" || (k != "apiVersion" && k != "kind" && part.includes(k)));
@@ -490,6 +503,23 @@ mod tests {
             apply(&live, &cm(json!({"a": "1", "b": "2"})), "m", false, Shape::Builtin, Part::Whole, NOW).unwrap();
         let second = apply(&first, &cm(json!({"a": "1"})), "m", false, Shape::Builtin, Part::Whole, NOW).unwrap();
         assert_eq!(second["data"], json!({"a": "1"}));
+    }
+
+    #[test]
+    fn a_map_the_manager_stops_applying_goes_as_a_whole() {
+        let obj = |status: Value| json!({"apiVersion": "v1", "kind": "X", "metadata": {"name": "x"}, "status": status});
+        let live = apply(
+            &obj(json!({})),
+            &obj(json!({"phase": "A", "window": {"counters": {"p": {"n": 1}}, "at": "t"}})),
+            "m",
+            false,
+            Shape::Builtin,
+            Part::Whole,
+            NOW,
+        )
+        .unwrap();
+        let after = apply(&live, &obj(json!({"phase": "B"})), "m", false, Shape::Builtin, Part::Whole, NOW).unwrap();
+        assert_eq!(after["status"], json!({"phase": "B"}));
     }
 
     #[test]

@@ -114,7 +114,7 @@ async fn main() -> anyhow::Result<()> {
         .init();
     match Cli::parse().command {
         Command::Serve { pod, image, listen } => {
-            let behaviour = server::Behaviour::from_env(|k| std::env::var(k).ok())?;
+            let behaviour = server::Behaviour::from_env(&image, |k| std::env::var(k).ok())?;
             server::serve(listen, pod, image, behaviour).await
         }
         Command::Run { node_name, pod_network, state_dir, pod_limit, controller_binary } => {

@@ -7,7 +7,9 @@
 //! environment, so a pod template sets it:
 //! - `SIM_FAIL_RATIO` (0 to 1): the share of connections that fail (HTTP 500, or a reset for raw TCP);
 //! - `SIM_LATENCY_MS`: a delay before each answer;
-//! - `SIM_REFUSE=true`: listen on nothing (connections are refused, readiness probes fail).
+//! - `SIM_REFUSE=true`: listen on nothing (connections are refused, readiness probes fail);
+//! - `SIM_FAILING_IMAGES` (`image=ratio,...`): a fail ratio for the listed images only, so that one pod
+//!   template describes a release whose new image is bad (a canary copies its target's environment).
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -29,16 +31,28 @@ pub struct Behaviour {
 }
 
 impl Behaviour {
-    /// The behaviour the variables `SIM_FAIL_RATIO`, `SIM_LATENCY_MS` and `SIM_REFUSE` describe; an unreadable
-    /// value is an error naming the variable.
-    pub fn from_env(get: impl Fn(&str) -> Option<String>) -> anyhow::Result<Behaviour> {
+    /// The behaviour of a container of `image` that the variables `SIM_FAIL_RATIO`, `SIM_FAILING_IMAGES`,
+    /// `SIM_LATENCY_MS` and `SIM_REFUSE` describe; an unreadable value is an error naming the variable.
+    pub fn from_env(image: &str, get: impl Fn(&str) -> Option<String>) -> anyhow::Result<Behaviour> {
         let mut behaviour = Behaviour::default();
-        if let Some(v) = get("SIM_FAIL_RATIO") {
-            behaviour.fail_ratio = v
-                .parse()
+        let ratio = |name: &str, v: &str| {
+            v.parse()
                 .ok()
                 .filter(|r: &f64| (0.0..=1.0).contains(r))
-                .ok_or_else(|| anyhow::anyhow!("SIM_FAIL_RATIO={v:?}: expected a number from 0 to 1"))?;
+                .ok_or_else(|| anyhow::anyhow!("{name}={v:?}: expected a number from 0 to 1"))
+        };
+        if let Some(v) = get("SIM_FAIL_RATIO") {
+            behaviour.fail_ratio = ratio("SIM_FAIL_RATIO", &v)?;
+        }
+        if let Some(v) = get("SIM_FAILING_IMAGES") {
+            for entry in v.split(',').filter(|e| !e.trim().is_empty()) {
+                let Some((listed, r)) = entry.trim().rsplit_once('=') else {
+                    anyhow::bail!("SIM_FAILING_IMAGES={v:?}: expected image=ratio, comma separated");
+                };
+                if listed == image {
+                    behaviour.fail_ratio = ratio("SIM_FAILING_IMAGES", r)?;
+                }
+            }
         }
         if let Some(v) = get("SIM_LATENCY_MS") {
             let ms: u64 = v.parse().map_err(|_| anyhow::anyhow!("SIM_LATENCY_MS={v:?}: expected milliseconds"))?;
@@ -215,11 +229,16 @@ mod tests {
         let env = |pairs: &'static [(&'static str, &'static str)]| {
             move |k: &str| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
         };
-        let b = Behaviour::from_env(env(&[("SIM_FAIL_RATIO", "0.25"), ("SIM_LATENCY_MS", "30")])).unwrap();
+        let b = Behaviour::from_env("app:v1", env(&[("SIM_FAIL_RATIO", "0.25"), ("SIM_LATENCY_MS", "30")])).unwrap();
         assert_eq!(b, Behaviour { fail_ratio: 0.25, latency: Duration::from_millis(30), refuse: false });
-        let e = Behaviour::from_env(env(&[("SIM_FAIL_RATIO", "2")])).unwrap_err().to_string();
+        let e = Behaviour::from_env("app:v1", env(&[("SIM_FAIL_RATIO", "2")])).unwrap_err().to_string();
         assert!(e.contains("SIM_FAIL_RATIO"), "{e}");
-        assert!(Behaviour::from_env(env(&[])).unwrap() == Behaviour::default());
+        assert!(Behaviour::from_env("app:v1", env(&[])).unwrap() == Behaviour::default());
+        let failing = || env(&[("SIM_FAILING_IMAGES", "app:v3=0.2, other:v1=1")]);
+        assert_eq!(Behaviour::from_env("app:v3", failing()).unwrap().fail_ratio, 0.2);
+        assert_eq!(Behaviour::from_env("app:v1", failing()).unwrap().fail_ratio, 0.0);
+        let bad = Behaviour::from_env("app:v1", env(&[("SIM_FAILING_IMAGES", "app:v3")])).unwrap_err();
+        assert!(bad.to_string().contains("image=ratio"), "{bad}");
     }
 
     #[tokio::test]

@@ -174,7 +174,12 @@ fn release_conditions(release: &ReleaseStatus) -> [Observed<'static>; 2] {
     let message = format!("{}: {}", release.revision, release.message);
     let rolled_back = matches!(release.phase, Phase::RolledBack | Phase::Aborted);
     [
-        Observed { type_: conditions::RELEASED, ok: release.phase == Phase::Succeeded, reason, message: message.clone() },
+        Observed {
+            type_: conditions::RELEASED,
+            ok: release.phase == Phase::Succeeded,
+            reason,
+            message: message.clone(),
+        },
         Observed { type_: conditions::ROLLED_BACK, ok: rolled_back, reason, message },
     ]
 }

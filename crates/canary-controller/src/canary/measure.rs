@@ -46,7 +46,8 @@ async fn get(address: SocketAddr, path: &str) -> anyhow::Result<String> {
     let stream = tokio::net::TcpStream::connect(address).await?;
     let (mut sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
     tokio::spawn(connection);
-    let request = http::Request::get(path).header("host", address.to_string()).body(Empty::<hyper::body::Bytes>::new())?;
+    let request =
+        http::Request::get(path).header("host", address.to_string()).body(Empty::<hyper::body::Bytes>::new())?;
     let response = sender.send_request(request).await?;
     anyhow::ensure!(response.status().is_success(), "HTTP {}", response.status());
     let body = response.into_body().collect().await?.to_bytes();
@@ -99,7 +100,9 @@ mod tests {
     #[test]
     fn backend_rows_give_sessions_errors_and_connect_time_and_servers_give_check_failures() {
         let mut header: Vec<String> = (0..60).map(|i| format!("c{i}")).collect();
-        for (i, name) in [(0, "pxname"), (1, "svname"), (7, "stot"), (13, "econ"), (14, "eresp"), (21, "chkfail"), (59, "ctime")] {
+        for (i, name) in
+            [(0, "pxname"), (1, "svname"), (7, "stot"), (13, "econ"), (14, "eresp"), (21, "chkfail"), (59, "ctime")]
+        {
             header[i] = name.into();
         }
         let row = |px: &str, sv: &str, stot: &str, econ: &str, eresp: &str, chkfail: &str, ctime: &str| {

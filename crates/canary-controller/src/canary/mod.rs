@@ -10,9 +10,9 @@
 //! error policy) is `runtime::reconciler`.
 
 pub mod build;
+pub mod measure;
 pub mod observe;
 pub mod reconcile;
-pub mod measure;
 pub mod release;
 pub mod traffic;
 pub mod validate;

@@ -4,8 +4,8 @@
 //! release from the shared caches.
 
 use super::build::canary_deployment_name;
-use crate::api::canary::Canary;
 use super::traffic::{canary_service_name, stable_service_name};
+use crate::api::canary::Canary;
 use crate::runtime::caches::{CachedDeployment, CachedService, CachedSlice, Caches};
 use kube::ResourceExt;
 use std::sync::Arc;
@@ -45,7 +45,8 @@ pub fn observe(canary: &Canary, caches: &Caches) -> Observed {
         existing: caches.deployments.get(&ns, &name),
         other_canaries: caches.deployments.labelled(&ns, "true").into_iter().filter(|d| d.name_any() != name).collect(),
         traffic: canary.spec.traffic.as_ref().map(|traffic| {
-            let (stable, canary_svc) = (stable_service_name(&canary.name_any()), canary_service_name(&canary.name_any()));
+            let (stable, canary_svc) =
+                (stable_service_name(&canary.name_any()), canary_service_name(&canary.name_any()));
             TrafficObserved {
                 service: caches.services.get(&ns, &traffic.service),
                 service_slices: caches.endpoint_slices.labelled(&ns, &traffic.service),

@@ -31,7 +31,7 @@ use std::time::Duration;
 
 /// The Canary controller.
 pub struct CanaryReconciler {
-    /// Where the Kanaries of releases are created (the first Kanary group installed), if any.
+    /// Where the Kanaries of releases are created (kanary.k8s.io), when that group is installed.
     pub kanary: Option<ApiResource>,
 }
 
@@ -198,7 +198,8 @@ async fn run_release(
     let uid = canary.uid().unwrap_or_default();
     let Some(resource) = &ctx.reconciler.kanary else {
         return Ok(Err(Problem::Traffic(
-            "spec.traffic: the Kanary CRD is not installed: install it (`canary-controller crd`)".into(),
+            "spec.traffic: a release needs the Kanary CRD of group kanary.k8s.io: install it (`canary-controller crd`)"
+                .into(),
         )));
     };
     let Some(user) = seen.service.as_deref() else {
@@ -322,18 +323,17 @@ async fn run_release(
 async fn update_target(canary: &Canary, ctx: &Context<CanaryReconciler>) -> Result<(), Error> {
     let ns = canary.namespace().unwrap_or_default();
     let target = &canary.spec.target_deployment_name;
-    let containers: Vec<serde_json::Value> = canary
-        .spec
-        .target_containers
-        .iter()
-        .map(|c| serde_json::json!({"name": c.name, "image": c.image}))
-        .collect();
+    let containers: Vec<serde_json::Value> =
+        canary.spec.target_containers.iter().map(|c| serde_json::json!({"name": c.name, "image": c.image})).collect();
     let patch = serde_json::json!({"apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": {"name": target, "namespace": ns},
         "spec": {"template": {"spec": {"containers": containers}}}});
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
     let params = PatchParams::apply(PROMOTION_FIELD_MANAGER).force();
-    deployments.patch(target, &params, &Patch::Apply(&patch)).await.map_err(|e| Error::UpdateTarget(target.clone(), e))?;
+    deployments
+        .patch(target, &params, &Patch::Apply(&patch))
+        .await
+        .map_err(|e| Error::UpdateTarget(target.clone(), e))?;
     Ok(())
 }
 
@@ -518,9 +518,7 @@ pub async fn run(
         })
         .watches_shared_stream(caches.endpoint_slices.subscribe(), move |slice| {
             match slice.labels().get(crate::kanary::endpoints::SERVICE_NAME_LABEL) {
-                Some(service) => {
-                    canaries_of_service(slice.as_ref(), service, c3.endpoint_slices.is_echo(&slice), &r3)
-                }
+                Some(service) => canaries_of_service(slice.as_ref(), service, c3.endpoint_slices.is_echo(&slice), &r3),
                 None => vec![],
             }
         });

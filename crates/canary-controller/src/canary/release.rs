@@ -618,7 +618,11 @@ mod tests {
     }
 
     /// The cluster as a release sees it: ready canary, proxies serving `served`, the target not updated.
-    fn inputs<'a>(now: &'a Time, served: Option<i32>, stats: Option<&'a BTreeMap<String, RouteCounters>>) -> Inputs<'a> {
+    fn inputs<'a>(
+        now: &'a Time,
+        served: Option<i32>,
+        stats: Option<&'a BTreeMap<String, RouteCounters>>,
+    ) -> Inputs<'a> {
         Inputs {
             revision: "app=app:v2".into(),
             target_runs_revision: false,
@@ -725,7 +729,11 @@ mod tests {
         let evidence = d.release.evidence.last().unwrap();
         assert_eq!(evidence.metrics[0].value, 0.2);
         assert_eq!(evidence.metrics[0].verdict, Verdict::Failed);
-        assert!(d.notes.iter().any(|n| n.reason == reasons::ROLLED_BACK && n.type_ == kube::runtime::events::EventType::Warning));
+        assert!(
+            d.notes
+                .iter()
+                .any(|n| n.reason == reasons::ROLLED_BACK && n.type_ == kube::runtime::events::EventType::Warning)
+        );
         assert!(d.release.message.contains("ErrorRate 0.2"), "{}", d.release.message);
     }
 

@@ -133,7 +133,8 @@ pub fn build_stable_slice(
             if is_canary || found.port != pod_port {
                 continue;
             }
-            let mut endpoint = json!({"addresses": [address.to_string()], "conditions": {"ready": e.ready.unwrap_or(true)}});
+            let mut endpoint =
+                json!({"addresses": [address.to_string()], "conditions": {"ready": e.ready.unwrap_or(true)}});
             if let Some(pod) = pod {
                 endpoint["targetRef"] = json!({"kind": "Pod", "name": pod, "namespace": canary.namespace()});
             }
@@ -160,9 +161,7 @@ pub fn build_stable_slice(
 /// The Kanary of a release: both routes, the canary taking `weight` percent of new connections.
 pub fn build_kanary(canary: &Canary, resource: &ApiResource, traffic: &Traffic, weight: i32) -> DynamicObject {
     let name = canary.name_any();
-    let route = |service: String, weight: i32| {
-        json!({"backend": {"serviceName": service, "servicePort": ROUTE_PORT}, "weight": weight})
-    };
+    let route = |service: String, weight: i32| json!({"backend": {"serviceName": service, "servicePort": ROUTE_PORT}, "weight": weight});
     let mut kanary = DynamicObject::new(&name, resource).within(&canary.namespace().unwrap_or_default());
     kanary.metadata.owner_references = Some(vec![owner(canary)]);
     kanary.data = json!({"spec": {
@@ -266,7 +265,8 @@ mod tests {
     fn a_port_is_named_when_the_service_has_several() {
         let mut traffic = canary().spec.traffic.unwrap();
         let two: ServicePort = serde_json::from_value(json!({"name": "admin", "port": 9000})).unwrap();
-        let user = CachedService { metadata: Default::default(), type_: None, selector: None, ports: Some(vec![port(), two]) };
+        let user =
+            CachedService { metadata: Default::default(), type_: None, selector: None, ports: Some(vec![port(), two]) };
         let err = service_port(&traffic, &user).unwrap_err();
         assert!(err.starts_with("spec.traffic.port:") && err.contains("http, admin"), "{err}");
         traffic.port = Some(IntOrString::String("admin".into()));

@@ -9,8 +9,8 @@
 
 use super::index::References;
 use crate::canary::build::CANARY_LABEL;
-use crate::kanary::build::PROXY_LABEL;
 use crate::canary::traffic::{MANAGED_BY, MANAGED_BY_LABEL};
+use crate::kanary::build::PROXY_LABEL;
 use crate::kanary::endpoints::SERVICE_NAME_LABEL;
 use futures::channel::mpsc;
 use futures::{Stream, StreamExt, TryStreamExt};

@@ -187,8 +187,11 @@ async fn run_controllers(
         }
     }
     tracing::info!("caches filled: Deployments, Services, EndpointSlices, ConfigMaps (metadata)");
-    // releases create their Kanaries in the first group installed
-    let release_kanary = kanary_groups.first().map(|(group, version)| crate::api::kanary::api_resource(group, version));
+    // releases create their Kanaries in kanary.k8s.io (the group etiennecoutaud/kanary released)
+    let release_kanary = kanary_groups
+        .iter()
+        .find(|(group, _)| *group == crate::api::kanary::GROUPS[0].0)
+        .map(|(group, version)| crate::api::kanary::api_resource(group, version));
     let kanaries = kanary_groups.iter().map(|(group, version)| {
         let resource = crate::api::kanary::api_resource(group, version);
         crate::kanary::reconcile::run(
@@ -202,7 +205,13 @@ async fn run_controllers(
     });
     let controllers = async {
         futures::join!(
-            crate::canary::reconcile::run(client.clone(), caches.clone(), release_kanary, metrics.clone(), stop.clone()),
+            crate::canary::reconcile::run(
+                client.clone(),
+                caches.clone(),
+                release_kanary,
+                metrics.clone(),
+                stop.clone()
+            ),
             futures::future::join_all(kanaries)
         )
     };

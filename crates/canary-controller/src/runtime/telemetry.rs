@@ -226,8 +226,11 @@ impl Collector for Caches {
             MetricType::Gauge,
         )?;
         for (namespace, canary, release) in &releases {
-            let labels =
-                PhaseLabels { namespace: namespace.clone(), canary: canary.clone(), phase: format!("{:?}", release.phase) };
+            let labels = PhaseLabels {
+                namespace: namespace.clone(),
+                canary: canary.clone(),
+                phase: format!("{:?}", release.phase),
+            };
             ConstGauge::new(1).encode(phases.encode_family(&labels)?)?;
         }
 
