@@ -175,7 +175,8 @@ async fn a_release_promotes_a_good_canary_rolls_back_a_bad_one_and_pauses_withou
         release(&canaries).await.is_some_and(|r| matches!(r.phase, Phase::Progressing | Phase::Paused) && r.step <= 1)
     })
     .await;
-    let text = e.cluster.kubectl(&["get", "canary", CANARY, "-n", &e.cluster.namespace], None).await.unwrap();
+    let text =
+        e.cluster.kubectl(&["get", "canary", CANARY, "-o", "wide", "-n", &e.cluster.namespace], None).await.unwrap();
     let table = String::from_utf8_lossy(&text.stdout).to_string();
     assert!(table.contains("PHASE") && table.contains("WEIGHT") && table.contains("STEP"), "{table}");
     sim.stop().await;

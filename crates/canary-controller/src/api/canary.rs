@@ -29,9 +29,9 @@ pub const MAX_TARGET_NAME_LENGTH: u32 = 253 - "-canary".len() as u32;
     printcolumn = r#"{"name": "Target", "type": "string", "jsonPath": ".spec.targetDeploymentName"}"#,
     printcolumn = r#"{"name": "Canary Deployment", "type": "string", "jsonPath": ".status.canaryDeployment"}"#,
     printcolumn = r#"{"name": "Ready", "type": "integer", "jsonPath": ".status.readyReplicas"}"#,
-    printcolumn = r#"{"name": "Phase", "type": "string", "jsonPath": ".status.release.phase"}"#,
-    printcolumn = r#"{"name": "Weight", "type": "integer", "jsonPath": ".status.release.weight"}"#,
-    printcolumn = r#"{"name": "Step", "type": "string", "jsonPath": ".status.release.stepDescription"}"#,
+    printcolumn = r#"{"name": "Phase", "type": "string", "jsonPath": ".status.release.phase", "priority": 1}"#,
+    printcolumn = r#"{"name": "Weight", "type": "integer", "jsonPath": ".status.release.weight", "priority": 1}"#,
+    printcolumn = r#"{"name": "Step", "type": "string", "jsonPath": ".status.release.stepDescription", "priority": 1}"#,
     printcolumn = r#"{"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]

@@ -653,6 +653,18 @@ mod tests {
     }
 
     #[test]
+    fn the_example_release_reads_as_written() {
+        let text = include_str!("../../../../examples/release.yml");
+        let canary: crate::api::canary::Canary = serde_saphyr::from_str(text).unwrap();
+        let settings = Settings::of(&canary.spec);
+        let weights: Vec<_> = settings.steps.iter().filter_map(|s| s.set_weight).collect();
+        assert_eq!(weights, [20, 50]);
+        assert_eq!((settings.interval, settings.min_samples), (Duration::from_secs(30), 50));
+        assert!(settings.update_target);
+        assert_eq!(settings.checks.len(), 2);
+    }
+
+    #[test]
     fn the_short_form_raises_the_weight_by_step_up_to_max() {
         let mut s = spec(vec![]);
         s.analysis.as_mut().unwrap().step_weight = Some(20);
