@@ -132,7 +132,11 @@ async fn a_release_promotes_a_good_canary_rolls_back_a_bad_one_and_pauses_withou
     // a bad canary (20 % of its connections reset): rolled back at its first window, stable traffic unharmed
     set_image(&canaries, BAD_IMAGE).await;
     let (tally, rolled_back) = under_load(front, wait_phase(&e, Phase::RolledBack, 120)).await;
-    let judged = rolled_back.evidence.last().unwrap();
+    let Some(judged) = rolled_back.evidence.last() else {
+        let log = e.controller.log();
+        let tail: Vec<&str> = log.lines().rev().take(40).collect();
+        panic!("rolled back with no evidence: {rolled_back:#?}\n{tail:#?}");
+    };
     assert_eq!((judged.weight, judged.verdict), (20, Verdict::Failed), "{rolled_back:#?}");
     assert_eq!(rolled_back.evidence.iter().filter(|e| e.verdict == Verdict::Failed).count(), 1);
     let error_rate = &judged.metrics[1];

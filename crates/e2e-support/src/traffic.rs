@@ -64,8 +64,7 @@ pub async fn ask(target: SocketAddr) -> Option<String> {
 
 /// [`ask`], saying why a connection failed (what failed, and how long after it started).
 pub async fn ask_why(target: SocketAddr) -> Result<String, String> {
-    let started = std::time::Instant::now();
-    let exchange = async {
+    within_5s(async {
         let mut s = TcpStream::connect(target).await.map_err(|e| format!("connect: {}", e.kind()))?;
         s.write_all(b"GET / HTTP/1.0\r\n\r\n").await.map_err(|e| format!("write: {}", e.kind()))?;
         let mut answer = String::new();
@@ -77,7 +76,14 @@ pub async fn ask_why(target: SocketAddr) -> Result<String, String> {
         }
         let id = body.lines().next().unwrap_or_default().trim().to_string();
         if id.is_empty() { Err("an empty answer".to_string()) } else { Ok(id) }
-    };
+    })
+    .await
+}
+
+/// What `exchange` answered, or why it failed (it failed also when it took more than 5 s), with how long
+/// after it started.
+async fn within_5s(exchange: impl std::future::Future<Output = Result<String, String>>) -> Result<String, String> {
+    let started = std::time::Instant::now();
     let outcome =
         tokio::time::timeout(Duration::from_secs(5), exchange).await.unwrap_or(Err("no answer in 5 s".into()));
     outcome.map_err(|why| format!("{why} after {} ms", started.elapsed().as_millis()))
@@ -86,8 +92,7 @@ pub async fn ask_why(target: SocketAddr) -> Result<String, String> {
 /// One raw TCP exchange with `target`: sends a line, reads the one-line answer, closes (a TCP client such as
 /// a database's: the built-in server fails it with a reset, which the proxy counts as an error).
 pub async fn ask_line_why(target: SocketAddr) -> Result<String, String> {
-    let started = std::time::Instant::now();
-    let exchange = async {
+    within_5s(async {
         let mut s = TcpStream::connect(target).await.map_err(|e| format!("connect: {}", e.kind()))?;
         s.write_all(b"ping\n").await.map_err(|e| format!("write: {}", e.kind()))?;
         let mut answer = Vec::new();
@@ -100,10 +105,8 @@ pub async fn ask_line_why(target: SocketAddr) -> Result<String, String> {
         }
         let id = String::from_utf8_lossy(&answer).trim().to_string();
         if id.is_empty() { Err("an empty answer".to_string()) } else { Ok(id) }
-    };
-    let outcome =
-        tokio::time::timeout(Duration::from_secs(5), exchange).await.unwrap_or(Err("no answer in 5 s".into()));
-    outcome.map_err(|why| format!("{why} after {} ms", started.elapsed().as_millis()))
+    })
+    .await
 }
 
 /// How a load's clients talk to the target.

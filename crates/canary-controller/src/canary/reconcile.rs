@@ -19,7 +19,7 @@ use crate::runtime::reconciler::{self, Context, Reconciler, Step};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ObjectReference, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::core::ApiResource;
 use kube::core::{DeserializeGuard, error_boundary::InvalidObject};
@@ -134,22 +134,21 @@ async fn reconcile(canary: &Canary, ctx: &Context<CanaryReconciler>) -> Result<A
     };
     // the release, when the Canary has traffic: decided first, so that its weights reach the proxy before
     // the canary is scaled down
-    let mut release = canary.status.as_ref().and_then(|s| s.release.clone());
-    let mut requeue = Duration::from_secs(600);
-    let mut scaled_down = release.as_ref().is_some_and(|r| r.phase.is_final());
-    if let (Some(traffic), Some(seen), Ok(valid)) = (&canary.spec.traffic, &observed.traffic, &valid) {
-        match run_release(canary, traffic, valid, seen, ctx, &mut notes).await? {
-            Ok(decision) => {
-                scaled_down = decision.canary_scaled_down();
-                requeue = requeue.min(decision.requeue);
-                release = Some(decision.release);
+    let (mut release, mut scaled_down, mut requeue) = (None, false, Duration::from_secs(600));
+    if let Some(traffic) = &canary.spec.traffic {
+        // a problem keeps the release where it was
+        release = canary.status.as_ref().and_then(|s| s.release.clone());
+        scaled_down = release.as_ref().is_some_and(|r| r.phase.is_final());
+        if let (Some(seen), Ok(valid)) = (&observed.traffic, &valid) {
+            match run_release(canary, traffic, valid, seen, ctx, &mut notes).await? {
+                Ok(decision) => {
+                    scaled_down = decision.canary_scaled_down();
+                    requeue = requeue.min(decision.requeue);
+                    release = Some(decision.release);
+                }
+                Err(p) => problem = Some(p),
             }
-            Err(p) => problem = Some(p),
         }
-    }
-    if canary.spec.traffic.is_none() {
-        release = None;
-        scaled_down = false;
     }
     if let Ok(valid) = &valid {
         match apply_canary(&deployments, canary, valid, scaled_down, ctx).await {
@@ -212,17 +211,12 @@ async fn run_release(
         Ok(port) => port.clone(),
         Err(message) => return Ok(Err(Problem::Traffic(message))),
     };
-    let not_ours = |kind: &'static str, meta: Option<&ObjectMeta>| {
-        let meta = meta?;
-        let ours = meta.owner_references.iter().flatten().any(|r| r.controller == Some(true) && r.uid == uid);
-        (!ours).then(|| Problem::ReleaseObjectNotOwned { kind, name: meta.name.clone().unwrap_or_default() })
-    };
-    let taken = not_ours("Service", seen.stable_service.as_deref().map(|s| &s.metadata))
-        .or_else(|| not_ours("Service", seen.canary_service.as_deref().map(|s| &s.metadata)))
-        .or_else(|| not_ours("EndpointSlice", seen.stable_slice.as_deref().map(|s| &s.metadata)));
+    let taken = not_owned("Service", seen.stable_service.as_deref(), &uid)
+        .or_else(|| not_owned("Service", seen.canary_service.as_deref(), &uid))
+        .or_else(|| not_owned("EndpointSlice", seen.stable_slice.as_deref(), &uid));
     let kanaries: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), &ns, resource);
     let kanary = kanaries.get_opt(&name).await.map_err(|e| Error::ReadKanary(name.clone(), e))?;
-    if let Some(problem) = taken.or_else(|| not_ours("Kanary", kanary.as_ref().map(|k| &k.metadata))) {
+    if let Some(problem) = taken.or_else(|| not_owned("Kanary", kanary.as_ref(), &uid)) {
         return Ok(Err(problem));
     }
 
@@ -255,14 +249,8 @@ async fn run_release(
             }
         }
     }
-    for note in &decision.notes {
-        use release::reasons::{ANALYSIS_FAILED, ANALYSIS_PASSED, INCONCLUSIVE};
-        match note.reason {
-            ANALYSIS_PASSED => ctx.metrics.count_verdict("Passed"),
-            ANALYSIS_FAILED => ctx.metrics.count_verdict("Failed"),
-            INCONCLUSIVE => ctx.metrics.count_verdict("Inconclusive"),
-            _ => {}
-        }
+    for verdict in &decision.judged {
+        ctx.metrics.count_verdict(*verdict);
     }
     notes.append(&mut decision.notes);
 
@@ -301,12 +289,11 @@ async fn run_release(
             && c.endpoints.len() == slice.endpoints.len()
     });
     if !slice_current {
+        // the cache keeps a compact slice, compared above: written as a child with no cached copy
         let slices: Api<EndpointSlice> = Api::namespaced(ctx.client.clone(), &ns);
-        let written = match slice_cached {
-            Some(_) => children::apply(&slices, &slice).await.map(|s| ctx.caches.endpoint_slices.note_written(&s)),
-            None => children::create(&slices, &slice).await.map(|_| ()),
-        };
-        written.map_err(|e| Error::ApplyRelease("EndpointSlice", stable_name.clone(), e))?;
+        children::write(&slices, &slice, None, slice_cached.is_some(), &ctx.caches.endpoint_slices)
+            .await
+            .map_err(|e| Error::ApplyRelease("EndpointSlice", stable_name.clone(), e))?;
     }
     if decision.update_target {
         update_target(canary, ctx).await?;
@@ -316,6 +303,12 @@ async fn run_release(
         ));
     }
     Ok(Ok(decision))
+}
+
+/// The problem an object of the release poses when it exists and this Canary (`uid`) does not own it.
+fn not_owned<K: Resource>(kind: &'static str, object: Option<&K>, uid: &str) -> Option<Problem> {
+    let object = object.filter(|o| !children::owned_by(*o, uid))?;
+    Some(Problem::ReleaseObjectNotOwned { kind, name: object.meta().name.clone().unwrap_or_default() })
 }
 
 /// Sets the target's containers' images to the canary's, with a field manager of its own (server-side apply,
@@ -461,31 +454,18 @@ fn spec_or_request(guarded: &GuardedCanary) -> Option<u64> {
     Some(hasher.finish())
 }
 
-/// The Canaries a Service or an EndpointSlice (by its Service's name) matters to, unless the event is the
-/// echo of this controller's own write.
-fn canaries_of_service(
-    object: &impl Resource<DynamicType = ()>,
-    service: &str,
-    echo: bool,
-    references: &References<GuardedCanary>,
-) -> Vec<ObjectRef<GuardedCanary>> {
-    if echo {
-        return vec![];
-    }
-    let ns = object.meta().namespace.clone().unwrap_or_default();
-    references.referring_to(&ns, service).iter().map(|n| ObjectRef::new(n).within(&ns)).collect()
-}
-
-/// The Canaries a Deployment matters to: its controller (unless the event is the echo of the controller's
-/// own write), those targeting it, and those whose canary name it holds.
+/// The Canaries an object named `name` (a Deployment, a Service, or an EndpointSlice by its Service's name)
+/// matters to: its controller (unless the event is the echo of the controller's own write) and those that
+/// refer to the name (targets, canary Deployments, the Services of releases).
 fn canaries_for(
-    deployment: &CachedDeployment,
+    object: &impl Resource,
+    name: &str,
     echo: bool,
     references: &References<GuardedCanary>,
 ) -> Vec<ObjectRef<GuardedCanary>> {
-    let ns = deployment.namespace().unwrap_or_default();
+    let ns = object.namespace().unwrap_or_default();
     let is_owner = |r: &OwnerReference| r.kind == "Canary" && r.api_version.starts_with("canary.k8s.wantedly.com/");
-    let names = references.woken_by(deployment, Some(&deployment.name_any()), is_owner, echo);
+    let names = references.woken_by(object, Some(name), is_owner, echo);
     names.iter().map(|n| ObjectRef::new(n).within(&ns)).collect()
 }
 
@@ -511,14 +491,14 @@ pub async fn run(
     let (r1, r2, r3) = (references.clone(), references.clone(), references);
     let controller = controller
         .watches_shared_stream(caches.deployments.subscribe(), move |d| {
-            canaries_for(d.as_ref(), c1.deployments.is_echo(&d), &r1)
+            canaries_for(d.as_ref(), &d.name_any(), c1.deployments.is_echo(&d), &r1)
         })
         .watches_shared_stream(caches.services.subscribe(), move |svc| {
-            canaries_of_service(svc.as_ref(), &svc.name_any(), c2.services.is_echo(&svc), &r2)
+            canaries_for(svc.as_ref(), &svc.name_any(), c2.services.is_echo(&svc), &r2)
         })
         .watches_shared_stream(caches.endpoint_slices.subscribe(), move |slice| {
             match slice.labels().get(crate::kanary::endpoints::SERVICE_NAME_LABEL) {
-                Some(service) => canaries_of_service(slice.as_ref(), service, c3.endpoint_slices.is_echo(&slice), &r3),
+                Some(service) => canaries_for(slice.as_ref(), service, c3.endpoint_slices.is_echo(&slice), &r3),
                 None => vec![],
             }
         });
@@ -548,7 +528,11 @@ mod tests {
         .unwrap();
         let deployment = CachedDeployment::from(deployment);
         let names = |refs: Vec<ObjectRef<GuardedCanary>>| refs.into_iter().map(|r| r.name).collect::<Vec<_>>();
-        assert_eq!(names(canaries_for(&deployment, false, &references)), ["a", "b"]);
-        assert_eq!(names(canaries_for(&deployment, true, &references)), ["b"], "a wrote it; b targets it");
+        assert_eq!(names(canaries_for(&deployment, "app-canary", false, &references)), ["a", "b"]);
+        assert_eq!(
+            names(canaries_for(&deployment, "app-canary", true, &references)),
+            ["b"],
+            "a wrote it; b targets it"
+        );
     }
 }

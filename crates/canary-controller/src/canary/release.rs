@@ -152,6 +152,8 @@ pub struct Decision {
     pub requeue: Duration,
     /// The release needs the proxies' counters now (to start or judge a window): read them and advance again.
     pub wants_stats: bool,
+    /// The verdicts of the windows judged by this move.
+    pub judged: Vec<Verdict>,
     /// Set the target Deployment's images to the canary's.
     pub update_target: bool,
 }
@@ -210,7 +212,8 @@ pub fn advance(spec: &CanarySpec, previous: Option<&ReleaseStatus>, inputs: &Inp
         resume(&mut release, &mut notes);
     }
 
-    let mut decision = Decision { release, notes, requeue: IDLE, wants_stats: false, update_target: false };
+    let mut decision =
+        Decision { release, notes, requeue: IDLE, wants_stats: false, judged: vec![], update_target: false };
     // a reconcile takes the release through as many steps as what the cluster shows allows
     for _ in 0..=steps.len() + 1 {
         if !progress(&mut decision, &settings, inputs) {
@@ -413,6 +416,7 @@ fn progress(decision: &mut Decision, settings: &Settings, inputs: &Inputs) -> bo
     }
     let evidence = judge(settings, release, &window, stats, now);
     let verdict = evidence.verdict;
+    decision.judged.push(verdict);
     let summary = summarize(&evidence);
     release.evidence.push(evidence);
     let excess = release.evidence.len().saturating_sub(EVIDENCE_KEPT);
@@ -738,6 +742,7 @@ mod tests {
         let d = step(&s, Some(&d.release), &at(60), Some(20), &counters((800, 0), (200, 40)));
         assert_eq!((d.release.phase, d.release.weight), (Phase::RolledBack, 0));
         assert!(d.canary_scaled_down());
+        assert_eq!(d.judged, [Verdict::Failed]);
         let evidence = d.release.evidence.last().unwrap();
         assert_eq!(evidence.metrics[0].value, 0.2);
         assert_eq!(evidence.metrics[0].verdict, Verdict::Failed);

@@ -325,9 +325,9 @@ impl Metrics {
         result
     }
 
-    /// Counts a judged analysis window (`Passed`, `Failed`, `Inconclusive`).
-    pub fn count_verdict(&self, verdict: &str) {
-        self.verdicts.get_or_create(&VerdictLabels { verdict: verdict.into() }).inc();
+    /// Counts a judged analysis window.
+    pub fn count_verdict(&self, verdict: crate::api::canary::Verdict) {
+        self.verdicts.get_or_create(&VerdictLabels { verdict: format!("{verdict:?}") }).inc();
     }
 
     /// Reports the Canaries the Canary controller reconciles (its cache).
