@@ -55,17 +55,23 @@ async fn release(canaries: &Api<Canary>) -> Option<ReleaseStatus> {
 async fn wait_phase(e: &support::kanary::Env, phase: Phase, secs: u64) -> ReleaseStatus {
     let cluster = &e.cluster;
     let canaries: Api<Canary> = cluster.api();
-    let reached = support::within(secs, || async { release(&canaries).await.is_some_and(|r| r.phase == phase) }).await;
-    let now = release(&canaries).await;
-    if !reached {
-        let kanary = cluster.kanaries("kanary.k8s.io", "v1").get(CANARY).await.map(|k| k.data);
-        let log = e.controller.log();
-        let tail: Vec<&str> = log.lines().rev().take(40).collect();
-        panic!(
-            "the release did not reach {phase:?} in {secs} s: {now:#?}\nits Kanary: {kanary:#?}\ncontroller: {tail:#?}"
-        );
+    // the release as it was when it reached the phase (a later read could show a later state)
+    let reached = std::sync::Mutex::new(None);
+    support::within(secs, || async {
+        let found = release(&canaries).await.filter(|r| r.phase == phase);
+        let found_it = found.is_some();
+        *reached.lock().unwrap() = found;
+        found_it
+    })
+    .await;
+    if let Some(release) = reached.into_inner().unwrap() {
+        return release;
     }
-    now.unwrap()
+    let now = release(&canaries).await;
+    let kanary = cluster.kanaries("kanary.k8s.io", "v1").get(CANARY).await.map(|k| k.data);
+    let log = e.controller.log();
+    let tail: Vec<&str> = log.lines().rev().take(40).collect();
+    panic!("the release did not reach {phase:?} in {secs} s: {now:#?}\nits Kanary: {kanary:#?}\ncontroller: {tail:#?}");
 }
 
 async fn set_image(canaries: &Api<Canary>, image: &str) {
