@@ -49,19 +49,31 @@ pub enum StatusWriteError {
     Timeout,
 }
 
+impl StatusWriteError {
+    /// Whether the object changed since it was read (a write with a resourceVersion precondition).
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, StatusWriteError::Api(kube::Error::Api(e)) if e.code == 409)
+    }
+}
+
 /// Server-side applies `status` as the status of object `name` (of `api_version`/`kind`), within
-/// [`STATUS_WRITE_TIMEOUT`].
+/// [`STATUS_WRITE_TIMEOUT`]; with `resource_version`, only over that version of the object (409 Conflict
+/// otherwise: the decision was made on a stale read).
 pub async fn write_status<K>(
     api: &kube::Api<K>,
     name: &str,
     api_version: &str,
     kind: &str,
     status: &impl serde::Serialize,
+    resource_version: Option<&str>,
 ) -> Result<(), StatusWriteError>
 where
     K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
-    let body = serde_json::json!({"apiVersion": api_version, "kind": kind, "status": status});
+    let mut body = serde_json::json!({"apiVersion": api_version, "kind": kind, "status": status});
+    if let Some(rv) = resource_version {
+        body["metadata"] = serde_json::json!({"resourceVersion": rv});
+    }
     let params = kube::api::PatchParams::apply(FIELD_MANAGER).force();
     let patch = kube::api::Patch::Apply(body);
     let write = api.patch_status(name, &params, &patch);

@@ -528,7 +528,11 @@ impl Inner {
             e
         })?;
         match existing {
-            Some(current) => self.write_update(rt, &current, result, false, status, opts),
+            Some(current) => {
+                // a resourceVersion in the applied configuration is a precondition, as in a real API server
+                check_resource_version(rt, &current, applied["metadata"]["resourceVersion"].as_str())?;
+                self.write_update(rt, &current, result, false, status, opts)
+            }
             None => self.create(rt, ns, result, opts),
         }
     }

@@ -208,6 +208,14 @@ async fn server_side_apply_prunes_omitted_fields_and_reports_conflicts() {
         cms.patch("a", &theirs.clone().force(), &Patch::Apply(cm("a", json!({}), json!({"keep": "2"})))).await.unwrap();
     assert_eq!(forced.data.unwrap()["keep"], "2");
 
+    // a resourceVersion in the applied configuration is a precondition (optimistic lock)
+    let stale = forced.metadata.resource_version.clone().unwrap();
+    cms.patch("a", &mine.clone().force(), &Patch::Apply(cm("a", json!({}), json!({"keep": "3"})))).await.unwrap();
+    let mut locked = cm("a", json!({}), json!({"keep": "4"}));
+    locked.metadata.resource_version = Some(stale);
+    let (code, msg) = api_err(cms.patch("a", &mine.clone().force(), &Patch::Apply(locked)).await.unwrap_err());
+    assert!(code == 409 && msg.contains("has been modified"), "{code} {msg}");
+
     // a field edited by another manager survives when the applier stops applying it
     let d: Api<Deployment> = Api::namespaced(server.client(), "default");
     let dep = |containers: Value| {

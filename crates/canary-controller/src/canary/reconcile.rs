@@ -10,7 +10,7 @@ use super::build::{
 use super::observe::{TrafficObserved, observe};
 use super::validate::{Problem, Valid, validate};
 use super::{measure, release, traffic};
-use crate::api::canary::{Canary, CanaryStatus, Traffic};
+use crate::api::canary::{Canary, CanaryStatus, ReleaseStatus, Traffic};
 use crate::children::{self, Written};
 use crate::report::Note;
 use crate::runtime::caches::{CachedDeployment, Caches};
@@ -26,13 +26,51 @@ use kube::core::{DeserializeGuard, error_boundary::InvalidObject};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Client, Resource, ResourceExt};
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// The Canary controller.
 pub struct CanaryReconciler {
     /// Where the Kanaries of releases are created (kanary.k8s.io), when that group is installed.
-    pub kanary: Option<ApiResource>,
+    kanary: Option<ApiResource>,
+    /// The release this process last wrote in each Canary's status (by uid), and when.
+    written: Mutex<HashMap<String, (ReleaseStatus, Instant)>>,
+}
+
+/// How long a cache that does not show this process's own last release write is waited for before it is
+/// believed (someone else wrote the status).
+const CACHE_CATCH_UP: Duration = Duration::from_secs(10);
+
+impl CanaryReconciler {
+    pub fn new(kanary: Option<ApiResource>) -> CanaryReconciler {
+        CanaryReconciler { kanary, written: Mutex::default() }
+    }
+
+    /// Whether the cached Canary is older than this process's last release write: a decision made on it
+    /// would repeat or undo a move (a rollback undone, a window judged twice), so the reconcile waits for the
+    /// cache. The status write's resourceVersion precondition is the second guard.
+    fn cache_behind(&self, canary: &Canary) -> bool {
+        let uid = canary.uid().unwrap_or_default();
+        let mut written = self.written.lock().expect("not poisoned");
+        let Some((release, at)) = written.get(&uid) else { return false };
+        let cached = canary.status.as_ref().and_then(|s| s.release.as_ref());
+        if cached == Some(release) || at.elapsed() > CACHE_CATCH_UP {
+            written.remove(&uid);
+            return false;
+        }
+        true
+    }
+
+    /// Records the release a status write wrote (`None`: the write failed or wrote none: nothing to wait for).
+    fn wrote(&self, canary: &Canary, release: Option<&ReleaseStatus>) {
+        let uid = canary.uid().unwrap_or_default();
+        let mut written = self.written.lock().expect("not poisoned");
+        match release {
+            Some(release) => written.insert(uid, (release.clone(), Instant::now())),
+            None => written.remove(&uid),
+        };
+    }
 }
 
 /// Why a reconcile failed; the variant names the step, and is the metric label and the log field.
@@ -111,14 +149,18 @@ async fn report_unreadable(unreadable: &InvalidObject, ctx: &Context<CanaryRecon
     };
     let message = status.conditions[0].message.clone();
     ctx.publish(&object_ref, [Note::warning(reasons::INVALID_SPEC, message)]).await;
+    ctx.reconciler.written.lock().expect("not poisoned").remove(meta.uid.as_deref().unwrap_or_default());
     let api: Api<Canary> = Api::namespaced(ctx.client.clone(), meta.namespace.as_deref().ok_or(Error::NoNamespace)?);
-    write_status(&api, &name, &status).await?;
+    write_status(&api, &name, &status, None).await?;
     Ok(Action::requeue(Duration::from_secs(600)))
 }
 
 /// Reconciles one Canary.
 async fn reconcile(canary: &Canary, ctx: &Context<CanaryReconciler>) -> Result<Action, Error> {
     let ns = canary.namespace().ok_or(Error::NoNamespace)?;
+    if ctx.reconciler.cache_behind(canary) {
+        return Ok(Action::requeue(CACHE_WAIT));
+    }
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
     let observed = observe(canary, &ctx.caches);
     let valid = validate(canary, &observed);
@@ -172,10 +214,20 @@ async fn reconcile(canary: &Canary, ctx: &Context<CanaryReconciler>) -> Result<A
     ctx.publish(&canary.object_ref(&()), notes).await;
     if canary.status.as_ref() != Some(&status) {
         let api: Api<Canary> = Api::namespaced(ctx.client.clone(), &ns);
-        write_status(&api, &canary.name_any(), &status).await?;
+        // a release is only written over the version it was decided on
+        let precondition = status.release.as_ref().and(canary.resource_version());
+        let written = write_status(&api, &canary.name_any(), &status, precondition.as_deref()).await;
+        ctx.reconciler.wrote(canary, written.as_ref().ok().and(status.release.as_ref()));
+        match written {
+            Err(Error::ApplyStatus(e)) if e.is_conflict() => return Ok(Action::requeue(CACHE_WAIT)),
+            written => written?,
+        }
     }
     Ok(Action::requeue(requeue))
 }
+
+/// How soon a reconcile that found its Canary stale (in the cache or at the status write) runs again.
+const CACHE_WAIT: Duration = Duration::from_millis(200);
 
 /// The field manager of the one write to a user's object: the target's images, on promotion (opt-in).
 pub const PROMOTION_FIELD_MANAGER: &str = "canary-controller-promotion";
@@ -422,8 +474,8 @@ async fn remove_previous_canaries(
     Ok(())
 }
 
-async fn write_status(api: &Api<Canary>, name: &str, status: &CanaryStatus) -> Result<(), Error> {
-    Ok(crate::report::write_status(api, name, &Canary::api_version(&()), &Canary::kind(&()), status).await?)
+async fn write_status(api: &Api<Canary>, name: &str, status: &CanaryStatus, rv: Option<&str>) -> Result<(), Error> {
+    Ok(crate::report::write_status(api, name, &Canary::api_version(&()), &Canary::kind(&()), status, rv).await?)
 }
 
 /// The names a Canary refers to: its target and its canary Deployment; with traffic, the user's Service, the
@@ -485,7 +537,7 @@ pub async fn run(
         spec_or_request,
     );
     metrics.observe_canaries(controller.store());
-    let reconciler = CanaryReconciler { kanary };
+    let reconciler = CanaryReconciler::new(kanary);
     let ctx = Arc::new(Context::new(client, caches.clone(), controller.store(), (), metrics, reconciler));
     let (c1, c2, c3) = (caches.clone(), caches.clone(), caches.clone());
     let (r1, r2, r3) = (references.clone(), references.clone(), references);
@@ -508,6 +560,26 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cache_that_does_not_show_the_last_release_written_is_waited_for() {
+        let canary = |phase: &str| -> Canary {
+            serde_json::from_value(serde_json::json!({"apiVersion": "canary.k8s.wantedly.com/v1beta1",
+                "kind": "Canary", "metadata": {"name": "a", "namespace": "ns", "uid": "u"},
+                "spec": {"targetDeploymentName": "app", "targetContainers": []},
+                "status": {"release": {"revision": "r", "phase": phase, "step": 0, "weight": 0}}}))
+            .unwrap()
+        };
+        let reconciler = CanaryReconciler::new(None);
+        assert!(!reconciler.cache_behind(&canary("Progressing")), "nothing written yet: the cache is believed");
+        let rolled_back = canary("RolledBack");
+        reconciler.wrote(&rolled_back, rolled_back.status.as_ref().and_then(|s| s.release.as_ref()));
+        assert!(reconciler.cache_behind(&canary("Progressing")), "the cache does not show the rollback yet");
+        assert!(!reconciler.cache_behind(&rolled_back), "caught up");
+        assert!(!reconciler.cache_behind(&canary("Progressing")), "caught up once: then believed");
+        reconciler.wrote(&rolled_back, None);
+        assert!(!reconciler.cache_behind(&canary("Progressing")), "a failed write waits for nothing");
+    }
 
     #[test]
     fn an_echo_of_its_own_write_does_not_wake_the_owner_but_wakes_the_canaries_targeting_it() {
