@@ -1,5 +1,5 @@
 # Developer entry points; see README.md.
-.PHONY: setup build run test fmt crd image deploy undeploy
+.PHONY: setup build run demo test fmt crd image deploy undeploy
 
 setup:          ## install system packages and fetch crates
 	bash scripts/setup.sh
@@ -9,6 +9,10 @@ build:
 
 run:            ## run the controller against a local fake-apiserver
 	bash scripts/run-local.sh
+
+demo:           ## a complete release on the local simulator: a good canary promoted, a bad one rolled back (root)
+	cargo build --workspace --bins --examples --quiet
+	PATH="$(CURDIR)/.venv/bin:$$PATH" ./target/debug/examples/demo
 
 SKIP_LOG := $(CURDIR)/target/skipped-tests.log
 

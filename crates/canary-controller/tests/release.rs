@@ -7,89 +7,21 @@
 
 use e2e_support as support;
 
-use canary_controller::api::canary::{Canary, Phase, ReleaseStatus, Verdict};
+mod release_support;
+use release_support::*;
+
+use canary_controller::api::canary::{Canary, Phase, Verdict};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Service;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use support::kanary::env;
+use support::release::BAD_IMAGE;
 use support::simulator::can_simulate;
-use support::traffic::{Exchange, Tally, steady_load_of};
-
-const CANARY: &str = "web";
-/// The image of the release that fails: the target's pod template says so (`SIM_FAILING_IMAGES`), and the
-/// canary copies it.
-const BAD_IMAGE: &str = "echo:bad";
-
-/// The user's workload: Deployment and Service `app` (port `tcp` 80 -> 8080), 2 pods of the built-in server.
-async fn create_app(cluster: &support::Cluster) {
-    let deployment = json!({"metadata": {"name": "app"}, "spec": {"replicas": 2,
-        "selector": {"matchLabels": {"app": "app"}},
-        "template": {"metadata": {"labels": {"app": "app"}}, "spec": {"containers": [{
-            "name": "echo", "image": "echo:v1", "ports": [{"containerPort": 8080}],
-            "env": [{"name": "SIM_FAILING_IMAGES", "value": format!("{BAD_IMAGE}=0.2")}]}]}}}});
-    let service = json!({"metadata": {"name": "app"}, "spec": {"selector": {"app": "app"},
-        "ports": [{"name": "tcp", "port": 80, "targetPort": 8080}]}});
-    let pp = PostParams::default();
-    cluster.api::<Deployment>().create(&pp, &serde_json::from_value(deployment).unwrap()).await.unwrap();
-    cluster.api::<Service>().create(&pp, &serde_json::from_value(service).unwrap()).await.unwrap();
-}
-
-/// Steady raw TCP load (4 clients, a connection every 40 ms each) through `target` while `work` runs.
-async fn under_load<T, F: std::future::Future<Output = T>>(target: std::net::SocketAddr, work: F) -> (Tally, T) {
-    let stop = Arc::new(AtomicBool::new(false));
-    let load = tokio::spawn(steady_load_of(Exchange::Line, target, 4, Duration::from_millis(40), stop.clone()));
-    let out = work.await;
-    stop.store(true, Ordering::Relaxed);
-    (load.await.unwrap(), out)
-}
-
-async fn release(canaries: &Api<Canary>) -> Option<ReleaseStatus> {
-    canaries.get(CANARY).await.ok()?.status?.release
-}
-
-/// Waits up to `secs` for the release to reach `phase`; panics with the release and its Kanary's status.
-async fn wait_phase(e: &support::kanary::Env, phase: Phase, secs: u64) -> ReleaseStatus {
-    let cluster = &e.cluster;
-    let canaries: Api<Canary> = cluster.api();
-    // the release as it was when it reached the phase (a later read could show a later state)
-    let reached = std::sync::Mutex::new(None);
-    support::within(secs, || async {
-        let found = release(&canaries).await.filter(|r| r.phase == phase);
-        let found_it = found.is_some();
-        *reached.lock().unwrap() = found;
-        found_it
-    })
-    .await;
-    if let Some(release) = reached.into_inner().unwrap() {
-        return release;
-    }
-    let now = release(&canaries).await;
-    let kanary = cluster.kanaries("kanary.k8s.io", "v1").get(CANARY).await.map(|k| k.data);
-    let log = e.controller.log();
-    let tail: Vec<&str> = log.lines().rev().take(40).collect();
-    panic!("the release did not reach {phase:?} in {secs} s: {now:#?}\nits Kanary: {kanary:#?}\ncontroller: {tail:#?}");
-}
 
 async fn set_image(canaries: &Api<Canary>, image: &str) {
     let patch = json!({"spec": {"targetContainers": [{"name": "echo", "image": image}]}});
     canaries.patch(CANARY, &PatchParams::default(), &Patch::Merge(patch)).await.unwrap();
-}
-
-async fn request(cluster: &support::Cluster, value: &str) {
-    let annotation = format!("{}={value}", canary_controller::canary::release::REQUEST_ANNOTATION);
-    let out = cluster
-        .kubectl(&["annotate", "canary", CANARY, &annotation, "--overwrite", "-n", &cluster.namespace], None)
-        .await
-        .expect("kubectl is installed (make setup)");
-    assert!(out.status.success(), "kubectl annotate: {}", String::from_utf8_lossy(&out.stderr));
-}
-
-async fn canary_replicas(deployments: &Api<Deployment>) -> Option<i32> {
-    deployments.get("app-canary").await.ok()?.spec?.replicas
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -99,29 +31,24 @@ async fn a_release_promotes_a_good_canary_rolls_back_a_bad_one_and_pauses_withou
     }
     let e = env().await;
     let sim = e.cluster.start_simulator(238, 40);
-    create_app(&e.cluster).await;
+    create_app(&e.cluster, 2).await;
     e.cluster.wait_rolled_out("app", "app", 60).await;
     let canaries: Api<Canary> = e.cluster.api();
     let deployments: Api<Deployment> = e.cluster.api();
-    let canary: Canary = serde_json::from_value(json!({
-        "apiVersion": "canary.k8s.wantedly.com/v1beta1", "kind": "Canary", "metadata": {"name": CANARY},
-        "spec": {"targetDeploymentName": "app", "targetContainers": [{"name": "echo", "image": "echo:v2"}],
-            "replicas": 1,
-            "traffic": {"service": "app", "frontService": "app-front"},
-            "steps": [{"setWeight": 20}, {"analysis": {}}, {"setWeight": 50}, {"analysis": {}}],
+    let front = create_canary(
+        &e.cluster,
+        json!({"steps": [{"setWeight": 20}, {"analysis": {}}, {"setWeight": 50}, {"analysis": {}}],
             "analysis": {"interval": "5s", "minSamples": 10, "metrics": [
                 {"metric": "errorRate", "max": 0.05}, {"metric": "errorRate", "maxOverStable": 0.05}]},
-            "promotion": {"updateTarget": true}}}))
-    .unwrap();
-    canaries.create(&PostParams::default(), &canary).await.unwrap();
-    let front = e.cluster.service_address("app-front", 80).await;
-    e.cluster.wait_rolled_out("web-haproxy", "app-front", 120).await;
+            "promotion": {"updateTarget": true}}),
+    )
+    .await;
 
     // a good canary: every step passes, the controller updates the target, then all traffic goes to it
-    let (tally, done) = under_load(front, wait_phase(&e, Phase::Succeeded, 180)).await;
+    let (tally, done) = under_load(front, wait_phase(&e.cluster, &e.controller, Phase::Succeeded, 180)).await;
     assert_eq!(tally.failures, 0, "failed connections during a good release: {tally:?}");
     let canary_answers: usize =
-        tally.answers.iter().filter(|(a, _)| a.contains("pod=app-canary-")).map(|(_, n)| n).sum();
+        tally.answers.iter().filter(|(a, _)| from_canary(a)).map(|(_, n)| n).sum();
     assert!(canary_answers > 0, "the canary took no connection: {tally:?}");
     let verdicts: Vec<(i32, Verdict)> = done.evidence.iter().map(|e| (e.weight, e.verdict)).collect();
     assert_eq!(verdicts, [(20, Verdict::Passed), (50, Verdict::Passed)], "{done:#?}");
@@ -137,7 +64,7 @@ async fn a_release_promotes_a_good_canary_rolls_back_a_bad_one_and_pauses_withou
 
     // a bad canary (20 % of its connections reset): rolled back at its first window, stable traffic unharmed
     set_image(&canaries, BAD_IMAGE).await;
-    let (tally, rolled_back) = under_load(front, wait_phase(&e, Phase::RolledBack, 120)).await;
+    let (tally, rolled_back) = under_load(front, wait_phase(&e.cluster, &e.controller, Phase::RolledBack, 120)).await;
     let Some(judged) = rolled_back.evidence.last() else {
         let log = e.controller.log();
         let tail: Vec<&str> = log.lines().rev().take(40).collect();
@@ -170,7 +97,7 @@ async fn a_release_promotes_a_good_canary_rolls_back_a_bad_one_and_pauses_withou
 
     // no traffic: the window is inconclusive, the release pauses and is never promoted
     set_image(&canaries, "echo:v3").await;
-    let paused = wait_phase(&e, Phase::Paused, 120).await;
+    let paused = wait_phase(&e.cluster, &e.controller, Phase::Paused, 120).await;
     assert_eq!(paused.evidence.last().map(|e| e.verdict), Some(Verdict::Inconclusive), "{paused:#?}");
     tokio::time::sleep(Duration::from_secs(12)).await;
     let still = release(&canaries).await.unwrap();
@@ -178,7 +105,7 @@ async fn a_release_promotes_a_good_canary_rolls_back_a_bad_one_and_pauses_withou
 
     // requests through kubectl: abort, then retry
     request(&e.cluster, "abort").await;
-    let aborted = wait_phase(&e, Phase::Aborted, 30).await;
+    let aborted = wait_phase(&e.cluster, &e.controller, Phase::Aborted, 30).await;
     assert_eq!(aborted.weight, 0);
     request(&e.cluster, "retry").await;
     support::eventually(30, "the release retried", || async {

@@ -34,8 +34,14 @@ use std::time::{Duration, Instant};
 pub struct CanaryReconciler {
     /// Where the Kanaries of releases are created (kanary.k8s.io), when that group is installed.
     kanary: Option<ApiResource>,
-    /// The release this process last wrote in each Canary's status (by uid), and when.
-    written: Mutex<HashMap<String, (ReleaseStatus, Instant)>>,
+    /// The release this process last wrote in each Canary's status (by uid), as the API stores it (JSON:
+    /// times in seconds), and when.
+    written: Mutex<HashMap<String, (serde_json::Value, Instant)>>,
+}
+
+/// A release as the API server stores it (its times to the second).
+fn stored(release: &ReleaseStatus) -> serde_json::Value {
+    serde_json::to_value(release).unwrap_or_default()
 }
 
 /// How long a cache that does not show this process's own last release write is waited for before it is
@@ -54,8 +60,8 @@ impl CanaryReconciler {
         let uid = canary.uid().unwrap_or_default();
         let mut written = self.written.lock().expect("not poisoned");
         let Some((release, at)) = written.get(&uid) else { return false };
-        let cached = canary.status.as_ref().and_then(|s| s.release.as_ref());
-        if cached == Some(release) || at.elapsed() > CACHE_CATCH_UP {
+        let cached = canary.status.as_ref().and_then(|s| s.release.as_ref()).map(stored);
+        if cached.as_ref() == Some(release) || at.elapsed() > CACHE_CATCH_UP {
             written.remove(&uid);
             return false;
         }
@@ -67,7 +73,7 @@ impl CanaryReconciler {
         let uid = canary.uid().unwrap_or_default();
         let mut written = self.written.lock().expect("not poisoned");
         match release {
-            Some(release) => written.insert(uid, (release.clone(), Instant::now())),
+            Some(release) => written.insert(uid, (stored(release), Instant::now())),
             None => written.remove(&uid),
         };
     }
@@ -573,7 +579,14 @@ mod tests {
         let reconciler = CanaryReconciler::new(None);
         assert!(!reconciler.cache_behind(&canary("Progressing")), "nothing written yet: the cache is believed");
         let rolled_back = canary("RolledBack");
-        reconciler.wrote(&rolled_back, rolled_back.status.as_ref().and_then(|s| s.release.as_ref()));
+        // written with a time finer than the API keeps
+        let mut written = rolled_back.status.as_ref().and_then(|s| s.release.clone()).unwrap();
+        let at = k8s_openapi::jiff::Timestamp::from_nanosecond(1_800_000_000_123_456_789).unwrap();
+        written.step_started_at = Some(Time(at));
+        reconciler.wrote(&rolled_back, Some(&written));
+        let mut rolled_back = rolled_back;
+        let second = k8s_openapi::jiff::Timestamp::from_second(1_800_000_000).unwrap();
+        rolled_back.status.as_mut().unwrap().release.as_mut().unwrap().step_started_at = Some(Time(second));
         assert!(reconciler.cache_behind(&canary("Progressing")), "the cache does not show the rollback yet");
         assert!(!reconciler.cache_behind(&rolled_back), "caught up");
         assert!(!reconciler.cache_behind(&canary("Progressing")), "caught up once: then believed");

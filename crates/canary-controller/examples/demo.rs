@@ -1,0 +1,171 @@
+//! `make demo`: a complete progressive delivery on one machine, in about a minute. It starts fake-apiserver
+//! (an in-memory API server), workload-sim (which runs the pods as local processes on loopback: the proxy is
+//! real HAProxy with the real proxy agents, the application a built-in TCP server) and the real controller,
+//! then releases twice under steady client traffic through the Canary's front Service:
+//! a healthy canary goes 5 -> 25 -> 50 -> 100 %, judged by the proxy's own counters at each step, and is
+//! promoted (the controller sets the target's image); then a bad one (it resets 20 % of its connections) is
+//! rolled back at its first window. Each second it prints the release (phase, step, weight) and what the
+//! clients saw in that second (answers from stable and canary pods, failed connections); each verdict as it
+//! is made. Needs what the tests need (`make setup`) and root (the pods' network namespaces).
+
+use canary_controller::api::canary::{Canary, Evidence, Phase, ReleaseStatus};
+use e2e_support::Cluster;
+use e2e_support::release::{BAD_IMAGE, create_app, from_canary};
+use e2e_support::traffic::{Exchange, Tally};
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use serde_json::json;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Clients, each opening a connection every `PERIOD`: 100 connections a second.
+const CLIENTS: usize = 5;
+const PERIOD: Duration = Duration::from_millis(50);
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    if !e2e_support::simulator::can_simulate() {
+        eprintln!("demo: needs kubectl and haproxy (`make setup`) and root (workload-sim gives each pod a network namespace)");
+        std::process::exit(1);
+    }
+    let cluster = Cluster::start().await;
+    cluster.install_crds().await;
+    let mut controller = cluster.spawn_controller();
+    controller.wait_for_log("controllers running").await;
+    let sim = cluster.start_simulator(230, 40);
+    say("fake-apiserver, workload-sim and canary-controller are running");
+
+    create_app(&cluster, 2).await;
+    cluster.wait_rolled_out("app", "app", 60).await;
+    say("Deployment app (2 pods of echo:v1) and Service app are ready");
+    let canary = json!({"apiVersion": "canary.k8s.wantedly.com/v1beta1", "kind": "Canary",
+        "metadata": {"name": "web"},
+        "spec": {"targetDeploymentName": "app", "targetContainers": [{"name": "echo", "image": "echo:v2"}],
+            "replicas": 1,
+            "traffic": {"service": "app", "frontService": "app-front"},
+            "steps": [{"setWeight": 5}, {"analysis": {}}, {"setWeight": 25}, {"analysis": {}},
+                {"setWeight": 50}, {"analysis": {}}, {"setWeight": 100}, {"analysis": {}}],
+            "analysis": {"interval": "8s", "minSamples": 10, "metrics": [{"metric": "errorRate", "max": 0.05}]},
+            "promotion": {"updateTarget": true}}});
+    say(&format!("Canary web: {}", serde_json::to_string(&canary["spec"]).unwrap_or_default()));
+    let canaries: Api<Canary> = cluster.api();
+    canaries.create(&PostParams::default(), &serde_json::from_value(canary).unwrap()).await.unwrap();
+    let front = cluster.service_address("app-front", 80).await;
+    cluster.wait_rolled_out("web-haproxy", "app-front", 120).await;
+    say(&format!("the Canary's proxy serves Service app-front at {front}; clients send 100 connections/s to it"));
+
+    let seen = Arc::new(Mutex::new(Tally::default()));
+    let load = tokio::spawn(clients(front, seen.clone()));
+    say("release 1: echo:v2, a healthy canary");
+    let done = follow(&canaries, &seen, Phase::Succeeded).await;
+    let image = cluster.api::<Deployment>().get("app").await.ok().and_then(target_image);
+    say(&format!("{}; Deployment app now runs {}", done.message, image.unwrap_or_default()));
+    cluster.wait_rolled_out("app", "app", 60).await;
+
+    say(&format!("release 2: {BAD_IMAGE}, a canary that resets 20 % of its connections"));
+    let patch = json!({"spec": {"targetContainers": [{"name": "echo", "image": BAD_IMAGE}]}});
+    canaries.patch("web", &PatchParams::default(), &Patch::Merge(patch)).await.unwrap();
+    let rolled_back = follow(&canaries, &seen, Phase::RolledBack).await;
+    say(&rolled_back.message);
+    std::mem::take(&mut *seen.lock().unwrap());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    load.abort();
+    let after = std::mem::take(&mut *seen.lock().unwrap());
+    let canary = after.answers.iter().filter(|(a, _)| from_canary(a)).map(|(_, n)| n).sum::<usize>();
+    say(&format!(
+        "the 3 s after the rollback: {} connections answered by stable pods, {canary} by the canary, {} failed",
+        after.total() - after.failures - canary,
+        after.failures
+    ));
+    println!("\nkubectl get canary web -o wide:");
+    if let Some(out) = cluster.kubectl(&["get", "canary", "web", "-o", "wide", "-n", &cluster.namespace], None).await {
+        print!("{}", String::from_utf8_lossy(&out.stdout));
+    }
+    sim.stop().await;
+    cluster.cleanup().await;
+}
+
+/// Clients that never stop: each opens a connection every [`PERIOD`], sends a line, reads the answer.
+async fn clients(target: std::net::SocketAddr, seen: Arc<Mutex<Tally>>) {
+    let workers: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut ticks = tokio::time::interval(PERIOD);
+                loop {
+                    ticks.tick().await;
+                    let answer = Exchange::Line.run(target).await;
+                    seen.lock().unwrap().record_why(answer);
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        let _ = w.await;
+    }
+}
+
+/// Prints the release every second and each verdict as it comes, until it reaches `phase`.
+async fn follow(canaries: &Api<Canary>, seen: &Mutex<Tally>, phase: Phase) -> ReleaseStatus {
+    let mut verdicts = 0;
+    let started = Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let release = print_second(canaries, seen, started).await;
+        let Some(release) = release else { continue };
+        // the evidence of this release only (it keeps the last 20 windows)
+        if release.step == 0 && release.evidence.len() < verdicts {
+            verdicts = 0;
+        }
+        for e in release.evidence.iter().skip(verdicts) {
+            println!("         verdict at {:>3} %: {}", e.weight, verdict(e));
+        }
+        verdicts = release.evidence.len();
+        if release.phase == phase {
+            return release;
+        }
+        if started.elapsed() > Duration::from_secs(240) {
+            eprintln!("demo: the release did not reach {phase:?} in 4 minutes: {release:#?}");
+            std::process::exit(1);
+        }
+    }
+}
+
+/// One line: the release as it is, and what the clients saw since the last line (a failed connection is
+/// counted apart: the client cannot tell which route it took).
+async fn print_second(canaries: &Api<Canary>, seen: &Mutex<Tally>, started: Instant) -> Option<ReleaseStatus> {
+    let release = canaries.get("web").await.ok()?.status?.release;
+    let second = std::mem::take(&mut *seen.lock().unwrap());
+    let canary: usize = second.answers.iter().filter(|(a, _)| from_canary(a)).map(|(_, n)| n).sum();
+    let stable = second.total() - second.failures - canary;
+    if let Some(r) = &release {
+        println!(
+            "  {:>3} s  {:<12} step {:<22} weight {:>3} %  | clients: stable {:>3}  canary {:>3}  failed {:>2}",
+            started.elapsed().as_secs(),
+            format!("{:?}", r.phase),
+            r.step_description,
+            r.weight,
+            stable,
+            canary,
+            second.failures
+        );
+    }
+    release
+}
+
+fn verdict(e: &Evidence) -> String {
+    let metrics: Vec<String> = e
+        .metrics
+        .iter()
+        .map(|m| format!("{:?} {:.3} (bound {}) {:?}", m.metric, m.value, m.bound, m.verdict))
+        .collect();
+    format!("{:?} over {} canary connections: {}", e.verdict, e.canary_sessions, metrics.join(", "))
+}
+
+fn target_image(target: Deployment) -> Option<String> {
+    target.spec?.template.spec?.containers.first()?.image.clone()
+}
+
+fn say(what: &str) {
+    println!("==> {what}");
+}
