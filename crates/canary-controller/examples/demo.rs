@@ -25,7 +25,9 @@ const PERIOD: Duration = Duration::from_millis(50);
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     if !e2e_support::simulator::can_simulate() {
-        eprintln!("demo: needs kubectl and haproxy (`make setup`) and root (workload-sim gives each pod a network namespace)");
+        eprintln!(
+            "demo: needs kubectl and haproxy (`make setup`) and root (workload-sim gives each pod a network namespace)"
+        );
         std::process::exit(1);
     }
     let cluster = Cluster::start().await;

@@ -147,6 +147,15 @@ async fn the_original_readme_session_works_with_kubectl() {
     let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
     assert_eq!(header, ["NAME", "TARGET", "CANARY", "DEPLOYMENT", "READY", "AGE"], "{table}");
     assert!(table.lines().nth(1).unwrap().contains("canary-sample   foo      foo-canary"), "{table}");
+    // the original manifests keep the original feature: no release in the status, nothing put in front of
+    // the target (no Service, no Kanary)
+    let status = e.canaries.get("canary-sample").await.unwrap().data["status"].clone();
+    assert!(status.get("release").is_none(), "{status}");
+    let types: Vec<&str> = status["conditions"].as_array().unwrap().iter().filter_map(|c| c["type"].as_str()).collect();
+    assert!(!types.contains(&"Released") && !types.contains(&"RolledBack"), "{types:?}");
+    let services = e.cluster.api::<k8s_openapi::api::core::v1::Service>().list(&Default::default()).await.unwrap();
+    assert!(services.items.is_empty(), "{:?}", services.items);
+    assert!(e.cluster.kanaries("kanary.k8s.io", "v1").list(&Default::default()).await.unwrap().items.is_empty());
 
     let out = kubectl(args(&["delete", "-f", &format!("{SAMPLES}/canary_v1beta1_canary.yaml")])).await.unwrap();
     // kubectl 1.37 adds " from NAMESPACE namespace"

@@ -99,6 +99,16 @@ async fn the_controller_works_with_its_roles_and_uses_every_grant() {
         release_kanary.get("c").await.unwrap().data["spec"]["routes"][1]["weight"] == 0
     })
     .await;
+    // traffic removed: the release's Kanary, Services and EndpointSlice are deleted, the status drops it
+    canaries.patch("c", &PatchParams::default(), &Patch::Merge(json!({"spec": {"traffic": null}}))).await.unwrap();
+    eventually(10, "the release's objects deleted", || async {
+        release_kanary.get_opt("c").await.unwrap().is_none()
+            && services.get_opt("c-stable").await.unwrap().is_none()
+            && services.get_opt("c-canary").await.unwrap().is_none()
+            && slices.get_opt("c-stable").await.unwrap().is_none()
+            && canaries.get("c").await.unwrap().data["status"].get("release").is_none()
+    })
+    .await;
 
     // Kanaries of both groups; one changes its destination (the former destination Service is deleted)
     e.backend_services().await;

@@ -47,8 +47,7 @@ async fn a_release_promotes_a_good_canary_rolls_back_a_bad_one_and_pauses_withou
     // a good canary: every step passes, the controller updates the target, then all traffic goes to it
     let (tally, done) = under_load(front, wait_phase(&e.cluster, &e.controller, Phase::Succeeded, 180)).await;
     assert_eq!(tally.failures, 0, "failed connections during a good release: {tally:?}");
-    let canary_answers: usize =
-        tally.answers.iter().filter(|(a, _)| from_canary(a)).map(|(_, n)| n).sum();
+    let canary_answers: usize = tally.answers.iter().filter(|(a, _)| from_canary(a)).map(|(_, n)| n).sum();
     assert!(canary_answers > 0, "the canary took no connection: {tally:?}");
     let verdicts: Vec<(i32, Verdict)> = done.evidence.iter().map(|e| (e.weight, e.verdict)).collect();
     assert_eq!(verdicts, [(20, Verdict::Passed), (50, Verdict::Passed)], "{done:#?}");

@@ -71,10 +71,9 @@ async fn a_release_obeys_people_and_resumes_where_it_was_after_its_controllers_d
             .await;
 
         // the leader killed in the middle of a timed pause: the standby resumes it with the same timer
-        let timed = wait_release(&cluster, &a, "in its timed pause", 60, |r| {
-            r.phase == Phase::Progressing && r.step == 3
-        })
-        .await;
+        let timed =
+            wait_release(&cluster, &a, "in its timed pause", 60, |r| r.phase == Phase::Progressing && r.step == 3)
+                .await;
         assert_eq!(timed.weight, 30);
         let started = timed.step_started_at.clone().expect("a step start").0;
         a.child.start_kill().unwrap();
@@ -82,7 +81,11 @@ async fn a_release_obeys_people_and_resumes_where_it_was_after_its_controllers_d
         support::eventually(30, "the new leader reconciling", || async { reconciles(&b).await >= 1.0 }).await;
         let resumed = release(&canaries).await.unwrap();
         if resumed.step == 3 {
-            assert_eq!(resumed.step_started_at.as_ref().map(|t| t.0), Some(started), "the timer restarted: {resumed:#?}");
+            assert_eq!(
+                resumed.step_started_at.as_ref().map(|t| t.0),
+                Some(started),
+                "the timer restarted: {resumed:#?}"
+            );
         }
         let after_pause = wait_release(&cluster, &b, "past the timed pause", 120, |r| r.step > 3).await;
         let seen_at = k8s_openapi::jiff::Timestamp::now();
@@ -91,8 +94,8 @@ async fn a_release_obeys_people_and_resumes_where_it_was_after_its_controllers_d
         assert!(waited >= TIMED_PAUSE - 1, "the pause ended {waited} s after it started: {after_pause:#?}");
 
         // the analysis at 60 % passes, then the last pause holds until promoted
-        let last = wait_release(&cluster, &b, "held at the last step", 90, |r| r.phase == Phase::Paused && r.step == 6)
-            .await;
+        let last =
+            wait_release(&cluster, &b, "held at the last step", 90, |r| r.phase == Phase::Paused && r.step == 6).await;
         let verdicts: Vec<(i32, Verdict)> = last.evidence.iter().map(|e| (e.weight, e.verdict)).collect();
         assert_eq!(verdicts, [(60, Verdict::Passed)], "{last:#?}");
         request(&cluster, "promote").await;

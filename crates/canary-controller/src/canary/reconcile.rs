@@ -100,6 +100,8 @@ pub enum Error {
     ApplyRelease(&'static str, String, #[source] kube::Error),
     #[error("setting the images of Deployment {0:?} (promotion): {1}")]
     UpdateTarget(String, #[source] kube::Error),
+    #[error("deleting {0} {1:?} of a release whose traffic was removed: {2}")]
+    RemoveRelease(&'static str, String, #[source] kube::Error),
 }
 
 impl Step for Error {
@@ -114,6 +116,7 @@ impl Step for Error {
             Error::ReadKanary(..) => "ReadKanary",
             Error::ApplyRelease(..) => "ApplyRelease",
             Error::UpdateTarget(..) => "UpdateTarget",
+            Error::RemoveRelease(..) => "RemoveRelease",
         }
     }
 
@@ -183,6 +186,10 @@ async fn reconcile(canary: &Canary, ctx: &Context<CanaryReconciler>) -> Result<A
     // the release, when the Canary has traffic: decided first, so that its weights reach the proxy before
     // the canary is scaled down
     let (mut release, mut scaled_down, mut requeue) = (None, false, Duration::from_secs(600));
+    let had_release = canary.status.as_ref().is_some_and(|s| s.release.is_some());
+    if canary.spec.traffic.is_none() && had_release {
+        notes.extend(remove_release(canary, ctx).await?);
+    }
     if let Some(traffic) = &canary.spec.traffic {
         // a problem keeps the release where it was
         release = canary.status.as_ref().and_then(|s| s.release.clone());
@@ -361,6 +368,57 @@ async fn run_release(
         ));
     }
     Ok(Ok(decision))
+}
+
+/// Deletes what a release made (its Kanary, whose proxy goes with it, the route Services and the stable
+/// EndpointSlice) once `spec.traffic` is removed: the Canary is then the original one again (its status
+/// drops `release`). Only what this Canary owns; the event lists what went.
+async fn remove_release(canary: &Canary, ctx: &Context<CanaryReconciler>) -> Result<Option<Note>, Error> {
+    let ns = canary.namespace().unwrap_or_default();
+    let name = canary.name_any();
+    let uid = canary.uid().unwrap_or_default();
+    let mut removed = vec![];
+    let failed = |kind: &'static str, object: &str| {
+        let object = object.to_string();
+        move |e| Error::RemoveRelease(kind, object, e)
+    };
+    if let Some(resource) = &ctx.reconciler.kanary {
+        let kanaries: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), &ns, resource);
+        let kanary = kanaries.get_opt(&name).await.map_err(|e| Error::ReadKanary(name.clone(), e))?;
+        if let Some(kanary) = kanary.filter(|k| children::owned_by(k, &uid)) {
+            let deleted = children::delete(&kanaries, &name, &kanary.uid().unwrap_or_default()).await;
+            if deleted.map_err(failed("Kanary", &name))? {
+                removed.push(format!("Kanary {name:?}"));
+            }
+        }
+    }
+    let services: Api<Service> = Api::namespaced(ctx.client.clone(), &ns);
+    for service in [traffic::stable_service_name(&name), traffic::canary_service_name(&name)] {
+        let Some(cached) = ctx.caches.services.get(&ns, &service).filter(|s| children::owned_by(s.as_ref(), &uid))
+        else {
+            continue;
+        };
+        let deleted = children::delete(&services, &service, &cached.uid().unwrap_or_default()).await;
+        if deleted.map_err(failed("Service", &service))? {
+            removed.push(format!("Service {service:?}"));
+        }
+    }
+    let slice_name = traffic::stable_service_name(&name);
+    if let Some(cached) =
+        ctx.caches.endpoint_slices.get(&ns, &slice_name).filter(|s| children::owned_by(s.as_ref(), &uid))
+    {
+        let slices: Api<EndpointSlice> = Api::namespaced(ctx.client.clone(), &ns);
+        let deleted = children::delete(&slices, &slice_name, &cached.uid().unwrap_or_default()).await;
+        if deleted.map_err(failed("EndpointSlice", &slice_name))? {
+            removed.push(format!("EndpointSlice {slice_name:?}"));
+        }
+    }
+    Ok((!removed.is_empty()).then(|| {
+        Note::normal(
+            release::reasons::RELEASE_REMOVED,
+            format!("spec.traffic removed: deleted {}; the canary runs without a release", removed.join(", ")),
+        )
+    }))
 }
 
 /// The problem an object of the release poses when it exists and this Canary (`uid`) does not own it.

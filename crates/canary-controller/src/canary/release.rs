@@ -40,6 +40,7 @@ const IDLE: Duration = Duration::from_secs(600);
 pub mod reasons {
     pub const STARTED: &str = "ReleaseStarted";
     pub const WEIGHT_SET: &str = "WeightSet";
+    pub const RELEASE_REMOVED: &str = "ReleaseRemoved";
     pub const PAUSED: &str = "ReleasePaused";
     pub const RESUMED: &str = "ReleaseResumed";
     pub const ANALYSIS_STARTED: &str = "AnalysisStarted";

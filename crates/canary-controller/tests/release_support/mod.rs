@@ -97,4 +97,3 @@ pub async fn kubectl_ok(cluster: &Cluster, args: &[&str]) {
 pub async fn canary_replicas(deployments: &Api<Deployment>) -> Option<i32> {
     deployments.get("app-canary").await.ok()?.spec?.replicas
 }
-
