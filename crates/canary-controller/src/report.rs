@@ -70,11 +70,27 @@ pub async fn write_status<K>(
 where
     K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
+    write_status_as(FIELD_MANAGER, api, name, api_version, kind, status, resource_version).await
+}
+
+/// [`write_status`] as field manager `manager`: it owns only the fields it applies.
+pub async fn write_status_as<K>(
+    manager: &str,
+    api: &kube::Api<K>,
+    name: &str,
+    api_version: &str,
+    kind: &str,
+    status: &impl serde::Serialize,
+    resource_version: Option<&str>,
+) -> Result<(), StatusWriteError>
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
     let mut body = serde_json::json!({"apiVersion": api_version, "kind": kind, "status": status});
     if let Some(rv) = resource_version {
         body["metadata"] = serde_json::json!({"resourceVersion": rv});
     }
-    let params = kube::api::PatchParams::apply(FIELD_MANAGER).force();
+    let params = kube::api::PatchParams::apply(manager).force();
     let patch = kube::api::Patch::Apply(body);
     let write = api.patch_status(name, &params, &patch);
     tokio::time::timeout(STATUS_WRITE_TIMEOUT, write).await.map_err(|_| StatusWriteError::Timeout)??;

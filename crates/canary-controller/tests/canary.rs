@@ -397,5 +397,22 @@ async fn a_canary_that_cannot_be_read_is_reported_and_does_not_stall_the_others(
     assert!(message.contains("kubectl edit canary bad"), "{message}");
     assert!(!e.warning_events("InvalidSpec").await.is_empty());
     assert_eq!(e.deployments.list(&ListParams::default()).await.unwrap().items.len(), 2, "only foo and foo-canary");
+
+    // a release it was running is kept as it was when the Canary is reported (fixing the spec resumes it)
+    let release = json!({"revision": "nginx=nginx:2", "phase": "Paused", "step": 1, "weight": 20});
+    let written_by_us = json!({"apiVersion": "canary.k8s.wantedly.com/v1beta1", "kind": "Canary",
+        "status": {"conditions": [], "release": release}});
+    let ours = PatchParams::apply(canary_controller::report::FIELD_MANAGER).force();
+    e.canaries.patch_status("bad", &ours, &Patch::Apply(written_by_us)).await.unwrap();
+    let request =
+        json!({"metadata": {"annotations": {canary_controller::canary::release::REQUEST_ANNOTATION: "resume"}}});
+    e.canaries.patch("bad", &PatchParams::default(), &Patch::Merge(request)).await.unwrap();
+    e.wait_condition("bad", "Ready", "False", "InvalidSpec").await;
+    let status = e.canaries.get("bad").await.unwrap().data["status"].clone();
+    let kept = &status["release"];
+    assert_eq!(
+        (&kept["phase"], &kept["step"], &kept["weight"]),
+        (&release["phase"], &release["step"], &release["weight"])
+    );
     e.cluster.cleanup().await;
 }

@@ -141,11 +141,15 @@ impl Reconciler for CanaryReconciler {
     }
 }
 
+/// The field manager of the status of a Canary that cannot be read.
+const UNREADABLE_FIELD_MANAGER: &str = "canary-controller-unreadable";
+
 /// Reports a Canary that cannot be deserialized in its status and with a Warning event; changes nothing else.
 async fn report_unreadable(unreadable: &InvalidObject, ctx: &Context<CanaryReconciler>) -> Result<Action, Error> {
     let meta = &unreadable.metadata;
     let name = meta.name.clone().unwrap_or_default();
     let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let ns = meta.namespace.as_deref().ok_or(Error::NoNamespace)?;
     let status = build_unreadable_status(&name, meta.generation, &unreadable.error, &now);
     let object_ref = ObjectReference {
         api_version: Some(Canary::api_version(&()).into()),
@@ -159,8 +163,11 @@ async fn report_unreadable(unreadable: &InvalidObject, ctx: &Context<CanaryRecon
     let message = status.conditions[0].message.clone();
     ctx.publish(&object_ref, [Note::warning(reasons::INVALID_SPEC, message)]).await;
     ctx.reconciler.written.lock().expect("not poisoned").remove(meta.uid.as_deref().unwrap_or_default());
-    let api: Api<Canary> = Api::namespaced(ctx.client.clone(), meta.namespace.as_deref().ok_or(Error::NoNamespace)?);
-    write_status(&api, &name, &status, None).await?;
+    // applied by a field manager of its own: it replaces the conditions and leaves the rest of the status
+    // (a release in progress among it) as it was, so that fixing the spec resumes the release
+    let api: Api<Canary> = Api::namespaced(ctx.client.clone(), ns);
+    let (api_version, kind) = (Canary::api_version(&()), Canary::kind(&()));
+    crate::report::write_status_as(UNREADABLE_FIELD_MANAGER, &api, &name, &api_version, &kind, &status, None).await?;
     Ok(Action::requeue(Duration::from_secs(600)))
 }
 
