@@ -14,5 +14,6 @@ pub mod measure;
 pub mod observe;
 pub mod reconcile;
 pub mod release;
+pub mod statistics;
 pub mod traffic;
 pub mod validate;
