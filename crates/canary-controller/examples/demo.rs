@@ -9,6 +9,7 @@
 //! is made. Needs what the tests need (`make setup`) and root (the pods' network namespaces).
 
 use canary_controller::api::canary::{Canary, Evidence, Phase, ReleaseStatus};
+use canary_controller::canary::release::metric_name;
 use e2e_support::Cluster;
 use e2e_support::release::{BAD_IMAGE, create_app, from_canary};
 use e2e_support::traffic::{Exchange, Tally};
@@ -159,7 +160,7 @@ fn verdict(e: &Evidence) -> String {
     let metrics: Vec<String> = e
         .metrics
         .iter()
-        .map(|m| format!("{:?} {:.3} (bound {}) {:?}", m.metric, m.value, m.bound, m.verdict))
+        .map(|m| format!("{} {:.3} (bound {}) {:?}", metric_name(m), m.value, m.bound, m.verdict))
         .collect();
     format!("{:?} over {} canary connections: {}", e.verdict, e.canary_sessions, metrics.join(", "))
 }

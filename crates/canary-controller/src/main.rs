@@ -56,6 +56,10 @@ enum Command {
         #[arg(long, default_value_t = 4096, env = "PROXY_MAXCONN",
             value_parser = clap::value_parser!(u32).range(1..=canary_controller::api::kanary::MAX_MAXCONN))]
         proxy_maxconn: u32,
+        /// Prometheus's base URL for the PromQL checks of releases that name no `address`
+        /// (`http://prometheus.monitoring:9090`).
+        #[arg(long, env = "PROMETHEUS_ADDRESS")]
+        prometheus_address: Option<String>,
         #[command(flatten)]
         leader_election: LeaderElectionArgs,
     },
@@ -154,6 +158,7 @@ async fn main() -> std::process::ExitCode {
             proxy_hard_stop_after,
             proxy_maxconn,
             metrics_address,
+            prometheus_address,
             leader_election,
         } => {
             runtime::init_logging(log_format);
@@ -172,7 +177,7 @@ async fn main() -> std::process::ExitCode {
                 defaults,
             };
             let leader_election = leader_election.settings();
-            runtime::run(runtime::RunOptions { proxy, metrics_address, leader_election }).await
+            runtime::run(runtime::RunOptions { proxy, metrics_address, prometheus_address, leader_election }).await
         }
         Command::ProxyAgent {
             log_format,

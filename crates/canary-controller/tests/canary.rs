@@ -416,3 +416,42 @@ async fn a_canary_that_cannot_be_read_is_reported_and_does_not_stall_the_others(
     );
     e.cluster.cleanup().await;
 }
+
+#[tokio::test]
+async fn release_fields_the_controller_cannot_act_on_are_refused_by_the_schema_with_the_fix() {
+    let e = env().await;
+    let with = |steps: Value, metrics: Value| -> kube::core::DynamicObject {
+        let mut c = canary("r", "foo", json!([{"name": "nginx", "image": "nginx:2"}]));
+        c["spec"]["traffic"] = json!({"service": "foo", "frontService": "foo-front"});
+        c["spec"]["steps"] = steps;
+        c["spec"]["analysis"] = json!({"metrics": metrics});
+        serde_json::from_value(c).unwrap()
+    };
+    let canaries = &e.canaries;
+    let refused = |object: kube::core::DynamicObject| async move {
+        match canaries.create(&PostParams::default(), &object).await {
+            Err(kube::Error::Api(status)) if status.code == 422 => status.message,
+            other => panic!("accepted, or another error: {other:?}"),
+        }
+    };
+    let query = json!({"query": "sum(up)"});
+    let both = refused(with(json!([]), json!([{"metric": "errorRate", "prometheus": query, "max": 1}]))).await;
+    assert!(both.contains("set exactly one of metric (measured by the proxy) and prometheus"), "{both}");
+    let neither = refused(with(json!([]), json!([{"max": 1}]))).await;
+    assert!(neither.contains("set exactly one of metric"), "{neither}");
+    let relative = refused(with(json!([]), json!([{"prometheus": query, "maxOverStable": 1}]))).await;
+    assert!(relative.contains("maxOverStable compares the proxy's routes"), "{relative}");
+    let unbounded = refused(with(json!([]), json!([{"metric": "errorRate"}]))).await;
+    assert!(unbounded.contains("a metric check needs a bound"), "{unbounded}");
+    let two_kinds = refused(with(json!([{"setWeight": 10, "analysis": {}}]), json!([]))).await;
+    assert!(two_kinds.contains("a step has exactly one of setWeight, pause, analysis"), "{two_kinds}");
+    let plain_url =
+        refused(with(json!([]), json!([{"prometheus": {"query": "up", "address": "prometheus:9090"}, "max": 1}])))
+            .await;
+    assert!(plain_url.contains("address"), "{plain_url}");
+    e.canaries
+        .create(&PostParams::default(), &with(json!([]), json!([{"prometheus": query, "max": 1, "onNoData": "Fail"}])))
+        .await
+        .expect("a PromQL check with a bound is accepted");
+    e.cluster.cleanup().await;
+}

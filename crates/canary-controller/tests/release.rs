@@ -7,8 +7,7 @@
 
 use e2e_support as support;
 
-mod release_support;
-use release_support::*;
+use support::release::*;
 
 use canary_controller::api::canary::{Canary, Phase, Verdict};
 use k8s_openapi::api::apps::v1::Deployment;
@@ -16,7 +15,6 @@ use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
 use std::time::Duration;
 use support::kanary::env;
-use support::release::BAD_IMAGE;
 use support::simulator::can_simulate;
 
 async fn set_image(canaries: &Api<Canary>, image: &str) {

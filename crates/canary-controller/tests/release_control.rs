@@ -7,8 +7,7 @@
 
 use e2e_support as support;
 
-mod release_support;
-use release_support::*;
+use support::release::*;
 
 use canary_controller::api::canary::{Canary, Phase, Verdict};
 use k8s_openapi::api::apps::v1::Deployment;

@@ -9,6 +9,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 
 pub mod kanary;
+pub mod prometheus;
 pub mod release;
 pub mod simulator;
 pub mod traffic;

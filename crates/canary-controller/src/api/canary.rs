@@ -145,16 +145,30 @@ pub struct Analysis {
     pub metrics: Vec<MetricCheck>,
 }
 
-/// A check of one metric the proxy measures for the canary route over a window, against an absolute bound
-/// (`max`, `min`) or against the stable route over the same window (`maxOverStable`).
+/// A check of one metric over a window: one the proxy measures for the canary route (`metric`), or the value
+/// of a PromQL query (`prometheus`); against an absolute bound (`max`, `min`) or, for the proxy's metrics,
+/// against the stable route over the same window (`maxOverStable`).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [{
     "rule": "has(self.max) || has(self.min) || has(self.maxOverStable)",
     "message": "a metric check needs a bound: max, min or maxOverStable"
+}, {
+    "rule": "has(self.metric) != has(self.prometheus)",
+    "message": "set exactly one of metric (measured by the proxy) and prometheus (a PromQL query)"
+}, {
+    "rule": "!has(self.prometheus) || !has(self.maxOverStable)",
+    "message": "maxOverStable compares the proxy's routes: bound a prometheus query with max or min (write the comparison in PromQL)"
 }]))]
 pub struct MetricCheck {
-    pub metric: Metric,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metric: Option<Metric>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prometheus: Option<PrometheusMetric>,
+    /// What a query without a value (no sample, NaN) or a failed query means: `Inconclusive` (default: the
+    /// release pauses) or `Fail`. Never a pass.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_no_data: Option<OnNoData>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -162,6 +176,29 @@ pub struct MetricCheck {
     /// The most the canary's value may exceed the stable route's over the same window.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_over_stable: Option<f64>,
+}
+
+/// A metric whose value is a PromQL query's, evaluated by Prometheus at the end of each window (an instant
+/// query that must give one number: aggregate with `sum(...)`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PrometheusMetric {
+    /// The query. Variables: `{{ namespace }}`, `{{ target }}` (the target Deployment), `{{ canary }}` (the
+    /// canary Deployment, whose pods are named `<canary>-...`), `{{ interval }}` (the window, as a PromQL
+    /// duration). Example: `sum(rate(http_requests_total{code=~"5..",pod=~"{{ canary }}-.*"}[{{ interval }}]))`.
+    #[schemars(length(min = 1))]
+    pub query: String,
+    /// Prometheus's base URL (`http://prometheus.monitoring:9090`). Default: the controller's
+    /// `--prometheus-address`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^http://[^/\s]+(/.*)?$"))]
+    pub address: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum OnNoData {
+    Inconclusive,
+    Fail,
 }
 
 /// The metrics the proxy measures per route (HAProxy's own counters: no Prometheus needed).
@@ -336,8 +373,17 @@ pub enum Verdict {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MetricResult {
-    pub metric: Metric,
+    /// The proxy's metric, or none for a query.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metric: Option<Metric>,
+    /// The query as run (variables replaced).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
+    /// The value (0 when there was none: see `noData`).
     pub value: f64,
+    /// Why a query gave no value (no sample, NaN, Prometheus unreachable...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub no_data: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stable_value: Option<f64>,
     /// The bound, as written (`max 0.05`, `maxOverStable 0.01`).

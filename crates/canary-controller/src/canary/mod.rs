@@ -12,6 +12,7 @@
 pub mod build;
 pub mod measure;
 pub mod observe;
+pub mod prometheus;
 pub mod reconcile;
 pub mod release;
 pub mod statistics;

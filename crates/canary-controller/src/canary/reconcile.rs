@@ -9,7 +9,7 @@ use super::build::{
 };
 use super::observe::{TrafficObserved, observe};
 use super::validate::{Problem, Valid, validate};
-use super::{measure, release, traffic};
+use super::{measure, prometheus, release, traffic};
 use crate::api::canary::{Canary, CanaryStatus, ReleaseStatus, Traffic};
 use crate::children::{self, Written};
 use crate::report::Note;
@@ -34,6 +34,8 @@ use std::time::{Duration, Instant};
 pub struct CanaryReconciler {
     /// Where the Kanaries of releases are created (kanary.k8s.io), when that group is installed.
     kanary: Option<ApiResource>,
+    /// Prometheus's base URL for the PromQL checks that name none.
+    prometheus: Option<String>,
     /// The release this process last wrote in each Canary's status (by uid), as the API stores it (JSON:
     /// times in seconds), and when.
     written: Mutex<HashMap<String, (serde_json::Value, Instant)>>,
@@ -49,8 +51,8 @@ fn stored(release: &ReleaseStatus) -> serde_json::Value {
 const CACHE_CATCH_UP: Duration = Duration::from_secs(10);
 
 impl CanaryReconciler {
-    pub fn new(kanary: Option<ApiResource>) -> CanaryReconciler {
-        CanaryReconciler { kanary, written: Mutex::default() }
+    pub fn new(kanary: Option<ApiResource>, prometheus: Option<String>) -> CanaryReconciler {
+        CanaryReconciler { kanary, prometheus, written: Mutex::default() }
     }
 
     /// Whether the cached Canary is older than this process's last release write: a decision made on it
@@ -301,6 +303,7 @@ async fn run_release(
         canary_ready: valid.owned.as_ref().is_some_and(|d| rolled_out(d, Some(canary_replicas(canary, &valid.target)))),
         served_weight: kanary.as_ref().and_then(traffic::served_weight),
         stats: None,
+        queried: None,
         request: canary.annotations().get(release::REQUEST_ANNOTATION).map(String::as_str),
         paused: spec.paused,
         now: &now,
@@ -312,7 +315,12 @@ async fn run_release(
         let pods = traffic::proxy_pods(&seen.front_slices);
         match measure::read_counters(&pods, &stable_name, &canary_name).await {
             Ok(stats) if !pods.is_empty() => {
-                decision = release::advance(spec, previous, &release::Inputs { stats: Some(&stats), ..inputs });
+                let queried = match decision.wants_queries {
+                    true => Some(run_queries(canary, ctx.reconciler.prometheus.as_deref()).await),
+                    false => None,
+                };
+                let inputs = release::Inputs { stats: Some(&stats), queried: queried.as_deref(), ..inputs };
+                decision = release::advance(spec, previous, &inputs);
             }
             Ok(_) => decision.release.message = "waiting for a ready proxy pod to read the statistics from".into(),
             Err(e) => {
@@ -426,6 +434,55 @@ async fn remove_release(canary: &Canary, ctx: &Context<CanaryReconciler>) -> Res
             format!("spec.traffic removed: deleted {}; the canary runs without a release", removed.join(", ")),
         )
     }))
+}
+
+/// How long a PromQL query may take.
+const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Runs the PromQL queries of the Canary's checks (by index; `None` for the proxy's metrics), at the end of
+/// a window; `default_address`: the controller's `--prometheus-address`.
+async fn run_queries(canary: &Canary, default_address: Option<&str>) -> Vec<Option<release::Queried>> {
+    let settings = release::Settings::of(&canary.spec);
+    let ns = canary.namespace().unwrap_or_default();
+    let target = &canary.spec.target_deployment_name;
+    let canary_deployment = canary_deployment_name(target);
+    let interval = format!("{}s", settings.interval.as_secs().max(1));
+    let variables = [
+        ("namespace", ns.as_str()),
+        ("target", target.as_str()),
+        ("canary", canary_deployment.as_str()),
+        ("interval", interval.as_str()),
+    ];
+    let mut answers = vec![];
+    for check in &settings.checks {
+        let Some(metric) = &check.prometheus else {
+            answers.push(None);
+            continue;
+        };
+        let query = match prometheus::render(&metric.query, &variables) {
+            Ok(query) => query,
+            Err(e) => {
+                answers.push(Some(release::Queried {
+                    query: metric.query.clone(),
+                    value: Err(format!("prometheus.query: {e}")),
+                }));
+                continue;
+            }
+        };
+        let Some(address) = metric.address.as_deref().or(default_address) else {
+            let why = "no Prometheus address: set prometheus.address, or the controller's --prometheus-address";
+            answers.push(Some(release::Queried { query, value: Err(why.into()) }));
+            continue;
+        };
+        let asked = prometheus::Query { address, promql: &query, token: None, timeout: QUERY_TIMEOUT };
+        let value = match prometheus::run(&asked).await {
+            Ok(prometheus::Outcome::Value(v)) => Ok(v),
+            Ok(prometheus::Outcome::NoData(why)) => Err(why),
+            Err(e) => Err(e.to_string()),
+        };
+        answers.push(Some(release::Queried { query, value }));
+    }
+    answers
 }
 
 /// The problem an object of the release poses when it exists and this Canary (`uid`) does not own it.
@@ -592,11 +649,11 @@ fn canaries_for(
     names.iter().map(|n| ObjectRef::new(n).within(&ns)).collect()
 }
 
-/// Runs the Canary controller until `shutdown` completes; releases create their Kanaries as `kanary`.
+/// Runs the Canary controller until `shutdown` completes.
 pub async fn run(
     client: Client,
     caches: Arc<Caches>,
-    kanary: Option<ApiResource>,
+    reconciler: CanaryReconciler,
     metrics: Arc<crate::runtime::telemetry::Metrics>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
@@ -608,7 +665,6 @@ pub async fn run(
         spec_or_request,
     );
     metrics.observe_canaries(controller.store());
-    let reconciler = CanaryReconciler::new(kanary);
     let ctx = Arc::new(Context::new(client, caches.clone(), controller.store(), (), metrics, reconciler));
     let (c1, c2, c3) = (caches.clone(), caches.clone(), caches.clone());
     let (r1, r2, r3) = (references.clone(), references.clone(), references);
@@ -641,7 +697,7 @@ mod tests {
                 "status": {"release": {"revision": "r", "phase": phase, "step": 0, "weight": 0}}}))
             .unwrap()
         };
-        let reconciler = CanaryReconciler::new(None);
+        let reconciler = CanaryReconciler::new(None, None);
         assert!(!reconciler.cache_behind(&canary("Progressing")), "nothing written yet: the cache is believed");
         let rolled_back = canary("RolledBack");
         // written with a time finer than the API keeps

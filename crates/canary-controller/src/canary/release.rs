@@ -15,8 +15,8 @@
 //! `retry`. `spec.paused` holds a progressing release where it is.
 
 use crate::api::canary::{
-    Analysis, CanarySpec, Counters, Evidence, Metric, MetricCheck, MetricResult, Phase, ReleaseStatus, ReleaseStep,
-    RouteCounters, Verdict, Window,
+    Analysis, CanarySpec, Counters, Evidence, Metric, MetricCheck, MetricResult, OnNoData, Phase, ReleaseStatus,
+    ReleaseStep, RouteCounters, Verdict, Window,
 };
 use crate::report::Note;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -74,7 +74,14 @@ impl Settings {
     pub fn of(spec: &CanarySpec) -> Settings {
         let analysis = spec.analysis.clone().unwrap_or_default();
         let checks = if analysis.metrics.is_empty() {
-            vec![MetricCheck { metric: Metric::ErrorRate, max: Some(0.05), min: None, max_over_stable: None }]
+            vec![MetricCheck {
+                metric: Some(Metric::ErrorRate),
+                prometheus: None,
+                on_no_data: None,
+                max: Some(0.05),
+                min: None,
+                max_over_stable: None,
+            }]
         } else {
             analysis.metrics.clone()
         };
@@ -138,6 +145,8 @@ pub struct Inputs<'a> {
     pub served_weight: Option<i32>,
     /// The proxy pods' counters now, when the caller read them.
     pub stats: Option<&'a BTreeMap<String, RouteCounters>>,
+    /// The answers of the checks' PromQL queries (by the check's index), when the caller ran them.
+    pub queried: Option<&'a [Option<Queried>]>,
     /// The value of the request annotation.
     pub request: Option<&'a str>,
     pub paused: bool,
@@ -153,6 +162,8 @@ pub struct Decision {
     pub requeue: Duration,
     /// The release needs the proxies' counters now (to start or judge a window): read them and advance again.
     pub wants_stats: bool,
+    /// A window is judged now and has PromQL checks: run their queries too (see [`Queried`]).
+    pub wants_queries: bool,
     /// The verdicts of the windows judged by this move.
     pub judged: Vec<Verdict>,
     /// Set the target Deployment's images to the canary's.
@@ -213,8 +224,15 @@ pub fn advance(spec: &CanarySpec, previous: Option<&ReleaseStatus>, inputs: &Inp
         resume(&mut release, &mut notes);
     }
 
-    let mut decision =
-        Decision { release, notes, requeue: IDLE, wants_stats: false, judged: vec![], update_target: false };
+    let mut decision = Decision {
+        release,
+        notes,
+        requeue: IDLE,
+        wants_stats: false,
+        wants_queries: false,
+        judged: vec![],
+        update_target: false,
+    };
     // a reconcile takes the release through as many steps as what the cluster shows allows
     for _ in 0..=steps.len() + 1 {
         if !progress(&mut decision, &settings, inputs) {
@@ -396,6 +414,7 @@ fn progress(decision: &mut Decision, settings: &Settings, inputs: &Inputs) -> bo
         let window_over = release.window.as_ref().is_none_or(|w| elapsed(&w.started_at, now) >= settings.interval);
         if window_over {
             decision.wants_stats = true;
+            decision.wants_queries = release.window.is_some() && settings.checks.iter().any(|c| c.prometheus.is_some());
             decision.requeue = POLL;
         } else {
             let started = &release.window.as_ref().expect("a window").started_at;
@@ -415,7 +434,7 @@ fn progress(decision: &mut Decision, settings: &Settings, inputs: &Inputs) -> bo
         decision.requeue = settings.interval - gone;
         return false;
     }
-    let evidence = judge(settings, release, &window, stats, now);
+    let evidence = judge(settings, release, &window, stats, inputs.queried, now);
     let verdict = evidence.verdict;
     decision.judged.push(verdict);
     let summary = summarize(&evidence);
@@ -450,10 +469,15 @@ fn progress(decision: &mut Decision, settings: &Settings, inputs: &Inputs) -> bo
             true
         }
         Verdict::Inconclusive => {
+            let canary_sessions = release.evidence.last().map(|e| e.canary_sessions).unwrap_or(0);
+            let why = if canary_sessions < settings.min_samples {
+                format!("fewer than {} canary connections", settings.min_samples)
+            } else {
+                "a check had no data".into()
+            };
             let message = format!(
-                "step {} inconclusive: {summary}; fewer than {} canary connections: resume to measure again, or promote",
-                release.step + 1,
-                settings.min_samples
+                "step {} inconclusive: {summary}; {why}: resume to measure again, or promote",
+                release.step + 1
             );
             warn(notes, reasons::INCONCLUSIVE, message.clone());
             release.phase = Phase::Paused;
@@ -467,7 +491,10 @@ fn summarize(evidence: &Evidence) -> String {
     let metrics: Vec<String> = evidence
         .metrics
         .iter()
-        .map(|m| format!("{:?} {} ({}: {:?})", m.metric, round(m.value), m.bound, m.verdict))
+        .map(|m| match &m.no_data {
+            Some(why) => format!("{} no data ({why}: {:?})", metric_name(m), m.verdict),
+            None => format!("{} {} ({}: {:?})", metric_name(m), round(m.value), m.bound, m.verdict),
+        })
         .collect();
     format!(
         "{} canary / {} stable connections; {}",
@@ -475,6 +502,20 @@ fn summarize(evidence: &Evidence) -> String {
         evidence.stable_sessions,
         if metrics.is_empty() { "no checks".into() } else { metrics.join(", ") }
     )
+}
+
+/// How a check's result is named for people: the proxy's metric, or `query`.
+pub fn metric_name(result: &MetricResult) -> String {
+    result.metric.map(|m| format!("{m:?}")).unwrap_or_else(|| "query".into())
+}
+
+/// The answer of a check's PromQL query at the end of a window.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Queried {
+    /// The query as run (variables replaced).
+    pub query: String,
+    /// Its value, or why there is none (no sample, NaN, Prometheus unreachable or refusing).
+    pub value: Result<f64, String>,
 }
 
 fn round(value: f64) -> f64 {
@@ -518,12 +559,14 @@ fn value_of(metric: Metric, c: &Counters) -> f64 {
 }
 
 /// Judges a window: inconclusive when the canary took fewer than `min_samples` connections (or a check
-/// against the stable route has too few stable ones), failed when a check fails, else passed.
+/// against the stable route has too few stable ones, or a query had no data and `onNoData` is not `Fail`),
+/// failed when a check fails, else passed. `queried`: the checks' PromQL answers, by index.
 pub fn judge(
     settings: &Settings,
     release: &ReleaseStatus,
     window: &Window,
     now_counters: &BTreeMap<String, RouteCounters>,
+    queried: Option<&[Option<Queried>]>,
     now: &Time,
 ) -> Evidence {
     let canary = window_counters(&window.counters, now_counters, |r| &r.canary);
@@ -532,9 +575,17 @@ pub fn judge(
     let metrics: Vec<MetricResult> = settings
         .checks
         .iter()
-        .map(|check| {
-            let value = value_of(check.metric, &canary);
-            let stable_value = value_of(check.metric, &stable);
+        .enumerate()
+        .map(|(i, check)| {
+            let answer = queried.and_then(|q| q.get(i)).and_then(Option::as_ref);
+            let (value, query, no_data) = match (check.metric, &check.prometheus, answer) {
+                (_, Some(_), Some(Queried { query, value: Ok(v) })) => (*v, Some(query.clone()), None),
+                (_, Some(_), Some(Queried { query, value: Err(why) })) => (0.0, Some(query.clone()), Some(why.clone())),
+                (_, Some(p), None) => (0.0, Some(p.query.clone()), Some("Prometheus was not queried".to_string())),
+                (Some(metric), None, _) => (value_of(metric, &canary), None, None),
+                (None, None, _) => (0.0, None, Some("the check names no metric and no query".to_string())),
+            };
+            let stable_value = check.metric.filter(|_| check.max_over_stable.is_some()).map(|m| value_of(m, &stable));
             let mut bounds = vec![];
             let mut failed = false;
             if let Some(max) = check.max {
@@ -549,29 +600,40 @@ pub fn judge(
             if let Some(over) = check.max_over_stable {
                 bounds.push(format!("maxOverStable {over}"));
                 if enough(&stable) {
-                    failed |= value - stable_value > over;
+                    failed |= value - stable_value.unwrap_or_default() > over;
                 } else {
                     verdict = Verdict::Inconclusive;
                 }
             }
-            if !enough(&canary) {
+            if no_data.is_some() {
+                // never a pass
+                verdict = match check.on_no_data {
+                    Some(OnNoData::Fail) => Verdict::Failed,
+                    _ => Verdict::Inconclusive,
+                };
+            } else if !enough(&canary) {
                 verdict = Verdict::Inconclusive;
             } else if failed {
                 verdict = Verdict::Failed;
             }
             MetricResult {
-                metric: check.metric,
+                metric: check.metric.filter(|_| check.prometheus.is_none()),
+                query,
                 value: round(value),
-                stable_value: check.max_over_stable.map(|_| round(stable_value)),
+                no_data,
+                stable_value: stable_value.map(round),
                 bound: bounds.join(", "),
                 verdict,
             }
         })
         .collect();
-    let verdict = if !enough(&canary) || metrics.iter().any(|m| m.verdict == Verdict::Inconclusive) {
+    // with enough canary traffic, a failed check fails the window even when another one is inconclusive
+    let verdict = if !enough(&canary) {
         Verdict::Inconclusive
     } else if metrics.iter().any(|m| m.verdict == Verdict::Failed) {
         Verdict::Failed
+    } else if metrics.iter().any(|m| m.verdict == Verdict::Inconclusive) {
+        Verdict::Inconclusive
     } else {
         Verdict::Passed
     };
@@ -590,7 +652,7 @@ pub fn judge(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::canary::{Pause, Promotion, TargetContainer};
+    use crate::api::canary::{Pause, PrometheusMetric, Promotion, TargetContainer};
 
     fn at(second: i64) -> Time {
         Time(k8s_openapi::jiff::Timestamp::from_second(1_700_000_000 + second).unwrap())
@@ -635,6 +697,7 @@ mod tests {
             canary_ready: true,
             served_weight: served,
             stats,
+            queried: None,
             request: None,
             paused: false,
             now,
@@ -774,11 +837,56 @@ mod tests {
         assert!(d.wants_stats);
     }
 
+    fn check(metric: Metric) -> MetricCheck {
+        MetricCheck {
+            metric: Some(metric),
+            prometheus: None,
+            on_no_data: None,
+            max: None,
+            min: None,
+            max_over_stable: None,
+        }
+    }
+
+    #[test]
+    fn promql_checks_are_queried_when_a_window_is_judged_and_no_data_never_passes() {
+        let query = PrometheusMetric { query: "sum(rate(errors[{{ interval }}]))".into(), address: None };
+        let promql = MetricCheck { metric: None, prometheus: Some(query), max: Some(1.0), ..check(Metric::ErrorRate) };
+        let mut s = spec(vec![weight(20), analysis()]);
+        s.analysis.as_mut().unwrap().metrics = vec![check(Metric::ErrorRate), promql.clone()];
+        s.analysis.as_mut().unwrap().metrics[0].max = Some(0.05);
+        let started = step(&s, None, &at(0), Some(20), &counters((0, 0), (0, 0)));
+        assert!(started.release.window.is_some());
+        let first = advance(&s, Some(&started.release), &inputs(&at(0), Some(20), None));
+        assert!(!first.wants_queries, "not when a window starts");
+        let stats = counters((100, 0), (50, 0));
+        let ending = advance(&s, Some(&started.release), &inputs(&at(30), Some(20), None));
+        assert!(ending.wants_stats && ending.wants_queries, "the window is judged: counters and queries");
+        let judged = |value: Result<f64, String>, on_no_data: Option<OnNoData>| {
+            let mut s = s.clone();
+            s.analysis.as_mut().unwrap().metrics[1].on_no_data = on_no_data;
+            let answers = [None, Some(Queried { query: "sum(rate(errors[30s]))".into(), value })];
+            let now = at(30);
+            let i = Inputs { stats: Some(&stats), queried: Some(&answers), ..inputs(&now, Some(20), None) };
+            advance(&s, Some(&started.release), &i).release
+        };
+        let passed = judged(Ok(0.5), None);
+        assert_eq!(passed.phase, Phase::Promoting, "{passed:#?}");
+        let failed = judged(Ok(2.0), None);
+        assert_eq!(failed.phase, Phase::RolledBack, "{failed:#?}");
+        let result = &failed.evidence[0].metrics[1];
+        assert_eq!((result.metric, result.query.as_deref(), result.value), (None, Some("sum(rate(errors[30s]))"), 2.0));
+        let no_data = judged(Err("the query returned NaN".into()), None);
+        assert_eq!(no_data.phase, Phase::Paused, "inconclusive: {no_data:#?}");
+        assert!(no_data.message.contains("no data") && no_data.message.contains("NaN"), "{}", no_data.message);
+        assert_eq!(judged(Err("unreachable".into()), Some(OnNoData::Fail)).phase, Phase::RolledBack);
+    }
+
     #[test]
     fn relative_checks_compare_with_the_stable_route_over_the_same_window() {
         let mut s = spec(vec![weight(50), analysis()]);
         s.analysis.as_mut().unwrap().metrics =
-            vec![MetricCheck { metric: Metric::ErrorRate, max: None, min: None, max_over_stable: Some(0.02) }];
+            vec![MetricCheck { max_over_stable: Some(0.02), ..check(Metric::ErrorRate) }];
         let d = step(&s, None, &at(0), Some(50), &counters((0, 0), (0, 0)));
         // both routes fail 10 %: the canary is no worse than stable
         let d = step(&s, Some(&d.release), &at(30), Some(50), &counters((100, 10), (100, 10)));

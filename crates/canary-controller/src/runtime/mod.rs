@@ -103,6 +103,8 @@ pub struct RunOptions {
     pub proxy: crate::kanary::build::ProxyOptions,
     /// Where `/metrics`, `/healthz` and `/readyz` are served.
     pub metrics_address: std::net::SocketAddr,
+    /// Prometheus's base URL for the PromQL checks of releases that name none.
+    pub prometheus_address: Option<String>,
     /// `None` runs the controllers at once, without leader election (a single replica).
     pub leader_election: Option<leader::LeaderElection>,
 }
@@ -208,7 +210,7 @@ async fn run_controllers(
             crate::canary::reconcile::run(
                 client.clone(),
                 caches.clone(),
-                release_kanary,
+                crate::canary::reconcile::CanaryReconciler::new(release_kanary, options.prometheus_address.clone()),
                 metrics.clone(),
                 stop.clone()
             ),

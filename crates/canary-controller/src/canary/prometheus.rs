@@ -1,0 +1,165 @@
+//! Reads a metric's value from Prometheus, for analysis beyond the proxy: one instant query
+//! (`POST /api/v1/query`) at the end of an analysis window, its PromQL written by the user with template
+//! variables ([`render`]). The answer must be one number: an empty result or NaN is *no data* (the caller
+//! decides whether that is inconclusive or a failure, never a pass), several series are an error that says
+//! to aggregate, and an unreachable, slow or refusing Prometheus is an error naming what happened.
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use std::time::Duration;
+
+/// What a query answered.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Value(f64),
+    /// No sample, or NaN (for example a rate over no request): why, for the evidence.
+    NoData(String),
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum QueryError {
+    #[error("Prometheus at {0} cannot be reached: {1}")]
+    Unreachable(String, String),
+    #[error("Prometheus at {0} did not answer within {1:?}")]
+    Timeout(String, Duration),
+    #[error("Prometheus refused the query ({0}): {1}")]
+    Refused(String, String),
+    #[error("the query returns {0} series: aggregate it to one (`sum(...)`, `max(...)`)")]
+    Series(usize),
+    #[error("unexpected answer from Prometheus: {0}")]
+    Answer(String),
+}
+
+/// One query: Prometheus's base URL (`http://prometheus.monitoring:9090`), the PromQL, the bearer token if
+/// any, and how long to wait.
+pub struct Query<'a> {
+    pub address: &'a str,
+    pub promql: &'a str,
+    pub token: Option<&'a str>,
+    pub timeout: Duration,
+}
+
+/// Runs `query` as an instant query at the current time.
+pub async fn run(query: &Query<'_>) -> Result<Outcome, QueryError> {
+    let address = query.address.trim_end_matches('/');
+    let body: String = form_urlencoded::Serializer::new(String::new()).append_pair("query", query.promql).finish();
+    let mut request = http::Request::post(format!("{address}/api/v1/query"))
+        .header(http::header::CONTENT_TYPE, "application/x-www-form-urlencoded");
+    if let Some(token) = query.token {
+        request = request.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    let request = request
+        .body(Full::new(Bytes::from(body)))
+        .map_err(|e| QueryError::Unreachable(address.to_string(), e.to_string()))?;
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let exchange = async {
+        let response =
+            client.request(request).await.map_err(|e| QueryError::Unreachable(address.to_string(), e.to_string()))?;
+        let status = response.status();
+        let body = response.into_body().collect().await.map_err(|e| QueryError::Answer(e.to_string()))?.to_bytes();
+        Ok::<_, QueryError>((status, body))
+    };
+    let (status, body) = tokio::time::timeout(query.timeout, exchange)
+        .await
+        .map_err(|_| QueryError::Timeout(address.to_string(), query.timeout))??;
+    match parse(&body) {
+        Err(QueryError::Answer(_)) if !status.is_success() => Err(QueryError::Answer(format!(
+            "HTTP {status}: {}",
+            String::from_utf8_lossy(&body).chars().take(200).collect::<String>()
+        ))),
+        parsed => parsed,
+    }
+}
+
+/// The outcome of an answer of `/api/v1/query`.
+pub fn parse(body: &[u8]) -> Result<Outcome, QueryError> {
+    let answer: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| QueryError::Answer(format!("not JSON: {e}")))?;
+    if answer["status"] != "success" {
+        let kind = answer["errorType"].as_str().unwrap_or("error").to_string();
+        let message = answer["error"].as_str().unwrap_or("no message").to_string();
+        return Err(QueryError::Refused(kind, message));
+    }
+    let data = &answer["data"];
+    let sample = match data["resultType"].as_str() {
+        Some("scalar") => data["result"].clone(),
+        Some("vector") => {
+            let series = data["result"].as_array().map(Vec::as_slice).unwrap_or_default();
+            match series {
+                [] => return Ok(Outcome::NoData("the query returned no sample".into())),
+                [one] => one["value"].clone(),
+                many => return Err(QueryError::Series(many.len())),
+            }
+        }
+        other => return Err(QueryError::Answer(format!("result type {other:?}: write an instant query"))),
+    };
+    // a sample is [time, "value"]: the value is a string ("NaN", "+Inf" included)
+    let text = sample[1].as_str().ok_or_else(|| QueryError::Answer(format!("sample {sample}")))?;
+    let value: f64 = text.parse().map_err(|_| QueryError::Answer(format!("value {text:?}")))?;
+    Ok(if value.is_nan() { Outcome::NoData("the query returned NaN".into()) } else { Outcome::Value(value) })
+}
+
+/// `template` with `{{ name }}` replaced by the value of `name` in `variables`; an unknown name is an error
+/// that lists the known ones.
+pub fn render(template: &str, variables: &[(&str, &str)]) -> Result<String, String> {
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(start) = rest.find("{{") {
+        out.push_str(&rest[..start]);
+        let Some(end) = rest[start..].find("}}") else {
+            return Err(format!("unclosed `{{{{` at {:?}", &rest[start..]));
+        };
+        let name = rest[start + 2..start + end].trim();
+        let Some((_, value)) = variables.iter().find(|(n, _)| *n == name) else {
+            let known: Vec<String> = variables.iter().map(|(n, _)| format!("{{{{ {n} }}}}")).collect();
+            return Err(format!("unknown variable {name:?}: use {}", known.join(", ")));
+        };
+        out.push_str(value);
+        rest = &rest[start + end + 2..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn answer(data: serde_json::Value) -> Vec<u8> {
+        serde_json::to_vec(&json!({"status": "success", "data": data})).unwrap()
+    }
+
+    #[test]
+    fn one_sample_is_a_value_none_or_nan_is_no_data_several_are_an_error() {
+        let one = answer(json!({"resultType": "vector", "result": [{"metric": {}, "value": [1.7e9, "0.25"]}]}));
+        assert_eq!(parse(&one), Ok(Outcome::Value(0.25)));
+        let scalar = answer(json!({"resultType": "scalar", "result": [1.7e9, "3"]}));
+        assert_eq!(parse(&scalar), Ok(Outcome::Value(3.0)));
+        let none = answer(json!({"resultType": "vector", "result": []}));
+        assert!(matches!(parse(&none), Ok(Outcome::NoData(_))));
+        let nan = answer(json!({"resultType": "vector", "result": [{"metric": {}, "value": [1.7e9, "NaN"]}]}));
+        assert!(matches!(parse(&nan), Ok(Outcome::NoData(_))));
+        let two = answer(json!({"resultType": "vector", "result": [
+            {"metric": {"a": "1"}, "value": [1.7e9, "1"]}, {"metric": {"a": "2"}, "value": [1.7e9, "2"]}]}));
+        assert_eq!(parse(&two), Err(QueryError::Series(2)));
+        let range = answer(json!({"resultType": "matrix", "result": []}));
+        assert!(matches!(parse(&range), Err(QueryError::Answer(m)) if m.contains("instant query")));
+        let refused = br#"{"status":"error","errorType":"bad_data","error":"parse error"}"#;
+        assert_eq!(parse(refused), Err(QueryError::Refused("bad_data".into(), "parse error".into())));
+    }
+
+    #[test]
+    fn templates_name_what_they_do_not_know() {
+        let vars = [("namespace", "shop"), ("canary", "web-canary")];
+        assert_eq!(
+            render(r#"sum(rate(errors{namespace="{{ namespace }}",service="{{canary}}"}[1m]))"#, &vars).as_deref(),
+            Ok(r#"sum(rate(errors{namespace="shop",service="web-canary"}[1m]))"#)
+        );
+        let unknown = render("{{ stabel }}", &vars).unwrap_err();
+        assert!(unknown.contains("\"stabel\"") && unknown.contains("{{ canary }}"), "{unknown}");
+        assert!(render("x {{ canary", &vars).unwrap_err().contains("unclosed"));
+    }
+}
