@@ -1,20 +1,23 @@
-//! A release judged by PromQL, end to end: a real Prometheus scrapes the application's own metrics
-//! (`sim_requests_total{outcome}` of the simulator's built-in server, in every pod of `app`, canary included:
-//! the test writes their addresses to a file_sd file, as Prometheus's Kubernetes discovery would find
-//! them), and the Canary's only check is a query of the canary pods' error ratio, asked of the controller's
-//! `--prometheus-address`. A bad canary is rolled back on the query's value; a good one passes and is
-//! promoted. On the workload simulator, under raw TCP load through the Canary's front Service.
+//! A release behind a webhook gate and judged by PromQL, end to end: its first step calls an HTTP gate
+//! (`onFailure: Retry`) that says no (the release waits, no traffic moves), then yes; a real Prometheus
+//! scrapes the application's own metrics (`sim_requests_total{outcome}` of the simulator's built-in server,
+//! in every pod of `app`, canary included: the test writes their addresses to a file_sd file, as
+//! Prometheus's Kubernetes discovery would find them), and the Canary's only check is a query of the canary
+//! pods' error ratio, asked of the controller's `--prometheus-address`. A bad canary is rolled back on the
+//! query's value; a good one passes and is promoted. On the workload simulator, under raw TCP load through
+//! the Canary's front Service.
 
 use e2e_support as support;
 
 use support::release::*;
 
+use axum::http::StatusCode;
 use canary_controller::api::canary::{Canary, Phase, Verdict};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use serde_json::json;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use support::prometheus::Prometheus;
 use support::simulator::can_simulate;
@@ -48,8 +51,23 @@ async fn discover_pods(pods: Api<Pod>, file: std::path::PathBuf, stop: Arc<Atomi
     }
 }
 
+/// An HTTP gate on loopback: `POST /gate` answers 200 when `open`, else 503, and keeps the bodies it got.
+async fn gate(open: Arc<AtomicBool>, bodies: Arc<Mutex<Vec<serde_json::Value>>>) -> String {
+    let app = axum::Router::new().route(
+        "/gate",
+        axum::routing::post(move |axum::Json(body): axum::Json<serde_json::Value>| async move {
+            bodies.lock().unwrap().push(body);
+            if open.load(Ordering::Relaxed) { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/gate", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    url
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_release_judged_by_promql_rolls_back_a_bad_canary_and_promotes_a_good_one() {
+async fn a_release_behind_a_webhook_gate_judged_by_promql_rolls_back_a_bad_canary_and_promotes_a_good_one() {
     if !can_simulate() {
         return;
     }
@@ -68,15 +86,26 @@ async fn a_release_judged_by_promql_rolls_back_a_bad_canary_and_promotes_a_good_
     create_app(&cluster, 2).await;
     cluster.wait_rolled_out("app", "app", 60).await;
     let canaries: Api<Canary> = cluster.api();
+    let (open, bodies) = (Arc::new(AtomicBool::new(false)), Arc::new(Mutex::new(vec![])));
+    let gate_url = gate(open.clone(), bodies.clone()).await;
     let front = create_canary(
         &cluster,
         json!({"targetContainers": [{"name": "echo", "image": BAD_IMAGE}],
-            "steps": [{"setWeight": 50}, {"analysis": {}}],
+            "steps": [{"webhook": {"url": gate_url, "onFailure": "Retry"}}, {"setWeight": 50}, {"analysis": {}}],
             "analysis": {"interval": "8s", "minSamples": 10, "metrics": [
                 {"prometheus": {"query": ERROR_RATIO}, "max": 0.05}]},
             "promotion": {"updateTarget": true}}),
     )
     .await;
+
+    // the gate says no: the release waits at its first step, no traffic moves; then it says yes
+    let held =
+        wait_release(&cluster, &controller, "held by the gate", 60, |r| r.message.contains("did not pass")).await;
+    assert_eq!((held.step, held.weight, held.phase), (0, 0, Phase::Progressing), "{held:#?}");
+    assert!(held.message.contains("HTTP 503"), "{}", held.message);
+    let asked = bodies.lock().unwrap().first().cloned().expect("the gate was called");
+    assert_eq!((&asked["canary"], &asked["step"], &asked["weight"]), (&json!(CANARY), &json!(1), &json!(0)));
+    open.store(true, Ordering::Relaxed);
 
     // the bad canary: its own metrics say 20 % of its answers fail
     let (_, rolled_back) = under_load(front, wait_phase(&cluster, &controller, Phase::RolledBack, 120)).await;

@@ -84,8 +84,8 @@ pub struct Traffic {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [{
-    "rule": "[has(self.setWeight), has(self.pause), has(self.analysis)].filter(x, x).size() == 1",
-    "message": "a step has exactly one of setWeight, pause, analysis"
+    "rule": "[has(self.setWeight), has(self.pause), has(self.analysis), has(self.webhook)].filter(x, x).size() == 1",
+    "message": "a step has exactly one of setWeight, pause, analysis, webhook"
 }]))]
 pub struct ReleaseStep {
     /// The canary's share of new connections, in percent.
@@ -98,6 +98,34 @@ pub struct ReleaseStep {
     /// Measures one `analysis.interval` at the current weight and judges it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub analysis: Option<AnalysisStep>,
+    /// Calls an HTTP endpoint (a pre-rollout check, a load generator, a promotion gate) and goes on when it
+    /// answers 2xx.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<WebhookStep>,
+}
+
+/// An HTTP call of a release step: `POST url` with a JSON body naming the release (`canary`, `namespace`,
+/// `revision`, `step`, `weight`, `phase`); a 2xx answer within `timeout` passes.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WebhookStep {
+    #[schemars(regex(pattern = r"^http://[^/\s]+(/.*)?$"))]
+    pub url: String,
+    /// How long the call may take (`10s`). Default: 10s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]+(ms|s|m|h)$"))]
+    pub timeout: Option<String>,
+    /// What another answer (or none) does: `Pause` (default: the release pauses; `resume` calls again),
+    /// `Retry` (call again every 5 s until it passes: a gate), or `Fail` (roll back).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_failure: Option<OnWebhookFailure>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum OnWebhookFailure {
+    Pause,
+    Retry,
+    Fail,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]
@@ -288,6 +316,9 @@ pub struct ReleaseStatus {
     /// The last request (annotation `canary.k8s.wantedly.com/request`) acted on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub handled_request: Option<String>,
+    /// When the current step's webhook was last called.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_call_at: Option<Time>,
     /// The judged windows, most recent last (the last 20).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub evidence: Vec<Evidence>,

@@ -4,10 +4,7 @@
 //! decides whether that is inconclusive or a failure, never a pass), several series are an error that says
 //! to aggregate, and an unreachable, slow or refusing Prometheus is an error naming what happened.
 
-use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use super::http::CallError;
 use std::time::Duration;
 
 /// What a query answered.
@@ -45,25 +42,12 @@ pub struct Query<'a> {
 pub async fn run(query: &Query<'_>) -> Result<Outcome, QueryError> {
     let address = query.address.trim_end_matches('/');
     let body: String = form_urlencoded::Serializer::new(String::new()).append_pair("query", query.promql).finish();
-    let mut request = http::Request::post(format!("{address}/api/v1/query"))
-        .header(http::header::CONTENT_TYPE, "application/x-www-form-urlencoded");
-    if let Some(token) = query.token {
-        request = request.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
-    }
-    let request = request
-        .body(Full::new(Bytes::from(body)))
-        .map_err(|e| QueryError::Unreachable(address.to_string(), e.to_string()))?;
-    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-    let exchange = async {
-        let response =
-            client.request(request).await.map_err(|e| QueryError::Unreachable(address.to_string(), e.to_string()))?;
-        let status = response.status();
-        let body = response.into_body().collect().await.map_err(|e| QueryError::Answer(e.to_string()))?.to_bytes();
-        Ok::<_, QueryError>((status, body))
-    };
-    let (status, body) = tokio::time::timeout(query.timeout, exchange)
-        .await
-        .map_err(|_| QueryError::Timeout(address.to_string(), query.timeout))??;
+    let url = format!("{address}/api/v1/query");
+    let called = super::http::post(&url, FORM, body.into_bytes(), query.token, query.timeout).await;
+    let (status, body) = called.map_err(|e| match e {
+        CallError::Unreachable(_, why) => QueryError::Unreachable(address.to_string(), why),
+        CallError::Timeout(_, timeout) => QueryError::Timeout(address.to_string(), timeout),
+    })?;
     match parse(&body) {
         Err(QueryError::Answer(_)) if !status.is_success() => Err(QueryError::Answer(format!(
             "HTTP {status}: {}",
@@ -72,6 +56,8 @@ pub async fn run(query: &Query<'_>) -> Result<Outcome, QueryError> {
         parsed => parsed,
     }
 }
+
+const FORM: &str = "application/x-www-form-urlencoded";
 
 /// The outcome of an answer of `/api/v1/query`.
 pub fn parse(body: &[u8]) -> Result<Outcome, QueryError> {

@@ -9,7 +9,7 @@ use super::build::{
 };
 use super::observe::{TrafficObserved, observe};
 use super::validate::{Problem, Valid, validate};
-use super::{measure, prometheus, release, traffic};
+use super::{http, measure, prometheus, release, traffic};
 use crate::api::canary::{Canary, CanaryStatus, ReleaseStatus, Traffic};
 use crate::children::{self, Written};
 use crate::report::Note;
@@ -297,6 +297,8 @@ async fn run_release(
     let now = Time(k8s_openapi::jiff::Timestamp::now());
     let spec = &canary.spec;
     let inputs = release::Inputs {
+        name: &name,
+        namespace: &ns,
         revision: release::revision(spec),
         target_runs_revision: runs_images(&valid.target, spec),
         target_rolled_out: rolled_out(&valid.target, None),
@@ -304,6 +306,7 @@ async fn run_release(
         served_weight: kanary.as_ref().and_then(traffic::served_weight),
         stats: None,
         queried: None,
+        called: None,
         request: canary.annotations().get(release::REQUEST_ANNOTATION).map(String::as_str),
         paused: spec.paused,
         now: &now,
@@ -328,6 +331,9 @@ async fn run_release(
                 decision.release.message = e.to_string();
             }
         }
+    } else if let Some(call) = decision.wants_call.clone() {
+        let answer = call_webhook(&call).await;
+        decision = release::advance(spec, previous, &release::Inputs { called: Some(&answer), ..inputs });
     }
     for verdict in &decision.judged {
         ctx.metrics.count_verdict(*verdict);
@@ -434,6 +440,19 @@ async fn remove_release(canary: &Canary, ctx: &Context<CanaryReconciler>) -> Res
             format!("spec.traffic removed: deleted {}; the canary runs without a release", removed.join(", ")),
         )
     }))
+}
+
+/// Calls a webhook step: `Ok("HTTP 200")` for a 2xx answer, else why it did not pass.
+async fn call_webhook(call: &release::Call) -> Result<String, String> {
+    let body = serde_json::to_vec(&call.body).unwrap_or_default();
+    match http::post(&call.url, "application/json", body, None, call.timeout).await {
+        Ok((status, _)) if status.is_success() => Ok(format!("HTTP {}", status.as_u16())),
+        Ok((status, body)) => {
+            let text: String = String::from_utf8_lossy(&body).chars().take(200).collect();
+            Err(format!("HTTP {}: {}", status.as_u16(), text.trim()))
+        }
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// How long a PromQL query may take.

@@ -15,8 +15,8 @@
 //! `retry`. `spec.paused` holds a progressing release where it is.
 
 use crate::api::canary::{
-    Analysis, CanarySpec, Counters, Evidence, Metric, MetricCheck, MetricResult, OnNoData, Phase, ReleaseStatus,
-    ReleaseStep, RouteCounters, Verdict, Window,
+    Analysis, CanarySpec, Counters, Evidence, Metric, MetricCheck, MetricResult, OnNoData, OnWebhookFailure, Phase,
+    ReleaseStatus, ReleaseStep, RouteCounters, Verdict, Window,
 };
 use crate::report::Note;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -53,6 +53,8 @@ pub mod reasons {
     pub const ABORTED: &str = "ReleaseAborted";
     pub const RETRIED: &str = "ReleaseRetried";
     pub const UNKNOWN_REQUEST: &str = "UnknownRequest";
+    pub const WEBHOOK_PASSED: &str = "WebhookPassed";
+    pub const WEBHOOK_FAILED: &str = "WebhookFailed";
 }
 
 /// The release settings of a spec, defaults applied.
@@ -116,9 +118,10 @@ fn short_form(analysis: &Analysis) -> Vec<ReleaseStep> {
 }
 
 fn describe(step: &ReleaseStep) -> String {
-    match (step.set_weight, &step.pause, &step.analysis) {
+    match (step.set_weight, &step.pause, &step.webhook) {
         (Some(w), _, _) => format!("setWeight {w}"),
         (_, Some(p), _) => format!("pause {}", p.duration.as_deref().unwrap_or("until resumed")),
+        (_, _, Some(_)) => "webhook".into(),
         _ => "analysis".into(),
     }
 }
@@ -134,6 +137,9 @@ fn step_description(steps: &[ReleaseStep], index: i32) -> String {
 /// What the cluster shows now.
 #[derive(Debug, Clone)]
 pub struct Inputs<'a> {
+    /// The Canary's name and namespace (for webhook calls).
+    pub name: &'a str,
+    pub namespace: &'a str,
     /// The images the Canary's spec asks for (see [`revision`]).
     pub revision: String,
     /// The target Deployment's containers run those images.
@@ -147,6 +153,9 @@ pub struct Inputs<'a> {
     pub stats: Option<&'a BTreeMap<String, RouteCounters>>,
     /// The answers of the checks' PromQL queries (by the check's index), when the caller ran them.
     pub queried: Option<&'a [Option<Queried>]>,
+    /// The answer of the current step's webhook, when the caller called it: what it answered (`HTTP 200`),
+    /// or why it did not pass.
+    pub called: Option<&'a Result<String, String>>,
     /// The value of the request annotation.
     pub request: Option<&'a str>,
     pub paused: bool,
@@ -164,6 +173,8 @@ pub struct Decision {
     pub wants_stats: bool,
     /// A window is judged now and has PromQL checks: run their queries too (see [`Queried`]).
     pub wants_queries: bool,
+    /// The current step's webhook is to be called now: call it and advance again with its answer.
+    pub wants_call: Option<Call>,
     /// The verdicts of the windows judged by this move.
     pub judged: Vec<Verdict>,
     /// Set the target Deployment's images to the canary's.
@@ -230,6 +241,7 @@ pub fn advance(spec: &CanarySpec, previous: Option<&ReleaseStatus>, inputs: &Inp
         requeue: IDLE,
         wants_stats: false,
         wants_queries: false,
+        wants_call: None,
         judged: vec![],
         update_target: false,
     };
@@ -287,6 +299,19 @@ fn next_step(release: &mut ReleaseStatus, now: &Time) {
     release.step += 1;
     release.step_started_at = Some(now.clone());
     release.window = None;
+    release.last_call_at = None;
+}
+
+/// How often a webhook step with `onFailure: Retry` calls again.
+const WEBHOOK_RETRY: Duration = Duration::from_secs(5);
+const WEBHOOK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A webhook call to make: `POST url` with `body` (JSON), within `timeout`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Call {
+    pub url: String,
+    pub body: serde_json::Value,
+    pub timeout: Duration,
 }
 
 fn roll_back(release: &mut ReleaseStatus, phase: Phase, message: String, notes: &mut Vec<Note>) {
@@ -403,6 +428,49 @@ fn progress(decision: &mut Decision, settings: &Settings, inputs: &Inputs) -> bo
         release.message = format!("pause step {} for {}", release.step + 1, p.duration.as_deref().unwrap_or_default());
         decision.requeue = length - gone;
         return false;
+    }
+    if let Some(hook) = &step.webhook {
+        let on_failure = hook.on_failure.unwrap_or(OnWebhookFailure::Pause);
+        let Some(answer) = inputs.called else {
+            let since = release.last_call_at.as_ref().map(|t| elapsed(t, now));
+            match since.filter(|s| on_failure == OnWebhookFailure::Retry && *s < WEBHOOK_RETRY) {
+                Some(since) => decision.requeue = WEBHOOK_RETRY - since,
+                None => {
+                    let body = serde_json::json!({"canary": inputs.name, "namespace": inputs.namespace,
+                        "revision": release.revision, "step": release.step + 1, "weight": release.weight,
+                        "phase": release.phase});
+                    let timeout = hook.timeout.as_deref().and_then(duration).unwrap_or(WEBHOOK_TIMEOUT);
+                    decision.wants_call = Some(Call { url: hook.url.clone(), body, timeout });
+                    decision.requeue = POLL;
+                }
+            }
+            return false;
+        };
+        let first_call = release.last_call_at.is_none();
+        release.last_call_at = Some(now.clone());
+        let step_number = release.step + 1;
+        return match answer {
+            Ok(answered) => {
+                note(notes, reasons::WEBHOOK_PASSED, format!("step {step_number}: {} answered {answered}", hook.url));
+                next_step(release, now);
+                true
+            }
+            Err(why) => {
+                let failed = format!("step {step_number}: webhook {} did not pass: {why}", hook.url);
+                match on_failure {
+                    OnWebhookFailure::Pause => pause(release, format!("{failed}: resume to call it again"), notes),
+                    OnWebhookFailure::Fail => roll_back(release, Phase::RolledBack, failed, notes),
+                    OnWebhookFailure::Retry => {
+                        if first_call {
+                            warn(notes, reasons::WEBHOOK_FAILED, format!("{failed}: calling it again every 5s"));
+                        }
+                        release.message = format!("{failed}: calling it again every 5s");
+                        decision.requeue = WEBHOOK_RETRY;
+                    }
+                }
+                false
+            }
+        };
     }
     // an analysis step
     if inputs.served_weight != Some(release.weight) {
@@ -652,7 +720,8 @@ pub fn judge(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::canary::{Pause, PrometheusMetric, Promotion, TargetContainer};
+    use crate::api::canary::{Pause, PrometheusMetric, Promotion, TargetContainer, WebhookStep};
+    use serde_json::json;
 
     fn at(second: i64) -> Time {
         Time(k8s_openapi::jiff::Timestamp::from_second(1_700_000_000 + second).unwrap())
@@ -691,6 +760,8 @@ mod tests {
         stats: Option<&'a BTreeMap<String, RouteCounters>>,
     ) -> Inputs<'a> {
         Inputs {
+            name: "web",
+            namespace: "ns",
             revision: "app=app:v2".into(),
             target_runs_revision: false,
             target_rolled_out: true,
@@ -698,6 +769,7 @@ mod tests {
             served_weight: served,
             stats,
             queried: None,
+            called: None,
             request: None,
             paused: false,
             now,
@@ -880,6 +952,47 @@ mod tests {
         assert_eq!(no_data.phase, Phase::Paused, "inconclusive: {no_data:#?}");
         assert!(no_data.message.contains("no data") && no_data.message.contains("NaN"), "{}", no_data.message);
         assert_eq!(judged(Err("unreachable".into()), Some(OnNoData::Fail)).phase, Phase::RolledBack);
+    }
+
+    #[test]
+    fn a_webhook_step_goes_on_at_2xx_and_pauses_retries_or_rolls_back_otherwise() {
+        let hook = |on_failure| ReleaseStep {
+            webhook: Some(WebhookStep { url: "http://gate/".into(), timeout: None, on_failure }),
+            ..Default::default()
+        };
+        let with_answer = |s: &CanarySpec, previous: &ReleaseStatus, second: i64, answer: Result<String, String>| {
+            let now = at(second);
+            advance(s, Some(previous), &Inputs { called: Some(&answer), ..inputs(&now, Some(0), None) })
+        };
+        // the call is asked for, with what names the release
+        let s = spec(vec![hook(None), weight(10)]);
+        let d = advance(&s, None, &inputs(&at(0), Some(0), None));
+        let call = d.wants_call.clone().expect("a call");
+        assert_eq!(
+            (call.url.as_str(), &call.body["canary"], &call.body["step"]),
+            ("http://gate/", &json!("web"), &json!(1))
+        );
+        let passed = with_answer(&s, &d.release, 1, Ok("HTTP 200".into()));
+        assert_eq!((passed.release.step, passed.release.weight), (1, 10), "{passed:#?}");
+        assert!(reasons_of(&passed).contains(&reasons::WEBHOOK_PASSED));
+        // Pause (default): paused; resume calls again at once
+        let paused = with_answer(&s, &d.release, 1, Err("HTTP 503: closed".into()));
+        assert_eq!((paused.release.phase, paused.release.step), (Phase::Paused, 0));
+        assert!(paused.release.message.contains("HTTP 503"), "{}", paused.release.message);
+        let two = at(2);
+        let mut resumed = inputs(&two, Some(0), None);
+        resumed.request = Some("resume");
+        assert!(advance(&s, Some(&paused.release), &resumed).wants_call.is_some());
+        // Fail: rolled back
+        let s = spec(vec![hook(Some(OnWebhookFailure::Fail)), weight(10)]);
+        assert_eq!(with_answer(&s, &d.release, 1, Err("refused".into())).release.phase, Phase::RolledBack);
+        // Retry: waits 5 s between calls, then goes on when it passes
+        let s = spec(vec![hook(Some(OnWebhookFailure::Retry)), weight(10)]);
+        let waiting = with_answer(&s, &d.release, 1, Err("HTTP 503".into()));
+        assert_eq!((waiting.release.phase, waiting.requeue), (Phase::Progressing, WEBHOOK_RETRY));
+        assert!(advance(&s, Some(&waiting.release), &inputs(&at(3), Some(0), None)).wants_call.is_none());
+        assert!(advance(&s, Some(&waiting.release), &inputs(&at(6), Some(0), None)).wants_call.is_some());
+        assert_eq!(with_answer(&s, &waiting.release, 6, Ok("HTTP 204".into())).release.step, 1);
     }
 
     #[test]
