@@ -4,7 +4,7 @@
 //! that says to aggregate several series, Prometheus's own message for bad PromQL, and an error naming the
 //! address for an unreachable or silent Prometheus.
 
-use canary_controller::canary::prometheus::{Outcome, Query, QueryError, run};
+use canary_controller::canary::prometheus::{Outcome, Query, QueryError, run, run_range};
 use e2e_support::prometheus::Prometheus;
 use e2e_support::traffic::free_port;
 use std::time::Duration;
@@ -63,6 +63,25 @@ async fn instant_queries_give_one_value_no_data_or_an_error_that_names_the_fix()
     assert_eq!(run(&query(&address, "app_requests_total")).await, Err(QueryError::Series(2)));
     let bad = run(&query(&address, "sum(app_requests_total")).await;
     assert!(matches!(bad, Err(QueryError::Refused(ref kind, _)) if kind == "bad_data"), "{bad:?}");
+
+    // range queries (a compare check's samples): a sample a second over the window
+    let total = query(&address, "sum(app_requests_total)");
+    let window = Duration::from_secs(4);
+    let enough = e2e_support::within(30, || async {
+        run_range(&total, window, Duration::from_secs(1)).await.is_ok_and(|samples| samples.len() >= 3)
+    })
+    .await;
+    let samples = run_range(&total, window, Duration::from_secs(1)).await;
+    assert!(enough && samples.as_ref().is_ok_and(|s| s.iter().all(|v| *v == 600.0)), "{samples:?}");
+    assert_eq!(
+        run_range(&query(&address, "app_requests_total"), window, Duration::from_secs(1)).await,
+        Err(QueryError::Series(2))
+    );
+    assert_eq!(
+        run_range(&query(&address, "app_ratio"), window, Duration::from_secs(1)).await,
+        Ok(vec![]),
+        "NaN left out"
+    );
 
     // nothing listening, and a server that accepts but never answers
     let closed = format!("http://127.0.0.1:{}", free_port("127.0.0.1"));

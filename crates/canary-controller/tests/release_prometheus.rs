@@ -2,10 +2,11 @@
 //! (`onFailure: Retry`) that says no (the release waits, no traffic moves), then yes; a real Prometheus
 //! scrapes the application's own metrics (`sim_requests_total{outcome}` of the simulator's built-in server,
 //! in every pod of `app`, canary included: the test writes their addresses to a file_sd file, as
-//! Prometheus's Kubernetes discovery would find them), and the Canary's only check is a query of the canary
-//! pods' error ratio, asked of the controller's `--prometheus-address`. A bad canary is rolled back on the
-//! query's value; a good one passes and is promoted. On the workload simulator, under raw TCP load through
-//! the Canary's front Service.
+//! Prometheus's Kubernetes discovery would find them), and the Canary's checks are queries of the canary
+//! pods' error ratio, asked of the controller's `--prometheus-address`, bounded (`max`) and compared with
+//! the stable pods' over the same window (`compare`: Mann-Whitney U on a sample a second). A bad canary is
+//! rolled back on both; a good one passes both and is promoted. On the workload simulator, under raw TCP
+//! load through the Canary's front Service.
 
 use e2e_support as support;
 
@@ -24,6 +25,10 @@ use support::simulator::can_simulate;
 
 /// The canary pods' error ratio over the window, from the application's own counters.
 const ERROR_RATIO: &str = r#"sum(rate(sim_requests_total{outcome="error",pod=~"{{ canary }}-.*"}[{{ interval }}])) / sum(rate(sim_requests_total{pod=~"{{ canary }}-.*"}[{{ interval }}]))"#;
+
+/// The same for the stable pods (`app-<hash>-<hash>`: the canary's are `app-canary-<hash>-<hash>`), which
+/// never failed: their `error` series does not exist, hence `or vector(0)`.
+const STABLE_ERROR_RATIO: &str = r#"(sum(rate(sim_requests_total{outcome="error",pod=~"{{ target }}-[a-z0-9]+-[a-z0-9]+"}[{{ interval }}])) or vector(0)) / sum(rate(sim_requests_total{pod=~"{{ target }}-[a-z0-9]+-[a-z0-9]+"}[{{ interval }}]))"#;
 
 /// Keeps `file` listing the running pods of `app` (their metrics port, labelled with the pod's name) until
 /// `stop`.
@@ -93,7 +98,9 @@ async fn a_release_behind_a_webhook_gate_judged_by_promql_rolls_back_a_bad_canar
         json!({"targetContainers": [{"name": "echo", "image": BAD_IMAGE}],
             "steps": [{"webhook": {"url": gate_url, "onFailure": "Retry"}}, {"setWeight": 50}, {"analysis": {}}],
             "analysis": {"interval": "8s", "minSamples": 10, "metrics": [
-                {"prometheus": {"query": ERROR_RATIO}, "max": 0.05}]},
+                {"prometheus": {"query": ERROR_RATIO}, "max": 0.05},
+                {"prometheus": {"query": ERROR_RATIO,
+                    "compare": {"baselineQuery": STABLE_ERROR_RATIO, "tolerance": 0.05}}}]},
             "promotion": {"updateTarget": true}}),
     )
     .await;
@@ -115,6 +122,11 @@ async fn a_release_behind_a_webhook_gate_judged_by_promql_rolls_back_a_bad_canar
     assert!(check.value > 0.05 && check.no_data.is_none(), "{check:?}");
     let query = check.query.clone().unwrap_or_default();
     assert!(query.contains(r#"pod=~"app-canary-.*""#) && query.contains("[8s]"), "variables replaced: {query}");
+    // canary versus baseline (the stable pods) over the same window: significantly worse, beyond tolerance
+    let compared = judged.metrics[1].comparison.clone().unwrap_or_else(|| panic!("{:#?}", judged.metrics[1]));
+    assert_eq!((judged.metrics[1].verdict, compared.judgement.as_str()), (Verdict::Failed, "Fail"), "{compared:?}");
+    assert!(compared.canary_samples >= 3 && compared.baseline_samples >= 3 && compared.p_value < 0.05, "{compared:?}");
+    assert!(compared.baseline_query.contains(r#"pod=~"app-[a-z0-9]+-[a-z0-9]+""#), "{compared:?}");
 
     // a good canary: the query gives 0, the release passes and is promoted
     let patch = json!({"spec": {"targetContainers": [{"name": "echo", "image": "echo:v2"}]}});
@@ -122,6 +134,8 @@ async fn a_release_behind_a_webhook_gate_judged_by_promql_rolls_back_a_bad_canar
     let (tally, done) = under_load(front, wait_phase(&cluster, &controller, Phase::Succeeded, 180)).await;
     let passed = done.evidence.last().unwrap_or_else(|| panic!("no evidence: {done:#?}"));
     assert_eq!((passed.verdict, passed.metrics[0].value), (Verdict::Passed, 0.0), "{done:#?}");
+    let compared = passed.metrics[1].comparison.clone().unwrap_or_else(|| panic!("{:#?}", passed.metrics[1]));
+    assert_eq!(compared.judgement, "Pass", "{compared:?}");
     assert_eq!(tally.failures, 0, "{tally:?}");
     stop.store(true, Ordering::Relaxed);
     discovery.await.unwrap();

@@ -179,8 +179,8 @@ pub struct Analysis {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [{
-    "rule": "has(self.max) || has(self.min) || has(self.maxOverStable)",
-    "message": "a metric check needs a bound: max, min or maxOverStable"
+    "rule": "has(self.max) || has(self.min) || has(self.maxOverStable) || (has(self.prometheus) && has(self.prometheus.compare))",
+    "message": "a metric check needs a bound: max, min or maxOverStable (or prometheus.compare)"
 }, {
     "rule": "has(self.metric) != has(self.prometheus)",
     "message": "set exactly one of metric (measured by the proxy) and prometheus (a PromQL query)"
@@ -221,6 +221,48 @@ pub struct PrometheusMetric {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^http://[^/\s]+(/.*)?$"))]
     pub address: Option<String>,
+    /// Judge the canary against a baseline instead of a bound: `query` (the canary) and `baselineQuery` are
+    /// read over the whole window (range queries, a sample a second) and compared with a Mann-Whitney U test
+    /// and the Hodges-Lehmann shift: significantly worse by more than `tolerance` fails, within it is
+    /// marginal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compare: Option<Compare>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Compare {
+    /// The same measure for the baseline: the stable pods (`pod=~"{{ target }}-[a-z0-9]+-[a-z0-9]+"` matches
+    /// the target's pods and not the canary's).
+    #[schemars(length(min = 1))]
+    pub baseline_query: String,
+    /// Which way the metric gets worse. Default: Higher (errors, latency).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worse: Option<Worse>,
+    /// The effect tolerated: the shift relative to the baseline's median (0.1: 10 % worse). Default: 0.1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0))]
+    pub tolerance: Option<f64>,
+    /// The significance level of the test. Default: 0.05.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub alpha: Option<f64>,
+    /// What a marginal result does: Pause (default: inconclusive, the release pauses), Fail, or Pass.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_marginal: Option<OnMarginal>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum Worse {
+    Higher,
+    Lower,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum OnMarginal {
+    Pause,
+    Fail,
+    Pass,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
@@ -401,6 +443,22 @@ pub enum Verdict {
     Inconclusive,
 }
 
+/// A canary-versus-baseline test over a window.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ComparisonResult {
+    pub baseline_query: String,
+    pub canary_samples: u32,
+    pub baseline_samples: u32,
+    /// Mann-Whitney's U of the canary's samples.
+    pub u: f64,
+    pub p_value: f64,
+    /// The Hodges-Lehmann shift relative to the baseline's median.
+    pub effect: f64,
+    /// Pass, Marginal or Fail.
+    pub judgement: String,
+}
+
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MetricResult {
@@ -415,6 +473,9 @@ pub struct MetricResult {
     /// Why a query gave no value (no sample, NaN, Prometheus unreachable...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub no_data: Option<String>,
+    /// The canary-versus-baseline test, for a `prometheus.compare` check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comparison: Option<ComparisonResult>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stable_value: Option<f64>,
     /// The bound, as written (`max 0.05`, `maxOverStable 0.01`).

@@ -40,35 +40,80 @@ pub struct Query<'a> {
 
 /// Runs `query` as an instant query at the current time.
 pub async fn run(query: &Query<'_>) -> Result<Outcome, QueryError> {
+    let body = ask(query, "query", &[]).await?;
+    parse(&body)
+}
+
+/// Runs `query` over the last `window`, a sample every `step`: the one series' values, NaN left out (none:
+/// no data).
+pub async fn run_range(query: &Query<'_>, window: Duration, step: Duration) -> Result<Vec<f64>, QueryError> {
+    let end = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs_f64();
+    let range = [
+        ("start", format!("{:.3}", end - window.as_secs_f64())),
+        ("end", format!("{end:.3}")),
+        ("step", format!("{:.3}", step.as_secs_f64())),
+    ];
+    let body = ask(query, "query_range", &range).await?;
+    parse_range(&body)
+}
+
+/// POSTs the query (and `extra` parameters) to `/api/v1/<api>`; the answer's body, or the error it reports.
+async fn ask(query: &Query<'_>, api: &str, extra: &[(&str, String)]) -> Result<Vec<u8>, QueryError> {
     let address = query.address.trim_end_matches('/');
-    let body: String = form_urlencoded::Serializer::new(String::new()).append_pair("query", query.promql).finish();
-    let url = format!("{address}/api/v1/query");
-    let called = super::http::post(&url, FORM, body.into_bytes(), query.token, query.timeout).await;
+    let body = {
+        let mut form = form_urlencoded::Serializer::new(String::new());
+        form.append_pair("query", query.promql);
+        for (name, value) in extra {
+            form.append_pair(name, value);
+        }
+        form.finish().into_bytes()
+    };
+    let url = format!("{address}/api/v1/{api}");
+    let called = super::http::post(&url, FORM, body, query.token, query.timeout).await;
     let (status, body) = called.map_err(|e| match e {
         CallError::Unreachable(_, why) => QueryError::Unreachable(address.to_string(), why),
         CallError::Timeout(_, timeout) => QueryError::Timeout(address.to_string(), timeout),
     })?;
-    match parse(&body) {
-        Err(QueryError::Answer(_)) if !status.is_success() => Err(QueryError::Answer(format!(
-            "HTTP {status}: {}",
-            String::from_utf8_lossy(&body).chars().take(200).collect::<String>()
-        ))),
-        parsed => parsed,
+    // Prometheus answers errors with a JSON body too (400, 422, 503): the parsers say what it reports
+    if !status.is_success() && serde_json::from_slice::<serde_json::Value>(&body).is_err() {
+        let text: String = String::from_utf8_lossy(&body).chars().take(200).collect();
+        return Err(QueryError::Answer(format!("HTTP {status}: {text}")));
     }
+    Ok(body.to_vec())
 }
 
 const FORM: &str = "application/x-www-form-urlencoded";
 
-/// The outcome of an answer of `/api/v1/query`.
-pub fn parse(body: &[u8]) -> Result<Outcome, QueryError> {
-    let answer: serde_json::Value =
+/// The values of the one series of an answer of `/api/v1/query_range`, NaN left out.
+pub fn parse_range(body: &[u8]) -> Result<Vec<f64>, QueryError> {
+    let data = success(body)?;
+    if data["resultType"] != "matrix" {
+        return Err(QueryError::Answer(format!("result type {}: expected a range (matrix)", data["resultType"])));
+    }
+    let series = data["result"].as_array().map(Vec::as_slice).unwrap_or_default();
+    let values = match series {
+        [] => return Ok(vec![]),
+        [one] => one["values"].as_array().cloned().unwrap_or_default(),
+        many => return Err(QueryError::Series(many.len())),
+    };
+    Ok(values.iter().filter_map(|v| v[1].as_str()?.parse::<f64>().ok()).filter(|v| !v.is_nan()).collect())
+}
+
+/// The `data` of a successful answer, or the error Prometheus reports.
+fn success(body: &[u8]) -> Result<serde_json::Value, QueryError> {
+    let mut answer: serde_json::Value =
         serde_json::from_slice(body).map_err(|e| QueryError::Answer(format!("not JSON: {e}")))?;
     if answer["status"] != "success" {
         let kind = answer["errorType"].as_str().unwrap_or("error").to_string();
         let message = answer["error"].as_str().unwrap_or("no message").to_string();
         return Err(QueryError::Refused(kind, message));
     }
-    let data = &answer["data"];
+    Ok(answer["data"].take())
+}
+
+/// The outcome of an answer of `/api/v1/query`.
+pub fn parse(body: &[u8]) -> Result<Outcome, QueryError> {
+    let data = &success(body)?;
     let sample = match data["resultType"].as_str() {
         Some("scalar") => data["result"].clone(),
         Some("vector") => {
@@ -135,6 +180,16 @@ mod tests {
         assert!(matches!(parse(&range), Err(QueryError::Answer(m)) if m.contains("instant query")));
         let refused = br#"{"status":"error","errorType":"bad_data","error":"parse error"}"#;
         assert_eq!(parse(refused), Err(QueryError::Refused("bad_data".into(), "parse error".into())));
+    }
+
+    #[test]
+    fn a_range_gives_the_values_of_its_one_series_without_nan() {
+        let one = answer(json!({"resultType": "matrix", "result": [{"metric": {},
+            "values": [[1.0, "0.5"], [2.0, "NaN"], [3.0, "0.25"]]}]}));
+        assert_eq!(parse_range(&one), Ok(vec![0.5, 0.25]));
+        assert_eq!(parse_range(&answer(json!({"resultType": "matrix", "result": []}))), Ok(vec![]));
+        let two = answer(json!({"resultType": "matrix", "result": [{"values": []}, {"values": []}]}));
+        assert_eq!(parse_range(&two), Err(QueryError::Series(2)));
     }
 
     #[test]

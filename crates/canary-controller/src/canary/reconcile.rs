@@ -458,6 +458,21 @@ async fn call_webhook(call: &release::Call) -> Result<String, String> {
 /// How long a PromQL query may take.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Both queries of a `compare` check over the last `window`, a sample a second.
+async fn read_samples(
+    address: &str,
+    canary: &str,
+    baseline: &str,
+    window: Duration,
+) -> Result<(Vec<f64>, Vec<f64>), String> {
+    let step = Duration::from_secs(1);
+    let range = |promql| async move {
+        let asked = prometheus::Query { address, promql, token: None, timeout: QUERY_TIMEOUT };
+        prometheus::run_range(&asked, window, step).await.map_err(|e| e.to_string())
+    };
+    Ok((range(canary).await?, range(baseline).await?))
+}
+
 /// Runs the PromQL queries of the Canary's checks (by index; `None` for the proxy's metrics), at the end of
 /// a window; `default_address`: the controller's `--prometheus-address`.
 async fn run_queries(canary: &Canary, default_address: Option<&str>) -> Vec<Option<release::Queried>> {
@@ -478,28 +493,40 @@ async fn run_queries(canary: &Canary, default_address: Option<&str>) -> Vec<Opti
             answers.push(None);
             continue;
         };
-        let query = match prometheus::render(&metric.query, &variables) {
-            Ok(query) => query,
-            Err(e) => {
-                answers.push(Some(release::Queried {
+        let answer =
+            match (prometheus::render(&metric.query, &variables), metric.address.as_deref().or(default_address)) {
+                (Err(e), _) => release::Queried {
                     query: metric.query.clone(),
                     value: Err(format!("prometheus.query: {e}")),
-                }));
-                continue;
-            }
-        };
-        let Some(address) = metric.address.as_deref().or(default_address) else {
-            let why = "no Prometheus address: set prometheus.address, or the controller's --prometheus-address";
-            answers.push(Some(release::Queried { query, value: Err(why.into()) }));
-            continue;
-        };
-        let asked = prometheus::Query { address, promql: &query, token: None, timeout: QUERY_TIMEOUT };
-        let value = match prometheus::run(&asked).await {
-            Ok(prometheus::Outcome::Value(v)) => Ok(v),
-            Ok(prometheus::Outcome::NoData(why)) => Err(why),
-            Err(e) => Err(e.to_string()),
-        };
-        answers.push(Some(release::Queried { query, value }));
+                    samples: None,
+                },
+                (Ok(query), None) => {
+                    let why = "no Prometheus address: set prometheus.address, or the controller's --prometheus-address";
+                    release::Queried { query, value: Err(why.into()), samples: None }
+                }
+                (Ok(query), Some(address)) => match &metric.compare {
+                    None => {
+                        let asked = prometheus::Query { address, promql: &query, token: None, timeout: QUERY_TIMEOUT };
+                        let value = match prometheus::run(&asked).await {
+                            Ok(prometheus::Outcome::Value(v)) => Ok(v),
+                            Ok(prometheus::Outcome::NoData(why)) => Err(why),
+                            Err(e) => Err(e.to_string()),
+                        };
+                        release::Queried { query, value, samples: None }
+                    }
+                    Some(compare) => {
+                        let baseline = prometheus::render(&compare.baseline_query, &variables);
+                        let samples = match &baseline {
+                            Ok(baseline) => read_samples(address, &query, baseline, settings.interval).await,
+                            Err(e) => Err(format!("prometheus.compare.baselineQuery: {e}")),
+                        };
+                        let baseline = baseline.unwrap_or_else(|_| compare.baseline_query.clone());
+                        let samples = release::Samples { baseline_query: baseline, values: samples };
+                        release::Queried { query, value: Ok(0.0), samples: Some(samples) }
+                    }
+                },
+            };
+        answers.push(Some(answer));
     }
     answers
 }

@@ -14,9 +14,10 @@
 //! Requests (annotation [`REQUEST_ANNOTATION`], acted on once per value): `resume`, `promote`, `abort`,
 //! `retry`. `spec.paused` holds a progressing release where it is.
 
+use super::statistics;
 use crate::api::canary::{
-    Analysis, CanarySpec, Counters, Evidence, Metric, MetricCheck, MetricResult, OnNoData, OnWebhookFailure, Phase,
-    ReleaseStatus, ReleaseStep, RouteCounters, Verdict, Window,
+    Analysis, CanarySpec, Compare, ComparisonResult, Counters, Evidence, Metric, MetricCheck, MetricResult, OnMarginal,
+    OnNoData, OnWebhookFailure, Phase, ReleaseStatus, ReleaseStep, RouteCounters, Verdict, Window, Worse as ApiWorse,
 };
 use crate::report::Note;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -572,6 +573,37 @@ fn summarize(evidence: &Evidence) -> String {
     )
 }
 
+/// A `compare` check's samples judged (Mann-Whitney U and the Hodges-Lehmann shift, see [`statistics`]):
+/// the result for the status and its verdict (a marginal one as `onMarginal` says); an error when there are
+/// no samples to judge.
+fn compare_samples(compare: &Compare, samples: Option<&Samples>) -> Result<(ComparisonResult, Verdict), String> {
+    let Some(Samples { baseline_query, values }) = samples else { return Err("Prometheus was not queried".into()) };
+    let (canary, baseline) = values.as_ref().map_err(Clone::clone)?;
+    let worse = match compare.worse {
+        Some(ApiWorse::Lower) => statistics::Worse::Lower,
+        _ => statistics::Worse::Higher,
+    };
+    let (alpha, tolerance) = (compare.alpha.unwrap_or(0.05), compare.tolerance.unwrap_or(0.1));
+    let c = statistics::compare(canary, baseline, worse, alpha, tolerance).ok_or_else(|| {
+        format!("no samples to compare ({} of the canary, {} of the baseline)", canary.len(), baseline.len())
+    })?;
+    let verdict = match (c.judgement, compare.on_marginal) {
+        (statistics::Judgement::Pass, _) | (statistics::Judgement::Marginal, Some(OnMarginal::Pass)) => Verdict::Passed,
+        (statistics::Judgement::Fail, _) | (statistics::Judgement::Marginal, Some(OnMarginal::Fail)) => Verdict::Failed,
+        (statistics::Judgement::Marginal, _) => Verdict::Inconclusive,
+    };
+    let result = ComparisonResult {
+        baseline_query: baseline_query.clone(),
+        canary_samples: canary.len() as u32,
+        baseline_samples: baseline.len() as u32,
+        u: c.test.u,
+        p_value: c.test.p_value,
+        effect: round(c.effect),
+        judgement: format!("{:?}", c.judgement),
+    };
+    Ok((result, verdict))
+}
+
 /// How a check's result is named for people: the proxy's metric, or `query`.
 pub fn metric_name(result: &MetricResult) -> String {
     result.metric.map(|m| format!("{m:?}")).unwrap_or_else(|| "query".into())
@@ -584,6 +616,17 @@ pub struct Queried {
     pub query: String,
     /// Its value, or why there is none (no sample, NaN, Prometheus unreachable or refusing).
     pub value: Result<f64, String>,
+    /// For a `compare` check: both queries' samples over the window.
+    pub samples: Option<Samples>,
+}
+
+/// A `compare` check's samples over a window.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Samples {
+    /// The baseline's query as run.
+    pub baseline_query: String,
+    /// The canary's and the baseline's samples, or why there are none.
+    pub values: Result<(Vec<f64>, Vec<f64>), String>,
 }
 
 fn round(value: f64) -> f64 {
@@ -646,13 +689,24 @@ pub fn judge(
         .enumerate()
         .map(|(i, check)| {
             let answer = queried.and_then(|q| q.get(i)).and_then(Option::as_ref);
-            let (value, query, no_data) = match (check.metric, &check.prometheus, answer) {
-                (_, Some(_), Some(Queried { query, value: Ok(v) })) => (*v, Some(query.clone()), None),
-                (_, Some(_), Some(Queried { query, value: Err(why) })) => (0.0, Some(query.clone()), Some(why.clone())),
+            let (value, query, mut no_data) = match (check.metric, &check.prometheus, answer) {
+                (_, Some(p), Some(q)) if p.compare.is_some() => (0.0, Some(q.query.clone()), None),
+                (_, Some(_), Some(Queried { query, value: Ok(v), .. })) => (*v, Some(query.clone()), None),
+                (_, Some(_), Some(Queried { query, value: Err(why), .. })) => {
+                    (0.0, Some(query.clone()), Some(why.clone()))
+                }
                 (_, Some(p), None) => (0.0, Some(p.query.clone()), Some("Prometheus was not queried".to_string())),
                 (Some(metric), None, _) => (value_of(metric, &canary), None, None),
                 (None, None, _) => (0.0, None, Some("the check names no metric and no query".to_string())),
             };
+            // a canary-versus-baseline check: the samples' test decides
+            let mut compared = None;
+            if let Some(compare) = check.prometheus.as_ref().and_then(|p| p.compare.as_ref()) {
+                match compare_samples(compare, answer.and_then(|q| q.samples.as_ref())) {
+                    Ok(result) => compared = Some(result),
+                    Err(why) => no_data = Some(why),
+                }
+            }
             let stable_value = check.metric.filter(|_| check.max_over_stable.is_some()).map(|m| value_of(m, &stable));
             let mut bounds = vec![];
             let mut failed = false;
@@ -673,6 +727,12 @@ pub fn judge(
                     verdict = Verdict::Inconclusive;
                 }
             }
+            if let Some((_, judged)) = &compared {
+                failed |= *judged == Verdict::Failed;
+                if *judged == Verdict::Inconclusive {
+                    verdict = Verdict::Inconclusive;
+                }
+            }
             if no_data.is_some() {
                 // never a pass
                 verdict = match check.on_no_data {
@@ -687,8 +747,9 @@ pub fn judge(
             MetricResult {
                 metric: check.metric.filter(|_| check.prometheus.is_none()),
                 query,
-                value: round(value),
+                value: round(compared.as_ref().map(|(c, _)| c.effect).unwrap_or(value)),
                 no_data,
+                comparison: compared.map(|(c, _)| c),
                 stable_value: stable_value.map(round),
                 bound: bounds.join(", "),
                 verdict,
@@ -720,7 +781,7 @@ pub fn judge(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::canary::{Pause, PrometheusMetric, Promotion, TargetContainer, WebhookStep};
+    use crate::api::canary::{Compare, Pause, PrometheusMetric, Promotion, TargetContainer, WebhookStep};
     use serde_json::json;
 
     fn at(second: i64) -> Time {
@@ -922,7 +983,8 @@ mod tests {
 
     #[test]
     fn promql_checks_are_queried_when_a_window_is_judged_and_no_data_never_passes() {
-        let query = PrometheusMetric { query: "sum(rate(errors[{{ interval }}]))".into(), address: None };
+        let query =
+            PrometheusMetric { query: "sum(rate(errors[{{ interval }}]))".into(), address: None, compare: None };
         let promql = MetricCheck { metric: None, prometheus: Some(query), max: Some(1.0), ..check(Metric::ErrorRate) };
         let mut s = spec(vec![weight(20), analysis()]);
         s.analysis.as_mut().unwrap().metrics = vec![check(Metric::ErrorRate), promql.clone()];
@@ -937,7 +999,7 @@ mod tests {
         let judged = |value: Result<f64, String>, on_no_data: Option<OnNoData>| {
             let mut s = s.clone();
             s.analysis.as_mut().unwrap().metrics[1].on_no_data = on_no_data;
-            let answers = [None, Some(Queried { query: "sum(rate(errors[30s]))".into(), value })];
+            let answers = [None, Some(Queried { query: "sum(rate(errors[30s]))".into(), value, samples: None })];
             let now = at(30);
             let i = Inputs { stats: Some(&stats), queried: Some(&answers), ..inputs(&now, Some(20), None) };
             advance(&s, Some(&started.release), &i).release
@@ -993,6 +1055,41 @@ mod tests {
         assert!(advance(&s, Some(&waiting.release), &inputs(&at(3), Some(0), None)).wants_call.is_none());
         assert!(advance(&s, Some(&waiting.release), &inputs(&at(6), Some(0), None)).wants_call.is_some());
         assert_eq!(with_answer(&s, &waiting.release, 6, Ok("HTTP 204".into())).release.step, 1);
+    }
+
+    #[test]
+    fn a_compare_check_judges_the_canary_samples_against_the_baseline() {
+        let compare =
+            Compare { baseline_query: "b".into(), worse: None, tolerance: Some(0.1), alpha: None, on_marginal: None };
+        let query = PrometheusMetric { query: "c".into(), address: None, compare: Some(compare) };
+        let mut s = spec(vec![weight(20), analysis()]);
+        s.analysis.as_mut().unwrap().metrics =
+            vec![MetricCheck { prometheus: Some(query), ..check(Metric::ErrorRate) }];
+        s.analysis.as_mut().unwrap().metrics[0].metric = None;
+        let started = step(&s, None, &at(0), Some(20), &counters((0, 0), (0, 0)));
+        let stats = counters((100, 0), (50, 0));
+        let baseline: Vec<f64> = (0..30).map(|i| 100.0 + (i % 7) as f64).collect();
+        let judged = |canary: Vec<f64>| {
+            let answers = [Some(Queried {
+                query: "c".into(),
+                value: Ok(0.0),
+                samples: Some(Samples { baseline_query: "b".into(), values: Ok((canary, baseline.clone())) }),
+            })];
+            let now = at(30);
+            let i = Inputs { stats: Some(&stats), queried: Some(&answers), ..inputs(&now, Some(20), None) };
+            advance(&s, Some(&started.release), &i).release
+        };
+        let worse = judged(baseline.iter().map(|v| v * 1.5).collect());
+        assert_eq!(worse.phase, Phase::RolledBack, "{worse:#?}");
+        let comparison = worse.evidence[0].metrics[0].comparison.clone().unwrap();
+        assert_eq!((comparison.canary_samples, comparison.judgement.as_str()), (30, "Fail"), "{comparison:?}");
+        assert!(comparison.p_value < 0.001 && (comparison.effect - 0.5).abs() < 0.05, "{comparison:?}");
+        assert_eq!(judged(baseline.clone()).phase, Phase::Promoting, "the same: passes");
+        let marginal = judged(baseline.iter().map(|v| v + 3.0).collect());
+        assert_eq!(marginal.phase, Phase::Paused, "marginal pauses by default: {marginal:#?}");
+        let none = judged(vec![]);
+        assert_eq!(none.phase, Phase::Paused, "no samples: inconclusive");
+        assert!(none.evidence[0].metrics[0].no_data.as_deref().unwrap_or_default().contains("no samples"));
     }
 
     #[test]
