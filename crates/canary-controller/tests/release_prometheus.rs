@@ -26,9 +26,12 @@ use support::simulator::can_simulate;
 /// The canary pods' error ratio over the window, from the application's own counters.
 const ERROR_RATIO: &str = r#"sum(rate(sim_requests_total{outcome="error",pod=~"{{ canary }}-.*"}[{{ interval }}])) / sum(rate(sim_requests_total{pod=~"{{ canary }}-.*"}[{{ interval }}]))"#;
 
+/// For a comparison, sampled every second over the window: the canary's error ratio over the last 3 s at
+/// each sample (a range as long as the window would look back twice as far, into a former canary's pods).
+const CANARY_ERRORS_3S: &str = r#"(sum(rate(sim_requests_total{outcome="error",pod=~"{{ canary }}-.*"}[3s])) or vector(0)) / sum(rate(sim_requests_total{pod=~"{{ canary }}-.*"}[3s]))"#;
 /// The same for the stable pods (`app-<hash>-<hash>`: the canary's are `app-canary-<hash>-<hash>`), which
 /// never failed: their `error` series does not exist, hence `or vector(0)`.
-const STABLE_ERROR_RATIO: &str = r#"(sum(rate(sim_requests_total{outcome="error",pod=~"{{ target }}-[a-z0-9]+-[a-z0-9]+"}[{{ interval }}])) or vector(0)) / sum(rate(sim_requests_total{pod=~"{{ target }}-[a-z0-9]+-[a-z0-9]+"}[{{ interval }}]))"#;
+const STABLE_ERRORS_3S: &str = r#"(sum(rate(sim_requests_total{outcome="error",pod=~"{{ target }}-[a-z0-9]+-[a-z0-9]+"}[3s])) or vector(0)) / sum(rate(sim_requests_total{pod=~"{{ target }}-[a-z0-9]+-[a-z0-9]+"}[3s]))"#;
 
 /// Keeps `file` listing the running pods of `app` (their metrics port, labelled with the pod's name) until
 /// `stop`.
@@ -99,8 +102,8 @@ async fn a_release_behind_a_webhook_gate_judged_by_promql_rolls_back_a_bad_canar
             "steps": [{"webhook": {"url": gate_url, "onFailure": "Retry"}}, {"setWeight": 50}, {"analysis": {}}],
             "analysis": {"interval": "8s", "minSamples": 10, "metrics": [
                 {"prometheus": {"query": ERROR_RATIO}, "max": 0.05},
-                {"prometheus": {"query": ERROR_RATIO,
-                    "compare": {"baselineQuery": STABLE_ERROR_RATIO, "tolerance": 0.05}}}]},
+                {"prometheus": {"query": CANARY_ERRORS_3S,
+                    "compare": {"baselineQuery": STABLE_ERRORS_3S, "tolerance": 0.05}}}]},
             "promotion": {"updateTarget": true}}),
     )
     .await;
