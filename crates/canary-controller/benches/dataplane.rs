@@ -19,7 +19,7 @@ use canary_controller::kanary::haproxy::RouteBackend;
 use e2e_support::Cluster;
 use e2e_support::simulator::can_simulate;
 use e2e_support::traffic::{
-    LongLived, Tally, ask, config_only, drive_through, free_port, long_lived, our_proxy_files, start_backends,
+    LongLived, Tally, ask, config_only, drive_through, free_port, long_lived, our_proxy_files, p50_p99, start_backends,
     steady_load,
 };
 use futures::StreamExt;
@@ -261,10 +261,9 @@ fn servers_of(plane: &DataPlane, service: &str) -> Vec<String> {
 }
 
 fn percentiles(what: &str, samples: &mut [Duration]) {
-    samples.sort();
-    let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
+    let (p50, p99) = p50_p99(samples).expect("samples");
     let ms = |d: Duration| format!("{:.0} ms", d.as_secs_f64() * 1000.0);
-    println!("{what:<32} {:>10} {:>10} {:>10}", ms(at(0.5)), ms(at(0.99)), samples.len());
+    println!("{what:<32} {:>10} {:>10} {:>10}", ms(p50), ms(p99), samples.len());
 }
 
 #[derive(Clone, Copy, PartialEq)]

@@ -20,7 +20,7 @@ use canary_controller::canary::release::REQUEST_ANNOTATION;
 use e2e_support::Cluster;
 use e2e_support::release::{BAD_IMAGE, create_app, from_canary};
 use e2e_support::simulator::can_simulate;
-use e2e_support::traffic::Exchange;
+use e2e_support::traffic::{Exchange, endless_clients, p50_p99};
 use futures::StreamExt;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -147,24 +147,13 @@ async fn main() {
 
 /// Clients that never stop, recording when each connection started and where it went.
 fn start_clients(target: SocketAddr, connections: Connections) -> Vec<tokio::task::JoinHandle<()>> {
-    (0..CLIENTS)
-        .map(|_| {
-            let connections = connections.clone();
-            tokio::spawn(async move {
-                let mut ticks = tokio::time::interval(PERIOD);
-                ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                loop {
-                    ticks.tick().await;
-                    let started = Instant::now();
-                    let reached = match Exchange::Line.run(target).await {
-                        Ok(answer) if !from_canary(&answer) => Reached::Stable,
-                        _ => Reached::Canary,
-                    };
-                    connections.lock().unwrap().push((started, reached));
-                }
-            })
-        })
-        .collect()
+    endless_clients(Exchange::Line, target, CLIENTS, PERIOD, move |started, answer| {
+        let reached = match answer {
+            Ok(answer) if !from_canary(&answer) => Reached::Stable,
+            _ => Reached::Canary,
+        };
+        connections.lock().unwrap().push((started, reached));
+    })
 }
 
 /// Watches Kanary `web` and records each change of its canary route's weight.
@@ -206,11 +195,8 @@ async fn retry(canaries: &Api<Canary>, i: usize) {
 }
 
 fn percentiles(what: &str, samples: &mut [Duration]) {
-    if samples.is_empty() {
-        println!("{what:<58} no sample");
-        return;
+    match p50_p99(samples) {
+        Some((p50, p99)) => println!("{what:<58} {p50:>10.1?} {p99:>10.1?} {:>8}", samples.len()),
+        None => println!("{what:<58} no sample"),
     }
-    samples.sort();
-    let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
-    println!("{what:<58} {:>10.1?} {:>10.1?} {:>8}", at(0.5), at(0.99), samples.len());
 }

@@ -12,7 +12,7 @@ use canary_controller::api::canary::{Canary, Evidence, Phase, ReleaseStatus};
 use canary_controller::canary::release::metric_name;
 use e2e_support::Cluster;
 use e2e_support::release::{BAD_IMAGE, create_app, from_canary};
-use e2e_support::traffic::{Exchange, Tally};
+use e2e_support::traffic::{Exchange, Tally, endless_clients};
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
@@ -58,7 +58,10 @@ async fn main() {
     say(&format!("the Canary's proxy serves Service app-front at {front}; clients send 100 connections/s to it"));
 
     let seen = Arc::new(Mutex::new(Tally::default()));
-    let load = tokio::spawn(clients(front, seen.clone()));
+    let recorded = seen.clone();
+    let load = endless_clients(Exchange::Line, front, CLIENTS, PERIOD, move |_, answer| {
+        recorded.lock().unwrap().record_why(answer);
+    });
     say("release 1: echo:v2, a healthy canary");
     let done = follow(&canaries, &seen, Phase::Succeeded).await;
     let image = cluster.api::<Deployment>().get("app").await.ok().and_then(target_image);
@@ -72,7 +75,7 @@ async fn main() {
     say(&rolled_back.message);
     std::mem::take(&mut *seen.lock().unwrap());
     tokio::time::sleep(Duration::from_secs(3)).await;
-    load.abort();
+    load.iter().for_each(|client| client.abort());
     let after = std::mem::take(&mut *seen.lock().unwrap());
     let canary = after.answers.iter().filter(|(a, _)| from_canary(a)).map(|(_, n)| n).sum::<usize>();
     say(&format!(
@@ -86,26 +89,6 @@ async fn main() {
     }
     sim.stop().await;
     cluster.cleanup().await;
-}
-
-/// Clients that never stop: each opens a connection every [`PERIOD`], sends a line, reads the answer.
-async fn clients(target: std::net::SocketAddr, seen: Arc<Mutex<Tally>>) {
-    let workers: Vec<_> = (0..CLIENTS)
-        .map(|_| {
-            let seen = seen.clone();
-            tokio::spawn(async move {
-                let mut ticks = tokio::time::interval(PERIOD);
-                loop {
-                    ticks.tick().await;
-                    let answer = Exchange::Line.run(target).await;
-                    seen.lock().unwrap().record_why(answer);
-                }
-            })
-        })
-        .collect();
-    for w in workers {
-        let _ = w.await;
-    }
 }
 
 /// Prints the release every second and each verdict as it comes, until it reaches `phase`.

@@ -56,25 +56,11 @@ impl StatusWriteError {
     }
 }
 
-/// Server-side applies `status` as the status of object `name` (of `api_version`/`kind`), within
+/// Server-side applies `status` as the status of object `name` (of `api_version`/`kind`) as field manager
+/// `manager` (it owns only the fields it applies; [`FIELD_MANAGER`] for the controllers' status), within
 /// [`STATUS_WRITE_TIMEOUT`]; with `resource_version`, only over that version of the object (409 Conflict
 /// otherwise: the decision was made on a stale read).
 pub async fn write_status<K>(
-    api: &kube::Api<K>,
-    name: &str,
-    api_version: &str,
-    kind: &str,
-    status: &impl serde::Serialize,
-    resource_version: Option<&str>,
-) -> Result<(), StatusWriteError>
-where
-    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
-{
-    write_status_as(FIELD_MANAGER, api, name, api_version, kind, status, resource_version).await
-}
-
-/// [`write_status`] as field manager `manager`: it owns only the fields it applies.
-pub async fn write_status_as<K>(
     manager: &str,
     api: &kube::Api<K>,
     name: &str,

@@ -127,6 +127,39 @@ impl Exchange {
     }
 }
 
+/// Clients that go on until their tasks are aborted: each makes an `exchange` with `target` every `period`
+/// and gives `record` when it started and what came back.
+pub fn endless_clients(
+    exchange: Exchange,
+    target: SocketAddr,
+    clients: usize,
+    period: Duration,
+    record: impl Fn(Instant, Result<String, String>) + Clone + Send + 'static,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..clients)
+        .map(|_| {
+            let record = record.clone();
+            tokio::spawn(async move {
+                let mut ticks = tokio::time::interval(period);
+                ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    ticks.tick().await;
+                    let started = Instant::now();
+                    let answer = exchange.run(target).await;
+                    record(started, answer);
+                }
+            })
+        })
+        .collect()
+}
+
+/// The median and the 99th percentile (nearest rank) of `samples`, sorted in place; `None` without any.
+pub fn p50_p99(samples: &mut [Duration]) -> Option<(Duration, Duration)> {
+    samples.sort();
+    let at = |q: f64| samples.get(((samples.len().checked_sub(1)?) as f64 * q).round() as usize).copied();
+    Some((at(0.5)?, at(0.99)?))
+}
+
 /// A free port on an address (`::` for a port free on every IPv4 and IPv6 address).
 pub fn free_port(ip: &str) -> u16 {
     std::net::TcpListener::bind((ip, 0)).unwrap().local_addr().unwrap().port()

@@ -15,19 +15,15 @@ pub enum CallError {
     Timeout(String, Duration),
 }
 
-/// POSTs `body` (of `content_type`, with a bearer `token` if any) to `url`; the answer's status and body.
+/// POSTs `body` (of `content_type`) to `url`; the answer's status and body.
 pub async fn post(
     url: &str,
     content_type: &str,
     body: Vec<u8>,
-    token: Option<&str>,
     timeout: Duration,
 ) -> Result<(http::StatusCode, Bytes), CallError> {
     let unreachable = |e: String| CallError::Unreachable(url.to_string(), e);
-    let mut request = http::Request::post(url).header(http::header::CONTENT_TYPE, content_type);
-    if let Some(token) = token {
-        request = request.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
-    }
+    let request = http::Request::post(url).header(http::header::CONTENT_TYPE, content_type);
     let request = request.body(Full::new(Bytes::from(body))).map_err(|e| unreachable(e.to_string()))?;
     let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
     let exchange = async {

@@ -169,7 +169,7 @@ async fn report_unreadable(unreadable: &InvalidObject, ctx: &Context<CanaryRecon
     // (a release in progress among it) as it was, so that fixing the spec resumes the release
     let api: Api<Canary> = Api::namespaced(ctx.client.clone(), ns);
     let (api_version, kind) = (Canary::api_version(&()), Canary::kind(&()));
-    crate::report::write_status_as(UNREADABLE_FIELD_MANAGER, &api, &name, &api_version, &kind, &status, None).await?;
+    crate::report::write_status(UNREADABLE_FIELD_MANAGER, &api, &name, &api_version, &kind, &status, None).await?;
     Ok(Action::requeue(Duration::from_secs(600)))
 }
 
@@ -399,41 +399,19 @@ async fn remove_release(canary: &Canary, ctx: &Context<CanaryReconciler>) -> Res
     let name = canary.name_any();
     let uid = canary.uid().unwrap_or_default();
     let mut removed = vec![];
-    let failed = |kind: &'static str, object: &str| {
-        let object = object.to_string();
-        move |e| Error::RemoveRelease(kind, object, e)
-    };
     if let Some(resource) = &ctx.reconciler.kanary {
         let kanaries: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), &ns, resource);
         let kanary = kanaries.get_opt(&name).await.map_err(|e| Error::ReadKanary(name.clone(), e))?;
-        if let Some(kanary) = kanary.filter(|k| children::owned_by(k, &uid)) {
-            let deleted = children::delete(&kanaries, &name, &kanary.uid().unwrap_or_default()).await;
-            if deleted.map_err(failed("Kanary", &name))? {
-                removed.push(format!("Kanary {name:?}"));
-            }
-        }
+        removed.extend(delete_owned(&kanaries, "Kanary", kanary.as_ref(), &uid).await?);
     }
     let services: Api<Service> = Api::namespaced(ctx.client.clone(), &ns);
     for service in [traffic::stable_service_name(&name), traffic::canary_service_name(&name)] {
-        let Some(cached) = ctx.caches.services.get(&ns, &service).filter(|s| children::owned_by(s.as_ref(), &uid))
-        else {
-            continue;
-        };
-        let deleted = children::delete(&services, &service, &cached.uid().unwrap_or_default()).await;
-        if deleted.map_err(failed("Service", &service))? {
-            removed.push(format!("Service {service:?}"));
-        }
+        let cached = ctx.caches.services.get(&ns, &service);
+        removed.extend(delete_owned(&services, "Service", cached.as_deref(), &uid).await?);
     }
-    let slice_name = traffic::stable_service_name(&name);
-    if let Some(cached) =
-        ctx.caches.endpoint_slices.get(&ns, &slice_name).filter(|s| children::owned_by(s.as_ref(), &uid))
-    {
-        let slices: Api<EndpointSlice> = Api::namespaced(ctx.client.clone(), &ns);
-        let deleted = children::delete(&slices, &slice_name, &cached.uid().unwrap_or_default()).await;
-        if deleted.map_err(failed("EndpointSlice", &slice_name))? {
-            removed.push(format!("EndpointSlice {slice_name:?}"));
-        }
-    }
+    let slices: Api<EndpointSlice> = Api::namespaced(ctx.client.clone(), &ns);
+    let cached = ctx.caches.endpoint_slices.get(&ns, &traffic::stable_service_name(&name));
+    removed.extend(delete_owned(&slices, "EndpointSlice", cached.as_deref(), &uid).await?);
     Ok((!removed.is_empty()).then(|| {
         Note::normal(
             release::reasons::RELEASE_REMOVED,
@@ -442,10 +420,27 @@ async fn remove_release(canary: &Canary, ctx: &Context<CanaryReconciler>) -> Res
     }))
 }
 
+/// Deletes `object` (a `kind` of the release) when the Canary `uid` owns it; what went (`Service "web-stable"`).
+async fn delete_owned<K>(
+    api: &Api<K>,
+    kind: &'static str,
+    object: Option<&impl Resource>,
+    uid: &str,
+) -> Result<Option<String>, Error>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let Some(object) = object.filter(|o| children::owned_by(*o, uid)) else { return Ok(None) };
+    let name = object.meta().name.clone().unwrap_or_default();
+    let deleted = children::delete(api, &name, object.meta().uid.as_deref().unwrap_or_default()).await;
+    let deleted = deleted.map_err(|e| Error::RemoveRelease(kind, name.clone(), e))?;
+    Ok(deleted.then(|| format!("{kind} {name:?}")))
+}
+
 /// Calls a webhook step: `Ok("HTTP 200")` for a 2xx answer, else why it did not pass.
 async fn call_webhook(call: &release::Call) -> Result<String, String> {
     let body = serde_json::to_vec(&call.body).unwrap_or_default();
-    match http::post(&call.url, "application/json", body, None, call.timeout).await {
+    match http::post(&call.url, "application/json", body, call.timeout).await {
         Ok((status, _)) if status.is_success() => Ok(format!("HTTP {}", status.as_u16())),
         Ok((status, body)) => {
             let text: String = String::from_utf8_lossy(&body).chars().take(200).collect();
@@ -467,7 +462,7 @@ async fn read_samples(
 ) -> Result<(Vec<f64>, Vec<f64>), String> {
     let step = Duration::from_secs(1);
     let range = |promql| async move {
-        let asked = prometheus::Query { address, promql, token: None, timeout: QUERY_TIMEOUT };
+        let asked = prometheus::Query { address, promql, timeout: QUERY_TIMEOUT };
         prometheus::run_range(&asked, window, step).await.map_err(|e| e.to_string())
     };
     Ok((range(canary).await?, range(baseline).await?))
@@ -506,7 +501,7 @@ async fn run_queries(canary: &Canary, default_address: Option<&str>) -> Vec<Opti
                 }
                 (Ok(query), Some(address)) => match &metric.compare {
                     None => {
-                        let asked = prometheus::Query { address, promql: &query, token: None, timeout: QUERY_TIMEOUT };
+                        let asked = prometheus::Query { address, promql: &query, timeout: QUERY_TIMEOUT };
                         let value = match prometheus::run(&asked).await {
                             Ok(prometheus::Outcome::Value(v)) => Ok(v),
                             Ok(prometheus::Outcome::NoData(why)) => Err(why),
@@ -649,7 +644,9 @@ async fn remove_previous_canaries(
 }
 
 async fn write_status(api: &Api<Canary>, name: &str, status: &CanaryStatus, rv: Option<&str>) -> Result<(), Error> {
-    Ok(crate::report::write_status(api, name, &Canary::api_version(&()), &Canary::kind(&()), status, rv).await?)
+    let manager = crate::report::FIELD_MANAGER;
+    Ok(crate::report::write_status(manager, api, name, &Canary::api_version(&()), &Canary::kind(&()), status, rv)
+        .await?)
 }
 
 /// The names a Canary refers to: its target and its canary Deployment; with traffic, the user's Service, the

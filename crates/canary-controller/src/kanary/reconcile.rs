@@ -155,7 +155,8 @@ impl Reconciler for KanaryReconciler {
         // the agents' reports are theirs: compared without them, and only the gone pods' removed
         let ours = previous.map(|p| KanaryStatus { proxies: Default::default(), ..p.clone() });
         if ours.as_ref() != Some(&status) {
-            crate::report::write_status(&api, &name, &self.resource.api_version, KIND, &status, None).await?;
+            let manager = crate::report::FIELD_MANAGER;
+            crate::report::write_status(manager, &api, &name, &self.resource.api_version, KIND, &status, None).await?;
         }
         let stale = build::stale_reports(previous, &proxy_pods, &now);
         if !stale.is_empty() {
