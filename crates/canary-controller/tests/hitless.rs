@@ -213,7 +213,14 @@ async fn every_change_reaches_the_running_proxy_with_no_failed_connection_and_no
     }
 
     // a backend pod that dies abruptly (its process killed): a handful of failed connections at most
-    let b_pod = running.iter().find(|p| p.starts_with("b-")).expect("a pod of b").clone();
+    // one that runs: not one still terminating from the replacement above (its process may be gone)
+    let b_pods = pods.list(&ListParams::default()).await.unwrap().items;
+    let b_pod = b_pods
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter_map(|p| p.metadata.name)
+        .find(|p| p.starts_with("b-"))
+        .expect("a running pod of b");
     let tally = phase(listen, async {
         kill_matching(&format!("--pod {b_pod} ")).await;
         tokio::time::sleep(Duration::from_secs(4)).await;
