@@ -63,6 +63,23 @@ fn rolled_out(d: &Value) -> bool {
         && status["replicas"].as_i64() == Some(wanted)
 }
 
+/// A Deployment's rollout as numbers: generation, observed generation, and spec/status/updated/ready/
+/// available replicas (what a failure message needs, short enough to survive a truncated CI log).
+fn rollout_summary(d: Option<&Value>) -> String {
+    let Some(d) = d else { return "absent".into() };
+    let status = &d["status"];
+    format!(
+        "generation {} observed {} replicas {}/{} updated {} ready {} available {}",
+        d["metadata"]["generation"],
+        status["observedGeneration"],
+        status["replicas"],
+        d["spec"]["replicas"],
+        status["updatedReplicas"],
+        status["readyReplicas"],
+        status["availableReplicas"]
+    )
+}
+
 impl World {
     /// A cluster with the simulator on pod network 127.`pod_network` (one per test).
     async fn start(pod_network: u8) -> Option<World> {
@@ -186,7 +203,7 @@ impl World {
                 wrong.push(format!("app-{i}-canary does not run {image}"));
             }
             if canary.is_none_or(|d| !rolled_out(d)) {
-                wrong.push(format!("app-{i}-canary is not rolled out"));
+                wrong.push(format!("app-{i}-canary is not rolled out: {}", rollout_summary(canary)));
             }
             let config = config_maps.iter().find(|c| name(c) == format!("k-{i}-config"));
             let weights = config.and_then(|c| c["data"]["weights.map"].as_str()).unwrap_or_default();
@@ -217,8 +234,7 @@ impl World {
             }
             let proxy = deployments.iter().find(|d| name(d) == format!("k-{i}-haproxy"));
             if proxy.is_none_or(|d| !rolled_out(d)) {
-                let status = proxy.map(|d| (&d["metadata"]["generation"], &d["status"]));
-                wrong.push(format!("k-{i}-haproxy is not rolled out: (generation, status) {status:?}"));
+                wrong.push(format!("k-{i}-haproxy is not rolled out: {}", rollout_summary(proxy)));
             }
             if !services.iter().any(|s| name(s) == format!("front-{i}") && owned(s) == 1) {
                 wrong.push(format!("Service front-{i} missing"));

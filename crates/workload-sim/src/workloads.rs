@@ -20,6 +20,10 @@ use std::time::Duration;
 pub const TEMPLATE_HASH_LABEL: &str = "pod-template-hash";
 const REVISION_ANNOTATION: &str = "deployment.kubernetes.io/revision";
 pub const FIELD_MANAGER: &str = "workload-sim";
+/// How often a settled Deployment or ReplicaSet is looked at again without an event, as the real controllers'
+/// informers resync: a status that missed an event (an API server restart in the middle of a write chain)
+/// catches up within this.
+const RESYNC: Duration = Duration::from_secs(10);
 
 pub type Error = kube::Error;
 
@@ -220,7 +224,7 @@ pub async fn reconcile_deployment(deployment: Arc<Deployment>, client: kube::Cli
     write_deployment_status(&client, &deployment, &sets, &name, desired, desired - unavailable).await?;
     let done = states.iter().all(|s| plan[&s.name] == s.replicas)
         && states.iter().filter(|s| !s.current).all(|s| s.replicas == 0);
-    Ok(if done { Action::await_change() } else { Action::requeue(Duration::from_secs(1)) })
+    Ok(if done { Action::requeue(RESYNC) } else { Action::requeue(Duration::from_secs(1)) })
 }
 
 async fn write_deployment_status(
@@ -323,7 +327,7 @@ pub async fn reconcile_replica_set(rs: Arc<ReplicaSet>, client: kube::Client, no
     // a pod ready but not yet for minReadySeconds becomes available later
     Ok(match waiting {
         Some(wait) => Action::requeue(wait + Duration::from_millis(100)),
-        None => Action::await_change(),
+        None => Action::requeue(RESYNC),
     })
 }
 
