@@ -143,6 +143,17 @@ pub fn apply_defaults(kind: &str, obj: &mut Value, next_cluster_ip: &mut dyn FnM
                 }
             }
         }
+        // stringData is write-only: merged into data (base64), as the real API server does
+        "Secret" => {
+            use base64::Engine;
+            default(obj, "type", json!("Opaque"));
+            if let Some(Value::Object(strings)) = obj.as_object_mut().and_then(|o| o.remove("stringData")) {
+                for (key, value) in strings {
+                    let text = value.as_str().unwrap_or_default();
+                    obj["data"][key] = json!(base64::engine::general_purpose::STANDARD.encode(text));
+                }
+            }
+        }
         "Pod" => {
             if let Some(cs) = obj.pointer_mut("/spec/containers").and_then(Value::as_array_mut) {
                 for c in cs {
@@ -301,6 +312,14 @@ pub fn validate(kind: &str, obj: &Value, old: Option<&Value>) -> Vec<FieldError>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_secrets_string_data_is_stored_in_data_as_base64() {
+        let mut secret = json!({"metadata": {"name": "s"}, "data": {"a": "eA=="}, "stringData": {"token": "s3cret"}});
+        apply_defaults("Secret", &mut secret, &mut || unreachable!());
+        assert_eq!(secret["data"], json!({"a": "eA==", "token": "czNjcmV0"}));
+        assert_eq!((secret.get("stringData"), &secret["type"]), (None, &json!("Opaque")));
+    }
 
     #[test]
     fn deployment_selector_must_match_template_and_is_immutable() {
