@@ -449,6 +449,25 @@ async fn release_fields_the_controller_cannot_act_on_are_refused_by_the_schema_w
         refused(with(json!([]), json!([{"prometheus": {"query": "up", "address": "prometheus:9090"}, "max": 1}])))
             .await;
     assert!(plain_url.contains("address"), "{plain_url}");
+    let with_baseline = |steps: Value, max_weight: Value| {
+        let mut c = with(steps, json!([]));
+        c.data["spec"]["traffic"]["baseline"] = json!(true);
+        c.data["spec"]["analysis"]["maxWeight"] = max_weight;
+        c
+    };
+    let over_half = refused(with_baseline(json!([{"setWeight": 60}]), json!(50))).await;
+    assert!(over_half.contains("spec.traffic.baseline") && over_half.contains("at most 50"), "{over_half}");
+    let short_form = refused(with_baseline(json!([]), json!(60))).await;
+    assert!(short_form.contains("at most 50"), "{short_form}");
+    let mut fine = with_baseline(json!([{"setWeight": 50}]), json!(50));
+    fine.metadata.name = Some("with-baseline".into());
+    e.canaries.create(&PostParams::default(), &fine).await.expect("a baseline with weights up to 50 is accepted");
+    for example in ["release.yml", "release-baseline.yml"] {
+        let path = format!("{}/../../examples/{example}", env!("CARGO_MANIFEST_DIR"));
+        let applied = e.cluster.kubectl(&["apply", "--dry-run=server", "-f", &path], None).await;
+        let applied = applied.expect("kubectl runs");
+        assert!(applied.status.success(), "examples/{example}: {}", String::from_utf8_lossy(&applied.stderr));
+    }
     e.canaries
         .create(&PostParams::default(), &with(json!([]), json!([{"prometheus": query, "max": 1, "onNoData": "Fail"}])))
         .await

@@ -37,7 +37,7 @@ async fn exporter(port: u16) {
 }
 
 fn query<'a>(address: &'a str, promql: &'a str) -> Query<'a> {
-    Query { address, promql, timeout: Duration::from_secs(5) }
+    Query { address, promql, token: None, timeout: Duration::from_secs(5) }
 }
 
 #[tokio::test]

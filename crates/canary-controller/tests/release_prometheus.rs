@@ -3,10 +3,13 @@
 //! scrapes the application's own metrics (`sim_requests_total{outcome}` of the simulator's built-in server,
 //! in every pod of `app`, canary included: the test writes their addresses to a file_sd file, as
 //! Prometheus's Kubernetes discovery would find them), and the Canary's checks are queries of the canary
-//! pods' error ratio, asked of the controller's `--prometheus-address`, bounded (`max`) and compared with
-//! the stable pods' over the same window (`compare`: Mann-Whitney U on a sample a second). A bad canary is
-//! rolled back on both; a good one passes both and is promoted. On the workload simulator, under raw TCP
-//! load through the Canary's front Service.
+//! pods' error ratio, asked of the controller's `--prometheus-address`, bounded (`max`) and compared over the
+//! same window (`compare`: Mann-Whitney U on a sample a second) with the stable pods' for the bad canary and
+//! with a baseline's (`traffic.baseline`: the target's pods at the canary's size and weight) for the good
+//! one. A bad canary is rolled back on both checks; a good one passes both and is promoted, its baseline
+//! taking its share of connections and then scaled to 0. On the workload simulator, under raw TCP load
+//! through the Canary's front Service. In between, a Prometheus that does not answer within the check's
+//! timeout pauses a release (inconclusive), and an unreachable one with `onNoData: Fail` rolls it back.
 
 use e2e_support as support;
 
@@ -33,6 +36,9 @@ const CANARY_ERRORS_3S: &str = r#"(sum(rate(sim_requests_total{outcome="error",p
 /// never failed: their `error` series does not exist, hence `or vector(0)`.
 const STABLE_ERRORS_3S: &str = r#"(sum(rate(sim_requests_total{outcome="error",pod=~"{{ target }}-[a-z0-9]+-[a-z0-9]+"}[3s])) or vector(0)) / sum(rate(sim_requests_total{pod=~"{{ target }}-[a-z0-9]+-[a-z0-9]+"}[3s]))"#;
 
+/// The same for the baseline's pods (`app-baseline-<hash>-<hash>`).
+const BASELINE_ERRORS_3S: &str = r#"(sum(rate(sim_requests_total{outcome="error",pod=~"{{ baseline }}-.*"}[3s])) or vector(0)) / sum(rate(sim_requests_total{pod=~"{{ baseline }}-.*"}[3s]))"#;
+
 /// Keeps `file` listing the running pods of `app` (their metrics port, labelled with the pod's name) until
 /// `stop`.
 async fn discover_pods(pods: Api<Pod>, file: std::path::PathBuf, stop: Arc<AtomicBool>) {
@@ -57,6 +63,44 @@ async fn discover_pods(pods: Api<Pod>, file: std::path::PathBuf, stop: Arc<Atomi
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+/// Prometheus behind a bearer token, as a managed Prometheus is: queries carrying `Authorization: Bearer
+/// <token>` are passed to `upstream`, others answered 401; `seen` counts (passed, refused).
+async fn behind_token(upstream: String, token: &'static str, seen: Arc<Mutex<(usize, usize)>>) -> String {
+    use axum::http::HeaderMap;
+    let app = axum::Router::new().route(
+        "/api/v1/{api}",
+        axum::routing::post(
+            move |axum::extract::Path(api): axum::extract::Path<String>,
+                  headers: HeaderMap,
+                  body: axum::body::Bytes| {
+                let (upstream, seen) = (upstream.clone(), seen.clone());
+                async move {
+                    let authorized = headers.get("authorization").and_then(|v| v.to_str().ok())
+                        == Some(format!("Bearer {token}").as_str());
+                    if !authorized {
+                        seen.lock().unwrap().1 += 1;
+                        return (StatusCode::UNAUTHORIZED, axum::body::Bytes::from_static(b"unauthorized"));
+                    }
+                    seen.lock().unwrap().0 += 1;
+                    let url = format!("{upstream}/api/v1/{api}");
+                    let form = "application/x-www-form-urlencoded";
+                    let forwarded =
+                        canary_controller::canary::http::post(&url, form, body.to_vec(), None, Duration::from_secs(10))
+                            .await;
+                    match forwarded {
+                        Ok((status, body)) => (StatusCode::from_u16(status.as_u16()).unwrap(), body),
+                        Err(e) => (StatusCode::BAD_GATEWAY, axum::body::Bytes::from(e.to_string())),
+                    }
+                }
+            },
+        ),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    url
 }
 
 /// An HTTP gate on loopback: `POST /gate` answers 200 when `open`, else 503, and keeps the bodies it got.
@@ -99,7 +143,7 @@ async fn a_release_behind_a_webhook_gate_judged_by_promql_rolls_back_a_bad_canar
     let front = create_canary(
         &cluster,
         json!({"targetContainers": [{"name": "echo", "image": BAD_IMAGE}],
-            "steps": [{"webhook": {"url": gate_url, "onFailure": "Retry"}}, {"setWeight": 50}, {"analysis": {}}],
+            "steps": [{"webhook": {"url": gate_url, "onFailure": "Retry"}}, {"setWeight": 40}, {"analysis": {}}],
             "analysis": {"interval": "8s", "minSamples": 10, "metrics": [
                 {"prometheus": {"query": ERROR_RATIO}, "max": 0.05},
                 {"prometheus": {"query": CANARY_ERRORS_3S,
@@ -131,15 +175,106 @@ async fn a_release_behind_a_webhook_gate_judged_by_promql_rolls_back_a_bad_canar
     assert!(compared.canary_samples >= 3 && compared.baseline_samples >= 3 && compared.p_value < 0.05, "{compared:?}");
     assert!(compared.baseline_query.contains(r#"pod=~"app-[a-z0-9]+-[a-z0-9]+""#), "{compared:?}");
 
-    // a good canary: the query gives 0, the release passes and is promoted
-    let patch = json!({"spec": {"targetContainers": [{"name": "echo", "image": "echo:v2"}]}});
+    // a Prometheus that does not answer within the check's timeout: no data, the window is inconclusive and the
+    // release pauses (never promotes); with `onNoData: Fail`, an unreachable one rolls it back
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_url = format!("http://{}", silent.local_addr().unwrap());
+    let held = tokio::spawn(async move {
+        let mut accepted = vec![];
+        while let Ok((connection, _)) = silent.accept().await {
+            accepted.push(connection);
+        }
+    });
+    let patch = json!({"spec": {"targetContainers": [{"name": "echo", "image": "echo:v3"}],
+        "analysis": {"interval": "8s", "minSamples": 10, "metrics": [
+            {"prometheus": {"query": ERROR_RATIO, "address": silent_url, "timeout": "1s"}, "max": 0.05}]}}});
     canaries.patch(CANARY, &PatchParams::default(), &Patch::Merge(patch)).await.unwrap();
+    let (_, paused) = under_load(front, wait_phase(&cluster, &controller, Phase::Paused, 120)).await;
+    let judged = paused.evidence.last().unwrap_or_else(|| panic!("no evidence: {paused:#?}"));
+    let why = judged.metrics[0].no_data.clone().unwrap_or_default();
+    assert_eq!((judged.verdict, judged.metrics[0].verdict), (Verdict::Inconclusive, Verdict::Inconclusive));
+    assert!(why.contains("did not answer within 1s") && why.contains(&silent_url), "{judged:#?}");
+    held.abort();
+    let unreachable = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", listener.local_addr().unwrap())
+    };
+    let patch = json!({"spec": {"analysis": {"interval": "8s", "minSamples": 10, "metrics": [
+        {"prometheus": {"query": ERROR_RATIO, "address": unreachable}, "max": 0.05, "onNoData": "Fail"}]}}});
+    canaries.patch(CANARY, &PatchParams::default(), &Patch::Merge(patch)).await.unwrap();
+    request(&cluster, "resume").await;
+    let failed = |r: &canary_controller::api::canary::ReleaseStatus| {
+        r.phase == Phase::RolledBack && r.revision.contains("echo:v3")
+    };
+    let (_, rolled_back) =
+        under_load(front, wait_release(&cluster, &controller, "rolled back for no data", 120, failed)).await;
+    let judged = rolled_back.evidence.last().unwrap_or_else(|| panic!("no evidence: {rolled_back:#?}"));
+    let why = judged.metrics[0].no_data.clone().unwrap_or_default();
+    assert_eq!((judged.verdict, judged.metrics[0].verdict), (Verdict::Failed, Verdict::Failed), "{judged:#?}");
+    assert!(why.contains("cannot be reached") && why.contains(&unreachable), "{judged:#?}");
+
+    // a good canary, compared with a baseline, its checks asking a Prometheus that wants a bearer token (from
+    // a Secret): the query gives 0, the release passes and is promoted
+    let seen = Arc::new(Mutex::new((0, 0)));
+    let guarded = behind_token(prometheus.address.clone(), "s3cret", seen.clone()).await;
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = cluster.api();
+    let secret = json!({"metadata": {"name": "prometheus-token"}, "stringData": {"token": "s3cret\n"}});
+    secrets.create(&Default::default(), &serde_json::from_value(secret).unwrap()).await.unwrap();
+    // the controller is granted no Secrets: it gets this one as the README says
+    let role = "canary-controller-prometheus-token";
+    kubectl_ok(
+        &cluster,
+        &["create", "role", role, "--verb=get", "--resource=secrets", "--resource-name=prometheus-token"],
+    )
+    .await;
+    let account = format!("--serviceaccount={}:controller-manager", cluster.namespace);
+    kubectl_ok(&cluster, &["create", "rolebinding", role, &format!("--role={role}"), &account]).await;
+    let token = json!({"name": "prometheus-token", "key": "token"});
+    let patch = json!({"spec": {"targetContainers": [{"name": "echo", "image": "echo:v2"}],
+        "traffic": {"baseline": true},
+        "analysis": {"interval": "8s", "minSamples": 10, "metrics": [
+            {"prometheus": {"query": ERROR_RATIO, "address": guarded, "tokenSecretRef": token, "timeout": "5s"},
+                "max": 0.05},
+            {"prometheus": {"query": CANARY_ERRORS_3S, "address": guarded, "tokenSecretRef": token,
+                "compare": {"baselineQuery": BASELINE_ERRORS_3S, "tolerance": 0.05}}}]}}});
+    canaries.patch(CANARY, &PatchParams::default(), &Patch::Merge(patch)).await.unwrap();
+    let baseline_runs = async {
+        let judged = wait_release(&cluster, &controller, "judging with a baseline", 120, |r| r.weight == 40).await;
+        let deployments: Api<k8s_openapi::api::apps::v1::Deployment> = cluster.api();
+        let baseline = deployments.get("app-baseline").await.expect("the baseline Deployment");
+        let spec = baseline.spec.clone().unwrap();
+        let image = spec.template.spec.as_ref().unwrap().containers[0].image.clone();
+        assert_eq!(
+            (spec.replicas, image.as_deref()),
+            (Some(1), Some("echo:v1")),
+            "the target's pods, the canary's size"
+        );
+        let routes = cluster.kanaries("kanary.k8s.io", "v1").get(CANARY).await.unwrap().data["spec"]["routes"].clone();
+        let weights: Vec<_> = routes.as_array().unwrap().iter().map(|r| r["weight"].clone()).collect();
+        assert_eq!(weights, [json!(20), json!(40), json!(40)], "stable, canary, baseline: {routes}");
+        judged
+    };
+    let (tally, _) = under_load(front, baseline_runs).await;
+    let from_baseline: usize =
+        tally.answers.iter().filter(|(a, _)| a.contains("pod=app-baseline-")).map(|(_, n)| n).sum();
+    assert!(from_baseline > 0, "the baseline takes connections: {tally:?}");
     let (tally, done) = under_load(front, wait_phase(&cluster, &controller, Phase::Succeeded, 180)).await;
     let passed = done.evidence.last().unwrap_or_else(|| panic!("no evidence: {done:#?}"));
     assert_eq!((passed.verdict, passed.metrics[0].value), (Verdict::Passed, 0.0), "{done:#?}");
     let compared = passed.metrics[1].comparison.clone().unwrap_or_else(|| panic!("{:#?}", passed.metrics[1]));
     assert_eq!(compared.judgement, "Pass", "{compared:?}");
+    assert!(compared.baseline_query.contains(r#"pod=~"app-baseline-.*""#), "{compared:?}");
+    let (passed_on, refused) = *seen.lock().unwrap();
+    assert!(
+        passed_on >= 3 && refused == 0,
+        "every query carried the Secret's token: {passed_on} passed, {refused} refused"
+    );
     assert_eq!(tally.failures, 0, "{tally:?}");
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> = cluster.api();
+    support::eventually(60, "the baseline scaled to 0", || async {
+        deployments.get("app-baseline").await.ok().and_then(|d| d.spec?.replicas) == Some(0)
+    })
+    .await;
     stop.store(true, Ordering::Relaxed);
     discovery.await.unwrap();
     sim.stop().await;

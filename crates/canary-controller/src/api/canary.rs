@@ -35,6 +35,10 @@ pub const MAX_TARGET_NAME_LENGTH: u32 = 253 - "-canary".len() as u32;
     printcolumn = r#"{"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "!has(self.traffic) || !has(self.traffic.baseline) || !self.traffic.baseline || ((!has(self.steps) || self.steps.all(s, !has(s.setWeight) || s.setWeight <= 50)) && (!has(self.analysis) || !has(self.analysis.maxWeight) || self.analysis.maxWeight <= 50))",
+    "message": "spec.traffic.baseline: the baseline takes the canary's weight too, so setWeight and analysis.maxWeight must be at most 50"
+}]))]
 pub struct CanarySpec {
     /// Name of the Deployment, in the Canary's namespace, that the canary copies.
     #[schemars(length(min = 1, max = MAX_TARGET_NAME_LENGTH), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"))]
@@ -78,6 +82,12 @@ pub struct Traffic {
     /// The Service the Canary creates in front of its proxy: the one clients connect to.
     #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"))]
     pub front_service: String,
+    /// Also run a baseline while a release runs: `<target>-baseline`, the target's pod template (its current
+    /// images) at the canary's size, taking the same share of connections as the canary, so that PromQL checks
+    /// can compare the canary with pods as young as its own under the same traffic (`{{ baseline }}`). The
+    /// canary's weight is then at most 50 (stable gets 100 - 2 x weight). Scaled to 0 with the canary.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub baseline: bool,
 }
 
 /// One step of a release: exactly one of `setWeight`, `pause`, `analysis`.
@@ -109,7 +119,7 @@ pub struct ReleaseStep {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct WebhookStep {
-    #[schemars(regex(pattern = r"^http://[^/\s]+(/.*)?$"))]
+    #[schemars(regex(pattern = r"^https?://[^/\s]+(/.*)?$"))]
     pub url: String,
     /// How long the call may take (`10s`). Default: 10s.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -212,15 +222,25 @@ pub struct MetricCheck {
 #[serde(rename_all = "camelCase")]
 pub struct PrometheusMetric {
     /// The query. Variables: `{{ namespace }}`, `{{ target }}` (the target Deployment), `{{ canary }}` (the
-    /// canary Deployment, whose pods are named `<canary>-...`), `{{ interval }}` (the window, as a PromQL
-    /// duration). Example: `sum(rate(http_requests_total{code=~"5..",pod=~"{{ canary }}-.*"}[{{ interval }}]))`.
+    /// canary Deployment, whose pods are named `<canary>-...`), `{{ baseline }}` (the baseline Deployment,
+    /// with `traffic.baseline`), `{{ interval }}` (the window, as a PromQL duration). Example:
+    /// `sum(rate(http_requests_total{code=~"5..",pod=~"{{ canary }}-.*"}[{{ interval }}]))`.
     #[schemars(length(min = 1))]
     pub query: String,
-    /// Prometheus's base URL (`http://prometheus.monitoring:9090`). Default: the controller's
-    /// `--prometheus-address`.
+    /// Prometheus's base URL (`http://prometheus.monitoring:9090`; `https://` is verified against the system's
+    /// CA certificates). Default: the controller's `--prometheus-address`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^http://[^/\s]+(/.*)?$"))]
+    #[schemars(regex(pattern = r"^https?://[^/\s]+(/.*)?$"))]
     pub address: Option<String>,
+    /// A bearer token for Prometheus (`Authorization: Bearer ...`): the key `key` of the Secret `name` in the
+    /// Canary's namespace, read when a window is judged. The controller is not granted Secrets by default:
+    /// grant it `get` on this one Secret (a Role with `resourceNames`, see the README).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_secret_ref: Option<SecretKeyRef>,
+    /// How long each query may take (`10s`); a query that takes longer has no data. Default: 10s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]+(ms|s|m|h)$"))]
+    pub timeout: Option<String>,
     /// Judge the canary against a baseline instead of a bound: `query` (the canary) and `baselineQuery` are
     /// read over the whole window (range queries, a sample a second) and compared with a Mann-Whitney U test
     /// and the Hodges-Lehmann shift: significantly worse by more than `tolerance` fails, within it is
@@ -229,11 +249,21 @@ pub struct PrometheusMetric {
     pub compare: Option<Compare>,
 }
 
+/// A key of a Secret in the Canary's namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+pub struct SecretKeyRef {
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Compare {
-    /// The same measure for the baseline: the stable pods (`pod=~"{{ target }}-[a-z0-9]+-[a-z0-9]+"` matches
-    /// the target's pods and not the canary's).
+    /// The same measure for the baseline: the baseline's pods with `traffic.baseline`
+    /// (`pod=~"{{ baseline }}-.*"`), or the stable pods (`pod=~"{{ target }}-[a-z0-9]+-[a-z0-9]+"` matches the
+    /// target's pods and not the canary's or the baseline's).
     #[schemars(length(min = 1))]
     pub baseline_query: String,
     /// Which way the metric gets worse. Default: Higher (errors, latency).
@@ -247,7 +277,9 @@ pub struct Compare {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0.0, max = 1.0))]
     pub alpha: Option<f64>,
-    /// What a marginal result does: Pause (default: inconclusive, the release pauses), Fail, or Pass.
+    /// What a marginal result does: Pause (default: inconclusive, the release pauses), Extend (measure
+    /// another window at the same step, more samples often decide; paused after 3 marginal windows in a
+    /// step), Fail, or Pass.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_marginal: Option<OnMarginal>,
 }
@@ -261,6 +293,7 @@ pub enum Worse {
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
 pub enum OnMarginal {
     Pause,
+    Extend,
     Fail,
     Pass,
 }
@@ -355,6 +388,9 @@ pub struct ReleaseStatus {
     /// Failed windows so far in this release.
     #[serde(default)]
     pub failed_windows: i32,
+    /// Marginal windows measured again in the current step (`onMarginal: Extend`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub extended_windows: i32,
     /// The last request (annotation `canary.k8s.wantedly.com/request`) acted on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub handled_request: Option<String>,
@@ -439,8 +475,10 @@ pub struct Evidence {
 pub enum Verdict {
     Passed,
     Failed,
-    /// Too little traffic to judge.
+    /// Too little traffic to judge, or no data.
     Inconclusive,
+    /// A comparison neither passed nor failed and asks for another window (`onMarginal: Extend`).
+    Marginal,
 }
 
 /// A canary-versus-baseline test over a window.
@@ -481,4 +519,8 @@ pub struct MetricResult {
     /// The bound, as written (`max 0.05`, `maxOverStable 0.01`).
     pub bound: String,
     pub verdict: Verdict,
+}
+
+fn is_zero(n: &i32) -> bool {
+    *n == 0
 }

@@ -43,6 +43,39 @@ pub fn canary_deployment_name(target: &str) -> String {
     format!("{target}-canary")
 }
 
+/// The label that marks baseline Deployments and their pods (always "true"); never `canary`, so that the
+/// canary Service does not select them.
+pub const BASELINE_LABEL: &str = "canary-baseline";
+
+pub fn baseline_deployment_name(target: &str) -> String {
+    format!("{target}-baseline")
+}
+
+/// The baseline Deployment of a release (`traffic.baseline`): the target's pod template as it is (its
+/// images), `replicas` of it, its pods marked with [`BASELINE_LABEL`].
+pub fn build_baseline_deployment(canary: &Canary, target: &Deployment, replicas: i32) -> Deployment {
+    let mark = |mut labels: BTreeMap<String, String>| {
+        labels.insert(BASELINE_LABEL.into(), "true".into());
+        labels
+    };
+    let mut spec = target.spec.clone().unwrap_or_default();
+    spec.replicas = Some(replicas);
+    spec.selector.match_labels = Some(mark(spec.selector.match_labels.take().unwrap_or_default()));
+    let pod_meta = spec.template.metadata.get_or_insert_with(ObjectMeta::default);
+    pod_meta.labels = Some(mark(pod_meta.labels.take().unwrap_or_default()));
+    Deployment {
+        metadata: ObjectMeta {
+            name: Some(baseline_deployment_name(&canary.spec.target_deployment_name)),
+            namespace: canary.namespace(),
+            labels: Some(mark(target.labels().clone())),
+            owner_references: canary.controller_owner_ref(&()).map(|r| vec![r]),
+            ..ObjectMeta::default()
+        },
+        spec: Some(spec),
+        status: None,
+    }
+}
+
 fn canary_labels(mut labels: BTreeMap<String, String>) -> BTreeMap<String, String> {
     labels.insert(CANARY_LABEL.into(), "true".into());
     labels
@@ -312,5 +345,18 @@ mod tests {
         c.status = Some(s);
         let again = build_status(&c, Some(&problem), false, None, None, &later);
         assert!(again.conditions.iter().all(|c| c.last_transition_time == now));
+    }
+
+    #[test]
+    fn the_baseline_runs_the_targets_images_at_the_canarys_size_and_is_not_selected_as_the_canary() {
+        let target = target(json!({"matchLabels": {"app": "nginx"}}), json!({"app": "nginx"}));
+        let built = serde_json::to_value(build_baseline_deployment(&sample_canary(), &target, 1)).unwrap();
+        assert_eq!(built["metadata"]["name"], "foo-baseline");
+        assert_eq!(built["metadata"]["ownerReferences"][0]["uid"], "uid-1");
+        assert_eq!(built["spec"]["replicas"], 1);
+        assert_eq!(built["spec"]["selector"]["matchLabels"], json!({"app": "nginx", "canary-baseline": "true"}));
+        let pod = &built["spec"]["template"];
+        assert_eq!(pod["metadata"]["labels"], json!({"app": "nginx", "canary-baseline": "true"}));
+        assert_eq!(pod["spec"], serde_json::to_value(&target.spec.as_ref().unwrap().template.spec).unwrap());
     }
 }

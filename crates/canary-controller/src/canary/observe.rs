@@ -1,10 +1,10 @@
 //! The observe step of the Canary controller: the target Deployment, the canary Deployment of that name,
 //! and the canary Deployments of the namespace (one of a previous target may be left), read from the
 //! process's shared Deployment cache (no API reads); with `traffic`, the Services and EndpointSlices of the
-//! release from the shared caches.
+//! release (and its baseline Deployment) from the shared caches.
 
-use super::build::canary_deployment_name;
-use super::traffic::{canary_service_name, stable_service_name};
+use super::build::{baseline_deployment_name, canary_deployment_name};
+use super::traffic::{baseline_service_name, canary_service_name, stable_service_name};
 use crate::api::canary::Canary;
 use crate::runtime::caches::{CachedDeployment, CachedService, CachedSlice, Caches};
 use kube::ResourceExt;
@@ -31,6 +31,11 @@ pub struct TrafficObserved {
     pub stable_slice: Option<Arc<CachedSlice>>,
     pub canary_service: Option<Arc<CachedService>>,
     pub canary_slices: Vec<Arc<CachedSlice>>,
+    /// `<target>-baseline`, `<canary>-baseline` and its EndpointSlices (whether or not `traffic.baseline` is
+    /// set: a baseline left from before is removed).
+    pub baseline: Option<Arc<CachedDeployment>>,
+    pub baseline_service: Option<Arc<CachedService>>,
+    pub baseline_slices: Vec<Arc<CachedSlice>>,
     /// The front Service's EndpointSlices: the proxy's pods.
     pub front_slices: Vec<Arc<CachedSlice>>,
 }
@@ -45,8 +50,11 @@ pub fn observe(canary: &Canary, caches: &Caches) -> Observed {
         existing: caches.deployments.get(&ns, &name),
         other_canaries: caches.deployments.labelled(&ns, "true").into_iter().filter(|d| d.name_any() != name).collect(),
         traffic: canary.spec.traffic.as_ref().map(|traffic| {
-            let (stable, canary_svc) =
-                (stable_service_name(&canary.name_any()), canary_service_name(&canary.name_any()));
+            let (stable, canary_svc, baseline_svc) = (
+                stable_service_name(&canary.name_any()),
+                canary_service_name(&canary.name_any()),
+                baseline_service_name(&canary.name_any()),
+            );
             TrafficObserved {
                 service: caches.services.get(&ns, &traffic.service),
                 service_slices: caches.endpoint_slices.labelled(&ns, &traffic.service),
@@ -54,6 +62,9 @@ pub fn observe(canary: &Canary, caches: &Caches) -> Observed {
                 stable_slice: caches.endpoint_slices.get(&ns, &stable),
                 canary_service: caches.services.get(&ns, &canary_svc),
                 canary_slices: caches.endpoint_slices.labelled(&ns, &canary_svc),
+                baseline: caches.deployments.get(&ns, &baseline_deployment_name(target_name)),
+                baseline_service: caches.services.get(&ns, &baseline_svc),
+                baseline_slices: caches.endpoint_slices.labelled(&ns, &baseline_svc),
                 front_slices: caches.endpoint_slices.labelled(&ns, &traffic.front_service),
             }
         }),

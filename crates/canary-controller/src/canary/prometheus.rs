@@ -29,10 +29,12 @@ pub enum QueryError {
     Answer(String),
 }
 
-/// One query: Prometheus's base URL (`http://prometheus.monitoring:9090`), the PromQL, and how long to wait.
+/// One query: Prometheus's base URL (`http://prometheus.monitoring:9090`), the PromQL, the bearer token (if
+/// Prometheus wants one), and how long to wait.
 pub struct Query<'a> {
     pub address: &'a str,
     pub promql: &'a str,
+    pub token: Option<&'a str>,
     pub timeout: Duration,
 }
 
@@ -67,7 +69,7 @@ async fn ask(query: &Query<'_>, api: &str, extra: &[(&str, String)]) -> Result<V
         form.finish().into_bytes()
     };
     let url = format!("{address}/api/v1/{api}");
-    let called = super::http::post(&url, FORM, body, query.timeout).await;
+    let called = super::http::post(&url, FORM, body, query.token, query.timeout).await;
     let (status, body) = called.map_err(|e| match e {
         CallError::Unreachable(_, why) => QueryError::Unreachable(address.to_string(), why),
         CallError::Timeout(_, timeout) => QueryError::Timeout(address.to_string(), timeout),

@@ -5,19 +5,20 @@
 //! of a former target) -> status (here: written when it changed). A Canary that cannot be read is reported.
 
 use super::build::{
-    build_deployment, build_status, build_unreadable_status, canary_deployment_name, reasons, warnings,
+    baseline_deployment_name, build_baseline_deployment, build_deployment, build_status, build_unreadable_status,
+    canary_deployment_name, reasons, warnings,
 };
 use super::observe::{TrafficObserved, observe};
 use super::validate::{Problem, Valid, validate};
 use super::{http, measure, prometheus, release, traffic};
-use crate::api::canary::{Canary, CanaryStatus, ReleaseStatus, Traffic};
+use crate::api::canary::{Canary, CanaryStatus, ReleaseStatus, SecretKeyRef, Traffic};
 use crate::children::{self, Written};
 use crate::report::Note;
 use crate::runtime::caches::{CachedDeployment, Caches};
 use crate::runtime::index::References;
 use crate::runtime::reconciler::{self, Context, Reconciler, Step};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ObjectReference, Service};
+use k8s_openapi::api::core::v1::{ObjectReference, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
@@ -287,7 +288,9 @@ async fn run_release(
     };
     let taken = not_owned("Service", seen.stable_service.as_deref(), &uid)
         .or_else(|| not_owned("Service", seen.canary_service.as_deref(), &uid))
-        .or_else(|| not_owned("EndpointSlice", seen.stable_slice.as_deref(), &uid));
+        .or_else(|| not_owned("EndpointSlice", seen.stable_slice.as_deref(), &uid))
+        .or_else(|| not_owned("Service", seen.baseline_service.as_deref(), &uid))
+        .or_else(|| not_owned("Deployment", seen.baseline.as_deref(), &uid));
     let kanaries: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), &ns, resource);
     let kanary = kanaries.get_opt(&name).await.map_err(|e| Error::ReadKanary(name.clone(), e))?;
     if let Some(problem) = taken.or_else(|| not_owned("Kanary", kanary.as_ref(), &uid)) {
@@ -296,13 +299,16 @@ async fn run_release(
 
     let now = Time(k8s_openapi::jiff::Timestamp::now());
     let spec = &canary.spec;
+    let replicas = canary_replicas(canary, &valid.target);
+    let pods_ready = |d: Option<&Deployment>| d.is_some_and(|d| rolled_out(d, Some(replicas)));
+    let baseline_ready = !traffic.baseline || pods_ready(seen.baseline.as_deref().map(|b| b.to_deployment()).as_ref());
     let inputs = release::Inputs {
         name: &name,
         namespace: &ns,
         revision: release::revision(spec),
         target_runs_revision: runs_images(&valid.target, spec),
         target_rolled_out: rolled_out(&valid.target, None),
-        canary_ready: valid.owned.as_ref().is_some_and(|d| rolled_out(d, Some(canary_replicas(canary, &valid.target)))),
+        canary_ready: pods_ready(valid.owned.as_ref()) && baseline_ready,
         served_weight: kanary.as_ref().and_then(traffic::served_weight),
         stats: None,
         queried: None,
@@ -319,7 +325,7 @@ async fn run_release(
         match measure::read_counters(&pods, &stable_name, &canary_name).await {
             Ok(stats) if !pods.is_empty() => {
                 let queried = match decision.wants_queries {
-                    true => Some(run_queries(canary, ctx.reconciler.prometheus.as_deref()).await),
+                    true => Some(run_queries(canary, ctx.reconciler.prometheus.as_deref(), &ctx.client).await),
                     false => None,
                 };
                 let inputs = release::Inputs { stats: Some(&stats), queried: queried.as_deref(), ..inputs };
@@ -352,10 +358,14 @@ async fn run_release(
         written.map_err(|e| Error::ApplyRelease("Kanary", name.clone(), e))?;
     }
     let services: Api<Service> = Api::namespaced(ctx.client.clone(), &ns);
-    for (desired, cached) in [
+    let mut route_services = vec![
         (traffic::build_stable_service(canary, &port), seen.stable_service.as_deref()),
         (traffic::build_canary_service(canary, user, &port), seen.canary_service.as_deref()),
-    ] {
+    ];
+    if traffic.baseline {
+        route_services.push((traffic::build_baseline_service(canary, user, &port), seen.baseline_service.as_deref()));
+    }
+    for (desired, cached) in route_services {
         let desired = children::with_desired_hash(desired);
         let cached = cached.map(|c| c.to_service());
         let service_name = desired.name_any();
@@ -363,12 +373,9 @@ async fn run_release(
             .await
             .map_err(|e| Error::ApplyRelease("Service", service_name, e))?;
     }
-    let slice = children::with_desired_hash(traffic::build_stable_slice(
-        canary,
-        &port,
-        &seen.service_slices,
-        &seen.canary_slices,
-    ));
+    let marked_slices = [seen.canary_slices.as_slice(), seen.baseline_slices.as_slice()].concat();
+    let slice =
+        children::with_desired_hash(traffic::build_stable_slice(canary, &port, &seen.service_slices, &marked_slices));
     let slice_cached = seen.stable_slice.as_deref();
     let slice_current = slice_cached.is_some_and(|c| {
         children::desired_hash(&c.metadata) == children::desired_hash(&slice.metadata)
@@ -381,6 +388,12 @@ async fn run_release(
             .await
             .map_err(|e| Error::ApplyRelease("EndpointSlice", stable_name.clone(), e))?;
     }
+    if traffic.baseline {
+        let replicas = if decision.canary_scaled_down() { 0 } else { replicas };
+        notes.extend(apply_baseline(canary, &valid.target, replicas, seen.baseline.as_deref(), ctx).await?);
+    } else {
+        notes.extend(remove_baseline(canary, seen, ctx).await?);
+    }
     if decision.update_target {
         update_target(canary, ctx).await?;
         notes.push(Note::normal(
@@ -391,8 +404,50 @@ async fn run_release(
     Ok(Ok(decision))
 }
 
-/// Deletes what a release made (its Kanary, whose proxy goes with it, the route Services and the stable
-/// EndpointSlice) once `spec.traffic` is removed: the Canary is then the original one again (its status
+/// Writes the baseline Deployment (`replicas` of the target's pod template) unless the cache shows it as
+/// desired; the event of its creation.
+async fn apply_baseline(
+    canary: &Canary,
+    target: &Deployment,
+    replicas: i32,
+    cached: Option<&CachedDeployment>,
+    ctx: &Context<CanaryReconciler>,
+) -> Result<Option<Note>, Error> {
+    let ns = canary.namespace().unwrap_or_default();
+    let desired = children::with_desired_hash(build_baseline_deployment(canary, target, replicas));
+    let name = desired.name_any();
+    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
+    let cached = cached.map(|c| c.to_deployment());
+    let written = children::write(&deployments, &desired, cached.as_ref(), cached.is_some(), &ctx.caches.deployments)
+        .await
+        .map_err(|e| Error::ApplyRelease("Deployment", name.clone(), e))?;
+    Ok(matches!(written, Written::Created(_)).then(|| {
+        let message = format!("created Deployment {name:?}: the target's pods, for canary-versus-baseline checks");
+        Note::normal(release::reasons::BASELINE_CREATED, message)
+    }))
+}
+
+/// Deletes the baseline Deployment and Service this Canary owns, once `traffic.baseline` is unset.
+async fn remove_baseline(
+    canary: &Canary,
+    seen: &TrafficObserved,
+    ctx: &Context<CanaryReconciler>,
+) -> Result<Option<Note>, Error> {
+    let ns = canary.namespace().unwrap_or_default();
+    let uid = canary.uid().unwrap_or_default();
+    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
+    let services: Api<Service> = Api::namespaced(ctx.client.clone(), &ns);
+    let mut removed = vec![];
+    removed.extend(delete_owned(&deployments, "Deployment", seen.baseline.as_deref(), &uid).await?);
+    removed.extend(delete_owned(&services, "Service", seen.baseline_service.as_deref(), &uid).await?);
+    Ok((!removed.is_empty()).then(|| {
+        let message = format!("spec.traffic.baseline unset: deleted {}", removed.join(", "));
+        Note::normal(release::reasons::BASELINE_REMOVED, message)
+    }))
+}
+
+/// Deletes what a release made (its Kanary, whose proxy goes with it, the route Services, the stable
+/// EndpointSlice and the baseline) once `spec.traffic` is removed: the Canary is then the original one again (its status
 /// drops `release`). Only what this Canary owns; the event lists what went.
 async fn remove_release(canary: &Canary, ctx: &Context<CanaryReconciler>) -> Result<Option<Note>, Error> {
     let ns = canary.namespace().unwrap_or_default();
@@ -405,10 +460,18 @@ async fn remove_release(canary: &Canary, ctx: &Context<CanaryReconciler>) -> Res
         removed.extend(delete_owned(&kanaries, "Kanary", kanary.as_ref(), &uid).await?);
     }
     let services: Api<Service> = Api::namespaced(ctx.client.clone(), &ns);
-    for service in [traffic::stable_service_name(&name), traffic::canary_service_name(&name)] {
+    let route_services = [
+        traffic::stable_service_name(&name),
+        traffic::canary_service_name(&name),
+        traffic::baseline_service_name(&name),
+    ];
+    for service in route_services {
         let cached = ctx.caches.services.get(&ns, &service);
         removed.extend(delete_owned(&services, "Service", cached.as_deref(), &uid).await?);
     }
+    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
+    let baseline = ctx.caches.deployments.get(&ns, &baseline_deployment_name(&canary.spec.target_deployment_name));
+    removed.extend(delete_owned(&deployments, "Deployment", baseline.as_deref(), &uid).await?);
     let slices: Api<EndpointSlice> = Api::namespaced(ctx.client.clone(), &ns);
     let cached = ctx.caches.endpoint_slices.get(&ns, &traffic::stable_service_name(&name));
     removed.extend(delete_owned(&slices, "EndpointSlice", cached.as_deref(), &uid).await?);
@@ -440,7 +503,7 @@ where
 /// Calls a webhook step: `Ok("HTTP 200")` for a 2xx answer, else why it did not pass.
 async fn call_webhook(call: &release::Call) -> Result<String, String> {
     let body = serde_json::to_vec(&call.body).unwrap_or_default();
-    match http::post(&call.url, "application/json", body, call.timeout).await {
+    match http::post(&call.url, "application/json", body, None, call.timeout).await {
         Ok((status, _)) if status.is_success() => Ok(format!("HTTP {}", status.as_u16())),
         Ok((status, body)) => {
             let text: String = String::from_utf8_lossy(&body).chars().take(200).collect();
@@ -450,77 +513,119 @@ async fn call_webhook(call: &release::Call) -> Result<String, String> {
     }
 }
 
-/// How long a PromQL query may take.
+/// How long a PromQL query may take, unless its check says (`prometheus.timeout`).
 const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Both queries of a `compare` check over the last `window`, a sample a second.
 async fn read_samples(
-    address: &str,
-    canary: &str,
+    asked: &prometheus::Query<'_>,
     baseline: &str,
     window: Duration,
 ) -> Result<(Vec<f64>, Vec<f64>), String> {
     let step = Duration::from_secs(1);
     let range = |promql| async move {
-        let asked = prometheus::Query { address, promql, timeout: QUERY_TIMEOUT };
+        let asked = prometheus::Query { promql, ..*asked };
         prometheus::run_range(&asked, window, step).await.map_err(|e| e.to_string())
     };
-    Ok((range(canary).await?, range(baseline).await?))
+    Ok((range(asked.promql).await?, range(baseline).await?))
+}
+
+/// The bearer token a check names (`prometheus.tokenSecretRef`), read from its Secret in `ns`; why not, with
+/// the fix.
+async fn read_token(client: &Client, ns: &str, secret: &SecretKeyRef) -> Result<String, String> {
+    let field = "prometheus.tokenSecretRef";
+    let (name, key) = (&secret.name, &secret.key);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    match secrets.get_opt(name).await {
+        Ok(Some(found)) => match found.data.as_ref().and_then(|d| d.get(key)) {
+            Some(token) => Ok(String::from_utf8_lossy(&token.0).into_owned()),
+            None => Err(format!("{field}: Secret {name:?} has no key {key:?}: fix the key")),
+        },
+        Ok(None) => Err(format!("{field}: Secret {name:?} not found in namespace {ns:?}: create it or fix the name")),
+        Err(kube::Error::Api(e)) if e.code == 403 => Err(format!(
+            "{field}: the controller may not read Secret {name:?}: grant it `get` on that Secret (a Role with \
+             resourceNames: [{name}] bound to its ServiceAccount)"
+        )),
+        Err(e) => Err(format!("{field}: reading Secret {name:?}: {e}")),
+    }
 }
 
 /// Runs the PromQL queries of the Canary's checks (by index; `None` for the proxy's metrics), at the end of
 /// a window; `default_address`: the controller's `--prometheus-address`.
-async fn run_queries(canary: &Canary, default_address: Option<&str>) -> Vec<Option<release::Queried>> {
+async fn run_queries(canary: &Canary, default_address: Option<&str>, client: &Client) -> Vec<Option<release::Queried>> {
     let settings = release::Settings::of(&canary.spec);
     let ns = canary.namespace().unwrap_or_default();
     let target = &canary.spec.target_deployment_name;
     let canary_deployment = canary_deployment_name(target);
+    let baseline = baseline_deployment_name(target);
     let interval = format!("{}s", settings.interval.as_secs().max(1));
-    let variables = [
+    let mut variables = vec![
         ("namespace", ns.as_str()),
         ("target", target.as_str()),
         ("canary", canary_deployment.as_str()),
         ("interval", interval.as_str()),
     ];
+    let with_baseline = canary.spec.traffic.as_ref().is_some_and(|t| t.baseline);
+    if with_baseline {
+        variables.push(("baseline", baseline.as_str()));
+    }
+    let render = |template: &str| {
+        prometheus::render(template, &variables).map_err(|e| match with_baseline || !e.contains("\"baseline\"") {
+            true => e,
+            false => format!("{e} ({{{{ baseline }}}} needs spec.traffic.baseline: true)"),
+        })
+    };
     let mut answers = vec![];
     for check in &settings.checks {
         let Some(metric) = &check.prometheus else {
             answers.push(None);
             continue;
         };
-        let answer =
-            match (prometheus::render(&metric.query, &variables), metric.address.as_deref().or(default_address)) {
-                (Err(e), _) => release::Queried {
-                    query: metric.query.clone(),
-                    value: Err(format!("prometheus.query: {e}")),
-                    samples: None,
-                },
-                (Ok(query), None) => {
-                    let why = "no Prometheus address: set prometheus.address, or the controller's --prometheus-address";
-                    release::Queried { query, value: Err(why.into()), samples: None }
+        let no_data = |query: String, why: String| release::Queried { query, value: Err(why), samples: None };
+        let query = match render(&metric.query) {
+            Ok(query) => query,
+            Err(e) => {
+                answers.push(Some(no_data(metric.query.clone(), format!("prometheus.query: {e}"))));
+                continue;
+            }
+        };
+        let Some(address) = metric.address.as_deref().or(default_address) else {
+            let why = "no Prometheus address: set prometheus.address, or the controller's --prometheus-address";
+            answers.push(Some(no_data(query, why.into())));
+            continue;
+        };
+        let token = match &metric.token_secret_ref {
+            None => None,
+            Some(secret) => match read_token(client, &ns, secret).await {
+                Ok(token) => Some(token),
+                Err(why) => {
+                    answers.push(Some(no_data(query, why)));
+                    continue;
                 }
-                (Ok(query), Some(address)) => match &metric.compare {
-                    None => {
-                        let asked = prometheus::Query { address, promql: &query, timeout: QUERY_TIMEOUT };
-                        let value = match prometheus::run(&asked).await {
-                            Ok(prometheus::Outcome::Value(v)) => Ok(v),
-                            Ok(prometheus::Outcome::NoData(why)) => Err(why),
-                            Err(e) => Err(e.to_string()),
-                        };
-                        release::Queried { query, value, samples: None }
-                    }
-                    Some(compare) => {
-                        let baseline = prometheus::render(&compare.baseline_query, &variables);
-                        let samples = match &baseline {
-                            Ok(baseline) => read_samples(address, &query, baseline, settings.interval).await,
-                            Err(e) => Err(format!("prometheus.compare.baselineQuery: {e}")),
-                        };
-                        let baseline = baseline.unwrap_or_else(|_| compare.baseline_query.clone());
-                        let samples = release::Samples { baseline_query: baseline, values: samples };
-                        release::Queried { query, value: Ok(0.0), samples: Some(samples) }
-                    }
-                },
-            };
+            },
+        };
+        let timeout = metric.timeout.as_deref().and_then(release::duration).unwrap_or(QUERY_TIMEOUT);
+        let asked = prometheus::Query { address, promql: &query, token: token.as_deref(), timeout };
+        let answer = match &metric.compare {
+            None => {
+                let value = match prometheus::run(&asked).await {
+                    Ok(prometheus::Outcome::Value(v)) => Ok(v),
+                    Ok(prometheus::Outcome::NoData(why)) => Err(why),
+                    Err(e) => Err(e.to_string()),
+                };
+                release::Queried { query: query.clone(), value, samples: None }
+            }
+            Some(compare) => {
+                let baseline = render(&compare.baseline_query);
+                let samples = match &baseline {
+                    Ok(baseline) => read_samples(&asked, baseline, settings.interval).await,
+                    Err(e) => Err(format!("prometheus.compare.baselineQuery: {e}")),
+                };
+                let baseline = baseline.unwrap_or_else(|_| compare.baseline_query.clone());
+                let samples = release::Samples { baseline_query: baseline, values: samples };
+                release::Queried { query: query.clone(), value: Ok(0.0), samples: Some(samples) }
+            }
+        };
         answers.push(Some(answer));
     }
     answers
@@ -650,7 +755,7 @@ async fn write_status(api: &Api<Canary>, name: &str, status: &CanaryStatus, rv: 
 }
 
 /// The names a Canary refers to: its target and its canary Deployment; with traffic, the user's Service, the
-/// route Services and the front Service (whose EndpointSlices are the proxy's pods).
+/// route Services, the front Service (whose EndpointSlices are the proxy's pods) and the baseline.
 fn deployments_of(guarded: &GuardedCanary) -> Vec<String> {
     let Ok(canary) = &guarded.0 else { return vec![] };
     let target = &canary.spec.target_deployment_name;
@@ -659,6 +764,7 @@ fn deployments_of(guarded: &GuardedCanary) -> Vec<String> {
         let name = canary.name_any();
         names.extend([t.service.clone(), t.front_service.clone()]);
         names.extend([traffic::stable_service_name(&name), traffic::canary_service_name(&name)]);
+        names.extend([traffic::baseline_service_name(&name), baseline_deployment_name(target)]);
     }
     names
 }

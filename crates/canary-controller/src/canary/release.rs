@@ -42,12 +42,15 @@ pub mod reasons {
     pub const STARTED: &str = "ReleaseStarted";
     pub const WEIGHT_SET: &str = "WeightSet";
     pub const RELEASE_REMOVED: &str = "ReleaseRemoved";
+    pub const BASELINE_CREATED: &str = "BaselineCreated";
+    pub const BASELINE_REMOVED: &str = "BaselineRemoved";
     pub const PAUSED: &str = "ReleasePaused";
     pub const RESUMED: &str = "ReleaseResumed";
     pub const ANALYSIS_STARTED: &str = "AnalysisStarted";
     pub const ANALYSIS_PASSED: &str = "AnalysisPassed";
     pub const ANALYSIS_FAILED: &str = "AnalysisFailed";
     pub const INCONCLUSIVE: &str = "AnalysisInconclusive";
+    pub const EXTENDED: &str = "AnalysisExtended";
     pub const PROMOTING: &str = "Promoting";
     pub const SUCCEEDED: &str = "ReleaseSucceeded";
     pub const ROLLED_BACK: &str = "RolledBack";
@@ -69,7 +72,7 @@ pub struct Settings {
     pub update_target: bool,
 }
 
-fn duration(text: &str) -> Option<Duration> {
+pub fn duration(text: &str) -> Option<Duration> {
     crate::api::kanary::duration_ms(text).map(Duration::from_millis)
 }
 
@@ -301,7 +304,11 @@ fn next_step(release: &mut ReleaseStatus, now: &Time) {
     release.step_started_at = Some(now.clone());
     release.window = None;
     release.last_call_at = None;
+    release.extended_windows = 0;
 }
+
+/// How many marginal windows a step measures again (`onMarginal: Extend`) before the release pauses.
+pub const MAX_EXTENDED_WINDOWS: i32 = 3;
 
 /// How often a webhook step with `onFailure: Retry` calls again.
 const WEBHOOK_RETRY: Duration = Duration::from_secs(5);
@@ -537,6 +544,29 @@ fn progress(decision: &mut Decision, settings: &Settings, inputs: &Inputs) -> bo
             );
             true
         }
+        Verdict::Marginal if release.extended_windows < MAX_EXTENDED_WINDOWS => {
+            release.extended_windows += 1;
+            let message = format!(
+                "step {} marginal ({} of {MAX_EXTENDED_WINDOWS} extra windows), measuring again: {summary}",
+                release.step + 1,
+                release.extended_windows
+            );
+            note(notes, reasons::EXTENDED, message.clone());
+            release.message = message;
+            true
+        }
+        Verdict::Marginal => {
+            let message = format!(
+                "step {} still marginal after {MAX_EXTENDED_WINDOWS} extra windows: {summary}: resume to measure again, \
+                 or promote",
+                release.step + 1
+            );
+            warn(notes, reasons::INCONCLUSIVE, message.clone());
+            release.phase = Phase::Paused;
+            release.extended_windows = 0;
+            release.message = message;
+            false
+        }
         Verdict::Inconclusive => {
             let canary_sessions = release.evidence.last().map(|e| e.canary_sessions).unwrap_or(0);
             let why = if canary_sessions < settings.min_samples {
@@ -590,6 +620,7 @@ fn compare_samples(compare: &Compare, samples: Option<&Samples>) -> Result<(Comp
     let verdict = match (c.judgement, compare.on_marginal) {
         (statistics::Judgement::Pass, _) | (statistics::Judgement::Marginal, Some(OnMarginal::Pass)) => Verdict::Passed,
         (statistics::Judgement::Fail, _) | (statistics::Judgement::Marginal, Some(OnMarginal::Fail)) => Verdict::Failed,
+        (statistics::Judgement::Marginal, Some(OnMarginal::Extend)) => Verdict::Marginal,
         (statistics::Judgement::Marginal, _) => Verdict::Inconclusive,
     };
     let result = ComparisonResult {
@@ -690,7 +721,7 @@ pub fn judge(
         .map(|(i, check)| {
             let answer = queried.and_then(|q| q.get(i)).and_then(Option::as_ref);
             let (value, query, mut no_data) = match (check.metric, &check.prometheus, answer) {
-                (_, Some(p), Some(q)) if p.compare.is_some() => (0.0, Some(q.query.clone()), None),
+                (_, Some(p), Some(q)) if p.compare.is_some() && q.value.is_ok() => (0.0, Some(q.query.clone()), None),
                 (_, Some(_), Some(Queried { query, value: Ok(v), .. })) => (*v, Some(query.clone()), None),
                 (_, Some(_), Some(Queried { query, value: Err(why), .. })) => {
                     (0.0, Some(query.clone()), Some(why.clone()))
@@ -701,7 +732,9 @@ pub fn judge(
             };
             // a canary-versus-baseline check: the samples' test decides
             let mut compared = None;
-            if let Some(compare) = check.prometheus.as_ref().and_then(|p| p.compare.as_ref()) {
+            if let Some(compare) =
+                check.prometheus.as_ref().and_then(|p| p.compare.as_ref()).filter(|_| no_data.is_none())
+            {
                 match compare_samples(compare, answer.and_then(|q| q.samples.as_ref())) {
                     Ok(result) => compared = Some(result),
                     Err(why) => no_data = Some(why),
@@ -729,8 +762,8 @@ pub fn judge(
             }
             if let Some((_, judged)) = &compared {
                 failed |= *judged == Verdict::Failed;
-                if *judged == Verdict::Inconclusive {
-                    verdict = Verdict::Inconclusive;
+                if matches!(judged, Verdict::Inconclusive | Verdict::Marginal) {
+                    verdict = *judged;
                 }
             }
             if no_data.is_some() {
@@ -763,6 +796,8 @@ pub fn judge(
         Verdict::Failed
     } else if metrics.iter().any(|m| m.verdict == Verdict::Inconclusive) {
         Verdict::Inconclusive
+    } else if metrics.iter().any(|m| m.verdict == Verdict::Marginal) {
+        Verdict::Marginal
     } else {
         Verdict::Passed
     };
@@ -983,8 +1018,13 @@ mod tests {
 
     #[test]
     fn promql_checks_are_queried_when_a_window_is_judged_and_no_data_never_passes() {
-        let query =
-            PrometheusMetric { query: "sum(rate(errors[{{ interval }}]))".into(), address: None, compare: None };
+        let query = PrometheusMetric {
+            query: "sum(rate(errors[{{ interval }}]))".into(),
+            address: None,
+            token_secret_ref: None,
+            timeout: None,
+            compare: None,
+        };
         let promql = MetricCheck { metric: None, prometheus: Some(query), max: Some(1.0), ..check(Metric::ErrorRate) };
         let mut s = spec(vec![weight(20), analysis()]);
         s.analysis.as_mut().unwrap().metrics = vec![check(Metric::ErrorRate), promql.clone()];
@@ -1057,15 +1097,27 @@ mod tests {
         assert_eq!(with_answer(&s, &waiting.release, 6, Ok("HTTP 204".into())).release.step, 1);
     }
 
-    #[test]
-    fn a_compare_check_judges_the_canary_samples_against_the_baseline() {
+    /// A spec of `steps` whose one check compares query `c` with baseline query `b` (tolerance 0.1).
+    fn compare_spec(steps: Vec<ReleaseStep>, on_marginal: Option<OnMarginal>) -> CanarySpec {
         let compare =
-            Compare { baseline_query: "b".into(), worse: None, tolerance: Some(0.1), alpha: None, on_marginal: None };
-        let query = PrometheusMetric { query: "c".into(), address: None, compare: Some(compare) };
-        let mut s = spec(vec![weight(20), analysis()]);
+            Compare { baseline_query: "b".into(), worse: None, tolerance: Some(0.1), alpha: None, on_marginal };
+        let query = PrometheusMetric {
+            query: "c".into(),
+            address: None,
+            token_secret_ref: None,
+            timeout: None,
+            compare: Some(compare),
+        };
+        let mut s = spec(steps);
         s.analysis.as_mut().unwrap().metrics =
             vec![MetricCheck { prometheus: Some(query), ..check(Metric::ErrorRate) }];
         s.analysis.as_mut().unwrap().metrics[0].metric = None;
+        s
+    }
+
+    #[test]
+    fn a_compare_check_judges_the_canary_samples_against_the_baseline() {
+        let s = compare_spec(vec![weight(20), analysis()], None);
         let started = step(&s, None, &at(0), Some(20), &counters((0, 0), (0, 0)));
         let stats = counters((100, 0), (50, 0));
         let baseline: Vec<f64> = (0..30).map(|i| 100.0 + (i % 7) as f64).collect();
@@ -1090,6 +1142,56 @@ mod tests {
         let none = judged(vec![]);
         assert_eq!(none.phase, Phase::Paused, "no samples: inconclusive");
         assert!(none.evidence[0].metrics[0].no_data.as_deref().unwrap_or_default().contains("no samples"));
+        // a query that could not be asked (its token unreadable): its reason is the evidence
+        let why = "prometheus.tokenSecretRef: Secret \"t\" not found".to_string();
+        let answers = [Some(Queried { query: "c".into(), value: Err(why.clone()), samples: None })];
+        let now = at(30);
+        let i = Inputs { stats: Some(&stats), queried: Some(&answers), ..inputs(&now, Some(20), None) };
+        let unasked = advance(&s, Some(&started.release), &i).release;
+        assert_eq!(unasked.phase, Phase::Paused, "{unasked:#?}");
+        assert_eq!(unasked.evidence[0].metrics[0].no_data.as_deref(), Some(why.as_str()));
+    }
+
+    #[test]
+    fn a_marginal_comparison_with_extend_is_measured_again_three_times_then_pauses() {
+        let s = compare_spec(vec![weight(20), analysis(), weight(40)], Some(OnMarginal::Extend));
+        let baseline: Vec<f64> = (0..30).map(|i| 100.0 + (i % 7) as f64).collect();
+        let answers = |canary: Vec<f64>| {
+            let values = Ok((canary, baseline.clone()));
+            [Some(Queried {
+                query: "c".into(),
+                value: Ok(0.0),
+                samples: Some(Samples { baseline_query: "b".into(), values }),
+            })]
+        };
+        let marginal = answers(baseline.iter().map(|v| v + 3.0).collect());
+        let mut release = step(&s, None, &at(0), Some(20), &counters((0, 0), (0, 0))).release;
+        let s = &s;
+        let window = |k: u64| {
+            let stats = counters((100 * k, 0), (50 * k, 0));
+            let now = at(30 * k as i64);
+            move |release: &ReleaseStatus, queried: &[Option<Queried>]| {
+                let i = Inputs { stats: Some(&stats), queried: Some(queried), ..inputs(&now, Some(20), None) };
+                advance(s, Some(release), &i)
+            }
+        };
+        for k in 1..=MAX_EXTENDED_WINDOWS as u64 {
+            let judged = window(k)(&release, &marginal);
+            release = judged.release.clone();
+            assert_eq!(
+                (release.phase, release.step, release.extended_windows),
+                (Phase::Progressing, 1, k as i32),
+                "{release:#?}"
+            );
+            assert!(reasons_of(&judged).contains(&reasons::EXTENDED), "{:?}", judged.notes);
+            assert_eq!(release.evidence.last().unwrap().verdict, Verdict::Marginal);
+            assert!(release.window.is_some(), "the next window starts at once");
+        }
+        let paused = window(4)(&release, &marginal).release;
+        assert_eq!((paused.phase, paused.step), (Phase::Paused, 1), "marginal a fourth time: {paused:#?}");
+        // a window that decides ends the extension: the next step starts afresh
+        let passed = window(4)(&release, &answers(baseline.clone())).release;
+        assert_eq!((passed.phase, passed.step, passed.extended_windows), (Phase::Progressing, 2, 0), "{passed:#?}");
     }
 
     #[test]

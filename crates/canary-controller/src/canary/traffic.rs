@@ -4,12 +4,14 @@
 //!   controller) holds the endpoints of the user's Service minus the canary's pods (they carry the target's
 //!   labels, so the user's Service selects them too);
 //! - `<canary>-canary`: a Service selecting only the canary's pods (the user's selector and `canary=true`);
-//! - a Kanary named after the Canary whose routes are those two Services, weighted by the release, in front
-//!   of `traffic.frontService` (port 80, the one clients use).
+//! - with `traffic.baseline`, `<canary>-baseline`: a Service selecting only the baseline's pods (the user's
+//!   selector and `canary-baseline=true`), also left out of the stable route;
+//! - a Kanary named after the Canary whose routes are those Services, weighted by the release (the baseline
+//!   takes the canary's weight), in front of `traffic.frontService` (port 80, the one clients use).
 //!
 //! Pure: no client in scope.
 
-use super::build::CANARY_LABEL;
+use super::build::{BASELINE_LABEL, CANARY_LABEL, baseline_deployment_name, canary_deployment_name};
 use crate::api::canary::{Canary, Traffic};
 use crate::kanary::endpoints::SERVICE_NAME_LABEL;
 use crate::runtime::caches::{CachedService, CachedSlice};
@@ -36,6 +38,10 @@ pub fn stable_service_name(canary: &str) -> String {
 
 pub fn canary_service_name(canary: &str) -> String {
     format!("{canary}-canary")
+}
+
+pub fn baseline_service_name(canary: &str) -> String {
+    format!("{canary}-baseline")
 }
 
 /// The user's Service port the release splits: `traffic.port`, or the Service's only port.
@@ -76,13 +82,28 @@ fn owner(canary: &Canary) -> OwnerReference {
 
 /// `<canary>-canary`: the user's selector and `canary=true`, the user's port.
 pub fn build_canary_service(canary: &Canary, user: &CachedService, port: &ServicePort) -> Service {
+    build_marked_service(canary_service_name(&canary.name_any()), CANARY_LABEL, canary, user, port)
+}
+
+/// `<canary>-baseline`: the user's selector and `canary-baseline=true`, the user's port.
+pub fn build_baseline_service(canary: &Canary, user: &CachedService, port: &ServicePort) -> Service {
+    build_marked_service(baseline_service_name(&canary.name_any()), BASELINE_LABEL, canary, user, port)
+}
+
+/// The Service `name` selecting the pods the user's Service selects that carry `mark=true`.
+fn build_marked_service(
+    name: String,
+    mark: &str,
+    canary: &Canary,
+    user: &CachedService,
+    port: &ServicePort,
+) -> Service {
     let mut selector = user.selector.clone().unwrap_or_default();
-    selector.insert(CANARY_LABEL.into(), "true".into());
+    selector.insert(mark.into(), "true".into());
     let target_port = port.target_port.clone().unwrap_or(IntOrString::Int(port.port));
     serde_json::from_value(json!({
         "apiVersion": "v1", "kind": "Service",
-        "metadata": {"name": canary_service_name(&canary.name_any()), "namespace": canary.namespace(),
-            "ownerReferences": [owner(canary)]},
+        "metadata": {"name": name, "namespace": canary.namespace(), "ownerReferences": [owner(canary)]},
         "spec": {"selector": selector,
             "ports": [{"name": ROUTE_PORT, "port": port.port, "targetPort": target_port, "protocol": "TCP"}]},
     }))
@@ -100,16 +121,18 @@ pub fn build_stable_service(canary: &Canary, port: &ServicePort) -> Service {
     .expect("a valid Service")
 }
 
-/// The endpoints of the user's Service (its `port`) that are not the canary's pods: neither in the canary
-/// Service's slices (by pod or address) nor named as the canary Deployment's pods (`<target>-canary-`).
+/// The endpoints of the user's Service (its `port`) that are not the canary's or the baseline's pods: neither
+/// in the slices of their Services (`marked_slices`, by pod or address) nor named as their Deployments' pods
+/// (`<target>-canary-`, `<target>-baseline-`).
 pub fn build_stable_slice(
     canary: &Canary,
     port: &ServicePort,
     user_slices: &[impl std::borrow::Borrow<CachedSlice>],
-    canary_slices: &[impl std::borrow::Borrow<CachedSlice>],
+    marked_slices: &[impl std::borrow::Borrow<CachedSlice>],
 ) -> EndpointSlice {
-    let canary_prefix = format!("{}-", super::build::canary_deployment_name(&canary.spec.target_deployment_name));
-    let canary_endpoints = canary_slices.iter().flat_map(|s| s.borrow().endpoints.iter());
+    let target = &canary.spec.target_deployment_name;
+    let prefixes = [format!("{}-", canary_deployment_name(target)), format!("{}-", baseline_deployment_name(target))];
+    let canary_endpoints = marked_slices.iter().flat_map(|s| s.borrow().endpoints.iter());
     let (mut canary_pods, mut canary_addresses) = (BTreeSet::new(), BTreeSet::new());
     for e in canary_endpoints {
         canary_pods.extend(e.pod.clone());
@@ -129,7 +152,7 @@ pub fn build_stable_slice(
         for e in &slice.endpoints {
             let (Some(address), pod) = (e.address, e.pod.as_deref()) else { continue };
             let is_canary = canary_addresses.contains(&address)
-                || pod.is_some_and(|p| canary_pods.contains(p) || p.starts_with(&canary_prefix));
+                || pod.is_some_and(|p| canary_pods.contains(p) || prefixes.iter().any(|prefix| p.starts_with(prefix)));
             if is_canary || found.port != pod_port {
                 continue;
             }
@@ -158,16 +181,20 @@ pub fn build_stable_slice(
     .expect("a valid EndpointSlice")
 }
 
-/// The Kanary of a release: both routes, the canary taking `weight` percent of new connections.
+/// The Kanary of a release: the stable and canary routes, the canary taking `weight` percent of new
+/// connections; with `traffic.baseline`, a third route taking as much for the baseline.
 pub fn build_kanary(canary: &Canary, resource: &ApiResource, traffic: &Traffic, weight: i32) -> DynamicObject {
     let name = canary.name_any();
     let route = |service: String, weight: i32| json!({"backend": {"serviceName": service, "servicePort": ROUTE_PORT}, "weight": weight});
+    let mut routes = vec![route(canary_service_name(&name), weight)];
+    if traffic.baseline {
+        routes.push(route(baseline_service_name(&name), weight));
+    }
+    let stable = 100 - routes.len() as i32 * weight;
+    routes.insert(0, route(stable_service_name(&name), stable));
     let mut kanary = DynamicObject::new(&name, resource).within(&canary.namespace().unwrap_or_default());
     kanary.metadata.owner_references = Some(vec![owner(canary)]);
-    kanary.data = json!({"spec": {
-        "destination": traffic.front_service,
-        "routes": [route(stable_service_name(&name), 100 - weight), route(canary_service_name(&name), weight)],
-    }});
+    kanary.data = json!({"spec": {"destination": traffic.front_service, "routes": routes}});
     kanary
 }
 
@@ -288,5 +315,35 @@ mod tests {
         assert_eq!(served_weight(&kanary), Some(25));
         kanary.metadata.generation = Some(4);
         assert_eq!(served_weight(&kanary), None);
+    }
+
+    #[test]
+    fn with_a_baseline_it_takes_the_canarys_weight_and_its_pods_leave_the_stable_route() {
+        let resource = crate::api::kanary::api_resource("kanary.k8s.io", "v1");
+        let mut traffic = canary().spec.traffic.unwrap();
+        traffic.baseline = true;
+        let kanary = build_kanary(&canary(), &resource, &traffic, 25);
+        let routes: Vec<(&str, i64)> = kanary.data["spec"]["routes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| (r["backend"]["serviceName"].as_str().unwrap(), r["weight"].as_i64().unwrap()))
+            .collect();
+        assert_eq!(routes, [("web-stable", 50), ("web-canary", 25), ("web-baseline", 25)]);
+        let user = [slice("app-1", &[("app-7d9-a", "10.0.0.1", true), ("app-baseline-5f4-b", "10.0.0.2", true)])];
+        let marked = [slice("web-baseline-1", &[("renamed", "10.0.0.1", true)])];
+        let none: [CachedSlice; 0] = [];
+        let built = build_stable_slice(&canary(), &port(), &user, &none);
+        let addresses: Vec<_> = built.endpoints.iter().map(|e| e.addresses[0].clone()).collect();
+        assert_eq!(addresses, ["10.0.0.1"], "the baseline Deployment's pods are left out by name");
+        assert!(build_stable_slice(&canary(), &port(), &user, &marked).endpoints.is_empty(), "and by address");
+        let user_service = CachedService {
+            metadata: Default::default(),
+            type_: None,
+            selector: Some([("app".to_string(), "app".to_string())].into()),
+            ports: Some(vec![port()]),
+        };
+        let selector = build_baseline_service(&canary(), &user_service, &port()).spec.unwrap().selector.unwrap();
+        assert_eq!(selector, [("app".into(), "app".into()), ("canary-baseline".into(), "true".into())].into());
     }
 }
