@@ -1,9 +1,9 @@
 //! A release behind a webhook gate and judged by PromQL, end to end: its first step calls an HTTP gate
 //! (`onFailure: Retry`) that says no (the release waits, no traffic moves), then yes; a real Prometheus
 //! scrapes the application's own metrics (`sim_requests_total{outcome}` of the simulator's built-in server,
-//! in every pod of `app`, canary included: the test writes their addresses to a file_sd file, as
-//! Prometheus's Kubernetes discovery would find them), and the Canary's checks are queries of the canary
-//! pods' error ratio, asked of the controller's `--prometheus-address`, bounded (`max`) and compared over the
+//! in every pod of `app`, canary included, and the proxy pods' HAProxy exporter: the test writes their
+//! addresses to a file_sd file, as Prometheus's Kubernetes discovery would find them), and the Canary's checks
+//! are queries of the canary route's connections (HAProxy's) and of the canary pods' error ratio, asked of the controller's `--prometheus-address`, bounded (`max`) and compared over the
 //! same window (`compare`: Mann-Whitney U on a sample a second) with the stable pods' for the bad canary and
 //! with a baseline's (`traffic.baseline`: the target's pods at the canary's size and weight) for the good
 //! one. A bad canary is rolled back on both checks; a good one passes both and is promoted, its baseline
@@ -39,18 +39,22 @@ const STABLE_ERRORS_3S: &str = r#"(sum(rate(sim_requests_total{outcome="error",p
 /// The same for the baseline's pods (`app-baseline-<hash>-<hash>`).
 const BASELINE_ERRORS_3S: &str = r#"(sum(rate(sim_requests_total{outcome="error",pod=~"{{ baseline }}-.*"}[3s])) or vector(0)) / sum(rate(sim_requests_total{pod=~"{{ baseline }}-.*"}[3s]))"#;
 
-/// Keeps `file` listing the running pods of `app` (their metrics port, labelled with the pod's name) until
-/// `stop`.
+/// The canary route's connections over the window, from the proxy's own HAProxy exporter.
+const HAPROXY_CANARY_SESSIONS: &str =
+    r#"sum(increase(haproxy_backend_sessions_total{proxy="be_web-canary"}[{{ interval }}]))"#;
+
+/// Keeps `file` listing the running pods of `app` (their metrics port) and of the Canary's proxy (HAProxy's
+/// Prometheus exporter, port 8404), labelled with the pod's name, until `stop`.
 async fn discover_pods(pods: Api<Pod>, file: std::path::PathBuf, stop: Arc<AtomicBool>) {
     let mut written = String::new();
     while !stop.load(Ordering::Relaxed) {
-        if let Ok(list) = pods.list(&ListParams::default().labels("app=app")).await {
-            let targets: Vec<serde_json::Value> = list
-                .items
-                .iter()
-                .filter_map(|p| {
+        let (apps, proxies) = (ListParams::default().labels("app=app"), ListParams::default().labels("proxy=web-haproxy"));
+        if let (Ok(apps), Ok(proxies)) = (pods.list(&apps).await, pods.list(&proxies).await) {
+            let listed = apps.items.iter().map(|p| (p, 8080)).chain(proxies.items.iter().map(|p| (p, 8404)));
+            let targets: Vec<serde_json::Value> = listed
+                .filter_map(|(p, port)| {
                     let ip = p.status.as_ref()?.pod_ip.clone()?;
-                    Some(json!({"targets": [format!("{ip}:8080")], "labels": {"pod": p.metadata.name.clone()?}}))
+                    Some(json!({"targets": [format!("{ip}:{port}")], "labels": {"pod": p.metadata.name.clone()?}}))
                 })
                 .collect();
             let text = serde_json::to_string(&targets).unwrap();
@@ -147,7 +151,8 @@ async fn a_release_behind_a_webhook_gate_judged_by_promql_rolls_back_a_bad_canar
             "analysis": {"interval": "8s", "minSamples": 10, "metrics": [
                 {"prometheus": {"query": ERROR_RATIO}, "max": 0.05},
                 {"prometheus": {"query": CANARY_ERRORS_3S,
-                    "compare": {"baselineQuery": STABLE_ERRORS_3S, "tolerance": 0.05}}}]},
+                    "compare": {"baselineQuery": STABLE_ERRORS_3S, "tolerance": 0.05}}},
+                {"prometheus": {"query": HAPROXY_CANARY_SESSIONS}, "min": 1}]},
             "promotion": {"updateTarget": true}}),
     )
     .await;
@@ -174,6 +179,9 @@ async fn a_release_behind_a_webhook_gate_judged_by_promql_rolls_back_a_bad_canar
     assert_eq!((judged.metrics[1].verdict, compared.judgement.as_str()), (Verdict::Failed, "Fail"), "{compared:?}");
     assert!(compared.canary_samples >= 3 && compared.baseline_samples >= 3 && compared.p_value < 0.05, "{compared:?}");
     assert!(compared.baseline_query.contains(r#"pod=~"app-[a-z0-9]+-[a-z0-9]+""#), "{compared:?}");
+    // the proxy's own exporter, scraped too: the canary route took connections in the window
+    let proxied = &judged.metrics[2];
+    assert!(proxied.verdict == Verdict::Passed && proxied.value >= 1.0, "HAProxy's exporter: {proxied:?}");
 
     // a Prometheus that does not answer within the check's timeout: no data, the window is inconclusive and the
     // release pauses (never promotes); with `onNoData: Fail`, an unreachable one rolls it back
