@@ -48,7 +48,8 @@ const HAPROXY_CANARY_SESSIONS: &str =
 async fn discover_pods(pods: Api<Pod>, file: std::path::PathBuf, stop: Arc<AtomicBool>) {
     let mut written = String::new();
     while !stop.load(Ordering::Relaxed) {
-        let (apps, proxies) = (ListParams::default().labels("app=app"), ListParams::default().labels("proxy=web-haproxy"));
+        let (apps, proxies) =
+            (ListParams::default().labels("app=app"), ListParams::default().labels("proxy=web-haproxy"));
         if let (Ok(apps), Ok(proxies)) = (pods.list(&apps).await, pods.list(&proxies).await) {
             let listed = apps.items.iter().map(|p| (p, 8080)).chain(proxies.items.iter().map(|p| (p, 8404)));
             let targets: Vec<serde_json::Value> = listed

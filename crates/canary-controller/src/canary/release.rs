@@ -121,7 +121,8 @@ fn short_form(analysis: &Analysis) -> Vec<ReleaseStep> {
         .collect()
 }
 
-fn describe(step: &ReleaseStep) -> String {
+/// A step for people: `setWeight 25`, `pause 5m`, `analysis`, `webhook`.
+pub fn describe(step: &ReleaseStep) -> String {
     match (step.set_weight, &step.pause, &step.webhook) {
         (Some(w), _, _) => format!("setWeight {w}"),
         (_, Some(p), _) => format!("pause {}", p.duration.as_deref().unwrap_or("until resumed")),

@@ -1,0 +1,192 @@
+//! What `kubectl canary get` shows of a Canary: where its release stands, its steps, the proxy's routes
+//! with their weights, and the last judged window (connections per route, each check's value, bound and
+//! verdict). Pure: text from the Canary and its Kanary, no client in scope.
+
+use canary_controller::api::canary::{Canary, Evidence, Phase, ReleaseStatus};
+use canary_controller::canary::release::{Settings, describe};
+use kube::ResourceExt;
+use std::fmt::Write;
+
+/// The routes of a release's Kanary: (Service, weight), in its order (stable, canary, baseline).
+pub fn routes(kanary: &serde_json::Value) -> Vec<(String, i64)> {
+    let routes = kanary["spec"]["routes"].as_array().cloned().unwrap_or_default();
+    routes
+        .iter()
+        .map(|r| (r["backend"]["serviceName"].as_str().unwrap_or("?").to_string(), r["weight"].as_i64().unwrap_or(0)))
+        .collect()
+}
+
+/// One line per Canary for `list`: name, target, phase, weight, step.
+pub fn list_line(canary: &Canary) -> [String; 5] {
+    let release = canary.status.as_ref().and_then(|s| s.release.as_ref());
+    [
+        canary.name_any(),
+        canary.spec.target_deployment_name.clone(),
+        release.map(|r| format!("{:?}", r.phase)).unwrap_or_else(|| "-".into()),
+        release.map(|r| format!("{}%", r.weight)).unwrap_or_else(|| "-".into()),
+        release.map(|r| r.step_description.clone()).unwrap_or_else(|| "-".into()),
+    ]
+}
+
+/// Rows as columns padded to their widest cell.
+pub fn table(header: [&str; 5], rows: &[[String; 5]]) -> String {
+    let mut widths = header.map(str::len);
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let mut out = String::new();
+    let header = header.map(String::from);
+    for row in std::iter::once(&header).chain(rows) {
+        let cells: Vec<String> = row.iter().zip(widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        let _ = writeln!(out, "{}", cells.join("   ").trim_end());
+    }
+    out
+}
+
+/// The full view of a Canary (and its Kanary's spec, when there is one).
+pub fn render(canary: &Canary, kanary: Option<&serde_json::Value>) -> String {
+    let mut out = String::new();
+    let ns = canary.namespace().unwrap_or_default();
+    let _ = writeln!(
+        out,
+        "Canary {} (namespace {ns}): target Deployment {}",
+        canary.name_any(),
+        canary.spec.target_deployment_name
+    );
+    let images: Vec<String> = canary.spec.target_containers.iter().map(|c| format!("{}={}", c.name, c.image)).collect();
+    let _ = writeln!(out, "Images:   {}", images.join(", "));
+    let status = canary.status.clone().unwrap_or_default();
+    for c in status.conditions.iter().filter(|c| c.type_ == "Ready" && c.status != "True") {
+        let _ = writeln!(out, "Problem:  {}: {}", c.reason, c.message);
+    }
+    let Some(release) = &status.release else {
+        let ready = status.ready_replicas.unwrap_or(0);
+        let _ = writeln!(out, "No release (the Canary has no traffic): canary Deployment {ready} ready");
+        return out;
+    };
+    let _ = writeln!(out, "Phase:    {:?}{}", release.phase, if canary.spec.paused { " (spec.paused)" } else { "" });
+    let _ = writeln!(out, "Step:     {}", release.step_description);
+    let _ = writeln!(out, "Weight:   {}% to the canary", release.weight);
+    if !release.message.is_empty() {
+        let _ = writeln!(out, "Message:  {}", release.message);
+    }
+    steps(&mut out, canary, release);
+    if let Some(kanary) = kanary {
+        let _ = writeln!(out, "\nRoutes (Kanary {}):", canary.name_any());
+        for (service, weight) in routes(kanary) {
+            let _ = writeln!(out, "  {service:<30} {weight:>3}%");
+        }
+    }
+    if let Some(evidence) = release.evidence.last() {
+        window(&mut out, evidence);
+    }
+    out
+}
+
+fn steps(out: &mut String, canary: &Canary, release: &ReleaseStatus) {
+    let settings = Settings::of(&canary.spec);
+    let _ = writeln!(out, "\nSteps:");
+    for (i, step) in settings.steps.iter().enumerate() {
+        let i = i as i32;
+        let mark = match (i.cmp(&release.step), release.phase) {
+            (std::cmp::Ordering::Less, _) => "[x]",
+            (std::cmp::Ordering::Equal, Phase::RolledBack | Phase::Aborted) => "[!]",
+            (std::cmp::Ordering::Equal, _) => "[>]",
+            _ => "[ ]",
+        };
+        let _ = writeln!(out, "  {mark} {:>2}. {}", i + 1, describe(step));
+    }
+    let promoted = match release.phase {
+        Phase::Succeeded => "[x]",
+        Phase::Promoting => "[>]",
+        _ => "[ ]",
+    };
+    let _ = writeln!(out, "  {promoted}     promotion");
+}
+
+fn window(out: &mut String, e: &Evidence) {
+    let _ = writeln!(
+        out,
+        "\nLast window (step {}, weight {}%, {} to {}): {:?}",
+        e.step + 1,
+        e.weight,
+        e.started_at.0.strftime("%H:%M:%S"),
+        e.finished_at.0.strftime("%H:%M:%S"),
+        e.verdict
+    );
+    let _ = writeln!(out, "  connections: canary {}, stable {}", e.canary_sessions, e.stable_sessions);
+    for m in &e.metrics {
+        let name = canary_controller::canary::release::metric_name(m);
+        let value = match (&m.no_data, &m.comparison) {
+            (Some(why), _) => format!("no data ({why})"),
+            (None, Some(c)) => format!(
+                "effect {:+} p={:.4} ({}, {}/{} samples)",
+                m.value, c.p_value, c.judgement, c.canary_samples, c.baseline_samples
+            ),
+            (None, None) => format!("{}", m.value),
+        };
+        let _ = writeln!(out, "  {name:<20} {:<12} {:<22} {value}", format!("{:?}", m.verdict), m.bound);
+        if let Some(query) = &m.query {
+            let _ = writeln!(out, "  {:<20} {query}", "");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn canary(status: serde_json::Value) -> Canary {
+        serde_json::from_value(json!({"apiVersion": "canary.k8s.wantedly.com/v1beta1", "kind": "Canary",
+            "metadata": {"name": "web", "namespace": "shop"},
+            "spec": {"targetDeploymentName": "app", "targetContainers": [{"name": "app", "image": "app:v2"}],
+                "traffic": {"service": "app", "frontService": "app-front"},
+                "steps": [{"setWeight": 20}, {"analysis": {}}, {"setWeight": 50}]},
+            "status": status}))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_view_shows_steps_routes_and_the_last_windows_checks() {
+        let c = canary(json!({"release": {"revision": "app=app:v2", "phase": "Progressing", "step": 2,
+            "stepDescription": "3/3 setWeight 50", "weight": 50, "message": "waiting for every proxy pod to serve weight 50",
+            "evidence": [{"step": 1, "weight": 20, "startedAt": "2026-12-02T10:00:00Z", "finishedAt": "2026-12-02T10:00:30Z",
+                "canarySessions": 120, "stableSessions": 480, "verdict": "Passed",
+                "metrics": [{"metric": "errorRate", "value": 0.01, "bound": "max 0.05", "verdict": "Passed"},
+                    {"query": "sum(rate(x[30s]))", "value": 0.0, "noData": "the query returned NaN", "bound": "max 1", "verdict": "Inconclusive"}]}]}}));
+        let kanary = json!({"spec": {"routes": [{"backend": {"serviceName": "web-stable"}, "weight": 50},
+            {"backend": {"serviceName": "web-canary"}, "weight": 50}]}});
+        let text = render(&c, Some(&kanary));
+        for wanted in [
+            "Phase:    Progressing",
+            "Weight:   50% to the canary",
+            "[x]  1. setWeight 20",
+            "[x]  2. analysis",
+            "[>]  3. setWeight 50",
+            "[ ]     promotion",
+            "web-canary",
+            "Last window (step 2, weight 20%, 10:00:00 to 10:00:30): Passed",
+            "connections: canary 120, stable 480",
+            "ErrorRate",
+            "max 0.05",
+            "no data (the query returned NaN)",
+            "sum(rate(x[30s]))",
+        ] {
+            assert!(text.contains(wanted), "{wanted:?} missing from:\n{text}");
+        }
+    }
+
+    #[test]
+    fn a_rolled_back_step_is_marked_and_a_canary_without_traffic_says_so() {
+        let c = canary(json!({"release": {"revision": "r", "phase": "RolledBack", "step": 1, "weight": 0}}));
+        assert!(render(&c, None).contains("[!]  2. analysis"));
+        let plain = canary(json!({"readyReplicas": 1}));
+        assert!(render(&plain, None).contains("No release"));
+        let rows = [list_line(&c), list_line(&plain)];
+        let listed = table(["NAME", "TARGET", "PHASE", "WEIGHT", "STEP"], &rows);
+        assert!(listed.contains("RolledBack") && listed.lines().count() == 3, "{listed}");
+    }
+}
