@@ -1,5 +1,5 @@
 # Developer entry points; see README.md.
-.PHONY: setup build run demo test fmt crd image deploy undeploy
+.PHONY: setup build run demo test fmt crd image image-oci deploy undeploy
 
 setup:          ## install system packages and fetch crates
 	bash scripts/setup.sh
@@ -31,6 +31,10 @@ crd:            ## regenerate config/crd from the Rust types
 
 image:          ## build the operator's image (needs docker)
 	docker build -t canary-controller:latest .
+
+image-oci:      ## build the operator's image without a daemon: an OCI layout in target/image/canary-controller (root)
+	cargo build --release --locked -p canary-controller --bin canary-controller
+	bash scripts/build-image.sh target/release/canary-controller target/image/canary-controller
 
 # KANARY_GROUP=kanary.k8s.io (or kanary.pyxida.io) installs Kanary in that group only, so that
 # `kubectl get kanary` / `kubectl get ky` name it unambiguously; default: both groups (config/crd/crds.yaml)

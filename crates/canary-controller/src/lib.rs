@@ -11,3 +11,7 @@ pub mod conditions;
 pub mod kanary;
 pub mod report;
 pub mod runtime;
+
+/// The operator's image, as `make image` and `make image-oci` tag it and `config/manager` deploys it; the
+/// proxy agent runs from it too (`--agent-image`).
+pub const IMAGE: &str = "canary-controller:latest";

@@ -30,7 +30,7 @@ enum Command {
         haproxy_image: String,
         /// Image of the proxy agent beside each HAProxy: this operator's own image (keep it the same as the
         /// operator's Deployment's).
-        #[arg(long, default_value = "canary-controller:latest", env = "AGENT_IMAGE")]
+        #[arg(long, default_value = canary_controller::IMAGE, env = "AGENT_IMAGE")]
         agent_image: String,
         /// Where /metrics, /healthz and /readyz are served.
         #[arg(long, default_value = "0.0.0.0:8080", env = "METRICS_ADDRESS")]
