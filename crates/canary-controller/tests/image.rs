@@ -2,7 +2,8 @@
 //! release binary; here on the binary the tests use): an OCI layout whose config runs `/canary-controller run`
 //! as user 65532, whose files are the binary, the libraries it links, CA certificates and a passwd (no shell,
 //! nothing else), in which the binary really runs (chroot, as 65532: the image is self-contained), and whose
-//! name is the one `config/manager` deploys and hands the proxy agent (which runs the image's entrypoint).
+//! name is the one `config/manager` deploys and hands the proxy agent (which runs the image's entrypoint);
+//! skopeo, the README's push tool, reads and copies it.
 
 use e2e_support as support;
 
@@ -83,6 +84,16 @@ fn the_image_runs_the_binary_as_nonroot_with_nothing_else_and_is_the_one_deploye
         binary_size as f64 / 1048576.0
     );
     assert!(size < binary_size, "compressed, the image is smaller than its binary alone: {size} bytes");
+
+    // skopeo reads it as the README's push does (here to a docker-archive file, what `docker load` reads)
+    if tools::available("skopeo") {
+        let inspected =
+            run(Command::new("skopeo").args(["inspect", "--config"]).arg(format!("oci:{}:latest", layout.display())));
+        assert!(inspected.contains("\"User\": \"65532:65532\""), "{inspected}");
+        let archive = format!("docker-archive:{}:canary-controller:latest", dir.path().join("image.tar").display());
+        run(Command::new("skopeo").arg("copy").arg(format!("oci:{}:latest", layout.display())).arg(&archive));
+        assert!(dir.path().join("image.tar").metadata().unwrap().len() > binary_size, "the archive holds the binary");
+    }
 
     // the files: the binary, its libraries, CA certificates, passwd; no shell
     let bundle = dir.path().join("bundle");
