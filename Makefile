@@ -32,17 +32,23 @@ crd:            ## regenerate config/crd from the Rust types
 image:          ## build the operator's image (needs docker)
 	docker build -t canary-controller:latest .
 
+# IMAGE_PROFILE=dev builds the image from the debug binary, SKIP_BUILD=1 from the one already built (the
+# install test does both, to save a release build)
+IMAGE_PROFILE ?= release
+IMAGE_BINARY := target/$(if $(filter dev,$(IMAGE_PROFILE)),debug,$(IMAGE_PROFILE))/canary-controller
 image-oci:      ## build the operator's image without a daemon: an OCI layout in target/image/canary-controller (root)
-	cargo build --release --locked -p canary-controller --bin canary-controller
-	bash scripts/build-image.sh target/release/canary-controller target/image/canary-controller
+	$(if $(SKIP_BUILD),,cargo build --profile $(IMAGE_PROFILE) --locked -p canary-controller --bin canary-controller)
+	bash scripts/build-image.sh $(IMAGE_BINARY) target/image/canary-controller
 
 # KANARY_GROUP=kanary.k8s.io (or kanary.pyxida.io) installs Kanary in that group only, so that
-# `kubectl get kanary` / `kubectl get ky` name it unambiguously; default: both groups (config/crd/crds.yaml)
+# `kubectl get kanary` / `kubectl get ky` name it unambiguously; default: both groups (config/crd/crds.yaml).
+# CONFIG: the manifests' directory (default config; the install test deploys an edited copy)
+CONFIG ?= config
 deploy:         ## install the CRDs and the operator into canary-controller-system (current kubectl context)
-	$(if $(KANARY_GROUP),cargo run --quiet -p canary-controller -- crd --kanary-group $(KANARY_GROUP),cat config/crd/crds.yaml) \
+	$(if $(KANARY_GROUP),cargo run --quiet -p canary-controller -- crd --kanary-group $(KANARY_GROUP),cat $(CONFIG)/crd/crds.yaml) \
 	  | kubectl apply --server-side -f -
-	kubectl apply -k config/default
+	kubectl apply -k $(CONFIG)/default
 
 undeploy:       ## remove the operator and the CRDs (and so every Canary)
-	kubectl delete -k config/default --ignore-not-found
-	kubectl delete -f config/crd/crds.yaml --ignore-not-found
+	kubectl delete -k $(CONFIG)/default --ignore-not-found
+	kubectl delete -f $(CONFIG)/crd/crds.yaml --ignore-not-found

@@ -9,9 +9,10 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 # iproute2 and util-linux (unshare, nsenter, setpriv): workload-sim's pod network and pid namespaces; procps
 # (pgrep, pkill, kill): tests that kill processes as a crash would; prometheus: a real server for the tests of
 # analysis by PromQL (the tests start their own; the package's service is not used); bsdutils (script): the
-# kubectl plugin's live view tested under a pseudo-terminal; umoci: the image built without a daemon, and
-# skopeo, which pushes it (the test copies it to a local archive)
-packages=(ca-certificates curl make haproxy iproute2 util-linux procps prometheus bsdutils umoci skopeo)
+# kubectl plugin's live view tested under a pseudo-terminal; umoci: the image built without a daemon, skopeo,
+# which pushes it, and docker-registry, the registry on loopback the install test pushes to (its own, on a
+# free port; the package's service is not used)
+packages=(ca-certificates curl make haproxy iproute2 util-linux procps prometheus bsdutils umoci skopeo docker-registry)
 missing=()
 for p in "${packages[@]}"; do
   [ "$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null)" = "install ok installed" ] || missing+=("$p")

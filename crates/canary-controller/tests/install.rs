@@ -1,9 +1,12 @@
-//! The README's "Install on a cluster", its steps 3 to 6 as written, on fake-apiserver and the workload
-//! simulator (which runs the operator's pods from its image: our binary under its ServiceAccount, RBAC
-//! enforced): `make deploy`; the first Canary from `config/samples` gets its copy and is Ready; the first
-//! release from `examples/release.yml` (a Deployment `app` and a Service `app` beside it) moves 20 % of the
-//! connections to its canary through proxies the deployed operator made; `make undeploy` removes the
-//! operator, the CRDs and so every Canary and what they made. (Steps 1 and 2, the image, are tests/image.rs.)
+//! The README's "Install on a cluster", step by step, on fake-apiserver and the workload simulator: `make
+//! image-oci` (from the debug binary: `IMAGE_PROFILE=dev SKIP_BUILD=1`, saving a release build) and `skopeo
+//! copy` to a registry (Debian's docker-registry, on loopback, plain HTTP); the manifests pointed at the pushed
+//! name with the README's `sed` (on a copy of config/); `make deploy` of that copy: the simulator runs the
+//! operator's pods, image by that name (it runs our binary for it: it pulls nothing; the registry is checked
+//! to hold the image), under their ServiceAccount with RBAC enforced; the first Canary from `config/samples`
+//! is Ready; the first release from `examples/release.yml` (a Deployment and a Service `app` beside it) moves
+//! 20 % of the connections to its canary through proxies the deployed operator made, their agents running
+//! the pushed image; `make undeploy` removes the operator, the CRDs and so every Canary and what they made.
 
 use e2e_support as support;
 
@@ -17,11 +20,12 @@ const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
 const SYSTEM: &str = "canary-controller-system";
 const MANAGER: &str = "canary-controller-controller-manager";
 
-async fn make(cluster: &Cluster, target: &str) {
+async fn make(cluster: &Cluster, target: &str, variables: &[&str]) {
     let out = tokio::process::Command::new("make")
         .arg("-C")
         .arg(ROOT)
         .arg(target)
+        .args(variables)
         .env("KUBECONFIG", &cluster.kubeconfig)
         .env("PATH", format!("{ROOT}/.venv/bin:{}", std::env::var("PATH").unwrap_or_default()))
         .output()
@@ -43,18 +47,73 @@ async fn the_readme_install_deploys_serves_a_canary_and_a_release_and_undeploys(
     if !support::simulator::can_simulate() {
         return;
     }
+    use fake_apiserver::tools;
+    if !tools::available("umoci") || !tools::available("skopeo") || !tools::available("docker-registry") {
+        return;
+    }
     let cluster = Cluster::start().await;
-    let sim = cluster.start_simulator(228, 24);
     let ns = cluster.namespace.clone();
 
+    // 1. the image, pushed to a registry
+    make(&cluster, "image-oci", &["IMAGE_PROFILE=dev", "SKIP_BUILD=1"]).await;
+    let port = support::traffic::free_port("127.0.0.1");
+    let storage = cluster.dir.path().join("registry");
+    let registry_config = cluster.dir.path().join("registry.yml");
+    let text = format!(
+        "version: 0.1\nstorage: {{filesystem: {{rootdirectory: {}}}}}\nhttp: {{addr: 127.0.0.1:{port}}}\n",
+        storage.display()
+    );
+    std::fs::write(&registry_config, text).unwrap();
+    let mut registry = tokio::process::Command::new("docker-registry")
+        .arg("serve")
+        .arg(&registry_config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("docker-registry runs");
+    support::eventually(30, "the registry answers", || async move {
+        tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok()
+    })
+    .await;
+    let pushed = format!("127.0.0.1:{port}/canary-controller:v0.1.0");
+    let layout = format!("oci:{ROOT}/target/image/canary-controller:latest");
+    let copied = std::process::Command::new("skopeo")
+        .args(["copy", "--dest-tls-verify=false", &layout, &format!("docker://{pushed}")])
+        .output()
+        .unwrap();
+    assert!(copied.status.success(), "skopeo copy: {}", String::from_utf8_lossy(&copied.stderr));
+    let inspected = std::process::Command::new("skopeo")
+        .args(["inspect", "--config", "--tls-verify=false", &format!("docker://{pushed}")])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&inspected.stdout).contains("65532:65532"), "the registry holds the image");
+
+    // 2. the manifests point at it (a copy of config/, edited with the README's command)
+    let config = cluster.dir.path().join("config");
+    let copy = std::process::Command::new("cp").arg("-r").arg(format!("{ROOT}/config")).arg(&config).status().unwrap();
+    assert!(copy.success());
+    let manager_yaml = config.join("manager/manager.yaml");
+    let edit = format!("s|canary-controller:latest|{pushed}|g");
+    assert!(std::process::Command::new("sed").args(["-i", &edit]).arg(&manager_yaml).status().unwrap().success());
+    let config_variable = format!("CONFIG={}", config.display());
+
     // 3. install
-    make(&cluster, "deploy").await;
+    let sim = cluster.start_simulator(228, 24);
+    make(&cluster, "deploy", &[&config_variable]).await;
     let managers: Api<Deployment> = Api::namespaced(cluster.client.clone(), SYSTEM);
     support::eventually(120, "both manager pods ready", || async {
         let status = managers.get_opt(MANAGER).await.ok().flatten().and_then(|d| d.status).unwrap_or_default();
         status.ready_replicas == Some(2)
     })
     .await;
+    let images = |pod: &k8s_openapi::api::core::v1::Pod| -> Vec<String> {
+        let spec = pod.spec.clone().unwrap_or_default();
+        spec.containers.iter().chain(spec.init_containers.iter().flatten()).filter_map(|c| c.image.clone()).collect()
+    };
+    let system_pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(cluster.client.clone(), SYSTEM);
+    let running = system_pods.list(&Default::default()).await.unwrap().items;
+    assert!(running.iter().all(|p| images(p) == [pushed.clone()]), "the manager runs the pushed image");
 
     // 4. a first Canary
     let samples = |file: &str| format!("{ROOT}/config/samples/{file}");
@@ -109,9 +168,15 @@ async fn the_readme_install_deploys_serves_a_canary_and_a_release_and_undeploys(
     )
     .await;
     assert_eq!(served, "True", "every proxy pod serves the release's weights");
+    let proxies = cluster.api::<k8s_openapi::api::core::v1::Pod>();
+    let proxies = proxies.list(&kube::api::ListParams::default().labels("proxy=app-release-haproxy")).await.unwrap();
+    assert!(!proxies.items.is_empty(), "proxy pods");
+    for pod in &proxies.items {
+        assert!(images(pod).contains(&pushed), "the proxy agent runs the pushed image: {:?}", images(pod));
+    }
 
     // 6. uninstall: the operator, its CRDs, and with them every Canary and what it made
-    make(&cluster, "undeploy").await;
+    make(&cluster, "undeploy", &[&config_variable]).await;
     let gone = cluster.kubectl(&["get", "crd", "canaries.canary.k8s.wantedly.com"], None).await.unwrap();
     assert!(!gone.status.success(), "the CRD is still there after make undeploy");
     support::eventually(60, "the manager, the canaries' copies and the proxies gone", || async {
@@ -122,6 +187,7 @@ async fn the_readme_install_deploys_serves_a_canary_and_a_release_and_undeploys(
         manager.is_none() && left.iter().all(|n| n == "foo" || n == "app")
     })
     .await;
+    let _ = registry.kill().await;
     sim.stop().await;
     cluster.cleanup().await;
 }
