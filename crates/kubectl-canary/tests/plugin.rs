@@ -129,6 +129,8 @@ async fn kubectl_canary_shows_watches_and_drives_a_release() {
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let completion = succeeds(&cluster, &["completion", "bash"]).await;
     assert!(completion.contains("kubectl-canary") && completion.contains("complete"), "{completion}");
+    let zsh = succeeds(&cluster, &["completion", "zsh"]).await;
+    assert!(zsh.contains("#compdef kubectl-canary"), "{zsh}");
     sim.stop().await;
     cluster.cleanup().await;
 }
