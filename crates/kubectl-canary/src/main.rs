@@ -58,7 +58,7 @@ enum Command {
     Abort { name: String },
     /// Holds the release where it is (sets spec.paused).
     Pause { name: String },
-    /// Lets a held or paused release go on (unsets spec.paused, and asks to resume a pause or an inconclusive
+    /// Lets a held or paused release go on (unsets spec.paused; asks to resume a pause step or an inconclusive
     /// window).
     Resume { name: String },
     /// Runs a rolled back or aborted release again.
@@ -147,20 +147,31 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Resume { name } => {
             let canary = canaries.get(&name).await.context(format!("reading Canary {name}"))?;
+            let release = canary.status.as_ref().and_then(|s| s.release.as_ref());
+            // a release held only by spec.paused goes on once it is unset: a resume request on top would also
+            // end the pause step it may be at
+            let held_by_spec = release.is_some_and(|r| r.message.starts_with("held by spec.paused"));
             if canary.spec.paused {
                 let patch = serde_json::json!({"spec": {"paused": false}});
                 canaries.patch(&name, &PatchParams::default(), &Patch::Merge(patch)).await?;
                 println!("Canary {name}: spec.paused unset");
             }
-            request(&canaries, &name, "resume").await?;
+            if !(canary.spec.paused && held_by_spec) {
+                request(&canaries, &name, "resume").await?;
+            }
         }
         Command::Set { what: SetCommand::Image { name, images } } => set_images(&canaries, &name, &images).await?,
         Command::Explain { name } => {
             let canary = canaries.get(&name).await.context(format!("reading Canary {name}"))?;
             let events: Api<Event> = Api::namespaced(client, &ns);
             let selector = format!("involvedObject.kind=Canary,involvedObject.name={name}");
-            let mut listed =
-                events.list(&ListParams::default().fields(&selector)).await.map(|l| l.items).unwrap_or_default();
+            let mut listed = match events.list(&ListParams::default().fields(&selector)).await {
+                Ok(listed) => listed.items,
+                Err(e) => {
+                    eprintln!("(the Canary's events cannot be read: {e}; explaining from its status alone)");
+                    vec![]
+                }
+            };
             listed.retain(|e| e.involved_object.uid == canary.uid());
             listed.sort_by_key(|e| e.last_timestamp.clone().map(|t| t.0).or(e.event_time.clone().map(|t| t.0)));
             let happened: Vec<explain::Happened> = listed
@@ -182,10 +193,28 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 /// Asks for `action` through the request annotation, with a value of its own (the controller acts once per
 /// value: `promote:1733130000123`).
+/// One request at a time: a request not acted on yet is waited for (up to 10 s), never overwritten.
 async fn request(canaries: &Api<Canary>, name: &str, action: &str) -> anyhow::Result<()> {
-    let canary = canaries.get(name).await.context(format!("reading Canary {name}"))?;
-    if canary.spec.traffic.is_none() {
-        anyhow::bail!("Canary {name} has no spec.traffic: it runs no release to {action}");
+    let mut waited = Duration::ZERO;
+    loop {
+        let canary = canaries.get(name).await.context(format!("reading Canary {name}"))?;
+        if canary.spec.traffic.is_none() {
+            anyhow::bail!("Canary {name} has no spec.traffic: it runs no release to {action}");
+        }
+        let pending = canary.annotations().get(REQUEST_ANNOTATION).cloned();
+        let handled = canary.status.as_ref().and_then(|s| s.release.as_ref()).and_then(|r| r.handled_request.clone());
+        match pending {
+            Some(pending) if Some(&pending) != handled.as_ref() => {
+                if waited >= Duration::from_secs(10) {
+                    anyhow::bail!(
+                        "Canary {name}: the request {pending:?} has not been acted on for 10 s (is the controller running?)"
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                waited += Duration::from_millis(200);
+            }
+            _ => break,
+        }
     }
     let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis();
     let patch = serde_json::json!({"metadata": {"annotations": {REQUEST_ANNOTATION: format!("{action}:{stamp}")}}});

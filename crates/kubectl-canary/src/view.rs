@@ -7,13 +7,30 @@ use canary_controller::canary::release::{Settings, describe};
 use kube::ResourceExt;
 use std::fmt::Write;
 
-/// The routes of a release's Kanary: (Service, weight), in its order (stable, canary, baseline).
-pub fn routes(kanary: &serde_json::Value) -> Vec<(String, i64)> {
+/// The routes of a release's Kanary: (Service, weight, the addresses its status lists for it), in its order
+/// (stable, canary, baseline).
+pub fn routes(kanary: &serde_json::Value) -> Vec<(String, i64, Option<usize>)> {
     let routes = kanary["spec"]["routes"].as_array().cloned().unwrap_or_default();
+    let endpoints = kanary["status"]["endpointStatuses"].as_array().cloned().unwrap_or_default();
     routes
         .iter()
-        .map(|r| (r["backend"]["serviceName"].as_str().unwrap_or("?").to_string(), r["weight"].as_i64().unwrap_or(0)))
+        .map(|r| {
+            let service = r["backend"]["serviceName"].as_str().unwrap_or("?").to_string();
+            let ips = endpoints.iter().find(|e| e["ServiceName"] == service.as_str()).and_then(|e| e["Ips"].as_array());
+            (service, r["weight"].as_i64().unwrap_or(0), ips.map(Vec::len))
+        })
         .collect()
+}
+
+/// What the Kanary's status says of its proxy pods (`2/2 proxy pods serve revision ...`).
+fn proxies(kanary: &serde_json::Value) -> Option<String> {
+    let conditions = kanary["status"]["conditions"].as_array()?;
+    let synced = conditions.iter().find(|c| c["type"] == "DataPlaneSynced")?;
+    Some(format!(
+        "{} ({})",
+        synced["message"].as_str().unwrap_or_default(),
+        synced["reason"].as_str().unwrap_or_default()
+    ))
 }
 
 /// One line per Canary for `list`: name, target, phase, weight, step.
@@ -75,8 +92,12 @@ pub fn render(canary: &Canary, kanary: Option<&serde_json::Value>) -> String {
     steps(&mut out, canary, release);
     if let Some(kanary) = kanary {
         let _ = writeln!(out, "\nRoutes (Kanary {}):", canary.name_any());
-        for (service, weight) in routes(kanary) {
-            let _ = writeln!(out, "  {service:<30} {weight:>3}%");
+        for (service, weight, endpoints) in routes(kanary) {
+            let endpoints = endpoints.map(|n| format!("{n} endpoint(s)")).unwrap_or_default();
+            let _ = writeln!(out, "  {service:<30} {weight:>3}%   {endpoints}");
+        }
+        if let Some(proxies) = proxies(kanary) {
+            let _ = writeln!(out, "  proxies: {proxies}");
         }
     }
     if let Some(evidence) = release.evidence.last() {
@@ -158,7 +179,10 @@ mod tests {
                 "metrics": [{"metric": "errorRate", "value": 0.01, "bound": "max 0.05", "verdict": "Passed"},
                     {"query": "sum(rate(x[30s]))", "value": 0.0, "noData": "the query returned NaN", "bound": "max 1", "verdict": "Inconclusive"}]}]}}));
         let kanary = json!({"spec": {"routes": [{"backend": {"serviceName": "web-stable"}, "weight": 50},
-            {"backend": {"serviceName": "web-canary"}, "weight": 50}]}});
+            {"backend": {"serviceName": "web-canary"}, "weight": 50}]},
+            "status": {"endpointStatuses": [{"ServiceName": "web-canary", "Weight": 50, "Ips": ["10.0.0.9"]}],
+                "conditions": [{"type": "DataPlaneSynced", "status": "True", "reason": "Synced",
+                    "message": "2/2 proxy pods serve revision abc"}]}});
         let text = render(&c, Some(&kanary));
         for wanted in [
             "Phase:    Progressing",
@@ -167,7 +191,8 @@ mod tests {
             "[x]  2. analysis",
             "[>]  3. setWeight 50",
             "[ ]     promotion",
-            "web-canary",
+            "web-canary                      50%   1 endpoint(s)",
+            "proxies: 2/2 proxy pods serve revision abc (Synced)",
             "Last window (step 2, weight 20%, 10:00:00 to 10:00:30): Passed",
             "connections: canary 120, stable 480",
             "ErrorRate",

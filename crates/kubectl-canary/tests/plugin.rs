@@ -113,6 +113,7 @@ async fn kubectl_canary_shows_watches_and_drives_a_release() {
     assert_eq!(out.status.code(), Some(3), "aborted, not succeeded: {}", text(&out));
     let explained = succeeds(&cluster, &["explain", CANARY]).await;
     assert!(explained.contains("was aborted on request"), "{explained}");
+    assert!(explained.contains("Warning ReleaseAborted: aborted by request"), "the events too: {explained}");
     let out = canary(&cluster, &["get", CANARY, "--wait-for", "rolledback", "--timeout", "10s"]).await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
 
