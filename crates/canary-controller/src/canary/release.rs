@@ -269,10 +269,16 @@ pub fn advance(spec: &CanarySpec, previous: Option<&ReleaseStatus>, inputs: &Inp
 }
 
 /// A new release (new images): it starts at the first step, unless the target already runs those images.
+/// A request made before there was any release (none in the status: a new Canary, or `traffic` added back)
+/// is taken as handled: it was meant for no release, and an old one must not act on this one.
 fn start(previous: Option<&ReleaseStatus>, inputs: &Inputs, notes: &mut Vec<Note>) -> ReleaseStatus {
+    let handled_request = match previous {
+        Some(p) => p.handled_request.clone(),
+        None => inputs.request.map(str::to_string),
+    };
     let mut release = ReleaseStatus {
         revision: inputs.revision.clone(),
-        handled_request: previous.and_then(|p| p.handled_request.clone()),
+        handled_request,
         step_started_at: Some(inputs.now.clone()),
         ..Default::default()
     };
@@ -1239,6 +1245,15 @@ mod tests {
         assert_eq!(d.release.phase, Phase::Promoting);
         let d = with("dance", &d.release, 5);
         assert!(d.notes.iter().any(|n| n.reason == reasons::UNKNOWN_REQUEST && n.message.contains("dance")));
+        // a request left on the Canary from before its release existed (traffic removed and added back) is not
+        // acted on by the new release
+        let now = at(6);
+        let stale = Inputs { request: Some("abort:1"), ..inputs(&now, Some(0), None) };
+        let fresh = advance(&s, None, &stale);
+        assert_eq!(
+            (fresh.release.phase, fresh.release.handled_request.as_deref()),
+            (Phase::Progressing, Some("abort:1"))
+        );
     }
 
     #[test]
