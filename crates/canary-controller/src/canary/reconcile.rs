@@ -301,7 +301,8 @@ async fn run_release(
     let spec = &canary.spec;
     let replicas = canary_replicas(canary, &valid.target);
     let pods_ready = |d: Option<&Deployment>| d.is_some_and(|d| rolled_out(d, Some(replicas)));
-    let baseline_ready = !traffic.baseline || pods_ready(seen.baseline.as_deref().map(|b| b.to_deployment()).as_ref());
+    let baseline = seen.baseline.as_deref().map(|b| b.to_deployment());
+    let baseline_ready = !traffic.baseline || pods_ready(baseline.as_ref());
     let inputs = release::Inputs {
         name: &name,
         namespace: &ns,
@@ -390,7 +391,7 @@ async fn run_release(
     }
     if traffic.baseline {
         let replicas = if decision.canary_scaled_down() { 0 } else { replicas };
-        notes.extend(apply_baseline(canary, &valid.target, replicas, seen.baseline.as_deref(), ctx).await?);
+        notes.extend(apply_baseline(canary, &valid.target, replicas, baseline.as_ref(), ctx).await?);
     } else {
         notes.extend(remove_baseline(canary, seen, ctx).await?);
     }
@@ -410,15 +411,14 @@ async fn apply_baseline(
     canary: &Canary,
     target: &Deployment,
     replicas: i32,
-    cached: Option<&CachedDeployment>,
+    cached: Option<&Deployment>,
     ctx: &Context<CanaryReconciler>,
 ) -> Result<Option<Note>, Error> {
     let ns = canary.namespace().unwrap_or_default();
     let desired = children::with_desired_hash(build_baseline_deployment(canary, target, replicas));
     let name = desired.name_any();
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
-    let cached = cached.map(|c| c.to_deployment());
-    let written = children::write(&deployments, &desired, cached.as_ref(), cached.is_some(), &ctx.caches.deployments)
+    let written = children::write(&deployments, &desired, cached, cached.is_some(), &ctx.caches.deployments)
         .await
         .map_err(|e| Error::ApplyRelease("Deployment", name.clone(), e))?;
     Ok(matches!(written, Written::Created(_)).then(|| {
