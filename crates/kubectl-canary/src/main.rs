@@ -11,7 +11,7 @@ mod view;
 
 use anyhow::Context as _;
 use canary_controller::api::canary::{Canary, Phase};
-use canary_controller::canary::release::REQUEST_ANNOTATION;
+use canary_controller::canary::release::{HELD_BY_SPEC, REQUEST_ANNOTATION};
 use clap::{Parser, Subcommand, ValueEnum};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Event;
@@ -138,22 +138,17 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Abort { name } => request(&canaries, &name, "abort").await?,
         Command::Retry { name } => request(&canaries, &name, "retry").await?,
         Command::Pause { name } => {
-            let patch = serde_json::json!({"spec": {"paused": true}});
-            canaries
-                .patch(&name, &PatchParams::default(), &Patch::Merge(patch))
-                .await
-                .context(format!("pausing Canary {name}"))?;
+            merge(&canaries, &name, serde_json::json!({"spec": {"paused": true}}), "pausing").await?;
             println!("Canary {name}: paused (spec.paused: true)");
         }
         Command::Resume { name } => {
-            let canary = canaries.get(&name).await.context(format!("reading Canary {name}"))?;
+            let canary = read(&canaries, &name).await?;
             let release = canary.status.as_ref().and_then(|s| s.release.as_ref());
             // a release held only by spec.paused goes on once it is unset: a resume request on top would also
             // end the pause step it may be at
-            let held_by_spec = release.is_some_and(|r| r.message.starts_with("held by spec.paused"));
+            let held_by_spec = release.is_some_and(|r| r.message.starts_with(HELD_BY_SPEC));
             if canary.spec.paused {
-                let patch = serde_json::json!({"spec": {"paused": false}});
-                canaries.patch(&name, &PatchParams::default(), &Patch::Merge(patch)).await?;
+                merge(&canaries, &name, serde_json::json!({"spec": {"paused": false}}), "unpausing").await?;
                 println!("Canary {name}: spec.paused unset");
             }
             if !(canary.spec.paused && held_by_spec) {
@@ -162,7 +157,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Set { what: SetCommand::Image { name, images } } => set_images(&canaries, &name, &images).await?,
         Command::Explain { name } => {
-            let canary = canaries.get(&name).await.context(format!("reading Canary {name}"))?;
+            let canary = read(&canaries, &name).await?;
             let events: Api<Event> = Api::namespaced(client, &ns);
             let selector = format!("involvedObject.kind=Canary,involvedObject.name={name}");
             let mut listed = match events.list(&ListParams::default().fields(&selector)).await {
@@ -191,13 +186,26 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Reads Canary `name`.
+async fn read(canaries: &Api<Canary>, name: &str) -> anyhow::Result<Canary> {
+    canaries.get(name).await.context(format!("reading Canary {name}"))
+}
+
+/// Merge-patches Canary `name`; `doing` says what, in an error (`pausing`).
+async fn merge(canaries: &Api<Canary>, name: &str, patch: serde_json::Value, doing: &str) -> anyhow::Result<()> {
+    canaries
+        .patch(name, &PatchParams::default(), &Patch::Merge(patch))
+        .await
+        .context(format!("{doing} Canary {name}"))?;
+    Ok(())
+}
+
 /// Asks for `action` through the request annotation, with a value of its own (the controller acts once per
-/// value: `promote:1733130000123`).
-/// One request at a time: a request not acted on yet is waited for (up to 10 s), never overwritten.
+/// value: `promote:1733130000123`). One request at a time: a request not acted on yet is waited for (up to 10 s), never overwritten.
 async fn request(canaries: &Api<Canary>, name: &str, action: &str) -> anyhow::Result<()> {
     let mut waited = Duration::ZERO;
     loop {
-        let canary = canaries.get(name).await.context(format!("reading Canary {name}"))?;
+        let canary = read(canaries, name).await?;
         if canary.spec.traffic.is_none() {
             anyhow::bail!("Canary {name} has no spec.traffic: it runs no release to {action}");
         }
@@ -218,17 +226,14 @@ async fn request(canaries: &Api<Canary>, name: &str, action: &str) -> anyhow::Re
     }
     let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis();
     let patch = serde_json::json!({"metadata": {"annotations": {REQUEST_ANNOTATION: format!("{action}:{stamp}")}}});
-    canaries
-        .patch(name, &PatchParams::default(), &Patch::Merge(patch))
-        .await
-        .context(format!("asking Canary {name} to {action}"))?;
+    merge(canaries, name, patch, &format!("asking to {action}")).await?;
     println!("Canary {name}: {action} requested");
     Ok(())
 }
 
 /// Sets the images of the named containers in `targetContainers` (adding those not there yet).
 async fn set_images(canaries: &Api<Canary>, name: &str, images: &[String]) -> anyhow::Result<()> {
-    let canary = canaries.get(name).await.context(format!("reading Canary {name}"))?;
+    let canary = read(canaries, name).await?;
     let mut containers = canary.spec.target_containers.clone();
     for pair in images {
         let Some((container, image)) = pair.split_once('=').filter(|(c, i)| !c.is_empty() && !i.is_empty()) else {
@@ -241,10 +246,7 @@ async fn set_images(canaries: &Api<Canary>, name: &str, images: &[String]) -> an
         }
     }
     let patch = serde_json::json!({"spec": {"targetContainers": containers}});
-    canaries
-        .patch(name, &PatchParams::default(), &Patch::Merge(patch))
-        .await
-        .context(format!("setting the images of Canary {name}"))?;
+    merge(canaries, name, patch, "setting the images of").await?;
     println!("Canary {name}: images set; a new release starts");
     Ok(())
 }
@@ -264,7 +266,7 @@ async fn get(
     wait_for: Option<Outcome>,
     timeout: Duration,
 ) -> anyhow::Result<ExitCode> {
-    let canary = canaries.get(name).await.context(format!("reading Canary {name}"))?;
+    let canary = read(canaries, name).await?;
     let ns = canary.namespace().unwrap_or_default();
     if !watch && wait_for.is_none() {
         print!("{}", view::render(&canary, kanary_of(client, &ns, name).await.as_ref()));

@@ -235,8 +235,8 @@ pub fn advance(spec: &CanarySpec, previous: Option<&ReleaseStatus>, inputs: &Inp
         handle_request(&mut release, action(request), steps, now, &mut notes);
     }
     if inputs.paused && release.phase == Phase::Progressing {
-        pause(&mut release, "held by spec.paused: set it to false to go on".into(), &mut notes);
-    } else if !inputs.paused && release.phase == Phase::Paused && release.message.starts_with("held by spec.paused") {
+        pause(&mut release, format!("{HELD_BY_SPEC}: set it to false to go on"), &mut notes);
+    } else if !inputs.paused && release.phase == Phase::Paused && release.message.starts_with(HELD_BY_SPEC) {
         resume(&mut release, &mut notes);
     }
 
@@ -267,6 +267,9 @@ pub fn advance(spec: &CanarySpec, previous: Option<&ReleaseStatus>, inputs: &Inp
     };
     decision
 }
+
+/// How the message of a release held by `spec.paused` begins (and nothing else holds it).
+pub const HELD_BY_SPEC: &str = "held by spec.paused";
 
 /// A new release (new images): it starts at the first step, unless the target already runs those images.
 /// A request made before there was any release (none in the status: a new Canary, or `traffic` added back)
