@@ -18,6 +18,7 @@ use crate::report::FIELD_MANAGER;
 use crate::runtime::caches::Cache;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, ObjectMeta};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::core::{PartialObjectMeta, Request};
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -53,15 +54,19 @@ impl<K> Written<K> {
 /// Writes a child this controller owns or is about to create: nothing when `cached` holds what is desired,
 /// a server-side apply when it `exists` (its ownership checked before), a create otherwise. What is written
 /// is noted in the child's `cache`, so that the watch event of the write wakes no one.
-pub async fn write<K, C>(
+///
+/// `R` is what is read back of the stored object: `K`, or `PartialObjectMeta<K>` when only its metadata is
+/// read (decoding an answer the caller drops took more of the controller's CPU than sending the write).
+pub async fn write<K, R, C>(
     api: &Api<K>,
     desired: &K,
     cached: Option<&K>,
     exists: bool,
     cache: &Cache<C>,
-) -> Result<Written<K>, kube::Error>
+) -> Result<Written<R>, kube::Error>
 where
-    K: Resource + Clone + DeserializeOwned + Serialize + Debug,
+    K: Resource + Clone + Serialize + Debug,
+    R: Resource + DeserializeOwned,
     C: Resource<DynamicType = ()> + 'static,
 {
     if cached.is_some_and(|cached| up_to_date(desired, cached)) {
@@ -83,12 +88,15 @@ where
 
 /// Creates `desired`; `AlreadyExists` on 409. Its fields are recorded under the field manager's `Update`
 /// operation; the first [`apply`] that follows hands them to server-side apply.
-pub async fn create<K>(api: &Api<K>, desired: &K) -> Result<Created<K>, kube::Error>
+/// `R` as in [`write`].
+pub async fn create<K, R>(api: &Api<K>, desired: &K) -> Result<Created<R>, kube::Error>
 where
-    K: Resource + Clone + DeserializeOwned + Serialize + Debug,
+    K: Resource + Clone + Serialize + Debug,
+    R: DeserializeOwned,
 {
     let params = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..PostParams::default() };
-    match api.create(&params, desired).await {
+    let body = serde_json::to_vec(desired).map_err(kube::Error::SerdeError)?;
+    match send(api, Request::new(api.resource_url()).create(&params, body), "create").await {
         Ok(created) => Ok(Created::Created(created)),
         Err(kube::Error::Api(e)) if e.code == 409 => Ok(Created::AlreadyExists),
         Err(e) => Err(e),
@@ -116,28 +124,46 @@ fn fields_handed_to_apply<K: Resource>(object: &K) -> Option<Vec<ManagedFieldsEn
 /// apply after a [`create`] hands the created fields to server-side apply (a merge patch of managedFields,
 /// guarded by resourceVersion, tried again on a conflict) and applies again, so that fields `desired` no
 /// longer sets are removed; a created child that is never updated costs no second write.
-pub async fn apply<K>(api: &Api<K>, desired: &K) -> Result<K, kube::Error>
+/// `R` as in [`write`].
+pub async fn apply<K, R>(api: &Api<K>, desired: &K) -> Result<R, kube::Error>
 where
-    K: Resource + Clone + DeserializeOwned + Serialize + Debug,
+    K: Resource + Clone + Serialize + Debug,
+    R: Resource + DeserializeOwned,
 {
     let name = desired.name_any();
     let params = PatchParams::apply(FIELD_MANAGER).force();
-    let mut applied = api.patch(&name, &params, &Patch::Apply(desired)).await?;
+    let apply =
+        || send::<K, R>(api, Request::new(api.resource_url()).patch(&name, &params, &Patch::Apply(desired)), "patch");
+    let mut applied = apply().await?;
     for _ in 0..HANDOVER_ATTEMPTS {
         let Some(entries) = fields_handed_to_apply(&applied) else { return Ok(applied) };
         // a merge patch replaces the list; the resourceVersion makes it fail if the object changed meanwhile
-        let patch =
-            serde_json::json!({"metadata": {"resourceVersion": applied.resource_version(), "managedFields": entries}});
-        match api.patch(&name, &PatchParams::default(), &Patch::Merge(patch)).await {
-            Ok(_) => return api.patch(&name, &params, &Patch::Apply(desired)).await,
+        let patch = Patch::Merge(
+            serde_json::json!({"metadata": {"resourceVersion": applied.resource_version(), "managedFields": entries}}),
+        );
+        let handover = Request::new(api.resource_url()).patch(&name, &PatchParams::default(), &patch);
+        match send::<K, PartialObjectMeta<K>>(api, handover, "patch").await {
+            Ok(_) => return apply().await,
             // changed meanwhile: apply again (a no-op but for the new resourceVersion) and retry
-            Err(kube::Error::Api(e)) if e.code == 409 => {
-                applied = api.patch(&name, &params, &Patch::Apply(desired)).await?;
-            }
+            Err(kube::Error::Api(e)) if e.code == 409 => applied = apply().await?,
             Err(e) => return Err(e),
         }
     }
     Ok(applied)
+}
+
+/// Sends a write `request` built for `api` (what `Api`'s own methods do), reading back an `R` of the answer.
+async fn send<K, R: DeserializeOwned>(
+    api: &Api<K>,
+    request: Result<http::Request<Vec<u8>>, kube::core::request::Error>,
+    verb: &'static str,
+) -> Result<R, kube::Error>
+where
+    K: Resource + Clone,
+{
+    let mut request = request.map_err(kube::Error::BuildRequest)?;
+    request.extensions_mut().insert(verb);
+    api.clone().into_client().request::<R>(request).await
 }
 
 /// How many times [`apply`] tries to hand created fields to server-side apply while others write the object.

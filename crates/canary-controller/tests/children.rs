@@ -8,6 +8,7 @@ use e2e_support as support;
 use canary_controller::children::{self, Created};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{DeleteParams, PostParams};
+use kube::core::PartialObjectMeta;
 use serde_json::json;
 use support::Cluster;
 
@@ -22,18 +23,23 @@ async fn a_create_never_takes_over_and_a_delete_never_removes_a_replacement() {
 
     // someone else got there first: left untouched, reported as AlreadyExists
     let theirs = api.create(&PostParams::default(), &config_map("taken", json!({"who": "them"}))).await.unwrap();
-    let result = children::create(&api, &config_map("taken", json!({"who": "us"}))).await.unwrap();
+    let result = children::create::<_, ConfigMap>(&api, &config_map("taken", json!({"who": "us"}))).await.unwrap();
     assert!(matches!(result, Created::AlreadyExists));
     let after = api.get("taken").await.unwrap();
     assert_eq!(after.metadata.resource_version, theirs.metadata.resource_version, "their object was written");
 
-    // created by us, then applied without a key: the key goes (the create's fields belong to our apply)
+    // created by us, then applied without a key: the key goes (the create's fields belong to our apply), also
+    // when only the metadata of the answers is read (as the Kanary controller does)
     let Created::Created(ours) =
-        children::create(&api, &config_map("ours", json!({"a": "1", "b": "2"}))).await.unwrap()
+        children::create::<_, PartialObjectMeta<ConfigMap>>(&api, &config_map("ours", json!({"a": "1", "b": "2"})))
+            .await
+            .unwrap()
     else {
         panic!("an absent object is created");
     };
-    children::apply(&api, &config_map("ours", json!({"a": "1"}))).await.unwrap();
+    let applied: PartialObjectMeta<ConfigMap> =
+        children::apply(&api, &config_map("ours", json!({"a": "1"}))).await.unwrap();
+    assert_eq!(applied.metadata.uid, ours.metadata.uid);
     let data = api.get("ours").await.unwrap().data.unwrap();
     assert_eq!(data.keys().collect::<Vec<_>>(), ["a"], "a key the apply no longer sets stayed");
 

@@ -22,7 +22,7 @@ use k8s_openapi::api::core::v1::{ObjectReference, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
-use kube::core::ApiResource;
+use kube::core::{ApiResource, PartialObjectMeta};
 use kube::core::{DeserializeGuard, error_boundary::InvalidObject};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
@@ -353,8 +353,12 @@ async fn run_release(
     let kanary_desired = (&desired_kanary.data["spec"]["destination"], &desired_kanary.data["spec"]["routes"]);
     if kanary_current != Some(kanary_desired) {
         let written = match &kanary {
-            Some(_) => children::apply(&kanaries, &desired_kanary).await.map(|_| ()),
-            None => children::create(&kanaries, &desired_kanary).await.map(|_| ()),
+            Some(_) => {
+                children::apply::<_, PartialObjectMeta<DynamicObject>>(&kanaries, &desired_kanary).await.map(|_| ())
+            }
+            None => {
+                children::create::<_, PartialObjectMeta<DynamicObject>>(&kanaries, &desired_kanary).await.map(|_| ())
+            }
         };
         written.map_err(|e| Error::ApplyRelease("Kanary", name.clone(), e))?;
     }
@@ -370,9 +374,15 @@ async fn run_release(
         let desired = children::with_desired_hash(desired);
         let cached = cached.map(|c| c.to_service());
         let service_name = desired.name_any();
-        children::write(&services, &desired, cached.as_ref(), cached.is_some(), &ctx.caches.services)
-            .await
-            .map_err(|e| Error::ApplyRelease("Service", service_name, e))?;
+        children::write::<_, PartialObjectMeta<Service>, _>(
+            &services,
+            &desired,
+            cached.as_ref(),
+            cached.is_some(),
+            &ctx.caches.services,
+        )
+        .await
+        .map_err(|e| Error::ApplyRelease("Service", service_name, e))?;
     }
     let marked_slices = [seen.canary_slices.as_slice(), seen.baseline_slices.as_slice()].concat();
     let slice =
@@ -385,9 +395,15 @@ async fn run_release(
     if !slice_current {
         // the cache keeps a compact slice, compared above: written as a child with no cached copy
         let slices: Api<EndpointSlice> = Api::namespaced(ctx.client.clone(), &ns);
-        children::write(&slices, &slice, None, slice_cached.is_some(), &ctx.caches.endpoint_slices)
-            .await
-            .map_err(|e| Error::ApplyRelease("EndpointSlice", stable_name.clone(), e))?;
+        children::write::<_, PartialObjectMeta<EndpointSlice>, _>(
+            &slices,
+            &slice,
+            None,
+            slice_cached.is_some(),
+            &ctx.caches.endpoint_slices,
+        )
+        .await
+        .map_err(|e| Error::ApplyRelease("EndpointSlice", stable_name.clone(), e))?;
     }
     if traffic.baseline {
         let replicas = if decision.canary_scaled_down() { 0 } else { replicas };
@@ -418,9 +434,15 @@ async fn apply_baseline(
     let desired = children::with_desired_hash(build_baseline_deployment(canary, target, replicas));
     let name = desired.name_any();
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
-    let written = children::write(&deployments, &desired, cached, cached.is_some(), &ctx.caches.deployments)
-        .await
-        .map_err(|e| Error::ApplyRelease("Deployment", name.clone(), e))?;
+    let written = children::write::<_, PartialObjectMeta<Deployment>, _>(
+        &deployments,
+        &desired,
+        cached,
+        cached.is_some(),
+        &ctx.caches.deployments,
+    )
+    .await
+    .map_err(|e| Error::ApplyRelease("Deployment", name.clone(), e))?;
     Ok(matches!(written, Written::Created(_)).then(|| {
         let message = format!("created Deployment {name:?}: the target's pods, for canary-versus-baseline checks");
         Note::normal(release::reasons::BASELINE_CREATED, message)

@@ -17,7 +17,7 @@ use crate::runtime::reconciler::{self, Context, Reconciler, Step};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
 use kube::api::{Api, Patch, PatchParams};
-use kube::core::ApiResource;
+use kube::core::{ApiResource, PartialObjectMeta};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Client, Resource, ResourceExt};
@@ -259,7 +259,8 @@ where
     C: Resource<DynamicType = ()> + 'static,
 {
     let name = desired.name_any();
-    match children::write(&api, desired, cached, exists, cache).await {
+    // only the metadata of what was stored is read back (the cache notes its version)
+    match children::write::<K, PartialObjectMeta<K>, C>(&api, desired, cached, exists, cache).await {
         Ok(Written::AlreadyExists) => Err(WriteError::NotCachedYet(name)),
         Ok(_) => Ok(()),
         Err(e) if exists => Err(WriteError::Apply(name, e)),
