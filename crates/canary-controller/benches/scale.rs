@@ -136,7 +136,8 @@ async fn reconciles(metrics_address: &str) -> f64 {
 }
 
 /// Starts `canary-controller run` (under CONTROLLER_WRAPPER, e.g. "heaptrack -o /tmp/controller") with its
-/// log in `log_path`.
+/// log in `log_path`, in a process group of its own (stopping it stops a wrapper's children too; CPU and RSS
+/// figures are then the wrapper's, unless it `exec`s the controller).
 fn spawn_controller(kubeconfig: &std::path::Path, log_path: &std::path::Path) -> tokio::process::Child {
     let wrapper: Vec<String> =
         std::env::var("CONTROLLER_WRAPPER").unwrap_or_default().split_whitespace().map(String::from).collect();
@@ -150,8 +151,14 @@ fn spawn_controller(kubeconfig: &std::path::Path, log_path: &std::path::Path) ->
         .env("RUST_LOG", std::env::var("CONTROLLER_LOG").unwrap_or("warn,canary_controller=info".into()))
         .stderr(std::fs::File::create(log_path).unwrap())
         .kill_on_drop(true)
+        .process_group(0)
         .spawn()
         .unwrap()
+}
+
+/// Sends `signal` to the process group `spawn_controller` started.
+fn signal_group(pid: u32, signal: &str) {
+    std::process::Command::new("kill").args(["-s", signal, "--", &format!("-{pid}")]).status().unwrap();
 }
 
 /// The address the controller serves /metrics on, from its log.
@@ -328,7 +335,7 @@ async fn main() {
     let first_rss = peak_rss_mib(pid);
 
     // restart on the converged cluster: every object is reconciled once and nothing is written
-    std::process::Command::new("kill").args(["-s", "TERM", &pid.to_string()]).status().unwrap();
+    signal_group(pid, "TERM");
     controller.wait().await.unwrap();
     server.state().reset_counters();
     let restarted_log = dir.path().join("controller-restarted.log");
@@ -418,6 +425,9 @@ async fn main() {
     if warnings > 0 || std::env::var("CONTROLLER_LOG").is_ok() {
         eprintln!("{warnings} warnings in the controller's log ({})", log_path.display());
         std::fs::copy(&log_path, "/tmp/scale-controller.log").ok();
+    }
+    if let Some(pid) = controller.id() {
+        signal_group(pid, "KILL");
     }
     let _ = controller.start_kill();
 
