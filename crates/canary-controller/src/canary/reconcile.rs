@@ -389,7 +389,7 @@ async fn run_release(
         children::with_desired_hash(traffic::build_stable_slice(canary, &port, &seen.service_slices, &marked_slices));
     let slice_cached = seen.stable_slice.as_deref();
     let slice_current = slice_cached.is_some_and(|c| {
-        children::desired_hash(&c.metadata) == children::desired_hash(&slice.metadata)
+        c.annotations.get(children::DESIRED_HASH_ANNOTATION) == children::desired_hash(&slice.metadata)
             && c.endpoints.len() == slice.endpoints.len()
     });
     if !slice_current {
@@ -847,7 +847,7 @@ pub async fn run(
             canaries_for(svc.as_ref(), &svc.name_any(), c2.services.is_echo(&svc), &r2)
         })
         .watches_shared_stream(caches.endpoint_slices.subscribe(), move |slice| {
-            match slice.labels().get(crate::kanary::endpoints::SERVICE_NAME_LABEL) {
+            match slice.labels.get(crate::kanary::endpoints::SERVICE_NAME_LABEL) {
                 Some(service) => canaries_for(slice.as_ref(), service, c3.endpoint_slices.is_echo(&slice), &r3),
                 None => vec![],
             }

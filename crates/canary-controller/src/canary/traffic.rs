@@ -98,7 +98,7 @@ fn build_marked_service(
     user: &CachedService,
     port: &ServicePort,
 ) -> Service {
-    let mut selector = user.selector.clone().unwrap_or_default();
+    let mut selector = user.selector.to_map().unwrap_or_default();
     selector.insert(mark.into(), "true".into());
     let target_port = port.target_port.clone().unwrap_or(IntOrString::Int(port.port));
     serde_json::from_value(json!({
@@ -243,6 +243,8 @@ mod tests {
     fn slice(name: &str, endpoints: &[(&str, &str, bool)]) -> CachedSlice {
         CachedSlice {
             metadata: serde_json::from_value(json!({"name": name, "namespace": "ns"})).unwrap(),
+            labels: Default::default(),
+            annotations: Default::default(),
             address_type: "IPv4".into(),
             ports: vec![serde_json::from_value(json!({"name": "http", "port": 8080})).unwrap()],
             endpoints: endpoints
@@ -278,8 +280,10 @@ mod tests {
     fn the_canary_service_selects_the_users_selector_and_the_canary_label() {
         let user = CachedService {
             metadata: Default::default(),
+            labels: Default::default(),
+            annotations: Default::default(),
             type_: None,
-            selector: Some([("app".to_string(), "app".to_string())].into()),
+            selector: Some([("app".to_string(), "app".to_string())].into()).into(),
             ports: Some(vec![port()]),
         };
         let svc = build_canary_service(&canary(), &user, &port());
@@ -292,8 +296,7 @@ mod tests {
     fn a_port_is_named_when_the_service_has_several() {
         let mut traffic = canary().spec.traffic.unwrap();
         let two: ServicePort = serde_json::from_value(json!({"name": "admin", "port": 9000})).unwrap();
-        let user =
-            CachedService { metadata: Default::default(), type_: None, selector: None, ports: Some(vec![port(), two]) };
+        let user = CachedService { ports: Some(vec![port(), two]), ..Default::default() };
         let err = service_port(&traffic, &user).unwrap_err();
         assert!(err.starts_with("spec.traffic.port:") && err.contains("http, admin"), "{err}");
         traffic.port = Some(IntOrString::String("admin".into()));
@@ -339,8 +342,10 @@ mod tests {
         assert!(build_stable_slice(&canary(), &port(), &user, &marked).endpoints.is_empty(), "and by address");
         let user_service = CachedService {
             metadata: Default::default(),
+            labels: Default::default(),
+            annotations: Default::default(),
             type_: None,
-            selector: Some([("app".to_string(), "app".to_string())].into()),
+            selector: Some([("app".to_string(), "app".to_string())].into()).into(),
             ports: Some(vec![port()]),
         };
         let selector = build_baseline_service(&canary(), &user_service, &port()).spec.unwrap().selector.unwrap();

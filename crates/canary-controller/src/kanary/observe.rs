@@ -5,20 +5,19 @@
 
 use super::build::{config_name, proxy_name};
 use crate::api::kanary::Kanary;
-use crate::runtime::caches::{CachedDeployment, CachedService, CachedSlice, Caches};
+use crate::runtime::caches::{CachedChild, CachedDeployment, CachedService, CachedSlice, Caches};
 use k8s_openapi::api::core::v1::{ConfigMap, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::ResourceExt;
-use kube::core::PartialObjectMeta;
 use std::sync::Arc;
 
 /// What the cluster holds for one Kanary.
 pub struct Observed {
-    pub config_map: Option<Arc<PartialObjectMeta<ConfigMap>>>,
+    pub config_map: Option<Arc<CachedChild<ConfigMap>>>,
     pub proxy: Option<Arc<CachedDeployment>>,
-    pub service_account: Option<Arc<PartialObjectMeta<ServiceAccount>>>,
-    pub role: Option<Arc<PartialObjectMeta<Role>>>,
-    pub role_binding: Option<Arc<PartialObjectMeta<RoleBinding>>>,
+    pub service_account: Option<Arc<CachedChild<ServiceAccount>>>,
+    pub role: Option<Arc<CachedChild<Role>>>,
+    pub role_binding: Option<Arc<CachedChild<RoleBinding>>>,
     /// The destination Service (none while the spec is unreadable).
     pub destination: Option<Arc<CachedService>>,
     /// Its EndpointSlices: the proxy's pods.

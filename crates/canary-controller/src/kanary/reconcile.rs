@@ -11,7 +11,7 @@ use super::observe::{Observed, observe};
 use super::validate::{Problem, Valid, validate_kanary};
 use crate::api::kanary::{KIND, Kanary, KanaryStatus};
 use crate::children::{self, Written, owned_by};
-use crate::runtime::caches::{Cache, Caches};
+use crate::runtime::caches::{Cache, CachedForm, Caches};
 use crate::runtime::index::References;
 use crate::runtime::reconciler::{self, Context, Reconciler, Step};
 use k8s_openapi::api::core::v1::Service;
@@ -114,7 +114,8 @@ impl Reconciler for KanaryReconciler {
             revision = Some(desired.revision.clone());
             apply_children(&ctx.client, &ctx.caches, &ns, &desired, &observed, owned_proxy.as_ref()).await?;
             remove_former_destinations(&ctx.client, &ns, &uid, &observed).await?;
-            let current = observed.config_map.as_deref().and_then(|c| children::desired_hash(&c.metadata));
+            let current =
+                observed.config_map.as_deref().and_then(|c| c.annotations.get(children::DESIRED_HASH_ANNOTATION));
             notes.extend(build::config_note(&name, valid, &desired, current));
             wanted = self.proxy.replicas;
         }
@@ -188,14 +189,13 @@ async fn apply_children(
     write(Api::namespaced(client.clone(), ns), &desired.service, destination, destination.is_some(), &caches.services)
         .await
         .map_err(|e| e.of(Child::Service))?;
-    let config_map = observed.config_map.as_deref().map(|c| &c.metadata);
+    let config_map = observed.config_map.as_deref();
     write_metadata_cached(client, ns, &desired.config_map, config_map, &caches.config_maps, Child::ConfigMap).await?;
-    let account = observed.service_account.as_deref().map(|a| &a.metadata);
+    let account = observed.service_account.as_deref();
     let accounts = &caches.service_accounts;
     write_metadata_cached(client, ns, &desired.service_account, account, accounts, Child::ServiceAccount).await?;
-    let role = observed.role.as_deref().map(|r| &r.metadata);
-    write_metadata_cached(client, ns, &desired.role, role, &caches.roles, Child::Role).await?;
-    let binding = observed.role_binding.as_deref().map(|b| &b.metadata);
+    write_metadata_cached(client, ns, &desired.role, observed.role.as_deref(), &caches.roles, Child::Role).await?;
+    let binding = observed.role_binding.as_deref();
     let bindings = &caches.role_bindings;
     write_metadata_cached(client, ns, &desired.role_binding, binding, bindings, Child::RoleBinding).await?;
     write(Api::namespaced(client.clone(), ns), &desired.deployment, proxy, proxy.is_some(), &caches.deployments)
@@ -210,7 +210,7 @@ async fn write_metadata_cached<K, C>(
     client: &Client,
     ns: &str,
     desired: &K,
-    cached: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta>,
+    cached: Option<&C>,
     cache: &Cache<C>,
     child: Child,
 ) -> Result<(), Error>
@@ -220,9 +220,9 @@ where
         + serde::de::DeserializeOwned
         + serde::Serialize
         + std::fmt::Debug,
-    C: Resource<DynamicType = ()> + 'static,
+    C: CachedForm + 'static,
 {
-    if cached.is_some_and(|c| children::metadata_up_to_date(desired.meta(), c)) {
+    if cached.is_some_and(|c| children::metadata_up_to_date(desired.meta(), &c.full_metadata())) {
         return Ok(());
     }
     let api: Api<K> = Api::namespaced(client.clone(), ns);
@@ -353,7 +353,7 @@ pub async fn run(
             kanaries_for(svc.as_ref(), Some(&svc.name_any()), c3.services.is_echo(&svc), &r3, &a3)
         })
         .watches_shared_stream(caches.endpoint_slices.subscribe(), move |slice| {
-            let service = slice.labels().get(super::endpoints::SERVICE_NAME_LABEL).cloned();
+            let service = slice.labels.get(super::endpoints::SERVICE_NAME_LABEL).map(String::from);
             match service {
                 Some(service) => {
                     kanaries_for(slice.as_ref(), Some(&service), c4.endpoint_slices.is_echo(&slice), &r4, &a4)

@@ -67,11 +67,6 @@ impl<K: kube::Resource> References<K> {
         References { refers_to: Box::new(refers_to), inner: Mutex::default() }
     }
 
-    /// Objects by the value of one of their labels.
-    pub fn by_label(label: &'static str) -> Self {
-        References::new(move |o: &K| o.labels().get(label).cloned().into_iter().collect())
-    }
-
     /// Updates the index with an event of the custom resources' watch.
     pub fn apply(&self, event: &Event<K>) {
         let key = |o: &K| (o.namespace().unwrap_or_default(), o.name_any());
