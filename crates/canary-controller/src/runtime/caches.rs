@@ -6,6 +6,8 @@
 //! process wrote (their watch events are echoes that wake no one). What is cached is only what the
 //! controllers read: Deployments and EndpointSlices in compact forms; ConfigMaps, ServiceAccounts, Roles and
 //! RoleBindings as metadata only (their content is never read: the desired-hash annotation stands for it).
+//! Labels and annotations (only those read) are kept apart from the metadata as sorted [`Pairs`]
+//! ([`CachedForm`] puts them back).
 
 use super::index::References;
 use crate::canary::build::CANARY_LABEL;
