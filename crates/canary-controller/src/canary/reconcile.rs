@@ -14,7 +14,7 @@ use super::{http, measure, prometheus, release, traffic};
 use crate::api::canary::{Canary, CanaryStatus, ReleaseStatus, SecretKeyRef, Traffic};
 use crate::children::{self, Written};
 use crate::report::Note;
-use crate::runtime::caches::{CachedDeployment, Caches};
+use crate::runtime::caches::{CachedDeployment, CachedForm, Caches};
 use crate::runtime::index::References;
 use crate::runtime::reconciler::{self, Context, Reconciler, Step};
 use k8s_openapi::api::apps::v1::Deployment;
@@ -389,8 +389,7 @@ async fn run_release(
         children::with_desired_hash(traffic::build_stable_slice(canary, &port, &seen.service_slices, &marked_slices));
     let slice_cached = seen.stable_slice.as_deref();
     let slice_current = slice_cached.is_some_and(|c| {
-        c.annotations.get(children::DESIRED_HASH_ANNOTATION) == children::desired_hash(&slice.metadata)
-            && c.endpoints.len() == slice.endpoints.len()
+        c.desired_hash() == children::desired_hash(&slice.metadata) && c.endpoints.len() == slice.endpoints.len()
     });
     if !slice_current {
         // the cache keeps a compact slice, compared above: written as a child with no cached copy

@@ -114,8 +114,7 @@ impl Reconciler for KanaryReconciler {
             revision = Some(desired.revision.clone());
             apply_children(&ctx.client, &ctx.caches, &ns, &desired, &observed, owned_proxy.as_ref()).await?;
             remove_former_destinations(&ctx.client, &ns, &uid, &observed).await?;
-            let current =
-                observed.config_map.as_deref().and_then(|c| c.annotations.get(children::DESIRED_HASH_ANNOTATION));
+            let current = observed.config_map.as_deref().and_then(CachedForm::desired_hash);
             notes.extend(build::config_note(&name, valid, &desired, current));
             wanted = self.proxy.replicas;
         }

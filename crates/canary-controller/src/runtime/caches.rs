@@ -110,6 +110,10 @@ pub trait CachedForm: Resource<DynamicType = ()> {
     fn kept_labels(&self) -> &Pairs;
     /// The annotations kept.
     fn kept_annotations(&self) -> &Pairs;
+    /// The desired hash the object carries (as [`crate::children::desired_hash`] reads it of full metadata).
+    fn desired_hash(&self) -> Option<&str> {
+        self.kept_annotations().get(crate::children::DESIRED_HASH_ANNOTATION)
+    }
     /// The metadata with the labels and annotations kept, as the object's own metadata holds them.
     fn full_metadata(&self) -> ObjectMeta {
         let (labels, annotations) = (self.kept_labels().to_map(), self.kept_annotations().to_map());
