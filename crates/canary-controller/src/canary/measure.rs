@@ -1,17 +1,24 @@
 //! Reads what a release is judged by from the proxy itself: each proxy pod's HAProxy serves its statistics
 //! as CSV (`/stats;csv` on the metrics port); the counters of the stable and the canary backends are taken
-//! per pod (they are cumulative, so a window is the difference of two readings). No Prometheus needed. The
-//! only IO of the release, run only when a window starts or ends.
+//! per pod (they are cumulative, so a window is the difference of two readings). No Prometheus needed. Run
+//! only when a window starts or ends. A proxy pod's answer is from outside (anyone who can run a ready pod
+//! with a proxy's labels can answer it): the pods are read at once, each within one deadline and up to
+//! [`MAX_STATS_BYTES`], and at most [`MAX_PROXY_PODS`] of them.
 
 use crate::api::canary::{Counters, RouteCounters};
 use crate::kanary::haproxy::{STATS_PORT, backend_name};
-use http_body_util::{BodyExt, Empty};
+use http_body_util::Empty;
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-/// How long a proxy pod may take to answer.
+/// How long a proxy pod may take to answer, body included.
 const TIMEOUT: Duration = Duration::from_secs(3);
+/// The most bytes of statistics read from one proxy pod (a proxy of a release has a handful of backends: a
+/// few KiB).
+pub const MAX_STATS_BYTES: usize = 256 * 1024;
+/// The most proxy pods read (and kept in a window's counters in the status).
+pub const MAX_PROXY_PODS: usize = 32;
 
 #[derive(Debug, thiserror::Error)]
 #[error("reading the statistics of proxy pod {pod} ({address}): {reason}")]
@@ -27,8 +34,7 @@ pub async fn read_counters(
     stable_service: &str,
     canary_service: &str,
 ) -> Result<BTreeMap<String, RouteCounters>, StatsError> {
-    let mut all = BTreeMap::new();
-    for (pod, ip) in pods {
+    let reads = pods.iter().take(MAX_PROXY_PODS).map(|(pod, ip)| async move {
         let address = SocketAddr::new(*ip, STATS_PORT);
         let error = |reason: String| StatsError { pod: pod.clone(), address, reason };
         let csv = tokio::time::timeout(TIMEOUT, get(address, "/stats;csv"))
@@ -37,12 +43,13 @@ pub async fn read_counters(
             .map_err(|e| error(e.to_string()))?;
         let backends = parse_stats(&csv);
         let of = |service: &str| backends.get(&backend_name(service)).copied().unwrap_or_default();
-        all.insert(pod.clone(), RouteCounters { stable: of(stable_service), canary: of(canary_service) });
-    }
-    Ok(all)
+        Ok((pod.clone(), RouteCounters { stable: of(stable_service), canary: of(canary_service) }))
+    });
+    futures::future::try_join_all(reads).await.map(BTreeMap::from_iter)
 }
 
-async fn get(address: SocketAddr, path: &str) -> anyhow::Result<String> {
+/// GETs `path` of `address`: the body, at most [`MAX_STATS_BYTES`] of it.
+pub async fn get(address: SocketAddr, path: &str) -> anyhow::Result<String> {
     let stream = tokio::net::TcpStream::connect(address).await?;
     let (mut sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
     tokio::spawn(connection);
@@ -50,7 +57,10 @@ async fn get(address: SocketAddr, path: &str) -> anyhow::Result<String> {
         http::Request::get(path).header("host", address.to_string()).body(Empty::<hyper::body::Bytes>::new())?;
     let response = sender.send_request(request).await?;
     anyhow::ensure!(response.status().is_success(), "HTTP {}", response.status());
-    let body = response.into_body().collect().await?.to_bytes();
+    let body = super::http::read_capped(response.into_body(), MAX_STATS_BYTES).await.map_err(|e| match e {
+        None => anyhow::anyhow!("more than {MAX_STATS_BYTES} bytes of statistics: not read"),
+        Some(why) => anyhow::anyhow!(why),
+    })?;
     Ok(String::from_utf8_lossy(&body).into_owned())
 }
 
@@ -82,11 +92,11 @@ pub fn parse_stats(csv: &str) -> HashMap<String, Counters> {
         match fields.get(sv).copied() {
             Some("BACKEND") => {
                 counters.sessions = number(stot);
-                counters.errors = number(econ) + number(eresp);
+                counters.errors = number(econ).saturating_add(number(eresp));
                 counters.connect_time_ms = number(ctime);
             }
             Some("FRONTEND") | None => {}
-            Some(_) => counters.check_failures += number(chkfail),
+            Some(_) => counters.check_failures = counters.check_failures.saturating_add(number(chkfail)),
         }
     }
     backends

@@ -10,6 +10,7 @@
 //! error policy) is `runtime::reconciler`.
 
 pub mod build;
+pub mod egress;
 pub mod http;
 pub mod measure;
 pub mod observe;

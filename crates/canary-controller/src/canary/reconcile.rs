@@ -10,7 +10,7 @@ use super::build::{
 };
 use super::observe::{TrafficObserved, observe};
 use super::validate::{Problem, Valid, validate};
-use super::{http, measure, prometheus, release, traffic};
+use super::{egress, http, measure, prometheus, release, traffic};
 use crate::api::canary::{Canary, CanaryStatus, ReleaseStatus, SecretKeyRef, Traffic};
 use crate::children::{self, Written};
 use crate::report::Note;
@@ -521,16 +521,19 @@ where
     Ok(deleted.then(|| format!("{kind} {name:?}")))
 }
 
+/// The most bytes of a webhook's answer read (only its status and an excerpt of its body are used).
+const WEBHOOK_ANSWER_BYTES: usize = 64 * 1024;
+
 /// Calls a webhook step: `Ok("HTTP 200")` for a 2xx answer, else why it did not pass.
 async fn call_webhook(call: &release::Call) -> Result<String, String> {
     let body = serde_json::to_vec(&call.body).unwrap_or_default();
-    match http::post(&call.url, "application/json", body, None, call.timeout).await {
+    match http::post(&call.url, "application/json", body, None, call.timeout, WEBHOOK_ANSWER_BYTES).await {
         Ok((status, _)) if status.is_success() => Ok(format!("HTTP {}", status.as_u16())),
         Ok((status, body)) => {
-            let text: String = String::from_utf8_lossy(&body).chars().take(200).collect();
-            Err(format!("HTTP {}: {}", status.as_u16(), text.trim()))
+            let text = egress::excerpt(String::from_utf8_lossy(&body).trim(), 200);
+            Err(format!("HTTP {}: {text}", status.as_u16()))
         }
-        Err(e) => Err(e.to_string()),
+        Err(e) => Err(egress::excerpt(&e.to_string(), 400)),
     }
 }
 
