@@ -60,6 +60,20 @@ enum Command {
         /// (`http://prometheus.monitoring:9090`).
         #[arg(long, env = "PROMETHEUS_ADDRESS")]
         prometheus_address: Option<String>,
+        /// Egress policy of webhook steps and Prometheus queries: also allow calls to this network
+        /// (`10.0.0.0/8`), address or host name (`prometheus.monitoring.svc`; `.svc` for every name under
+        /// it). Loopback, link-local and the API server's addresses are refused unless allowed here. Repeat it,
+        /// or separate values with commas.
+        #[arg(long, env = "EGRESS_ALLOW", value_delimiter = ',',
+            value_parser = canary_controller::canary::egress::parse_allow)]
+        egress_allow: Vec<canary_controller::canary::egress::Allowed>,
+        /// Refuse every webhook and Prometheus call that `--egress-allow` does not allow.
+        #[arg(long)]
+        egress_deny_others: bool,
+        /// Let a Prometheus bearer token (`prometheus.tokenSecretRef`) go over plain http (by default, https
+        /// only).
+        #[arg(long)]
+        allow_insecure_token: bool,
         #[command(flatten)]
         leader_election: LeaderElectionArgs,
     },
@@ -159,6 +173,9 @@ async fn main() -> std::process::ExitCode {
             proxy_maxconn,
             metrics_address,
             prometheus_address,
+            egress_allow,
+            egress_deny_others,
+            allow_insecure_token,
             leader_election,
         } => {
             runtime::init_logging(log_format);
@@ -177,7 +194,19 @@ async fn main() -> std::process::ExitCode {
                 defaults,
             };
             let leader_election = leader_election.settings();
-            runtime::run(runtime::RunOptions { proxy, metrics_address, prometheus_address, leader_election }).await
+            let mut egress = canary_controller::canary::egress::Policy {
+                deny_others: egress_deny_others,
+                insecure_token: allow_insecure_token,
+                ..Default::default()
+            };
+            for allowed in egress_allow {
+                match allowed {
+                    canary_controller::canary::egress::Allowed::Network(n) => egress.allow_networks.push(n),
+                    canary_controller::canary::egress::Allowed::Host(h) => egress.allow_hosts.push(h),
+                }
+            }
+            let options = runtime::RunOptions { proxy, metrics_address, prometheus_address, egress, leader_election };
+            runtime::run(options).await
         }
         Command::ProxyAgent {
             log_format,

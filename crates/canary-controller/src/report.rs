@@ -30,7 +30,23 @@ impl Note {
     }
 }
 
+/// The longest event note written, in bytes (the API server refuses notes over 1 KiB).
+pub const MAX_NOTE_BYTES: usize = 1000;
+
+/// At most `max` bytes of `text`, cut at a character boundary (`…` marks a cut).
+pub fn bounded(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut end = max.saturating_sub('…'.len_utf8());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
 pub async fn publish(recorder: &Recorder, about: &ObjectReference, type_: EventType, reason: &str, note: String) {
+    let note = bounded(&note, MAX_NOTE_BYTES);
     let event = Event { type_, reason: reason.into(), note: Some(note), action: "Reconcile".into(), secondary: None };
     if let Err(e) = recorder.publish(&event, about).await {
         tracing::warn!(object = ?about.name, %reason, error = %e, "cannot record event");
@@ -59,7 +75,7 @@ impl StatusWriteError {
 /// Server-side applies `status` as the status of object `name` (of `api_version`/`kind`) as field manager
 /// `manager` (it owns only the fields it applies; [`FIELD_MANAGER`] for the controllers' status), within
 /// [`STATUS_WRITE_TIMEOUT`]; with `resource_version`, only over that version of the object (409 Conflict
-/// otherwise: the decision was made on a stale read).
+/// otherwise: the decision was made on a stale read). Returns the object's new resourceVersion.
 pub async fn write_status<K>(
     manager: &str,
     api: &kube::Api<K>,
@@ -68,9 +84,9 @@ pub async fn write_status<K>(
     kind: &str,
     status: &impl serde::Serialize,
     resource_version: Option<&str>,
-) -> Result<(), StatusWriteError>
+) -> Result<Option<String>, StatusWriteError>
 where
-    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
     let mut body = serde_json::json!({"apiVersion": api_version, "kind": kind, "status": status});
     if let Some(rv) = resource_version {
@@ -79,6 +95,6 @@ where
     let params = kube::api::PatchParams::apply(manager).force();
     let patch = kube::api::Patch::Apply(body);
     let write = api.patch_status(name, &params, &patch);
-    tokio::time::timeout(STATUS_WRITE_TIMEOUT, write).await.map_err(|_| StatusWriteError::Timeout)??;
-    Ok(())
+    let written = tokio::time::timeout(STATUS_WRITE_TIMEOUT, write).await.map_err(|_| StatusWriteError::Timeout)??;
+    Ok(written.meta().resource_version.clone())
 }

@@ -42,6 +42,11 @@ fn query<'a>(address: &'a str, promql: &'a str) -> Query<'a> {
 
 #[tokio::test]
 async fn instant_queries_give_one_value_no_data_or_an_error_that_names_the_fix() {
+    // Prometheus runs on loopback, which the egress policy refuses by default
+    canary_controller::canary::egress::set(canary_controller::canary::egress::Policy {
+        allow_networks: vec!["127.0.0.0/8".parse().unwrap()],
+        ..Default::default()
+    });
     let dir = tempfile::tempdir().unwrap();
     let exporter_port = free_port("127.0.0.1");
     exporter(exporter_port).await;

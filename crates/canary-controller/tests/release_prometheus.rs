@@ -73,6 +73,7 @@ async fn discover_pods(pods: Api<Pod>, file: std::path::PathBuf, stop: Arc<Atomi
 /// Prometheus behind a bearer token, as a managed Prometheus is: queries carrying `Authorization: Bearer
 /// <token>` are passed to `upstream`, others answered 401; `seen` counts (passed, refused).
 async fn behind_token(upstream: String, token: &'static str, seen: Arc<Mutex<(usize, usize)>>) -> String {
+    allow_loopback();
     use axum::http::HeaderMap;
     let app = axum::Router::new().route(
         "/api/v1/{api}",
@@ -92,7 +93,7 @@ async fn behind_token(upstream: String, token: &'static str, seen: Arc<Mutex<(us
                     let url = format!("{upstream}/api/v1/{api}");
                     let form = "application/x-www-form-urlencoded";
                     let forwarded =
-                        canary_controller::canary::http::post(&url, form, body.to_vec(), None, Duration::from_secs(10))
+                        canary_controller::canary::http::post(&url, form, body.to_vec(), None, Duration::from_secs(10), 1 << 22)
                             .await;
                     match forwarded {
                         Ok((status, body)) => (StatusCode::from_u16(status.as_u16()).unwrap(), body),
@@ -135,7 +136,11 @@ async fn a_release_behind_a_webhook_gate_judged_by_promql_rolls_back_a_bad_canar
     let scrape =
         format!("[{{job_name: app, file_sd_configs: [{{files: ['{}'], refresh_interval: 1s}}]}}]", targets.display());
     let Some(prometheus) = Prometheus::start(cluster.dir.path(), &scrape).await else { return };
-    let mut controller = cluster.spawn_controller_with("controller", &["--prometheus-address", &prometheus.address]);
+    let mut controller = cluster.spawn_controller_with(
+        "controller",
+        // the Prometheus that wants a token is a plain-http proxy on loopback
+        &["--prometheus-address", &prometheus.address, "--allow-insecure-token"],
+    );
     controller.wait_for_log("controllers running").await;
     let sim = cluster.start_simulator(251, 40);
     let stop = Arc::new(AtomicBool::new(false));
@@ -288,4 +293,12 @@ async fn a_release_behind_a_webhook_gate_judged_by_promql_rolls_back_a_bad_canar
     discovery.await.unwrap();
     sim.stop().await;
     cluster.cleanup().await;
+}
+
+/// This process calls Prometheus on loopback (the proxy above), which the egress policy refuses by default.
+fn allow_loopback() {
+    canary_controller::canary::egress::set(canary_controller::canary::egress::Policy {
+        allow_networks: vec!["127.0.0.0/8".parse().unwrap()],
+        ..Default::default()
+    });
 }

@@ -89,7 +89,10 @@ impl Cluster {
         let mut cmd = Command::new(controller_binary());
         cmd.env("KUBECONFIG", &self.controller_kubeconfig)
             .env("RUST_LOG", std::env::var("E2E_CONTROLLER_LOG").unwrap_or_else(|_| "info".into()))
-            .env("METRICS_ADDRESS", "127.0.0.1:0");
+            .env("METRICS_ADDRESS", "127.0.0.1:0")
+            // the tests' webhook servers and Prometheus listen on loopback, which the egress policy refuses
+            // by default
+            .env("EGRESS_ALLOW", "127.0.0.0/8,::1");
         // the leader election Lease lives in the test's namespace, so that tests sharing a cluster do not compete
         cmd.env("POD_NAMESPACE", &self.namespace);
         cmd

@@ -495,6 +495,10 @@ pub struct ComparisonResult {
     pub effect: f64,
     /// Pass, Marginal or Fail.
     pub judgement: String,
+    /// When a side had more samples than are judged: how many it had (`canary 3601, baseline 3601`), thinned
+    /// evenly to `canarySamples` and `baselineSamples`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub downsampled_from: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]

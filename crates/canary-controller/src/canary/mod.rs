@@ -11,6 +11,7 @@
 
 pub mod build;
 pub mod egress;
+pub mod gather;
 pub mod http;
 pub mod measure;
 pub mod observe;

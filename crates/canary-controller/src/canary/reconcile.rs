@@ -10,8 +10,8 @@ use super::build::{
 };
 use super::observe::{TrafficObserved, observe};
 use super::validate::{Problem, Valid, validate};
-use super::{egress, http, measure, prometheus, release, traffic};
-use crate::api::canary::{Canary, CanaryStatus, ReleaseStatus, SecretKeyRef, Traffic};
+use super::{egress, gather, http, measure, prometheus, release, traffic};
+use crate::api::canary::{Canary, CanaryStatus, Phase, ReleaseStatus, SecretKeyRef, Traffic};
 use crate::children::{self, Written};
 use crate::report::Note;
 use crate::runtime::caches::{CachedDeployment, CachedForm, Caches};
@@ -40,6 +40,10 @@ pub struct CanaryReconciler {
     /// The release this process last wrote in each Canary's status (by uid), as the API stores it (JSON:
     /// times in seconds), and when.
     written: Mutex<HashMap<String, (serde_json::Value, Instant)>>,
+    /// The evidence releases asked for, gathered off the reconciles.
+    gatherer: gather::Gatherer,
+    /// When `written` and `gatherer` were last pruned of deleted Canaries.
+    pruned: Mutex<Option<Instant>>,
 }
 
 /// A release as the API server stores it (its times to the second).
@@ -47,13 +51,22 @@ fn stored(release: &ReleaseStatus) -> serde_json::Value {
     serde_json::to_value(release).unwrap_or_default()
 }
 
+/// How often what is kept per Canary is pruned of deleted ones.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
 /// How long a cache that does not show this process's own last release write is waited for before it is
 /// believed (someone else wrote the status).
 const CACHE_CATCH_UP: Duration = Duration::from_secs(10);
 
 impl CanaryReconciler {
     pub fn new(kanary: Option<ApiResource>, prometheus: Option<String>) -> CanaryReconciler {
-        CanaryReconciler { kanary, prometheus, written: Mutex::default() }
+        CanaryReconciler {
+            kanary,
+            prometheus,
+            written: Mutex::default(),
+            gatherer: Default::default(),
+            pruned: Mutex::default(),
+        }
     }
 
     /// Whether the cached Canary is older than this process's last release write: a decision made on it
@@ -69,6 +82,20 @@ impl CanaryReconciler {
             return false;
         }
         true
+    }
+
+    /// Forgets what this process keeps of Canaries that no longer exist (`exists` says which uids do), at most
+    /// once every [`PRUNE_EVERY`]: without it, every deleted Canary's last release write and evidence task
+    /// would stay in memory.
+    fn prune(&self, live: impl FnOnce() -> std::collections::HashSet<String>) {
+        let mut pruned = self.pruned.lock().expect("not poisoned");
+        if pruned.is_some_and(|at| at.elapsed() < PRUNE_EVERY) {
+            return;
+        }
+        *pruned = Some(Instant::now());
+        let live = live();
+        self.written.lock().expect("not poisoned").retain(|uid, _| live.contains(uid));
+        self.gatherer.retain(|uid| live.contains(uid));
     }
 
     /// Records the release a status write wrote (`None`: the write failed or wrote none: nothing to wait for).
@@ -177,6 +204,13 @@ async fn report_unreadable(unreadable: &InvalidObject, ctx: &Context<CanaryRecon
 /// Reconciles one Canary.
 async fn reconcile(canary: &Canary, ctx: &Context<CanaryReconciler>) -> Result<Action, Error> {
     let ns = canary.namespace().ok_or(Error::NoNamespace)?;
+    ctx.reconciler.prune(|| {
+        let uid_of = |g: &GuardedCanary| match &g.0 {
+            Ok(c) => c.metadata.uid.clone(),
+            Err(u) => u.metadata.uid.clone(),
+        };
+        ctx.objects.state().iter().filter_map(|g| uid_of(g)).collect()
+    });
     if ctx.reconciler.cache_behind(canary) {
         return Ok(Action::requeue(CACHE_WAIT));
     }
@@ -196,8 +230,11 @@ async fn reconcile(canary: &Canary, ctx: &Context<CanaryReconciler>) -> Result<A
     // the release, when the Canary has traffic: decided first, so that its weights reach the proxy before
     // the canary is scaled down
     let (mut release, mut scaled_down, mut requeue) = (None, false, Duration::from_secs(600));
+    // the version a release is written over: the one read, or the one a recorded rollback wrote
+    let mut resource_version = canary.resource_version();
     let had_release = canary.status.as_ref().is_some_and(|s| s.release.is_some());
     if canary.spec.traffic.is_none() && had_release {
+        ctx.reconciler.gatherer.forget(&canary.uid().unwrap_or_default());
         notes.extend(remove_release(canary, ctx).await?);
     }
     if let Some(traffic) = &canary.spec.traffic {
@@ -205,8 +242,16 @@ async fn reconcile(canary: &Canary, ctx: &Context<CanaryReconciler>) -> Result<A
         release = canary.status.as_ref().and_then(|s| s.release.clone());
         scaled_down = release.as_ref().is_some_and(|r| r.phase.is_final());
         if let (Some(seen), Ok(valid)) = (&observed.traffic, &valid) {
-            match run_release(canary, traffic, valid, seen, ctx, &mut notes).await? {
-                Ok(decision) => {
+            let ran = match run_release(canary, traffic, valid, seen, ctx, &mut notes).await {
+                // the rollback could not be recorded over the version it was decided on: decide again
+                Err(Error::ApplyStatus(e)) if e.is_conflict() => return Ok(Action::requeue(CACHE_WAIT)),
+                ran => ran?,
+            };
+            match ran {
+                Ok((decision, recorded)) => {
+                    if recorded.is_some() {
+                        resource_version = recorded;
+                    }
                     scaled_down = decision.canary_scaled_down();
                     requeue = requeue.min(decision.requeue);
                     release = Some(decision.release);
@@ -238,12 +283,14 @@ async fn reconcile(canary: &Canary, ctx: &Context<CanaryReconciler>) -> Result<A
     if canary.status.as_ref() != Some(&status) {
         let api: Api<Canary> = Api::namespaced(ctx.client.clone(), &ns);
         // a release is only written over the version it was decided on
-        let precondition = status.release.as_ref().and(canary.resource_version());
+        let precondition = status.release.as_ref().and(resource_version);
         let written = write_status(&api, &canary.name_any(), &status, precondition.as_deref()).await;
         ctx.reconciler.wrote(canary, written.as_ref().ok().and(status.release.as_ref()));
         match written {
             Err(Error::ApplyStatus(e)) if e.is_conflict() => return Ok(Action::requeue(CACHE_WAIT)),
-            written => written?,
+            written => {
+                written?;
+            }
         }
     }
     Ok(Action::requeue(requeue))
@@ -259,6 +306,7 @@ pub const PROMOTION_FIELD_MANAGER: &str = "canary-controller-promotion";
 /// starts or ends), decides ([`release::advance`]), writes the route Services, the stable EndpointSlice and
 /// the Kanary with the decided weight, and updates the target on promotion. A problem leaves everything as
 /// it is (the proxy keeps its last weights).
+/// With the decision, the resourceVersion of the Canary once a rollback was recorded ([`record_rollback`]).
 async fn run_release(
     canary: &Canary,
     traffic: &Traffic,
@@ -266,7 +314,7 @@ async fn run_release(
     seen: &TrafficObserved,
     ctx: &Context<CanaryReconciler>,
     notes: &mut Vec<Note>,
-) -> Result<Result<release::Decision, Problem>, Error> {
+) -> Result<Result<(release::Decision, Option<String>), Problem>, Error> {
     let ns = canary.namespace().unwrap_or_default();
     let name = canary.name_any();
     let uid = canary.uid().unwrap_or_default();
@@ -321,26 +369,67 @@ async fn run_release(
     let previous = canary.status.as_ref().and_then(|s| s.release.as_ref());
     let mut decision = release::advance(spec, previous, &inputs);
     let (stable_name, canary_name) = (traffic::stable_service_name(&name), traffic::canary_service_name(&name));
+    // the evidence it asks for is gathered off the reconcile (see `gather`): taken once gathered
+    let gatherer = &ctx.reconciler.gatherer;
     if decision.wants_stats {
         let pods = traffic::proxy_pods(&seen.front_slices);
-        match measure::read_counters(&pods, &stable_name, &canary_name).await {
-            Ok(stats) if !pods.is_empty() => {
-                let queried = match decision.wants_queries {
-                    true => Some(run_queries(canary, ctx.reconciler.prometheus.as_deref(), &ctx.client).await),
-                    false => None,
-                };
-                let inputs = release::Inputs { stats: Some(&stats), queried: queried.as_deref(), ..inputs };
+        let queries = decision.wants_queries;
+        let key = gather::key(if queries { "stats+queries" } else { "stats" }, previous);
+        let no_pods = pods.is_empty();
+        let gathered = match no_pods {
+            true => None,
+            false => gatherer.poll(&uid, &key, || {
+                let (canary, client) = (canary.clone(), ctx.client.clone());
+                let (stable_name, canary_name) = (stable_name.clone(), canary_name.clone());
+                let prometheus = ctx.reconciler.prometheus.clone();
+                async move {
+                    let stats = measure::read_counters(&pods, &stable_name, &canary_name).await;
+                    let at = Time(k8s_openapi::jiff::Timestamp::now());
+                    let queried = match (queries, &stats) {
+                        (true, Ok(_)) => Some(run_queries(&canary, prometheus.as_deref(), &client).await),
+                        _ => None,
+                    };
+                    let stats = Some(stats.map_err(|e| e.to_string()));
+                    gather::Gathered { at, stats, queried, called: None }
+                }
+            }),
+        };
+        match gathered.as_ref().and_then(|g| g.stats.as_ref().map(|s| (g, s))) {
+            Some((gathered, Ok(stats))) => {
+                let inputs =
+                    release::Inputs { stats: Some(stats), queried: gathered.queried.as_deref(), now: &gathered.at, ..inputs };
                 decision = release::advance(spec, previous, &inputs);
             }
-            Ok(_) => decision.release.message = "waiting for a ready proxy pod to read the statistics from".into(),
-            Err(e) => {
+            Some((_, Err(e))) => {
                 tracing::warn!(error = %e, "cannot read the proxy's statistics; trying again");
-                decision.release.message = e.to_string();
+                decision.release.message = e.clone();
+                decision.requeue = decision.requeue.min(gather::POLL);
             }
+            None if no_pods => {
+                decision.release.message = "waiting for a ready proxy pod to read the statistics from".into()
+            }
+            None => decision.requeue = decision.requeue.min(gather::POLL),
         }
     } else if let Some(call) = decision.wants_call.clone() {
-        let answer = call_webhook(&call).await;
-        decision = release::advance(spec, previous, &release::Inputs { called: Some(&answer), ..inputs });
+        let key = gather::call_key(&call, previous);
+        let gathered = gatherer.poll(&uid, &key, || async move {
+            let answer = call_webhook(&call).await;
+            gather::Gathered { called: Some(release::Called { step: call.step, url: call.url, answer }), ..gather::Gathered::now() }
+        });
+        match gathered {
+            Some(gathered) => {
+                let inputs = release::Inputs { called: gathered.called.as_ref(), now: &gathered.at, ..inputs };
+                decision = release::advance(spec, previous, &inputs);
+            }
+            None => decision.requeue = decision.requeue.min(gather::POLL),
+        }
+    }
+    // a rollback or an abort is durable before it acts: its status is written first, so that no later
+    // reconcile works from a status that does not know it (and raises the canary's weight or replicas again)
+    let mut recorded = None;
+    let newly_final = previous.is_none_or(|p| p.phase != decision.release.phase || p.revision != decision.release.revision);
+    if matches!(decision.release.phase, Phase::RolledBack | Phase::Aborted) && newly_final {
+        recorded = record_rollback(canary, &decision.release, ctx).await?;
     }
     for verdict in &decision.judged {
         ctx.metrics.count_verdict(*verdict);
@@ -417,7 +506,34 @@ async fn run_release(
             format!("set the images of Deployment {:?} to {}", spec.target_deployment_name, decision.release.revision),
         ));
     }
-    Ok(Ok(decision))
+    Ok(Ok((decision, recorded)))
+}
+
+/// Writes a rollback's release into the Canary's status over the version it was decided on, before anything
+/// acts on it: the whole release, or, should the API server refuse that, the release without its evidence
+/// (the rollback itself must be kept); the new resourceVersion.
+async fn record_rollback(
+    canary: &Canary,
+    release: &ReleaseStatus,
+    ctx: &Context<CanaryReconciler>,
+) -> Result<Option<String>, Error> {
+    let api: Api<Canary> = Api::namespaced(ctx.client.clone(), &canary.namespace().unwrap_or_default());
+    let mut status = canary.status.clone().unwrap_or_default();
+    status.release = Some(release.clone());
+    let rv = canary.resource_version();
+    let written = match write_status(&api, &canary.name_any(), &status, rv.as_deref()).await {
+        Err(Error::ApplyStatus(e)) if !e.is_conflict() => {
+            tracing::warn!(error = %e, "the rollback's status was refused; recording it without its evidence");
+            let mut bare = release.clone();
+            bare.evidence.clear();
+            bare.message = crate::report::bounded(&bare.message, 256);
+            status.release = Some(bare);
+            write_status(&api, &canary.name_any(), &status, rv.as_deref()).await
+        }
+        written => written,
+    };
+    ctx.reconciler.wrote(canary, written.as_ref().ok().and(status.release.as_ref()));
+    written
 }
 
 /// Writes the baseline Deployment (`replicas` of the target's pod template) unless the cache shows it as
@@ -772,7 +888,12 @@ async fn remove_previous_canaries(
     Ok(())
 }
 
-async fn write_status(api: &Api<Canary>, name: &str, status: &CanaryStatus, rv: Option<&str>) -> Result<(), Error> {
+async fn write_status(
+    api: &Api<Canary>,
+    name: &str,
+    status: &CanaryStatus,
+    rv: Option<&str>,
+) -> Result<Option<String>, Error> {
     let manager = crate::report::FIELD_MANAGER;
     Ok(crate::report::write_status(manager, api, name, &Canary::api_version(&()), &Canary::kind(&()), status, rv)
         .await?)
@@ -886,6 +1007,26 @@ mod tests {
         assert!(!reconciler.cache_behind(&canary("Progressing")), "caught up once: then believed");
         reconciler.wrote(&rolled_back, None);
         assert!(!reconciler.cache_behind(&canary("Progressing")), "a failed write waits for nothing");
+    }
+
+    #[tokio::test]
+    async fn what_is_kept_of_deleted_canaries_is_pruned() {
+        // suspicion: the map of last release writes kept the entries of deleted Canaries (a slow leak)
+        let reconciler = CanaryReconciler::new(None, None);
+        let canary = |uid: &str| -> Canary {
+            serde_json::from_value(serde_json::json!({"apiVersion": "canary.k8s.wantedly.com/v1beta1",
+                "kind": "Canary", "metadata": {"name": uid, "namespace": "ns", "uid": uid},
+                "spec": {"targetDeploymentName": "app", "targetContainers": []}}))
+            .unwrap()
+        };
+        let release = ReleaseStatus { revision: "r".into(), ..Default::default() };
+        for uid in ["gone", "kept"] {
+            reconciler.wrote(&canary(uid), Some(&release));
+            reconciler.gatherer.poll(uid, "k", || std::future::pending());
+        }
+        reconciler.prune(|| ["kept".to_string()].into());
+        assert_eq!(reconciler.written.lock().unwrap().keys().collect::<Vec<_>>(), ["kept"]);
+        assert_eq!(reconciler.gatherer.len(), 1);
     }
 
     #[test]

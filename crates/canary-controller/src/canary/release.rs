@@ -158,9 +158,8 @@ pub struct Inputs<'a> {
     pub stats: Option<&'a BTreeMap<String, RouteCounters>>,
     /// The answers of the checks' PromQL queries (by the check's index), when the caller ran them.
     pub queried: Option<&'a [Option<Queried>]>,
-    /// The answer of the current step's webhook, when the caller called it: what it answered (`HTTP 200`),
-    /// or why it did not pass.
-    pub called: Option<&'a Result<String, String>>,
+    /// The answer of a webhook step, when the caller called it: used only by the step it was called for.
+    pub called: Option<&'a Called>,
     /// The value of the request annotation.
     pub request: Option<&'a str>,
     pub paused: bool,
@@ -265,7 +264,30 @@ pub fn advance(spec: &CanarySpec, previous: Option<&ReleaseStatus>, inputs: &Inp
         Phase::Progressing | Phase::Paused => step_description(steps, release.step),
         _ => "done".into(),
     };
+    release.message = bounded(&release.message, MAX_MESSAGE);
     decision
+}
+
+/// The longest `status.release.message` written, in bytes.
+pub const MAX_MESSAGE: usize = 2048;
+/// The longest text of a check's evidence (the query as run, why there was no data), in bytes: the status
+/// stays far under the API server's limit with [`EVIDENCE_KEPT`] windows of 16 checks.
+pub const MAX_EVIDENCE_TEXT: usize = 512;
+
+fn bounded(text: &str, max: usize) -> String {
+    crate::report::bounded(text, max)
+}
+
+/// A number for the status: the API stores no NaN or infinity (serialized as `null`, refused by the schema),
+/// so those are written as 0 (NaN) or the largest finite value of their sign. Values judged are finite
+/// before this (non-finite ones are no data); this keeps any other number writable.
+pub fn finite(value: f64) -> f64 {
+    match value {
+        v if v.is_finite() => v,
+        v if v.is_nan() => 0.0,
+        v if v > 0.0 => f64::MAX,
+        _ => f64::MIN,
+    }
 }
 
 /// How the message of a release held by `spec.paused` begins (and nothing else holds it).
@@ -324,12 +346,22 @@ pub const MAX_EXTENDED_WINDOWS: i32 = 3;
 const WEBHOOK_RETRY: Duration = Duration::from_secs(5);
 const WEBHOOK_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A webhook call to make: `POST url` with `body` (JSON), within `timeout`.
+/// A webhook call to make: `POST url` with `body` (JSON), within `timeout`, for step `step` (0-based).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Call {
+    pub step: i32,
     pub url: String,
     pub body: serde_json::Value,
     pub timeout: Duration,
+}
+
+/// The answer of a webhook step's call: what it answered (`HTTP 200`), or why it did not pass.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Called {
+    /// The step (0-based) and the URL it was called for: each webhook step is judged by its own answer.
+    pub step: i32,
+    pub url: String,
+    pub answer: Result<String, String>,
 }
 
 fn roll_back(release: &mut ReleaseStatus, phase: Phase, message: String, notes: &mut Vec<Note>) {
@@ -449,7 +481,8 @@ fn progress(decision: &mut Decision, settings: &Settings, inputs: &Inputs) -> bo
     }
     if let Some(hook) = &step.webhook {
         let on_failure = hook.on_failure.unwrap_or(OnWebhookFailure::Pause);
-        let Some(answer) = inputs.called else {
+        let own_answer = inputs.called.filter(|c| c.step == release.step && c.url == hook.url);
+        let Some(Called { answer, .. }) = own_answer else {
             let since = release.last_call_at.as_ref().map(|t| elapsed(t, now));
             match since.filter(|s| on_failure == OnWebhookFailure::Retry && *s < WEBHOOK_RETRY) {
                 Some(since) => decision.requeue = WEBHOOK_RETRY - since,
@@ -458,7 +491,8 @@ fn progress(decision: &mut Decision, settings: &Settings, inputs: &Inputs) -> bo
                         "revision": release.revision, "step": release.step + 1, "weight": release.weight,
                         "phase": release.phase});
                     let timeout = hook.timeout.as_deref().and_then(duration).unwrap_or(WEBHOOK_TIMEOUT);
-                    decision.wants_call = Some(Call { url: hook.url.clone(), body, timeout });
+                    let step = release.step;
+                    decision.wants_call = Some(Call { step, url: hook.url.clone(), body, timeout });
                     decision.requeue = POLL;
                 }
             }
@@ -618,7 +652,13 @@ fn summarize(evidence: &Evidence) -> String {
 /// no samples to judge.
 fn compare_samples(compare: &Compare, samples: Option<&Samples>) -> Result<(ComparisonResult, Verdict), String> {
     let Some(Samples { baseline_query, values }) = samples else { return Err("Prometheus was not queried".into()) };
-    let (canary, baseline) = values.as_ref().map_err(Clone::clone)?;
+    let (canary_all, baseline_all) = values.as_ref().map_err(Clone::clone)?;
+    let finite_only = |values: &[f64]| values.iter().copied().filter(|v| v.is_finite()).collect::<Vec<f64>>();
+    let (canary_all, baseline_all) = (finite_only(canary_all), finite_only(baseline_all));
+    let canary = &statistics::downsample(&canary_all, statistics::MAX_SAMPLES);
+    let baseline = &statistics::downsample(&baseline_all, statistics::MAX_SAMPLES);
+    let downsampled_from = (canary.len() < canary_all.len() || baseline.len() < baseline_all.len())
+        .then(|| format!("canary {}, baseline {}", canary_all.len(), baseline_all.len()));
     let worse = match compare.worse {
         Some(ApiWorse::Lower) => statistics::Worse::Lower,
         _ => statistics::Worse::Higher,
@@ -634,13 +674,14 @@ fn compare_samples(compare: &Compare, samples: Option<&Samples>) -> Result<(Comp
         (statistics::Judgement::Marginal, _) => Verdict::Inconclusive,
     };
     let result = ComparisonResult {
-        baseline_query: baseline_query.clone(),
+        baseline_query: bounded(baseline_query, MAX_EVIDENCE_TEXT),
         canary_samples: canary.len() as u32,
         baseline_samples: baseline.len() as u32,
-        u: c.test.u,
-        p_value: c.test.p_value,
-        effect: round(c.effect),
+        u: finite(c.test.u),
+        p_value: finite(c.test.p_value),
+        effect: finite(round(c.effect)),
         judgement: format!("{:?}", c.judgement),
+        downsampled_from,
     };
     Ok((result, verdict))
 }
@@ -732,6 +773,9 @@ pub fn judge(
             let answer = queried.and_then(|q| q.get(i)).and_then(Option::as_ref);
             let (value, query, mut no_data) = match (check.metric, &check.prometheus, answer) {
                 (_, Some(p), Some(q)) if p.compare.is_some() && q.value.is_ok() => (0.0, Some(q.query.clone()), None),
+                (_, Some(_), Some(Queried { query, value: Ok(v), .. })) if !v.is_finite() => {
+                    (0.0, Some(query.clone()), Some(format!("the query returned {v}: not a measurement")))
+                }
                 (_, Some(_), Some(Queried { query, value: Ok(v), .. })) => (*v, Some(query.clone()), None),
                 (_, Some(_), Some(Queried { query, value: Err(why), .. })) => {
                     (0.0, Some(query.clone()), Some(why.clone()))
@@ -789,11 +833,11 @@ pub fn judge(
             }
             MetricResult {
                 metric: check.metric.filter(|_| check.prometheus.is_none()),
-                query,
-                value: round(compared.as_ref().map(|(c, _)| c.effect).unwrap_or(value)),
-                no_data,
+                query: query.map(|q| bounded(&q, MAX_EVIDENCE_TEXT)),
+                value: finite(round(compared.as_ref().map(|(c, _)| c.effect).unwrap_or(value))),
+                no_data: no_data.map(|why| bounded(&why, MAX_EVIDENCE_TEXT)),
                 comparison: compared.map(|(c, _)| c),
-                stable_value: stable_value.map(round),
+                stable_value: stable_value.map(|v| finite(round(v))),
                 bound: bounds.join(", "),
                 verdict,
             }
@@ -1074,7 +1118,8 @@ mod tests {
         };
         let with_answer = |s: &CanarySpec, previous: &ReleaseStatus, second: i64, answer: Result<String, String>| {
             let now = at(second);
-            advance(s, Some(previous), &Inputs { called: Some(&answer), ..inputs(&now, Some(0), None) })
+            let called = Called { step: 0, url: "http://gate/".into(), answer };
+            advance(s, Some(previous), &Inputs { called: Some(&called), ..inputs(&now, Some(0), None) })
         };
         // the call is asked for, with what names the release
         let s = spec(vec![hook(None), weight(10)]);
@@ -1105,6 +1150,103 @@ mod tests {
         assert!(advance(&s, Some(&waiting.release), &inputs(&at(3), Some(0), None)).wants_call.is_none());
         assert!(advance(&s, Some(&waiting.release), &inputs(&at(6), Some(0), None)).wants_call.is_some());
         assert_eq!(with_answer(&s, &waiting.release, 6, Ok("HTTP 204".into())).release.step, 1);
+    }
+
+    #[test]
+    fn each_webhook_step_is_called_and_judged_by_its_own_answer() {
+        // issue: one answer was taken for every webhook step reached in the same pass, so the approval gate
+        // after a load test was never called and the release went on to promotion
+        let hook = |url: &str| ReleaseStep {
+            webhook: Some(WebhookStep { url: url.into(), timeout: None, on_failure: None }),
+            ..Default::default()
+        };
+        let s = spec(vec![hook("http://loadtest/"), hook("http://approval/")]);
+        let d = advance(&s, None, &inputs(&at(0), Some(0), None));
+        assert_eq!(d.wants_call.as_ref().map(|c| (c.step, c.url.as_str())), Some((0, "http://loadtest/")));
+        let now = at(1);
+        let loadtest = Called { step: 0, url: "http://loadtest/".into(), answer: Ok("HTTP 200".into()) };
+        let d = advance(&s, Some(&d.release), &Inputs { called: Some(&loadtest), ..inputs(&now, Some(0), None) });
+        assert_eq!((d.release.phase, d.release.step), (Phase::Progressing, 1), "{:#?}", d.release);
+        assert_eq!(
+            d.wants_call.as_ref().map(|c| (c.step, c.url.as_str())),
+            Some((1, "http://approval/")),
+            "the approval gate is called in its turn"
+        );
+        // an answer of another step is not this step's answer
+        let d2 = advance(&s, Some(&d.release), &Inputs { called: Some(&loadtest), ..inputs(&at(2), Some(0), None) });
+        assert_eq!((d2.release.phase, d2.release.step), (Phase::Progressing, 1), "{:#?}", d2.release);
+        let no = Called { step: 1, url: "http://approval/".into(), answer: Err("HTTP 403: not yet".into()) };
+        let d3 = advance(&s, Some(&d.release), &Inputs { called: Some(&no), ..inputs(&at(3), Some(0), None) });
+        assert_eq!((d3.release.phase, d3.release.step), (Phase::Paused, 1), "{:#?}", d3.release);
+    }
+
+    #[test]
+    fn infinite_query_values_are_no_data_and_every_number_written_is_finite() {
+        // issue: +Inf passed as a value and reached the status as null, which the API server refuses
+        let mut s = spec(vec![weight(20), analysis()]);
+        let promql = MetricCheck {
+            metric: None,
+            prometheus: Some(PrometheusMetric {
+                query: "q".into(),
+                address: None,
+                token_secret_ref: None,
+                timeout: None,
+                compare: None,
+            }),
+            max: Some(1.0),
+            min: Some(-1.0),
+            ..check(Metric::ErrorRate)
+        };
+        s.analysis.as_mut().unwrap().metrics = vec![promql];
+        let started = step(&s, None, &at(0), Some(20), &counters((0, 0), (0, 0)));
+        let stats = counters((100, 0), (50, 0));
+        for value in [f64::INFINITY, f64::NEG_INFINITY, f64::NAN] {
+            let answers = [Some(Queried { query: "q".into(), value: Ok(value), samples: None })];
+            let now = at(30);
+            let i = Inputs { stats: Some(&stats), queried: Some(&answers), ..inputs(&now, Some(20), None) };
+            let judged = advance(&s, Some(&started.release), &i).release;
+            assert_eq!(judged.phase, Phase::Paused, "{value}: inconclusive, never a pass: {judged:#?}");
+            let result = &judged.evidence[0].metrics[0];
+            assert!(result.no_data.as_deref().unwrap_or_default().contains("not a measurement"), "{result:?}");
+            let written = serde_json::to_string(&judged).unwrap();
+            assert!(!written.contains("null"), "{written}");
+        }
+        assert_eq!((finite(f64::INFINITY), finite(f64::NEG_INFINITY), finite(f64::NAN)), (f64::MAX, f64::MIN, 0.0));
+    }
+
+    #[test]
+    fn texts_from_outside_are_bounded_in_the_status() {
+        let mut s = spec(vec![weight(20), analysis()]);
+        let promql = MetricCheck {
+            metric: None,
+            prometheus: Some(PrometheusMetric {
+                query: "q".repeat(10_000),
+                address: None,
+                token_secret_ref: None,
+                timeout: None,
+                compare: None,
+            }),
+            max: Some(1.0),
+            ..check(Metric::ErrorRate)
+        };
+        s.analysis.as_mut().unwrap().metrics = vec![promql; 16];
+        let mut release = step(&s, None, &at(0), Some(20), &counters((0, 0), (0, 0))).release;
+        // every other move starts a window, the next one judges it
+        for k in 1..=50u64 {
+            let answers: Vec<Option<Queried>> = (0..16)
+                .map(|_| Some(Queried { query: "q".repeat(10_000), value: Err("e".repeat(100_000)), samples: None }))
+                .collect();
+            let stats = counters((100 * k, 0), (50 * k, 0));
+            let now = at(30 * k as i64);
+            let i = Inputs { stats: Some(&stats), queried: Some(&answers), ..inputs(&now, Some(20), None) };
+            let mut judged = advance(&s, Some(&release), &i).release;
+            judged.phase = Phase::Progressing; // measure again and again
+            release = judged;
+        }
+        assert_eq!(release.evidence.len(), EVIDENCE_KEPT);
+        let size = serde_json::to_vec(&release).unwrap().len();
+        assert!(size < 512 * 1024, "{size} bytes of release status");
+        assert!(release.message.len() <= MAX_MESSAGE);
     }
 
     /// A spec of `steps` whose one check compares query `c` with baseline query `b` (tolerance 0.1).

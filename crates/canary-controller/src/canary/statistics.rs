@@ -242,6 +242,10 @@ pub fn compare(canary: &[f64], baseline: &[f64], worse: Worse, alpha: f64, toler
     let shift = hodges_lehmann(canary, baseline)?;
     let base = median(&mut baseline.to_vec())?;
     let effect = if base == 0.0 { shift } else { shift / base.abs() };
+    // differences beyond the floating-point range can make a median of +inf and -inf: no judgement
+    if effect.is_nan() || test.p_value.is_nan() {
+        return None;
+    }
     let harmful = match worse {
         Worse::Higher => effect > 0.0,
         Worse::Lower => effect < 0.0,

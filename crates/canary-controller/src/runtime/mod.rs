@@ -49,6 +49,20 @@ pub async fn connect(metrics: &telemetry::Metrics) -> anyhow::Result<(Client, ku
     Ok((client, config))
 }
 
+/// The addresses of the API server the controller talks to (its URL's host, resolved): webhooks and queries
+/// may not call them unless allowed.
+async fn api_server_addresses(config: &kube::Config) -> Vec<std::net::IpAddr> {
+    let Some(host) = config.cluster_url.host() else { return vec![] };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    match tokio::net::lookup_host((host, 0)).await {
+        Ok(addresses) => addresses.map(|a| a.ip()).collect(),
+        Err(e) => {
+            tracing::warn!(host, error = %e, "cannot resolve the API server's host for the egress policy");
+            vec![]
+        }
+    }
+}
+
 /// Checks the installed CRDs and returns the Kanary groups to serve. Fails with the install command when the
 /// Canary CRD or every Kanary CRD is missing (or not established); a Kanary group that is not installed is
 /// not served (installing one group is a documented choice).
@@ -105,6 +119,8 @@ pub struct RunOptions {
     pub metrics_address: std::net::SocketAddr,
     /// Prometheus's base URL for the PromQL checks of releases that name none.
     pub prometheus_address: Option<String>,
+    /// What webhook steps and Prometheus queries may call (the API server's addresses are added on start).
+    pub egress: crate::canary::egress::Policy,
     /// `None` runs the controllers at once, without leader election (a single replica).
     pub leader_election: Option<leader::LeaderElection>,
 }
@@ -121,6 +137,10 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     tracing::info!("serving /metrics, /healthz and /readyz on {}", listener.local_addr()?);
     tokio::spawn(telemetry::serve(listener, metrics.clone(), shutdown.clone()));
     let (client, config) = connect(&metrics).await?;
+    let mut egress = options.egress.clone();
+    egress.api_server = api_server_addresses(&config).await;
+    tracing::info!(policy = ?egress, "egress policy of webhooks and Prometheus queries");
+    crate::canary::egress::set(egress);
     let kanary_groups = check_crds(&client).await?;
     metrics.set_ready();
 
