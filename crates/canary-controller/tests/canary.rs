@@ -449,6 +449,22 @@ async fn release_fields_the_controller_cannot_act_on_are_refused_by_the_schema_w
         refused(with(json!([]), json!([{"prometheus": {"query": "up", "address": "prometheus:9090"}, "max": 1}])))
             .await;
     assert!(plain_url.contains("address"), "{plain_url}");
+    // outgoing calls and windows have a maximum (a slow peer must not hold the controller; a window's
+    // samples are bounded)
+    let mut long_window = with(json!([]), json!([]));
+    long_window.data["spec"]["analysis"]["interval"] = json!("2h");
+    let long_window = refused(long_window).await;
+    assert!(long_window.contains("analysis.interval: at most 1h"), "{long_window}");
+    let slow_hook = refused(with(json!([{"webhook": {"url": "http://gate/", "timeout": "10m"}}]), json!([]))).await;
+    assert!(slow_hook.contains("webhook.timeout: at most 60s"), "{slow_hook}");
+    let slow_query = json!([{"prometheus": {"query": "up", "timeout": "2m"}, "max": 1}]);
+    let slow_query = refused(with(json!([]), slow_query)).await;
+    assert!(slow_query.contains("prometheus.timeout: at most 60s"), "{slow_query}");
+    let long_query = refused(with(json!([]), json!([{"prometheus": {"query": "x".repeat(5000)}, "max": 1}]))).await;
+    assert!(long_query.contains("query"), "{long_query}");
+    let with_query_string = json!([{"prometheus": {"query": "up", "address": "http://p:9090/-/quit?"}, "max": 1}]);
+    let with_query_string = refused(with(json!([]), with_query_string)).await;
+    assert!(with_query_string.contains("address"), "{with_query_string}");
     let with_baseline = |steps: Value, max_weight: Value| {
         let mut c = with(steps, json!([]));
         c.data["spec"]["traffic"]["baseline"] = json!(true);

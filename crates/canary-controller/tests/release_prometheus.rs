@@ -92,9 +92,15 @@ async fn behind_token(upstream: String, token: &'static str, seen: Arc<Mutex<(us
                     seen.lock().unwrap().0 += 1;
                     let url = format!("{upstream}/api/v1/{api}");
                     let form = "application/x-www-form-urlencoded";
-                    let forwarded =
-                        canary_controller::canary::http::post(&url, form, body.to_vec(), None, Duration::from_secs(10), 1 << 22)
-                            .await;
+                    let forwarded = canary_controller::canary::http::post(
+                        &url,
+                        form,
+                        body.to_vec(),
+                        None,
+                        Duration::from_secs(10),
+                        1 << 22,
+                    )
+                    .await;
                     match forwarded {
                         Ok((status, body)) => (StatusCode::from_u16(status.as_u16()).unwrap(), body),
                         Err(e) => (StatusCode::BAD_GATEWAY, axum::body::Bytes::from(e.to_string())),

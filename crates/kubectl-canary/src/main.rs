@@ -109,7 +109,7 @@ async fn main() -> ExitCode {
     match run(cli).await {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", view::safe(&format!("{e:#}")));
             ExitCode::from(1)
         }
     }
@@ -128,7 +128,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if rows.is_empty() {
                 println!("No Canaries found in namespace {ns}.");
             } else {
-                print!("{}", view::table(["NAME", "TARGET", "PHASE", "WEIGHT", "STEP"], &rows));
+                print!("{}", view::safe(&view::table(["NAME", "TARGET", "PHASE", "WEIGHT", "STEP"], &rows)));
             }
         }
         Command::Get { name, watch, wait_for, timeout } => {
@@ -163,6 +163,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let mut listed = match events.list(&ListParams::default().fields(&selector)).await {
                 Ok(listed) => listed.items,
                 Err(e) => {
+                    let e = view::safe(&e.to_string());
                     eprintln!("(the Canary's events cannot be read: {e}; explaining from its status alone)");
                     vec![]
                 }
@@ -178,7 +179,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 })
                 .collect();
             for sentence in explain::explain(&canary, &happened) {
-                println!("{sentence}");
+                println!("{}", view::safe(&sentence));
             }
         }
         Command::Completion { .. } => unreachable!("handled before connecting"),
@@ -269,7 +270,7 @@ async fn get(
     let canary = read(canaries, name).await?;
     let ns = canary.namespace().unwrap_or_default();
     if !watch && wait_for.is_none() {
-        print!("{}", view::render(&canary, kanary_of(client, &ns, name).await.as_ref()));
+        print!("{}", view::safe(&view::render(&canary, kanary_of(client, &ns, name).await.as_ref())));
         return Ok(ExitCode::SUCCESS);
     }
     let terminal = std::io::stdout().is_terminal();
@@ -294,7 +295,7 @@ async fn get(
             Ok(Some(Ok(canary))) => canary,
         };
         if watch {
-            let text = view::render(&canary, kanary_of(client, &ns, name).await.as_ref());
+            let text = view::safe(&view::render(&canary, kanary_of(client, &ns, name).await.as_ref()));
             if text != shown {
                 let mut out = std::io::stdout().lock();
                 match terminal {

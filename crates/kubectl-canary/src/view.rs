@@ -7,6 +7,21 @@ use canary_controller::canary::release::{Settings, describe};
 use kube::ResourceExt;
 use std::fmt::Write;
 
+/// Text read from the API (status messages hold webhook and Prometheus answers) made safe for a terminal:
+/// every control character but the line break is shown escaped (`\u{1b}`), so that no text can move the
+/// cursor, clear the screen or retitle the terminal.
+pub fn safe(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() && c != '\n' {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// The routes of a release's Kanary: (Service, weight, the addresses its status lists for it), in its order
 /// (stable, canary, baseline).
 pub fn routes(kanary: &serde_json::Value) -> Vec<(String, i64, Option<usize>)> {
@@ -168,6 +183,20 @@ mod tests {
                 "steps": [{"setWeight": 20}, {"analysis": {}}, {"setWeight": 50}]},
             "status": status}))
         .unwrap()
+    }
+
+    #[test]
+    fn text_from_the_api_cannot_drive_the_terminal() {
+        // issue: status text (which holds webhook answers) was printed raw
+        let hostile = "step 1 failed: HTTP 500: \u{1b}]0;pwned\u{7}\u{1b}[2J\r\u{9b}31m ok";
+        let c = canary(json!({"release": {"revision": "app=app:v2", "phase": "Paused", "step": 0, "weight": 0,
+            "message": hostile}}));
+        let shown = safe(&render(&c, None));
+        assert!(!shown.chars().any(|c| c.is_control() && c != '\n'), "{shown:?}");
+        assert!(shown.contains("\\u{1b}]0;pwned\\u{7}"), "{shown}");
+        let listed = safe(&table(["NAME", "TARGET", "PHASE", "WEIGHT", "STEP"], &[list_line(&c)]));
+        assert!(!listed.chars().any(|c| c.is_control() && c != '\n'), "{listed:?}");
+        assert_eq!(safe("a\nb"), "a\nb");
     }
 
     #[test]

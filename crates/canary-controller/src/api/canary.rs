@@ -118,12 +118,16 @@ pub struct ReleaseStep {
 /// `revision`, `step`, `weight`, `phase`); a 2xx answer within `timeout` passes.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "!has(self.timeout) || duration(self.timeout) <= duration('60s')",
+    "message": "webhook.timeout: at most 60s: a gate that needs longer can answer non-2xx with onFailure: Retry"
+}]))]
 pub struct WebhookStep {
-    #[schemars(regex(pattern = r"^https?://[^/\s]+(/.*)?$"))]
+    #[schemars(length(max = 2048), regex(pattern = r"^https?://[^/\s]+(/.*)?$"))]
     pub url: String,
-    /// How long the call may take (`10s`). Default: 10s.
+    /// How long the call may take (`10s`), at most 60s. Default: 10s.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^[0-9]+(ms|s|m|h)$"))]
+    #[schemars(length(max = 32), regex(pattern = r"^[0-9]+(ms|s|m|h)$"))]
     pub timeout: Option<String>,
     /// What another answer (or none) does: `Pause` (default: the release pauses; `resume` calls again),
     /// `Retry` (call again every 5 s until it passes: a gate), or `Fail` (roll back).
@@ -154,6 +158,10 @@ pub struct AnalysisStep {}
 /// How the canary is judged. Every analysis window measures `interval` of traffic through the proxy.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "!has(self.interval) || duration(self.interval) <= duration('1h')",
+    "message": "analysis.interval: at most 1h (a window's samples are bounded): use a shorter interval and more analysis steps"
+}]))]
 pub struct Analysis {
     /// The length of an analysis window (`30s`, `1m`). Default: 1m.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -220,26 +228,31 @@ pub struct MetricCheck {
 /// query that must give one number: aggregate with `sum(...)`).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "!has(self.timeout) || duration(self.timeout) <= duration('60s')",
+    "message": "prometheus.timeout: at most 60s"
+}]))]
 pub struct PrometheusMetric {
     /// The query. Variables: `{{ namespace }}`, `{{ target }}` (the target Deployment), `{{ canary }}` (the
     /// canary Deployment, whose pods are named `<canary>-...`), `{{ baseline }}` (the baseline Deployment,
     /// with `traffic.baseline`), `{{ interval }}` (the window, as a PromQL duration). Example:
-    /// `sum(rate(http_requests_total{code=~"5..",pod=~"{{ canary }}-.*"}[{{ interval }}]))`.
-    #[schemars(length(min = 1))]
+    /// `sum(rate(http_requests_total{code=~"5..",pod=~"{{ canary }}-.*"}[{{ interval }}]))`. At most 4096
+    /// characters.
+    #[schemars(length(min = 1, max = 4096))]
     pub query: String,
     /// Prometheus's base URL (`http://prometheus.monitoring:9090`; `https://` is verified against the system's
     /// CA certificates). Default: the controller's `--prometheus-address`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^https?://[^/\s]+(/.*)?$"))]
+    #[schemars(length(max = 2048), regex(pattern = r"^https?://[^/\s?#]+(/[^?#]*)?$"))]
     pub address: Option<String>,
     /// A bearer token for Prometheus (`Authorization: Bearer ...`): the key `key` of the Secret `name` in the
     /// Canary's namespace, read when a window is judged. The controller is not granted Secrets by default:
     /// grant it `get` on this one Secret (a Role with `resourceNames`, see the README).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_secret_ref: Option<SecretKeyRef>,
-    /// How long each query may take (`10s`); a query that takes longer has no data. Default: 10s.
+    /// How long each query may take (`10s`), at most 60s; a query that takes longer has no data. Default: 10s.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^[0-9]+(ms|s|m|h)$"))]
+    #[schemars(length(max = 32), regex(pattern = r"^[0-9]+(ms|s|m|h)$"))]
     pub timeout: Option<String>,
     /// Judge the canary against a baseline instead of a bound: `query` (the canary) and `baselineQuery` are
     /// read over the whole window (range queries, a sample a second) and compared with a Mann-Whitney U test
@@ -264,7 +277,7 @@ pub struct Compare {
     /// The same measure for the baseline: the baseline's pods with `traffic.baseline`
     /// (`pod=~"{{ baseline }}-.*"`), or the stable pods (`pod=~"{{ target }}-[a-z0-9]+-[a-z0-9]+"` matches the
     /// target's pods and not the canary's or the baseline's).
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = 4096))]
     pub baseline_query: String,
     /// Which way the metric gets worse. Default: Higher (errors, latency).
     #[serde(default, skip_serializing_if = "Option::is_none")]

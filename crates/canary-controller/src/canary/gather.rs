@@ -152,7 +152,10 @@ mod tests {
         let (release, held) = tokio::sync::oneshot::channel::<()>();
         let slow = || async move {
             let _ = held.await;
-            Gathered { called: Some(Called { step: 0, url: "u".into(), answer: Ok("HTTP 200".into()) }), ..Gathered::now() }
+            Gathered {
+                called: Some(Called { step: 0, url: "u".into(), answer: Ok("HTTP 200".into()) }),
+                ..Gathered::now()
+            }
         };
         assert!(gatherer.poll("a", "k1", slow).is_none(), "started");
         let never = || async { unreachable!("a task under way is not started again") };

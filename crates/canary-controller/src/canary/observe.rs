@@ -4,7 +4,7 @@
 //! release (and its baseline Deployment) from the shared caches.
 
 use super::build::{baseline_deployment_name, canary_deployment_name};
-use super::traffic::{baseline_service_name, canary_service_name, stable_service_name};
+use super::traffic::{baseline_service_name, canary_service_name, stable_service_name, stable_slice_name};
 use crate::api::canary::Canary;
 use crate::runtime::caches::{CachedDeployment, CachedService, CachedSlice, Caches};
 use kube::ResourceExt;
@@ -29,6 +29,8 @@ pub struct TrafficObserved {
     /// `<canary>-stable`, its EndpointSlice, `<canary>-canary` and its EndpointSlices (the canary's pods).
     pub stable_service: Option<Arc<CachedService>>,
     pub stable_slice: Option<Arc<CachedSlice>>,
+    /// The stable route's IPv6 slice (IPv6-only and dual-stack Services).
+    pub stable_slice_v6: Option<Arc<CachedSlice>>,
     pub canary_service: Option<Arc<CachedService>>,
     pub canary_slices: Vec<Arc<CachedSlice>>,
     /// `<target>-baseline`, `<canary>-baseline` and its EndpointSlices (whether or not `traffic.baseline` is
@@ -60,6 +62,7 @@ pub fn observe(canary: &Canary, caches: &Caches) -> Observed {
                 service_slices: caches.endpoint_slices.labelled(&ns, &traffic.service),
                 stable_service: caches.services.get(&ns, &stable),
                 stable_slice: caches.endpoint_slices.get(&ns, &stable),
+                stable_slice_v6: caches.endpoint_slices.get(&ns, &stable_slice_name(&canary.name_any(), "IPv6")),
                 canary_service: caches.services.get(&ns, &canary_svc),
                 canary_slices: caches.endpoint_slices.labelled(&ns, &canary_svc),
                 baseline: caches.deployments.get(&ns, &baseline_deployment_name(target_name)),

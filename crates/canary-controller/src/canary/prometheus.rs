@@ -145,7 +145,8 @@ pub fn parse(body: &[u8]) -> Result<Outcome, QueryError> {
     };
     // a sample is [time, "value"]: the value is a string ("NaN", "+Inf" included)
     let excerpt = |text: &str| super::egress::excerpt(text, 40);
-    let text = sample[1].as_str().ok_or_else(|| QueryError::Answer(format!("sample {}", excerpt(&sample.to_string()))))?;
+    let text =
+        sample[1].as_str().ok_or_else(|| QueryError::Answer(format!("sample {}", excerpt(&sample.to_string()))))?;
     let value: f64 = text.parse().map_err(|_| QueryError::Answer(format!("value {:?}", excerpt(text))))?;
     Ok(match value {
         v if v.is_finite() => Outcome::Value(v),
@@ -222,7 +223,10 @@ mod tests {
 
     #[test]
     fn texts_from_prometheus_are_short_and_escaped() {
-        let long = format!("{{\"status\":\"error\",\"errorType\":\"bad_data\",\"error\":\"\\u001b[31m{}\"}}", "y".repeat(5000));
+        let long = format!(
+            "{{\"status\":\"error\",\"errorType\":\"bad_data\",\"error\":\"\\u001b[31m{}\"}}",
+            "y".repeat(5000)
+        );
         let Err(QueryError::Refused(_, message)) = parse(long.as_bytes()) else { panic!("refused") };
         assert!(message.chars().count() <= EXCERPT + 1 && message.starts_with("\\u{1b}[31m"), "{message}");
     }
@@ -232,7 +236,10 @@ mod tests {
         for address in ["http://prometheus:9090/-/quit?", "http://prometheus:9090/x#"] {
             let query = Query { address, promql: "up", token: None, timeout: Duration::from_secs(1) };
             let refused = run(&query).await.unwrap_err();
-            assert!(matches!(&refused, QueryError::Address(_, why) if why.contains("query or a fragment")), "{refused}");
+            assert!(
+                matches!(&refused, QueryError::Address(_, why) if why.contains("query or a fragment")),
+                "{refused}"
+            );
         }
     }
 

@@ -337,6 +337,7 @@ async fn run_release(
     let taken = not_owned("Service", seen.stable_service.as_deref(), &uid)
         .or_else(|| not_owned("Service", seen.canary_service.as_deref(), &uid))
         .or_else(|| not_owned("EndpointSlice", seen.stable_slice.as_deref(), &uid))
+        .or_else(|| not_owned("EndpointSlice", seen.stable_slice_v6.as_deref(), &uid))
         .or_else(|| not_owned("Service", seen.baseline_service.as_deref(), &uid))
         .or_else(|| not_owned("Deployment", seen.baseline.as_deref(), &uid));
     let kanaries: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), &ns, resource);
@@ -396,8 +397,12 @@ async fn run_release(
         };
         match gathered.as_ref().and_then(|g| g.stats.as_ref().map(|s| (g, s))) {
             Some((gathered, Ok(stats))) => {
-                let inputs =
-                    release::Inputs { stats: Some(stats), queried: gathered.queried.as_deref(), now: &gathered.at, ..inputs };
+                let inputs = release::Inputs {
+                    stats: Some(stats),
+                    queried: gathered.queried.as_deref(),
+                    now: &gathered.at,
+                    ..inputs
+                };
                 decision = release::advance(spec, previous, &inputs);
             }
             Some((_, Err(e))) => {
@@ -414,7 +419,10 @@ async fn run_release(
         let key = gather::call_key(&call, previous);
         let gathered = gatherer.poll(&uid, &key, || async move {
             let answer = call_webhook(&call).await;
-            gather::Gathered { called: Some(release::Called { step: call.step, url: call.url, answer }), ..gather::Gathered::now() }
+            gather::Gathered {
+                called: Some(release::Called { step: call.step, url: call.url, answer }),
+                ..gather::Gathered::now()
+            }
         });
         match gathered {
             Some(gathered) => {
@@ -427,7 +435,8 @@ async fn run_release(
     // a rollback or an abort is durable before it acts: its status is written first, so that no later
     // reconcile works from a status that does not know it (and raises the canary's weight or replicas again)
     let mut recorded = None;
-    let newly_final = previous.is_none_or(|p| p.phase != decision.release.phase || p.revision != decision.release.revision);
+    let newly_final =
+        previous.is_none_or(|p| p.phase != decision.release.phase || p.revision != decision.release.revision);
     if matches!(decision.release.phase, Phase::RolledBack | Phase::Aborted) && newly_final {
         recorded = record_rollback(canary, &decision.release, ctx).await?;
     }
@@ -474,15 +483,24 @@ async fn run_release(
         .map_err(|e| Error::ApplyRelease("Service", service_name, e))?;
     }
     let marked_slices = [seen.canary_slices.as_slice(), seen.baseline_slices.as_slice()].concat();
-    let slice =
-        children::with_desired_hash(traffic::build_stable_slice(canary, &port, &seen.service_slices, &marked_slices));
-    let slice_cached = seen.stable_slice.as_deref();
-    let slice_current = slice_cached.is_some_and(|c| {
-        c.desired_hash() == children::desired_hash(&slice.metadata) && c.endpoints.len() == slice.endpoints.len()
-    });
-    if !slice_current {
+    // the stable route's slices: IPv4 always (the name it always had), IPv6 when the user's Service has
+    // IPv6 endpoints (or had: kept current)
+    let stable_slices = [("IPv4", seen.stable_slice.as_deref()), ("IPv6", seen.stable_slice_v6.as_deref())];
+    for (family, slice_cached) in stable_slices {
+        if family == "IPv6" && slice_cached.is_none() && !traffic::has_family(&seen.service_slices, family) {
+            continue;
+        }
+        let built = traffic::build_stable_slice(canary, &port, family, &seen.service_slices, &marked_slices);
+        let slice = children::with_desired_hash(built);
+        let slice_current = slice_cached.is_some_and(|c| {
+            c.desired_hash() == children::desired_hash(&slice.metadata) && c.endpoints.len() == slice.endpoints.len()
+        });
+        if slice_current {
+            continue;
+        }
         // the cache keeps a compact slice, compared above: written as a child with no cached copy
         let slices: Api<EndpointSlice> = Api::namespaced(ctx.client.clone(), &ns);
+        let slice_name = slice.name_any();
         children::write::<_, PartialObjectMeta<EndpointSlice>, _>(
             &slices,
             &slice,
@@ -491,7 +509,7 @@ async fn run_release(
             &ctx.caches.endpoint_slices,
         )
         .await
-        .map_err(|e| Error::ApplyRelease("EndpointSlice", stable_name.clone(), e))?;
+        .map_err(|e| Error::ApplyRelease("EndpointSlice", slice_name, e))?;
     }
     if traffic.baseline {
         let replicas = if decision.canary_scaled_down() { 0 } else { replicas };
@@ -610,8 +628,10 @@ async fn remove_release(canary: &Canary, ctx: &Context<CanaryReconciler>) -> Res
     let baseline = ctx.caches.deployments.get(&ns, &baseline_deployment_name(&canary.spec.target_deployment_name));
     removed.extend(delete_owned(&deployments, "Deployment", baseline.as_deref(), &uid).await?);
     let slices: Api<EndpointSlice> = Api::namespaced(ctx.client.clone(), &ns);
-    let cached = ctx.caches.endpoint_slices.get(&ns, &traffic::stable_service_name(&name));
-    removed.extend(delete_owned(&slices, "EndpointSlice", cached.as_deref(), &uid).await?);
+    for family in traffic::FAMILIES {
+        let cached = ctx.caches.endpoint_slices.get(&ns, &traffic::stable_slice_name(&name, family));
+        removed.extend(delete_owned(&slices, "EndpointSlice", cached.as_deref(), &uid).await?);
+    }
     Ok((!removed.is_empty()).then(|| {
         Note::normal(
             release::reasons::RELEASE_REMOVED,
@@ -656,13 +676,14 @@ async fn call_webhook(call: &release::Call) -> Result<String, String> {
 /// How long a PromQL query may take, unless its check says (`prometheus.timeout`).
 const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Both queries of a `compare` check over the last `window`, a sample a second.
+/// Both queries of a `compare` check over the last `window`, a sample a second (fewer over a window longer
+/// than [`statistics::MAX_SAMPLES`] seconds: at most that many).
 async fn read_samples(
     asked: &prometheus::Query<'_>,
     baseline: &str,
     window: Duration,
 ) -> Result<(Vec<f64>, Vec<f64>), String> {
-    let step = Duration::from_secs(1);
+    let step = Duration::from_secs(1).max(window / super::statistics::MAX_SAMPLES as u32);
     let range = |promql| async move {
         let asked = prometheus::Query { promql, ..*asked };
         prometheus::run_range(&asked, window, step).await.map_err(|e| e.to_string())

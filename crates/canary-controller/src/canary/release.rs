@@ -30,6 +30,8 @@ pub const REQUEST_ANNOTATION: &str = "canary.k8s.wantedly.com/request";
 /// Judged windows kept in the status.
 pub const EVIDENCE_KEPT: usize = 20;
 const DEFAULT_INTERVAL: Duration = Duration::from_secs(60);
+/// The longest analysis window (the schema's maximum too).
+pub const MAX_INTERVAL: Duration = Duration::from_secs(3600);
 const DEFAULT_STEP_WEIGHT: i32 = 10;
 const DEFAULT_MAX_WEIGHT: i32 = 50;
 const DEFAULT_MIN_SAMPLES: u64 = 20;
@@ -93,7 +95,7 @@ impl Settings {
         };
         Settings {
             steps: if spec.steps.is_empty() { short_form(&analysis) } else { spec.steps.clone() },
-            interval: analysis.interval.as_deref().and_then(duration).unwrap_or(DEFAULT_INTERVAL),
+            interval: analysis.interval.as_deref().and_then(duration).unwrap_or(DEFAULT_INTERVAL).min(MAX_INTERVAL),
             min_samples: analysis.min_samples.map_or(DEFAULT_MIN_SAMPLES, |m| m.max(1) as u64),
             failure_limit: analysis.failure_limit.unwrap_or(0).max(0),
             checks,

@@ -124,9 +124,28 @@ pub fn build_stable_service(canary: &Canary, port: &ServicePort) -> Service {
 /// The endpoints of the user's Service (its `port`) that are not the canary's or the baseline's pods: neither
 /// in the slices of their Services (`marked_slices`, by pod or address) nor named as their Deployments' pods
 /// (`<target>-canary-`, `<target>-baseline-`).
+/// The address families of EndpointSlices, and the name of the stable route's slice of each: the stable
+/// route holds the user's endpoints of both families (an IPv6-only Service has only IPv6 ones; a dual-stack
+/// one both). An EndpointSlice's family cannot change, so each has a slice of its own.
+pub const FAMILIES: [&str; 2] = ["IPv4", "IPv6"];
+
+/// `<canary>-stable` for IPv4 (the name it always had), `<canary>-stable-ipv6` for IPv6.
+pub fn stable_slice_name(canary: &str, family: &str) -> String {
+    match family {
+        "IPv6" => format!("{}-ipv6", stable_service_name(canary)),
+        _ => stable_service_name(canary),
+    }
+}
+
+/// Whether the user's Service has endpoints of `family`.
+pub fn has_family(user_slices: &[impl std::borrow::Borrow<CachedSlice>], family: &str) -> bool {
+    user_slices.iter().any(|s| s.borrow().address_type == family)
+}
+
 pub fn build_stable_slice(
     canary: &Canary,
     port: &ServicePort,
+    family: &str,
     user_slices: &[impl std::borrow::Borrow<CachedSlice>],
     marked_slices: &[impl std::borrow::Borrow<CachedSlice>],
 ) -> EndpointSlice {
@@ -142,7 +161,7 @@ pub fn build_stable_slice(
     let mut pod_port = None;
     let mut endpoints = vec![];
     let mut slices: Vec<&CachedSlice> =
-        user_slices.iter().map(|s| s.borrow()).filter(|s| s.address_type == "IPv4").collect();
+        user_slices.iter().map(|s| s.borrow()).filter(|s| s.address_type == family).collect();
     slices.sort_by_key(|s| s.metadata.name.clone());
     for slice in slices {
         let Some(found) = slice.ports.iter().find(|p| p.name.clone().unwrap_or_default() == port_name) else {
@@ -169,12 +188,13 @@ pub fn build_stable_slice(
         None => Some(port.port),
         Some(IntOrString::String(_)) => None,
     };
-    let name = stable_service_name(&canary.name_any());
+    let service = stable_service_name(&canary.name_any());
+    let name = stable_slice_name(&canary.name_any(), family);
     serde_json::from_value(json!({
         "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
         "metadata": {"name": name, "namespace": canary.namespace(), "ownerReferences": [owner(canary)],
-            "labels": {SERVICE_NAME_LABEL: name, MANAGED_BY_LABEL: MANAGED_BY}},
-        "addressType": "IPv4",
+            "labels": {SERVICE_NAME_LABEL: service, MANAGED_BY_LABEL: MANAGED_BY}},
+        "addressType": family,
         "ports": [{"name": ROUTE_PORT, "port": pod_port.or(numeric_target), "protocol": "TCP"}],
         "endpoints": endpoints,
     }))
@@ -269,11 +289,35 @@ mod tests {
             &[("app-7d9-a", "10.0.0.1", true), ("app-canary-5f4-b", "10.0.0.2", true), ("other", "10.0.0.3", false)],
         )];
         let canary_slices = [slice("web-canary-1", &[("renamed", "10.0.0.3", true)])];
-        let built = build_stable_slice(&canary(), &port(), &user, &canary_slices);
+        let built = build_stable_slice(&canary(), &port(), "IPv4", &user, &canary_slices);
         let addresses: Vec<_> = built.endpoints.iter().map(|e| e.addresses[0].clone()).collect();
         assert_eq!(addresses, ["10.0.0.1"], "the canary Deployment's pods and the canary Service's are left out");
         assert_eq!(built.ports.unwrap()[0].port, Some(8080));
         assert_eq!(built.metadata.labels.unwrap()[SERVICE_NAME_LABEL], "web-stable");
+    }
+
+    #[test]
+    fn ipv6_only_and_dual_stack_services_get_a_stable_slice_of_each_family() {
+        // issue: only IPv4 slices were read and an IPv4 slice written, so on an IPv6-only Service the stable
+        // route was empty and every connection went to the canary
+        let mut v6 = slice("app-v6", &[("app-7d9-a", "fd00::1", true), ("app-canary-5f4-b", "fd00::2", true)]);
+        v6.address_type = "IPv6".into();
+        let v4 = slice("app-v4", &[("app-7d9-a", "10.0.0.1", true), ("app-canary-5f4-b", "10.0.0.2", true)]);
+        let none: [CachedSlice; 0] = [];
+        let ipv6_only = [v6.clone()];
+        assert!(has_family(&ipv6_only, "IPv6") && !has_family(&ipv6_only, "IPv4"));
+        let built = build_stable_slice(&canary(), &port(), "IPv6", &ipv6_only, &none);
+        assert_eq!(built.address_type, "IPv6");
+        assert_eq!(built.metadata.name.as_deref(), Some("web-stable-ipv6"));
+        assert_eq!(built.metadata.labels.as_ref().unwrap()[SERVICE_NAME_LABEL], "web-stable");
+        let addresses: Vec<_> = built.endpoints.iter().map(|e| e.addresses[0].clone()).collect();
+        assert_eq!(addresses, ["fd00::1"], "the stable pod's IPv6 address, not the canary's");
+        let dual = [v4, v6];
+        let v4_built = build_stable_slice(&canary(), &port(), "IPv4", &dual, &none);
+        let v6_built = build_stable_slice(&canary(), &port(), "IPv6", &dual, &none);
+        assert_eq!((v4_built.endpoints.len(), v6_built.endpoints.len()), (1, 1));
+        assert_eq!(v4_built.endpoints[0].addresses[0], "10.0.0.1");
+        assert_eq!(v6_built.endpoints[0].addresses[0], "fd00::1");
     }
 
     #[test]
@@ -336,10 +380,10 @@ mod tests {
         let user = [slice("app-1", &[("app-7d9-a", "10.0.0.1", true), ("app-baseline-5f4-b", "10.0.0.2", true)])];
         let marked = [slice("web-baseline-1", &[("renamed", "10.0.0.1", true)])];
         let none: [CachedSlice; 0] = [];
-        let built = build_stable_slice(&canary(), &port(), &user, &none);
+        let built = build_stable_slice(&canary(), &port(), "IPv4", &user, &none);
         let addresses: Vec<_> = built.endpoints.iter().map(|e| e.addresses[0].clone()).collect();
         assert_eq!(addresses, ["10.0.0.1"], "the baseline Deployment's pods are left out by name");
-        assert!(build_stable_slice(&canary(), &port(), &user, &marked).endpoints.is_empty(), "and by address");
+        assert!(build_stable_slice(&canary(), &port(), "IPv4", &user, &marked).endpoints.is_empty(), "and by address");
         let user_service = CachedService {
             metadata: Default::default(),
             labels: Default::default(),
