@@ -873,6 +873,7 @@ pub fn judge(
 mod tests {
     use super::*;
     use crate::api::canary::{Compare, Pause, PrometheusMetric, Promotion, TargetContainer, WebhookStep};
+    use proptest::prelude::*;
     use serde_json::json;
 
     fn at(second: i64) -> Time {
@@ -1443,5 +1444,188 @@ mod tests {
         let resumed = advance(&s, Some(&stored), &inputs(&at(10), Some(10), None));
         assert_eq!((resumed.release.step, resumed.requeue), (1, Duration::from_secs(20)));
         assert!(resumed.notes.is_empty());
+    }
+
+    /// One reconcile's worth of what the world shows, for the property test.
+    #[derive(Debug, Clone)]
+    struct Move {
+        seconds: i64,
+        served: bool,
+        ready: bool,
+        sessions: u64,
+        errors: u64,
+        proxy_restarted: bool,
+        value: f64,
+        webhook_ok: bool,
+        webhook_step_off: i32,
+        request: Option<&'static str>,
+        write_fails: bool,
+        runs_revision: bool,
+    }
+
+    fn a_move() -> impl Strategy<Value = Move> {
+        let value = prop_oneof![
+            Just(f64::NAN),
+            Just(f64::INFINITY),
+            Just(f64::NEG_INFINITY),
+            Just(f64::MAX),
+            Just(-1e300),
+            Just(0.0),
+            Just(0.5),
+            -10.0f64..10.0,
+        ];
+        let request = prop_oneof![
+            6 => Just(None),
+            1 => Just(Some("resume")),
+            1 => Just(Some("promote")),
+            1 => Just(Some("abort")),
+            1 => Just(Some("retry")),
+            1 => Just(Some("dance")),
+        ];
+        (
+            (0i64..90, any::<bool>(), prop::bool::weighted(0.9), 0u64..400, 0u64..100, prop::bool::weighted(0.05)),
+            (value, any::<bool>(), prop_oneof![8 => Just(0), 1 => Just(1), 1 => Just(-1)], request),
+            (prop::bool::weighted(0.2), prop::bool::weighted(0.1)),
+        )
+            .prop_map(
+                |((seconds, served, ready, sessions, errors, proxy_restarted), b, (write_fails, runs_revision))| {
+                    let (value, webhook_ok, webhook_step_off, request) = b;
+                    Move {
+                        seconds,
+                        served,
+                        ready,
+                        sessions,
+                        errors,
+                        proxy_restarted,
+                        value,
+                        webhook_ok,
+                        webhook_step_off,
+                        request,
+                        write_fails,
+                        runs_revision,
+                    }
+                },
+            )
+    }
+
+    fn any_null(value: &serde_json::Value) -> bool {
+        match value {
+            serde_json::Value::Null => true,
+            serde_json::Value::Array(a) => a.iter().any(any_null),
+            serde_json::Value::Object(o) => o.values().any(any_null),
+            _ => false,
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        /// Random worlds (counters that grow or restart, query answers of every kind of number, webhook
+        /// answers for the right and the wrong step, requests, status writes that fail, proxies out of
+        /// sync): the machine never raises the weight of a rolled back or aborted release (only `retry`
+        /// starts it again), never promotes past a step without its own evidence (a passed window, a 2xx of
+        /// its own webhook) unless promotion was requested, and always writes a status the schema accepts.
+        #[test]
+        fn a_rollback_stays_a_rollback_and_no_gate_is_skipped(moves in prop::collection::vec(a_move(), 1..60)) {
+            let hook = |url: &str| ReleaseStep {
+                webhook: Some(WebhookStep { url: url.into(), timeout: None, on_failure: Some(OnWebhookFailure::Retry) }),
+                ..Default::default()
+            };
+            let mut s = spec(vec![hook("http://loadtest/"), hook("http://approval/"), weight(10), analysis(), weight(40), analysis()]);
+            let promql = MetricCheck {
+                metric: None,
+                prometheus: Some(PrometheusMetric { query: "q".into(), address: None, token_secret_ref: None, timeout: None, compare: None }),
+                max: Some(1.0),
+                min: Some(-1.0),
+                ..check(Metric::ErrorRate)
+            };
+            s.analysis.as_mut().unwrap().metrics = vec![MetricCheck { max: Some(0.1), ..check(Metric::ErrorRate) }, promql];
+            let gates: Vec<usize> = s.steps.iter().enumerate().filter(|(_, st)| st.set_weight.is_none() && st.pause.is_none()).map(|(i, _)| i).collect();
+            let mut recorded: Option<ReleaseStatus> = None;
+            let (mut clock, mut sessions, mut errors) = (0i64, 0u64, 0u64);
+            let mut earned: std::collections::BTreeSet<i32> = Default::default();
+            for m in moves {
+                clock += m.seconds;
+                if m.proxy_restarted { sessions = 0; errors = 0; }
+                sessions += m.sessions;
+                // mostly healthy windows, so that releases get far; some bad ones
+                errors += if m.errors > 80 { m.errors.min(m.sessions) } else { 0 };
+                let now = at(clock);
+                let previous = recorded.clone();
+                let served = if m.served { previous.as_ref().map(|r| r.weight) } else { None };
+                let stats = counters((sessions, 0), (sessions, errors));
+                let answers = [None, Some(Queried { query: "q".into(), value: Ok(m.value), samples: None })];
+                let mut i = inputs(&now, served, None);
+                i.canary_ready = m.ready;
+                i.target_runs_revision = m.runs_revision;
+                i.request = m.request;
+                let first = advance(&s, previous.as_ref(), &i);
+                let called;
+                let mut passed_call = None;
+                let decision = if first.wants_stats {
+                    advance(&s, previous.as_ref(), &Inputs { stats: Some(&stats), queried: Some(&answers), ..i.clone() })
+                } else if let Some(call) = &first.wants_call {
+                    let answer = if m.webhook_ok { Ok("HTTP 200".to_string()) } else { Err("HTTP 503".to_string()) };
+                    called = Called { step: call.step + m.webhook_step_off, url: call.url.clone(), answer };
+                    if m.webhook_ok && m.webhook_step_off == 0 {
+                        passed_call = Some(call.step);
+                    }
+                    advance(&s, previous.as_ref(), &Inputs { called: Some(&called), ..i.clone() })
+                } else {
+                    first
+                };
+                let release = &decision.release;
+                let requested = m.request.map(action);
+                let new_request = m.request.is_some() && previous.as_ref().and_then(|p| p.handled_request.as_deref()) != m.request;
+                let retried = new_request && requested == Some("retry")
+                    && previous.as_ref().is_some_and(|p| matches!(p.phase, Phase::RolledBack | Phase::Aborted));
+                if retried {
+                    earned.clear();
+                }
+                // what was earned by this move: a passed window, or a 2xx of a step's own webhook
+                for e in release.evidence.iter().filter(|e| e.verdict == Verdict::Passed) {
+                    earned.insert(e.step);
+                }
+                earned.extend(passed_call);
+                // 1. after a recorded rollback or abort, the weight stays 0 until a retry (or new images)
+                if let Some(p) = &previous
+                    && matches!(p.phase, Phase::RolledBack | Phase::Aborted)
+                    && !retried
+                {
+                    prop_assert_eq!(release.weight, 0, "raised after {:?}: {:#?}", p.phase, release);
+                    prop_assert!(decision.canary_scaled_down(), "the canary scaled up again: {:#?}", release);
+                }
+                // 2. no gate passed without its own evidence: a passed window, a 2xx of its own webhook
+                let moved_past = |gate: i32| previous.as_ref().is_some_and(|p| p.step <= gate && p.revision == release.revision) && release.step > gate;
+                if !(new_request && requested == Some("promote")) {
+                    for gate in &gates {
+                        if moved_past(*gate as i32) {
+                            prop_assert!(earned.contains(&(*gate as i32)), "step {} passed without its evidence: {:#?}", gate, release);
+                        }
+                    }
+                }
+                // 3. promotion only with every gate's evidence, or by request
+                let promoting = matches!(release.phase, Phase::Promoting | Phase::Succeeded);
+                let was_promoting = previous.as_ref().is_some_and(|p| matches!(p.phase, Phase::Promoting | Phase::Succeeded));
+                if promoting && !was_promoting && !(new_request && requested == Some("promote")) && !m.runs_revision {
+                    for gate in &gates {
+                        prop_assert!(earned.contains(&(*gate as i32)), "step {} skipped: {:#?}", gate, release);
+                    }
+                }
+                // 4. a status the schema accepts: every number finite (no null), texts bounded
+                let written = serde_json::to_value(release).unwrap();
+                prop_assert!(!any_null(&written), "{}", written);
+                prop_assert!(release.message.len() <= MAX_MESSAGE);
+                prop_assert!(release.evidence.len() <= EVIDENCE_KEPT);
+                prop_assert!((0..=100).contains(&release.weight));
+                // the status write may fail: the next move then works from the last recorded release
+                if !m.write_fails {
+                    recorded = Some(release.clone());
+                }
+                if recorded.as_ref().is_some_and(|r| r.phase == Phase::Progressing && r.step == 0) && previous.as_ref().is_none_or(|p| p.revision != release.revision) {
+                    earned.clear();
+                }
+            }
+        }
     }
 }
