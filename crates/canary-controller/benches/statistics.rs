@@ -71,5 +71,5 @@ fn main() {
         exact_time / base_time,
         exact_peak as f64 / base_peak as f64
     );
-    println!("(materialized, 10,800 x 10,800 differences would be {} MiB)", 10_800u64 * 10_800 * 8 >> 20);
+    println!("(materialized, 10,800 x 10,800 differences would be {} MiB)", (10_800u64 * 10_800 * 8) >> 20);
 }

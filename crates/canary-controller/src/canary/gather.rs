@@ -183,7 +183,7 @@ mod tests {
         };
         assert!(gatherer.poll("a", "k1", hangs).is_none());
         assert!(gatherer.poll("a", "k2", || async { Gathered::now() }).is_none(), "k1 dropped, k2 started");
-        assert!(gatherer.poll("b", "k1", || std::future::pending()).is_none());
+        assert!(gatherer.poll("b", "k1", std::future::pending).is_none());
         assert_eq!(gatherer.len(), 2);
         gatherer.retain(|uid| uid == "a");
         assert_eq!(gatherer.len(), 1);

@@ -1043,7 +1043,7 @@ mod tests {
         let release = ReleaseStatus { revision: "r".into(), ..Default::default() };
         for uid in ["gone", "kept"] {
             reconciler.wrote(&canary(uid), Some(&release));
-            reconciler.gatherer.poll(uid, "k", || std::future::pending());
+            reconciler.gatherer.poll(uid, "k", std::future::pending);
         }
         reconciler.prune(|| ["kept".to_string()].into());
         assert_eq!(reconciler.written.lock().unwrap().keys().collect::<Vec<_>>(), ["kept"]);

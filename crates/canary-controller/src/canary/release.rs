@@ -1607,7 +1607,8 @@ mod tests {
                 // 3. promotion only with every gate's evidence, or by request
                 let promoting = matches!(release.phase, Phase::Promoting | Phase::Succeeded);
                 let was_promoting = previous.as_ref().is_some_and(|p| matches!(p.phase, Phase::Promoting | Phase::Succeeded));
-                if promoting && !was_promoting && !(new_request && requested == Some("promote")) && !m.runs_revision {
+                let by_request = new_request && requested == Some("promote");
+                if promoting && !was_promoting && !by_request && !m.runs_revision {
                     for gate in &gates {
                         prop_assert!(earned.contains(&(*gate as i32)), "step {} skipped: {:#?}", gate, release);
                     }
