@@ -2,7 +2,9 @@
 //! - an absent child is created with a create (POST): if the name was taken in between (by someone else, or
 //!   by this controller's own earlier write the cache has not seen yet), the API server answers 409 and the
 //!   caller retries once its cache holds the object, then applies it if it is its own or reports a Conflict;
-//! - a child the controller owns is updated with server-side apply (one field manager, forced);
+//! - a child the controller owns is updated with server-side apply (one field manager, forced), carrying the
+//!   uid of the object it was checked on: if that object was replaced under the same name meanwhile, the
+//!   API server refuses the apply instead of it taking the replacement over;
 //! - a child is deleted with a uid precondition, so that an object that replaced it under the same name is
 //!   never deleted.
 //!
@@ -73,7 +75,11 @@ where
         return Ok(Written::Unchanged);
     }
     let written = if exists {
-        Written::Applied(apply(api, desired).await?)
+        let mut desired = desired.clone();
+        if let Some(uid) = cached.and_then(|c| c.meta().uid.clone()) {
+            desired.meta_mut().uid = Some(uid);
+        }
+        Written::Applied(apply(api, &desired).await?)
     } else {
         match create(api, desired).await? {
             Created::Created(k) => Written::Created(k),

@@ -1,7 +1,7 @@
 //! How the controllers write their children (`canary_controller::children`), against fake-apiserver (or the
 //! cluster of E2E_KUBECONFIG): a create never takes over an object someone else created first; fields set at
-//! creation belong to server-side apply, so a later apply removes those it no longer sets; a delete never
-//! removes an object that replaced ours under the same name.
+//! creation belong to server-side apply, so a later apply removes those it no longer sets; neither an apply
+//! nor a delete touches an object that replaced ours under the same name.
 
 use e2e_support as support;
 
@@ -50,7 +50,15 @@ async fn a_create_never_takes_over_and_a_delete_never_removes_a_replacement() {
     let old_uid = ours.metadata.uid.unwrap();
     assert!(!children::delete(&api, "ours", &old_uid).await.unwrap());
     assert!(api.get_opt("ours").await.unwrap().is_some(), "the replacement was deleted");
-    let new_uid = api.get("ours").await.unwrap().metadata.uid.unwrap();
+    // nor does an apply of what was checked as ours (its uid) take the replacement over
+    let replacement = api.get("ours").await.unwrap();
+    let mut stale = config_map("ours", json!({"who": "us"}));
+    stale.metadata.uid = Some(old_uid.clone());
+    let applied = children::apply::<_, ConfigMap>(&api, &stale).await;
+    assert!(applied.is_err(), "an apply of the replaced object went through: {applied:?}");
+    let after = api.get("ours").await.unwrap();
+    assert_eq!(after.metadata.resource_version, replacement.metadata.resource_version, "the replacement was written");
+    let new_uid = replacement.metadata.uid.unwrap();
     assert!(children::delete(&api, "ours", &new_uid).await.unwrap());
     cluster.cleanup().await;
 }

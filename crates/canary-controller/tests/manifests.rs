@@ -78,6 +78,7 @@ fn crds_and_generated_deployment_pass_kubernetes_validate_strict() {
     std::fs::write(&kanary_objects, objects.join("---\n")).unwrap();
     validate_strict(&tool, &kanary_objects);
     validate_strict(&tool, &Path::new(ROOT).join("examples/simple-stack.yml"));
+    validate_strict(&tool, &Path::new(ROOT).join("examples/controller-networkpolicy.yml"));
 }
 
 #[tokio::test]

@@ -29,6 +29,10 @@ use support::simulator::can_simulate;
 /// The canary pods' error ratio over the window, from the application's own counters.
 const ERROR_RATIO: &str = r#"sum(rate(sim_requests_total{outcome="error",pod=~"{{ canary }}-.*"}[{{ interval }}])) / sum(rate(sim_requests_total{pod=~"{{ canary }}-.*"}[{{ interval }}]))"#;
 
+/// [`ERROR_RATIO`] for a canary that may have no error at all: the simulator's server exports an `error`
+/// series only from its first error, so without `or vector(0)` a good canary's ratio is no sample.
+const ERROR_RATIO_OR_0: &str = r#"(sum(rate(sim_requests_total{outcome="error",pod=~"{{ canary }}-.*"}[{{ interval }}])) or vector(0)) / sum(rate(sim_requests_total{pod=~"{{ canary }}-.*"}[{{ interval }}]))"#;
+
 /// For a comparison, sampled every second over the window: the canary's error ratio over the last 3 s at
 /// each sample (a range as long as the window would look back twice as far, into a former canary's pods).
 const CANARY_ERRORS_3S: &str = r#"(sum(rate(sim_requests_total{outcome="error",pod=~"{{ canary }}-.*"}[3s])) or vector(0)) / sum(rate(sim_requests_total{pod=~"{{ canary }}-.*"}[3s]))"#;
@@ -253,7 +257,7 @@ async fn a_release_behind_a_webhook_gate_judged_by_promql_rolls_back_a_bad_canar
     let patch = json!({"spec": {"targetContainers": [{"name": "echo", "image": "echo:v2"}],
         "traffic": {"baseline": true},
         "analysis": {"interval": "8s", "minSamples": 10, "metrics": [
-            {"prometheus": {"query": ERROR_RATIO, "address": guarded, "tokenSecretRef": token, "timeout": "5s"},
+            {"prometheus": {"query": ERROR_RATIO_OR_0, "address": guarded, "tokenSecretRef": token, "timeout": "5s"},
                 "max": 0.05},
             {"prometheus": {"query": CANARY_ERRORS_3S, "address": guarded, "tokenSecretRef": token,
                 "compare": {"baselineQuery": BASELINE_ERRORS_3S, "tolerance": 0.05}}}]}}});

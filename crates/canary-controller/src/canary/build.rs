@@ -232,10 +232,49 @@ pub fn build_unreadable_status(name: &str, generation: Option<i64>, error: &str,
     }
 }
 
+/// The server-side apply of a promotion to the target Deployment: every container the target runs, with
+/// the Canary's image where it names the container and the target's own image otherwise. All of them: an
+/// apply that left out a container an earlier promotion set would take that container's image away
+/// (server-side apply removes what its field manager stops setting), and a container without an image is
+/// refused, so the promotion would never complete.
+pub fn promotion_patch(target: &Deployment, canary: &Canary) -> serde_json::Value {
+    let current = target.spec.as_ref().and_then(|s| s.template.spec.as_ref()).map(|p| p.containers.as_slice());
+    let named = |name: &str| canary.spec.target_containers.iter().find(|c| c.name == name).map(|c| c.image.clone());
+    let containers: Vec<serde_json::Value> = current
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|c| {
+            let image = named(&c.name).or_else(|| c.image.clone())?;
+            Some(serde_json::json!({"name": c.name, "image": image}))
+        })
+        .collect();
+    serde_json::json!({"apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": target.name_any(), "namespace": target.namespace()},
+        "spec": {"template": {"spec": {"containers": containers}}}})
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::{Value, json};
+
+    #[test]
+    fn a_promotion_keeps_setting_every_container_so_no_image_is_taken_away() {
+        // suspicion: promotion applied only the current targetContainers, so a container an earlier release
+        // promoted (its image owned by the promotion's field manager) and a later one dropped lost its image
+        let target: Deployment = serde_json::from_value(json!({"metadata": {"name": "app", "namespace": "ns"},
+            "spec": {"selector": {}, "template": {"spec": {"containers": [
+                {"name": "web", "image": "web:v1"}, {"name": "sidecar", "image": "sidecar:v2"}]}}}}))
+        .unwrap();
+        let later =
+            canary(json!({"targetDeploymentName": "app", "targetContainers": [{"name": "web", "image": "web:v2"}]}));
+        let patch = promotion_patch(&target, &later);
+        assert_eq!(
+            patch["spec"]["template"]["spec"]["containers"],
+            json!([{"name": "web", "image": "web:v2"}, {"name": "sidecar", "image": "sidecar:v2"}])
+        );
+        assert_eq!((patch["metadata"]["name"].as_str(), patch["kind"].as_str()), (Some("app"), Some("Deployment")));
+    }
 
     fn canary(spec: Value) -> Canary {
         serde_json::from_value(json!({

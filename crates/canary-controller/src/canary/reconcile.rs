@@ -6,7 +6,7 @@
 
 use super::build::{
     baseline_deployment_name, build_baseline_deployment, build_deployment, build_status, build_unreadable_status,
-    canary_deployment_name, reasons, warnings,
+    canary_deployment_name, promotion_patch, reasons, warnings,
 };
 use super::observe::{TrafficObserved, observe};
 use super::validate::{Problem, Valid, validate};
@@ -230,8 +230,9 @@ async fn reconcile(canary: &Canary, ctx: &Context<CanaryReconciler>) -> Result<A
     // the release, when the Canary has traffic: decided first, so that its weights reach the proxy before
     // the canary is scaled down
     let (mut release, mut scaled_down, mut requeue) = (None, false, Duration::from_secs(600));
-    // the version a release is written over: the one read, or the one a recorded rollback wrote
+    // the status a release is written over: the one read, or the one a recorded decision wrote
     let mut resource_version = canary.resource_version();
+    let mut current_status = canary.status.clone();
     let had_release = canary.status.as_ref().is_some_and(|s| s.release.is_some());
     if canary.spec.traffic.is_none() && had_release {
         ctx.reconciler.gatherer.forget(&canary.uid().unwrap_or_default());
@@ -243,14 +244,15 @@ async fn reconcile(canary: &Canary, ctx: &Context<CanaryReconciler>) -> Result<A
         scaled_down = release.as_ref().is_some_and(|r| r.phase.is_final());
         if let (Some(seen), Ok(valid)) = (&observed.traffic, &valid) {
             let ran = match run_release(canary, traffic, valid, seen, ctx, &mut notes).await {
-                // the rollback could not be recorded over the version it was decided on: decide again
+                // the decision could not be recorded over the version it was decided on: decide again
                 Err(Error::ApplyStatus(e)) if e.is_conflict() => return Ok(Action::requeue(CACHE_WAIT)),
                 ran => ran?,
             };
             match ran {
                 Ok((decision, recorded)) => {
-                    if recorded.is_some() {
-                        resource_version = recorded;
+                    if let Some(recorded) = recorded {
+                        resource_version = recorded.resource_version;
+                        current_status = Some(recorded.status);
                     }
                     scaled_down = decision.canary_scaled_down();
                     requeue = requeue.min(decision.requeue);
@@ -280,7 +282,7 @@ async fn reconcile(canary: &Canary, ctx: &Context<CanaryReconciler>) -> Result<A
     let status = build_status(canary, problem.as_ref(), target_found, canary_deployment.as_ref(), release, &now);
     notes.extend(warnings(canary.status.as_ref(), &status, problem.as_ref()));
     ctx.publish(&canary.object_ref(&()), notes).await;
-    if canary.status.as_ref() != Some(&status) {
+    if current_status.as_ref() != Some(&status) {
         let api: Api<Canary> = Api::namespaced(ctx.client.clone(), &ns);
         // a release is only written over the version it was decided on
         let precondition = status.release.as_ref().and(resource_version);
@@ -306,7 +308,7 @@ pub const PROMOTION_FIELD_MANAGER: &str = "canary-controller-promotion";
 /// starts or ends), decides ([`release::advance`]), writes the route Services, the stable EndpointSlice and
 /// the Kanary with the decided weight, and updates the target on promotion. A problem leaves everything as
 /// it is (the proxy keeps its last weights).
-/// With the decision, the resourceVersion of the Canary once a rollback was recorded ([`record_rollback`]).
+/// With the decision, what [`record_decision`] wrote when it recorded it.
 async fn run_release(
     canary: &Canary,
     traffic: &Traffic,
@@ -314,7 +316,7 @@ async fn run_release(
     seen: &TrafficObserved,
     ctx: &Context<CanaryReconciler>,
     notes: &mut Vec<Note>,
-) -> Result<Result<(release::Decision, Option<String>), Problem>, Error> {
+) -> Result<Result<(release::Decision, Option<Recorded>), Problem>, Error> {
     let ns = canary.namespace().unwrap_or_default();
     let name = canary.name_any();
     let uid = canary.uid().unwrap_or_default();
@@ -432,13 +434,17 @@ async fn run_release(
             None => decision.requeue = decision.requeue.min(gather::POLL),
         }
     }
-    // a rollback or an abort is durable before it acts: its status is written first, so that no later
-    // reconcile works from a status that does not know it (and raises the canary's weight or replicas again)
+    // a decision that matters is durable before it acts: a rollback or an abort, a raised weight, a
+    // promotion are written into the status first (over the version they were decided on), so that no later
+    // reconcile works from a status that does not know them (and raises the canary's weight or replicas
+    // again after a rollback), and a replica that is no longer the leader, whose write fails, acts on none
     let mut recorded = None;
     let newly_final =
         previous.is_none_or(|p| p.phase != decision.release.phase || p.revision != decision.release.revision);
-    if matches!(decision.release.phase, Phase::RolledBack | Phase::Aborted) && newly_final {
-        recorded = record_rollback(canary, &decision.release, ctx).await?;
+    let rolled_back = matches!(decision.release.phase, Phase::RolledBack | Phase::Aborted) && newly_final;
+    let raised = decision.release.weight > previous.map_or(0, |p| p.weight);
+    if rolled_back || raised || decision.update_target {
+        recorded = Some(record_decision(canary, &decision.release, ctx).await?);
     }
     for verdict in &decision.judged {
         ctx.metrics.count_verdict(*verdict);
@@ -446,7 +452,9 @@ async fn run_release(
     notes.append(&mut decision.notes);
 
     // the routes: the Kanary first, so that a rollback takes traffic from the canary before anything else
-    let desired_kanary = traffic::build_kanary(canary, resource, traffic, decision.release.weight);
+    let mut desired_kanary = traffic::build_kanary(canary, resource, traffic, decision.release.weight);
+    // applied only to the Kanary read (and checked as ours) above
+    desired_kanary.metadata.uid = kanary.as_ref().and_then(|k| k.metadata.uid.clone());
     let kanary_current = kanary.as_ref().map(|k| (&k.data["spec"]["destination"], &k.data["spec"]["routes"]));
     let kanary_desired = (&desired_kanary.data["spec"]["destination"], &desired_kanary.data["spec"]["routes"]);
     if kanary_current != Some(kanary_desired) {
@@ -491,7 +499,9 @@ async fn run_release(
             continue;
         }
         let built = traffic::build_stable_slice(canary, &port, family, &seen.service_slices, &marked_slices);
-        let slice = children::with_desired_hash(built);
+        let mut slice = children::with_desired_hash(built);
+        // applied only to the slice checked as ours
+        slice.metadata.uid = slice_cached.and_then(|c| c.metadata.uid.clone());
         let slice_current = slice_cached.is_some_and(|c| {
             c.desired_hash() == children::desired_hash(&slice.metadata) && c.endpoints.len() == slice.endpoints.len()
         });
@@ -518,7 +528,7 @@ async fn run_release(
         notes.extend(remove_baseline(canary, seen, ctx).await?);
     }
     if decision.update_target {
-        update_target(canary, ctx).await?;
+        update_target(canary, &valid.target, ctx).await?;
         notes.push(Note::normal(
             release::reasons::PROMOTING,
             format!("set the images of Deployment {:?} to {}", spec.target_deployment_name, decision.release.revision),
@@ -527,21 +537,21 @@ async fn run_release(
     Ok(Ok((decision, recorded)))
 }
 
-/// Writes a rollback's release into the Canary's status over the version it was decided on, before anything
+/// Writes a decided release into the Canary's status over the version it was decided on, before anything
 /// acts on it: the whole release, or, should the API server refuse that, the release without its evidence
-/// (the rollback itself must be kept); the new resourceVersion.
-async fn record_rollback(
+/// (the decision itself must be kept); the status written and the Canary's new resourceVersion.
+async fn record_decision(
     canary: &Canary,
     release: &ReleaseStatus,
     ctx: &Context<CanaryReconciler>,
-) -> Result<Option<String>, Error> {
+) -> Result<Recorded, Error> {
     let api: Api<Canary> = Api::namespaced(ctx.client.clone(), &canary.namespace().unwrap_or_default());
     let mut status = canary.status.clone().unwrap_or_default();
     status.release = Some(release.clone());
     let rv = canary.resource_version();
     let written = match write_status(&api, &canary.name_any(), &status, rv.as_deref()).await {
         Err(Error::ApplyStatus(e)) if !e.is_conflict() => {
-            tracing::warn!(error = %e, "the rollback's status was refused; recording it without its evidence");
+            tracing::warn!(error = %e, "the release's status was refused; recording it without its evidence");
             let mut bare = release.clone();
             bare.evidence.clear();
             bare.message = crate::report::bounded(&bare.message, 256);
@@ -551,7 +561,13 @@ async fn record_rollback(
         written => written,
     };
     ctx.reconciler.wrote(canary, written.as_ref().ok().and(status.release.as_ref()));
-    written
+    Ok(Recorded { resource_version: written?, status })
+}
+
+/// A release written by [`record_decision`].
+struct Recorded {
+    resource_version: Option<String>,
+    status: CanaryStatus,
 }
 
 /// Writes the baseline Deployment (`replicas` of the target's pod template) unless the cache shows it as
@@ -799,21 +815,14 @@ fn not_owned<K: Resource>(kind: &'static str, object: Option<&K>, uid: &str) -> 
 }
 
 /// Sets the target's containers' images to the canary's, with a field manager of its own (server-side apply,
-/// forced: the promotion takes those fields over).
-async fn update_target(canary: &Canary, ctx: &Context<CanaryReconciler>) -> Result<(), Error> {
+/// forced: the promotion takes those fields over; see [`promotion_patch`]).
+async fn update_target(canary: &Canary, target: &Deployment, ctx: &Context<CanaryReconciler>) -> Result<(), Error> {
     let ns = canary.namespace().unwrap_or_default();
-    let target = &canary.spec.target_deployment_name;
-    let containers: Vec<serde_json::Value> =
-        canary.spec.target_containers.iter().map(|c| serde_json::json!({"name": c.name, "image": c.image})).collect();
-    let patch = serde_json::json!({"apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": {"name": target, "namespace": ns},
-        "spec": {"template": {"spec": {"containers": containers}}}});
+    let name = &canary.spec.target_deployment_name;
+    let patch = promotion_patch(target, canary);
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
     let params = PatchParams::apply(PROMOTION_FIELD_MANAGER).force();
-    deployments
-        .patch(target, &params, &Patch::Apply(&patch))
-        .await
-        .map_err(|e| Error::UpdateTarget(target.clone(), e))?;
+    deployments.patch(name, &params, &Patch::Apply(&patch)).await.map_err(|e| Error::UpdateTarget(name.clone(), e))?;
     Ok(())
 }
 
