@@ -531,6 +531,14 @@ impl Inner {
             Some(current) => {
                 // a resourceVersion in the applied configuration is a precondition, as in a real API server
                 check_resource_version(rt, &current, applied["metadata"]["resourceVersion"].as_str())?;
+                // and a uid that is not the object's is refused, as the real one does (422: the uid is
+                // immutable), so an apply meant for a replaced object never takes the new one over
+                if let Some(uid) = applied["metadata"]["uid"].as_str()
+                    && Some(uid) != current["metadata"]["uid"].as_str()
+                {
+                    let field = crate::errors::FieldError::invalid("metadata.uid", uid, "field is immutable");
+                    return Err(ApiError::invalid(&rt.qualified(), name, &[field]));
+                }
                 self.write_update(rt, &current, result, false, status, opts)
             }
             None => self.create(rt, ns, result, opts),
