@@ -70,6 +70,12 @@ impl StatusWriteError {
     pub fn is_conflict(&self) -> bool {
         matches!(self, StatusWriteError::Api(kube::Error::Api(e)) if e.code == 409)
     }
+
+    /// Whether the API server refused what was written (invalid, malformed or too large): writing it again
+    /// cannot succeed.
+    pub fn is_refused(&self) -> bool {
+        matches!(self, StatusWriteError::Api(kube::Error::Api(e)) if matches!(e.code, 400 | 413 | 422))
+    }
 }
 
 /// Server-side applies `status` as the status of object `name` (of `api_version`/`kind`) as field manager

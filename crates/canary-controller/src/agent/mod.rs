@@ -20,7 +20,9 @@
 
 pub mod master_cli;
 
-use crate::kanary::dataplane::{DATAPLANE_KEY, DataPlane, Layout, server_commands, slot_commands, weights_changed};
+use crate::kanary::dataplane::{
+    DATAPLANE_KEY, DataPlane, Layout, ServerCommands, server_commands, slot_commands, weights_changed,
+};
 use crate::kanary::haproxy::{CONFIG_FILE, WEIGHTS_FILE, backend_name, slot_name, weights_path};
 use anyhow::Context as _;
 use futures::StreamExt;
@@ -310,12 +312,20 @@ impl Agent {
         }
         match previous {
             Some(previous) if previous != next && !needs_reload => {
-                self.cli.worker(&server_commands(&previous, &next)).await?;
-                if weights_changed(&previous, &next) {
-                    self.cli.replace_map(&weights_path(&next.settings), &next.weights_map()).await?;
+                // servers first, weights once every slot that takes traffic holds its server, parking last:
+                // a route never gets weight while a slot it needs is still parked (a command that did not
+                // take is repaired below before any weight moves)
+                let commands = server_commands(&previous, &next);
+                self.cli.worker(&commands.fill).await?;
+                let (servers, _) = self.running(&next).await?;
+                if filled(&next, &servers) {
+                    if weights_changed(&previous, &next) {
+                        self.cli.replace_map(&weights_path(&next.settings), &next.weights_map()).await?;
+                    }
+                    self.cli.worker(&commands.park).await?;
+                    self.metrics.count("runtime");
+                    tracing::info!(revision = %revision, "applied at run time");
                 }
-                self.metrics.count("runtime");
-                tracing::info!(revision = %revision, "applied at run time");
             }
             _ => {}
         }
@@ -329,11 +339,16 @@ impl Agent {
         // routes, needs a reload
         if let (false, Some(commands)) = (needs_reload, repair_commands(&next, &servers)) {
             tracing::info!(revision = %revision, "repairing HAProxy at run time: {}", drift.join("; "));
-            self.cli.worker(&commands).await?;
-            self.cli.replace_map(&weights_path(&next.settings), &next.weights_map()).await?;
-            if self.drift(&next).await?.is_empty() {
-                self.metrics.count("runtime");
-                return self.in_sync(revision);
+            // in the same order: servers, then weights, then parking
+            self.cli.worker(&commands.fill).await?;
+            let (servers, _) = self.running(&next).await?;
+            if filled(&next, &servers) {
+                self.cli.replace_map(&weights_path(&next.settings), &next.weights_map()).await?;
+                self.cli.worker(&commands.park).await?;
+                if self.drift(&next).await?.is_empty() {
+                    self.metrics.count("runtime");
+                    return self.in_sync(revision);
+                }
             }
         }
         let why = if needs_reload { "the routes or settings changed".to_string() } else { drift.join("; ") };
@@ -464,19 +479,33 @@ fn slot_as_desired(running: &ServerState, slot: Option<&crate::kanary::endpoints
     }
 }
 
-/// The Runtime API commands that bring the running worker's servers to `layout`, when it has exactly the
-/// layout's slots; none when only a reload can (a slot missing, or more). Pure.
-fn repair_commands(layout: &Layout, servers: &HashMap<(String, String), ServerState>) -> Option<Vec<String>> {
+/// Whether every slot of `layout` that holds a server holds it, ready, in the running worker (the slots to
+/// empty may still serve). Pure.
+fn filled(layout: &Layout, servers: &HashMap<(String, String), ServerState>) -> bool {
+    layout.backends.iter().all(|backend| {
+        backend.slots.iter().enumerate().filter(|(_, slot)| slot.is_some()).all(|(i, slot)| {
+            servers
+                .get(&(backend_name(&backend.service), slot_name(i)))
+                .is_some_and(|running| slot_as_desired(running, slot.as_ref()))
+        })
+    })
+}
+
+/// The Runtime API commands that bring the running worker's servers to `layout` (the slots to fill and the
+/// slots to park, apart), when it has exactly the layout's slots; none when only a reload can (a slot
+/// missing, or more). Pure.
+fn repair_commands(layout: &Layout, servers: &HashMap<(String, String), ServerState>) -> Option<ServerCommands> {
     let slots_total: usize = layout.backends.iter().map(|b| b.slots.len()).sum();
     if servers.len() != slots_total {
         return None;
     }
-    let mut commands = vec![];
+    let mut commands = ServerCommands::default();
     for backend in &layout.backends {
         for (i, slot) in backend.slots.iter().enumerate() {
             let running = servers.get(&(backend_name(&backend.service), slot_name(i)))?;
             if !slot_as_desired(running, slot.as_ref()) {
-                commands.extend(slot_commands(&backend.service, i, slot.as_ref()));
+                let part = if slot.is_some() { &mut commands.fill } else { &mut commands.park };
+                part.extend(slot_commands(&backend.service, i, slot.as_ref()));
             }
         }
     }
@@ -555,16 +584,19 @@ mod tests {
         );
         assert!(differences(&layout, &servers, &map).is_empty());
         // a worker with every slot is repaired by commands; one missing a slot is not
-        assert_eq!(repair_commands(&layout, &servers), Some(vec![]));
+        assert_eq!(repair_commands(&layout, &servers), Some(ServerCommands::default()));
+        assert!(filled(&layout, &servers));
         let mut parked = servers.clone();
         parked.insert(
             ("be_a".into(), "s1".into()),
             ServerState { address: "127.0.0.1".parse().ok(), port: 1, in_maintenance: true },
         );
         assert_eq!(
-            repair_commands(&layout, &parked).unwrap(),
+            repair_commands(&layout, &parked).unwrap().fill,
             ["set server be_a/s1 addr 10.0.0.1 port 80", "set server be_a/s1 state ready"]
         );
+        // the weights wait for it: a route with weight and its slot still parked is never made
+        assert!(!filled(&layout, &parked), "a slot that should hold its server is parked");
         parked.remove(&("be_a".to_string(), "s8".to_string()));
         assert_eq!(repair_commands(&layout, &parked), None);
         let reweighted: HashMap<String, String> =

@@ -304,11 +304,13 @@ const CACHE_WAIT: Duration = Duration::from_millis(200);
 /// The field manager of the one write to a user's object: the target's images, on promotion (opt-in).
 pub const PROMOTION_FIELD_MANAGER: &str = "canary-controller-promotion";
 
-/// One move of a Canary's release: reads what it needs (its Kanary, and the proxy's counters when a window
-/// starts or ends), decides ([`release::advance`]), writes the route Services, the stable EndpointSlice and
-/// the Kanary with the decided weight, and updates the target on promotion. A problem leaves everything as
-/// it is (the proxy keeps its last weights).
-/// With the decision, what [`record_decision`] wrote when it recorded it.
+/// One move of a Canary's release: reads its Kanary, decides ([`release::advance`]) with the evidence it asks
+/// for once gathered off the reconcile ([`gather`]: the proxy's counters when a window starts or ends, the
+/// PromQL answers, a webhook's answer), records a decision that matters in the status ([`record_decision`]),
+/// then writes the Kanary with the decided weight, the route Services, the stable EndpointSlices, and
+/// updates the target on promotion. A problem leaves everything as
+/// it is (the proxy keeps its last weights). Returns the decision, and what [`record_decision`] wrote when it
+/// recorded it.
 async fn run_release(
     canary: &Canary,
     traffic: &Traffic,
@@ -443,7 +445,8 @@ async fn run_release(
         previous.is_none_or(|p| p.phase != decision.release.phase || p.revision != decision.release.revision);
     let rolled_back = matches!(decision.release.phase, Phase::RolledBack | Phase::Aborted) && newly_final;
     let raised = decision.release.weight > previous.map_or(0, |p| p.weight);
-    if rolled_back || raised || decision.update_target {
+    let promoting = decision.update_target && previous.is_none_or(|p| p.phase != Phase::Promoting);
+    if rolled_back || raised || promoting {
         recorded = Some(record_decision(canary, &decision.release, ctx).await?);
     }
     for verdict in &decision.judged {
@@ -550,7 +553,7 @@ async fn record_decision(
     status.release = Some(release.clone());
     let rv = canary.resource_version();
     let written = match write_status(&api, &canary.name_any(), &status, rv.as_deref()).await {
-        Err(Error::ApplyStatus(e)) if !e.is_conflict() => {
+        Err(Error::ApplyStatus(e)) if e.is_refused() => {
             tracing::warn!(error = %e, "the release's status was refused; recording it without its evidence");
             let mut bare = release.clone();
             bare.evidence.clear();

@@ -126,21 +126,37 @@ fn follow_backend(current: &SlottedBackend, route: &RouteBackend) -> Option<Slot
     Some(SlottedBackend { service: current.service.clone(), weight: route.weight, slots })
 }
 
-/// The Runtime API commands that take HAProxy's servers from `from` to `to` (same structure): a slot
-/// emptied goes to maintenance (its connections go on, it gets no new ones) and is parked; a slot filled
-/// gets its address and is made ready.
-pub fn server_commands(from: &Layout, to: &Layout) -> Vec<String> {
-    let mut commands = vec![];
+/// The Runtime API commands that take HAProxy's servers from `from` to `to` (same structure), in two parts:
+/// `fill`, for the slots that get a server (its address, made ready), and `park`, for the slots emptied (to
+/// maintenance, so their connections go on and they get no new ones, then parked). The agent fills, checks
+/// that every slot holds its server, changes the weights, and parks last: a route never has weight while a
+/// slot it needs is still parked.
+pub fn server_commands(from: &Layout, to: &Layout) -> ServerCommands {
+    let mut commands = ServerCommands::default();
     for (a, b) in from.backends.iter().zip(&to.backends) {
         for (i, (before, after)) in a.slots.iter().zip(&b.slots).enumerate() {
             match (before, after) {
                 (Some(x), Some(y)) if same_server(x, y) => {}
                 (None, None) => {}
-                _ => commands.extend(slot_commands(&b.service, i, after.as_ref())),
+                (_, Some(_)) => commands.fill.extend(slot_commands(&b.service, i, after.as_ref())),
+                (_, None) => commands.park.extend(slot_commands(&b.service, i, None)),
             }
         }
     }
     commands
+}
+
+/// See [`server_commands`].
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct ServerCommands {
+    pub fill: Vec<String>,
+    pub park: Vec<String>,
+}
+
+impl ServerCommands {
+    pub fn is_empty(&self) -> bool {
+        self.fill.is_empty() && self.park.is_empty()
+    }
 }
 
 /// The Runtime API commands that make slot `index` of `service`'s backend hold `server` (made ready), or,
@@ -202,13 +218,18 @@ mod tests {
         assert_eq!(ips(&next.backends[0]), ["10.0.0.3", "10.0.0.2", "-", "-", "-", "-", "-", "-"]);
         assert!(start.same_structure(&next));
         assert_eq!(
-            server_commands(&start, &next),
+            server_commands(&start, &next).fill,
             ["set server be_a/s1 addr 10.0.0.3 port 8080", "set server be_a/s1 state ready"]
         );
+        assert!(server_commands(&start, &next).park.is_empty());
         let emptied = next.follow(&plane([80, 20], &["10.0.0.3"], &["10.0.1.1"])).unwrap();
         assert_eq!(
             server_commands(&next, &emptied),
-            ["set server be_a/s2 state maint", "set server be_a/s2 addr 127.0.0.1 port 1"]
+            ServerCommands {
+                fill: vec![],
+                park: vec!["set server be_a/s2 state maint".into(), "set server be_a/s2 addr 127.0.0.1 port 1".into()],
+            },
+            "an emptied slot is parked, after the weights changed"
         );
         assert!(!weights_changed(&next, &emptied));
     }
