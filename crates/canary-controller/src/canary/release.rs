@@ -1183,24 +1183,23 @@ mod tests {
         assert_eq!((d3.release.phase, d3.release.step), (Phase::Paused, 1), "{:#?}", d3.release);
     }
 
+    /// A check of PromQL `query` bounded by `max` (and `min`).
+    fn promql_check(query: &str, max: f64, min: Option<f64>) -> MetricCheck {
+        let prometheus = PrometheusMetric {
+            query: query.into(),
+            address: None,
+            token_secret_ref: None,
+            timeout: None,
+            compare: None,
+        };
+        MetricCheck { metric: None, prometheus: Some(prometheus), max: Some(max), min, ..check(Metric::ErrorRate) }
+    }
+
     #[test]
     fn infinite_query_values_are_no_data_and_every_number_written_is_finite() {
         // issue: +Inf passed as a value and reached the status as null, which the API server refuses
         let mut s = spec(vec![weight(20), analysis()]);
-        let promql = MetricCheck {
-            metric: None,
-            prometheus: Some(PrometheusMetric {
-                query: "q".into(),
-                address: None,
-                token_secret_ref: None,
-                timeout: None,
-                compare: None,
-            }),
-            max: Some(1.0),
-            min: Some(-1.0),
-            ..check(Metric::ErrorRate)
-        };
-        s.analysis.as_mut().unwrap().metrics = vec![promql];
+        s.analysis.as_mut().unwrap().metrics = vec![promql_check("q", 1.0, Some(-1.0))];
         let started = step(&s, None, &at(0), Some(20), &counters((0, 0), (0, 0)));
         let stats = counters((100, 0), (50, 0));
         for value in [f64::INFINITY, f64::NEG_INFINITY, f64::NAN] {
@@ -1220,19 +1219,7 @@ mod tests {
     #[test]
     fn texts_from_outside_are_bounded_in_the_status() {
         let mut s = spec(vec![weight(20), analysis()]);
-        let promql = MetricCheck {
-            metric: None,
-            prometheus: Some(PrometheusMetric {
-                query: "q".repeat(10_000),
-                address: None,
-                token_secret_ref: None,
-                timeout: None,
-                compare: None,
-            }),
-            max: Some(1.0),
-            ..check(Metric::ErrorRate)
-        };
-        s.analysis.as_mut().unwrap().metrics = vec![promql; 16];
+        s.analysis.as_mut().unwrap().metrics = vec![promql_check(&"q".repeat(10_000), 1.0, None); 16];
         let mut release = step(&s, None, &at(0), Some(20), &counters((0, 0), (0, 0))).release;
         // every other move starts a window, the next one judges it
         for k in 1..=50u64 {
@@ -1532,13 +1519,7 @@ mod tests {
                 ..Default::default()
             };
             let mut s = spec(vec![hook("http://loadtest/"), hook("http://approval/"), weight(10), analysis(), weight(40), analysis()]);
-            let promql = MetricCheck {
-                metric: None,
-                prometheus: Some(PrometheusMetric { query: "q".into(), address: None, token_secret_ref: None, timeout: None, compare: None }),
-                max: Some(1.0),
-                min: Some(-1.0),
-                ..check(Metric::ErrorRate)
-            };
+            let promql = promql_check("q", 1.0, Some(-1.0));
             s.analysis.as_mut().unwrap().metrics = vec![MetricCheck { max: Some(0.1), ..check(Metric::ErrorRate) }, promql];
             let gates: Vec<usize> = s.steps.iter().enumerate().filter(|(_, st)| st.set_weight.is_none() && st.pause.is_none()).map(|(i, _)| i).collect();
             let mut recorded: Option<ReleaseStatus> = None;
