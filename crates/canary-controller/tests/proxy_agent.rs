@@ -9,7 +9,7 @@ use canary_controller::kanary::dataplane::{DATAPLANE_KEY, DataPlane};
 use canary_controller::kanary::endpoints::Server;
 use canary_controller::kanary::haproxy::{ProxySettings, RouteBackend};
 use e2e_support::traffic::{LongLived, Tally, drive, free_port, long_lived, start_backends, steady_load};
-use e2e_support::{controller_binary, eventually, http_get};
+use e2e_support::{controller_binary, eventually, http_get, within};
 use fake_apiserver::FakeApiServer;
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -122,11 +122,12 @@ impl Rig {
 
     async fn wait_ready(&self) {
         let address = self.agent_metrics.clone();
-        eventually(30, "the agent is ready (HAProxy serves the data plane)", || {
+        let ready = within(30, || {
             let address = address.clone();
             async move { http_get(&address, "/readyz").await.is_some_and(|r| r.contains(" 200 ")) }
         })
         .await;
+        assert!(ready, "the agent is not ready (HAProxy does not serve the data plane) after 30 s:\n{}", self.log());
     }
 
     /// Writes the ConfigMap's data plane (as the controller does).
