@@ -19,6 +19,7 @@ SKIP_LOG := $(CURDIR)/target/skipped-tests.log
 test:           ## everything CI checks (with CI set, a test whose tool is missing fails instead of skipping)
 	cargo fmt --all --check
 	cargo clippy --all-targets -- -D warnings
+	cd control-plane && go vet ./...
 	@mkdir -p target && rm -f $(SKIP_LOG)
 	PATH="$(CURDIR)/.venv/bin:$$PATH" SKIP_LOG=$(SKIP_LOG) cargo test --workspace; \
 	  status=$$?; bash scripts/test-summary.sh $(SKIP_LOG); exit $$status

@@ -39,4 +39,6 @@ fi
 
 echo "setup: $(.venv/bin/kubectl version --client 2>/dev/null | head -n1) in .venv/bin; $(haproxy -v | head -n1)"
 cargo fetch --locked
+# Kubernetes' control plane, built from its sources once (scripts/build-control-plane.sh)
+bash scripts/build-control-plane.sh
 echo "setup: done"

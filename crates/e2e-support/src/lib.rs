@@ -8,6 +8,7 @@ use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 
+pub mod control_plane;
 pub mod kanary;
 pub mod prometheus;
 pub mod release;

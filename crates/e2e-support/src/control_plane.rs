@@ -1,0 +1,175 @@
+//! Kubernetes' own control plane as local processes, built from its sources by `make setup`
+//! (`scripts/build-control-plane.sh` into `.local/control-plane/current/bin`): etcd, kube-apiserver (RBAC and
+//! the usual admission plugins on, a service-account signing key, a static admin token), kube-controller-manager
+//! (every controller, service-account credentials) and kube-scheduler, in a throwaway directory, on free loopback
+//! ports. Nothing is routed: the Service range is only allocated. The first step of moving the tests from
+//! fake-apiserver to the real thing (issue: Real Kubernetes, part 1).
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+use tokio::process::{Child, Command};
+
+/// The binaries built by `make setup`, when they are there.
+pub fn binaries() -> Option<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.local/control-plane/current/bin");
+    ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"]
+        .iter()
+        .all(|b| dir.join(b).exists())
+        .then_some(dir)
+}
+
+/// The Kubernetes version the control plane is built at (control-plane/go.mod).
+pub fn version() -> String {
+    let go_mod = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../control-plane/go.mod"))
+        .expect("control-plane/go.mod");
+    go_mod
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("k8s.io/kubernetes ").map(|v| v.trim().to_string()))
+        .expect("k8s.io/kubernetes in control-plane/go.mod")
+}
+
+/// A running control plane; its processes are killed when it drops.
+pub struct ControlPlane {
+    pub dir: tempfile::TempDir,
+    /// `https://127.0.0.1:<port>`
+    pub url: String,
+    /// A kubeconfig of the admin (group system:masters).
+    pub kubeconfig: PathBuf,
+    /// How long from starting etcd to kube-apiserver's /readyz answering ok.
+    pub started_in: Duration,
+    processes: Vec<Child>,
+}
+
+const ADMIN_TOKEN: &str = "e2e-admin-token";
+
+impl ControlPlane {
+    /// Starts etcd, kube-apiserver, kube-controller-manager and kube-scheduler; returns once the API server is
+    /// ready. `None` when the binaries were not built.
+    pub async fn start() -> Option<ControlPlane> {
+        let bin = binaries()?;
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        let path = |name: &str| root.join(name);
+        let started = Instant::now();
+        let run = |program: &str, args: Vec<String>, log: &str| {
+            Command::new(bin.join(program))
+                .args(args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::from(std::fs::File::create(path(log)).unwrap()))
+                .kill_on_drop(true)
+                .spawn()
+                .unwrap_or_else(|e| panic!("{program}: {e}"))
+        };
+        let port = || crate::traffic::free_port("127.0.0.1");
+        let (client, peer, secure) = (port(), port(), port());
+        let etcd = run(
+            "etcd",
+            vec![
+                format!("--data-dir={}", path("etcd").display()),
+                format!("--listen-client-urls=http://127.0.0.1:{client}"),
+                format!("--advertise-client-urls=http://127.0.0.1:{client}"),
+                format!("--listen-peer-urls=http://127.0.0.1:{peer}"),
+                format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer}"),
+                format!("--initial-cluster=default=http://127.0.0.1:{peer}"),
+                "--quota-backend-bytes=1073741824".into(),
+            ],
+            "etcd.log",
+        );
+        // the service-account signing key (openssl, which ca-certificates brings), and the admin's token
+        let openssl = |args: &[&str]| {
+            let done = std::process::Command::new("openssl").args(args).current_dir(&root).output();
+            assert!(done.as_ref().is_ok_and(|o| o.status.success()), "openssl {args:?}: {done:?}");
+        };
+        openssl(&["genrsa", "-out", "sa.key", "2048"]);
+        openssl(&["rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub"]);
+        std::fs::write(path("tokens.csv"), format!("{ADMIN_TOKEN},admin,admin,system:masters\n")).unwrap();
+        let apiserver = run(
+            "kube-apiserver",
+            vec![
+                format!("--etcd-servers=http://127.0.0.1:{client}"),
+                "--bind-address=127.0.0.1".into(),
+                format!("--secure-port={secure}"),
+                format!("--cert-dir={}", path("certs").display()),
+                "--service-account-issuer=https://kubernetes.default.svc".into(),
+                format!("--service-account-key-file={}", path("sa.pub").display()),
+                format!("--service-account-signing-key-file={}", path("sa.key").display()),
+                format!("--token-auth-file={}", path("tokens.csv").display()),
+                "--authorization-mode=RBAC".into(),
+                "--service-cluster-ip-range=10.96.0.0/16".into(),
+            ],
+            "kube-apiserver.log",
+        );
+        let url = format!("https://127.0.0.1:{secure}");
+        let kubeconfig = path("admin.kubeconfig");
+        std::fs::write(&kubeconfig, kubeconfig_text(&url, ADMIN_TOKEN)).unwrap();
+        let mut plane =
+            ControlPlane { dir, url, kubeconfig, started_in: Duration::ZERO, processes: vec![etcd, apiserver] };
+        let ready = crate::within(60, || plane.ready()).await;
+        assert!(ready, "kube-apiserver not ready within 60 s:\n{}", plane.logs());
+        plane.started_in = started.elapsed();
+        let kubeconfig = plane.kubeconfig.display().to_string();
+        let manager = run(
+            "kube-controller-manager",
+            vec![
+                format!("--kubeconfig={kubeconfig}"),
+                "--controllers=*".into(),
+                "--use-service-account-credentials=true".into(),
+                format!("--service-account-private-key-file={}", plane.dir.path().join("sa.key").display()),
+                format!("--root-ca-file={}", plane.dir.path().join("certs/apiserver.crt").display()),
+                "--leader-elect=false".into(),
+                "--bind-address=127.0.0.1".into(),
+                "--secure-port=0".into(),
+            ],
+            "kube-controller-manager.log",
+        );
+        let scheduler = run(
+            "kube-scheduler",
+            vec![
+                format!("--kubeconfig={kubeconfig}"),
+                "--leader-elect=false".into(),
+                "--bind-address=127.0.0.1".into(),
+                "--secure-port=0".into(),
+            ],
+            "kube-scheduler.log",
+        );
+        plane.processes.extend([manager, scheduler]);
+        Some(plane)
+    }
+
+    async fn ready(&self) -> bool {
+        let client = self.client().await;
+        let request = http::Request::get("/readyz").body(vec![]).unwrap();
+        client.request_text(request).await.is_ok_and(|t| t.trim() == "ok")
+    }
+
+    /// A client of the admin.
+    pub async fn client(&self) -> kube::Client {
+        let kubeconfig = kube::config::Kubeconfig::read_from(&self.kubeconfig).unwrap();
+        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await.unwrap();
+        kube::Client::try_from(config).unwrap()
+    }
+
+    /// The components' logs, for failures.
+    pub fn logs(&self) -> String {
+        ["etcd.log", "kube-apiserver.log", "kube-controller-manager.log", "kube-scheduler.log"]
+            .iter()
+            .map(|f| {
+                let text = std::fs::read_to_string(self.dir.path().join(f)).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(15).collect::<Vec<_>>().into_iter().rev().collect();
+                format!("--- {f}\n{}", tail.join("\n"))
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+/// A kubeconfig for `url` with a bearer token (the serving certificate is the API server's own, self-signed:
+/// not verified).
+fn kubeconfig_text(url: &str, token: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: local\n  cluster:\n    server: {url}\n    insecure-skip-tls-verify: true\n\
+         users:\n- name: user\n  user:\n    token: {token}\ncontexts:\n- name: local\n  context:\n    cluster: local\n    user: user\n    namespace: default\n\
+         current-context: local\n"
+    )
+}
