@@ -16,14 +16,10 @@ use support::control_plane::{ControlPlane, version};
 
 const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
 
+/// Runs kubectl as the admin; its output (it must succeed).
 async fn kubectl(plane: &ControlPlane, args: &[&str]) -> String {
-    let out = tokio::process::Command::new("kubectl")
-        .args(args)
-        .env("KUBECONFIG", &plane.kubeconfig)
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .expect("kubectl is installed (make setup)");
+    let cache = plane.dir.path().join("kubectl-cache");
+    let out = support::kubectl(&plane.kubeconfig, &cache, args, None).await.expect("kubectl is installed (make setup)");
     assert!(out.status.success(), "kubectl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }

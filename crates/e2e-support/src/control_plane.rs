@@ -105,7 +105,8 @@ impl ControlPlane {
         std::fs::write(&kubeconfig, kubeconfig_text(&url, ADMIN_TOKEN)).unwrap();
         let mut plane =
             ControlPlane { dir, url, kubeconfig, started_in: Duration::ZERO, processes: vec![etcd, apiserver] };
-        let ready = crate::within(60, || plane.ready()).await;
+        let client = plane.client().await;
+        let ready = crate::within(60, || ready(&client)).await;
         assert!(ready, "kube-apiserver not ready within 60 s:\n{}", plane.logs());
         plane.started_in = started.elapsed();
         let kubeconfig = plane.kubeconfig.display().to_string();
@@ -137,12 +138,6 @@ impl ControlPlane {
         Some(plane)
     }
 
-    async fn ready(&self) -> bool {
-        let client = self.client().await;
-        let request = http::Request::get("/readyz").body(vec![]).unwrap();
-        client.request_text(request).await.is_ok_and(|t| t.trim() == "ok")
-    }
-
     /// A client of the admin.
     pub async fn client(&self) -> kube::Client {
         let kubeconfig = kube::config::Kubeconfig::read_from(&self.kubeconfig).unwrap();
@@ -162,6 +157,12 @@ impl ControlPlane {
             .collect::<Vec<_>>()
             .join("\n")
     }
+}
+
+/// Whether the API server answers its `/readyz` with ok.
+async fn ready(client: &kube::Client) -> bool {
+    let request = http::Request::get("/readyz").body(vec![]).unwrap();
+    client.request_text(request).await.is_ok_and(|t| t.trim() == "ok")
 }
 
 /// A kubeconfig for `url` with a bearer token (the serving certificate is the API server's own, self-signed:

@@ -49,7 +49,7 @@ pub async fn read_counters(
 }
 
 /// GETs `path` of `address`: the body, at most [`MAX_STATS_BYTES`] of it.
-pub async fn get(address: SocketAddr, path: &str) -> anyhow::Result<String> {
+async fn get(address: SocketAddr, path: &str) -> anyhow::Result<String> {
     let stream = tokio::net::TcpStream::connect(address).await?;
     let (mut sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
     tokio::spawn(connection);
@@ -105,6 +105,13 @@ pub fn parse_stats(csv: &str) -> HashMap<String, Counters> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn endless_statistics_are_cut_at_the_cap() {
+        let address = crate::canary::http::tests::endless_server().await;
+        let why = get(address, "/stats;csv").await.unwrap_err().to_string();
+        assert!(why.contains(&format!("more than {MAX_STATS_BYTES} bytes")), "{why}");
+    }
 
     /// HAProxy 2.6's CSV, trimmed to the columns up to `ctime` that matter (real header names and order).
     #[test]

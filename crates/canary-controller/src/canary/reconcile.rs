@@ -204,13 +204,7 @@ async fn report_unreadable(unreadable: &InvalidObject, ctx: &Context<CanaryRecon
 /// Reconciles one Canary.
 async fn reconcile(canary: &Canary, ctx: &Context<CanaryReconciler>) -> Result<Action, Error> {
     let ns = canary.namespace().ok_or(Error::NoNamespace)?;
-    ctx.reconciler.prune(|| {
-        let uid_of = |g: &GuardedCanary| match &g.0 {
-            Ok(c) => c.metadata.uid.clone(),
-            Err(u) => u.metadata.uid.clone(),
-        };
-        ctx.objects.state().iter().filter_map(|g| uid_of(g)).collect()
-    });
+    ctx.reconciler.prune(|| ctx.objects.state().iter().filter_map(|g| metadata(g).uid.clone()).collect());
     if ctx.reconciler.cache_behind(canary) {
         return Ok(Action::requeue(CACHE_WAIT));
     }
@@ -947,15 +941,20 @@ fn deployments_of(guarded: &GuardedCanary) -> Vec<String> {
     names
 }
 
+/// The metadata of a Canary as read, whether or not its spec deserialized.
+fn metadata(guarded: &GuardedCanary) -> &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+    match &guarded.0 {
+        Ok(canary) => &canary.metadata,
+        Err(unreadable) => &unreadable.metadata,
+    }
+}
+
 /// What a reconcile of a Canary depends on in the object itself: its spec (generation) and the release
 /// request annotation (people's requests wake the release at once).
 fn spec_or_request(guarded: &GuardedCanary) -> Option<u64> {
     use std::hash::{Hash, Hasher};
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    let meta = match &guarded.0 {
-        Ok(canary) => &canary.metadata,
-        Err(unreadable) => &unreadable.metadata,
-    };
+    let meta = metadata(guarded);
     meta.generation.hash(&mut hasher);
     meta.annotations.as_ref().and_then(|a| a.get(release::REQUEST_ANNOTATION)).hash(&mut hasher);
     Some(hasher.finish())

@@ -19,7 +19,7 @@ use crate::api::canary::{
     Analysis, CanarySpec, Compare, ComparisonResult, Counters, Evidence, Metric, MetricCheck, MetricResult, OnMarginal,
     OnNoData, OnWebhookFailure, Phase, ReleaseStatus, ReleaseStep, RouteCounters, Verdict, Window, Worse as ApiWorse,
 };
-use crate::report::Note;
+use crate::report::{Note, bounded};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -275,10 +275,6 @@ pub const MAX_MESSAGE: usize = 2048;
 /// The longest text of a check's evidence (the query as run, why there was no data), in bytes: the status
 /// stays far under the API server's limit with [`EVIDENCE_KEPT`] windows of 16 checks.
 pub const MAX_EVIDENCE_TEXT: usize = 512;
-
-fn bounded(text: &str, max: usize) -> String {
-    crate::report::bounded(text, max)
-}
 
 /// A number for the status: the API stores no NaN or infinity (serialized as `null`, refused by the schema),
 /// so those are written as 0 (NaN) or the largest finite value of their sign. Values judged are finite
