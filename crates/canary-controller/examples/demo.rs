@@ -31,7 +31,7 @@ async fn main() {
         );
         std::process::exit(1);
     }
-    let cluster = Cluster::start().await;
+    let cluster = Cluster::start_fake().await;
     cluster.install_crds().await;
     let mut controller = cluster.spawn_controller();
     controller.wait_for_log("controllers running").await;

@@ -74,6 +74,11 @@ enum Command {
         /// only).
         #[arg(long)]
         allow_insecure_token: bool,
+        /// Watch Canaries, Kanaries and their children in this namespace only (default: every namespace).
+        /// The roles may then be bound in that namespace alone (the CRD check still reads the
+        /// CustomResourceDefinitions).
+        #[arg(long, env = "WATCH_NAMESPACE", value_parser = namespace_name)]
+        watch_namespace: Option<String>,
         #[command(flatten)]
         leader_election: LeaderElectionArgs,
     },
@@ -152,6 +157,17 @@ impl LeaderElectionArgs {
     }
 }
 
+/// A namespace's name (DNS-1123 label), for `--watch-namespace`.
+fn namespace_name(value: &str) -> Result<String, String> {
+    let edges = |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    let inner = value.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if value.len() <= 63 && inner && edges(value.chars().next()) && edges(value.chars().last()) {
+        Ok(value.to_string())
+    } else {
+        Err("a namespace name: lower-case letters, digits and '-', at most 63 characters".into())
+    }
+}
+
 /// A duration HAProxy reads (`30s`, `1h`), for the `--proxy-*` flags.
 fn haproxy_duration(value: &str) -> Result<String, String> {
     canary_controller::kanary::validate::check_duration("the value", value).map(|()| value.to_string())
@@ -176,6 +192,7 @@ async fn main() -> std::process::ExitCode {
             egress_allow,
             egress_deny_others,
             allow_insecure_token,
+            watch_namespace,
             leader_election,
         } => {
             runtime::init_logging(log_format);
@@ -205,7 +222,14 @@ async fn main() -> std::process::ExitCode {
                     canary_controller::canary::egress::Allowed::Host(h) => egress.allow_hosts.push(h),
                 }
             }
-            let options = runtime::RunOptions { proxy, metrics_address, prometheus_address, egress, leader_election };
+            let options = runtime::RunOptions {
+                proxy,
+                metrics_address,
+                prometheus_address,
+                egress,
+                watch_namespace,
+                leader_election,
+            };
             runtime::run(options).await
         }
         Command::ProxyAgent {

@@ -35,7 +35,10 @@ struct Env {
 }
 
 async fn env() -> Env {
-    let cluster = Cluster::start().await;
+    env_on(Cluster::start().await).await
+}
+
+async fn env_on(cluster: Cluster) -> Env {
     cluster.install_crds().await;
     let mut controller = cluster.spawn_controller();
     controller.wait_for_log("controllers running").await;
@@ -187,8 +190,11 @@ async fn the_canary_deployment_carries_the_canary_marks() {
         let env = c.env.unwrap();
         assert_eq!(env.iter().filter(|e| e.name == "CANARY_ENABLED" && e.value.as_deref() == Some("1")).count(), 1);
     }
-    let status = e.canaries.get("c").await.unwrap().data["status"].clone();
-    assert_eq!(status["canaryDeployment"], "foo-canary");
+    // the status is written after the Deployment is applied
+    eventually(10, "status.canaryDeployment", || async {
+        e.canaries.get("c").await.unwrap().data["status"]["canaryDeployment"] == "foo-canary"
+    })
+    .await;
     e.cluster.cleanup().await;
 }
 
@@ -359,9 +365,14 @@ async fn status_follows_the_canary_deployment_and_selectors_with_only_expression
     e.create_canary(canary("c", "foo", json!([{"name": "nginx", "image": "nginx:latest"}]))).await;
     e.wait_images("foo-canary", &["nginx:latest", "redis"]).await;
     e.wait_condition("c", "Ready", "False", "CanaryProgressing").await;
-    // fake-apiserver runs no Deployment controller: report the pods ready as one would
-    let status = json!({"status": {"replicas": 2, "readyReplicas": 2, "availableReplicas": 2}});
-    e.deployments.patch_status("foo-canary", &PatchParams::default(), &Patch::Merge(status)).await.unwrap();
+    if e.cluster.fake.is_some() {
+        // fake-apiserver runs no Deployment controller: report the pods ready as one would
+        let status = json!({"status": {"replicas": 2, "readyReplicas": 2, "availableReplicas": 2}});
+        e.deployments.patch_status("foo-canary", &PatchParams::default(), &Patch::Merge(status)).await.unwrap();
+    } else {
+        // the real controllers count the pods a kubelet reports ready
+        e.cluster.report_pods_ready("canary=true", 2).await;
+    }
     e.wait_condition("c", "Ready", "True", "CanaryReady").await;
     let c = e.canaries.get("c").await.unwrap();
     assert_eq!(c.data["status"]["readyReplicas"], 2);
@@ -371,10 +382,9 @@ async fn status_follows_the_canary_deployment_and_selectors_with_only_expression
 
 #[tokio::test]
 async fn a_canary_that_cannot_be_read_is_reported_and_does_not_stall_the_others() {
-    let e = env().await;
-    if e.cluster.fake.is_none() {
-        return; // loosening the CRD would disturb a shared cluster
-    }
+    // loosening the CRD would disturb the tests sharing a control plane
+    let Some(cluster) = Cluster::start_own().await else { return };
+    let e = env_on(cluster).await;
     // a CRD edited by hand (or an older one) lets in a spec the operator cannot read
     let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
         Api::all(e.cluster.client.clone());

@@ -56,10 +56,8 @@ async fn run_fails_clearly_when_no_api_server_answers() {
 
 #[tokio::test]
 async fn run_fails_clearly_when_the_crds_are_not_installed() {
-    let cluster = Cluster::start().await;
-    if cluster.fake.is_none() {
-        return; // a shared real cluster may already have the CRDs
-    }
+    // a control plane of its own, where no CRD is installed
+    let Some(cluster) = Cluster::start_own().await else { return };
     let out = cluster.controller(&["run"]).await;
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);

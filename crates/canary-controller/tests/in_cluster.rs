@@ -17,7 +17,7 @@ async fn the_deployed_operator_runs_in_its_pods_with_its_service_account() {
     if !support::simulator::can_simulate() {
         return;
     }
-    let cluster = support::Cluster::start().await;
+    let cluster = support::Cluster::start_fake().await;
     cluster.install_crds().await;
     let fake = cluster.fake.as_ref().expect("can_simulate: fake-apiserver").state().clone();
     fake.rbac.set_enforce(true);

@@ -104,7 +104,8 @@ async fn a_leader_that_loses_its_lease_stops_its_controllers_and_exits() {
     env.roll_canary_to("web:2").await;
 
     // someone else takes the Lease (as a replica with a skewed clock could)
-    let now = k8s_openapi::jiff::Timestamp::now();
+    // a MicroTime (the real API server refuses any other format; fake-apiserver did not check)
+    let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(k8s_openapi::jiff::Timestamp::now());
     let stolen = json!({"spec": {"holderIdentity": "intruder", "renewTime": now, "acquireTime": now, "leaseDurationSeconds": 60}});
     let leases: Api<Lease> = Api::namespaced(env.cluster.client.clone(), &env.cluster.namespace);
     leases.patch("canary-controller-leader", &PatchParams::default(), &Patch::Merge(stolen)).await.unwrap();
@@ -122,19 +123,18 @@ async fn a_leader_that_loses_its_lease_stops_its_controllers_and_exits() {
 #[tokio::test]
 async fn a_leader_cut_off_from_its_lease_stops_before_a_standby_takes_over() {
     let env = env().await;
-    let Some(fake) = &env.cluster.fake else {
-        fake_apiserver::tools::skip("faults on one replica's Lease requests need fake-apiserver");
+    let Some((proxy, kubeconfig_a)) = env.cluster.fault_proxy("a").await else {
+        fake_apiserver::tools::skip_unsupported("faults on one replica's requests need the tests' control plane");
         return;
     };
-    let kubeconfig_a = env.cluster.controller_kubeconfig_with_token("replica-a");
     let mut a = env.cluster.spawn_replica_with("a", LEASE_SECONDS, &kubeconfig_a);
     a.wait_for_log("became the leader").await;
     let mut b = env.replica("b");
     b.wait_for_log("waiting to become the leader").await;
     env.roll_canary_to("web:2").await;
 
-    let scope = fake_apiserver::FaultScope { token: Some("replica-a".into()), resource: Some("leases".into()) };
-    fake.state().fail_for_scoped(std::time::Duration::from_secs(30), 500, None, Some(scope));
+    // replica a's Lease requests fail; the rest of its requests, and all of b's, pass
+    proxy.fail_for(std::time::Duration::from_secs(30), 500, None, Some("leases"));
     b.wait_for_log("became the leader").await;
     let status = a.exited(10).await.unwrap_or_else(|| panic!("the cut-off leader still runs:\n{}", a.log()));
     assert!(!status.success());
@@ -150,6 +150,6 @@ async fn a_leader_cut_off_from_its_lease_stops_before_a_standby_takes_over() {
     env.roll_canary_to("web:3").await;
     // counted when the reconcile ends (after its status write), a moment after the Deployment changed
     eventually(10, "b to count its reconciles", || async { reconciles(&b).await >= 1.0 }).await;
-    fake.state().fail_for(std::time::Duration::ZERO, 500, None);
+    proxy.fail_for(std::time::Duration::ZERO, 500, None, None);
     env.cluster.cleanup().await;
 }

@@ -25,7 +25,7 @@ async fn a_raised_weight_is_recorded_before_the_kanary_takes_it() {
     if !can_simulate() {
         return;
     }
-    let cluster = Cluster::start().await;
+    let cluster = Cluster::start_fake().await;
     let Some(fake) = cluster.fake.as_ref().map(|f| f.state().clone()) else {
         fake_apiserver::tools::skip("failing one replica's writes needs fake-apiserver");
         return;

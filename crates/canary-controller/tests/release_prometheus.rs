@@ -139,7 +139,7 @@ async fn a_release_behind_a_webhook_gate_judged_by_promql_rolls_back_a_bad_canar
     if !can_simulate() {
         return;
     }
-    let cluster = support::Cluster::start().await;
+    let cluster = support::Cluster::start_fake().await;
     cluster.install_crds().await;
     let targets = cluster.dir.path().join("pods.json");
     std::fs::write(&targets, "[]").unwrap();

@@ -84,7 +84,7 @@ async fn silent_and_endless_webhooks_hold_neither_the_reconciles_nor_the_memory_
     if !can_simulate() {
         return;
     }
-    let cluster = Cluster::start().await;
+    let cluster = Cluster::start_fake().await;
     cluster.install_crds().await;
     // one proxy pod per Kanary: 21 Kanaries on two cores
     let mut controller = cluster.spawn_controller_with("controller", &["--haproxy-replicas", "1"]);

@@ -86,7 +86,7 @@ impl World {
         if !support::simulator::can_simulate() {
             return None;
         }
-        let cluster = Cluster::start().await;
+        let cluster = Cluster::start_fake().await;
         cluster.install_crds().await;
         let simulator = cluster.start_simulator(pod_network, 120);
         let mut world = World { cluster, simulator, round: 0, bystanders: BTreeMap::new() };

@@ -2,11 +2,14 @@
 //! (`scripts/build-control-plane.sh` into `.local/control-plane/current/bin`): etcd, kube-apiserver (RBAC and
 //! the usual admission plugins on, a service-account signing key, a static admin token), kube-controller-manager
 //! (every controller, service-account credentials) and kube-scheduler, in a throwaway directory, on free loopback
-//! ports. Nothing is routed: the Service range is only allocated. The first step of moving the tests from
-//! fake-apiserver to the real thing (issue: Real Kubernetes, part 1).
+//! ports. Nothing is routed: the Service range is only allocated. [`shared`] is the one control plane of a test
+//! binary (tests isolate themselves by namespace); its processes die with the binary (`PR_SET_PDEATHSIG`).
+//! The API server keeps an audit log of who did what (`audit.log`), from which the RBAC test proves the
+//! controller's roles exact.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 use tokio::process::{Child, Command};
 
@@ -32,6 +35,8 @@ pub fn version() -> String {
 /// A running control plane; its processes are killed when it drops.
 pub struct ControlPlane {
     pub dir: tempfile::TempDir,
+    /// The API server's audit log (JSON lines, level Metadata, without the control plane's own components).
+    pub audit_log: PathBuf,
     /// `https://127.0.0.1:<port>`
     pub url: String,
     /// A kubeconfig of the admin (group system:masters).
@@ -43,17 +48,90 @@ pub struct ControlPlane {
 
 const ADMIN_TOKEN: &str = "e2e-admin-token";
 
+/// Who is audited: everyone but the control plane's own components and their controllers' service accounts.
+const AUDIT_POLICY: &str = "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\nrules:\n\
+- level: None\n  users: [system:kube-controller-manager, system:kube-scheduler, system:apiserver]\n\
+- level: None\n  userGroups: [system:serviceaccounts:kube-system, system:nodes]\n\
+- level: Metadata\n";
+
+/// What a test needs of the test binary's shared control plane.
+pub struct Shared {
+    pub url: String,
+    pub kubeconfig: PathBuf,
+    pub audit_log: PathBuf,
+    pub dir: PathBuf,
+}
+
+/// The test binary's control plane, started on first use (in a thread of its own that lives as long as the
+/// binary, so that its processes, which die with that thread, stay up); `None` when it was not built.
+pub fn shared() -> Option<&'static Shared> {
+    static SHARED: OnceLock<Option<Shared>> = OnceLock::new();
+    SHARED
+        .get_or_init(|| {
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::Builder::new()
+                .name("control-plane".into())
+                .spawn(move || {
+                    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+                    runtime.block_on(async move {
+                        let Some(plane) = ControlPlane::start().await else {
+                            tx.send(None).unwrap();
+                            return;
+                        };
+                        let dir = plane.dir.path().to_path_buf();
+                        let shared = Shared {
+                            url: plane.url.clone(),
+                            kubeconfig: plane.kubeconfig.clone(),
+                            audit_log: plane.audit_log.clone(),
+                            dir,
+                        };
+                        tx.send(Some(shared)).unwrap();
+                        // held until the binary exits; the directory is swept by the next start
+                        let _plane = plane;
+                        std::future::pending::<()>().await
+                    })
+                })
+                .unwrap();
+            rx.recv().expect("the control plane starts (see the panic above)")
+        })
+        .as_ref()
+}
+
+const DIR_PREFIX: &str = "canary-e2e-plane-";
+
+/// Removes the directories of control planes whose test binary is gone (a shared plane's is never dropped).
+fn sweep_stale_directories() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix(DIR_PREFIX) else { continue };
+        let pid = rest.split('-').next().unwrap_or_default();
+        if !Path::new("/proc").join(pid).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
 impl ControlPlane {
     /// Starts etcd, kube-apiserver, kube-controller-manager and kube-scheduler; returns once the API server is
     /// ready. `None` when the binaries were not built.
     pub async fn start() -> Option<ControlPlane> {
         let bin = binaries()?;
-        let dir = tempfile::tempdir().unwrap();
+        sweep_stale_directories();
+        let prefix = format!("{DIR_PREFIX}{}-", std::process::id());
+        let dir = tempfile::Builder::new().prefix(&prefix).tempdir().unwrap();
         let root = dir.path().to_path_buf();
         let path = |name: &str| root.join(name);
         let started = Instant::now();
         let run = |program: &str, args: Vec<String>, log: &str| {
-            Command::new(bin.join(program))
+            let mut command = Command::new(bin.join(program));
+            // SAFETY: prctl is async-signal-safe; the process dies with the thread that started it
+            unsafe {
+                command.pre_exec(|| {
+                    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).map_err(std::io::Error::from)
+                });
+            }
+            command
                 .args(args)
                 .stdout(Stdio::null())
                 .stderr(Stdio::from(std::fs::File::create(path(log)).unwrap()))
@@ -73,6 +151,8 @@ impl ControlPlane {
                 format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer}"),
                 format!("--initial-cluster=default=http://127.0.0.1:{peer}"),
                 "--quota-backend-bytes=1073741824".into(),
+                // a throwaway store: no fsync (the tests' writes are many, the disk is shared)
+                "--unsafe-no-fsync".into(),
             ],
             "etcd.log",
         );
@@ -84,6 +164,7 @@ impl ControlPlane {
         openssl(&["genrsa", "-out", "sa.key", "2048"]);
         openssl(&["rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub"]);
         std::fs::write(path("tokens.csv"), format!("{ADMIN_TOKEN},admin,admin,system:masters\n")).unwrap();
+        std::fs::write(path("audit-policy.yaml"), AUDIT_POLICY).unwrap();
         let apiserver = run(
             "kube-apiserver",
             vec![
@@ -97,14 +178,17 @@ impl ControlPlane {
                 format!("--token-auth-file={}", path("tokens.csv").display()),
                 "--authorization-mode=RBAC".into(),
                 "--service-cluster-ip-range=10.96.0.0/16".into(),
+                format!("--audit-policy-file={}", path("audit-policy.yaml").display()),
+                format!("--audit-log-path={}", path("audit.log").display()),
             ],
             "kube-apiserver.log",
         );
         let url = format!("https://127.0.0.1:{secure}");
         let kubeconfig = path("admin.kubeconfig");
         std::fs::write(&kubeconfig, kubeconfig_text(&url, ADMIN_TOKEN)).unwrap();
-        let mut plane =
-            ControlPlane { dir, url, kubeconfig, started_in: Duration::ZERO, processes: vec![etcd, apiserver] };
+        let audit_log = path("audit.log");
+        let processes = vec![etcd, apiserver];
+        let mut plane = ControlPlane { dir, audit_log, url, kubeconfig, started_in: Duration::ZERO, processes };
         let client = plane.client().await;
         let ready = crate::within(60, || ready(&client)).await;
         assert!(ready, "kube-apiserver not ready within 60 s:\n{}", plane.logs());
@@ -167,7 +251,7 @@ async fn ready(client: &kube::Client) -> bool {
 
 /// A kubeconfig for `url` with a bearer token (the serving certificate is the API server's own, self-signed:
 /// not verified).
-fn kubeconfig_text(url: &str, token: &str) -> String {
+pub fn kubeconfig_text(url: &str, token: &str) -> String {
     format!(
         "apiVersion: v1\nkind: Config\nclusters:\n- name: local\n  cluster:\n    server: {url}\n    insecure-skip-tls-verify: true\n\
          users:\n- name: user\n  user:\n    token: {token}\ncontexts:\n- name: local\n  context:\n    cluster: local\n    user: user\n    namespace: default\n\

@@ -9,6 +9,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 
 pub mod control_plane;
+pub mod faults;
 pub mod kanary;
 pub mod prometheus;
 pub mod release;
@@ -30,18 +31,65 @@ pub struct Cluster {
     pub controller_kubeconfig: PathBuf,
     pub namespace: String,
     pub client: Client,
+    /// On the control plane: the controller's service-account token (for [`Cluster::fault_proxy`]).
+    controller_token: Option<String>,
+    /// The control plane of this test alone ([`Cluster::start_own`]), stopped with the cluster.
+    own: Option<control_plane::ControlPlane>,
 }
 
 impl Cluster {
-    /// A cluster with a fresh namespace for this test.
+    /// A cluster with a fresh namespace for this test: E2E_KUBECONFIG's, else the test binary's real control
+    /// plane ([`control_plane::shared`]), where the controller runs as service account `controller-manager` of
+    /// the namespace, bound to the roles of config/rbac.
     pub async fn start() -> Cluster {
+        if std::env::var_os("E2E_KUBECONFIG").is_some() {
+            return Cluster::start_fake().await;
+        }
+        let Some(plane) = control_plane::shared() else {
+            fake_apiserver::tools::skip(
+                "Kubernetes' control plane is not built (make setup runs scripts/build-control-plane.sh): on fake-apiserver",
+            );
+            return Cluster::start_fake().await;
+        };
+        Cluster::start_on(&plane.url, &plane.kubeconfig, None).await
+    }
+
+    /// A cluster on a control plane of this test's own, for what would disturb the tests sharing one (editing
+    /// or removing the CRDs); `None` on E2E_KUBECONFIG (the test is then not run) and when it is not built.
+    pub async fn start_own() -> Option<Cluster> {
+        if std::env::var_os("E2E_KUBECONFIG").is_some() {
+            fake_apiserver::tools::skip_unsupported("needs a control plane of its own (it edits cluster-wide objects)");
+            return None;
+        }
+        let Some(plane) = control_plane::ControlPlane::start().await else {
+            fake_apiserver::tools::skip("Kubernetes' control plane is not built (make setup)");
+            return None;
+        };
+        let (url, kubeconfig) = (plane.url.clone(), plane.kubeconfig.clone());
+        Some(Cluster::start_on(&url, &kubeconfig, Some(plane)).await)
+    }
+
+    async fn start_on(url: &str, kubeconfig: &std::path::Path, own: Option<control_plane::ControlPlane>) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let kubeconfig = kubeconfig.to_path_buf();
+        let client = client_of(&kubeconfig).await;
+        let namespace = create_namespace(&client).await;
+        let token = grant_controller_roles(&client, &namespace).await;
+        let controller_kubeconfig = dir.path().join("controller-kubeconfig");
+        std::fs::write(&controller_kubeconfig, control_plane::kubeconfig_text(url, &token)).unwrap();
+        let controller_token = Some(token);
+        Cluster { fake: None, dir, kubeconfig, controller_kubeconfig, namespace, client, controller_token, own }
+    }
+
+    /// A cluster on fake-apiserver (or E2E_KUBECONFIG), for the tests that run pods with workload-sim, which
+    /// plays the cluster's controllers and nodes there until it becomes the real control plane's nodes.
+    pub async fn start_fake() -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let (fake, kubeconfig, client) = match std::env::var("E2E_KUBECONFIG") {
             Ok(path) => {
                 let path = PathBuf::from(path);
-                let kc = kube::config::Kubeconfig::read_from(&path).unwrap();
-                let config = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.unwrap();
-                (None, path, Client::try_from(config).unwrap())
+                let client = client_of(&path).await;
+                (None, path, client)
             }
             Err(_) => {
                 let server = FakeApiServer::start().await.unwrap();
@@ -51,19 +99,88 @@ impl Cluster {
                 (Some(server), path, client)
             }
         };
-        let namespace = format!("e2e-{}", &uuid_like()[..8]);
-        let ns: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": namespace}})).unwrap();
-        Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await.unwrap();
+        let namespace = create_namespace(&client).await;
         let mut controller_kubeconfig = kubeconfig.clone();
         if let Some(server) = &fake {
             controller_kubeconfig = dir.path().join("controller-kubeconfig");
             std::fs::write(&controller_kubeconfig, server.kubeconfig_with_token(CONTROLLER_TOKEN)).unwrap();
-            grant_controller_roles(server, &client, &namespace).await;
+            server.state().rbac.add_token(CONTROLLER_TOKEN, &controller_user(&namespace), &[]);
+            apply_controller_roles(&client, &namespace).await;
+            server.state().rbac.set_enforce(true);
         }
-        Cluster { fake, dir, kubeconfig, controller_kubeconfig, namespace, client }
+        Cluster { fake, dir, kubeconfig, controller_kubeconfig, namespace, client, controller_token: None, own: None }
     }
 
-    /// The user name the controller's requests carry on fake-apiserver.
+    /// On the control plane: a [`faults::FaultProxy`] in front of the API server, and a kubeconfig of the
+    /// controller's service account through it (for one replica whose requests are to fail); `None` elsewhere.
+    pub async fn fault_proxy(&self, name: &str) -> Option<(faults::FaultProxy, PathBuf)> {
+        let token = self.controller_token.as_ref()?;
+        let url = match &self.own {
+            Some(own) => own.url.clone(),
+            None => control_plane::shared()?.url.clone(),
+        };
+        let proxy = faults::FaultProxy::start(&url).await;
+        let path = self.dir.path().join(format!("kubeconfig-{name}"));
+        std::fs::write(&path, proxy.kubeconfig(token)).unwrap();
+        Some((proxy, path))
+    }
+
+    /// The requests the controller's service account made, as (verb, group, resource[/subresource]): from
+    /// the control plane's audit log, or fake-apiserver's record; `None` on E2E_KUBECONFIG.
+    pub fn controller_requests(&self) -> Option<std::collections::BTreeSet<(String, String, String)>> {
+        let user = self.controller_user();
+        if let Some(server) = &self.fake {
+            let usage = server.state().rbac.usage(&user);
+            return Some(usage.into_iter().map(|u| (u.verb, u.group, u.resource)).collect());
+        }
+        let audit_log = match &self.own {
+            Some(own) => own.audit_log.clone(),
+            None => control_plane::shared()?.audit_log.clone(),
+        };
+        let log = std::fs::read_to_string(audit_log).ok()?;
+        let requests = log
+            .lines()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .filter(|event| event["user"]["username"] == user.as_str())
+            .filter_map(|event| {
+                let object = &event["objectRef"];
+                let mut resource = object["resource"].as_str()?.to_string();
+                if let Some(sub) = object["subresource"].as_str() {
+                    resource = format!("{resource}/{sub}");
+                }
+                let group = object["apiGroup"].as_str().unwrap_or_default().to_string();
+                Some((event["verb"].as_str()?.to_string(), group, resource))
+            })
+            .collect();
+        Some(requests)
+    }
+
+    /// What a kubelet would report once `count` pods matching `selector` run and pass their probes (on the
+    /// control plane, which has no nodes until workload-sim becomes them): each pod Running and Ready. The real
+    /// ReplicaSet and Deployment controllers then count them.
+    pub async fn report_pods_ready(&self, selector: &str, count: usize) {
+        use k8s_openapi::api::core::v1::Pod;
+        let pods: Api<Pod> = self.api();
+        let params = kube::api::ListParams::default().labels(selector);
+        eventually(30, &format!("{count} pods of {selector}"), || async {
+            pods.list(&params).await.unwrap().items.len() >= count
+        })
+        .await;
+        let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now());
+        for pod in pods.list(&params).await.unwrap() {
+            let status = serde_json::json!({"status": {"phase": "Running", "conditions": [
+                {"type": "Ready", "status": "True", "lastTransitionTime": now},
+                {"type": "ContainersReady", "status": "True", "lastTransitionTime": now}]}});
+            pods.patch_status(&pod.name_any(), &PatchParams::default(), &Patch::Strategic(status)).await.unwrap();
+        }
+    }
+
+    /// Whether this is the test binary's real control plane (not fake-apiserver, not E2E_KUBECONFIG).
+    pub fn on_control_plane(&self) -> bool {
+        self.fake.is_none() && std::env::var_os("E2E_KUBECONFIG").is_none()
+    }
+
+    /// The user name the controller's requests carry (on fake-apiserver and the control plane).
     pub fn controller_user(&self) -> String {
         controller_user(&self.namespace)
     }
@@ -94,8 +211,9 @@ impl Cluster {
             // the tests' webhook servers and Prometheus listen on loopback, which the egress policy refuses
             // by default
             .env("EGRESS_ALLOW", "127.0.0.0/8,::1");
-        // the leader election Lease lives in the test's namespace, so that tests sharing a cluster do not compete
-        cmd.env("POD_NAMESPACE", &self.namespace);
+        // the leader election Lease lives in the test's namespace, and the controller watches that namespace
+        // alone, so that tests sharing a cluster neither compete nor see each other's objects
+        cmd.env("POD_NAMESPACE", &self.namespace).env("WATCH_NAMESPACE", &self.namespace);
         cmd
     }
 
@@ -188,11 +306,9 @@ fn controller_user(namespace: &str) -> String {
 }
 
 /// The roles of config/rbac as they are (the ClusterRole, and the leader election Role in the test's
-/// namespace, where the controller's Lease is), bound to the controller's service account; enforcement on.
-async fn grant_controller_roles(server: &FakeApiServer, client: &Client, namespace: &str) {
+/// namespace, where the controller's Lease is), bound to the controller's service account.
+async fn apply_controller_roles(client: &Client, namespace: &str) {
     use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
-    let rbac = &server.state().rbac;
-    rbac.add_token(CONTROLLER_TOKEN, &controller_user(namespace), &[]);
     let subject = serde_json::json!([{"kind": "ServiceAccount", "name": "controller-manager", "namespace": namespace}]);
     let mut objects = vec![];
     for file in ["role.yaml", "leader_election_role.yaml"] {
@@ -200,15 +316,16 @@ async fn grant_controller_roles(server: &FakeApiServer, client: &Client, namespa
         let mut role: serde_json::Value = serde_saphyr::from_str(&text).unwrap();
         let kind = role["kind"].as_str().unwrap().to_string();
         let name = role["metadata"]["name"].as_str().unwrap().to_string();
-        if kind == "Role" {
-            role["metadata"]["namespace"] = namespace.into();
-        }
-        let binding_kind = if kind == "Role" { "RoleBinding" } else { "ClusterRoleBinding" };
-        let mut binding = serde_json::json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": binding_kind,
-            "metadata": {"name": format!("{name}-binding")},
+        let mut binding = serde_json::json!({"apiVersion": "rbac.authorization.k8s.io/v1",
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": kind, "name": name}, "subjects": subject});
         if kind == "Role" {
-            binding["metadata"]["namespace"] = namespace.into();
+            role["metadata"]["namespace"] = namespace.into();
+            binding["kind"] = "RoleBinding".into();
+            binding["metadata"] = serde_json::json!({"name": format!("{name}-binding"), "namespace": namespace});
+        } else {
+            // one ClusterRoleBinding per test namespace (tests share a control plane)
+            binding["kind"] = "ClusterRoleBinding".into();
+            binding["metadata"] = serde_json::json!({"name": format!("{name}-{namespace}")});
         }
         objects.push(role);
         objects.push(binding);
@@ -223,7 +340,34 @@ async fn grant_controller_roles(server: &FakeApiServer, client: &Client, namespa
         let name = object["metadata"]["name"].as_str().unwrap().to_string();
         api.patch(&name, &PatchParams::apply("e2e").force(), &Patch::Apply(object)).await.unwrap();
     }
-    rbac.set_enforce(true);
+}
+
+/// On a real API server: the controller's ServiceAccount, its roles, and a token for it (TokenRequest).
+async fn grant_controller_roles(client: &Client, namespace: &str) -> String {
+    use k8s_openapi::api::authentication::v1::TokenRequest;
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
+    let account: ServiceAccount =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": "controller-manager"}})).unwrap();
+    accounts.create(&PostParams::default(), &account).await.unwrap();
+    apply_controller_roles(client, namespace).await;
+    let request: TokenRequest =
+        serde_json::from_value(serde_json::json!({"spec": {"audiences": [], "expirationSeconds": 86400}})).unwrap();
+    let answer = accounts.create_token_request("controller-manager", &PostParams::default(), &request).await.unwrap();
+    answer.status.expect("a token").token
+}
+
+async fn client_of(kubeconfig: &std::path::Path) -> Client {
+    let kc = kube::config::Kubeconfig::read_from(kubeconfig).unwrap();
+    let config = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.unwrap();
+    Client::try_from(config).unwrap()
+}
+
+async fn create_namespace(client: &Client) -> String {
+    let namespace = format!("e2e-{}", &uuid_like()[..8]);
+    let ns: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": namespace}})).unwrap();
+    Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await.unwrap();
+    namespace
 }
 
 /// Runs kubectl (see `fake_apiserver::tools::command`); None when it is missing outside CI (the test skips).

@@ -40,7 +40,7 @@ async fn kubectl_canary_shows_watches_and_drives_a_release() {
     let plugin = std::path::Path::new(env!("CARGO_BIN_EXE_kubectl-canary"));
     let path = format!("{}:{}", plugin.parent().unwrap().display(), std::env::var("PATH").unwrap_or_default());
     unsafe { std::env::set_var("PATH", &path) };
-    let cluster = Cluster::start().await;
+    let cluster = Cluster::start_fake().await;
     cluster.install_crds().await;
     let mut controller = cluster.spawn_controller();
     controller.wait_for_log("controllers running").await;

@@ -978,6 +978,7 @@ fn canaries_for(
 /// Runs the Canary controller until `shutdown` completes.
 pub async fn run(
     client: Client,
+    scope: &crate::runtime::Scope,
     caches: Arc<Caches>,
     reconciler: CanaryReconciler,
     metrics: Arc<crate::runtime::telemetry::Metrics>,
@@ -985,7 +986,7 @@ pub async fn run(
 ) {
     let references = Arc::new(References::new(deployments_of));
     let controller = crate::runtime::triggers::controller(
-        Api::<GuardedCanary>::all(client.clone()),
+        scope.api::<GuardedCanary>(&client),
         (),
         references.clone(),
         spec_or_request,

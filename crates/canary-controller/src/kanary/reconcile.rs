@@ -310,6 +310,7 @@ fn spec_or_reports(kanary: &Kanary) -> Option<u64> {
 /// Runs the Kanary controller of one API group until `shutdown` completes.
 pub async fn run(
     client: Client,
+    scope: &crate::runtime::Scope,
     caches: Arc<Caches>,
     resource: ApiResource,
     proxy: ProxyOptions,
@@ -318,7 +319,7 @@ pub async fn run(
 ) {
     let references = Arc::new(References::new(Kanary::services));
     let controller = crate::runtime::triggers::controller(
-        Api::<Kanary>::all_with(client.clone(), &resource),
+        scope.api_with::<Kanary>(&client, &resource),
         resource.clone(),
         references.clone(),
         spec_or_reports,

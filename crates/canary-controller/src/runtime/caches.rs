@@ -467,19 +467,15 @@ pub struct Caches {
 
 impl Caches {
     /// Starts the watches; [`Caches::ready`] tells when every cache holds its first list.
-    pub fn start(client: &Client) -> Caches {
+    pub fn start(client: &Client, scope: &super::Scope) -> Caches {
         Caches {
-            deployments: Cache::start(Api::<Deployment>::all(client.clone()), CachedDeployment::from, CANARY_LABEL),
-            services: Cache::start(Api::<Service>::all(client.clone()), CachedService::from, PROXY_LABEL),
-            endpoint_slices: Cache::start(
-                Api::<EndpointSlice>::all(client.clone()),
-                CachedSlice::from,
-                SERVICE_NAME_LABEL,
-            ),
-            config_maps: Cache::start(Api::all(client.clone()), compact_child, PROXY_LABEL),
-            service_accounts: Cache::start(Api::all(client.clone()), compact_child, PROXY_LABEL),
-            roles: Cache::start(Api::all(client.clone()), compact_child, PROXY_LABEL),
-            role_bindings: Cache::start(Api::all(client.clone()), compact_child, PROXY_LABEL),
+            deployments: Cache::start(scope.api::<Deployment>(client), CachedDeployment::from, CANARY_LABEL),
+            services: Cache::start(scope.api::<Service>(client), CachedService::from, PROXY_LABEL),
+            endpoint_slices: Cache::start(scope.api::<EndpointSlice>(client), CachedSlice::from, SERVICE_NAME_LABEL),
+            config_maps: Cache::start(scope.api(client), compact_child, PROXY_LABEL),
+            service_accounts: Cache::start(scope.api(client), compact_child, PROXY_LABEL),
+            roles: Cache::start(scope.api(client), compact_child, PROXY_LABEL),
+            role_bindings: Cache::start(scope.api(client), compact_child, PROXY_LABEL),
         }
     }
 

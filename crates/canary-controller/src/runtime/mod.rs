@@ -108,6 +108,35 @@ pub async fn check_crds(client: &Client) -> anyhow::Result<Vec<(&'static str, &'
     Ok(kanary_groups)
 }
 
+/// What the controllers watch: every namespace, or one (`--watch-namespace`).
+#[derive(Debug, Clone, Default)]
+pub struct Scope(pub Option<String>);
+
+impl Scope {
+    /// The API of a namespaced resource over the watched namespaces.
+    pub fn api<K>(&self, client: &Client) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        K::DynamicType: Default,
+    {
+        match &self.0 {
+            Some(namespace) => Api::namespaced(client.clone(), namespace),
+            None => Api::all(client.clone()),
+        }
+    }
+
+    /// [`Scope::api`] of a resource known at run time.
+    pub fn api_with<K>(&self, client: &Client, resource: &K::DynamicType) -> Api<K>
+    where
+        K: kube::Resource<Scope = kube::core::DynamicResourceScope>,
+    {
+        match &self.0 {
+            Some(namespace) => Api::namespaced_with(client.clone(), namespace, resource),
+            None => Api::all_with(client.clone(), resource),
+        }
+    }
+}
+
 /// How long running reconciles may take to finish after SIGTERM.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -121,6 +150,8 @@ pub struct RunOptions {
     pub prometheus_address: Option<String>,
     /// What webhook steps and Prometheus queries may call (the API server's addresses are added on start).
     pub egress: crate::canary::egress::Policy,
+    /// The one namespace watched (`--watch-namespace`); `None`: every namespace.
+    pub watch_namespace: Option<String>,
     /// `None` runs the controllers at once, without leader election (a single replica).
     pub leader_election: Option<leader::LeaderElection>,
 }
@@ -197,7 +228,8 @@ async fn run_controllers(
     metrics: &std::sync::Arc<telemetry::Metrics>,
     stop: impl Future<Output = ()> + Clone + Send + Sync + 'static,
 ) {
-    let caches = std::sync::Arc::new(caches::Caches::start(client));
+    let scope = Scope(options.watch_namespace.clone());
+    let caches = std::sync::Arc::new(caches::Caches::start(client, &scope));
     tokio::select! {
         ready = caches.ready() => if let Err(e) = ready {
             tracing::error!(error = %e, "the caches did not fill; controllers not started");
@@ -218,6 +250,7 @@ async fn run_controllers(
         let resource = crate::api::kanary::api_resource(group, version);
         crate::kanary::reconcile::run(
             client.clone(),
+            &scope,
             caches.clone(),
             resource,
             options.proxy.clone(),
@@ -229,6 +262,7 @@ async fn run_controllers(
         futures::join!(
             crate::canary::reconcile::run(
                 client.clone(),
+                &scope,
                 caches.clone(),
                 crate::canary::reconcile::CanaryReconciler::new(release_kanary, options.prometheus_address.clone()),
                 metrics.clone(),

@@ -182,7 +182,7 @@ mod tests {
         for name in ["a", "b"] {
             objects.apply_watcher_event(&kube::runtime::watcher::Event::Apply(object(name)));
         }
-        let caches = Arc::new(Caches::start(&client));
+        let caches = Arc::new(Caches::start(&client, &crate::runtime::Scope::default()));
         let ctx = Arc::new(Context::new(client, caches, objects.as_reader(), (), Metrics::new(), Failing));
         let retry = |name: &str| error_policy(Arc::new(object(name)), &Failed, ctx.clone());
         assert_eq!(retry("a"), Action::requeue(Duration::from_millis(500)));
