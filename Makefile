@@ -7,7 +7,7 @@ setup:          ## install system packages and fetch crates
 build:
 	cargo build --workspace
 
-run:            ## run the controller against a local fake-apiserver
+run:            ## run the controller against a local Kubernetes control plane (LOCAL_API=fake: fake-apiserver and workload-sim)
 	bash scripts/run-local.sh
 
 demo:           ## a complete release on the local simulator: a good canary promoted, a bad one rolled back (root)

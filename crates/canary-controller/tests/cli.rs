@@ -113,8 +113,9 @@ async fn run_serves_health_readiness_and_reconcile_metrics() {
     cluster.cleanup().await;
 }
 
-/// `make run` (scripts/run-local.sh) starts when port 8080 is taken: the controller serves its metrics on a
-/// free loopback port and prints where.
+/// `make run` (scripts/run-local.sh) starts the control plane and the controller, also when port 8080 is
+/// taken: the controller serves its metrics on a free loopback port and prints where; the README's Canary
+/// session works there with kubectl.
 #[tokio::test]
 async fn make_run_starts_when_port_8080_is_taken() {
     if !fake_apiserver::tools::available("kubectl") {
@@ -122,12 +123,15 @@ async fn make_run_starts_when_port_8080_is_taken() {
     }
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
     let controller = std::path::Path::new(env!("CARGO_BIN_EXE_canary-controller"));
-    let fake_apiserver = controller.with_file_name("fake-apiserver");
-    assert!(fake_apiserver.exists(), "{} is missing: cargo build --workspace", fake_apiserver.display());
+    let control_plane = controller.with_file_name("control-plane");
+    assert!(control_plane.exists(), "{} is missing: cargo build --workspace", control_plane.display());
+    if support::control_plane::binaries().is_none() {
+        fake_apiserver::tools::skip("Kubernetes' control plane is not built (make setup)");
+        return;
+    }
     let _taken = std::net::TcpListener::bind("0.0.0.0:8080"); // by this test, or by something else already
     assert!(std::net::TcpListener::bind("0.0.0.0:8080").is_err(), "port 8080 should be taken");
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let log = dir.path().join("run.log");
     let kubectl_dir = fake_apiserver::tools::command("kubectl").parent().map(|p| p.to_path_buf()).unwrap_or_default();
     let path = format!("{}:{}", kubectl_dir.display(), std::env::var("PATH").unwrap_or_default());
@@ -135,8 +139,7 @@ async fn make_run_starts_when_port_8080_is_taken() {
         .arg(format!("{root}/scripts/run-local.sh"))
         .env("SKIP_BUILD", "1")
         .env("LOCAL_DIR", dir.path())
-        .env("FAKE_APISERVER_LISTEN", format!("127.0.0.1:{port}"))
-        .env("FAKE_APISERVER_BIN", &fake_apiserver)
+        .env("CONTROL_PLANE_BIN", &control_plane)
         .env("CANARY_CONTROLLER_BIN", controller)
         .env("PATH", path)
         .env_remove("METRICS_ADDRESS")
@@ -160,13 +163,32 @@ async fn make_run_starts_when_port_8080_is_taken() {
         Some(a) if started => support::http_get(a, "/healthz").await,
         _ => None,
     };
+    // the README's session: the target and the Canary from config/samples; the canary Deployment follows
+    let kubeconfig = dir.path().join("kubeconfig");
+    let cache = dir.path().join("kubectl-cache");
+    let mut canary_made = false;
+    if started {
+        for sample in ["target_deployment.yaml", "canary_v1beta1_canary.yaml"] {
+            let file = format!("{root}/config/samples/{sample}");
+            let out = support::kubectl(&kubeconfig, &cache, &["apply", "-f", &file], None).await.unwrap();
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        }
+        canary_made = support::within(30, || async {
+            let get = ["get", "deployment", "-l", "canary=true", "-o", "name"];
+            let out = support::kubectl(&kubeconfig, &cache, &get, None).await.unwrap();
+            !String::from_utf8_lossy(&out.stdout).trim().is_empty()
+        })
+        .await;
+    }
     let pid = run.id().unwrap() as i32;
     assert!(pid > 1);
-    // the script's process group (fake-apiserver and the controller too); `--` so that `-PID` is a group
+    // the script's process group (the control plane and the controller too); `--` so that `-PID` is a group
     let _ = std::process::Command::new("kill").args(["-s", "TERM", "--", &format!("-{pid}")]).status();
     let _ = run.wait().await;
     assert!(started, "make run did not start:\n{output}");
     let address = address.unwrap_or_else(|| panic!("make run does not say where it serves:\n{output}"));
     assert!(!address.ends_with(":8080"), "{address}");
     assert!(health.is_some_and(|h| h.contains(" 200 ")), "no health answer on {address}:\n{output}");
+    assert!(canary_made, "the README's Canary made no canary Deployment:\n{output}");
+    assert!(output.contains("pods stay Pending"), "make run does not say that pods stay Pending:\n{output}");
 }

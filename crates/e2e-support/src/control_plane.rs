@@ -44,6 +44,27 @@ pub struct ControlPlane {
     /// How long from starting etcd to kube-apiserver's /readyz answering ok.
     pub started_in: Duration,
     processes: Vec<Child>,
+    /// kube-apiserver's program and arguments, to restart it.
+    apiserver: (PathBuf, Vec<String>),
+}
+
+/// Starts a component logging to `log` (appended to); it dies with the thread that started it.
+fn spawn(program: &Path, args: &[String], log: &Path) -> Child {
+    let mut command = Command::new(program);
+    // SAFETY: prctl is async-signal-safe; the process dies with the thread that started it
+    unsafe {
+        command.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).map_err(std::io::Error::from)
+        });
+    }
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+    command
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(log))
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("{}: {e}", program.display()))
 }
 
 const ADMIN_TOKEN: &str = "e2e-admin-token";
@@ -123,22 +144,7 @@ impl ControlPlane {
         let root = dir.path().to_path_buf();
         let path = |name: &str| root.join(name);
         let started = Instant::now();
-        let run = |program: &str, args: Vec<String>, log: &str| {
-            let mut command = Command::new(bin.join(program));
-            // SAFETY: prctl is async-signal-safe; the process dies with the thread that started it
-            unsafe {
-                command.pre_exec(|| {
-                    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).map_err(std::io::Error::from)
-                });
-            }
-            command
-                .args(args)
-                .stdout(Stdio::null())
-                .stderr(Stdio::from(std::fs::File::create(path(log)).unwrap()))
-                .kill_on_drop(true)
-                .spawn()
-                .unwrap_or_else(|e| panic!("{program}: {e}"))
-        };
+        let run = |program: &str, args: Vec<String>, log: &str| spawn(&bin.join(program), &args, &path(log));
         let port = || crate::traffic::free_port("127.0.0.1");
         let (client, peer, secure) = (port(), port(), port());
         let etcd = run(
@@ -165,30 +171,29 @@ impl ControlPlane {
         openssl(&["rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub"]);
         std::fs::write(path("tokens.csv"), format!("{ADMIN_TOKEN},admin,admin,system:masters\n")).unwrap();
         std::fs::write(path("audit-policy.yaml"), AUDIT_POLICY).unwrap();
-        let apiserver = run(
-            "kube-apiserver",
-            vec![
-                format!("--etcd-servers=http://127.0.0.1:{client}"),
-                "--bind-address=127.0.0.1".into(),
-                format!("--secure-port={secure}"),
-                format!("--cert-dir={}", path("certs").display()),
-                "--service-account-issuer=https://kubernetes.default.svc".into(),
-                format!("--service-account-key-file={}", path("sa.pub").display()),
-                format!("--service-account-signing-key-file={}", path("sa.key").display()),
-                format!("--token-auth-file={}", path("tokens.csv").display()),
-                "--authorization-mode=RBAC".into(),
-                "--service-cluster-ip-range=10.96.0.0/16".into(),
-                format!("--audit-policy-file={}", path("audit-policy.yaml").display()),
-                format!("--audit-log-path={}", path("audit.log").display()),
-            ],
-            "kube-apiserver.log",
-        );
+        let apiserver_args = vec![
+            format!("--etcd-servers=http://127.0.0.1:{client}"),
+            "--bind-address=127.0.0.1".into(),
+            format!("--secure-port={secure}"),
+            format!("--cert-dir={}", path("certs").display()),
+            "--service-account-issuer=https://kubernetes.default.svc".into(),
+            format!("--service-account-key-file={}", path("sa.pub").display()),
+            format!("--service-account-signing-key-file={}", path("sa.key").display()),
+            format!("--token-auth-file={}", path("tokens.csv").display()),
+            "--authorization-mode=RBAC".into(),
+            "--service-cluster-ip-range=10.96.0.0/16".into(),
+            format!("--audit-policy-file={}", path("audit-policy.yaml").display()),
+            format!("--audit-log-path={}", path("audit.log").display()),
+        ];
+        let apiserver = run("kube-apiserver", apiserver_args.clone(), "kube-apiserver.log");
         let url = format!("https://127.0.0.1:{secure}");
         let kubeconfig = path("admin.kubeconfig");
         std::fs::write(&kubeconfig, kubeconfig_text(&url, ADMIN_TOKEN)).unwrap();
         let audit_log = path("audit.log");
         let processes = vec![etcd, apiserver];
-        let mut plane = ControlPlane { dir, audit_log, url, kubeconfig, started_in: Duration::ZERO, processes };
+        let apiserver = (bin.join("kube-apiserver"), apiserver_args);
+        let mut plane =
+            ControlPlane { dir, audit_log, url, kubeconfig, started_in: Duration::ZERO, processes, apiserver };
         let client = plane.client().await;
         let ready = crate::within(60, || ready(&client)).await;
         assert!(ready, "kube-apiserver not ready within 60 s:\n{}", plane.logs());
@@ -220,6 +225,18 @@ impl ControlPlane {
         );
         plane.processes.extend([manager, scheduler]);
         Some(plane)
+    }
+
+    /// Stops kube-apiserver (SIGKILL: no goodbye to its clients' watches) and starts it again on the same
+    /// port and store; returns once it is ready.
+    pub async fn restart_apiserver(&mut self) {
+        let old = &mut self.processes[1];
+        old.kill().await.unwrap();
+        let (program, args) = &self.apiserver;
+        self.processes[1] = spawn(program, args, &self.dir.path().join("kube-apiserver.log"));
+        let client = self.client().await;
+        let ready = crate::within(60, || ready(&client)).await;
+        assert!(ready, "kube-apiserver not ready within 60 s after a restart:\n{}", self.logs());
     }
 
     /// A client of the admin.

@@ -175,6 +175,11 @@ impl Cluster {
         }
     }
 
+    /// Restarts the API server of this test's own control plane ([`Cluster::start_own`]).
+    pub async fn restart_api_server(&mut self) {
+        self.own.as_mut().expect("a control plane of the test's own").restart_apiserver().await;
+    }
+
     /// Whether this is the test binary's real control plane (not fake-apiserver, not E2E_KUBECONFIG).
     pub fn on_control_plane(&self) -> bool {
         self.fake.is_none() && std::env::var_os("E2E_KUBECONFIG").is_none()
