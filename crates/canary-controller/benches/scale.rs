@@ -1,6 +1,7 @@
 //! `cargo bench -p canary-controller --bench scale`: the real `canary-controller run` (release build, leader
-//! election on) against fake-apiserver holding SCALE Canaries and SCALE Kanaries (default 1,000 each; each
-//! Kanary has 5 routes whose Services have 20 ready endpoints). Prints:
+//! election on) against Kubernetes' own control plane (kube-apiserver, etcd, kube-controller-manager and
+//! kube-scheduler built by `make setup`; no nodes) holding SCALE Canaries and SCALE Kanaries (default 1,000
+//! each; each Kanary has 5 routes whose Services have 20 ready endpoints). Prints:
 //! - time to converge from start (every child and status written), and as a ratio to the time the bench
 //!   itself takes to write the same number of child objects straight to the API (the baseline);
 //! - p50/p99 latency from a spec change to the updated child (one change at a time);
@@ -8,11 +9,17 @@
 //!   (events apart), and requests in a quiet window when nothing changes;
 //! - writes and reconciles of a controller restarted on the converged cluster (0 writes: it finds every
 //!   child as desired);
-//! - the controller's peak RSS (VmHWM) and CPU time until converged, per object.
+//! - the controller's peak RSS (VmHWM) and CPU time until converged, per object; kube-apiserver's and etcd's
+//!   CPU over the same window and their peak RSS;
+//! - the same-run anchor: kube-controller-manager's CPU and peak RSS for the Deployment and ReplicaSet work of
+//!   the same objects (the 2 x SCALE Deployments the controller creates get their ReplicaSets and Pods), per
+//!   Deployment, beside the controller's per object.
+//!
+//! The request figures are the controller's own count (`canary_controller_api_requests_total`, leader election
+//! apart); convergence is polled through the API once a second.
 //!
 //! Each figure is printed as soon as it is measured. Asserts nothing; the figures are quoted in the README.
 
-use fake_apiserver::FakeApiServer;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
@@ -189,6 +196,33 @@ async fn reconciles_settle(address: &str, at_least: f64) -> (f64, Instant) {
     (last, last_change)
 }
 
+/// The controller's count of its API requests ("VERB resource" -> n), from its `/metrics`.
+async fn controller_requests(metrics_address: &str) -> BTreeMap<String, u64> {
+    let body = fake_apiserver::tools::http_get(metrics_address, "/metrics").await.unwrap_or_default();
+    let mut counters = BTreeMap::new();
+    for line in body.lines().filter(|l| l.starts_with("canary_controller_api_requests_total{")) {
+        let label = |name: &str| {
+            let start = line.find(&format!("{name}=\""))? + name.len() + 2;
+            Some(line[start..].split('"').next()?.to_string())
+        };
+        let value = line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0) as u64;
+        if let (Some(verb), Some(resource)) = (label("verb"), label("resource")) {
+            *counters.entry(format!("{verb} {resource}")).or_default() += value;
+        }
+    }
+    counters
+}
+
+/// `now - before`, counter by counter.
+fn minus(now: &BTreeMap<String, u64>, before: &BTreeMap<String, u64>) -> BTreeMap<String, u64> {
+    now.iter().map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0))).collect()
+}
+
+/// CPU seconds of each control-plane component.
+fn plane_cpu(pids: &[(&'static str, u32)]) -> BTreeMap<&'static str, f64> {
+    pids.iter().map(|(name, pid)| (*name, cpu_seconds(&pid.to_string()))).collect()
+}
+
 /// Requests of `verbs` among request counters ("VERB resource"), Lease and events apart.
 fn requests(counters: &BTreeMap<String, u64>, verbs: &[&str]) -> u64 {
     let counted =
@@ -201,16 +235,21 @@ const WRITES: &[&str] = &["create", "patch", "update", "delete"];
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let scale: usize = std::env::var("SCALE").ok().and_then(|s| s.parse().ok()).unwrap_or(1000);
-    let server = FakeApiServer::start().await.unwrap();
-    let client = server.client();
+    let plane = e2e_support::control_plane::ControlPlane::start()
+        .await
+        .expect("Kubernetes' control plane is not built: run make setup (scripts/build-control-plane.sh)");
+    let client = plane.client().await;
     let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(&kubeconfig, server.kubeconfig()).unwrap();
+    let kubeconfig = plane.kubeconfig.clone();
+    let pids = plane.pids();
     let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
         Api::all(client.clone());
     for crd in canary_controller::api::crds() {
         let name = kube::ResourceExt::name_any(&crd);
         crds.patch(&name, &PatchParams::apply("bench").force(), &Patch::Apply(crd)).await.unwrap();
+        let established = kube::runtime::conditions::is_crd_established();
+        let wait = kube::runtime::wait::await_condition(crds.clone(), &name, established);
+        tokio::time::timeout(Duration::from_secs(30), wait).await.unwrap().unwrap();
     }
     for n in 0..scale.div_ceil(PER_NAMESPACE) {
         let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": format!("scale-{n}")}})).unwrap();
@@ -244,45 +283,56 @@ async fn main() {
     let baseline = started.elapsed();
 
     println!(
-        "scale: {scale} Canaries, {scale} Kanaries ({ROUTES} routes x {ENDPOINTS} endpoints), fake-apiserver in process"
+        "scale: {scale} Canaries, {scale} Kanaries ({ROUTES} routes x {ENDPOINTS} endpoints), Kubernetes {} (kube-apiserver, etcd, kube-controller-manager, kube-scheduler; no nodes)",
+        e2e_support::control_plane::version()
     );
-    server.state().reset_counters();
+    let plane_before = plane_cpu(&pids);
     let log_path = dir.path().join("controller.log");
     let mut controller = spawn_controller(&kubeconfig, &log_path);
     let pid = controller.id().unwrap();
     let started = Instant::now();
 
-    // converged: every canary Deployment and HAProxy ConfigMap exists and every status is written
-    // read in process, straight from fake-apiserver's store: polling through the API would load it more than
-    // the controller does
-    let count = |group: &str, version: &str, plural: &str, done: &dyn Fn(&Value) -> bool| -> usize {
-        let inner = server.state().inner.lock().unwrap();
-        let rt = inner.resource(group, version, plural).unwrap();
-        inner.store.list(&rt.bucket, None).filter(|o| done(o)).count()
+    // converged: every canary Deployment and HAProxy ConfigMap exists and every status is written (polled
+    // through the API once a second)
+    let counted = |plural: &'static str, done: fn(&Value) -> bool| {
+        let client = client.clone();
+        async move {
+            let (group, version) = match plural {
+                "canaries" => ("canary.k8s.wantedly.com", "v1beta1"),
+                "kanaries" => ("kanary.k8s.io", "v1"),
+                "deployments" => ("apps", "v1"),
+                _ => ("", "v1"),
+            };
+            let gvk = kube::core::GroupVersionKind::gvk(group, version, "");
+            let ar = kube::core::ApiResource::from_gvk_with_plural(&gvk, plural);
+            let api: Api<DynamicObject> = Api::all_with(client, &ar);
+            let list = api.list(&Default::default()).await.unwrap();
+            list.items.iter().map(|o| serde_json::to_value(o).unwrap()).filter(|o| done(o)).count()
+        }
     };
-    let has_conditions = |o: &Value| o["status"]["conditions"].as_array().is_some_and(|c| !c.is_empty());
+    let has_conditions: fn(&Value) -> bool = |o| o["status"]["conditions"].as_array().is_some_and(|c| !c.is_empty());
     loop {
-        let done = count("apps", "v1", "deployments", &|d| d["metadata"]["labels"]["canary"] == "true") == scale
-            && count("", "v1", "configmaps", &|c| c["metadata"]["name"].as_str().unwrap().ends_with("-config"))
-                == scale
-            && count("canary.k8s.wantedly.com", "v1beta1", "canaries", &has_conditions) == scale
-            && count("kanary.k8s.io", "v1", "kanaries", &has_conditions) == scale;
+        let done = counted("deployments", |d| d["metadata"]["labels"]["canary"] == "true").await == scale
+            && counted("configmaps", |c| c["metadata"]["name"].as_str().unwrap().ends_with("-config")).await == scale
+            && counted("canaries", has_conditions).await == scale
+            && counted("kanaries", has_conditions).await == scale;
         if done {
             break;
         }
-        if started.elapsed() > Duration::from_secs(300) {
-            panic!("not converged after 300 s; log:\n{}", std::fs::read_to_string(&log_path).unwrap_or_default());
+        if started.elapsed() > Duration::from_secs(600) {
+            panic!("not converged after 600 s; log:\n{}", std::fs::read_to_string(&log_path).unwrap_or_default());
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
     let metrics_address = wait_metrics_address(&log_path).await;
     // ... and the work queue drained: converged when the last reconcile ended (none for a second after it)
     let (_, last_change) = reconciles_settle(&metrics_address, 0.0).await;
     let converge = last_change.duration_since(started);
     let controller_cpu = cpu_seconds(&pid.to_string());
-    let bench_cpu = cpu_seconds("self");
+    let plane_converge = plane_cpu(&pids);
+    let plane_used = |name: &str| plane_converge[name] - plane_before[name];
     let is_lease = |k: &str| k.contains("leases");
-    let converge_counters = server.counters();
+    let converge_counters = controller_requests(&metrics_address).await;
     let converge_requests = total(&converge_counters, |k| is_lease(k) || k.starts_with("watch "));
     let verb = |verbs: &[&str]| requests(&converge_counters, verbs);
     let (gets, lists) = (verb(&["get"]), verb(&["list"]));
@@ -313,23 +363,57 @@ async fn main() {
         (creates + patches + deletes) as f64 / objects
     );
     println!(
-        "CPU until converged:        controller {controller_cpu:.1} s ({:.2} ms per object); fake-apiserver and bench (one process) {bench_cpu:.1} s",
-        controller_cpu * 1e3 / objects
+        "CPU until converged:        controller {controller_cpu:.1} s ({:.2} ms per object); kube-apiserver {:.1} s, etcd {:.1} s, kube-controller-manager {:.1} s, kube-scheduler {:.1} s",
+        controller_cpu * 1e3 / objects,
+        plane_used("kube-apiserver"),
+        plane_used("etcd"),
+        plane_used("kube-controller-manager"),
+        plane_used("kube-scheduler"),
+    );
+
+    // the anchor: kube-controller-manager finishing the Deployment and ReplicaSet work for the Deployments the
+    // controller created (a ReplicaSet and its Pods each)
+    let rolled: fn(&Value) -> bool = |d| {
+        d["metadata"]["labels"]["canary"] == "true" || d["metadata"]["name"].as_str().unwrap().ends_with("-haproxy")
+    };
+    let settled_at = Instant::now();
+    loop {
+        let done = counted("deployments", |d| {
+            let made = d["status"]["replicas"].as_i64() == d["spec"]["replicas"].as_i64();
+            let ours = d["metadata"]["labels"]["canary"] == "true"
+                || d["metadata"]["name"].as_str().unwrap().ends_with("-haproxy");
+            ours && made && d["status"]["observedGeneration"] == d["metadata"]["generation"]
+        })
+        .await;
+        if done == 2 * scale || settled_at.elapsed() > Duration::from_secs(600) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let handled = counted("deployments", rolled).await;
+    let manager_cpu = plane_cpu(&pids)["kube-controller-manager"] - plane_before["kube-controller-manager"];
+    let rss_of = |name: &str| peak_rss_mib(pids.iter().find(|(n, _)| *n == name).unwrap().1);
+    println!(
+        "anchor, kube-controller-manager: {manager_cpu:.1} s CPU for the {handled} Deployments the controller created \
+         (their ReplicaSets and Pods): {:.2} ms per Deployment, against the controller's {:.2} ms per object; peak RSS \
+         {:.1} MiB",
+        manager_cpu * 1e3 / handled.max(1) as f64,
+        controller_cpu * 1e3 / objects,
+        rss_of("kube-controller-manager")
     );
 
     // quiet window: nothing changes
-    server.state().reset_counters();
+    let before = controller_requests(&metrics_address).await;
     let reconciles_before = reconciles(&metrics_address).await;
     tokio::time::sleep(QUIET).await;
-    let quiet = server.counters();
+    let quiet = minus(&controller_requests(&metrics_address).await, &before);
     let quiet_requests = total(&quiet, is_lease);
-    let quiet_lease = total(&quiet, |k| !is_lease(k));
     let quiet_reconciles = reconciles(&metrics_address).await - reconciles_before;
     if quiet_requests > 0 {
         eprintln!("requests in the quiet window: {quiet:?}");
     }
     println!(
-        "quiet {}s, nothing changing:  {quiet_requests} requests, {quiet_reconciles} reconciles (and {quiet_lease} Lease renewals)",
+        "quiet {}s, nothing changing:  {quiet_requests} requests, {quiet_reconciles} reconciles (Lease renewals apart)",
         QUIET.as_secs()
     );
     let first_rss = peak_rss_mib(pid);
@@ -337,7 +421,6 @@ async fn main() {
     // restart on the converged cluster: every object is reconciled once and nothing is written
     signal_group(pid, "TERM");
     controller.wait().await.unwrap();
-    server.state().reset_counters();
     let restarted_log = dir.path().join("controller-restarted.log");
     let restarted_at = Instant::now();
     controller = spawn_controller(&kubeconfig, &restarted_log);
@@ -345,7 +428,7 @@ async fn main() {
     let metrics_address = wait_metrics_address(&restarted_log).await;
     let (restart_reconciles, settled) = reconciles_settle(&metrics_address, (2 * scale) as f64).await;
     let restart_time = settled.duration_since(restarted_at);
-    let restart_writes = requests(&server.counters(), WRITES);
+    let restart_writes = requests(&controller_requests(&metrics_address).await, WRITES);
     let log_path = restarted_log;
     println!(
         "restart, converged cluster: {restart_writes} writes, {restart_reconciles} reconciles, settled in {:.1} s",
@@ -443,7 +526,11 @@ async fn main() {
         percentile(&kanary_latency, 0.5).as_secs_f64() * 1e3,
         percentile(&kanary_latency, 0.99).as_secs_f64() * 1e3
     );
-    println!("controller peak RSS:        {rss:.1} MiB");
+    println!(
+        "peak RSS:                   controller {rss:.1} MiB; kube-apiserver {:.1} MiB, etcd {:.1} MiB",
+        rss_of("kube-apiserver"),
+        rss_of("etcd")
+    );
 }
 
 async fn server_client(kubeconfig: &std::path::Path) -> kube::Client {

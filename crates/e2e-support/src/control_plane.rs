@@ -41,6 +41,8 @@ pub struct ControlPlane {
     pub url: String,
     /// A kubeconfig of the admin (group system:masters).
     pub kubeconfig: PathBuf,
+    /// The API server's serving certificate and its CA (self-signed, generated at start), which clients trust.
+    pub ca: PathBuf,
     /// How long from starting etcd to kube-apiserver's /readyz answering ok.
     pub started_in: Duration,
     processes: Vec<Child>,
@@ -78,6 +80,7 @@ const AUDIT_POLICY: &str = "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStage
 /// What a test needs of the test binary's shared control plane.
 pub struct Shared {
     pub url: String,
+    pub ca: PathBuf,
     pub kubeconfig: PathBuf,
     pub audit_log: PathBuf,
     pub dir: PathBuf,
@@ -102,6 +105,7 @@ pub fn shared() -> Option<&'static Shared> {
                         let dir = plane.dir.path().to_path_buf();
                         let shared = Shared {
                             url: plane.url.clone(),
+                            ca: plane.ca.clone(),
                             kubeconfig: plane.kubeconfig.clone(),
                             audit_log: plane.audit_log.clone(),
                             dir,
@@ -187,13 +191,17 @@ impl ControlPlane {
         ];
         let apiserver = run("kube-apiserver", apiserver_args.clone(), "kube-apiserver.log");
         let url = format!("https://127.0.0.1:{secure}");
+        // the serving certificate kube-apiserver generates, and its CA, are what clients trust
+        let ca = path("certs/apiserver.crt");
+        let written = crate::within(30, || async { ca.exists() }).await;
+        assert!(written, "kube-apiserver wrote no serving certificate within 30 s");
         let kubeconfig = path("admin.kubeconfig");
-        std::fs::write(&kubeconfig, kubeconfig_text(&url, ADMIN_TOKEN)).unwrap();
+        std::fs::write(&kubeconfig, kubeconfig_text(&url, ADMIN_TOKEN, &ca)).unwrap();
         let audit_log = path("audit.log");
         let processes = vec![etcd, apiserver];
         let apiserver = (bin.join("kube-apiserver"), apiserver_args);
         let mut plane =
-            ControlPlane { dir, audit_log, url, kubeconfig, started_in: Duration::ZERO, processes, apiserver };
+            ControlPlane { dir, audit_log, url, kubeconfig, ca, started_in: Duration::ZERO, processes, apiserver };
         let client = plane.client().await;
         let ready = crate::within(60, || ready(&client)).await;
         assert!(ready, "kube-apiserver not ready within 60 s:\n{}", plane.logs());
@@ -239,6 +247,12 @@ impl ControlPlane {
         assert!(ready, "kube-apiserver not ready within 60 s after a restart:\n{}", self.logs());
     }
 
+    /// The components' process ids: etcd, kube-apiserver, kube-controller-manager, kube-scheduler.
+    pub fn pids(&self) -> Vec<(&'static str, u32)> {
+        let names = ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"];
+        names.into_iter().zip(&self.processes).filter_map(|(name, p)| Some((name, p.id()?))).collect()
+    }
+
     /// A client of the admin.
     pub async fn client(&self) -> kube::Client {
         let kubeconfig = kube::config::Kubeconfig::read_from(&self.kubeconfig).unwrap();
@@ -266,12 +280,12 @@ async fn ready(client: &kube::Client) -> bool {
     client.request_text(request).await.is_ok_and(|t| t.trim() == "ok")
 }
 
-/// A kubeconfig for `url` with a bearer token (the serving certificate is the API server's own, self-signed:
-/// not verified).
-pub fn kubeconfig_text(url: &str, token: &str) -> String {
+/// A kubeconfig for `url` with a bearer token, trusting the certificates in `ca`.
+pub fn kubeconfig_text(url: &str, token: &str, ca: &Path) -> String {
     format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: local\n  cluster:\n    server: {url}\n    insecure-skip-tls-verify: true\n\
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: local\n  cluster:\n    server: {url}\n    certificate-authority: {}\n\
          users:\n- name: user\n  user:\n    token: {token}\ncontexts:\n- name: local\n  context:\n    cluster: local\n    user: user\n    namespace: default\n\
-         current-context: local\n"
+         current-context: local\n",
+        ca.display()
     )
 }

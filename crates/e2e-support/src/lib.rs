@@ -51,7 +51,7 @@ impl Cluster {
             );
             return Cluster::start_fake().await;
         };
-        Cluster::start_on(&plane.url, &plane.kubeconfig, None).await
+        Cluster::start_on(&plane.url, &plane.kubeconfig, &plane.ca, None).await
     }
 
     /// A cluster on a control plane of this test's own, for what would disturb the tests sharing one (editing
@@ -65,18 +65,23 @@ impl Cluster {
             fake_apiserver::tools::skip("Kubernetes' control plane is not built (make setup)");
             return None;
         };
-        let (url, kubeconfig) = (plane.url.clone(), plane.kubeconfig.clone());
-        Some(Cluster::start_on(&url, &kubeconfig, Some(plane)).await)
+        let (url, kubeconfig, ca) = (plane.url.clone(), plane.kubeconfig.clone(), plane.ca.clone());
+        Some(Cluster::start_on(&url, &kubeconfig, &ca, Some(plane)).await)
     }
 
-    async fn start_on(url: &str, kubeconfig: &std::path::Path, own: Option<control_plane::ControlPlane>) -> Cluster {
+    async fn start_on(
+        url: &str,
+        kubeconfig: &std::path::Path,
+        ca: &std::path::Path,
+        own: Option<control_plane::ControlPlane>,
+    ) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let kubeconfig = kubeconfig.to_path_buf();
         let client = client_of(&kubeconfig).await;
         let namespace = create_namespace(&client).await;
         let token = grant_controller_roles(&client, &namespace).await;
         let controller_kubeconfig = dir.path().join("controller-kubeconfig");
-        std::fs::write(&controller_kubeconfig, control_plane::kubeconfig_text(url, &token)).unwrap();
+        std::fs::write(&controller_kubeconfig, control_plane::kubeconfig_text(url, &token, ca)).unwrap();
         let controller_token = Some(token);
         Cluster { fake: None, dir, kubeconfig, controller_kubeconfig, namespace, client, controller_token, own }
     }
