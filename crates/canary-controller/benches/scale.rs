@@ -307,7 +307,7 @@ async fn main() {
             let ar = kube::core::ApiResource::from_gvk_with_plural(&gvk, plural);
             let api: Api<DynamicObject> = Api::all_with(client, &ar);
             let list = api.list(&Default::default()).await.unwrap();
-            list.items.iter().map(|o| serde_json::to_value(o).unwrap()).filter(|o| done(o)).count()
+            list.items.iter().map(|o| serde_json::to_value(o).unwrap()).filter(&done).count()
         }
     };
     let has_conditions: fn(&Value) -> bool = |o| o["status"]["conditions"].as_array().is_some_and(|c| !c.is_empty());
