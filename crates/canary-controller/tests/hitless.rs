@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
-use support::kanary::{env, kanary_yaml};
+use support::kanary::{env_with_simulator, kanary_yaml};
 use support::simulator::can_simulate;
 use support::traffic::{LongLived, Tally, long_lived, steady_load};
 
@@ -99,7 +99,7 @@ async fn every_change_reaches_the_running_proxy_with_no_failed_connection_and_no
     if !can_simulate() {
         return;
     }
-    let mut e = env().await;
+    let mut e = env_with_simulator().await;
     let sim = e.cluster.start_simulator(236, 40);
     for (name, replicas) in [("a", 2), ("b", 2)] {
         e.cluster.create_backend(name, replicas, None).await;

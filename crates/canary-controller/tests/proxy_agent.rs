@@ -1,5 +1,5 @@
-//! The proxy agent (`canary-controller proxy-agent`, the real binary) against fake-apiserver with RBAC
-//! enforced and a real HAProxy in master-worker mode, as they run side by side in a proxy pod: the agent
+//! The proxy agent (`canary-controller proxy-agent`, the real binary) against the real API server (its RBAC
+//! authorizer deciding, the agent holding its ServiceAccount's token) and a real HAProxy in master-worker mode, as they run side by side in a proxy pod: the agent
 //! reads its Kanary's ConfigMap under a Role that names that ConfigMap alone, writes HAProxy's files before
 //! HAProxy starts, and applies every later change to the running HAProxy. Traffic is real, on loopback.
 
@@ -9,10 +9,8 @@ use canary_controller::kanary::dataplane::{DATAPLANE_KEY, DataPlane};
 use canary_controller::kanary::endpoints::Server;
 use canary_controller::kanary::haproxy::{ProxySettings, RouteBackend};
 use e2e_support::traffic::{LongLived, Tally, drive, free_port, long_lived, start_backends, steady_load};
-use e2e_support::{controller_binary, eventually, http_get, within};
-use fake_apiserver::FakeApiServer;
+use e2e_support::{Cluster, controller_binary, eventually, http_get, within};
 use k8s_openapi::api::core::v1::ConfigMap;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
@@ -23,12 +21,10 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 use tokio::process::{Child, Command};
 
-const NS: &str = "default";
 const KANARY: &str = "k";
 const CONFIG_MAP: &str = "k-config";
 /// The pod the agent reports for.
 const POD: &str = "k-haproxy-7d4b9c-x2x9q";
-const AGENT_TOKEN: &str = "agent-token";
 
 /// A route's servers: `ips` on `port`.
 fn servers(ips: &[&str], port: u16) -> Vec<Server> {
@@ -36,7 +32,7 @@ fn servers(ips: &[&str], port: u16) -> Vec<Server> {
 }
 
 struct Rig {
-    server: FakeApiServer,
+    cluster: Cluster,
     dir: tempfile::TempDir,
     settings: ProxySettings,
     agent: Child,
@@ -47,47 +43,45 @@ struct Rig {
 }
 
 impl Rig {
-    /// fake-apiserver holding the ConfigMap for `routes`, the agent under a Role that grants get, list and
+    /// The API server holding the ConfigMap for `routes`, the agent under a Role that grants get, list and
     /// watch of that ConfigMap alone, and HAProxy started on the files the agent wrote.
     async fn start(routes: Vec<RouteBackend>) -> Option<Rig> {
         if !fake_apiserver::tools::available("haproxy") {
             return None;
         }
-        let server = FakeApiServer::start().await.unwrap();
-        let admin = server.client();
+        let cluster = Cluster::start().await;
+        cluster.install_crds().await;
+        let admin = cluster.client.clone();
+        let ns = cluster.namespace.clone();
+        let ns = ns.as_str();
         // the Kanary the agent reports to, and the agent's identity as the controller makes it
-        let crds: Api<CustomResourceDefinition> = Api::all(admin.clone());
-        crds.create(&PostParams::default(), &canary_controller::api::kanary::crd("kanary.k8s.io", "v1")).await.unwrap();
-        let kanary = json!({"apiVersion": "kanary.k8s.io/v1", "kind": "Kanary", "metadata": {"name": KANARY, "namespace": NS},
+        let kanary = json!({"apiVersion": "kanary.k8s.io/v1", "kind": "Kanary", "metadata": {"name": KANARY, "namespace": ns},
             "spec": {"destination": "front", "routes": [{"backend": {"serviceName": "a", "servicePort": 80}, "weight": 100}]}});
-        let kanaries = kanaries(&admin);
+        let kanaries = kanaries(&admin, ns);
         let created = kanaries.create(&PostParams::default(), &serde_json::from_value(kanary).unwrap()).await.unwrap();
         let owner: OwnerReference = serde_json::from_value(json!({"apiVersion": "kanary.k8s.io/v1", "kind": "Kanary",
             "name": KANARY, "uid": created.metadata.uid, "controller": true}))
         .unwrap();
         let pp = PostParams::default();
-        Api::namespaced(admin.clone(), NS)
-            .create(&pp, &build::build_service_account(KANARY, NS, &owner))
+        Api::namespaced(admin.clone(), ns)
+            .create(&pp, &build::build_service_account(KANARY, ns, &owner))
             .await
             .unwrap();
-        Api::namespaced(admin.clone(), NS).create(&pp, &build::build_role(KANARY, NS, &owner)).await.unwrap();
-        Api::namespaced(admin.clone(), NS).create(&pp, &build::build_role_binding(KANARY, NS, &owner)).await.unwrap();
-        server.state().rbac.add_token(AGENT_TOKEN, &format!("system:serviceaccount:{NS}:{KANARY}-haproxy"), &[]);
-        server.state().rbac.set_enforce(true);
+        Api::namespaced(admin.clone(), ns).create(&pp, &build::build_role(KANARY, ns, &owner)).await.unwrap();
+        Api::namespaced(admin.clone(), ns).create(&pp, &build::build_role_binding(KANARY, ns, &owner)).await.unwrap();
+        let kubeconfig = cluster.service_account_kubeconfig(&format!("{KANARY}-haproxy")).await;
 
         let dir = tempfile::tempdir().unwrap();
         let settings = ProxySettings { port: free_port("::"), stats_port: free_port("::"), ..ProxySettings::default() };
-        let kubeconfig = dir.path().join("kubeconfig");
-        std::fs::write(&kubeconfig, server.kubeconfig_with_token(AGENT_TOKEN)).unwrap();
         let mut rig_settings = settings.clone();
         rig_settings.files_dir = dir.path().join("run").to_str().unwrap().into();
-        let cm: ConfigMap = serde_json::from_value(json!({"metadata": {"name": CONFIG_MAP, "namespace": NS},
+        let cm: ConfigMap = serde_json::from_value(json!({"metadata": {"name": CONFIG_MAP, "namespace": ns},
             "data": {DATAPLANE_KEY: plane(&settings, routes).to_json()}}))
         .unwrap();
-        Api::<ConfigMap>::namespaced(admin, NS).create(&PostParams::default(), &cm).await.unwrap();
+        Api::<ConfigMap>::namespaced(admin, ns).create(&PostParams::default(), &cm).await.unwrap();
         let run_dir = dir.path().join("run");
         let agent_metrics = format!("127.0.0.1:{}", free_port("127.0.0.1"));
-        let agent = spawn_agent(&kubeconfig, &run_dir, &agent_metrics, dir.path().join("agent.log"));
+        let agent = spawn_agent(&kubeconfig, ns, &run_dir, &agent_metrics, dir.path().join("agent.log"));
         eventually(30, "the agent writes HAProxy's config", || async { run_dir.join("haproxy.cfg").exists() }).await;
         let haproxy = Command::new("haproxy")
             .args(["-W", "-db", "-S"])
@@ -100,7 +94,7 @@ impl Rig {
             .spawn()
             .unwrap();
         let cli = MasterCli::new(&run_dir.join("master.sock"));
-        let rig = Rig { server, dir, settings: rig_settings, agent, agent_metrics, haproxy, cli, kubeconfig };
+        let rig = Rig { cluster, dir, settings: rig_settings, agent, agent_metrics, haproxy, cli, kubeconfig };
         rig.wait_ready().await;
         Some(rig)
     }
@@ -139,7 +133,7 @@ impl Rig {
 
     async fn set_plane(&self, plane: DataPlane) {
         let patch = json!({"data": {DATAPLANE_KEY: plane.to_json()}});
-        let api: Api<ConfigMap> = Api::namespaced(self.server.client(), NS);
+        let api: Api<ConfigMap> = self.cluster.api();
         api.patch(CONFIG_MAP, &PatchParams::default(), &Patch::Merge(patch)).await.unwrap();
     }
 
@@ -163,7 +157,7 @@ impl Rig {
 
     /// What the agent reports in the Kanary's status (`status.proxies.<pod>`), once it reported.
     async fn report(&self) -> serde_json::Value {
-        let kanaries = kanaries(&self.server.client());
+        let kanaries = kanaries(&self.cluster.client, &self.cluster.namespace);
         eventually(10, "the agent's report in the Kanary's status", || async {
             kanaries.get(KANARY).await.unwrap().data["status"]["proxies"][POD].is_object()
         })
@@ -176,9 +170,15 @@ impl Rig {
     }
 }
 
-fn spawn_agent(kubeconfig: &std::path::Path, run_dir: &std::path::Path, metrics: &str, log: PathBuf) -> Child {
+fn spawn_agent(
+    kubeconfig: &std::path::Path,
+    ns: &str,
+    run_dir: &std::path::Path,
+    metrics: &str,
+    log: PathBuf,
+) -> Child {
     Command::new(controller_binary())
-        .args(["proxy-agent", "--namespace", NS, "--config-map", CONFIG_MAP, "--dir"])
+        .args(["proxy-agent", "--namespace", ns, "--config-map", CONFIG_MAP, "--dir"])
         .arg(run_dir)
         .arg("--master-socket")
         .arg(run_dir.join("master.sock"))
@@ -193,8 +193,8 @@ fn spawn_agent(kubeconfig: &std::path::Path, run_dir: &std::path::Path, metrics:
         .unwrap()
 }
 
-fn kanaries(client: &kube::Client) -> Api<DynamicObject> {
-    Api::namespaced_with(client.clone(), NS, &canary_controller::api::kanary::api_resource("kanary.k8s.io", "v1"))
+fn kanaries(client: &kube::Client, ns: &str) -> Api<DynamicObject> {
+    Api::namespaced_with(client.clone(), ns, &canary_controller::api::kanary::api_resource("kanary.k8s.io", "v1"))
 }
 
 fn plane(settings: &ProxySettings, routes: Vec<RouteBackend>) -> DataPlane {
@@ -335,7 +335,13 @@ async fn a_refused_config_keeps_the_last_good_one_and_a_restarted_agent_resyncs_
         rig.agent.kill().await.unwrap();
         tokio::time::sleep(Duration::from_millis(500)).await;
         let run_dir = rig.dir.path().join("run");
-        rig.agent = spawn_agent(&rig.kubeconfig, &run_dir, &rig.agent_metrics, rig.dir.path().join("agent2.log"));
+        rig.agent = spawn_agent(
+            &rig.kubeconfig,
+            &rig.cluster.namespace,
+            &run_dir,
+            &rig.agent_metrics,
+            rig.dir.path().join("agent2.log"),
+        );
         rig.wait_ready().await;
         let reloads = rig.reloads().await;
         let mut reweighted = three.clone();
@@ -354,29 +360,30 @@ async fn a_refused_config_keeps_the_last_good_one_and_a_restarted_agent_resyncs_
     let kc = kube::config::Kubeconfig::read_from(&rig.kubeconfig).unwrap();
     let as_agent =
         kube::Client::try_from(kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.unwrap()).unwrap();
-    let cms: Api<ConfigMap> = Api::namespaced(as_agent.clone(), NS);
+    let ns = rig.cluster.namespace.clone();
+    let cms: Api<ConfigMap> = Api::namespaced(as_agent.clone(), &ns);
     cms.get(CONFIG_MAP).await.unwrap();
     let other: ConfigMap = serde_json::from_value(json!({"metadata": {"name": "other"}})).unwrap();
-    Api::<ConfigMap>::namespaced(rig.server.client(), NS).create(&PostParams::default(), &other).await.unwrap();
+    rig.cluster.api::<ConfigMap>().create(&PostParams::default(), &other).await.unwrap();
     let forbidden = |r: Result<_, kube::Error>| matches!(r, Err(kube::Error::Api(e)) if e.code == 403);
     assert!(forbidden(cms.get("other").await.map(|_| ())));
     assert!(forbidden(cms.list(&ListParams::default()).await.map(|_| ())));
     assert!(forbidden(
-        Api::<k8s_openapi::api::core::v1::Secret>::namespaced(as_agent.clone(), NS)
+        Api::<k8s_openapi::api::core::v1::Secret>::namespaced(as_agent.clone(), &ns)
             .list(&ListParams::default())
             .await
             .map(|_| ())
     ));
     // its own Kanary's status, not another's
-    let other = json!({"apiVersion": "kanary.k8s.io/v1", "kind": "Kanary", "metadata": {"name": "other", "namespace": NS},
+    let other = json!({"apiVersion": "kanary.k8s.io/v1", "kind": "Kanary", "metadata": {"name": "other", "namespace": ns},
         "spec": {"destination": "front2", "routes": [{"backend": {"serviceName": "a", "servicePort": 80}, "weight": 100}]}});
-    kanaries(&rig.server.client())
+    kanaries(&rig.cluster.client, &ns)
         .create(&PostParams::default(), &serde_json::from_value(other).unwrap())
         .await
         .unwrap();
     let status =
         Patch::Merge(json!({"status": {"proxies": {"x": {"revision": "r", "reportedAt": "2026-01-01T00:00:00Z"}}}}));
-    let as_agent_kanaries = kanaries(&as_agent);
+    let as_agent_kanaries = kanaries(&as_agent, &ns);
     assert!(forbidden(as_agent_kanaries.patch_status("other", &PatchParams::default(), &status).await.map(|_| ())));
     assert!(forbidden(as_agent_kanaries.patch("k", &PatchParams::default(), &status).await.map(|_| ())));
 
@@ -386,8 +393,8 @@ async fn a_refused_config_keeps_the_last_good_one_and_a_restarted_agent_resyncs_
     let pid = rig.agent.id().unwrap().to_string();
     assert!(Command::new("kill").args(["-TERM", &pid]).status().await.unwrap().success());
     let _ = tokio::time::timeout(Duration::from_secs(10), rig.agent.wait()).await;
-    let status = kanaries(&rig.server.client()).get(KANARY).await.unwrap().data["status"].clone();
-    let managed = kanaries(&rig.server.client()).get(KANARY).await.unwrap().metadata.managed_fields;
+    let status = kanaries(&rig.cluster.client, &ns).get(KANARY).await.unwrap().data["status"].clone();
+    let managed = kanaries(&rig.cluster.client, &ns).get(KANARY).await.unwrap().metadata.managed_fields;
     assert!(status["proxies"].get(POD).is_none(), "the report outlived the agent: {status} {managed:?}\n{}", rig.log());
     let _ = rig.haproxy.kill().await;
 }

@@ -14,7 +14,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
 use std::time::Duration;
-use support::kanary::env;
+use support::kanary::env_with_simulator;
 use support::simulator::can_simulate;
 
 async fn set_image(canaries: &Api<Canary>, image: &str) {
@@ -27,7 +27,7 @@ async fn a_release_promotes_a_good_canary_rolls_back_a_bad_one_and_pauses_withou
     if !can_simulate() {
         return;
     }
-    let e = env().await;
+    let e = env_with_simulator().await;
     let sim = e.cluster.start_simulator(238, 40);
     create_app(&e.cluster, 2).await;
     e.cluster.wait_rolled_out("app", "app", 60).await;

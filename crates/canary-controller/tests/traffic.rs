@@ -8,7 +8,7 @@ use e2e_support as support;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
-use support::kanary::{env, kanary_yaml};
+use support::kanary::{env_with_simulator, kanary_yaml};
 use support::simulator::can_simulate;
 use support::traffic::{Tally, drive};
 
@@ -30,7 +30,7 @@ async fn traffic_through_real_haproxy_follows_the_weights() {
     if !can_simulate() {
         return;
     }
-    let e = env().await;
+    let e = env_with_simulator().await;
     let sim = e.cluster.start_simulator(240, 32);
     for (name, replicas) in [("v1", 1), ("v2", 3), ("v0", 1)] {
         e.cluster.create_backend(name, replicas, None).await;

@@ -16,8 +16,17 @@ pub struct Env {
     pub controller: Process,
 }
 
+/// On the test binary's control plane.
 pub async fn env() -> Env {
-    let cluster = Cluster::start().await;
+    env_on(Cluster::start().await).await
+}
+
+/// On fake-apiserver, for the tests that run pods with workload-sim (until it becomes the control plane's nodes).
+pub async fn env_with_simulator() -> Env {
+    env_on(Cluster::start_fake().await).await
+}
+
+async fn env_on(cluster: Cluster) -> Env {
     cluster.install_crds().await;
     let mut controller = cluster.spawn_controller();
     controller.wait_for_log("controllers running").await;

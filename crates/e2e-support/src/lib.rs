@@ -185,6 +185,36 @@ impl Cluster {
         self.own.as_mut().expect("a control plane of the test's own").restart_apiserver().await;
     }
 
+    /// A kubeconfig of ServiceAccount `account` of the test's namespace (which must exist): a token from the
+    /// TokenRequest API on the control plane, a token of fake-apiserver's there (with RBAC enforced from now on).
+    pub async fn service_account_kubeconfig(&self, account: &str) -> PathBuf {
+        use k8s_openapi::api::authentication::v1::TokenRequest;
+        use k8s_openapi::api::core::v1::ServiceAccount;
+        let path = self.dir.path().join(format!("kubeconfig-{account}"));
+        if let Some(server) = &self.fake {
+            let token = format!("token-of-{account}");
+            let user = format!("system:serviceaccount:{}:{account}", self.namespace);
+            server.state().rbac.add_token(&token, &user, &[]);
+            server.state().rbac.set_enforce(true);
+            std::fs::write(&path, server.kubeconfig_with_token(&token)).unwrap();
+            return path;
+        }
+        let request: TokenRequest =
+            serde_json::from_value(serde_json::json!({"spec": {"audiences": [], "expirationSeconds": 3600}})).unwrap();
+        let accounts: Api<ServiceAccount> = self.api();
+        let answer = accounts.create_token_request(account, &PostParams::default(), &request).await.unwrap();
+        let token = answer.status.expect("a token").token;
+        let (url, ca) = match &self.own {
+            Some(own) => (own.url.clone(), own.ca.clone()),
+            None => {
+                let plane = control_plane::shared().expect("on the control plane");
+                (plane.url.clone(), plane.ca.clone())
+            }
+        };
+        std::fs::write(&path, control_plane::kubeconfig_text(&url, &token, &ca)).unwrap();
+        path
+    }
+
     /// Whether this is the test binary's real control plane (not fake-apiserver, not E2E_KUBECONFIG).
     pub fn on_control_plane(&self) -> bool {
         self.fake.is_none() && std::env::var_os("E2E_KUBECONFIG").is_none()
