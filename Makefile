@@ -15,14 +15,15 @@ demo:           ## a complete release on the local simulator: a good canary prom
 	PATH="$(CURDIR)/.venv/bin:$$PATH" ./target/debug/examples/demo
 
 SKIP_LOG := $(CURDIR)/target/skipped-tests.log
+WHERE_LOG := $(CURDIR)/target/e2e-where.log
 
 test:           ## everything CI checks (with CI set, a test whose tool is missing fails instead of skipping)
 	cargo fmt --all --check
 	cargo clippy --all-targets -- -D warnings
 	cd control-plane && go vet ./...
-	@mkdir -p target && rm -f $(SKIP_LOG)
-	PATH="$(CURDIR)/.venv/bin:$$PATH" SKIP_LOG=$(SKIP_LOG) cargo test --workspace; \
-	  status=$$?; bash scripts/test-summary.sh $(SKIP_LOG); exit $$status
+	@mkdir -p target && rm -f $(SKIP_LOG) $(WHERE_LOG)
+	PATH="$(CURDIR)/.venv/bin:$$PATH" SKIP_LOG=$(SKIP_LOG) E2E_WHERE_LOG=$(WHERE_LOG) cargo test --workspace; \
+	  status=$$?; bash scripts/test-summary.sh $(SKIP_LOG) $(WHERE_LOG); exit $$status
 
 fmt:
 	cargo fmt --all

@@ -83,6 +83,11 @@ impl Cluster {
         let controller_kubeconfig = dir.path().join("controller-kubeconfig");
         std::fs::write(&controller_kubeconfig, control_plane::kubeconfig_text(url, &token, ca)).unwrap();
         let controller_token = Some(token);
+        record_where(if own.is_some() {
+            "Kubernetes' control plane (a test's own)"
+        } else {
+            "Kubernetes' control plane"
+        });
         Cluster { fake: None, dir, kubeconfig, controller_kubeconfig, namespace, client, controller_token, own }
     }
 
@@ -113,6 +118,7 @@ impl Cluster {
             apply_controller_roles(&client, &namespace).await;
             server.state().rbac.set_enforce(true);
         }
+        record_where(if fake.is_some() { "fake-apiserver" } else { "E2E_KUBECONFIG" });
         Cluster { fake, dir, kubeconfig, controller_kubeconfig, namespace, client, controller_token: None, own: None }
     }
 
@@ -395,6 +401,17 @@ async fn grant_controller_roles(client: &Client, namespace: &str) -> String {
         serde_json::from_value(serde_json::json!({"spec": {"audiences": [], "expirationSeconds": 86400}})).unwrap();
     let answer = accounts.create_token_request("controller-manager", &PostParams::default(), &request).await.unwrap();
     answer.status.expect("a token").token
+}
+
+/// Records in `$E2E_WHERE_LOG` which API server the running test started a cluster on (`make test` sums them).
+fn record_where(api_server: &str) {
+    use std::io::Write;
+    let Some(path) = std::env::var_os("E2E_WHERE_LOG") else { return };
+    let thread = std::thread::current();
+    let test = format!("{}::{}", std::env::args().next().unwrap_or_default(), thread.name().unwrap_or("main"));
+    if let Ok(mut file) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+        let _ = writeln!(file, "{api_server}\t{test}");
+    }
 }
 
 async fn client_of(kubeconfig: &std::path::Path) -> Client {
