@@ -15,8 +15,8 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::core::DynamicObject;
 use serde_json::{Value, json};
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
+use support::fleet::{Fleet, name, owned};
 use support::simulator::Simulator;
 use support::{Cluster, Process};
 
@@ -32,25 +32,7 @@ const LEASE_SECONDS: u64 = 10;
 struct World {
     cluster: Cluster,
     simulator: Simulator,
-    round: usize,
-    /// What the user wrote in their own objects (see [`written_by_user`]), which must never change
-    bystanders: BTreeMap<String, Value>,
-}
-
-fn group_of(i: usize) -> (&'static str, &'static str) {
-    canary_controller::api::kanary::GROUPS[i % 2]
-}
-
-/// The weight of route v2 of every Kanary in `round`.
-fn canary_weight(round: usize) -> i64 {
-    (round as i64 * 7) % 50 + 1
-}
-
-/// What a user writes in an object (labels, annotations, owners, spec, data); the cluster's own controllers
-/// (workload-sim) write only the status.
-fn written_by_user(object: &Value) -> Value {
-    let m = &object["metadata"];
-    json!([m["labels"], m["annotations"], m["ownerReferences"], object["spec"], object["data"]])
+    fleet: Fleet,
 }
 
 /// Whether a stored Deployment runs its latest spec on every replica (as `kubectl rollout status` decides).
@@ -89,8 +71,13 @@ impl World {
         let cluster = Cluster::start_fake().await;
         cluster.install_crds().await;
         let simulator = cluster.start_simulator(pod_network, 120);
-        let mut world = World { cluster, simulator, round: 0, bystanders: BTreeMap::new() };
-        world.create_backends_and_bystanders().await;
+        for i in 0..N {
+            for v in ["v1", "v2"] {
+                cluster.create_backend(&format!("b-{i}-{v}"), 1, None).await;
+            }
+        }
+        let fleet = Fleet::create(&cluster, N).await;
+        let mut world = World { cluster, simulator, fleet };
         world.change_everything().await;
         Some(world)
     }
@@ -108,49 +95,8 @@ impl World {
         self.cluster.spawn_replica(name, LEASE_SECONDS)
     }
 
-    async fn create_backends_and_bystanders(&mut self) {
-        let pp = PostParams::default();
-        for i in 0..N {
-            let target = json!({"metadata": {"name": format!("app-{i}")}, "spec": {"selector": {"matchLabels": {"app": format!("app-{i}")}},
-                "template": {"metadata": {"labels": {"app": format!("app-{i}")}}, "spec": {"containers": [{"name": "app", "image": "app:1"}]}}}});
-            self.cluster.api::<Deployment>().create(&pp, &serde_json::from_value(target).unwrap()).await.unwrap();
-            for v in ["v1", "v2"] {
-                self.cluster.create_backend(&format!("b-{i}-{v}"), 1, None).await;
-            }
-        }
-        // the user's own objects, with names the controller could be tempted by
-        let cm = json!({"metadata": {"name": "app-0-canary-config"}, "data": {"keep": "me"}});
-        let cm = self.cluster.api::<ConfigMap>().create(&pp, &serde_json::from_value(cm).unwrap()).await.unwrap();
-        let user = json!({"metadata": {"name": "user-app", "labels": {"canary": "true"}}, "spec": {"selector": {"matchLabels": {"app": "user"}},
-            "template": {"metadata": {"labels": {"app": "user"}}, "spec": {"containers": [{"name": "app", "image": "user:1"}]}}}});
-        let user = self.cluster.api::<Deployment>().create(&pp, &serde_json::from_value(user).unwrap()).await.unwrap();
-        self.bystanders
-            .insert("configmaps/app-0-canary-config".into(), written_by_user(&serde_json::to_value(cm).unwrap()));
-        self.bystanders.insert("deployments/user-app".into(), written_by_user(&serde_json::to_value(user).unwrap()));
-    }
-
-    /// Starts a new round: every Canary gets a new image and every Kanary new weights.
     async fn change_everything(&mut self) {
-        self.round += 1;
-        let pp = PatchParams::apply("e2e").force();
-        for i in 0..N {
-            let canary = json!({"apiVersion": "canary.k8s.wantedly.com/v1beta1", "kind": "Canary", "metadata": {"name": format!("c-{i}")},
-                "spec": {"targetDeploymentName": format!("app-{i}"), "targetContainers": [{"name": "app", "image": format!("app:2-{}", self.round)}]}});
-            let ar = kube::discovery::ApiResource::erase::<canary_controller::api::canary::Canary>(&());
-            let api: Api<DynamicObject> =
-                Api::namespaced_with(self.cluster.client.clone(), &self.cluster.namespace, &ar);
-            api.patch(&format!("c-{i}"), &pp, &Patch::Apply(canary)).await.unwrap();
-            let (group, version) = group_of(i);
-            let w = canary_weight(self.round);
-            let kanary = json!({"apiVersion": format!("{group}/{version}"), "kind": "Kanary", "metadata": {"name": format!("k-{i}")},
-                "spec": {"destination": format!("front-{i}"), "routes": [
-                    {"backend": {"serviceName": format!("b-{i}-v1"), "servicePort": 80}, "weight": 100 - w},
-                    {"backend": {"serviceName": format!("b-{i}-v2"), "servicePort": 80}, "weight": w}]}});
-            let ar = canary_controller::api::kanary::api_resource(group, version);
-            let api: Api<DynamicObject> =
-                Api::namespaced_with(self.cluster.client.clone(), &self.cluster.namespace, &ar);
-            api.patch(&format!("k-{i}"), &pp, &Patch::Apply(kanary)).await.unwrap();
-        }
+        self.fleet.change_everything(&self.cluster).await;
     }
 
     /// Objects of a resource in the test's namespace, read from fake-apiserver's store (not through the API,
@@ -161,14 +107,15 @@ impl World {
         inner.store.list(&rt.bucket, Some(&self.cluster.namespace)).cloned().collect()
     }
 
-    /// What is not yet as it should be at the end of this round ("" when everything is).
+    /// What is not yet as it should be at the end of this round (empty when everything is): what
+    /// [`Fleet::differences`] checks, no orphan, and every canary and proxy rolled out on running pods, every
+    /// proxy's config holding its backends' ready pods.
     fn differences(&self) -> Vec<String> {
-        let mut wrong = vec![];
-        let name = |o: &Value| o["metadata"]["name"].as_str().unwrap_or_default().to_string();
         let deployments = self.stored("apps", "v1", "deployments");
         let config_maps = self.stored("", "v1", "configmaps");
         let services = self.stored("", "v1", "services");
         let pods = self.stored("", "v1", "pods");
+        let mut wrong = self.fleet.differences(&deployments, &config_maps, &services);
         let mut uids: Vec<String> = vec![];
         for (g, v, p) in [
             ("canary.k8s.wantedly.com", "v1beta1", "canaries"),
@@ -177,14 +124,6 @@ impl World {
         ] {
             uids.extend(self.stored(g, v, p).iter().filter_map(|o| o["metadata"]["uid"].as_str().map(String::from)));
         }
-        let owned = |o: &Value| {
-            o["metadata"]["ownerReferences"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter(|r| r["controller"] == true)
-                .count()
-        };
         for o in deployments.iter().chain(&config_maps).chain(&services) {
             let alive = o["metadata"]["ownerReferences"]
                 .as_array()
@@ -195,22 +134,13 @@ impl World {
                 wrong.push(format!("orphan {}", name(o)));
             }
         }
-        let w = canary_weight(self.round);
         for i in 0..N {
-            let image = format!("app:2-{}", self.round);
             let canary = deployments.iter().find(|d| name(d) == format!("app-{i}-canary"));
-            if canary.is_none_or(|d| d["spec"]["template"]["spec"]["containers"][0]["image"] != image.as_str()) {
-                wrong.push(format!("app-{i}-canary does not run {image}"));
-            }
             if canary.is_none_or(|d| !rolled_out(d)) {
                 wrong.push(format!("app-{i}-canary is not rolled out: {}", rollout_summary(canary)));
             }
             let config = config_maps.iter().find(|c| name(c) == format!("k-{i}-config"));
-            let weights = config.and_then(|c| c["data"]["weights.map"].as_str()).unwrap_or_default();
             let config = config.and_then(|c| c["data"]["haproxy.cfg"].as_str()).unwrap_or_default();
-            if !weights.starts_with(&format!("t0 {}\n", 100 - w)) {
-                wrong.push(format!("k-{i}-config has not got weights {}/{w}", 100 - w));
-            }
             for v in ["v1", "v2"] {
                 let backend = format!("b-{i}-{v}");
                 let ready: Vec<&str> = pods
@@ -235,32 +165,6 @@ impl World {
             let proxy = deployments.iter().find(|d| name(d) == format!("k-{i}-haproxy"));
             if proxy.is_none_or(|d| !rolled_out(d)) {
                 wrong.push(format!("k-{i}-haproxy is not rolled out: {}", rollout_summary(proxy)));
-            }
-            if !services.iter().any(|s| name(s) == format!("front-{i}") && owned(s) == 1) {
-                wrong.push(format!("Service front-{i} missing"));
-            }
-        }
-        let count = |objects: &[Value], pred: &dyn Fn(&Value) -> bool| {
-            objects.iter().filter(|o| owned(o) > 0 && pred(o)).count()
-        };
-        let canaries = count(&deployments, &|d| name(d).ends_with("-canary"));
-        let proxies = count(&deployments, &|d| name(d).ends_with("-haproxy"));
-        let configs = count(&config_maps, &|_| true);
-        if (canaries, proxies, configs) != (N, N, N) {
-            wrong.push(format!(
-                "children: {canaries} canary Deployments, {proxies} proxies, {configs} ConfigMaps (want {N} each)"
-            ));
-        }
-        for (key, written) in &self.bystanders {
-            let (plural, object) = key.split_once('/').unwrap();
-            let objects = if plural == "configmaps" { &config_maps } else { &deployments };
-            let now = objects.iter().find(|o| name(o) == object);
-            if now.map(written_by_user).as_ref() != Some(written) {
-                wrong.push(format!("the user's {key} was touched"));
-            }
-            let managers = now.and_then(|o| o["metadata"]["managedFields"].as_array().cloned()).unwrap_or_default();
-            if managers.iter().any(|m| m["manager"] == canary_controller::report::FIELD_MANAGER) {
-                wrong.push(format!("the controller wrote to the user's {key}"));
             }
         }
         wrong

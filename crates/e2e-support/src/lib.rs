@@ -10,6 +10,7 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 
 pub mod control_plane;
 pub mod faults;
+pub mod fleet;
 pub mod kanary;
 pub mod prometheus;
 pub mod release;
