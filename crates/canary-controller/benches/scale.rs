@@ -428,7 +428,15 @@ async fn main() {
     let metrics_address = wait_metrics_address(&restarted_log).await;
     let (restart_reconciles, settled) = reconciles_settle(&metrics_address, (2 * scale) as f64).await;
     let restart_time = settled.duration_since(restarted_at);
-    let restart_writes = requests(&controller_requests(&metrics_address).await, WRITES);
+    let restart_counters = controller_requests(&metrics_address).await;
+    let restart_writes = requests(&restart_counters, WRITES);
+    if restart_writes > 0 {
+        let written: BTreeMap<&String, &u64> = restart_counters
+            .iter()
+            .filter(|(k, v)| **v > 0 && WRITES.contains(&k.split(' ').next().unwrap()))
+            .collect();
+        eprintln!("writes after the restart: {written:?}");
+    }
     let log_path = restarted_log;
     println!(
         "restart, converged cluster: {restart_writes} writes, {restart_reconciles} reconciles, settled in {:.1} s",
