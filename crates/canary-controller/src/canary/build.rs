@@ -186,8 +186,10 @@ pub fn build_status(
         observed_generation: generation,
         canary_deployment: owned.and_then(|d| d.metadata.name.clone()),
         replicas: dstatus.and_then(|s| s.replicas),
-        ready_replicas: dstatus.and_then(|s| s.ready_replicas),
-        available_replicas: dstatus.and_then(|s| s.available_replicas),
+        // 0 rather than absent once the canary Deployment has a status (the Deployment controller leaves out
+        // its zeros): `kubectl get canary` shows READY 0, not an empty column
+        ready_replicas: dstatus.map(|s| s.ready_replicas.unwrap_or(0)),
+        available_replicas: dstatus.map(|s| s.available_replicas.unwrap_or(0)),
         conditions,
         release,
     }
