@@ -374,6 +374,12 @@ async fn status_follows_the_canary_deployment_and_selectors_with_only_expression
         e.cluster.report_pods_ready("canary=true", 2).await;
     }
     e.wait_condition("c", "Ready", "True", "CanaryReady").await;
+    // what a user waits on
+    let ns = e.cluster.namespace.clone();
+    let wait = ["wait", "--for=condition=Ready", "canary/c", "-n", &ns, "--timeout=30s"];
+    if let Some(out) = e.cluster.kubectl(&wait, None).await {
+        assert!(out.status.success(), "kubectl wait: {}", String::from_utf8_lossy(&out.stderr));
+    }
     let c = e.canaries.get("c").await.unwrap();
     assert_eq!(c.data["status"]["readyReplicas"], 2);
     assert_eq!(c.data["status"]["observedGeneration"], 1);
