@@ -10,9 +10,8 @@
 use e2e_support as support;
 
 use fake_apiserver::FakeApiServer;
-use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ConfigMap;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, PostParams};
 use kube::core::DynamicObject;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
@@ -233,15 +232,7 @@ async fn converges_through_restarts_lost_watches_error_bursts_and_racing_writers
 
     // another writer edits the children while the controller applies them
     world.change_everything().await;
-    for i in 0..N {
-        let deployments: Api<Deployment> = world.cluster.api();
-        let edit =
-            json!({"spec": {"template": {"spec": {"containers": [{"name": "app", "image": "someone-else:1"}]}}}});
-        let _ = deployments.patch(&format!("app-{i}-canary"), &PatchParams::default(), &Patch::Strategic(edit)).await;
-        let cms: Api<ConfigMap> = world.cluster.api();
-        let edit = json!({"data": {"haproxy.cfg": "global\n"}});
-        let _ = cms.patch(&format!("k-{i}-config"), &PatchParams::default(), &Patch::Merge(edit)).await;
-    }
+    world.fleet.race_writer(&world.cluster).await;
     world.converges("a racing writer", &mut [&mut controller]).await;
     world.stop().await;
 }

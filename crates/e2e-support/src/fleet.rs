@@ -91,6 +91,20 @@ impl Fleet {
         }
     }
 
+    /// Another writer edits every child the controller applies (a canary Deployment's image, a proxy
+    /// ConfigMap's weights and config), as the controller may be applying them.
+    pub async fn race_writer(&self, cluster: &Cluster) {
+        let (deployments, cms) = (cluster.api::<Deployment>(), cluster.api::<ConfigMap>());
+        for i in 0..self.n {
+            let edit =
+                json!({"spec": {"template": {"spec": {"containers": [{"name": "app", "image": "someone-else:1"}]}}}});
+            let pp = PatchParams::default();
+            let _ = deployments.patch(&format!("app-{i}-canary"), &pp, &Patch::Strategic(edit)).await;
+            let edit = json!({"data": {"weights.map": "t0 1\n", "haproxy.cfg": "global\n"}});
+            let _ = cms.patch(&format!("k-{i}-config"), &pp, &Patch::Merge(edit)).await;
+        }
+    }
+
     /// What is not yet as it should be at the end of this round, of what every test checks: each canary
     /// Deployment's image, each proxy's weights, destination Service and Deployment, one child of each kind per
     /// object (no duplicate), and the user's objects untouched.
