@@ -317,6 +317,11 @@ async fn invalid_updates_are_rejected_or_reported_and_the_last_good_config_keeps
         .await
         .unwrap();
     let good = e.wait_config("simple-kanary-rule", "the first config", |c| c.contains("10.1.0.7:8080")).await;
+    // ... and reported (on a real API server the status write may come a moment after the config's)
+    eventually(10, "the first status", || async {
+        kanaries.get("simple-kanary-rule").await.unwrap().data["status"]["routes"] == "myapp-v1=80,myapp-v2=20"
+    })
+    .await;
 
     // the schema rejects what it can see (CEL): weights that do not add up to 100, a duplicate backend
     let bad = kanary_yaml("kanary.k8s.io/v1", routes(80, 30, json!(9090)));
