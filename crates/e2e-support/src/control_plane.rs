@@ -77,19 +77,20 @@ const AUDIT_POLICY: &str = "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStage
 - level: None\n  userGroups: [system:serviceaccounts:kube-system, system:nodes]\n\
 - level: Metadata\n";
 
-/// What a test needs of the test binary's shared control plane.
-pub struct Shared {
+/// What a client needs of a running control plane: where its API server is, what to trust, the admin's
+/// kubeconfig and the audit log.
+#[derive(Clone, Debug)]
+pub struct Endpoint {
     pub url: String,
     pub ca: PathBuf,
     pub kubeconfig: PathBuf,
     pub audit_log: PathBuf,
-    pub dir: PathBuf,
 }
 
 /// The test binary's control plane, started on first use (in a thread of its own that lives as long as the
 /// binary, so that its processes, which die with that thread, stay up); `None` when it was not built.
-pub fn shared() -> Option<&'static Shared> {
-    static SHARED: OnceLock<Option<Shared>> = OnceLock::new();
+pub fn shared() -> Option<&'static Endpoint> {
+    static SHARED: OnceLock<Option<Endpoint>> = OnceLock::new();
     SHARED
         .get_or_init(|| {
             let (tx, rx) = std::sync::mpsc::channel();
@@ -102,15 +103,7 @@ pub fn shared() -> Option<&'static Shared> {
                             tx.send(None).unwrap();
                             return;
                         };
-                        let dir = plane.dir.path().to_path_buf();
-                        let shared = Shared {
-                            url: plane.url.clone(),
-                            ca: plane.ca.clone(),
-                            kubeconfig: plane.kubeconfig.clone(),
-                            audit_log: plane.audit_log.clone(),
-                            dir,
-                        };
-                        tx.send(Some(shared)).unwrap();
+                        tx.send(Some(plane.endpoint())).unwrap();
                         // held until the binary exits; the directory is swept by the next start
                         let _plane = plane;
                         std::future::pending::<()>().await
@@ -214,7 +207,7 @@ impl ControlPlane {
                 "--controllers=*".into(),
                 "--use-service-account-credentials=true".into(),
                 format!("--service-account-private-key-file={}", plane.dir.path().join("sa.key").display()),
-                format!("--root-ca-file={}", plane.dir.path().join("certs/apiserver.crt").display()),
+                format!("--root-ca-file={}", plane.ca.display()),
                 "--leader-elect=false".into(),
                 "--bind-address=127.0.0.1".into(),
                 "--secure-port=0".into(),
@@ -233,6 +226,15 @@ impl ControlPlane {
         );
         plane.processes.extend([manager, scheduler]);
         Some(plane)
+    }
+
+    pub fn endpoint(&self) -> Endpoint {
+        Endpoint {
+            url: self.url.clone(),
+            ca: self.ca.clone(),
+            kubeconfig: self.kubeconfig.clone(),
+            audit_log: self.audit_log.clone(),
+        }
     }
 
     /// Stops kube-apiserver (SIGKILL: no goodbye to its clients' watches) and starts it again on the same

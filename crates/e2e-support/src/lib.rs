@@ -34,6 +34,8 @@ pub struct Cluster {
     pub client: Client,
     /// On the control plane: the controller's service-account token (for [`Cluster::fault_proxy`]).
     controller_token: Option<String>,
+    /// On the control plane: where its API server is.
+    endpoint: Option<control_plane::Endpoint>,
     /// The control plane of this test alone ([`Cluster::start_own`]), stopped with the cluster.
     own: Option<control_plane::ControlPlane>,
 }
@@ -52,7 +54,7 @@ impl Cluster {
             );
             return Cluster::start_fake().await;
         };
-        Cluster::start_on(&plane.url, &plane.kubeconfig, &plane.ca, None).await
+        Cluster::start_on(plane.clone(), None).await
     }
 
     /// A cluster on a control plane of this test's own, for what would disturb the tests sharing one (editing
@@ -66,30 +68,36 @@ impl Cluster {
             fake_apiserver::tools::skip("Kubernetes' control plane is not built (make setup)");
             return None;
         };
-        let (url, kubeconfig, ca) = (plane.url.clone(), plane.kubeconfig.clone(), plane.ca.clone());
-        Some(Cluster::start_on(&url, &kubeconfig, &ca, Some(plane)).await)
+        Some(Cluster::start_on(plane.endpoint(), Some(plane)).await)
     }
 
-    async fn start_on(
-        url: &str,
-        kubeconfig: &std::path::Path,
-        ca: &std::path::Path,
-        own: Option<control_plane::ControlPlane>,
-    ) -> Cluster {
+    async fn start_on(endpoint: control_plane::Endpoint, own: Option<control_plane::ControlPlane>) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
-        let kubeconfig = kubeconfig.to_path_buf();
+        let kubeconfig = endpoint.kubeconfig.clone();
         let client = client_of(&kubeconfig).await;
         let namespace = create_namespace(&client).await;
         let token = grant_controller_roles(&client, &namespace).await;
         let controller_kubeconfig = dir.path().join("controller-kubeconfig");
-        std::fs::write(&controller_kubeconfig, control_plane::kubeconfig_text(url, &token, ca)).unwrap();
+        std::fs::write(&controller_kubeconfig, control_plane::kubeconfig_text(&endpoint.url, &token, &endpoint.ca))
+            .unwrap();
         let controller_token = Some(token);
         record_where(if own.is_some() {
             "Kubernetes' control plane (a test's own)"
         } else {
             "Kubernetes' control plane"
         });
-        Cluster { fake: None, dir, kubeconfig, controller_kubeconfig, namespace, client, controller_token, own }
+        let endpoint = Some(endpoint);
+        Cluster {
+            fake: None,
+            dir,
+            kubeconfig,
+            controller_kubeconfig,
+            namespace,
+            client,
+            controller_token,
+            endpoint,
+            own,
+        }
     }
 
     /// A cluster on fake-apiserver (or E2E_KUBECONFIG), for the tests that run pods with workload-sim, which
@@ -120,18 +128,24 @@ impl Cluster {
             server.state().rbac.set_enforce(true);
         }
         record_where(if fake.is_some() { "fake-apiserver" } else { "E2E_KUBECONFIG" });
-        Cluster { fake, dir, kubeconfig, controller_kubeconfig, namespace, client, controller_token: None, own: None }
+        Cluster {
+            fake,
+            dir,
+            kubeconfig,
+            controller_kubeconfig,
+            namespace,
+            client,
+            controller_token: None,
+            endpoint: None,
+            own: None,
+        }
     }
 
     /// On the control plane: a [`faults::FaultProxy`] in front of the API server, and a kubeconfig of the
     /// controller's service account through it (for one replica whose requests are to fail); `None` elsewhere.
     pub async fn fault_proxy(&self, name: &str) -> Option<(faults::FaultProxy, PathBuf)> {
         let token = self.controller_token.as_ref()?;
-        let url = match &self.own {
-            Some(own) => own.url.clone(),
-            None => control_plane::shared()?.url.clone(),
-        };
-        let proxy = faults::FaultProxy::start(&url).await;
+        let proxy = faults::FaultProxy::start(&self.endpoint.as_ref()?.url).await;
         let path = self.dir.path().join(format!("kubeconfig-{name}"));
         std::fs::write(&path, proxy.kubeconfig(token)).unwrap();
         Some((proxy, path))
@@ -145,11 +159,7 @@ impl Cluster {
             let usage = server.state().rbac.usage(&user);
             return Some(usage.into_iter().map(|u| (u.verb, u.group, u.resource)).collect());
         }
-        let audit_log = match &self.own {
-            Some(own) => own.audit_log.clone(),
-            None => control_plane::shared()?.audit_log.clone(),
-        };
-        let log = std::fs::read_to_string(audit_log).ok()?;
+        let log = std::fs::read_to_string(&self.endpoint.as_ref()?.audit_log).ok()?;
         let requests = log
             .lines()
             .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
@@ -211,14 +221,8 @@ impl Cluster {
         let accounts: Api<ServiceAccount> = self.api();
         let answer = accounts.create_token_request(account, &PostParams::default(), &request).await.unwrap();
         let token = answer.status.expect("a token").token;
-        let (url, ca) = match &self.own {
-            Some(own) => (own.url.clone(), own.ca.clone()),
-            None => {
-                let plane = control_plane::shared().expect("on the control plane");
-                (plane.url.clone(), plane.ca.clone())
-            }
-        };
-        std::fs::write(&path, control_plane::kubeconfig_text(&url, &token, &ca)).unwrap();
+        let endpoint = self.endpoint.as_ref().expect("on the control plane");
+        std::fs::write(&path, control_plane::kubeconfig_text(&endpoint.url, &token, &endpoint.ca)).unwrap();
         path
     }
 
