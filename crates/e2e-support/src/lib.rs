@@ -38,6 +38,8 @@ pub struct Cluster {
     endpoint: Option<control_plane::Endpoint>,
     /// The control plane of this test alone ([`Cluster::start_own`]), stopped with the cluster.
     own: Option<control_plane::ControlPlane>,
+    /// The workload simulator's host mirror byte, once it started ([`Cluster::start_simulator`]).
+    mirror: std::sync::OnceLock<u8>,
 }
 
 impl Cluster {
@@ -97,6 +99,7 @@ impl Cluster {
             controller_token,
             endpoint,
             own,
+            mirror: Default::default(),
         }
     }
 
@@ -138,6 +141,7 @@ impl Cluster {
             controller_token: None,
             endpoint: None,
             own: None,
+            mirror: Default::default(),
         }
     }
 

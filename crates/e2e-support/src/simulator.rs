@@ -1,8 +1,10 @@
-//! workload-sim beside a test's fake-apiserver: Deployments get ReplicaSets, Pods that really run (HAProxy,
-//! or the built-in server answering `pod=<name> image=<image>`), EndpointSlices and statuses, and Services
-//! get a loopback cluster IP that the simulator's service proxy serves. The simulator is a test double of
-//! the cluster's own controllers, so tests that need it run on fake-apiserver only, as root (a network
-//! namespace per pod; CI runs as root), with haproxy installed.
+//! workload-sim as the node of a test's cluster: Pods the scheduler binds to it really run (HAProxy, our
+//! controller's image, or the built-in server answering `pod=<name> image=<image>`) in network namespaces,
+//! on addresses a real API server accepts (10.244.c.d), and the cluster IPs of Services (10.96.c.d) are
+//! served by its service proxy. The host reaches them at their mirrors on loopback ([`Cluster::host_address`]):
+//! Pod 10.244.c.d at 127.P.c.d, Service 10.96.c.d at 127.P+1.c.d, P a byte each test takes of its own. On
+//! fake-apiserver (until it is retired) the simulator also plays the Deployment, ReplicaSet and
+//! EndpointSlice controllers. Needs root (CI runs as root) and haproxy.
 
 use crate::Cluster;
 use std::path::PathBuf;
@@ -14,7 +16,7 @@ use tokio::process::Child;
 pub struct Simulator {
     child: Child,
     pub log: PathBuf,
-    /// Pods get addresses in 127.`pod_network`.0.0/16.
+    /// The host reaches Pods at 127.`pod_network`.c.d and Services at 127.`pod_network+1`.c.d.
     pub pod_network: u8,
 }
 
@@ -24,13 +26,13 @@ pub fn simulator_binary() -> PathBuf {
     crate::workspace_binary("workload-sim", "WORKLOAD_SIM_BIN")
 }
 
-/// Whether this test can run workloads: on fake-apiserver, as root, with haproxy (and kubectl, which the
-/// tests drive). Otherwise the test is skipped, and fails under CI=true (unless the cluster is a real one,
-/// whose own controllers run workloads: the simulated images do not exist there).
+/// Whether this test can run workloads: with workload-sim as its node, as root, with haproxy (and kubectl,
+/// which the tests drive). Otherwise the test is skipped, and fails under CI=true (unless the cluster is a
+/// real one of E2E_KUBECONFIG: the simulated images do not exist there).
 pub fn can_simulate() -> bool {
     use fake_apiserver::tools;
     if std::env::var_os("E2E_KUBECONFIG").is_some() {
-        tools::skip_unsupported("runs workloads with workload-sim on fake-apiserver (its images are simulated)");
+        tools::skip_unsupported("runs workloads with workload-sim as the node (its images are simulated)");
         return false;
     }
     if !tools::available("kubectl") || !tools::available("haproxy") {
@@ -44,12 +46,25 @@ pub fn can_simulate() -> bool {
 }
 
 impl Cluster {
-    /// Starts workload-sim on this cluster (fake-apiserver only, see [`can_simulate`]): pods on
-    /// 127.`pod_network`.0.0/16, and Services created from now on get cluster IPs in 127.`pod_network+1`.0.0/16,
-    /// served by the simulator's service proxy. Each test takes a `pod_network` of its own.
+    /// A cluster whose Pods run: a control plane of this test's own (a node's Pods are the whole cluster's,
+    /// so tests do not share one) with [`Cluster::start_simulator`] as its node; fake-apiserver where the
+    /// control plane is not built; E2E_KUBECONFIG's.
+    pub async fn start_for_pods() -> Cluster {
+        if std::env::var_os("E2E_KUBECONFIG").is_some() {
+            return Cluster::start_fake().await;
+        }
+        match Cluster::start_own().await {
+            Some(cluster) => cluster,
+            None => Cluster::start_fake().await,
+        }
+    }
+
+    /// Starts workload-sim as this cluster's node: the host reaches its Pods at 127.`pod_network`.c.d and
+    /// its Services at 127.`pod_network+1`.c.d ([`Cluster::host_address`]); at most `pod_limit` Pods run.
+    /// Each test takes a `pod_network` of its own. On fake-apiserver the simulator also plays the workload
+    /// controllers.
     pub fn start_simulator(&self, pod_network: u8, pod_limit: usize) -> Simulator {
-        let fake = self.fake.as_ref().expect("workload-sim runs beside fake-apiserver");
-        fake.state().inner.lock().unwrap().service_network = [127, pod_network + 1];
+        self.mirror.set(pod_network).expect("one simulator per cluster");
         let log = self.dir.path().join("workload-sim.log");
         let binary = simulator_binary();
         let release = binary.parent().is_some_and(|dir| dir.ends_with("release"));
@@ -59,18 +74,38 @@ impl Cluster {
             binary.display(),
             if release { "--release " } else { "" }
         );
-        let child = tokio::process::Command::new(binary)
-            .args(["run", "--pod-network", &format!("127.{pod_network}.0.0/16"), "--pod-limit"])
-            .arg(pod_limit.to_string())
+        let mut command = tokio::process::Command::new(binary);
+        command.args(["run", "--host-mirror", &format!("127.{pod_network}.0.0/16"), "--pod-limit"]);
+        command.arg(pod_limit.to_string());
+        if self.fake.is_some() {
+            command.arg("--controllers");
+        }
+        let child = command
             .arg("--state-dir")
             .arg(self.dir.path().join("workload-sim"))
             .env("KUBECONFIG", &self.kubeconfig)
             .env("RUST_LOG", std::env::var("E2E_SIMULATOR_LOG").unwrap_or_else(|_| "info,kube=warn".into()))
             .stdout(Stdio::null())
             .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
+            .kill_on_drop(false)
             .spawn()
             .expect("workload-sim starts");
         Simulator { child, log, pod_network }
+    }
+
+    /// Where the host reaches a Pod's or a Service's address (its mirror on loopback); other addresses as
+    /// they are.
+    pub fn host_address(&self, address: std::net::SocketAddr) -> std::net::SocketAddr {
+        let ip = match (self.mirror.get(), address.ip()) {
+            (Some(&p), std::net::IpAddr::V4(v4)) => match v4.octets() {
+                [10, 244, c, d] => std::net::Ipv4Addr::new(127, p, c, d),
+                [10, 96, c, d] => std::net::Ipv4Addr::new(127, p + 1, c, d),
+                _ => v4,
+            }
+            .into(),
+            (_, ip) => ip,
+        };
+        std::net::SocketAddr::new(ip, address.port())
     }
 }
 
@@ -131,14 +166,15 @@ impl Cluster {
         self.api::<Service>().create(&pp, &serde_json::from_value(service).unwrap()).await.unwrap();
     }
 
-    /// The address (cluster IP and `port`) of Service `name`, once it exists (waits up to 30 s).
+    /// Where the host reaches `port` of Service `name` (its cluster IP's mirror), once it exists (waits up to
+    /// 30 s).
     pub async fn service_address(&self, name: &str, port: u16) -> std::net::SocketAddr {
         use k8s_openapi::api::core::v1::Service;
         let services = self.api::<Service>();
         let what = format!("Service {name}");
         crate::eventually(30, &what, || async { services.get_opt(name).await.unwrap().is_some() }).await;
         let ip = services.get(name).await.unwrap().spec.and_then(|s| s.cluster_ip).expect("a cluster IP");
-        std::net::SocketAddr::new(ip.parse().expect("an IP address"), port)
+        self.host_address(std::net::SocketAddr::new(ip.parse().expect("an IP address"), port))
     }
 
     /// The `metadata.generation` of Deployment `name` (0 when it does not exist): a change of its spec raises it.

@@ -64,8 +64,17 @@ fn repository(image: &str) -> &str {
     image.rsplit('/').next().unwrap_or_default().split([':', '@']).next().unwrap_or_default()
 }
 
-/// The value of a downward API `fieldRef` of `pod`, as a kubelet resolves it.
+/// The value of a downward API `fieldRef` of `pod`, as a kubelet resolves it for an environment variable.
 fn field_ref(pod: &Pod, path: &str, context: &PodContext) -> anyhow::Result<String> {
+    match path {
+        "status.podIP" => Ok(context.address.to_string()),
+        "status.hostIP" => Ok(context.node_address.to_string()),
+        _ => pod_field(pod, path),
+    }
+}
+
+/// The value of a downward API `fieldRef` of `pod` that its metadata and spec hold (what a volume may show).
+pub fn pod_field(pod: &Pod, path: &str) -> anyhow::Result<String> {
     let spec = pod.spec.as_ref();
     let keyed = |prefix: &str, map: &std::collections::BTreeMap<String, String>| -> Option<String> {
         let key = path.strip_prefix(prefix)?.strip_suffix("']")?;
@@ -79,8 +88,6 @@ fn field_ref(pod: &Pod, path: &str, context: &PodContext) -> anyhow::Result<Stri
         "spec.serviceAccountName" => {
             spec.and_then(|s| s.service_account_name.clone()).unwrap_or_else(|| "default".into())
         }
-        "status.podIP" => context.address.to_string(),
-        "status.hostIP" => context.node_address.to_string(),
         _ => keyed("metadata.labels['", pod.labels())
             .or_else(|| keyed("metadata.annotations['", pod.annotations()))
             .ok_or_else(|| anyhow::anyhow!("fieldRef {path:?} is not supported by workload-sim"))?,

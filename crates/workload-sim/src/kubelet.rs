@@ -10,7 +10,7 @@
 //! then removed.
 
 use crate::images::{self, Launch};
-use crate::network::Network;
+use crate::network::{NODE_ADDRESS, Network, POD_NETWORK};
 use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Probe};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::jiff::Timestamp;
@@ -32,9 +32,6 @@ pub struct Kubelet {
     pub client: kube::Client,
     pub node: String,
     pub network: Arc<Network>,
-    /// Pods get addresses in `127.<pod_network>.0.0/16`.
-    pub pod_network: u8,
-    pub node_address: Ipv4Addr,
     /// Where pods' volumes are written.
     pub state_dir: PathBuf,
     pub pod_limit: usize,
@@ -53,7 +50,7 @@ const MOUNT_RETRY: Duration = Duration::from_secs(2);
 struct RunningPod {
     id: String,
     address: Ipv4Addr,
-    netns: Option<String>,
+    netns: String,
     namespace: String,
     name: String,
     containers: Vec<ContainerProcess>,
@@ -103,8 +100,6 @@ impl Kubelet {
         client: kube::Client,
         node: String,
         network: Arc<Network>,
-        pod_network: u8,
-        node_address: Ipv4Addr,
         state_dir: PathBuf,
         pod_limit: usize,
         api: Option<crate::api_endpoint::ApiEndpoint>,
@@ -114,8 +109,6 @@ impl Kubelet {
             client,
             node,
             network,
-            pod_network,
-            node_address,
             state_dir,
             pod_limit,
             api,
@@ -129,9 +122,9 @@ impl Kubelet {
         let used: Vec<Ipv4Addr> = self.running.lock().unwrap().values().map(|p| p.address).collect();
         let mut next = self.next_address.lock().unwrap();
         loop {
-            // the third byte stays under 255: 127.P.255.x is the node's
             *next = if *next >= 63_500 { 1 } else { *next + 1 };
-            let address = Ipv4Addr::new(127, self.pod_network, (*next / 250) as u8, (*next % 250) as u8 + 1);
+            let [a, b] = POD_NETWORK;
+            let address = Ipv4Addr::new(a, b, (*next / 250) as u8, (*next % 250) as u8 + 1);
             if !used.contains(&address) {
                 return address;
             }
@@ -195,12 +188,12 @@ impl Kubelet {
             let network = self.network.clone();
             let pod_id = id.clone();
             let netns = tokio::task::spawn_blocking(move || network.add_pod(&pod_id, address)).await??;
-            let volumes = self.write_volumes(&namespace, &spec, &volumes_dir).await?;
+            let volumes = self.write_volumes(pod, &volumes_dir).await?;
             let service_account = self.service_account(pod, &pod_dir.join("serviceaccount")).await?;
             let context = images::PodContext {
                 address,
-                node_address: self.node_address,
-                own_namespace: netns.is_some(),
+                node_address: NODE_ADDRESS,
+                own_namespace: true,
                 volumes: &volumes,
                 service_account: service_account.as_deref(),
                 api: self.api.as_ref().map(|a| a.address),
@@ -258,17 +251,22 @@ impl Kubelet {
         let starter =
             tokio::spawn(start_in_order(self.clone(), running.clone(), containers.clone(), launches, pod_dir));
         running.tasks.lock().unwrap().push(starter);
-        if self.network.needs_forwarders() {
-            for port in containers.iter().flat_map(|(c, _)| c.ports.iter().flatten()) {
-                let at = SocketAddr::from((address, port.container_port as u16));
-                let network = self.network.clone();
-                let task = tokio::spawn(async move {
-                    if let Err(e) = crate::network::forward(network, at, move || Some(at)).await {
-                        tracing::warn!(address = %at, error = %e, "cannot forward to the pod from the host");
-                    }
-                });
-                running.tasks.lock().unwrap().push(task);
-            }
+        // the host reaches each declared port at the Pod's mirror on loopback
+        let mirror = self.network.mirror.of(address.into()).expect("a Pod address");
+        for port in containers.iter().flat_map(|(c, _)| c.ports.iter().flatten()) {
+            let port = port.container_port as u16;
+            let (on_host, at) = (SocketAddr::from((mirror, port)), SocketAddr::from((address, port)));
+            let network = self.network.clone();
+            let task = tokio::spawn(async move {
+                let forwarded = match crate::network::listen(on_host) {
+                    Ok(listener) => crate::network::forward(network, listener, move || Some(at)).await,
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = forwarded {
+                    tracing::warn!(address = %on_host, error = %e, "cannot forward to the pod from the host");
+                }
+            });
+            running.tasks.lock().unwrap().push(task);
         }
         // the prober writes the first status too, and writes again until the API server took it
         let prober = tokio::spawn(probe_loop(self.clone(), running.clone(), pod.clone(), started));
@@ -281,32 +279,22 @@ impl Kubelet {
     /// from a TokenRequest), for Pods that run canary-controller's image (the only ones that talk to the API
     /// server) unless `automountServiceAccountToken` is false.
     async fn service_account(&self, pod: &Pod, dir: &std::path::Path) -> anyhow::Result<Option<PathBuf>> {
-        use k8s_openapi::api::authentication::v1::TokenRequest;
-        use k8s_openapi::api::core::v1::ServiceAccount;
         let Some(spec) = &pod.spec else { return Ok(None) };
         let own_image = spec
             .containers
             .iter()
             .chain(spec.init_containers.iter().flatten())
             .any(|c| images::is_own_image(c.image.as_deref().unwrap_or_default()));
-        let (Some(api), true, false) = (&self.api, own_image, spec.automount_service_account_token == Some(false))
+        let ca_pem = self.api.as_ref().and_then(|a| a.ca_pem.as_ref());
+        let (Some(ca_pem), true, false) = (ca_pem, own_image, spec.automount_service_account_token == Some(false))
         else {
             return Ok(None);
         };
         let namespace = pod.namespace().unwrap_or_default();
-        let account = spec.service_account_name.clone().unwrap_or_else(|| "default".into());
-        let request: TokenRequest =
-            serde_json::from_value(json!({"spec": {"audiences": [], "expirationSeconds": 3607,
-            "boundObjectRef": {"kind": "Pod", "apiVersion": "v1", "name": pod.name_any(), "uid": pod.uid()}}}))?;
-        let accounts: Api<ServiceAccount> = Api::namespaced(self.client.clone(), &namespace);
-        let answer = accounts
-            .create_token_request(&account, &Default::default(), &request)
-            .await
-            .map_err(|e| anyhow::anyhow!("the token of ServiceAccount {account}: {e}"))?;
-        let token = answer.status.map(|s| s.token).unwrap_or_default();
+        let token = self.token(pod, 3607, &[]).await?;
         std::fs::create_dir_all(dir)?;
         for (file, content) in
-            [("token", token.as_str()), ("ca.crt", api.ca_pem.as_str()), ("namespace", namespace.as_str())]
+            [("token", token.as_str()), ("ca.crt", ca_pem.as_str()), ("namespace", namespace.as_str())]
         {
             std::fs::write(dir.join(file), content)?;
             set_mode(&dir.join(file), 0o644)?;
@@ -315,22 +303,76 @@ impl Kubelet {
         Ok(Some(dir.into()))
     }
 
-    async fn write_volumes(
-        &self,
-        namespace: &str,
-        spec: &k8s_openapi::api::core::v1::PodSpec,
-        dir: &std::path::Path,
-    ) -> anyhow::Result<HashMap<String, PathBuf>> {
+    /// A token of the Pod's ServiceAccount, bound to the Pod, from a TokenRequest (as a kubelet gets one).
+    async fn token(&self, pod: &Pod, expiration: i64, audiences: &[String]) -> anyhow::Result<String> {
+        use k8s_openapi::api::authentication::v1::TokenRequest;
+        use k8s_openapi::api::core::v1::ServiceAccount;
+        let spec = pod.spec.as_ref();
+        let account = spec.and_then(|s| s.service_account_name.clone()).unwrap_or_else(|| "default".into());
+        let request: TokenRequest = serde_json::from_value(json!({"spec": {"audiences": audiences,
+            "expirationSeconds": expiration.max(600),
+            "boundObjectRef": {"kind": "Pod", "apiVersion": "v1", "name": pod.name_any(), "uid": pod.uid()}}}))?;
+        let accounts: Api<ServiceAccount> = Api::namespaced(self.client.clone(), &pod.namespace().unwrap_or_default());
+        let answer = accounts
+            .create_token_request(&account, &Default::default(), &request)
+            .await
+            .map_err(|e| anyhow::anyhow!("the token of ServiceAccount {account}: {e}"))?;
+        Ok(answer.status.map(|s| s.token).unwrap_or_default())
+    }
+
+    /// Writes the Pod's volumes under `dir`: ConfigMaps (every key a file), emptyDirs, and projected volumes
+    /// (a ServiceAccount token, ConfigMap keys, the downward API's fields), as the real API server's
+    /// ServiceAccount admission adds one to every Pod (`kube-api-access-*`).
+    async fn write_volumes(&self, pod: &Pod, dir: &std::path::Path) -> anyhow::Result<HashMap<String, PathBuf>> {
+        let namespace = pod.namespace().unwrap_or_default();
+        let spec = pod.spec.clone().unwrap_or_default();
+        let config_maps: Api<ConfigMap> = Api::namespaced(self.client.clone(), &namespace);
+        let config_map = |name: String| {
+            let config_maps = config_maps.clone();
+            async move {
+                let found = config_maps.get(&name).await.map_err(|e| anyhow::anyhow!("ConfigMap {name}: {e}"))?;
+                anyhow::Ok(found.data.unwrap_or_default())
+            }
+        };
         let mut volumes = HashMap::new();
         for volume in spec.volumes.iter().flatten() {
             let path = dir.join(&volume.name);
             std::fs::create_dir_all(&path)?;
             set_mode(&path, 0o777)?;
             if let Some(source) = &volume.config_map {
-                let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), namespace);
-                let config_map =
-                    api.get(&source.name).await.map_err(|e| anyhow::anyhow!("ConfigMap {}: {e}", source.name))?;
-                write_config_map(&path, &config_map.data.unwrap_or_default())?;
+                write_config_map(&path, &config_map(source.name.clone()).await?)?;
+                set_mode(&path, 0o755)?;
+            }
+            if let Some(projected) = &volume.projected {
+                let mut files = std::collections::BTreeMap::new();
+                for source in projected.sources.iter().flatten() {
+                    if let Some(token) = &source.service_account_token {
+                        let audiences: Vec<String> = token.audience.iter().cloned().collect();
+                        let value = self.token(pod, token.expiration_seconds.unwrap_or(3607), &audiences).await?;
+                        files.insert(token.path.clone(), value);
+                    }
+                    if let Some(source) = &source.config_map {
+                        let data = config_map(source.name.clone()).await?;
+                        match &source.items {
+                            Some(items) => {
+                                for item in items {
+                                    let value = data.get(&item.key).cloned().unwrap_or_default();
+                                    files.insert(item.path.clone(), value);
+                                }
+                            }
+                            None => files.extend(data),
+                        }
+                    }
+                    if let Some(downward) = &source.downward_api {
+                        for item in downward.items.iter().flatten() {
+                            let Some(field) = &item.field_ref else {
+                                anyhow::bail!("volume {}: only fieldRef is supported by workload-sim", volume.name);
+                            };
+                            files.insert(item.path.clone(), images::pod_field(pod, &field.field_path)?);
+                        }
+                    }
+                }
+                write_config_map(&path, &files)?;
                 set_mode(&path, 0o755)?;
             }
             volumes.insert(volume.name.clone(), path);
@@ -367,7 +409,8 @@ impl Kubelet {
         let (containers, sidecars) = (statuses(false), statuses(true));
         let ip = running.address.to_string();
         let status = json!({"status": {
-            "phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}], "hostIP": self.node_address.to_string(),
+            "phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}], "hostIP": NODE_ADDRESS.to_string(),
+            "hostIPs": [{"ip": NODE_ADDRESS.to_string()}],
             "startTime": started,
             "conditions": [
                 {"type": "PodScheduled", "status": "True", "lastTransitionTime": since("PodScheduled", "True")},
@@ -543,7 +586,7 @@ async fn start_in_order(
 /// stops.
 async fn supervise(running: Arc<RunningPod>, index: usize, launch: Launch, scratch: PathBuf) {
     let container = &running.containers[index];
-    let netns = running.netns.as_deref();
+    let netns = Some(running.netns.as_str());
     let mut delay = Duration::from_millis(500);
     while !running.stopping.load(Ordering::SeqCst) {
         let mut command = images::command(&launch, netns, &scratch);
@@ -586,7 +629,7 @@ async fn stop_containers<'a>(
             .and_then(|l| l.pre_stop.as_ref())
             .and_then(|h| h.exec.as_ref())
             .and_then(|e| e.command.clone());
-        if let (Some(command), Some(pid), Some(_)) = (command, pid, &running.netns) {
+        if let (Some(command), Some(pid)) = (command, pid) {
             let child = tokio::process::Command::new("nsenter")
                 .args(["--target", &pid.to_string(), "--pid", "--net", "--mount", "--"])
                 .args(&command)

@@ -9,6 +9,7 @@ pub mod endpoint_slices;
 pub mod images;
 pub mod kubelet;
 pub mod network;
+pub mod node;
 pub mod server;
 pub mod service_proxy;
 pub mod workloads;

@@ -1,8 +1,8 @@
-//! `workload-sim run`: the simulator against the cluster of the current kubeconfig (fake-apiserver);
+//! `workload-sim run`: the simulator as a node of the cluster of the current kubeconfig;
 //! `workload-sim serve`: the built-in server a simulated container runs.
 
 use clap::{Parser, Subcommand};
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -14,12 +14,12 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-use workload_sim::{api_endpoint, container, endpoint_slices, kubelet, network, server, service_proxy, workloads};
+use workload_sim::{api_endpoint, container, endpoint_slices, kubelet, network, node, server, service_proxy, workloads};
 
 #[derive(Parser)]
 #[command(
     version,
-    about = "A workload simulator for fake-apiserver: Deployments really run on loopback (a test double)"
+    about = "A workload simulator: a node of a Kubernetes cluster whose Pods run as local processes (a test double)"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -28,15 +28,19 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Play the Deployment, ReplicaSet and EndpointSlice controllers, a kubelet and kube-proxy against the
-    /// cluster of $KUBECONFIG.
+    /// Be a node (a kubelet and kube-proxy) of the cluster of $KUBECONFIG.
     Run {
-        /// The node Pods are bound to.
+        /// The node's name: it registers as that Node and runs the Pods bound to it.
         #[arg(long, default_value = "workload-sim")]
         node_name: String,
-        /// The /16 of 127/8 Pods get addresses from.
+        /// Where the host reaches Pods (this /16 of 127/8: Pod 10.244.c.d at 127.P.c.d) and Services (the next
+        /// /16: cluster IP 10.96.c.d at 127.P+1.c.d).
         #[arg(long, default_value = "127.244.0.0/16", value_parser = parse_network)]
-        pod_network: u8,
+        host_mirror: u8,
+        /// Also play the Deployment, ReplicaSet and EndpointSlice controllers, and bind Pods to this node
+        /// without registering it (fake-apiserver, which has neither controllers nor a scheduler).
+        #[arg(long)]
+        controllers: bool,
         /// Where Pods' volumes are written.
         #[arg(long, default_value = ".local/workload-sim")]
         state_dir: PathBuf,
@@ -97,7 +101,7 @@ fn parse_network(text: &str) -> Result<u8, String> {
     let (address, bits) = text.split_once('/').ok_or_else(expected)?;
     let address: Ipv4Addr = address.parse().map_err(|_| expected())?;
     let [a, b, c, _] = address.octets();
-    if a != 127 || bits != "16" || b == 255 || c != 0 {
+    if a != 127 || bits != "16" || b >= 254 || b == 0 || c != 0 {
         return Err(expected());
     }
     Ok(b)
@@ -117,12 +121,13 @@ async fn main() -> anyhow::Result<()> {
             let behaviour = server::Behaviour::from_env(&image, |k| std::env::var(k).ok())?;
             server::serve(listen, pod, image, behaviour).await
         }
-        Command::Run { node_name, pod_network, state_dir, pod_limit, controller_binary } => {
+        Command::Run { node_name, host_mirror, controllers, state_dir, pod_limit, controller_binary } => {
             let controller_binary = match controller_binary {
                 Some(path) => path,
                 None => std::env::current_exe()?.with_file_name("canary-controller"),
             };
-            run(node_name, pod_network, state_dir, pod_limit, controller_binary).await
+            let settings = Settings { node: node_name, mirror: host_mirror, controllers, state_dir, pod_limit };
+            run(settings, controller_binary).await
         }
         Command::Container { binds, scratch, user, workdir, program, argv } => {
             match container::enter(&binds, &scratch, user, &workdir, &program, &argv) {
@@ -149,88 +154,46 @@ fn retry<K, C>(_: Arc<K>, _: &kube::Error, _: Arc<C>) -> Action {
     Action::requeue(Duration::from_millis(500))
 }
 
-async fn run(
+/// What `workload-sim run` was told.
+struct Settings {
     node: String,
-    b: u8,
+    mirror: u8,
+    controllers: bool,
     state_dir: PathBuf,
     pod_limit: usize,
-    controller_binary: PathBuf,
-) -> anyhow::Result<()> {
+}
+
+async fn run(settings: Settings, controller_binary: PathBuf) -> anyhow::Result<()> {
+    let Settings { node, mirror, controllers, state_dir, pod_limit } = settings;
     let config = kube::Config::infer().await?;
     let api_server = config.cluster_url.clone();
     let client = kube::Client::try_from(config)?;
-    let node_address = Ipv4Addr::new(127, b, 255, 254);
-    let prefix = format!("wsim{b}");
-    let network = Arc::new(network::Network::start(&prefix, node_address));
+    let prefix = format!("wsim{mirror}");
+    let network = Arc::new(network::Network::start(&prefix, network::Mirror { pods: mirror })?);
     std::fs::create_dir_all(&state_dir)?;
     let state_dir = std::fs::canonicalize(&state_dir)?;
-    // Pods reach the API server (fake-apiserver, plain HTTP) on the node's address, through TLS
-    let upstream = api_server.authority().and_then(|a| {
-        let port = a.port_u16().unwrap_or(80);
-        format!("{}:{port}", a.host()).parse::<SocketAddr>().ok()
-    });
-    let api = match (network.needs_forwarders(), api_server.scheme_str(), upstream) {
-        (true, Some("http"), Some(upstream)) => {
-            Some(api_endpoint::start(network.clone(), node_address, upstream).await?)
-        }
-        _ => {
-            tracing::warn!(%api_server, "Pods cannot reach the API server (it must be fake-apiserver on plain HTTP, and the simulator root)");
-            None
-        }
-    };
+    let api = api_endpoint::start(network.clone(), &api_server).await?;
     let kubelet = Arc::new(kubelet::Kubelet::new(
         client.clone(),
         node.clone(),
         network.clone(),
-        b,
-        node_address,
         state_dir,
         pod_limit,
-        api,
+        Some(api),
         controller_binary,
     ));
     let config = watcher::Config::default();
-
-    let deployments = Controller::new(Api::<Deployment>::all(client.clone()), config.clone())
-        .owns(Api::<ReplicaSet>::all(client.clone()), config.clone())
-        .run(
-            |d, c: Arc<kube::Client>| workloads::reconcile_deployment(d, (*c).clone()),
-            retry,
-            Arc::new(client.clone()),
-        )
-        .for_each(log_errors("Deployment"));
-    let node_for_sets = Arc::new((client.clone(), node.clone()));
-    let replica_sets = Controller::new(Api::<ReplicaSet>::all(client.clone()), config.clone())
-        .owns(Api::<Pod>::all(client.clone()), config.clone())
-        .run(
-            |rs, c: Arc<(kube::Client, String)>| async move {
-                workloads::reconcile_replica_set(rs, c.0.clone(), &c.1).await
-            },
-            retry,
-            node_for_sets,
-        )
-        .for_each(log_errors("ReplicaSet"));
-    let services_controller = Controller::new(Api::<Service>::all(client.clone()), config.clone());
-    let services_store = services_controller.store();
-    let services_for_pods = services_store.clone();
-    let slices = services_controller
-        .watches(Api::<Pod>::all(client.clone()), config.clone(), move |pod: Pod| {
-            let ns = kube::ResourceExt::namespace(&pod);
-            services_for_pods
-                .state()
-                .into_iter()
-                .filter(|s| kube::ResourceExt::namespace(s.as_ref()) == ns)
-                .filter(|s| {
-                    endpoint_slices::selects(
-                        &s.spec.as_ref().and_then(|sp| sp.selector.clone()).unwrap_or_default(),
-                        &pod,
-                    )
-                })
-                .map(|s| ObjectRef::from_obj(s.as_ref()))
-                .collect::<Vec<_>>()
-        })
-        .run(|s, c: Arc<kube::Client>| endpoint_slices::reconcile(s, (*c).clone()), retry, Arc::new(client.clone()))
-        .for_each(log_errors("Service"));
+    // a node's work: its Node and Lease (a real cluster), or, on fake-apiserver, the cluster's controllers
+    let cluster_work = if controllers {
+        workload_controllers(client.clone(), node.clone()).boxed()
+    } else {
+        node::run(client.clone(), node.clone(), pod_limit).boxed()
+    };
+    let (services_store, services_writer) = reflector::store::<Service>();
+    let services_watch = watcher(Api::<Service>::all(client.clone()), config.clone())
+        .default_backoff()
+        .reflect(services_writer)
+        .for_each(|_| futures::future::ready(()));
     let pods_controller =
         Controller::new(Api::<Pod>::all(client.clone()), config.clone().fields(&format!("spec.nodeName={node}")));
     let pods_store = pods_controller.store();
@@ -258,11 +221,10 @@ async fn run(
             sweeper_kubelet.refresh_volumes(&config_maps);
         }
     };
-    tracing::info!(%node, pods = %format!("127.{b}.0.0/16"), namespaces = matches!(*network, network::Network::Namespaces(_)), "workload-sim running");
+    tracing::info!(%node, pods = %format!("127.{mirror}.0.0/16"), services = %format!("127.{}.0.0/16", mirror + 1), controllers, "workload-sim running (host mirrors of the pod and service networks)");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
-        _ = futures::future::join5(deployments, replica_sets, slices, kubelet_run, slices_watch) => {}
-        _ = config_maps_watch => {}
+        _ = futures::future::join5(cluster_work, services_watch, kubelet_run, slices_watch, config_maps_watch) => {}
         _ = proxy => {}
         _ = sweep => {}
         _ = term.recv() => {}
@@ -272,4 +234,50 @@ async fn run(
     kubelet.stop_all().await;
     network.stop();
     Ok(())
+}
+
+/// The Deployment, ReplicaSet and EndpointSlice controllers, for fake-apiserver (which has none); Pods are
+/// created bound to `node`.
+async fn workload_controllers(client: kube::Client, node: String) {
+    let config = watcher::Config::default();
+    let deployments = Controller::new(Api::<Deployment>::all(client.clone()), config.clone())
+        .owns(Api::<ReplicaSet>::all(client.clone()), config.clone())
+        .run(
+            |d, c: Arc<kube::Client>| workloads::reconcile_deployment(d, (*c).clone()),
+            retry,
+            Arc::new(client.clone()),
+        )
+        .for_each(log_errors("Deployment"));
+    let node_for_sets = Arc::new((client.clone(), node));
+    let replica_sets = Controller::new(Api::<ReplicaSet>::all(client.clone()), config.clone())
+        .owns(Api::<Pod>::all(client.clone()), config.clone())
+        .run(
+            |rs, c: Arc<(kube::Client, String)>| async move {
+                workloads::reconcile_replica_set(rs, c.0.clone(), &c.1).await
+            },
+            retry,
+            node_for_sets,
+        )
+        .for_each(log_errors("ReplicaSet"));
+    let services_controller = Controller::new(Api::<Service>::all(client.clone()), config.clone());
+    let services = services_controller.store();
+    let slices = services_controller
+        .watches(Api::<Pod>::all(client.clone()), config.clone(), move |pod: Pod| {
+            let ns = kube::ResourceExt::namespace(&pod);
+            services
+                .state()
+                .into_iter()
+                .filter(|s| kube::ResourceExt::namespace(s.as_ref()) == ns)
+                .filter(|s| {
+                    endpoint_slices::selects(
+                        &s.spec.as_ref().and_then(|sp| sp.selector.clone()).unwrap_or_default(),
+                        &pod,
+                    )
+                })
+                .map(|s| ObjectRef::from_obj(s.as_ref()))
+                .collect::<Vec<_>>()
+        })
+        .run(|s, c: Arc<kube::Client>| endpoint_slices::reconcile(s, (*c).clone()), retry, Arc::new(client.clone()))
+        .for_each(log_errors("Service"));
+    futures::future::join3(deployments, replica_sets, slices).await;
 }

@@ -1,33 +1,52 @@
-//! Pod networking on one machine. Every Pod gets a loopback address (127.P.x.y) and, where the simulator
-//! runs as root, a network namespace of its own, so that it listens exactly as its manifest says (HAProxy's
-//! `bind :::8080` in two pods at once): the pods' namespaces hang off one "node" namespace by veth pairs, with
-//! 127/8 routed between them (`route_localnet`). The host's own namespace keeps 127/8 local, so the host
-//! reaches a Pod through a forwarder the simulator runs on the Pod's address and ports (see `forward`), and
-//! reaches Services through the service proxy (`service_proxy`). Nothing leaves the machine.
-//!
-//! Without root there are no namespaces: every Pod process runs in the host's namespace and must listen on
-//! its own address (the built-in server does); a Pod that would listen on every address (HAProxy) cannot run.
+//! Pod networking on one machine. Every Pod has a network namespace of its own and an address in
+//! [`POD_NETWORK`] (10.244.0.0/16, an address a real API server takes in an EndpointSlice), so it listens
+//! exactly as its manifest says (HAProxy's `bind :::8080` in two pods at once). The pods' namespaces hang off
+//! one "node" namespace by veth pairs; the node routes between them, holds the node's own address
+//! ([`NODE_ADDRESS`]) and takes every address of [`SERVICE_NETWORK`] (the cluster IPs) as its own, where the
+//! service proxy and the API server's endpoint for Pods listen. None of these addresses exists outside those
+//! namespaces, and the host's own routing is not changed: the host reaches a Pod or a Service through its
+//! *mirror* on loopback (see [`Mirror`]), where the simulator runs a forwarder. Nothing leaves the machine.
+//! The simulator needs root for this.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::process::Command;
 use std::sync::mpsc;
 use tokio::net::{TcpSocket, TcpStream};
 
-/// How Pods are isolated.
-pub enum Network {
-    /// A namespace per Pod (root).
-    Namespaces(Namespaces),
-    /// The host's namespace for every Pod.
-    Host,
+/// The Pods' addresses: 10.244.c.d, c below 255.
+pub const POD_NETWORK: [u8; 2] = [10, 244];
+/// The cluster IPs of Services (the API server's `--service-cluster-ip-range`, a /16).
+pub const SERVICE_NETWORK: [u8; 2] = [10, 96];
+/// The node's own address (its InternalIP, the Pods' `hostIP`), in the node's namespace.
+pub const NODE_ADDRESS: Ipv4Addr = Ipv4Addr::new(10, 240, 0, 1);
+
+/// Where the host reaches Pods and Services: Pod 10.244.c.d at 127.`pods`.c.d and Service 10.96.c.d at
+/// 127.`pods+1`.c.d (each simulator running at once takes a `pods` of its own).
+#[derive(Clone, Copy, Debug)]
+pub struct Mirror {
+    pub pods: u8,
 }
 
-pub struct Namespaces {
+impl Mirror {
+    /// The host's address for a Pod's or a Service's address; `None` for any other.
+    pub fn of(&self, address: IpAddr) -> Option<Ipv4Addr> {
+        let IpAddr::V4(v4) = address else { return None };
+        let [a, b, c, d] = v4.octets();
+        match [a, b] {
+            POD_NETWORK => Some(Ipv4Addr::new(127, self.pods, c, d)),
+            SERVICE_NETWORK => Some(Ipv4Addr::new(127, self.pods + 1, c, d)),
+            _ => None,
+        }
+    }
+}
+
+/// The network namespaces of one simulator: its node's, and one per Pod.
+pub struct Network {
     /// Prefix of every namespace and link name this simulator creates.
     prefix: String,
     node: String,
-    /// The node namespace's own address (the source of connections from the host side and of probes).
-    node_address: Ipv4Addr,
     sockets: mpsc::Sender<tokio::sync::oneshot::Sender<std::io::Result<socket2::Socket>>>,
+    pub mirror: Mirror,
 }
 
 fn ip(args: &[&str]) -> anyhow::Result<()> {
@@ -42,92 +61,29 @@ fn sysctl(ns: &str, key: &str, value: &str) -> anyhow::Result<()> {
     ip(&["netns", "exec", ns, "sysctl", "-qw", &format!("{key}={value}")])
 }
 
-/// Makes namespace `ns` route all of 127/8 but 127.0.0.1 elsewhere (its own address and routes are added
-/// apart).
-fn localnet_namespace(ns: &str) -> anyhow::Result<()> {
+fn namespace(ns: &str) -> anyhow::Result<()> {
     ip(&["netns", "add", ns])?;
-    ip(&["-n", ns, "link", "set", "lo", "up"])?;
-    for key in ["net.ipv4.conf.all.route_localnet", "net.ipv4.conf.default.route_localnet"] {
-        sysctl(ns, key, "1")?;
-    }
-    ip(&["-n", ns, "route", "del", "local", "127.0.0.0/8", "dev", "lo", "table", "local"])?;
-    ip(&["-n", ns, "addr", "del", "127.0.0.1/8", "dev", "lo"])?;
-    ip(&["-n", ns, "addr", "add", "127.0.0.1/32", "dev", "lo"])?;
-    Ok(())
+    ip(&["-n", ns, "link", "set", "lo", "up"])
+}
+
+fn cidr(network: [u8; 2]) -> String {
+    format!("{}.{}.0.0/16", network[0], network[1])
 }
 
 impl Network {
-    /// Namespaces when running as root and `ip` works, else the host's namespace.
-    pub fn start(prefix: &str, node_address: Ipv4Addr) -> Network {
+    /// The node's namespace (root only: `ip netns` needs it).
+    pub fn start(prefix: &str, mirror: Mirror) -> anyhow::Result<Network> {
         if !nix::unistd::geteuid().is_root() {
-            tracing::warn!("not root: pods share the host's network namespace (see the README)");
-            return Network::Host;
+            anyhow::bail!("workload-sim needs root: every Pod has network, mount and pid namespaces of its own");
         }
-        match Namespaces::start(prefix, node_address) {
-            Ok(n) => Network::Namespaces(n),
-            Err(e) => {
-                tracing::warn!(error = %e, "network namespaces unavailable: pods share the host's namespace");
-                Network::Host
-            }
-        }
-    }
-
-    /// Gives Pod `id` (a short unique name) its address; returns the namespace its processes run in, if any.
-    pub fn add_pod(&self, id: &str, address: Ipv4Addr) -> anyhow::Result<Option<String>> {
-        match self {
-            Network::Host => Ok(None),
-            Network::Namespaces(n) => n.add_pod(id, address).map(Some),
-        }
-    }
-
-    pub fn remove_pod(&self, id: &str) {
-        if let Network::Namespaces(n) = self {
-            let _ = ip(&["netns", "del", &n.pod_namespace(id)]);
-        }
-    }
-
-    /// A connection to `address` (a Pod's) as another Pod would open it.
-    pub async fn connect(&self, address: SocketAddr) -> std::io::Result<TcpStream> {
-        match self {
-            Network::Host => TcpStream::connect(address).await,
-            Network::Namespaces(n) => TcpSocket::from_std_stream(n.node_socket().await?.into()).connect(address).await,
-        }
-    }
-
-    /// A listener in the node's namespace (where Pods reach it; namespaces only), e.g. the API server's
-    /// endpoint for Pods.
-    pub async fn listen_in_node(&self, address: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
-        let Network::Namespaces(n) = self else {
-            return Err(std::io::Error::other("no node namespace: the simulator does not run as root"));
-        };
-        let socket = n.node_socket().await?;
-        socket.set_reuse_address(true)?;
-        socket.bind(&address.into())?;
-        socket.listen(1024)?;
-        tokio::net::TcpListener::from_std(socket.into())
-    }
-
-    /// Whether the host reaches Pod addresses only through forwarders.
-    pub fn needs_forwarders(&self) -> bool {
-        matches!(self, Network::Namespaces(_))
-    }
-
-    /// Deletes every namespace this simulator created.
-    pub fn stop(&self) {
-        if let Network::Namespaces(n) = self {
-            n.stop();
-        }
-    }
-}
-
-impl Namespaces {
-    fn start(prefix: &str, node_address: Ipv4Addr) -> anyhow::Result<Namespaces> {
         let node = format!("{prefix}-node");
         // leftovers of an earlier run that did not stop cleanly
         remove_namespaces(prefix);
-        localnet_namespace(&node)?;
+        namespace(&node)?;
         sysctl(&node, "net.ipv4.ip_forward", "1")?;
-        ip(&["-n", &node, "addr", "add", &format!("{node_address}/32"), "dev", "lo"])?;
+        ip(&["-n", &node, "addr", "add", &format!("{NODE_ADDRESS}/32"), "dev", "lo"])?;
+        // every cluster IP is the node's own: the service proxy listens there
+        ip(&["-n", &node, "route", "add", "local", &cidr(SERVICE_NETWORK), "dev", "lo", "table", "local"])?;
         let (sockets, requests) = mpsc::channel();
         let path = format!("/var/run/netns/{node}");
         let file = std::fs::File::open(&path)?;
@@ -143,7 +99,51 @@ impl Namespaces {
                 let _ = reply.send(socket);
             }
         })?;
-        Ok(Namespaces { prefix: prefix.into(), node, node_address, sockets })
+        Ok(Network { prefix: prefix.into(), node, sockets, mirror })
+    }
+
+    /// Gives Pod `id` (a short unique name) its namespace and `address`; returns the namespace's name.
+    pub fn add_pod(&self, id: &str, address: Ipv4Addr) -> anyhow::Result<String> {
+        let ns = self.pod_namespace(id);
+        let _ = ip(&["netns", "del", &ns]);
+        namespace(&ns)?;
+        // the node's end of the pair; link names are at most 15 bytes
+        let link = format!("v{}", &short_hash(&ns)[..12]);
+        ip(&["-n", &self.node, "link", "add", &link, "type", "veth", "peer", "name", "eth0", "netns", &ns])?;
+        sysctl(&self.node, &format!("net.ipv4.conf.{link}.proxy_arp"), "1")?;
+        // answered at once: the kernel delays proxy ARP answers by up to 0.8 s by default, so a pod's first
+        // connection to an address it had not reached yet (a new pod) took a second (a SYN retransmission)
+        sysctl(&self.node, &format!("net.ipv4.neigh.{link}.proxy_delay"), "0")?;
+        ip(&["-n", &self.node, "link", "set", &link, "up"])?;
+        ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
+        ip(&["-n", &ns, "addr", "add", &format!("{address}/32"), "dev", "eth0"])?;
+        // Pods, Services and the node: all through the node
+        ip(&["-n", &ns, "route", "add", "10.0.0.0/8", "dev", "eth0", "src", &address.to_string()])?;
+        let node_src = NODE_ADDRESS.to_string();
+        ip(&["-n", &self.node, "route", "add", &format!("{address}/32"), "dev", &link, "src", &node_src])?;
+        Ok(ns)
+    }
+
+    pub fn remove_pod(&self, id: &str) {
+        let _ = ip(&["netns", "del", &self.pod_namespace(id)]);
+    }
+
+    fn pod_namespace(&self, id: &str) -> String {
+        format!("{}-{id}", self.prefix)
+    }
+
+    /// A connection to `address` (a Pod's or a Service's) as the node opens it.
+    pub async fn connect(&self, address: SocketAddr) -> std::io::Result<TcpStream> {
+        TcpSocket::from_std_stream(self.node_socket().await?.into()).connect(address).await
+    }
+
+    /// A listener in the node's namespace (where Pods reach it), e.g. a cluster IP's.
+    pub async fn listen_in_node(&self, address: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+        let socket = self.node_socket().await?;
+        socket.set_reuse_address(true)?;
+        socket.bind(&address.into()).map_err(|e| std::io::Error::new(e.kind(), format!("listening on {address}: {e}")))?;
+        socket.listen(1024)?;
+        tokio::net::TcpListener::from_std(socket.into())
     }
 
     /// A new TCP socket of the node's namespace (made by the thread that lives in it).
@@ -153,33 +153,13 @@ impl Namespaces {
         rx.await.map_err(|_| std::io::Error::other("node namespace thread stopped"))?
     }
 
-    fn pod_namespace(&self, id: &str) -> String {
-        format!("{}-{id}", self.prefix)
+    /// The node's namespace, for processes that run on the node (as a host-network Pod would).
+    pub fn node_namespace(&self) -> &str {
+        &self.node
     }
 
-    fn add_pod(&self, id: &str, address: Ipv4Addr) -> anyhow::Result<String> {
-        let ns = self.pod_namespace(id);
-        let _ = ip(&["netns", "del", &ns]);
-        localnet_namespace(&ns)?;
-        // the node's end of the pair; link names are at most 15 bytes
-        let link = format!("v{}", &short_hash(&ns)[..12]);
-        ip(&["-n", &self.node, "link", "add", &link, "type", "veth", "peer", "name", "eth0", "netns", &ns])?;
-        sysctl(&self.node, &format!("net.ipv4.conf.{link}.route_localnet"), "1")?;
-        sysctl(&self.node, &format!("net.ipv4.conf.{link}.proxy_arp"), "1")?;
-        // answered at once: the kernel delays proxy ARP answers by up to 0.8 s by default, so a pod's first
-        // connection to an address it had not reached yet (a new pod) took a second (a SYN retransmission)
-        sysctl(&self.node, &format!("net.ipv4.neigh.{link}.proxy_delay"), "0")?;
-        ip(&["-n", &self.node, "link", "set", &link, "up"])?;
-        ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
-        sysctl(&ns, "net.ipv4.conf.eth0.route_localnet", "1")?;
-        ip(&["-n", &ns, "addr", "add", &format!("{address}/32"), "dev", "eth0"])?;
-        ip(&["-n", &ns, "route", "add", "127.0.0.0/8", "dev", "eth0", "src", &address.to_string()])?;
-        let node_src = self.node_address.to_string();
-        ip(&["-n", &self.node, "route", "add", &format!("{address}/32"), "dev", &link, "src", &node_src])?;
-        Ok(ns)
-    }
-
-    fn stop(&self) {
+    /// Deletes every namespace this simulator created.
+    pub fn stop(&self) {
         remove_namespaces(&self.prefix);
     }
 }
@@ -214,14 +194,14 @@ pub fn listen(address: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     socket.listen(1024)
 }
 
-/// Forwards each connection to `listen` (on the host) to the address `target` picks for it, through
-/// `network`, until the task is aborted. No target, or a target that refuses: the client gets a reset.
+/// Forwards each connection `listener` accepts (on the host's loopback, or in the node's namespace) to the
+/// address `target` picks for it, connected from the node, until the task is aborted. No target, or a target
+/// that refuses: the client gets a reset.
 pub async fn forward(
     network: std::sync::Arc<Network>,
-    listen_on: SocketAddr,
+    listener: tokio::net::TcpListener,
     target: impl Fn() -> Option<SocketAddr>,
 ) -> std::io::Result<()> {
-    let listener = listen(listen_on)?;
     loop {
         let (mut client, _) = listener.accept().await?;
         let Some(target) = target() else {

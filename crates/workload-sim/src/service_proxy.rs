@@ -1,6 +1,7 @@
-//! The service proxy (kube-proxy, in user space): each port of a Service whose cluster IP is a loopback
-//! address (fake-apiserver `--service-cluster-ip-range 127.96.0.0/16`) is listened on, on the host, and
-//! each connection goes to a ready endpoint of the Service's EndpointSlices, taken in turn.
+//! The service proxy (kube-proxy, in user space): each port of a Service with a cluster IP is listened on at
+//! that address in the node's namespace (where Pods reach it) and at its mirror on the host's loopback (see
+//! `network::Mirror`), and each connection goes to a ready endpoint of the Service's EndpointSlices, taken in
+//! turn. `default/kubernetes` is the API server's endpoint for Pods instead (`api_endpoint`).
 
 use crate::network::Network;
 use k8s_openapi::api::core::v1::Service;
@@ -44,26 +45,31 @@ pub fn ready_endpoints(slices: &[Arc<EndpointSlice>], ns: &str, service: &str, p
     out
 }
 
-/// Keeps one listener per loopback Service port, every `period`, until the task is aborted.
+/// Where a Service port is listened on: its cluster IP and port, and the host's mirror of it.
+type Key = (SocketAddr, String, String, String);
+
+/// Keeps the listeners of every Service port, looking every 300 ms, until the task is aborted.
 pub async fn run(network: Arc<Network>, services: Store<Service>, slices: Store<EndpointSlice>) {
-    let mut listeners: HashMap<(SocketAddr, String, String, String), JoinHandle<()>> = HashMap::new();
+    let mut listeners: HashMap<Key, JoinHandle<()>> = HashMap::new();
     loop {
         let mut wanted = vec![];
         for service in services.state() {
             let Some(spec) = &service.spec else { continue };
-            let Some(ip) =
-                spec.cluster_ip.as_deref().and_then(|ip| ip.parse::<IpAddr>().ok()).filter(IpAddr::is_loopback)
+            let (namespace, name) = (service.namespace().unwrap_or_default(), service.name_any());
+            if (namespace.as_str(), name.as_str()) == ("default", "kubernetes") {
+                continue;
+            }
+            let Some(ip) = spec
+                .cluster_ip
+                .as_deref()
+                .and_then(|ip| ip.parse::<IpAddr>().ok())
+                .filter(|ip| network.mirror.of(*ip).is_some())
             else {
                 continue;
             };
             for port in spec.ports.iter().flatten() {
                 let at = SocketAddr::new(ip, port.port as u16);
-                wanted.push((
-                    at,
-                    service.namespace().unwrap_or_default(),
-                    service.name_any(),
-                    port.name.clone().unwrap_or_default(),
-                ));
+                wanted.push((at, namespace.clone(), name.clone(), port.name.clone().unwrap_or_default()));
             }
         }
         listeners.retain(|key, task| {
@@ -77,12 +83,12 @@ pub async fn run(network: Arc<Network>, services: Store<Service>, slices: Store<
             if listeners.contains_key(&key) {
                 continue;
             }
-            let (at, ns, name, port_name) = key.clone();
-            let (network, slices) = (network.clone(), slices.clone());
+            let (network, slices, what) = (network.clone(), slices.clone(), key.clone());
             listeners.insert(
                 key,
                 tokio::spawn(async move {
-                    if let Err(e) = serve(network, slices, at, ns, name, port_name).await {
+                    let at = what.0;
+                    if let Err(e) = serve(network, slices, what).await {
                         tracing::warn!(address = %at, error = %e, "service proxy cannot listen");
                     }
                 }),
@@ -92,19 +98,22 @@ pub async fn run(network: Arc<Network>, services: Store<Service>, slices: Store<
     }
 }
 
-async fn serve(
-    network: Arc<Network>,
-    slices: Store<EndpointSlice>,
-    at: SocketAddr,
-    ns: String,
-    service: String,
-    port_name: String,
-) -> std::io::Result<()> {
-    let turn = AtomicUsize::new(0);
+async fn serve(network: Arc<Network>, slices: Store<EndpointSlice>, key: Key) -> std::io::Result<()> {
+    let (at, ns, service, port_name) = key;
+    let mirror = SocketAddr::new(network.mirror.of(at.ip()).expect("a cluster IP").into(), at.port());
+    let on_host = crate::network::listen(mirror)?;
+    let in_node = network.listen_in_node(at).await?;
+    let turn = Arc::new(AtomicUsize::new(0));
     // no ready endpoint: refused, as kube-proxy rejects it
-    crate::network::forward(network, at, move || {
+    let target = move || {
         let endpoints = ready_endpoints(&slices.state(), &ns, &service, &port_name);
         (!endpoints.is_empty()).then(|| endpoints[turn.fetch_add(1, Ordering::Relaxed) % endpoints.len()])
-    })
-    .await
+    };
+    let target = Arc::new(target);
+    let (for_host, for_node) = (target.clone(), target);
+    tokio::try_join!(
+        crate::network::forward(network.clone(), on_host, move || for_host()),
+        crate::network::forward(network.clone(), in_node, move || for_node()),
+    )?;
+    Ok(())
 }

@@ -13,7 +13,7 @@ async fn the_example_stack_runs_and_its_connections_are_split_80_20() {
     if !support::simulator::can_simulate() {
         return;
     }
-    let cluster = support::Cluster::start_fake().await;
+    let cluster = support::Cluster::start_for_pods().await;
     cluster.install_crds().await;
     let sim = cluster.start_simulator(245, 64);
     let _controller = cluster.spawn_controller();
