@@ -12,6 +12,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -78,11 +79,11 @@ async fn proxy_pods(pods: &Api<Pod>) -> BTreeMap<String, (String, i32)> {
         .collect()
 }
 
-/// The sum over the proxy pods' agents of a metric.
+/// The sum over the proxy pods' agents (their metrics addresses) of a metric.
 async fn agents_metric(addresses: &[String], series: &str) -> f64 {
     let mut total = 0.0;
     for address in addresses {
-        let text = support::http_get(&format!("{address}:8405"), "/metrics").await.unwrap_or_default();
+        let text = support::http_get(address, "/metrics").await.unwrap_or_default();
         total += text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok()).unwrap_or(0.0);
     }
     total
@@ -119,7 +120,11 @@ async fn every_change_reaches_the_running_proxy_with_no_failed_connection_and_no
     let deployments: Api<Deployment> = e.cluster.api();
     let proxies = proxy_pods(&pods).await;
     assert_eq!(proxies.len(), 2, "{proxies:?}");
-    let agents: Vec<String> = proxies.values().map(|(ip, _)| ip.clone()).collect();
+    // each agent's metrics port, where the host reaches it
+    let agents: Vec<String> = proxies
+        .values()
+        .map(|(ip, _)| e.cluster.host_address(SocketAddr::new(ip.parse().unwrap(), 8405)).to_string())
+        .collect();
     let reloads = "kanary_agent_changes_applied_total{how=\"reload\"}";
     let reloads_before = agents_metric(&agents, reloads).await;
     let generation = e.cluster.generation(PROXY).await;
@@ -263,17 +268,7 @@ async fn every_change_reaches_the_running_proxy_with_no_failed_connection_and_no
 
     // the agents' identity did what its Role grants and nothing else
     let user = format!("system:serviceaccount:{}:{PROXY}", e.cluster.namespace);
-    let used: BTreeSet<(String, String, String)> = e
-        .cluster
-        .fake
-        .as_ref()
-        .unwrap()
-        .state()
-        .rbac
-        .usage(&user)
-        .into_iter()
-        .map(|u| (u.verb, u.group, u.resource))
-        .collect();
+    let used = e.cluster.requests_of(&user).expect("the API server's record of requests");
     let expected: BTreeSet<(String, String, String)> =
         [("list", "", "configmaps"), ("watch", "", "configmaps"), ("patch", "kanary.k8s.io", "kanaries/status")]
             .into_iter()

@@ -21,9 +21,9 @@ pub async fn env() -> Env {
     env_on(Cluster::start().await).await
 }
 
-/// On fake-apiserver, for the tests that run pods with workload-sim (until it becomes the control plane's nodes).
+/// On a cluster whose Pods run ([`Cluster::start_for_pods`]), for the tests that start workload-sim.
 pub async fn env_with_simulator() -> Env {
-    env_on(Cluster::start_fake().await).await
+    env_on(Cluster::start_for_pods().await).await
 }
 
 async fn env_on(cluster: Cluster) -> Env {

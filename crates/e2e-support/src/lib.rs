@@ -158,16 +158,20 @@ impl Cluster {
     /// The requests the controller's service account made, as (verb, group, resource[/subresource]): from
     /// the control plane's audit log, or fake-apiserver's record; `None` on E2E_KUBECONFIG.
     pub fn controller_requests(&self) -> Option<std::collections::BTreeSet<(String, String, String)>> {
-        let user = self.controller_user();
+        self.requests_of(&self.controller_user())
+    }
+
+    /// The requests `user` made, as (verb, group, resource[/subresource]), as [`Cluster::controller_requests`].
+    pub fn requests_of(&self, user: &str) -> Option<std::collections::BTreeSet<(String, String, String)>> {
         if let Some(server) = &self.fake {
-            let usage = server.state().rbac.usage(&user);
+            let usage = server.state().rbac.usage(user);
             return Some(usage.into_iter().map(|u| (u.verb, u.group, u.resource)).collect());
         }
         let log = std::fs::read_to_string(&self.endpoint.as_ref()?.audit_log).ok()?;
         let requests = log
             .lines()
             .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-            .filter(|event| event["user"]["username"] == user.as_str())
+            .filter(|event| event["user"]["username"] == user)
             .filter_map(|event| {
                 let object = &event["objectRef"];
                 let mut resource = object["resource"].as_str()?.to_string();

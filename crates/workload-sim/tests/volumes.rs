@@ -17,7 +17,7 @@ async fn a_pod_waits_for_its_config_map_and_its_files_follow_the_config_map() {
     if !support::simulator::can_simulate() {
         return;
     }
-    let cluster = support::Cluster::start_fake().await;
+    let cluster = support::Cluster::start_for_pods().await;
     let sim = cluster.start_simulator(247, 8);
     let deployment = json!({"metadata": {"name": "lb"}, "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "lb"}},
         "template": {"metadata": {"labels": {"app": "lb"}}, "spec": {
