@@ -1,5 +1,5 @@
 //! The operator installed as `make deploy` installs it (the CRDs, then `kubectl apply -k config/default`), running
-//! in its own pods on workload-sim: our real binary in the container of canary-controller's image, with its
+//! in its own pods on workload-sim, the node of a real control plane: our real binary in the container of canary-controller's image, with its
 //! ServiceAccount's token where a kubelet mounts it and the API server at `KUBERNETES_SERVICE_HOST`, RBAC
 //! enforced. Both replicas get ready, one leads, and a Canary gets its copy; every request the pods made was
 //! made as the ServiceAccount (none as the admin), and a pod of a ServiceAccount without roles is refused.
@@ -17,10 +17,8 @@ async fn the_deployed_operator_runs_in_its_pods_with_its_service_account() {
     if !support::simulator::can_simulate() {
         return;
     }
-    let cluster = support::Cluster::start_fake().await;
+    let cluster = support::Cluster::start_for_pods().await;
     cluster.install_crds().await;
-    let fake = cluster.fake.as_ref().expect("can_simulate: fake-apiserver").state().clone();
-    fake.rbac.set_enforce(true);
     let sim = cluster.start_simulator(249, 16);
     let config = concat!(env!("CARGO_MANIFEST_DIR"), "/../../config/default");
     let out = cluster.kubectl(&["apply", "-k", config], None).await.unwrap();
@@ -54,7 +52,8 @@ async fn the_deployed_operator_runs_in_its_pods_with_its_service_account() {
 
     // as the ServiceAccount: it used its grants (a Lease, Canaries, Deployments...)
     let user = format!("system:serviceaccount:{SYSTEM}:{MANAGER}");
-    let used: Vec<String> = fake.rbac.usage(&user).iter().map(|u| format!("{} {}", u.verb, u.resource)).collect();
+    let requests = cluster.requests_of(&user).expect("the API server's record of requests");
+    let used: Vec<String> = requests.iter().map(|(verb, _, resource)| format!("{verb} {resource}")).collect();
     for expected in ["patch leases", "watch canaries", "create deployments"] {
         assert!(used.iter().any(|u| u == expected), "{user} did not {expected}: {used:?}");
     }
@@ -65,13 +64,17 @@ async fn the_deployed_operator_runs_in_its_pods_with_its_service_account() {
     let lonely = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "lonely"},
         "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "lonely"}},
             "template": {"metadata": {"labels": {"app": "lonely"}}, "spec": {"serviceAccountName": "nobody",
-                "containers": [{"name": "manager", "image": "canary-controller:latest", "args": ["run", "--leader-election=false"]}]}}}});
+                "securityContext": {"runAsNonRoot": true, "runAsUser": 65532, "seccompProfile": {"type": "RuntimeDefault"}},
+                "containers": [{"name": "manager", "image": "canary-controller:latest", "args": ["run", "--leader-election=false"],
+                    // the namespace enforces the restricted Pod Security Standard (config/manager labels it)
+                    "securityContext": {"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}}}]}}}});
     managers.create(&PostParams::default(), &serde_json::from_value(lonely).unwrap()).await.unwrap();
     let refused = format!("system:serviceaccount:{SYSTEM}:nobody");
-    support::eventually(60, "the refused pod's requests are recorded", || async {
-        !fake.rbac.usage(&refused).is_empty()
-    })
-    .await;
+    let recorded = support::within(60, || async { cluster.requests_of(&refused).is_some_and(|r| !r.is_empty()) }).await;
+    let pods = cluster.kubectl(&["get", "pods,rs,events", "-n", SYSTEM, "-o", "wide"], None).await.unwrap();
+    let log = format!("{}\n{}", sim.log(), String::from_utf8_lossy(&pods.stdout));
+    let tail: Vec<&str> = log.lines().rev().take(40).collect();
+    assert!(recorded, "the refused pod's requests are not recorded:\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
     let refusal = format!("User \\\"{refused}\\\" cannot");
     support::eventually(30, "the refused pod says why", || async { sim.log().contains(&refusal) }).await;
 

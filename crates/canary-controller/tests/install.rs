@@ -51,7 +51,7 @@ async fn the_readme_install_deploys_serves_a_canary_and_a_release_and_undeploys(
     if !tools::available("umoci") || !tools::available("skopeo") || !tools::available("docker-registry") {
         return;
     }
-    let cluster = Cluster::start_fake().await;
+    let cluster = Cluster::start_for_pods().await;
     let ns = cluster.namespace.clone();
 
     // 1. the image, pushed to a registry
