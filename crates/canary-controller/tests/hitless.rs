@@ -100,8 +100,7 @@ async fn every_change_reaches_the_running_proxy_with_no_failed_connection_and_no
     if !can_simulate() {
         return;
     }
-    let mut e = env_with_simulator().await;
-    let sim = e.cluster.start_simulator(236, 40);
+    let (mut e, sim) = env_with_simulator(236, 40).await;
     for (name, replicas) in [("a", 2), ("b", 2)] {
         e.cluster.create_backend(name, replicas, None).await;
     }

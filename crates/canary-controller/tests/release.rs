@@ -27,8 +27,7 @@ async fn a_release_promotes_a_good_canary_rolls_back_a_bad_one_and_pauses_withou
     if !can_simulate() {
         return;
     }
-    let e = env_with_simulator().await;
-    let sim = e.cluster.start_simulator(238, 40);
+    let (e, sim) = env_with_simulator(238, 40).await;
     create_app(&e.cluster, 2).await;
     e.cluster.wait_rolled_out("app", "app", 60).await;
     let canaries: Api<Canary> = e.cluster.api();

@@ -30,8 +30,7 @@ async fn traffic_through_real_haproxy_follows_the_weights() {
     if !can_simulate() {
         return;
     }
-    let e = env_with_simulator().await;
-    let sim = e.cluster.start_simulator(240, 32);
+    let (e, sim) = env_with_simulator(240, 32).await;
     for (name, replicas) in [("v1", 1), ("v2", 3), ("v0", 1)] {
         e.cluster.create_backend(name, replicas, None).await;
     }

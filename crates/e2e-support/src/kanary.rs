@@ -21,9 +21,12 @@ pub async fn env() -> Env {
     env_on(Cluster::start().await).await
 }
 
-/// On a cluster whose Pods run ([`Cluster::start_for_pods`]), for the tests that start workload-sim.
-pub async fn env_with_simulator() -> Env {
-    env_on(Cluster::start_for_pods().await).await
+/// On a cluster whose Pods run ([`Cluster::start_for_pods`]) with workload-sim as its node (started before
+/// the controller, which then runs on the node: see [`Cluster::start_simulator`]).
+pub async fn env_with_simulator(pod_network: u8, pod_limit: usize) -> (Env, crate::simulator::Simulator) {
+    let cluster = Cluster::start_for_pods().await;
+    let simulator = cluster.start_simulator(pod_network, pod_limit);
+    (env_on(cluster).await, simulator)
 }
 
 async fn env_on(cluster: Cluster) -> Env {

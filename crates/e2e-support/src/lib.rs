@@ -12,6 +12,7 @@ pub mod control_plane;
 pub mod faults;
 pub mod fleet;
 pub mod kanary;
+pub mod node;
 pub mod prometheus;
 pub mod release;
 pub mod simulator;
@@ -261,9 +262,17 @@ impl Cluster {
         }
     }
 
-    /// The canary-controller binary, pointed at this cluster, serving metrics on a free loopback port.
-    fn controller_command(&self) -> Command {
-        let mut cmd = Command::new(controller_binary());
+    /// The canary-controller binary, pointed at this cluster, serving metrics on a free loopback port; run
+    /// on the node ([`Cluster::node_namespace`]) when `on_node`.
+    fn controller_command(&self, on_node: Option<&str>) -> Command {
+        let mut cmd = match on_node {
+            Some(ns) => {
+                let mut cmd = Command::new("ip");
+                cmd.args(["netns", "exec", ns]).arg(controller_binary());
+                cmd
+            }
+            None => Command::new(controller_binary()),
+        };
         cmd.env("KUBECONFIG", &self.controller_kubeconfig)
             .env("RUST_LOG", std::env::var("E2E_CONTROLLER_LOG").unwrap_or_else(|_| "info".into()))
             .env("METRICS_ADDRESS", "127.0.0.1:0")
@@ -278,7 +287,7 @@ impl Cluster {
 
     /// Runs the canary-controller binary with this cluster's kubeconfig to completion.
     pub async fn controller(&self, args: &[&str]) -> Output {
-        self.controller_command().args(args).output().await.unwrap()
+        self.controller_command(None).args(args).output().await.unwrap()
     }
 
     /// Starts `canary-controller run` in the background; it is stopped when the guard drops.
@@ -291,10 +300,22 @@ impl Cluster {
         self.spawn(name, args, &self.controller_kubeconfig)
     }
 
+    /// Starts `canary-controller run ARGS` as `name`: on the node when a simulator runs (so that it reaches
+    /// Pods as a controller in a cluster does; a kubeconfig of the API server is then pointed at its address
+    /// on the node), else on the host.
     fn spawn(&self, name: &str, args: &[&str], kubeconfig: &std::path::Path) -> Process {
         let log = self.dir.path().join(format!("{name}.log"));
+        let netns = self.node_namespace();
+        let mut kubeconfig = kubeconfig.to_path_buf();
+        if let (Some(_), Some(endpoint)) = (&netns, &self.endpoint) {
+            let text = std::fs::read_to_string(&kubeconfig).unwrap();
+            let on_node = self.dir.path().join(format!("{name}.node-kubeconfig"));
+            let server = format!("server: {}\n", endpoint.url);
+            std::fs::write(&on_node, text.replace(&server, &format!("server: {}\n", node::API_URL))).unwrap();
+            kubeconfig = on_node;
+        }
         let child = self
-            .controller_command()
+            .controller_command(netns.as_deref())
             .env("KUBECONFIG", kubeconfig)
             .arg("run")
             .args(args)
@@ -303,7 +324,13 @@ impl Cluster {
             .kill_on_drop(true)
             .spawn()
             .unwrap();
-        Process { child, log }
+        Process { child, log, netns }
+    }
+
+    /// The simulator's node's network namespace, once a simulator runs on this cluster's control plane.
+    pub fn node_namespace(&self) -> Option<String> {
+        let mirror = self.mirror.get()?;
+        self.endpoint.as_ref().map(|_| format!("wsim{mirror}-node"))
     }
 
     /// On fake-apiserver: a kubeconfig for the controller's service account with a bearer token of its own
@@ -470,6 +497,8 @@ pub async fn kubectl(
 pub struct Process {
     pub child: Child,
     pub log: PathBuf,
+    /// The network namespace it runs in (the simulator's node), if not the host's.
+    pub netns: Option<String>,
 }
 
 impl Process {
@@ -525,7 +554,11 @@ impl Process {
 
     /// Fetches `/metrics` and returns the value of the sample whose line starts with `series` (name and labels).
     pub async fn metric(&self, series: &str) -> Option<f64> {
-        let text = http_get(&self.metrics_address(), "/metrics").await?;
+        let address = self.metrics_address();
+        let text = match &self.netns {
+            Some(ns) => node::http_get_in(ns, address.parse().ok()?, "/metrics").await?,
+            None => http_get(&address, "/metrics").await?,
+        };
         let (_, text) = text.split_once("\r\n\r\n")?;
         text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
     }

@@ -90,6 +90,12 @@ impl Cluster {
             .kill_on_drop(false)
             .spawn()
             .expect("workload-sim starts");
+        // the node's namespace is there once the simulator runs: what runs on the node may start then
+        let node = format!("/var/run/netns/wsim{pod_network}-node");
+        let started = std::time::Instant::now();
+        while !std::path::Path::new(&node).exists() && started.elapsed() < Duration::from_secs(30) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         Simulator { child, log, pod_network }
     }
 
