@@ -22,10 +22,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// How many hostile gates.
 const HOLDING: usize = 20;
 
-/// A webhook server on loopback that reads each request and then, as `endless` says, streams a body that
+/// A webhook server on loopback (where the controller reaches it) that reads each request and then, as `endless` says, streams a body that
 /// never ends or says nothing at all; counts the requests it took.
-async fn hostile_server(endless: bool) -> (String, Arc<AtomicU64>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+async fn hostile_server(cluster: &Cluster, endless: bool) -> (String, Arc<AtomicU64>) {
+    let listener = cluster.listener_for_controller();
     let url = format!("http://{}/gate", listener.local_addr().unwrap());
     let calls = Arc::new(AtomicU64::new(0));
     let counter = calls.clone();
@@ -84,14 +84,14 @@ async fn silent_and_endless_webhooks_hold_neither_the_reconciles_nor_the_memory_
     if !can_simulate() {
         return;
     }
-    let cluster = Cluster::start_fake().await;
+    let cluster = Cluster::start_for_pods().await;
     cluster.install_crds().await;
+    let sim = cluster.start_simulator(232, 60);
     // one proxy pod per Kanary: 21 Kanaries on two cores
     let mut controller = cluster.spawn_controller_with("controller", &["--haproxy-replicas", "1"]);
     controller.wait_for_log("controllers running").await;
-    let sim = cluster.start_simulator(232, 60);
-    let (silent, silent_calls) = hostile_server(false).await;
-    let (endless, endless_calls) = hostile_server(true).await;
+    let (silent, silent_calls) = hostile_server(&cluster, false).await;
+    let (endless, endless_calls) = hostile_server(&cluster, true).await;
     for i in 0..HOLDING {
         let url = if i % 2 == 0 { &silent } else { &endless };
         holding_canary(&cluster, &format!("hold-{i}"), url).await;

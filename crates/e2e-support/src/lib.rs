@@ -327,6 +327,19 @@ impl Cluster {
         Process { child, log, netns }
     }
 
+    /// A listener on a free loopback port where this cluster's controller reaches it (a webhook receiver, a
+    /// stand-in for Prometheus): in the node's namespace when the controller runs there, else on the host.
+    pub fn listener_for_controller(&self) -> tokio::net::TcpListener {
+        let any = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+        match self.node_namespace() {
+            Some(ns) => node::listen_in(&ns, any).unwrap(),
+            None => std::net::TcpListener::bind(any)
+                .and_then(|l| l.set_nonblocking(true).map(|_| l))
+                .and_then(tokio::net::TcpListener::from_std)
+                .unwrap(),
+        }
+    }
+
     /// The simulator's node's network namespace, once a simulator runs on this cluster's control plane.
     pub fn node_namespace(&self) -> Option<String> {
         let mirror = self.mirror.get()?;
