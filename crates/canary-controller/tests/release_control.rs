@@ -33,10 +33,10 @@ async fn a_release_obeys_people_and_resumes_where_it_was_after_its_controllers_d
     if !can_simulate() {
         return;
     }
-    let cluster = Cluster::start_fake().await;
+    let cluster = Cluster::start_for_pods().await;
     cluster.install_crds().await;
-    let (mut a, mut b) = cluster.leader_and_standby(LEASE_SECONDS).await;
     let sim = cluster.start_simulator(242, 40);
+    let (mut a, mut b) = cluster.leader_and_standby(LEASE_SECONDS).await;
     create_app(&cluster, 2).await;
     cluster.wait_rolled_out("app", "app", 60).await;
     let canaries: Api<Canary> = cluster.api();
