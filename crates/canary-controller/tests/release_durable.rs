@@ -25,16 +25,16 @@ async fn a_raised_weight_is_recorded_before_the_kanary_takes_it() {
     if !can_simulate() {
         return;
     }
-    let cluster = Cluster::start_fake().await;
-    let Some(fake) = cluster.fake.as_ref().map(|f| f.state().clone()) else {
-        fake_apiserver::tools::skip("failing one replica's writes needs fake-apiserver");
+    let cluster = Cluster::start_for_pods().await;
+    cluster.install_crds().await;
+    let sim = cluster.start_simulator(234, 16);
+    // the controller's requests go through a proxy that can fail them
+    let Some((faults, kubeconfig)) = cluster.fault_proxy("controller").await else {
+        fake_apiserver::tools::skip("failing one replica's writes needs the tests' own control plane");
         return;
     };
-    cluster.install_crds().await;
-    let kubeconfig = cluster.controller_kubeconfig_with_token("the-controller");
     let mut controller = cluster.spawn_replica_with("controller", 15, &kubeconfig);
     controller.wait_for_log("became the leader").await;
-    let sim = cluster.start_simulator(234, 16);
     create_app(&cluster, 1).await;
     cluster.wait_rolled_out("app", "app", 120).await;
     // held by spec.paused, at weight 0
@@ -45,8 +45,7 @@ async fn a_raised_weight_is_recorded_before_the_kanary_takes_it() {
 
     // the controller's writes of Canaries fail (its watch, open already, goes on): unpaused, the release
     // decides weight 30, cannot record it, and so must not act on it
-    let scope = fake_apiserver::FaultScope { token: Some("the-controller".into()), resource: Some("canaries".into()) };
-    fake.fail_for_scoped(Duration::from_secs(15), 500, None, Some(scope));
+    faults.fail_for(Duration::from_secs(15), 500, None, Some("canaries"));
     let canaries: Api<Canary> = cluster.api();
     canaries.patch(CANARY, &PatchParams::default(), &Patch::Merge(json!({"spec": {"paused": false}}))).await.unwrap();
     let mut log_seen = false;

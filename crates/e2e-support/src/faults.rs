@@ -58,14 +58,13 @@ const EXPIRED: &str = "{\"type\":\"ERROR\",\"object\":{\"kind\":\"Status\",\"api
 \"status\":\"Failure\",\"message\":\"too old resource version\",\"reason\":\"Expired\",\"code\":410}}\n";
 
 impl FaultProxy {
-    /// Starts a proxy to the API server at `upstream` (its serving certificate is not verified: the tests'
-    /// own control plane on loopback).
-    pub async fn start(upstream: &str) -> FaultProxy {
+    /// Starts a proxy, serving on `listener` (a loopback one), to the API server at `upstream` (its serving
+    /// certificate is not verified: the tests' own control plane on loopback).
+    pub async fn start(upstream: &str, listener: tokio::net::TcpListener) -> FaultProxy {
         let mut config = kube::Config::new(upstream.parse().expect("the API server's URL"));
         config.accept_invalid_certs = true;
         config.read_timeout = None;
         let upstream = kube::Client::try_from(config).expect("a client of the API server");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let state = Arc::new(State {
             failing: Mutex::default(),

@@ -150,7 +150,7 @@ impl Cluster {
     /// controller's service account through it (for one replica whose requests are to fail); `None` elsewhere.
     pub async fn fault_proxy(&self, name: &str) -> Option<(faults::FaultProxy, PathBuf)> {
         let token = self.controller_token.as_ref()?;
-        let proxy = faults::FaultProxy::start(&self.endpoint.as_ref()?.url).await;
+        let proxy = faults::FaultProxy::start(&self.endpoint.as_ref()?.url, self.listener_for_controller()).await;
         let path = self.dir.path().join(format!("kubeconfig-{name}"));
         std::fs::write(&path, proxy.kubeconfig(token)).unwrap();
         Some((proxy, path))
