@@ -51,7 +51,7 @@ async fn instant_queries_give_one_value_no_data_or_an_error_that_names_the_fix()
     let exporter_port = free_port("127.0.0.1");
     exporter(exporter_port).await;
     let scrape = format!("[{{job_name: app, static_configs: [{{targets: ['127.0.0.1:{exporter_port}']}}]}}]");
-    let Some(prometheus) = Prometheus::start(dir.path(), &scrape).await else { return };
+    let Some(prometheus) = Prometheus::start(dir.path(), &scrape, None).await else { return };
     let address = prometheus.address.clone();
     let error_rate = r#"sum(app_errors_total{route="canary"}) / sum(app_requests_total{route="canary"})"#;
     let scraped = e2e_support::within(60, || async {

@@ -76,7 +76,12 @@ async fn discover_pods(pods: Api<Pod>, file: std::path::PathBuf, stop: Arc<Atomi
 
 /// Prometheus behind a bearer token, as a managed Prometheus is: queries carrying `Authorization: Bearer
 /// <token>` are passed to `upstream`, others answered 401; `seen` counts (passed, refused).
-async fn behind_token(upstream: String, token: &'static str, seen: Arc<Mutex<(usize, usize)>>) -> String {
+async fn behind_token(
+    listener: tokio::net::TcpListener,
+    upstream: String,
+    token: &'static str,
+    seen: Arc<Mutex<(usize, usize)>>,
+) -> String {
     allow_loopback();
     use axum::http::HeaderMap;
     let app = axum::Router::new().route(
@@ -113,14 +118,17 @@ async fn behind_token(upstream: String, token: &'static str, seen: Arc<Mutex<(us
             },
         ),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await });
     url
 }
 
 /// An HTTP gate on loopback: `POST /gate` answers 200 when `open`, else 503, and keeps the bodies it got.
-async fn gate(open: Arc<AtomicBool>, bodies: Arc<Mutex<Vec<serde_json::Value>>>) -> String {
+async fn gate(
+    listener: tokio::net::TcpListener,
+    open: Arc<AtomicBool>,
+    bodies: Arc<Mutex<Vec<serde_json::Value>>>,
+) -> String {
     let app = axum::Router::new().route(
         "/gate",
         axum::routing::post(move |axum::Json(body): axum::Json<serde_json::Value>| async move {
@@ -128,7 +136,6 @@ async fn gate(open: Arc<AtomicBool>, bodies: Arc<Mutex<Vec<serde_json::Value>>>)
             if open.load(Ordering::Relaxed) { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/gate", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await });
     url
@@ -139,27 +146,28 @@ async fn a_release_behind_a_webhook_gate_judged_by_promql_rolls_back_a_bad_canar
     if !can_simulate() {
         return;
     }
-    let cluster = support::Cluster::start_fake().await;
+    let cluster = support::Cluster::start_for_pods().await;
     cluster.install_crds().await;
+    let sim = cluster.start_simulator(251, 40);
+    let node = cluster.node_namespace();
     let targets = cluster.dir.path().join("pods.json");
     std::fs::write(&targets, "[]").unwrap();
     let scrape =
         format!("[{{job_name: app, file_sd_configs: [{{files: ['{}'], refresh_interval: 1s}}]}}]", targets.display());
-    let Some(prometheus) = Prometheus::start(cluster.dir.path(), &scrape).await else { return };
+    let Some(prometheus) = Prometheus::start(cluster.dir.path(), &scrape, node.as_deref()).await else { return };
     let mut controller = cluster.spawn_controller_with(
         "controller",
         // the Prometheus that wants a token is a plain-http proxy on loopback
         &["--prometheus-address", &prometheus.address, "--allow-insecure-token"],
     );
     controller.wait_for_log("controllers running").await;
-    let sim = cluster.start_simulator(251, 40);
     let stop = Arc::new(AtomicBool::new(false));
     let discovery = tokio::spawn(discover_pods(cluster.api(), targets, stop.clone()));
     create_app(&cluster, 2).await;
     cluster.wait_rolled_out("app", "app", 60).await;
     let canaries: Api<Canary> = cluster.api();
     let (open, bodies) = (Arc::new(AtomicBool::new(false)), Arc::new(Mutex::new(vec![])));
-    let gate_url = gate(open.clone(), bodies.clone()).await;
+    let gate_url = gate(cluster.listener_for_controller(), open.clone(), bodies.clone()).await;
     let front = create_canary(
         &cluster,
         json!({"targetContainers": [{"name": "echo", "image": BAD_IMAGE}],
@@ -201,7 +209,7 @@ async fn a_release_behind_a_webhook_gate_judged_by_promql_rolls_back_a_bad_canar
 
     // a Prometheus that does not answer within the check's timeout: no data, the window is inconclusive and the
     // release pauses (never promotes); with `onNoData: Fail`, an unreachable one rolls it back
-    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent = cluster.listener_for_controller();
     let silent_url = format!("http://{}", silent.local_addr().unwrap());
     let held = tokio::spawn(async move {
         let mut accepted = vec![];
@@ -240,7 +248,8 @@ async fn a_release_behind_a_webhook_gate_judged_by_promql_rolls_back_a_bad_canar
     // a good canary, compared with a baseline, its checks asking a Prometheus that wants a bearer token (from
     // a Secret): the query gives 0, the release passes and is promoted
     let seen = Arc::new(Mutex::new((0, 0)));
-    let guarded = behind_token(prometheus.address.clone(), "s3cret", seen.clone()).await;
+    let guarded =
+        behind_token(cluster.listener_for_controller(), prometheus.from_host.clone(), "s3cret", seen.clone()).await;
     let secrets: Api<k8s_openapi::api::core::v1::Secret> = cluster.api();
     let secret = json!({"metadata": {"name": "prometheus-token"}, "stringData": {"token": "s3cret\n"}});
     secrets.create(&Default::default(), &serde_json::from_value(secret).unwrap()).await.unwrap();

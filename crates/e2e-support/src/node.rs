@@ -52,3 +52,24 @@ pub async fn http_get_in(ns: &str, address: SocketAddr, path: &str) -> Option<St
     stream.read_to_string(&mut response).await.ok()?;
     Some(response)
 }
+
+/// Where the test (on the host) reaches `target`, a listener inside `ns`: a forwarder on a free loopback
+/// port of the host, for as long as the test runs.
+pub fn expose_on_host(ns: &str, target: SocketAddr) -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a loopback port");
+    let address = listener.local_addr().unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+    let ns = ns.to_string();
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            let ns = ns.clone();
+            tokio::spawn(async move {
+                if let Ok(mut server) = connect_in(&ns, target).await {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                }
+            });
+        }
+    });
+    address
+}
