@@ -48,7 +48,7 @@ const LONG_PERIOD: Duration = Duration::from_millis(500);
 async fn main() {
     throughput().await;
     assert!(can_simulate(), "the rest of the benchmark runs workload-sim: root, haproxy and kubectl (make setup)");
-    let cluster = Cluster::start_fake().await;
+    let cluster = Cluster::start_for_pods().await;
     cluster.install_crds().await;
     let sim = cluster.start_simulator(220, 64);
     let mut controller = cluster.spawn_controller();

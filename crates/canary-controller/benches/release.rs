@@ -51,7 +51,7 @@ type Weights = Arc<Mutex<Vec<(Instant, i64)>>>;
 async fn main() {
     assert!(can_simulate(), "the benchmark runs workload-sim: root, haproxy and kubectl (make setup)");
     let rollbacks: usize = std::env::var("RELEASE_ROLLBACKS").ok().and_then(|n| n.parse().ok()).unwrap_or(20);
-    let cluster = Cluster::start_fake().await;
+    let cluster = Cluster::start_for_pods().await;
     cluster.install_crds().await;
     let sim = cluster.start_simulator(226, 40);
     let mut controller = cluster.spawn_controller();

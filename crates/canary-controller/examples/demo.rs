@@ -1,6 +1,8 @@
-//! `make demo`: a complete progressive delivery on one machine, in about a minute. It starts fake-apiserver
-//! (an in-memory API server), workload-sim (which runs the pods as local processes on loopback: the proxy is
-//! real HAProxy with the real proxy agents, the application a built-in TCP server) and the real controller,
+//! `make demo`: a complete progressive delivery on one machine, in about a minute. It starts Kubernetes' own
+//! control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler, built by `make setup`),
+//! workload-sim as its node (it runs the pods the scheduler binds to it as local processes in network
+//! namespaces: the proxy is real HAProxy with the real proxy agents, the application a built-in TCP server)
+//! and the real controller on that node, under its ServiceAccount and the Roles of config/rbac,
 //! then releases twice under steady client traffic through the Canary's front Service:
 //! a healthy canary goes 5 -> 25 -> 50 -> 100 %, judged by the proxy's own counters at each step, and is
 //! promoted (the controller sets the target's image); then a bad one (it resets 20 % of its connections) is
@@ -31,12 +33,15 @@ async fn main() {
         );
         std::process::exit(1);
     }
-    let cluster = Cluster::start_fake().await;
+    let cluster = Cluster::start_for_pods().await;
     cluster.install_crds().await;
+    let sim = cluster.start_simulator(230, 40);
     let mut controller = cluster.spawn_controller();
     controller.wait_for_log("controllers running").await;
-    let sim = cluster.start_simulator(230, 40);
-    say("fake-apiserver, workload-sim and canary-controller are running");
+    say(match cluster.on_control_plane() {
+        true => "Kubernetes' control plane, workload-sim as its node and canary-controller are running",
+        false => "fake-apiserver (the control plane is not built: make setup), workload-sim and canary-controller are running",
+    });
 
     create_app(&cluster, 2).await;
     cluster.wait_rolled_out("app", "app", 60).await;

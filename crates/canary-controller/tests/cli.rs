@@ -113,12 +113,13 @@ async fn run_serves_health_readiness_and_reconcile_metrics() {
     cluster.cleanup().await;
 }
 
-/// `make run` (scripts/run-local.sh) starts the control plane and the controller, also when port 8080 is
-/// taken: the controller serves its metrics on a free loopback port and prints where; the README's Canary
-/// session works there with kubectl.
+/// `make run` (scripts/run-local.sh) starts a local cluster as a real one looks: Kubernetes' control plane
+/// with workload-sim as a Ready node, and the operator deployed in its pods (config/default), also when port
+/// 8080 is taken on this machine; `kubectl get nodes`, `get pods -o wide` and `get endpointslices` show what a
+/// real cluster would, and the README's Canary session works there with kubectl.
 #[tokio::test]
-async fn make_run_starts_when_port_8080_is_taken() {
-    if !fake_apiserver::tools::available("kubectl") {
+async fn make_run_runs_the_operator_in_its_pods_on_a_local_cluster() {
+    if !support::simulator::can_simulate() {
         return;
     }
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
@@ -141,8 +142,8 @@ async fn make_run_starts_when_port_8080_is_taken() {
         .env("LOCAL_DIR", dir.path())
         .env("CONTROL_PLANE_BIN", &control_plane)
         .env("CANARY_CONTROLLER_BIN", controller)
+        .env("WORKLOAD_SIM_BIN", support::simulator::simulator_binary())
         .env("PATH", path)
-        .env_remove("METRICS_ADDRESS")
         .stdout(std::fs::File::create(&log).unwrap())
         .stderr(std::fs::File::create(dir.path().join("run.err")).unwrap())
         .process_group(0)
@@ -153,42 +154,56 @@ async fn make_run_starts_when_port_8080_is_taken() {
         std::fs::read_to_string(&log).unwrap_or_default()
             + &std::fs::read_to_string(dir.path().join("run.err")).unwrap_or_default()
     };
-    let started = support::within(60, || async { read().contains("controllers running") }).await;
-    let output = read();
-    let address = output
-        .lines()
-        .find_map(|l| l.strip_prefix("run-local: the controller serves /metrics, /healthz and /readyz on http://"))
-        .map(str::to_string);
-    let health = match &address {
-        Some(a) if started => support::http_get(a, "/healthz").await,
-        _ => None,
-    };
-    // the README's session: the target and the Canary from config/samples; the canary Deployment follows
+    let started = support::within(240, || async { read().contains("run-local: the operator runs in its pods") }).await;
     let kubeconfig = dir.path().join("kubeconfig");
     let cache = dir.path().join("kubectl-cache");
-    let mut canary_made = false;
+    let kubectl = |args: &'static [&'static str]| {
+        let (kubeconfig, cache) = (kubeconfig.clone(), cache.clone());
+        async move {
+            let out = support::kubectl(&kubeconfig, &cache, args, None).await.unwrap();
+            String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr)
+        }
+    };
+    // the README's session: the target and the Canary from config/samples; the canary Deployment follows, its
+    // pod runs on the node, and a Service of the target gets its slice from the real EndpointSlice controller
+    let (mut nodes, mut pods, mut slices, mut canary_made) = (String::new(), String::new(), String::new(), false);
     if started {
         for sample in ["target_deployment.yaml", "canary_v1beta1_canary.yaml"] {
             let file = format!("{root}/config/samples/{sample}");
             let out = support::kubectl(&kubeconfig, &cache, &["apply", "-f", &file], None).await.unwrap();
             assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         }
-        canary_made = support::within(30, || async {
-            let get = ["get", "deployment", "-l", "canary=true", "-o", "name"];
-            let out = support::kubectl(&kubeconfig, &cache, &get, None).await.unwrap();
-            !String::from_utf8_lossy(&out.stdout).trim().is_empty()
+        kubectl(&["expose", "deployment", "foo", "--port", "80"]).await;
+        canary_made = support::within(60, || async {
+            let pods = kubectl(&["get", "pods", "-l", "canary=true", "-o", "wide", "--no-headers"]).await;
+            pods.contains("Running") && pods.contains("workload-sim")
         })
         .await;
+        support::within(30, || async {
+            kubectl(&["get", "endpointslices", "-l", "kubernetes.io/service-name=foo"]).await.contains("10.244.")
+        })
+        .await;
+        nodes = kubectl(&["get", "nodes", "-o", "wide"]).await;
+        pods = kubectl(&["get", "pods", "-A", "-o", "wide"]).await;
+        slices = kubectl(&["get", "endpointslices", "-o", "yaml", "-l", "kubernetes.io/service-name=foo"]).await;
     }
     let pid = run.id().unwrap() as i32;
     assert!(pid > 1);
-    // the script's process group (the control plane and the controller too); `--` so that `-PID` is a group
+    // the script's process group (the control plane and the node too); `--` so that `-PID` is a group
     let _ = std::process::Command::new("kill").args(["-s", "TERM", "--", &format!("-{pid}")]).status();
     let _ = run.wait().await;
+    let output = read();
     assert!(started, "make run did not start:\n{output}");
-    let address = address.unwrap_or_else(|| panic!("make run does not say where it serves:\n{output}"));
-    assert!(!address.ends_with(":8080"), "{address}");
-    assert!(health.is_some_and(|h| h.contains(" 200 ")), "no health answer on {address}:\n{output}");
-    assert!(canary_made, "the README's Canary made no canary Deployment:\n{output}");
-    assert!(output.contains("pods stay Pending"), "make run does not say that pods stay Pending:\n{output}");
+    let node = nodes.lines().find(|l| l.starts_with("workload-sim ")).unwrap_or_default();
+    assert!(node.contains(" Ready ") && node.contains("10.240.0.1"), "the node:\n{nodes}");
+    let managers: Vec<&str> = pods.lines().filter(|l| l.starts_with("canary-controller-system ")).collect();
+    assert!(
+        managers.len() == 2 && managers.iter().all(|l| l.contains("Running") && l.contains(" 10.244.") && l.contains("workload-sim")),
+        "the operator's pods:\n{pods}"
+    );
+    assert!(canary_made, "the README's Canary made no running canary pod:\n{pods}\n{output}");
+    assert!(
+        slices.contains("endpointslice-controller.k8s.io") && slices.contains("- 10.244."),
+        "the Service's EndpointSlice, from Kubernetes' controller:\n{slices}"
+    );
 }

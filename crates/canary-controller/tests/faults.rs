@@ -5,19 +5,19 @@
 //! cannot be asked for come from a fault-injecting proxy between the controller and it
 //! (`e2e_support::faults`). After each: every Canary's Deployment has the round's image, every Kanary's
 //! ConfigMap the round's weights, no child is duplicated or orphaned, the user's own objects are untouched,
-//! and the controller neither exited nor panicked. (tests/reliability.rs does the same with running pods on
-//! fake-apiserver and workload-sim, until workload-sim becomes the control plane's nodes.)
+//! and the controller neither exited nor panicked. (tests/reliability.rs does the same with running pods, on
+//! workload-sim as the node.)
 
 use e2e_support as support;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
-use kube::api::{ListParams, PostParams};
-use serde_json::{Value, json};
+use kube::api::PostParams;
+use serde_json::json;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use support::faults::FaultProxy;
-use support::fleet::Fleet;
+use support::fleet::{self, Fleet, list};
 use support::{Cluster, Process};
 
 /// Canaries, and Kanaries (alternating API groups), in the test's namespace.
@@ -63,49 +63,14 @@ impl World {
         self.fleet.change_everything(&self.cluster).await;
     }
 
-    /// Objects of a kind in the test's namespace, as JSON (read as the admin, directly: not through the proxy).
-    async fn list<K>(&self) -> Vec<Value>
-    where
-        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
-            + Clone
-            + serde::de::DeserializeOwned
-            + serde::Serialize
-            + std::fmt::Debug,
-    {
-        let list = self.cluster.api::<K>().list(&ListParams::default()).await.unwrap();
-        list.items.iter().map(|o| serde_json::to_value(o).unwrap()).collect()
-    }
-
     async fn differences(&self) -> Vec<String> {
-        let (deployments, config_maps) = (self.list::<Deployment>().await, self.list::<ConfigMap>().await);
-        self.fleet.differences(&deployments, &config_maps, &self.list::<Service>().await)
+        let c = &self.cluster;
+        let (deployments, config_maps) = (list::<Deployment>(c).await, list::<ConfigMap>(c).await);
+        self.fleet.differences(&deployments, &config_maps, &list::<Service>(c).await)
     }
 
     async fn converges(&self, after: &str, controllers: &mut [&mut Process]) {
-        let start = Instant::now();
-        loop {
-            let wrong = self.differences().await;
-            if wrong.is_empty() {
-                eprintln!("{after}: converged in {:?}", start.elapsed());
-                break;
-            }
-            for c in controllers.iter_mut() {
-                if let Ok(Some(status)) = c.child.try_wait() {
-                    panic!("after {after}: the controller exited ({status}):\n{}", c.log());
-                }
-            }
-            if start.elapsed() > Duration::from_secs(90) {
-                let logs: Vec<String> = controllers.iter().map(|c| c.log()).collect();
-                panic!(
-                    "after {after}, not converged: {wrong:?}\nlogs:\n{}\n--- not converged: {wrong:?}",
-                    logs.join("\n---\n")
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
-        for c in controllers.iter() {
-            assert!(!c.log().contains("panicked"), "after {after}, a panic:\n{}", c.log());
-        }
+        fleet::converges(after, controllers, Duration::from_secs(90), || self.differences(), String::new).await;
     }
 }
 

@@ -1,21 +1,25 @@
-//! Reliability of the real binary under the faults fake-apiserver can inject (so these tests need it and are
-//! skipped against a real cluster): while the controller works on many Canaries and Kanaries, whose workloads
-//! really run on the workload simulator (pods, EndpointSlices and statuses come from it, under the same
-//! faults), the API server restarts, watches are dropped or expire (410, relist), it answers only 500, 429 or
-//! 409 for two seconds, another writer races it on its children, and the leader is killed. After each: every
+//! Reliability of the real binary with running pods, on the tests' own control plane with workload-sim as
+//! its node (so skipped against another cluster): while the controller works on many Canaries and Kanaries,
+//! whose workloads really run (Kubernetes' own controllers make their ReplicaSets, Pods and EndpointSlices),
+//! the API server restarts (for everyone: the simulator and Kubernetes' controllers too), the controller's
+//! watches are dropped or expire (410, relist), it is answered only 500, 429 or 409 for two seconds (the
+//! faults come from `e2e_support::faults` between the controller and the API server), another writer races it
+//! on its children, and the leader is killed. After each: every
 //! object converges (the canaries run the new image, every proxy runs the new weights on the backends' real
 //! pods), with no duplicate or orphaned child, the user's own objects untouched, and no panic. Then hostile
 //! input. The tests take turns: each runs some 70 pods on this machine.
 
 use e2e_support as support;
 
-use fake_apiserver::FakeApiServer;
-use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
 use kube::api::{Api, PostParams};
 use kube::core::DynamicObject;
 use serde_json::{Value, json};
-use std::time::{Duration, Instant};
-use support::fleet::{Fleet, name, owned};
+use std::path::PathBuf;
+use std::time::Duration;
+use support::faults::FaultProxy;
+use support::fleet::{self, Fleet, list, name, owned};
 use support::simulator::Simulator;
 use support::{Cluster, Process};
 
@@ -31,6 +35,9 @@ const LEASE_SECONDS: u64 = 10;
 struct World {
     cluster: Cluster,
     simulator: Simulator,
+    /// Between the controller replicas and the API server.
+    proxy: FaultProxy,
+    kubeconfig: PathBuf,
     fleet: Fleet,
 }
 
@@ -62,21 +69,25 @@ fn rollout_summary(d: Option<&Value>) -> String {
 }
 
 impl World {
-    /// A cluster with the simulator on pod network 127.`pod_network` (one per test).
+    /// A cluster with the simulator as its node, its host mirror 127.`pod_network` (one per test).
     async fn start(pod_network: u8) -> Option<World> {
         if !support::simulator::can_simulate() {
             return None;
         }
-        let cluster = Cluster::start_fake().await;
+        let cluster = Cluster::start_for_pods().await;
         cluster.install_crds().await;
         let simulator = cluster.start_simulator(pod_network, 120);
+        let Some((proxy, kubeconfig)) = cluster.fault_proxy("replicas").await else {
+            fake_apiserver::tools::skip_unsupported("faults through the proxy need the tests' control plane");
+            return None;
+        };
         for i in 0..N {
             for v in ["v1", "v2"] {
                 cluster.create_backend(&format!("b-{i}-{v}"), 1, None).await;
             }
         }
         let fleet = Fleet::create(&cluster, N).await;
-        let mut world = World { cluster, simulator, fleet };
+        let mut world = World { cluster, simulator, proxy, kubeconfig, fleet };
         world.change_everything().await;
         Some(world)
     }
@@ -86,42 +97,28 @@ impl World {
         self.cluster.cleanup().await;
     }
 
-    fn server(&self) -> &FakeApiServer {
-        self.cluster.fake.as_ref().expect("checked in start")
-    }
-
     fn replica(&self, name: &str) -> Process {
-        self.cluster.spawn_replica(name, LEASE_SECONDS)
+        self.cluster.spawn_replica_with(name, LEASE_SECONDS, &self.kubeconfig)
     }
 
     async fn change_everything(&mut self) {
         self.fleet.change_everything(&self.cluster).await;
     }
 
-    /// Objects of a resource in the test's namespace, read from fake-apiserver's store (not through the API,
-    /// which may be failing on purpose).
-    fn stored(&self, group: &str, version: &str, plural: &str) -> Vec<Value> {
-        let inner = self.server().state().inner.lock().unwrap();
-        let rt = inner.resource(group, version, plural).unwrap();
-        inner.store.list(&rt.bucket, Some(&self.cluster.namespace)).cloned().collect()
-    }
-
     /// What is not yet as it should be at the end of this round (empty when everything is): what
     /// [`Fleet::differences`] checks, no orphan, and every canary and proxy rolled out on running pods, every
     /// proxy's config holding its backends' ready pods.
-    fn differences(&self) -> Vec<String> {
-        let deployments = self.stored("apps", "v1", "deployments");
-        let config_maps = self.stored("", "v1", "configmaps");
-        let services = self.stored("", "v1", "services");
-        let pods = self.stored("", "v1", "pods");
+    async fn differences(&self) -> Vec<String> {
+        let c = &self.cluster;
+        let (deployments, config_maps) = (list::<Deployment>(c).await, list::<ConfigMap>(c).await);
+        let (services, pods) = (list::<Service>(c).await, list::<Pod>(c).await);
         let mut wrong = self.fleet.differences(&deployments, &config_maps, &services);
         let mut uids: Vec<String> = vec![];
-        for (g, v, p) in [
-            ("canary.k8s.wantedly.com", "v1beta1", "canaries"),
-            ("kanary.k8s.io", "v1", "kanaries"),
-            ("kanary.pyxida.io", "v1alpha1", "kanaries"),
-        ] {
-            uids.extend(self.stored(g, v, p).iter().filter_map(|o| o["metadata"]["uid"].as_str().map(String::from)));
+        let canaries = kube::discovery::ApiResource::erase::<canary_controller::api::canary::Canary>(&());
+        let kanaries = canary_controller::api::kanary::GROUPS.map(|(g, v)| canary_controller::api::kanary::api_resource(g, v));
+        for resource in std::iter::once(canaries).chain(kanaries) {
+            let api: Api<DynamicObject> = Api::namespaced_with(c.client.clone(), &c.namespace, &resource);
+            uids.extend(api.list(&Default::default()).await.unwrap().items.into_iter().filter_map(|o| o.metadata.uid));
         }
         for o in deployments.iter().chain(&config_maps).chain(&services) {
             let alive = o["metadata"]["ownerReferences"]
@@ -170,37 +167,13 @@ impl World {
     }
 
     async fn converges(&self, after: &str, controllers: &mut [&mut Process]) {
-        let start = Instant::now();
-        loop {
-            let wrong = self.differences();
-            if wrong.is_empty() {
-                eprintln!("{after}: converged in {:?}", start.elapsed());
-
-                break;
-            }
-            for c in controllers.iter_mut() {
-                if let Ok(Some(status)) = c.child.try_wait() {
-                    panic!("after {after}: the controller exited ({status}):\n{}", c.log());
-                }
-            }
-            // some 70 pods start (each proxy pod with HAProxy and its agent): tens of seconds on 2 cores
-            if start.elapsed() > Duration::from_secs(90) {
-                let logs: Vec<String> = controllers.iter().map(|c| c.log()).collect();
-                let sim = self.simulator.log();
-                let sim: Vec<&str> = sim.lines().rev().take(80).collect();
-                // what is wrong comes last too: CI shows the end of a long output
-                panic!(
-                    "after {after}, not converged: {wrong:?}\nlogs:\n{}\n--- workload-sim (last lines, newest first):\n{}\n--- after {after}, not converged in {:?}: {wrong:?}",
-                    logs.join("\n---\n"),
-                    sim.join("\n"),
-                    start.elapsed()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        for c in controllers.iter() {
-            assert!(!c.log().contains("panicked"), "after {after}, a panic:\n{}", c.log());
-        }
+        // some 70 pods start (each proxy pod with HAProxy and its agent): tens of seconds on 2 cores
+        let context = || {
+            let sim = self.simulator.log();
+            let sim: Vec<&str> = sim.lines().rev().take(80).collect();
+            format!("--- workload-sim (last lines, newest first):\n{}", sim.join("\n"))
+        };
+        fleet::converges(after, controllers, Duration::from_secs(90), || self.differences(), context).await;
     }
 }
 
@@ -212,21 +185,21 @@ async fn converges_through_restarts_lost_watches_error_bursts_and_racing_writers
     world.converges("start", &mut [&mut controller]).await;
 
     world.change_everything().await;
-    world.server().restart().await.unwrap();
+    world.cluster.restart_api_server().await;
     world.converges("an API server restart", &mut [&mut controller]).await;
 
     world.change_everything().await;
-    world.server().state().drop_watches();
+    world.proxy.drop_watches();
     world.converges("dropped watches", &mut [&mut controller]).await;
 
     world.change_everything().await;
-    world.server().state().expire_watches();
+    world.proxy.expire_watches();
     world.converges("expired watches (410, relist)", &mut [&mut controller]).await;
 
     // every request fails for two seconds
     for (code, retry_after) in [(500, None), (429, Some(1)), (409, None)] {
         world.change_everything().await;
-        world.server().state().fail_for(Duration::from_secs(2), code, retry_after);
+        world.proxy.fail_for(Duration::from_secs(2), code, retry_after, None);
         world.converges(&format!("two seconds of {code}s"), &mut [&mut controller]).await;
     }
 
@@ -241,16 +214,18 @@ async fn converges_through_restarts_lost_watches_error_bursts_and_racing_writers
 async fn a_standby_finishes_the_work_when_the_leader_is_killed_mid_work() {
     let _turn = TURN.lock().await;
     let Some(mut world) = World::start(232).await else { return };
-    let (mut a, mut b) = world.cluster.leader_and_standby(LEASE_SECONDS).await;
+    let mut a = world.replica("a");
+    a.wait_for_log("became the leader").await;
+    let mut b = world.replica("b");
+    b.wait_for_log("waiting to become the leader").await;
     world.converges("start", &mut [&mut a, &mut b]).await;
 
     // slow API responses keep the leader busy, so that it is killed in the middle of the work
-    let fake = world.cluster.fake.as_ref().expect("World::start needs fake-apiserver").state().clone();
-    fake.set_latency(Duration::from_millis(200));
+    world.proxy.set_latency(Duration::from_millis(200));
     world.change_everything().await;
     a.child.start_kill().unwrap();
     let _ = a.child.wait().await;
-    fake.set_latency(Duration::ZERO);
+    world.proxy.set_latency(Duration::ZERO);
     world.converges("the leader killed mid-work", &mut [&mut b]).await;
     assert!(b.log().contains("became the leader"));
     world.stop().await;

@@ -155,3 +155,57 @@ impl Fleet {
         wrong
     }
 }
+
+/// Objects of a kind in the test's namespace, as JSON, read as the admin (not through a fault proxy).
+pub async fn list<K>(cluster: &Cluster) -> Vec<Value>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + serde::Serialize
+        + std::fmt::Debug,
+{
+    let list = cluster.api::<K>().list(&Default::default()).await.unwrap();
+    list.items.iter().map(|o| serde_json::to_value(o).unwrap()).collect()
+}
+
+/// Waits up to `limit` until `differences` finds nothing wrong after `after`; fails when a controller exited
+/// or panicked, or on time, with the controllers' logs and `context()` (what else ran).
+pub async fn converges<F, Fut>(
+    after: &str,
+    controllers: &mut [&mut crate::Process],
+    limit: std::time::Duration,
+    differences: F,
+    context: impl Fn() -> String,
+) where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Vec<String>>,
+{
+    let start = std::time::Instant::now();
+    loop {
+        let wrong = differences().await;
+        if wrong.is_empty() {
+            eprintln!("{after}: converged in {:?}", start.elapsed());
+            break;
+        }
+        for c in controllers.iter_mut() {
+            if let Ok(Some(status)) = c.child.try_wait() {
+                panic!("after {after}: the controller exited ({status}):\n{}", c.log());
+            }
+        }
+        if start.elapsed() > limit {
+            let logs: Vec<String> = controllers.iter().map(|c| c.log()).collect();
+            // what is wrong comes last too: CI shows the end of a long output
+            panic!(
+                "after {after}, not converged: {wrong:?}\nlogs:\n{}\n{}\n--- after {after}, not converged in {:?}: {wrong:?}",
+                logs.join("\n---\n"),
+                context(),
+                start.elapsed()
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    for c in controllers.iter() {
+        assert!(!c.log().contains("panicked"), "after {after}, a panic:\n{}", c.log());
+    }
+}

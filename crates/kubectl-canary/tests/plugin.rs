@@ -40,11 +40,11 @@ async fn kubectl_canary_shows_watches_and_drives_a_release() {
     let plugin = std::path::Path::new(env!("CARGO_BIN_EXE_kubectl-canary"));
     let path = format!("{}:{}", plugin.parent().unwrap().display(), std::env::var("PATH").unwrap_or_default());
     unsafe { std::env::set_var("PATH", &path) };
-    let cluster = Cluster::start_fake().await;
+    let cluster = Cluster::start_for_pods().await;
     cluster.install_crds().await;
+    let sim = cluster.start_simulator(253, 30);
     let mut controller = cluster.spawn_controller();
     controller.wait_for_log("controllers running").await;
-    let sim = cluster.start_simulator(253, 30);
     create_app(&cluster, 2).await;
     cluster.wait_rolled_out("app", "app", 60).await;
     let plugins = cluster.kubectl(&["plugin", "list"], None).await.unwrap();
