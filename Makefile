@@ -7,10 +7,10 @@ setup:          ## install system packages and fetch crates
 build:
 	cargo build --workspace
 
-run:            ## run the controller against a local Kubernetes control plane (LOCAL_API=fake: fake-apiserver and workload-sim)
+run:            ## a local cluster (Kubernetes' control plane, workload-sim as its node) with the operator deployed in it
 	bash scripts/run-local.sh
 
-demo:           ## a complete release on the local simulator: a good canary promoted, a bad one rolled back (root)
+demo:           ## a complete release on a local cluster: a good canary promoted, a bad one rolled back (root)
 	cargo build --workspace --bins --examples --quiet
 	PATH="$(CURDIR)/.venv/bin:$$PATH" ./target/debug/examples/demo
 

@@ -8,8 +8,6 @@
 # from the binary this checkout built; then follows the node's output (pods' logs included) until Ctrl-C.
 # Without root there is no node: the operator runs in the foreground on this machine instead and pods stay
 # Pending.
-# LOCAL_API=fake runs the former set-up: fake-apiserver (an in-memory imitation) on 127.0.0.1:6443 with
-# workload-sim playing the workload controllers, and the operator in the foreground.
 # In another terminal: export KUBECONFIG=<the path printed> and use kubectl.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -34,23 +32,6 @@ run_here() {
   echo "run-local: the controller runs here and serves /metrics, /healthz and /readyz on http://$metrics"
   METRICS_ADDRESS="$metrics" "$controller" run
 }
-
-if [ "${LOCAL_API:-real}" = fake ]; then
-  listen="${FAKE_APISERVER_LISTEN:-127.0.0.1:6443}"
-  "${FAKE_APISERVER_BIN:-./target/debug/fake-apiserver}" --listen "$listen" --kubeconfig-out "$KUBECONFIG" &
-  server=$!
-  for _ in $(seq 50); do [ -s "$KUBECONFIG" ] && curl -sf "http://$listen/readyz" >/dev/null && break; sleep 0.1; done
-  kill -0 $server 2>/dev/null || { echo "run-local: fake-apiserver did not start on $listen (set FAKE_APISERVER_LISTEN to another address)" >&2; exit 1; }
-  if [ "${WORKLOAD_SIM:-1}" != 0 ] && $root; then
-    "$simulator" run --controllers --state-dir "$local_dir/workload-sim" --controller-binary "$controller" &
-    sim=$!
-  fi
-  echo "run-local: fake-apiserver ready"
-  "$controller" crd | kubectl apply --server-side -f -
-  echo "run-local: in another terminal: export KUBECONFIG=$KUBECONFIG"
-  run_here
-  exit
-fi
 
 "${CONTROL_PLANE_BIN:-./target/debug/control-plane}" --kubeconfig-out "$KUBECONFIG" &
 server=$!

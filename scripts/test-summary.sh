@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Prints where the end-to-end tests ran (recorded by e2e_support in $2: "<where>\t<test>" per cluster a test
-# started) and the tests that skipped during `make test` (recorded by fake_apiserver::tools in $1), or that
+# started) and the tests that skipped during `make test` (recorded by e2e_support::tools in $1), or that
 # none did.
 log="${1:?usage: test-summary.sh SKIP_LOG [WHERE_LOG]}"
 where="${2:-}"

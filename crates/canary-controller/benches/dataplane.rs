@@ -3,7 +3,7 @@
 //!
 //! 1. Throughput through our proxy files (slots, weights map, checks) as a ratio to a minimal hand-written
 //!    config (`mode tcp`, one backend, the same servers), real HAProxy on loopback, runs alternated.
-//! 2. On fake-apiserver with workload-sim (as root, like the end-to-end tests), a Kanary `bench` (2 proxy
+//! 2. On Kubernetes' control plane with workload-sim as its node (as root, like the end-to-end tests), a Kanary `bench` (2 proxy
 //!    pods) in front of Deployments `stable` and `canary`:
 //!    - change-to-traffic latency: from the ConfigMap written (and from the Kanary changed) to the first
 //!      connection that follows new weights (20 changes), or that reaches a new pod (10 scale-ups);

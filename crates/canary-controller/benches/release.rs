@@ -1,5 +1,6 @@
 //! `cargo bench -p canary-controller --bench release`: how fast a release takes traffic away from a bad
-//! canary, measured in one run on fake-apiserver with workload-sim (as root, like the end-to-end tests).
+//! canary, measured in one run on Kubernetes' control plane with workload-sim as its node (as root, like the
+//! end-to-end tests).
 //! Prints figures; asserts nothing.
 //!
 //! A Canary with `traffic` (2 proxy pods) releases `echo:bad` (the simulator's server resets 20 % of its

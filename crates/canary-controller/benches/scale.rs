@@ -135,7 +135,7 @@ fn total(counters: &BTreeMap<String, u64>, skip: impl Fn(&str) -> bool) -> u64 {
 }
 
 async fn reconciles(metrics_address: &str) -> f64 {
-    let body = fake_apiserver::tools::http_get(metrics_address, "/metrics").await.unwrap_or_default();
+    let body = e2e_support::tools::http_get(metrics_address, "/metrics").await.unwrap_or_default();
     body.lines()
         .filter(|l| l.starts_with("canary_controller_reconciles_total{"))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
@@ -198,7 +198,7 @@ async fn reconciles_settle(address: &str, at_least: f64) -> (f64, Instant) {
 
 /// The controller's count of its API requests ("VERB resource" -> n), from its `/metrics`.
 async fn controller_requests(metrics_address: &str) -> BTreeMap<String, u64> {
-    let body = fake_apiserver::tools::http_get(metrics_address, "/metrics").await.unwrap_or_default();
+    let body = e2e_support::tools::http_get(metrics_address, "/metrics").await.unwrap_or_default();
     let mut counters = BTreeMap::new();
     for line in body.lines().filter(|l| l.starts_with("canary_controller_api_requests_total{")) {
         let label = |name: &str| {

@@ -38,10 +38,7 @@ async fn main() {
     let sim = cluster.start_simulator(230, 40);
     let mut controller = cluster.spawn_controller();
     controller.wait_for_log("controllers running").await;
-    say(match cluster.on_control_plane() {
-        true => "Kubernetes' control plane, workload-sim as its node and canary-controller are running",
-        false => "fake-apiserver (the control plane is not built: make setup), workload-sim and canary-controller are running",
-    });
+    say("Kubernetes' control plane, workload-sim as its node and canary-controller are running");
 
     create_app(&cluster, 2).await;
     cluster.wait_rolled_out("app", "app", 60).await;

@@ -1,4 +1,4 @@
-//! End-to-end: the real `canary-controller run` against fake-apiserver (or E2E_KUBECONFIG), driven through the
+//! End-to-end: the real `canary-controller run` on the control plane (or E2E_KUBECONFIG), driven through the
 //! API and, for the original project's README session, through real kubectl.
 
 use e2e_support as support;
@@ -365,14 +365,8 @@ async fn status_follows_the_canary_deployment_and_selectors_with_only_expression
     e.create_canary(canary("c", "foo", json!([{"name": "nginx", "image": "nginx:latest"}]))).await;
     e.wait_images("foo-canary", &["nginx:latest", "redis"]).await;
     e.wait_condition("c", "Ready", "False", "CanaryProgressing").await;
-    if e.cluster.fake.is_some() {
-        // fake-apiserver runs no Deployment controller: report the pods ready as one would
-        let status = json!({"status": {"replicas": 2, "readyReplicas": 2, "availableReplicas": 2}});
-        e.deployments.patch_status("foo-canary", &PatchParams::default(), &Patch::Merge(status)).await.unwrap();
-    } else {
-        // the real controllers count the pods a kubelet reports ready
-        e.cluster.report_pods_ready("canary=true", 2).await;
-    }
+    // the real controllers count the pods a kubelet reports ready
+    e.cluster.report_pods_ready("canary=true", 2).await;
     e.wait_condition("c", "Ready", "True", "CanaryReady").await;
     // what a user waits on
     let ns = e.cluster.namespace.clone();

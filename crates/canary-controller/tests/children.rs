@@ -1,4 +1,4 @@
-//! How the controllers write their children (`canary_controller::children`), against fake-apiserver (or the
+//! How the controllers write their children (`canary_controller::children`), on the control plane (or the
 //! cluster of E2E_KUBECONFIG): a create never takes over an object someone else created first; fields set at
 //! creation belong to server-side apply, so a later apply removes those it no longer sets; neither an apply
 //! nor a delete touches an object that replaced ours under the same name.

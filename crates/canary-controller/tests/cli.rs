@@ -41,7 +41,12 @@ async fn run_fails_clearly_when_no_api_server_answers() {
     let dir = tempfile::tempdir().unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(&kubeconfig, fake_apiserver::kubeconfig_for(&format!("http://127.0.0.1:{port}"))).unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    std::fs::write(
+        &kubeconfig,
+        support::control_plane::kubeconfig_text(&url, "none", std::path::Path::new("/dev/null")),
+    )
+    .unwrap();
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_canary-controller"))
         .arg("run")
         .env("KUBECONFIG", &kubeconfig)
@@ -127,14 +132,14 @@ async fn make_run_runs_the_operator_in_its_pods_on_a_local_cluster() {
     let control_plane = controller.with_file_name("control-plane");
     assert!(control_plane.exists(), "{} is missing: cargo build --workspace", control_plane.display());
     if support::control_plane::binaries().is_none() {
-        fake_apiserver::tools::skip("Kubernetes' control plane is not built (make setup)");
+        e2e_support::tools::skip("Kubernetes' control plane is not built (make setup)");
         return;
     }
     let _taken = std::net::TcpListener::bind("0.0.0.0:8080"); // by this test, or by something else already
     assert!(std::net::TcpListener::bind("0.0.0.0:8080").is_err(), "port 8080 should be taken");
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("run.log");
-    let kubectl_dir = fake_apiserver::tools::command("kubectl").parent().map(|p| p.to_path_buf()).unwrap_or_default();
+    let kubectl_dir = e2e_support::tools::command("kubectl").parent().map(|p| p.to_path_buf()).unwrap_or_default();
     let path = format!("{}:{}", kubectl_dir.display(), std::env::var("PATH").unwrap_or_default());
     let mut run = tokio::process::Command::new("bash")
         .arg(format!("{root}/scripts/run-local.sh"))
@@ -198,7 +203,8 @@ async fn make_run_runs_the_operator_in_its_pods_on_a_local_cluster() {
     assert!(node.contains(" Ready ") && node.contains("10.240.0.1"), "the node:\n{nodes}");
     let managers: Vec<&str> = pods.lines().filter(|l| l.starts_with("canary-controller-system ")).collect();
     assert!(
-        managers.len() == 2 && managers.iter().all(|l| l.contains("Running") && l.contains(" 10.244.") && l.contains("workload-sim")),
+        managers.len() == 2
+            && managers.iter().all(|l| l.contains("Running") && l.contains(" 10.244.") && l.contains("workload-sim")),
         "the operator's pods:\n{pods}"
     );
     assert!(canary_made, "the README's Canary made no running canary pod:\n{pods}\n{output}");

@@ -1,6 +1,6 @@
 //! Kubernetes' own control plane, built from its sources by `make setup`, started as the tests will start it
 //! (`e2e_support::control_plane`): it answers as the pinned version, runs the real Deployment and ReplicaSet
-//! controllers and scheduler, serves this project's CRDs with their CEL rules, refuses what fake-apiserver
+//! controllers and scheduler, serves this project's CRDs with their CEL rules, refuses what fake-apiserver (the imitation it replaced)
 //! accepted (a loopback EndpointSlice address), and runs the README's Canary session with the real binary.
 //! The first step of moving every end-to-end test onto it (issue: Real Kubernetes, part 1).
 
@@ -26,11 +26,11 @@ async fn kubectl(plane: &ControlPlane, args: &[&str]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_real_control_plane_runs_the_canary_session_and_refuses_what_the_fake_accepted() {
-    if !fake_apiserver::tools::available("kubectl") {
+    if !e2e_support::tools::available("kubectl") {
         return;
     }
     let Some(plane) = ControlPlane::start().await else {
-        fake_apiserver::tools::skip("the control plane is not built: run make setup (scripts/build-control-plane.sh)");
+        e2e_support::tools::skip("the control plane is not built: run make setup (scripts/build-control-plane.sh)");
         return;
     };
     println!("kube-apiserver {} ready {:?} after etcd started", version(), plane.started_in);

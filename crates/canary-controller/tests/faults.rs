@@ -36,7 +36,7 @@ impl World {
     async fn start(cluster: Option<Cluster>) -> Option<World> {
         let cluster = cluster?;
         let Some((proxy, kubeconfig)) = cluster.fault_proxy("replicas").await else {
-            fake_apiserver::tools::skip_unsupported("faults through the proxy need the tests' control plane");
+            e2e_support::tools::skip_unsupported("faults through the proxy need the tests' control plane");
             return None;
         };
         cluster.install_crds().await;

@@ -1,4 +1,4 @@
-//! The hitless data plane end to end, on the workload simulator (fake-apiserver only, as root): the
+//! The hitless data plane end to end, on the workload simulator (as root; the tests' own control plane): the
 //! controller's proxy pods really run HAProxy and the proxy agent (a native sidecar, under the Kanary's
 //! ServiceAccount with RBAC enforced), the backends are Deployments whose pods really run, and steady load
 //! and long-lived connections go through the destination Service's address while everything changes. Its own

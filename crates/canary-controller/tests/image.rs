@@ -52,7 +52,7 @@ fn files(dir: &Path) -> Vec<String> {
 
 #[test]
 fn the_image_runs_the_binary_as_nonroot_with_nothing_else_and_is_the_one_deployed() {
-    use fake_apiserver::tools;
+    use e2e_support::tools;
     if !tools::available("umoci") || !tools::available("chroot") {
         return;
     }

@@ -74,7 +74,11 @@ async fn the_deployed_operator_runs_in_its_pods_with_its_service_account() {
     let pods = cluster.kubectl(&["get", "pods,rs,events", "-n", SYSTEM, "-o", "wide"], None).await.unwrap();
     let log = format!("{}\n{}", sim.log(), String::from_utf8_lossy(&pods.stdout));
     let tail: Vec<&str> = log.lines().rev().take(40).collect();
-    assert!(recorded, "the refused pod's requests are not recorded:\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+    assert!(
+        recorded,
+        "the refused pod's requests are not recorded:\n{}",
+        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+    );
     let refusal = format!("User \\\"{refused}\\\" cannot");
     support::eventually(30, "the refused pod says why", || async { sim.log().contains(&refusal) }).await;
 

@@ -1,4 +1,4 @@
-//! The README's "Install on a cluster", step by step, on fake-apiserver and the workload simulator: `make
+//! The README's "Install on a cluster", step by step, on the real control plane with workload-sim as its node: `make
 //! image-oci` (from the debug binary: `IMAGE_PROFILE=dev SKIP_BUILD=1`, saving a release build) and `skopeo
 //! copy` to a registry (Debian's docker-registry, on loopback, plain HTTP); the manifests pointed at the pushed
 //! name with the README's `sed` (on a copy of config/); `make deploy` of that copy: the simulator runs the
@@ -47,7 +47,7 @@ async fn the_readme_install_deploys_serves_a_canary_and_a_release_and_undeploys(
     if !support::simulator::can_simulate() {
         return;
     }
-    use fake_apiserver::tools;
+    use e2e_support::tools;
     if !tools::available("umoci") || !tools::available("skopeo") || !tools::available("docker-registry") {
         return;
     }

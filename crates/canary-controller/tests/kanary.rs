@@ -1,4 +1,4 @@
-//! End-to-end: Kanaries of both API groups against the real binary on fake-apiserver (or E2E_KUBECONFIG).
+//! End-to-end: Kanaries of both API groups against the real binary on the control plane (or E2E_KUBECONFIG).
 
 use canary_controller::kanary::validate::validate_proxy;
 use e2e_support as support;

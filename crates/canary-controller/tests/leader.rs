@@ -124,7 +124,7 @@ async fn a_leader_that_loses_its_lease_stops_its_controllers_and_exits() {
 async fn a_leader_cut_off_from_its_lease_stops_before_a_standby_takes_over() {
     let env = env().await;
     let Some((proxy, kubeconfig_a)) = env.cluster.fault_proxy("a").await else {
-        fake_apiserver::tools::skip_unsupported("faults on one replica's requests need the tests' control plane");
+        e2e_support::tools::skip_unsupported("faults on one replica's requests need the tests' control plane");
         return;
     };
     let mut a = env.cluster.spawn_replica_with("a", LEASE_SECONDS, &kubeconfig_a);

@@ -13,8 +13,7 @@ use support::Cluster;
 const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
 
 fn kubernetes_validate() -> Option<PathBuf> {
-    fake_apiserver::tools::available("kubernetes-validate")
-        .then(|| fake_apiserver::tools::command("kubernetes-validate"))
+    e2e_support::tools::available("kubernetes-validate").then(|| e2e_support::tools::command("kubernetes-validate"))
 }
 
 fn validate_strict(tool: &Path, file: &Path) {

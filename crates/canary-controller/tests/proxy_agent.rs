@@ -46,7 +46,7 @@ impl Rig {
     /// The API server holding the ConfigMap for `routes`, the agent under a Role that grants get, list and
     /// watch of that ConfigMap alone, and HAProxy started on the files the agent wrote.
     async fn start(routes: Vec<RouteBackend>) -> Option<Rig> {
-        if !fake_apiserver::tools::available("haproxy") {
+        if !e2e_support::tools::available("haproxy") {
             return None;
         }
         let cluster = Cluster::start().await;

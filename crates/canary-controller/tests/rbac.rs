@@ -39,7 +39,7 @@ fn granted(file: &str) -> BTreeSet<(String, String, String)> {
 async fn the_controller_works_with_its_roles_and_uses_every_grant() {
     let e = env().await;
     if e.cluster.controller_requests().is_none() {
-        fake_apiserver::tools::skip_unsupported("what the controller requested is known on the tests' control plane");
+        e2e_support::tools::skip_unsupported("what the controller requested is known on the tests' control plane");
         return;
     }
     let ns = e.cluster.namespace.clone();

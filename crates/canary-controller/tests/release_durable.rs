@@ -30,7 +30,7 @@ async fn a_raised_weight_is_recorded_before_the_kanary_takes_it() {
     let sim = cluster.start_simulator(234, 16);
     // the controller's requests go through a proxy that can fail them
     let Some((faults, kubeconfig)) = cluster.fault_proxy("controller").await else {
-        fake_apiserver::tools::skip("failing one replica's writes needs the tests' own control plane");
+        e2e_support::tools::skip("failing one replica's writes needs the tests' own control plane");
         return;
     };
     let mut controller = cluster.spawn_replica_with("controller", 15, &kubeconfig);

@@ -78,7 +78,7 @@ impl World {
         cluster.install_crds().await;
         let simulator = cluster.start_simulator(pod_network, 120);
         let Some((proxy, kubeconfig)) = cluster.fault_proxy("replicas").await else {
-            fake_apiserver::tools::skip_unsupported("faults through the proxy need the tests' control plane");
+            e2e_support::tools::skip_unsupported("faults through the proxy need the tests' control plane");
             return None;
         };
         for i in 0..N {
@@ -115,7 +115,8 @@ impl World {
         let mut wrong = self.fleet.differences(&deployments, &config_maps, &services);
         let mut uids: Vec<String> = vec![];
         let canaries = kube::discovery::ApiResource::erase::<canary_controller::api::canary::Canary>(&());
-        let kanaries = canary_controller::api::kanary::GROUPS.map(|(g, v)| canary_controller::api::kanary::api_resource(g, v));
+        let kanaries =
+            canary_controller::api::kanary::GROUPS.map(|(g, v)| canary_controller::api::kanary::api_resource(g, v));
         for resource in std::iter::once(canaries).chain(kanaries) {
             let api: Api<DynamicObject> = Api::namespaced_with(c.client.clone(), &c.namespace, &resource);
             uids.extend(api.list(&Default::default()).await.unwrap().items.into_iter().filter_map(|o| o.metadata.uid));

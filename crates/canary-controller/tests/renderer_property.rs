@@ -152,7 +152,7 @@ fn allowed_line(fixed: &[String], line: &str) -> bool {
 
 #[test]
 fn no_input_yields_a_config_haproxy_rejects_or_a_directive_we_did_not_write() {
-    let haproxy = fake_apiserver::tools::available("haproxy");
+    let haproxy = e2e_support::tools::available("haproxy");
     let fixed: Vec<String> = render("ns/k", &[], &ProxySettings::default()).lines().map(String::from).collect();
     let dir = tempfile::tempdir().unwrap();
     let map_path = dir.path().join("weights.map").to_str().unwrap().to_string();

@@ -1,5 +1,5 @@
 //! Real traffic through real HAProxy, running the config the controller produced: on the workload simulator
-//! (fake-apiserver only, as root), the proxy (HAProxy and its agent) and the backends are Deployments whose
+//! (as root; the tests' own control plane), the proxy (HAProxy and its agent) and the backends are Deployments whose
 //! pods really run. Its own
 //! test binary, so that its load does not share the machine with the other end-to-end tests.
 
@@ -112,11 +112,11 @@ async fn the_proxy_answers_on_ipv4_and_ipv6() {
     use canary_controller::kanary::endpoints::Server;
     use canary_controller::kanary::haproxy::{ProxySettings, RouteBackend, render, weights_map, weights_path};
     use support::traffic::{Haproxy, free_port, start_backends};
-    if !fake_apiserver::tools::available("haproxy") {
+    if !e2e_support::tools::available("haproxy") {
         return;
     }
     if std::net::TcpListener::bind("[::1]:0").is_err() {
-        fake_apiserver::tools::skip_unsupported("this machine has no IPv6 loopback ([::1] cannot be bound)");
+        e2e_support::tools::skip_unsupported("this machine has no IPv6 loopback ([::1] cannot be bound)");
         return;
     }
     let backend = start_backends(&["127.0.0.91"], "v4v6").await;

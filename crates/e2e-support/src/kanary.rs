@@ -1,5 +1,5 @@
 //! Helpers of the Kanary end-to-end tests: a cluster with the controller running, backend Services and
-//! EndpointSlices (fake-apiserver runs no endpoint controller, so the tests write them), and waits on the
+//! EndpointSlices (the tests that run no pod write them), and waits on the
 //! HAProxy config and the conditions.
 
 use crate::{Cluster, Process, eventually};
@@ -145,7 +145,7 @@ impl Env {
 
 /// `haproxy -c` on a rendered config (skipped outside CI when haproxy is missing).
 pub fn haproxy_accepts(config: &str) {
-    if !fake_apiserver::tools::available("haproxy") {
+    if !crate::tools::available("haproxy") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

@@ -1,9 +1,10 @@
-//! The end-to-end test harness of canary-controller's tests. By default each test gets its own fake-apiserver
-//! (in-process, on a loopback port) and a kubeconfig for it; with `E2E_KUBECONFIG=/path/to/kubeconfig` the
-//! same tests run against that cluster instead, each in a namespace of its own. The controller is the binary
-//! cargo built next to the test (`CANARY_CONTROLLER_BIN` overrides it).
+//! The end-to-end test harness of canary-controller's tests. By default each test runs on Kubernetes' own
+//! control plane (`control_plane`: one per test binary, shared by its tests, each in a namespace of its own;
+//! a test that runs pods or edits cluster-wide objects takes one of its own, with workload-sim as its node:
+//! `simulator`); with `E2E_KUBECONFIG=/path/to/kubeconfig` the same tests run against that cluster instead
+//! (those that need this machine's own control plane are then not run). The controller is the binary cargo
+//! built next to the test (`CANARY_CONTROLLER_BIN` overrides it).
 
-use fake_apiserver::FakeApiServer;
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
@@ -16,6 +17,7 @@ pub mod node;
 pub mod prometheus;
 pub mod release;
 pub mod simulator;
+pub mod tools;
 pub mod traffic;
 use kube::{Client, ResourceExt};
 use std::path::PathBuf;
@@ -24,12 +26,11 @@ use std::time::Duration;
 use tokio::process::{Child, Command};
 
 pub struct Cluster {
-    pub fake: Option<FakeApiServer>,
     pub dir: tempfile::TempDir,
     /// The admin's kubeconfig (kubectl and the test's own client use it).
     pub kubeconfig: PathBuf,
-    /// The controller's kubeconfig: on fake-apiserver, the controller's service account, held to the RBAC
-    /// rules of config/rbac; on a real cluster, E2E_KUBECONFIG.
+    /// The controller's kubeconfig: on the control plane, the controller's service account, held to the RBAC
+    /// rules of config/rbac; on another cluster, E2E_KUBECONFIG.
     pub controller_kubeconfig: PathBuf,
     pub namespace: String,
     pub client: Client,
@@ -49,28 +50,20 @@ impl Cluster {
     /// the namespace, bound to the roles of config/rbac.
     pub async fn start() -> Cluster {
         if std::env::var_os("E2E_KUBECONFIG").is_some() {
-            return Cluster::start_fake().await;
+            return Cluster::start_remote().await;
         }
-        let Some(plane) = control_plane::shared() else {
-            fake_apiserver::tools::skip(
-                "Kubernetes' control plane is not built (make setup runs scripts/build-control-plane.sh): on fake-apiserver",
-            );
-            return Cluster::start_fake().await;
-        };
+        let plane = control_plane::shared().unwrap_or_else(|| panic!("{NOT_BUILT}"));
         Cluster::start_on(plane.clone(), None).await
     }
 
     /// A cluster on a control plane of this test's own, for what would disturb the tests sharing one (editing
-    /// or removing the CRDs); `None` on E2E_KUBECONFIG (the test is then not run) and when it is not built.
+    /// or removing the CRDs, running pods); `None` on E2E_KUBECONFIG (the test is then not run).
     pub async fn start_own() -> Option<Cluster> {
         if std::env::var_os("E2E_KUBECONFIG").is_some() {
-            fake_apiserver::tools::skip_unsupported("needs a control plane of its own (it edits cluster-wide objects)");
+            tools::skip_unsupported("needs a control plane of its own (it edits cluster-wide objects)");
             return None;
         }
-        let Some(plane) = control_plane::ControlPlane::start().await else {
-            fake_apiserver::tools::skip("Kubernetes' control plane is not built (make setup)");
-            return None;
-        };
+        let plane = control_plane::ControlPlane::start().await.unwrap_or_else(|| panic!("{NOT_BUILT}"));
         Some(Cluster::start_on(plane.endpoint(), Some(plane)).await)
     }
 
@@ -91,7 +84,6 @@ impl Cluster {
         });
         let endpoint = Some(endpoint);
         Cluster {
-            fake: None,
             dir,
             kubeconfig,
             controller_kubeconfig,
@@ -104,39 +96,17 @@ impl Cluster {
         }
     }
 
-    /// A cluster on fake-apiserver (or E2E_KUBECONFIG), for the tests that run pods with workload-sim, which
-    /// plays the cluster's controllers and nodes there until it becomes the real control plane's nodes.
-    pub async fn start_fake() -> Cluster {
+    /// The cluster of E2E_KUBECONFIG, in a namespace of this test's, the controller with that kubeconfig.
+    async fn start_remote() -> Cluster {
         let dir = tempfile::tempdir().unwrap();
-        let (fake, kubeconfig, client) = match std::env::var("E2E_KUBECONFIG") {
-            Ok(path) => {
-                let path = PathBuf::from(path);
-                let client = client_of(&path).await;
-                (None, path, client)
-            }
-            Err(_) => {
-                let server = FakeApiServer::start().await.unwrap();
-                let path = dir.path().join("kubeconfig");
-                std::fs::write(&path, server.kubeconfig()).unwrap();
-                let client = server.client();
-                (Some(server), path, client)
-            }
-        };
+        let kubeconfig = PathBuf::from(std::env::var_os("E2E_KUBECONFIG").unwrap());
+        let client = client_of(&kubeconfig).await;
         let namespace = create_namespace(&client).await;
-        let mut controller_kubeconfig = kubeconfig.clone();
-        if let Some(server) = &fake {
-            controller_kubeconfig = dir.path().join("controller-kubeconfig");
-            std::fs::write(&controller_kubeconfig, server.kubeconfig_with_token(CONTROLLER_TOKEN)).unwrap();
-            server.state().rbac.add_token(CONTROLLER_TOKEN, &controller_user(&namespace), &[]);
-            apply_controller_roles(&client, &namespace).await;
-            server.state().rbac.set_enforce(true);
-        }
-        record_where(if fake.is_some() { "fake-apiserver" } else { "E2E_KUBECONFIG" });
+        record_where("E2E_KUBECONFIG");
         Cluster {
-            fake,
             dir,
+            controller_kubeconfig: kubeconfig.clone(),
             kubeconfig,
-            controller_kubeconfig,
             namespace,
             client,
             controller_token: None,
@@ -157,17 +127,13 @@ impl Cluster {
     }
 
     /// The requests the controller's service account made, as (verb, group, resource[/subresource]): from
-    /// the control plane's audit log, or fake-apiserver's record; `None` on E2E_KUBECONFIG.
+    /// the control plane's audit log; `None` on E2E_KUBECONFIG.
     pub fn controller_requests(&self) -> Option<std::collections::BTreeSet<(String, String, String)>> {
         self.requests_of(&self.controller_user())
     }
 
     /// The requests `user` made, as (verb, group, resource[/subresource]), as [`Cluster::controller_requests`].
     pub fn requests_of(&self, user: &str) -> Option<std::collections::BTreeSet<(String, String, String)>> {
-        if let Some(server) = &self.fake {
-            let usage = server.state().rbac.usage(user);
-            return Some(usage.into_iter().map(|u| (u.verb, u.group, u.resource)).collect());
-        }
         let log = std::fs::read_to_string(&self.endpoint.as_ref()?.audit_log).ok()?;
         let requests = log
             .lines()
@@ -211,20 +177,12 @@ impl Cluster {
         self.own.as_mut().expect("a control plane of the test's own").restart_apiserver().await;
     }
 
-    /// A kubeconfig of ServiceAccount `account` of the test's namespace (which must exist): a token from the
-    /// TokenRequest API on the control plane, a token of fake-apiserver's there (with RBAC enforced from now on).
+    /// A kubeconfig of ServiceAccount `account` of the test's namespace (which must exist), with a token from
+    /// the TokenRequest API.
     pub async fn service_account_kubeconfig(&self, account: &str) -> PathBuf {
         use k8s_openapi::api::authentication::v1::TokenRequest;
         use k8s_openapi::api::core::v1::ServiceAccount;
         let path = self.dir.path().join(format!("kubeconfig-{account}"));
-        if let Some(server) = &self.fake {
-            let token = format!("token-of-{account}");
-            let user = format!("system:serviceaccount:{}:{account}", self.namespace);
-            server.state().rbac.add_token(&token, &user, &[]);
-            server.state().rbac.set_enforce(true);
-            std::fs::write(&path, server.kubeconfig_with_token(&token)).unwrap();
-            return path;
-        }
         let request: TokenRequest =
             serde_json::from_value(serde_json::json!({"spec": {"audiences": [], "expirationSeconds": 3600}})).unwrap();
         let accounts: Api<ServiceAccount> = self.api();
@@ -235,12 +193,12 @@ impl Cluster {
         path
     }
 
-    /// Whether this is the test binary's real control plane (not fake-apiserver, not E2E_KUBECONFIG).
+    /// Whether this is the tests' own control plane (not E2E_KUBECONFIG's cluster).
     pub fn on_control_plane(&self) -> bool {
-        self.fake.is_none() && std::env::var_os("E2E_KUBECONFIG").is_none()
+        self.endpoint.is_some()
     }
 
-    /// The user name the controller's requests carry (on fake-apiserver and the control plane).
+    /// The user name the controller's requests carry (on the control plane).
     pub fn controller_user(&self) -> String {
         controller_user(&self.namespace)
     }
@@ -346,16 +304,6 @@ impl Cluster {
         self.endpoint.as_ref().map(|_| format!("wsim{mirror}-node"))
     }
 
-    /// On fake-apiserver: a kubeconfig for the controller's service account with a bearer token of its own
-    /// (`token`), so that faults can target one replica's requests.
-    pub fn controller_kubeconfig_with_token(&self, token: &str) -> PathBuf {
-        let server = self.fake.as_ref().expect("tokens are fake-apiserver's");
-        server.state().rbac.add_token(token, &self.controller_user(), &[]);
-        let path = self.dir.path().join(format!("kubeconfig-{token}"));
-        std::fs::write(&path, server.kubeconfig_with_token(token)).unwrap();
-        path
-    }
-
     /// Starts a replica like [`Cluster::spawn_replica`] that uses `kubeconfig`.
     pub fn spawn_replica_with(&self, identity: &str, lease_seconds: u64, kubeconfig: &std::path::Path) -> Process {
         let lease = lease_seconds.to_string();
@@ -396,7 +344,9 @@ impl Cluster {
     }
 }
 
-const CONTROLLER_TOKEN: &str = "canary-controller-e2e";
+/// What a test says when Kubernetes' control plane is not built.
+const NOT_BUILT: &str =
+    "Kubernetes' control plane is not built: run `make setup` (scripts/build-control-plane.sh builds it once)";
 const RBAC: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../config/rbac");
 
 /// The controller runs as service account `controller-manager` of the test's namespace.
@@ -480,7 +430,7 @@ async fn create_namespace(client: &Client) -> String {
     namespace
 }
 
-/// Runs kubectl (see `fake_apiserver::tools::command`); None when it is missing outside CI (the test skips).
+/// Runs kubectl (see `tools::command`); None when it is missing outside CI (the test skips).
 pub async fn kubectl(
     kubeconfig: &std::path::Path,
     cache: &std::path::Path,
@@ -488,10 +438,10 @@ pub async fn kubectl(
     stdin: Option<&str>,
 ) -> Option<Output> {
     use tokio::io::AsyncWriteExt;
-    if !fake_apiserver::tools::available("kubectl") {
+    if !tools::available("kubectl") {
         return None;
     }
-    let mut child = Command::new(fake_apiserver::tools::command("kubectl"))
+    let mut child = Command::new(tools::command("kubectl"))
         .args(args)
         .env("KUBECONFIG", kubeconfig)
         .env("KUBECACHEDIR", cache)
@@ -577,7 +527,7 @@ impl Process {
     }
 }
 
-pub use fake_apiserver::tools::http_get;
+pub use tools::http_get;
 
 /// The canary-controller binary: `CANARY_CONTROLLER_BIN`, else the one cargo builds for integration tests.
 pub fn controller_binary() -> PathBuf {

@@ -19,17 +19,17 @@ impl Prometheus {
     /// Starts Prometheus in `dir` (its config, data and log) scraping every second with `scrape_configs`
     /// (YAML, the list); `None` when it is not installed (the test is skipped, or fails in CI).
     pub async fn start(dir: &Path, scrape_configs: &str, on_node: Option<&str>) -> Option<Prometheus> {
-        if !fake_apiserver::tools::available("prometheus") {
+        if !crate::tools::available("prometheus") {
             return None;
         }
         let port = crate::traffic::free_port("127.0.0.1");
         let mut command = match on_node {
             Some(ns) => {
                 let mut c = tokio::process::Command::new("ip");
-                c.args(["netns", "exec", ns]).arg(fake_apiserver::tools::command("prometheus"));
+                c.args(["netns", "exec", ns]).arg(crate::tools::command("prometheus"));
                 c
             }
-            None => tokio::process::Command::new(fake_apiserver::tools::command("prometheus")),
+            None => tokio::process::Command::new(crate::tools::command("prometheus")),
         };
         let config =
             format!("global: {{scrape_interval: 1s, evaluation_interval: 1s}}\nscrape_configs: {scrape_configs}\n");

@@ -2,9 +2,8 @@
 //! controller's image, or the built-in server answering `pod=<name> image=<image>`) in network namespaces,
 //! on addresses a real API server accepts (10.244.c.d), and the cluster IPs of Services (10.96.c.d) are
 //! served by its service proxy. The host reaches them at their mirrors on loopback ([`Cluster::host_address`]):
-//! Pod 10.244.c.d at 127.P.c.d, Service 10.96.c.d at 127.P+1.c.d, P a byte each test takes of its own. On
-//! fake-apiserver (until it is retired) the simulator also plays the Deployment, ReplicaSet and
-//! EndpointSlice controllers. Needs root (CI runs as root) and haproxy.
+//! Pod 10.244.c.d at 127.P.c.d, Service 10.96.c.d at 127.P+1.c.d, P a byte each test takes of its own.
+//! Needs root (CI runs as root), haproxy and the control plane (`make setup`).
 
 use crate::Cluster;
 use std::path::PathBuf;
@@ -26,16 +25,20 @@ pub fn simulator_binary() -> PathBuf {
     crate::workspace_binary("workload-sim", "WORKLOAD_SIM_BIN")
 }
 
-/// Whether this test can run workloads: with workload-sim as its node, as root, with haproxy (and kubectl,
-/// which the tests drive). Otherwise the test is skipped, and fails under CI=true (unless the cluster is a
-/// real one of E2E_KUBECONFIG: the simulated images do not exist there).
+/// Whether this test can run workloads: on the tests' own control plane with workload-sim as its node, as
+/// root, with haproxy (and kubectl, which the tests drive). Otherwise the test is skipped, and fails under
+/// CI=true (unless the cluster is another one, E2E_KUBECONFIG's: the simulated images do not exist there).
 pub fn can_simulate() -> bool {
-    use fake_apiserver::tools;
+    use crate::tools;
     if std::env::var_os("E2E_KUBECONFIG").is_some() {
         tools::skip_unsupported("runs workloads with workload-sim as the node (its images are simulated)");
         return false;
     }
     if !tools::available("kubectl") || !tools::available("haproxy") {
+        return false;
+    }
+    if crate::control_plane::binaries().is_none() {
+        tools::skip("Kubernetes' control plane is not built (make setup)");
         return false;
     }
     if !std::process::Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n")) {
@@ -46,23 +49,15 @@ pub fn can_simulate() -> bool {
 }
 
 impl Cluster {
-    /// A cluster whose Pods run: a control plane of this test's own (a node's Pods are the whole cluster's,
-    /// so tests do not share one) with [`Cluster::start_simulator`] as its node; fake-apiserver where the
-    /// control plane is not built; E2E_KUBECONFIG's.
+    /// A cluster whose Pods run (call [`can_simulate`] first): a control plane of this test's own (a node's
+    /// Pods are the whole cluster's, so tests do not share one), with [`Cluster::start_simulator`] as its node.
     pub async fn start_for_pods() -> Cluster {
-        if std::env::var_os("E2E_KUBECONFIG").is_some() {
-            return Cluster::start_fake().await;
-        }
-        match Cluster::start_own().await {
-            Some(cluster) => cluster,
-            None => Cluster::start_fake().await,
-        }
+        Cluster::start_own().await.expect("can_simulate: the tests' own control plane")
     }
 
     /// Starts workload-sim as this cluster's node: the host reaches its Pods at 127.`pod_network`.c.d and
     /// its Services at 127.`pod_network+1`.c.d ([`Cluster::host_address`]); at most `pod_limit` Pods run.
-    /// Each test takes a `pod_network` of its own. On fake-apiserver the simulator also plays the workload
-    /// controllers.
+    /// Each test takes a `pod_network` of its own.
     pub fn start_simulator(&self, pod_network: u8, pod_limit: usize) -> Simulator {
         self.mirror.set(pod_network).expect("one simulator per cluster");
         let log = self.dir.path().join("workload-sim.log");
@@ -77,9 +72,6 @@ impl Cluster {
         let mut command = tokio::process::Command::new(binary);
         command.args(["run", "--host-mirror", &format!("127.{pod_network}.0.0/16"), "--pod-limit"]);
         command.arg(pod_limit.to_string());
-        if self.fake.is_some() {
-            command.arg("--controllers");
-        }
         let child = command
             .arg("--state-dir")
             .arg(self.dir.path().join("workload-sim"))

@@ -190,7 +190,7 @@ impl Haproxy {
     /// Runs `haproxy -db -f DIR/haproxy.cfg` on the files `dir` holds (a config and the files it names);
     /// None when haproxy is missing outside CI (the test skips).
     pub async fn start_in(dir: tempfile::TempDir, stats: SocketAddr) -> Option<Haproxy> {
-        if !fake_apiserver::tools::available("haproxy") {
+        if !crate::tools::available("haproxy") {
             return None;
         }
         let path = dir.path().join("haproxy.cfg");

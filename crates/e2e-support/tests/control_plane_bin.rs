@@ -6,7 +6,7 @@ use std::time::Duration;
 #[tokio::test]
 async fn the_control_plane_binary_serves_until_sigterm_and_then_stops_its_components() {
     if e2e_support::control_plane::binaries().is_none() {
-        fake_apiserver::tools::skip("Kubernetes' control plane is not built (make setup)");
+        e2e_support::tools::skip("Kubernetes' control plane is not built (make setup)");
         return;
     }
     let dir = tempfile::tempdir().unwrap();

@@ -20,9 +20,6 @@ const HAPROXY_DEFAULT_CMD: &[&str] = &["haproxy", "-f", "/usr/local/etc/haproxy/
 /// canary-controller's image: its only program, and its default arguments (the Dockerfile's CMD).
 const OWN_PROGRAM: &str = "/canary-controller";
 const OWN_DEFAULT_ARGS: &[&str] = &["run"];
-/// Where a kubelet mounts a Pod's ServiceAccount token, CA and namespace.
-pub const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
-
 /// A container's process, ready to start.
 #[derive(Debug, Clone)]
 pub struct Launch {
@@ -43,12 +40,8 @@ pub struct Launch {
 pub struct PodContext<'a> {
     pub address: Ipv4Addr,
     pub node_address: Ipv4Addr,
-    /// Whether the Pod has namespaces of its own (root).
-    pub own_namespace: bool,
     /// Each volume's directory, by name.
     pub volumes: &'a HashMap<String, PathBuf>,
-    /// The directory with the Pod's ServiceAccount token, `ca.crt` and `namespace`, if it has one.
-    pub service_account: Option<&'a Path>,
     /// Where Pods reach the API server.
     pub api: Option<SocketAddrV4>,
     /// canary-controller's binary, which its image runs.
@@ -97,7 +90,6 @@ pub fn pod_field(pod: &Pod, path: &str) -> anyhow::Result<String> {
 
 /// The process for `container` of `pod`, or why it cannot run here.
 pub fn launch(container: &Container, pod: &Pod, context: &PodContext) -> anyhow::Result<Launch> {
-    let (address, own_namespace) = (context.address, context.own_namespace);
     let image = container.image.clone().unwrap_or_default();
     let repository = repository(&image);
     let mut env = vec![];
@@ -120,7 +112,7 @@ pub fn launch(container: &Container, pod: &Pod, context: &PodContext) -> anyhow:
     let own = container.security_context.as_ref();
     let uid = own.and_then(|s| s.run_as_user).or(pod_context.and_then(|s| s.run_as_user));
     let gid = own.and_then(|s| s.run_as_group).or(pod_context.and_then(|s| s.run_as_group)).or(uid);
-    let user = uid.zip(gid).filter(|_| own_namespace);
+    let user = uid.zip(gid);
     if repository == "haproxy" {
         return haproxy_image(container, context, env, user);
     }
@@ -131,7 +123,7 @@ pub fn launch(container: &Container, pod: &Pod, context: &PodContext) -> anyhow:
     let mut args = vec!["serve".into(), "--pod".into(), pod.name_any(), "--image".into(), image.clone()];
     for port in ports {
         args.push("--listen".into());
-        args.push(if own_namespace { format!("[::]:{port}") } else { format!("{address}:{port}") });
+        args.push(format!("[::]:{port}"));
     }
     let program = std::env::current_exe()?;
     Ok(Launch { program, argv0: "workload-sim".into(), args, env, user, binds: vec![], workdir: workdir(container) })
@@ -147,7 +139,6 @@ fn haproxy_image(
     user: Option<(i64, i64)>,
 ) -> anyhow::Result<Launch> {
     let image = container.image.clone().unwrap_or_default();
-    require_namespaces(&image, context, "HAProxy listens on every address of its pod")?;
     let args = container.args.clone().unwrap_or_default();
     let argv: Vec<String> = match &container.command {
         Some(command) => command.iter().cloned().chain(args).collect(),
@@ -197,7 +188,6 @@ fn own_image(
     user: Option<(i64, i64)>,
 ) -> anyhow::Result<Launch> {
     let image = container.image.clone().unwrap_or_default();
-    require_namespaces(&image, context, "it runs with its ServiceAccount token mounted")?;
     if !context.own_binary.exists() {
         anyhow::bail!(
             "image {image}: canary-controller's binary {} is missing (cargo build -p canary-controller, or workload-sim run --controller-binary)",
@@ -219,25 +209,14 @@ fn own_image(
             given_args.unwrap_or_else(|| OWN_DEFAULT_ARGS.iter().map(|a| a.to_string()).collect()),
         ),
     };
-    let mut binds = volume_binds(container, context.volumes)?;
-    let own_token = binds.iter().any(|b| b.target == Path::new(SERVICE_ACCOUNT_DIR));
-    if let (Some(dir), false) = (context.service_account, own_token) {
-        binds.push(Bind { source: dir.into(), target: SERVICE_ACCOUNT_DIR.into(), read_only: true });
-    }
+    // the ServiceAccount token, as every volume: the API server's admission adds the projected volume
+    let binds = volume_binds(container, context.volumes)?;
     Ok(Launch { program: context.own_binary.into(), argv0, args, env, user, binds, workdir: workdir(container) })
 }
 
 /// The directory a container starts in: its `workingDir`, else `/` (the images' own default is not known).
 fn workdir(container: &Container) -> PathBuf {
     container.working_dir.clone().unwrap_or_else(|| "/".into()).into()
-}
-
-/// An image that runs only in namespaces of its own (as root), for the reason `why`.
-fn require_namespaces(image: &str, context: &PodContext, why: &str) -> anyhow::Result<()> {
-    if !context.own_namespace {
-        anyhow::bail!("image {image}: {why}, which needs namespaces of its own: run workload-sim as root");
-    }
-    Ok(())
 }
 
 /// The container's volumes, mounted at their `mountPath`s.
@@ -276,28 +255,22 @@ fn listen_ports(container: &Container, pod: &Pod) -> Vec<u16> {
     if first_portless == Some(container.name.as_str()) && !eighty_taken { vec![80] } else { vec![] }
 }
 
-/// The command that starts `launch`: as root in network namespace `netns` and mount and pid namespaces of its
-/// own, through `workload-sim container` (which mounts its volumes in `scratch` and the container's paths,
-/// and becomes its user); else the program itself.
-pub fn command(launch: &Launch, netns: Option<&str>, scratch: &Path) -> tokio::process::Command {
-    let mut command = match netns {
-        Some(ns) => {
-            let mut c = tokio::process::Command::new("ip");
-            c.args(["netns", "exec", ns, "unshare", "--pid", "--mount", "--fork", "--kill-child", "--"]);
-            c.arg(std::env::current_exe().unwrap_or_else(|_| "workload-sim".into()));
-            c.arg("container").arg("--scratch").arg(scratch);
-            if let Some((uid, gid)) = launch.user {
-                c.arg("--user").arg(format!("{uid}:{gid}"));
-            }
-            for bind in &launch.binds {
-                c.arg("--bind").arg(bind.to_arg());
-            }
-            c.arg("--workdir").arg(&launch.workdir);
-            c.arg("--program").arg(&launch.program).arg("--").arg(&launch.argv0);
-            c
-        }
-        None => tokio::process::Command::new(&launch.program),
-    };
+/// The command that starts `launch` in network namespace `netns` and mount and pid namespaces of its own,
+/// through `workload-sim container` (which mounts its volumes in `scratch` and the container's paths, and
+/// becomes its user).
+pub fn command(launch: &Launch, netns: &str, scratch: &Path) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new("ip");
+    command.args(["netns", "exec", netns, "unshare", "--pid", "--mount", "--fork", "--kill-child", "--"]);
+    command.arg(std::env::current_exe().unwrap_or_else(|_| "workload-sim".into()));
+    command.arg("container").arg("--scratch").arg(scratch);
+    if let Some((uid, gid)) = launch.user {
+        command.arg("--user").arg(format!("{uid}:{gid}"));
+    }
+    for bind in &launch.binds {
+        command.arg("--bind").arg(bind.to_arg());
+    }
+    command.arg("--workdir").arg(&launch.workdir);
+    command.arg("--program").arg(&launch.program).arg("--").arg(&launch.argv0);
     command.args(&launch.args);
     command.env_clear();
     command.env("PATH", std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into()));
@@ -306,12 +279,8 @@ pub fn command(launch: &Launch, netns: Option<&str>, scratch: &Path) -> tokio::p
     command
 }
 
-/// The pid of the container's own process: the launcher's only child as root (the launcher made a pid
-/// namespace), else the launcher itself.
-pub async fn container_pid(launcher: u32, own_namespace: bool) -> Option<u32> {
-    if !own_namespace {
-        return Some(launcher);
-    }
+/// The pid of the container's own process: the launcher's only child (the launcher made a pid namespace).
+pub async fn container_pid(launcher: u32) -> Option<u32> {
     for _ in 0..200 {
         let children = std::fs::read_to_string(format!("/proc/{launcher}/task/{launcher}/children")).ok()?;
         if let Some(pid) = children.split_whitespace().next().and_then(|p| p.parse().ok()) {

@@ -35,7 +35,7 @@ pub struct Kubelet {
     /// Where pods' volumes are written.
     pub state_dir: PathBuf,
     pub pod_limit: usize,
-    /// Where Pods reach the API server (root, on fake-apiserver).
+    /// Where Pods reach the API server.
     pub api: Option<crate::api_endpoint::ApiEndpoint>,
     /// The binary containers of canary-controller's image run.
     pub controller_binary: PathBuf,
@@ -189,13 +189,10 @@ impl Kubelet {
             let pod_id = id.clone();
             let netns = tokio::task::spawn_blocking(move || network.add_pod(&pod_id, address)).await??;
             let volumes = self.write_volumes(pod, &volumes_dir).await?;
-            let service_account = self.service_account(pod, &pod_dir.join("serviceaccount")).await?;
             let context = images::PodContext {
                 address,
                 node_address: NODE_ADDRESS,
-                own_namespace: true,
                 volumes: &volumes,
-                service_account: service_account.as_deref(),
                 api: self.api.as_ref().map(|a| a.address),
                 own_binary: &self.controller_binary,
             };
@@ -273,34 +270,6 @@ impl Kubelet {
         running.tasks.lock().unwrap().push(prober);
         tracing::info!(pod = %pod.name_any(), namespace = %running.namespace, %address, "pod started");
         Ok(Action::await_change())
-    }
-
-    /// The Pod's ServiceAccount token, CA and namespace, written to `dir` as a kubelet projects them (a token
-    /// from a TokenRequest), for Pods that run canary-controller's image (the only ones that talk to the API
-    /// server) unless `automountServiceAccountToken` is false.
-    async fn service_account(&self, pod: &Pod, dir: &std::path::Path) -> anyhow::Result<Option<PathBuf>> {
-        let Some(spec) = &pod.spec else { return Ok(None) };
-        let own_image = spec
-            .containers
-            .iter()
-            .chain(spec.init_containers.iter().flatten())
-            .any(|c| images::is_own_image(c.image.as_deref().unwrap_or_default()));
-        let ca_pem = self.api.as_ref().and_then(|a| a.ca_pem.as_ref());
-        let (Some(ca_pem), true, false) = (ca_pem, own_image, spec.automount_service_account_token == Some(false))
-        else {
-            return Ok(None);
-        };
-        let namespace = pod.namespace().unwrap_or_default();
-        let token = self.token(pod, 3607, &[]).await?;
-        std::fs::create_dir_all(dir)?;
-        for (file, content) in
-            [("token", token.as_str()), ("ca.crt", ca_pem.as_str()), ("namespace", namespace.as_str())]
-        {
-            std::fs::write(dir.join(file), content)?;
-            set_mode(&dir.join(file), 0o644)?;
-        }
-        set_mode(dir, 0o755)?;
-        Ok(Some(dir.into()))
     }
 
     /// A token of the Pod's ServiceAccount, bound to the Pod, from a TokenRequest (as a kubelet gets one).
@@ -586,7 +555,7 @@ async fn start_in_order(
 /// stops.
 async fn supervise(running: Arc<RunningPod>, index: usize, launch: Launch, scratch: PathBuf) {
     let container = &running.containers[index];
-    let netns = Some(running.netns.as_str());
+    let netns = running.netns.as_str();
     let mut delay = Duration::from_millis(500);
     while !running.stopping.load(Ordering::SeqCst) {
         let mut command = images::command(&launch, netns, &scratch);
@@ -594,7 +563,7 @@ async fn supervise(running: Arc<RunningPod>, index: usize, launch: Launch, scrat
         match command.spawn() {
             Ok(mut child) => {
                 let pid = match child.id() {
-                    Some(launcher) => images::container_pid(launcher, netns.is_some()).await,
+                    Some(launcher) => images::container_pid(launcher).await,
                     None => None,
                 };
                 *container.pid.lock().unwrap() = pid;

@@ -1,15 +1,14 @@
-//! workload-sim: a workload simulator beside fake-apiserver (a test double, like it). It plays the
-//! Deployment, ReplicaSet and EndpointSlice controllers, the kubelet of one node and kube-proxy, closely
-//! enough for canary-controller: Pods really run, as local processes on loopback addresses. See README.md
-//! for what it emulates and what it does not.
+//! workload-sim: a node of a Kubernetes cluster for tests (a test double). It registers its Node and keeps
+//! its Lease, and plays the kubelet and kube-proxy of that node, closely enough for canary-controller: the
+//! Pods the scheduler binds to it really run, as local processes in network namespaces of their own. The
+//! cluster's own controllers (Deployments, ReplicaSets, EndpointSlices) are Kubernetes' own. See README.md for
+//! what it emulates and what it does not.
 
 pub mod api_endpoint;
 pub mod container;
-pub mod endpoint_slices;
 pub mod images;
 pub mod kubelet;
 pub mod network;
 pub mod node;
 pub mod server;
 pub mod service_proxy;
-pub mod workloads;

@@ -2,19 +2,18 @@
 //! `workload-sim serve`: the built-in server a simulated container runs.
 
 use clap::{Parser, Subcommand};
-use futures::{FutureExt, StreamExt};
-use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::Api;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::reflector;
 use kube::runtime::{WatchStreamExt, watcher};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-use workload_sim::{api_endpoint, container, endpoint_slices, kubelet, network, node, server, service_proxy, workloads};
+use workload_sim::{api_endpoint, container, kubelet, network, node, server, service_proxy};
 
 #[derive(Parser)]
 #[command(
@@ -37,10 +36,6 @@ enum Command {
         /// /16: cluster IP 10.96.c.d at 127.P+1.c.d).
         #[arg(long, default_value = "127.244.0.0/16", value_parser = parse_network)]
         host_mirror: u8,
-        /// Also play the Deployment, ReplicaSet and EndpointSlice controllers, and bind Pods to this node
-        /// without registering it (fake-apiserver, which has neither controllers nor a scheduler).
-        #[arg(long)]
-        controllers: bool,
         /// Where Pods' volumes are written.
         #[arg(long, default_value = ".local/workload-sim")]
         state_dir: PathBuf,
@@ -121,12 +116,12 @@ async fn main() -> anyhow::Result<()> {
             let behaviour = server::Behaviour::from_env(&image, |k| std::env::var(k).ok())?;
             server::serve(listen, pod, image, behaviour).await
         }
-        Command::Run { node_name, host_mirror, controllers, state_dir, pod_limit, controller_binary } => {
+        Command::Run { node_name, host_mirror, state_dir, pod_limit, controller_binary } => {
             let controller_binary = match controller_binary {
                 Some(path) => path,
                 None => std::env::current_exe()?.with_file_name("canary-controller"),
             };
-            let settings = Settings { node: node_name, mirror: host_mirror, controllers, state_dir, pod_limit };
+            let settings = Settings { node: node_name, mirror: host_mirror, state_dir, pod_limit };
             run(settings, controller_binary).await
         }
         Command::Container { binds, scratch, user, workdir, program, argv } => {
@@ -158,13 +153,12 @@ fn retry<K, C>(_: Arc<K>, _: &kube::Error, _: Arc<C>) -> Action {
 struct Settings {
     node: String,
     mirror: u8,
-    controllers: bool,
     state_dir: PathBuf,
     pod_limit: usize,
 }
 
 async fn run(settings: Settings, controller_binary: PathBuf) -> anyhow::Result<()> {
-    let Settings { node, mirror, controllers, state_dir, pod_limit } = settings;
+    let Settings { node, mirror, state_dir, pod_limit } = settings;
     let config = kube::Config::infer().await?;
     let api_server = config.cluster_url.clone();
     let client = kube::Client::try_from(config)?;
@@ -183,12 +177,8 @@ async fn run(settings: Settings, controller_binary: PathBuf) -> anyhow::Result<(
         controller_binary,
     ));
     let config = watcher::Config::default();
-    // a node's work: its Node and Lease (a real cluster), or, on fake-apiserver, the cluster's controllers
-    let cluster_work = if controllers {
-        workload_controllers(client.clone(), node.clone()).boxed()
-    } else {
-        node::run(client.clone(), node.clone(), pod_limit).boxed()
-    };
+    // the Node and its Lease
+    let registration = node::run(client.clone(), node.clone(), pod_limit);
     let (services_store, services_writer) = reflector::store::<Service>();
     let services_watch = watcher(Api::<Service>::all(client.clone()), config.clone())
         .default_backoff()
@@ -221,10 +211,10 @@ async fn run(settings: Settings, controller_binary: PathBuf) -> anyhow::Result<(
             sweeper_kubelet.refresh_volumes(&config_maps);
         }
     };
-    tracing::info!(%node, pods = %format!("127.{mirror}.0.0/16"), services = %format!("127.{}.0.0/16", mirror + 1), controllers, "workload-sim running (host mirrors of the pod and service networks)");
+    tracing::info!(%node, pods = %format!("127.{mirror}.0.0/16"), services = %format!("127.{}.0.0/16", mirror + 1), "workload-sim running (host mirrors of the pod and service networks)");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
-        _ = futures::future::join5(cluster_work, services_watch, kubelet_run, slices_watch, config_maps_watch) => {}
+        _ = futures::future::join5(registration, services_watch, kubelet_run, slices_watch, config_maps_watch) => {}
         _ = proxy => {}
         _ = sweep => {}
         _ = term.recv() => {}
@@ -234,50 +224,4 @@ async fn run(settings: Settings, controller_binary: PathBuf) -> anyhow::Result<(
     kubelet.stop_all().await;
     network.stop();
     Ok(())
-}
-
-/// The Deployment, ReplicaSet and EndpointSlice controllers, for fake-apiserver (which has none); Pods are
-/// created bound to `node`.
-async fn workload_controllers(client: kube::Client, node: String) {
-    let config = watcher::Config::default();
-    let deployments = Controller::new(Api::<Deployment>::all(client.clone()), config.clone())
-        .owns(Api::<ReplicaSet>::all(client.clone()), config.clone())
-        .run(
-            |d, c: Arc<kube::Client>| workloads::reconcile_deployment(d, (*c).clone()),
-            retry,
-            Arc::new(client.clone()),
-        )
-        .for_each(log_errors("Deployment"));
-    let node_for_sets = Arc::new((client.clone(), node));
-    let replica_sets = Controller::new(Api::<ReplicaSet>::all(client.clone()), config.clone())
-        .owns(Api::<Pod>::all(client.clone()), config.clone())
-        .run(
-            |rs, c: Arc<(kube::Client, String)>| async move {
-                workloads::reconcile_replica_set(rs, c.0.clone(), &c.1).await
-            },
-            retry,
-            node_for_sets,
-        )
-        .for_each(log_errors("ReplicaSet"));
-    let services_controller = Controller::new(Api::<Service>::all(client.clone()), config.clone());
-    let services = services_controller.store();
-    let slices = services_controller
-        .watches(Api::<Pod>::all(client.clone()), config.clone(), move |pod: Pod| {
-            let ns = kube::ResourceExt::namespace(&pod);
-            services
-                .state()
-                .into_iter()
-                .filter(|s| kube::ResourceExt::namespace(s.as_ref()) == ns)
-                .filter(|s| {
-                    endpoint_slices::selects(
-                        &s.spec.as_ref().and_then(|sp| sp.selector.clone()).unwrap_or_default(),
-                        &pod,
-                    )
-                })
-                .map(|s| ObjectRef::from_obj(s.as_ref()))
-                .collect::<Vec<_>>()
-        })
-        .run(|s, c: Arc<kube::Client>| endpoint_slices::reconcile(s, (*c).clone()), retry, Arc::new(client.clone()))
-        .for_each(log_errors("Service"));
-    futures::future::join3(deployments, replica_sets, slices).await;
 }

@@ -141,7 +141,9 @@ impl Network {
     pub async fn listen_in_node(&self, address: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
         let socket = self.node_socket().await?;
         socket.set_reuse_address(true)?;
-        socket.bind(&address.into()).map_err(|e| std::io::Error::new(e.kind(), format!("listening on {address}: {e}")))?;
+        socket
+            .bind(&address.into())
+            .map_err(|e| std::io::Error::new(e.kind(), format!("listening on {address}: {e}")))?;
         socket.listen(1024)?;
         tokio::net::TcpListener::from_std(socket.into())
     }

@@ -14,12 +14,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::task::JoinHandle;
 
+/// The label that ties an EndpointSlice to its Service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
 /// The ready endpoints of port `port_name` of Service `ns/service`.
 pub fn ready_endpoints(slices: &[Arc<EndpointSlice>], ns: &str, service: &str, port_name: &str) -> Vec<SocketAddr> {
     let mut out = vec![];
     for slice in slices {
         if slice.namespace().as_deref() != Some(ns)
-            || slice.labels().get(crate::endpoint_slices::SERVICE_NAME_LABEL).map(String::as_str) != Some(service)
+            || slice.labels().get(SERVICE_NAME_LABEL).map(String::as_str) != Some(service)
         {
             continue;
         }

@@ -1,4 +1,4 @@
-//! The README's walkthrough on fake-apiserver with workload-sim: the example stack's Deployments become
+//! The README's walkthrough on the real control plane with workload-sim as its node: the example stack's Deployments become
 //! ready pods, the Kanary's proxy pods really run (HAProxy and its agent), and connections to the destination Service's address
 //! (through the simulator's service proxy) are split 80/20 between myapp-v1 and myapp-v2.
 

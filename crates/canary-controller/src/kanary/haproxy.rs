@@ -257,7 +257,7 @@ mod tests {
     /// Every shape of input renders a config that HAProxy accepts (skipped outside CI without haproxy).
     #[test]
     fn rendered_configs_pass_haproxy_check() {
-        if !fake_apiserver::tools::available("haproxy") {
+        if !e2e_support::tools::available("haproxy") {
             return;
         }
         let many: Vec<RouteBackend> = (0..16)
