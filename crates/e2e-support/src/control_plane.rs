@@ -178,7 +178,7 @@ impl ControlPlane {
             format!("--service-account-signing-key-file={}", path("sa.key").display()),
             format!("--token-auth-file={}", path("tokens.csv").display()),
             "--authorization-mode=RBAC".into(),
-            "--service-cluster-ip-range=10.96.0.0/16".into(),
+            "--service-cluster-ip-range=10.96.0.0/16,fd00:10:96::/112".into(),
             format!("--audit-policy-file={}", path("audit-policy.yaml").display()),
             format!("--audit-log-path={}", path("audit.log").display()),
         ];

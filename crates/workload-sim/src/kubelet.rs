@@ -10,7 +10,7 @@
 //! then removed.
 
 use crate::images::{self, Launch};
-use crate::network::{NODE_ADDRESS, Network, POD_NETWORK};
+use crate::network::{NODE_ADDRESS, NODE_ADDRESS_V6, Network, POD_NETWORK, pod_address_v6};
 use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Probe};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::jiff::Timestamp;
@@ -378,8 +378,9 @@ impl Kubelet {
         let (containers, sidecars) = (statuses(false), statuses(true));
         let ip = running.address.to_string();
         let status = json!({"status": {
-            "phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}], "hostIP": NODE_ADDRESS.to_string(),
-            "hostIPs": [{"ip": NODE_ADDRESS.to_string()}],
+            "phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}, {"ip": pod_address_v6(running.address).to_string()}],
+            "hostIP": NODE_ADDRESS.to_string(),
+            "hostIPs": [{"ip": NODE_ADDRESS.to_string()}, {"ip": NODE_ADDRESS_V6.to_string()}],
             "startTime": started,
             "conditions": [
                 {"type": "PodScheduled", "status": "True", "lastTransitionTime": since("PodScheduled", "True")},

@@ -3,7 +3,7 @@
 //! every [`LEASE_RENEW`] (kube-controller-manager's node lifecycle controller marks a node whose Lease stops
 //! being renewed NotReady, and evicts its Pods). The status is posted again every [`STATUS_EVERY`].
 
-use crate::network::{NODE_ADDRESS, POD_NETWORK};
+use crate::network::{NODE_ADDRESS, NODE_ADDRESS_V6, POD_NETWORK, POD_NETWORK_V6};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::jiff::Timestamp;
@@ -38,7 +38,9 @@ pub async fn run(client: kube::Client, name: String, pod_limit: usize) {
         if let Some(node) = node {
             if last_status.is_none_or(|at| at.elapsed() >= STATUS_EVERY) {
                 let status = status(&name, pod_limit, registered_at(registered));
-                match nodes.patch_status(&name, &apply, &Patch::Apply(status)).await {
+                // a merge patch, as a kubelet writes it: server-side apply cannot take two addresses of one
+                // type (the list's key), and a dual-stack node has two InternalIPs
+                match nodes.patch_status(&name, &PatchParams::default(), &Patch::Merge(status)).await {
                     Ok(_) => last_status = Some(std::time::Instant::now()),
                     Err(e) => tracing::warn!(node = %name, error = %e, "cannot post the node's status; retrying"),
                 }
@@ -63,7 +65,7 @@ fn node(name: &str) -> serde_json::Value {
     json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": {
             "kubernetes.io/hostname": name, "kubernetes.io/os": "linux", "kubernetes.io/arch": arch(),
             "node.kubernetes.io/instance-type": "workload-sim"}},
-        "spec": {"podCIDR": cidr, "podCIDRs": [cidr]}})
+        "spec": {"podCIDR": cidr, "podCIDRs": [cidr, POD_NETWORK_V6]}})
 }
 
 /// The Node's status: ready, its capacity (`pods`: the simulator's pod limit) and addresses.
@@ -82,7 +84,8 @@ fn status(name: &str, pod_limit: usize, since: Timestamp) -> serde_json::Value {
             condition("PIDPressure", "False", "KubeletHasSufficientPID", "workload-sim does not limit processes"),
             condition("Ready", "True", "KubeletReady", "workload-sim is posting ready status"),
         ],
-        "addresses": [{"type": "InternalIP", "address": NODE_ADDRESS.to_string()}, {"type": "Hostname", "address": name}],
+        "addresses": [{"type": "InternalIP", "address": NODE_ADDRESS.to_string()},
+            {"type": "InternalIP", "address": NODE_ADDRESS_V6.to_string()}, {"type": "Hostname", "address": name}],
         "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
         "nodeInfo": {"machineID": "", "systemUUID": "", "bootID": "", "kernelVersion": "", "osImage": "workload-sim",
             "containerRuntimeVersion": concat!("workload-sim://", env!("CARGO_PKG_VERSION")),

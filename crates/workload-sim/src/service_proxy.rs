@@ -1,7 +1,7 @@
-//! The service proxy (kube-proxy, in user space): each port of a Service with a cluster IP is listened on at
-//! that address in the node's namespace (where Pods reach it) and at its mirror on the host's loopback (see
-//! `network::Mirror`), and each connection goes to a ready endpoint of the Service's EndpointSlices, taken in
-//! turn. `default/kubernetes` is the API server's endpoint for Pods instead (`api_endpoint`).
+//! The service proxy (kube-proxy, in user space): each port of each cluster IP of a Service (IPv4, IPv6 or
+//! both) is listened on at that address in the node's namespace (where Pods reach it) and, for an IPv4 one,
+//! at its mirror on the host's loopback (see `network::Mirror`); each connection goes to a ready endpoint of
+//! the Service's EndpointSlices of the same address family, taken in turn. `default/kubernetes` is the API server's endpoint for Pods instead (`api_endpoint`).
 
 use crate::network::Network;
 use k8s_openapi::api::core::v1::Service;
@@ -17,12 +17,20 @@ use tokio::task::JoinHandle;
 /// The label that ties an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
-/// The ready endpoints of port `port_name` of Service `ns/service`.
-pub fn ready_endpoints(slices: &[Arc<EndpointSlice>], ns: &str, service: &str, port_name: &str) -> Vec<SocketAddr> {
+/// The ready endpoints of port `port_name` of Service `ns/service`, of the IPv6 slices (`v6`) or the IPv4
+/// ones.
+pub fn ready_endpoints(
+    slices: &[Arc<EndpointSlice>],
+    ns: &str,
+    service: &str,
+    port_name: &str,
+    v6: bool,
+) -> Vec<SocketAddr> {
     let mut out = vec![];
     for slice in slices {
         if slice.namespace().as_deref() != Some(ns)
             || slice.labels().get(SERVICE_NAME_LABEL).map(String::as_str) != Some(service)
+            || (slice.address_type == "IPv6") != v6
         {
             continue;
         }
@@ -62,16 +70,11 @@ pub async fn run(network: Arc<Network>, services: Store<Service>, slices: Store<
             if (namespace.as_str(), name.as_str()) == ("default", "kubernetes") {
                 continue;
             }
-            let Some(ip) = spec
-                .cluster_ip
-                .as_deref()
-                .and_then(|ip| ip.parse::<IpAddr>().ok())
-                .filter(|ip| network.mirror.of(*ip).is_some())
-            else {
-                continue;
-            };
-            for port in spec.ports.iter().flatten() {
-                let at = SocketAddr::new(ip, port.port as u16);
+            let ips = spec.cluster_ips.iter().flatten().chain(&spec.cluster_ip);
+            let ips: std::collections::BTreeSet<IpAddr> =
+                ips.filter_map(|ip| ip.parse().ok()).filter(|ip| crate::network::is_cluster_ip(*ip)).collect();
+            for (ip, port) in ips.iter().flat_map(|ip| spec.ports.iter().flatten().map(move |p| (ip, p))) {
+                let at = SocketAddr::new(*ip, port.port as u16);
                 wanted.push((at, namespace.clone(), name.clone(), port.name.clone().unwrap_or_default()));
             }
         }
@@ -103,20 +106,27 @@ pub async fn run(network: Arc<Network>, services: Store<Service>, slices: Store<
 
 async fn serve(network: Arc<Network>, slices: Store<EndpointSlice>, key: Key) -> std::io::Result<()> {
     let (at, ns, service, port_name) = key;
-    let mirror = SocketAddr::new(network.mirror.of(at.ip()).expect("a cluster IP").into(), at.port());
-    let on_host = crate::network::listen(mirror)?;
     let in_node = network.listen_in_node(at).await?;
+    let on_host = match network.mirror.of(at.ip()) {
+        Some(mirror) => Some(crate::network::listen(SocketAddr::new(mirror.into(), at.port()))?),
+        None => None,
+    };
     let turn = Arc::new(AtomicUsize::new(0));
+    let v6 = at.is_ipv6();
     // no ready endpoint: refused, as kube-proxy rejects it
     let target = move || {
-        let endpoints = ready_endpoints(&slices.state(), &ns, &service, &port_name);
+        let endpoints = ready_endpoints(&slices.state(), &ns, &service, &port_name, v6);
         (!endpoints.is_empty()).then(|| endpoints[turn.fetch_add(1, Ordering::Relaxed) % endpoints.len()])
     };
     let target = Arc::new(target);
     let (for_host, for_node) = (target.clone(), target);
-    tokio::try_join!(
-        crate::network::forward(network.clone(), on_host, move || for_host()),
-        crate::network::forward(network.clone(), in_node, move || for_node()),
-    )?;
+    let host_network = network.clone();
+    let host = async move {
+        match on_host {
+            Some(listener) => crate::network::forward(host_network, listener, move || for_host()).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::try_join!(host, crate::network::forward(network, in_node, move || for_node()))?;
     Ok(())
 }
