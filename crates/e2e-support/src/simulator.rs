@@ -82,13 +82,22 @@ impl Cluster {
             .kill_on_drop(false)
             .spawn()
             .expect("workload-sim starts");
-        // the node's namespace is there once the simulator runs: what runs on the node may start then
-        let node = format!("/var/run/netns/wsim{pod_network}-node");
+        // what runs on the node may start once the node is up: its namespace made, the API server's endpoint
+        // for Pods listening (the simulator says so)
+        let mut simulator = Simulator { child, log, pod_network };
         let started = std::time::Instant::now();
-        while !std::path::Path::new(&node).exists() && started.elapsed() < Duration::from_secs(30) {
+        while !simulator.log().contains("workload-sim running") {
+            if let Ok(Some(status)) = simulator.child.try_wait() {
+                panic!("workload-sim exited ({status}) before it ran:\n{}", simulator.log());
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "workload-sim did not start in 60 s:\n{}",
+                simulator.log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
-        Simulator { child, log, pod_network }
+        simulator
     }
 
     /// Where the host reaches a Pod's or a Service's address (its mirror on loopback); other addresses as

@@ -16,7 +16,7 @@ async fn the_example_stack_runs_and_its_connections_are_split_80_20() {
     let cluster = support::Cluster::start_for_pods().await;
     cluster.install_crds().await;
     let sim = cluster.start_simulator(245, 64);
-    let _controller = cluster.spawn_controller();
+    let controller = cluster.spawn_controller();
     let ns = cluster.namespace.clone();
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/simple-stack.yml");
     let out = cluster.kubectl(&["apply", "-n", &ns, "-f", example], None).await.unwrap();
@@ -24,7 +24,7 @@ async fn the_example_stack_runs_and_its_connections_are_split_80_20() {
 
     let deployments: Api<Deployment> = cluster.api();
     for (name, replicas) in [("myapp-v1", 3), ("myapp-v2", 1), ("simple-kanary-rule-haproxy", 2)] {
-        support::eventually(120, &format!("{name} has {replicas} ready replicas"), || {
+        let ready = support::within(120, || {
             let deployments = deployments.clone();
             async move {
                 let d = deployments.get_opt(name).await.ok().flatten();
@@ -33,6 +33,17 @@ async fn the_example_stack_runs_and_its_connections_are_split_80_20() {
             }
         })
         .await;
+        if !ready {
+            let pods = cluster.kubectl(&["get", "pods", "-o", "wide", "-n", &ns], None).await.unwrap();
+            let log = sim.log();
+            let tail: Vec<&str> = log.lines().rev().take(60).collect();
+            panic!(
+                "{name} has not {replicas} ready replicas:\n{}\n--- workload-sim (newest first):\n{}\n--- the controller:\n{}",
+                String::from_utf8_lossy(&pods.stdout),
+                tail.join("\n"),
+                controller.log()
+            );
+        }
     }
     let address = cluster.service_address("myapp", 80).await;
     // every proxy pod runs the config with every ready pod once the roll is over (a slot not in use holds
