@@ -153,8 +153,8 @@ impl Cluster {
     }
 
     /// What a kubelet would report once `count` pods matching `selector` run and pass their probes (on the
-    /// control plane, which has no nodes until workload-sim becomes them): each pod Running and Ready. The real
-    /// ReplicaSet and Deployment controllers then count them.
+    /// shared control plane, which has no node: tests that run pods take a plane with workload-sim): each pod
+    /// Running and Ready. The real ReplicaSet and Deployment controllers then count them.
     pub async fn report_pods_ready(&self, selector: &str, count: usize) {
         use k8s_openapi::api::core::v1::Pod;
         let pods: Api<Pod> = self.api();
