@@ -10,15 +10,10 @@ use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 use support::kanary::{env_with_simulator, kanary_yaml};
 use support::simulator::can_simulate;
-use support::traffic::{Tally, drive};
+use support::traffic::{assert_share, by_backend, drive};
 
 /// The Kanary's proxy Deployment.
 const PROXY: &str = "simple-kanary-rule-haproxy";
-
-/// Answers counted by the backend that gave them (`image=echo:<backend>`).
-fn by_backend(tally: Tally) -> Tally {
-    tally.regroup(|answer| answer.rsplit_once("image=echo:").map_or(answer, |(_, b)| b).to_string())
-}
 
 /// The Kanary of examples/simple-stack.yml on the workload simulator: backends are Deployments whose pods
 /// really run (1 pod for v1, 3 for v2), the proxy is the controller's Deployment running real HAProxy on the
@@ -104,54 +99,6 @@ async fn traffic_through_real_haproxy_follows_the_weights() {
     e.cluster.cleanup().await;
 }
 
-/// IPv6 end to end on the node: a backend Service of the IPv6 family only gets an IPv6 EndpointSlice from
-/// Kubernetes' EndpointSlice controller (its pods' fd00:10:244::/64 addresses), the controller makes them the
-/// proxy's servers, and HAProxy in the proxy pods reaches them over IPv6; connections to the destination
-/// (an IPv4 Service) are split between the IPv4 and the IPv6 backend, none failing.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_backend_of_the_ipv6_family_is_served_over_ipv6() {
-    use k8s_openapi::api::apps::v1::Deployment;
-    use k8s_openapi::api::core::v1::Service;
-    use k8s_openapi::api::discovery::v1::EndpointSlice;
-    if !can_simulate() {
-        return;
-    }
-    let (e, sim) = env_with_simulator(222, 16).await;
-    e.cluster.create_backend("v4", 1, None).await;
-    let labels = json!({"app": "v6"});
-    let deployment = json!({"metadata": {"name": "v6"}, "spec": {"replicas": 1, "selector": {"matchLabels": labels},
-        "template": {"metadata": {"labels": labels}, "spec": {"containers": [
-            {"name": "echo", "image": "echo:v6", "ports": [{"containerPort": 8080}]}]}}}});
-    let service = json!({"metadata": {"name": "v6"}, "spec": {"selector": labels, "ipFamilies": ["IPv6"],
-        "ipFamilyPolicy": "SingleStack", "ports": [{"name": "tcp", "port": 80, "targetPort": 8080}]}});
-    let pp = PostParams::default();
-    e.cluster.api::<Deployment>().create(&pp, &serde_json::from_value(deployment).unwrap()).await.unwrap();
-    e.cluster.api::<Service>().create(&pp, &serde_json::from_value(service).unwrap()).await.unwrap();
-    let route = |svc: &str, w: i64| json!({"backend": {"serviceName": svc, "servicePort": "tcp"}, "weight": w});
-    let kanaries = e.kanaries("kanary.k8s.io", "v1");
-    let ky = kanary_yaml("kanary.k8s.io/v1", json!([route("v4", 50), route("v6", 50)]));
-    kanaries.create(&pp, &ky).await.unwrap();
-    for name in ["v4", "v6"] {
-        e.cluster.wait_rolled_out(name, name, 60).await;
-    }
-    let slices = e.cluster.api::<EndpointSlice>();
-    let listed = slices.list(&ListParams::default().labels("kubernetes.io/service-name=v6")).await.unwrap().items;
-    let families: Vec<&str> = listed.iter().map(|s| s.address_type.as_str()).collect();
-    assert_eq!(families, ["IPv6"], "{listed:?}");
-    let address = listed[0].endpoints[0].addresses[0].clone();
-    assert!(address.starts_with("fd00:10:244::"), "{address}");
-    e.wait_config("simple-kanary-rule", "the IPv6 pod a server", |c| c.contains(address.as_str())).await;
-    e.cluster.wait_rolled_out(PROXY, "myapp", 120).await;
-    e.cluster.wait_synced(&kanaries, "simple-kanary-rule", 60).await;
-    let listen = e.cluster.service_address("myapp", 80).await;
-    let tally = by_backend(drive(listen, 400, 8).await);
-    eprintln!("50/50 over IPv4 and IPv6 backends: {tally:?}");
-    assert_eq!(tally.failures, 0, "{tally:?}\n{}", sim.log());
-    assert_share(&tally, "v6", 50.0, 400);
-    sim.stop().await;
-    e.cluster.cleanup().await;
-}
-
 /// The rendered config binds both address families: real HAProxy answers on 127.0.0.1 and on [::1], on the
 /// traffic port and on the health port (the readiness probe's). Rendered with free ports so that it can run
 /// beside anything; the bind lines are the ones the pod gets, only the numbers differ.
@@ -195,17 +142,4 @@ async fn the_proxy_answers_on_ipv4_and_ipv6() {
         assert_eq!(answer.as_deref(), Some("v4v6"), "through {host}");
     }
     proxy.stop().await;
-}
-
-/// A route's share of `n` connections is its weight, within five standard deviations of a binomial draw (a
-/// fixed bound of 2 points over 4,000 connections was 3.2 of them: about one run in 700 failed by chance).
-fn assert_share(tally: &support::traffic::Tally, route: &str, percent: f64, n: u32) {
-    let p = percent / 100.0;
-    let bound = (5.0 * 100.0 * (p * (1.0 - p) / n as f64).sqrt()).max(0.5);
-    let off = (tally.percent(route) - percent).abs();
-    assert!(
-        off <= bound,
-        "{route}: {:.2} % for {percent} % (bound {bound:.2} points): {tally:?}",
-        tally.percent(route)
-    );
 }

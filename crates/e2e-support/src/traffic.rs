@@ -465,3 +465,21 @@ pub async fn drive_through(
     proxy.stop().await;
     tally
 }
+
+/// Answers counted by the backend that gave them (`image=echo:<backend>`, the simulator's built-in server).
+pub fn by_backend(tally: Tally) -> Tally {
+    tally.regroup(|answer| answer.rsplit_once("image=echo:").map_or(answer, |(_, b)| b).to_string())
+}
+
+/// A route's share of `n` connections is its weight, within five standard deviations of a binomial draw (a
+/// fixed bound of 2 points over 4,000 connections was 3.2 of them: about one run in 700 failed by chance).
+pub fn assert_share(tally: &Tally, route: &str, percent: f64, n: u32) {
+    let p = percent / 100.0;
+    let bound = (5.0 * 100.0 * (p * (1.0 - p) / n as f64).sqrt()).max(0.5);
+    let off = (tally.percent(route) - percent).abs();
+    assert!(
+        off <= bound,
+        "{route}: {:.2} % for {percent} % (bound {bound:.2} points): {tally:?}",
+        tally.percent(route)
+    );
+}
