@@ -282,9 +282,15 @@ async fn a_release_behind_a_webhook_gate_judged_by_promql_rolls_back_a_bad_canar
             (Some(1), Some("echo:v1")),
             "the target's pods, the canary's size"
         );
-        let routes = cluster.kanaries("kanary.k8s.io", "v1").get(CANARY).await.unwrap().data["spec"]["routes"].clone();
-        let weights: Vec<_> = routes.as_array().unwrap().iter().map(|r| r["weight"].clone()).collect();
-        assert_eq!(weights, [json!(20), json!(40), json!(40)], "stable, canary, baseline: {routes}");
+        // the weight is recorded in the status before the Kanary takes it (a decision is durable before it
+        // acts): the Kanary follows
+        let kanaries = cluster.kanaries("kanary.k8s.io", "v1");
+        let weights = || async {
+            let routes = kanaries.get(CANARY).await.unwrap().data["spec"]["routes"].clone();
+            routes.as_array().unwrap().iter().map(|r| r["weight"].clone()).collect::<Vec<_>>()
+        };
+        let taken = support::within(30, || async { weights().await == [json!(20), json!(40), json!(40)] }).await;
+        assert!(taken, "stable, canary, baseline: {:?}", weights().await);
         judged
     };
     let (tally, _) = under_load(front, baseline_runs).await;
