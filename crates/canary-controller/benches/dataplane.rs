@@ -13,9 +13,9 @@
 //!      the same ConfigMap, rolled by a checksum of it on every change, as the controller did), against a
 //!      baseline of the same load with no change.
 
-use canary_controller::kanary::dataplane::{DATAPLANE_KEY, DataPlane};
-use canary_controller::kanary::endpoints::Server;
-use canary_controller::kanary::haproxy::RouteBackend;
+use canary_controller::dataplane::Server;
+use canary_controller::dataplane::haproxy::RouteBackend;
+use canary_controller::dataplane::{DATAPLANE_KEY, DataPlane};
 use e2e_support::Cluster;
 use e2e_support::simulator::can_simulate;
 use e2e_support::traffic::{

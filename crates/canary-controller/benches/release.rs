@@ -17,7 +17,7 @@
 //!   threshold 5) at the same rate and weight.
 
 use canary_controller::api::canary::{Canary, Phase};
-use canary_controller::canary::release::REQUEST_ANNOTATION;
+use canary_controller::names::REQUEST_ANNOTATION;
 use e2e_support::Cluster;
 use e2e_support::release::{BAD_IMAGE, create_app, from_canary};
 use e2e_support::simulator::can_simulate;

@@ -3,8 +3,8 @@
 //! no health checks), measured in one run on the same loopback backends with real HAProxy. Prints figures;
 //! asserts nothing.
 
-use canary_controller::kanary::endpoints::Server;
-use canary_controller::kanary::haproxy::RouteBackend;
+use canary_controller::dataplane::Server;
+use canary_controller::dataplane::haproxy::RouteBackend;
 use e2e_support::traffic::{
     Haproxy, Tally, config_only, drive, drive_through, free_port, our_proxy_files, start_backends,
 };

@@ -6,9 +6,11 @@
 pub mod agent;
 pub mod api;
 pub mod canary;
-pub mod children;
 pub mod conditions;
+pub mod dataplane;
 pub mod kanary;
+pub mod names;
+pub mod operator;
 pub mod report;
 pub mod runtime;
 

@@ -95,7 +95,7 @@ enum Command {
         #[arg(long)]
         config_map: String,
         /// Where HAProxy's config and weights map are written (shared with the HAProxy container).
-        #[arg(long, default_value = canary_controller::kanary::haproxy::RUNTIME_DIR)]
+        #[arg(long, default_value = canary_controller::dataplane::haproxy::RUNTIME_DIR)]
         dir: std::path::PathBuf,
         /// HAProxy's master CLI socket (`haproxy -W -S <socket>`).
         #[arg(long, default_value = "/var/run/kanary/master.sock")]
@@ -196,7 +196,7 @@ async fn main() -> std::process::ExitCode {
             leader_election,
         } => {
             runtime::init_logging(log_format);
-            let defaults = canary_controller::kanary::haproxy::ProxySettings {
+            let defaults = canary_controller::dataplane::haproxy::ProxySettings {
                 timeout_client: proxy_timeout_client,
                 timeout_server: proxy_timeout_server,
                 timeout_connect: proxy_timeout_connect,
@@ -222,7 +222,7 @@ async fn main() -> std::process::ExitCode {
                     canary_controller::canary::egress::Allowed::Host(h) => egress.allow_hosts.push(h),
                 }
             }
-            let options = runtime::RunOptions {
+            let options = canary_controller::operator::RunOptions {
                 proxy,
                 metrics_address,
                 prometheus_address,
@@ -230,7 +230,7 @@ async fn main() -> std::process::ExitCode {
                 watch_namespace,
                 leader_election,
             };
-            runtime::run(options).await
+            canary_controller::operator::run(options).await
         }
         Command::ProxyAgent {
             log_format,

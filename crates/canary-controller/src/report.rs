@@ -1,11 +1,9 @@
 //! How the controllers speak for themselves: the one field manager of every write, status writes (with a
 //! timeout), and events (best effort: a failure to record one is logged, never fails a reconcile).
 
+use crate::names::FIELD_MANAGER;
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-
-/// The field manager of everything the controllers write (server-side apply).
-pub const FIELD_MANAGER: &str = "canary-controller";
 
 /// The event recorder of this process (its pod name, when set, tells replicas apart).
 pub fn recorder(client: kube::Client) -> Recorder {

@@ -412,10 +412,9 @@ async fn a_canary_that_cannot_be_read_is_reported_and_does_not_stall_the_others(
     let release = json!({"revision": "nginx=nginx:2", "phase": "Paused", "step": 1, "weight": 20});
     let written_by_us = json!({"apiVersion": "canary.k8s.wantedly.com/v1beta1", "kind": "Canary",
         "status": {"conditions": [], "release": release}});
-    let ours = PatchParams::apply(canary_controller::report::FIELD_MANAGER).force();
+    let ours = PatchParams::apply(canary_controller::names::FIELD_MANAGER).force();
     e.canaries.patch_status("bad", &ours, &Patch::Apply(written_by_us)).await.unwrap();
-    let request =
-        json!({"metadata": {"annotations": {canary_controller::canary::release::REQUEST_ANNOTATION: "resume"}}});
+    let request = json!({"metadata": {"annotations": {canary_controller::names::REQUEST_ANNOTATION: "resume"}}});
     e.canaries.patch("bad", &PatchParams::default(), &Patch::Merge(request)).await.unwrap();
     e.wait_condition("bad", "Ready", "False", "InvalidSpec").await;
     let status = e.canaries.get("bad").await.unwrap().data["status"].clone();

@@ -1,11 +1,11 @@
-//! How the controllers write their children (`canary_controller::children`), on the control plane (or the
+//! How the controllers write their children (`canary_controller::runtime::children`), on the control plane (or the
 //! cluster of E2E_KUBECONFIG): a create never takes over an object someone else created first; fields set at
 //! creation belong to server-side apply, so a later apply removes those it no longer sets; neither an apply
 //! nor a delete touches an object that replaced ours under the same name.
 
 use e2e_support as support;
 
-use canary_controller::children::{self, Created};
+use canary_controller::runtime::children::{self, Created};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{DeleteParams, PostParams};
 use kube::core::PartialObjectMeta;

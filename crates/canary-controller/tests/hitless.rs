@@ -6,7 +6,7 @@
 
 use e2e_support as support;
 
-use canary_controller::kanary::dataplane::{DATAPLANE_KEY, DataPlane};
+use canary_controller::dataplane::{DATAPLANE_KEY, DataPlane};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};

@@ -4,10 +4,10 @@
 //! HAProxy starts, and applies every later change to the running HAProxy. Traffic is real, on loopback.
 
 use canary_controller::agent::master_cli::MasterCli;
+use canary_controller::dataplane::Server;
+use canary_controller::dataplane::haproxy::{ProxySettings, RouteBackend};
+use canary_controller::dataplane::{DATAPLANE_KEY, DataPlane};
 use canary_controller::kanary::build;
-use canary_controller::kanary::dataplane::{DATAPLANE_KEY, DataPlane};
-use canary_controller::kanary::endpoints::Server;
-use canary_controller::kanary::haproxy::{ProxySettings, RouteBackend};
 use e2e_support::traffic::{LongLived, Tally, drive, free_port, long_lived, start_backends, steady_load};
 use e2e_support::{Cluster, controller_binary, eventually, http_get, within};
 use k8s_openapi::api::core::v1::ConfigMap;

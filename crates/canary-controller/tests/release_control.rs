@@ -121,7 +121,7 @@ async fn a_release_obeys_people_and_resumes_where_it_was_after_its_controllers_d
         let target = deployments.get("app").await.unwrap();
         let managers: Vec<String> =
             target.metadata.managed_fields.unwrap_or_default().into_iter().filter_map(|m| m.manager).collect();
-        assert!(!managers.iter().any(|m| m == canary_controller::canary::reconcile::PROMOTION_FIELD_MANAGER));
+        assert!(!managers.iter().any(|m| m == canary_controller::names::PROMOTION_FIELD_MANAGER));
         cluster.wait_rolled_out("app", "app", 60).await;
     })
     .await;

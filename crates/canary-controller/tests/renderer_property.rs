@@ -4,8 +4,8 @@
 //! one the renderer writes by design, server names are unique in each backend (several slices per Service,
 //! both address families, colliding pod names), and `haproxy -c` accepts it.
 
+use canary_controller::dataplane::haproxy::{ProxySettings, RouteBackend, render, weights_map, weights_path};
 use canary_controller::kanary::endpoints::{Resolution, resolve};
-use canary_controller::kanary::haproxy::{ProxySettings, RouteBackend, render, weights_map, weights_path};
 use canary_controller::kanary::validate::parse_and_validate;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;

@@ -104,8 +104,8 @@ async fn traffic_through_real_haproxy_follows_the_weights() {
 /// beside anything; the bind lines are the ones the pod gets, only the numbers differ.
 #[tokio::test]
 async fn the_proxy_answers_on_ipv4_and_ipv6() {
-    use canary_controller::kanary::endpoints::Server;
-    use canary_controller::kanary::haproxy::{ProxySettings, RouteBackend, render, weights_map, weights_path};
+    use canary_controller::dataplane::Server;
+    use canary_controller::dataplane::haproxy::{ProxySettings, RouteBackend, render, weights_map, weights_path};
     use support::traffic::{Haproxy, free_port, start_backends};
     if !e2e_support::tools::available("haproxy") {
         return;

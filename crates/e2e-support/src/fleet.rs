@@ -148,7 +148,7 @@ impl Fleet {
                 wrong.push(format!("the user's {key} was touched"));
             }
             let managers = now.and_then(|o| o["metadata"]["managedFields"].as_array().cloned()).unwrap_or_default();
-            if managers.iter().any(|m| m["manager"] == canary_controller::report::FIELD_MANAGER) {
+            if managers.iter().any(|m| m["manager"] == canary_controller::names::FIELD_MANAGER) {
                 wrong.push(format!("the controller wrote to the user's {key}"));
             }
         }

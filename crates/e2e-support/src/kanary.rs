@@ -156,7 +156,7 @@ pub fn haproxy_accepts(config: &str) {
     std::fs::write(
         &path,
         config.replace(
-            &format!("{}/weights.map", canary_controller::kanary::haproxy::RUNTIME_DIR),
+            &format!("{}/weights.map", canary_controller::dataplane::haproxy::RUNTIME_DIR),
             map.to_str().unwrap(),
         ),
     )
@@ -184,7 +184,7 @@ impl Cluster {
     pub async fn desired_revision(&self, name: &str) -> Option<String> {
         let cms: Api<ConfigMap> = self.api();
         let json = cms.get_opt(&format!("{name}-config")).await.unwrap()?.data?.get("dataplane.json").cloned()?;
-        let plane: canary_controller::kanary::dataplane::DataPlane = serde_json::from_str(&json).ok()?;
+        let plane: canary_controller::dataplane::DataPlane = serde_json::from_str(&json).ok()?;
         Some(plane.revision())
     }
 

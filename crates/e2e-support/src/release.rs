@@ -105,7 +105,7 @@ pub async fn wait_release(
 
 /// Asks the release for `value` (resume, promote, abort, retry) the way people do: `kubectl annotate`.
 pub async fn request(cluster: &Cluster, value: &str) {
-    let annotation = format!("{}={value}", canary_controller::canary::release::REQUEST_ANNOTATION);
+    let annotation = format!("{}={value}", canary_controller::names::REQUEST_ANNOTATION);
     kubectl_ok(cluster, &["annotate", "canary", CANARY, &annotation, "--overwrite"]).await;
 }
 

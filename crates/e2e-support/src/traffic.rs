@@ -424,11 +424,11 @@ pub async fn long_lived(
 /// map, in a directory of their own, as the proxy agent writes them.
 pub fn our_proxy_files(
     owner: &str,
-    backends: &[canary_controller::kanary::haproxy::RouteBackend],
+    backends: &[canary_controller::dataplane::haproxy::RouteBackend],
     listen: SocketAddr,
     stats: SocketAddr,
 ) -> tempfile::TempDir {
-    use canary_controller::kanary::haproxy::{ProxySettings, render, weights_map, weights_path};
+    use canary_controller::dataplane::haproxy::{ProxySettings, render, weights_map, weights_path};
     let dir = tempfile::tempdir().unwrap();
     // our config binds every address on its ports (`bind :::PORT v4v6`); the harness connects on loopback
     let settings = ProxySettings {

@@ -11,7 +11,8 @@ mod view;
 
 use anyhow::Context as _;
 use canary_controller::api::canary::{Canary, Phase};
-use canary_controller::canary::release::{HELD_BY_SPEC, REQUEST_ANNOTATION};
+use canary_controller::canary::release::HELD_BY_SPEC;
+use canary_controller::names::REQUEST_ANNOTATION;
 use clap::{Parser, Subcommand, ValueEnum};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Event;

@@ -20,10 +20,10 @@
 
 pub mod master_cli;
 
-use crate::kanary::dataplane::{
+use crate::dataplane::haproxy::{CONFIG_FILE, WEIGHTS_FILE, backend_name, slot_name, weights_path};
+use crate::dataplane::{
     DATAPLANE_KEY, DataPlane, Layout, ServerCommands, server_commands, slot_commands, weights_changed,
 };
-use crate::kanary::haproxy::{CONFIG_FILE, WEIGHTS_FILE, backend_name, slot_name, weights_path};
 use anyhow::Context as _;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -472,7 +472,7 @@ fn differences(
 }
 
 /// Whether a running server is what its slot holds: that server, ready, or (empty) in maintenance.
-fn slot_as_desired(running: &ServerState, slot: Option<&crate::kanary::endpoints::Server>) -> bool {
+fn slot_as_desired(running: &ServerState, slot: Option<&crate::dataplane::Server>) -> bool {
     match slot {
         Some(s) => !running.in_maintenance && running.address == Some(s.address) && running.port == s.port,
         None => running.in_maintenance,
@@ -550,8 +550,8 @@ async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kanary::endpoints::Server;
-    use crate::kanary::haproxy::{ProxySettings, RouteBackend};
+    use crate::dataplane::Server;
+    use crate::dataplane::haproxy::{ProxySettings, RouteBackend};
 
     #[test]
     fn differences_name_each_slot_and_weight_that_is_not_as_laid_out() {

@@ -4,6 +4,8 @@
 use super::validate::Problem;
 use crate::api::canary::{Canary, CanaryStatus, Phase, ReleaseStatus};
 use crate::conditions::{Observed, condition, warn_on_transition};
+use crate::names::canary::{conditions, reasons};
+use crate::names::{BASELINE_LABEL, CANARY_LABEL, baseline_deployment_name, canary_deployment_name};
 use crate::report::Note;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::EnvVar;
@@ -11,45 +13,14 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::{Resource, ResourceExt};
 use std::collections::BTreeMap;
 
-/// The label that marks canary Deployments and their pods (always "true").
-pub const CANARY_LABEL: &str = "canary";
 /// The environment variable set in every container of a canary.
 pub const CANARY_ENV: &str = "CANARY_ENABLED";
 /// The pod hostname of canary pods.
 pub const CANARY_HOSTNAME: &str = "canary";
+
 /// Annotations of the target that describe the target itself and are not copied.
 const NOT_COPIED_ANNOTATIONS: &[&str] =
     &["kubectl.kubernetes.io/last-applied-configuration", "deployment.kubernetes.io/revision"];
-
-pub mod conditions {
-    pub const READY: &str = "Ready";
-    /// A release's outcome: True once it succeeded (`kubectl wait --for=condition=Released`).
-    pub const RELEASED: &str = "Released";
-    /// True once a release was rolled back or aborted (`kubectl wait --for=condition=RolledBack`).
-    pub const ROLLED_BACK: &str = "RolledBack";
-    pub const TARGET_FOUND: &str = "TargetFound";
-    pub const CONFLICT: &str = "Conflict";
-}
-
-pub mod reasons {
-    pub const CANARY_READY: &str = "CanaryReady";
-    pub const CANARY_PROGRESSING: &str = "CanaryProgressing";
-    pub const TARGET_FOUND: &str = "TargetFound";
-    pub const NO_CONFLICT: &str = "NoConflict";
-    pub const INVALID_SPEC: &str = "InvalidSpec";
-}
-
-pub fn canary_deployment_name(target: &str) -> String {
-    format!("{target}-canary")
-}
-
-/// The label that marks baseline Deployments and their pods (always "true"); never `canary`, so that the
-/// canary Service does not select them.
-pub const BASELINE_LABEL: &str = "canary-baseline";
-
-pub fn baseline_deployment_name(target: &str) -> String {
-    format!("{target}-baseline")
-}
 
 /// The baseline Deployment of a release (`traffic.baseline`): the target's pod template as it is (its
 /// images), `replicas` of it, its pods marked with [`BASELINE_LABEL`].

@@ -6,7 +6,7 @@
 //! [`MAX_STATS_BYTES`], and at most [`MAX_PROXY_PODS`] of them.
 
 use crate::api::canary::{Counters, RouteCounters};
-use crate::kanary::haproxy::{STATS_PORT, backend_name};
+use crate::dataplane::haproxy::{STATS_PORT, backend_name};
 use http_body_util::Empty;
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};

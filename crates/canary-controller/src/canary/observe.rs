@@ -3,9 +3,11 @@
 //! process's shared Deployment cache (no API reads); with `traffic`, the Services and EndpointSlices of the
 //! release (and its baseline Deployment) from the shared caches.
 
-use super::build::{baseline_deployment_name, canary_deployment_name};
-use super::traffic::{baseline_service_name, canary_service_name, stable_service_name, stable_slice_name};
 use crate::api::canary::Canary;
+use crate::names::{
+    baseline_deployment_name, baseline_service_name, canary_deployment_name, canary_service_name, stable_service_name,
+    stable_slice_name,
+};
 use crate::runtime::caches::{CachedDeployment, CachedService, CachedSlice, Caches};
 use kube::ResourceExt;
 use std::sync::Arc;

@@ -5,16 +5,19 @@
 //! of a former target) -> status (here: written when it changed). A Canary that cannot be read is reported.
 
 use super::build::{
-    baseline_deployment_name, build_baseline_deployment, build_deployment, build_status, build_unreadable_status,
-    canary_deployment_name, promotion_patch, reasons, warnings,
+    build_baseline_deployment, build_deployment, build_status, build_unreadable_status, promotion_patch, warnings,
 };
 use super::observe::{TrafficObserved, observe};
 use super::validate::{Problem, Valid, validate};
 use super::{egress, gather, http, measure, prometheus, release, traffic};
 use crate::api::canary::{Canary, CanaryStatus, Phase, ReleaseStatus, SecretKeyRef, Traffic};
-use crate::children::{self, Written};
+use crate::names::canary::reasons;
+use crate::names::{
+    PROMOTION_FIELD_MANAGER, UNREADABLE_FIELD_MANAGER, baseline_deployment_name, canary_deployment_name,
+};
 use crate::report::Note;
 use crate::runtime::caches::{CachedDeployment, CachedForm, Caches};
+use crate::runtime::children::{self, Written};
 use crate::runtime::index::References;
 use crate::runtime::reconciler::{self, Context, Reconciler, Step};
 use k8s_openapi::api::apps::v1::Deployment;
@@ -171,9 +174,6 @@ impl Reconciler for CanaryReconciler {
     }
 }
 
-/// The field manager of the status of a Canary that cannot be read.
-const UNREADABLE_FIELD_MANAGER: &str = "canary-controller-unreadable";
-
 /// Reports a Canary that cannot be deserialized in its status and with a Warning event; changes nothing else.
 async fn report_unreadable(unreadable: &InvalidObject, ctx: &Context<CanaryReconciler>) -> Result<Action, Error> {
     let meta = &unreadable.metadata;
@@ -295,9 +295,6 @@ async fn reconcile(canary: &Canary, ctx: &Context<CanaryReconciler>) -> Result<A
 /// How soon a reconcile that found its Canary stale (in the cache or at the status write) runs again.
 const CACHE_WAIT: Duration = Duration::from_millis(200);
 
-/// The field manager of the one write to a user's object: the target's images, on promotion (opt-in).
-pub const PROMOTION_FIELD_MANAGER: &str = "canary-controller-promotion";
-
 /// One move of a Canary's release: reads its Kanary, decides ([`release::advance`]) with the evidence it asks
 /// for once gathered off the reconcile ([`gather`]: the proxy's counters when a window starts or ends, the
 /// PromQL answers, a webhook's answer), records a decision that matters in the status ([`record_decision`]),
@@ -361,13 +358,14 @@ async fn run_release(
         stats: None,
         queried: None,
         called: None,
-        request: canary.annotations().get(release::REQUEST_ANNOTATION).map(String::as_str),
+        request: canary.annotations().get(crate::names::REQUEST_ANNOTATION).map(String::as_str),
         paused: spec.paused,
         now: &now,
     };
     let previous = canary.status.as_ref().and_then(|s| s.release.as_ref());
     let mut decision = release::advance(spec, previous, &inputs);
-    let (stable_name, canary_name) = (traffic::stable_service_name(&name), traffic::canary_service_name(&name));
+    let (stable_name, canary_name) =
+        (crate::names::stable_service_name(&name), crate::names::canary_service_name(&name));
     // the evidence it asks for is gathered off the reconcile (see `gather`): taken once gathered
     let gatherer = &ctx.reconciler.gatherer;
     if decision.wants_stats {
@@ -527,7 +525,7 @@ async fn run_release(
     if decision.update_target {
         update_target(canary, &valid.target, ctx).await?;
         notes.push(Note::normal(
-            release::reasons::PROMOTING,
+            crate::names::canary::reasons::PROMOTING,
             format!("set the images of Deployment {:?} to {}", spec.target_deployment_name, decision.release.revision),
         ));
     }
@@ -591,7 +589,7 @@ async fn apply_baseline(
     .map_err(|e| Error::ApplyRelease("Deployment", name.clone(), e))?;
     Ok(matches!(written, Written::Created(_)).then(|| {
         let message = format!("created Deployment {name:?}: the target's pods, for canary-versus-baseline checks");
-        Note::normal(release::reasons::BASELINE_CREATED, message)
+        Note::normal(crate::names::canary::reasons::BASELINE_CREATED, message)
     }))
 }
 
@@ -610,7 +608,7 @@ async fn remove_baseline(
     removed.extend(delete_owned(&services, "Service", seen.baseline_service.as_deref(), &uid).await?);
     Ok((!removed.is_empty()).then(|| {
         let message = format!("spec.traffic.baseline unset: deleted {}", removed.join(", "));
-        Note::normal(release::reasons::BASELINE_REMOVED, message)
+        Note::normal(crate::names::canary::reasons::BASELINE_REMOVED, message)
     }))
 }
 
@@ -629,9 +627,9 @@ async fn remove_release(canary: &Canary, ctx: &Context<CanaryReconciler>) -> Res
     }
     let services: Api<Service> = Api::namespaced(ctx.client.clone(), &ns);
     let route_services = [
-        traffic::stable_service_name(&name),
-        traffic::canary_service_name(&name),
-        traffic::baseline_service_name(&name),
+        crate::names::stable_service_name(&name),
+        crate::names::canary_service_name(&name),
+        crate::names::baseline_service_name(&name),
     ];
     for service in route_services {
         let cached = ctx.caches.services.get(&ns, &service);
@@ -641,13 +639,13 @@ async fn remove_release(canary: &Canary, ctx: &Context<CanaryReconciler>) -> Res
     let baseline = ctx.caches.deployments.get(&ns, &baseline_deployment_name(&canary.spec.target_deployment_name));
     removed.extend(delete_owned(&deployments, "Deployment", baseline.as_deref(), &uid).await?);
     let slices: Api<EndpointSlice> = Api::namespaced(ctx.client.clone(), &ns);
-    for family in traffic::FAMILIES {
-        let cached = ctx.caches.endpoint_slices.get(&ns, &traffic::stable_slice_name(&name, family));
+    for family in crate::names::FAMILIES {
+        let cached = ctx.caches.endpoint_slices.get(&ns, &crate::names::stable_slice_name(&name, family));
         removed.extend(delete_owned(&slices, "EndpointSlice", cached.as_deref(), &uid).await?);
     }
     Ok((!removed.is_empty()).then(|| {
         Note::normal(
-            release::reasons::RELEASE_REMOVED,
+            crate::names::canary::reasons::RELEASE_REMOVED,
             format!("spec.traffic removed: deleted {}; the canary runs without a release", removed.join(", ")),
         )
     }))
@@ -921,7 +919,7 @@ async fn write_status(
     status: &CanaryStatus,
     rv: Option<&str>,
 ) -> Result<Option<String>, Error> {
-    let manager = crate::report::FIELD_MANAGER;
+    let manager = crate::names::FIELD_MANAGER;
     Ok(crate::report::write_status(manager, api, name, &Canary::api_version(&()), &Canary::kind(&()), status, rv)
         .await?)
 }
@@ -935,8 +933,8 @@ fn deployments_of(guarded: &GuardedCanary) -> Vec<String> {
     if let Some(t) = &canary.spec.traffic {
         let name = canary.name_any();
         names.extend([t.service.clone(), t.front_service.clone()]);
-        names.extend([traffic::stable_service_name(&name), traffic::canary_service_name(&name)]);
-        names.extend([traffic::baseline_service_name(&name), baseline_deployment_name(target)]);
+        names.extend([crate::names::stable_service_name(&name), crate::names::canary_service_name(&name)]);
+        names.extend([crate::names::baseline_service_name(&name), baseline_deployment_name(target)]);
     }
     names
 }
@@ -956,7 +954,7 @@ fn spec_or_request(guarded: &GuardedCanary) -> Option<u64> {
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     let meta = metadata(guarded);
     meta.generation.hash(&mut hasher);
-    meta.annotations.as_ref().and_then(|a| a.get(release::REQUEST_ANNOTATION)).hash(&mut hasher);
+    meta.annotations.as_ref().and_then(|a| a.get(crate::names::REQUEST_ANNOTATION)).hash(&mut hasher);
     Some(hasher.finish())
 }
 
@@ -1003,7 +1001,7 @@ pub async fn run(
             canaries_for(svc.as_ref(), &svc.name_any(), c2.services.is_echo(&svc), &r2)
         })
         .watches_shared_stream(caches.endpoint_slices.subscribe(), move |slice| {
-            match slice.labels.get(crate::kanary::endpoints::SERVICE_NAME_LABEL) {
+            match slice.labels.get(crate::names::SERVICE_NAME_LABEL) {
                 Some(service) => canaries_for(slice.as_ref(), service, c3.endpoint_slices.is_echo(&slice), &r3),
                 None => vec![],
             }

@@ -19,14 +19,13 @@ use crate::api::canary::{
     Analysis, CanarySpec, Compare, ComparisonResult, Counters, Evidence, Metric, MetricCheck, MetricResult, OnMarginal,
     OnNoData, OnWebhookFailure, Phase, ReleaseStatus, ReleaseStep, RouteCounters, Verdict, Window, Worse as ApiWorse,
 };
+use crate::names::REQUEST_ANNOTATION;
+use crate::names::canary::reasons;
 use crate::report::{Note, bounded};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-/// The annotation through which people and tools ask a release to `resume`, `promote`, `abort` or `retry`
-/// (anything after a `:` makes a new request of the same action: `retry:2`).
-pub const REQUEST_ANNOTATION: &str = "canary.k8s.wantedly.com/request";
 /// Judged windows kept in the status.
 pub const EVIDENCE_KEPT: usize = 20;
 const DEFAULT_INTERVAL: Duration = Duration::from_secs(60);
@@ -39,29 +38,6 @@ const DEFAULT_MIN_SAMPLES: u64 = 20;
 const POLL: Duration = Duration::from_secs(1);
 /// How often a release that waits on people looks again (their requests wake it at once).
 const IDLE: Duration = Duration::from_secs(600);
-
-pub mod reasons {
-    pub const STARTED: &str = "ReleaseStarted";
-    pub const WEIGHT_SET: &str = "WeightSet";
-    pub const RELEASE_REMOVED: &str = "ReleaseRemoved";
-    pub const BASELINE_CREATED: &str = "BaselineCreated";
-    pub const BASELINE_REMOVED: &str = "BaselineRemoved";
-    pub const PAUSED: &str = "ReleasePaused";
-    pub const RESUMED: &str = "ReleaseResumed";
-    pub const ANALYSIS_STARTED: &str = "AnalysisStarted";
-    pub const ANALYSIS_PASSED: &str = "AnalysisPassed";
-    pub const ANALYSIS_FAILED: &str = "AnalysisFailed";
-    pub const INCONCLUSIVE: &str = "AnalysisInconclusive";
-    pub const EXTENDED: &str = "AnalysisExtended";
-    pub const PROMOTING: &str = "Promoting";
-    pub const SUCCEEDED: &str = "ReleaseSucceeded";
-    pub const ROLLED_BACK: &str = "RolledBack";
-    pub const ABORTED: &str = "ReleaseAborted";
-    pub const RETRIED: &str = "ReleaseRetried";
-    pub const UNKNOWN_REQUEST: &str = "UnknownRequest";
-    pub const WEBHOOK_PASSED: &str = "WebhookPassed";
-    pub const WEBHOOK_FAILED: &str = "WebhookFailed";
-}
 
 /// The release settings of a spec, defaults applied.
 #[derive(Debug, Clone, PartialEq)]

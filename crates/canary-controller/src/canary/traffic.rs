@@ -11,9 +11,12 @@
 //!
 //! Pure: no client in scope.
 
-use super::build::{BASELINE_LABEL, CANARY_LABEL, baseline_deployment_name, canary_deployment_name};
 use crate::api::canary::{Canary, Traffic};
-use crate::kanary::endpoints::SERVICE_NAME_LABEL;
+use crate::names::SERVICE_NAME_LABEL;
+use crate::names::{BASELINE_LABEL, CANARY_LABEL, baseline_deployment_name, canary_deployment_name};
+use crate::names::{
+    MANAGED_BY, MANAGED_BY_LABEL, baseline_service_name, canary_service_name, stable_service_name, stable_slice_name,
+};
 use crate::runtime::caches::{CachedService, CachedSlice};
 use k8s_openapi::api::core::v1::{Service, ServicePort};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -25,24 +28,8 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 use std::collections::BTreeSet;
 
-/// The label of EndpointSlices naming the controller that manages them.
-pub const MANAGED_BY_LABEL: &str = "endpointslice.kubernetes.io/managed-by";
-/// Its value on the EndpointSlices this controller writes.
-pub const MANAGED_BY: &str = "canary-controller.k8s.wantedly.com";
 /// The name of the port of the route Services.
 pub const ROUTE_PORT: &str = "traffic";
-
-pub fn stable_service_name(canary: &str) -> String {
-    format!("{canary}-stable")
-}
-
-pub fn canary_service_name(canary: &str) -> String {
-    format!("{canary}-canary")
-}
-
-pub fn baseline_service_name(canary: &str) -> String {
-    format!("{canary}-baseline")
-}
 
 /// The user's Service port the release splits: `traffic.port`, or the Service's only port.
 pub fn service_port<'a>(traffic: &Traffic, service: &'a CachedService) -> Result<&'a ServicePort, String> {
@@ -124,18 +111,6 @@ pub fn build_stable_service(canary: &Canary, port: &ServicePort) -> Service {
 /// The endpoints of the user's Service (its `port`) that are not the canary's or the baseline's pods: neither
 /// in the slices of their Services (`marked_slices`, by pod or address) nor named as their Deployments' pods
 /// (`<target>-canary-`, `<target>-baseline-`).
-/// The address families of EndpointSlices, and the name of the stable route's slice of each: the stable
-/// route holds the user's endpoints of both families (an IPv6-only Service has only IPv6 ones; a dual-stack
-/// one both). An EndpointSlice's family cannot change, so each has a slice of its own.
-pub const FAMILIES: [&str; 2] = ["IPv4", "IPv6"];
-
-/// `<canary>-stable` for IPv4 (the name it always had), `<canary>-stable-ipv6` for IPv6.
-pub fn stable_slice_name(canary: &str, family: &str) -> String {
-    match family {
-        "IPv6" => format!("{}-ipv6", stable_service_name(canary)),
-        _ => stable_service_name(canary),
-    }
-}
 
 /// Whether the user's Service has endpoints of `family`.
 pub fn has_family(user_slices: &[impl std::borrow::Borrow<CachedSlice>], family: &str) -> bool {

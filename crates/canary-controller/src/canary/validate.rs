@@ -2,10 +2,10 @@
 //! container it names is a container of the target, and `<target>-canary` belongs to no one else. Returns a
 //! [`Valid`] Canary, all the builders need, or the [`Problem`]. Pure: no client in scope.
 
-use super::build::canary_deployment_name;
 use super::observe::Observed;
 use crate::api::canary::Canary;
-use crate::children::owned_by;
+use crate::names::canary_deployment_name;
+use crate::runtime::children::owned_by;
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::ResourceExt;
 

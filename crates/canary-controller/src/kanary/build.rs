@@ -7,16 +7,17 @@
 //! RoleBinding `<name>-haproxy`: get, list and watch of that one ConfigMap, patch of the Kanary's status) and
 //! Service `<destination>` (port 80). Pure.
 
-use super::dataplane::{DATAPLANE_KEY, DataPlane, Layout};
-use super::endpoints::Server;
-use super::haproxy::{
+use super::validate::{Degradation, Problem, Valid};
+use crate::api::kanary::{DestinationStatus, EndpointStatus, KanarySpec, KanaryStatus, ProxySpec};
+use crate::conditions::{Observed, condition, warn_on_transition};
+use crate::dataplane::haproxy::{
     CONFIG_FILE, HEALTH_PATH, PROXY_PORT, ProxySettings, RUNTIME_DIR, RouteBackend, STATS_PORT, WEIGHTS_FILE,
 };
-use super::validate::{Problem, Valid};
-use crate::api::kanary::{DestinationStatus, EndpointStatus, KanarySpec, KanaryStatus, ProxySpec};
-use crate::children::with_desired_hash;
-use crate::conditions::{Observed, condition, warn_on_transition};
+use crate::dataplane::{DATAPLANE_KEY, DataPlane, Layout, Server};
+use crate::names::kanary::{conditions, reasons};
+use crate::names::{PROXY_LABEL, config_name, proxy_name};
 use crate::report::Note;
+use crate::runtime::children::with_desired_hash;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
@@ -24,32 +25,12 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, OwnerReference, 
 use serde_json::json;
 
 pub const CONFIG_KEY: &str = CONFIG_FILE;
-pub const PROXY_LABEL: &str = "proxy";
 /// The official image's haproxy user; the agent runs as the same user, to share HAProxy's files and socket.
 pub const HAPROXY_UID: i64 = 99;
 /// HAProxy's master CLI socket in the proxy pod, where the agent reaches the running HAProxy.
 pub const MASTER_SOCKET: &str = "/var/run/kanary/master.sock";
 /// The agent's port for `/metrics`, `/healthz`, `/readyz` and `/startupz`.
 pub const AGENT_PORT: u16 = 8405;
-
-pub mod conditions {
-    pub const READY: &str = "Ready";
-    pub const BACKENDS_READY: &str = "BackendsReady";
-    pub const CONFLICT: &str = "Conflict";
-    /// Every proxy pod's HAProxy serves the data plane the ConfigMap asks for (as its agent reports).
-    pub const DATA_PLANE_SYNCED: &str = "DataPlaneSynced";
-}
-
-pub mod reasons {
-    pub const BACKENDS_READY: &str = "BackendsReady";
-    pub const SERVICE_NOT_FOUND: &str = "ServiceNotFound";
-    pub const NO_READY_ENDPOINTS: &str = "NoReadyEndpoints";
-    pub const SYNCED: &str = "Synced";
-    pub const SYNCING: &str = "Syncing";
-    pub const NO_PROXY_PODS: &str = "NoProxyPods";
-    /// HAProxy refused the configuration of the desired revision (the previous one keeps serving).
-    pub const CONFIG_REFUSED: &str = "ConfigRefused";
-}
 
 /// How long the report of a proxy pod that is no longer among the destination's endpoints is kept (a pod
 /// may report before its endpoint is listed).
@@ -113,7 +94,7 @@ pub fn config_note(name: &str, valid: &Valid, desired: &Desired, current: Option
             "ProxyCreated",
             format!("created the proxy {:?} for Service {:?}", proxy_name(name), valid.spec.destination),
         )),
-        Some(current) if Some(current) != crate::children::desired_hash(&desired.config_map.metadata) => {
+        Some(current) if Some(current) != crate::runtime::children::desired_hash(&desired.config_map.metadata) => {
             let split: Vec<String> = valid
                 .routes
                 .iter()
@@ -127,12 +108,9 @@ pub fn config_note(name: &str, valid: &Valid, desired: &Desired, current: Option
 
 /// The reason of a BackendsReady condition that is not ready: some route's Service is missing, or some
 /// route has no ready endpoint; none when every route with a weight has a live server.
-fn degraded_reason(degraded: &[(String, &'static str)]) -> Option<&'static str> {
-    match degraded {
-        [] => None,
-        _ if degraded.iter().any(|(_, why)| *why == SERVICE_NOT_FOUND) => Some(reasons::SERVICE_NOT_FOUND),
-        _ => Some(reasons::NO_READY_ENDPOINTS),
-    }
+fn degraded_reason(degraded: &[(String, Degradation)]) -> Option<&'static str> {
+    let worst = degraded.iter().map(|(_, why)| *why).min_by_key(|why| *why != Degradation::ServiceNotFound)?;
+    Some(worst.reason())
 }
 
 /// The Warning events of the conditions that turned bad since `before`: a problem, or routes without a live
@@ -141,21 +119,13 @@ pub fn warnings(
     before: &[Condition],
     after: &KanaryStatus,
     problem: Option<&Problem>,
-    degraded: &[(String, &'static str)],
+    degraded: &[(String, Degradation)],
 ) -> Vec<Note> {
     let ready = warn_on_transition(before, &after.conditions, conditions::READY, problem.map(Problem::reason));
     let backends = warn_on_transition(before, &after.conditions, conditions::BACKENDS_READY, degraded_reason(degraded));
     let refused =
         warn_on_transition(before, &after.conditions, conditions::DATA_PLANE_SYNCED, Some(reasons::CONFIG_REFUSED));
     ready.into_iter().chain(backends).chain(refused).collect()
-}
-
-pub fn config_name(kanary: &str) -> String {
-    format!("{kanary}-config")
-}
-
-pub fn proxy_name(kanary: &str) -> String {
-    format!("{kanary}-haproxy")
 }
 
 /// The proxy's images and replicas, and the settings a Kanary does not set (controller flags).
@@ -352,7 +322,7 @@ pub struct Observation<'a> {
     pub routes: &'a [RouteBackend],
     pub problem: Option<&'a Problem>,
     /// Routes with weight above 0 and no live server, with why ("Service not found", "no ready endpoint").
-    pub degraded: &'a [(String, &'static str)],
+    pub degraded: &'a [(String, Degradation)],
     /// The proxy's available replicas and the replicas it should have.
     pub proxy_replicas: (i32, i32),
     /// The revision of the data plane the ConfigMap asks for (none while a problem holds: the status then
@@ -505,9 +475,6 @@ pub fn build_status(o: &Observation, now: &Time) -> KanaryStatus {
         proxies: Default::default(),
     }
 }
-
-pub const SERVICE_NOT_FOUND: &str = "Service not found";
-pub const NO_READY_ENDPOINT: &str = "no ready endpoint";
 
 #[cfg(test)]
 mod tests {

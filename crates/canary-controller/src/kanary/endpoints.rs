@@ -3,28 +3,11 @@
 //! EndpointSlice port of the same name, which carries the pod-side port. Ready endpoints only, every
 //! slice of the Service, sorted, with server names that are always valid and unique. Pure.
 
+use crate::dataplane::Server;
 use crate::runtime::caches::CachedSlice;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use std::borrow::Borrow;
-use std::net::IpAddr;
-
-/// The label that ties an EndpointSlice to its Service.
-pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
-
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
-pub struct Server {
-    pub name: String,
-    pub address: IpAddr,
-    pub port: u16,
-}
-
-impl Server {
-    /// `10.1.0.5:8080` (`[fd00::1]:8080` for IPv6), as the original status showed them.
-    pub fn endpoint(&self) -> String {
-        std::net::SocketAddr::new(self.address, self.port).to_string()
-    }
-}
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Resolution {

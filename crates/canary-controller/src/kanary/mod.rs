@@ -9,9 +9,7 @@
 //! the status when it changed and records the events. The skeleton around it is `runtime::reconciler`.
 
 pub mod build;
-pub mod dataplane;
 pub mod endpoints;
-pub mod haproxy;
 pub mod observe;
 pub mod reconcile;
 pub mod validate;

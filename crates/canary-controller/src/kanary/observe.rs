@@ -3,8 +3,8 @@
 //! EndpointSlices (the proxy's pods), and the
 //! proxy's ConfigMap and Deployment, and its agent's ServiceAccount, Role and RoleBinding.
 
-use super::build::{config_name, proxy_name};
 use crate::api::kanary::Kanary;
+use crate::names::{config_name, proxy_name};
 use crate::runtime::caches::{CachedChild, CachedDeployment, CachedService, CachedSlice, Caches};
 use k8s_openapi::api::core::v1::{ConfigMap, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};

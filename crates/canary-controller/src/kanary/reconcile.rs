@@ -10,8 +10,8 @@ use super::build::{self, Desired, Observation, ProxyOptions};
 use super::observe::{Observed, observe};
 use super::validate::{Problem, Valid, validate_kanary};
 use crate::api::kanary::{KIND, Kanary, KanaryStatus};
-use crate::children::{self, Written, owned_by};
 use crate::runtime::caches::{Cache, CachedForm, Caches};
+use crate::runtime::children::{self, Written, owned_by};
 use crate::runtime::index::References;
 use crate::runtime::reconciler::{self, Context, Reconciler, Step};
 use k8s_openapi::api::core::v1::Service;
@@ -155,7 +155,7 @@ impl Reconciler for KanaryReconciler {
         // the agents' reports are theirs: compared without them, and only the gone pods' removed
         let ours = previous.map(|p| KanaryStatus { proxies: Default::default(), ..p.clone() });
         if ours.as_ref() != Some(&status) {
-            let manager = crate::report::FIELD_MANAGER;
+            let manager = crate::names::FIELD_MANAGER;
             crate::report::write_status(manager, &api, &name, &self.resource.api_version, KIND, &status, None).await?;
         }
         let stale = build::stale_reports(previous, &proxy_pods, &now);
@@ -353,7 +353,7 @@ pub async fn run(
             kanaries_for(svc.as_ref(), Some(&svc.name_any()), c3.services.is_echo(&svc), &r3, &a3)
         })
         .watches_shared_stream(caches.endpoint_slices.subscribe(), move |slice| {
-            let service = slice.labels.get(super::endpoints::SERVICE_NAME_LABEL).map(String::from);
+            let service = slice.labels.get(crate::names::SERVICE_NAME_LABEL).map(String::from);
             match service {
                 Some(service) => {
                     kanaries_for(slice.as_ref(), Some(&service), c4.endpoint_slices.is_echo(&slice), &r4, &a4)

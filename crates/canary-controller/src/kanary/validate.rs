@@ -3,12 +3,13 @@
 //! checks that the objects the proxy needs are free or this Kanary's; resolves every route to its live
 //! servers. Returns a [`Valid`] Kanary, all the builders need, or the [`Problem`]. Pure.
 
-use super::build::{config_name, proxy_name};
 use super::endpoints::{Resolution, resolve};
-use super::haproxy::RouteBackend;
 use super::observe::Observed;
 use crate::api::kanary::{Kanary, KanarySpec, MAX_MAXCONN, MAX_NAME_LENGTH, MAX_ROUTES, ProxySpec, duration_ms};
-use crate::children::owned_by;
+use crate::dataplane::haproxy::RouteBackend;
+use crate::names::kanary::reasons;
+use crate::names::{config_name, proxy_name};
+use crate::runtime::children::owned_by;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
@@ -59,8 +60,34 @@ pub fn validate_kanary<'a>(
     Ok(Valid { spec, owner, routes, degraded })
 }
 
+/// Why a route with a weight has no live server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Degradation {
+    ServiceNotFound,
+    NoReadyEndpoint,
+}
+
+impl Degradation {
+    /// The BackendsReady condition's reason.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Degradation::ServiceNotFound => reasons::SERVICE_NOT_FOUND,
+            Degradation::NoReadyEndpoint => reasons::NO_READY_ENDPOINTS,
+        }
+    }
+}
+
+impl std::fmt::Display for Degradation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Degradation::ServiceNotFound => "Service not found",
+            Degradation::NoReadyEndpoint => "no ready endpoint",
+        })
+    }
+}
+
 /// Routes with a weight and no live server, with why.
-type Degraded = Vec<(String, &'static str)>;
+pub type Degraded = Vec<(String, Degradation)>;
 
 /// Resolves every route to its live servers; routes with a weight and no live server are listed as degraded.
 fn resolve_routes(spec: &KanarySpec, observed: &Observed) -> Result<(Vec<RouteBackend>, Degraded), Problem> {
@@ -73,7 +100,7 @@ fn resolve_routes(spec: &KanarySpec, observed: &Observed) -> Result<(Vec<RouteBa
             Resolution::Servers(s) => s,
             Resolution::ServiceNotFound => {
                 if route.weight > 0 {
-                    degraded.push((svc_name.clone(), super::build::SERVICE_NOT_FOUND));
+                    degraded.push((svc_name.clone(), Degradation::ServiceNotFound));
                 }
                 vec![]
             }
@@ -86,7 +113,7 @@ fn resolve_routes(spec: &KanarySpec, observed: &Observed) -> Result<(Vec<RouteBa
             }
         };
         if servers.is_empty() && route.weight > 0 && !degraded.iter().any(|(s, _)| s == svc_name) {
-            degraded.push((svc_name.clone(), super::build::NO_READY_ENDPOINT));
+            degraded.push((svc_name.clone(), Degradation::NoReadyEndpoint));
         }
         routes.push(RouteBackend { service: svc_name.clone(), weight: route.weight, servers });
     }

@@ -10,10 +10,10 @@
 //! ([`CachedForm`] puts them back).
 
 use super::index::References;
-use crate::canary::build::CANARY_LABEL;
-use crate::canary::traffic::{MANAGED_BY, MANAGED_BY_LABEL};
-use crate::kanary::build::PROXY_LABEL;
-use crate::kanary::endpoints::SERVICE_NAME_LABEL;
+use crate::names::CANARY_LABEL;
+use crate::names::PROXY_LABEL;
+use crate::names::SERVICE_NAME_LABEL;
+use crate::names::{MANAGED_BY, MANAGED_BY_LABEL};
 use futures::channel::mpsc;
 use futures::{Stream, StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
@@ -110,9 +110,9 @@ pub trait CachedForm: Resource<DynamicType = ()> {
     fn kept_labels(&self) -> &Pairs;
     /// The annotations kept.
     fn kept_annotations(&self) -> &Pairs;
-    /// The desired hash the object carries (as [`crate::children::desired_hash`] reads it of full metadata).
+    /// The desired hash the object carries (as [`crate::runtime::children::desired_hash`] reads it of full metadata).
     fn desired_hash(&self) -> Option<&str> {
-        self.kept_annotations().get(crate::children::DESIRED_HASH_ANNOTATION)
+        self.kept_annotations().get(crate::names::DESIRED_HASH_ANNOTATION)
     }
     /// The metadata with the labels and annotations kept, as the object's own metadata holds them.
     fn full_metadata(&self) -> ObjectMeta {
@@ -140,7 +140,7 @@ fn compact_metadata(meta: ObjectMeta, labels: Keep, annotations: Keep) -> (Objec
 
 /// What the controllers read of the objects they own, besides ownership: their label and desired hash.
 const CHILD_LABELS: Keep = Keep::Only(&[PROXY_LABEL, CANARY_LABEL]);
-const CHILD_ANNOTATIONS: Keep = Keep::Only(&[crate::children::DESIRED_HASH_ANNOTATION]);
+const CHILD_ANNOTATIONS: Keep = Keep::Only(&[crate::names::DESIRED_HASH_ANNOTATION]);
 
 /// A Deployment as the cache keeps it: its metadata, its spec as compact JSON (a pod template takes ten
 /// times more memory as a typed value; it is read a few times per reconcile at most: when a Canary copies its
@@ -245,7 +245,7 @@ impl From<EndpointSlice> for CachedSlice {
         let (mut metadata, labels, annotations) = compact_metadata(
             slice.metadata,
             Keep::Only(&[SERVICE_NAME_LABEL, MANAGED_BY_LABEL]),
-            Keep::Only(&[crate::children::DESIRED_HASH_ANNOTATION]),
+            Keep::Only(&[crate::names::DESIRED_HASH_ANNOTATION]),
         );
         if !ours {
             metadata.owner_references = None;

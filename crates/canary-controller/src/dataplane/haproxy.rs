@@ -17,7 +17,7 @@
 //! setting a validated number or duration: no input can add a directive. Same inputs, byte-identical output.
 //! Pure.
 
-use super::endpoints::Server;
+use super::Server;
 use serde::{Deserialize, Serialize};
 use std::fmt::Write;
 
@@ -240,7 +240,7 @@ mod tests {
     fn golden_config() {
         let rendered = render("default/simple-kanary-rule", &sample_routes(), &ProxySettings::default());
         if std::env::var_os("UPDATE_GOLDEN").is_some() {
-            let path = concat!(env!("CARGO_MANIFEST_DIR"), "/src/kanary/testdata/simple-kanary-rule.cfg");
+            let path = concat!(env!("CARGO_MANIFEST_DIR"), "/src/dataplane/testdata/simple-kanary-rule.cfg");
             std::fs::write(path, &rendered).unwrap();
             return;
         }

@@ -16,8 +16,8 @@
 //! remove fields they stop setting, the first apply turns the entry into an `Apply` entry (as `kubectl`'s
 //! client-side to server-side apply upgrade does).
 
-use crate::report::FIELD_MANAGER;
-use crate::runtime::caches::Cache;
+use super::caches::Cache;
+use crate::names::{DESIRED_HASH_ANNOTATION, FIELD_MANAGER};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, ObjectMeta};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::core::{PartialObjectMeta, Request};
@@ -196,9 +196,6 @@ where
 pub fn owned_by<K: Resource>(obj: &K, uid: &str) -> bool {
     obj.meta().owner_references.iter().flatten().any(|r| r.controller == Some(true) && r.uid == uid)
 }
-
-/// The annotation that carries the hash of the desired object a child was last written from.
-pub const DESIRED_HASH_ANNOTATION: &str = "canary-controller.io/desired-hash";
 
 /// `desired`, annotated with a hash of itself.
 pub fn with_desired_hash<K: Resource + Serialize>(mut desired: K) -> K {

@@ -1,14 +1,32 @@
 //! The data plane a Kanary asks for, as the controller writes it into the proxy's ConfigMap
 //! (`dataplane.json`: settings, routes, weights and servers) and the proxy agent reads it; and how the agent
 //! lays it out in HAProxy ([`Layout`]: which server sits in which slot) and which changes the running HAProxy
-//! can take without a reload ([`Layout::follow`], [`server_commands`]). Pure.
+//! can take without a reload ([`Layout::follow`], [`server_commands`]). Pure. The Kanary controller writes it;
+//! the proxy agent reads it: neither imports the other.
 
-use super::endpoints::Server;
-use super::haproxy::{
+pub mod haproxy;
+
+use haproxy::{
     PARKED, ProxySettings, RouteBackend, SlottedBackend, backend_name, render_slotted, slot_name, weights_map,
 };
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
+use std::net::IpAddr;
+
+/// A backend server: a ready endpoint of a route's Service.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+pub struct Server {
+    pub name: String,
+    pub address: IpAddr,
+    pub port: u16,
+}
+
+impl Server {
+    /// `10.1.0.5:8080` (`[fd00::1]:8080` for IPv6), as the original status showed them.
+    pub fn endpoint(&self) -> String {
+        std::net::SocketAddr::new(self.address, self.port).to_string()
+    }
+}
 
 /// The ConfigMap key that carries the [`DataPlane`] as JSON.
 pub const DATAPLANE_KEY: &str = "dataplane.json";

@@ -1,0 +1,221 @@
+//! The operator's assembly, what `canary-controller run` does: connect, check the CRDs, take the leader
+//! Lease, fill the shared caches, run the Canary controller and one Kanary controller per installed group
+//! until SIGTERM or Ctrl-C (or a lost Lease).
+
+use crate::runtime::{Scope, caches, connect, leader, telemetry};
+use anyhow::{Context, bail};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::{Api, Client, ResourceExt};
+
+/// The addresses of the API server the controller talks to (its URL's host, resolved): webhooks and queries
+/// may not call them unless allowed.
+async fn api_server_addresses(config: &kube::Config) -> Vec<std::net::IpAddr> {
+    let Some(host) = config.cluster_url.host() else { return vec![] };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    match tokio::net::lookup_host((host, 0)).await {
+        Ok(addresses) => addresses.map(|a| a.ip()).collect(),
+        Err(e) => {
+            tracing::warn!(host, error = %e, "cannot resolve the API server's host for the egress policy");
+            vec![]
+        }
+    }
+}
+
+/// Checks the installed CRDs and returns the Kanary groups to serve. Fails with the install command when the
+/// Canary CRD or every Kanary CRD is missing (or not established); a Kanary group that is not installed is
+/// not served (installing one group is a documented choice).
+pub async fn check_crds(client: &Client) -> anyhow::Result<Vec<(&'static str, &'static str)>> {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let mut installed = std::collections::BTreeSet::new();
+    let names: Vec<String> = crate::api::crds().iter().map(|crd| crd.name_any()).collect();
+    for name in names {
+        let found = api.get_opt(&name).await.with_context(|| format!("cannot read CustomResourceDefinition {name}"))?;
+        let established = found
+            .and_then(|c| c.status)
+            .and_then(|s| s.conditions)
+            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Established" && c.status == "True"));
+        if established {
+            installed.insert(name);
+        }
+    }
+    let canary = <crate::api::canary::Canary as kube::CustomResourceExt>::crd_name().to_string();
+    let kanary_crd = |group: &str| format!("{}.{group}", crate::api::kanary::PLURAL);
+    let kanary_groups: Vec<(&'static str, &'static str)> = crate::api::kanary::GROUPS
+        .iter()
+        .copied()
+        .filter(|(group, _)| installed.contains(&kanary_crd(group)))
+        .collect();
+    if !installed.contains(&canary) || kanary_groups.is_empty() {
+        let mut missing = vec![];
+        if !installed.contains(&canary) {
+            missing.push(canary);
+        }
+        if kanary_groups.is_empty() {
+            let all: Vec<String> = crate::api::kanary::GROUPS.iter().map(|(g, _)| kanary_crd(g)).collect();
+            missing.push(all.join(" or "));
+        }
+        bail!(
+            "the CustomResourceDefinitions {} are not installed (or not established): install them with \
+             `canary-controller crd | kubectl apply --server-side -f -` or `make deploy`",
+            missing.join(", ")
+        );
+    }
+    for (group, _) in crate::api::kanary::GROUPS.iter().filter(|g| !kanary_groups.contains(g)) {
+        tracing::info!(crd = %kanary_crd(group), "not installed: Kanaries of {group} are not served");
+    }
+    Ok(kanary_groups)
+}
+
+/// How long running reconciles may take to finish after SIGTERM.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Settings of `canary-controller run`.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub proxy: crate::kanary::build::ProxyOptions,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served.
+    pub metrics_address: std::net::SocketAddr,
+    /// Prometheus's base URL for the PromQL checks of releases that name none.
+    pub prometheus_address: Option<String>,
+    /// What webhook steps and Prometheus queries may call (the API server's addresses are added on start).
+    pub egress: crate::canary::egress::Policy,
+    /// The one namespace watched (`--watch-namespace`); `None`: every namespace.
+    pub watch_namespace: Option<String>,
+    /// `None` runs the controllers at once, without leader election (a single replica).
+    pub leader_election: Option<leader::LeaderElection>,
+}
+
+/// Runs the operator (the Canary controller and one Kanary controller per API group) until SIGTERM or Ctrl-C,
+/// or until this replica loses the leader Lease (an error: the process exits and restarts as a standby).
+pub async fn run(options: RunOptions) -> anyhow::Result<()> {
+    use futures::FutureExt;
+    let shutdown = shutdown_signal().shared();
+    let metrics = telemetry::Metrics::new();
+    let listener = tokio::net::TcpListener::bind(options.metrics_address).await.with_context(|| {
+        format!("cannot listen on {} for metrics and health checks (--metrics-address)", options.metrics_address)
+    })?;
+    tracing::info!("serving /metrics, /healthz and /readyz on {}", listener.local_addr()?);
+    tokio::spawn(telemetry::serve(listener, metrics.clone(), shutdown.clone()));
+    let (client, config) = connect(&metrics).await?;
+    let mut egress = options.egress.clone();
+    egress.api_server = api_server_addresses(&config).await;
+    tracing::info!(policy = ?egress, "egress policy of webhooks and Prometheus queries");
+    crate::canary::egress::set(egress);
+    let kanary_groups = check_crds(&client).await?;
+    metrics.set_ready();
+
+    let Some(settings) = &options.leader_election else {
+        metrics.set_leader(true);
+        tracing::info!("connected; CRDs installed; controllers running");
+        run_controllers(&client, &options, &kanary_groups, &metrics, shutdown).await;
+        return Ok(());
+    };
+    let mut election = leader::Leadership::start(config, settings).await?;
+    tracing::info!(lease = election.lease(), identity = %settings.identity, "waiting to become the leader");
+    tokio::select! {
+        acquired = election.acquired() => acquired?,
+        _ = shutdown.clone() => {
+            election.release().await;
+            return Ok(());
+        }
+    }
+    tracing::info!(lease = election.lease(), identity = %settings.identity, "became the leader");
+    metrics.set_leader(true);
+    tracing::info!("connected; CRDs installed; controllers running");
+    // SIGTERM stops the controllers gracefully; a lost leadership drops them at once (in-flight reconciles
+    // included), so that two leaders never reconcile at the same time
+    let lost = tokio::select! {
+        _ = run_controllers(&client, &options, &kanary_groups, &metrics, shutdown) => None,
+        lost = election.lost() => Some(lost),
+    };
+    metrics.set_leader(false);
+    match lost {
+        None => {
+            election.release().await;
+            Ok(())
+        }
+        Some(leader::Lost::Lease) => {
+            tracing::error!(lease = election.lease(), "stopped reconciling: lost the leader Lease");
+            bail!("lost the leader Lease {}: controllers stopped; exiting to restart as a standby", election.lease())
+        }
+        Some(leader::Lost::RenewDeadline) => {
+            let (deadline, lease) = (election.renew_deadline(), election.lease().to_string());
+            tracing::error!(%lease, ?deadline, "stopped reconciling: no renewal of the leader Lease succeeded within the renew deadline");
+            election.abandon();
+            bail!(
+                "lost the leader Lease {lease}: no renewal succeeded within {deadline:?}, before it could expire; controllers stopped; exiting to restart as a standby"
+            )
+        }
+    }
+}
+
+/// Runs the controllers until `stop` completes; in-flight reconciles then get [`SHUTDOWN_GRACE`].
+async fn run_controllers(
+    client: &Client,
+    options: &RunOptions,
+    kanary_groups: &[(&str, &str)],
+    metrics: &std::sync::Arc<telemetry::Metrics>,
+    stop: impl Future<Output = ()> + Clone + Send + Sync + 'static,
+) {
+    let scope = Scope(options.watch_namespace.clone());
+    let caches = std::sync::Arc::new(caches::Caches::start(client, &scope));
+    tokio::select! {
+        ready = caches.ready() => if let Err(e) = ready {
+            tracing::error!(error = %e, "the caches did not fill; controllers not started");
+            return;
+        },
+        _ = stop.clone() => {
+            tracing::info!("shutting down: stopped while the caches were filling");
+            return;
+        }
+    }
+    tracing::info!("caches filled: Deployments, Services, EndpointSlices, ConfigMaps (metadata)");
+    // releases create their Kanaries in kanary.k8s.io (the group etiennecoutaud/kanary released)
+    let release_kanary = kanary_groups
+        .iter()
+        .find(|(group, _)| *group == crate::api::kanary::GROUPS[0].0)
+        .map(|(group, version)| crate::api::kanary::api_resource(group, version));
+    let kanaries = kanary_groups.iter().map(|(group, version)| {
+        let resource = crate::api::kanary::api_resource(group, version);
+        crate::kanary::reconcile::run(
+            client.clone(),
+            &scope,
+            caches.clone(),
+            resource,
+            options.proxy.clone(),
+            metrics.clone(),
+            stop.clone(),
+        )
+    });
+    let controllers = async {
+        futures::join!(
+            crate::canary::reconcile::run(
+                client.clone(),
+                &scope,
+                caches.clone(),
+                crate::canary::reconcile::CanaryReconciler::new(release_kanary, options.prometheus_address.clone()),
+                metrics.clone(),
+                stop.clone()
+            ),
+            futures::future::join_all(kanaries)
+        )
+    };
+    // In-flight reconciles get a grace period; a controller still starting up when the signal comes can
+    // otherwise keep waiting (seen with kube-runtime 5 when SIGTERM arrives during the initial lists).
+    let grace = async {
+        stop.clone().await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    tokio::select! {
+        _ = controllers => tracing::info!("shutting down: controllers stopped"),
+        _ = grace => tracing::warn!("shutting down: controllers did not stop within {SHUTDOWN_GRACE:?}"),
+    }
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
