@@ -65,8 +65,8 @@ enum Command {
         /// it). Loopback, link-local and the API server's addresses are refused unless allowed here. Repeat it,
         /// or separate values with commas.
         #[arg(long, env = "EGRESS_ALLOW", value_delimiter = ',',
-            value_parser = canary_controller::canary::egress::parse_allow)]
-        egress_allow: Vec<canary_controller::canary::egress::Allowed>,
+            value_parser = canary_controller::canary::evidence::egress::parse_allow)]
+        egress_allow: Vec<canary_controller::canary::evidence::egress::Allowed>,
         /// Refuse every webhook and Prometheus call that `--egress-allow` does not allow.
         #[arg(long)]
         egress_deny_others: bool,
@@ -211,15 +211,15 @@ async fn main() -> std::process::ExitCode {
                 defaults,
             };
             let leader_election = leader_election.settings();
-            let mut egress = canary_controller::canary::egress::Policy {
+            let mut egress = canary_controller::canary::evidence::egress::Policy {
                 deny_others: egress_deny_others,
                 insecure_token: allow_insecure_token,
                 ..Default::default()
             };
             for allowed in egress_allow {
                 match allowed {
-                    canary_controller::canary::egress::Allowed::Network(n) => egress.allow_networks.push(n),
-                    canary_controller::canary::egress::Allowed::Host(h) => egress.allow_hosts.push(h),
+                    canary_controller::canary::evidence::egress::Allowed::Network(n) => egress.allow_networks.push(n),
+                    canary_controller::canary::evidence::egress::Allowed::Host(h) => egress.allow_hosts.push(h),
                 }
             }
             let options = canary_controller::operator::RunOptions {

@@ -4,8 +4,8 @@
 //! reason. The server here is the test's own (it answers a fixed Prometheus answer): what is tested is the
 //! transport, Prometheus itself is tested in tests/prometheus.rs.
 
-use canary_controller::canary::http;
-use canary_controller::canary::prometheus::{Outcome, Query, run};
+use canary_controller::canary::evidence::http;
+use canary_controller::canary::evidence::prometheus::{Outcome, Query, run};
 use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
@@ -69,7 +69,7 @@ async fn serve(config: rustls::ServerConfig) -> SocketAddr {
 #[tokio::test]
 async fn https_calls_are_verified_against_the_trusted_cas_and_carry_the_token() {
     // the test's servers are on loopback, which the egress policy refuses by default
-    canary_controller::canary::egress::set(canary_controller::canary::egress::Policy {
+    canary_controller::canary::evidence::egress::set(canary_controller::canary::evidence::egress::Policy {
         allow_networks: vec!["127.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()],
         ..Default::default()
     });

@@ -4,7 +4,7 @@
 //! that says to aggregate several series, Prometheus's own message for bad PromQL, and an error naming the
 //! address for an unreachable or silent Prometheus.
 
-use canary_controller::canary::prometheus::{Outcome, Query, QueryError, run, run_range};
+use canary_controller::canary::evidence::prometheus::{Outcome, Query, QueryError, run, run_range};
 use e2e_support::prometheus::Prometheus;
 use e2e_support::traffic::free_port;
 use std::time::Duration;
@@ -43,7 +43,7 @@ fn query<'a>(address: &'a str, promql: &'a str) -> Query<'a> {
 #[tokio::test]
 async fn instant_queries_give_one_value_no_data_or_an_error_that_names_the_fix() {
     // Prometheus runs on loopback, which the egress policy refuses by default
-    canary_controller::canary::egress::set(canary_controller::canary::egress::Policy {
+    canary_controller::canary::evidence::egress::set(canary_controller::canary::evidence::egress::Policy {
         allow_networks: vec!["127.0.0.0/8".parse().unwrap()],
         ..Default::default()
     });

@@ -77,7 +77,10 @@ async fn a_release_promotes_a_good_canary_rolls_back_a_bad_one_and_pauses_withou
     // connection reaches it and none fails
     let kanaries = e.cluster.kanaries("kanary.k8s.io", "v1");
     support::eventually(30, "every proxy pod serving weight 0 for the canary", || async {
-        kanaries.get(CANARY).await.is_ok_and(|k| canary_controller::canary::traffic::served_weight(&k) == Some(0))
+        let Ok(kanary) = kanaries.get(CANARY).await else { return false };
+        let kanary: canary_controller::api::kanary::Kanary = serde_json::from_value(json!(kanary)).expect("a Kanary");
+        let kanary = canary_controller::runtime::caches::CachedKanary::from(kanary);
+        canary_controller::canary::traffic::served_weight(&kanary) == Some(0)
     })
     .await;
     let (after, ()) = under_load(front, tokio::time::sleep(Duration::from_secs(3))).await;

@@ -101,7 +101,7 @@ async fn behind_token(
                     seen.lock().unwrap().0 += 1;
                     let url = format!("{upstream}/api/v1/{api}");
                     let form = "application/x-www-form-urlencoded";
-                    let forwarded = canary_controller::canary::http::post(
+                    let forwarded = canary_controller::canary::evidence::http::post(
                         &url,
                         form,
                         body.to_vec(),
@@ -322,7 +322,7 @@ async fn a_release_behind_a_webhook_gate_judged_by_promql_rolls_back_a_bad_canar
 
 /// This process calls Prometheus on loopback (the proxy above), which the egress policy refuses by default.
 fn allow_loopback() {
-    canary_controller::canary::egress::set(canary_controller::canary::egress::Policy {
+    canary_controller::canary::evidence::egress::set(canary_controller::canary::evidence::egress::Policy {
         allow_networks: vec!["127.0.0.0/8".parse().unwrap()],
         ..Default::default()
     });

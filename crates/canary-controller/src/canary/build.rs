@@ -1,15 +1,27 @@
-//! Builds, as plain values, the canary Deployment (a copy of the target with the Canary's images and the
-//! canary marks) and the Canary's status. Pure: no client in scope.
+//! The build step of the Canary controller: everything a Canary should own as one [`Desired`] value (the
+//! canary Deployment, a copy of the target with the Canary's images and the canary marks; with a release,
+//! its Kanary, route Services, stable EndpointSlices, baseline and the target's images on promotion, see
+//! `traffic`), the objects it owns and no longer wants, and the Canary's status. Pure: no client in scope.
 
-use super::validate::Problem;
+use super::observe;
+use super::release::Decision;
+use super::traffic;
+use super::validate::{Problem, Valid};
 use crate::api::canary::{Canary, CanaryStatus, Phase, ReleaseStatus};
+use crate::api::kanary::KanarySpec;
 use crate::conditions::{Observed, condition, warn_on_transition};
+use crate::names::FAMILIES;
 use crate::names::canary::{conditions, reasons};
 use crate::names::{BASELINE_LABEL, CANARY_LABEL, baseline_deployment_name, canary_deployment_name};
 use crate::report::Note;
+use crate::runtime::children::{owned_by, with_desired_hash};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::EnvVar;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use kube::api::DynamicObject;
+use kube::core::ApiResource;
 use kube::{Resource, ResourceExt};
 use std::collections::BTreeMap;
 
@@ -89,6 +101,189 @@ pub fn build_deployment(canary: &Canary, target: &Deployment) -> Deployment {
         spec: Some(spec),
         status: None,
     }
+}
+
+/// Everything a Canary should own, as it should be (each child carrying its desired hash), in the order it
+/// is written, and what it owns and no longer wants.
+pub struct Desired {
+    /// The release's children: written first, the Kanary before anything else, so that a rollback takes
+    /// traffic from the canary before the canary changes.
+    pub release: Option<ReleaseChildren>,
+    /// The canary Deployment (none while the Canary is not valid: nothing is written).
+    pub deployment: Option<Deployment>,
+    /// Objects this Canary owns and no longer wants: deleted last.
+    pub orphans: Vec<Orphan>,
+}
+
+/// The children of a release that goes on.
+pub struct ReleaseChildren {
+    /// The Kanary, with the spec it should have (compared with the cached one's).
+    pub kanary: DynamicObject,
+    pub kanary_spec: KanarySpec,
+    /// `<canary>-stable`, `<canary>-canary` and, with a baseline, `<canary>-baseline`.
+    pub services: Vec<Service>,
+    /// The stable route's EndpointSlices (IPv4; IPv6 when the user's Service has IPv6 endpoints or had).
+    pub slices: Vec<EndpointSlice>,
+    /// The baseline Deployment, with `traffic.baseline`.
+    pub baseline: Option<Deployment>,
+    /// The target's images, when the release promotes (see [`promotion_patch`]).
+    pub target_images: Option<serde_json::Value>,
+}
+
+/// The kinds of object a Canary owns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Deployment,
+    Service,
+    EndpointSlice,
+    Kanary,
+}
+
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self, f)
+    }
+}
+
+/// An object this Canary owns and no longer wants.
+pub struct Orphan {
+    pub kind: Kind,
+    pub name: String,
+    pub uid: String,
+    pub why: Why,
+}
+
+/// Why an owned object is no longer wanted (each reason is an event of its own).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Why {
+    /// The canary Deployment of a former `targetDeploymentName`.
+    PreviousTarget,
+    /// `spec.traffic` removed: the release's objects go.
+    TrafficRemoved,
+    /// `spec.traffic.baseline` unset: the baseline Deployment and Service go.
+    BaselineUnset,
+}
+
+/// What the Canary should own, from what was observed, whether it is valid, and the release's decision (a
+/// release that goes on has one; one that holds has none and keeps its children as they are).
+pub fn build_desired(
+    canary: &Canary,
+    valid: Result<&Valid, &Problem>,
+    observed: &observe::Observed,
+    decision: Option<&Decision>,
+    kanary_resource: Option<&ApiResource>,
+    scaled_down: bool,
+) -> Desired {
+    let uid = canary.uid().unwrap_or_default();
+    let deployment = valid.ok().map(|valid| {
+        let mut deployment = build_deployment(canary, &valid.target);
+        if scaled_down && let Some(spec) = deployment.spec.as_mut() {
+            spec.replicas = Some(0);
+        }
+        with_desired_hash(deployment)
+    });
+    let release = match (valid, decision, kanary_resource) {
+        (Ok(valid), Some(decision), Some(resource)) => match &valid.traffic {
+            Some(Ok(traffic)) => Some(release_children(canary, valid, traffic, observed, decision, resource)),
+            _ => None,
+        },
+        _ => None,
+    };
+    let mut orphans = vec![];
+    let mut orphan = |kind: Kind, object: Option<&dyn Owned>, why: Why| {
+        if let Some(object) = object.filter(|o| o.is_owned_by(&uid)) {
+            orphans.push(Orphan { kind, name: object.object_name(), uid: object.object_uid(), why });
+        }
+    };
+    for old in &observed.other_canaries {
+        orphan(Kind::Deployment, Some(old.as_ref() as &dyn Owned), Why::PreviousTarget);
+    }
+    let seen = &observed.release;
+    if canary.spec.traffic.is_none() {
+        let kanary = seen.kanary.as_ref().and_then(|k| k.as_deref());
+        orphan(Kind::Kanary, kanary.map(|k| k as &dyn Owned), Why::TrafficRemoved);
+        for service in [&seen.stable_service, &seen.canary_service, &seen.baseline_service] {
+            orphan(Kind::Service, service.as_deref().map(|s| s as &dyn Owned), Why::TrafficRemoved);
+        }
+        orphan(Kind::Deployment, seen.baseline.as_deref().map(|d| d as &dyn Owned), Why::TrafficRemoved);
+        for slice in [&seen.stable_slice, &seen.stable_slice_v6] {
+            orphan(Kind::EndpointSlice, slice.as_deref().map(|s| s as &dyn Owned), Why::TrafficRemoved);
+        }
+    } else if release.as_ref().is_some_and(|r| r.baseline.is_none()) {
+        orphan(Kind::Deployment, seen.baseline.as_deref().map(|d| d as &dyn Owned), Why::BaselineUnset);
+        orphan(Kind::Service, seen.baseline_service.as_deref().map(|s| s as &dyn Owned), Why::BaselineUnset);
+    }
+    Desired { release, deployment, orphans }
+}
+
+/// A cached object whose owner can be checked (the caches' compact forms).
+trait Owned {
+    fn is_owned_by(&self, uid: &str) -> bool;
+    fn object_name(&self) -> String;
+    fn object_uid(&self) -> String;
+}
+
+impl<K: kube::Resource> Owned for K {
+    fn is_owned_by(&self, uid: &str) -> bool {
+        owned_by(self, uid)
+    }
+    fn object_name(&self) -> String {
+        self.meta().name.clone().unwrap_or_default()
+    }
+    fn object_uid(&self) -> String {
+        self.meta().uid.clone().unwrap_or_default()
+    }
+}
+
+/// The children of a release that goes on, at the weight `decision` set.
+fn release_children(
+    canary: &Canary,
+    valid: &Valid,
+    traffic: &super::validate::ValidTraffic,
+    observed: &observe::Observed,
+    decision: &Decision,
+    resource: &ApiResource,
+) -> ReleaseChildren {
+    let seen = &observed.release;
+    let (user, port, settings) = (traffic.service.as_ref(), &traffic.port, &traffic.traffic);
+    let kanary_spec = traffic::kanary_spec(canary, settings, decision.release.weight);
+    let mut kanary = traffic::build_kanary(canary, resource, &kanary_spec);
+    // applied only to the Kanary checked as ours
+    kanary.metadata.uid = seen.kanary.as_ref().and_then(|k| k.as_ref()).and_then(|k| k.metadata.uid.clone());
+    let mut services =
+        vec![traffic::build_stable_service(canary, port), traffic::build_canary_service(canary, user, port)];
+    if settings.baseline {
+        services.push(traffic::build_baseline_service(canary, user, port));
+    }
+    let marked_slices = [seen.canary_slices.as_slice(), seen.baseline_slices.as_slice()].concat();
+    let cached_slices = [seen.stable_slice.as_deref(), seen.stable_slice_v6.as_deref()];
+    let slices = FAMILIES
+        .into_iter()
+        .zip(cached_slices)
+        .filter(|(family, cached)| {
+            *family == "IPv4" || cached.is_some() || traffic::has_family(&seen.service_slices, family)
+        })
+        .map(|(family, cached)| {
+            let built = traffic::build_stable_slice(canary, port, family, &seen.service_slices, &marked_slices);
+            let mut slice = with_desired_hash(built);
+            // applied only to the slice checked as ours
+            slice.metadata.uid = cached.and_then(|c| c.metadata.uid.clone());
+            slice
+        })
+        .collect();
+    let replicas = canary_replicas(canary, &valid.target);
+    let baseline = settings.baseline.then(|| {
+        let replicas = if decision.canary_scaled_down() { 0 } else { replicas };
+        with_desired_hash(build_baseline_deployment(canary, &valid.target, replicas))
+    });
+    let target_images = decision.update_target.then(|| promotion_patch(&valid.target, canary));
+    let services = services.into_iter().map(with_desired_hash).collect();
+    ReleaseChildren { kanary, kanary_spec, services, slices, baseline, target_images }
+}
+
+/// The canary's replicas: the Canary's `replicas`, else the target's.
+pub fn canary_replicas(canary: &Canary, target: &Deployment) -> i32 {
+    canary.spec.replicas.or_else(|| target.spec.as_ref().and_then(|s| s.replicas)).unwrap_or(1)
 }
 
 /// The Canary's status from what reconcile saw: the problem (if any), whether the target exists, and the

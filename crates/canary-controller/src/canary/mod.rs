@@ -1,21 +1,17 @@
 //! The Canary controller: from a target Deployment and a Canary, run `<target>-canary`, a copy of the target
-//! with the Canary's images.
+//! with the Canary's images; with `spec.traffic`, release it step by step through a Kanary and judge it.
 //!
-//! Pipeline, one module a step, the same shape as the Kanary controller's: `observe` reads the target and
-//! the canary Deployments from the shared cache; `validate` returns a [`validate::Valid`] Canary (its target,
-//! its canary Deployment if any) or what is wrong (a [`validate::Problem`], whose reason names the condition
-//! and the Warning event); `build` makes the desired Deployment, the status and the events as plain values;
-//! `reconcile` applies (create when absent, server-side apply when the cache does not show it as desired),
-//! writes the status when it changed and records the events. The skeleton around it (context, metrics,
-//! error policy) is `runtime::reconciler`.
+//! One module a step of the reconcile (`reconcile` reads them top to bottom): `observe` (the shared
+//! caches), `validate` (a [`validate::Valid`] Canary or a [`validate::Problem`]), `build` (the release's
+//! decision and the [`build::Desired`] objects; `traffic` builds a release's Services, EndpointSlices and
+//! Kanary), `apply` (writes them, deletes what is no longer wanted). The release itself is `release`, a pure
+//! state machine; what it asks for is gathered by `evidence` (all the IO of judging: the proxies' counters,
+//! PromQL, Secrets, webhooks) and compared by `statistics`.
 
+pub mod apply;
 pub mod build;
-pub mod egress;
-pub mod gather;
-pub mod http;
-pub mod measure;
+pub mod evidence;
 pub mod observe;
-pub mod prometheus;
 pub mod reconcile;
 pub mod release;
 pub mod statistics;

@@ -151,19 +151,44 @@ pub struct Decision {
     pub notes: Vec<Note>,
     /// When to look again (a timer of the release, or a poll of what it waits for).
     pub requeue: Duration,
-    /// The release needs the proxies' counters now (to start or judge a window): read them and advance again.
-    pub wants_stats: bool,
-    /// A window is judged now and has PromQL checks: run their queries too (see [`Queried`]).
-    pub wants_queries: bool,
-    /// The current step's webhook is to be called now: call it and advance again with its answer.
-    pub wants_call: Option<Call>,
+    /// What the release needs to know before it can go on: gather it and advance again with it.
+    pub need: Option<Need>,
     /// The verdicts of the windows judged by this move.
     pub judged: Vec<Verdict>,
     /// Set the target Deployment's images to the canary's.
     pub update_target: bool,
 }
 
+/// Evidence a release asks for (gathered off the reconcile, see `canary::evidence`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Need {
+    /// The proxies' counters now, to start a window.
+    Counters,
+    /// The proxies' counters and the answers of the checks' PromQL queries, to judge a window.
+    CountersAndQueries,
+    /// The answer of the current step's webhook.
+    Webhook(Call),
+}
+
 impl Decision {
+    /// Whether the release asks for the proxies' counters.
+    pub fn wants_stats(&self) -> bool {
+        matches!(self.need, Some(Need::Counters | Need::CountersAndQueries))
+    }
+
+    /// Whether the release asks for PromQL answers (with the counters).
+    pub fn wants_queries(&self) -> bool {
+        matches!(self.need, Some(Need::CountersAndQueries))
+    }
+
+    /// The webhook call the release asks for.
+    pub fn wants_call(&self) -> Option<&Call> {
+        match &self.need {
+            Some(Need::Webhook(call)) => Some(call),
+            _ => None,
+        }
+    }
+
     /// Replicas the canary runs: none once the release is over.
     pub fn canary_scaled_down(&self) -> bool {
         self.release.phase.is_final()
@@ -217,16 +242,7 @@ pub fn advance(spec: &CanarySpec, previous: Option<&ReleaseStatus>, inputs: &Inp
         resume(&mut release, &mut notes);
     }
 
-    let mut decision = Decision {
-        release,
-        notes,
-        requeue: IDLE,
-        wants_stats: false,
-        wants_queries: false,
-        wants_call: None,
-        judged: vec![],
-        update_target: false,
-    };
+    let mut decision = Decision { release, notes, requeue: IDLE, need: None, judged: vec![], update_target: false };
     // a reconcile takes the release through as many steps as what the cluster shows allows
     for _ in 0..=steps.len() + 1 {
         if !progress(&mut decision, &settings, inputs) {
@@ -466,7 +482,7 @@ fn progress(decision: &mut Decision, settings: &Settings, inputs: &Inputs) -> bo
                         "phase": release.phase});
                     let timeout = hook.timeout.as_deref().and_then(duration).unwrap_or(WEBHOOK_TIMEOUT);
                     let step = release.step;
-                    decision.wants_call = Some(Call { step, url: hook.url.clone(), body, timeout });
+                    decision.need = Some(Need::Webhook(Call { step, url: hook.url.clone(), body, timeout }));
                     decision.requeue = POLL;
                 }
             }
@@ -507,8 +523,8 @@ fn progress(decision: &mut Decision, settings: &Settings, inputs: &Inputs) -> bo
     let Some(stats) = inputs.stats else {
         let window_over = release.window.as_ref().is_none_or(|w| elapsed(&w.started_at, now) >= settings.interval);
         if window_over {
-            decision.wants_stats = true;
-            decision.wants_queries = release.window.is_some() && settings.checks.iter().any(|c| c.prometheus.is_some());
+            let queries = release.window.is_some() && settings.checks.iter().any(|c| c.prometheus.is_some());
+            decision.need = Some(if queries { Need::CountersAndQueries } else { Need::Counters });
             decision.requeue = POLL;
         } else {
             let started = &release.window.as_ref().expect("a window").started_at;
@@ -910,7 +926,7 @@ mod tests {
         stats: &BTreeMap<String, RouteCounters>,
     ) -> Decision {
         let first = advance(spec, previous, &inputs(now, served, None));
-        if first.wants_stats { advance(spec, previous, &inputs(now, served, Some(stats))) } else { first }
+        if first.wants_stats() { advance(spec, previous, &inputs(now, served, Some(stats))) } else { first }
     }
 
     fn reasons_of(d: &Decision) -> Vec<&'static str> {
@@ -953,7 +969,7 @@ mod tests {
         assert_eq!(d.requeue, Duration::from_secs(30));
         // before the window is over nothing moves, and the counters are not read
         let early = advance(&s, Some(&d.release), &inputs(&at(20), Some(10), None));
-        assert!(!early.wants_stats);
+        assert!(!early.wants_stats());
         assert_eq!((early.release.step, early.requeue), (1, Duration::from_secs(11)));
         // over: 90 canary connections, 1 error: passed, next weight
         let d = step(&s, Some(&d.release), &at(31), Some(10), &counters((1000, 1), (100, 1)));
@@ -1031,7 +1047,7 @@ mod tests {
         resumed.request = Some("resume");
         let d = advance(&s, Some(&later.release), &resumed);
         assert_eq!((d.release.phase, d.release.step), (Phase::Progressing, 1));
-        assert!(d.wants_stats);
+        assert!(d.wants_stats());
     }
 
     fn check(metric: Metric) -> MetricCheck {
@@ -1061,10 +1077,10 @@ mod tests {
         let started = step(&s, None, &at(0), Some(20), &counters((0, 0), (0, 0)));
         assert!(started.release.window.is_some());
         let first = advance(&s, Some(&started.release), &inputs(&at(0), Some(20), None));
-        assert!(!first.wants_queries, "not when a window starts");
+        assert!(!first.wants_queries(), "not when a window starts");
         let stats = counters((100, 0), (50, 0));
         let ending = advance(&s, Some(&started.release), &inputs(&at(30), Some(20), None));
-        assert!(ending.wants_stats && ending.wants_queries, "the window is judged: counters and queries");
+        assert!(ending.wants_stats() && ending.wants_queries(), "the window is judged: counters and queries");
         let judged = |value: Result<f64, String>, on_no_data: Option<OnNoData>| {
             let mut s = s.clone();
             s.analysis.as_mut().unwrap().metrics[1].on_no_data = on_no_data;
@@ -1099,7 +1115,7 @@ mod tests {
         // the call is asked for, with what names the release
         let s = spec(vec![hook(None), weight(10)]);
         let d = advance(&s, None, &inputs(&at(0), Some(0), None));
-        let call = d.wants_call.clone().expect("a call");
+        let call = d.wants_call().cloned().expect("a call");
         assert_eq!(
             (call.url.as_str(), &call.body["canary"], &call.body["step"]),
             ("http://gate/", &json!("web"), &json!(1))
@@ -1114,7 +1130,7 @@ mod tests {
         let two = at(2);
         let mut resumed = inputs(&two, Some(0), None);
         resumed.request = Some("resume");
-        assert!(advance(&s, Some(&paused.release), &resumed).wants_call.is_some());
+        assert!(advance(&s, Some(&paused.release), &resumed).wants_call().is_some());
         // Fail: rolled back
         let s = spec(vec![hook(Some(OnWebhookFailure::Fail)), weight(10)]);
         assert_eq!(with_answer(&s, &d.release, 1, Err("refused".into())).release.phase, Phase::RolledBack);
@@ -1122,8 +1138,8 @@ mod tests {
         let s = spec(vec![hook(Some(OnWebhookFailure::Retry)), weight(10)]);
         let waiting = with_answer(&s, &d.release, 1, Err("HTTP 503".into()));
         assert_eq!((waiting.release.phase, waiting.requeue), (Phase::Progressing, WEBHOOK_RETRY));
-        assert!(advance(&s, Some(&waiting.release), &inputs(&at(3), Some(0), None)).wants_call.is_none());
-        assert!(advance(&s, Some(&waiting.release), &inputs(&at(6), Some(0), None)).wants_call.is_some());
+        assert!(advance(&s, Some(&waiting.release), &inputs(&at(3), Some(0), None)).wants_call().is_none());
+        assert!(advance(&s, Some(&waiting.release), &inputs(&at(6), Some(0), None)).wants_call().is_some());
         assert_eq!(with_answer(&s, &waiting.release, 6, Ok("HTTP 204".into())).release.step, 1);
     }
 
@@ -1137,13 +1153,13 @@ mod tests {
         };
         let s = spec(vec![hook("http://loadtest/"), hook("http://approval/")]);
         let d = advance(&s, None, &inputs(&at(0), Some(0), None));
-        assert_eq!(d.wants_call.as_ref().map(|c| (c.step, c.url.as_str())), Some((0, "http://loadtest/")));
+        assert_eq!(d.wants_call().map(|c| (c.step, c.url.as_str())), Some((0, "http://loadtest/")));
         let now = at(1);
         let loadtest = Called { step: 0, url: "http://loadtest/".into(), answer: Ok("HTTP 200".into()) };
         let d = advance(&s, Some(&d.release), &Inputs { called: Some(&loadtest), ..inputs(&now, Some(0), None) });
         assert_eq!((d.release.phase, d.release.step), (Phase::Progressing, 1), "{:#?}", d.release);
         assert_eq!(
-            d.wants_call.as_ref().map(|c| (c.step, c.url.as_str())),
+            d.wants_call().map(|c| (c.step, c.url.as_str())),
             Some((1, "http://approval/")),
             "the approval gate is called in its turn"
         );
@@ -1376,7 +1392,7 @@ mod tests {
         s.paused = false;
         let d = advance(&s, Some(&d.release), &inputs(&at(200), Some(10), None));
         assert_eq!(d.release.phase, Phase::Progressing);
-        assert!(d.wants_stats, "a new window starts");
+        assert!(d.wants_stats(), "a new window starts");
     }
 
     #[test]
@@ -1515,9 +1531,9 @@ mod tests {
                 let first = advance(&s, previous.as_ref(), &i);
                 let called;
                 let mut passed_call = None;
-                let decision = if first.wants_stats {
+                let decision = if first.wants_stats() {
                     advance(&s, previous.as_ref(), &Inputs { stats: Some(&stats), queried: Some(&answers), ..i.clone() })
-                } else if let Some(call) = &first.wants_call {
+                } else if let Some(call) = first.wants_call() {
                     let answer = if m.webhook_ok { Ok("HTTP 200".to_string()) } else { Err("HTTP 503".to_string()) };
                     called = Called { step: call.step + m.webhook_step_off, url: call.url.clone(), answer };
                     if m.webhook_ok && m.webhook_step_off == 0 {

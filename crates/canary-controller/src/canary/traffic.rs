@@ -12,12 +12,14 @@
 //! Pure: no client in scope.
 
 use crate::api::canary::{Canary, Traffic};
+use crate::api::kanary::{Backend, KanarySpec, Route};
 use crate::names::SERVICE_NAME_LABEL;
+use crate::names::kanary::conditions::DATA_PLANE_SYNCED;
 use crate::names::{BASELINE_LABEL, CANARY_LABEL, baseline_deployment_name, canary_deployment_name};
 use crate::names::{
     MANAGED_BY, MANAGED_BY_LABEL, baseline_service_name, canary_service_name, stable_service_name, stable_slice_name,
 };
-use crate::runtime::caches::{CachedService, CachedSlice};
+use crate::runtime::caches::{CachedKanary, CachedService, CachedSlice};
 use k8s_openapi::api::core::v1::{Service, ServicePort};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
@@ -108,15 +110,14 @@ pub fn build_stable_service(canary: &Canary, port: &ServicePort) -> Service {
     .expect("a valid Service")
 }
 
-/// The endpoints of the user's Service (its `port`) that are not the canary's or the baseline's pods: neither
-/// in the slices of their Services (`marked_slices`, by pod or address) nor named as their Deployments' pods
-/// (`<target>-canary-`, `<target>-baseline-`).
-
 /// Whether the user's Service has endpoints of `family`.
 pub fn has_family(user_slices: &[impl std::borrow::Borrow<CachedSlice>], family: &str) -> bool {
     user_slices.iter().any(|s| s.borrow().address_type == family)
 }
 
+/// The endpoints of the user's Service (its `port`) that are not the canary's or the baseline's pods: neither
+/// in the slices of their Services (`marked_slices`, by pod or address) nor named as their Deployments' pods
+/// (`<target>-canary-`, `<target>-baseline-`).
 pub fn build_stable_slice(
     canary: &Canary,
     port: &ServicePort,
@@ -176,37 +177,44 @@ pub fn build_stable_slice(
     .expect("a valid EndpointSlice")
 }
 
-/// The Kanary of a release: the stable and canary routes, the canary taking `weight` percent of new
+/// The Kanary spec of a release: the stable and canary routes, the canary taking `weight` percent of new
 /// connections; with `traffic.baseline`, a third route taking as much for the baseline.
-pub fn build_kanary(canary: &Canary, resource: &ApiResource, traffic: &Traffic, weight: i32) -> DynamicObject {
+pub fn kanary_spec(canary: &Canary, traffic: &Traffic, weight: i32) -> KanarySpec {
     let name = canary.name_any();
-    let route = |service: String, weight: i32| json!({"backend": {"serviceName": service, "servicePort": ROUTE_PORT}, "weight": weight});
+    let route = |service_name: String, weight: i32| Route {
+        backend: Backend { service_name, service_port: IntOrString::String(ROUTE_PORT.into()) },
+        weight: weight.into(),
+    };
     let mut routes = vec![route(canary_service_name(&name), weight)];
     if traffic.baseline {
         routes.push(route(baseline_service_name(&name), weight));
     }
     let stable = 100 - routes.len() as i32 * weight;
     routes.insert(0, route(stable_service_name(&name), stable));
-    let mut kanary = DynamicObject::new(&name, resource).within(&canary.namespace().unwrap_or_default());
+    KanarySpec { destination: traffic.front_service.clone(), routes, proxy: None }
+}
+
+/// The Kanary of a release with `spec`, in `resource`'s group (kanary.k8s.io).
+pub fn build_kanary(canary: &Canary, resource: &ApiResource, spec: &KanarySpec) -> DynamicObject {
+    let mut kanary = DynamicObject::new(&canary.name_any(), resource).within(&canary.namespace().unwrap_or_default());
     kanary.metadata.owner_references = Some(vec![owner(canary)]);
-    kanary.data = json!({"spec": {"destination": traffic.front_service, "routes": routes}});
+    kanary.data = json!({ "spec": spec });
     kanary
 }
 
 /// The canary weight a Kanary's spec asks for, when every proxy pod serves it (its status says
 /// DataPlaneSynced for the current spec).
-pub fn served_weight(kanary: &DynamicObject) -> Option<i32> {
+pub fn served_weight(kanary: &CachedKanary) -> Option<i32> {
     let generation = kanary.metadata.generation?;
-    let status = kanary.data.get("status")?;
-    let conditions = status.get("conditions")?.as_array()?;
-    let synced = conditions.iter().any(|c| {
-        c["type"] == "DataPlaneSynced" && c["status"] == "True" && c["observedGeneration"].as_i64() == Some(generation)
-    });
-    if !synced || status["observedGeneration"].as_i64() != Some(generation) {
+    let status = kanary.status.as_ref()?;
+    let synced = status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == DATA_PLANE_SYNCED && c.status == "True" && c.observed_generation == Some(generation));
+    if !synced || status.observed_generation != Some(generation) {
         return None;
     }
-    let routes = kanary.data["spec"]["routes"].as_array()?;
-    routes.get(1)?["weight"].as_i64().map(|w| w as i32)
+    kanary.spec.as_ref()?.routes.get(1).map(|r| r.weight as i32)
 }
 
 /// The proxy pods' addresses: the ready endpoints of the front Service's EndpointSlices, by pod name.
@@ -328,12 +336,18 @@ mod tests {
     fn the_weight_counts_as_served_only_when_every_proxy_serves_the_current_spec() {
         let resource = crate::api::kanary::api_resource("kanary.k8s.io", "v1");
         let traffic = canary().spec.traffic.unwrap();
-        let mut kanary = build_kanary(&canary(), &resource, &traffic, 25);
-        assert_eq!(kanary.data["spec"]["routes"][0]["weight"], 75);
-        kanary.metadata.generation = Some(3);
+        let built = build_kanary(&canary(), &resource, &kanary_spec(&canary(), &traffic, 25));
+        assert_eq!(built.data["spec"]["routes"][0]["weight"], 75);
+        assert_eq!(built.data["spec"]["routes"][0]["backend"]["servicePort"], "traffic");
+        let mut kanary: CachedKanary = serde_json::from_value(json!({"metadata": {"name": "web", "generation": 3},
+            "spec": built.data["spec"]}))
+        .unwrap();
         assert_eq!(served_weight(&kanary), None);
-        kanary.data["status"] = json!({"observedGeneration": 3,
-            "conditions": [{"type": "DataPlaneSynced", "status": "True", "observedGeneration": 3}]});
+        kanary.status =
+            serde_json::from_value(json!({"observedGeneration": 3, "conditions": [{"type": "DataPlaneSynced",
+            "status": "True", "observedGeneration": 3, "reason": "Synced", "message": "",
+            "lastTransitionTime": "2026-01-01T00:00:00Z"}]}))
+            .unwrap();
         assert_eq!(served_weight(&kanary), Some(25));
         kanary.metadata.generation = Some(4);
         assert_eq!(served_weight(&kanary), None);
@@ -344,7 +358,7 @@ mod tests {
         let resource = crate::api::kanary::api_resource("kanary.k8s.io", "v1");
         let mut traffic = canary().spec.traffic.unwrap();
         traffic.baseline = true;
-        let kanary = build_kanary(&canary(), &resource, &traffic, 25);
+        let kanary = build_kanary(&canary(), &resource, &kanary_spec(&canary(), &traffic, 25));
         let routes: Vec<(&str, i64)> = kanary.data["spec"]["routes"]
             .as_array()
             .unwrap()

@@ -1,13 +1,20 @@
 //! The validate step of the Canary controller: a Canary can be served when its target exists, every
-//! container it names is a container of the target, and `<target>-canary` belongs to no one else. Returns a
-//! [`Valid`] Canary, all the builders need, or the [`Problem`]. Pure: no client in scope.
+//! container it names is a container of the target, and `<target>-canary` belongs to no one else. Its
+//! release (`spec.traffic`) can go on when the Kanary group is installed, the user's Service and port exist
+//! and every object of the release is this Canary's; otherwise the release holds where it is and the canary
+//! is still served. Returns a [`Valid`] Canary, all the builders need, or the [`Problem`]. Pure: no client in
+//! scope.
 
-use super::observe::Observed;
-use crate::api::canary::Canary;
+use super::observe::{Observed, ReleaseObserved};
+use super::traffic;
+use crate::api::canary::{Canary, Traffic};
 use crate::names::canary_deployment_name;
+use crate::runtime::caches::CachedService;
 use crate::runtime::children::owned_by;
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::ServicePort;
 use kube::ResourceExt;
+use std::sync::Arc;
 
 /// A Canary that can be served, with what the builders need.
 #[derive(Debug)]
@@ -15,6 +22,16 @@ pub struct Valid {
     pub target: Deployment,
     /// The canary Deployment, when it exists (it is this Canary's).
     pub owned: Option<Deployment>,
+    /// The release, when the Canary has `traffic`: what it needs, or why it holds where it is.
+    pub traffic: Option<Result<ValidTraffic, Problem>>,
+}
+
+/// A release that can go on: its settings, the user's Service and the port it splits.
+#[derive(Debug)]
+pub struct ValidTraffic {
+    pub traffic: Traffic,
+    pub service: Arc<CachedService>,
+    pub port: ServicePort,
 }
 
 /// What keeps a Canary from being served. Each variant's [`reason`](Problem::reason) is the stable
@@ -125,5 +142,43 @@ pub fn validate(canary: &Canary, observed: &Observed) -> Result<Valid, Problem> 
     if !unknown.is_empty() {
         return Err(Problem::UnknownContainer { target: target_name.clone(), unknown, available });
     }
-    Ok(Valid { target, owned: existing.map(|d| d.to_deployment()) })
+    let traffic = canary.spec.traffic.as_ref().map(|traffic| validate_traffic(canary, traffic, &observed.release));
+    Ok(Valid { target, owned: existing.map(|d| d.to_deployment()), traffic })
+}
+
+/// Checks a release: the Kanary group installed, the user's Service and its port, and every object of the
+/// release (Kanary, route Services, EndpointSlices, baseline) absent or this Canary's.
+fn validate_traffic(canary: &Canary, traffic: &Traffic, seen: &ReleaseObserved) -> Result<ValidTraffic, Problem> {
+    let ns = canary.namespace().unwrap_or_default();
+    let uid = canary.uid().unwrap_or_default();
+    let Some(kanary) = &seen.kanary else {
+        return Err(Problem::Traffic(
+            "spec.traffic: a release needs the Kanary CRD of group kanary.k8s.io: install it (`canary-controller crd`)"
+                .into(),
+        ));
+    };
+    let Some(service) = seen.service.clone() else {
+        return Err(Problem::Traffic(format!(
+            "spec.traffic.service: Service {:?} not found in namespace {ns:?}: create it or fix the name",
+            traffic.service
+        )));
+    };
+    let port = traffic::service_port(traffic, &service).map_err(Problem::Traffic)?.clone();
+    let taken = not_owned("Service", seen.stable_service.as_deref(), &uid)
+        .or_else(|| not_owned("Service", seen.canary_service.as_deref(), &uid))
+        .or_else(|| not_owned("EndpointSlice", seen.stable_slice.as_deref(), &uid))
+        .or_else(|| not_owned("EndpointSlice", seen.stable_slice_v6.as_deref(), &uid))
+        .or_else(|| not_owned("Service", seen.baseline_service.as_deref(), &uid))
+        .or_else(|| not_owned("Deployment", seen.baseline.as_deref(), &uid))
+        .or_else(|| not_owned("Kanary", kanary.as_deref(), &uid));
+    match taken {
+        Some(problem) => Err(problem),
+        None => Ok(ValidTraffic { traffic: traffic.clone(), service, port }),
+    }
+}
+
+/// The problem an object of the release poses when it exists and this Canary (`uid`) does not own it.
+fn not_owned<K: kube::Resource>(kind: &'static str, object: Option<&K>, uid: &str) -> Option<Problem> {
+    let object = object.filter(|o| !owned_by(*o, uid))?;
+    Some(Problem::ReleaseObjectNotOwned { kind, name: object.meta().name.clone().unwrap_or_default() })
 }

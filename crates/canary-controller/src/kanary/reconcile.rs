@@ -13,13 +13,12 @@ use crate::api::kanary::{KIND, Kanary, KanaryStatus};
 use crate::runtime::caches::{Cache, CachedForm, Caches};
 use crate::runtime::children::{self, Written, owned_by};
 use crate::runtime::index::References;
-use crate::runtime::reconciler::{self, Context, Reconciler, Step};
+use crate::runtime::reconciler::{Context, Reconciler, Step};
 use k8s_openapi::api::core::v1::Service;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, Patch, PatchParams};
 use kube::core::{ApiResource, PartialObjectMeta};
 use kube::runtime::controller::Action;
-use kube::runtime::reflector::ObjectRef;
 use kube::{Client, Resource, ResourceExt};
 use std::sync::Arc;
 use std::time::Duration;
@@ -64,25 +63,15 @@ pub enum Error {
 }
 
 impl Step for Error {
-    fn step(&self) -> &'static str {
+    fn step(&self) -> std::borrow::Cow<'static, str> {
         match self {
-            Error::Incomplete => "Incomplete",
-            Error::Create(Child::ConfigMap, ..) => "CreateConfigMap",
-            Error::Create(Child::Deployment, ..) => "CreateDeployment",
-            Error::Create(Child::Service, ..) => "CreateService",
-            Error::Create(Child::ServiceAccount, ..) => "CreateServiceAccount",
-            Error::Create(Child::Role, ..) => "CreateRole",
-            Error::Create(Child::RoleBinding, ..) => "CreateRoleBinding",
-            Error::Apply(Child::ConfigMap, ..) => "ApplyConfigMap",
-            Error::Apply(Child::Deployment, ..) => "ApplyDeployment",
-            Error::Apply(Child::Service, ..) => "ApplyService",
-            Error::Apply(Child::ServiceAccount, ..) => "ApplyServiceAccount",
-            Error::Apply(Child::Role, ..) => "ApplyRole",
-            Error::Apply(Child::RoleBinding, ..) => "ApplyRoleBinding",
-            Error::NotCachedYet(..) => "NotCachedYet",
-            Error::DeleteOldDestination(..) => "DeleteOldDestination",
-            Error::ApplyStatus(_) => "ApplyStatus",
-            Error::PruneReports(_) => "PruneReports",
+            Error::Create(child, ..) => format!("Create{child:?}").into(),
+            Error::Apply(child, ..) => format!("Apply{child:?}").into(),
+            Error::Incomplete => "Incomplete".into(),
+            Error::NotCachedYet(..) => "NotCachedYet".into(),
+            Error::DeleteOldDestination(..) => "DeleteOldDestination".into(),
+            Error::ApplyStatus(_) => "ApplyStatus".into(),
+            Error::PruneReports(_) => "PruneReports".into(),
         }
     }
 
@@ -276,116 +265,4 @@ async fn remove_former_destinations(client: &Client, ns: &str, uid: &str, observ
         deleted.map_err(|e| Error::DeleteOldDestination(old_name, e))?;
     }
     Ok(())
-}
-
-/// The Kanaries an object matters to: its controller (unless the event is the echo of the controller's own
-/// write) and the Kanaries that refer to `name` (for a Service, its name; for an EndpointSlice, its Service's).
-fn kanaries_for<K: Resource>(
-    object: &K,
-    name: Option<&str>,
-    echo: bool,
-    references: &References<Kanary>,
-    resource: &ApiResource,
-) -> Vec<ObjectRef<Kanary>> {
-    let ns = object.namespace().unwrap_or_default();
-    let is_owner = |r: &OwnerReference| r.kind == KIND && r.api_version == resource.api_version;
-    let names = references.woken_by(object, name, is_owner, echo);
-    names.iter().map(|n| ObjectRef::new_with(n, resource.clone()).within(&ns)).collect()
-}
-
-/// What wakes a Kanary's reconcile when it changes: its spec (`metadata.generation`) and what its proxy agents
-/// report in its status (not the rest of the status, which the controller writes).
-fn spec_or_reports(kanary: &Kanary) -> Option<u64> {
-    use std::hash::{Hash, Hasher};
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    kanary.metadata.generation.hash(&mut hasher);
-    if let Some(status) = &kanary.status {
-        for (pod, report) in &status.proxies {
-            (pod, &report.revision, &report.refused_revision).hash(&mut hasher);
-        }
-    }
-    Some(hasher.finish())
-}
-
-/// Runs the Kanary controller of one API group until `shutdown` completes.
-pub async fn run(
-    client: Client,
-    scope: &crate::runtime::Scope,
-    caches: Arc<Caches>,
-    resource: ApiResource,
-    proxy: ProxyOptions,
-    metrics: Arc<crate::runtime::telemetry::Metrics>,
-    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
-) {
-    let references = Arc::new(References::new(Kanary::services));
-    let controller = crate::runtime::triggers::controller(
-        scope.api_with::<Kanary>(&client, &resource),
-        resource.clone(),
-        references.clone(),
-        spec_or_reports,
-    );
-    metrics.observe_kanaries(&resource.group, controller.store());
-    let reconciler = KanaryReconciler { resource: resource.clone(), proxy, references: references.clone() };
-    let ctx = Arc::new(Context::new(client, caches.clone(), controller.store(), resource.clone(), metrics, reconciler));
-    let (c1, c2, c3, c4) = (caches.clone(), caches.clone(), caches.clone(), caches.clone());
-    let (c5, c6, c7) = (caches.clone(), caches.clone(), caches.clone());
-    let (r1, r2, r3, r4) = (references.clone(), references.clone(), references.clone(), references.clone());
-    let (r5, r6, r7) = (references.clone(), references.clone(), references);
-    let (a1, a2, a3, a4) = (resource.clone(), resource.clone(), resource.clone(), resource.clone());
-    let (a5, a6, a7) = (resource.clone(), resource.clone(), resource);
-    let controller = controller
-        .watches_shared_stream(caches.config_maps.subscribe(), move |cm| {
-            kanaries_for(cm.as_ref(), None, c1.config_maps.is_echo(&cm), &r1, &a1)
-        })
-        .watches_shared_stream(caches.service_accounts.subscribe(), move |a| {
-            kanaries_for(a.as_ref(), None, c5.service_accounts.is_echo(&a), &r5, &a5)
-        })
-        .watches_shared_stream(caches.roles.subscribe(), move |r| {
-            kanaries_for(r.as_ref(), None, c6.roles.is_echo(&r), &r6, &a6)
-        })
-        .watches_shared_stream(caches.role_bindings.subscribe(), move |b| {
-            kanaries_for(b.as_ref(), None, c7.role_bindings.is_echo(&b), &r7, &a7)
-        })
-        .watches_shared_stream(caches.deployments.subscribe(), move |d| {
-            kanaries_for(d.as_ref(), None, c2.deployments.is_echo(&d), &r2, &a2)
-        })
-        .watches_shared_stream(caches.services.subscribe(), move |svc| {
-            kanaries_for(svc.as_ref(), Some(&svc.name_any()), c3.services.is_echo(&svc), &r3, &a3)
-        })
-        .watches_shared_stream(caches.endpoint_slices.subscribe(), move |slice| {
-            let service = slice.labels.get(crate::names::SERVICE_NAME_LABEL).map(String::from);
-            match service {
-                Some(service) => {
-                    kanaries_for(slice.as_ref(), Some(&service), c4.endpoint_slices.is_echo(&slice), &r4, &a4)
-                }
-                None => vec![],
-            }
-        });
-    reconciler::run(controller, ctx, shutdown).await;
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn an_echo_of_its_own_write_does_not_wake_the_owner_but_wakes_the_kanaries_using_the_object() {
-        let resource = crate::api::kanary::api_resource("kanary.k8s.io", "v1");
-        let references = References::new(Kanary::services);
-        let kanary = |name: &str, destination: &str, backend: &str| -> Kanary {
-            serde_json::from_value(serde_json::json!({"metadata": {"name": name, "namespace": "ns"},
-                "spec": {"destination": destination, "routes": [{"backend": {"serviceName": backend, "servicePort": 80}, "weight": 100}]}}))
-            .unwrap()
-        };
-        references.apply(&kube::runtime::watcher::Event::Apply(kanary("a", "front", "app")));
-        references.apply(&kube::runtime::watcher::Event::Apply(kanary("b", "front-b", "front")));
-        let mut front: Service = serde_json::from_value(serde_json::json!({"metadata": {"name": "front", "namespace": "ns",
-            "ownerReferences": [{"apiVersion": "kanary.k8s.io/v1", "kind": "Kanary", "name": "a", "uid": "u", "controller": true}]}}))
-        .unwrap();
-        let names = |refs: Vec<ObjectRef<Kanary>>| refs.into_iter().map(|r| r.name).collect::<Vec<_>>();
-        assert_eq!(names(kanaries_for(&front, Some("front"), false, &references, &resource)), ["a", "b"]);
-        assert_eq!(names(kanaries_for(&front, Some("front"), true, &references, &resource)), ["b"], "a wrote it");
-        front.metadata.owner_references = None;
-        assert_eq!(names(kanaries_for(&front, Some("app"), false, &references, &resource)), ["a"], "a backend of a");
-    }
 }

@@ -10,6 +10,7 @@
 //! ([`CachedForm`] puts them back).
 
 use super::index::References;
+use crate::api::kanary::{Kanary, KanarySpec, KanaryStatus};
 use crate::names::CANARY_LABEL;
 use crate::names::PROXY_LABEL;
 use crate::names::SERVICE_NAME_LABEL;
@@ -22,6 +23,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::Api;
+use kube::core::ApiResource;
 use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -311,6 +313,61 @@ cached_form_of!(CachedChild<ServiceAccount>, ServiceAccount);
 cached_form_of!(CachedChild<Role>, Role);
 cached_form_of!(CachedChild<RoleBinding>, RoleBinding);
 
+/// A Kanary of the group releases create theirs in (kanary.k8s.io), as the Canary controller reads its
+/// release's: metadata, spec, and the status without the proxies' reports (the conditions say what they
+/// serve). A spec that does not parse is kept as none.
+#[derive(Clone, Debug, serde::Deserialize, serde::Serialize)]
+pub struct CachedKanary {
+    pub metadata: ObjectMeta,
+    pub spec: Option<KanarySpec>,
+    pub status: Option<KanaryStatus>,
+    #[serde(default)]
+    pub labels: Pairs,
+    #[serde(default)]
+    pub annotations: Pairs,
+}
+
+impl From<Kanary> for CachedKanary {
+    fn from(kanary: Kanary) -> CachedKanary {
+        let (metadata, labels, annotations) = compact_metadata(kanary.metadata, Keep::Only(&[]), Keep::Only(&[]));
+        let status = kanary.status.map(|s| KanaryStatus { proxies: Default::default(), ..s });
+        CachedKanary { metadata, spec: kanary.spec.ok(), status, labels, annotations }
+    }
+}
+
+impl Resource for CachedKanary {
+    type DynamicType = ();
+    type Scope = k8s_openapi::NamespaceResourceScope;
+
+    fn kind(_: &()) -> std::borrow::Cow<'_, str> {
+        crate::api::kanary::KIND.into()
+    }
+    fn group(_: &()) -> std::borrow::Cow<'_, str> {
+        crate::api::kanary::GROUPS[0].0.into()
+    }
+    fn version(_: &()) -> std::borrow::Cow<'_, str> {
+        crate::api::kanary::GROUPS[0].1.into()
+    }
+    fn plural(_: &()) -> std::borrow::Cow<'_, str> {
+        crate::api::kanary::PLURAL.into()
+    }
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+impl CachedForm for CachedKanary {
+    fn kept_labels(&self) -> &Pairs {
+        &self.labels
+    }
+    fn kept_annotations(&self) -> &Pairs {
+        &self.annotations
+    }
+}
+
 /// An object cached as metadata only (a ConfigMap, ServiceAccount, Role or RoleBinding: their content is
 /// never read, the desired-hash annotation stands for it), with who wrote the proxies' (the managers of their
 /// managedFields, not the fields: they tell whether someone else wrote to one,
@@ -354,7 +411,7 @@ where
     /// the watch runs in a task of its own.
     fn start<W>(api: Api<W>, compact: fn(W) -> K, label: &'static str) -> Cache<K>
     where
-        W: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + Debug + Send + 'static,
+        W: Resource + Clone + serde::de::DeserializeOwned + Debug + Send + 'static,
     {
         // small pages: a page is held whole, as full objects, while it is decoded (500 EndpointSlices of 20
         // endpoints were most of the peak memory at start)
@@ -463,11 +520,13 @@ pub struct Caches {
     pub service_accounts: Cache<CachedChild<ServiceAccount>>,
     pub roles: Cache<CachedChild<Role>>,
     pub role_bindings: Cache<CachedChild<RoleBinding>>,
+    /// The Kanaries of the group releases create theirs in (kanary.k8s.io), when it is installed.
+    pub kanaries: Option<Cache<CachedKanary>>,
 }
 
 impl Caches {
     /// Starts the watches; [`Caches::ready`] tells when every cache holds its first list.
-    pub fn start(client: &Client, scope: &super::Scope) -> Caches {
+    pub fn start(client: &Client, scope: &super::Scope, kanaries: Option<&ApiResource>) -> Caches {
         Caches {
             deployments: Cache::start(scope.api::<Deployment>(client), CachedDeployment::from, CANARY_LABEL),
             services: Cache::start(scope.api::<Service>(client), CachedService::from, PROXY_LABEL),
@@ -476,6 +535,8 @@ impl Caches {
             service_accounts: Cache::start(scope.api(client), compact_child, PROXY_LABEL),
             roles: Cache::start(scope.api(client), compact_child, PROXY_LABEL),
             role_bindings: Cache::start(scope.api(client), compact_child, PROXY_LABEL),
+            kanaries: kanaries
+                .map(|r| Cache::start(scope.api_with::<Kanary>(client, r), CachedKanary::from, PROXY_LABEL)),
         }
     }
 
@@ -489,7 +550,12 @@ impl Caches {
             self.config_maps.ready()
         );
         let (a, r, b) = futures::join!(self.service_accounts.ready(), self.roles.ready(), self.role_bindings.ready());
+        let k = match &self.kanaries {
+            Some(kanaries) => kanaries.ready().await,
+            None => Ok(()),
+        };
         d.and(s)
+            .and(k)
             .and(e)
             .and(c)
             .and(a)

@@ -25,7 +25,8 @@ use tracing::Instrument;
 
 /// The step of a reconcile that failed: the metric label and the log field.
 pub trait Step: std::error::Error + Send + Sync + 'static {
-    fn step(&self) -> &'static str;
+    /// The step that failed: the metric label and the log field.
+    fn step(&self) -> std::borrow::Cow<'static, str>;
     /// A write raced the cache (the object exists but is not cached yet): retried without a warning.
     fn waits_for_cache(&self) -> bool;
 }
@@ -116,7 +117,7 @@ async fn reconcile<R: Reconciler>(object: Arc<R::Object>, ctx: Arc<Context<R>>) 
 
 fn error_policy<R: Reconciler>(object: Arc<R::Object>, error: &R::Error, ctx: Arc<Context<R>>) -> Action {
     let live = ctx.objects.state().iter().map(|o| ctx.key(o)).collect();
-    let _span = tracing::info_span!("reconcile", controller = R::NAME, step = error.step()).entered();
+    let _span = tracing::info_span!("reconcile", controller = R::NAME, step = %error.step()).entered();
     ctx.backoff.retry(&ctx.key(&object), &live, error, error.waits_for_cache())
 }
 
@@ -148,8 +149,8 @@ mod tests {
     struct Failed;
 
     impl Step for Failed {
-        fn step(&self) -> &'static str {
-            "Failed"
+        fn step(&self) -> std::borrow::Cow<'static, str> {
+            "Failed".into()
         }
         fn waits_for_cache(&self) -> bool {
             false
@@ -182,7 +183,7 @@ mod tests {
         for name in ["a", "b"] {
             objects.apply_watcher_event(&kube::runtime::watcher::Event::Apply(object(name)));
         }
-        let caches = Arc::new(Caches::start(&client, &crate::runtime::Scope::default()));
+        let caches = Arc::new(Caches::start(&client, &crate::runtime::Scope::default(), None));
         let ctx = Arc::new(Context::new(client, caches, objects.as_reader(), (), Metrics::new(), Failing));
         let retry = |name: &str| error_policy(Arc::new(object(name)), &Failed, ctx.clone());
         assert_eq!(retry("a"), Action::requeue(Duration::from_millis(500)));

@@ -317,11 +317,11 @@ impl Metrics {
         &self,
         controller: &str,
         reconcile: impl Future<Output = Result<T, E>>,
-        category: fn(&E) -> &'static str,
+        category: fn(&E) -> std::borrow::Cow<'static, str>,
     ) -> Result<T, E> {
         let start = Instant::now();
         let result = reconcile.await;
-        self.record(controller, start, result.as_ref().err().map(category));
+        self.record(controller, start, result.as_ref().err().map(category).as_deref());
         result
     }
 

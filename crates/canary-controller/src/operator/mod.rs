@@ -2,6 +2,10 @@
 //! Lease, fill the shared caches, run the Canary controller and one Kanary controller per installed group
 //! until SIGTERM or Ctrl-C (or a lost Lease).
 
+pub mod canary;
+pub mod kanary;
+
+use crate::runtime::caches::CachedForm;
 use crate::runtime::{Scope, caches, connect, leader, telemetry};
 use anyhow::{Context, bail};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -78,7 +82,7 @@ pub struct RunOptions {
     /// Prometheus's base URL for the PromQL checks of releases that name none.
     pub prometheus_address: Option<String>,
     /// What webhook steps and Prometheus queries may call (the API server's addresses are added on start).
-    pub egress: crate::canary::egress::Policy,
+    pub egress: crate::canary::evidence::egress::Policy,
     /// The one namespace watched (`--watch-namespace`); `None`: every namespace.
     pub watch_namespace: Option<String>,
     /// `None` runs the controllers at once, without leader election (a single replica).
@@ -100,7 +104,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     let mut egress = options.egress.clone();
     egress.api_server = api_server_addresses(&config).await;
     tracing::info!(policy = ?egress, "egress policy of webhooks and Prometheus queries");
-    crate::canary::egress::set(egress);
+    crate::canary::evidence::egress::set(egress);
     let kanary_groups = check_crds(&client).await?;
     metrics.set_ready();
 
@@ -158,7 +162,12 @@ async fn run_controllers(
     stop: impl Future<Output = ()> + Clone + Send + Sync + 'static,
 ) {
     let scope = Scope(options.watch_namespace.clone());
-    let caches = std::sync::Arc::new(caches::Caches::start(client, &scope));
+    // releases create their Kanaries in kanary.k8s.io (the group etiennecoutaud/kanary released)
+    let release_kanary = kanary_groups
+        .iter()
+        .find(|(group, _)| *group == crate::api::kanary::GROUPS[0].0)
+        .map(|(group, version)| crate::api::kanary::api_resource(group, version));
+    let caches = std::sync::Arc::new(caches::Caches::start(client, &scope, release_kanary.as_ref()));
     tokio::select! {
         ready = caches.ready() => if let Err(e) = ready {
             tracing::error!(error = %e, "the caches did not fill; controllers not started");
@@ -170,14 +179,9 @@ async fn run_controllers(
         }
     }
     tracing::info!("caches filled: Deployments, Services, EndpointSlices, ConfigMaps (metadata)");
-    // releases create their Kanaries in kanary.k8s.io (the group etiennecoutaud/kanary released)
-    let release_kanary = kanary_groups
-        .iter()
-        .find(|(group, _)| *group == crate::api::kanary::GROUPS[0].0)
-        .map(|(group, version)| crate::api::kanary::api_resource(group, version));
     let kanaries = kanary_groups.iter().map(|(group, version)| {
         let resource = crate::api::kanary::api_resource(group, version);
-        crate::kanary::reconcile::run(
+        kanary::run(
             client.clone(),
             &scope,
             caches.clone(),
@@ -189,7 +193,7 @@ async fn run_controllers(
     });
     let controllers = async {
         futures::join!(
-            crate::canary::reconcile::run(
+            canary::run(
                 client.clone(),
                 &scope,
                 caches.clone(),
@@ -217,5 +221,20 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+/// What a cached object is known by to the controllers that refer to it: its name, or a label's value.
+trait NameOf {
+    fn name_of(&self) -> String;
+    fn label_of(&self, label: &str) -> Option<String>;
+}
+
+impl<K: CachedForm> NameOf for K {
+    fn name_of(&self) -> String {
+        self.name_any()
+    }
+    fn label_of(&self, label: &str) -> Option<String> {
+        self.kept_labels().get(label).map(String::from)
     }
 }

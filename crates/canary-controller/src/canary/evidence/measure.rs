@@ -108,7 +108,7 @@ mod tests {
 
     #[tokio::test]
     async fn endless_statistics_are_cut_at_the_cap() {
-        let address = crate::canary::http::tests::endless_server().await;
+        let address = crate::canary::evidence::http::tests::endless_server().await;
         let why = get(address, "/stats;csv").await.unwrap_err().to_string();
         assert!(why.contains(&format!("more than {MAX_STATS_BYTES} bytes")), "{why}");
     }

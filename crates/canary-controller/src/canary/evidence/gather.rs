@@ -8,8 +8,8 @@
 //! a time; a task whose key no longer matches (the release moved on) is dropped; each task is bounded by the
 //! calls' own deadlines and by [`MAX_GATHER`] as a whole.
 
-use super::release::{Call, Called, Queried};
 use crate::api::canary::{ReleaseStatus, RouteCounters};
+use crate::canary::release::{Call, Called, Queried};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;

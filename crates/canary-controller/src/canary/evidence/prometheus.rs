@@ -33,7 +33,7 @@ pub enum QueryError {
     Address(String, String),
 }
 
-/// The most bytes of a Prometheus answer read (a range of [`super::statistics::MAX_SAMPLES`] samples is
+/// The most bytes of a Prometheus answer read (a range of [`crate::canary::statistics::MAX_SAMPLES`] samples is
 /// about 100 KiB).
 pub const MAX_ANSWER_BYTES: usize = 4 * 1024 * 1024;
 /// The longest text of Prometheus's kept in an error (status and events).

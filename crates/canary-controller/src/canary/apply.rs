@@ -1,0 +1,271 @@
+//! The apply step of the Canary controller: writes a [`Desired`] in its order (the release's Kanary, route
+//! Services, stable EndpointSlices, baseline and the target's images; then the canary Deployment), each
+//! child only when the cache does not show it as desired, then deletes the owned objects no longer wanted
+//! (each delete carries the uid checked as ours). Returns the events of what changed.
+
+use super::build::{Desired, Kind, Orphan, ReleaseChildren, Why};
+use super::observe::Observed;
+use super::validate::Problem;
+use crate::api::canary::Canary;
+use crate::names::PROMOTION_FIELD_MANAGER;
+use crate::names::canary::reasons;
+use crate::report::Note;
+use crate::runtime::caches::{Cache, CachedForm, Caches};
+use crate::runtime::children::{self, Written};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use kube::core::PartialObjectMeta;
+use kube::{Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::fmt::Debug;
+
+/// Why an apply failed; the step label is derived from the verb and the kind.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error("writing {0} {1:?}: {2}")]
+    Write(Kind, String, #[source] kube::Error),
+    #[error("deleting {0} {1:?}: {2}")]
+    Delete(Kind, String, #[source] kube::Error),
+    #[error("setting the images of Deployment {0:?} (promotion): {1}")]
+    UpdateTarget(String, #[source] kube::Error),
+    #[error("{0} {1:?} exists but is not in the cache yet: retrying")]
+    NotCachedYet(Kind, String),
+}
+
+/// What an apply did.
+pub struct Applied {
+    pub notes: Vec<Note>,
+    /// The canary Deployment as it is now.
+    pub deployment: Option<Deployment>,
+    /// The API server refused the canary Deployment: a problem of the Canary, reported in its status.
+    pub rejected: Option<Problem>,
+}
+
+/// Writes `desired` for `canary` and deletes its orphans.
+pub async fn apply(
+    canary: &Canary,
+    desired: &Desired,
+    observed: &Observed,
+    client: &Client,
+    caches: &Caches,
+) -> Result<Applied, ApplyError> {
+    let ns = canary.namespace().unwrap_or_default();
+    let mut applied = Applied { notes: vec![], deployment: None, rejected: None };
+    if let Some(release) = &desired.release {
+        apply_release(canary, release, observed, client, caches, &mut applied.notes).await?;
+    }
+    if let Some(deployment) = &desired.deployment {
+        let cached = observed.existing.as_deref().map(|d| d.to_deployment());
+        let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+        let name = deployment.name_any();
+        match children::write(&deployments, deployment, cached.as_ref(), cached.is_some(), &caches.deployments).await {
+            Ok(Written::Unchanged) => applied.deployment = cached,
+            Ok(Written::Created(d)) => {
+                applied.notes.push(Note::normal(reasons::CANARY_CREATED, format!("created Deployment {name:?}")));
+                applied.deployment = Some(d);
+            }
+            Ok(Written::Applied(d)) => {
+                if cached.as_ref().and_then(|o| o.metadata.generation) != d.metadata.generation {
+                    applied.notes.push(Note::normal(reasons::CANARY_UPDATED, format!("updated Deployment {name:?}")));
+                }
+                applied.deployment = Some(d);
+            }
+            // someone created it since the cache was written (we did, or someone else): once the cache has
+            // it, the next reconcile applies it or reports whose it is
+            Ok(Written::AlreadyExists) => return Err(ApplyError::NotCachedYet(Kind::Deployment, name)),
+            Err(kube::Error::Api(e)) if e.code == 422 || e.code == 400 => {
+                applied.rejected = Some(Problem::ApplyRejected { name, message: e.message });
+                applied.deployment = cached;
+            }
+            Err(e) => return Err(ApplyError::Write(Kind::Deployment, name, e)),
+        }
+    }
+    applied.notes.extend(delete_orphans(canary, &desired.orphans, client).await?);
+    Ok(applied)
+}
+
+/// Writes a release's children in order: the Kanary first, so that a rollback takes traffic from the
+/// canary before anything else changes.
+async fn apply_release(
+    canary: &Canary,
+    release: &ReleaseChildren,
+    observed: &Observed,
+    client: &Client,
+    caches: &Caches,
+    notes: &mut Vec<Note>,
+) -> Result<(), ApplyError> {
+    let ns = canary.namespace().unwrap_or_default();
+    let seen = &observed.release;
+    let cached_kanary = seen.kanary.as_ref().and_then(|k| k.as_deref());
+    let current = cached_kanary.and_then(|k| k.spec.as_ref());
+    let as_desired = current
+        .is_some_and(|c| c.destination == release.kanary_spec.destination && c.routes == release.kanary_spec.routes);
+    if let (false, Some(cache)) = (as_desired, &caches.kanaries) {
+        let resource = kanary_resource();
+        let kanaries: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &resource);
+        write::<_, PartialObjectMeta<DynamicObject>, _>(
+            &kanaries,
+            Kind::Kanary,
+            &release.kanary,
+            None,
+            cached_kanary.is_some(),
+            cache,
+        )
+        .await?;
+    }
+    let services: Api<Service> = Api::namespaced(client.clone(), &ns);
+    let cached_services = [&seen.stable_service, &seen.canary_service, &seen.baseline_service];
+    for (desired, cached) in release.services.iter().zip(cached_services) {
+        let cached = cached.as_deref().map(|c| c.to_service());
+        let exists = cached.is_some();
+        write::<_, PartialObjectMeta<Service>, _>(
+            &services,
+            Kind::Service,
+            desired,
+            cached.as_ref(),
+            exists,
+            &caches.services,
+        )
+        .await?;
+    }
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), &ns);
+    for slice in &release.slices {
+        let cached = [&seen.stable_slice, &seen.stable_slice_v6]
+            .into_iter()
+            .flatten()
+            .find(|c| c.name_any() == slice.name_any());
+        // the cache keeps a compact slice: compared here, then written as a child with no cached copy
+        let current = cached.is_some_and(|c| {
+            c.desired_hash() == children::desired_hash(&slice.metadata) && c.endpoints.len() == slice.endpoints.len()
+        });
+        if !current {
+            let exists = cached.is_some();
+            write::<_, PartialObjectMeta<EndpointSlice>, _>(
+                &slices,
+                Kind::EndpointSlice,
+                slice,
+                None,
+                exists,
+                &caches.endpoint_slices,
+            )
+            .await?;
+        }
+    }
+    if let Some(baseline) = &release.baseline {
+        let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+        let cached = seen.baseline.as_deref().map(|b| b.to_deployment());
+        let written = write::<_, PartialObjectMeta<Deployment>, _>(
+            &deployments,
+            Kind::Deployment,
+            baseline,
+            cached.as_ref(),
+            cached.is_some(),
+            &caches.deployments,
+        )
+        .await?;
+        if matches!(written, Written::Created(_)) {
+            let message = format!(
+                "created Deployment {:?}: the target's pods, for canary-versus-baseline checks",
+                baseline.name_any()
+            );
+            notes.push(Note::normal(reasons::BASELINE_CREATED, message));
+        }
+    }
+    if let Some(patch) = &release.target_images {
+        let target = &canary.spec.target_deployment_name;
+        let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+        // server-side apply, forced: the promotion takes the images over (the one write to the user's object)
+        let params = PatchParams::apply(PROMOTION_FIELD_MANAGER).force();
+        let before = observed.target.as_deref().and_then(|t| t.metadata.generation);
+        let after = deployments
+            .patch(target, &params, &Patch::Apply(patch))
+            .await
+            .map_err(|e| ApplyError::UpdateTarget(target.clone(), e))?;
+        if after.metadata.generation != before {
+            let revision = super::release::revision(&canary.spec);
+            notes.push(Note::normal(
+                reasons::TARGET_UPDATED,
+                format!("set the images of Deployment {target:?} to {revision}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Where releases create their Kanaries: kanary.k8s.io, the group etiennecoutaud/kanary released.
+fn kanary_resource() -> kube::core::ApiResource {
+    let (group, version) = crate::api::kanary::GROUPS[0];
+    crate::api::kanary::api_resource(group, version)
+}
+
+/// Writes one child (see [`children::write`]), the error naming its kind.
+async fn write<K, R, C>(
+    api: &Api<K>,
+    kind: Kind,
+    desired: &K,
+    cached: Option<&K>,
+    exists: bool,
+    cache: &Cache<C>,
+) -> Result<Written<R>, ApplyError>
+where
+    K: Resource + Clone + Serialize + Debug,
+    R: Resource + DeserializeOwned,
+    C: Resource<DynamicType = ()> + 'static,
+{
+    let name = desired.meta().name.clone().unwrap_or_default();
+    match children::write(api, desired, cached, exists, cache).await {
+        Ok(Written::AlreadyExists) => Err(ApplyError::NotCachedYet(kind, name)),
+        Ok(written) => Ok(written),
+        Err(e) => Err(ApplyError::Write(kind, name, e)),
+    }
+}
+
+/// Deletes the orphans (each only that very object: the delete carries its uid); one event per reason.
+async fn delete_orphans(canary: &Canary, orphans: &[Orphan], client: &Client) -> Result<Vec<Note>, ApplyError> {
+    let ns = canary.namespace().unwrap_or_default();
+    let mut deleted: Vec<(Why, String)> = vec![];
+    for orphan in orphans {
+        let gone = match orphan.kind {
+            Kind::Deployment => delete::<Deployment>(Api::namespaced(client.clone(), &ns), orphan).await,
+            Kind::Service => delete::<Service>(Api::namespaced(client.clone(), &ns), orphan).await,
+            Kind::EndpointSlice => delete::<EndpointSlice>(Api::namespaced(client.clone(), &ns), orphan).await,
+            Kind::Kanary => {
+                delete::<DynamicObject>(Api::namespaced_with(client.clone(), &ns, &kanary_resource()), orphan).await
+            }
+        }?;
+        if gone {
+            deleted.push((orphan.why, format!("{} {:?}", orphan.kind, orphan.name)));
+        }
+    }
+    let listed = |why: Why| deleted.iter().filter(|(w, _)| *w == why).map(|(_, o)| o.as_str()).collect::<Vec<_>>();
+    let mut notes = vec![];
+    for old in listed(Why::PreviousTarget) {
+        let target = &canary.spec.target_deployment_name;
+        let message = format!("deleted {old}: this Canary now targets {target:?}");
+        notes.push(Note::normal(reasons::PREVIOUS_CANARY_DELETED, message));
+    }
+    let removed = listed(Why::TrafficRemoved);
+    if !removed.is_empty() {
+        let message =
+            format!("spec.traffic removed: deleted {}; the canary runs without a release", removed.join(", "));
+        notes.push(Note::normal(reasons::RELEASE_REMOVED, message));
+    }
+    let removed = listed(Why::BaselineUnset);
+    if !removed.is_empty() {
+        let message = format!("spec.traffic.baseline unset: deleted {}", removed.join(", "));
+        notes.push(Note::normal(reasons::BASELINE_REMOVED, message));
+    }
+    Ok(notes)
+}
+
+async fn delete<K>(api: Api<K>, orphan: &Orphan) -> Result<bool, ApplyError>
+where
+    K: Resource + Clone + DeserializeOwned + Debug,
+{
+    children::delete(&api, &orphan.name, &orphan.uid)
+        .await
+        .map_err(|e| ApplyError::Delete(orphan.kind, orphan.name.clone(), e))
+}
