@@ -43,12 +43,24 @@ pub fn bounded(text: &str, max: usize) -> String {
     format!("{}…", &text[..end])
 }
 
+/// Records an event. kube's recorder counts an event again (a series) when one of the same type, reason and
+/// action was recorded before, keeping the first one's note: each step of a release would then show only the
+/// first step's message. So the action names the note too ([`action_of`]): events merge only when they say
+/// the same thing, as client-go's do.
 pub async fn publish(recorder: &Recorder, about: &ObjectReference, type_: EventType, reason: &str, note: String) {
     let note = bounded(&note, MAX_NOTE_BYTES);
-    let event = Event { type_, reason: reason.into(), note: Some(note), action: "Reconcile".into(), secondary: None };
+    let action = action_of(reason, &note);
+    let event = Event { type_, reason: reason.into(), note: Some(note), action, secondary: None };
     if let Err(e) = recorder.publish(&event, about).await {
         tracing::warn!(object = ?about.name, %reason, error = %e, "cannot record event");
     }
+}
+
+/// The event's action: its reason and a digest of its note (FNV-1a, stable across processes and versions),
+/// e.g. `WeightSet-5f0c2a91`.
+pub fn action_of(reason: &str, note: &str) -> String {
+    let digest = note.bytes().fold(0x811c_9dc5_u32, |hash, byte| (hash ^ u32::from(byte)).wrapping_mul(0x0100_0193));
+    format!("{reason}-{digest:08x}")
 }
 
 /// How long a status write may take before the reconcile fails (and is retried with backoff).
@@ -101,4 +113,18 @@ where
     let write = api.patch_status(name, &params, &patch);
     let written = tokio::time::timeout(STATUS_WRITE_TIMEOUT, write).await.map_err(|_| StatusWriteError::Timeout)??;
     Ok(written.meta().resource_version.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_of_one_reason_are_told_apart_by_their_note() {
+        let (twenty, fifty) =
+            (action_of("WeightSet", "canary weight 20%"), action_of("WeightSet", "canary weight 50%"));
+        assert_ne!(twenty, fifty, "two steps, two events");
+        assert_eq!(twenty, action_of("WeightSet", "canary weight 20%"), "the same note: one event, counted");
+        assert!(twenty.starts_with("WeightSet-") && twenty.len() == "WeightSet-".len() + 8, "{twenty}");
+    }
 }

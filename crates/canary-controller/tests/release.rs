@@ -57,6 +57,7 @@ async fn a_release_promotes_a_good_canary_rolls_back_a_bad_one_and_pauses_withou
     assert!(managers.iter().any(|m| m == "canary-controller-promotion"), "{managers:?}");
     assert_eq!((done.weight, canary_replicas(&deployments).await), (0, Some(0)));
     e.cluster.wait_rolled_out("app", "app", 60).await;
+    assert_the_story_is_told_step_by_step(&e.cluster).await;
 
     // a bad canary (20 % of its connections reset): rolled back at its first window, stable traffic unharmed
     set_image(&canaries, BAD_IMAGE).await;
@@ -117,4 +118,43 @@ async fn a_release_promotes_a_good_canary_rolls_back_a_bad_one_and_pauses_withou
     assert!(table.contains("PHASE") && table.contains("WEIGHT") && table.contains("STEP"), "{table}");
     sim.stop().await;
     e.cluster.cleanup().await;
+}
+
+/// The release's events, as `kubectl describe canary` shows them: one per step, each with its own message, in
+/// the order of the steps (events of one reason merged into one would keep only the first step's message).
+async fn assert_the_story_is_told_step_by_step(cluster: &support::Cluster) {
+    use k8s_openapi::api::core::v1::Event;
+    let events: Api<Event> = cluster.api();
+    let selector = format!("involvedObject.kind=Canary,involvedObject.name={CANARY}");
+    let story = |events: Vec<Event>| {
+        let mut told: Vec<(String, String, i32)> = events
+            .into_iter()
+            .filter(|e| e.reason.as_deref().is_some_and(|r| ["WeightSet", "AnalysisPassed", "Promoting"].contains(&r)))
+            .map(|e| {
+                let at = e.event_time.map(|t| t.0).or(e.first_timestamp.map(|t| t.0)).unwrap_or_default();
+                (at, e.reason.unwrap_or_default(), e.message.unwrap_or_default(), e.count.unwrap_or(1))
+            })
+            .map(|(at, reason, message, count)| (at.to_string(), format!("{reason}: {message}"), count))
+            .collect();
+        told.sort();
+        told.into_iter().map(|(_, said, count)| (said, count)).collect::<Vec<_>>()
+    };
+    // events are recorded best effort and listed as the API server has them: wait for the last one
+    let mut told = vec![];
+    for _ in 0..30 {
+        let listed = events.list(&kube::api::ListParams::default().fields(&selector)).await.unwrap();
+        told = story(listed.items);
+        if told.iter().any(|(said, _)| said.starts_with("Promoting")) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let said: Vec<&str> = told.iter().map(|(said, _)| said.as_str()).collect();
+    assert_eq!(said.len(), 5, "{told:#?}");
+    assert_eq!(said[0], "WeightSet: canary weight 20%", "{told:#?}");
+    assert!(said[1].starts_with("AnalysisPassed: step 2 passed"), "{told:#?}");
+    assert_eq!(said[2], "WeightSet: canary weight 50%", "{told:#?}");
+    assert!(said[3].starts_with("AnalysisPassed: step 4 passed"), "{told:#?}");
+    assert_eq!(said[4], "Promoting: every step passed: promoting", "{told:#?}");
+    assert!(told.iter().all(|(_, count)| *count == 1), "each step's event once: {told:#?}");
 }
