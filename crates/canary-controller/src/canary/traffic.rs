@@ -20,15 +20,15 @@ use crate::names::{
     MANAGED_BY, MANAGED_BY_LABEL, baseline_service_name, canary_service_name, stable_service_name, stable_slice_name,
 };
 use crate::runtime::caches::{CachedKanary, CachedService, CachedSlice};
-use k8s_openapi::api::core::v1::{Service, ServicePort};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use k8s_openapi::api::core::v1::{ObjectReference, Service, ServicePort, ServiceSpec};
+use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::DynamicObject;
 use kube::core::ApiResource;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// The name of the port of the route Services.
 pub const ROUTE_PORT: &str = "traffic";
@@ -90,24 +90,43 @@ fn build_marked_service(
     let mut selector = user.selector.to_map().unwrap_or_default();
     selector.insert(mark.into(), "true".into());
     let target_port = port.target_port.clone().unwrap_or(IntOrString::Int(port.port));
-    serde_json::from_value(json!({
-        "apiVersion": "v1", "kind": "Service",
-        "metadata": {"name": name, "namespace": canary.namespace(), "ownerReferences": [owner(canary)]},
-        "spec": {"selector": selector,
-            "ports": [{"name": ROUTE_PORT, "port": port.port, "targetPort": target_port, "protocol": "TCP"}]},
-    }))
-    .expect("a valid Service")
+    route_service(canary, name, Some(selector), Some(target_port), port.port)
+}
+
+/// A route Service of the release: port [`ROUTE_PORT`] (TCP) to `target_port` of the pods `selector` selects
+/// (no selector: its EndpointSlices are written by the controller).
+fn route_service(
+    canary: &Canary,
+    name: String,
+    selector: Option<BTreeMap<String, String>>,
+    target_port: Option<IntOrString>,
+    port: i32,
+) -> Service {
+    Service {
+        metadata: ObjectMeta {
+            name: Some(name),
+            namespace: canary.namespace(),
+            owner_references: Some(vec![owner(canary)]),
+            ..Default::default()
+        },
+        spec: Some(ServiceSpec {
+            selector,
+            ports: Some(vec![ServicePort {
+                name: Some(ROUTE_PORT.into()),
+                port,
+                target_port,
+                protocol: Some("TCP".into()),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        status: None,
+    }
 }
 
 /// `<canary>-stable`: no selector (its EndpointSlice is [`build_stable_slice`]).
 pub fn build_stable_service(canary: &Canary, port: &ServicePort) -> Service {
-    serde_json::from_value(json!({
-        "apiVersion": "v1", "kind": "Service",
-        "metadata": {"name": stable_service_name(&canary.name_any()), "namespace": canary.namespace(),
-            "ownerReferences": [owner(canary)]},
-        "spec": {"ports": [{"name": ROUTE_PORT, "port": port.port, "protocol": "TCP"}]},
-    }))
-    .expect("a valid Service")
+    route_service(canary, stable_service_name(&canary.name_any()), None, None, port.port)
 }
 
 /// Whether the user's Service has endpoints of `family`.
@@ -151,12 +170,17 @@ pub fn build_stable_slice(
             if is_canary || found.port != pod_port {
                 continue;
             }
-            let mut endpoint =
-                json!({"addresses": [address.to_string()], "conditions": {"ready": e.ready.unwrap_or(true)}});
-            if let Some(pod) = pod {
-                endpoint["targetRef"] = json!({"kind": "Pod", "name": pod, "namespace": canary.namespace()});
-            }
-            endpoints.push(endpoint);
+            endpoints.push(Endpoint {
+                addresses: vec![address.to_string()],
+                conditions: Some(EndpointConditions { ready: Some(e.ready.unwrap_or(true)), ..Default::default() }),
+                target_ref: pod.map(|pod| ObjectReference {
+                    kind: Some("Pod".into()),
+                    name: Some(pod.into()),
+                    namespace: canary.namespace(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            });
         }
     }
     let numeric_target = match &port.target_port {
@@ -166,15 +190,24 @@ pub fn build_stable_slice(
     };
     let service = stable_service_name(&canary.name_any());
     let name = stable_slice_name(&canary.name_any(), family);
-    serde_json::from_value(json!({
-        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-        "metadata": {"name": name, "namespace": canary.namespace(), "ownerReferences": [owner(canary)],
-            "labels": {SERVICE_NAME_LABEL: service, MANAGED_BY_LABEL: MANAGED_BY}},
-        "addressType": family,
-        "ports": [{"name": ROUTE_PORT, "port": pod_port.or(numeric_target), "protocol": "TCP"}],
-        "endpoints": endpoints,
-    }))
-    .expect("a valid EndpointSlice")
+    let labels = [(SERVICE_NAME_LABEL.to_string(), service), (MANAGED_BY_LABEL.into(), MANAGED_BY.into())];
+    EndpointSlice {
+        metadata: ObjectMeta {
+            name: Some(name),
+            namespace: canary.namespace(),
+            owner_references: Some(vec![owner(canary)]),
+            labels: Some(labels.into()),
+            ..Default::default()
+        },
+        address_type: family.into(),
+        ports: Some(vec![EndpointPort {
+            name: Some(ROUTE_PORT.into()),
+            port: pod_port.or(numeric_target),
+            protocol: Some("TCP".into()),
+            ..Default::default()
+        }]),
+        endpoints,
+    }
 }
 
 /// The Kanary spec of a release: the stable and canary routes, the canary taking `weight` percent of new

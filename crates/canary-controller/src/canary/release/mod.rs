@@ -13,6 +13,15 @@
 //!
 //! Requests (annotation [`REQUEST_ANNOTATION`], acted on once per value): `resume`, `promote`, `abort`,
 //! `retry`. `spec.paused` holds a progressing release where it is.
+//!
+//! This module is the machine (the steps, requests, pauses, rollbacks); `settings` reads the spec with its
+//! defaults; `judging` judges a window.
+
+mod judging;
+mod settings;
+
+pub use judging::*;
+pub use settings::*;
 
 use super::statistics;
 use crate::api::canary::{
@@ -28,94 +37,12 @@ use std::time::Duration;
 
 /// Judged windows kept in the status.
 pub const EVIDENCE_KEPT: usize = 20;
-const DEFAULT_INTERVAL: Duration = Duration::from_secs(60);
 /// The longest analysis window (the schema's maximum too).
 pub const MAX_INTERVAL: Duration = Duration::from_secs(3600);
-const DEFAULT_STEP_WEIGHT: i32 = 10;
-const DEFAULT_MAX_WEIGHT: i32 = 50;
-const DEFAULT_MIN_SAMPLES: u64 = 20;
 /// How often a release that waits on the cluster (proxies, rollouts) looks again.
 const POLL: Duration = Duration::from_secs(1);
 /// How often a release that waits on people looks again (their requests wake it at once).
 const IDLE: Duration = Duration::from_secs(600);
-
-/// The release settings of a spec, defaults applied.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Settings {
-    pub steps: Vec<ReleaseStep>,
-    pub interval: Duration,
-    pub min_samples: u64,
-    pub failure_limit: i32,
-    pub checks: Vec<MetricCheck>,
-    pub update_target: bool,
-}
-
-pub fn duration(text: &str) -> Option<Duration> {
-    crate::api::kanary::duration_ms(text).map(Duration::from_millis)
-}
-
-impl Settings {
-    pub fn of(spec: &CanarySpec) -> Settings {
-        let analysis = spec.analysis.clone().unwrap_or_default();
-        let checks = if analysis.metrics.is_empty() {
-            vec![MetricCheck {
-                metric: Some(Metric::ErrorRate),
-                prometheus: None,
-                on_no_data: None,
-                max: Some(0.05),
-                min: None,
-                max_over_stable: None,
-            }]
-        } else {
-            analysis.metrics.clone()
-        };
-        Settings {
-            steps: if spec.steps.is_empty() { short_form(&analysis) } else { spec.steps.clone() },
-            interval: analysis.interval.as_deref().and_then(duration).unwrap_or(DEFAULT_INTERVAL).min(MAX_INTERVAL),
-            min_samples: analysis.min_samples.map_or(DEFAULT_MIN_SAMPLES, |m| m.max(1) as u64),
-            failure_limit: analysis.failure_limit.unwrap_or(0).max(0),
-            checks,
-            update_target: spec.promotion.as_ref().is_some_and(|p| p.update_target),
-        }
-    }
-}
-
-/// The steps of the short form: `setWeight` then `analysis`, from `stepWeight` up to `maxWeight`.
-fn short_form(analysis: &Analysis) -> Vec<ReleaseStep> {
-    let step = analysis.step_weight.unwrap_or(DEFAULT_STEP_WEIGHT).clamp(1, 100);
-    let max = analysis.max_weight.unwrap_or(DEFAULT_MAX_WEIGHT).clamp(1, 100);
-    let mut weights: Vec<i32> = (1..).map(|i| i * step).take_while(|w| *w <= max).collect();
-    if weights.last() != Some(&max) {
-        weights.push(max);
-    }
-    weights
-        .into_iter()
-        .flat_map(|w| {
-            [
-                ReleaseStep { set_weight: Some(w), ..Default::default() },
-                ReleaseStep { analysis: Some(Default::default()), ..Default::default() },
-            ]
-        })
-        .collect()
-}
-
-/// A step for people: `setWeight 25`, `pause 5m`, `analysis`, `webhook`.
-pub fn describe(step: &ReleaseStep) -> String {
-    match (step.set_weight, &step.pause, &step.webhook) {
-        (Some(w), _, _) => format!("setWeight {w}"),
-        (_, Some(p), _) => format!("pause {}", p.duration.as_deref().unwrap_or("until resumed")),
-        (_, _, Some(_)) => "webhook".into(),
-        _ => "analysis".into(),
-    }
-}
-
-/// `2/6 setWeight 25`, or `done` after the last step.
-fn step_description(steps: &[ReleaseStep], index: i32) -> String {
-    match steps.get(index as usize) {
-        Some(step) => format!("{}/{} {}", index + 1, steps.len(), describe(step)),
-        None => "done".into(),
-    }
-}
 
 /// What the cluster shows now.
 #[derive(Debug, Clone)]
@@ -620,243 +547,6 @@ fn progress(decision: &mut Decision, settings: &Settings, inputs: &Inputs) -> bo
     }
 }
 
-fn summarize(evidence: &Evidence) -> String {
-    let metrics: Vec<String> = evidence
-        .metrics
-        .iter()
-        .map(|m| match &m.no_data {
-            Some(why) => format!("{} no data ({why}: {:?})", metric_name(m), m.verdict),
-            None => format!("{} {} ({}: {:?})", metric_name(m), round(m.value), m.bound, m.verdict),
-        })
-        .collect();
-    format!(
-        "{} canary / {} stable connections; {}",
-        evidence.canary_sessions,
-        evidence.stable_sessions,
-        if metrics.is_empty() { "no checks".into() } else { metrics.join(", ") }
-    )
-}
-
-/// A `compare` check's samples judged (Mann-Whitney U and the Hodges-Lehmann shift, see [`statistics`]):
-/// the result for the status and its verdict (a marginal one as `onMarginal` says); an error when there are
-/// no samples to judge.
-fn compare_samples(compare: &Compare, samples: Option<&Samples>) -> Result<(ComparisonResult, Verdict), String> {
-    let Some(Samples { baseline_query, values }) = samples else { return Err("Prometheus was not queried".into()) };
-    let (canary_all, baseline_all) = values.as_ref().map_err(Clone::clone)?;
-    let finite_only = |values: &[f64]| values.iter().copied().filter(|v| v.is_finite()).collect::<Vec<f64>>();
-    let (canary_all, baseline_all) = (finite_only(canary_all), finite_only(baseline_all));
-    let canary = &statistics::downsample(&canary_all, statistics::MAX_SAMPLES);
-    let baseline = &statistics::downsample(&baseline_all, statistics::MAX_SAMPLES);
-    let downsampled_from = (canary.len() < canary_all.len() || baseline.len() < baseline_all.len())
-        .then(|| format!("canary {}, baseline {}", canary_all.len(), baseline_all.len()));
-    let worse = match compare.worse {
-        Some(ApiWorse::Lower) => statistics::Worse::Lower,
-        _ => statistics::Worse::Higher,
-    };
-    let (alpha, tolerance) = (compare.alpha.unwrap_or(0.05), compare.tolerance.unwrap_or(0.1));
-    let c = statistics::compare(canary, baseline, worse, alpha, tolerance).ok_or_else(|| {
-        format!("no samples to compare ({} of the canary, {} of the baseline)", canary.len(), baseline.len())
-    })?;
-    let verdict = match (c.judgement, compare.on_marginal) {
-        (statistics::Judgement::Pass, _) | (statistics::Judgement::Marginal, Some(OnMarginal::Pass)) => Verdict::Passed,
-        (statistics::Judgement::Fail, _) | (statistics::Judgement::Marginal, Some(OnMarginal::Fail)) => Verdict::Failed,
-        (statistics::Judgement::Marginal, Some(OnMarginal::Extend)) => Verdict::Marginal,
-        (statistics::Judgement::Marginal, _) => Verdict::Inconclusive,
-    };
-    let result = ComparisonResult {
-        baseline_query: bounded(baseline_query, MAX_EVIDENCE_TEXT),
-        canary_samples: canary.len() as u32,
-        baseline_samples: baseline.len() as u32,
-        u: finite(c.test.u),
-        p_value: finite(c.test.p_value),
-        effect: finite(round(c.effect)),
-        judgement: format!("{:?}", c.judgement),
-        downsampled_from,
-    };
-    Ok((result, verdict))
-}
-
-/// How a check's result is named for people: the proxy's metric, or `query`.
-pub fn metric_name(result: &MetricResult) -> String {
-    result.metric.map(|m| format!("{m:?}")).unwrap_or_else(|| "query".into())
-}
-
-/// The answer of a check's PromQL query at the end of a window.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Queried {
-    /// The query as run (variables replaced).
-    pub query: String,
-    /// Its value, or why there is none (no sample, NaN, Prometheus unreachable or refusing).
-    pub value: Result<f64, String>,
-    /// For a `compare` check: both queries' samples over the window.
-    pub samples: Option<Samples>,
-}
-
-/// A `compare` check's samples over a window.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Samples {
-    /// The baseline's query as run.
-    pub baseline_query: String,
-    /// The canary's and the baseline's samples, or why there are none.
-    pub values: Result<(Vec<f64>, Vec<f64>), String>,
-}
-
-fn round(value: f64) -> f64 {
-    (value * 10_000.0).round() / 10_000.0
-}
-
-/// What happened between two readings of a counter (a proxy restarted in between counts from 0).
-fn delta(before: u64, after: u64) -> u64 {
-    if after >= before { after - before } else { after }
-}
-
-/// A route's counters over a window, summed over the proxy pods; connect time weighted by connections.
-fn window_counters(
-    before: &BTreeMap<String, RouteCounters>,
-    after: &BTreeMap<String, RouteCounters>,
-    route: fn(&RouteCounters) -> &Counters,
-) -> Counters {
-    let mut sum = Counters::default();
-    let mut weighted_connect = 0u64;
-    for (pod, now) in after {
-        let then = before.get(pod).map(route).copied().unwrap_or_default();
-        let now = route(now);
-        let sessions = delta(then.sessions, now.sessions);
-        sum.sessions += sessions;
-        sum.errors += delta(then.errors, now.errors);
-        sum.check_failures += delta(then.check_failures, now.check_failures);
-        weighted_connect += sessions * now.connect_time_ms;
-    }
-    sum.connect_time_ms = weighted_connect.checked_div(sum.sessions).unwrap_or(0);
-    sum
-}
-
-fn value_of(metric: Metric, c: &Counters) -> f64 {
-    match metric {
-        Metric::ErrorRate if c.sessions == 0 => 0.0,
-        Metric::ErrorRate => c.errors as f64 / c.sessions as f64,
-        Metric::ConnectTime => c.connect_time_ms as f64,
-        Metric::HealthCheckFailures => c.check_failures as f64,
-        Metric::Sessions => c.sessions as f64,
-    }
-}
-
-/// Judges a window: inconclusive when the canary took fewer than `min_samples` connections (or a check
-/// against the stable route has too few stable ones, or a query had no data and `onNoData` is not `Fail`),
-/// failed when a check fails, else passed. `queried`: the checks' PromQL answers, by index.
-pub fn judge(
-    settings: &Settings,
-    release: &ReleaseStatus,
-    window: &Window,
-    now_counters: &BTreeMap<String, RouteCounters>,
-    queried: Option<&[Option<Queried>]>,
-    now: &Time,
-) -> Evidence {
-    let canary = window_counters(&window.counters, now_counters, |r| &r.canary);
-    let stable = window_counters(&window.counters, now_counters, |r| &r.stable);
-    let enough = |c: &Counters| c.sessions >= settings.min_samples;
-    let metrics: Vec<MetricResult> = settings
-        .checks
-        .iter()
-        .enumerate()
-        .map(|(i, check)| {
-            let answer = queried.and_then(|q| q.get(i)).and_then(Option::as_ref);
-            let (value, query, mut no_data) = match (check.metric, &check.prometheus, answer) {
-                (_, Some(p), Some(q)) if p.compare.is_some() && q.value.is_ok() => (0.0, Some(q.query.clone()), None),
-                (_, Some(_), Some(Queried { query, value: Ok(v), .. })) if !v.is_finite() => {
-                    (0.0, Some(query.clone()), Some(format!("the query returned {v}: not a measurement")))
-                }
-                (_, Some(_), Some(Queried { query, value: Ok(v), .. })) => (*v, Some(query.clone()), None),
-                (_, Some(_), Some(Queried { query, value: Err(why), .. })) => {
-                    (0.0, Some(query.clone()), Some(why.clone()))
-                }
-                (_, Some(p), None) => (0.0, Some(p.query.clone()), Some("Prometheus was not queried".to_string())),
-                (Some(metric), None, _) => (value_of(metric, &canary), None, None),
-                (None, None, _) => (0.0, None, Some("the check names no metric and no query".to_string())),
-            };
-            // a canary-versus-baseline check: the samples' test decides
-            let mut compared = None;
-            if let Some(compare) =
-                check.prometheus.as_ref().and_then(|p| p.compare.as_ref()).filter(|_| no_data.is_none())
-            {
-                match compare_samples(compare, answer.and_then(|q| q.samples.as_ref())) {
-                    Ok(result) => compared = Some(result),
-                    Err(why) => no_data = Some(why),
-                }
-            }
-            let stable_value = check.metric.filter(|_| check.max_over_stable.is_some()).map(|m| value_of(m, &stable));
-            let mut bounds = vec![];
-            let mut failed = false;
-            if let Some(max) = check.max {
-                bounds.push(format!("max {max}"));
-                failed |= value > max;
-            }
-            if let Some(min) = check.min {
-                bounds.push(format!("min {min}"));
-                failed |= value < min;
-            }
-            let mut verdict = Verdict::Passed;
-            if let Some(over) = check.max_over_stable {
-                bounds.push(format!("maxOverStable {over}"));
-                if enough(&stable) {
-                    failed |= value - stable_value.unwrap_or_default() > over;
-                } else {
-                    verdict = Verdict::Inconclusive;
-                }
-            }
-            if let Some((_, judged)) = &compared {
-                failed |= *judged == Verdict::Failed;
-                if matches!(judged, Verdict::Inconclusive | Verdict::Marginal) {
-                    verdict = *judged;
-                }
-            }
-            if no_data.is_some() {
-                // never a pass
-                verdict = match check.on_no_data {
-                    Some(OnNoData::Fail) => Verdict::Failed,
-                    _ => Verdict::Inconclusive,
-                };
-            } else if !enough(&canary) {
-                verdict = Verdict::Inconclusive;
-            } else if failed {
-                verdict = Verdict::Failed;
-            }
-            MetricResult {
-                metric: check.metric.filter(|_| check.prometheus.is_none()),
-                query: query.map(|q| bounded(&q, MAX_EVIDENCE_TEXT)),
-                value: finite(round(compared.as_ref().map(|(c, _)| c.effect).unwrap_or(value))),
-                no_data: no_data.map(|why| bounded(&why, MAX_EVIDENCE_TEXT)),
-                comparison: compared.map(|(c, _)| c),
-                stable_value: stable_value.map(|v| finite(round(v))),
-                bound: bounds.join(", "),
-                verdict,
-            }
-        })
-        .collect();
-    // with enough canary traffic, a failed check fails the window even when another one is inconclusive
-    let verdict = if !enough(&canary) {
-        Verdict::Inconclusive
-    } else if metrics.iter().any(|m| m.verdict == Verdict::Failed) {
-        Verdict::Failed
-    } else if metrics.iter().any(|m| m.verdict == Verdict::Inconclusive) {
-        Verdict::Inconclusive
-    } else if metrics.iter().any(|m| m.verdict == Verdict::Marginal) {
-        Verdict::Marginal
-    } else {
-        Verdict::Passed
-    };
-    Evidence {
-        step: release.step,
-        weight: release.weight,
-        started_at: window.started_at.clone(),
-        finished_at: now.clone(),
-        canary_sessions: canary.sessions,
-        stable_sessions: stable.sessions,
-        verdict,
-        metrics,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -935,7 +625,7 @@ mod tests {
 
     #[test]
     fn the_example_release_reads_as_written() {
-        let text = include_str!("../../../../examples/release.yml");
+        let text = include_str!("../../../../../examples/release.yml");
         let canary: crate::api::canary::Canary = serde_saphyr::from_str(text).unwrap();
         let settings = Settings::of(&canary.spec);
         let weights: Vec<_> = settings.steps.iter().filter_map(|s| s.set_weight).collect();

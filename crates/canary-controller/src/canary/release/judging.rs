@@ -1,0 +1,245 @@
+//! Judging an analysis window: the proxy's counters over the window per route, each check's value against
+//! its bound or against the stable route, PromQL answers (a value, or canary and baseline samples compared by
+//! Mann-Whitney and Hodges-Lehmann), and the window's verdict with its evidence. Pure.
+
+use super::*;
+
+pub(crate) fn summarize(evidence: &Evidence) -> String {
+    let metrics: Vec<String> = evidence
+        .metrics
+        .iter()
+        .map(|m| match &m.no_data {
+            Some(why) => format!("{} no data ({why}: {:?})", metric_name(m), m.verdict),
+            None => format!("{} {} ({}: {:?})", metric_name(m), round(m.value), m.bound, m.verdict),
+        })
+        .collect();
+    format!(
+        "{} canary / {} stable connections; {}",
+        evidence.canary_sessions,
+        evidence.stable_sessions,
+        if metrics.is_empty() { "no checks".into() } else { metrics.join(", ") }
+    )
+}
+
+/// A `compare` check's samples judged (Mann-Whitney U and the Hodges-Lehmann shift, see [`statistics`]):
+/// the result for the status and its verdict (a marginal one as `onMarginal` says); an error when there are
+/// no samples to judge.
+pub(crate) fn compare_samples(
+    compare: &Compare,
+    samples: Option<&Samples>,
+) -> Result<(ComparisonResult, Verdict), String> {
+    let Some(Samples { baseline_query, values }) = samples else { return Err("Prometheus was not queried".into()) };
+    let (canary_all, baseline_all) = values.as_ref().map_err(Clone::clone)?;
+    let finite_only = |values: &[f64]| values.iter().copied().filter(|v| v.is_finite()).collect::<Vec<f64>>();
+    let (canary_all, baseline_all) = (finite_only(canary_all), finite_only(baseline_all));
+    let canary = &statistics::downsample(&canary_all, statistics::MAX_SAMPLES);
+    let baseline = &statistics::downsample(&baseline_all, statistics::MAX_SAMPLES);
+    let downsampled_from = (canary.len() < canary_all.len() || baseline.len() < baseline_all.len())
+        .then(|| format!("canary {}, baseline {}", canary_all.len(), baseline_all.len()));
+    let worse = match compare.worse {
+        Some(ApiWorse::Lower) => statistics::Worse::Lower,
+        _ => statistics::Worse::Higher,
+    };
+    let (alpha, tolerance) = (compare.alpha.unwrap_or(0.05), compare.tolerance.unwrap_or(0.1));
+    let c = statistics::compare(canary, baseline, worse, alpha, tolerance).ok_or_else(|| {
+        format!("no samples to compare ({} of the canary, {} of the baseline)", canary.len(), baseline.len())
+    })?;
+    let verdict = match (c.judgement, compare.on_marginal) {
+        (statistics::Judgement::Pass, _) | (statistics::Judgement::Marginal, Some(OnMarginal::Pass)) => Verdict::Passed,
+        (statistics::Judgement::Fail, _) | (statistics::Judgement::Marginal, Some(OnMarginal::Fail)) => Verdict::Failed,
+        (statistics::Judgement::Marginal, Some(OnMarginal::Extend)) => Verdict::Marginal,
+        (statistics::Judgement::Marginal, _) => Verdict::Inconclusive,
+    };
+    let result = ComparisonResult {
+        baseline_query: bounded(baseline_query, MAX_EVIDENCE_TEXT),
+        canary_samples: canary.len() as u32,
+        baseline_samples: baseline.len() as u32,
+        u: finite(c.test.u),
+        p_value: finite(c.test.p_value),
+        effect: finite(round(c.effect)),
+        judgement: format!("{:?}", c.judgement),
+        downsampled_from,
+    };
+    Ok((result, verdict))
+}
+
+/// How a check's result is named for people: the proxy's metric, or `query`.
+pub fn metric_name(result: &MetricResult) -> String {
+    result.metric.map(|m| format!("{m:?}")).unwrap_or_else(|| "query".into())
+}
+
+/// The answer of a check's PromQL query at the end of a window.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Queried {
+    /// The query as run (variables replaced).
+    pub query: String,
+    /// Its value, or why there is none (no sample, NaN, Prometheus unreachable or refusing).
+    pub value: Result<f64, String>,
+    /// For a `compare` check: both queries' samples over the window.
+    pub samples: Option<Samples>,
+}
+
+/// A `compare` check's samples over a window.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Samples {
+    /// The baseline's query as run.
+    pub baseline_query: String,
+    /// The canary's and the baseline's samples, or why there are none.
+    pub values: Result<(Vec<f64>, Vec<f64>), String>,
+}
+
+pub(crate) fn round(value: f64) -> f64 {
+    (value * 10_000.0).round() / 10_000.0
+}
+
+/// What happened between two readings of a counter (a proxy restarted in between counts from 0).
+pub(crate) fn delta(before: u64, after: u64) -> u64 {
+    if after >= before { after - before } else { after }
+}
+
+/// A route's counters over a window, summed over the proxy pods; connect time weighted by connections.
+pub(crate) fn window_counters(
+    before: &BTreeMap<String, RouteCounters>,
+    after: &BTreeMap<String, RouteCounters>,
+    route: fn(&RouteCounters) -> &Counters,
+) -> Counters {
+    let mut sum = Counters::default();
+    let mut weighted_connect = 0u64;
+    for (pod, now) in after {
+        let then = before.get(pod).map(route).copied().unwrap_or_default();
+        let now = route(now);
+        let sessions = delta(then.sessions, now.sessions);
+        sum.sessions += sessions;
+        sum.errors += delta(then.errors, now.errors);
+        sum.check_failures += delta(then.check_failures, now.check_failures);
+        weighted_connect += sessions * now.connect_time_ms;
+    }
+    sum.connect_time_ms = weighted_connect.checked_div(sum.sessions).unwrap_or(0);
+    sum
+}
+
+pub(crate) fn value_of(metric: Metric, c: &Counters) -> f64 {
+    match metric {
+        Metric::ErrorRate if c.sessions == 0 => 0.0,
+        Metric::ErrorRate => c.errors as f64 / c.sessions as f64,
+        Metric::ConnectTime => c.connect_time_ms as f64,
+        Metric::HealthCheckFailures => c.check_failures as f64,
+        Metric::Sessions => c.sessions as f64,
+    }
+}
+
+/// Judges a window: inconclusive when the canary took fewer than `min_samples` connections (or a check
+/// against the stable route has too few stable ones, or a query had no data and `onNoData` is not `Fail`),
+/// failed when a check fails, else passed. `queried`: the checks' PromQL answers, by index.
+pub fn judge(
+    settings: &Settings,
+    release: &ReleaseStatus,
+    window: &Window,
+    now_counters: &BTreeMap<String, RouteCounters>,
+    queried: Option<&[Option<Queried>]>,
+    now: &Time,
+) -> Evidence {
+    let canary = window_counters(&window.counters, now_counters, |r| &r.canary);
+    let stable = window_counters(&window.counters, now_counters, |r| &r.stable);
+    let enough = |c: &Counters| c.sessions >= settings.min_samples;
+    let metrics: Vec<MetricResult> = settings
+        .checks
+        .iter()
+        .enumerate()
+        .map(|(i, check)| {
+            let answer = queried.and_then(|q| q.get(i)).and_then(Option::as_ref);
+            let (value, query, mut no_data) = match (check.metric, &check.prometheus, answer) {
+                (_, Some(p), Some(q)) if p.compare.is_some() && q.value.is_ok() => (0.0, Some(q.query.clone()), None),
+                (_, Some(_), Some(Queried { query, value: Ok(v), .. })) if !v.is_finite() => {
+                    (0.0, Some(query.clone()), Some(format!("the query returned {v}: not a measurement")))
+                }
+                (_, Some(_), Some(Queried { query, value: Ok(v), .. })) => (*v, Some(query.clone()), None),
+                (_, Some(_), Some(Queried { query, value: Err(why), .. })) => {
+                    (0.0, Some(query.clone()), Some(why.clone()))
+                }
+                (_, Some(p), None) => (0.0, Some(p.query.clone()), Some("Prometheus was not queried".to_string())),
+                (Some(metric), None, _) => (value_of(metric, &canary), None, None),
+                (None, None, _) => (0.0, None, Some("the check names no metric and no query".to_string())),
+            };
+            // a canary-versus-baseline check: the samples' test decides
+            let mut compared = None;
+            if let Some(compare) =
+                check.prometheus.as_ref().and_then(|p| p.compare.as_ref()).filter(|_| no_data.is_none())
+            {
+                match compare_samples(compare, answer.and_then(|q| q.samples.as_ref())) {
+                    Ok(result) => compared = Some(result),
+                    Err(why) => no_data = Some(why),
+                }
+            }
+            let stable_value = check.metric.filter(|_| check.max_over_stable.is_some()).map(|m| value_of(m, &stable));
+            let mut bounds = vec![];
+            let mut failed = false;
+            if let Some(max) = check.max {
+                bounds.push(format!("max {max}"));
+                failed |= value > max;
+            }
+            if let Some(min) = check.min {
+                bounds.push(format!("min {min}"));
+                failed |= value < min;
+            }
+            let mut verdict = Verdict::Passed;
+            if let Some(over) = check.max_over_stable {
+                bounds.push(format!("maxOverStable {over}"));
+                if enough(&stable) {
+                    failed |= value - stable_value.unwrap_or_default() > over;
+                } else {
+                    verdict = Verdict::Inconclusive;
+                }
+            }
+            if let Some((_, judged)) = &compared {
+                failed |= *judged == Verdict::Failed;
+                if matches!(judged, Verdict::Inconclusive | Verdict::Marginal) {
+                    verdict = *judged;
+                }
+            }
+            if no_data.is_some() {
+                // never a pass
+                verdict = match check.on_no_data {
+                    Some(OnNoData::Fail) => Verdict::Failed,
+                    _ => Verdict::Inconclusive,
+                };
+            } else if !enough(&canary) {
+                verdict = Verdict::Inconclusive;
+            } else if failed {
+                verdict = Verdict::Failed;
+            }
+            MetricResult {
+                metric: check.metric.filter(|_| check.prometheus.is_none()),
+                query: query.map(|q| bounded(&q, MAX_EVIDENCE_TEXT)),
+                value: finite(round(compared.as_ref().map(|(c, _)| c.effect).unwrap_or(value))),
+                no_data: no_data.map(|why| bounded(&why, MAX_EVIDENCE_TEXT)),
+                comparison: compared.map(|(c, _)| c),
+                stable_value: stable_value.map(|v| finite(round(v))),
+                bound: bounds.join(", "),
+                verdict,
+            }
+        })
+        .collect();
+    // with enough canary traffic, a failed check fails the window even when another one is inconclusive
+    let verdict = if !enough(&canary) {
+        Verdict::Inconclusive
+    } else if metrics.iter().any(|m| m.verdict == Verdict::Failed) {
+        Verdict::Failed
+    } else if metrics.iter().any(|m| m.verdict == Verdict::Inconclusive) {
+        Verdict::Inconclusive
+    } else if metrics.iter().any(|m| m.verdict == Verdict::Marginal) {
+        Verdict::Marginal
+    } else {
+        Verdict::Passed
+    };
+    Evidence {
+        step: release.step,
+        weight: release.weight,
+        started_at: window.started_at.clone(),
+        finished_at: now.clone(),
+        canary_sessions: canary.sessions,
+        stable_sessions: stable.sessions,
+        verdict,
+        metrics,
+    }
+}
