@@ -10,29 +10,25 @@ use crate::api::canary::Canary;
 use crate::names::PROMOTION_FIELD_MANAGER;
 use crate::names::canary::reasons;
 use crate::report::Note;
-use crate::runtime::caches::{Cache, CachedForm, Caches};
-use crate::runtime::children::{self, Written};
+use crate::runtime::caches::{CachedForm, Caches};
+use crate::runtime::children::{self, ChildError, Written, write_child};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::core::PartialObjectMeta;
 use kube::{Client, Resource, ResourceExt};
-use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::fmt::Debug;
 
-/// Why an apply failed; the step label is derived from the verb and the kind.
+/// Why an apply failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
-    #[error("writing {0} {1:?}: {2}")]
-    Write(Kind, String, #[source] kube::Error),
-    #[error("deleting {0} {1:?}: {2}")]
-    Delete(Kind, String, #[source] kube::Error),
+    /// Writing or deleting a child (the step is derived from the verb and the kind).
+    #[error(transparent)]
+    Child(#[from] ChildError),
     #[error("setting the images of Deployment {0:?} (promotion): {1}")]
     UpdateTarget(String, #[source] kube::Error),
-    #[error("{0} {1:?} exists but is not in the cache yet: retrying")]
-    NotCachedYet(Kind, String),
 }
 
 /// What an apply did.
@@ -61,7 +57,8 @@ pub async fn apply(
         let cached = observed.existing.as_deref().map(|d| d.to_deployment());
         let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
         let name = deployment.name_any();
-        match children::write(&deployments, deployment, cached.as_ref(), cached.is_some(), &caches.deployments).await {
+        let (exists, cache) = (cached.is_some(), &caches.deployments);
+        match write_child("Deployment", &deployments, deployment, cached.as_ref(), exists, cache).await {
             Ok(Written::Unchanged) => applied.deployment = cached,
             Ok(Written::Created(d)) => {
                 applied.notes.push(Note::normal(reasons::CANARY_CREATED, format!("created Deployment {name:?}")));
@@ -73,14 +70,16 @@ pub async fn apply(
                 }
                 applied.deployment = Some(d);
             }
-            // someone created it since the cache was written (we did, or someone else): once the cache has
-            // it, the next reconcile applies it or reports whose it is
-            Ok(Written::AlreadyExists) => return Err(ApplyError::NotCachedYet(Kind::Deployment, name)),
-            Err(kube::Error::Api(e)) if e.code == 422 || e.code == 400 => {
-                applied.rejected = Some(Problem::ApplyRejected { name, message: e.message });
+            Ok(Written::AlreadyExists) => return Err(ChildError::NotCachedYet("Deployment", name).into()),
+            // the API server refused it (a changed selector, immutable): a problem of the Canary
+            Err(e) if e.refused().is_some() => {
+                let message = e.refused().unwrap_or_default().to_string();
+                applied.rejected = Some(Problem::ApplyRejected { name, message });
                 applied.deployment = cached;
             }
-            Err(e) => return Err(ApplyError::Write(Kind::Deployment, name, e)),
+            // someone created it since the cache was written (we did, or someone else): once the cache has
+            // it, the next reconcile applies it or reports whose it is (NotCachedYet)
+            Err(e) => return Err(e.into()),
         }
     }
     applied.notes.extend(delete_orphans(canary, &desired.orphans, client).await?);
@@ -106,9 +105,9 @@ async fn apply_release(
     if let (false, Some(cache)) = (as_desired, &caches.kanaries) {
         let resource = kanary_resource();
         let kanaries: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &resource);
-        write::<_, PartialObjectMeta<DynamicObject>, _>(
+        write_child::<_, PartialObjectMeta<DynamicObject>, _>(
+            "Kanary",
             &kanaries,
-            Kind::Kanary,
             &release.kanary,
             None,
             cached_kanary.is_some(),
@@ -121,9 +120,9 @@ async fn apply_release(
     for (desired, cached) in release.services.iter().zip(cached_services) {
         let cached = cached.as_deref().map(|c| c.to_service());
         let exists = cached.is_some();
-        write::<_, PartialObjectMeta<Service>, _>(
+        write_child::<_, PartialObjectMeta<Service>, _>(
+            "Service",
             &services,
-            Kind::Service,
             desired,
             cached.as_ref(),
             exists,
@@ -143,9 +142,9 @@ async fn apply_release(
         });
         if !current {
             let exists = cached.is_some();
-            write::<_, PartialObjectMeta<EndpointSlice>, _>(
+            write_child::<_, PartialObjectMeta<EndpointSlice>, _>(
+                "EndpointSlice",
                 &slices,
-                Kind::EndpointSlice,
                 slice,
                 None,
                 exists,
@@ -157,9 +156,9 @@ async fn apply_release(
     if let Some(baseline) = &release.baseline {
         let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
         let cached = seen.baseline.as_deref().map(|b| b.to_deployment());
-        let written = write::<_, PartialObjectMeta<Deployment>, _>(
+        let written = write_child::<_, PartialObjectMeta<Deployment>, _>(
+            "Deployment",
             &deployments,
-            Kind::Deployment,
             baseline,
             cached.as_ref(),
             cached.is_some(),
@@ -199,28 +198,6 @@ async fn apply_release(
 fn kanary_resource() -> kube::core::ApiResource {
     let (group, version) = crate::api::kanary::GROUPS[0];
     crate::api::kanary::api_resource(group, version)
-}
-
-/// Writes one child (see [`children::write`]), the error naming its kind.
-async fn write<K, R, C>(
-    api: &Api<K>,
-    kind: Kind,
-    desired: &K,
-    cached: Option<&K>,
-    exists: bool,
-    cache: &Cache<C>,
-) -> Result<Written<R>, ApplyError>
-where
-    K: Resource + Clone + Serialize + Debug,
-    R: Resource + DeserializeOwned,
-    C: Resource<DynamicType = ()> + 'static,
-{
-    let name = desired.meta().name.clone().unwrap_or_default();
-    match children::write(api, desired, cached, exists, cache).await {
-        Ok(Written::AlreadyExists) => Err(ApplyError::NotCachedYet(kind, name)),
-        Ok(written) => Ok(written),
-        Err(e) => Err(ApplyError::Write(kind, name, e)),
-    }
 }
 
 /// Deletes the orphans (each only that very object: the delete carries its uid); one event per reason.
@@ -265,7 +242,5 @@ async fn delete<K>(api: Api<K>, orphan: &Orphan) -> Result<bool, ApplyError>
 where
     K: Resource + Clone + DeserializeOwned + Debug,
 {
-    children::delete(&api, &orphan.name, &orphan.uid)
-        .await
-        .map_err(|e| ApplyError::Delete(orphan.kind, orphan.name.clone(), e))
+    Ok(children::delete_child(orphan.kind.as_str(), &api, &orphan.name, &orphan.uid).await?)
 }

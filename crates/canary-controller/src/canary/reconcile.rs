@@ -126,16 +126,14 @@ impl Step for Error {
     fn step(&self) -> std::borrow::Cow<'static, str> {
         match self {
             Error::NoNamespace => "NoNamespace".into(),
-            Error::Apply(ApplyError::Write(kind, ..)) => format!("Write{kind}").into(),
-            Error::Apply(ApplyError::Delete(kind, ..)) => format!("Delete{kind}").into(),
+            Error::Apply(ApplyError::Child(e)) => e.step().into(),
             Error::Apply(ApplyError::UpdateTarget(..)) => "UpdateTarget".into(),
-            Error::Apply(ApplyError::NotCachedYet(..)) => "NotCachedYet".into(),
             Error::ApplyStatus(_) => "ApplyStatus".into(),
         }
     }
 
     fn waits_for_cache(&self) -> bool {
-        matches!(self, Error::Apply(ApplyError::NotCachedYet(..)))
+        matches!(self, Error::Apply(ApplyError::Child(e)) if e.waits_for_cache())
     }
 }
 

@@ -10,11 +10,13 @@ use super::build::{self, Desired, Observation, ProxyOptions};
 use super::observe::{Observed, observe};
 use super::validate::{Problem, Valid, validate_kanary};
 use crate::api::kanary::{KIND, Kanary, KanaryStatus};
-use crate::runtime::caches::{Cache, CachedForm, Caches};
-use crate::runtime::children::{self, Written, owned_by};
+use crate::runtime::caches::{CachedForm, Caches};
+use crate::runtime::children::{self, ChildError, owned_by, write_child, write_metadata_cached};
 use crate::runtime::index::References;
 use crate::runtime::reconciler::{Context, Reconciler, Step};
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, Patch, PatchParams};
 use kube::core::{ApiResource, PartialObjectMeta};
@@ -31,31 +33,14 @@ pub struct KanaryReconciler {
     pub references: Arc<References<Kanary>>,
 }
 
-/// One of the proxy's objects.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Child {
-    ConfigMap,
-    Deployment,
-    Service,
-    ServiceAccount,
-    Role,
-    RoleBinding,
-}
-
 /// Why a reconcile failed; the variant (and the child) names the step, which is the metric label and the
 /// log field.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("Kanary has no namespace or uid")]
     Incomplete,
-    #[error("creating the {0:?} {1:?}: {2}")]
-    Create(Child, String, #[source] kube::Error),
-    #[error("applying the {0:?} {1:?}: {2}")]
-    Apply(Child, String, #[source] kube::Error),
-    #[error("{0:?} {1:?} exists but is not in the cache yet: retrying")]
-    NotCachedYet(Child, String),
-    #[error("deleting Service {0:?} of a former destination: {1}")]
-    DeleteOldDestination(String, #[source] kube::Error),
+    #[error(transparent)]
+    Child(#[from] ChildError),
     #[error("writing the status: {0}")]
     ApplyStatus(#[from] crate::report::StatusWriteError),
     #[error("removing the reports of proxy pods that are gone from the status: {0}")]
@@ -65,18 +50,15 @@ pub enum Error {
 impl Step for Error {
     fn step(&self) -> std::borrow::Cow<'static, str> {
         match self {
-            Error::Create(child, ..) => format!("Create{child:?}").into(),
-            Error::Apply(child, ..) => format!("Apply{child:?}").into(),
+            Error::Child(e) => e.step().into(),
             Error::Incomplete => "Incomplete".into(),
-            Error::NotCachedYet(..) => "NotCachedYet".into(),
-            Error::DeleteOldDestination(..) => "DeleteOldDestination".into(),
             Error::ApplyStatus(_) => "ApplyStatus".into(),
             Error::PruneReports(_) => "PruneReports".into(),
         }
     }
 
     fn waits_for_cache(&self) -> bool {
-        matches!(self, Error::NotCachedYet(..))
+        matches!(self, Error::Child(e) if e.waits_for_cache())
     }
 }
 
@@ -170,90 +152,30 @@ async fn apply_children(
     ns: &str,
     desired: &Desired,
     observed: &Observed,
-    proxy: Option<&k8s_openapi::api::apps::v1::Deployment>,
+    proxy: Option<&Deployment>,
 ) -> Result<(), Error> {
+    let services: Api<Service> = Api::namespaced(client.clone(), ns);
     let destination = observed.destination.as_deref().map(|s| s.to_service());
-    let destination = destination.as_ref();
-    write(Api::namespaced(client.clone(), ns), &desired.service, destination, destination.is_some(), &caches.services)
-        .await
-        .map_err(|e| e.of(Child::Service))?;
-    let config_map = observed.config_map.as_deref();
-    write_metadata_cached(client, ns, &desired.config_map, config_map, &caches.config_maps, Child::ConfigMap).await?;
-    let account = observed.service_account.as_deref();
-    let accounts = &caches.service_accounts;
-    write_metadata_cached(client, ns, &desired.service_account, account, accounts, Child::ServiceAccount).await?;
-    write_metadata_cached(client, ns, &desired.role, observed.role.as_deref(), &caches.roles, Child::Role).await?;
-    let binding = observed.role_binding.as_deref();
-    let bindings = &caches.role_bindings;
-    write_metadata_cached(client, ns, &desired.role_binding, binding, bindings, Child::RoleBinding).await?;
-    write(Api::namespaced(client.clone(), ns), &desired.deployment, proxy, proxy.is_some(), &caches.deployments)
-        .await
-        .map_err(|e| e.of(Child::Deployment))?;
+    let exists = destination.is_some();
+    let cached = (destination.as_ref(), &caches.services);
+    write_child::<_, PartialObjectMeta<Service>, _>("Service", &services, &desired.service, cached.0, exists, cached.1)
+        .await?;
+    let (config_map, config_maps) = (observed.config_map.as_deref(), &caches.config_maps);
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+    write_metadata_cached("ConfigMap", &api, &desired.config_map, config_map, config_maps).await?;
+    let (account, accounts) = (observed.service_account.as_deref(), &caches.service_accounts);
+    let api: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
+    write_metadata_cached("ServiceAccount", &api, &desired.service_account, account, accounts).await?;
+    let api: Api<Role> = Api::namespaced(client.clone(), ns);
+    write_metadata_cached("Role", &api, &desired.role, observed.role.as_deref(), &caches.roles).await?;
+    let (binding, bindings) = (observed.role_binding.as_deref(), &caches.role_bindings);
+    let api: Api<RoleBinding> = Api::namespaced(client.clone(), ns);
+    write_metadata_cached("RoleBinding", &api, &desired.role_binding, binding, bindings).await?;
+    let api: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    let (exists, cache) = (proxy.is_some(), &caches.deployments);
+    write_child::<_, PartialObjectMeta<Deployment>, _>("Deployment", &api, &desired.deployment, proxy, exists, cache)
+        .await?;
     Ok(())
-}
-
-/// Writes a child cached as metadata only (`cached`: its metadata in the cache) unless the cache shows it as
-/// desired (see [`children::metadata_up_to_date`]).
-async fn write_metadata_cached<K, C>(
-    client: &Client,
-    ns: &str,
-    desired: &K,
-    cached: Option<&C>,
-    cache: &Cache<C>,
-    child: Child,
-) -> Result<(), Error>
-where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + serde::Serialize
-        + std::fmt::Debug,
-    C: CachedForm + 'static,
-{
-    if cached.is_some_and(|c| children::metadata_up_to_date(desired.meta(), &c.full_metadata())) {
-        return Ok(());
-    }
-    let api: Api<K> = Api::namespaced(client.clone(), ns);
-    write(api, desired, None, cached.is_some(), cache).await.map_err(|e| e.of(child))
-}
-
-/// A failed write, before it is known which child it was.
-enum WriteError {
-    Create(String, kube::Error),
-    Apply(String, kube::Error),
-    NotCachedYet(String),
-}
-
-impl WriteError {
-    fn of(self, child: Child) -> Error {
-        match self {
-            WriteError::Create(name, e) => Error::Create(child, name, e),
-            WriteError::Apply(name, e) => Error::Apply(child, name, e),
-            WriteError::NotCachedYet(name) => Error::NotCachedYet(child, name),
-        }
-    }
-}
-
-/// Writes one child (see [`children::write`]).
-async fn write<K, C>(
-    api: Api<K>,
-    desired: &K,
-    cached: Option<&K>,
-    exists: bool,
-    cache: &Cache<C>,
-) -> Result<(), WriteError>
-where
-    K: Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
-    C: Resource<DynamicType = ()> + 'static,
-{
-    let name = desired.name_any();
-    // only the metadata of what was stored is read back (the cache notes its version)
-    match children::write::<K, PartialObjectMeta<K>, C>(&api, desired, cached, exists, cache).await {
-        Ok(Written::AlreadyExists) => Err(WriteError::NotCachedYet(name)),
-        Ok(_) => Ok(()),
-        Err(e) if exists => Err(WriteError::Apply(name, e)),
-        Err(e) => Err(WriteError::Create(name, e)),
-    }
 }
 
 /// Deletes the Services this Kanary created for a destination it no longer has.
@@ -261,8 +183,7 @@ async fn remove_former_destinations(client: &Client, ns: &str, uid: &str, observ
     let services: Api<Service> = Api::namespaced(client.clone(), ns);
     for old in observed.former_destinations.iter().filter(|s| owned_by(s.as_ref(), uid)) {
         let old_name = old.name_any();
-        let deleted = children::delete(&services, &old_name, &old.uid().unwrap_or_default()).await;
-        deleted.map_err(|e| Error::DeleteOldDestination(old_name, e))?;
+        children::delete_child("Service", &services, &old_name, &old.uid().unwrap_or_default()).await?;
     }
     Ok(())
 }

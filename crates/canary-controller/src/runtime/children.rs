@@ -16,7 +16,7 @@
 //! remove fields they stop setting, the first apply turns the entry into an `Apply` entry (as `kubectl`'s
 //! client-side to server-side apply upgrade does).
 
-use super::caches::Cache;
+use super::caches::{Cache, CachedForm};
 use crate::names::{DESIRED_HASH_ANNOTATION, FIELD_MANAGER};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, ObjectMeta};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
@@ -190,6 +190,102 @@ where
         Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(false),
         Err(e) => Err(e),
     }
+}
+
+/// Why writing or deleting a child failed. The verb and the child's kind name the reconcile's step
+/// ([`ChildError::step`]: `CreateDeployment`, `ApplyService`, `DeleteKanary`), its metric label and log field.
+#[derive(Debug, thiserror::Error)]
+pub enum ChildError {
+    #[error("creating {0} {1:?}: {2}")]
+    Create(&'static str, String, #[source] kube::Error),
+    #[error("applying {0} {1:?}: {2}")]
+    Apply(&'static str, String, #[source] kube::Error),
+    #[error("deleting {0} {1:?}: {2}")]
+    Delete(&'static str, String, #[source] kube::Error),
+    /// Absent from the cache but taken meanwhile (by this controller or someone else): retried once the
+    /// cache has it (then applied if it is ours, or reported).
+    #[error("{0} {1:?} exists but is not in the cache yet: retrying")]
+    NotCachedYet(&'static str, String),
+}
+
+impl ChildError {
+    /// The step that failed: the verb and the kind.
+    pub fn step(&self) -> String {
+        match self {
+            ChildError::Create(kind, ..) => format!("Create{kind}"),
+            ChildError::Apply(kind, ..) => format!("Apply{kind}"),
+            ChildError::Delete(kind, ..) => format!("Delete{kind}"),
+            ChildError::NotCachedYet(..) => "NotCachedYet".into(),
+        }
+    }
+
+    /// A write raced the cache: retried without a warning.
+    pub fn waits_for_cache(&self) -> bool {
+        matches!(self, ChildError::NotCachedYet(..))
+    }
+
+    /// The API server's answer when it refused the object itself (400, 422): a problem of the spec.
+    pub fn refused(&self) -> Option<&str> {
+        match self {
+            ChildError::Create(_, _, kube::Error::Api(e)) | ChildError::Apply(_, _, kube::Error::Api(e))
+                if e.code == 400 || e.code == 422 =>
+            {
+                Some(&e.message)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// [`write`] of a child of `kind`: the error names the kind and what was tried, and a name taken meanwhile
+/// is [`ChildError::NotCachedYet`].
+pub async fn write_child<K, R, C>(
+    kind: &'static str,
+    api: &Api<K>,
+    desired: &K,
+    cached: Option<&K>,
+    exists: bool,
+    cache: &Cache<C>,
+) -> Result<Written<R>, ChildError>
+where
+    K: Resource + Clone + Serialize + Debug,
+    R: Resource + DeserializeOwned,
+    C: Resource<DynamicType = ()> + 'static,
+{
+    let name = desired.meta().name.clone().unwrap_or_default();
+    match write(api, desired, cached, exists, cache).await {
+        Ok(Written::AlreadyExists) => Err(ChildError::NotCachedYet(kind, name)),
+        Ok(written) => Ok(written),
+        Err(e) if exists => Err(ChildError::Apply(kind, name, e)),
+        Err(e) => Err(ChildError::Create(kind, name, e)),
+    }
+}
+
+/// [`write_child`] of a child cached as metadata only (`cached`: its cached form): nothing when the cache
+/// shows it as desired (see [`metadata_up_to_date`]); only the metadata of what was stored is read back.
+pub async fn write_metadata_cached<K, C>(
+    kind: &'static str,
+    api: &Api<K>,
+    desired: &K,
+    cached: Option<&C>,
+    cache: &Cache<C>,
+) -> Result<(), ChildError>
+where
+    K: Resource + Clone + Serialize + DeserializeOwned + Debug,
+    C: CachedForm + 'static,
+{
+    if cached.is_some_and(|c| metadata_up_to_date(desired.meta(), &c.full_metadata())) {
+        return Ok(());
+    }
+    write_child::<K, PartialObjectMeta<K>, C>(kind, api, desired, None, cached.is_some(), cache).await.map(|_| ())
+}
+
+/// [`delete`] of a child of `kind`; whether it went.
+pub async fn delete_child<K>(kind: &'static str, api: &Api<K>, name: &str, uid: &str) -> Result<bool, ChildError>
+where
+    K: Resource + Clone + DeserializeOwned + Debug,
+{
+    delete(api, name, uid).await.map_err(|e| ChildError::Delete(kind, name.to_string(), e))
 }
 
 /// Is `obj` controlled by the object with `uid`?
