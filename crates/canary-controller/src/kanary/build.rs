@@ -18,11 +18,18 @@ use crate::names::kanary::{conditions, reasons};
 use crate::names::{PROXY_LABEL, config_name, proxy_name};
 use crate::report::Note;
 use crate::runtime::children::with_desired_hash;
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
-use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, OwnerReference, Time};
-use serde_json::json;
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment};
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMap, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, ExecAction,
+    HTTPGetAction, Lifecycle, LifecycleHandler, ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec,
+    Probe, ResourceRequirements, SeccompProfile, SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec,
+    Volume, VolumeMount,
+};
+use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, ObjectMeta, OwnerReference, Time};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use std::collections::BTreeMap;
 
 pub const CONFIG_KEY: &str = CONFIG_FILE;
 /// The official image's haproxy user; the agent runs as the same user, to share HAProxy's files and socket.
@@ -58,7 +65,7 @@ pub fn desired(name: &str, ns: &str, valid: &Valid, options: &ProxyOptions) -> D
     let plane = DataPlane { owner: format!("{ns}/{name}"), settings, routes: valid.routes.clone() };
     let files = ProxyFiles::of(&plane);
     let owner = &valid.owner;
-    let resources = proxy.resources.as_ref().map(|r| serde_json::to_value(r).expect("resources serialize"));
+    let resources = proxy.resources.clone();
     Desired {
         config_map: with_desired_hash(build_config_map(name, ns, owner, &files)),
         deployment: with_desired_hash(build_deployment(name, ns, owner, options, resources)),
@@ -153,33 +160,55 @@ pub fn proxy_settings(proxy: &ProxySpec, defaults: &ProxySettings) -> ProxySetti
 }
 
 /// The HAProxy container's resources unless a Kanary sets its own.
-fn default_resources() -> serde_json::Value {
-    json!({"requests": {"cpu": "50m", "memory": "32Mi"}, "limits": {"memory": "256Mi"}})
+fn default_resources() -> ResourceRequirements {
+    resources(&[("cpu", "50m"), ("memory", "32Mi")], &[("memory", "256Mi")])
 }
 
-fn metadata(name: &str, namespace: &str, owner: &OwnerReference, labels: serde_json::Value) -> serde_json::Value {
-    json!({"name": name, "namespace": namespace, "labels": labels, "ownerReferences": [owner]})
+/// Resource requirements from (resource, quantity) pairs.
+fn resources(requests: &[(&str, &str)], limits: &[(&str, &str)]) -> ResourceRequirements {
+    let quantities =
+        |pairs: &[(&str, &str)]| pairs.iter().map(|(r, q)| (r.to_string(), Quantity(q.to_string()))).collect();
+    ResourceRequirements {
+        requests: Some(quantities(requests)),
+        limits: Some(quantities(limits)),
+        ..Default::default()
+    }
+}
+
+/// The metadata of a proxy object: its name, namespace, owner and the proxy label.
+fn metadata(name: &str, namespace: &str, owner: &OwnerReference, proxy: &str) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.into()),
+        namespace: Some(namespace.into()),
+        labels: Some(proxy_labels(proxy)),
+        owner_references: Some(vec![owner.clone()]),
+        ..Default::default()
+    }
+}
+
+/// `proxy: <name>-haproxy`, the label of the proxy's objects and its pods' selector.
+fn proxy_labels(proxy: &str) -> BTreeMap<String, String> {
+    [(PROXY_LABEL.to_string(), proxy.to_string())].into()
 }
 
 pub fn build_config_map(name: &str, namespace: &str, owner: &OwnerReference, files: &ProxyFiles) -> ConfigMap {
-    serde_json::from_value(json!({
-        "apiVersion": "v1", "kind": "ConfigMap",
-        "metadata": metadata(&config_name(name), namespace, owner, json!({PROXY_LABEL: proxy_name(name)})),
-        "data": {CONFIG_KEY: files.config, WEIGHTS_FILE: files.weights, DATAPLANE_KEY: files.dataplane},
-    }))
-    .expect("a valid ConfigMap")
+    let data = [(CONFIG_KEY, &files.config), (WEIGHTS_FILE, &files.weights), (DATAPLANE_KEY, &files.dataplane)];
+    ConfigMap {
+        metadata: metadata(&config_name(name), namespace, owner, &proxy_name(name)),
+        data: Some(data.into_iter().map(|(key, text)| (key.to_string(), text.clone())).collect()),
+        ..Default::default()
+    }
 }
 
 /// The proxy agent's ServiceAccount (`<name>-haproxy`); its token is mounted only where a pod asks for it
 /// (the proxy's pods do).
 pub fn build_service_account(name: &str, namespace: &str, owner: &OwnerReference) -> ServiceAccount {
     let proxy = proxy_name(name);
-    serde_json::from_value(json!({
-        "apiVersion": "v1", "kind": "ServiceAccount",
-        "metadata": metadata(&proxy, namespace, owner, json!({PROXY_LABEL: proxy})),
-        "automountServiceAccountToken": false,
-    }))
-    .expect("a valid ServiceAccount")
+    ServiceAccount {
+        metadata: metadata(&proxy, namespace, owner, &proxy),
+        automount_service_account_token: Some(false),
+        ..Default::default()
+    }
 }
 
 /// What the proxy agent may do: get, list and watch its Kanary's ConfigMap (a list or watch selects it by
@@ -188,32 +217,73 @@ pub fn build_service_account(name: &str, namespace: &str, owner: &OwnerReference
 pub fn build_role(name: &str, namespace: &str, owner: &OwnerReference) -> Role {
     let proxy = proxy_name(name);
     let group = owner.api_version.split('/').next().unwrap_or_default();
-    serde_json::from_value(json!({
-        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
-        "metadata": metadata(&proxy, namespace, owner, json!({PROXY_LABEL: proxy})),
-        "rules": [
-            {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": [config_name(name)], "verbs": ["get", "list", "watch"]},
-            {"apiGroups": [group], "resources": ["kanaries/status"], "resourceNames": [name], "verbs": ["patch"]},
-        ],
-    }))
-    .expect("a valid Role")
+    let rule = |group: &str, resource: &str, name: String, verbs: &[&str]| PolicyRule {
+        api_groups: Some(vec![group.into()]),
+        resources: Some(vec![resource.into()]),
+        resource_names: Some(vec![name]),
+        verbs: verbs.iter().map(|v| v.to_string()).collect(),
+        ..Default::default()
+    };
+    Role {
+        metadata: metadata(&proxy, namespace, owner, &proxy),
+        rules: Some(vec![
+            rule("", "configmaps", config_name(name), &["get", "list", "watch"]),
+            rule(group, "kanaries/status", name.into(), &["patch"]),
+        ]),
+    }
 }
 
 /// Binds the proxy agent's Role to its ServiceAccount.
 pub fn build_role_binding(name: &str, namespace: &str, owner: &OwnerReference) -> RoleBinding {
     let proxy = proxy_name(name);
-    serde_json::from_value(json!({
-        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-        "metadata": metadata(&proxy, namespace, owner, json!({PROXY_LABEL: proxy})),
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": proxy},
-        "subjects": [{"kind": "ServiceAccount", "name": proxy, "namespace": namespace}],
-    }))
-    .expect("a valid RoleBinding")
+    RoleBinding {
+        metadata: metadata(&proxy, namespace, owner, &proxy),
+        role_ref: RoleRef { api_group: "rbac.authorization.k8s.io".into(), kind: "Role".into(), name: proxy.clone() },
+        subjects: Some(vec![Subject {
+            kind: "ServiceAccount".into(),
+            name: proxy,
+            namespace: Some(namespace.into()),
+            ..Default::default()
+        }]),
+    }
 }
 
 /// A container's hardening: no privilege escalation, a read-only root file system, no capabilities.
-fn hardened() -> serde_json::Value {
-    json!({"allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true, "capabilities": {"drop": ["ALL"]}})
+fn hardened() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), ..Default::default() }),
+        ..Default::default()
+    }
+}
+
+/// An HTTP probe of `path` on the named `port`.
+fn probe(path: &str, port: &str, period_seconds: i32, failure_threshold: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String(port.into()),
+            ..Default::default()
+        }),
+        period_seconds: Some(period_seconds),
+        failure_threshold: Some(failure_threshold),
+        ..Default::default()
+    }
+}
+
+/// A named TCP port of a container.
+fn port(name: &str, number: u16) -> ContainerPort {
+    ContainerPort {
+        name: Some(name.into()),
+        container_port: number.into(),
+        protocol: Some("TCP".into()),
+        ..Default::default()
+    }
+}
+
+fn mount(volume: &str, path: &str) -> VolumeMount {
+    VolumeMount { name: volume.into(), mount_path: path.into(), ..Default::default() }
 }
 
 /// The proxy's pods: HAProxy in master-worker mode on the files the agent writes to the shared `run`
@@ -224,93 +294,141 @@ pub fn build_deployment(
     namespace: &str,
     owner: &OwnerReference,
     options: &ProxyOptions,
-    resources: Option<serde_json::Value>,
+    haproxy_resources: Option<ResourceRequirements>,
 ) -> Deployment {
     let proxy = proxy_name(name);
-    serde_json::from_value(json!({
-        "apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": metadata(&proxy, namespace, owner, json!({PROXY_LABEL: proxy})),
-        "spec": {
-            "replicas": options.replicas,
-            "selector": {"matchLabels": {PROXY_LABEL: proxy}},
-            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
-            "minReadySeconds": 2,
-            "template": {
-                "metadata": {"labels": {PROXY_LABEL: proxy}},
-                "spec": {
-                    // the agent reads the ConfigMap with it (HAProxy gets the token too, which grants no more
-                    // than the config it serves)
-                    "serviceAccountName": proxy,
-                    "automountServiceAccountToken": true,
-                    "terminationGracePeriodSeconds": 45,
-                    "securityContext": {
-                        "runAsNonRoot": true, "runAsUser": HAPROXY_UID, "runAsGroup": HAPROXY_UID,
-                        "seccompProfile": {"type": "RuntimeDefault"},
-                    },
-                    "initContainers": [{
-                        "name": "agent",
-                        "image": options.agent_image,
-                        "restartPolicy": "Always",
-                        "args": ["proxy-agent", "--config-map", config_name(name), "--dir", RUNTIME_DIR,
-                            "--master-socket", MASTER_SOCKET, "--metrics-address", format!("0.0.0.0:{AGENT_PORT}"),
-                            "--kanary", name, "--kanary-api-version", owner.api_version, "--log-format", "json"],
-                        "env": [
-                            {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
-                            {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-                        ],
-                        "ports": [{"name": "agent", "containerPort": AGENT_PORT, "protocol": "TCP"}],
-                        // HAProxy starts once the agent wrote its files
-                        "startupProbe": {"httpGet": {"path": "/startupz", "port": "agent"}, "periodSeconds": 1, "failureThreshold": 120},
-                        // ready once HAProxy serves the desired data plane
-                        "readinessProbe": {"httpGet": {"path": "/readyz", "port": "agent"}, "periodSeconds": 2, "failureThreshold": 2},
-                        "livenessProbe": {"httpGet": {"path": "/healthz", "port": "agent"}, "periodSeconds": 10, "failureThreshold": 3},
-                        "securityContext": hardened(),
-                        "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "64Mi"}},
-                        "volumeMounts": [{"name": "run", "mountPath": RUNTIME_DIR}],
-                    }],
-                    "containers": [{
-                        "name": "haproxy",
-                        "image": options.image,
-                        // as the official image's entrypoint runs them: `haproxy -W -db` (master-worker, in the
-                        // foreground) with the master CLI the agent uses, on the agent's files
-                        "args": ["-S", MASTER_SOCKET, "-f", format!("{RUNTIME_DIR}/{CONFIG_FILE}")],
-                        "ports": [
-                            {"name": "proxy", "containerPort": PROXY_PORT, "protocol": "TCP"},
-                            {"name": "metrics", "containerPort": STATS_PORT, "protocol": "TCP"},
-                        ],
-                        "readinessProbe": {"httpGet": {"path": HEALTH_PATH, "port": "metrics"}, "periodSeconds": 2, "failureThreshold": 2},
-                        "livenessProbe": {"httpGet": {"path": HEALTH_PATH, "port": "metrics"}, "periodSeconds": 10, "failureThreshold": 3},
-                        // leave time for the endpoint removal to reach clients, then stop softly
-                        "lifecycle": {"preStop": {"exec": {"command": ["/bin/sh", "-c", "sleep 5; kill -USR1 1"]}}},
-                        "securityContext": hardened(),
-                        "resources": resources.unwrap_or_else(default_resources),
-                        "volumeMounts": [
-                            {"name": "run", "mountPath": RUNTIME_DIR},
-                            {"name": "tmp", "mountPath": "/tmp"},
-                        ],
-                    }],
-                    "volumes": [
-                        {"name": "run", "emptyDir": {"medium": "Memory", "sizeLimit": "16Mi"}},
-                        {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}},
-                    ],
-                },
+    let field = |name: &str, path: &str| EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector { field_path: path.into(), ..Default::default() }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let agent_args = [
+        "proxy-agent".to_string(),
+        "--config-map".into(),
+        config_name(name),
+        "--dir".into(),
+        RUNTIME_DIR.into(),
+        "--master-socket".into(),
+        MASTER_SOCKET.into(),
+        "--metrics-address".into(),
+        format!("0.0.0.0:{AGENT_PORT}"),
+        "--kanary".into(),
+        name.into(),
+        "--kanary-api-version".into(),
+        owner.api_version.clone(),
+        "--log-format".into(),
+        "json".into(),
+    ];
+    let agent = Container {
+        name: "agent".into(),
+        image: Some(options.agent_image.clone()),
+        restart_policy: Some("Always".into()),
+        args: Some(agent_args.into()),
+        env: Some(vec![field("POD_NAMESPACE", "metadata.namespace"), field("POD_NAME", "metadata.name")]),
+        ports: Some(vec![port("agent", AGENT_PORT)]),
+        // HAProxy starts once the agent wrote its files
+        startup_probe: Some(probe("/startupz", "agent", 1, 120)),
+        // ready once HAProxy serves the desired data plane
+        readiness_probe: Some(probe("/readyz", "agent", 2, 2)),
+        liveness_probe: Some(probe("/healthz", "agent", 10, 3)),
+        security_context: Some(hardened()),
+        resources: Some(resources(&[("cpu", "10m"), ("memory", "16Mi")], &[("memory", "64Mi")])),
+        volume_mounts: Some(vec![mount("run", RUNTIME_DIR)]),
+        ..Default::default()
+    };
+    let haproxy = Container {
+        name: "haproxy".into(),
+        image: Some(options.image.clone()),
+        // as the official image's entrypoint runs them: `haproxy -W -db` (master-worker, in the foreground)
+        // with the master CLI the agent uses, on the agent's files
+        args: Some(vec!["-S".into(), MASTER_SOCKET.into(), "-f".into(), format!("{RUNTIME_DIR}/{CONFIG_FILE}")]),
+        ports: Some(vec![port("proxy", PROXY_PORT), port("metrics", STATS_PORT)]),
+        readiness_probe: Some(probe(HEALTH_PATH, "metrics", 2, 2)),
+        liveness_probe: Some(probe(HEALTH_PATH, "metrics", 10, 3)),
+        // leave time for the endpoint removal to reach clients, then stop softly
+        lifecycle: Some(Lifecycle {
+            pre_stop: Some(LifecycleHandler {
+                exec: Some(ExecAction {
+                    command: Some(vec!["/bin/sh".into(), "-c".into(), "sleep 5; kill -USR1 1".into()]),
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        security_context: Some(hardened()),
+        resources: Some(haproxy_resources.unwrap_or_else(default_resources)),
+        volume_mounts: Some(vec![mount("run", RUNTIME_DIR), mount("tmp", "/tmp")]),
+        ..Default::default()
+    };
+    let empty_dir = |medium: Option<&str>, size: &str| EmptyDirVolumeSource {
+        medium: medium.map(String::from),
+        size_limit: Some(Quantity(size.into())),
+    };
+    let pod = PodSpec {
+        // the agent reads the ConfigMap with it (HAProxy gets the token too, which grants no more than the
+        // config it serves)
+        service_account_name: Some(proxy.clone()),
+        automount_service_account_token: Some(true),
+        termination_grace_period_seconds: Some(45),
+        security_context: Some(PodSecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(HAPROXY_UID),
+            run_as_group: Some(HAPROXY_UID),
+            seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), ..Default::default() }),
+            ..Default::default()
+        }),
+        init_containers: Some(vec![agent]),
+        containers: vec![haproxy],
+        volumes: Some(vec![
+            Volume { name: "run".into(), empty_dir: Some(empty_dir(Some("Memory"), "16Mi")), ..Default::default() },
+            Volume { name: "tmp".into(), empty_dir: Some(empty_dir(None, "64Mi")), ..Default::default() },
+        ]),
+        ..Default::default()
+    };
+    Deployment {
+        metadata: metadata(&proxy, namespace, owner, &proxy),
+        spec: Some(DeploymentSpec {
+            replicas: Some(options.replicas),
+            selector: LabelSelector { match_labels: Some(proxy_labels(&proxy)), ..Default::default() },
+            strategy: Some(DeploymentStrategy {
+                type_: Some("RollingUpdate".into()),
+                rolling_update: Some(RollingUpdateDeployment {
+                    max_unavailable: Some(IntOrString::Int(0)),
+                    max_surge: Some(IntOrString::Int(1)),
+                }),
+            }),
+            min_ready_seconds: Some(2),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta { labels: Some(proxy_labels(&proxy)), ..Default::default() }),
+                spec: Some(pod),
             },
-        },
-    }))
-    .expect("a valid Deployment")
+            ..Default::default()
+        }),
+        status: None,
+    }
 }
 
 pub fn build_service(name: &str, namespace: &str, owner: &OwnerReference, destination: &str) -> Service {
-    serde_json::from_value(json!({
-        "apiVersion": "v1", "kind": "Service",
-        "metadata": metadata(destination, namespace, owner, json!({PROXY_LABEL: proxy_name(name)})),
-        "spec": {
-            "type": "ClusterIP",
-            "selector": {PROXY_LABEL: proxy_name(name)},
-            "ports": [{"name": "tcp", "port": 80, "targetPort": "proxy", "protocol": "TCP"}],
-        },
-    }))
-    .expect("a valid Service")
+    let proxy = proxy_name(name);
+    Service {
+        metadata: metadata(destination, namespace, owner, &proxy),
+        spec: Some(ServiceSpec {
+            type_: Some("ClusterIP".into()),
+            selector: Some(proxy_labels(&proxy)),
+            ports: Some(vec![ServicePort {
+                name: Some("tcp".into()),
+                port: 80,
+                target_port: Some(IntOrString::String("proxy".into())),
+                protocol: Some("TCP".into()),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        status: None,
+    }
 }
 
 /// What reconcile saw, for the status.
