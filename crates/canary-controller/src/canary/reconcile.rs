@@ -87,6 +87,11 @@ impl CanaryReconciler {
         true
     }
 
+    /// The Canaries whose evidence was gathered, to reconcile at once (see [`Evidence::gathered`]).
+    pub fn gathered(&self) -> Option<futures::channel::mpsc::UnboundedReceiver<(String, String)>> {
+        self.evidence.gathered()
+    }
+
     /// Forgets what this process keeps of Canaries that no longer exist (`exists` says which uids do), at most
     /// once every [`PRUNE_EVERY`]: without it, every deleted Canary's last release write and evidence task
     /// would stay in memory.

@@ -11,6 +11,7 @@ use crate::runtime::index::References;
 use crate::runtime::reconciler::{self, Context};
 use crate::runtime::telemetry::Metrics;
 use crate::runtime::{Scope, triggers};
+use futures::StreamExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Client, Resource, ResourceExt};
@@ -27,6 +28,7 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let references = Arc::new(References::new(names_of));
+    let gathered = reconciler.gathered();
     let canaries = scope.api::<GuardedCanary>(&client);
     let controller = triggers::controller(canaries, (), references.clone(), spec_or_request);
     metrics.observe_canaries(controller.store());
@@ -41,6 +43,10 @@ pub async fn run(
     if let Some(kanaries) = &caches.kanaries {
         // its proxies' reports (the weight they serve) move the release on at once
         controller = controller.watches_shared_stream(kanaries.subscribe(), wake.of(kanary_cache, by_name));
+    }
+    if let Some(gathered) = gathered {
+        // a Canary whose evidence was gathered goes on at once, not at its next poll
+        controller = controller.reconcile_on(gathered.map(|(ns, name)| ObjectRef::new(&name).within(&ns)));
     }
     reconciler::run(controller, ctx, shutdown).await;
 }

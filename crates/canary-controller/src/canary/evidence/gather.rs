@@ -86,6 +86,21 @@ impl Gatherer {
     where
         F: Future<Output = Gathered> + Send + 'static,
     {
+        self.poll_then(uid, key, gather, || ())
+    }
+
+    /// [`Gatherer::poll`], calling `done` once a task it starts has its answer (to wake the reconcile that
+    /// asked, rather than waiting for its next [`POLL`]).
+    pub fn poll_then<F>(
+        &self,
+        uid: &str,
+        key: &str,
+        gather: impl FnOnce() -> F,
+        done: impl FnOnce() + Send + 'static,
+    ) -> Option<Gathered>
+    where
+        F: Future<Output = Gathered> + Send + 'static,
+    {
         let mut jobs = self.jobs.lock().expect("not poisoned");
         if let Some(job) = jobs.get(uid) {
             if job.key == key {
@@ -109,6 +124,7 @@ impl Gatherer {
                 }
             };
             *slot.lock().expect("not poisoned") = Some(gathered);
+            done();
         });
         jobs.insert(uid.to_string(), Job { key: key.to_string(), answer, task: task.abort_handle() });
         None
@@ -145,6 +161,16 @@ impl Gatherer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_task_says_when_it_has_its_answer() {
+        let gatherer = Gatherer::default();
+        let (done, answered) = tokio::sync::oneshot::channel::<()>();
+        let started = gatherer.poll_then("a", "k", || async { Gathered::now() }, move || drop(done.send(())));
+        assert!(started.is_none(), "started, not awaited");
+        tokio::time::timeout(Duration::from_secs(10), answered).await.expect("told").expect("sent");
+        assert!(gatherer.poll("a", "k", || async { unreachable!() }).is_some(), "the answer is there when told");
+    }
 
     #[tokio::test]
     async fn a_slow_task_is_polled_not_awaited_and_its_answer_is_taken_once() {

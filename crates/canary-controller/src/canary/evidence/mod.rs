@@ -13,12 +13,14 @@ pub mod prometheus;
 use crate::api::canary::{Canary, ReleaseStatus, SecretKeyRef};
 use crate::canary::release::{self, Need};
 use crate::names::{baseline_deployment_name, canary_deployment_name};
+use futures::channel::mpsc;
 use gather::Gathered;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::Api;
 use kube::{Client, ResourceExt};
 use std::net::IpAddr;
+use std::sync::Mutex;
 use std::time::Duration;
 
 /// Where the evidence of one Canary's release is read.
@@ -41,16 +43,35 @@ pub enum Answer {
 }
 
 /// The evidence tasks of every Canary, and the controller's defaults for them.
-#[derive(Default)]
 pub struct Evidence {
     tasks: gather::Gatherer,
     /// Prometheus's base URL for the PromQL checks that name none (`--prometheus-address`).
     prometheus: Option<String>,
+    /// Where a task that has its answer says so (the namespace and name of its Canary), so that the
+    /// Canary is reconciled at once; and the other end, until the controller takes it.
+    gathered: mpsc::UnboundedSender<(String, String)>,
+    woken: Mutex<Option<mpsc::UnboundedReceiver<(String, String)>>>,
 }
 
 impl Evidence {
     pub fn new(prometheus: Option<String>) -> Evidence {
-        Evidence { tasks: Default::default(), prometheus }
+        let (gathered, woken) = mpsc::unbounded();
+        Evidence { tasks: Default::default(), prometheus, gathered, woken: Mutex::new(Some(woken)) }
+    }
+
+    /// The Canaries (namespace, name) whose evidence was gathered, as it is: the controller reconciles them
+    /// at once. Taken once.
+    pub fn gathered(&self) -> Option<mpsc::UnboundedReceiver<(String, String)>> {
+        self.woken.lock().expect("not poisoned").take()
+    }
+
+    /// What a task of `canary` calls once it has its answer.
+    fn done(&self, canary: &Canary) -> impl FnOnce() + Send + 'static {
+        let (sender, at) = (self.gathered.clone(), (canary.namespace().unwrap_or_default(), canary.name_any()));
+        move || {
+            // the controller may be gone (shutting down): then no one waits
+            let _ = sender.unbounded_send(at);
+        }
     }
 
     /// The answer to `need` for `canary`'s release in state `release`, once gathered; starts gathering it
@@ -71,20 +92,26 @@ impl Evidence {
                 }
                 let queries = matches!(need, Need::CountersAndQueries);
                 let key = gather::key(if queries { "stats+queries" } else { "stats" }, release);
-                let gathered = self.tasks.poll(&uid, &key, || {
-                    let (canary, client, prometheus) = (canary.clone(), client.clone(), self.prometheus.clone());
-                    async move {
-                        let Sources { proxy_pods, stable_route, canary_route } = sources;
-                        let stats = measure::read_counters(&proxy_pods, &stable_route, &canary_route).await;
-                        let at = Time(k8s_openapi::jiff::Timestamp::now());
-                        let queried = match (queries, &stats) {
-                            (true, Ok(_)) => Some(run_queries(&canary, prometheus.as_deref(), &client).await),
-                            _ => None,
-                        };
-                        let stats = Some(stats.map_err(|e| e.to_string()));
-                        Gathered { at, stats, queried, called: None }
-                    }
-                });
+                let done = self.done(canary);
+                let gathered = self.tasks.poll_then(
+                    &uid,
+                    &key,
+                    || {
+                        let (canary, client, prometheus) = (canary.clone(), client.clone(), self.prometheus.clone());
+                        async move {
+                            let Sources { proxy_pods, stable_route, canary_route } = sources;
+                            let stats = measure::read_counters(&proxy_pods, &stable_route, &canary_route).await;
+                            let at = Time(k8s_openapi::jiff::Timestamp::now());
+                            let queried = match (queries, &stats) {
+                                (true, Ok(_)) => Some(run_queries(&canary, prometheus.as_deref(), &client).await),
+                                _ => None,
+                            };
+                            let stats = Some(stats.map_err(|e| e.to_string()));
+                            Gathered { at, stats, queried, called: None }
+                        }
+                    },
+                    done,
+                );
                 match gathered {
                     None => Answer::Pending,
                     Some(Gathered { stats: Some(Err(e)), .. }) => {
@@ -97,13 +124,14 @@ impl Evidence {
             Need::Webhook(call) => {
                 let key = gather::call_key(call, release);
                 let call = call.clone();
-                let gathered = self.tasks.poll(&uid, &key, || async move {
+                let work = || async move {
                     let answer = call_webhook(&call).await;
                     Gathered {
                         called: Some(release::Called { step: call.step, url: call.url, answer }),
                         ..Gathered::now()
                     }
-                });
+                };
+                let gathered = self.tasks.poll_then(&uid, &key, work, self.done(canary));
                 gathered.map_or(Answer::Pending, Answer::Gathered)
             }
         }
