@@ -166,7 +166,14 @@ mod tests {
     async fn a_task_says_when_it_has_its_answer() {
         let gatherer = Gatherer::default();
         let (done, answered) = tokio::sync::oneshot::channel::<()>();
-        let started = gatherer.poll_then("a", "k", || async { Gathered::now() }, move || drop(done.send(())));
+        let started = gatherer.poll_then(
+            "a",
+            "k",
+            || async { Gathered::now() },
+            move || {
+                let _ = done.send(());
+            },
+        );
         assert!(started.is_none(), "started, not awaited");
         tokio::time::timeout(Duration::from_secs(10), answered).await.expect("told").expect("sent");
         assert!(gatherer.poll("a", "k", || async { unreachable!() }).is_some(), "the answer is there when told");
