@@ -93,6 +93,12 @@ pub mod canary {
         pub const TARGET_FOUND: &str = "TargetFound";
         pub const NO_CONFLICT: &str = "NoConflict";
         pub const INVALID_SPEC: &str = "InvalidSpec";
+        pub const TARGET_NOT_FOUND: &str = "TargetNotFound";
+        pub const UNKNOWN_CONTAINER: &str = "UnknownContainer";
+        pub const DEPLOYMENT_NOT_OWNED: &str = "DeploymentNotOwned";
+        pub const APPLY_REJECTED: &str = "ApplyRejected";
+        pub const TRAFFIC_NOT_SERVED: &str = "TrafficNotServed";
+        pub const RELEASE_OBJECT_NOT_OWNED: &str = "ReleaseObjectNotOwned";
         pub const CANARY_CREATED: &str = "CanaryCreated";
         pub const CANARY_UPDATED: &str = "CanaryUpdated";
         pub const PREVIOUS_CANARY_DELETED: &str = "PreviousCanaryDeleted";
@@ -141,5 +147,14 @@ pub mod kanary {
         pub const NO_PROXY_PODS: &str = "NoProxyPods";
         /// HAProxy refused the configuration of the desired revision (the previous one keeps serving).
         pub const CONFIG_REFUSED: &str = "ConfigRefused";
+        pub const PROXY_AVAILABLE: &str = "ProxyAvailable";
+        pub const PROXY_PROGRESSING: &str = "ProxyProgressing";
+        pub const NO_CONFLICT: &str = "NoConflict";
+        pub const INVALID_SPEC: &str = "InvalidSpec";
+        pub const PORT_NOT_FOUND: &str = "PortNotFound";
+        pub const OBJECT_NOT_OWNED: &str = "ObjectNotOwned";
+        // events
+        pub const PROXY_CREATED: &str = "ProxyCreated";
+        pub const CONFIG_UPDATED: &str = "ConfigUpdated";
     }
 }

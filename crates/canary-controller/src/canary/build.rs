@@ -337,7 +337,7 @@ pub fn build_status(
         Observed {
             type_: conditions::TARGET_FOUND,
             ok: false,
-            reason: "TargetNotFound",
+            reason: reasons::TARGET_NOT_FOUND,
             message: format!("Deployment {target:?} not found"),
         }
     };

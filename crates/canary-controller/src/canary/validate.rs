@@ -8,6 +8,7 @@
 use super::observe::{Observed, ReleaseObserved};
 use super::traffic;
 use crate::api::canary::{Canary, Traffic};
+use crate::names::canary::reasons;
 use crate::names::canary_deployment_name;
 use crate::runtime::caches::CachedService;
 use crate::runtime::children::owned_by;
@@ -68,12 +69,12 @@ pub enum Problem {
 impl Problem {
     pub fn reason(&self) -> &'static str {
         match self {
-            Problem::TargetNotFound { .. } => "TargetNotFound",
-            Problem::UnknownContainer { .. } => "UnknownContainer",
-            Problem::DeploymentNotOwned { .. } => "DeploymentNotOwned",
-            Problem::ApplyRejected { .. } => "ApplyRejected",
-            Problem::Traffic(_) => "TrafficNotServed",
-            Problem::ReleaseObjectNotOwned { .. } => "ReleaseObjectNotOwned",
+            Problem::TargetNotFound { .. } => reasons::TARGET_NOT_FOUND,
+            Problem::UnknownContainer { .. } => reasons::UNKNOWN_CONTAINER,
+            Problem::DeploymentNotOwned { .. } => reasons::DEPLOYMENT_NOT_OWNED,
+            Problem::ApplyRejected { .. } => reasons::APPLY_REJECTED,
+            Problem::Traffic(_) => reasons::TRAFFIC_NOT_SERVED,
+            Problem::ReleaseObjectNotOwned { .. } => reasons::RELEASE_OBJECT_NOT_OWNED,
         }
     }
 

@@ -98,7 +98,7 @@ impl ProxyFiles {
 pub fn config_note(name: &str, valid: &Valid, desired: &Desired, current: Option<&str>) -> Option<Note> {
     match current {
         None => Some(Note::normal(
-            "ProxyCreated",
+            reasons::PROXY_CREATED,
             format!("created the proxy {:?} for Service {:?}", proxy_name(name), valid.spec.destination),
         )),
         Some(current) if Some(current) != crate::runtime::children::desired_hash(&desired.config_map.metadata) => {
@@ -107,7 +107,7 @@ pub fn config_note(name: &str, valid: &Valid, desired: &Desired, current: Option
                 .iter()
                 .map(|r| format!("{}={}% ({} servers)", r.service, r.weight, r.servers.len()))
                 .collect();
-            Some(Note::normal("ConfigUpdated", format!("proxy configuration updated: {}", split.join(", "))))
+            Some(Note::normal(reasons::CONFIG_UPDATED, format!("proxy configuration updated: {}", split.join(", "))))
         }
         Some(_) => None,
     }
@@ -510,13 +510,13 @@ pub fn build_status(o: &Observation, now: &Time) -> KanaryStatus {
         None if available > 0 => Observed {
             type_: conditions::READY,
             ok: true,
-            reason: "ProxyAvailable",
+            reason: reasons::PROXY_AVAILABLE,
             message: format!("{available}/{wanted} proxy replicas available"),
         },
         None => Observed {
             type_: conditions::READY,
             ok: false,
-            reason: "ProxyProgressing",
+            reason: reasons::PROXY_PROGRESSING,
             message: format!("{available}/{wanted} proxy replicas available"),
         },
     };
@@ -547,7 +547,7 @@ pub fn build_status(o: &Observation, now: &Time) -> KanaryStatus {
         _ => Observed {
             type_: conditions::CONFLICT,
             ok: false,
-            reason: "NoConflict",
+            reason: reasons::NO_CONFLICT,
             message: "the proxy's objects are managed by this Kanary".into(),
         },
     };

@@ -132,9 +132,9 @@ pub enum Problem {
 impl Problem {
     pub fn reason(&self) -> &'static str {
         match self {
-            Problem::InvalidSpec(_) => "InvalidSpec",
-            Problem::PortNotFound { .. } => "PortNotFound",
-            Problem::ObjectNotOwned { .. } => "ObjectNotOwned",
+            Problem::InvalidSpec(_) => reasons::INVALID_SPEC,
+            Problem::PortNotFound { .. } => reasons::PORT_NOT_FOUND,
+            Problem::ObjectNotOwned { .. } => reasons::OBJECT_NOT_OWNED,
         }
     }
 
