@@ -76,12 +76,8 @@ async fn a_release_promotes_a_good_canary_rolls_back_a_bad_one_and_pauses_withou
     assert!(failed_share < 0.2 * 0.2 * 2.0, "only the canary's share failed: {tally:?}");
     // traffic leaves the canary: once every proxy pod serves weight 0 (how fast is a benchmark figure), no
     // connection reaches it and none fails
-    let kanaries = e.cluster.kanaries("kanary.k8s.io", "v1");
     support::eventually(30, "every proxy pod serving weight 0 for the canary", || async {
-        let Ok(kanary) = kanaries.get(CANARY).await else { return false };
-        let kanary: canary_controller::api::kanary::Kanary = serde_json::from_value(json!(kanary)).expect("a Kanary");
-        let kanary = canary_controller::runtime::caches::CachedKanary::from(kanary);
-        canary_controller::canary::traffic::served_weight(&kanary) == Some(0)
+        served_weight(&e.cluster).await == Some(0)
     })
     .await;
     let (after, ()) = under_load(front, tokio::time::sleep(Duration::from_secs(3))).await;

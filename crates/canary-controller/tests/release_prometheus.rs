@@ -291,6 +291,10 @@ async fn a_release_behind_a_webhook_gate_judged_by_promql_rolls_back_a_bad_canar
         };
         let taken = support::within(30, || async { weights().await == [json!(20), json!(40), json!(40)] }).await;
         assert!(taken, "stable, canary, baseline: {:?}", weights().await);
+        // connections split so once every proxy pod serves it (how soon after is a benchmark figure)
+        let served = support::within(30, || async { served_weight(&cluster).await == Some(40) }).await;
+        assert!(served, "every proxy pod serving 40 % for the canary and the baseline");
+        tokio::time::sleep(Duration::from_secs(2)).await;
         judged
     };
     let (tally, _) = under_load(front, baseline_runs).await;

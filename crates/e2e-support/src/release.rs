@@ -119,3 +119,12 @@ pub async fn kubectl_ok(cluster: &Cluster, args: &[&str]) {
 pub async fn canary_replicas(deployments: &Api<Deployment>) -> Option<i32> {
     deployments.get("app-canary").await.ok()?.spec?.replicas
 }
+
+/// The canary weight every proxy pod of the release's Kanary (`CANARY`, kanary.k8s.io) serves, as the
+/// controller reads it (its status says DataPlaneSynced for its current spec); none while they are not in
+/// sync or it cannot be read.
+pub async fn served_weight(cluster: &Cluster) -> Option<i32> {
+    let kanary = cluster.kanaries("kanary.k8s.io", "v1").get(CANARY).await.ok()?;
+    let kanary: canary_controller::api::kanary::Kanary = serde_json::from_value(json!(kanary)).ok()?;
+    canary_controller::canary::traffic::served_weight(&canary_controller::runtime::caches::CachedKanary::from(kanary))
+}
