@@ -213,6 +213,12 @@ impl Kanary {
     }
 }
 
+/// Where releases create their Kanaries: kanary.k8s.io, the group etiennecoutaud/kanary released.
+pub fn release_resource() -> ApiResource {
+    let (group, version) = GROUPS[0];
+    api_resource(group, version)
+}
+
 /// The ApiResource of Kanary in one group.
 pub fn api_resource(group: &str, version: &str) -> ApiResource {
     ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, KIND), PLURAL)

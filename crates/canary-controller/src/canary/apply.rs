@@ -7,6 +7,7 @@ use super::build::{Desired, Kind, Orphan, ReleaseChildren, Why};
 use super::observe::Observed;
 use super::validate::Problem;
 use crate::api::canary::Canary;
+use crate::api::kanary::release_resource;
 use crate::names::PROMOTION_FIELD_MANAGER;
 use crate::names::canary::reasons;
 use crate::report::Note;
@@ -71,15 +72,16 @@ pub async fn apply(
                 applied.deployment = Some(d);
             }
             Ok(Written::AlreadyExists) => return Err(ChildError::NotCachedYet("Deployment", name).into()),
-            // the API server refused it (a changed selector, immutable): a problem of the Canary
-            Err(e) if e.refused().is_some() => {
-                let message = e.refused().unwrap_or_default().to_string();
-                applied.rejected = Some(Problem::ApplyRejected { name, message });
-                applied.deployment = cached;
-            }
-            // someone created it since the cache was written (we did, or someone else): once the cache has
-            // it, the next reconcile applies it or reports whose it is (NotCachedYet)
-            Err(e) => return Err(e.into()),
+            Err(e) => match e.refused() {
+                // the API server refused it (a changed selector, immutable): a problem of the Canary
+                Some(message) => {
+                    applied.rejected = Some(Problem::ApplyRejected { name, message: message.to_string() });
+                    applied.deployment = cached;
+                }
+                // or failed, or someone created it since the cache was written (NotCachedYet: once the cache
+                // has it, the next reconcile applies it or reports whose it is)
+                None => return Err(e.into()),
+            },
         }
     }
     applied.notes.extend(delete_orphans(canary, &desired.orphans, client).await?);
@@ -103,7 +105,7 @@ async fn apply_release(
     let as_desired = current
         .is_some_and(|c| c.destination == release.kanary_spec.destination && c.routes == release.kanary_spec.routes);
     if let (false, Some(cache)) = (as_desired, &caches.kanaries) {
-        let resource = kanary_resource();
+        let resource = release_resource();
         let kanaries: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &resource);
         write_child::<_, PartialObjectMeta<DynamicObject>, _>(
             "Kanary",
@@ -194,12 +196,6 @@ async fn apply_release(
     Ok(())
 }
 
-/// Where releases create their Kanaries: kanary.k8s.io, the group etiennecoutaud/kanary released.
-fn kanary_resource() -> kube::core::ApiResource {
-    let (group, version) = crate::api::kanary::GROUPS[0];
-    crate::api::kanary::api_resource(group, version)
-}
-
 /// Deletes the orphans (each only that very object: the delete carries its uid); one event per reason.
 async fn delete_orphans(canary: &Canary, orphans: &[Orphan], client: &Client) -> Result<Vec<Note>, ApplyError> {
     let ns = canary.namespace().unwrap_or_default();
@@ -210,7 +206,7 @@ async fn delete_orphans(canary: &Canary, orphans: &[Orphan], client: &Client) ->
             Kind::Service => delete::<Service>(Api::namespaced(client.clone(), &ns), orphan).await,
             Kind::EndpointSlice => delete::<EndpointSlice>(Api::namespaced(client.clone(), &ns), orphan).await,
             Kind::Kanary => {
-                delete::<DynamicObject>(Api::namespaced_with(client.clone(), &ns, &kanary_resource()), orphan).await
+                delete::<DynamicObject>(Api::namespaced_with(client.clone(), &ns, &release_resource()), orphan).await
             }
         }?;
         if gone {

@@ -21,7 +21,6 @@ use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::api::DynamicObject;
-use kube::core::ApiResource;
 use kube::{Resource, ResourceExt};
 use std::collections::BTreeMap;
 
@@ -182,7 +181,6 @@ pub fn build_desired(
     valid: Result<&Valid, &Problem>,
     observed: &observe::Observed,
     decision: Option<&Decision>,
-    kanary_resource: Option<&ApiResource>,
     scaled_down: bool,
 ) -> Desired {
     let uid = canary.uid().unwrap_or_default();
@@ -193,57 +191,41 @@ pub fn build_desired(
         }
         with_desired_hash(deployment)
     });
-    let release = match (valid, decision, kanary_resource) {
-        (Ok(valid), Some(decision), Some(resource)) => match &valid.traffic {
-            Some(Ok(traffic)) => Some(release_children(canary, valid, traffic, observed, decision, resource)),
+    // a release that goes on: its traffic is valid (and so the Kanary group installed) and it decided
+    let release = match (valid, decision) {
+        (Ok(valid), Some(decision)) => match &valid.traffic {
+            Some(Ok(traffic)) => Some(release_children(canary, valid, traffic, observed, decision)),
             _ => None,
         },
         _ => None,
     };
-    let mut orphans = vec![];
-    let mut orphan = |kind: Kind, object: Option<&dyn Owned>, why: Why| {
-        if let Some(object) = object.filter(|o| o.is_owned_by(&uid)) {
-            orphans.push(Orphan { kind, name: object.object_name(), uid: object.object_uid(), why });
-        }
-    };
+    let mut orphans: Vec<Orphan> = vec![];
     for old in &observed.other_canaries {
-        orphan(Kind::Deployment, Some(old.as_ref() as &dyn Owned), Why::PreviousTarget);
+        orphans.extend(orphan(Kind::Deployment, Some(old.as_ref()), &uid, Why::PreviousTarget));
     }
     let seen = &observed.release;
     if canary.spec.traffic.is_none() {
+        let why = Why::TrafficRemoved;
         let kanary = seen.kanary.as_ref().and_then(|k| k.as_deref());
-        orphan(Kind::Kanary, kanary.map(|k| k as &dyn Owned), Why::TrafficRemoved);
+        orphans.extend(orphan(Kind::Kanary, kanary, &uid, why));
         for service in [&seen.stable_service, &seen.canary_service, &seen.baseline_service] {
-            orphan(Kind::Service, service.as_deref().map(|s| s as &dyn Owned), Why::TrafficRemoved);
+            orphans.extend(orphan(Kind::Service, service.as_deref(), &uid, why));
         }
-        orphan(Kind::Deployment, seen.baseline.as_deref().map(|d| d as &dyn Owned), Why::TrafficRemoved);
+        orphans.extend(orphan(Kind::Deployment, seen.baseline.as_deref(), &uid, why));
         for slice in [&seen.stable_slice, &seen.stable_slice_v6] {
-            orphan(Kind::EndpointSlice, slice.as_deref().map(|s| s as &dyn Owned), Why::TrafficRemoved);
+            orphans.extend(orphan(Kind::EndpointSlice, slice.as_deref(), &uid, why));
         }
     } else if release.as_ref().is_some_and(|r| r.baseline.is_none()) {
-        orphan(Kind::Deployment, seen.baseline.as_deref().map(|d| d as &dyn Owned), Why::BaselineUnset);
-        orphan(Kind::Service, seen.baseline_service.as_deref().map(|s| s as &dyn Owned), Why::BaselineUnset);
+        orphans.extend(orphan(Kind::Deployment, seen.baseline.as_deref(), &uid, Why::BaselineUnset));
+        orphans.extend(orphan(Kind::Service, seen.baseline_service.as_deref(), &uid, Why::BaselineUnset));
     }
     Desired { release, deployment, orphans }
 }
 
-/// A cached object whose owner can be checked (the caches' compact forms).
-trait Owned {
-    fn is_owned_by(&self, uid: &str) -> bool;
-    fn object_name(&self) -> String;
-    fn object_uid(&self) -> String;
-}
-
-impl<K: kube::Resource> Owned for K {
-    fn is_owned_by(&self, uid: &str) -> bool {
-        owned_by(self, uid)
-    }
-    fn object_name(&self) -> String {
-        self.meta().name.clone().unwrap_or_default()
-    }
-    fn object_uid(&self) -> String {
-        self.meta().uid.clone().unwrap_or_default()
-    }
+/// `object` as an orphan of the Canary `uid`, when it exists and the Canary owns it.
+fn orphan<K: kube::Resource>(kind: Kind, object: Option<&K>, uid: &str, why: Why) -> Option<Orphan> {
+    let object = object.filter(|o| owned_by(*o, uid))?;
+    Some(Orphan { kind, name: object.name_any(), uid: object.uid().unwrap_or_default(), why })
 }
 
 /// The children of a release that goes on, at the weight `decision` set.
@@ -253,12 +235,11 @@ fn release_children(
     traffic: &super::validate::ValidTraffic,
     observed: &observe::Observed,
     decision: &Decision,
-    resource: &ApiResource,
 ) -> ReleaseChildren {
     let seen = &observed.release;
     let (user, port, settings) = (traffic.service.as_ref(), &traffic.port, &traffic.traffic);
     let kanary_spec = traffic::kanary_spec(canary, settings, decision.release.weight);
-    let mut kanary = traffic::build_kanary(canary, resource, &kanary_spec);
+    let mut kanary = traffic::build_kanary(canary, &crate::api::kanary::release_resource(), &kanary_spec);
     // applied only to the Kanary checked as ours
     kanary.metadata.uid = seen.kanary.as_ref().and_then(|k| k.as_ref()).and_then(|k| k.metadata.uid.clone());
     let mut services =

@@ -30,7 +30,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::Api;
-use kube::core::{ApiResource, DeserializeGuard, error_boundary::InvalidObject};
+use kube::core::{DeserializeGuard, error_boundary::InvalidObject};
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 use std::collections::HashMap;
@@ -39,8 +39,6 @@ use std::time::{Duration, Instant};
 
 /// The Canary controller.
 pub struct CanaryReconciler {
-    /// Where the Kanaries of releases are created (kanary.k8s.io), when that group is installed.
-    kanary: Option<ApiResource>,
     /// The release this process last wrote in each Canary's status (by uid), as the API stores it (JSON:
     /// times in seconds), and when.
     written: Mutex<HashMap<String, (serde_json::Value, Instant)>>,
@@ -63,13 +61,8 @@ const PRUNE_EVERY: Duration = Duration::from_secs(60);
 const CACHE_CATCH_UP: Duration = Duration::from_secs(10);
 
 impl CanaryReconciler {
-    pub fn new(kanary: Option<ApiResource>, prometheus: Option<String>) -> CanaryReconciler {
-        CanaryReconciler {
-            kanary,
-            written: Mutex::default(),
-            evidence: Evidence::new(prometheus),
-            pruned: Mutex::default(),
-        }
+    pub fn new(prometheus: Option<String>) -> CanaryReconciler {
+        CanaryReconciler { written: Mutex::default(), evidence: Evidence::new(prometheus), pruned: Mutex::default() }
     }
 
     /// Whether the cached Canary is older than this process's last release write: a decision made on it
@@ -215,8 +208,7 @@ async fn reconcile(canary: &Canary, ctx: &Context<CanaryReconciler>) -> Result<A
         (Some(_), None) => previous.cloned(),
     };
     let scaled_down = release.as_ref().is_some_and(|r| r.phase.is_final());
-    let kanary = reconciler.kanary.as_ref();
-    let desired = build_desired(canary, valid.as_ref(), &observed, decision.as_ref(), kanary, scaled_down);
+    let desired = build_desired(canary, valid.as_ref(), &observed, decision.as_ref(), scaled_down);
 
     // apply: a decision that matters first, then the children
     let mut notes = vec![];
@@ -237,7 +229,7 @@ async fn reconcile(canary: &Canary, ctx: &Context<CanaryReconciler>) -> Result<A
         }
         notes.extend(decision.notes.iter().cloned());
     }
-    if canary.spec.traffic.is_none() {
+    if canary.spec.traffic.is_none() && previous.is_some() {
         reconciler.evidence.forget(&canary.uid().unwrap_or_default());
     }
     let applied = apply(canary, &desired, &observed, &ctx.client, &ctx.caches).await?;
@@ -427,7 +419,7 @@ mod tests {
                 "status": {"release": {"revision": "r", "phase": phase, "step": 0, "weight": 0}}}))
             .unwrap()
         };
-        let reconciler = CanaryReconciler::new(None, None);
+        let reconciler = CanaryReconciler::new(None);
         assert!(!reconciler.cache_behind(&canary("Progressing")), "nothing written yet: the cache is believed");
         let rolled_back = canary("RolledBack");
         // written with a time finer than the API keeps
@@ -448,7 +440,7 @@ mod tests {
     #[tokio::test]
     async fn what_is_kept_of_deleted_canaries_is_pruned() {
         // suspicion: the map of last release writes kept the entries of deleted Canaries (a slow leak)
-        let reconciler = CanaryReconciler::new(None, None);
+        let reconciler = CanaryReconciler::new(None);
         let canary = |uid: &str| -> Canary {
             serde_json::from_value(serde_json::json!({"apiVersion": "canary.k8s.wantedly.com/v1beta1",
                 "kind": "Canary", "metadata": {"name": uid, "namespace": "ns", "uid": uid},

@@ -162,11 +162,10 @@ async fn run_controllers(
     stop: impl Future<Output = ()> + Clone + Send + Sync + 'static,
 ) {
     let scope = Scope(options.watch_namespace.clone());
-    // releases create their Kanaries in kanary.k8s.io (the group etiennecoutaud/kanary released)
-    let release_kanary = kanary_groups
-        .iter()
-        .find(|(group, _)| *group == crate::api::kanary::GROUPS[0].0)
-        .map(|(group, version)| crate::api::kanary::api_resource(group, version));
+    // releases create their Kanaries in kanary.k8s.io: watched when that group is installed
+    let release_group = crate::api::kanary::GROUPS[0].0;
+    let installed = kanary_groups.iter().any(|(group, _)| *group == release_group);
+    let release_kanary = installed.then(crate::api::kanary::release_resource);
     let caches = std::sync::Arc::new(caches::Caches::start(client, &scope, release_kanary.as_ref()));
     tokio::select! {
         ready = caches.ready() => if let Err(e) = ready {
@@ -197,7 +196,7 @@ async fn run_controllers(
                 client.clone(),
                 &scope,
                 caches.clone(),
-                crate::canary::reconcile::CanaryReconciler::new(release_kanary, options.prometheus_address.clone()),
+                crate::canary::reconcile::CanaryReconciler::new(options.prometheus_address.clone()),
                 metrics.clone(),
                 stop.clone()
             ),
