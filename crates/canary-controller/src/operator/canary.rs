@@ -1,12 +1,12 @@
 //! How the Canary controller is wired: its watch of Canaries, and what wakes a Canary (its target and
 //! canary Deployments, the Services and EndpointSlices of its release, its Kanary) from the shared caches.
 
-use super::NameOf;
+use super::{NameOf, Wakes};
 use crate::canary::reconcile::{CanaryReconciler, GuardedCanary, metadata};
 use crate::names::{REQUEST_ANNOTATION, SERVICE_NAME_LABEL};
 use crate::names::{baseline_deployment_name, baseline_service_name, canary_deployment_name};
 use crate::names::{canary_service_name, stable_service_name};
-use crate::runtime::caches::{Cache, CachedForm, CachedKanary, Caches};
+use crate::runtime::caches::{Cache, CachedKanary, Caches};
 use crate::runtime::index::References;
 use crate::runtime::reconciler::{self, Context};
 use crate::runtime::telemetry::Metrics;
@@ -14,8 +14,7 @@ use crate::runtime::{Scope, triggers};
 use futures::StreamExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::runtime::reflector::ObjectRef;
-use kube::{Client, Resource, ResourceExt};
-use std::fmt::Debug;
+use kube::{Client, ResourceExt};
 use std::sync::Arc;
 
 /// Runs the Canary controller until `shutdown` completes.
@@ -35,7 +34,7 @@ pub async fn run(
     let ctx = Arc::new(Context::new(client, caches.clone(), controller.store(), (), metrics, reconciler));
     let by_name = |o: &dyn NameOf| Some(o.name_of());
     let by_service = |o: &dyn NameOf| o.label_of(SERVICE_NAME_LABEL);
-    let wake = Wakes { caches: caches.clone(), references };
+    let wake = Wakes { caches: caches.clone(), references, dyntype: (), is_owner: canary_owner };
     let mut controller = controller
         .watches_shared_stream(caches.deployments.subscribe(), wake.of(|c| &c.deployments, by_name))
         .watches_shared_stream(caches.services.subscribe(), wake.of(|c| &c.services, by_name))
@@ -53,31 +52,6 @@ pub async fn run(
 
 fn kanary_cache(caches: &Caches) -> &Cache<CachedKanary> {
     caches.kanaries.as_ref().expect("watched when the group is installed")
-}
-
-/// What wakes the Canaries.
-struct Wakes {
-    caches: Arc<Caches>,
-    references: Arc<References<GuardedCanary>>,
-}
-
-impl Wakes {
-    /// The Canaries a change of a cached object (in `cache` of the caches) wakes: see [`canaries_for`];
-    /// `name` says what the object is known by (none: only its owner cares).
-    fn of<K>(
-        &self,
-        cache: fn(&Caches) -> &Cache<K>,
-        name: fn(&dyn NameOf) -> Option<String>,
-    ) -> impl Fn(Arc<K>) -> Vec<ObjectRef<GuardedCanary>> + Send + Sync + 'static
-    where
-        K: CachedForm + Clone + Debug + Send + Sync + 'static,
-    {
-        let (caches, references) = (self.caches.clone(), self.references.clone());
-        move |object| {
-            let name = name(object.as_ref());
-            canaries_for(object.as_ref(), name.as_deref(), cache(&caches).is_echo(&object), &references)
-        }
-    }
 }
 
 /// The names a Canary refers to: its target and its canary Deployment; with traffic, the user's Service, the
@@ -106,24 +80,15 @@ fn spec_or_request(guarded: &GuardedCanary) -> Option<u64> {
     Some(hasher.finish())
 }
 
-/// The Canaries an object named `name` (a Deployment, a Service, an EndpointSlice by its Service's name, a
-/// Kanary) matters to: its controller (unless the event is the echo of the controller's own write) and those
-/// that refer to the name (targets, canary Deployments, the Services of releases).
-fn canaries_for(
-    object: &impl Resource,
-    name: Option<&str>,
-    echo: bool,
-    references: &References<GuardedCanary>,
-) -> Vec<ObjectRef<GuardedCanary>> {
-    let ns = object.namespace().unwrap_or_default();
-    let is_owner = |r: &OwnerReference| r.kind == "Canary" && r.api_version.starts_with("canary.k8s.wantedly.com/");
-    let names = references.woken_by(object, name, is_owner, echo);
-    names.iter().map(|n| ObjectRef::new(n).within(&ns)).collect()
+/// Whether an owner reference names a Canary (of any version).
+fn canary_owner(reference: &OwnerReference, _: &()) -> bool {
+    reference.kind == "Canary" && reference.api_version.starts_with("canary.k8s.wantedly.com/")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::operator::woken;
     use crate::runtime::caches::CachedDeployment;
     use k8s_openapi::api::apps::v1::Deployment;
 
@@ -146,9 +111,9 @@ mod tests {
         .unwrap();
         let deployment = CachedDeployment::from(deployment);
         let names = |refs: Vec<ObjectRef<GuardedCanary>>| refs.into_iter().map(|r| r.name).collect::<Vec<_>>();
-        assert_eq!(names(canaries_for(&deployment, Some("app-canary"), false, &references)), ["a", "b"]);
+        assert_eq!(names(woken(&deployment, Some("app-canary"), false, &references, &(), canary_owner)), ["a", "b"]);
         assert_eq!(
-            names(canaries_for(&deployment, Some("app-canary"), true, &references)),
+            names(woken(&deployment, Some("app-canary"), true, &references, &(), canary_owner)),
             ["b"],
             "a wrote it; b targets it"
         );

@@ -2,21 +2,19 @@
 //! Kanary (its backend and destination Services and their EndpointSlices, the proxy's objects it owns) from
 //! the shared caches.
 
-use super::NameOf;
+use super::{NameOf, Wakes};
 use crate::api::kanary::{KIND, Kanary};
 use crate::kanary::build::ProxyOptions;
 use crate::kanary::reconcile::KanaryReconciler;
 use crate::names::SERVICE_NAME_LABEL;
-use crate::runtime::caches::{Cache, CachedForm, Caches};
+use crate::runtime::caches::Caches;
 use crate::runtime::index::References;
 use crate::runtime::reconciler::{self, Context};
 use crate::runtime::telemetry::Metrics;
 use crate::runtime::{Scope, triggers};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::Client;
 use kube::core::ApiResource;
-use kube::runtime::reflector::ObjectRef;
-use kube::{Client, Resource, ResourceExt};
-use std::fmt::Debug;
 use std::sync::Arc;
 
 /// Runs the Kanary controller of one API group until `shutdown` completes.
@@ -39,7 +37,7 @@ pub async fn run(
     let owned = |_: &dyn NameOf| None;
     let by_name = |o: &dyn NameOf| Some(o.name_of());
     let by_service = |o: &dyn NameOf| o.label_of(SERVICE_NAME_LABEL);
-    let wake = Wakes { caches: caches.clone(), references, resource };
+    let wake = Wakes { caches: caches.clone(), references, dyntype: resource, is_owner: kanary_owner };
     let controller = controller
         .watches_shared_stream(caches.config_maps.subscribe(), wake.of(|c| &c.config_maps, owned))
         .watches_shared_stream(caches.service_accounts.subscribe(), wake.of(|c| &c.service_accounts, owned))
@@ -51,45 +49,9 @@ pub async fn run(
     reconciler::run(controller, ctx, shutdown).await;
 }
 
-/// What wakes the Kanaries of one group.
-struct Wakes {
-    caches: Arc<Caches>,
-    references: Arc<References<Kanary>>,
-    resource: ApiResource,
-}
-
-impl Wakes {
-    /// The Kanaries a change of a cached object (in `cache` of the caches) wakes: see [`kanaries_for`];
-    /// `name` says what the object is known by (none: only its owner cares).
-    fn of<K>(
-        &self,
-        cache: fn(&Caches) -> &Cache<K>,
-        name: fn(&dyn NameOf) -> Option<String>,
-    ) -> impl Fn(Arc<K>) -> Vec<ObjectRef<Kanary>> + Send + Sync + 'static
-    where
-        K: CachedForm + Clone + Debug + Send + Sync + 'static,
-    {
-        let (caches, references, resource) = (self.caches.clone(), self.references.clone(), self.resource.clone());
-        move |object| {
-            let name = name(object.as_ref());
-            kanaries_for(object.as_ref(), name.as_deref(), cache(&caches).is_echo(&object), &references, &resource)
-        }
-    }
-}
-
-/// The Kanaries an object matters to: its controller (unless the event is the echo of the controller's own
-/// write) and the Kanaries that refer to `name` (for a Service, its name; for an EndpointSlice, its Service's).
-fn kanaries_for<K: Resource>(
-    object: &K,
-    name: Option<&str>,
-    echo: bool,
-    references: &References<Kanary>,
-    resource: &ApiResource,
-) -> Vec<ObjectRef<Kanary>> {
-    let ns = object.namespace().unwrap_or_default();
-    let is_owner = |r: &OwnerReference| r.kind == KIND && r.api_version == resource.api_version;
-    let names = references.woken_by(object, name, is_owner, echo);
-    names.iter().map(|n| ObjectRef::new_with(n, resource.clone()).within(&ns)).collect()
+/// Whether an owner reference names a Kanary of `resource`'s group.
+fn kanary_owner(reference: &OwnerReference, resource: &ApiResource) -> bool {
+    reference.kind == KIND && reference.api_version == resource.api_version
 }
 
 /// What wakes a Kanary's reconcile when it changes: its spec (`metadata.generation`) and what its proxy agents
@@ -109,7 +71,9 @@ fn spec_or_reports(kanary: &Kanary) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::operator::woken;
     use k8s_openapi::api::core::v1::Service;
+    use kube::runtime::reflector::ObjectRef;
 
     #[test]
     fn an_echo_of_its_own_write_does_not_wake_the_owner_but_wakes_the_kanaries_using_the_object() {
@@ -126,9 +90,17 @@ mod tests {
             "ownerReferences": [{"apiVersion": "kanary.k8s.io/v1", "kind": "Kanary", "name": "a", "uid": "u", "controller": true}]}}))
         .unwrap();
         let names = |refs: Vec<ObjectRef<Kanary>>| refs.into_iter().map(|r| r.name).collect::<Vec<_>>();
-        assert_eq!(names(kanaries_for(&front, Some("front"), false, &references, &resource)), ["a", "b"]);
-        assert_eq!(names(kanaries_for(&front, Some("front"), true, &references, &resource)), ["b"], "a wrote it");
+        assert_eq!(names(woken(&front, Some("front"), false, &references, &resource, kanary_owner)), ["a", "b"]);
+        assert_eq!(
+            names(woken(&front, Some("front"), true, &references, &resource, kanary_owner)),
+            ["b"],
+            "a wrote it"
+        );
         front.metadata.owner_references = None;
-        assert_eq!(names(kanaries_for(&front, Some("app"), false, &references, &resource)), ["a"], "a backend of a");
+        assert_eq!(
+            names(woken(&front, Some("app"), false, &references, &resource, kanary_owner)),
+            ["a"],
+            "a backend of a"
+        );
     }
 }

@@ -5,11 +5,17 @@
 pub mod canary;
 pub mod kanary;
 
-use crate::runtime::caches::CachedForm;
+use crate::runtime::caches::{Cache, CachedForm, Caches};
+use crate::runtime::index::References;
 use crate::runtime::{Scope, caches, connect, leader, telemetry};
 use anyhow::{Context, bail};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::Resource;
+use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Client, ResourceExt};
+use std::fmt::Debug;
+use std::sync::Arc;
 
 /// The addresses of the API server the controller talks to (its URL's host, resolved): webhooks and queries
 /// may not call them unless allowed.
@@ -236,4 +242,57 @@ impl<K: CachedForm> NameOf for K {
     fn label_of(&self, label: &str) -> Option<String> {
         self.kept_labels().get(label).map(String::from)
     }
+}
+
+/// What wakes the objects (`R`) of one controller when a cached object changes.
+struct Wakes<R: Resource> {
+    caches: Arc<Caches>,
+    references: Arc<References<R>>,
+    dyntype: R::DynamicType,
+    /// Whether an owner reference names an object of this controller.
+    is_owner: fn(&OwnerReference, &R::DynamicType) -> bool,
+}
+
+impl<R> Wakes<R>
+where
+    R: Resource + Send + Sync + 'static,
+    R::DynamicType: Clone + Send + Sync,
+{
+    /// The objects a change of a cached object (in `cache` of the caches) wakes: see [`woken`]; `name`
+    /// says what the object is known by (none: only its owner cares).
+    fn of<K>(
+        &self,
+        cache: fn(&Caches) -> &Cache<K>,
+        name: fn(&dyn NameOf) -> Option<String>,
+    ) -> impl Fn(Arc<K>) -> Vec<ObjectRef<R>> + Send + Sync + 'static
+    where
+        K: CachedForm + Clone + Debug + Send + Sync + 'static,
+    {
+        let (caches, references) = (self.caches.clone(), self.references.clone());
+        let (dyntype, is_owner) = (self.dyntype.clone(), self.is_owner);
+        move |object| {
+            let (name, echo) = (name(object.as_ref()), cache(&caches).is_echo(&object));
+            woken(object.as_ref(), name.as_deref(), echo, &references, &dyntype, is_owner)
+        }
+    }
+}
+
+/// The objects a change of `object` (known by `name`) matters to: its controller, unless the change is the
+/// echo of the controller's own write, and the objects that refer to the name.
+fn woken<R, K>(
+    object: &K,
+    name: Option<&str>,
+    echo: bool,
+    references: &References<R>,
+    dyntype: &R::DynamicType,
+    is_owner: fn(&OwnerReference, &R::DynamicType) -> bool,
+) -> Vec<ObjectRef<R>>
+where
+    R: Resource,
+    R::DynamicType: Clone,
+    K: Resource,
+{
+    let ns = object.namespace().unwrap_or_default();
+    let names = references.woken_by(object, name, |r| is_owner(r, dyntype), echo);
+    names.iter().map(|n| ObjectRef::new_with(n, dyntype.clone()).within(&ns)).collect()
 }
