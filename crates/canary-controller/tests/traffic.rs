@@ -119,6 +119,7 @@ async fn the_proxy_answers_on_ipv4_and_ipv6() {
         service: "app".into(),
         weight: 100,
         servers: vec![Server { name: "app-0".into(), address: "127.0.0.91".parse().unwrap(), port: backend }],
+        h2c: false,
     }];
     let dir = tempfile::tempdir().unwrap();
     let settings = ProxySettings {

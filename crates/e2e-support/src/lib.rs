@@ -12,6 +12,7 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 pub mod control_plane;
 pub mod faults;
 pub mod fleet;
+pub mod http;
 pub mod kanary;
 pub mod node;
 pub mod prometheus;

@@ -1,16 +1,26 @@
 //! The built-in workload: what a container of any image the simulator does not run for real (not HAProxy)
-//! runs. It listens on the container's ports and answers each connection with one line naming its pod and
-//! image, as plain text to a raw TCP client (after a second of its silence) and as an HTTP 200 response to
-//! an HTTP request; a raw TCP client that sends lines gets that line once per line it sends, until it closes
-//! (a long-lived connection);
-//! `GET /metrics` answers Prometheus text (requests, failures, latency). Its behaviour comes from the container's
-//! environment, so a pod template sets it:
-//! - `SIM_FAIL_RATIO` (0 to 1): the share of connections that fail (HTTP 500, or a reset for raw TCP);
+//! runs. It listens on the container's ports and answers with one line naming its pod and image:
+//! - to HTTP (HTTP/1.1 with keep-alive, and HTTP/2 without TLS, "h2c", served by hyper): one response per
+//!   request, the line as its body and in the `sim-answer` header; a gRPC request (`content-type:
+//!   application/grpc`) gets a gRPC answer: one empty message and `grpc-status` 0 in the trailers;
+//!   `GET /metrics` answers Prometheus text (requests, failures, latency);
+//! - to a raw TCP client: the line after a second of its silence; a client that sends lines gets the line
+//!   once per line it sends, until it closes (a long-lived connection).
+//!
+//! Its behaviour comes from the container's environment, so a pod template sets it:
+//! - `SIM_FAIL_RATIO` (0 to 1): the share of answers that fail (HTTP 500, `grpc-status` 14 "unavailable", or
+//!   a reset for raw TCP);
 //! - `SIM_LATENCY_MS`: a delay before each answer;
 //! - `SIM_REFUSE=true`: listen on nothing (connections are refused, readiness probes fail);
 //! - `SIM_FAILING_IMAGES` (`image=ratio,...`): a fail ratio for the listed images only, so that one pod
-//!   template describes a release whose new image is bad (a canary copies its target's environment).
+//!   template describes a release whose new image is bad (a canary copies its target's environment);
+//! - `SIM_SLOW_IMAGES` (`image=ms,...`): a latency for the listed images only (a release whose new image is
+//!   slower).
 
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::{Request, Response, StatusCode};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -58,6 +68,17 @@ impl Behaviour {
             let ms: u64 = v.parse().map_err(|_| anyhow::anyhow!("SIM_LATENCY_MS={v:?}: expected milliseconds"))?;
             behaviour.latency = Duration::from_millis(ms);
         }
+        if let Some(v) = get("SIM_SLOW_IMAGES") {
+            for entry in v.split(',').filter(|e| !e.trim().is_empty()) {
+                let parsed = entry.trim().rsplit_once('=').and_then(|(i, ms)| Some((i, ms.parse::<u64>().ok()?)));
+                let Some((listed, ms)) = parsed else {
+                    anyhow::bail!("SIM_SLOW_IMAGES={v:?}: expected image=milliseconds, comma separated");
+                };
+                if listed == image {
+                    behaviour.latency = Duration::from_millis(ms);
+                }
+            }
+        }
         if let Some(v) = get("SIM_REFUSE") {
             behaviour.refuse = v.parse().map_err(|_| anyhow::anyhow!("SIM_REFUSE={v:?}: expected true or false"))?;
         }
@@ -83,12 +104,19 @@ impl Metrics {
         let latency = Histogram::new([0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]);
         registry.register(
             "sim_requests",
-            "Answers (one per connection, or per line a long-lived connection sends), by outcome (ok or error)",
+            "Answers (one per HTTP or gRPC request, per raw TCP connection, or per line a long-lived connection sends), by outcome (ok or error)",
             requests.clone(),
         );
         registry.register("sim_request_duration_seconds", "Time to answer", latency.clone());
         Metrics { registry, requests, latency }
     }
+}
+
+/// What every connection of a server shares.
+struct Shared {
+    line: String,
+    behaviour: Behaviour,
+    metrics: Metrics,
 }
 
 /// The line every answer carries.
@@ -102,19 +130,16 @@ pub async fn serve(listen: Vec<SocketAddr>, pod: String, image: String, behaviou
         tracing::info!("listening on nothing");
         std::future::pending::<()>().await;
     }
-    let metrics = Arc::new(Metrics::new());
-    let shared = Arc::new((answer(&pod, &image), behaviour));
+    let shared = Arc::new(Shared { line: answer(&pod, &image), behaviour, metrics: Metrics::new() });
     let mut tasks = vec![];
     for address in listen {
         let listener = crate::network::listen(address)?;
-        let (shared, metrics) = (shared.clone(), metrics.clone());
+        let shared = shared.clone();
         tasks.push(tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else { continue };
-                let (shared, metrics) = (shared.clone(), metrics.clone());
-                tokio::spawn(async move {
-                    let _ = handle(stream, &shared.0, &shared.1, &metrics).await;
-                });
+                let _ = stream.set_nodelay(true);
+                tokio::spawn(handle(stream, shared.clone()));
             }
         }));
     }
@@ -122,53 +147,154 @@ pub async fn serve(listen: Vec<SocketAddr>, pod: String, image: String, behaviou
     Ok(())
 }
 
-/// How long a connection may stay silent before it is taken for a raw TCP client that sends nothing.
+/// How long a connection may stay silent before it is taken for a raw TCP client that sends nothing: long
+/// enough for a client on a loaded machine (a request that came 120 ms after the connection, through HAProxy
+/// on 2 busy cores, was once taken for a raw client's silence).
 const FIRST_BYTES_WAIT: Duration = Duration::from_secs(1);
 
-async fn handle(mut stream: TcpStream, line: &str, behaviour: &Behaviour, metrics: &Metrics) -> std::io::Result<()> {
+/// How a connection opens: an HTTP/1 request line or the HTTP/2 preface.
+fn looks_like_http(first: &[u8]) -> bool {
+    const OPENINGS: [&[u8]; 9] =
+        [b"GET ", b"POST ", b"HEAD ", b"PUT ", b"DELETE ", b"OPTIONS ", b"PATCH ", b"PRI * HTTP/2", b"CONNECT "];
+    OPENINGS.iter().any(|o| first.starts_with(o) || (first.len() < o.len() && o.starts_with(first)))
+}
+
+/// Whether the first bytes a client sent are enough to tell HTTP from raw TCP.
+fn decided(first: &[u8]) -> bool {
+    first.len() >= 8 || first.contains(&b'\n') || !looks_like_http(first)
+}
+
+async fn handle(stream: TcpStream, shared: Arc<Shared>) -> std::io::Result<()> {
+    // an HTTP client speaks first; a raw TCP client (nc) may send nothing, or lines. Peek (nothing is
+    // consumed) until the first bytes tell which
+    let mut first = [0u8; 16];
+    let deadline = tokio::time::Instant::now() + FIRST_BYTES_WAIT;
+    let mut seen = 0;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.peek(&mut first)).await {
+            Ok(Ok(n)) if n > 0 => {
+                seen = n;
+                if decided(&first[..n]) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            _ => break,
+        }
+    }
+    if seen > 0 && looks_like_http(&first[..seen]) {
+        return serve_http(stream, shared).await;
+    }
+    raw(stream, &shared).await
+}
+
+/// HTTP/1.1 (keep-alive) or HTTP/2 without TLS on one connection, a response per request.
+async fn serve_http(stream: TcpStream, shared: Arc<Shared>) -> std::io::Result<()> {
+    let service = hyper::service::service_fn(move |request| {
+        let shared = shared.clone();
+        async move { Ok::<_, std::convert::Infallible>(answer_http(request, &shared).await) }
+    });
+    let builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+    builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service).await.map_err(std::io::Error::other)
+}
+
+type Body = http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible>;
+
+/// The header every HTTP answer names the request's HTTP version in (`HTTP/1.1`, `HTTP/2.0`).
+pub const SIM_PROTOCOL_HEADER: &str = "sim-protocol";
+
+async fn answer_http(request: Request<Incoming>, shared: &Shared) -> Response<Body> {
+    let version = http::HeaderValue::from_str(&format!("{:?}", request.version())).expect("a header value");
+    let mut response = answer_request(request, shared).await;
+    response.headers_mut().insert(SIM_PROTOCOL_HEADER, version);
+    response
+}
+
+async fn answer_request(request: Request<Incoming>, shared: &Shared) -> Response<Body> {
     let started = Instant::now();
-    // an HTTP client speaks first; a raw TCP client (nc) may send nothing, or lines. How long to wait for the
-    // first bytes: long enough for a client on a loaded machine (a request that came 120 ms after the
-    // connection, through HAProxy on 2 busy cores, was once taken for a raw client's silence)
+    let grpc = request
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|t| t.as_bytes().starts_with(b"application/grpc"));
+    if request.uri().path() == "/metrics" && !grpc {
+        let mut text = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut text, &shared.metrics.registry);
+        return response(
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            &shared.line,
+            Full::new(Bytes::from(text)).boxed(),
+        );
+    }
+    // the request's body is read (a bounded amount) before the answer, as a real server would
+    let _ = http_body_util::Limited::new(request.into_body(), 64 * 1024).collect().await;
+    let fail = answer_fails(&shared.behaviour, &shared.metrics, started).await;
+    if grpc {
+        return grpc_answer(&shared.line, fail);
+    }
+    match fail {
+        false => {
+            response(StatusCode::OK, "text/plain", &shared.line, Full::new(Bytes::from(shared.line.clone())).boxed())
+        }
+        true => {
+            let body = Full::new(Bytes::from_static(b"failed (SIM_FAIL_RATIO)\n")).boxed();
+            response(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", &shared.line, body)
+        }
+    }
+}
+
+fn response(status: StatusCode, content_type: &str, line: &str, body: Body) -> Response<Body> {
+    let mut builder = Response::builder().status(status).header(http::header::CONTENT_TYPE, content_type);
+    if let Ok(answer) = http::HeaderValue::from_str(line.trim_end()) {
+        builder = builder.header(SIM_ANSWER_HEADER, answer);
+    }
+    builder.body(body).expect("a valid response")
+}
+
+/// The header every HTTP answer names its pod and image in (for gRPC clients, which read no body text).
+pub const SIM_ANSWER_HEADER: &str = "sim-answer";
+
+/// A gRPC answer: one empty message and `grpc-status: 0`, or, failing, no message and `grpc-status: 14`
+/// (unavailable), in the trailers.
+fn grpc_answer(line: &str, fail: bool) -> Response<Body> {
+    let mut trailers = http::HeaderMap::new();
+    let status = if fail { "14" } else { "0" };
+    trailers.insert("grpc-status", http::HeaderValue::from_static(status));
+    if fail {
+        trailers.insert("grpc-message", http::HeaderValue::from_static("failed (SIM_FAIL_RATIO)"));
+    }
+    // a message: not compressed (0), length 0
+    let message = (!fail).then(|| Ok(Frame::data(Bytes::from_static(&[0, 0, 0, 0, 0]))));
+    let frames = message.into_iter().chain([Ok(Frame::trailers(trailers))]);
+    let body = StreamBody::new(futures::stream::iter(frames)).boxed();
+    response(StatusCode::OK, "application/grpc", line, body)
+}
+
+/// A raw TCP client: the line once it has said nothing for a while, or a line per line it sends.
+async fn raw(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
+    let started = Instant::now();
     let mut request = Vec::new();
     let mut buf = [0u8; 1024];
-    let is_http = |r: &[u8]| r.starts_with(b"GET ") || r.starts_with(b"POST ") || r.starts_with(b"HEAD ");
     while let Ok(Ok(n)) = tokio::time::timeout(FIRST_BYTES_WAIT, stream.read(&mut buf)).await {
         if n == 0 {
             break;
         }
         request.extend_from_slice(&buf[..n]);
-        let complete =
-            if is_http(&request) { request.windows(4).any(|w| w == b"\r\n\r\n") } else { request.contains(&b'\n') };
-        if complete || request.len() > 16 * 1024 {
+        if request.contains(&b'\n') || request.len() > 16 * 1024 {
             break;
         }
     }
-    let http = is_http(&request);
-    if http && request.starts_with(b"GET /metrics ") {
-        let mut text = String::new();
-        prometheus_client::encoding::text::encode(&mut text, &metrics.registry).map_err(std::io::Error::other)?;
-        return respond(&mut stream, "200 OK", "text/plain; version=0.0.4", &text).await;
-    }
-    if !http && request.contains(&b'\n') {
+    let (line, behaviour, metrics) = (&shared.line, &shared.behaviour, &shared.metrics);
+    if request.contains(&b'\n') {
         return converse(stream, request, line, behaviour, metrics).await;
     }
-    let fail = answer_fails(behaviour, metrics, started).await;
-    match (http, fail) {
-        (true, false) => respond(&mut stream, "200 OK", "text/plain", line).await,
-        (true, true) => {
-            respond(&mut stream, "500 Internal Server Error", "text/plain", "failed (SIM_FAIL_RATIO)\n").await
-        }
-        (false, false) => {
-            stream.write_all(line.as_bytes()).await?;
-            stream.shutdown().await
-        }
+    if answer_fails(behaviour, metrics, started).await {
         // a reset, as a crashing server gives
-        (false, true) => {
-            crate::network::reset(&stream);
-            Ok(())
-        }
+        crate::network::reset(&stream);
+        return Ok(());
     }
+    stream.write_all(line.as_bytes()).await?;
+    stream.shutdown().await
 }
 
 /// A raw TCP client that sends lines gets one answer per line for as long as it keeps the connection open
@@ -210,16 +336,6 @@ async fn answer_fails(behaviour: &Behaviour, metrics: &Metrics, started: Instant
     fail
 }
 
-async fn respond(stream: &mut TcpStream, status: &str, content_type: &str, body: &str) -> std::io::Result<()> {
-    let head = format!(
-        "HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).await?;
-    stream.write_all(body.as_bytes()).await?;
-    stream.shutdown().await
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -234,6 +350,9 @@ mod tests {
         let e = Behaviour::from_env("app:v1", env(&[("SIM_FAIL_RATIO", "2")])).unwrap_err().to_string();
         assert!(e.contains("SIM_FAIL_RATIO"), "{e}");
         assert!(Behaviour::from_env("app:v1", env(&[])).unwrap() == Behaviour::default());
+        let slow = Behaviour::from_env("app:v2", env(&[("SIM_SLOW_IMAGES", "app:v2=30")])).unwrap();
+        assert_eq!(slow.latency, Duration::from_millis(30));
+        assert!(Behaviour::from_env("app:v2", env(&[("SIM_SLOW_IMAGES", "app:v2")])).is_err());
         let failing = || env(&[("SIM_FAILING_IMAGES", "app:v3=0.2, other:v1=1")]);
         assert_eq!(Behaviour::from_env("app:v3", failing()).unwrap().fail_ratio, 0.2);
         assert_eq!(Behaviour::from_env("app:v1", failing()).unwrap().fail_ratio, 0.0);
@@ -242,7 +361,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn answers_raw_tcp_and_http_with_its_pod_and_image_and_counts_them() {
+    async fn answers_raw_tcp_http1_http2_and_grpc_with_its_pod_and_image_and_counts_them() {
         let port = {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap().port()
@@ -260,11 +379,33 @@ mod tests {
         let mut text = String::new();
         raw.expect("the server listens").read_to_string(&mut text).await.unwrap();
         assert_eq!(text, "pod=p-1 image=img:1\n");
-        let mut http = TcpStream::connect(address).await.unwrap();
-        http.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
-        let mut text = String::new();
-        http.read_to_string(&mut text).await.unwrap();
-        assert!(text.starts_with("HTTP/1.1 200 OK") && text.ends_with("pod=p-1 image=img:1\n"), "{text}");
+        // HTTP/1.1: two requests on one connection (keep-alive)
+        let io = hyper_util::rt::TokioIo::new(TcpStream::connect(address).await.unwrap());
+        let (mut h1, connection) = hyper::client::conn::http1::handshake(io).await.unwrap();
+        tokio::spawn(connection);
+        for _ in 0..2 {
+            let request = Request::get("/").header("host", "x").body(Full::new(Bytes::new())).unwrap();
+            let response = h1.send_request(request).await.unwrap();
+            assert_eq!(response.status(), StatusCode::OK);
+            assert_eq!(response.headers()[SIM_ANSWER_HEADER], "pod=p-1 image=img:1");
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(body, "pod=p-1 image=img:1\n");
+        }
+        // HTTP/2 without TLS, and a gRPC request on it: an empty message and grpc-status 0 in the trailers
+        let io = hyper_util::rt::TokioIo::new(TcpStream::connect(address).await.unwrap());
+        let (mut h2, connection) =
+            hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io).await.unwrap();
+        tokio::spawn(connection);
+        let request = Request::post("http://x/grpc.health.v1.Health/Check")
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(Full::new(Bytes::from_static(&[0, 0, 0, 0, 0])))
+            .unwrap();
+        let response = h2.send_request(request).await.unwrap();
+        assert_eq!(response.version(), http::Version::HTTP_2);
+        let collected = response.into_body().collect().await.unwrap();
+        assert_eq!(collected.trailers().unwrap()["grpc-status"], "0");
+        assert_eq!(collected.to_bytes(), Bytes::from_static(&[0, 0, 0, 0, 0]));
         // a long-lived connection: an answer per line, and it stays open between them
         let long = TcpStream::connect(address).await.unwrap();
         let (reader, mut writer) = long.into_split();
@@ -280,9 +421,9 @@ mod tests {
         reader.read_to_string(&mut rest).await.unwrap();
         assert_eq!(rest, "", "the server closes once the client has");
         let mut metrics = TcpStream::connect(address).await.unwrap();
-        metrics.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").await.unwrap();
+        metrics.write_all(b"GET /metrics HTTP/1.1\r\nconnection: close\r\n\r\n").await.unwrap();
         let mut text = String::new();
         metrics.read_to_string(&mut text).await.unwrap();
-        assert!(text.contains("sim_requests_total{outcome=\"ok\"} 5"), "{text}");
+        assert!(text.contains("sim_requests_total{outcome=\"ok\"} 7"), "{text}");
     }
 }

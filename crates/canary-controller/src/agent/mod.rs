@@ -562,6 +562,7 @@ mod tests {
                 service: "a".into(),
                 weight: 100,
                 servers: vec![Server { name: "p".into(), address: "10.0.0.1".parse().unwrap(), port: 80 }],
+                h2c: false,
             }],
         };
         let layout = Layout::fresh(&plane);

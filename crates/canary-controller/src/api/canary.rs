@@ -88,6 +88,12 @@ pub struct Traffic {
     /// canary's weight is then at most 50 (stable gets 100 - 2 x weight). Scaled to 0 with the canary.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub baseline: bool,
+    /// What the weight splits: `tcp`, new connections (the default), or `http`, HTTP requests (HTTP/1.1 with
+    /// keep-alive and HTTP/2, gRPC included: each request drawn on its own, so a client holding one
+    /// connection still sees the weight). HTTP/2 to the pods when the Service port's `appProtocol` is
+    /// `kubernetes.io/h2c`, `h2c`, `http2` or `grpc`.
+    #[serde(default, skip_serializing_if = "crate::api::kanary::Protocol::is_tcp")]
+    pub protocol: crate::api::kanary::Protocol,
 }
 
 /// One step of a release: exactly one of `setWeight`, `pause`, `analysis`.

@@ -28,9 +28,45 @@ pub struct KanarySpec {
     /// Name of the Service that fronts the generated HAProxy.
     pub destination: String,
     pub routes: Vec<Route>,
+    /// How the proxy splits: `tcp` (the original's, per connection) or `http` (per request; an addition of
+    /// ours).
+    #[serde(default, skip_serializing_if = "Protocol::is_tcp")]
+    pub protocol: Protocol,
     /// The proxy's settings where they differ from the controller's defaults (an addition of ours).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proxy: Option<ProxySpec>,
+}
+
+/// What the proxy splits: connections (`tcp`) or HTTP requests (`http`: HTTP/1.1 with keep-alive and
+/// HTTP/2, gRPC included; each request drawn on its own).
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default, Hash, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    #[default]
+    Tcp,
+    Http,
+}
+
+impl Protocol {
+    pub fn is_tcp(&self) -> bool {
+        *self == Protocol::Tcp
+    }
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Http => "http",
+        }
+    }
+}
+
+/// The `appProtocol` values of a Service port that say its pods speak HTTP/2 without TLS (gRPC among them):
+/// the proxy then speaks HTTP/2 to them.
+pub const H2C_APP_PROTOCOLS: [&str; 4] = ["kubernetes.io/h2c", "h2c", "grpc", "http2"];
+
+/// The schema of a protocol field.
+pub fn protocol_schema(what: &str) -> Value {
+    json!({"type": "string", "enum": ["tcp", "http"], "description": what})
 }
 
 /// Settings of a Kanary's proxy; each one unset takes the controller's default (its `--proxy-*` flags).
@@ -262,6 +298,7 @@ fn spec_schema() -> Value {
         ],
         "properties": {
             "destination": destination,
+            "protocol": protocol_schema("How the proxy splits traffic: tcp (each connection drawn by weight; the default) or http (each HTTP request drawn by weight: HTTP/1.1 keep-alive and HTTP/2, gRPC included; HTTP/2 to backends whose Service port's appProtocol is kubernetes.io/h2c, h2c, http2 or grpc)"),
             "proxy": proxy_schema(),
             "routes": {
                 "type": "array", "minItems": 1, "maxItems": MAX_ROUTES,

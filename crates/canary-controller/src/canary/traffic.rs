@@ -90,17 +90,18 @@ fn build_marked_service(
     let mut selector = user.selector.to_map().unwrap_or_default();
     selector.insert(mark.into(), "true".into());
     let target_port = port.target_port.clone().unwrap_or(IntOrString::Int(port.port));
-    route_service(canary, name, Some(selector), Some(target_port), port.port)
+    route_service(canary, name, Some(selector), Some(target_port), port)
 }
 
-/// A route Service of the release: port [`ROUTE_PORT`] (TCP) to `target_port` of the pods `selector` selects
-/// (no selector: its EndpointSlices are written by the controller).
+/// A route Service of the release: port [`ROUTE_PORT`] (TCP, the user's port number and `appProtocol`) to
+/// `target_port` of the pods `selector` selects (no selector: its EndpointSlices are written by the
+/// controller).
 fn route_service(
     canary: &Canary,
     name: String,
     selector: Option<BTreeMap<String, String>>,
     target_port: Option<IntOrString>,
-    port: i32,
+    user_port: &ServicePort,
 ) -> Service {
     Service {
         metadata: ObjectMeta {
@@ -113,9 +114,10 @@ fn route_service(
             selector,
             ports: Some(vec![ServicePort {
                 name: Some(ROUTE_PORT.into()),
-                port,
+                port: user_port.port,
                 target_port,
                 protocol: Some("TCP".into()),
+                app_protocol: user_port.app_protocol.clone(),
                 ..Default::default()
             }]),
             ..Default::default()
@@ -126,7 +128,7 @@ fn route_service(
 
 /// `<canary>-stable`: no selector (its EndpointSlice is [`build_stable_slice`]).
 pub fn build_stable_service(canary: &Canary, port: &ServicePort) -> Service {
-    route_service(canary, stable_service_name(&canary.name_any()), None, None, port.port)
+    route_service(canary, stable_service_name(&canary.name_any()), None, None, port)
 }
 
 /// Whether the user's Service has endpoints of `family`.
@@ -224,7 +226,7 @@ pub fn kanary_spec(canary: &Canary, traffic: &Traffic, weight: i32) -> KanarySpe
     }
     let stable = 100 - routes.len() as i32 * weight;
     routes.insert(0, route(stable_service_name(&name), stable));
-    KanarySpec { destination: traffic.front_service.clone(), routes, proxy: None }
+    KanarySpec { destination: traffic.front_service.clone(), routes, proxy: None, protocol: traffic.protocol }
 }
 
 /// The Kanary of a release with `spec`, in `resource`'s group (kanary.k8s.io).

@@ -18,6 +18,7 @@
 //! Pure.
 
 use super::Server;
+pub use crate::api::kanary::Protocol;
 use serde::{Deserialize, Serialize};
 use std::fmt::Write;
 
@@ -27,6 +28,10 @@ pub struct RouteBackend {
     pub service: String,
     pub weight: i64,
     pub servers: Vec<Server>,
+    /// Its servers speak HTTP/2 without TLS (the Service port's `appProtocol`): in HTTP mode, the proxy
+    /// speaks HTTP/2 to them.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub h2c: bool,
 }
 
 /// One route as HAProxy runs it: its weight and its server slots (`None`: an empty slot).
@@ -35,6 +40,8 @@ pub struct SlottedBackend {
     pub service: String,
     pub weight: i64,
     pub slots: Vec<Option<Server>>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub h2c: bool,
 }
 
 /// Fewest slots a backend gets.
@@ -51,7 +58,7 @@ impl SlottedBackend {
     pub fn fresh(route: &RouteBackend) -> SlottedBackend {
         let mut slots: Vec<Option<Server>> = route.servers.iter().cloned().map(Some).collect();
         slots.resize(slot_capacity(route.servers.len()), None);
-        SlottedBackend { service: route.service.clone(), weight: route.weight, slots }
+        SlottedBackend { service: route.service.clone(), weight: route.weight, slots, h2c: route.h2c }
     }
 }
 
@@ -77,6 +84,9 @@ pub struct ProxySettings {
     pub hard_stop_after: String,
     /// The directory of the weights map (the config's directory).
     pub files_dir: String,
+    /// Connections or HTTP requests: what each draw routes.
+    #[serde(default, skip_serializing_if = "Protocol::is_tcp")]
+    pub protocol: Protocol,
 }
 
 impl Default for ProxySettings {
@@ -90,6 +100,7 @@ impl Default for ProxySettings {
             timeout_server: "1h".into(),
             hard_stop_after: "30m".into(),
             files_dir: RUNTIME_DIR.into(),
+            protocol: Protocol::Tcp,
         }
     }
 }
@@ -106,6 +117,10 @@ pub const HEALTH_PATH: &str = "/healthz";
 pub const RUNTIME_DIR: &str = "/var/run/kanary";
 pub const CONFIG_FILE: &str = "haproxy.cfg";
 pub const WEIGHTS_FILE: &str = "weights.map";
+/// How long an HTTP client may take to send a request's headers (slow clients hold no connection slot for
+/// longer).
+pub const HTTP_REQUEST_TIMEOUT: &str = "30s";
+
 /// Where an empty slot points (nothing listens there; the slot is disabled anyway).
 pub const PARKED: &str = "127.0.0.1:1";
 
@@ -152,12 +167,17 @@ pub fn render_slotted(owner: &str, backends: &[SlottedBackend], settings: &Proxy
     let _ = writeln!(w, "    hard-stop-after {}", settings.hard_stop_after);
     let _ = writeln!(w);
     let _ = writeln!(w, "defaults");
-    let _ = writeln!(w, "    mode tcp");
+    let _ = writeln!(w, "    mode {}", settings.protocol.as_str());
     let _ = writeln!(w, "    timeout connect {}", settings.timeout_connect);
     let _ = writeln!(w, "    timeout client {}", settings.timeout_client);
     let _ = writeln!(w, "    timeout server {}", settings.timeout_server);
     let _ = writeln!(w, "    timeout client-fin 10s");
     let _ = writeln!(w, "    timeout server-fin 10s");
+    if settings.protocol == Protocol::Http {
+        // headers within a bound; an idle keep-alive connection may stay as long as any idle client
+        let _ = writeln!(w, "    timeout http-request {HTTP_REQUEST_TIMEOUT}");
+        let _ = writeln!(w, "    timeout http-keep-alive {}", settings.timeout_client);
+    }
     let _ = writeln!(w, "    retries 2");
     let _ = writeln!(w, "    option redispatch");
     let _ = writeln!(w, "    default-server inter 2s fall 2 rise 1 observe layer4 error-limit 1 on-error mark-down");
@@ -174,33 +194,39 @@ pub fn render_slotted(owner: &str, backends: &[SlottedBackend], settings: &Proxy
     let _ = writeln!(w);
     let _ = writeln!(w, "frontend kanary");
     let _ = writeln!(w, "    bind {}", any_address(settings.port));
-    let _ = writeln!(w, "    tcp-request content set-var(sess.r) rand(100)");
+    // a draw per connection (a session's variables), or per request (a transaction's)
+    let (rule, scope) = match settings.protocol {
+        Protocol::Tcp => ("tcp-request content", "sess"),
+        Protocol::Http => ("http-request", "txn"),
+    };
+    let _ = writeln!(w, "    {rule} set-var({scope}.r) rand(100)");
     let map = weights_path(settings);
     for i in 0..backends.len() {
         for key in ["t", "w"] {
-            let _ = writeln!(w, "    tcp-request content set-var(sess.{key}{i}) str({key}{i}),map_str_int({map},0)");
+            let _ = writeln!(w, "    {rule} set-var({scope}.{key}{i}) str({key}{i}),map_str_int({map},0)");
         }
     }
     for (i, b) in backends.iter().enumerate() {
         let be = backend_name(&b.service);
         let _ = writeln!(
             w,
-            "    use_backend {be} if {{ var(sess.w{i}) -m int gt 0 }} {{ var(sess.r),sub(sess.t{i}) -m int lt 0 }} {{ nbsrv({be}) gt 0 }}"
+            "    use_backend {be} if {{ var({scope}.w{i}) -m int gt 0 }} {{ var({scope}.r),sub({scope}.t{i}) -m int lt 0 }} {{ nbsrv({be}) gt 0 }}"
         );
     }
     let _ = writeln!(w, "    # the drawn route has no live server: the first route that has one");
     for (i, b) in backends.iter().enumerate() {
         let be = backend_name(&b.service);
-        let _ = writeln!(w, "    use_backend {be} if {{ var(sess.w{i}) -m int gt 0 }} {{ nbsrv({be}) gt 0 }}");
+        let _ = writeln!(w, "    use_backend {be} if {{ var({scope}.w{i}) -m int gt 0 }} {{ nbsrv({be}) gt 0 }}");
     }
     for b in backends {
         let _ = writeln!(w);
         let _ = writeln!(w, "backend {}", backend_name(&b.service));
         let _ = writeln!(w, "    balance roundrobin");
+        let proto = if b.h2c && settings.protocol == Protocol::Http { " proto h2" } else { "" };
         for (i, slot) in b.slots.iter().enumerate() {
             match slot {
-                Some(s) => writeln!(w, "    server {} {} check", slot_name(i), s.endpoint()),
-                None => writeln!(w, "    server {} {PARKED} check disabled", slot_name(i)),
+                Some(s) => writeln!(w, "    server {} {} check{proto}", slot_name(i), s.endpoint()),
+                None => writeln!(w, "    server {} {PARKED} check disabled{proto}", slot_name(i)),
             }
             .expect("writing to a String");
         }
@@ -222,16 +248,19 @@ mod tests {
                 service: "myapp-v1".into(),
                 weight: 80,
                 servers: vec![server("myapp-v1-a", "10.1.0.5", 8080), server("myapp-v1-b", "10.1.0.6", 8080)],
+                h2c: false,
             },
             RouteBackend {
                 service: "myapp-v2".into(),
                 weight: 20,
                 servers: vec![server("myapp-v2-a", "10.1.0.7", 8080)],
+                h2c: false,
             },
             RouteBackend {
                 service: "myapp-v3".into(),
                 weight: 0,
                 servers: vec![server("myapp-v3-a", "fd00::7", 8080)],
+                h2c: false,
             },
         ]
     }
@@ -246,6 +275,25 @@ mod tests {
         }
         let golden = include_str!("testdata/simple-kanary-rule.cfg");
         assert_eq!(rendered, golden, "rendered config differs from testdata/simple-kanary-rule.cfg:\n{rendered}");
+    }
+
+    /// HTTP mode: the same map and rules, drawn per request (a transaction's variables), HTTP/2 to an h2c
+    /// route's servers.
+    #[test]
+    fn golden_http_config() {
+        let mut routes = sample_routes();
+        routes[1].h2c = true;
+        let settings = ProxySettings { protocol: Protocol::Http, ..ProxySettings::default() };
+        let rendered = render("default/http-kanary-rule", &routes, &settings);
+        if std::env::var_os("UPDATE_GOLDEN").is_some() {
+            let path = concat!(env!("CARGO_MANIFEST_DIR"), "/src/dataplane/testdata/http-kanary-rule.cfg");
+            std::fs::write(path, &rendered).unwrap();
+            return;
+        }
+        let golden = include_str!("testdata/http-kanary-rule.cfg");
+        assert_eq!(rendered, golden, "rendered config differs from testdata/http-kanary-rule.cfg:\n{rendered}");
+        let tcp = render("default/http-kanary-rule", &routes, &ProxySettings::default());
+        assert!(!tcp.contains("proto h2"), "HTTP/2 to servers only in HTTP mode:\n{tcp}");
     }
 
     #[test]
@@ -265,15 +313,20 @@ mod tests {
                 service: format!("svc-{i}"),
                 weight: if i < 4 { 25 } else { 0 },
                 servers: (0..20).map(|j| server(&format!("pod-{i}-{j}"), &format!("10.{i}.0.{j}"), 8080)).collect(),
+                h2c: false,
             })
             .collect();
-        let no_servers = vec![RouteBackend { service: "empty".into(), weight: 100, servers: vec![] }];
+        let no_servers = vec![RouteBackend { service: "empty".into(), weight: 100, servers: vec![], h2c: false }];
         let dir = tempfile::tempdir().unwrap();
         let settings = ProxySettings { files_dir: dir.path().to_str().unwrap().into(), ..ProxySettings::default() };
-        for (i, routes) in [sample_routes(), many, no_servers].iter().enumerate() {
+        let mut h2c = sample_routes();
+        h2c[0].h2c = true;
+        let cases = [sample_routes(), many, no_servers, h2c];
+        let http = ProxySettings { protocol: Protocol::Http, ..settings.clone() };
+        for (i, (routes, settings)) in cases.iter().flat_map(|r| [(r, &settings), (r, &http)]).enumerate() {
             let path = dir.path().join(format!("{i}.cfg"));
-            std::fs::write(&path, render("ns/name", routes, &settings)).unwrap();
-            std::fs::write(weights_path(&settings), weights_map(routes.iter().map(|r| &r.weight))).unwrap();
+            std::fs::write(&path, render("ns/name", routes, settings)).unwrap();
+            std::fs::write(weights_path(settings), weights_map(routes.iter().map(|r| &r.weight))).unwrap();
             let out = std::process::Command::new("haproxy").arg("-c").arg("-f").arg(&path).output().unwrap();
             assert!(out.status.success(), "haproxy -c rejected case {i}: {}", String::from_utf8_lossy(&out.stderr));
         }

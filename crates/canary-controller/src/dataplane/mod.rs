@@ -89,7 +89,7 @@ impl Layout {
                 .backends
                 .iter()
                 .zip(&other.backends)
-                .all(|(a, b)| a.service == b.service && a.slots.len() == b.slots.len())
+                .all(|(a, b)| a.service == b.service && a.h2c == b.h2c && a.slots.len() == b.slots.len())
     }
 
     /// The layout that serves `desired` changing as little as possible: a server that stays keeps its slot,
@@ -100,7 +100,7 @@ impl Layout {
         let same_routes = self.owner == desired.owner
             && self.settings == desired.settings
             && self.backends.len() == desired.routes.len()
-            && self.backends.iter().zip(&desired.routes).all(|(b, r)| b.service == r.service);
+            && self.backends.iter().zip(&desired.routes).all(|(b, r)| b.service == r.service && b.h2c == r.h2c);
         if !same_routes {
             return None;
         }
@@ -141,7 +141,7 @@ fn follow_backend(current: &SlottedBackend, route: &RouteBackend) -> Option<Slot
         let free = slots.iter().position(Option::is_none)?;
         slots[free] = Some(server.clone());
     }
-    Some(SlottedBackend { service: current.service.clone(), weight: route.weight, slots })
+    Some(SlottedBackend { service: current.service.clone(), weight: route.weight, slots, h2c: route.h2c })
 }
 
 /// The Runtime API commands that take HAProxy's servers from `from` to `to` (same structure), in two parts:
@@ -216,6 +216,7 @@ mod tests {
             service: service.into(),
             weight,
             servers: ips.iter().map(|ip| server(&format!("pod-{ip}"), ip)).collect(),
+            h2c: false,
         };
         DataPlane {
             owner: "ns/k".into(),

@@ -3,9 +3,10 @@
 //! EndpointSlice port of the same name, which carries the pod-side port. Ready endpoints only, every
 //! slice of the Service, sorted, with server names that are always valid and unique. Pure.
 
+use crate::api::kanary::H2C_APP_PROTOCOLS;
 use crate::dataplane::Server;
 use crate::runtime::caches::CachedSlice;
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Service, ServicePort};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use std::borrow::Borrow;
 
@@ -16,7 +17,7 @@ pub enum Resolution {
     PortNotFound { available: Vec<String> },
 }
 
-fn describe_port(p: &k8s_openapi::api::core::v1::ServicePort) -> String {
+fn describe_port(p: &ServicePort) -> String {
     match &p.name {
         Some(n) if !n.is_empty() => format!("{n} ({})", p.port),
         _ => p.port.to_string(),
@@ -30,16 +31,30 @@ fn server_name(raw: &str) -> String {
     if cleaned.is_empty() { "server".into() } else { cleaned }
 }
 
+/// Whether `port` of `service` is served over HTTP/2 without TLS: its `appProtocol` says so
+/// ([`H2C_APP_PROTOCOLS`]).
+pub fn speaks_h2c(port: &IntOrString, service: Option<&Service>) -> bool {
+    let found = service.and_then(|s| service_port(port, s));
+    found.and_then(|p| p.app_protocol.as_deref()).is_some_and(|a| H2C_APP_PROTOCOLS.contains(&a))
+}
+
+fn ports_of(service: &Service) -> &[ServicePort] {
+    service.spec.as_ref().and_then(|s| s.ports.as_deref()).unwrap_or_default()
+}
+
+/// The port of `service` a route's `servicePort` names: a port name, or a number meaning the Service port.
+fn service_port<'a>(port: &IntOrString, service: &'a Service) -> Option<&'a ServicePort> {
+    ports_of(service).iter().find(|p| match port {
+        IntOrString::String(name) => p.name.as_deref() == Some(name.as_str()),
+        IntOrString::Int(n) => p.port == *n,
+    })
+}
+
 /// The servers of a route: `port` of `service`, on the ready endpoints of its (cached) EndpointSlices.
 pub fn resolve<S: Borrow<CachedSlice>>(port: &IntOrString, service: Option<&Service>, slices: &[S]) -> Resolution {
     let Some(service) = service else { return Resolution::ServiceNotFound };
-    let ports = service.spec.as_ref().and_then(|s| s.ports.as_deref()).unwrap_or_default();
-    let found = ports.iter().find(|p| match port {
-        IntOrString::String(name) => p.name.as_deref() == Some(name.as_str()),
-        IntOrString::Int(n) => p.port == *n,
-    });
-    let Some(service_port) = found else {
-        return Resolution::PortNotFound { available: ports.iter().map(describe_port).collect() };
+    let Some(service_port) = service_port(port, service) else {
+        return Resolution::PortNotFound { available: ports_of(service).iter().map(describe_port).collect() };
     };
     let port_name = service_port.name.as_deref().unwrap_or_default();
     let numeric_target = match &service_port.target_port {

@@ -3,7 +3,7 @@
 //! checks that the objects the proxy needs are free or this Kanary's; resolves every route to its live
 //! servers. Returns a [`Valid`] Kanary, all the builders need, or the [`Problem`]. Pure.
 
-use super::endpoints::{Resolution, resolve};
+use super::endpoints::{Resolution, resolve, speaks_h2c};
 use super::observe::Observed;
 use crate::api::kanary::{Kanary, KanarySpec, MAX_MAXCONN, MAX_NAME_LENGTH, MAX_ROUTES, ProxySpec, duration_ms};
 use crate::dataplane::haproxy::RouteBackend;
@@ -115,7 +115,8 @@ fn resolve_routes(spec: &KanarySpec, observed: &Observed) -> Result<(Vec<RouteBa
         if servers.is_empty() && route.weight > 0 && !degraded.iter().any(|(s, _)| s == svc_name) {
             degraded.push((svc_name.clone(), Degradation::NoReadyEndpoint));
         }
-        routes.push(RouteBackend { service: svc_name.clone(), weight: route.weight, servers });
+        let h2c = speaks_h2c(&route.backend.service_port, service.as_ref());
+        routes.push(RouteBackend { service: svc_name.clone(), weight: route.weight, servers, h2c });
     }
     Ok((routes, degraded))
 }

@@ -1,0 +1,99 @@
+//! HTTP through the Kanary's real HAProxy in HTTP mode (`protocol: http`), on the workload simulator: each
+//! request is drawn on its own, so clients holding a few keep-alive (HTTP/1.1) or multiplexed (HTTP/2)
+//! connections see the weights; HTTP/2 reaches the pods where their Service port's `appProtocol` says h2c;
+//! a weight change cuts no connection, and a rollback moves held connections to stable request by request.
+//! Its own test binary (its own control plane and node), so that its load does not share the machine.
+
+use e2e_support as support;
+
+use k8s_openapi::api::core::v1::Service;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use serde_json::json;
+use support::http::{Client, Requests, Version};
+use support::kanary::env_with_simulator;
+use support::simulator::can_simulate;
+use support::traffic::by_backend;
+
+const KANARY: &str = "web";
+const PROXY: &str = "web-haproxy";
+
+/// The canary's share of `requests` is `weight` within one point (the bound; a binomial draw of
+/// 10,000 at 10 % has a standard deviation of 0.3 points), and no request failed.
+fn assert_split(what: &str, requests: &Requests, weight: f64) {
+    let tally = by_backend(requests.tally.clone());
+    eprintln!("{what}: {tally:?}, {} reconnects", requests.reconnects);
+    assert_eq!(tally.failures, 0, "{what}: {tally:?}");
+    let share = tally.percent("v2");
+    assert!((share - weight).abs() <= 1.0, "{what}: the canary got {share:.2} % of requests for {weight} %: {tally:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_are_split_one_by_one_on_keep_alive_and_http2_connections() {
+    if !can_simulate() {
+        return;
+    }
+    let (e, sim) = env_with_simulator(244, 32).await;
+    for (name, replicas) in [("v1", 2), ("v2", 1)] {
+        e.cluster.create_backend(name, replicas, None).await;
+        // a second port, served over HTTP/2 without TLS (the same pods: the built-in server speaks both)
+        let port = json!({"spec": {"ports": [{"name": "tcp", "port": 80, "targetPort": 8080},
+            {"name": "h2c", "port": 81, "targetPort": 8080, "appProtocol": "kubernetes.io/h2c"}]}});
+        let services: Api<Service> = e.cluster.api();
+        services.patch(name, &PatchParams::default(), &Patch::Merge(port)).await.unwrap();
+    }
+    let route =
+        |svc: &str, port: &str, w: i64| json!({"backend": {"serviceName": svc, "servicePort": port}, "weight": w});
+    let kanaries = e.kanaries("kanary.k8s.io", "v1");
+    let kanary = json!({"apiVersion": "kanary.k8s.io/v1", "kind": "Kanary", "metadata": {"name": KANARY},
+        "spec": {"destination": "web", "protocol": "http", "routes": [route("v1", "tcp", 90), route("v2", "tcp", 10)]}});
+    kanaries.create(&PostParams::default(), &serde_json::from_value(kanary).unwrap()).await.unwrap();
+    for name in ["v1", "v2"] {
+        e.cluster.wait_rolled_out(name, name, 60).await;
+    }
+    e.cluster.wait_rolled_out(PROXY, "web", 120).await;
+    e.cluster.wait_synced(&kanaries, KANARY, 60).await;
+    let config = e.config(KANARY).await.unwrap_or_default();
+    assert!(config.contains("mode http") && config.contains("http-request set-var(txn.r) rand(100)"), "{config}");
+    let front = e.cluster.service_address("web", 80).await;
+
+    // HTTP/1.1 to the pods: 4 keep-alive connections, and one HTTP/2 connection with 16 streams
+    let h1 = Client::connect(front, Version::Http1, 4).await;
+    let h2 = Client::connect(front, Version::Http2, 1).await;
+    let first = h1.load(1, 10_000, &[]).await;
+    assert_split("HTTP/1.1 keep-alive, 4 connections", &first, 10.0);
+    assert_eq!(first.reconnects, 0, "the proxy closed keep-alive connections\n{}", sim.log());
+    let first = h2.load(16, 10_000, &[]).await;
+    assert_split("HTTP/2, 1 connection", &first, 10.0);
+    assert_eq!(first.reconnects, 0, "the proxy closed the HTTP/2 connection");
+    let (_, headers) = support::http::get(front, Version::Http2, &[]).await.unwrap();
+    assert_eq!(headers["sim-protocol"], "HTTP/1.1", "HTTP/1.1 to pods whose port is not h2c");
+
+    // HTTP/2 to the pods (appProtocol kubernetes.io/h2c): a new configuration (a reload)
+    let routes = json!([route("v1", "h2c", 90), route("v2", "h2c", 10)]);
+    kanaries.patch(KANARY, &PatchParams::default(), &Patch::Merge(json!({"spec": {"routes": routes}}))).await.unwrap();
+    e.wait_config(KANARY, "HTTP/2 to the pods", |c| c.contains("proto h2")).await;
+    e.cluster.wait_synced(&kanaries, KANARY, 60).await;
+    for version in [Version::Http1, Version::Http2] {
+        let (_, headers) = support::http::get(front, version, &[]).await.unwrap();
+        assert_eq!(headers["sim-protocol"], "HTTP/2.0", "{version:?} clients reach h2c pods over HTTP/2");
+    }
+    let h2c = Client::connect(front, Version::Http2, 1).await;
+    assert_split("HTTP/2 to h2c pods", &h2c.load(16, 10_000, &[]).await, 10.0);
+
+    // a rollback (the canary's weight to 0) while the connections are held: they stay open, and every
+    // request after it goes to stable
+    let held = [Client::connect(front, Version::Http1, 2).await, Client::connect(front, Version::Http2, 1).await];
+    for client in &held {
+        assert_eq!(client.load(1, 200, &[]).await.tally.failures, 0);
+    }
+    let routes = json!([route("v1", "h2c", 100), route("v2", "h2c", 0)]);
+    kanaries.patch(KANARY, &PatchParams::default(), &Patch::Merge(json!({"spec": {"routes": routes}}))).await.unwrap();
+    e.wait_weights(KANARY, "the rollback's weights", |w| w.starts_with("t0 100\n")).await;
+    e.cluster.wait_synced(&kanaries, KANARY, 60).await;
+    for (client, per_connection) in held.iter().zip([1, 8]) {
+        let after = client.load(per_connection, 2_000, &[]).await;
+        let tally = by_backend(after.tally.clone());
+        assert_eq!((tally.failures, after.reconnects), (0, 0), "a held connection failed or was cut: {tally:?}");
+        assert_eq!(tally.answers.get("v2"), None, "a request reached the canary after the rollback: {tally:?}");
+    }
+}

@@ -1,0 +1,175 @@
+//! HTTP clients of the end-to-end tests: requests on a few long-lived connections (HTTP/1.1 keep-alive, one
+//! request at a time per connection; HTTP/2, many streams on one connection), each answer counted by who
+//! gave it (the built-in server's `sim-answer` header) and timed at the client.
+
+use crate::traffic::Tally;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+/// The header the workload simulator's built-in server names its pod and image in.
+pub const ANSWER_HEADER: &str = "sim-answer";
+
+/// How a client speaks HTTP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Version {
+    /// HTTP/1.1 with keep-alive: one request at a time on each connection.
+    Http1,
+    /// HTTP/2 without TLS (prior knowledge): concurrent streams on each connection.
+    Http2,
+}
+
+/// What a load of requests got: who answered (failures with why), and each answer's latency at the client.
+#[derive(Debug, Default)]
+pub struct Requests {
+    pub tally: Tally,
+    pub latencies: Vec<Duration>,
+    /// Connections the client had to open again because the proxy closed one (0: every request went on the
+    /// connection it started on).
+    pub reconnects: usize,
+}
+
+/// A client connection that sends requests to `target`.
+#[derive(Clone)]
+enum Sender {
+    Http1(std::sync::Arc<tokio::sync::Mutex<hyper::client::conn::http1::SendRequest<Empty<Bytes>>>>),
+    Http2(hyper::client::conn::http2::SendRequest<Empty<Bytes>>),
+}
+
+async fn connect(target: SocketAddr, version: Version) -> Result<Sender, String> {
+    let stream = tokio::net::TcpStream::connect(target).await.map_err(|e| format!("connect: {}", e.kind()))?;
+    let _ = stream.set_nodelay(true);
+    let io = TokioIo::new(stream);
+    match version {
+        Version::Http1 => {
+            let (send, connection) =
+                hyper::client::conn::http1::handshake(io).await.map_err(|e| format!("handshake: {e}"))?;
+            tokio::spawn(connection);
+            Ok(Sender::Http1(std::sync::Arc::new(tokio::sync::Mutex::new(send))))
+        }
+        Version::Http2 => {
+            let (send, connection) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+                .await
+                .map_err(|e| format!("handshake: {e}"))?;
+            tokio::spawn(connection);
+            Ok(Sender::Http2(send))
+        }
+    }
+}
+
+impl Sender {
+    fn is_closed(&self) -> bool {
+        match self {
+            Sender::Http1(s) => s.try_lock().is_ok_and(|s| s.is_closed()),
+            Sender::Http2(s) => s.is_closed(),
+        }
+    }
+
+    /// One GET of `path` (with `headers`): who answered, or why it failed.
+    async fn get(&self, path: &str, headers: &[(&str, &str)]) -> Result<(String, http::HeaderMap), String> {
+        let mut request = http::Request::get(path).header("host", "e2e");
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let request = request.body(Empty::new()).expect("a valid request");
+        let response = match self {
+            Sender::Http1(s) => {
+                let mut s = s.lock().await;
+                s.ready().await.map_err(|e| format!("connection: {e}"))?;
+                s.send_request(request).await
+            }
+            Sender::Http2(s) => {
+                let mut s = s.clone();
+                s.ready().await.map_err(|e| format!("connection: {e}"))?;
+                s.send_request(request).await
+            }
+        }
+        .map_err(|e| format!("request: {e}"))?;
+        let status = response.status();
+        let answer = response.headers().get(ANSWER_HEADER).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let headers = response.headers().clone();
+        response.into_body().collect().await.map_err(|e| format!("body: {e}"))?;
+        match answer {
+            Some(answer) if status.is_success() => Ok((answer, headers)),
+            _ => Err(format!("status {status} from {answer:?}")),
+        }
+    }
+}
+
+/// One GET of `/` to `target` on a connection of its own: who answered and the answer's headers.
+pub async fn get(
+    target: SocketAddr,
+    version: Version,
+    headers: &[(&str, &str)],
+) -> Result<(String, http::HeaderMap), String> {
+    connect(target, version).await?.get("/", headers).await
+}
+
+/// A client holding `connections` connections to `target`, used again by each load, so that a test can
+/// tell whether a change of the proxy cut them.
+pub struct Client {
+    target: SocketAddr,
+    version: Version,
+    connections: Vec<std::sync::Arc<tokio::sync::Mutex<Option<Sender>>>>,
+}
+
+impl Client {
+    pub async fn connect(target: SocketAddr, version: Version, connections: usize) -> Client {
+        let mut held = vec![];
+        for _ in 0..connections {
+            held.push(std::sync::Arc::new(tokio::sync::Mutex::new(connect(target, version).await.ok())));
+        }
+        Client { target, version, connections: held }
+    }
+
+    /// `requests` GETs of `/` (with `headers`) on the held connections, `per_connection` in flight on each (1
+    /// for HTTP/1.1). A connection that was closed is opened again (counted in `reconnects`).
+    pub async fn load(&self, per_connection: usize, requests: usize, headers: &[(&str, &str)]) -> Requests {
+        let started = Instant::now();
+        let workers = self.connections.len() * per_connection;
+        let mut tasks = vec![];
+        for (c, sender) in self.connections.iter().enumerate() {
+            for w in 0..per_connection {
+                let n = requests / workers + usize::from(c * per_connection + w < requests % workers);
+                let (sender, target, version) = (sender.clone(), self.target, self.version);
+                let headers: Vec<(String, String)> =
+                    headers.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect();
+                tasks.push(tokio::spawn(async move {
+                    let headers: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+                    let mut out = Requests::default();
+                    for _ in 0..n {
+                        let current = {
+                            let mut slot = sender.lock().await;
+                            if slot.as_ref().is_none_or(Sender::is_closed) {
+                                out.reconnects += 1;
+                                *slot = connect(target, version).await.ok();
+                            }
+                            slot.clone()
+                        };
+                        let begun = Instant::now();
+                        let answer = match current {
+                            Some(s) => tokio::time::timeout(Duration::from_secs(5), s.get("/", &headers))
+                                .await
+                                .unwrap_or(Err("no answer in 5 s".into())),
+                            None => Err("cannot connect".into()),
+                        };
+                        out.latencies.push(begun.elapsed());
+                        out.tally.record_why(answer.map(|(a, _)| a));
+                    }
+                    out
+                }));
+            }
+        }
+        let mut all = Requests::default();
+        for task in tasks {
+            let part = task.await.expect("a client task");
+            all.tally.add(part.tally);
+            all.latencies.extend(part.latencies);
+            all.reconnects += part.reconnects;
+        }
+        all.tally.elapsed = started.elapsed();
+        all
+    }
+}
