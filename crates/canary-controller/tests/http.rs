@@ -6,10 +6,11 @@
 
 use e2e_support as support;
 
-use k8s_openapi::api::core::v1::Service;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Pod, Service};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
-use support::http::{Client, Requests, Version};
+use support::http::{Client, Requests, Version, proxy_requests};
 use support::kanary::env_with_simulator;
 use support::simulator::can_simulate;
 use support::traffic::by_backend;
@@ -41,6 +42,10 @@ async fn requests_are_split_one_by_one_on_keep_alive_and_http2_connections() {
         let services: Api<Service> = e.cluster.api();
         services.patch(name, &PatchParams::default(), &Patch::Merge(port)).await.unwrap();
     }
+    // the canary answers 30 ms later, so that its percentiles differ from stable's
+    let slow = json!({"spec": {"template": {"spec": {"containers": [{"name": "echo", "env": [{"name": "SIM_LATENCY_MS", "value": "30"}]}]}}}});
+    let deployments: Api<Deployment> = e.cluster.api();
+    deployments.patch("v2", &PatchParams::default(), &Patch::Strategic(slow)).await.unwrap();
     let route =
         |svc: &str, port: &str, w: i64| json!({"backend": {"serviceName": svc, "servicePort": port}, "weight": w});
     let kanaries = e.kanaries("kanary.k8s.io", "v1");
@@ -55,13 +60,53 @@ async fn requests_are_split_one_by_one_on_keep_alive_and_http2_connections() {
     let config = e.config(KANARY).await.unwrap_or_default();
     assert!(config.contains("mode http") && config.contains("http-request set-var(txn.r) rand(100)"), "{config}");
     let front = e.cluster.service_address("web", 80).await;
+    let pods: Api<Pod> = e.cluster.api();
+    let labels = ListParams::default().labels(&format!("proxy={PROXY}"));
+    let pod_ips: Vec<std::net::IpAddr> = (pods.list(&labels).await.unwrap().items.iter())
+        .filter_map(|p| p.status.as_ref()?.pod_ip.as_deref()?.parse().ok())
+        .collect();
+    assert!(!pod_ips.is_empty(), "no proxy pod");
+    let proxies: Vec<std::net::IpAddr> =
+        pod_ips.iter().map(|ip| e.cluster.host_address(std::net::SocketAddr::new(*ip, 0)).ip()).collect();
 
     // HTTP/1.1 to the pods: 4 keep-alive connections, and one HTTP/2 connection with 16 streams
     let h1 = Client::connect(front, Version::Http1, 4).await;
     let h2 = Client::connect(front, Version::Http2, 1).await;
+    let before = proxy_requests(&proxies).await;
     let first = h1.load(1, 10_000, &[]).await;
     assert_split("HTTP/1.1 keep-alive, 4 connections", &first, 10.0);
     assert_eq!(first.reconnects, 0, "the proxy closed keep-alive connections\n{}", sim.log());
+    // the agents' request metrics: every request HAProxy answered, by route, and the window's counts are the
+    // client's
+    let after = proxy_requests(&proxies).await;
+    for route in ["v1", "v2"] {
+        let counted = after.agents.get(route).map_or(0, |r| r.requests);
+        assert_eq!(Some(&counted), after.haproxy.get(route), "{route}: the agents and HAProxy count apart: {after:?}");
+        let window = after.agents[route].since(before.agents.get(route).unwrap_or(&Default::default()));
+        let answered = by_backend(first.tally.clone()).answers.get(route).copied().unwrap_or(0) as u64;
+        assert_eq!((window.requests, window.errors), (answered, 0), "{route}'s window");
+    }
+    // percentiles: one client straight to one proxy pod, from the node (as a pod would: no forwarder of the
+    // test's network between the two clocks), one request at a time; the proxy's within 1 ms or 5 % of the
+    // client's
+    let pod = std::net::SocketAddr::new(pod_ips[0], canary_controller::dataplane::haproxy::PROXY_PORT);
+    let before = proxy_requests(&proxies[..1]).await;
+    let client = Client::connect_in(e.cluster.node_namespace(), pod, Version::Http1, 1).await;
+    let direct = client.load(1, 2_000, &[]).await;
+    let after = proxy_requests(&proxies[..1]).await;
+    for route in ["v1", "v2"] {
+        let window = after.agents[route].since(before.agents.get(route).unwrap_or(&Default::default()));
+        for q in [0.5, 0.9, 0.99] {
+            let client = direct.percentile_ms(&format!("echo:{route}"), q).unwrap();
+            let proxy = window.percentile_ms(q).unwrap();
+            eprintln!("{route} p{}: {proxy:.2} ms at the proxy, {client:.2} ms at the client", q * 100.0);
+            assert!(
+                (proxy - client).abs() <= f64::max(1.0, client * 0.05),
+                "{route} p{}: {proxy:.2} ms at the proxy, {client:.2} ms at the client",
+                q * 100.0
+            );
+        }
+    }
     let first = h2.load(16, 10_000, &[]).await;
     assert_split("HTTP/2, 1 connection", &first, 10.0);
     assert_eq!(first.reconnects, 0, "the proxy closed the HTTP/2 connection");

@@ -29,6 +29,19 @@ pub struct Requests {
     /// Connections the client had to open again because the proxy closed one (0: every request went on the
     /// connection it started on).
     pub reconnects: usize,
+    /// The latencies of the answers of each answerer.
+    pub by_answer: std::collections::BTreeMap<String, Vec<Duration>>,
+}
+
+impl Requests {
+    /// The `q` quantile (0 to 1) of the latencies of answers whose answerer contains `who`, in milliseconds.
+    pub fn percentile_ms(&self, who: &str, q: f64) -> Option<f64> {
+        let mut all: Vec<Duration> =
+            self.by_answer.iter().filter(|(a, _)| a.contains(who)).flat_map(|(_, l)| l.iter().copied()).collect();
+        all.sort();
+        let rank = ((q * all.len() as f64).ceil() as usize).max(1);
+        all.get(rank - 1).map(|d| d.as_secs_f64() * 1000.0)
+    }
 }
 
 /// A client connection that sends requests to `target`.
@@ -38,8 +51,12 @@ enum Sender {
     Http2(hyper::client::conn::http2::SendRequest<Empty<Bytes>>),
 }
 
-async fn connect(target: SocketAddr, version: Version) -> Result<Sender, String> {
-    let stream = tokio::net::TcpStream::connect(target).await.map_err(|e| format!("connect: {}", e.kind()))?;
+async fn connect(target: SocketAddr, version: Version, namespace: Option<&str>) -> Result<Sender, String> {
+    let stream = match namespace {
+        Some(ns) => crate::node::connect_in(ns, target).await,
+        None => tokio::net::TcpStream::connect(target).await,
+    }
+    .map_err(|e| format!("connect: {}", e.kind()))?;
     let _ = stream.set_nodelay(true);
     let io = TokioIo::new(stream);
     match version {
@@ -104,7 +121,7 @@ pub async fn get(
     version: Version,
     headers: &[(&str, &str)],
 ) -> Result<(String, http::HeaderMap), String> {
-    connect(target, version).await?.get("/", headers).await
+    connect(target, version, None).await?.get("/", headers).await
 }
 
 /// A client holding `connections` connections to `target`, used again by each load, so that a test can
@@ -112,16 +129,30 @@ pub async fn get(
 pub struct Client {
     target: SocketAddr,
     version: Version,
+    /// The network namespace the connections are made in (none: the test's).
+    namespace: Option<String>,
     connections: Vec<std::sync::Arc<tokio::sync::Mutex<Option<Sender>>>>,
 }
 
 impl Client {
     pub async fn connect(target: SocketAddr, version: Version, connections: usize) -> Client {
+        Client::connect_in(None, target, version, connections).await
+    }
+
+    /// [`Client::connect`] from network namespace `namespace` (the simulator's node, say: no forwarder of the
+    /// test's network between the client and the target).
+    pub async fn connect_in(
+        namespace: Option<String>,
+        target: SocketAddr,
+        version: Version,
+        connections: usize,
+    ) -> Client {
         let mut held = vec![];
         for _ in 0..connections {
-            held.push(std::sync::Arc::new(tokio::sync::Mutex::new(connect(target, version).await.ok())));
+            let sender = connect(target, version, namespace.as_deref()).await.ok();
+            held.push(std::sync::Arc::new(tokio::sync::Mutex::new(sender)));
         }
-        Client { target, version, connections: held }
+        Client { target, version, namespace, connections: held }
     }
 
     /// `requests` GETs of `/` (with `headers`) on the held connections, `per_connection` in flight on each (1
@@ -134,6 +165,7 @@ impl Client {
             for w in 0..per_connection {
                 let n = requests / workers + usize::from(c * per_connection + w < requests % workers);
                 let (sender, target, version) = (sender.clone(), self.target, self.version);
+                let namespace = self.namespace.clone();
                 let headers: Vec<(String, String)> =
                     headers.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect();
                 tasks.push(tokio::spawn(async move {
@@ -144,7 +176,7 @@ impl Client {
                             let mut slot = sender.lock().await;
                             if slot.as_ref().is_none_or(Sender::is_closed) {
                                 out.reconnects += 1;
-                                *slot = connect(target, version).await.ok();
+                                *slot = connect(target, version, namespace.as_deref()).await.ok();
                             }
                             slot.clone()
                         };
@@ -155,7 +187,11 @@ impl Client {
                                 .unwrap_or(Err("no answer in 5 s".into())),
                             None => Err("cannot connect".into()),
                         };
-                        out.latencies.push(begun.elapsed());
+                        let took = begun.elapsed();
+                        out.latencies.push(took);
+                        if let Ok((who, _)) = &answer {
+                            out.by_answer.entry(who.clone()).or_default().push(took);
+                        }
                         out.tally.record_why(answer.map(|(a, _)| a));
                     }
                     out
@@ -168,8 +204,62 @@ impl Client {
             all.tally.add(part.tally);
             all.latencies.extend(part.latencies);
             all.reconnects += part.reconnects;
+            for (who, latencies) in part.by_answer {
+                all.by_answer.entry(who).or_default().extend(latencies);
+            }
         }
         all.tally.elapsed = started.elapsed();
         all
     }
+}
+
+/// What the proxy pods of a Kanary report of their HTTP requests, summed over the pods: the agents' request
+/// metrics (`/requests`), and HAProxy's own count of answers per backend (its stats' `hrsp_*`), by route.
+#[derive(Debug, Default)]
+pub struct ProxyRequests {
+    pub agents: std::collections::BTreeMap<String, canary_controller::dataplane::requests::RouteRequests>,
+    pub haproxy: std::collections::BTreeMap<String, u64>,
+}
+
+/// The body of `GET path` from `target` over HTTP/1.1 (empty when it fails).
+pub async fn text(target: SocketAddr, path: &str) -> String {
+    let answer = async {
+        let stream = tokio::net::TcpStream::connect(target).await.ok()?;
+        let (mut send, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.ok()?;
+        tokio::spawn(connection);
+        let request = http::Request::get(path).header("host", "e2e").body(Empty::<Bytes>::new()).ok()?;
+        let body = send.send_request(request).await.ok()?.into_body().collect().await.ok()?.to_bytes();
+        Some(String::from_utf8_lossy(&body).into_owned())
+    };
+    tokio::time::timeout(Duration::from_secs(10), answer).await.ok().flatten().unwrap_or_default()
+}
+
+/// Reads [`ProxyRequests`] from the pods at `pods` (addresses the test reaches).
+pub async fn proxy_requests(pods: &[std::net::IpAddr]) -> ProxyRequests {
+    use canary_controller::dataplane::haproxy::{BACKEND_PREFIX, STATS_PORT};
+    use canary_controller::dataplane::requests::RequestsReport;
+    let agent_port = canary_controller::kanary::build::AGENT_PORT;
+    let mut out = ProxyRequests::default();
+    for pod in pods {
+        let answer = crate::http_get(&SocketAddr::new(*pod, agent_port).to_string(), "/requests").await;
+        let body = answer.as_deref().and_then(|a| a.split_once("\r\n\r\n")).map(|(_, b)| b).unwrap_or_default();
+        let report: RequestsReport =
+            serde_json::from_str(body).unwrap_or_else(|e| panic!("{pod}'s /requests: {e}: {answer:?}"));
+        for (route, requests) in report.routes {
+            out.agents.entry(route).or_default().add(&requests);
+        }
+        let csv = text(SocketAddr::new(*pod, STATS_PORT), "/stats;csv").await;
+        let mut lines = csv.lines();
+        let header: Vec<&str> = lines.next().unwrap_or_default().trim_start_matches("# ").split(',').collect();
+        let answered: Vec<usize> =
+            header.iter().enumerate().filter(|(_, h)| h.starts_with("hrsp_")).map(|(i, _)| i).collect();
+        for line in lines {
+            let fields: Vec<&str> = line.split(',').collect();
+            let (Some(name), Some("BACKEND")) = (fields.first(), fields.get(1).copied()) else { continue };
+            let Some(route) = name.strip_prefix(BACKEND_PREFIX) else { continue };
+            let total: u64 = answered.iter().filter_map(|i| fields.get(*i)?.parse::<u64>().ok()).sum();
+            *out.haproxy.entry(route.to_string()).or_default() += total;
+        }
+    }
+    out
 }

@@ -254,18 +254,20 @@ fn response(status: StatusCode, content_type: &str, line: &str, body: Body) -> R
 /// The header every HTTP answer names its pod and image in (for gRPC clients, which read no body text).
 pub const SIM_ANSWER_HEADER: &str = "sim-answer";
 
-/// A gRPC answer: one empty message and `grpc-status: 0`, or, failing, no message and `grpc-status: 14`
-/// (unavailable), in the trailers.
+/// A gRPC answer: one empty message and `grpc-status: 0` in the trailers; failing, a "trailers-only"
+/// answer (`grpc-status: 14`, unavailable, in the headers and no body), as gRPC servers fail a call before
+/// any message.
 fn grpc_answer(line: &str, fail: bool) -> Response<Body> {
-    let mut trailers = http::HeaderMap::new();
-    let status = if fail { "14" } else { "0" };
-    trailers.insert("grpc-status", http::HeaderValue::from_static(status));
     if fail {
-        trailers.insert("grpc-message", http::HeaderValue::from_static("failed (SIM_FAIL_RATIO)"));
+        let mut response = response(StatusCode::OK, "application/grpc", line, Full::new(Bytes::new()).boxed());
+        response.headers_mut().insert("grpc-status", http::HeaderValue::from_static("14"));
+        response.headers_mut().insert("grpc-message", http::HeaderValue::from_static("failed (SIM_FAIL_RATIO)"));
+        return response;
     }
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
     // a message: not compressed (0), length 0
-    let message = (!fail).then(|| Ok(Frame::data(Bytes::from_static(&[0, 0, 0, 0, 0]))));
-    let frames = message.into_iter().chain([Ok(Frame::trailers(trailers))]);
+    let frames = [Ok(Frame::data(Bytes::from_static(&[0, 0, 0, 0, 0]))), Ok(Frame::trailers(trailers))];
     let body = StreamBody::new(futures::stream::iter(frames)).boxed();
     response(StatusCode::OK, "application/grpc", line, body)
 }

@@ -19,6 +19,7 @@
 //! when it stops.
 
 pub mod master_cli;
+pub mod requests;
 
 use crate::dataplane::haproxy::{CONFIG_FILE, WEIGHTS_FILE, backend_name, slot_name, weights_path};
 use crate::dataplane::{
@@ -206,11 +207,15 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::default());
     let mut registry = Registry::default();
     metrics.register(&mut registry);
+    let requests = requests::RequestMetrics::new(&mut registry);
+    let request_log = options.dir.join(crate::dataplane::haproxy::REQUEST_LOG_FILE);
+    requests::listen(&request_log, requests.clone())
+        .with_context(|| format!("binding the request log's socket {}", request_log.display()))?;
     let ready = Arc::new(AtomicBool::new(false));
     let started = Arc::new(AtomicBool::new(false));
     let listener = tokio::net::TcpListener::bind(options.metrics_address).await?;
-    tracing::info!("serving /metrics, /healthz, /readyz and /startupz on {}", listener.local_addr()?);
-    tokio::spawn(serve(listener, registry, ready.clone(), started.clone()));
+    tracing::info!("serving /metrics, /requests, /healthz, /readyz and /startupz on {}", listener.local_addr()?);
+    tokio::spawn(serve(listener, registry, requests, ready.clone(), started.clone()));
 
     let (desired_tx, mut desired) = watch::channel::<Option<DataPlane>>(None);
     let selector = format!("metadata.name={}", options.config_map);
@@ -515,6 +520,7 @@ fn repair_commands(layout: &Layout, servers: &HashMap<(String, String), ServerSt
 async fn serve(
     listener: tokio::net::TcpListener,
     registry: Registry,
+    requests: Arc<requests::RequestMetrics>,
     ready: Arc<AtomicBool>,
     started: Arc<AtomicBool>,
 ) {
@@ -539,6 +545,7 @@ async fn serve(
                 }
             }),
         )
+        .route("/requests", get(move || std::future::ready(axum::Json(requests.report()))))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(flag(ready)))
         .route("/startupz", get(flag(started)));

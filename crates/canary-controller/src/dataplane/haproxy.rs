@@ -117,6 +117,12 @@ pub const HEALTH_PATH: &str = "/healthz";
 pub const RUNTIME_DIR: &str = "/var/run/kanary";
 pub const CONFIG_FILE: &str = "haproxy.cfg";
 pub const WEIGHTS_FILE: &str = "weights.map";
+/// The socket (a Unix datagram socket the proxy agent binds) HAProxy in HTTP mode sends its request log to.
+pub const REQUEST_LOG_FILE: &str = "requests.sock";
+/// What HAProxy logs of each request, space separated: the backend, the status (-1: none), the microseconds
+/// from the request (its headers read) to the end of the answer, the termination state, and the gRPC status
+/// of the answer's headers (`-`: none). Read by [`super::requests::RequestLine`].
+pub const REQUEST_LOG_FORMAT: &str = "%b %ST %[date(0,us),sub(txn.start)] %tsc %[var(txn.grpc)]";
 /// How long an HTTP client may take to send a request's headers (slow clients hold no connection slot for
 /// longer).
 pub const HTTP_REQUEST_TIMEOUT: &str = "30s";
@@ -124,13 +130,21 @@ pub const HTTP_REQUEST_TIMEOUT: &str = "30s";
 /// Where an empty slot points (nothing listens there; the slot is disabled anyway).
 pub const PARKED: &str = "127.0.0.1:1";
 
+/// What every route's backend is named: the prefix and the route's Service.
+pub const BACKEND_PREFIX: &str = "be_";
+
 pub fn backend_name(service: &str) -> String {
-    format!("be_{service}")
+    format!("{BACKEND_PREFIX}{service}")
 }
 
 /// The name of slot `index` (0-based) of a backend.
 pub fn slot_name(index: usize) -> String {
     format!("s{}", index + 1)
+}
+
+/// The path of the request log's socket.
+pub fn request_log_path(settings: &ProxySettings) -> String {
+    format!("{}/{REQUEST_LOG_FILE}", settings.files_dir.trim_end_matches('/'))
 }
 
 /// The path of the weights map.
@@ -165,6 +179,9 @@ pub fn render_slotted(owner: &str, backends: &[SlottedBackend], settings: &Proxy
     let _ = writeln!(w, "global");
     let _ = writeln!(w, "    maxconn {}", settings.maxconn);
     let _ = writeln!(w, "    hard-stop-after {}", settings.hard_stop_after);
+    if settings.protocol == Protocol::Http {
+        let _ = writeln!(w, "    log {} len 1024 format raw local0", request_log_path(settings));
+    }
     let _ = writeln!(w);
     let _ = writeln!(w, "defaults");
     let _ = writeln!(w, "    mode {}", settings.protocol.as_str());
@@ -199,6 +216,14 @@ pub fn render_slotted(owner: &str, backends: &[SlottedBackend], settings: &Proxy
         Protocol::Tcp => ("tcp-request content", "sess"),
         Protocol::Http => ("http-request", "txn"),
     };
+    if settings.protocol == Protocol::Http {
+        // each request's line of the request log, for the agent's request metrics
+        let _ = writeln!(w, "    log global");
+        let _ = writeln!(w, "    option dontlognull");
+        let _ = writeln!(w, "    log-format \"{REQUEST_LOG_FORMAT}\"");
+        let _ = writeln!(w, "    http-request set-var(txn.start) date(0,us)");
+        let _ = writeln!(w, "    http-response set-var(txn.grpc) res.hdr(grpc-status)");
+    }
     let _ = writeln!(w, "    {rule} set-var({scope}.r) rand(100)");
     let map = weights_path(settings);
     for i in 0..backends.len() {

@@ -5,6 +5,7 @@
 //! the proxy agent reads it: neither imports the other.
 
 pub mod haproxy;
+pub mod requests;
 
 use haproxy::{
     PARKED, ProxySettings, RouteBackend, SlottedBackend, backend_name, render_slotted, slot_name, weights_map,

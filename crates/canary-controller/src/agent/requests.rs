@@ -1,0 +1,187 @@
+//! The proxy's request metrics (HTTP mode): HAProxy sends a line per request to a Unix datagram socket in
+//! the proxy's runtime directory ([`REQUEST_LOG_FILE`]); the agent binds it, reads each line
+//! ([`RequestLine`]) and keeps per route cumulative counts and a latency histogram (HdrHistogram: 1 µs to
+//! an hour, 2 significant digits, so a few KB per route whatever the traffic). It serves them as
+//! Prometheus metrics on `/metrics` (`kanary_requests_total`, `kanary_request_duration_seconds`) and whole,
+//! as a [`RequestsReport`], on `/requests`, where the controller reads them for judging.
+//!
+//! [`REQUEST_LOG_FILE`]: crate::dataplane::haproxy::REQUEST_LOG_FILE
+
+use crate::dataplane::requests::{MAX_ROUTES, RequestLine, RequestsReport, RouteRequests};
+use hdrhistogram::Histogram;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram;
+use prometheus_client::registry::Registry;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+/// The longest latency kept apart (longer ones count as this).
+const MAX_MICROS: u64 = 3_600_000_000;
+/// The buckets of `kanary_request_duration_seconds`.
+const BUCKETS: [f64; 14] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    route: String,
+    /// `ok` or `error`.
+    outcome: &'static str,
+}
+
+type DurationFamily = Family<RouteLabels, histogram::Histogram, fn() -> histogram::Histogram>;
+
+struct Route {
+    requests: u64,
+    errors: u64,
+    latency: Histogram<u64>,
+}
+
+/// The routes' request metrics, shared by the socket reader and the HTTP server.
+pub struct RequestMetrics {
+    routes: Mutex<BTreeMap<String, Route>>,
+    unreadable: Counter,
+    requests: Family<OutcomeLabels, Counter>,
+    durations: DurationFamily,
+}
+
+impl RequestMetrics {
+    pub fn new(registry: &mut Registry) -> Arc<RequestMetrics> {
+        let metrics = RequestMetrics {
+            routes: Mutex::new(BTreeMap::new()),
+            unreadable: Counter::default(),
+            requests: Family::default(),
+            durations: Family::new_with_constructor(|| histogram::Histogram::new(BUCKETS)),
+        };
+        registry.register(
+            "kanary_requests",
+            "HTTP requests the proxy answered, by route and outcome (error: 5xx, no answer, or a gRPC status other than 0)",
+            metrics.requests.clone(),
+        );
+        registry.register(
+            "kanary_request_duration_seconds",
+            "Time from each HTTP request to the end of its answer, by route",
+            metrics.durations.clone(),
+        );
+        registry.register(
+            "kanary_request_log_unreadable",
+            "Lines of HAProxy's request log the agent could not read",
+            metrics.unreadable.clone(),
+        );
+        Arc::new(metrics)
+    }
+
+    /// Counts one line of the request log.
+    pub fn record(&self, line: &str) {
+        let Some(request) = RequestLine::parse(line) else {
+            self.unreadable.inc();
+            return;
+        };
+        // a request no route took (the proxy answered it itself) belongs to no route
+        let Some(route) = request.route else { return };
+        let micros = request.micros.clamp(1, MAX_MICROS);
+        {
+            let mut routes = self.routes.lock().expect("the request metrics' lock");
+            if !routes.contains_key(&route) && routes.len() >= MAX_ROUTES {
+                self.unreadable.inc();
+                return;
+            }
+            let entry = routes.entry(route.clone()).or_insert_with(|| Route {
+                requests: 0,
+                errors: 0,
+                latency: Histogram::new_with_bounds(1, MAX_MICROS, 2).expect("valid histogram bounds"),
+            });
+            entry.requests += 1;
+            entry.errors += u64::from(request.error);
+            entry.latency.saturating_record(micros);
+        }
+        let outcome = if request.error { "error" } else { "ok" };
+        self.requests.get_or_create(&OutcomeLabels { route: route.clone(), outcome }).inc();
+        self.durations.get_or_create(&RouteLabels { route }).observe(micros as f64 / 1e6);
+    }
+
+    /// Every route's requests so far.
+    pub fn report(&self) -> RequestsReport {
+        let routes = self.routes.lock().expect("the request metrics' lock");
+        let routes = routes
+            .iter()
+            .map(|(name, route)| {
+                let latency_micros = route
+                    .latency
+                    .iter_recorded()
+                    .map(|v| (route.latency.median_equivalent(v.value_iterated_to()), v.count_at_value()))
+                    .collect();
+                (name.clone(), RouteRequests { requests: route.requests, errors: route.errors, latency_micros })
+            })
+            .collect();
+        RequestsReport { routes, unreadable: self.unreadable.get() }
+    }
+}
+
+/// Binds the request log's socket at `path` (a stale one removed) and counts every line sent to it, until
+/// the process stops.
+pub fn listen(path: &Path, metrics: Arc<RequestMetrics>) -> std::io::Result<()> {
+    let _ = std::fs::remove_file(path);
+    let socket = tokio::net::UnixDatagram::bind(path)?;
+    // room for bursts: HAProxy drops lines it cannot send at once (its DroppedLogs)
+    let _ = socket2::SockRef::from(&socket).set_recv_buffer_size(4 << 20);
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 2048];
+        loop {
+            match socket.recv(&mut buf).await {
+                Ok(n) => metrics.record(&String::from_utf8_lossy(&buf[..n])),
+                Err(e) => {
+                    tracing::warn!("reading the request log: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+            }
+        }
+    });
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn lines_sent_to_the_socket_are_counted_per_route_with_their_latencies() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("requests.sock");
+        let mut registry = Registry::default();
+        let metrics = RequestMetrics::new(&mut registry);
+        listen(&path, metrics.clone()).unwrap();
+        let sender = tokio::net::UnixDatagram::unbound().unwrap();
+        let lines = ["be_v1 200 1000 ---- -", "be_v1 200 2000 ---- -", "be_v2 500 30000 ---- -", "kanary 503 5 SC-- -"];
+        for line in lines.iter().chain(&["garbage"]) {
+            sender.send_to(format!("{line}\n").as_bytes(), &path).await.unwrap();
+        }
+        let mut report = metrics.report();
+        for _ in 0..100 {
+            if report.unreadable == 1 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            report = metrics.report();
+        }
+        assert_eq!(report.unreadable, 1, "{report:?}");
+        let v1 = &report.routes["v1"];
+        assert_eq!((v1.requests, v1.errors), (2, 0));
+        // within the histogram's 1 % buckets
+        let near = |got: Option<f64>, ms: f64| got.is_some_and(|got| (got - ms).abs() <= ms / 100.0);
+        assert!(near(v1.percentile_ms(0.5), 1.0), "{v1:?}");
+        assert!(near(v1.percentile_ms(1.0), 2.0), "{v1:?}");
+        assert_eq!((report.routes["v2"].requests, report.routes["v2"].errors), (1, 1));
+        assert_eq!(report.routes.len(), 2, "a request no route took is no route's");
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        assert!(text.contains("kanary_requests_total{route=\"v2\",outcome=\"error\"} 1"), "{text}");
+        assert!(text.contains("kanary_request_duration_seconds_count{route=\"v1\"} 2"), "{text}");
+    }
+}
