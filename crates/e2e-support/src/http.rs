@@ -263,3 +263,30 @@ pub async fn proxy_requests(pods: &[std::net::IpAddr]) -> ProxyRequests {
     }
     out
 }
+
+/// HTTP/1.1 keep-alive load through `target` on `connections` connections, as fast as they answer, while
+/// `work` runs: every request's answer and latency.
+pub async fn under_http_load<T, F: std::future::Future<Output = T>>(
+    target: SocketAddr,
+    connections: usize,
+    work: F,
+) -> (Requests, T) {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let client = Client::connect(target, Version::Http1, connections).await;
+    let flag = stop.clone();
+    let load = tokio::spawn(async move {
+        let mut all = Requests::default();
+        while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+            let part = client.load(1, connections * 20, &[]).await;
+            all.tally.add(part.tally);
+            all.reconnects += part.reconnects;
+            for (who, latencies) in part.by_answer {
+                all.by_answer.entry(who).or_default().extend(latencies);
+            }
+        }
+        all
+    });
+    let out = work.await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    (load.await.expect("the load task"), out)
+}

@@ -20,11 +20,16 @@ pub const BAD_IMAGE: &str = "echo:bad";
 
 /// Deployment and Service `app` (port `tcp` 80 -> 8080), `replicas` pods of the built-in server echo:v1.
 pub async fn create_app(cluster: &Cluster, replicas: i32) {
+    create_app_with(cluster, replicas, json!([{"name": "SIM_FAILING_IMAGES", "value": format!("{BAD_IMAGE}=0.2")}]))
+        .await
+}
+
+/// [`create_app`] with the container's environment `env` (which images fail or are slow).
+pub async fn create_app_with(cluster: &Cluster, replicas: i32, env: serde_json::Value) {
     let deployment = json!({"metadata": {"name": "app"}, "spec": {"replicas": replicas,
         "selector": {"matchLabels": {"app": "app"}},
         "template": {"metadata": {"labels": {"app": "app"}}, "spec": {"containers": [{
-            "name": "echo", "image": "echo:v1", "ports": [{"containerPort": 8080}],
-            "env": [{"name": "SIM_FAILING_IMAGES", "value": format!("{BAD_IMAGE}=0.2")}]}]}}}});
+            "name": "echo", "image": "echo:v1", "ports": [{"containerPort": 8080}], "env": env}]}}}});
     let service = json!({"metadata": {"name": "app"}, "spec": {"selector": {"app": "app"},
         "ports": [{"name": "tcp", "port": 80, "targetPort": 8080}]}});
     let pp = PostParams::default();

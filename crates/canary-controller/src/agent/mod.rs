@@ -517,6 +517,14 @@ fn repair_commands(layout: &Layout, servers: &HashMap<(String, String), ServerSt
     Some(commands)
 }
 
+/// The query of `GET /latencies`.
+#[derive(serde::Deserialize)]
+struct LatenciesQuery {
+    route: String,
+    after: Option<u64>,
+    limit: Option<usize>,
+}
+
 async fn serve(
     listener: tokio::net::TcpListener,
     registry: Registry,
@@ -545,7 +553,17 @@ async fn serve(
                 }
             }),
         )
-        .route("/requests", get(move || std::future::ready(axum::Json(requests.report()))))
+        .route("/requests", {
+            let requests = requests.clone();
+            get(move || std::future::ready(axum::Json(requests.report())))
+        })
+        .route(
+            "/latencies",
+            get(move |query: axum::extract::Query<LatenciesQuery>| {
+                let limit = query.limit.unwrap_or(crate::dataplane::requests::MAX_LATENCIES);
+                std::future::ready(axum::Json(requests.latencies(&query.route, query.after.unwrap_or(0), limit)))
+            }),
+        )
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(flag(ready)))
         .route("/startupz", get(flag(started)));

@@ -7,7 +7,9 @@
 //!
 //! [`REQUEST_LOG_FILE`]: crate::dataplane::haproxy::REQUEST_LOG_FILE
 
-use crate::dataplane::requests::{MAX_ROUTES, RequestLine, RequestsReport, RouteRequests};
+use crate::dataplane::requests::{
+    KEPT_LATENCIES, MAX_LATENCIES, MAX_ROUTES, RecentLatencies, RequestLine, RequestsReport, RouteRequests, spread,
+};
 use hdrhistogram::Histogram;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -15,6 +17,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram;
 use prometheus_client::registry::Registry;
 use std::collections::BTreeMap;
+use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -41,6 +44,8 @@ struct Route {
     requests: u64,
     errors: u64,
     latency: Histogram<u64>,
+    /// The latencies of the latest requests (the last one is request number `requests`).
+    recent: VecDeque<u32>,
 }
 
 /// The routes' request metrics, shared by the socket reader and the HTTP server.
@@ -96,14 +101,31 @@ impl RequestMetrics {
                 requests: 0,
                 errors: 0,
                 latency: Histogram::new_with_bounds(1, MAX_MICROS, 2).expect("valid histogram bounds"),
+                recent: VecDeque::new(),
             });
             entry.requests += 1;
             entry.errors += u64::from(request.error);
             entry.latency.saturating_record(micros);
+            if entry.recent.len() == KEPT_LATENCIES {
+                entry.recent.pop_front();
+            }
+            entry.recent.push_back(micros.min(u64::from(u32::MAX)) as u32);
         }
         let outcome = if request.error { "error" } else { "ok" };
         self.requests.get_or_create(&OutcomeLabels { route: route.clone(), outcome }).inc();
         self.durations.get_or_create(&RouteLabels { route }).observe(micros as f64 / 1e6);
+    }
+
+    /// The latencies of `route`'s requests after request number `after` that are still kept, at most `limit`
+    /// (and [`MAX_LATENCIES`]) of them, evenly spread. A count past the route's (the agent restarted since):
+    /// every one kept.
+    pub fn latencies(&self, route: &str, after: u64, limit: usize) -> RecentLatencies {
+        let routes = self.routes.lock().expect("the request metrics' lock");
+        let Some(r) = routes.get(route) else { return RecentLatencies::default() };
+        let newer =
+            if after > r.requests { r.recent.len() } else { (r.requests - after).min(r.recent.len() as u64) as usize };
+        let window: Vec<u64> = r.recent.iter().skip(r.recent.len() - newer).map(|v| u64::from(*v)).collect();
+        RecentLatencies { requests: r.requests, latencies_micros: spread(&window, limit.min(MAX_LATENCIES)) }
     }
 
     /// Every route's requests so far.
@@ -179,6 +201,12 @@ mod tests {
         assert!(near(v1.percentile_ms(1.0), 2.0), "{v1:?}");
         assert_eq!((report.routes["v2"].requests, report.routes["v2"].errors), (1, 1));
         assert_eq!(report.routes.len(), 2, "a request no route took is no route's");
+        // the latest latencies, numbered by the route's count
+        assert_eq!(metrics.latencies("v1", 1, 100), RecentLatencies { requests: 2, latencies_micros: vec![2000] });
+        assert_eq!(metrics.latencies("v1", 0, 100).latencies_micros, vec![1000, 2000]);
+        assert_eq!(metrics.latencies("v1", 5, 100).latencies_micros, vec![1000, 2000], "restarted: every one");
+        assert_eq!(metrics.latencies("v1", 0, 1).latencies_micros, vec![1000], "at most the limit");
+        assert_eq!(metrics.latencies("nothing", 0, 100), RecentLatencies::default());
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
         assert!(text.contains("kanary_requests_total{route=\"v2\",outcome=\"error\"} 1"), "{text}");

@@ -203,14 +203,17 @@ pub struct Analysis {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [{
-    "rule": "has(self.max) || has(self.min) || has(self.maxOverStable) || (has(self.prometheus) && has(self.prometheus.compare))",
-    "message": "a metric check needs a bound: max, min or maxOverStable (or prometheus.compare)"
+    "rule": "has(self.max) || has(self.min) || has(self.maxOverStable) || has(self.maxBelowStable) || (has(self.prometheus) && has(self.prometheus.compare))",
+    "message": "a metric check needs a bound: max, min, maxOverStable or maxBelowStable (or prometheus.compare)"
 }, {
     "rule": "has(self.metric) != has(self.prometheus)",
     "message": "set exactly one of metric (measured by the proxy) and prometheus (a PromQL query)"
 }, {
-    "rule": "!has(self.prometheus) || !has(self.maxOverStable)",
-    "message": "maxOverStable compares the proxy's routes: bound a prometheus query with max or min (write the comparison in PromQL)"
+    "rule": "!has(self.prometheus) || (!has(self.maxOverStable) && !has(self.maxBelowStable))",
+    "message": "maxOverStable and maxBelowStable compare the proxy's routes: bound a prometheus query with max or min (write the comparison in PromQL)"
+}, {
+    "rule": "!has(self.percentile) || (has(self.metric) && self.metric == 'requestDuration')",
+    "message": "percentile is the percentile of metric requestDuration: set it only there"
 }]))]
 pub struct MetricCheck {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -228,6 +231,14 @@ pub struct MetricCheck {
     /// The most the canary's value may exceed the stable route's over the same window.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_over_stable: Option<f64>,
+    /// The most the canary's value may fall below the stable route's over the same window (for metrics where
+    /// lower is worse: `requestSuccessRate`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_below_stable: Option<f64>,
+    /// For `requestDuration`: the percentile judged (50, 90, 99, 99.9...). Default: 99.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1.0, max = 100.0))]
+    pub percentile: Option<f64>,
 }
 
 /// A metric whose value is a PromQL query's, evaluated by Prometheus at the end of each window (an instant
@@ -335,6 +346,12 @@ pub enum Metric {
     HealthCheckFailures,
     /// Connections the route took.
     Sessions,
+    /// With `traffic.protocol: http`: the share of the route's HTTP requests that succeeded, in percent (a
+    /// 5xx answer, the proxy's own 502/503/504, no answer, or a gRPC status other than 0 is a failure).
+    RequestSuccessRate,
+    /// With `traffic.protocol: http`: a percentile (`percentile`, default 99) of the route's request
+    /// durations in milliseconds, measured by the proxy for each request of the window.
+    RequestDuration,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]
@@ -473,6 +490,16 @@ pub struct Counters {
     pub check_failures: u64,
     #[serde(default)]
     pub connect_time_ms: u64,
+    /// HTTP requests (the proxy agent's count, with `traffic.protocol: http`).
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub requests: u64,
+    /// HTTP requests that failed.
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub request_errors: u64,
+}
+
+fn is_zero_u64(n: &u64) -> bool {
+    *n == 0
 }
 
 /// The judgement of one analysis window.

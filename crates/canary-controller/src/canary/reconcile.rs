@@ -295,6 +295,7 @@ fn decide(canary: &Canary, valid: &Valid, observed: &Observed, ctx: &Context<Can
         stats: None,
         queried: None,
         called: None,
+        latencies: None,
         request: canary.annotations().get(crate::names::REQUEST_ANNOTATION).map(String::as_str),
         paused: spec.paused,
         now: &now,
@@ -306,6 +307,7 @@ fn decide(canary: &Canary, valid: &Valid, observed: &Observed, ctx: &Context<Can
         proxy_pods: traffic::proxy_pods(&seen.front_slices),
         stable_route: stable_service_name(&name),
         canary_route: canary_service_name(&name),
+        http: traffic.traffic.protocol == crate::api::kanary::Protocol::Http,
     };
     match ctx.reconciler.evidence.answer(need, canary, previous, sources, &ctx.client) {
         Answer::Gathered(gathered) => {
@@ -313,6 +315,7 @@ fn decide(canary: &Canary, valid: &Valid, observed: &Observed, ctx: &Context<Can
                 stats: gathered.stats.as_ref().and_then(|s| s.as_ref().ok()),
                 queried: gathered.queried.as_deref(),
                 called: gathered.called.as_ref(),
+                latencies: gathered.latencies.as_ref(),
                 now: &gathered.at,
                 ..inputs
             };

@@ -165,6 +165,7 @@ fn validate_traffic(canary: &Canary, traffic: &Traffic, seen: &ReleaseObserved) 
         )));
     };
     let port = traffic::service_port(traffic, &service).map_err(Problem::Traffic)?.clone();
+    request_checks_need_http(canary, traffic).map_err(Problem::Traffic)?;
     let taken = not_owned("Service", seen.stable_service.as_deref(), &uid)
         .or_else(|| not_owned("Service", seen.canary_service.as_deref(), &uid))
         .or_else(|| not_owned("EndpointSlice", seen.stable_slice.as_deref(), &uid))
@@ -175,6 +176,22 @@ fn validate_traffic(canary: &Canary, traffic: &Traffic, seen: &ReleaseObserved) 
     match taken {
         Some(problem) => Err(problem),
         None => Ok(ValidTraffic { traffic: traffic.clone(), service, port }),
+    }
+}
+
+/// The checks measured on HTTP requests (`requestSuccessRate`, `requestDuration`) need HTTP traffic.
+fn request_checks_need_http(canary: &Canary, traffic: &Traffic) -> Result<(), String> {
+    use crate::api::canary::Metric;
+    let checks = canary.spec.analysis.as_ref().map(|a| a.metrics.as_slice()).unwrap_or_default();
+    let on_requests =
+        checks.iter().position(|c| matches!(c.metric, Some(Metric::RequestSuccessRate | Metric::RequestDuration)));
+    match on_requests {
+        Some(i) if traffic.protocol != crate::api::kanary::Protocol::Http => Err(format!(
+            "spec.analysis.metrics[{i}]: {:?} is measured on HTTP requests: set spec.traffic.protocol to http, or \
+             judge connections (errorRate)",
+            checks[i].metric.expect("a metric")
+        )),
+        _ => Ok(()),
     }
 }
 

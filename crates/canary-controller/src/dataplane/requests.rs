@@ -3,7 +3,9 @@
 //! and the latencies of those requests as a histogram (`[microseconds, count]` pairs, each value the top of a
 //! bucket of about 1 % width). A window's numbers are the difference of two readings ([`RouteRequests::since`]);
 //! its percentiles come from that difference. What a request is: one line of HAProxy's request log
-//! ([`RequestLine`]). Pure.
+//! ([`RequestLine`]). The agent also keeps the latencies of each route's latest requests, numbered by the
+//! route's request count, so that a window's own latencies can be read (`GET /latencies`, a
+//! [`RecentLatencies`]) knowing only the count at its start. Pure.
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -29,6 +31,30 @@ pub struct RouteRequests {
     pub errors: u64,
     /// `[microseconds, count]`, by increasing value.
     pub latency_micros: Vec<(u64, u64)>,
+}
+
+/// The latencies of a route's latest requests, as the agent answers `GET /latencies?route=R&after=N&limit=L`:
+/// those of requests `N+1` to `requests` still kept (the agent keeps the latest [`KEPT_LATENCIES`] of each
+/// route), at most `limit` of them, evenly spread when there are more.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RecentLatencies {
+    /// The route's request count now.
+    pub requests: u64,
+    pub latencies_micros: Vec<u64>,
+}
+
+/// How many of each route's latest latencies the agent keeps.
+pub const KEPT_LATENCIES: usize = 65_536;
+/// The most latencies one answer of `GET /latencies` carries.
+pub const MAX_LATENCIES: usize = 20_000;
+
+/// At most `limit` of `values`, evenly spread (all of them when there are few).
+pub fn spread<T: Copy>(values: &[T], limit: usize) -> Vec<T> {
+    if values.len() <= limit {
+        return values.to_vec();
+    }
+    (0..limit).map(|i| values[i * values.len() / limit]).collect()
 }
 
 /// Most buckets a route's histogram may carry (with 2 significant digits from 1 µs to an hour: about 1,600).
@@ -177,6 +203,13 @@ mod tests {
         // the agent restarted: its counts started again
         let restarted = route(3, 0, &[(1000, 3)]);
         assert_eq!(restarted.since(&before), restarted);
+    }
+
+    #[test]
+    fn spread_keeps_all_or_evenly_spaced_values() {
+        assert_eq!(spread(&[1, 2, 3], 5), vec![1, 2, 3]);
+        assert_eq!(spread(&[0, 1, 2, 3, 4, 5, 6, 7, 8, 9], 5), vec![0, 2, 4, 6, 8]);
+        assert!(spread(&[1, 2], 0).is_empty());
     }
 
     #[test]

@@ -32,12 +32,20 @@ pub struct Gathered {
     pub queried: Option<Vec<Option<Queried>>>,
     /// A webhook step's answer.
     pub called: Option<Called>,
+    /// The routes' request latencies over the window that ends (HTTP traffic).
+    pub latencies: Option<crate::canary::release::WindowLatencies>,
 }
 
 impl Gathered {
     /// Something gathered now.
     pub fn now() -> Gathered {
-        Gathered { at: Time(k8s_openapi::jiff::Timestamp::now()), stats: None, queried: None, called: None }
+        Gathered {
+            at: Time(k8s_openapi::jiff::Timestamp::now()),
+            stats: None,
+            queried: None,
+            called: None,
+            latencies: None,
+        }
     }
 }
 

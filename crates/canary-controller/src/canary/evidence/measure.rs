@@ -1,12 +1,17 @@
 //! Reads what a release is judged by from the proxy itself: each proxy pod's HAProxy serves its statistics
 //! as CSV (`/stats;csv` on the metrics port); the counters of the stable and the canary backends are taken
-//! per pod (they are cumulative, so a window is the difference of two readings). No Prometheus needed. Run
+//! per pod (they are cumulative, so a window is the difference of two readings). With HTTP traffic, the pod's
+//! proxy agent adds its request counts (`/requests`) and, at a window's end, the latencies of the requests
+//! since its start (`/latencies`). No Prometheus needed. Run
 //! only when a window starts or ends. A proxy pod's answer is from outside (anyone who can run a ready pod
 //! with a proxy's labels can answer it): the pods are read at once, each within one deadline and up to
 //! [`MAX_STATS_BYTES`], and at most [`MAX_PROXY_PODS`] of them.
 
 use crate::api::canary::{Counters, RouteCounters};
+use crate::canary::release::WindowLatencies;
 use crate::dataplane::haproxy::{STATS_PORT, backend_name};
+use crate::dataplane::requests::{MAX_LATENCIES, RecentLatencies, RequestsReport};
+use crate::kanary::build::AGENT_PORT;
 use http_body_util::Empty;
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
@@ -14,9 +19,9 @@ use std::time::Duration;
 
 /// How long a proxy pod may take to answer, body included.
 const TIMEOUT: Duration = Duration::from_secs(3);
-/// The most bytes of statistics read from one proxy pod (a proxy of a release has a handful of backends: a
-/// few KiB).
-pub const MAX_STATS_BYTES: usize = 256 * 1024;
+/// The most bytes read from one proxy pod in one answer (a proxy of a release has a handful of backends: a
+/// few KiB of statistics; at most [`MAX_LATENCIES`] latencies, about 200 KiB).
+pub const MAX_STATS_BYTES: usize = 512 * 1024;
 /// The most proxy pods read (and kept in a window's counters in the status).
 pub const MAX_PROXY_PODS: usize = 32;
 
@@ -28,24 +33,80 @@ pub struct StatsError {
     pub reason: String,
 }
 
-/// The counters of both routes in every proxy pod (`pods`: name and address).
+/// The counters of both routes in every proxy pod (`pods`: name and address); with `http`, their request
+/// counts too.
 pub async fn read_counters(
     pods: &[(String, IpAddr)],
     stable_service: &str,
     canary_service: &str,
+    http: bool,
 ) -> Result<BTreeMap<String, RouteCounters>, StatsError> {
     let reads = pods.iter().take(MAX_PROXY_PODS).map(|(pod, ip)| async move {
-        let address = SocketAddr::new(*ip, STATS_PORT);
-        let error = |reason: String| StatsError { pod: pod.clone(), address, reason };
-        let csv = tokio::time::timeout(TIMEOUT, get(address, "/stats;csv"))
-            .await
-            .map_err(|_| error(format!("no answer within {TIMEOUT:?}")))?
-            .map_err(|e| error(e.to_string()))?;
+        let csv = read(pod, SocketAddr::new(*ip, STATS_PORT), "/stats;csv").await?;
         let backends = parse_stats(&csv);
         let of = |service: &str| backends.get(&backend_name(service)).copied().unwrap_or_default();
-        Ok((pod.clone(), RouteCounters { stable: of(stable_service), canary: of(canary_service) }))
+        let mut counters = RouteCounters { stable: of(stable_service), canary: of(canary_service) };
+        if http {
+            let address = SocketAddr::new(*ip, AGENT_PORT);
+            let json = read(pod, address, "/requests").await?;
+            let report: RequestsReport = serde_json::from_str(&json).map_err(|e| StatsError {
+                pod: pod.clone(),
+                address,
+                reason: format!("its request counts: {e}"),
+            })?;
+            for (counters, service) in [(&mut counters.stable, stable_service), (&mut counters.canary, canary_service)]
+            {
+                let requests = report.routes.get(service).cloned().unwrap_or_default();
+                (counters.requests, counters.request_errors) = (requests.requests, requests.errors);
+            }
+        }
+        Ok((pod.clone(), counters))
     });
     futures::future::try_join_all(reads).await.map(BTreeMap::from_iter)
+}
+
+/// The latencies (milliseconds) of both routes' requests since a window started (`start`: the pods' counters
+/// then), from every proxy pod's agent: at most [`MAX_LATENCIES`] per route and pod.
+pub async fn read_latencies(
+    pods: &[(String, IpAddr)],
+    stable_service: &str,
+    canary_service: &str,
+    start: &BTreeMap<String, RouteCounters>,
+) -> Result<WindowLatencies, StatsError> {
+    let reads = pods.iter().take(MAX_PROXY_PODS).map(|(pod, ip)| async move {
+        let address = SocketAddr::new(*ip, AGENT_PORT);
+        let then = start.get(pod).cloned().unwrap_or_default();
+        let mut out = WindowLatencies::default();
+        for (into, service, after) in [
+            (&mut out.stable, stable_service, then.stable.requests),
+            (&mut out.canary, canary_service, then.canary.requests),
+        ] {
+            let path = format!("/latencies?route={service}&after={after}&limit={MAX_LATENCIES}");
+            let json = read(pod, address, &path).await?;
+            let recent: RecentLatencies = serde_json::from_str(&json).map_err(|e| StatsError {
+                pod: pod.clone(),
+                address,
+                reason: format!("its latencies: {e}"),
+            })?;
+            into.extend(recent.latencies_micros.iter().take(MAX_LATENCIES).map(|us| *us as f64 / 1000.0));
+        }
+        Ok::<_, StatsError>(out)
+    });
+    let mut all = WindowLatencies::default();
+    for pod in futures::future::try_join_all(reads).await? {
+        all.stable.extend(pod.stable);
+        all.canary.extend(pod.canary);
+    }
+    Ok(all)
+}
+
+/// `path` of a proxy pod's `address`, within [`TIMEOUT`].
+async fn read(pod: &str, address: SocketAddr, path: &str) -> Result<String, StatsError> {
+    let error = |reason: String| StatsError { pod: pod.to_string(), address, reason };
+    tokio::time::timeout(TIMEOUT, get(address, path))
+        .await
+        .map_err(|_| error(format!("no answer within {TIMEOUT:?}")))?
+        .map_err(|e| error(e.to_string()))
 }
 
 /// GETs `path` of `address`: the body, at most [`MAX_STATS_BYTES`] of it.
@@ -140,7 +201,7 @@ mod tests {
         let parsed = parse_stats(&csv);
         assert_eq!(
             parsed["be_web-canary"],
-            Counters { sessions: 60, errors: 6, check_failures: 3, connect_time_ms: 5 }
+            Counters { sessions: 60, errors: 6, check_failures: 3, connect_time_ms: 5, ..Default::default() }
         );
         assert!(!parsed.contains_key("be_web-stable"));
     }

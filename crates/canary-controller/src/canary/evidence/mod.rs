@@ -30,6 +30,8 @@ pub struct Sources {
     /// The route Services, whose backends the proxy's counters are read of.
     pub stable_route: String,
     pub canary_route: String,
+    /// The traffic is HTTP: the proxy agents' request metrics are read too.
+    pub http: bool,
 }
 
 /// What a reconcile finds when it asks for a [`Need`].
@@ -98,16 +100,37 @@ impl Evidence {
                     &key,
                     || {
                         let (canary, client, prometheus) = (canary.clone(), client.clone(), self.prometheus.clone());
+                        let window_start = release.and_then(|r| r.window.as_ref()).map(|w| w.counters.clone());
                         async move {
-                            let Sources { proxy_pods, stable_route, canary_route } = sources;
-                            let stats = measure::read_counters(&proxy_pods, &stable_route, &canary_route).await;
+                            let Sources { proxy_pods, stable_route, canary_route, http } = sources;
+                            let (stable, canary_route) = (stable_route.as_str(), canary_route.as_str());
+                            let stats = measure::read_counters(&proxy_pods, stable, canary_route, http).await;
                             let at = Time(k8s_openapi::jiff::Timestamp::now());
+                            // a window ends: its requests' latencies, since the counts at its start
+                            let latencies = match (&window_start, &stats) {
+                                (Some(start), Ok(_)) if http => {
+                                    match measure::read_latencies(&proxy_pods, stable, canary_route, start).await {
+                                        Ok(latencies) => Some(latencies),
+                                        Err(e) => {
+                                            let stats = Some(Err(e.to_string()));
+                                            return Gathered {
+                                                at,
+                                                stats,
+                                                queried: None,
+                                                called: None,
+                                                latencies: None,
+                                            };
+                                        }
+                                    }
+                                }
+                                _ => None,
+                            };
                             let queried = match (queries, &stats) {
                                 (true, Ok(_)) => Some(run_queries(&canary, prometheus.as_deref(), &client).await),
                                 _ => None,
                             };
                             let stats = Some(stats.map_err(|e| e.to_string()));
-                            Gathered { at, stats, queried, called: None }
+                            Gathered { at, stats, queried, called: None, latencies }
                         }
                     },
                     done,

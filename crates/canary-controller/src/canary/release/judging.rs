@@ -112,19 +112,57 @@ pub(crate) fn window_counters(
         sum.sessions += sessions;
         sum.errors += delta(then.errors, now.errors);
         sum.check_failures += delta(then.check_failures, now.check_failures);
+        sum.requests += delta(then.requests, now.requests);
+        sum.request_errors += delta(then.request_errors, now.request_errors);
         weighted_connect += sessions * now.connect_time_ms;
     }
     sum.connect_time_ms = weighted_connect.checked_div(sum.sessions).unwrap_or(0);
     sum
 }
 
-pub(crate) fn value_of(metric: Metric, c: &Counters) -> f64 {
-    match metric {
+/// The latencies of each route's HTTP requests over a window (milliseconds, at most
+/// [`crate::dataplane::requests::MAX_LATENCIES`] per proxy pod, evenly spread), as the proxy agents measured
+/// them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct WindowLatencies {
+    pub stable: Vec<f64>,
+    pub canary: Vec<f64>,
+}
+
+/// The `percentile` (0 to 100) of `values`: the smallest value at least that share of them do not exceed.
+pub(crate) fn percentile(values: &[f64], percentile: f64) -> Option<f64> {
+    let mut sorted: Vec<f64> = values.iter().copied().filter(|v| v.is_finite()).collect();
+    if sorted.is_empty() || !percentile.is_finite() {
+        return None;
+    }
+    sorted.sort_by(f64::total_cmp);
+    let rank = ((percentile.clamp(0.0, 100.0) / 100.0 * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    Some(sorted[rank - 1])
+}
+
+/// The default percentile of `requestDuration`.
+pub const DEFAULT_PERCENTILE: f64 = 99.0;
+
+/// A metric's value for a route over a window: from its counters, or for `requestDuration` from its
+/// requests' latencies (none without one).
+pub(crate) fn value_of(metric: Metric, c: &Counters, latencies: Option<&[f64]>, check: &MetricCheck) -> Option<f64> {
+    Some(match metric {
         Metric::ErrorRate if c.sessions == 0 => 0.0,
         Metric::ErrorRate => c.errors as f64 / c.sessions as f64,
         Metric::ConnectTime => c.connect_time_ms as f64,
         Metric::HealthCheckFailures => c.check_failures as f64,
         Metric::Sessions => c.sessions as f64,
+        Metric::RequestSuccessRate if c.requests == 0 => return None,
+        Metric::RequestSuccessRate => 100.0 * c.requests.saturating_sub(c.request_errors) as f64 / c.requests as f64,
+        Metric::RequestDuration => percentile(latencies?, check.percentile.unwrap_or(DEFAULT_PERCENTILE))?,
+    })
+}
+
+/// Why a request metric has no value over a window.
+fn no_request_data(metric: Metric, latencies: Option<&WindowLatencies>) -> String {
+    match (metric, latencies) {
+        (Metric::RequestDuration, None) => "the proxy's request latencies were not read".into(),
+        _ => "no HTTP request measured (is traffic.protocol http?)".into(),
     }
 }
 
@@ -137,6 +175,7 @@ pub fn judge(
     window: &Window,
     now_counters: &BTreeMap<String, RouteCounters>,
     queried: Option<&[Option<Queried>]>,
+    latencies: Option<&WindowLatencies>,
     now: &Time,
 ) -> Evidence {
     let canary = window_counters(&window.counters, now_counters, |r| &r.canary);
@@ -158,7 +197,12 @@ pub fn judge(
                     (0.0, Some(query.clone()), Some(why.clone()))
                 }
                 (_, Some(p), None) => (0.0, Some(p.query.clone()), Some("Prometheus was not queried".to_string())),
-                (Some(metric), None, _) => (value_of(metric, &canary), None, None),
+                (Some(metric), None, _) => {
+                    match value_of(metric, &canary, latencies.map(|l| l.canary.as_slice()), check) {
+                        Some(value) => (value, None, None),
+                        None => (0.0, None, Some(no_request_data(metric, latencies))),
+                    }
+                }
                 (None, None, _) => (0.0, None, Some("the check names no metric and no query".to_string())),
             };
             // a canary-versus-baseline check: the samples' test decides
@@ -171,7 +215,11 @@ pub fn judge(
                     Err(why) => no_data = Some(why),
                 }
             }
-            let stable_value = check.metric.filter(|_| check.max_over_stable.is_some()).map(|m| value_of(m, &stable));
+            let against_stable = check.max_over_stable.is_some() || check.max_below_stable.is_some();
+            let stable_value = check
+                .metric
+                .filter(|_| against_stable)
+                .and_then(|m| value_of(m, &stable, latencies.map(|l| l.stable.as_slice()), check));
             let mut bounds = vec![];
             let mut failed = false;
             if let Some(max) = check.max {
@@ -185,10 +233,16 @@ pub fn judge(
             let mut verdict = Verdict::Passed;
             if let Some(over) = check.max_over_stable {
                 bounds.push(format!("maxOverStable {over}"));
-                if enough(&stable) {
-                    failed |= value - stable_value.unwrap_or_default() > over;
-                } else {
-                    verdict = Verdict::Inconclusive;
+                match stable_value.filter(|_| enough(&stable)) {
+                    Some(stable_value) => failed |= value - stable_value > over,
+                    None => verdict = Verdict::Inconclusive,
+                }
+            }
+            if let Some(below) = check.max_below_stable {
+                bounds.push(format!("maxBelowStable {below}"));
+                match stable_value.filter(|_| enough(&stable)) {
+                    Some(stable_value) => failed |= stable_value - value > below,
+                    None => verdict = Verdict::Inconclusive,
                 }
             }
             if let Some((_, judged)) = &compared {

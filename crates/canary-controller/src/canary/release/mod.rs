@@ -65,6 +65,8 @@ pub struct Inputs<'a> {
     pub queried: Option<&'a [Option<Queried>]>,
     /// The answer of a webhook step, when the caller called it: used only by the step it was called for.
     pub called: Option<&'a Called>,
+    /// The routes' request latencies over the window that ends, when the caller read them (HTTP traffic).
+    pub latencies: Option<&'a WindowLatencies>,
     /// The value of the request annotation.
     pub request: Option<&'a str>,
     pub paused: bool,
@@ -471,7 +473,7 @@ fn progress(decision: &mut Decision, settings: &Settings, inputs: &Inputs) -> bo
         decision.requeue = settings.interval - gone;
         return false;
     }
-    let evidence = judge(settings, release, &window, stats, inputs.queried, now);
+    let evidence = judge(settings, release, &window, stats, inputs.queried, inputs.latencies, now);
     let verdict = evidence.verdict;
     decision.judged.push(verdict);
     let summary = summarize(&evidence);
@@ -601,6 +603,7 @@ mod tests {
             stats,
             queried: None,
             called: None,
+            latencies: None,
             request: None,
             paused: false,
             now,
@@ -633,6 +636,55 @@ mod tests {
         assert_eq!((settings.interval, settings.min_samples), (Duration::from_secs(30), 50));
         assert!(settings.update_target);
         assert_eq!(settings.checks.len(), 2);
+    }
+
+    /// HTTP checks: the success rate from the agents' request counts, a latency percentile from the window's
+    /// requests; each against a bound or against stable; no request measured is never a pass.
+    #[test]
+    fn request_checks_judge_success_rate_and_latency_percentiles_against_stable() {
+        let mut s = spec(vec![analysis()]);
+        let success = MetricCheck { max_below_stable: Some(1.0), ..check(Metric::RequestSuccessRate) };
+        let p99 = MetricCheck { max_over_stable: Some(10.0), percentile: Some(99.0), ..check(Metric::RequestDuration) };
+        s.analysis.as_mut().unwrap().metrics = vec![success, p99];
+        let settings = Settings::of(&s);
+        let requests = |(requests, request_errors): (u64, u64)| Counters {
+            sessions: requests,
+            requests,
+            request_errors,
+            ..Default::default()
+        };
+        let pod = |stable, canary| -> BTreeMap<String, RouteCounters> {
+            [("proxy-1".to_string(), RouteCounters { stable: requests(stable), canary: requests(canary) })].into()
+        };
+        let window = Window { started_at: at(0), counters: pod((0, 0), (0, 0)) };
+        let release = ReleaseStatus { weight: 20, ..Default::default() };
+        let fast: Vec<f64> = (0..1000).map(|i| 1.0 + (i % 10) as f64 / 10.0).collect();
+        let slow: Vec<f64> = fast.iter().map(|ms| ms + 30.0).collect();
+        let judge_with = |stable, canary, latencies: Option<&WindowLatencies>| {
+            judge(&settings, &release, &window, &pod(stable, canary), None, latencies, &at(30))
+        };
+        let healthy = WindowLatencies { stable: fast.clone(), canary: fast.clone() };
+        let passed = judge_with((4000, 0), (1000, 3), Some(&healthy));
+        assert_eq!(passed.verdict, Verdict::Passed, "{passed:#?}");
+        assert_eq!((passed.metrics[0].value, passed.metrics[0].stable_value), (99.7, Some(100.0)));
+        assert_eq!(passed.metrics[1].value, 1.9, "p99 of the canary's requests, in ms");
+        // 2 % of the canary's requests fail, none of stable's: 2 points below stable
+        let erroring = judge_with((4000, 0), (1000, 20), Some(&healthy));
+        assert_eq!((erroring.verdict, erroring.metrics[0].verdict), (Verdict::Failed, Verdict::Failed));
+        assert_eq!(erroring.metrics[0].bound, "maxBelowStable 1");
+        // 30 ms slower at p99
+        let slower = WindowLatencies { stable: fast.clone(), canary: slow };
+        let judged = judge_with((4000, 0), (1000, 0), Some(&slower));
+        assert_eq!((judged.verdict, judged.metrics[1].verdict), (Verdict::Failed, Verdict::Failed), "{judged:#?}");
+        assert_eq!(judged.metrics[1].stable_value, Some(1.9));
+        // the latencies were not read: no data, never a pass
+        let unread = judge_with((4000, 0), (1000, 0), None);
+        assert_eq!(unread.metrics[1].verdict, Verdict::Inconclusive);
+        assert!(unread.metrics[1].no_data.is_some(), "{unread:#?}");
+        // too few canary requests
+        assert_eq!(judge_with((4000, 0), (5, 0), Some(&healthy)).verdict, Verdict::Inconclusive);
+        assert_eq!(percentile(&[f64::NAN, 3.0, 1.0, 2.0], 50.0), Some(2.0), "NaN is no latency");
+        assert_eq!(percentile(&[], 50.0), None);
     }
 
     #[test]
@@ -748,6 +800,8 @@ mod tests {
             max: None,
             min: None,
             max_over_stable: None,
+            max_below_stable: None,
+            percentile: None,
         }
     }
 

@@ -35,6 +35,8 @@ impl Settings {
                 max: Some(0.05),
                 min: None,
                 max_over_stable: None,
+                max_below_stable: None,
+                percentile: None,
             }]
         } else {
             analysis.metrics.clone()

@@ -1,0 +1,99 @@
+//! HTTP releases end to end, on the workload simulator: a Canary with `traffic.protocol: http` splits
+//! requests (HTTP/1.1 keep-alive clients) and judges each window by the proxy agents' request metrics, with
+//! no Prometheus: a healthy canary is promoted, one answering 2 % 500s is rolled back by its success rate
+//! against stable, and one 30 ms slower is rolled back by its p99 against stable. Its own test binary, so
+//! that its load does not share the machine with the other end-to-end tests.
+
+use e2e_support as support;
+
+use canary_controller::api::canary::{Canary, Metric, Phase, Verdict};
+use kube::api::{Api, Patch, PatchParams};
+use serde_json::json;
+use support::http::under_http_load;
+use support::kanary::env_with_simulator;
+use support::release::*;
+use support::simulator::can_simulate;
+
+/// Waits for the release of `image` to be rolled back.
+async fn rolled_back_release(e: &support::kanary::Env, image: &str) -> canary_controller::api::canary::ReleaseStatus {
+    let what = format!("the release of {image} rolled back");
+    wait_release(&e.cluster, &e.controller, &what, 180, |r| r.phase == Phase::RolledBack && r.revision.contains(image))
+        .await
+}
+
+async fn set_image(canaries: &Api<Canary>, image: &str) {
+    let patch = json!({"spec": {"targetContainers": [{"name": "echo", "image": image}]}});
+    canaries.patch(CANARY, &PatchParams::default(), &Patch::Merge(patch)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_releases_are_judged_by_request_success_rate_and_latency_against_stable() {
+    if !can_simulate() {
+        return;
+    }
+    let (e, _sim) = env_with_simulator(246, 40).await;
+    let env = json!([{"name": "SIM_FAILING_IMAGES", "value": "echo:errors=0.02"},
+        {"name": "SIM_SLOW_IMAGES", "value": "echo:slow=30"}]);
+    create_app_with(&e.cluster, 2, env).await;
+    e.cluster.wait_rolled_out("app", "app", 60).await;
+    let canaries: Api<Canary> = e.cluster.api();
+    let front = create_canary(
+        &e.cluster,
+        json!({"traffic": {"service": "app", "frontService": "app-front", "protocol": "http"},
+            "steps": [{"setWeight": 20}, {"analysis": {}}, {"setWeight": 50}, {"analysis": {}}],
+            "analysis": {"interval": "5s", "minSamples": 200, "metrics": [
+                {"metric": "requestSuccessRate", "maxBelowStable": 0.5},
+                {"metric": "requestDuration", "percentile": 99, "maxOverStable": 15}]},
+            "promotion": {"updateTarget": true}}),
+    )
+    .await;
+
+    // a healthy canary: promoted, with the requests' success rate and p99 in the evidence
+    let (load, done) = under_http_load(front, 4, wait_phase(&e.cluster, &e.controller, Phase::Succeeded, 240)).await;
+    assert_eq!(load.tally.failures, 0, "failed requests during a good release: {:?}", load.tally);
+    let verdicts: Vec<(i32, Verdict)> = done.evidence.iter().map(|e| (e.weight, e.verdict)).collect();
+    assert_eq!(verdicts, [(20, Verdict::Passed), (50, Verdict::Passed)], "{done:#?}");
+    for evidence in &done.evidence {
+        let (success, p99) = (&evidence.metrics[0], &evidence.metrics[1]);
+        assert_eq!(
+            (success.metric, success.value, success.stable_value),
+            (Some(Metric::RequestSuccessRate), 100.0, Some(100.0))
+        );
+        assert!(p99.value > 0.0 && p99.stable_value.is_some_and(|v| v > 0.0), "{p99:?}");
+    }
+    e.cluster.wait_rolled_out("app", "app", 60).await;
+
+    // 2 % of the canary's requests answer 500: its success rate falls below stable's, rolled back at once
+    set_image(&canaries, "echo:errors").await;
+    let (load, rolled_back) = under_http_load(front, 4, rolled_back_release(&e, "echo:errors")).await;
+    let judged = rolled_back.evidence.last().unwrap_or_else(|| panic!("no evidence: {rolled_back:#?}"));
+    assert_eq!((judged.weight, judged.verdict), (20, Verdict::Failed), "{rolled_back:#?}");
+    let success = &judged.metrics[0];
+    assert_eq!(success.verdict, Verdict::Failed, "{judged:#?}");
+    assert!(success.value < 99.5 && success.stable_value == Some(100.0), "{success:?}");
+    let failed_share = load.tally.failures as f64 / load.tally.total() as f64;
+    assert!(failed_share < 0.02, "only the canary's share failed: {:?}", load.tally);
+    // once every proxy pod serves weight 0, no request reaches the canary
+    support::eventually(30, "every proxy pod serving weight 0", || async {
+        served_weight(&e.cluster).await == Some(0)
+    })
+    .await;
+    let client = support::http::Client::connect(front, support::http::Version::Http1, 2).await;
+    let after = client.load(1, 1_000, &[]).await;
+    assert_eq!(after.tally.failures, 0, "{:?}", after.tally);
+    assert!(
+        after.tally.answers.keys().all(|a| !from_canary(a)),
+        "the canary answered after the rollback: {:?}",
+        after.tally
+    );
+
+    // 30 ms slower: its p99 is over stable's by more than 15 ms, rolled back
+    set_image(&canaries, "echo:slow").await;
+    let (_, rolled_back) = under_http_load(front, 4, rolled_back_release(&e, "echo:slow")).await;
+    let judged = rolled_back.evidence.last().unwrap_or_else(|| panic!("no evidence: {rolled_back:#?}"));
+    assert_eq!((judged.weight, judged.verdict), (20, Verdict::Failed), "{rolled_back:#?}");
+    let p99 = &judged.metrics[1];
+    assert_eq!((p99.metric, p99.verdict), (Some(Metric::RequestDuration), Verdict::Failed), "{judged:#?}");
+    assert!(p99.value >= 30.0 && p99.stable_value.is_some_and(|v| v < 15.0), "{p99:?}");
+    assert_eq!(judged.metrics[0].verdict, Verdict::Passed, "it answers every request well: {judged:#?}");
+}
