@@ -113,7 +113,8 @@ async fn throughput() {
         .enumerate()
         .map(|(i, ip)| Server { name: format!("a-{i}"), address: ip.parse().unwrap(), port })
         .collect();
-    let routes = [RouteBackend { service: "a".into(), weight: 100, servers: servers.clone(), h2c: false }];
+    let routes =
+        [RouteBackend { service: "a".into(), weight: 100, servers: servers.clone(), h2c: false, header_value: None }];
     let minimal = {
         let mut c = format!(
             "global\n    maxconn 4096\ndefaults\n    mode tcp\n    timeout connect 5s\n    timeout client 1m\n    timeout server 1m\n\

@@ -41,7 +41,13 @@ fn original_config(routes: &[Route], listen: SocketAddr, stats: SocketAddr) -> S
 fn our_files(routes: &[Route], listen: SocketAddr, stats: SocketAddr) -> tempfile::TempDir {
     let backends: Vec<RouteBackend> = routes
         .iter()
-        .map(|r| RouteBackend { service: r.name.into(), weight: r.weight, servers: r.servers.clone(), h2c: false })
+        .map(|r| RouteBackend {
+            service: r.name.into(),
+            weight: r.weight,
+            servers: r.servers.clone(),
+            h2c: false,
+            header_value: None,
+        })
         .collect();
     our_proxy_files("bench/split", &backends, listen, stats)
 }

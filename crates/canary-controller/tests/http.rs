@@ -125,14 +125,58 @@ async fn requests_are_split_one_by_one_on_keep_alive_and_http2_connections() {
     let h2c = Client::connect(front, Version::Http2, 1).await;
     assert_split("HTTP/2 to h2c pods", &h2c.load(16, 10_000, &[]).await, 10.0);
 
-    // a rollback (the canary's weight to 0) while the connections are held: they stay open, and every
-    // request after it goes to stable
+    // overrides and cohorts: `x-canary: always` / `never`, and a cookie that keeps each client on its route
+    let with_values = |w2: i64| {
+        let mut routes = json!([route("v1", "h2c", 100 - w2), route("v2", "h2c", w2)]);
+        routes[0]["headerValue"] = json!("never");
+        routes[1]["headerValue"] = json!("always");
+        routes
+    };
+    let http = json!({"header": "x-canary", "sticky": true});
+    let spec = json!({"spec": {"http": http, "routes": with_values(10)}});
+    kanaries.patch(KANARY, &PatchParams::default(), &Patch::Merge(spec)).await.unwrap();
+    e.wait_config(KANARY, "cohorts and overrides", |c| c.contains("req.cook(kanary-route)")).await;
+    e.cluster.wait_synced(&kanaries, KANARY, 60).await;
+    let overridden = Client::connect(front, Version::Http1, 2).await;
+    for (value, route) in [("always", "v2"), ("never", "v1")] {
+        let tally = by_backend(overridden.load(1, 200, &[("x-canary", value)]).await.tally);
+        assert_eq!((tally.answers.get(route), tally.failures), (Some(&200), 0), "x-canary: {value}: {tally:?}");
+    }
+    // 40 clients, each keeping the cookie it got; the weight moves 20 times; no client flips
+    let mut cohorts: Vec<(String, String)> = vec![];
+    for _ in 0..40 {
+        let (answer, headers) = support::http::get(front, Version::Http1, &[]).await.unwrap();
+        let cookie = sticky_cookie(&headers).expect("a cohort cookie on the first answer");
+        cohorts.push((cookie, answered_by(&answer)));
+    }
+    assert!(cohorts.iter().all(|(cookie, route)| *cookie == format!("kanary-route={route}")), "{cohorts:?}");
+    let in_canary = cohorts.iter().filter(|(_, route)| route == "v2").count();
+    for (change, w2) in
+        [5, 40, 15, 60, 25, 90, 1, 50, 35, 70, 20, 80, 10, 45, 30, 65, 55, 95, 3, 10].into_iter().enumerate()
+    {
+        let spec = json!({"spec": {"routes": with_values(w2)}});
+        kanaries.patch(KANARY, &PatchParams::default(), &Patch::Merge(spec)).await.unwrap();
+        let threshold = format!("t0 {}\n", 100 - w2);
+        e.wait_weights(KANARY, "the new weights", |w| w.starts_with(&threshold)).await;
+        e.cluster.wait_synced(&kanaries, KANARY, 60).await;
+        for (cookie, route) in &cohorts {
+            let (answer, headers) = support::http::get(front, Version::Http1, &[("cookie", cookie)]).await.unwrap();
+            assert_eq!(answered_by(&answer), *route, "change {change} (canary at {w2} %): a client of {route} flipped");
+            assert_eq!(sticky_cookie(&headers), None, "its cookie is not set again");
+        }
+    }
+    eprintln!("40 sticky clients ({in_canary} of the canary) kept their version across 20 weight changes");
+
+    // a rollback (the canary's weight to 0) while connections, cohort cookies and override headers are held:
+    // the connections stay open, and every request after it goes to stable
     let held = [Client::connect(front, Version::Http1, 2).await, Client::connect(front, Version::Http2, 1).await];
     for client in &held {
         assert_eq!(client.load(1, 200, &[]).await.tally.failures, 0);
     }
-    let routes = json!([route("v1", "h2c", 100), route("v2", "h2c", 0)]);
-    kanaries.patch(KANARY, &PatchParams::default(), &Patch::Merge(json!({"spec": {"routes": routes}}))).await.unwrap();
+    kanaries
+        .patch(KANARY, &PatchParams::default(), &Patch::Merge(json!({"spec": {"routes": with_values(0)}})))
+        .await
+        .unwrap();
     e.wait_weights(KANARY, "the rollback's weights", |w| w.starts_with("t0 100\n")).await;
     e.cluster.wait_synced(&kanaries, KANARY, 60).await;
     for (client, per_connection) in held.iter().zip([1, 8]) {
@@ -141,4 +185,27 @@ async fn requests_are_split_one_by_one_on_keep_alive_and_http2_connections() {
         assert_eq!((tally.failures, after.reconnects), (0, 0), "a held connection failed or was cut: {tally:?}");
         assert_eq!(tally.answers.get("v2"), None, "a request reached the canary after the rollback: {tally:?}");
     }
+    let forced = by_backend(overridden.load(1, 200, &[("x-canary", "always")]).await.tally);
+    assert_eq!(forced.answers.get("v1"), Some(&200), "x-canary: always after the rollback: {forced:?}");
+    for (cookie, route) in cohorts.iter().filter(|(_, route)| route == "v2") {
+        let (answer, headers) = support::http::get(front, Version::Http1, &[("cookie", cookie)]).await.unwrap();
+        assert_eq!(answered_by(&answer), "v1", "a client of {route} reached the canary after the rollback");
+        assert_eq!(sticky_cookie(&headers).as_deref(), Some("kanary-route=v1"), "its cohort moves to stable");
+    }
+    assert!(in_canary > 0, "no client drew the canary: the rollback of cohorts was not tested");
+}
+
+/// The backend that gave a built-in server's answer (`pod=... image=echo:v2` -> `v2`).
+fn answered_by(answer: &str) -> String {
+    answer.rsplit_once("image=echo:").map_or(answer, |(_, b)| b).to_string()
+}
+
+/// The cohort cookie an answer sets (`kanary-route=v2`), without its attributes.
+fn sticky_cookie(headers: &http::HeaderMap) -> Option<String> {
+    headers
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with("kanary-route="))
+        .map(|v| v.split(';').next().unwrap_or_default().to_string())
 }

@@ -202,7 +202,7 @@ fn plane(settings: &ProxySettings, routes: Vec<RouteBackend>) -> DataPlane {
 }
 
 fn route(service: &str, weight: i64, servers: Vec<Server>) -> RouteBackend {
-    RouteBackend { service: service.into(), weight, servers, h2c: false }
+    RouteBackend { service: service.into(), weight, servers, h2c: false, header_value: None }
 }
 
 async fn under_load<F: std::future::Future<Output = ()>>(target: SocketAddr, changes: F) -> (Tally, Vec<LongLived>) {

@@ -169,7 +169,7 @@ fn no_input_yields_a_config_haproxy_rejects_or_a_directive_we_did_not_write() {
                 Resolution::ServiceNotFound => vec![],
                 Resolution::PortNotFound { .. } => return Ok(()),
             };
-            backends.push(RouteBackend { service: route.backend.service_name.clone(), weight: route.weight, servers, h2c: false });
+            backends.push(RouteBackend { service: route.backend.service_name.clone(), weight: route.weight, servers, h2c: false, header_value: None });
         }
         let cfg = render("ns/k", &backends, &ProxySettings::default());
         for line in cfg.lines() {

@@ -120,6 +120,7 @@ async fn the_proxy_answers_on_ipv4_and_ipv6() {
         weight: 100,
         servers: vec![Server { name: "app-0".into(), address: "127.0.0.91".parse().unwrap(), port: backend }],
         h2c: false,
+        header_value: None,
     }];
     let dir = tempfile::tempdir().unwrap();
     let settings = ProxySettings {

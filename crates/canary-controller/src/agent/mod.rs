@@ -588,6 +588,7 @@ mod tests {
                 weight: 100,
                 servers: vec![Server { name: "p".into(), address: "10.0.0.1".parse().unwrap(), port: 80 }],
                 h2c: false,
+                header_value: None,
             }],
         };
         let layout = Layout::fresh(&plane);

@@ -94,6 +94,16 @@ pub struct Traffic {
     /// `kubernetes.io/h2c`, `h2c`, `http2` or `grpc`.
     #[serde(default, skip_serializing_if = "crate::api::kanary::Protocol::is_tcp")]
     pub protocol: crate::api::kanary::Protocol,
+    /// With `protocol: http`: a request with this header set to `always` goes to the canary, `never` to
+    /// stable, whatever the weight (testers, synthetic checks); never to a canary whose weight is 0 (after a
+    /// rollback or an abort).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9-]{0,63}$"))]
+    pub header: Option<String>,
+    /// With `protocol: http`: keep each client on the version it first got (a cookie the proxy sets), so
+    /// users do not flip between versions while the weight moves. A rollback or an abort ends it at once.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sticky: bool,
 }
 
 /// One step of a release: exactly one of `setWeight`, `pause`, `analysis`.

@@ -32,6 +32,9 @@ pub struct KanarySpec {
     /// ours).
     #[serde(default, skip_serializing_if = "Protocol::is_tcp")]
     pub protocol: Protocol,
+    /// With `protocol: http`: cohorts and overrides (an addition of ours).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpRouting>,
     /// The proxy's settings where they differ from the controller's defaults (an addition of ours).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proxy: Option<ProxySpec>,
@@ -59,6 +62,28 @@ impl Protocol {
         }
     }
 }
+
+/// How HTTP requests may choose their route besides the weights. A route with weight 0 is never chosen this
+/// way: setting a route's weight to 0 (a rollback) ends its cohort and its overrides at once.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpRouting {
+    /// A request with this header goes to the route whose `headerValue` is the header's value (testers,
+    /// synthetic checks): `x-canary`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<String>,
+    /// Keep each client on the route it first got: the proxy sets cookie [`STICKY_COOKIE`] naming the route,
+    /// and a request that carries it goes to that route while its weight is above 0.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sticky: bool,
+}
+
+/// The cookie that keeps a client on its route (`sticky: true`).
+pub const STICKY_COOKIE: &str = "kanary-route";
+/// A header name the proxy matches (`http.header`): letters, digits and '-'.
+pub const HEADER_NAME_PATTERN: &str = "^[A-Za-z0-9][A-Za-z0-9-]{0,63}$";
+/// A header value a route answers to (`headerValue`): letters, digits, '.', '_' and '-'.
+pub const HEADER_VALUE_PATTERN: &str = "^[A-Za-z0-9._-]{1,64}$";
 
 /// The `appProtocol` values of a Service port that say its pods speak HTTP/2 without TLS (gRPC among them):
 /// the proxy then speaks HTTP/2 to them.
@@ -121,6 +146,10 @@ pub struct Route {
     pub backend: Backend,
     #[serde(alias = "Weight")]
     pub weight: i64,
+    /// With `http.header`: requests whose header has this value go to this route (while its weight is above
+    /// 0). An addition of ours.
+    #[serde(default, rename = "headerValue", skip_serializing_if = "Option::is_none")]
+    pub header_value: Option<String>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq)]
@@ -298,6 +327,11 @@ fn spec_schema() -> Value {
         ],
         "properties": {
             "destination": destination,
+            "http": {"type": "object", "description": "With protocol http: cohorts and overrides. A route with weight 0 is never chosen by them (a rollback ends them at once)",
+                "properties": {
+                    "header": {"type": "string", "pattern": HEADER_NAME_PATTERN, "description": "A request with this header goes to the route whose headerValue is its value (x-canary)"},
+                    "sticky": {"type": "boolean", "description": "Keep each client on the route it first got (a cookie the proxy sets, kanary-route)"},
+                }},
             "protocol": protocol_schema("How the proxy splits traffic: tcp (each connection drawn by weight; the default) or http (each HTTP request drawn by weight: HTTP/1.1 keep-alive and HTTP/2, gRPC included; HTTP/2 to backends whose Service port's appProtocol is kubernetes.io/h2c, h2c, http2 or grpc)"),
             "proxy": proxy_schema(),
             "routes": {
@@ -321,6 +355,7 @@ fn spec_schema() -> Value {
                             }
                         },
                         "weight": weight, "Weight": weight,
+                        "headerValue": {"type": "string", "pattern": HEADER_VALUE_PATTERN, "description": "With http.header: requests whose header has this value go to this route"},
                     }
                 }
             }

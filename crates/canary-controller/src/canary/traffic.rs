@@ -12,7 +12,7 @@
 //! Pure: no client in scope.
 
 use crate::api::canary::{Canary, Traffic};
-use crate::api::kanary::{Backend, KanarySpec, Route};
+use crate::api::kanary::{Backend, HttpRouting, KanarySpec, Route};
 use crate::names::SERVICE_NAME_LABEL;
 use crate::names::kanary::conditions::DATA_PLANE_SYNCED;
 use crate::names::{BASELINE_LABEL, CANARY_LABEL, baseline_deployment_name, canary_deployment_name};
@@ -216,18 +216,29 @@ pub fn build_stable_slice(
 /// connections; with `traffic.baseline`, a third route taking as much for the baseline.
 pub fn kanary_spec(canary: &Canary, traffic: &Traffic, weight: i32) -> KanarySpec {
     let name = canary.name_any();
-    let route = |service_name: String, weight: i32| Route {
+    let header = traffic.header.is_some();
+    let route = |service_name: String, weight: i32, value: &str| Route {
         backend: Backend { service_name, service_port: IntOrString::String(ROUTE_PORT.into()) },
         weight: weight.into(),
+        header_value: header.then(|| value.to_string()),
     };
-    let mut routes = vec![route(canary_service_name(&name), weight)];
+    let mut routes = vec![route(canary_service_name(&name), weight, HEADER_ALWAYS)];
     if traffic.baseline {
-        routes.push(route(baseline_service_name(&name), weight));
+        let mut baseline = route(baseline_service_name(&name), weight, "");
+        baseline.header_value = None;
+        routes.push(baseline);
     }
     let stable = 100 - routes.len() as i32 * weight;
-    routes.insert(0, route(stable_service_name(&name), stable));
-    KanarySpec { destination: traffic.front_service.clone(), routes, proxy: None, protocol: traffic.protocol }
+    routes.insert(0, route(stable_service_name(&name), stable, HEADER_NEVER));
+    let http = (traffic.header.is_some() || traffic.sticky)
+        .then(|| HttpRouting { header: traffic.header.clone(), sticky: traffic.sticky });
+    KanarySpec { destination: traffic.front_service.clone(), routes, proxy: None, protocol: traffic.protocol, http }
 }
+
+/// The value of `traffic.header` that sends a request to the canary (while its weight is above 0).
+pub const HEADER_ALWAYS: &str = "always";
+/// The value of `traffic.header` that sends a request to stable.
+pub const HEADER_NEVER: &str = "never";
 
 /// The Kanary of a release with `spec`, in `resource`'s group (kanary.k8s.io).
 pub fn build_kanary(canary: &Canary, resource: &ApiResource, spec: &KanarySpec) -> DynamicObject {

@@ -179,7 +179,8 @@ fn validate_traffic(canary: &Canary, traffic: &Traffic, seen: &ReleaseObserved) 
     }
 }
 
-/// The checks measured on HTTP requests (`requestSuccessRate`, `requestDuration`) need HTTP traffic.
+/// The checks measured on HTTP requests (`requestSuccessRate`, `requestDuration`), cohorts and override
+/// headers need HTTP traffic.
 fn request_checks_need_http(canary: &Canary, traffic: &Traffic) -> Result<(), String> {
     use crate::api::canary::Metric;
     let checks = canary.spec.analysis.as_ref().map(|a| a.metrics.as_slice()).unwrap_or_default();

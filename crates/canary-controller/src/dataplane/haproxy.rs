@@ -18,7 +18,7 @@
 //! Pure.
 
 use super::Server;
-pub use crate::api::kanary::Protocol;
+pub use crate::api::kanary::{HttpRouting, Protocol, STICKY_COOKIE};
 use serde::{Deserialize, Serialize};
 use std::fmt::Write;
 
@@ -32,6 +32,9 @@ pub struct RouteBackend {
     /// speaks HTTP/2 to them.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub h2c: bool,
+    /// Requests whose override header has this value go here (HTTP mode, `http.header` set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header_value: Option<String>,
 }
 
 /// One route as HAProxy runs it: its weight and its server slots (`None`: an empty slot).
@@ -42,6 +45,8 @@ pub struct SlottedBackend {
     pub slots: Vec<Option<Server>>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub h2c: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header_value: Option<String>,
 }
 
 /// Fewest slots a backend gets.
@@ -58,7 +63,13 @@ impl SlottedBackend {
     pub fn fresh(route: &RouteBackend) -> SlottedBackend {
         let mut slots: Vec<Option<Server>> = route.servers.iter().cloned().map(Some).collect();
         slots.resize(slot_capacity(route.servers.len()), None);
-        SlottedBackend { service: route.service.clone(), weight: route.weight, slots, h2c: route.h2c }
+        SlottedBackend {
+            service: route.service.clone(),
+            weight: route.weight,
+            slots,
+            h2c: route.h2c,
+            header_value: route.header_value.clone(),
+        }
     }
 }
 
@@ -87,6 +98,9 @@ pub struct ProxySettings {
     /// Connections or HTTP requests: what each draw routes.
     #[serde(default, skip_serializing_if = "Protocol::is_tcp")]
     pub protocol: Protocol,
+    /// HTTP mode: the override header and sticky cohorts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpRouting>,
 }
 
 impl Default for ProxySettings {
@@ -101,6 +115,7 @@ impl Default for ProxySettings {
             hard_stop_after: "30m".into(),
             files_dir: RUNTIME_DIR.into(),
             protocol: Protocol::Tcp,
+            http: None,
         }
     }
 }
@@ -224,11 +239,43 @@ pub fn render_slotted(owner: &str, backends: &[SlottedBackend], settings: &Proxy
         let _ = writeln!(w, "    http-request set-var(txn.start) date(0,us)");
         let _ = writeln!(w, "    http-response set-var(txn.grpc) res.hdr(grpc-status)");
     }
+    if settings.protocol == Protocol::Http && settings.http.as_ref().is_some_and(|r| r.sticky) {
+        // the cookie names the route that answered, set when it named another (or none)
+        let _ = writeln!(w, "    http-request set-var(txn.cohort) req.cook({STICKY_COOKIE})");
+        let _ = writeln!(w, "    http-response set-var(txn.route) be_name,regsub(^{BACKEND_PREFIX},)");
+        let _ = writeln!(
+            w,
+            "    http-response add-header Set-Cookie \"{STICKY_COOKIE}=%[var(txn.route)]; Path=/; HttpOnly; SameSite=Lax\" if !{{ var(txn.cohort),strcmp(txn.route) eq 0 }}"
+        );
+    }
     let _ = writeln!(w, "    {rule} set-var({scope}.r) rand(100)");
     let map = weights_path(settings);
     for i in 0..backends.len() {
         for key in ["t", "w"] {
             let _ = writeln!(w, "    {rule} set-var({scope}.{key}{i}) str({key}{i}),map_str_int({map},0)");
+        }
+    }
+    let routing = settings.http.as_ref().filter(|_| settings.protocol == Protocol::Http);
+    // overrides and cohorts first, each only to a route with a weight and a live server (a rollback's weight
+    // 0 ends them at once)
+    if let Some(header) = routing.and_then(|r| r.header.as_deref()) {
+        for (i, b) in backends.iter().enumerate() {
+            let Some(value) = &b.header_value else { continue };
+            let be = backend_name(&b.service);
+            let _ = writeln!(
+                w,
+                "    use_backend {be} if {{ req.hdr({header}) -m str {value} }} {{ var(txn.w{i}) -m int gt 0 }} {{ nbsrv({be}) gt 0 }}"
+            );
+        }
+    }
+    if routing.is_some_and(|r| r.sticky) {
+        for (i, b) in backends.iter().enumerate() {
+            let be = backend_name(&b.service);
+            let _ = writeln!(
+                w,
+                "    use_backend {be} if {{ req.cook({STICKY_COOKIE}) -m str {} }} {{ var(txn.w{i}) -m int gt 0 }} {{ nbsrv({be}) gt 0 }}",
+                b.service
+            );
         }
     }
     for (i, b) in backends.iter().enumerate() {
@@ -274,18 +321,21 @@ mod tests {
                 weight: 80,
                 servers: vec![server("myapp-v1-a", "10.1.0.5", 8080), server("myapp-v1-b", "10.1.0.6", 8080)],
                 h2c: false,
+                header_value: None,
             },
             RouteBackend {
                 service: "myapp-v2".into(),
                 weight: 20,
                 servers: vec![server("myapp-v2-a", "10.1.0.7", 8080)],
                 h2c: false,
+                header_value: None,
             },
             RouteBackend {
                 service: "myapp-v3".into(),
                 weight: 0,
                 servers: vec![server("myapp-v3-a", "fd00::7", 8080)],
                 h2c: false,
+                header_value: None,
             },
         ]
     }
@@ -308,7 +358,9 @@ mod tests {
     fn golden_http_config() {
         let mut routes = sample_routes();
         routes[1].h2c = true;
-        let settings = ProxySettings { protocol: Protocol::Http, ..ProxySettings::default() };
+        (routes[0].header_value, routes[1].header_value) = (Some("never".into()), Some("always".into()));
+        let http = HttpRouting { header: Some("x-canary".into()), sticky: true };
+        let settings = ProxySettings { protocol: Protocol::Http, http: Some(http), ..ProxySettings::default() };
         let rendered = render("default/http-kanary-rule", &routes, &settings);
         if std::env::var_os("UPDATE_GOLDEN").is_some() {
             let path = concat!(env!("CARGO_MANIFEST_DIR"), "/src/dataplane/testdata/http-kanary-rule.cfg");
@@ -339,15 +391,24 @@ mod tests {
                 weight: if i < 4 { 25 } else { 0 },
                 servers: (0..20).map(|j| server(&format!("pod-{i}-{j}"), &format!("10.{i}.0.{j}"), 8080)).collect(),
                 h2c: false,
+                header_value: None,
             })
             .collect();
-        let no_servers = vec![RouteBackend { service: "empty".into(), weight: 100, servers: vec![], h2c: false }];
+        let no_servers = vec![RouteBackend {
+            service: "empty".into(),
+            weight: 100,
+            servers: vec![],
+            h2c: false,
+            header_value: None,
+        }];
         let dir = tempfile::tempdir().unwrap();
         let settings = ProxySettings { files_dir: dir.path().to_str().unwrap().into(), ..ProxySettings::default() };
         let mut h2c = sample_routes();
         h2c[0].h2c = true;
+        h2c[1].header_value = Some("always".into());
         let cases = [sample_routes(), many, no_servers, h2c];
-        let http = ProxySettings { protocol: Protocol::Http, ..settings.clone() };
+        let routing = HttpRouting { header: Some("x-canary".into()), sticky: true };
+        let http = ProxySettings { protocol: Protocol::Http, http: Some(routing), ..settings.clone() };
         for (i, (routes, settings)) in cases.iter().flat_map(|r| [(r, &settings), (r, &http)]).enumerate() {
             let path = dir.path().join(format!("{i}.cfg"));
             std::fs::write(&path, render("ns/name", routes, settings)).unwrap();

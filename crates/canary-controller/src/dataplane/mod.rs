@@ -86,11 +86,12 @@ impl Layout {
         self.owner == other.owner
             && self.settings == other.settings
             && self.backends.len() == other.backends.len()
-            && self
-                .backends
-                .iter()
-                .zip(&other.backends)
-                .all(|(a, b)| a.service == b.service && a.h2c == b.h2c && a.slots.len() == b.slots.len())
+            && self.backends.iter().zip(&other.backends).all(|(a, b)| {
+                a.service == b.service
+                    && a.h2c == b.h2c
+                    && a.header_value == b.header_value
+                    && a.slots.len() == b.slots.len()
+            })
     }
 
     /// The layout that serves `desired` changing as little as possible: a server that stays keeps its slot,
@@ -101,7 +102,11 @@ impl Layout {
         let same_routes = self.owner == desired.owner
             && self.settings == desired.settings
             && self.backends.len() == desired.routes.len()
-            && self.backends.iter().zip(&desired.routes).all(|(b, r)| b.service == r.service && b.h2c == r.h2c);
+            && self
+                .backends
+                .iter()
+                .zip(&desired.routes)
+                .all(|(b, r)| b.service == r.service && b.h2c == r.h2c && b.header_value == r.header_value);
         if !same_routes {
             return None;
         }
@@ -142,7 +147,13 @@ fn follow_backend(current: &SlottedBackend, route: &RouteBackend) -> Option<Slot
         let free = slots.iter().position(Option::is_none)?;
         slots[free] = Some(server.clone());
     }
-    Some(SlottedBackend { service: current.service.clone(), weight: route.weight, slots, h2c: route.h2c })
+    Some(SlottedBackend {
+        service: current.service.clone(),
+        weight: route.weight,
+        slots,
+        h2c: route.h2c,
+        header_value: route.header_value.clone(),
+    })
 }
 
 /// The Runtime API commands that take HAProxy's servers from `from` to `to` (same structure), in two parts:
@@ -218,6 +229,7 @@ mod tests {
             weight,
             servers: ips.iter().map(|ip| server(&format!("pod-{ip}"), ip)).collect(),
             h2c: false,
+            header_value: None,
         };
         DataPlane {
             owner: "ns/k".into(),

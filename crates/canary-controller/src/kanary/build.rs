@@ -61,7 +61,11 @@ pub struct Desired {
 /// The objects Kanary `name` of namespace `ns` owns.
 pub fn desired(name: &str, ns: &str, valid: &Valid, options: &ProxyOptions) -> Desired {
     let proxy = valid.spec.proxy.clone().unwrap_or_default();
-    let settings = ProxySettings { protocol: valid.spec.protocol, ..proxy_settings(&proxy, &options.defaults) };
+    let settings = ProxySettings {
+        protocol: valid.spec.protocol,
+        http: valid.spec.http.clone(),
+        ..proxy_settings(&proxy, &options.defaults)
+    };
     let plane = DataPlane { owner: format!("{ns}/{name}"), settings, routes: valid.routes.clone() };
     let files = ProxyFiles::of(&plane);
     let owner = &valid.owner;

@@ -116,7 +116,8 @@ fn resolve_routes(spec: &KanarySpec, observed: &Observed) -> Result<(Vec<RouteBa
             degraded.push((svc_name.clone(), Degradation::NoReadyEndpoint));
         }
         let h2c = speaks_h2c(&route.backend.service_port, service.as_ref());
-        routes.push(RouteBackend { service: svc_name.clone(), weight: route.weight, servers, h2c });
+        let header_value = route.header_value.clone();
+        routes.push(RouteBackend { service: svc_name.clone(), weight: route.weight, servers, h2c, header_value });
     }
     Ok((routes, degraded))
 }
@@ -227,6 +228,32 @@ pub fn validate(name: &str, spec: &KanarySpec) -> Result<(), Problem> {
     if let Some(proxy) = &spec.proxy {
         validate_proxy(proxy).map_err(Problem::InvalidSpec)?;
     }
+    validate_http(spec).map_err(Problem::InvalidSpec)
+}
+
+/// Checks the HTTP routing of a Kanary (header and values are written into HAProxy's config), as the
+/// CRD's schema does.
+fn validate_http(spec: &KanarySpec) -> Result<(), String> {
+    use crate::api::kanary::{HEADER_NAME_PATTERN, HEADER_VALUE_PATTERN, Protocol};
+    let matches = |pattern: &str, text: &str| regex::Regex::new(pattern).expect("a valid pattern").is_match(text);
+    let header = spec.http.as_ref().and_then(|h| h.header.as_deref());
+    if spec.http.is_some() && spec.protocol != Protocol::Http {
+        return Err("spec.http: cohorts and overrides route HTTP requests: set spec.protocol to http".into());
+    }
+    if let Some(header) = header.filter(|h| !matches(HEADER_NAME_PATTERN, h)) {
+        return Err(format!("spec.http.header: {header:?} is not a header name (letters, digits and '-')"));
+    }
+    for (i, route) in spec.routes.iter().enumerate() {
+        let Some(value) = &route.header_value else { continue };
+        if header.is_none() {
+            return Err(format!("spec.routes[{i}].headerValue: set spec.http.header, the header it is the value of"));
+        }
+        if !matches(HEADER_VALUE_PATTERN, value) {
+            return Err(format!(
+                "spec.routes[{i}].headerValue: {value:?} is not a header value the proxy matches (letters, digits, '.', '_' and '-', at most 64)"
+            ));
+        }
+    }
     Ok(())
 }
 
@@ -320,5 +347,20 @@ mod tests {
             parse_and_validate(&"k".repeat(56), &json!({"spec": {"destination": "d", "routes": [route("a", 100)]}}))
                 .is_err()
         );
+        // HTTP routing: written into HAProxy's config, so only what the patterns allow
+        let http = |http: Value, value: Value| {
+            let mut r = route("a", 100);
+            r["headerValue"] = value;
+            json!({"destination": "d", "protocol": "http", "http": http, "routes": [r]})
+        };
+        assert!(check(http(json!({"header": "x-canary", "sticky": true}), json!("always"))).is_ok());
+        let injected = msg(http(json!({"header": "x-canary }"}), json!("always")));
+        assert!(injected.starts_with("spec.http.header"), "{injected}");
+        let injected = msg(http(json!({"header": "x-canary"}), json!("a }\n    use_backend x")));
+        assert!(injected.starts_with("spec.routes[0].headerValue"), "{injected}");
+        assert!(msg(http(json!({"sticky": true}), json!("always"))).contains("set spec.http.header"));
+        let mut tcp = http(json!({"sticky": true}), Value::Null);
+        tcp["protocol"] = json!("tcp");
+        assert!(msg(tcp).starts_with("spec.http: "));
     }
 }
