@@ -34,7 +34,7 @@ async fn requests_are_split_one_by_one_on_keep_alive_and_http2_connections() {
         return;
     }
     let (e, sim) = env_with_simulator(244, 32).await;
-    for (name, replicas) in [("v1", 2), ("v2", 1)] {
+    for (name, replicas) in [("v1", 2), ("v2", 1), ("v3", 1)] {
         e.cluster.create_backend(name, replicas, None).await;
         // a second port, served over HTTP/2 without TLS (the same pods: the built-in server speaks both)
         let port = json!({"spec": {"ports": [{"name": "tcp", "port": 80, "targetPort": 8080},
@@ -46,13 +46,16 @@ async fn requests_are_split_one_by_one_on_keep_alive_and_http2_connections() {
     let slow = json!({"spec": {"template": {"spec": {"containers": [{"name": "echo", "env": [{"name": "SIM_LATENCY_MS", "value": "30"}]}]}}}});
     let deployments: Api<Deployment> = e.cluster.api();
     deployments.patch("v2", &PatchParams::default(), &Patch::Strategic(slow)).await.unwrap();
+    // v3 fails 5 % of its answers (gRPC status 14 "unavailable" to gRPC calls)
+    let failing = json!({"spec": {"template": {"spec": {"containers": [{"name": "echo", "env": [{"name": "SIM_FAIL_RATIO", "value": "0.05"}]}]}}}});
+    deployments.patch("v3", &PatchParams::default(), &Patch::Strategic(failing)).await.unwrap();
     let route =
         |svc: &str, port: &str, w: i64| json!({"backend": {"serviceName": svc, "servicePort": port}, "weight": w});
     let kanaries = e.kanaries("kanary.k8s.io", "v1");
     let kanary = json!({"apiVersion": "kanary.k8s.io/v1", "kind": "Kanary", "metadata": {"name": KANARY},
         "spec": {"destination": "web", "protocol": "http", "routes": [route("v1", "tcp", 90), route("v2", "tcp", 10)]}});
     kanaries.create(&PostParams::default(), &serde_json::from_value(kanary).unwrap()).await.unwrap();
-    for name in ["v1", "v2"] {
+    for name in ["v1", "v2", "v3"] {
         e.cluster.wait_rolled_out(name, name, 60).await;
     }
     e.cluster.wait_rolled_out(PROXY, "web", 120).await;
@@ -124,6 +127,32 @@ async fn requests_are_split_one_by_one_on_keep_alive_and_http2_connections() {
     }
     let h2c = Client::connect(front, Version::Http2, 1).await;
     assert_split("HTTP/2 to h2c pods", &h2c.load(16, 10_000, &[]).await, 10.0);
+
+    // a real gRPC client (tonic) on one HTTP/2 connection, to h2c pods; v3 fails 5 % of its calls with gRPC
+    // status 14 (an HTTP 200 answer): the agents count them as errors, HAProxy's 5xx counters do not
+    let routes = json!([route("v1", "h2c", 90), route("v3", "h2c", 10)]);
+    kanaries.patch(KANARY, &PatchParams::default(), &Patch::Merge(json!({"spec": {"routes": routes}}))).await.unwrap();
+    e.wait_config(KANARY, "the gRPC routes", |c| c.contains("be_v3")).await;
+    e.cluster.wait_synced(&kanaries, KANARY, 60).await;
+    let before = proxy_requests(&proxies).await;
+    let calls = support::http::grpc_load(front, 5_000, 16).await;
+    let after = proxy_requests(&proxies).await;
+    let tally = by_backend(calls.tally.clone());
+    eprintln!("gRPC: {tally:?}, failures {:?}", calls.failures_by);
+    let answered_by_v3 = tally.answers.get("v3").copied().unwrap_or(0) + tally.failures;
+    assert!((answered_by_v3 as f64 / 50.0 - 10.0).abs() <= 1.5, "v3's share of 5,000 calls: {tally:?}");
+    assert!(
+        tally.failures > 0
+            && calls.failures_by.keys().all(|why| why.starts_with("Unavailable from") && why.contains("echo:v3")),
+        "{:?}",
+        calls.failures_by
+    );
+    let v3 = after.agents["v3"].since(before.agents.get("v3").unwrap_or(&Default::default()));
+    assert_eq!(
+        (v3.requests, v3.errors),
+        (answered_by_v3 as u64, tally.failures as u64),
+        "the agents' count of v3's calls and errors"
+    );
 
     // overrides and cohorts: `x-canary: always` / `never`, and a cookie that keeps each client on its route
     let with_values = |w2: i64| {

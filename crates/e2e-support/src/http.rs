@@ -31,6 +31,8 @@ pub struct Requests {
     pub reconnects: usize,
     /// The latencies of the answers of each answerer.
     pub by_answer: std::collections::BTreeMap<String, Vec<Duration>>,
+    /// Failed answers, by why and who gave them (gRPC calls).
+    pub failures_by: std::collections::BTreeMap<String, usize>,
 }
 
 impl Requests {
@@ -234,8 +236,24 @@ pub async fn text(target: SocketAddr, path: &str) -> String {
     tokio::time::timeout(Duration::from_secs(10), answer).await.ok().flatten().unwrap_or_default()
 }
 
-/// Reads [`ProxyRequests`] from the pods at `pods` (addresses the test reaches).
+/// [`ProxyRequests`] once the agents' counts have settled (the same in two readings 300 ms apart, within
+/// 10 s): HAProxy logs a request when its stream ends, which can be after the client has its answer.
 pub async fn proxy_requests(pods: &[std::net::IpAddr]) -> ProxyRequests {
+    let total = |r: &ProxyRequests| r.agents.values().map(|r| r.requests).sum::<u64>();
+    let mut last = read_proxy_requests(pods).await;
+    for _ in 0..33 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let now = read_proxy_requests(pods).await;
+        if total(&now) == total(&last) {
+            return now;
+        }
+        last = now;
+    }
+    last
+}
+
+/// Reads [`ProxyRequests`] from the pods at `pods` (addresses the test reaches).
+async fn read_proxy_requests(pods: &[std::net::IpAddr]) -> ProxyRequests {
     use canary_controller::dataplane::haproxy::{BACKEND_PREFIX, STATS_PORT};
     use canary_controller::dataplane::requests::RequestsReport;
     let agent_port = canary_controller::kanary::build::AGENT_PORT;
@@ -289,4 +307,59 @@ pub async fn under_http_load<T, F: std::future::Future<Output = T>>(
     let out = work.await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     (load.await.expect("the load task"), out)
+}
+
+/// `calls` gRPC calls (`grpc.health.v1.Health/Check`, a real gRPC client: tonic) to `target` on one HTTP/2
+/// connection, `concurrency` at a time: who answered each (the `sim-answer` metadata), failures with their
+/// gRPC status and who gave them.
+pub async fn grpc_load(target: SocketAddr, calls: usize, concurrency: usize) -> Requests {
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let started = Instant::now();
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{target}"))
+        .expect("a valid endpoint")
+        .connect()
+        .await
+        .expect("a gRPC connection");
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|w| {
+            let mut client = HealthClient::new(channel.clone());
+            let n = calls / concurrency + usize::from(w < calls % concurrency);
+            tokio::spawn(async move {
+                let mut out = Requests::default();
+                for _ in 0..n {
+                    let begun = Instant::now();
+                    let call = client.check(HealthCheckRequest { service: String::new() });
+                    let answer = match tokio::time::timeout(Duration::from_secs(5), call).await {
+                        Ok(Ok(answer)) => answered(answer.metadata()).ok_or_else(|| "no sim-answer".to_string()),
+                        Ok(Err(status)) => {
+                            let who = answered(status.metadata()).unwrap_or_default();
+                            Err(format!("{:?} from {who}", status.code()))
+                        }
+                        Err(_) => Err("no answer in 5 s".into()),
+                    };
+                    out.latencies.push(begun.elapsed());
+                    if let Err(why) = &answer {
+                        *out.failures_by.entry(why.clone()).or_default() += 1;
+                    }
+                    out.tally.record_why(answer);
+                }
+                out
+            })
+        })
+        .collect();
+    let mut all = Requests::default();
+    for task in tasks {
+        let part = task.await.expect("a gRPC client task");
+        all.tally.add(part.tally);
+        all.latencies.extend(part.latencies);
+        for (why, n) in part.failures_by {
+            *all.failures_by.entry(why).or_default() += n;
+        }
+    }
+    all.tally.elapsed = started.elapsed();
+    all
+}
+
+fn answered(metadata: &tonic::metadata::MetadataMap) -> Option<String> {
+    metadata.get(ANSWER_HEADER).and_then(|v| v.to_str().ok()).map(str::to_string)
 }

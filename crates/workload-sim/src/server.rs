@@ -2,7 +2,8 @@
 //! runs. It listens on the container's ports and answers with one line naming its pod and image:
 //! - to HTTP (HTTP/1.1 with keep-alive, and HTTP/2 without TLS, "h2c", served by hyper): one response per
 //!   request, the line as its body and in the `sim-answer` header; a gRPC request (`content-type:
-//!   application/grpc`) gets a gRPC answer: one empty message and `grpc-status` 0 in the trailers;
+//!   application/grpc`) is served by a real gRPC service, tonic's `grpc.health.v1.Health` (SERVING), the
+//!   line in the answer's `sim-answer` header;
 //!   `GET /metrics` answers Prometheus text (requests, failures, latency);
 //! - to a raw TCP client: the line after a second of its silence; a client that sends lines gets the line
 //!   once per line it sends, until it closes (a long-lived connection).
@@ -18,8 +19,8 @@
 //!   slower).
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, StreamBody};
-use hyper::body::{Frame, Incoming};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -117,6 +118,8 @@ struct Shared {
     line: String,
     behaviour: Behaviour,
     metrics: Metrics,
+    /// The gRPC service (grpc.health.v1.Health, every service SERVING).
+    grpc: tower::util::BoxCloneSyncService<Request<Incoming>, Response<tonic::body::Body>, std::convert::Infallible>,
 }
 
 /// The line every answer carries.
@@ -130,7 +133,10 @@ pub async fn serve(listen: Vec<SocketAddr>, pod: String, image: String, behaviou
         tracing::info!("listening on nothing");
         std::future::pending::<()>().await;
     }
-    let shared = Arc::new(Shared { line: answer(&pod, &image), behaviour, metrics: Metrics::new() });
+    // the reporter's default: the server (service "") is SERVING
+    let (_reporter, grpc) = tonic_health::server::health_reporter();
+    let grpc = tower::util::BoxCloneSyncService::new(grpc);
+    let shared = Arc::new(Shared { line: answer(&pod, &image), behaviour, metrics: Metrics::new(), grpc });
     let mut tasks = vec![];
     for address in listen {
         let listener = crate::network::listen(address)?;
@@ -198,7 +204,12 @@ async fn serve_http(stream: TcpStream, shared: Arc<Shared>) -> std::io::Result<(
     builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service).await.map_err(std::io::Error::other)
 }
 
-type Body = http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible>;
+type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, std::io::Error>;
+
+/// A body of `bytes`.
+fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into()).map_err(|never| match never {}).boxed_unsync()
+}
 
 /// The header every HTTP answer names the request's HTTP version in (`HTTP/1.1`, `HTTP/2.0`).
 pub const SIM_PROTOCOL_HEADER: &str = "sim-protocol";
@@ -219,25 +230,19 @@ async fn answer_request(request: Request<Incoming>, shared: &Shared) -> Response
     if request.uri().path() == "/metrics" && !grpc {
         let mut text = String::new();
         let _ = prometheus_client::encoding::text::encode(&mut text, &shared.metrics.registry);
-        return response(
-            StatusCode::OK,
-            "text/plain; version=0.0.4",
-            &shared.line,
-            Full::new(Bytes::from(text)).boxed(),
-        );
+        return response(StatusCode::OK, "text/plain; version=0.0.4", &shared.line, full(text));
+    }
+    if grpc {
+        let fail = answer_fails(&shared.behaviour, &shared.metrics, started).await;
+        return grpc_answer(request, shared, fail).await;
     }
     // the request's body is read (a bounded amount) before the answer, as a real server would
     let _ = http_body_util::Limited::new(request.into_body(), 64 * 1024).collect().await;
     let fail = answer_fails(&shared.behaviour, &shared.metrics, started).await;
-    if grpc {
-        return grpc_answer(&shared.line, fail);
-    }
     match fail {
-        false => {
-            response(StatusCode::OK, "text/plain", &shared.line, Full::new(Bytes::from(shared.line.clone())).boxed())
-        }
+        false => response(StatusCode::OK, "text/plain", &shared.line, full(shared.line.clone())),
         true => {
-            let body = Full::new(Bytes::from_static(b"failed (SIM_FAIL_RATIO)\n")).boxed();
+            let body = full(Bytes::from_static(b"failed (SIM_FAIL_RATIO)\n"));
             response(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", &shared.line, body)
         }
     }
@@ -254,22 +259,25 @@ fn response(status: StatusCode, content_type: &str, line: &str, body: Body) -> R
 /// The header every HTTP answer names its pod and image in (for gRPC clients, which read no body text).
 pub const SIM_ANSWER_HEADER: &str = "sim-answer";
 
-/// A gRPC answer: one empty message and `grpc-status: 0` in the trailers; failing, a "trailers-only"
-/// answer (`grpc-status: 14`, unavailable, in the headers and no body), as gRPC servers fail a call before
-/// any message.
-fn grpc_answer(line: &str, fail: bool) -> Response<Body> {
+/// A gRPC answer: tonic's health service answers the call; failing, a "trailers-only" answer
+/// (`grpc-status: 14`, unavailable, in the headers and no body), as gRPC servers fail a call before any
+/// message.
+async fn grpc_answer(request: Request<Incoming>, shared: &Shared, fail: bool) -> Response<Body> {
     if fail {
-        let mut response = response(StatusCode::OK, "application/grpc", line, Full::new(Bytes::new()).boxed());
+        let mut response = response(StatusCode::OK, "application/grpc", &shared.line, full(Bytes::new()));
         response.headers_mut().insert("grpc-status", http::HeaderValue::from_static("14"));
         response.headers_mut().insert("grpc-message", http::HeaderValue::from_static("failed (SIM_FAIL_RATIO)"));
         return response;
     }
-    let mut trailers = http::HeaderMap::new();
-    trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
-    // a message: not compressed (0), length 0
-    let frames = [Ok(Frame::data(Bytes::from_static(&[0, 0, 0, 0, 0]))), Ok(Frame::trailers(trailers))];
-    let body = StreamBody::new(futures::stream::iter(frames)).boxed();
-    response(StatusCode::OK, "application/grpc", line, body)
+    let mut service = shared.grpc.clone();
+    let answered = tower::Service::call(&mut service, request).await;
+    let Ok(answered) = answered;
+    let mut answered =
+        answered.map(|body| body.map_err(|status| std::io::Error::other(status.to_string())).boxed_unsync());
+    if let Ok(line) = http::HeaderValue::from_str(shared.line.trim_end()) {
+        answered.headers_mut().insert(SIM_ANSWER_HEADER, line);
+    }
+    answered
 }
 
 /// A raw TCP client: the line once it has said nothing for a while, or a line per line it sends.
@@ -393,21 +401,12 @@ mod tests {
             let body = response.into_body().collect().await.unwrap().to_bytes();
             assert_eq!(body, "pod=p-1 image=img:1\n");
         }
-        // HTTP/2 without TLS, and a gRPC request on it: an empty message and grpc-status 0 in the trailers
-        let io = hyper_util::rt::TokioIo::new(TcpStream::connect(address).await.unwrap());
-        let (mut h2, connection) =
-            hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io).await.unwrap();
-        tokio::spawn(connection);
-        let request = Request::post("http://x/grpc.health.v1.Health/Check")
-            .header("content-type", "application/grpc")
-            .header("te", "trailers")
-            .body(Full::new(Bytes::from_static(&[0, 0, 0, 0, 0])))
-            .unwrap();
-        let response = h2.send_request(request).await.unwrap();
-        assert_eq!(response.version(), http::Version::HTTP_2);
-        let collected = response.into_body().collect().await.unwrap();
-        assert_eq!(collected.trailers().unwrap()["grpc-status"], "0");
-        assert_eq!(collected.to_bytes(), Bytes::from_static(&[0, 0, 0, 0, 0]));
+        // HTTP/2 without TLS: a real gRPC client's call, answered by the health service
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}")).unwrap();
+        let mut grpc = tonic_health::pb::health_client::HealthClient::new(channel.connect().await.unwrap());
+        let answer = grpc.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await.unwrap();
+        assert_eq!(answer.metadata().get(SIM_ANSWER_HEADER).unwrap(), "pod=p-1 image=img:1");
+        assert_eq!(answer.into_inner().status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
         // a long-lived connection: an answer per line, and it stays open between them
         let long = TcpStream::connect(address).await.unwrap();
         let (reader, mut writer) = long.into_split();

@@ -208,9 +208,12 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
     let mut registry = Registry::default();
     metrics.register(&mut registry);
     let requests = requests::RequestMetrics::new(&mut registry);
-    let request_log = options.dir.join(crate::dataplane::haproxy::REQUEST_LOG_FILE);
-    requests::listen(&request_log, requests.clone())
-        .with_context(|| format!("binding the request log's socket {}", request_log.display()))?;
+    // HAProxy's request log (HTTP mode), on the pod's loopback only
+    let request_log = std::net::SocketAddr::from(([127, 0, 0, 1], crate::dataplane::haproxy::REQUEST_LOG_PORT));
+    match tokio::net::TcpListener::bind(request_log).await {
+        Ok(listener) => requests::serve(listener, requests.clone()),
+        Err(e) => tracing::warn!("cannot take HAProxy's request log on {request_log}: {e}; no request metrics"),
+    }
     let ready = Arc::new(AtomicBool::new(false));
     let started = Arc::new(AtomicBool::new(false));
     let listener = tokio::net::TcpListener::bind(options.metrics_address).await?;

@@ -1,11 +1,11 @@
-//! The proxy's request metrics (HTTP mode): HAProxy sends a line per request to a Unix datagram socket in
-//! the proxy's runtime directory ([`REQUEST_LOG_FILE`]); the agent binds it, reads each line
-//! ([`RequestLine`]) and keeps per route cumulative counts and a latency histogram (HdrHistogram: 1 µs to
+//! The proxy's request metrics (HTTP mode): HAProxy sends a line per request from a ring buffer to the
+//! agent's port on the pod's loopback ([`REQUEST_LOG_PORT`], TCP, each line preceded by its length); the
+//! agent reads each line ([`RequestLine`]) and keeps per route cumulative counts and a latency histogram (HdrHistogram: 1 µs to
 //! an hour, 2 significant digits, so a few KB per route whatever the traffic). It serves them as
 //! Prometheus metrics on `/metrics` (`kanary_requests_total`, `kanary_request_duration_seconds`) and whole,
 //! as a [`RequestsReport`], on `/requests`, where the controller reads them for judging.
 //!
-//! [`REQUEST_LOG_FILE`]: crate::dataplane::haproxy::REQUEST_LOG_FILE
+//! [`REQUEST_LOG_PORT`]: crate::dataplane::haproxy::REQUEST_LOG_PORT
 
 use crate::dataplane::requests::{
     KEPT_LATENCIES, MAX_LATENCIES, MAX_ROUTES, RecentLatencies, RequestLine, RequestsReport, RouteRequests, spread,
@@ -18,7 +18,6 @@ use prometheus_client::metrics::histogram;
 use prometheus_client::registry::Registry;
 use std::collections::BTreeMap;
 use std::collections::VecDeque;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 /// The longest latency kept apart (longer ones count as this).
@@ -146,26 +145,44 @@ impl RequestMetrics {
     }
 }
 
-/// Binds the request log's socket at `path` (a stale one removed) and counts every line sent to it, until
-/// the process stops.
-pub fn listen(path: &Path, metrics: Arc<RequestMetrics>) -> std::io::Result<()> {
-    let _ = std::fs::remove_file(path);
-    let socket = tokio::net::UnixDatagram::bind(path)?;
-    // room for bursts: HAProxy drops lines it cannot send at once (its DroppedLogs)
-    let _ = socket2::SockRef::from(&socket).set_recv_buffer_size(4 << 20);
+/// The longest line read (HAProxy's `maxlen` is 1024).
+const MAX_LINE: usize = 4096;
+
+/// Takes HAProxy's request log on `listener` (each connection a stream of lines, each preceded by its length
+/// in digits and a space: syslog's octet counting) and counts every line, until the process stops.
+pub fn serve(listener: tokio::net::TcpListener, metrics: Arc<RequestMetrics>) {
     tokio::spawn(async move {
-        let mut buf = vec![0u8; 2048];
         loop {
-            match socket.recv(&mut buf).await {
-                Ok(n) => metrics.record(&String::from_utf8_lossy(&buf[..n])),
-                Err(e) => {
+            let Ok((stream, _)) = listener.accept().await else { continue };
+            let metrics = metrics.clone();
+            tokio::spawn(async move {
+                if let Err(e) = read_lines(stream, &metrics).await {
                     tracing::warn!("reading the request log: {e}");
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                 }
-            }
+            });
         }
     });
-    Ok(())
+}
+
+async fn read_lines(stream: tokio::net::TcpStream, metrics: &RequestMetrics) -> std::io::Result<()> {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt};
+    let mut reader = tokio::io::BufReader::new(stream);
+    let mut length = Vec::with_capacity(8);
+    let mut line = vec![0u8; MAX_LINE];
+    loop {
+        length.clear();
+        // the length, up to the space (a few digits: anything longer is not this protocol)
+        let read = (&mut reader).take(8).read_until(b' ', &mut length).await?;
+        if read == 0 {
+            return Ok(());
+        }
+        let digits = std::str::from_utf8(length.strip_suffix(b" ").unwrap_or(&length)).unwrap_or_default();
+        let Some(n) = digits.parse::<usize>().ok().filter(|n| *n <= MAX_LINE) else {
+            return Err(std::io::Error::other(format!("not a line length: {:?}", String::from_utf8_lossy(&length))));
+        };
+        reader.read_exact(&mut line[..n]).await?;
+        metrics.record(&String::from_utf8_lossy(&line[..n]));
+    }
 }
 
 #[cfg(test)]
@@ -173,16 +190,17 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn lines_sent_to_the_socket_are_counted_per_route_with_their_latencies() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("requests.sock");
+    async fn lines_sent_to_the_port_are_counted_per_route_with_their_latencies() {
+        use tokio::io::AsyncWriteExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
         let mut registry = Registry::default();
         let metrics = RequestMetrics::new(&mut registry);
-        listen(&path, metrics.clone()).unwrap();
-        let sender = tokio::net::UnixDatagram::unbound().unwrap();
+        serve(listener, metrics.clone());
+        let mut sender = tokio::net::TcpStream::connect(address).await.unwrap();
         let lines = ["be_v1 200 1000 ---- -", "be_v1 200 2000 ---- -", "be_v2 500 30000 ---- -", "kanary 503 5 SC-- -"];
         for line in lines.iter().chain(&["garbage"]) {
-            sender.send_to(format!("{line}\n").as_bytes(), &path).await.unwrap();
+            sender.write_all(format!("{} {line}", line.len()).as_bytes()).await.unwrap();
         }
         let mut report = metrics.report();
         for _ in 0..100 {
@@ -207,6 +225,12 @@ mod tests {
         assert_eq!(metrics.latencies("v1", 5, 100).latencies_micros, vec![1000, 2000], "restarted: every one");
         assert_eq!(metrics.latencies("v1", 0, 1).latencies_micros, vec![1000], "at most the limit");
         assert_eq!(metrics.latencies("nothing", 0, 100), RecentLatencies::default());
+        // a stream that is not this protocol is dropped; the counts stay
+        let mut bad = tokio::net::TcpStream::connect(address).await.unwrap();
+        bad.write_all(b"123456789 x").await.unwrap();
+        let mut rest = vec![];
+        let _ = tokio::io::AsyncReadExt::read_to_end(&mut bad, &mut rest).await;
+        assert_eq!(metrics.report().routes["v1"].requests, 2);
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
         assert!(text.contains("kanary_requests_total{route=\"v2\",outcome=\"error\"} 1"), "{text}");

@@ -132,8 +132,14 @@ pub const HEALTH_PATH: &str = "/healthz";
 pub const RUNTIME_DIR: &str = "/var/run/kanary";
 pub const CONFIG_FILE: &str = "haproxy.cfg";
 pub const WEIGHTS_FILE: &str = "weights.map";
-/// The socket (a Unix datagram socket the proxy agent binds) HAProxy in HTTP mode sends its request log to.
-pub const REQUEST_LOG_FILE: &str = "requests.sock";
+/// Where HAProxy in HTTP mode sends its request log: the proxy agent's port on the pod's loopback, over TCP
+/// (syslog's octet counting) from a ring buffer, so a busy agent delays lines instead of losing them (a Unix
+/// datagram socket queues 10 by default, `net.unix.max_dgram_qlen`: a burst lost lines).
+pub const REQUEST_LOG_PORT: u16 = 8406;
+/// The ring buffer that holds request log lines until the agent has them.
+pub const REQUEST_LOG_RING: &str = "requests";
+/// Its size: about 15,000 lines.
+pub const REQUEST_LOG_RING_BYTES: usize = 1 << 20;
 /// What HAProxy logs of each request, space separated: the backend, the status (-1: none), the microseconds
 /// from the request (its headers read) to the end of the answer, the termination state, and the gRPC status
 /// of the answer's headers (`-`: none). Read by [`super::requests::RequestLine`].
@@ -155,11 +161,6 @@ pub fn backend_name(service: &str) -> String {
 /// The name of slot `index` (0-based) of a backend.
 pub fn slot_name(index: usize) -> String {
     format!("s{}", index + 1)
-}
-
-/// The path of the request log's socket.
-pub fn request_log_path(settings: &ProxySettings) -> String {
-    format!("{}/{REQUEST_LOG_FILE}", settings.files_dir.trim_end_matches('/'))
 }
 
 /// The path of the weights map.
@@ -195,7 +196,16 @@ pub fn render_slotted(owner: &str, backends: &[SlottedBackend], settings: &Proxy
     let _ = writeln!(w, "    maxconn {}", settings.maxconn);
     let _ = writeln!(w, "    hard-stop-after {}", settings.hard_stop_after);
     if settings.protocol == Protocol::Http {
-        let _ = writeln!(w, "    log {} len 1024 format raw local0", request_log_path(settings));
+        let _ = writeln!(w, "    log ring@{REQUEST_LOG_RING} local0");
+        let _ = writeln!(w);
+        let _ = writeln!(w, "ring {REQUEST_LOG_RING}");
+        let _ = writeln!(w, "    description \"each request's line, for the proxy agent\"");
+        let _ = writeln!(w, "    format raw");
+        let _ = writeln!(w, "    maxlen 1024");
+        let _ = writeln!(w, "    size {REQUEST_LOG_RING_BYTES}");
+        let _ = writeln!(w, "    timeout connect 5s");
+        let _ = writeln!(w, "    timeout server 30s");
+        let _ = writeln!(w, "    server agent 127.0.0.1:{REQUEST_LOG_PORT} log-proto octet-count");
     }
     let _ = writeln!(w);
     let _ = writeln!(w, "defaults");
