@@ -60,6 +60,11 @@ async fn http_releases_are_judged_by_request_success_rate_and_latency_against_st
             (Some(Metric::RequestSuccessRate), 100.0, Some(100.0))
         );
         assert!(p99.value > 0.0 && p99.stable_value.is_some_and(|v| v > 0.0), "{p99:?}");
+        // what `kubectl canary get` shows of the window: each route's rate, success rate and percentiles
+        let requests = evidence.requests.as_ref().expect("the window's requests");
+        assert!(requests.canary.requests >= 200 && requests.canary.rate > 0.0, "{requests:?}");
+        assert_eq!((requests.canary.success_rate, requests.stable.success_rate), (Some(100.0), Some(100.0)));
+        assert_eq!(requests.canary.p99_ms, Some(p99.value), "{requests:?}");
     }
     e.cluster.wait_rolled_out("app", "app", 60).await;
 

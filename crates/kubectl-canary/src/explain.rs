@@ -1,7 +1,7 @@
 //! `kubectl canary explain`: why a release is where it is, in plain sentences, from the Canary's status and
 //! its recent Warning events, with the command that moves it on. Pure: no client in scope.
 
-use canary_controller::api::canary::{Canary, Phase, Verdict};
+use canary_controller::api::canary::{Canary, Phase, RouteRequestSummary, Verdict};
 use canary_controller::canary::release::metric_name;
 use kube::ResourceExt;
 
@@ -77,6 +77,18 @@ pub fn explain(canary: &Canary, events: &[Happened]) -> Vec<String> {
             last.canary_sessions,
             last.stable_sessions
         );
+        if let Some(requests) = &last.requests {
+            let route = |r: &RouteRequestSummary| {
+                let success = r.success_rate.map_or("none".to_string(), |v| format!("{v}%"));
+                let p99 = r.p99_ms.map_or("unmeasured".to_string(), |v| format!("{v} ms"));
+                format!("{} requests ({}/s), {success} succeeded, p99 {p99}", r.requests, r.rate)
+            };
+            sentence.push_str(&format!(
+                " HTTP: the canary {}; stable {}.",
+                route(&requests.canary),
+                route(&requests.stable)
+            ));
+        }
         for m in last.metrics.iter().filter(|m| m.verdict != Verdict::Passed) {
             let what = match &m.no_data {
                 Some(why) => format!("had no data ({why})"),

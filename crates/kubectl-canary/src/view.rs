@@ -153,6 +153,25 @@ fn window(out: &mut String, e: &Evidence) {
         e.verdict
     );
     let _ = writeln!(out, "  connections: canary {}, stable {}", e.canary_sessions, e.stable_sessions);
+    if let Some(requests) = &e.requests {
+        let _ = writeln!(
+            out,
+            "  requests:   {:<8} {:>9} {:>9} {:>9} {:>9} {:>9}",
+            "", "per s", "success", "p50", "p90", "p99"
+        );
+        for (route, r) in [("canary", &requests.canary), ("stable", &requests.stable)] {
+            let ms = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1} ms"));
+            let success = r.success_rate.map_or("-".to_string(), |v| format!("{v:.2} %"));
+            let _ = writeln!(
+                out,
+                "              {route:<8} {:>9.1} {success:>9} {:>9} {:>9} {:>9}",
+                r.rate,
+                ms(r.p50_ms),
+                ms(r.p90_ms),
+                ms(r.p99_ms)
+            );
+        }
+    }
     for m in &e.metrics {
         let name = canary_controller::canary::release::metric_name(m);
         let value = match (&m.no_data, &m.comparison) {
@@ -231,6 +250,25 @@ mod tests {
         ] {
             assert!(text.contains(wanted), "{wanted:?} missing from:\n{text}");
         }
+    }
+
+    #[test]
+    fn an_http_window_shows_each_routes_request_rate_success_and_percentiles() {
+        let route = |rate: f64, success: f64, p99: f64| {
+            json!({"requests": (rate * 30.0) as u64, "rate": rate,
+            "successRate": success, "p50Ms": 1.2, "p90Ms": 1.8, "p99Ms": p99})
+        };
+        let c = canary(json!({"release": {"revision": "app=app:v2", "phase": "RolledBack", "step": 1, "weight": 0,
+            "evidence": [{"step": 1, "weight": 20, "startedAt": "2026-12-02T10:00:00Z", "finishedAt": "2026-12-02T10:00:30Z",
+                "canarySessions": 1200, "stableSessions": 4800, "verdict": "Failed",
+                "requests": {"canary": route(40.0, 97.9, 33.5), "stable": route(160.0, 100.0, 2.4)},
+                "metrics": [{"metric": "requestSuccessRate", "value": 97.9, "stableValue": 100.0, "bound": "maxBelowStable 0.5", "verdict": "Failed"}]}]}}));
+        let text = render(&c, None);
+        assert!(text.contains("per s   success       p50       p90       p99"), "{text}");
+        assert!(text.contains("canary        40.0   97.90 %    1.2 ms    1.8 ms   33.5 ms"), "{text}");
+        assert!(text.contains("stable       160.0  100.00 %    1.2 ms    1.8 ms    2.4 ms"), "{text}");
+        let said = crate::explain::explain(&c, &[]).join(" ");
+        assert!(said.contains("HTTP: the canary 1200 requests (40/s), 97.9% succeeded, p99 33.5 ms"), "{said}");
     }
 
     #[test]

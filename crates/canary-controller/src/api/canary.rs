@@ -525,6 +525,35 @@ pub struct Evidence {
     pub verdict: Verdict,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub metrics: Vec<MetricResult>,
+    /// With HTTP traffic: each route's requests over the window, as the proxy measured them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests: Option<WindowRequests>,
+}
+
+/// Both routes' HTTP requests over a window.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+pub struct WindowRequests {
+    pub canary: RouteRequestSummary,
+    pub stable: RouteRequestSummary,
+}
+
+/// One route's HTTP requests over a window: how many, how fast, how many succeeded, how long they took.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteRequestSummary {
+    pub requests: u64,
+    /// Requests a second.
+    pub rate: f64,
+    /// Percent of the requests that succeeded (none without a request).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub success_rate: Option<f64>,
+    /// Latency percentiles in milliseconds (none without a measured request).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p50_ms: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p90_ms: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p99_ms: Option<f64>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]

@@ -286,6 +286,11 @@ pub fn judge(
     } else {
         Verdict::Passed
     };
+    let seconds = elapsed(&window.started_at, now).as_secs_f64();
+    let requests = (canary.requests > 0 || stable.requests > 0 || latencies.is_some()).then(|| WindowRequests {
+        canary: summary(&canary, latencies.map(|l| l.canary.as_slice()), seconds),
+        stable: summary(&stable, latencies.map(|l| l.stable.as_slice()), seconds),
+    });
     Evidence {
         step: release.step,
         weight: release.weight,
@@ -295,5 +300,20 @@ pub fn judge(
         stable_sessions: stable.sessions,
         verdict,
         metrics,
+        requests,
+    }
+}
+
+/// A route's requests over a window of `seconds`.
+fn summary(c: &Counters, latencies: Option<&[f64]>, seconds: f64) -> RouteRequestSummary {
+    let at = |p: f64| latencies.and_then(|l| percentile(l, p)).map(|ms| finite(round(ms)));
+    RouteRequestSummary {
+        requests: c.requests,
+        rate: finite(round(if seconds > 0.0 { c.requests as f64 / seconds } else { 0.0 })),
+        success_rate: (c.requests > 0)
+            .then(|| finite(round(100.0 * c.requests.saturating_sub(c.request_errors) as f64 / c.requests as f64))),
+        p50_ms: at(50.0),
+        p90_ms: at(90.0),
+        p99_ms: at(99.0),
     }
 }

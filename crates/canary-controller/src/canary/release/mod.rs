@@ -26,7 +26,8 @@ pub use settings::*;
 use super::statistics;
 use crate::api::canary::{
     Analysis, CanarySpec, Compare, ComparisonResult, Counters, Evidence, Metric, MetricCheck, MetricResult, OnMarginal,
-    OnNoData, OnWebhookFailure, Phase, ReleaseStatus, ReleaseStep, RouteCounters, Verdict, Window, Worse as ApiWorse,
+    OnNoData, OnWebhookFailure, Phase, ReleaseStatus, ReleaseStep, RouteCounters, RouteRequestSummary, Verdict, Window,
+    WindowRequests, Worse as ApiWorse,
 };
 use crate::names::REQUEST_ANNOTATION;
 use crate::names::canary::reasons;
