@@ -102,3 +102,30 @@ async fn http_releases_are_judged_by_request_success_rate_and_latency_against_st
     assert!(p99.value >= 30.0 && p99.stable_value.is_some_and(|v| v < 15.0), "{p99:?}");
     assert_eq!(judged.metrics[0].verdict, Verdict::Passed, "it answers every request well: {judged:#?}");
 }
+
+/// A Canary whose `traffic.protocol` changes while its release holds (a pause step) brings its proxy to the
+/// new protocol at once (a reload): the Kanary is rewritten when anything of its spec differs, not only the
+/// routes (found when the demo switched a Canary to HTTP and its clients' requests all stayed on stable).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changing_the_protocol_during_a_release_reaches_the_proxy() {
+    if !can_simulate() {
+        return;
+    }
+    let (e, _sim) = env_with_simulator(248, 40).await;
+    create_app(&e.cluster, 2).await;
+    e.cluster.wait_rolled_out("app", "app", 60).await;
+    let canaries: Api<Canary> = e.cluster.api();
+    let front = create_canary(&e.cluster, json!({"steps": [{"setWeight": 20}, {"pause": {}}]})).await;
+    wait_release(&e.cluster, &e.controller, "paused at weight 20", 120, |r| r.phase == Phase::Paused && r.weight == 20)
+        .await;
+    let http = json!({"spec": {"traffic": {"service": "app", "frontService": "app-front", "protocol": "http"}}});
+    canaries.patch(CANARY, &PatchParams::default(), &Patch::Merge(http)).await.unwrap();
+    e.wait_config(CANARY, "the proxy in HTTP mode", |c| c.contains("defaults\n    mode http")).await;
+    e.cluster.wait_synced(&e.kanaries("kanary.k8s.io", "v1"), CANARY, 60).await;
+    // two keep-alive connections: each request drawn on its own, so both versions answer on them
+    let client = support::http::Client::connect(front, support::http::Version::Http1, 2).await;
+    let load = client.load(1, 1_000, &[]).await;
+    let canary = load.tally.answers.iter().filter(|(a, _)| from_canary(a)).map(|(_, n)| n).sum::<usize>();
+    assert_eq!((load.tally.failures, load.reconnects), (0, 0), "{:?}", load.tally);
+    assert!((100..=300).contains(&canary), "the canary's share of 1,000 requests at weight 20: {:?}", load.tally);
+}

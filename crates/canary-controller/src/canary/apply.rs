@@ -102,8 +102,8 @@ async fn apply_release(
     let seen = &observed.release;
     let cached_kanary = seen.kanary.as_ref().and_then(|k| k.as_deref());
     let current = cached_kanary.and_then(|k| k.spec.as_ref());
-    let as_desired = current
-        .is_some_and(|c| c.destination == release.kanary_spec.destination && c.routes == release.kanary_spec.routes);
+    // the whole spec: routes and weights, and the protocol, cohorts and overrides the traffic asks for
+    let as_desired = current.is_some_and(|c| *c == release.kanary_spec);
     if let (false, Some(cache)) = (as_desired, &caches.kanaries) {
         let resource = release_resource();
         let kanaries: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &resource);
