@@ -487,7 +487,12 @@ async fn release_fields_the_controller_cannot_act_on_are_refused_by_the_schema_w
     let mut fine = with_baseline(json!([{"setWeight": 50}]), json!(50));
     fine.metadata.name = Some("with-baseline".into());
     e.canaries.create(&PostParams::default(), &fine).await.expect("a baseline with weights up to 50 is accepted");
-    for example in ["release.yml", "release-baseline.yml"] {
+    // HTTP checks: a percentile only for requestDuration, no stable comparison for a query
+    let percentile = refused(with(json!([]), json!([{"metric": "errorRate", "max": 1, "percentile": 99}]))).await;
+    assert!(percentile.contains("percentile is the percentile of metric requestDuration"), "{percentile}");
+    let below = refused(with(json!([]), json!([{"prometheus": query, "maxBelowStable": 1}]))).await;
+    assert!(below.contains("maxBelowStable compare the proxy's routes"), "{below}");
+    for example in ["release.yml", "release-baseline.yml", "http-release.yml"] {
         let path = format!("{}/../../examples/{example}", env!("CARGO_MANIFEST_DIR"));
         let applied = e.cluster.kubectl(&["apply", "--dry-run=server", "-f", &path], None).await;
         let applied = applied.expect("kubectl runs");

@@ -689,6 +689,20 @@ mod tests {
     }
 
     #[test]
+    fn the_http_example_reads_as_written() {
+        let text = include_str!("../../../../../examples/http-release.yml");
+        let canary: crate::api::canary::Canary = serde_saphyr::from_str(text).unwrap();
+        let traffic = canary.spec.traffic.as_ref().unwrap();
+        assert_eq!(
+            (traffic.protocol, traffic.header.as_deref(), traffic.sticky),
+            (crate::api::kanary::Protocol::Http, Some("x-canary"), true)
+        );
+        let checks = Settings::of(&canary.spec).checks;
+        assert_eq!(checks[0].metric, Some(Metric::RequestSuccessRate));
+        assert_eq!((checks[1].metric, checks[1].percentile), (Some(Metric::RequestDuration), Some(99.0)));
+    }
+
+    #[test]
     fn the_short_form_raises_the_weight_by_step_up_to_max() {
         let mut s = spec(vec![]);
         s.analysis.as_mut().unwrap().step_weight = Some(20);
