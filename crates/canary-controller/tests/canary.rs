@@ -449,7 +449,7 @@ async fn release_fields_the_controller_cannot_act_on_are_refused_by_the_schema_w
     let neither = refused(with(json!([]), json!([{"max": 1}]))).await;
     assert!(neither.contains("set exactly one of metric"), "{neither}");
     let relative = refused(with(json!([]), json!([{"prometheus": query, "maxOverStable": 1}]))).await;
-    assert!(relative.contains("maxOverStable compares the proxy's routes"), "{relative}");
+    assert!(relative.contains("maxOverStable and maxBelowStable compare the proxy's routes"), "{relative}");
     let unbounded = refused(with(json!([]), json!([{"metric": "errorRate"}]))).await;
     assert!(unbounded.contains("a metric check needs a bound"), "{unbounded}");
     let two_kinds = refused(with(json!([{"setWeight": 10, "analysis": {}}]), json!([]))).await;

@@ -11,16 +11,11 @@ use support::release::*;
 
 use canary_controller::api::canary::{Canary, Phase, Verdict};
 use k8s_openapi::api::apps::v1::Deployment;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use serde_json::json;
 use std::time::Duration;
 use support::kanary::env_with_simulator;
 use support::simulator::can_simulate;
-
-async fn set_image(canaries: &Api<Canary>, image: &str) {
-    let patch = json!({"spec": {"targetContainers": [{"name": "echo", "image": image}]}});
-    canaries.patch(CANARY, &PatchParams::default(), &Patch::Merge(patch)).await.unwrap();
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_release_promotes_a_good_canary_rolls_back_a_bad_one_and_pauses_without_traffic() {

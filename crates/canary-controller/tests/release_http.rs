@@ -21,11 +21,6 @@ async fn rolled_back_release(e: &support::kanary::Env, image: &str) -> canary_co
         .await
 }
 
-async fn set_image(canaries: &Api<Canary>, image: &str) {
-    let patch = json!({"spec": {"targetContainers": [{"name": "echo", "image": image}]}});
-    canaries.patch(CANARY, &PatchParams::default(), &Patch::Merge(patch)).await.unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_releases_are_judged_by_request_success_rate_and_latency_against_stable() {
     if !can_simulate() {
@@ -43,7 +38,8 @@ async fn http_releases_are_judged_by_request_success_rate_and_latency_against_st
             "steps": [{"setWeight": 20}, {"analysis": {}}, {"setWeight": 50}, {"analysis": {}}],
             "analysis": {"interval": "5s", "minSamples": 200, "metrics": [
                 {"metric": "requestSuccessRate", "maxBelowStable": 0.5},
-                {"metric": "requestDuration", "percentile": 99, "maxOverStable": 15}]},
+                {"metric": "requestDuration", "percentile": 99, "maxOverStable": 15},
+                {"metric": "requestDuration", "compareToStable": {"tolerance": 0.5, "onMarginal": "Pass"}}]},
             "promotion": {"updateTarget": true}}),
     )
     .await;
@@ -100,6 +96,11 @@ async fn http_releases_are_judged_by_request_success_rate_and_latency_against_st
     let p99 = &judged.metrics[1];
     assert_eq!((p99.metric, p99.verdict), (Some(Metric::RequestDuration), Verdict::Failed), "{judged:#?}");
     assert!(p99.value >= 30.0 && p99.stable_value.is_some_and(|v| v < 15.0), "{p99:?}");
+    // and by Mann-Whitney on the window's request latencies against stable's
+    let compared = &judged.metrics[2];
+    assert_eq!(compared.verdict, Verdict::Failed, "{judged:#?}");
+    let test = compared.comparison.as_ref().expect("the comparison");
+    assert!(test.p_value < 0.05 && test.effect > 0.5 && test.canary_samples >= 200, "{test:?}");
     assert_eq!(judged.metrics[0].verdict, Verdict::Passed, "it answers every request well: {judged:#?}");
 }
 

@@ -71,6 +71,13 @@ pub async fn create_canary(cluster: &Cluster, spec: serde_json::Value) -> std::n
     front
 }
 
+/// Starts a release of `image` (container `echo` of the Canary).
+pub async fn set_image(canaries: &Api<Canary>, image: &str) {
+    let patch = json!({"spec": {"targetContainers": [{"name": "echo", "image": image}]}});
+    let params = kube::api::PatchParams::default();
+    canaries.patch(CANARY, &params, &kube::api::Patch::Merge(patch)).await.unwrap();
+}
+
 pub async fn release(canaries: &Api<Canary>) -> Option<ReleaseStatus> {
     canaries.get(CANARY).await.ok()?.status?.release
 }

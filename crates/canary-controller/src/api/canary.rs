@@ -213,8 +213,8 @@ pub struct Analysis {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [{
-    "rule": "has(self.max) || has(self.min) || has(self.maxOverStable) || has(self.maxBelowStable) || (has(self.prometheus) && has(self.prometheus.compare))",
-    "message": "a metric check needs a bound: max, min, maxOverStable or maxBelowStable (or prometheus.compare)"
+    "rule": "has(self.max) || has(self.min) || has(self.maxOverStable) || has(self.maxBelowStable) || has(self.compareToStable) || (has(self.prometheus) && has(self.prometheus.compare))",
+    "message": "a metric check needs a bound: max, min, maxOverStable or maxBelowStable (or prometheus.compare, or compareToStable for requestDuration)"
 }, {
     "rule": "has(self.metric) != has(self.prometheus)",
     "message": "set exactly one of metric (measured by the proxy) and prometheus (a PromQL query)"
@@ -224,6 +224,9 @@ pub struct Analysis {
 }, {
     "rule": "!has(self.percentile) || (has(self.metric) && self.metric == 'requestDuration')",
     "message": "percentile is the percentile of metric requestDuration: set it only there"
+}, {
+    "rule": "!has(self.compareToStable) || (has(self.metric) && self.metric == 'requestDuration')",
+    "message": "compareToStable compares request latencies: set it only with metric requestDuration"
 }]))]
 pub struct MetricCheck {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -249,6 +252,29 @@ pub struct MetricCheck {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1.0, max = 100.0))]
     pub percentile: Option<f64>,
+    /// For `requestDuration`: judge the canary's request latencies against stable's over the same window with
+    /// a Mann-Whitney U test and the Hodges-Lehmann shift (at most 2,000 latencies a side, evenly spread):
+    /// significantly slower by more than `tolerance` (relative to stable's median) fails, within it is
+    /// marginal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compare_to_stable: Option<StableComparison>,
+}
+
+/// How a `requestDuration` check compares the canary's latencies with stable's.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct StableComparison {
+    /// The slowdown tolerated, relative to stable's median (0.1: 10 % slower). Default: 0.1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0))]
+    pub tolerance: Option<f64>,
+    /// The significance level of the test. Default: 0.05.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub alpha: Option<f64>,
+    /// What a marginal result does: Pause (default), Extend, Fail or Pass (as `prometheus.compare`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_marginal: Option<OnMarginal>,
 }
 
 /// A metric whose value is a PromQL query's, evaluated by Prometheus at the end of each window (an instant

@@ -63,6 +63,24 @@ pub(crate) fn compare_samples(
     Ok((result, verdict))
 }
 
+/// What names the stable route's latencies where a comparison names its baseline.
+pub const STABLE_LATENCIES: &str = "the stable route's request latencies";
+
+/// A `compareToStable` check as a comparison of samples: the canary's request latencies (higher is worse)
+/// against stable's over the window; none when they were not read.
+fn stable_comparison(against: &StableComparison, latencies: Option<&WindowLatencies>) -> (Compare, Option<Samples>) {
+    let compare = Compare {
+        baseline_query: STABLE_LATENCIES.into(),
+        worse: Some(ApiWorse::Higher),
+        tolerance: against.tolerance,
+        alpha: against.alpha,
+        on_marginal: against.on_marginal,
+    };
+    let samples = latencies
+        .map(|l| Samples { baseline_query: STABLE_LATENCIES.into(), values: Ok((l.canary.clone(), l.stable.clone())) });
+    (compare, samples)
+}
+
 /// How a check's result is named for people: the proxy's metric, or `query`.
 pub fn metric_name(result: &MetricResult) -> String {
     result.metric.map(|m| format!("{m:?}")).unwrap_or_else(|| "query".into())
@@ -211,6 +229,14 @@ pub fn judge(
                 check.prometheus.as_ref().and_then(|p| p.compare.as_ref()).filter(|_| no_data.is_none())
             {
                 match compare_samples(compare, answer.and_then(|q| q.samples.as_ref())) {
+                    Ok(result) => compared = Some(result),
+                    Err(why) => no_data = Some(why),
+                }
+            }
+            // the canary's request latencies against stable's, the same test
+            if let Some(against) = check.compare_to_stable.as_ref().filter(|_| no_data.is_none()) {
+                let (compare, samples) = stable_comparison(against, latencies);
+                match compare_samples(&compare, samples.as_ref()) {
                     Ok(result) => compared = Some(result),
                     Err(why) => no_data = Some(why),
                 }

@@ -26,8 +26,8 @@ pub use settings::*;
 use super::statistics;
 use crate::api::canary::{
     Analysis, CanarySpec, Compare, ComparisonResult, Counters, Evidence, Metric, MetricCheck, MetricResult, OnMarginal,
-    OnNoData, OnWebhookFailure, Phase, ReleaseStatus, ReleaseStep, RouteCounters, RouteRequestSummary, Verdict, Window,
-    WindowRequests, Worse as ApiWorse,
+    OnNoData, OnWebhookFailure, Phase, ReleaseStatus, ReleaseStep, RouteCounters, RouteRequestSummary,
+    StableComparison, Verdict, Window, WindowRequests, Worse as ApiWorse,
 };
 use crate::names::REQUEST_ANNOTATION;
 use crate::names::canary::reasons;
@@ -675,7 +675,8 @@ mod tests {
         assert_eq!(erroring.metrics[0].bound, "maxBelowStable 1");
         // 30 ms slower at p99
         let slower = WindowLatencies { stable: fast.clone(), canary: slow };
-        let judged = judge_with((4000, 0), (1000, 0), Some(&slower));
+        let slower = &slower;
+        let judged = judge_with((4000, 0), (1000, 0), Some(slower));
         assert_eq!((judged.verdict, judged.metrics[1].verdict), (Verdict::Failed, Verdict::Failed), "{judged:#?}");
         assert_eq!(judged.metrics[1].stable_value, Some(1.9));
         // the latencies were not read: no data, never a pass
@@ -684,6 +685,20 @@ mod tests {
         assert!(unread.metrics[1].no_data.is_some(), "{unread:#?}");
         // too few canary requests
         assert_eq!(judge_with((4000, 0), (5, 0), Some(&healthy)).verdict, Verdict::Inconclusive);
+        // Mann-Whitney on the requests' latencies: the slower canary fails, the same one passes
+        let mut s = spec(vec![analysis()]);
+        let compared = MetricCheck { compare_to_stable: Some(Default::default()), ..check(Metric::RequestDuration) };
+        s.analysis.as_mut().unwrap().metrics = vec![compared];
+        let settings = Settings::of(&s);
+        let judge_with = |latencies: Option<&WindowLatencies>| {
+            judge(&settings, &release, &window, &pod((4000, 0), (1000, 0)), None, latencies, &at(30))
+        };
+        let slower = judge_with(Some(slower));
+        let comparison = slower.metrics[0].comparison.as_ref().expect("a comparison");
+        assert_eq!((slower.verdict, comparison.baseline_query.as_str()), (Verdict::Failed, STABLE_LATENCIES));
+        assert!(comparison.downsampled_from.is_none() && comparison.canary_samples == 1000, "{comparison:?}");
+        assert_eq!(judge_with(Some(&healthy)).verdict, Verdict::Passed);
+        assert_eq!(judge_with(None).metrics[0].verdict, Verdict::Inconclusive, "latencies not read: no data");
         assert_eq!(percentile(&[f64::NAN, 3.0, 1.0, 2.0], 50.0), Some(2.0), "NaN is no latency");
         assert_eq!(percentile(&[], 50.0), None);
     }
@@ -817,6 +832,7 @@ mod tests {
             max_over_stable: None,
             max_below_stable: None,
             percentile: None,
+            compare_to_stable: None,
         }
     }
 

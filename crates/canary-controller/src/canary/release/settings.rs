@@ -37,6 +37,7 @@ impl Settings {
                 max_over_stable: None,
                 max_below_stable: None,
                 percentile: None,
+                compare_to_stable: None,
             }]
         } else {
             analysis.metrics.clone()
