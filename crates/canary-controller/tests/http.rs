@@ -90,12 +90,13 @@ async fn requests_are_split_one_by_one_on_keep_alive_and_http2_connections() {
         assert_eq!((window.requests, window.errors), (answered, 0), "{route}'s window");
     }
     // percentiles: one client straight to one proxy pod, from the node (as a pod would: no forwarder of the
-    // test's network between the two clocks), one request at a time; the proxy's within 1 ms or 5 % of the
-    // client's
+    // test's network between the two clocks), one request at a time on a thread of its own with blocking
+    // reads (no async scheduling in its clock); the proxy's within 1 ms or 5 % of the client's
     let pod = std::net::SocketAddr::new(pod_ips[0], canary_controller::dataplane::haproxy::PROXY_PORT);
     let before = proxy_requests(&proxies[..1]).await;
-    let client = Client::connect_in(e.cluster.node_namespace(), pod, Version::Http1, 1).await;
-    let direct = client.load(1, 2_000, &[]).await;
+    let namespace = e.cluster.node_namespace();
+    let direct =
+        tokio::task::spawn_blocking(move || support::http::timed_requests(namespace, pod, 2_000)).await.unwrap();
     let after = proxy_requests(&proxies[..1]).await;
     for route in ["v1", "v2"] {
         let window = after.agents[route].since(before.agents.get(route).unwrap_or(&Default::default()));

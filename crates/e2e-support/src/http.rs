@@ -363,3 +363,57 @@ pub async fn grpc_load(target: SocketAddr, calls: usize, concurrency: usize) -> 
 fn answered(metadata: &tonic::metadata::MetadataMap) -> Option<String> {
     metadata.get(ANSWER_HEADER).and_then(|v| v.to_str().ok()).map(str::to_string)
 }
+
+/// `requests` HTTP/1.1 GETs of `/` on one keep-alive connection to `target`, made from network namespace
+/// `namespace` (none: the test's) by a thread of their own with blocking reads, so that the client's own
+/// delays (an async runtime's scheduling) stay out of the latencies: who answered each and how long it took.
+/// Panics on a failed request.
+pub fn timed_requests(namespace: Option<String>, target: SocketAddr, requests: usize) -> Requests {
+    use std::io::{BufRead, BufReader, Read, Write};
+    std::thread::spawn(move || {
+        let stream = match &namespace {
+            Some(ns) => {
+                let socket = crate::node::socket_in(ns, target).expect("a socket in the namespace");
+                socket.set_nonblocking(false).unwrap();
+                socket.connect(&target.into()).expect("a connection");
+                std::net::TcpStream::from(socket)
+            }
+            None => std::net::TcpStream::connect(target).expect("a connection"),
+        };
+        stream.set_nodelay(true).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut writer = stream.try_clone().unwrap();
+        let mut reader = BufReader::new(stream);
+        let mut out = Requests::default();
+        let started = Instant::now();
+        for _ in 0..requests {
+            let begun = Instant::now();
+            writer.write_all(b"GET / HTTP/1.1\r\nhost: e2e\r\n\r\n").unwrap();
+            let (mut length, mut answer, mut line) = (0usize, String::new(), String::new());
+            loop {
+                line.clear();
+                assert!(reader.read_line(&mut line).unwrap() > 0, "the connection closed");
+                let header = line.trim_end();
+                if header.is_empty() {
+                    break;
+                }
+                let lower = header.to_ascii_lowercase();
+                if let Some(v) = lower.strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap();
+                } else if lower.starts_with(&format!("{ANSWER_HEADER}:")) {
+                    answer = header[ANSWER_HEADER.len() + 1..].trim().to_string();
+                }
+            }
+            let mut body = vec![0u8; length];
+            reader.read_exact(&mut body).unwrap();
+            let took = begun.elapsed();
+            out.latencies.push(took);
+            out.by_answer.entry(answer.clone()).or_default().push(took);
+            out.tally.record(Some(answer));
+        }
+        out.tally.elapsed = started.elapsed();
+        out
+    })
+    .join()
+    .expect("the timing client")
+}
