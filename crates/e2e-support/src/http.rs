@@ -53,12 +53,8 @@ enum Sender {
     Http2(hyper::client::conn::http2::SendRequest<Empty<Bytes>>),
 }
 
-async fn connect(target: SocketAddr, version: Version, namespace: Option<&str>) -> Result<Sender, String> {
-    let stream = match namespace {
-        Some(ns) => crate::node::connect_in(ns, target).await,
-        None => tokio::net::TcpStream::connect(target).await,
-    }
-    .map_err(|e| format!("connect: {}", e.kind()))?;
+async fn connect(target: SocketAddr, version: Version) -> Result<Sender, String> {
+    let stream = tokio::net::TcpStream::connect(target).await.map_err(|e| format!("connect: {}", e.kind()))?;
     let _ = stream.set_nodelay(true);
     let io = TokioIo::new(stream);
     match version {
@@ -123,7 +119,7 @@ pub async fn get(
     version: Version,
     headers: &[(&str, &str)],
 ) -> Result<(String, http::HeaderMap), String> {
-    connect(target, version, None).await?.get("/", headers).await
+    connect(target, version).await?.get("/", headers).await
 }
 
 /// A client holding `connections` connections to `target`, used again by each load, so that a test can
@@ -131,30 +127,17 @@ pub async fn get(
 pub struct Client {
     target: SocketAddr,
     version: Version,
-    /// The network namespace the connections are made in (none: the test's).
-    namespace: Option<String>,
     connections: Vec<std::sync::Arc<tokio::sync::Mutex<Option<Sender>>>>,
 }
 
 impl Client {
     pub async fn connect(target: SocketAddr, version: Version, connections: usize) -> Client {
-        Client::connect_in(None, target, version, connections).await
-    }
-
-    /// [`Client::connect`] from network namespace `namespace` (the simulator's node, say: no forwarder of the
-    /// test's network between the client and the target).
-    pub async fn connect_in(
-        namespace: Option<String>,
-        target: SocketAddr,
-        version: Version,
-        connections: usize,
-    ) -> Client {
         let mut held = vec![];
         for _ in 0..connections {
-            let sender = connect(target, version, namespace.as_deref()).await.ok();
+            let sender = connect(target, version).await.ok();
             held.push(std::sync::Arc::new(tokio::sync::Mutex::new(sender)));
         }
-        Client { target, version, namespace, connections: held }
+        Client { target, version, connections: held }
     }
 
     /// `requests` GETs of `/` (with `headers`) on the held connections, `per_connection` in flight on each (1
@@ -167,7 +150,6 @@ impl Client {
             for w in 0..per_connection {
                 let n = requests / workers + usize::from(c * per_connection + w < requests % workers);
                 let (sender, target, version) = (sender.clone(), self.target, self.version);
-                let namespace = self.namespace.clone();
                 let headers: Vec<(String, String)> =
                     headers.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect();
                 tasks.push(tokio::spawn(async move {
@@ -178,7 +160,7 @@ impl Client {
                             let mut slot = sender.lock().await;
                             if slot.as_ref().is_none_or(Sender::is_closed) {
                                 out.reconnects += 1;
-                                *slot = connect(target, version, namespace.as_deref()).await.ok();
+                                *slot = connect(target, version).await.ok();
                             }
                             slot.clone()
                         };

@@ -196,6 +196,9 @@ pub fn render_slotted(owner: &str, backends: &[SlottedBackend], settings: &Proxy
     let _ = writeln!(w, "    maxconn {}", settings.maxconn);
     let _ = writeln!(w, "    hard-stop-after {}", settings.hard_stop_after);
     if settings.protocol == Protocol::Http {
+        // one thread: handing each request's log line to the ring's forwarder across threads cost 44 % of the
+        // HTTP/2 throughput on 2 threads (bench/http); one thread matched a minimal 2-thread HAProxy
+        let _ = writeln!(w, "    nbthread 1");
         let _ = writeln!(w, "    log ring@{REQUEST_LOG_RING} local0");
         let _ = writeln!(w);
         let _ = writeln!(w, "ring {REQUEST_LOG_RING}");
