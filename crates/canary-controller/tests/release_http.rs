@@ -1,12 +1,13 @@
 //! HTTP releases end to end, on the workload simulator: a Canary with `traffic.protocol: http` splits
 //! requests (HTTP/1.1 keep-alive clients) and judges each window by the proxy agents' request metrics, with
-//! no Prometheus: a healthy canary is promoted, one answering 2 % 500s is rolled back by its success rate
-//! against stable, and one 30 ms slower is rolled back by its p99 against stable. Its own test binary, so
-//! that its load does not share the machine with the other end-to-end tests.
+//! no Prometheus, showing an open window's requests so far in its status: a healthy canary is promoted, one
+//! answering 2 % 500s is rolled back by its success rate against stable, and one 30 ms slower is rolled back
+//! by its p99 against stable. Its own test binary, so that its load does not share the machine with the
+//! other end-to-end tests.
 
 use e2e_support as support;
 
-use canary_controller::api::canary::{Canary, Metric, Phase, Verdict};
+use canary_controller::api::canary::{Canary, Metric, Phase, ReleaseStatus, Verdict};
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
 use support::http::under_http_load;
@@ -36,7 +37,7 @@ async fn http_releases_are_judged_by_request_success_rate_and_latency_against_st
         &e.cluster,
         json!({"traffic": {"service": "app", "frontService": "app-front", "protocol": "http"},
             "steps": [{"setWeight": 20}, {"analysis": {}}, {"setWeight": 50}, {"analysis": {}}],
-            "analysis": {"interval": "5s", "minSamples": 200, "metrics": [
+            "analysis": {"interval": "25s", "minSamples": 200, "metrics": [
                 {"metric": "requestSuccessRate", "maxBelowStable": 0.5},
                 {"metric": "requestDuration", "percentile": 99, "maxOverStable": 20},
                 {"metric": "requestDuration", "compareToStable": {"tolerance": 0.5, "onMarginal": "Pass"}}]},
@@ -44,8 +45,28 @@ async fn http_releases_are_judged_by_request_success_rate_and_latency_against_st
     )
     .await;
 
-    // a healthy canary: promoted, with the requests' success rate and p99 in the evidence
-    let (load, done) = under_http_load(front, 4, wait_phase(&e.cluster, &e.controller, Phase::Succeeded, 240)).await;
+    // a healthy canary: while a window is measured its requests so far are in the status (what `kubectl
+    // canary get` shows as the current window); promoted, with the requests' success rate and p99 in the
+    // evidence
+    let watched = async {
+        let so_far = |r: &ReleaseStatus| r.window.as_ref().and_then(|w| w.requests.clone());
+        let what = "the open window's requests so far in the status";
+        let open = wait_release(&e.cluster, &e.controller, what, 120, |r| {
+            so_far(r).is_some_and(|q| q.canary.requests > 0 && q.stable.requests > 0)
+        })
+        .await;
+        let done = wait_phase(&e.cluster, &e.controller, Phase::Succeeded, 240).await;
+        (open, done)
+    };
+    let (load, (open, done)) = under_http_load(front, 4, watched).await;
+    let window = open.window.as_ref().expect("an open window");
+    let measured = window.measured_at.as_ref().expect("when it was read");
+    assert!(measured.0 > window.started_at.0 && open.evidence.len() < 2, "{open:#?}");
+    let so_far = window.requests.as_ref().unwrap();
+    for route in [&so_far.canary, &so_far.stable] {
+        assert!(route.rate > 0.0 && route.success_rate == Some(100.0), "{so_far:?}");
+        assert!(route.p99_ms.is_some_and(|p99| p99 > 0.0), "{so_far:?}");
+    }
     assert_eq!(load.tally.failures, 0, "failed requests during a good release: {:?}", load.tally);
     let verdicts: Vec<(i32, Verdict)> = done.evidence.iter().map(|e| (e.weight, e.verdict)).collect();
     assert_eq!(verdicts, [(20, Verdict::Passed), (50, Verdict::Passed)], "{done:#?}");
@@ -63,6 +84,9 @@ async fn http_releases_are_judged_by_request_success_rate_and_latency_against_st
         assert_eq!(requests.canary.p99_ms, Some(p99.value), "{requests:?}");
     }
     e.cluster.wait_rolled_out("app", "app", 60).await;
+    // shorter windows for the bad canaries (each is judged by its first)
+    let shorter = json!({"spec": {"analysis": {"interval": "5s"}}});
+    canaries.patch(CANARY, &PatchParams::default(), &Patch::Merge(shorter)).await.unwrap();
 
     // 2 % of the canary's requests answer 500: its success rate falls below stable's, rolled back at once
     set_image(&canaries, "echo:errors").await;

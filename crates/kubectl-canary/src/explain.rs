@@ -1,7 +1,7 @@
 //! `kubectl canary explain`: why a release is where it is, in plain sentences, from the Canary's status and
 //! its recent Warning events, with the command that moves it on. Pure: no client in scope.
 
-use canary_controller::api::canary::{Canary, Phase, RouteRequestSummary, Verdict};
+use canary_controller::api::canary::{Canary, Phase, RouteRequestSummary, Verdict, WindowRequests};
 use canary_controller::canary::release::metric_name;
 use kube::ResourceExt;
 
@@ -63,6 +63,18 @@ pub fn explain(canary: &Canary, events: &[Happened]) -> Vec<String> {
     if release.weight > 0 {
         said.push(format!("The canary takes {}% of new connections.", release.weight));
     }
+    if let Some(open) = &release.window
+        && let (Some(requests), Some(at)) = (&open.requests, &open.measured_at)
+    {
+        let so_far = at.0.duration_since(open.started_at.0).as_secs().max(0);
+        let interval = canary_controller::canary::release::Settings::of(&canary.spec).interval.as_secs();
+        said.push(format!(
+            "The current window (step {}, at {}%) is {so_far}s into its {interval}s: so far {}.",
+            release.step + 1,
+            release.weight,
+            requests_said(requests)
+        ));
+    }
     if let Some(last) = release.evidence.last() {
         let mut sentence = format!(
             "The last judged window (step {}, at {}%) {}: the canary took {} connections, the stable pods {}.",
@@ -78,16 +90,7 @@ pub fn explain(canary: &Canary, events: &[Happened]) -> Vec<String> {
             last.stable_sessions
         );
         if let Some(requests) = &last.requests {
-            let route = |r: &RouteRequestSummary| {
-                let success = r.success_rate.map_or("none".to_string(), |v| format!("{v}%"));
-                let p99 = r.p99_ms.map_or("unmeasured".to_string(), |v| format!("{v} ms"));
-                format!("{} requests ({}/s), {success} succeeded, p99 {p99}", r.requests, r.rate)
-            };
-            sentence.push_str(&format!(
-                " HTTP: the canary {}; stable {}.",
-                route(&requests.canary),
-                route(&requests.stable)
-            ));
+            sentence.push_str(&format!(" HTTP: {}.", requests_said(requests)));
         }
         for m in last.metrics.iter().filter(|m| m.verdict != Verdict::Passed) {
             let what = match &m.no_data {
@@ -103,6 +106,16 @@ pub fn explain(canary: &Canary, events: &[Happened]) -> Vec<String> {
         said.push(format!("Warning {}: {}", e.reason, e.message));
     }
     said
+}
+
+/// Each route's requests over a window, in words.
+fn requests_said(requests: &WindowRequests) -> String {
+    let route = |r: &RouteRequestSummary| {
+        let success = r.success_rate.map_or("none".to_string(), |v| format!("{v}%"));
+        let p99 = r.p99_ms.map_or("unmeasured".to_string(), |v| format!("{v} ms"));
+        format!("{} requests ({}/s), {success} succeeded, p99 {p99}", r.requests, r.rate)
+    };
+    format!("the canary {}; stable {}", route(&requests.canary), route(&requests.stable))
 }
 
 #[cfg(test)]

@@ -1,8 +1,8 @@
 //! What `kubectl canary get` shows of a Canary: where its release stands, its steps, the proxy's routes
-//! with their weights, and the last judged window (connections per route, each check's value, bound and
-//! verdict). Pure: text from the Canary and its Kanary, no client in scope.
+//! with their weights, the window being measured (with HTTP traffic, each route's requests so far) and the
+//! last judged window (connections per route, each check's value, bound and verdict). Pure: text from the Canary and its Kanary, no client in scope.
 
-use canary_controller::api::canary::{Canary, Evidence, Phase, ReleaseStatus};
+use canary_controller::api::canary::{Canary, Evidence, Phase, ReleaseStatus, Window, WindowRequests};
 use canary_controller::canary::release::{Settings, describe};
 use kube::ResourceExt;
 use std::fmt::Write;
@@ -115,10 +115,53 @@ pub fn render(canary: &Canary, kanary: Option<&serde_json::Value>) -> String {
             let _ = writeln!(out, "  proxies: {proxies}");
         }
     }
+    if let Some(open) = &release.window {
+        current_window(&mut out, canary, release, open);
+    }
     if let Some(evidence) = release.evidence.last() {
         window(&mut out, evidence);
     }
     out
+}
+
+/// The window being measured: when it started, and with HTTP traffic each route's requests so far.
+fn current_window(out: &mut String, canary: &Canary, release: &ReleaseStatus, open: &Window) {
+    let interval = Settings::of(&canary.spec).interval.as_secs();
+    let started = open.started_at.0.strftime("%H:%M:%S");
+    let _ = write!(
+        out,
+        "\nCurrent window (step {}, weight {}%, {interval}s from {started})",
+        release.step + 1,
+        release.weight
+    );
+    match (&open.requests, &open.measured_at) {
+        (Some(requests), Some(at)) => {
+            let so_far = at.0.duration_since(open.started_at.0).as_secs().max(0);
+            let _ = writeln!(out, ": so far, {so_far}s in (as of {}):", at.0.strftime("%H:%M:%S"));
+            requests_table(out, requests);
+        }
+        _ => {
+            let _ = writeln!(out, ": measuring");
+        }
+    }
+}
+
+/// Each route's request rate, success rate and percentiles.
+fn requests_table(out: &mut String, requests: &WindowRequests) {
+    let _ =
+        writeln!(out, "  requests:   {:<8} {:>9} {:>9} {:>9} {:>9} {:>9}", "", "per s", "success", "p50", "p90", "p99");
+    for (route, r) in [("canary", &requests.canary), ("stable", &requests.stable)] {
+        let ms = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1} ms"));
+        let success = r.success_rate.map_or("-".to_string(), |v| format!("{v:.2} %"));
+        let _ = writeln!(
+            out,
+            "              {route:<8} {:>9.1} {success:>9} {:>9} {:>9} {:>9}",
+            r.rate,
+            ms(r.p50_ms),
+            ms(r.p90_ms),
+            ms(r.p99_ms)
+        );
+    }
 }
 
 fn steps(out: &mut String, canary: &Canary, release: &ReleaseStatus) {
@@ -154,23 +197,7 @@ fn window(out: &mut String, e: &Evidence) {
     );
     let _ = writeln!(out, "  connections: canary {}, stable {}", e.canary_sessions, e.stable_sessions);
     if let Some(requests) = &e.requests {
-        let _ = writeln!(
-            out,
-            "  requests:   {:<8} {:>9} {:>9} {:>9} {:>9} {:>9}",
-            "", "per s", "success", "p50", "p90", "p99"
-        );
-        for (route, r) in [("canary", &requests.canary), ("stable", &requests.stable)] {
-            let ms = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1} ms"));
-            let success = r.success_rate.map_or("-".to_string(), |v| format!("{v:.2} %"));
-            let _ = writeln!(
-                out,
-                "              {route:<8} {:>9.1} {success:>9} {:>9} {:>9} {:>9}",
-                r.rate,
-                ms(r.p50_ms),
-                ms(r.p90_ms),
-                ms(r.p99_ms)
-            );
-        }
+        requests_table(out, requests);
     }
     for m in &e.metrics {
         let name = canary_controller::canary::release::metric_name(m);
@@ -269,6 +296,28 @@ mod tests {
         assert!(text.contains("stable       160.0  100.00 %    1.2 ms    1.8 ms    2.4 ms"), "{text}");
         let said = crate::explain::explain(&c, &[]).join(" ");
         assert!(said.contains("HTTP: the canary 1200 requests (40/s), 97.9% succeeded, p99 33.5 ms"), "{said}");
+    }
+
+    #[test]
+    fn the_current_http_window_shows_each_routes_requests_so_far() {
+        let route = |requests: u64, rate: f64, p99: f64| json!({"requests": requests, "rate": rate, "successRate": 100.0, "p50Ms": 1.0, "p90Ms": 1.5, "p99Ms": p99});
+        let c = canary(json!({"release": {"revision": "app=app:v2", "phase": "Progressing", "step": 1, "weight": 20,
+            "window": {"startedAt": "2026-12-02T10:00:00Z", "counters": {}, "measuredAt": "2026-12-02T10:00:20Z",
+                "requests": {"canary": route(800, 40.0, 3.1), "stable": route(3200, 160.0, 2.4)}}}}));
+        let text = render(&c, None);
+        let wanted = "Current window (step 2, weight 20%, 60s from 10:00:00): so far, 20s in (as of 10:00:20):";
+        assert!(text.contains(wanted), "{text}");
+        assert!(text.contains("canary        40.0  100.00 %    1.0 ms    1.5 ms    3.1 ms"), "{text}");
+        assert!(text.contains("stable       160.0  100.00 %    1.0 ms    1.5 ms    2.4 ms"), "{text}");
+        let said = crate::explain::explain(&c, &[]).join(" ");
+        let wanted = "The current window (step 2, at 20%) is 20s into its 60s: so far the canary 800 requests (40/s), \
+                      100% succeeded, p99 3.1 ms; stable 3200 requests (160/s)";
+        assert!(said.contains(wanted), "{said}");
+        // a window not read yet (a TCP release, or just started) says only that it measures
+        let tcp = canary(json!({"release": {"revision": "app=app:v2", "phase": "Progressing", "step": 1, "weight": 20,
+            "window": {"startedAt": "2026-12-02T10:00:00Z", "counters": {}}}}));
+        assert!(render(&tcp, None).contains("Current window (step 2, weight 20%, 60s from 10:00:00): measuring"));
+        assert!(!crate::explain::explain(&tcp, &[]).join(" ").contains("current window"));
     }
 
     #[test]

@@ -506,6 +506,14 @@ pub struct Window {
     /// The proxy pods' counters at the start, by pod.
     #[serde(default)]
     pub counters: std::collections::BTreeMap<String, RouteCounters>,
+    /// With HTTP traffic: each route's requests so far in this window, as of `measuredAt` (read from the
+    /// proxy agents about every 10 s while the window is measured; what `kubectl canary get` shows as the
+    /// current window).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests: Option<WindowRequests>,
+    /// When `requests` was read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub measured_at: Option<Time>,
 }
 
 /// The counters of both routes in one proxy pod.

@@ -319,9 +319,19 @@ fn decide(canary: &Canary, valid: &Valid, observed: &Observed, ctx: &Context<Can
                 now: &gathered.at,
                 ..inputs
             };
-            decision = release::advance(spec, previous, &inputs);
+            let again = release::advance(spec, previous, &inputs);
+            // a progress read that finished after its window ended judges nothing: the end is read for that
+            if *need == release::Need::Progress && !again.judged.is_empty() {
+                decision.requeue = gather::POLL;
+            } else {
+                decision = again;
+            }
         }
         Answer::Pending => decision.requeue = decision.requeue.min(gather::POLL),
+        // progress is for people: a proxy that cannot be read now is read again at the next tick
+        Answer::Unavailable(why) if *need == release::Need::Progress => {
+            tracing::debug!(error = %why, "cannot read the analysis window's progress; trying again");
+        }
         Answer::Unavailable(why) => {
             decision.release.message = why;
             decision.requeue = decision.requeue.min(gather::POLL);

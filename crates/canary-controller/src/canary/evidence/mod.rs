@@ -88,12 +88,19 @@ impl Evidence {
     ) -> Answer {
         let uid = canary.uid().unwrap_or_default();
         match need {
-            Need::Counters | Need::CountersAndQueries => {
+            Need::Counters | Need::CountersAndQueries | Need::Progress => {
                 if sources.proxy_pods.is_empty() {
                     return Answer::Unavailable("waiting for a ready proxy pod to read the statistics from".into());
                 }
                 let queries = matches!(need, Need::CountersAndQueries);
-                let key = gather::key(if queries { "stats+queries" } else { "stats" }, release);
+                let key = match need {
+                    // one read per tick of an open window's progress
+                    Need::Progress => {
+                        let measured = release.and_then(|r| r.window.as_ref()).and_then(|w| w.measured_at.as_ref());
+                        gather::key(&format!("progress {:?}", measured.map(|t| t.0)), release)
+                    }
+                    _ => gather::key(if queries { "stats+queries" } else { "stats" }, release),
+                };
                 let done = self.done(canary);
                 let gathered = self.tasks.poll_then(
                     &uid,
@@ -106,7 +113,8 @@ impl Evidence {
                             let (stable, canary_route) = (stable_route.as_str(), canary_route.as_str());
                             let stats = measure::read_counters(&proxy_pods, stable, canary_route, http).await;
                             let at = Time(k8s_openapi::jiff::Timestamp::now());
-                            // a window ends: its requests' latencies, since the counts at its start
+                            // a window ends (or shows its progress): its requests' latencies since the counts at
+                            // its start
                             let latencies = match (&window_start, &stats) {
                                 (Some(start), Ok(_)) if http => {
                                     match measure::read_latencies(&proxy_pods, stable, canary_route, start).await {

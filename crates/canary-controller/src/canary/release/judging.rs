@@ -313,10 +313,8 @@ pub fn judge(
         Verdict::Passed
     };
     let seconds = elapsed(&window.started_at, now).as_secs_f64();
-    let requests = (canary.requests > 0 || stable.requests > 0 || latencies.is_some()).then(|| WindowRequests {
-        canary: summary(&canary, latencies.map(|l| l.canary.as_slice()), seconds),
-        stable: summary(&stable, latencies.map(|l| l.stable.as_slice()), seconds),
-    });
+    let requests = (canary.requests > 0 || stable.requests > 0 || latencies.is_some())
+        .then(|| window_requests(&window.counters, now_counters, latencies, seconds));
     Evidence {
         step: release.step,
         weight: release.weight,
@@ -327,6 +325,22 @@ pub fn judge(
         verdict,
         metrics,
         requests,
+    }
+}
+
+/// Both routes' requests over a window of `seconds` (`before` and `after`: the proxy pods' counters at its
+/// start and at its end, or now for an open window).
+pub(crate) fn window_requests(
+    before: &BTreeMap<String, RouteCounters>,
+    after: &BTreeMap<String, RouteCounters>,
+    latencies: Option<&WindowLatencies>,
+    seconds: f64,
+) -> WindowRequests {
+    let (canary, stable) =
+        (window_counters(before, after, |r| &r.canary), window_counters(before, after, |r| &r.stable));
+    WindowRequests {
+        canary: summary(&canary, latencies.map(|l| l.canary.as_slice()), seconds),
+        stable: summary(&stable, latencies.map(|l| l.stable.as_slice()), seconds),
     }
 }
 

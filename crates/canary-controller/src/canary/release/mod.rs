@@ -44,6 +44,8 @@ pub const MAX_INTERVAL: Duration = Duration::from_secs(3600);
 const POLL: Duration = Duration::from_secs(1);
 /// How often a release that waits on people looks again (their requests wake it at once).
 const IDLE: Duration = Duration::from_secs(600);
+/// How often an open HTTP analysis window's requests so far are read into the status.
+pub const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 
 /// What the cluster shows now.
 #[derive(Debug, Clone)]
@@ -96,6 +98,9 @@ pub enum Need {
     Counters,
     /// The proxies' counters and the answers of the checks' PromQL queries, to judge a window.
     CountersAndQueries,
+    /// The proxies' counters and the requests' latencies so far, to show an open HTTP window's progress
+    /// (`window.requests`); nothing is judged on them.
+    Progress,
     /// The answer of the current step's webhook.
     Webhook(Call),
 }
@@ -103,7 +108,7 @@ pub enum Need {
 impl Decision {
     /// Whether the release asks for the proxies' counters.
     pub fn wants_stats(&self) -> bool {
-        matches!(self.need, Some(Need::Counters | Need::CountersAndQueries))
+        matches!(self.need, Some(Need::Counters | Need::CountersAndQueries | Need::Progress))
     }
 
     /// Whether the release asks for PromQL answers (with the counters).
@@ -457,21 +462,41 @@ fn progress(decision: &mut Decision, settings: &Settings, inputs: &Inputs) -> bo
             decision.need = Some(if queries { Need::CountersAndQueries } else { Need::Counters });
             decision.requeue = POLL;
         } else {
-            let started = &release.window.as_ref().expect("a window").started_at;
-            decision.requeue = settings.interval - elapsed(started, now);
+            let window = release.window.as_ref().expect("a window");
+            decision.requeue = settings.interval - elapsed(&window.started_at, now);
+            // an HTTP window's progress, read every PROGRESS_EVERY while it is measured
+            if settings.http {
+                let since = elapsed(window.measured_at.as_ref().unwrap_or(&window.started_at), now);
+                match PROGRESS_EVERY.checked_sub(since) {
+                    Some(wait) if !wait.is_zero() => decision.requeue = decision.requeue.min(wait),
+                    _ => {
+                        decision.need = Some(Need::Progress);
+                        decision.requeue = decision.requeue.min(PROGRESS_EVERY);
+                    }
+                }
+            }
         }
         return false;
     };
     let Some(window) = release.window.clone() else {
-        release.window = Some(Window { started_at: now.clone(), counters: stats.clone() });
+        release.window =
+            Some(Window { started_at: now.clone(), counters: stats.clone(), requests: None, measured_at: None });
         release.message = format!("analysis window of {:?} at weight {}", settings.interval, release.weight);
         note(notes, reasons::ANALYSIS_STARTED, release.message.clone());
-        decision.requeue = settings.interval;
+        decision.requeue = if settings.http { settings.interval.min(PROGRESS_EVERY) } else { settings.interval };
         return false;
     };
     let gone = elapsed(&window.started_at, now);
     if gone < settings.interval {
+        // read before the window is over: its progress so far
         decision.requeue = settings.interval - gone;
+        if settings.http {
+            let seconds = gone.as_secs_f64();
+            let open = release.window.as_mut().expect("a window");
+            open.requests = Some(window_requests(&window.counters, stats, inputs.latencies, seconds));
+            open.measured_at = Some(now.clone());
+            decision.requeue = decision.requeue.min(PROGRESS_EVERY);
+        }
         return false;
     }
     let evidence = judge(settings, release, &window, stats, inputs.queried, inputs.latencies, now);
@@ -639,6 +664,54 @@ mod tests {
         assert_eq!(settings.checks.len(), 2);
     }
 
+    /// An HTTP window shows its progress: every PROGRESS_EVERY while it is open the machine asks for the
+    /// proxies' counts and latencies so far and writes each route's requests into `window.requests`, judging
+    /// nothing; the window is judged at its end as always. A TCP window asks for nothing before its end.
+    #[test]
+    fn an_open_http_window_shows_its_requests_so_far_and_is_judged_only_at_its_end() {
+        let mut s = spec(vec![weight(10), analysis()]);
+        let http = json!({"service": "app", "frontService": "app-front", "protocol": "http"});
+        s.traffic = Some(serde_json::from_value(http).unwrap());
+        let requests = |stable: u64, canary: u64| -> BTreeMap<String, RouteCounters> {
+            let c = |n: u64| Counters { sessions: n, requests: n, ..Default::default() };
+            [("proxy-1".to_string(), RouteCounters { stable: c(stable), canary: c(canary) })].into()
+        };
+        let d = step(&s, None, &at(0), Some(0), &requests(0, 0));
+        let started = step(&s, Some(&d.release), &at(1), Some(10), &requests(0, 0));
+        assert_eq!(started.release.window.as_ref().unwrap().started_at, at(1));
+        assert_eq!(started.requeue, PROGRESS_EVERY, "looked at again for its progress, not at its end");
+        let early = advance(&s, Some(&started.release), &inputs(&at(5), Some(10), None));
+        assert_eq!((early.need.as_ref(), early.requeue), (None, Duration::from_secs(6)));
+        let tick = advance(&s, Some(&started.release), &inputs(&at(11), Some(10), None));
+        assert_eq!(tick.need, Some(Need::Progress));
+        // the answer: counts and latencies so far
+        let latencies = WindowLatencies { stable: vec![1.0; 900], canary: vec![2.0; 100] };
+        let (t11, now) = (at(11), requests(900, 100));
+        let read = Inputs { latencies: Some(&latencies), ..inputs(&t11, Some(10), Some(&now)) };
+        let progress = advance(&s, Some(&started.release), &read);
+        assert!(progress.judged.is_empty() && progress.release.evidence.is_empty() && progress.need.is_none());
+        let window = progress.release.window.as_ref().unwrap();
+        assert_eq!((&window.started_at, &window.counters), (&at(1), &requests(0, 0)), "the window itself unchanged");
+        assert_eq!(window.measured_at, Some(at(11)));
+        let so_far = window.requests.as_ref().unwrap();
+        assert_eq!((so_far.canary.requests, so_far.canary.rate, so_far.canary.p99_ms), (100, 10.0, Some(2.0)));
+        assert_eq!((so_far.stable.requests, so_far.stable.success_rate), (900, Some(100.0)));
+        assert_eq!(progress.requeue, PROGRESS_EVERY);
+        // the next read 10 s after this one; the end judged as always
+        let soon = advance(&s, Some(&progress.release), &inputs(&at(15), Some(10), None));
+        assert_eq!((soon.need.as_ref(), soon.requeue), (None, Duration::from_secs(6)));
+        let end = advance(&s, Some(&progress.release), &inputs(&at(31), Some(10), None));
+        assert_eq!(end.need, Some(Need::Counters));
+        let judged = step(&s, Some(&progress.release), &at(31), Some(10), &requests(2700, 300));
+        assert_eq!(judged.judged, [Verdict::Passed]);
+        assert_eq!(judged.release.evidence[0].requests.as_ref().unwrap().canary.requests, 300);
+        // a TCP window asks for nothing before its end
+        s.traffic = Some(serde_json::from_value(json!({"service": "app", "frontService": "app-front"})).unwrap());
+        let tcp = step(&s, Some(&d.release), &at(1), Some(10), &requests(0, 0));
+        assert_eq!(tcp.requeue, Duration::from_secs(30));
+        assert_eq!(advance(&s, Some(&tcp.release), &inputs(&at(11), Some(10), None)).need, None);
+    }
+
     /// HTTP checks: the success rate from the agents' request counts, a latency percentile from the window's
     /// requests; each against a bound or against stable; no request measured is never a pass.
     #[test]
@@ -657,7 +730,7 @@ mod tests {
         let pod = |stable, canary| -> BTreeMap<String, RouteCounters> {
             [("proxy-1".to_string(), RouteCounters { stable: requests(stable), canary: requests(canary) })].into()
         };
-        let window = Window { started_at: at(0), counters: pod((0, 0), (0, 0)) };
+        let window = Window { started_at: at(0), counters: pod((0, 0), (0, 0)), requests: None, measured_at: None };
         let release = ReleaseStatus { weight: 20, ..Default::default() };
         let fast: Vec<f64> = (0..1000).map(|i| 1.0 + (i % 10) as f64 / 10.0).collect();
         let slow: Vec<f64> = fast.iter().map(|ms| ms + 30.0).collect();

@@ -18,6 +18,8 @@ pub struct Settings {
     pub failure_limit: i32,
     pub checks: Vec<MetricCheck>,
     pub update_target: bool,
+    /// The traffic is HTTP (`traffic.protocol: http`): an open window's requests are read as it goes.
+    pub http: bool,
 }
 
 pub fn duration(text: &str) -> Option<Duration> {
@@ -49,6 +51,7 @@ impl Settings {
             failure_limit: analysis.failure_limit.unwrap_or(0).max(0),
             checks,
             update_target: spec.promotion.as_ref().is_some_and(|p| p.update_target),
+            http: spec.traffic.as_ref().is_some_and(|t| t.protocol == crate::api::kanary::Protocol::Http),
         }
     }
 }
