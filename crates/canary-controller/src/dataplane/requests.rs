@@ -57,8 +57,6 @@ pub fn spread<T: Copy>(values: &[T], limit: usize) -> Vec<T> {
     (0..limit).map(|i| values[i * values.len() / limit]).collect()
 }
 
-/// Most buckets a route's histogram may carry (with 2 significant digits from 1 µs to an hour: about 1,600).
-pub const MAX_BUCKETS: usize = 4096;
 /// Most routes a report may carry.
 pub const MAX_ROUTES: usize = 64;
 
@@ -106,35 +104,6 @@ impl RouteRequests {
             }
         }
         self.latency_micros.last().map(|(v, _)| *v as f64 / 1000.0)
-    }
-
-    /// The share of requests that succeeded, in percent; none without a request.
-    pub fn success_rate(&self) -> Option<f64> {
-        (self.requests > 0).then(|| 100.0 * self.requests.saturating_sub(self.errors) as f64 / self.requests as f64)
-    }
-
-    /// At most `limit` latencies (milliseconds) that stand for the window's: every one when there are few,
-    /// else evenly spaced ranks of the sorted latencies (for rank statistics, within a bounded size).
-    pub fn latency_sample_ms(&self, limit: usize) -> Vec<f64> {
-        let total: u64 = self.latency_micros.iter().map(|(_, c)| *c).fold(0, u64::saturating_add);
-        if total == 0 || limit == 0 {
-            return vec![];
-        }
-        let take = (total.min(limit as u64)) as usize;
-        let mut out = Vec::with_capacity(take);
-        let mut buckets = self.latency_micros.iter();
-        let (mut value, mut upto) = (0u64, 0u64);
-        for i in 0..take {
-            // the rank of sample i among `total`, spread evenly
-            let rank = (i as u128 * total as u128 / take as u128) as u64;
-            while upto <= rank {
-                let Some((v, c)) = buckets.next() else { break };
-                value = *v;
-                upto = upto.saturating_add(*c);
-            }
-            out.push(value as f64 / 1000.0);
-        }
-        out
     }
 }
 
@@ -213,18 +182,13 @@ mod tests {
     }
 
     #[test]
-    fn percentiles_success_rate_and_samples() {
+    fn percentiles_and_merges() {
         let window = route(100, 2, &[(1000, 50), (2000, 40), (30000, 10)]);
         assert_eq!(window.percentile_ms(0.5), Some(1.0));
         assert_eq!(window.percentile_ms(0.9), Some(2.0));
         assert_eq!(window.percentile_ms(0.99), Some(30.0));
         assert_eq!(window.percentile_ms(f64::NAN), None);
-        assert_eq!(window.success_rate(), Some(98.0));
         assert_eq!(route(0, 0, &[]).percentile_ms(0.5), None);
-        assert_eq!(route(0, 0, &[]).success_rate(), None);
-        let sample = window.latency_sample_ms(10);
-        assert_eq!(sample, vec![1.0, 1.0, 1.0, 1.0, 1.0, 2.0, 2.0, 2.0, 2.0, 30.0]);
-        assert_eq!(window.latency_sample_ms(1000).len(), 100, "every latency when there are few");
         let mut merged = route(1, 0, &[(1000, 1)]);
         merged.add(&route(2, 1, &[(1000, 1), (5000, 1)]));
         assert_eq!(merged, route(3, 1, &[(1000, 2), (5000, 1)]));
