@@ -147,32 +147,48 @@ pub struct WindowLatencies {
     pub canary: Vec<f64>,
 }
 
-/// The `percentile` (0 to 100) of `values`: the smallest value at least that share of them do not exceed.
-pub(crate) fn percentile(values: &[f64], percentile: f64) -> Option<f64> {
-    let mut sorted: Vec<f64> = values.iter().copied().filter(|v| v.is_finite()).collect();
+impl WindowLatencies {
+    /// Each route's finite latencies, sorted: what [`percentile`] takes, sorted once for every percentile of
+    /// a window.
+    pub fn sorted(&self) -> WindowLatencies {
+        let sorted = |values: &[f64]| {
+            let mut sorted: Vec<f64> = values.iter().copied().filter(|v| v.is_finite()).collect();
+            sorted.sort_by(f64::total_cmp);
+            sorted
+        };
+        WindowLatencies { stable: sorted(&self.stable), canary: sorted(&self.canary) }
+    }
+}
+
+/// The `percentile` (0 to 100) of `sorted` (finite values in order, [`WindowLatencies::sorted`]): the
+/// smallest value at least that share of them do not exceed.
+pub(crate) fn percentile(sorted: &[f64], percentile: f64) -> Option<f64> {
     if sorted.is_empty() || !percentile.is_finite() {
         return None;
     }
-    sorted.sort_by(f64::total_cmp);
     let rank = ((percentile.clamp(0.0, 100.0) / 100.0 * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
     Some(sorted[rank - 1])
+}
+
+/// The percent of a route's requests that succeeded; none without a request.
+fn success_rate(c: &Counters) -> Option<f64> {
+    (c.requests > 0).then(|| 100.0 * c.requests.saturating_sub(c.request_errors) as f64 / c.requests as f64)
 }
 
 /// The default percentile of `requestDuration`.
 pub const DEFAULT_PERCENTILE: f64 = 99.0;
 
 /// A metric's value for a route over a window: from its counters, or for `requestDuration` from its
-/// requests' latencies (none without one).
-pub(crate) fn value_of(metric: Metric, c: &Counters, latencies: Option<&[f64]>, check: &MetricCheck) -> Option<f64> {
+/// requests' latencies (`sorted`, see [`WindowLatencies::sorted`]; none without one).
+pub(crate) fn value_of(metric: Metric, c: &Counters, sorted: Option<&[f64]>, check: &MetricCheck) -> Option<f64> {
     Some(match metric {
         Metric::ErrorRate if c.sessions == 0 => 0.0,
         Metric::ErrorRate => c.errors as f64 / c.sessions as f64,
         Metric::ConnectTime => c.connect_time_ms as f64,
         Metric::HealthCheckFailures => c.check_failures as f64,
         Metric::Sessions => c.sessions as f64,
-        Metric::RequestSuccessRate if c.requests == 0 => return None,
-        Metric::RequestSuccessRate => 100.0 * c.requests.saturating_sub(c.request_errors) as f64 / c.requests as f64,
-        Metric::RequestDuration => percentile(latencies?, check.percentile.unwrap_or(DEFAULT_PERCENTILE))?,
+        Metric::RequestSuccessRate => success_rate(c)?,
+        Metric::RequestDuration => percentile(sorted?, check.percentile.unwrap_or(DEFAULT_PERCENTILE))?,
     })
 }
 
@@ -199,6 +215,8 @@ pub fn judge(
     let canary = window_counters(&window.counters, now_counters, |r| &r.canary);
     let stable = window_counters(&window.counters, now_counters, |r| &r.stable);
     let enough = |c: &Counters| c.sessions >= settings.min_samples;
+    // each route's latencies sorted once, for every percentile taken of them
+    let sorted = latencies.map(WindowLatencies::sorted);
     let metrics: Vec<MetricResult> = settings
         .checks
         .iter()
@@ -216,7 +234,7 @@ pub fn judge(
                 }
                 (_, Some(p), None) => (0.0, Some(p.query.clone()), Some("Prometheus was not queried".to_string())),
                 (Some(metric), None, _) => {
-                    match value_of(metric, &canary, latencies.map(|l| l.canary.as_slice()), check) {
+                    match value_of(metric, &canary, sorted.as_ref().map(|l| l.canary.as_slice()), check) {
                         Some(value) => (value, None, None),
                         None => (0.0, None, Some(no_request_data(metric, latencies))),
                     }
@@ -245,7 +263,7 @@ pub fn judge(
             let stable_value = check
                 .metric
                 .filter(|_| against_stable)
-                .and_then(|m| value_of(m, &stable, latencies.map(|l| l.stable.as_slice()), check));
+                .and_then(|m| value_of(m, &stable, sorted.as_ref().map(|l| l.stable.as_slice()), check));
             let mut bounds = vec![];
             let mut failed = false;
             if let Some(max) = check.max {
@@ -314,7 +332,7 @@ pub fn judge(
     };
     let seconds = elapsed(&window.started_at, now).as_secs_f64();
     let requests = (canary.requests > 0 || stable.requests > 0 || latencies.is_some())
-        .then(|| window_requests(&window.counters, now_counters, latencies, seconds));
+        .then(|| window_requests(&canary, &stable, sorted.as_ref(), seconds));
     Evidence {
         step: release.step,
         weight: release.weight,
@@ -328,30 +346,27 @@ pub fn judge(
     }
 }
 
-/// Both routes' requests over a window of `seconds` (`before` and `after`: the proxy pods' counters at its
-/// start and at its end, or now for an open window).
+/// Both routes' requests over a window of `seconds`: their counters over it ([`window_counters`]) and their
+/// latencies (`sorted`, see [`WindowLatencies::sorted`]).
 pub(crate) fn window_requests(
-    before: &BTreeMap<String, RouteCounters>,
-    after: &BTreeMap<String, RouteCounters>,
-    latencies: Option<&WindowLatencies>,
+    canary: &Counters,
+    stable: &Counters,
+    sorted: Option<&WindowLatencies>,
     seconds: f64,
 ) -> WindowRequests {
-    let (canary, stable) =
-        (window_counters(before, after, |r| &r.canary), window_counters(before, after, |r| &r.stable));
     WindowRequests {
-        canary: summary(&canary, latencies.map(|l| l.canary.as_slice()), seconds),
-        stable: summary(&stable, latencies.map(|l| l.stable.as_slice()), seconds),
+        canary: summary(canary, sorted.map(|l| l.canary.as_slice()), seconds),
+        stable: summary(stable, sorted.map(|l| l.stable.as_slice()), seconds),
     }
 }
 
 /// A route's requests over a window of `seconds`.
-fn summary(c: &Counters, latencies: Option<&[f64]>, seconds: f64) -> RouteRequestSummary {
-    let at = |p: f64| latencies.and_then(|l| percentile(l, p)).map(|ms| finite(round(ms)));
+fn summary(c: &Counters, sorted: Option<&[f64]>, seconds: f64) -> RouteRequestSummary {
+    let at = |p: f64| sorted.and_then(|l| percentile(l, p)).map(|ms| finite(round(ms)));
     RouteRequestSummary {
         requests: c.requests,
         rate: finite(round(if seconds > 0.0 { c.requests as f64 / seconds } else { 0.0 })),
-        success_rate: (c.requests > 0)
-            .then(|| finite(round(100.0 * c.requests.saturating_sub(c.request_errors) as f64 / c.requests as f64))),
+        success_rate: success_rate(c).map(|v| finite(round(v))),
         p50_ms: at(50.0),
         p90_ms: at(90.0),
         p99_ms: at(99.0),

@@ -491,9 +491,11 @@ fn progress(decision: &mut Decision, settings: &Settings, inputs: &Inputs) -> bo
         // read before the window is over: its progress so far
         decision.requeue = settings.interval - gone;
         if settings.http {
-            let seconds = gone.as_secs_f64();
+            let canary = window_counters(&window.counters, stats, |r| &r.canary);
+            let stable = window_counters(&window.counters, stats, |r| &r.stable);
+            let sorted = inputs.latencies.map(WindowLatencies::sorted);
             let open = release.window.as_mut().expect("a window");
-            open.requests = Some(window_requests(&window.counters, stats, inputs.latencies, seconds));
+            open.requests = Some(window_requests(&canary, &stable, sorted.as_ref(), gone.as_secs_f64()));
             open.measured_at = Some(now.clone());
             decision.requeue = decision.requeue.min(PROGRESS_EVERY);
         }
@@ -772,8 +774,9 @@ mod tests {
         assert!(comparison.downsampled_from.is_none() && comparison.canary_samples == 1000, "{comparison:?}");
         assert_eq!(judge_with(Some(&healthy)).verdict, Verdict::Passed);
         assert_eq!(judge_with(None).metrics[0].verdict, Verdict::Inconclusive, "latencies not read: no data");
-        assert_eq!(percentile(&[f64::NAN, 3.0, 1.0, 2.0], 50.0), Some(2.0), "NaN is no latency");
-        assert_eq!(percentile(&[], 50.0), None);
+        let sorted = WindowLatencies { canary: vec![f64::NAN, 3.0, 1.0, 2.0], stable: vec![] }.sorted();
+        assert_eq!(percentile(&sorted.canary, 50.0), Some(2.0), "NaN is no latency");
+        assert_eq!(percentile(&sorted.stable, 50.0), None);
     }
 
     #[test]
