@@ -48,12 +48,7 @@ pub async fn read_counters(
         let mut counters = RouteCounters { stable: of(stable_service), canary: of(canary_service) };
         if http {
             let address = SocketAddr::new(*ip, AGENT_PORT);
-            let json = read(pod, address, "/requests").await?;
-            let report: RequestsReport = serde_json::from_str(&json).map_err(|e| StatsError {
-                pod: pod.clone(),
-                address,
-                reason: format!("its request counts: {e}"),
-            })?;
+            let report: RequestsReport = read_json(pod, address, "/requests", "its request counts").await?;
             for (counters, service) in [(&mut counters.stable, stable_service), (&mut counters.canary, canary_service)]
             {
                 let requests = report.routes.get(service).cloned().unwrap_or_default();
@@ -82,12 +77,7 @@ pub async fn read_latencies(
             (&mut out.canary, canary_service, then.canary.requests),
         ] {
             let path = format!("/latencies?route={service}&after={after}&limit={MAX_LATENCIES}");
-            let json = read(pod, address, &path).await?;
-            let recent: RecentLatencies = serde_json::from_str(&json).map_err(|e| StatsError {
-                pod: pod.clone(),
-                address,
-                reason: format!("its latencies: {e}"),
-            })?;
+            let recent: RecentLatencies = read_json(pod, address, &path, "its latencies").await?;
             into.extend(recent.latencies_micros.iter().take(MAX_LATENCIES).map(|us| *us as f64 / 1000.0));
         }
         Ok::<_, StatsError>(out)
@@ -107,6 +97,21 @@ async fn read(pod: &str, address: SocketAddr, path: &str) -> Result<String, Stat
         .await
         .map_err(|_| error(format!("no answer within {TIMEOUT:?}")))?
         .map_err(|e| error(e.to_string()))
+}
+
+/// `path` of a proxy agent's `address` as JSON of a `T` (`what`: what it is, for the error).
+async fn read_json<T: serde::de::DeserializeOwned>(
+    pod: &str,
+    address: SocketAddr,
+    path: &str,
+    what: &str,
+) -> Result<T, StatsError> {
+    let json = read(pod, address, path).await?;
+    serde_json::from_str(&json).map_err(|e| StatsError {
+        pod: pod.to_string(),
+        address,
+        reason: format!("{what}: {e}"),
+    })
 }
 
 /// GETs `path` of `address`: the body, at most [`MAX_STATS_BYTES`] of it.

@@ -120,14 +120,7 @@ impl Evidence {
                                     match measure::read_latencies(&proxy_pods, stable, canary_route, start).await {
                                         Ok(latencies) => Some(latencies),
                                         Err(e) => {
-                                            let stats = Some(Err(e.to_string()));
-                                            return Gathered {
-                                                at,
-                                                stats,
-                                                queried: None,
-                                                called: None,
-                                                latencies: None,
-                                            };
+                                            return Gathered { at, stats: Some(Err(e.to_string())), ..Gathered::now() };
                                         }
                                     }
                                 }
