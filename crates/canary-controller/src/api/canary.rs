@@ -546,6 +546,25 @@ fn is_zero_u64(n: &u64) -> bool {
     *n == 0
 }
 
+/// The largest count a status holds: the API server keeps integers as int64 (a larger one is refused, and
+/// with it the whole status write). Counts read from a proxy pod, and their sums, stop here.
+pub const MAX_COUNT: u64 = i64::MAX as u64;
+
+impl Counters {
+    /// These counters with every count at most [`MAX_COUNT`] (a proxy pod's answer is from outside).
+    pub fn bounded(self) -> Counters {
+        let at_most = |n: u64| n.min(MAX_COUNT);
+        Counters {
+            sessions: at_most(self.sessions),
+            errors: at_most(self.errors),
+            check_failures: at_most(self.check_failures),
+            connect_time_ms: at_most(self.connect_time_ms),
+            requests: at_most(self.requests),
+            request_errors: at_most(self.request_errors),
+        }
+    }
+}
+
 /// The judgement of one analysis window.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]

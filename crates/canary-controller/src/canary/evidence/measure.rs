@@ -5,7 +5,8 @@
 //! since its start (`/latencies`). No Prometheus needed. Run
 //! only when a window starts or ends. A proxy pod's answer is from outside (anyone who can run a ready pod
 //! with a proxy's labels can answer it): the pods are read at once, each within one deadline and up to
-//! [`MAX_STATS_BYTES`], and at most [`MAX_PROXY_PODS`] of them.
+//! [`MAX_STATS_BYTES`], and at most [`MAX_PROXY_PODS`] of them; every count at most
+//! [`crate::api::canary::MAX_COUNT`], at most [`MAX_LATENCIES`] latencies a route.
 
 use crate::api::canary::{Counters, RouteCounters};
 use crate::canary::release::WindowLatencies;
@@ -55,7 +56,8 @@ pub async fn read_counters(
                 (counters.requests, counters.request_errors) = (requests.requests, requests.errors);
             }
         }
-        Ok((pod.clone(), counters))
+        let bounded = RouteCounters { stable: counters.stable.bounded(), canary: counters.canary.bounded() };
+        Ok((pod.clone(), bounded))
     });
     futures::future::try_join_all(reads).await.map(BTreeMap::from_iter)
 }
@@ -171,6 +173,95 @@ pub fn parse_stats(csv: &str) -> HashMap<String, Counters> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A proxy pod on a loopback address of its own (so that HAProxy's stats port and the agent's port are
+    /// free), answering each GET with `answer(path)`; a path with `slow` is answered after 10 s.
+    async fn fake_pod(answer: fn(&str) -> String) -> IpAddr {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        static NEXT: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(1);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let ip: IpAddr = format!("127.77.{}.{n}", std::process::id() % 250).parse().unwrap();
+        for port in [STATS_PORT, AGENT_PORT] {
+            let listener = tokio::net::TcpListener::bind(SocketAddr::new(ip, port)).await.unwrap();
+            tokio::spawn(async move {
+                while let Ok((mut stream, _)) = listener.accept().await {
+                    tokio::spawn(async move {
+                        let mut request = vec![0u8; 4096];
+                        let n = stream.read(&mut request).await.unwrap_or(0);
+                        let head = String::from_utf8_lossy(&request[..n]).into_owned();
+                        let path = head.split(' ').nth(1).unwrap_or_default().to_string();
+                        if path.contains("slow") {
+                            tokio::time::sleep(Duration::from_secs(10)).await;
+                        }
+                        let body = answer(&path);
+                        let head =
+                            format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n", body.len());
+                        let _ = stream.write_all(format!("{head}{body}").as_bytes()).await;
+                    });
+                }
+            });
+        }
+        ip
+    }
+
+    /// HAProxy's CSV with one backend row: the columns `parse_stats` reads, each `value`.
+    fn stats_csv(backend: &str, value: &str) -> String {
+        let header = "# pxname,svname,stot,econ,eresp,chkfail,ctime";
+        format!("{header}\n{backend},BACKEND,{value},{value},{value},,{value}\n")
+    }
+
+    /// A proxy pod's answers are from outside: counts past what a status holds are cut to MAX_COUNT (and
+    /// their sums over pods too), counts that are no numbers are refused with the pod named, an answer of
+    /// more latencies than asked is cut, a pod that does not answer in time is named.
+    #[tokio::test]
+    async fn a_proxy_pods_huge_unreadable_endless_or_slow_answers_are_bounded() {
+        use crate::api::canary::MAX_COUNT;
+        let huge = fake_pod(|path| match path {
+            "/stats;csv" => stats_csv("be_web-canary", &u64::MAX.to_string()),
+            "/requests" => format!(
+                r#"{{"routes": {{"web-canary": {{"requests": {max}, "errors": {max}, "latencyMicros": [[{max}, {max}]]}}}}}}"#,
+                max = u64::MAX
+            ),
+            // more latencies than asked for, some of them the largest there are
+            _ => {
+                let mut many = vec!["3600000000".to_string(); 24_000];
+                many.extend(vec![u64::MAX.to_string(); 1_000]);
+                format!(r#"{{"requests": 1, "latenciesMicros": [{}]}}"#, many.join(","))
+            }
+        })
+        .await;
+        let pods = [("a".to_string(), huge), ("b".to_string(), fake_pod(|_| String::new()).await)];
+        let read = read_counters(&pods[..1], "web-stable", "web-canary", true).await.unwrap();
+        let canary = read["a"].canary;
+        let all = [canary.sessions, canary.errors, canary.connect_time_ms, canary.requests, canary.request_errors];
+        assert_eq!(all, [MAX_COUNT; 5], "{canary:?}");
+        // two such pods: their sum is no larger either (and nothing overflows)
+        let twice: BTreeMap<String, RouteCounters> =
+            [("a".into(), read["a"].clone()), ("b".into(), read["a"].clone())].into();
+        let summed = crate::canary::release::window_counters(&BTreeMap::new(), &twice, |r| &r.canary);
+        assert_eq!((summed.sessions, summed.requests, summed.connect_time_ms), (MAX_COUNT, MAX_COUNT, MAX_COUNT));
+        let latencies = read_latencies(&pods[..1], "web-stable", "web-canary", &read).await.unwrap();
+        assert_eq!((latencies.canary.len(), latencies.stable.len()), (MAX_LATENCIES, MAX_LATENCIES));
+        assert!(latencies.canary.iter().all(|ms| ms.is_finite()));
+        // an empty or unreadable answer names the pod and what it should have been
+        let refused = read_counters(&pods[1..], "web-stable", "web-canary", true).await.unwrap_err();
+        assert!(
+            refused.to_string().contains("proxy pod b") && refused.reason.contains("its request counts"),
+            "{refused}"
+        );
+        let garbage = fake_pod(|path| match path {
+            "/stats;csv" => stats_csv("be_web-canary", "1"),
+            _ => r#"{"routes": {"web-canary": {"requests": -1, "errors": "NaN", "latencyMicros": []}}}"#.into(),
+        })
+        .await;
+        let refused = read_counters(&[("c".into(), garbage)], "web-stable", "web-canary", true).await.unwrap_err();
+        assert!(refused.reason.contains("its request counts"), "{refused}");
+        // a pod that answers too slowly
+        let slow = fake_pod(|_| String::new()).await;
+        let start: BTreeMap<String, RouteCounters> = BTreeMap::new();
+        let late = read_latencies(&[("d".into(), slow)], "slow-stable", "slow-canary", &start).await.unwrap_err();
+        assert!(late.reason.contains("no answer within"), "{late}");
+    }
 
     #[tokio::test]
     async fn endless_statistics_are_cut_at_the_cap() {

@@ -122,20 +122,22 @@ pub(crate) fn window_counters(
     route: fn(&RouteCounters) -> &Counters,
 ) -> Counters {
     let mut sum = Counters::default();
-    let mut weighted_connect = 0u64;
+    let mut weighted_connect = 0u128;
     for (pod, now) in after {
         let then = before.get(pod).map(route).copied().unwrap_or_default();
         let now = route(now);
         let sessions = delta(then.sessions, now.sessions);
-        sum.sessions += sessions;
-        sum.errors += delta(then.errors, now.errors);
-        sum.check_failures += delta(then.check_failures, now.check_failures);
-        sum.requests += delta(then.requests, now.requests);
-        sum.request_errors += delta(then.request_errors, now.request_errors);
-        weighted_connect += sessions * now.connect_time_ms;
+        sum.sessions = sum.sessions.saturating_add(sessions);
+        sum.errors = sum.errors.saturating_add(delta(then.errors, now.errors));
+        sum.check_failures = sum.check_failures.saturating_add(delta(then.check_failures, now.check_failures));
+        sum.requests = sum.requests.saturating_add(delta(then.requests, now.requests));
+        sum.request_errors = sum.request_errors.saturating_add(delta(then.request_errors, now.request_errors));
+        weighted_connect = weighted_connect.saturating_add(u128::from(sessions) * u128::from(now.connect_time_ms));
     }
-    sum.connect_time_ms = weighted_connect.checked_div(sum.sessions).unwrap_or(0);
-    sum
+    let connect = weighted_connect.checked_div(u128::from(sum.sessions)).unwrap_or(0);
+    sum.connect_time_ms = u64::try_from(connect).unwrap_or(u64::MAX);
+    // counts from outside, summed over the pods: no larger than a status holds
+    sum.bounded()
 }
 
 /// The latencies of each route's HTTP requests over a window (milliseconds, at most
