@@ -216,20 +216,18 @@ pub fn build_stable_slice(
 /// connections; with `traffic.baseline`, a third route taking as much for the baseline.
 pub fn kanary_spec(canary: &Canary, traffic: &Traffic, weight: i32) -> KanarySpec {
     let name = canary.name_any();
-    let header = traffic.header.is_some();
-    let route = |service_name: String, weight: i32, value: &str| Route {
+    // with `traffic.header`, the value of it that selects the route (none for the baseline)
+    let route = |service_name: String, weight: i32, value: Option<&str>| Route {
         backend: Backend { service_name, service_port: IntOrString::String(ROUTE_PORT.into()) },
         weight: weight.into(),
-        header_value: header.then(|| value.to_string()),
+        header_value: value.filter(|_| traffic.header.is_some()).map(str::to_string),
     };
-    let mut routes = vec![route(canary_service_name(&name), weight, HEADER_ALWAYS)];
+    let mut routes = vec![route(canary_service_name(&name), weight, Some(HEADER_ALWAYS))];
     if traffic.baseline {
-        let mut baseline = route(baseline_service_name(&name), weight, "");
-        baseline.header_value = None;
-        routes.push(baseline);
+        routes.push(route(baseline_service_name(&name), weight, None));
     }
     let stable = 100 - routes.len() as i32 * weight;
-    routes.insert(0, route(stable_service_name(&name), stable, HEADER_NEVER));
+    routes.insert(0, route(stable_service_name(&name), stable, Some(HEADER_NEVER)));
     let http = (traffic.header.is_some() || traffic.sticky)
         .then(|| HttpRouting { header: traffic.header.clone(), sticky: traffic.sticky });
     KanarySpec { destination: traffic.front_service.clone(), routes, proxy: None, protocol: traffic.protocol, http }
@@ -397,6 +395,18 @@ mod tests {
         assert_eq!(served_weight(&kanary), Some(25));
         kanary.metadata.generation = Some(4);
         assert_eq!(served_weight(&kanary), None);
+    }
+
+    #[test]
+    fn the_override_header_selects_stable_with_never_and_the_canary_with_always_and_never_the_baseline() {
+        let mut traffic = canary().spec.traffic.unwrap();
+        traffic.baseline = true;
+        let values = |spec: KanarySpec| spec.routes.into_iter().map(|r| r.header_value).collect::<Vec<_>>();
+        assert_eq!(values(kanary_spec(&canary(), &traffic, 25)), [None, None, None], "no header: no values");
+        (traffic.protocol, traffic.header) = (crate::api::kanary::Protocol::Http, Some("x-canary".into()));
+        let spec = kanary_spec(&canary(), &traffic, 25);
+        assert_eq!(spec.http, Some(HttpRouting { header: Some("x-canary".into()), sticky: false }));
+        assert_eq!(values(spec), [Some(HEADER_NEVER.into()), Some(HEADER_ALWAYS.into()), None]);
     }
 
     #[test]

@@ -252,7 +252,9 @@ pub fn render_slotted(owner: &str, backends: &[SlottedBackend], settings: &Proxy
         let _ = writeln!(w, "    http-request set-var(txn.start) date(0,us)");
         let _ = writeln!(w, "    http-response set-var(txn.grpc) res.hdr(grpc-status)");
     }
-    if settings.protocol == Protocol::Http && settings.http.as_ref().is_some_and(|r| r.sticky) {
+    // cohorts and overrides: HTTP mode only
+    let routing = settings.http.as_ref().filter(|_| settings.protocol == Protocol::Http);
+    if routing.is_some_and(|r| r.sticky) {
         // the cookie names the route that answered, set when it named another (or none)
         let _ = writeln!(w, "    http-request set-var(txn.cohort) req.cook({STICKY_COOKIE})");
         let _ = writeln!(w, "    http-response set-var(txn.route) be_name,regsub(^{BACKEND_PREFIX},)");
@@ -268,7 +270,6 @@ pub fn render_slotted(owner: &str, backends: &[SlottedBackend], settings: &Proxy
             let _ = writeln!(w, "    {rule} set-var({scope}.{key}{i}) str({key}{i}),map_str_int({map},0)");
         }
     }
-    let routing = settings.http.as_ref().filter(|_| settings.protocol == Protocol::Http);
     // overrides and cohorts first, each only to a route with a weight and a live server (a rollback's weight
     // 0 ends them at once)
     if let Some(header) = routing.and_then(|r| r.header.as_deref()) {
