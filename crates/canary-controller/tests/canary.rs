@@ -492,6 +492,15 @@ async fn release_fields_the_controller_cannot_act_on_are_refused_by_the_schema_w
     assert!(percentile.contains("percentile is the percentile of metric requestDuration"), "{percentile}");
     let below = refused(with(json!([]), json!([{"prometheus": query, "maxBelowStable": 1}]))).await;
     assert!(below.contains("maxBelowStable compare the proxy's routes"), "{below}");
+    // cohorts and overrides need HTTP traffic (a TCP proxy has no request to route)
+    for routing in [json!({"sticky": true}), json!({"header": "x-canary"})] {
+        let mut tcp = with(json!([]), json!([]));
+        for (field, value) in routing.as_object().unwrap() {
+            tcp.data["spec"]["traffic"][field] = value.clone();
+        }
+        let tcp = refused(tcp).await;
+        assert!(tcp.contains("header and sticky route HTTP requests: set protocol to http"), "{tcp}");
+    }
     for example in ["release.yml", "release-baseline.yml", "http-release.yml"] {
         let path = format!("{}/../../examples/{example}", env!("CARGO_MANIFEST_DIR"));
         let applied = e.cluster.kubectl(&["apply", "--dry-run=server", "-f", &path], None).await;

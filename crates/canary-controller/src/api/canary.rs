@@ -72,6 +72,10 @@ pub struct CanarySpec {
 /// splitting connections between the stable pods (those of `service`, not the canary's) and the canary pods.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "(!has(self.header) && !(has(self.sticky) && self.sticky)) || (has(self.protocol) && self.protocol == 'http')",
+    "message": "header and sticky route HTTP requests: set protocol to http"
+}]))]
 pub struct Traffic {
     /// The user's Service selecting the target's pods. Read, never changed.
     #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"))]
@@ -98,7 +102,7 @@ pub struct Traffic {
     /// stable, whatever the weight (testers, synthetic checks); never to a canary whose weight is 0 (after a
     /// rollback or an abort).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9-]{0,63}$"))]
+    #[schemars(regex(pattern = crate::api::kanary::HEADER_NAME_PATTERN))]
     pub header: Option<String>,
     /// With `protocol: http`: keep each client on the version it first got (a cookie the proxy sets), so
     /// users do not flip between versions while the weight moves. A rollback or an abort ends it at once.

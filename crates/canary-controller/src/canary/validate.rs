@@ -165,7 +165,7 @@ fn validate_traffic(canary: &Canary, traffic: &Traffic, seen: &ReleaseObserved) 
         )));
     };
     let port = traffic::service_port(traffic, &service).map_err(Problem::Traffic)?.clone();
-    request_checks_need_http(canary, traffic).map_err(Problem::Traffic)?;
+    needs_http(canary, traffic).map_err(Problem::Traffic)?;
     let taken = not_owned("Service", seen.stable_service.as_deref(), &uid)
         .or_else(|| not_owned("Service", seen.canary_service.as_deref(), &uid))
         .or_else(|| not_owned("EndpointSlice", seen.stable_slice.as_deref(), &uid))
@@ -180,14 +180,21 @@ fn validate_traffic(canary: &Canary, traffic: &Traffic, seen: &ReleaseObserved) 
 }
 
 /// The checks measured on HTTP requests (`requestSuccessRate`, `requestDuration`), cohorts and override
-/// headers need HTTP traffic.
-fn request_checks_need_http(canary: &Canary, traffic: &Traffic) -> Result<(), String> {
+/// headers need HTTP traffic (as the CRD's schema says; a Canary the schema did not check gets the same).
+fn needs_http(canary: &Canary, traffic: &Traffic) -> Result<(), String> {
     use crate::api::canary::Metric;
+    let http = traffic.protocol == crate::api::kanary::Protocol::Http;
+    let routing = [("header", traffic.header.is_some()), ("sticky", traffic.sticky)];
+    if let Some((field, _)) = routing.iter().find(|(_, set)| *set && !http) {
+        return Err(format!(
+            "spec.traffic.{field}: cohorts and overrides route HTTP requests: set spec.traffic.protocol to http"
+        ));
+    }
     let checks = canary.spec.analysis.as_ref().map(|a| a.metrics.as_slice()).unwrap_or_default();
     let on_requests =
         checks.iter().position(|c| matches!(c.metric, Some(Metric::RequestSuccessRate | Metric::RequestDuration)));
     match on_requests {
-        Some(i) if traffic.protocol != crate::api::kanary::Protocol::Http => Err(format!(
+        Some(i) if !http => Err(format!(
             "spec.analysis.metrics[{i}]: {:?} is measured on HTTP requests: set spec.traffic.protocol to http, or \
              judge connections (errorRate)",
             checks[i].metric.expect("a metric")
@@ -200,4 +207,36 @@ fn request_checks_need_http(canary: &Canary, traffic: &Traffic) -> Result<(), St
 fn not_owned<K: kube::Resource>(kind: &'static str, object: Option<&K>, uid: &str) -> Option<Problem> {
     let object = object.filter(|o| !owned_by(*o, uid))?;
     Some(Problem::ReleaseObjectNotOwned { kind, name: object.meta().name.clone().unwrap_or_default() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cohorts_overrides_and_request_checks_need_http_traffic() {
+        let check = |traffic: serde_json::Value, metrics: serde_json::Value| {
+            let canary: Canary = serde_json::from_value(serde_json::json!({
+                "apiVersion": "canary.k8s.wantedly.com/v1beta1", "kind": "Canary",
+                "metadata": {"name": "web", "namespace": "ns"},
+                "spec": {"targetDeploymentName": "app", "targetContainers": [], "traffic": traffic,
+                    "analysis": {"metrics": metrics}}}))
+            .unwrap();
+            needs_http(&canary, canary.spec.traffic.as_ref().unwrap())
+        };
+        let tcp = |extra: serde_json::Value| {
+            let mut traffic = serde_json::json!({"service": "app", "frontService": "app-front"});
+            traffic.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+            traffic
+        };
+        let sticky = check(tcp(serde_json::json!({"sticky": true})), serde_json::json!([])).unwrap_err();
+        assert!(sticky.starts_with("spec.traffic.sticky: ") && sticky.contains("protocol to http"), "{sticky}");
+        let header = check(tcp(serde_json::json!({"header": "x-canary"})), serde_json::json!([])).unwrap_err();
+        assert!(header.starts_with("spec.traffic.header: "), "{header}");
+        let p99 = serde_json::json!([{"metric": "requestDuration", "max": 50}]);
+        let on_tcp = check(tcp(serde_json::json!({})), p99.clone()).unwrap_err();
+        assert!(on_tcp.starts_with("spec.analysis.metrics[0]: RequestDuration"), "{on_tcp}");
+        let http = tcp(serde_json::json!({"protocol": "http", "header": "x-canary", "sticky": true}));
+        assert_eq!(check(http, p99), Ok(()));
+    }
 }
