@@ -56,10 +56,7 @@ impl Behaviour {
             behaviour.fail_ratio = ratio("SIM_FAIL_RATIO", &v)?;
         }
         if let Some(v) = get("SIM_FAILING_IMAGES") {
-            for entry in v.split(',').filter(|e| !e.trim().is_empty()) {
-                let Some((listed, r)) = entry.trim().rsplit_once('=') else {
-                    anyhow::bail!("SIM_FAILING_IMAGES={v:?}: expected image=ratio, comma separated");
-                };
+            for (listed, r) in image_list("SIM_FAILING_IMAGES", &v, "ratio")? {
                 if listed == image {
                     behaviour.fail_ratio = ratio("SIM_FAILING_IMAGES", r)?;
                 }
@@ -70,9 +67,8 @@ impl Behaviour {
             behaviour.latency = Duration::from_millis(ms);
         }
         if let Some(v) = get("SIM_SLOW_IMAGES") {
-            for entry in v.split(',').filter(|e| !e.trim().is_empty()) {
-                let parsed = entry.trim().rsplit_once('=').and_then(|(i, ms)| Some((i, ms.parse::<u64>().ok()?)));
-                let Some((listed, ms)) = parsed else {
+            for (listed, ms) in image_list("SIM_SLOW_IMAGES", &v, "milliseconds")? {
+                let Ok(ms) = ms.parse::<u64>() else {
                     anyhow::bail!("SIM_SLOW_IMAGES={v:?}: expected image=milliseconds, comma separated");
                 };
                 if listed == image {
@@ -85,6 +81,21 @@ impl Behaviour {
         }
         Ok(behaviour)
     }
+}
+
+/// The `image=value` entries of variable `name` (`value`: its text; `what`: the kind of value, for the
+/// error), comma separated.
+fn image_list<'a>(name: &str, value: &'a str, what: &str) -> anyhow::Result<Vec<(&'a str, &'a str)>> {
+    value
+        .split(',')
+        .filter(|e| !e.trim().is_empty())
+        .map(|entry| {
+            entry
+                .trim()
+                .rsplit_once('=')
+                .ok_or_else(|| anyhow::anyhow!("{name}={value:?}: expected image={what}, comma separated"))
+        })
+        .collect()
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
