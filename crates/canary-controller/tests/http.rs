@@ -85,7 +85,7 @@ async fn requests_are_split_one_by_one_on_keep_alive_and_http2_connections() {
     for route in ["v1", "v2"] {
         let counted = after.agents.get(route).map_or(0, |r| r.requests);
         assert_eq!(Some(&counted), after.haproxy.get(route), "{route}: the agents and HAProxy count apart: {after:?}");
-        let window = after.agents[route].since(before.agents.get(route).unwrap_or(&Default::default()));
+        let window = after.since(&before, route);
         let answered = by_backend(first.tally.clone()).answers.get(route).copied().unwrap_or(0) as u64;
         assert_eq!((window.requests, window.errors), (answered, 0), "{route}'s window");
     }
@@ -99,7 +99,7 @@ async fn requests_are_split_one_by_one_on_keep_alive_and_http2_connections() {
         tokio::task::spawn_blocking(move || support::http::timed_requests(namespace, pod, 2_000)).await.unwrap();
     let after = proxy_requests(&proxies[..1]).await;
     for route in ["v1", "v2"] {
-        let window = after.agents[route].since(before.agents.get(route).unwrap_or(&Default::default()));
+        let window = after.since(&before, route);
         for q in [0.5, 0.9, 0.99] {
             let client = direct.percentile_ms(&format!("echo:{route}"), q).unwrap();
             let proxy = window.percentile_ms(q).unwrap();
@@ -148,7 +148,7 @@ async fn requests_are_split_one_by_one_on_keep_alive_and_http2_connections() {
         "{:?}",
         calls.failures_by
     );
-    let v3 = after.agents["v3"].since(before.agents.get("v3").unwrap_or(&Default::default()));
+    let v3 = after.since(&before, "v3");
     assert_eq!(
         (v3.requests, v3.errors),
         (answered_by_v3 as u64, tally.failures as u64),

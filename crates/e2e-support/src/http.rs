@@ -36,6 +36,19 @@ pub struct Requests {
 }
 
 impl Requests {
+    /// `part`'s requests added (another client's, or another round's).
+    pub fn add(&mut self, part: Requests) {
+        self.tally.add(part.tally);
+        self.latencies.extend(part.latencies);
+        self.reconnects += part.reconnects;
+        for (who, latencies) in part.by_answer {
+            self.by_answer.entry(who).or_default().extend(latencies);
+        }
+        for (why, n) in part.failures_by {
+            *self.failures_by.entry(why).or_default() += n;
+        }
+    }
+
     /// The `q` quantile (0 to 1) of the latencies of answers whose answerer contains `who`, in milliseconds.
     pub fn percentile_ms(&self, who: &str, q: f64) -> Option<f64> {
         let mut all: Vec<Duration> =
@@ -184,13 +197,7 @@ impl Client {
         }
         let mut all = Requests::default();
         for task in tasks {
-            let part = task.await.expect("a client task");
-            all.tally.add(part.tally);
-            all.latencies.extend(part.latencies);
-            all.reconnects += part.reconnects;
-            for (who, latencies) in part.by_answer {
-                all.by_answer.entry(who).or_default().extend(latencies);
-            }
+            all.add(task.await.expect("a client task"));
         }
         all.tally.elapsed = started.elapsed();
         all
@@ -206,7 +213,7 @@ pub struct ProxyRequests {
 }
 
 /// The body of `GET path` from `target` over HTTP/1.1 (empty when it fails).
-pub async fn text(target: SocketAddr, path: &str) -> String {
+async fn text(target: SocketAddr, path: &str) -> String {
     let answer = async {
         let stream = tokio::net::TcpStream::connect(target).await.ok()?;
         let (mut send, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.ok()?;
@@ -216,6 +223,14 @@ pub async fn text(target: SocketAddr, path: &str) -> String {
         Some(String::from_utf8_lossy(&body).into_owned())
     };
     tokio::time::timeout(Duration::from_secs(10), answer).await.ok().flatten().unwrap_or_default()
+}
+
+impl ProxyRequests {
+    /// `route`'s requests since `before` (an earlier reading of the same pods).
+    pub fn since(&self, before: &ProxyRequests, route: &str) -> canary_controller::dataplane::requests::RouteRequests {
+        let now = self.agents.get(route).cloned().unwrap_or_default();
+        now.since(before.agents.get(route).unwrap_or(&Default::default()))
+    }
 }
 
 /// [`ProxyRequests`] once the agents' counts have settled (the same in two readings 300 ms apart, within
@@ -241,10 +256,10 @@ async fn read_proxy_requests(pods: &[std::net::IpAddr]) -> ProxyRequests {
     let agent_port = canary_controller::kanary::build::AGENT_PORT;
     let mut out = ProxyRequests::default();
     for pod in pods {
-        let answer = crate::http_get(&SocketAddr::new(*pod, agent_port).to_string(), "/requests").await;
-        let body = answer.as_deref().and_then(|a| a.split_once("\r\n\r\n")).map(|(_, b)| b).unwrap_or_default();
+        // the same client for both (HAProxy's stats come chunked: a bare HTTP/1.0 read would keep the chunk sizes)
+        let answer = text(SocketAddr::new(*pod, agent_port), "/requests").await;
         let report: RequestsReport =
-            serde_json::from_str(body).unwrap_or_else(|e| panic!("{pod}'s /requests: {e}: {answer:?}"));
+            serde_json::from_str(&answer).unwrap_or_else(|e| panic!("{pod}'s /requests: {e}: {answer:?}"));
         for (route, requests) in report.routes {
             out.agents.entry(route).or_default().add(&requests);
         }
@@ -277,12 +292,7 @@ pub async fn under_http_load<T, F: std::future::Future<Output = T>>(
     let load = tokio::spawn(async move {
         let mut all = Requests::default();
         while !flag.load(std::sync::atomic::Ordering::Relaxed) {
-            let part = client.load(1, connections * 20, &[]).await;
-            all.tally.add(part.tally);
-            all.reconnects += part.reconnects;
-            for (who, latencies) in part.by_answer {
-                all.by_answer.entry(who).or_default().extend(latencies);
-            }
+            all.add(client.load(1, connections * 20, &[]).await);
         }
         all
     });
@@ -331,12 +341,7 @@ pub async fn grpc_load(target: SocketAddr, calls: usize, concurrency: usize) -> 
         .collect();
     let mut all = Requests::default();
     for task in tasks {
-        let part = task.await.expect("a gRPC client task");
-        all.tally.add(part.tally);
-        all.latencies.extend(part.latencies);
-        for (why, n) in part.failures_by {
-            *all.failures_by.entry(why).or_default() += n;
-        }
+        all.add(task.await.expect("a gRPC client task"));
     }
     all.tally.elapsed = started.elapsed();
     all
