@@ -213,7 +213,7 @@ pub struct ProxyRequests {
 }
 
 /// The body of `GET path` from `target` over HTTP/1.1 (empty when it fails).
-async fn text(target: SocketAddr, path: &str) -> String {
+pub(crate) async fn text(target: SocketAddr, path: &str) -> String {
     let answer = async {
         let stream = tokio::net::TcpStream::connect(target).await.ok()?;
         let (mut send, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.ok()?;

@@ -206,12 +206,10 @@ impl Haproxy {
         Some(Haproxy { child, _dir: dir, stats })
     }
 
+    /// HAProxy's stats as CSV (none when it does not answer). Read by an HTTP client: HAProxy sends them
+    /// chunked, and a chunk's size line can fall inside a row.
     async fn stats_csv(&self) -> Option<String> {
-        let mut s = TcpStream::connect(self.stats).await.ok()?;
-        s.write_all(b"GET /stats;csv HTTP/1.0\r\n\r\n").await.ok()?;
-        let mut body = String::new();
-        s.read_to_string(&mut body).await.ok()?;
-        Some(body)
+        Some(crate::http::text(self.stats, "/stats;csv").await).filter(|csv| !csv.is_empty())
     }
 
     /// Stops HAProxy and waits until it has exited (and released its ports).
